@@ -1,0 +1,65 @@
+/**
+ * Reads an INI configuration over the defaults and validates every key: an
+ * unknown section or key, or a bad value, is an error naming the file, the
+ * section, the key and what was expected.
+ */
+import { parse } from 'ini'
+import { configError } from '../errors.js'
+import { readTextFile, readTextFileIfExists } from '../sys/fs.js'
+import { defaultConfig, SCHEMA, type Config } from './schema.js'
+
+export const DEVICE_CONFIG = '/etc/ovroot.conf'
+
+/**
+ * `explicit` (from --config) must exist; the device's own file may be absent,
+ * which means "all defaults".
+ */
+export function loadConfig(explicit?: string): Config {
+  const file = explicit ?? DEVICE_CONFIG
+  const text = explicit ? readTextFile(explicit) : readTextFileIfExists(DEVICE_CONFIG)
+  return text === undefined ? defaultConfig() : parseConfig(text, file)
+}
+
+export function parseConfig(text: string, file: string): Config {
+  const config = defaultConfig()
+  const document: Record<string, unknown> = parse(text)
+  for (const [sectionName, section] of Object.entries(document)) {
+    if (!isSectionName(sectionName)) {
+      if (typeof section !== 'object' || section === null) throw configError(`${file}: ${sectionName}: a key outside any section; expected it under [overlay], [flash], [boot] or [reset]`)
+      throw configError(`${file}: [${sectionName}]: unknown section; expected one of ${sectionNames().join(', ')}`)
+    }
+    for (const [key, raw] of Object.entries(section as Record<string, unknown>)) setKey(config, file, sectionName, key, raw)
+  }
+  return config
+}
+
+/** Apply `section.key=value` (kernel command line `ovroot.section.key=value`). */
+export function applyOverride(config: Config, origin: string, dottedKey: string, value: string): void {
+  const [sectionName, key, ...rest] = dottedKey.split('.')
+  if (!sectionName || !key || rest.length > 0 || !isSectionName(sectionName)) {
+    throw configError(`${origin}: ${dottedKey}: unknown setting; expected section.key such as flash.device`)
+  }
+  setKey(config, origin, sectionName, key, value)
+}
+
+function setKey(config: Config, file: string, sectionName: keyof Config, key: string, raw: unknown): void {
+  const specs: Record<string, { expected: string; parse(raw: string): unknown }> = SCHEMA[sectionName]
+  const spec = specs[key]
+  if (!spec) throw configError(`${file}: [${sectionName}] ${key}: unknown key; expected one of ${Object.keys(specs).join(', ')}`)
+  const text = typeof raw === 'boolean' ? String(raw) : typeof raw === 'string' ? raw.trim() : undefined
+  const value = text === undefined ? undefined : spec.parse(text)
+  if (value === undefined) throw configError(`${file}: [${sectionName}] ${key} = ${describe(raw)}: expected ${spec.expected}`)
+  ;(config[sectionName] as Record<string, unknown>)[key] = value
+}
+
+function describe(raw: unknown): string {
+  return typeof raw === 'string' || typeof raw === 'boolean' ? String(raw) : JSON.stringify(raw)
+}
+
+function sectionNames(): string[] {
+  return Object.keys(SCHEMA).map((name) => `[${name}]`)
+}
+
+function isSectionName(name: string): name is keyof Config {
+  return Object.hasOwn(SCHEMA, name)
+}

@@ -1,0 +1,136 @@
+/**
+ * Every configuration key, its type, default and meaning. etc/ovroot.conf is
+ * the commented copy users read; test/config.test.ts keeps the two in step.
+ */
+export const MEDIA_DRIVERS = ['mtd', 'ubi', 'block', 'ram'] as const
+export type MediaDriverName = (typeof MEDIA_DRIVERS)[number]
+
+export interface Config {
+  overlay: {
+    /** Read-only lower layers, top first. */
+    lower: string[]
+    /** Where the flash filesystem is mounted; the upper is `<dir>/upper`. */
+    dir: string
+    /** Extra overlay mount options. */
+    options: string[]
+  }
+  flash: {
+    drivers: MediaDriverName[]
+    name: string
+    device: string
+    filesystem: 'auto' | 'ext4' | 'f2fs'
+    reformat_corrupt: boolean
+    ram_size: string
+  }
+  boot: {
+    init: string
+    timeout: number
+    run_dir: string
+  }
+  reset: {
+    keep: string[]
+    keep_lists: string[]
+  }
+}
+
+export interface KeySpec<T> {
+  /** Human description of what is expected, used in error messages. */
+  expected: string
+  parse(raw: string): T | undefined
+}
+
+const words = (raw: string): string[] => raw.split(/[\s,]+/).filter(Boolean)
+
+const absolutePath: KeySpec<string> = {
+  expected: 'an absolute path',
+  parse: (raw) => (raw.startsWith('/') && !raw.includes('\0') ? raw.replace(/(.)\/+$/, '$1') : undefined),
+}
+
+const absolutePaths: KeySpec<string[]> = {
+  expected: 'absolute paths separated by spaces',
+  parse: (raw) => {
+    const paths = words(raw)
+    return paths.every((path) => path.startsWith('/')) ? paths : undefined
+  },
+}
+
+const oneOf = <T extends string>(...choices: T[]): KeySpec<T> => ({
+  expected: `one of ${choices.join(', ')}`,
+  parse: (raw) => choices.find((choice) => choice === raw),
+})
+
+const yesNo: KeySpec<boolean> = {
+  expected: 'yes or no',
+  parse: (raw) => (['yes', 'true', 'on', '1'].includes(raw) ? true : ['no', 'false', 'off', '0'].includes(raw) ? false : undefined),
+}
+
+const seconds: KeySpec<number> = {
+  expected: 'a whole number of seconds from 1 to 3600',
+  parse: (raw) => (/^\d+$/.test(raw) && Number(raw) >= 1 && Number(raw) <= 3600 ? Number(raw) : undefined),
+}
+
+const OVERLAY_OPTIONS = /^(redirect_dir=(on|off|follow|nofollow)|metacopy=(on|off)|index=(on|off)|xino=(on|off|auto)|nfs_export=(on|off)|uuid=(on|off|null|auto)|verity=(on|off|require)|userxattr|volatile)$/
+
+const overlayOptions: KeySpec<string[]> = {
+  expected: 'overlay mount options such as redirect_dir=on,metacopy=on,index=on,userxattr',
+  parse: (raw) => {
+    const options = words(raw)
+    return options.every((option) => OVERLAY_OPTIONS.test(option)) ? options : undefined
+  },
+}
+
+const drivers: KeySpec<MediaDriverName[]> = {
+  expected: `a list of media drivers from ${MEDIA_DRIVERS.join(', ')}`,
+  parse: (raw) => {
+    const list = words(raw)
+    return list.length > 0 && list.every((name) => (MEDIA_DRIVERS as readonly string[]).includes(name)) && new Set(list).size === list.length
+      ? (list as MediaDriverName[])
+      : undefined
+  },
+}
+
+const flashName: KeySpec<string> = {
+  expected: 'a partition or volume name of letters, digits, _ and -',
+  parse: (raw) => (/^[A-Za-z0-9_-]{1,63}$/.test(raw) ? raw : undefined),
+}
+
+const blockDevice: KeySpec<string> = {
+  expected: 'empty, a /dev path, LABEL=name or PARTUUID=id',
+  parse: (raw) => (raw === '' || /^\/dev\/\S+$/.test(raw) || /^(LABEL|PARTUUID)=\S+$/.test(raw) ? raw : undefined),
+}
+
+const tmpfsSize: KeySpec<string> = {
+  expected: 'a tmpfs size such as 16m, 1g or 50%',
+  parse: (raw) => (/^\d+[kmg%]?$/i.test(raw) ? raw.toLowerCase() : undefined),
+}
+
+export const SCHEMA: { [S in keyof Config]: { [K in keyof Config[S]]: KeySpec<Config[S][K]> } } = {
+  overlay: { lower: absolutePaths, dir: absolutePath, options: overlayOptions },
+  flash: {
+    drivers,
+    name: flashName,
+    device: blockDevice,
+    filesystem: oneOf('auto', 'ext4', 'f2fs'),
+    reformat_corrupt: yesNo,
+    ram_size: tmpfsSize,
+  },
+  boot: { init: absolutePath, timeout: seconds, run_dir: absolutePath },
+  reset: { keep: absolutePaths, keep_lists: absolutePaths },
+}
+
+export function defaultConfig(): Config {
+  return {
+    overlay: { lower: ['/rom'], dir: '/overlay', options: [] },
+    flash: { drivers: ['mtd', 'ubi', 'block', 'ram'], name: 'rootfs_data', device: '', filesystem: 'auto', reformat_corrupt: false, ram_size: '50%' },
+    boot: { init: '/sbin/init', timeout: 60, run_dir: '/run/ovroot' },
+    reset: { keep: [], keep_lists: ['/etc/sysupgrade.conf', '/lib/upgrade/keep.d'] },
+  }
+}
+
+export function upperDir(config: Config): string {
+  return `${config.overlay.dir}/upper`
+}
+
+export function workDir(config: Config): string {
+  return `${config.overlay.dir}/work`
+}

@@ -1,0 +1,58 @@
+/**
+ * `ovroot diff --patch`: a unified diff of each changed regular file, laid out
+ * as `git diff` does (a/ and b/ prefixes, new/deleted file and mode lines,
+ * "Binary files ... differ").
+ */
+import { structuredPatch } from 'diff'
+import type { Change, EntryState } from '../overlay/diff.js'
+import type { TreeReader } from '../overlay/types.js'
+
+/** Larger files are named, not diffed: a patch is for reading. */
+const TEXT_LIMIT = 8 * 1024 * 1024
+/** git's heuristic: a NUL byte in the first 8000 bytes means binary. */
+const BINARY_PROBE = 8000
+
+export function patchFor(change: Change, reader: TreeReader): string {
+  const now = change.now?.type === 'file' ? change.now : undefined
+  const was = change.was?.type === 'file' ? change.was : undefined
+  const contentChanged = change.change === 'added' || change.change === 'deleted' || change.fields.includes('content')
+  const modeChanged = change.fields.includes('mode')
+  if ((!now && !was) || (!contentChanged && !modeChanged)) return ''
+  const name = change.path.slice(1)
+  const lines = [`diff --git a/${name} b/${name}`]
+  if (!was && now) lines.push(`new file mode ${gitMode(now)}`)
+  else if (was && !now) lines.push(`deleted file mode ${gitMode(was)}`)
+  else if (was && now && modeChanged) lines.push(`old mode ${gitMode(was)}`, `new mode ${gitMode(now)}`)
+  if (contentChanged) lines.push(...contentLines(name, was, now, reader))
+  return `${lines.join('\n')}\n`
+}
+
+function contentLines(name: string, was: EntryState | undefined, now: EntryState | undefined, reader: TreeReader): string[] {
+  const oldBytes = was?.dataPath ? reader.readHead(was.dataPath, TEXT_LIMIT + 1) : Buffer.alloc(0)
+  const newBytes = now?.dataPath ? reader.readHead(now.dataPath, TEXT_LIMIT + 1) : Buffer.alloc(0)
+  const oldLabel = was ? `a/${name}` : '/dev/null'
+  const newLabel = now ? `b/${name}` : '/dev/null'
+  if (isBinary(oldBytes) || isBinary(newBytes)) return [`Binary files ${oldLabel} and ${newLabel} differ`]
+  if (oldBytes.length > TEXT_LIMIT || newBytes.length > TEXT_LIMIT) return [`Large files ${oldLabel} and ${newLabel} differ (over ${TEXT_LIMIT} bytes)`]
+  const patch = structuredPatch(oldLabel, newLabel, oldBytes.toString('utf8'), newBytes.toString('utf8'), '', '', { context: 3 })
+  if (patch.hunks.length === 0) return []
+  const lines = [`--- ${oldLabel}`, `+++ ${newLabel}`]
+  for (const hunk of patch.hunks) {
+    lines.push(`@@ -${range(hunk.oldStart, hunk.oldLines)} +${range(hunk.newStart, hunk.newLines)} @@`, ...hunk.lines)
+  }
+  return lines
+}
+
+/** Unified-diff ranges omit a count of 1 and start at 0 for an empty side. */
+function range(start: number, count: number): string {
+  const first = count === 0 ? Math.max(start - 1, 0) : start
+  return count === 1 ? `${first}` : `${first},${count}`
+}
+
+function isBinary(bytes: Buffer): boolean {
+  return bytes.subarray(0, BINARY_PROBE).includes(0)
+}
+
+function gitMode(state: EntryState): string {
+  return `100${(state.permissions & 0o777).toString(8).padStart(3, '0')}`
+}

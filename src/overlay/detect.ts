@@ -1,0 +1,30 @@
+/**
+ * Which xattr namespace an upper was written with. The kernel puts overlay
+ * xattrs on nearly every copy-up (origin, opaque on new directories), so the
+ * first one found settles it; the scan stops there.
+ */
+import type { TreeReader } from './types.js'
+import { namespaceOf, type XattrNamespace } from './xattrs.js'
+
+export function detectNamespace(reader: TreeReader, upperRoot: string): XattrNamespace | undefined {
+  const pending = ['']
+  for (let path = pending.pop(); path !== undefined; path = pending.pop()) {
+    const full = upperRoot + path
+    for (const name of reader.xattrNames(full)) {
+      const namespace = namespaceOf(name)
+      if (namespace) return namespace
+    }
+    for (const name of reader.list(full)) {
+      const child = `${path}/${name}`
+      const stat = reader.stat(upperRoot + child)
+      if (stat?.type === 'dir') pending.push(child)
+      else if (stat?.type === 'file' || stat?.type === 'symlink') {
+        for (const xattr of reader.xattrNames(upperRoot + child)) {
+          const namespace = namespaceOf(xattr)
+          if (namespace) return namespace
+        }
+      }
+    }
+  }
+  return undefined
+}

@@ -1,0 +1,202 @@
+/**
+ * What the merged view changes relative to the lower view, computed from the
+ * upper alone: the walk visits only directories the upper holds (plus the
+ * lower subtrees a rename or an opaque directory brings into question), so its
+ * cost follows the upper, not the lower.
+ */
+import type { EntryStat, EntryType, TreeReader } from './types.js'
+import type { OverlayXattrs } from './xattrs.js'
+import { hostPath, sameSource, sameSources, type LayerStack, type ResolvedEntry } from './stack.js'
+
+export type ChangeKind = 'added' | 'deleted' | 'modified' | 'metadata' | 'unchanged'
+export type ChangedField = 'type' | 'content' | 'target' | 'rdev' | 'mode' | 'uid' | 'gid' | 'xattrs'
+
+export interface EntryState {
+  type: EntryType
+  permissions: number
+  uid: number
+  gid: number
+  size: number
+  /** Symlink target. */
+  target?: string
+  /** Host path of a regular file's bytes, for content diffs. */
+  dataPath?: string
+}
+
+export interface Change {
+  /** Absolute path in the merged view; '/' for the root. */
+  path: string
+  change: ChangeKind
+  /** The merged state; absent for a deletion. */
+  now?: EntryState
+  /** The lower state; absent for an addition. */
+  was?: EntryState
+  fields: ChangedField[]
+  /** A renamed directory: the lower path its contents come from. */
+  from?: string
+  /** A directory that hides the lower directory it replaced (deleted and recreated). */
+  replaced?: boolean
+}
+
+export interface DiffOptions {
+  /** Report upper entries that equal the lower as `unchanged`. */
+  all: boolean
+  /** Restrict the report to these merged-view subtrees. */
+  paths: string[]
+}
+
+export class OverlayDiff {
+  constructor(
+    private readonly merged: LayerStack,
+    private readonly lower: LayerStack,
+    private readonly reader: TreeReader,
+    private readonly xattrs: OverlayXattrs,
+    private readonly options: DiffOptions,
+    private readonly emit: (change: Change) => void,
+  ) {}
+
+  run(): void {
+    for (const path of topmostPaths(this.options.paths)) this.diffSubtree(path)
+  }
+
+  private diffSubtree(path: string): void {
+    let merged: ResolvedEntry | undefined = this.merged.root()
+    let lower: ResolvedEntry | undefined = this.lower.root()
+    for (const name of path.split('/').filter(Boolean)) {
+      merged = merged?.stat.type === 'dir' ? this.merged.child(merged, name) : undefined
+      lower = lower?.stat.type === 'dir' ? this.lower.child(lower, name) : undefined
+    }
+    this.compare(path === '/' ? '' : path, merged, lower)
+  }
+
+  private compare(path: string, merged: ResolvedEntry | undefined, lower: ResolvedEntry | undefined): void {
+    if (!merged) {
+      if (lower) this.emit({ path: path || '/', change: 'deleted', was: this.state(lower), fields: [] })
+      return
+    }
+    if (lower && this.fromSamePlace(merged, lower)) return
+    if (!lower) {
+      this.emit({ path: path || '/', change: 'added', now: this.state(merged), fields: [], ...this.dirNotes(merged, undefined) })
+      if (merged.stat.type === 'dir') this.walk(path, merged, undefined)
+      return
+    }
+    const fields = this.differences(merged, lower)
+    const change: ChangeKind = fields.some(isContentField) ? 'modified' : fields.length > 0 ? 'metadata' : 'unchanged'
+    if (change !== 'unchanged' || (this.options.all && merged.inUpper)) {
+      this.emit({ path: path || '/', change, now: this.state(merged), was: this.state(lower), fields, ...this.dirNotes(merged, lower) })
+    }
+    if (merged.stat.type === 'dir') this.walk(path, merged, lower.stat.type === 'dir' ? lower : undefined)
+  }
+
+  /** Children in path order; only names the upper can have changed. */
+  private walk(path: string, merged: ResolvedEntry, lower: ResolvedEntry | undefined): void {
+    const lowerDirsOfMerged = merged.dirs.filter((dir) => dir.layer.role === 'lower')
+    const onlyUpperMatters = lower !== undefined && sameSources(lowerDirsOfMerged, lower.dirs)
+    const names = onlyUpperMatters
+      ? new Set(merged.inUpper ? this.reader.list(hostPath(merged.top)) : [])
+      : new Set([...this.merged.candidateNames(merged), ...(lower ? this.lower.candidateNames(lower) : [])])
+    for (const name of [...names].sort(compareNames)) {
+      const mergedChild = this.merged.child(merged, name)
+      const lowerChild = lower ? this.lower.child(lower, name) : undefined
+      this.compare(`${path}/${name}`, mergedChild, lowerChild)
+    }
+  }
+
+  /** Nothing of the entry comes from the upper and it resolves to the same lower places. */
+  private fromSamePlace(merged: ResolvedEntry, lower: ResolvedEntry): boolean {
+    return !merged.inUpper && sameSource(merged.top, lower.top) && sameSources(merged.dirs, lower.dirs) && sameSource(merged.data, lower.data)
+  }
+
+  private differences(merged: ResolvedEntry, lower: ResolvedEntry): ChangedField[] {
+    const fields: ChangedField[] = []
+    const now = merged.stat
+    const was = lower.stat
+    if (now.type !== was.type) fields.push('type')
+    else if (now.type === 'file' && !this.sameBytes(merged, lower)) fields.push('content')
+    else if (now.type === 'symlink' && this.reader.readLink(hostPath(merged.top)) !== this.reader.readLink(hostPath(lower.top))) fields.push('target')
+    else if ((now.type === 'char' || now.type === 'block') && now.rdev !== was.rdev) fields.push('rdev')
+    if (now.permissions !== was.permissions) fields.push('mode')
+    if (now.uid !== was.uid) fields.push('uid')
+    if (now.gid !== was.gid) fields.push('gid')
+    if (!this.sameUserXattrs(merged, lower)) fields.push('xattrs')
+    return fields
+  }
+
+  private sameBytes(merged: ResolvedEntry, lower: ResolvedEntry): boolean {
+    if (merged.stat.size !== lower.stat.size) return false
+    const a = merged.data
+    const b = lower.data
+    if (!a || !b) return false
+    if (sameSource(a, b)) return true
+    const pathA = hostPath(a)
+    const pathB = hostPath(b)
+    const statA = a === merged.top ? merged.stat : this.reader.stat(pathA)
+    const statB = b === lower.top ? lower.stat : this.reader.stat(pathB)
+    if (statA && statB && statA.dev === statB.dev && statA.ino === statB.ino) return true
+    return this.reader.sameContent(pathA, pathB, merged.stat.size)
+  }
+
+  private sameUserXattrs(merged: ResolvedEntry, lower: ResolvedEntry): boolean {
+    const names = (entry: ResolvedEntry): string[] => entry.xattrNames.filter((name) => this.xattrs.isUserData(name)).sort()
+    const mergedNames = names(merged)
+    const lowerNames = names(lower)
+    if (mergedNames.length !== lowerNames.length || mergedNames.some((name, i) => name !== lowerNames[i])) return false
+    return mergedNames.every((name) => {
+      const a = this.reader.xattr(hostPath(merged.top), name)
+      const b = this.reader.xattr(hostPath(lower.top), name)
+      return a !== undefined && b !== undefined && a.equals(b)
+    })
+  }
+
+  private dirNotes(merged: ResolvedEntry, lower: ResolvedEntry | undefined): Pick<Change, 'from' | 'replaced'> {
+    if (merged.stat.type !== 'dir') return {}
+    if (merged.redirectedFrom !== undefined) return { from: merged.redirectedFrom || '/' }
+    if (merged.opaque && merged.inUpper && lower?.stat.type === 'dir') return { replaced: true }
+    return {}
+  }
+
+  private state(entry: ResolvedEntry): EntryState {
+    const stat: EntryStat = entry.stat
+    const state: EntryState = { type: stat.type, permissions: stat.permissions, uid: stat.uid, gid: stat.gid, size: stat.type === 'dir' ? 0 : stat.size }
+    if (stat.type === 'symlink') state.target = this.reader.readLink(hostPath(entry.top))
+    if (entry.data) state.dataPath = hostPath(entry.data)
+    return state
+  }
+}
+
+function isContentField(field: ChangedField): boolean {
+  return field === 'type' || field === 'content' || field === 'target' || field === 'rdev'
+}
+
+/** Byte order of the UTF-8 names, which is what C tools and `sort` (LC_ALL=C) use. */
+export function compareNames(a: string, b: string): number {
+  return Buffer.compare(Buffer.from(a), Buffer.from(b))
+}
+
+/** Normalised, sorted, without paths nested in another requested path. */
+export function topmostPaths(paths: readonly string[]): string[] {
+  const normalised = (paths.length > 0 ? paths : ['/']).map(normaliseMergedPath)
+  const sorted = [...new Set(normalised)].sort(comparePaths)
+  return sorted.filter((path, i) => !sorted.slice(0, i).some((other) => other === '/' || path.startsWith(`${other}/`)))
+}
+
+export function normaliseMergedPath(path: string): string {
+  const parts: string[] = []
+  for (const part of path.split('/')) {
+    if (part === '' || part === '.') continue
+    if (part === '..') parts.pop()
+    else parts.push(part)
+  }
+  return `/${parts.join('/')}`
+}
+
+/** Path order component by component: a directory comes right before its contents. */
+export function comparePaths(a: string, b: string): number {
+  const partsA = a.split('/')
+  const partsB = b.split('/')
+  for (let i = 0; i < Math.min(partsA.length, partsB.length); i++) {
+    const order = compareNames(partsA[i] ?? '', partsB[i] ?? '')
+    if (order !== 0) return order
+  }
+  return partsA.length - partsB.length
+}
