@@ -1,0 +1,86 @@
+/** The configuration file: documented defaults, strict validation, one-line errors. */
+import t from 'tap'
+import * as fs from 'node:fs'
+import * as os from 'node:os'
+import { parse } from 'ini'
+import { applyOverride, parseConfig } from '../src/config/load.js'
+import { defaultConfig, SCHEMA } from '../src/config/schema.js'
+import { OvrootError } from '../src/errors.js'
+import { VERSION } from '../src/version.js'
+import { ovroot } from './helpers/overlay.js'
+
+function catchError(action: () => unknown): Error | undefined {
+  try {
+    action()
+  } catch (error) {
+    return error as Error
+  }
+  return undefined
+}
+
+const shipped = fs.readFileSync(new URL('../etc/ovroot.conf', import.meta.url), 'utf8')
+
+t.test('etc/ovroot.conf documents every key with its default', async (t) => {
+  t.same(parseConfig(shipped, 'etc/ovroot.conf'), defaultConfig())
+  const document = parse(shipped) as Record<string, Record<string, string>>
+  for (const [section, keys] of Object.entries(SCHEMA)) {
+    for (const key of Object.keys(keys)) t.ok(document[section] && key in document[section], `[${section}] ${key} is in etc/ovroot.conf`)
+  }
+})
+
+t.test('values are parsed into their types', async (t) => {
+  const config = parseConfig('[overlay]\nlower = /rom /rom2\noptions = redirect_dir=on,metacopy=on\n[flash]\ndrivers = ubi ram\nreformat_corrupt = yes\n[boot]\ntimeout = 5\n', 'x.conf')
+  t.same(config.overlay.lower, ['/rom', '/rom2'])
+  t.same(config.overlay.options, ['redirect_dir=on', 'metacopy=on'])
+  t.same(config.flash.drivers, ['ubi', 'ram'])
+  t.equal(config.flash.reformat_corrupt, true)
+  t.equal(config.boot.timeout, 5)
+})
+
+t.test('errors name the file, the section, the key and what was expected', async (t) => {
+  const cases: [string, RegExp][] = [
+    ['[flash]\nreformat_corrupt = maybe\n', /^x\.conf: \[flash\] reformat_corrupt = maybe: expected yes or no$/],
+    ['[flash]\ndrivers = mtd floppy\n', /^x\.conf: \[flash\] drivers = mtd floppy: expected a list of media drivers from mtd, ubi, block, ram$/],
+    ['[flash]\nfrobnicate = 1\n', /^x\.conf: \[flash\] frobnicate: unknown key; expected one of drivers, name, device/],
+    ['[network]\nx = 1\n', /^x\.conf: \[network\]: unknown section; expected one of \[overlay\], \[flash\], \[boot\], \[reset\]$/],
+    ['lower = /rom\n', /^x\.conf: lower: a key outside any section/],
+    ['[overlay]\nlower = rom\n', /expected absolute paths separated by spaces/],
+    ['[overlay]\noptions = lowerdir=/x\n', /expected overlay mount options/],
+    ['[boot]\ntimeout = 0\n', /expected a whole number of seconds from 1 to 3600/],
+    ['[flash]\ndevice = sda1\n', /expected empty, a \/dev path, LABEL=name or PARTUUID=id/],
+  ]
+  for (const [text, message] of cases) {
+    const error = catchError(() => parseConfig(text, 'x.conf'))
+    t.ok(error instanceof OvrootError && error.exitStatus === 3, `${message.source}: a configuration error`)
+    t.match(error?.message, message)
+  }
+})
+
+t.test('kernel command-line overrides go through the same validation', async (t) => {
+  const config = defaultConfig()
+  applyOverride(config, 'kernel command line', 'flash.drivers', 'ram')
+  t.same(config.flash.drivers, ['ram'])
+  t.throws(() => applyOverride(config, 'kernel command line', 'flash.bogus', '1'), /kernel command line: \[flash\] bogus: unknown key/)
+  t.throws(() => applyOverride(config, 'kernel command line', 'nodots', '1'), /expected section\.key/)
+})
+
+t.test('a bad configuration stops the command with exit status 3 and one line', async (t) => {
+  const file = `${fs.mkdtempSync(`${os.tmpdir()}/ovroot-conf-`)}/bad.conf`
+  fs.writeFileSync(file, '[flash]\nreformat_corrupt = maybe\n')
+  const result = ovroot(['diff', '--config', file])
+  t.equal(result.status, 3)
+  t.equal(result.stderr, `ovroot: ${file}: [flash] reformat_corrupt = maybe: expected yes or no\n`)
+})
+
+t.test('--version and --help', async (t) => {
+  const pkg = JSON.parse(fs.readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
+  t.equal(VERSION, pkg.version, 'src/version.ts follows package.json')
+  t.equal(ovroot(['--version']).stdout.trim(), pkg.version)
+  const help = ovroot(['--help'])
+  t.equal(help.status, 0)
+  t.match(help.stdout, /EXIT STATUS/)
+  t.match(help.stdout, /ovroot diff/)
+  const none = ovroot([])
+  t.equal(none.status, 2)
+  t.match(none.stderr, /a command is required/)
+})

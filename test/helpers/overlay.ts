@@ -1,0 +1,159 @@
+/**
+ * Real overlay mounts for tests, and the oracle the diff is checked against:
+ * the mounted merged view compared entry by entry with the lower view.
+ */
+import { execFileSync, spawnSync } from 'node:child_process'
+import { createHash } from 'node:crypto'
+import * as fs from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { listXattrs, getXattr } from '../../src/sys/libc.js'
+
+export const OVROOT = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url))
+
+export interface Scratch {
+  dir: string
+  cleanup(): void
+}
+
+/** A fresh tmpfs (trusted and user xattrs, whiteouts) that is unmounted afterwards. */
+export function scratch(): Scratch {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ovroot-test-'))
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=512m', 'tmpfs', dir])
+  return {
+    dir,
+    cleanup() {
+      for (const line of fs.readFileSync('/proc/mounts', 'utf8').split('\n').reverse()) {
+        const target = line.split(' ')[1]
+        if (target && target.startsWith(`${dir}/`)) spawnSync('umount', ['-l', target])
+      }
+      spawnSync('umount', ['-l', dir])
+      fs.rmSync(dir, { recursive: true, force: true })
+    },
+  }
+}
+
+export function mountOverlay(merged: string, lowers: string[], upper: string | undefined, work: string | undefined, options: string[]): void {
+  const parts = [`lowerdir=${lowers.join(':')}`]
+  if (upper && work) parts.push(`upperdir=${upper}`, `workdir=${work}`)
+  parts.push(...options)
+  fs.mkdirSync(merged, { recursive: true })
+  execFileSync('mount', ['-t', 'overlay', 'overlay', '-o', parts.join(','), merged])
+}
+
+export function unmount(target: string): void {
+  execFileSync('umount', [target])
+}
+
+export interface Described {
+  type: string
+  permissions: number
+  uid: number
+  gid: number
+  content: string
+  xattrs: string
+}
+
+const typeName = (st: fs.Stats): string =>
+  st.isFile() ? 'file' : st.isDirectory() ? 'dir' : st.isSymbolicLink() ? 'symlink' : st.isFIFO() ? 'fifo' : st.isSocket() ? 'socket' : st.isCharacterDevice() ? 'char' : 'block'
+
+/** Every entry of a tree, described by what the diff contract compares. */
+export function snapshot(root: string, userXattrPrefixToIgnore?: string): Map<string, Described> {
+  const entries = new Map<string, Described>()
+  const visit = (rel: string): void => {
+    const full = root + rel
+    const st = fs.lstatSync(full)
+    const type = typeName(st)
+    let content = ''
+    if (type === 'file') content = createHash('sha256').update(fs.readFileSync(full)).digest('hex')
+    else if (type === 'symlink') content = fs.readlinkSync(full)
+    else if (type === 'char' || type === 'block') content = String(st.rdev)
+    const xattrs = type === 'symlink' || type === 'file' || type === 'dir'
+      ? listXattrs(full)
+          .filter((name) => name.startsWith('user.') && !(userXattrPrefixToIgnore && name.startsWith(userXattrPrefixToIgnore)))
+          .sort()
+          .map((name) => `${name}=${getXattr(full, name)?.toString('hex')}`)
+          .join(',')
+      : ''
+    entries.set(rel || '/', { type, permissions: st.mode & 0o7777, uid: st.uid, gid: st.gid, content, xattrs })
+    if (type === 'dir') for (const name of fs.readdirSync(full)) visit(`${rel}/${name}`)
+  }
+  visit('')
+  return entries
+}
+
+export interface Expected {
+  path: string
+  change: string
+  type: string
+}
+
+/** The contract, applied to two full snapshots. */
+export function oracle(merged: Map<string, Described>, lower: Map<string, Described>): Expected[] {
+  const changes: Expected[] = []
+  const parentOf = (p: string): string => (p.lastIndexOf('/') <= 0 ? '/' : p.slice(0, p.lastIndexOf('/')))
+  for (const [p, now] of merged) {
+    const was = lower.get(p)
+    if (!was) {
+      changes.push({ path: p, change: 'added', type: now.type })
+      continue
+    }
+    const content = now.type !== was.type || now.content !== was.content
+    const meta = now.permissions !== was.permissions || now.uid !== was.uid || now.gid !== was.gid || now.xattrs !== was.xattrs
+    if (content || meta) changes.push({ path: p, change: content ? 'modified' : 'metadata', type: now.type })
+  }
+  for (const [p, was] of lower) {
+    if (merged.has(p)) continue
+    const parent = parentOf(p)
+    const parentNow = merged.get(parent)
+    // Only the topmost deletion; below a non-directory everything is implied.
+    if (parentNow?.type === 'dir' && lower.get(parent)?.type === 'dir') changes.push({ path: p, change: 'deleted', type: was.type })
+  }
+  return changes.sort((a, b) => comparePathsForTest(a.path, b.path))
+}
+
+function comparePathsForTest(a: string, b: string): number {
+  const pa = a.split('/')
+  const pb = b.split('/')
+  for (let i = 0; i < Math.min(pa.length, pb.length); i++) {
+    const order = Buffer.compare(Buffer.from(pa[i] ?? ''), Buffer.from(pb[i] ?? ''))
+    if (order !== 0) return order
+  }
+  return pa.length - pb.length
+}
+
+export interface RunResult {
+  status: number
+  stdout: string
+  stderr: string
+}
+
+/** ovroot runs as a user would run it: without the test runner's NODE_OPTIONS hooks. */
+export function cleanEnvironment(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
+  return { PATH: process.env.PATH, HOME: '/root', LANG: 'C.UTF-8', NO_COLOR: '1', ...extra }
+}
+
+export function ovroot(args: string[], options: { uid?: number; env?: NodeJS.ProcessEnv; input?: string } = {}): RunResult {
+  // tap's process tracker re-injects its NODE_OPTIONS into every child; env -u drops it.
+  const result = spawnSync('env', ['-u', 'NODE_OPTIONS', process.execPath, OVROOT, ...args], {
+    encoding: 'utf8',
+    uid: options.uid,
+    env: options.env ?? cleanEnvironment(),
+    input: options.input ?? '',
+    maxBuffer: 1 << 28,
+  })
+  return { status: result.status ?? -1, stdout: result.stdout, stderr: result.stderr }
+}
+
+export function diffJson(lowers: string[], upper: string, extra: string[] = []): Expected[] {
+  const result = ovroot(['diff', '--json', ...lowers.flatMap((lower) => ['--lower', lower]), '--upper', upper, ...extra])
+  if (result.status !== 0) throw new Error(`ovroot diff failed (${result.status}): ${result.stderr}`)
+  return result.stdout
+    .split('\n')
+    .filter(Boolean)
+    .map((line) => {
+      const record = JSON.parse(line) as Expected
+      return { path: record.path, change: record.change, type: record.type }
+    })
+}
