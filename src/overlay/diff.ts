@@ -137,7 +137,7 @@ export class OverlayDiff {
   }
 
   private sameUserXattrs(merged: ResolvedEntry, lower: ResolvedEntry): boolean {
-    const names = (entry: ResolvedEntry): string[] => entry.xattrNames.filter((name) => this.xattrs.isUserData(name)).sort()
+    const names = (entry: ResolvedEntry): string[] => entry.xattrNames().filter((name) => this.xattrs.isUserData(name)).sort()
     const mergedNames = names(merged)
     const lowerNames = names(lower)
     if (mergedNames.length !== lowerNames.length || mergedNames.some((name, i) => name !== lowerNames[i])) return false
@@ -168,10 +168,17 @@ function isContentField(field: ChangedField): boolean {
   return field === 'type' || field === 'content' || field === 'target' || field === 'rdev'
 }
 
-/** Byte order of the UTF-8 names, which is what C tools and `sort` (LC_ALL=C) use. */
+/**
+ * Byte order of the UTF-8 names, which is what C tools and `sort` (LC_ALL=C)
+ * use. JS string order agrees with it below the surrogate range, which covers
+ * nearly every name, so only the rest pays for an encoding.
+ */
 export function compareNames(a: string, b: string): number {
+  if (!BEYOND_BMP_ORDER.test(a) && !BEYOND_BMP_ORDER.test(b)) return a < b ? -1 : a > b ? 1 : 0
   return Buffer.compare(Buffer.from(a), Buffer.from(b))
 }
+
+const BEYOND_BMP_ORDER = /[\ud800-\uffff]/
 
 /** Normalised, sorted, without paths nested in another requested path. */
 export function topmostPaths(paths: readonly string[]): string[] {

@@ -26,7 +26,8 @@ export interface ResolvedEntry {
   /** Where the entry's own metadata (type, mode, owner, xattrs) comes from. */
   readonly top: Source
   readonly stat: EntryStat
-  readonly xattrNames: readonly string[]
+  /** All xattr names of `top`, read on first use. */
+  xattrNames(): readonly string[]
   /** Directories whose children show through, top first. */
   readonly dirs: readonly Source[]
   /** Where a regular file's bytes are: `top`, unless top is a metacopy stub. */
@@ -51,18 +52,30 @@ export function sameSources(a: readonly Source[], b: readonly Source[]): boolean
   return a.length === b.length && a.every((source, i) => sameSource(source, b[i]))
 }
 
-interface Found {
-  source: Source
-  stat: EntryStat
-  xattrNames: string[]
+/** An entry found in one layer; its xattr names are listed only when asked for. */
+class Found {
+  private names: string[] | undefined
+  constructor(
+    readonly source: Source,
+    readonly stat: EntryStat,
+    private readonly reader: TreeReader,
+  ) {}
+
+  xattrNames(): string[] {
+    this.names ??= this.stat.type === 'char' || this.stat.type === 'block' || this.stat.type === 'fifo' || this.stat.type === 'socket' ? [] : this.reader.xattrNames(hostPath(this.source))
+    return this.names
+  }
 }
 
 export class LayerStack {
+  private readonly bottom: Layer | undefined
   constructor(
     readonly layers: readonly Layer[],
     private readonly reader: TreeReader,
     private readonly xattrs: OverlayXattrs,
-  ) {}
+  ) {
+    this.bottom = layers[layers.length - 1]
+  }
 
   root(): ResolvedEntry {
     const root = this.resolve({ absolute: '' })
@@ -84,14 +97,17 @@ export class LayerStack {
 
   private find(source: Source): Found | undefined {
     const stat = this.reader.stat(hostPath(source))
-    if (!stat) return undefined
-    const xattrNames = stat.type === 'char' || stat.type === 'fifo' || stat.type === 'socket' ? [] : this.reader.xattrNames(hostPath(source))
-    return { source, stat, xattrNames }
+    return stat && new Found(source, stat, this.reader)
   }
 
+  /**
+   * In the bottom layer opaque, redirect and metacopy have nothing below them
+   * to act on, so their xattrs are not read there (only whiteouts matter).
+   */
   private overlayValue(found: Found, key: 'opaque' | 'redirect' | 'metacopy' | 'whiteout'): string | undefined {
+    if (key !== 'whiteout' && found.source.layer === this.bottom) return undefined
     const name = this.xattrs.name(key)
-    if (!found.xattrNames.includes(name)) return undefined
+    if (!found.xattrNames().includes(name)) return undefined
     return this.reader.xattr(hostPath(found.source), name)?.toString('utf8') ?? undefined
   }
 
@@ -149,7 +165,7 @@ export class LayerStack {
     return {
       top: top.source,
       stat: top.stat,
-      xattrNames: top.xattrNames,
+      xattrNames: () => top.xattrNames(),
       dirs,
       data,
       inUpper: top.source.layer.role === 'upper',

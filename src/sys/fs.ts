@@ -5,7 +5,7 @@
  */
 import * as fs from 'node:fs'
 import { fromNodeError, OvrootError, ExitCode } from '../errors.js'
-import { listXattrs, getXattr } from './libc.js'
+import { listXattrs, getXattr, lstat, type RawStat } from './libc.js'
 import type { EntryStat, EntryType, TreeReader } from '../overlay/types.js'
 
 function typeOf(mode: number): EntryType {
@@ -20,7 +20,7 @@ function typeOf(mode: number): EntryType {
   }
 }
 
-export function toEntryStat(st: fs.Stats): EntryStat {
+export function toEntryStat(st: RawStat): EntryStat {
   return {
     type: typeOf(st.mode),
     permissions: st.mode & 0o7777,
@@ -38,13 +38,8 @@ const absentErrnos = new Set(['ENOENT', 'ENOTDIR'])
 
 /** lstat that answers undefined for a path that does not exist. */
 export function statPath(path: string): EntryStat | undefined {
-  try {
-    const st = fs.lstatSync(path, { throwIfNoEntry: false })
-    return st ? toEntryStat(st) : undefined
-  } catch (error) {
-    if (absentErrnos.has((error as NodeJS.ErrnoException).code ?? '')) return undefined
-    throw fromNodeError(error, 'lstat', path)
-  }
+  const st = lstat(path)
+  return st && toEntryStat(st)
 }
 
 /** Names in a directory, refusing names that are not UTF-8 rather than mangling them. */

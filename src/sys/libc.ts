@@ -21,6 +21,7 @@ interface Koffi {
 const require = createRequire(import.meta.url)
 
 interface Libc {
+  lstat: KoffiFunction
   llistxattr: KoffiFunction
   lgetxattr: KoffiFunction
   lsetxattr: KoffiFunction
@@ -41,6 +42,7 @@ function bind(): { koffi: Koffi; libc: Libc } {
     koffi = require('koffi') as Koffi
     const lib = koffi.load('libc.so.6')
     libc = {
+      lstat: lib.func('int lstat(const char *path, _Out_ uint8_t *buf)'),
       llistxattr: lib.func('intptr_t llistxattr(const char *path, _Out_ uint8_t *list, size_t size)'),
       lgetxattr: lib.func('intptr_t lgetxattr(const char *path, const char *name, _Out_ uint8_t *value, size_t size)'),
       lsetxattr: lib.func('int lsetxattr(const char *path, const char *name, const uint8_t *value, size_t size, int flags)'),
@@ -67,6 +69,50 @@ function check(result: unknown, operation: string, target: string): number {
   const value = typeof result === 'bigint' ? Number(result) : (result as number)
   if (value < 0) throw new SysError(errnoName(), operation, target)
   return value
+}
+
+/** struct stat as glibc lays it out: x86_64's own, and asm-generic's (arm64, riscv64). */
+const STAT_LAYOUT =
+  process.arch === 'x64'
+    ? { bytes: 144, dev: 0, ino: 8, nlink: 16, mode: 24, uid: 28, gid: 32, rdev: 40, size: 48 }
+    : { bytes: 128, dev: 0, ino: 8, mode: 16, nlink: 20, uid: 24, gid: 28, rdev: 32, size: 48 }
+const statBuffer = Buffer.alloc(STAT_LAYOUT.bytes)
+
+export interface RawStat {
+  mode: number
+  uid: number
+  gid: number
+  size: number
+  rdev: number
+  dev: number
+  ino: number
+  nlink: number
+}
+
+const u64 = (offset: number): number => statBuffer.readUInt32LE(offset) + statBuffer.readUInt32LE(offset + 4) * 0x100000000
+
+/**
+ * lstat(2) straight into a reused buffer: a third cheaper than fs.lstatSync,
+ * which matters when diff stats every entry of the upper and its lower twin.
+ * Answers undefined for a path that does not exist.
+ */
+export function lstat(path: string): RawStat | undefined {
+  if (bind().libc.lstat(path, statBuffer) !== 0) {
+    const errno = errnoName()
+    if (errno === 'ENOENT' || errno === 'ENOTDIR') return undefined
+    throw new SysError(errno, 'lstat', path)
+  }
+  const layout = STAT_LAYOUT
+  return {
+    mode: statBuffer.readUInt32LE(layout.mode),
+    uid: statBuffer.readUInt32LE(layout.uid),
+    gid: statBuffer.readUInt32LE(layout.gid),
+    size: u64(layout.size),
+    rdev: u64(layout.rdev),
+    dev: u64(layout.dev),
+    ino: u64(layout.ino),
+    nlink: process.arch === 'x64' ? u64(layout.nlink) : statBuffer.readUInt32LE(layout.nlink),
+  }
 }
 
 const ENODATA_NAMES = new Set(['ENODATA', 'ENOTSUP', 'EOPNOTSUPP'])

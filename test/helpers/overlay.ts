@@ -10,7 +10,7 @@ import * as path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { listXattrs, getXattr } from '../../src/sys/libc.js'
 
-export const OVROOT = fileURLToPath(new URL('../../dist/cli/main.js', import.meta.url))
+export const OVROOT = fileURLToPath(new URL('../../dist/ovroot.js', import.meta.url))
 
 export interface Scratch {
   dir: string
