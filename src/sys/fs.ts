@@ -5,7 +5,7 @@
  */
 import * as fs from 'node:fs'
 import { fromNodeError, OvrootError, ExitCode } from '../errors.js'
-import { listXattrs, getXattr, lstat, type RawStat } from './libc.js'
+import { listXattrs, getXattr, lstat, makeNode, setXattr, type RawStat } from './libc.js'
 import type { EntryStat, EntryType, TreeReader } from '../overlay/types.js'
 
 function typeOf(mode: number): EntryType {
@@ -152,4 +152,140 @@ export const hostTreeReader: TreeReader = {
   readLink,
   sameContent,
   readHead,
+}
+
+/**
+ * Replace a small file so that a power cut leaves either the old or the new
+ * content: write a temporary sibling, fsync it, rename it over, fsync the
+ * directory.
+ */
+export function writeFileAtomic(path: string, content: string | Buffer): void {
+  const temporary = `${path}.tmp`
+  const directory = path.slice(0, path.lastIndexOf('/')) || '/'
+  try {
+    const fd = fs.openSync(temporary, 'w', 0o644)
+    try {
+      fs.writeSync(fd, typeof content === 'string' ? Buffer.from(content) : content)
+      fs.fsyncSync(fd)
+    } finally {
+      fs.closeSync(fd)
+    }
+    fs.renameSync(temporary, path)
+    syncDirectory(directory)
+  } catch (error) {
+    throw fromNodeError(error, 'write', path)
+  }
+}
+
+export function syncDirectory(path: string): void {
+  const fd = fs.openSync(path, 'r')
+  try {
+    fs.fsyncSync(fd)
+  } finally {
+    fs.closeSync(fd)
+  }
+}
+
+export function makeDirectory(path: string, mode = 0o755): void {
+  try {
+    fs.mkdirSync(path, { recursive: true, mode })
+  } catch (error) {
+    throw fromNodeError(error, 'mkdir', path)
+  }
+}
+
+export function removeTree(path: string): void {
+  try {
+    fs.rmSync(path, { recursive: true, force: true })
+  } catch (error) {
+    throw fromNodeError(error, 'remove', path)
+  }
+}
+
+export function renamePath(from: string, to: string): void {
+  try {
+    fs.renameSync(from, to)
+  } catch (error) {
+    throw fromNodeError(error, 'rename', `${from} to ${to}`)
+  }
+}
+
+/** Read `length` bytes at `offset` of a file or device. */
+export function readAt(path: string, offset: number, length: number): Buffer {
+  let fd = -1
+  try {
+    fd = fs.openSync(path, 'r')
+    const buffer = Buffer.alloc(length)
+    const got = fs.readSync(fd, buffer, 0, length, offset)
+    return buffer.subarray(0, got)
+  } catch (error) {
+    throw fromNodeError(error, 'read', path)
+  } finally {
+    if (fd >= 0) fs.closeSync(fd)
+  }
+}
+
+export function pathExists(path: string): boolean {
+  return statPath(path) !== undefined
+}
+
+export function listDirectoryIfExists(path: string): string[] {
+  return statPath(path)?.type === 'dir' ? listDirectory(path) : []
+}
+
+/**
+ * Copy one entry with everything a faithful copy of an upper needs: content
+ * (or only the size, for metacopy stubs whose data is in the lower), every
+ * xattr including trusted.overlay.*, owner, mode and times. Whiteouts and
+ * other device nodes are recreated with mknod. Directories get their
+ * metadata only; their children are the caller's business.
+ */
+export function cloneEntry(from: string, to: string, options: { stubOnly?: boolean; overlayXattrs?: boolean } = {}): void {
+  const stat = fs.lstatSync(from)
+  try {
+    if (stat.isDirectory()) fs.mkdirSync(to, { mode: 0o700 })
+    else if (stat.isSymbolicLink()) fs.symlinkSync(fs.readlinkSync(from), to)
+    else if (stat.isFile() && options.stubOnly) {
+      fs.writeFileSync(to, '')
+      fs.truncateSync(to, stat.size)
+    } else if (stat.isFile()) fs.copyFileSync(from, to)
+    else if (stat.isFIFO()) makeNode(to, 'fifo', stat.mode)
+    else if (stat.isCharacterDevice() || stat.isBlockDevice()) {
+      makeNode(to, stat.isCharacterDevice() ? 'char' : 'block', stat.mode, majorOf(stat.rdev), minorOf(stat.rdev))
+    } else return
+    for (const name of listXattrs(from)) {
+      if (!options.overlayXattrs && name.includes('.overlay.')) continue
+      const value = getXattr(from, name)
+      if (value) setXattr(to, name, value)
+    }
+    fs.lchownSync(to, stat.uid, stat.gid)
+    if (!stat.isSymbolicLink()) fs.chmodSync(to, stat.mode & 0o7777)
+    fs.lutimesSync(to, stat.atime, stat.mtime)
+  } catch (error) {
+    throw fromNodeError(error, 'copy', `${from} to ${to}`)
+  }
+}
+
+/** glibc's gnu_dev_major/minor. */
+function majorOf(rdev: number): number {
+  return Number(((BigInt(rdev) >> 8n) & 0xfffn) | ((BigInt(rdev) >> 32n) & ~0xfffn))
+}
+function minorOf(rdev: number): number {
+  return Number((BigInt(rdev) & 0xffn) | ((BigInt(rdev) >> 12n) & ~0xffn))
+}
+
+export function linkPath(existing: string, newPath: string): void {
+  try {
+    fs.linkSync(existing, newPath)
+  } catch (error) {
+    throw fromNodeError(error, 'link', `${newPath} to ${existing}`)
+  }
+}
+
+export function removeFile(path: string): void {
+  try {
+    fs.rmSync(path, { force: true })
+  } catch (error) {
+    throw fromNodeError(error, 'remove', path)
+  }
 }

@@ -18,7 +18,7 @@ interface Koffi {
   errno(): number
 }
 
-const require = createRequire(import.meta.url)
+const requireFromHere = createRequire(import.meta.url)
 
 interface Libc {
   lstat: KoffiFunction
@@ -39,7 +39,7 @@ let libc: Libc | undefined
 
 function bind(): { koffi: Koffi; libc: Libc } {
   if (!koffi || !libc) {
-    koffi = require('koffi') as Koffi
+    koffi = requireFromHere('koffi') as Koffi
     const lib = koffi.load('libc.so.6')
     libc = {
       lstat: lib.func('int lstat(const char *path, _Out_ uint8_t *buf)'),

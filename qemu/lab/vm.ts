@@ -1,0 +1,182 @@
+/**
+ * qemu/vm: build the device images, or boot the device under QEMU (TCG).
+ *
+ *   qemu/vm build [--force]
+ *   qemu/vm boot [--flash FILE] [--media nor|nand|ext4|f2fs|ram] [--no-flash]
+ *                [--memory MB] [--append 'ARGS'] [--run 'CMD' [--cut-after S]]
+ *                [--timeout S] [--verbose]
+ *
+ * --run CMD runs CMD as root once the device has booted, prints its output,
+ * powers off cleanly and exits with CMD's status. --cut-after S kills QEMU S
+ * seconds after CMD started: a power cut (exit status 137). Without --run the
+ * console is interactive (Ctrl-A X leaves QEMU).
+ */
+import { spawn } from 'node:child_process'
+import * as fs from 'node:fs'
+import * as path from 'node:path'
+import { parseArgs } from 'node:util'
+import { BUILD, ensureImages } from './build.js'
+
+const MEDIA = ['nor', 'nand', 'ext4', 'f2fs', 'ram'] as const
+type Media = (typeof MEDIA)[number]
+
+const FLASH_BYTES: Record<Media, number> = { nor: 8 << 20, nand: 32 << 20, ext4: 64 << 20, f2fs: 128 << 20, ram: 0 }
+/** Kernel command-line settings that tell ovroot where this medium's flash is. */
+const MEDIA_ARGUMENTS: Record<Media, string[]> = {
+  nor: [],
+  nand: [],
+  ext4: ['ovroot.flash.device=/dev/vdb', 'ovroot.flash.filesystem=ext4'],
+  f2fs: ['ovroot.flash.device=/dev/vdb', 'ovroot.flash.filesystem=f2fs'],
+  ram: ['ovroot.flash.drivers=ram'],
+}
+
+const BEGIN = '@@OVROOT-LAB-BEGIN@@'
+const END = /@@OVROOT-LAB-END (\d+)@@/
+
+function fail(message: string, status = 2): never {
+  process.stderr.write(`qemu/vm: ${message}\n`)
+  process.exit(status)
+}
+
+/** A missing flash image is created erased: 0xFF for raw flash, zeros (sparse) for block media. */
+function ensureFlash(file: string, media: Media): void {
+  if (fs.existsSync(file)) return
+  fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true })
+  if (media === 'nor' || media === 'nand') fs.writeFileSync(file, Buffer.alloc(FLASH_BYTES[media], 0xff))
+  else {
+    fs.writeFileSync(file, '')
+    fs.truncateSync(file, FLASH_BYTES[media])
+  }
+}
+
+interface BootOptions {
+  flash: string | undefined
+  media: Media
+  memory: number
+  append: string
+  run: string | undefined
+  cutAfter: number | undefined
+  timeout: number
+  verbose: boolean
+  noFlash: boolean
+}
+
+function qemuArguments(options: BootOptions, interactive: boolean): string[] {
+  const images = ensureImages()
+  const append = ['console=ttyS0', 'quiet', 'panic=-1', 'init=/sbin/ovroot-init', `lab.media=${options.media}`, ...MEDIA_ARGUMENTS[options.media]]
+  if (options.run !== undefined) append.push(`lab.run=${Buffer.from(options.run).toString('base64')}`)
+  if (options.append) append.push(options.append)
+  const args = ['-accel', 'tcg', '-m', String(options.memory), '-no-reboot', '-nic', 'none', '-kernel', images.kernel, '-initrd', images.initramfs, '-append', append.join(' ')]
+  args.push('-drive', `file=${images.rootfs},if=virtio,format=raw,readonly=on`)
+  if (options.media !== 'ram' && !options.noFlash) {
+    const flash = options.flash ?? path.join(BUILD, `default-${options.media}.flash`)
+    ensureFlash(flash, options.media)
+    args.push('-drive', `file=${path.resolve(flash)},if=virtio,format=raw`)
+  }
+  args.push(...(interactive ? ['-nographic'] : ['-display', 'none', '-serial', 'stdio', '-monitor', 'none']))
+  return args
+}
+
+async function boot(options: BootOptions): Promise<number> {
+  const interactive = options.run === undefined
+  const args = qemuArguments(options, interactive)
+  if (interactive) {
+    const child = spawn('qemu-system-x86_64', args, { stdio: 'inherit' })
+    return new Promise((resolve) => child.on('exit', (code) => resolve(code ?? 1)))
+  }
+  const child = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'pipe', 'pipe'] })
+  const logFile = path.join(BUILD, 'last-console.log')
+  const log = fs.createWriteStream(logFile)
+  let console = ''
+  let printed = 0
+  let status: number | undefined
+  let cut = false
+  let begun = false
+  const timer = setTimeout(() => {
+    process.stderr.write(`qemu/vm: no result within ${options.timeout} s; console in ${logFile}\n`)
+    child.kill('SIGKILL')
+  }, options.timeout * 1000)
+  const onOutput = (chunk: Buffer): void => {
+    const text = chunk.toString('utf8').replace(/\r/g, '')
+    log.write(text)
+    if (options.verbose) process.stderr.write(text)
+    console += text
+    if (!begun) {
+      const start = console.indexOf(`${BEGIN}\n`)
+      if (start < 0) return
+      begun = true
+      printed = start + BEGIN.length + 1
+      if (options.cutAfter !== undefined) {
+        setTimeout(() => {
+          cut = true
+          child.kill('SIGKILL')
+        }, options.cutAfter * 1000)
+      }
+    }
+    const end = END.exec(console.slice(printed))
+    const upTo = end ? printed + end.index : Math.max(printed, console.lastIndexOf('\n') + 1)
+    process.stdout.write(console.slice(printed, upTo))
+    printed = upTo
+    if (end && status === undefined) status = Number(end[1])
+  }
+  child.stdout.on('data', onOutput)
+  child.stderr.on('data', (chunk: Buffer) => log.write(chunk))
+  const exit = await new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))
+  clearTimeout(timer)
+  log.end()
+  if (cut) {
+    process.stderr.write('qemu/vm: power cut\n')
+    return 137
+  }
+  if (status === undefined) {
+    process.stderr.write(`qemu/vm: the device did not report the command's end (qemu exit ${exit}); last console lines:\n${console.split('\n').slice(-25).join('\n')}\n`)
+    return 125
+  }
+  return status
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv
+  if (command === 'build') {
+    const { values } = parseArgs({ args: rest, options: { force: { type: 'boolean', default: false } } })
+    ensureImages(values.force)
+    return 0
+  }
+  if (command !== 'boot') fail('usage: qemu/vm build [--force] | qemu/vm boot [--flash FILE] [--media nor|nand|ext4|f2fs|ram] [--no-flash] [--memory MB] [--append ARGS] [--run CMD [--cut-after S]] [--timeout S] [--verbose]')
+  const { values } = parseArgs({
+    args: rest,
+    options: {
+      flash: { type: 'string' },
+      media: { type: 'string', default: 'nor' },
+      memory: { type: 'string', default: '256' },
+      append: { type: 'string', default: '' },
+      run: { type: 'string' },
+      'cut-after': { type: 'string' },
+      timeout: { type: 'string', default: '600' },
+      verbose: { type: 'boolean', default: false },
+      'no-flash': { type: 'boolean', default: false },
+    },
+  })
+  const media = values.media as Media
+  if (!MEDIA.includes(media)) fail(`--media ${values.media}: expected one of ${MEDIA.join(', ')}`)
+  const memory = Number(values.memory)
+  if (!Number.isInteger(memory) || memory < 64) fail(`--memory ${values.memory}: expected a whole number of MB, at least 64`)
+  const cutAfter = values['cut-after'] === undefined ? undefined : Number(values['cut-after'])
+  if (cutAfter !== undefined && (!(cutAfter >= 0) || values.run === undefined)) fail('--cut-after takes seconds and goes with --run')
+  return boot({
+    flash: values.flash,
+    media,
+    memory,
+    append: values.append,
+    run: values.run,
+    cutAfter,
+    timeout: Number(values.timeout),
+    verbose: values.verbose,
+    noFlash: values['no-flash'],
+  })
+}
+
+main(process.argv.slice(2)).then(
+  (status) => process.exit(status),
+  (error: unknown) => fail(error instanceof Error ? error.message : String(error), 4),
+)

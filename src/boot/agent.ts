@@ -1,0 +1,193 @@
+/**
+ * `ovroot boot`: run by init/ovroot-init (PID 1) with /proc, /sys, /dev and
+ * /run mounted and the squashfs as `/`. It finds the flash, formats it on
+ * first boot, completes a pending factory reset, mounts the overlay and
+ * pivots into it: `/` merged, `/rom` the lower, `/overlay` the flash. Any
+ * flash trouble ends on a RAM upper with the reason recorded and shouted:
+ * the device always boots.
+ */
+import { loadConfig, applyOverride } from '../config/load.js'
+import { type Config, upperDir, workDir } from '../config/schema.js'
+import { ExitCode, OvrootError, type ExitStatus } from '../errors.js'
+import { MEDIA_DRIVER_TABLE } from '../media/drivers.js'
+import { ramVolume } from '../media/ram.js'
+import type { Volume } from '../media/types.js'
+import { collectKeepPatterns } from '../reset/keep.js'
+import { offlineView } from '../reset/views.js'
+import { performReset, readResetMarker, scheduleReset, type FlashLayout } from '../reset/wipe.js'
+import { filesystemInfo, makeDirectory, pathExists, readTextFile, writeFileAtomic } from '../sys/fs.js'
+import { mount, MountFlag, pivotRoot, unmount } from '../sys/libc.js'
+import { VERSION } from '../version.js'
+import { parseKernelArguments } from './cmdline.js'
+import { FLASH_STATE_DIR, STATUS_FILE, type BootState } from './state.js'
+
+const STAGING = '/mnt'
+const MOVED_MOUNTS = ['/proc', '/sys', '/dev', '/run']
+
+interface Medium {
+  volume: Volume
+  formatted: boolean
+}
+
+export async function boot(configFile: string | undefined): Promise<ExitStatus> {
+  const kernel = parseKernelArguments(readTextFile('/proc/cmdline'))
+  const config = loadConfig(configFile)
+  for (const [key, value] of kernel.overrides) applyOverride(config, 'kernel command line', key, value)
+  makeDirectory(config.boot.run_dir)
+  const state: BootState = { mode: 'flash', warnings: [], bootedAt: new Date().toISOString() }
+
+  const medium = await mountFlash(config, state)
+  const flashDir = config.overlay.dir
+  let lowers = ['/']
+  let upper = upperDir(config)
+  let work = workDir(config)
+  if (medium.volume.driver !== 'ram') {
+    state.reset = resetIfPending(config, kernel.reset)
+    if (isFull(flashDir) || !prepareLayers(upper, work)) {
+      // Keep the user's files visible, read-only, under a RAM upper.
+      degrade(state, `flash ${medium.volume.description} is full: it is mounted read-only under a RAM upper; free space on /overlay and reboot`)
+      lowers = [upper, '/']
+      upper = `${config.boot.run_dir}/ram/upper`
+      work = `${config.boot.run_dir}/ram/work`
+      prepareLayers(upper, work)
+    }
+  } else prepareLayers(upper, work)
+
+  const options = overlayOptions(config, lowers, upper, work)
+  mount('overlay', STAGING, 'overlay', MountFlag.noAtime, options)
+  state.overlay = { lowers: lowers.map((lower) => (lower === '/' ? '/rom' : lower)), upper, work, options }
+  state.medium = { driver: medium.volume.driver, description: medium.volume.description, device: medium.volume.device, filesystem: medium.volume.filesystem }
+  state.formatted = medium.formatted || undefined
+  pivotInto(flashDir)
+  state.bootSeconds = secondsSinceShimStart()
+  writeFileAtomic(`${config.boot.run_dir}/${STATUS_FILE}`, `${JSON.stringify(state, null, 2)}\n`)
+  announce(state)
+  return ExitCode.ok
+}
+
+/** Try the drivers in order; on any trouble with the flash, fall back to RAM. */
+async function mountFlash(config: Config, state: BootState): Promise<Medium> {
+  const absent: string[] = []
+  for (const name of config.flash.drivers) {
+    const found = MEDIA_DRIVER_TABLE[name].find(config)
+    if ('absent' in found) {
+      absent.push(`${name}: ${found.absent}`)
+      continue
+    }
+    if (found.driver === 'ram') {
+      if (absent.length > 0) degrade(state, `no flash found (${absent.join('; ')})`)
+      else state.mode = 'ram'
+      return mountVolume(found, config, false)
+    }
+    try {
+      return await mountVolume(found, config, true)
+    } catch (error) {
+      degrade(state, error instanceof OvrootError ? error.message : String(error))
+      tryUnmount(config.overlay.dir)
+      return mountVolume(ramVolume(config.flash.ram_size), config, false)
+    }
+  }
+  degrade(state, `no flash found (${absent.join('; ')}) and ram is not among [flash] drivers`)
+  return mountVolume(ramVolume(config.flash.ram_size), config, false)
+}
+
+async function mountVolume(volume: Volume, config: Config, persistent: boolean): Promise<Medium> {
+  const target = config.overlay.dir
+  let formatted = false
+  const state = volume.inspect()
+  if (state === 'unrecognised' && !config.flash.reformat_corrupt) {
+    throw new OvrootError('ECORRUPT', ExitCode.data, `${volume.description} holds data that is not ${volume.filesystem} (corrupt flash?); left untouched: set [flash] reformat_corrupt = yes to erase it`)
+  }
+  if (state !== 'formatted') {
+    await volume.format()
+    formatted = persistent
+  }
+  try {
+    volume.mount(target)
+  } catch (error) {
+    if (!persistent) throw error
+    if (!config.flash.reformat_corrupt || formatted) {
+      throw new OvrootError('ECORRUPT', ExitCode.data, `${volume.description} (${volume.filesystem}) does not mount: ${(error as Error).message}; left untouched: set [flash] reformat_corrupt = yes to erase it`)
+    }
+    await volume.format()
+    volume.mount(target)
+    formatted = true
+  }
+  if (persistent && !pathExists(`${target}/${FLASH_STATE_DIR}/state.json`)) {
+    makeDirectory(`${target}/${FLASH_STATE_DIR}`)
+    writeFileAtomic(`${target}/${FLASH_STATE_DIR}/state.json`, `${JSON.stringify({ formatted: new Date().toISOString(), by: `ovroot ${VERSION}`, filesystem: volume.filesystem })}\n`)
+  }
+  return { volume, formatted }
+}
+
+function resetIfPending(config: Config, forced: boolean): BootState['reset'] {
+  const layout: FlashLayout = { root: config.overlay.dir, upperName: 'upper' }
+  if (forced && !readResetMarker(layout)) {
+    const namespace = config.overlay.options.includes('userxattr') ? 'user' : 'trusted'
+    const view = pathExists(upperDir(config)) ? offlineView(upperDir(config), ['/'], namespace) : offlineView('/nonexistent', ['/'], namespace)
+    scheduleReset(layout, collectKeepPatterns(config, [], view))
+  }
+  if (!readResetMarker(layout)) return undefined
+  return { kept: performReset(layout, workDir(config)) }
+}
+
+function prepareLayers(upper: string, work: string): boolean {
+  try {
+    makeDirectory(upper)
+    makeDirectory(work)
+    return true
+  } catch (error) {
+    if (error instanceof OvrootError && error.code === 'ENOSPC') return false
+    throw error
+  }
+}
+
+function isFull(dir: string): boolean {
+  return filesystemInfo(dir).availableBlocks === 0
+}
+
+function overlayOptions(config: Config, lowers: string[], upper: string, work: string): string {
+  const options = [`lowerdir=${lowers.join(':')}`, `upperdir=${upper}`, `workdir=${work}`, ...config.overlay.options]
+  // A flash upper used as a lower may hold metacopy stubs.
+  if (lowers.length > 1 && !config.overlay.options.some((option) => option.startsWith('metacopy='))) options.push('metacopy=on')
+  return options.join(',')
+}
+
+/** The OpenWrt layout: the merged view becomes `/`, the old root `/rom`. */
+function pivotInto(flashDir: string): void {
+  pivotRoot(STAGING, `${STAGING}/rom`)
+  process.chdir('/')
+  for (const path of [...MOVED_MOUNTS, flashDir]) mount(`/rom${path}`, path, null, MountFlag.move, null)
+}
+
+function degrade(state: BootState, reason: string): void {
+  state.mode = 'degraded'
+  state.reason = state.reason ? `${state.reason}; ${reason}` : reason
+}
+
+function tryUnmount(target: string): void {
+  try {
+    unmount(target, true)
+  } catch {
+    // Nothing was mounted there.
+  }
+}
+
+function secondsSinceShimStart(): number | undefined {
+  const started = Number(process.env.OVROOT_SHIM_START)
+  const now = Number(readTextFile('/proc/uptime').split(' ')[0])
+  return Number.isFinite(started) && started > 0 ? Math.round((now - started) * 1000) / 1000 : undefined
+}
+
+function announce(state: BootState): void {
+  if (state.mode === 'flash') {
+    process.stderr.write(`ovroot: root on ${state.medium?.description} (${state.medium?.filesystem})${state.formatted ? ', formatted on this first boot' : ''}\n`)
+    return
+  }
+  if (state.mode === 'ram') {
+    process.stderr.write('ovroot: root on a RAM overlay, as configured: changes are lost at reboot\n')
+    return
+  }
+  const bar = '*'.repeat(72)
+  process.stderr.write(`${bar}\novroot: DEGRADED BOOT: ${state.reason}\novroot: the root runs on a RAM upper: changes made now are LOST at reboot.\novroot: run 'ovroot status' for details.\n${bar}\n`)
+}

@@ -1,0 +1,25 @@
+/**
+ * What boot decided, written under /run for `ovroot status` (and by the
+ * shim's failsafe in the same shape). The flash's own state lives in
+ * <flash>/.ovroot/ and is always replaced atomically.
+ */
+export type BootMode = 'flash' | 'ram' | 'degraded' | 'failsafe' | 'readonly'
+
+export interface BootState {
+  mode: BootMode
+  /** Why the device is not on flash (absent in flash mode). */
+  reason?: string
+  medium?: { driver: string; description: string; device: string; filesystem: string }
+  overlay?: { lowers: string[]; upper: string; work: string; options: string }
+  /** First boot: the flash was formatted. */
+  formatted?: boolean
+  /** A factory reset was carried out, keeping these paths. */
+  reset?: { kept: string[] }
+  warnings: string[]
+  /** Seconds from the shim's start to the end of `ovroot boot`. */
+  bootSeconds?: number
+  bootedAt: string
+}
+
+export const STATUS_FILE = 'status.json'
+export const FLASH_STATE_DIR = '.ovroot'

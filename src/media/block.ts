@@ -1,0 +1,116 @@
+/**
+ * Block flash (eMMC, SD, disks): a device named by path, LABEL= (ext4) or
+ * PARTUUID= (GPT or MBR), holding ext4 or f2fs.
+ */
+import type { Config } from '../config/schema.js'
+import { listDirectoryIfExists, readAt, readTextFileIfExists, statPath } from '../sys/fs.js'
+import { mount, MountFlag } from '../sys/libc.js'
+import { runTool } from '../sys/run.js'
+import { hasFormatMarker, isErased, type MediaDriver, type MediumState, type Volume } from './types.js'
+
+const EXT4_MAGIC_OFFSET = 0x438
+const EXT4_LABEL_OFFSET = 0x478
+const F2FS_MAGIC_OFFSET = 0x400
+const F2FS_MAGIC = 0xf2f52010
+/** f2fs is the better choice on large flash; below this ext4 wastes less. */
+const F2FS_FROM_BYTES = 512 * 1024 * 1024
+
+type BlockFilesystem = 'ext4' | 'f2fs'
+
+function detectFilesystem(device: string): BlockFilesystem | undefined {
+  const head = readAt(device, 0, 0x500)
+  if (head.length >= EXT4_MAGIC_OFFSET + 2 && head.readUInt16LE(EXT4_MAGIC_OFFSET) === 0xef53) return 'ext4'
+  if (head.length >= F2FS_MAGIC_OFFSET + 4 && head.readUInt32LE(F2FS_MAGIC_OFFSET) === F2FS_MAGIC) return 'f2fs'
+  return undefined
+}
+
+function sizeInBytes(name: string): number {
+  return Number(readTextFileIfExists(`/sys/class/block/${name}/size`)?.trim() ?? '0') * 512
+}
+
+class BlockVolume implements Volume {
+  readonly driver = 'block'
+  readonly description: string
+  readonly filesystem: BlockFilesystem
+  constructor(
+    readonly device: string,
+    private readonly label: string,
+    configured: Config['flash']['filesystem'],
+  ) {
+    const name = device.slice('/dev/'.length)
+    this.filesystem = detectFilesystem(device) ?? (configured === 'auto' ? (sizeInBytes(name) >= F2FS_FROM_BYTES ? 'f2fs' : 'ext4') : configured)
+    this.description = `block device ${device}`
+  }
+
+  inspect(): MediumState {
+    if (detectFilesystem(this.device)) return 'formatted'
+    const head = readAt(this.device, 0, 65536)
+    return hasFormatMarker(head) || isErased(head, 0) || isErased(head, 0xff) ? 'blank' : 'unrecognised'
+  }
+
+  async format(): Promise<void> {
+    if (this.filesystem === 'f2fs') await runTool('mkfs.f2fs', ['-q', '-f', '-l', this.label, this.device])
+    else await runTool('mkfs.ext4', ['-q', '-F', '-L', this.label, this.device])
+  }
+
+  mount(target: string): void {
+    mount(this.device, target, this.filesystem, MountFlag.noAtime, null)
+  }
+}
+
+function blockDevices(): string[] {
+  return listDirectoryIfExists('/sys/class/block').filter((name) => statPath(`/dev/${name}`)?.type === 'block')
+}
+
+function findByLabel(label: string): string | undefined {
+  return blockDevices().find((name) => {
+    const head = readAt(`/dev/${name}`, 0, EXT4_LABEL_OFFSET + 16)
+    if (head.length < EXT4_LABEL_OFFSET + 16 || head.readUInt16LE(EXT4_MAGIC_OFFSET) !== 0xef53) return false
+    return head.toString('latin1', EXT4_LABEL_OFFSET, EXT4_LABEL_OFFSET + 16).replace(/\0+$/, '') === label
+  })
+}
+
+/** GUIDs are stored with their first three fields little-endian. */
+function formatGuid(bytes: Buffer): string {
+  const hex = (from: number, to: number, reverse: boolean): string => {
+    const part = Buffer.from(bytes.subarray(from, to))
+    return (reverse ? part.reverse() : part).toString('hex')
+  }
+  return `${hex(0, 4, true)}-${hex(4, 6, true)}-${hex(6, 8, true)}-${hex(8, 10, false)}-${hex(10, 16, false)}`
+}
+
+function partitionUuid(disk: string, number: number): string | undefined {
+  const mbr = readAt(`/dev/${disk}`, 0, 512)
+  if (mbr.length < 512 || mbr.readUInt16LE(510) !== 0xaa55) return undefined
+  const gpt = readAt(`/dev/${disk}`, 512, 92)
+  if (gpt.toString('latin1', 0, 8) === 'EFI PART') {
+    const entriesAt = Number(gpt.readBigUInt64LE(72)) * 512
+    const entrySize = gpt.readUInt32LE(84)
+    return formatGuid(readAt(`/dev/${disk}`, entriesAt + (number - 1) * entrySize + 16, 16))
+  }
+  return `${mbr.readUInt32LE(440).toString(16).padStart(8, '0')}-${number.toString(16).padStart(2, '0')}`
+}
+
+function findByPartUuid(uuid: string): string | undefined {
+  return blockDevices().find((name) => {
+    const number = Number(readTextFileIfExists(`/sys/class/block/${name}/partition`)?.trim() ?? 'NaN')
+    const disk = blockDevices().find((candidate) => candidate !== name && name.startsWith(candidate) && statPath(`/sys/class/block/${candidate}/${name}`))
+    return Number.isInteger(number) && disk !== undefined && partitionUuid(disk, number)?.toLowerCase() === uuid.toLowerCase()
+  })
+}
+
+export function resolveBlockDevice(spec: string): string | { absent: string } {
+  if (spec === '') return { absent: 'no block device configured ([flash] device is empty)' }
+  if (spec.startsWith('/dev/')) return statPath(spec)?.type === 'block' ? spec : { absent: `${spec} is not a block device` }
+  const [kind, value = ''] = spec.split(/=(.*)/)
+  const name = kind === 'LABEL' ? findByLabel(value) : findByPartUuid(value)
+  return name ? `/dev/${name}` : { absent: `no block device with ${spec}` }
+}
+
+export const blockDriver: MediaDriver = {
+  name: 'block',
+  find(config: Config) {
+    const device = resolveBlockDevice(config.flash.device)
+    return typeof device === 'string' ? new BlockVolume(device, config.flash.name, config.flash.filesystem) : device
+  },
+}

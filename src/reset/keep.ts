@@ -1,0 +1,68 @@
+/**
+ * The keep list of a factory reset: [reset] keep, OpenWrt's list files
+ * (/etc/sysupgrade.conf, /lib/upgrade/keep.d/*: one path or glob a line, #
+ * comments) and --keep. Existing OpenWrt setups work unchanged.
+ */
+import type { Config } from '../config/schema.js'
+
+/** Read access to the merged view, live (/) or reconstructed offline at boot. */
+export interface ViewReader {
+  readFile(path: string): string | undefined
+  /** Names in a directory, or undefined when it is not one. */
+  list(path: string): string[] | undefined
+}
+
+export function parseKeepList(text: string): string[] {
+  return text
+    .split('\n')
+    .map((line) => line.replace(/#.*/, '').trim())
+    .filter((line) => line.startsWith('/'))
+}
+
+export function collectKeepPatterns(config: Config, extra: readonly string[], view: ViewReader): string[] {
+  const patterns = [...config.reset.keep, ...extra]
+  for (const listPath of config.reset.keep_lists) {
+    const names = view.list(listPath)
+    const files = names ? names.sort().map((name) => `${listPath}/${name}`) : [listPath]
+    for (const file of files) patterns.push(...parseKeepList(view.readFile(file) ?? ''))
+  }
+  return [...new Set(patterns.map(normalisePattern))]
+}
+
+function normalisePattern(pattern: string): string {
+  return pattern.length > 1 ? pattern.replace(/\/+$/, '') : pattern
+}
+
+/** Shell-style globs: * and ? stay within one component, ** crosses them, [..] is a class. */
+export function globToRegExp(pattern: string): RegExp {
+  let source = ''
+  for (let i = 0; i < pattern.length; i++) {
+    const char = pattern[i] ?? ''
+    if (char === '*' && pattern[i + 1] === '*') {
+      source += '.*'
+      i++
+    } else if (char === '*') source += '[^/]*'
+    else if (char === '?') source += '[^/]'
+    else if (char === '[') {
+      const end = pattern.indexOf(']', i + 2)
+      if (end < 0) source += '\\['
+      else {
+        source += `[${pattern.slice(i + 1, end).replace(/^!/, '^').replace(/\\/g, '\\\\')}]`
+        i = end
+      }
+    } else source += char.replace(/[.+^${}()|\\]/g, '\\$&')
+  }
+  return new RegExp(`^${source}$`)
+}
+
+export class KeepList {
+  private readonly matchers: RegExp[]
+  constructor(readonly patterns: readonly string[]) {
+    this.matchers = patterns.map(globToRegExp)
+  }
+
+  /** The path itself is named by the list (its whole subtree is then kept). */
+  keeps(path: string): boolean {
+    return this.matchers.some((matcher) => matcher.test(path))
+  }
+}

@@ -1,0 +1,38 @@
+/**
+ * Where keep lists are read from. At run time that is the live root; at boot
+ * the overlay is not mounted yet, so the merged view is reconstructed from
+ * the upper and the lower with the overlay model.
+ */
+import { hostPath, LayerStack, type ResolvedEntry } from '../overlay/stack.js'
+import { OverlayXattrs, type XattrNamespace } from '../overlay/xattrs.js'
+import { hostTreeReader, listDirectory, readTextFileIfExists, statPath } from '../sys/fs.js'
+import type { ViewReader } from './keep.js'
+
+export const liveView: ViewReader = {
+  readFile: readTextFileIfExists,
+  list: (path) => (statPath(path)?.type === 'dir' ? listDirectory(path) : undefined),
+}
+
+export function offlineView(upper: string, lowers: string[], namespace: XattrNamespace): ViewReader {
+  const stack = new LayerStack(
+    [{ root: upper, role: 'upper' }, ...lowers.map((root) => ({ root: root === '/' ? '' : root, role: 'lower' as const }))],
+    hostTreeReader,
+    new OverlayXattrs(namespace),
+  )
+  const resolve = (path: string): ResolvedEntry | undefined => {
+    let entry: ResolvedEntry | undefined = stack.root()
+    for (const name of path.split('/').filter(Boolean)) entry = entry?.stat.type === 'dir' ? stack.child(entry, name) : undefined
+    return entry
+  }
+  return {
+    readFile: (path) => {
+      const entry = resolve(path)
+      return entry?.data ? readTextFileIfExists(hostPath(entry.data)) : undefined
+    },
+    list: (path) => {
+      const entry = resolve(path)
+      if (entry?.stat.type !== 'dir') return undefined
+      return [...stack.candidateNames(entry)].filter((name) => stack.child(entry, name) !== undefined)
+    },
+  }
+}

@@ -1,0 +1,87 @@
+/** `ovroot status`: the boot record from /run joined with what is live now. */
+import { loadConfig } from '../config/load.js'
+import type { BootState } from '../boot/state.js'
+import { STATUS_FILE } from '../boot/state.js'
+import { ExitCode, OvrootError, type ExitStatus } from '../errors.js'
+import { readResetMarker } from '../reset/wipe.js'
+import { filesystemInfo, readTextFileIfExists } from '../sys/fs.js'
+
+interface Usage {
+  usedBytes: number
+  totalBytes: number
+  freeBytes: number
+}
+
+interface Status extends BootState {
+  rootMount?: string
+  usage?: Usage
+  pending: string[]
+}
+
+export function showStatus(configFile: string | undefined, json: boolean): ExitStatus {
+  const config = loadConfig(configFile)
+  const file = `${config.boot.run_dir}/${STATUS_FILE}`
+  const text = readTextFileIfExists(file)
+  if (text === undefined) {
+    throw new OvrootError('ENOSTATUS', ExitCode.environment, `${file}: no boot record; ovroot boot did not run this boot (is init=/sbin/ovroot-init on the kernel command line?)`)
+  }
+  let state: BootState
+  try {
+    state = JSON.parse(text) as BootState
+  } catch {
+    throw new OvrootError('ESTATUS', ExitCode.data, `${file}: unreadable boot record; expected JSON`)
+  }
+  const status: Status = { ...state, pending: [] }
+  status.rootMount = rootMountOptions()
+  const onFlash = state.medium !== undefined && state.medium.driver !== 'ram'
+  if (onFlash || state.mode === 'ram') {
+    const info = filesystemInfo(config.overlay.dir)
+    status.usage = { totalBytes: info.blocks * info.blockSize, freeBytes: info.availableBlocks * info.blockSize, usedBytes: (info.blocks - info.freeBlocks) * info.blockSize }
+  }
+  if (onFlash) {
+    const marker = readResetMarker({ root: config.overlay.dir, upperName: 'upper' })
+    if (marker) status.pending.push(`factory reset at next boot (${marker.phase}), keeping ${marker.keep.length ? marker.keep.join(' ') : 'nothing'}`)
+  }
+  process.stdout.write(json ? `${JSON.stringify(status)}\n` : render(status))
+  return ExitCode.ok
+}
+
+function rootMountOptions(): string | undefined {
+  const lines = (readTextFileIfExists('/proc/mounts') ?? '').split('\n').filter((line) => line.split(' ')[1] === '/')
+  const root = lines.pop()
+  return root ? `${root.split(' ')[2]} ${root.split(' ')[3]}` : undefined
+}
+
+const MODE_TEXT: Record<BootState['mode'], string> = {
+  flash: 'flash: changes persist',
+  ram: 'ram: RAM upper as configured, changes are lost at reboot',
+  degraded: 'DEGRADED: RAM upper instead of flash, changes are lost at reboot',
+  failsafe: 'FAILSAFE: ovroot boot failed, the shim booted a RAM upper',
+  readonly: 'READ-ONLY: no overlay could be mounted, the firmware runs read-only',
+}
+
+function mebibytes(bytes: number): string {
+  return `${(bytes / 1048576).toFixed(1)} MiB`
+}
+
+function render(status: Status): string {
+  const rows: [string, string | undefined][] = [
+    ['mode', MODE_TEXT[status.mode]],
+    ['reason', status.reason],
+    ['medium', status.medium && `${status.medium.description}, ${status.medium.filesystem}${status.formatted ? ' (formatted at this boot)' : ''}`],
+    ['device', status.medium?.device],
+    ['root mount', status.rootMount],
+    ['upper', status.overlay?.upper],
+    ['lowers', status.overlay?.lowers.join(' ')],
+    ['usage', status.usage && `${mebibytes(status.usage.usedBytes)} used of ${mebibytes(status.usage.totalBytes)}, ${mebibytes(status.usage.freeBytes)} free`],
+    ['reset', status.reset && `carried out at this boot, kept ${status.reset.kept.length ? status.reset.kept.join(' ') : 'nothing'}`],
+    ['pending', status.pending.length ? status.pending.join('; ') : 'nothing'],
+    ['warnings', status.warnings.length ? status.warnings.join('; ') : undefined],
+    ['boot took', status.bootSeconds !== undefined ? `${status.bootSeconds.toFixed(2)} s (shim start to overlay root)` : undefined],
+    ['booted at', status.bootedAt],
+  ]
+  return rows
+    .filter((row): row is [string, string] => row[1] !== undefined)
+    .map(([label, value]) => `${`${label}:`.padEnd(12)}${value}\n`)
+    .join('')
+}

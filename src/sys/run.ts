@@ -1,0 +1,23 @@
+/**
+ * Running external tools (mkfs, flash_erase, ubimkvol, reboot). execa is
+ * imported on first use: a normal boot spawns nothing and so loads nothing.
+ */
+import { ExitCode, OvrootError } from '../errors.js'
+
+export interface ToolResult {
+  stdout: string
+  stderr: string
+}
+
+export async function runTool(file: string, args: string[], timeoutSeconds = 600): Promise<ToolResult> {
+  const { execa } = await import('execa')
+  try {
+    const result = await execa(file, args, { timeout: timeoutSeconds * 1000, stdin: 'ignore', reject: true })
+    return { stdout: String(result.stdout), stderr: String(result.stderr) }
+  } catch (error) {
+    const failure = error as { code?: string; exitCode?: number; stderr?: unknown; timedOut?: boolean }
+    if (failure.code === 'ENOENT') throw new OvrootError('ENOTOOL', ExitCode.environment, `${file}: tool not found (install it on the device)`)
+    const detail = String(failure.stderr ?? '').trim().split('\n').pop() || (failure.timedOut ? `timed out after ${timeoutSeconds} s` : `exit status ${failure.exitCode}`)
+    throw new OvrootError('ETOOL', ExitCode.io, `${file} ${args.join(' ')}: ${detail}`)
+  }
+}
