@@ -28,11 +28,11 @@ export const IMAGES: Images = {
 }
 
 /** Loaded in preinit in this order (with their dependencies first). */
-const MODULES = ['virtio_pci', 'virtio_blk', 'squashfs', 'overlay', 'mtd', 'jffs2', 'ext4', 'f2fs', 'crc32c_generic', 'zstd']
+const MODULES = ['virtio_pci', 'virtio_blk', 'squashfs', 'overlay', 'mtd', 'jffs2', 'ext4', 'f2fs', 'crc32c_generic', 'crc32_generic', 'zstd']
 /** Loaded by preinit itself, with parameters that depend on the medium. */
 const MEDIA_MODULES = ['block2mtd', 'ubi', 'ubifs']
 /** Device tools ovroot runs to format flash, and what the lab's scripts use. */
-const DEVICE_TOOLS = ['/usr/sbin/flash_erase', '/usr/sbin/ubimkvol', '/usr/sbin/ubirmvol', '/usr/sbin/mkfs.ext4', '/usr/sbin/mkfs.f2fs', '/usr/bin/getfattr', '/usr/bin/setfattr']
+const DEVICE_TOOLS = ['/usr/sbin/flash_erase', '/usr/sbin/ubimkvol', '/usr/sbin/ubiupdatevol', '/usr/sbin/mkfs.ext4', '/usr/sbin/mkfs.f2fs', '/usr/bin/getfattr', '/usr/bin/setfattr']
 
 function run(command: string, args: string[], options: { cwd?: string; input?: Buffer } = {}): string {
   return execFileSync(command, args, { cwd: options.cwd, input: options.input, encoding: 'utf8', stdio: ['pipe', 'pipe', 'pipe'], maxBuffer: 1 << 28 })
@@ -171,10 +171,28 @@ function buildRootfs(staging: string): void {
   run('mksquashfs', [staging, IMAGES.rootfs, '-comp', 'zstd', '-all-root', '-noappend', '-quiet', '-no-progress'])
 }
 
-/** Build what is missing or stale; answer the image paths. */
+/** Build what is missing or stale; answer the image paths. One builder at a time. */
 export function ensureImages(force = false): Images {
   fs.mkdirSync(BUILD, { recursive: true })
   fs.mkdirSync(CACHE, { recursive: true })
+  const lock = path.join(CACHE, 'build.lock')
+  for (let waited = 0; ; waited++) {
+    try {
+      fs.mkdirSync(lock)
+      break
+    } catch {
+      if (waited > 600) throw new Error(`lab: ${lock} held for 10 minutes; remove it if no build is running`)
+      execFileSync('sleep', ['1'])
+    }
+  }
+  try {
+    return buildIfStale(force)
+  } finally {
+    fs.rmdirSync(lock)
+  }
+}
+
+function buildIfStale(force: boolean): Images {
   const kernel = kernelTree()
   const digest = inputsDigest(kernel.version)
   const stamp = path.join(BUILD, 'inputs.sha256')

@@ -1,6 +1,6 @@
 /** NAND flash: a UBI volume found by name, holding UBIFS (created on first boot). */
 import type { Config } from '../config/schema.js'
-import { listDirectoryIfExists, readAt, readTextFileIfExists } from '../sys/fs.js'
+import { listDirectory, readAt, readTextFileIfExists, statPath } from '../sys/fs.js'
 import { mount, MountFlag } from '../sys/libc.js'
 import { runTool } from '../sys/run.js'
 import { isErased, type MediaDriver, type MediumState, type Volume } from './types.js'
@@ -29,10 +29,10 @@ class UbiVolume implements Volume {
     return head.subarray(0, 4).equals(UBIFS_MAGIC_LE) ? 'formatted' : 'unrecognised'
   }
 
+  /** UBIFS formats an empty volume on its first mount: create it, or empty it. */
   async format(): Promise<void> {
-    // An empty UBI volume is formatted by UBIFS on its first mount.
-    if (this.volumeNode) await runTool('ubirmvol', [`/dev/${this.ubiDevice}`, '-N', this.name])
-    await runTool('ubimkvol', [`/dev/${this.ubiDevice}`, '-N', this.name, '-m'])
+    if (!this.volumeNode) await runTool('ubimkvol', [`/dev/${this.ubiDevice}`, '-N', this.name, '-m'])
+    else if (!isErased(readAt(`/dev/${this.volumeNode}`, 0, 4096), 0xff)) await runTool('ubiupdatevol', [`/dev/${this.volumeNode}`, '-t'])
   }
 
   mount(target: string): void {
@@ -43,12 +43,12 @@ class UbiVolume implements Volume {
 export const ubiDriver: MediaDriver = {
   name: 'ubi',
   find(config: Config) {
-    const devices = listDirectoryIfExists(UBI_CLASS).filter((entry) => /^ubi\d+$/.test(entry))
+    // The class directory lists devices (ubi0) and volumes (ubi0_3) side by side.
+    const entries = statPath(UBI_CLASS) ? listDirectory(UBI_CLASS) : []
+    const devices = entries.filter((entry) => /^ubi\d+$/.test(entry)).sort()
     if (devices.length === 0) return { absent: 'no UBI device attached' }
-    for (const device of devices) {
-      for (const volume of listDirectoryIfExists(`${UBI_CLASS}/${device}`).filter((entry) => entry.startsWith(`${device}_`))) {
-        if (readTextFileIfExists(`${UBI_CLASS}/${device}/${volume}/name`)?.trim() === config.flash.name) return new UbiVolume(device, config.flash.name, volume)
-      }
+    for (const volume of entries.filter((entry) => /^ubi\d+_\d+$/.test(entry))) {
+      if (readTextFileIfExists(`${UBI_CLASS}/${volume}/name`)?.trim() === config.flash.name) return new UbiVolume(volume.split('_')[0] ?? 'ubi0', config.flash.name, volume)
     }
     return new UbiVolume(devices[0] ?? 'ubi0', config.flash.name, undefined)
   },

@@ -81,21 +81,23 @@ export function performReset(layout: FlashLayout, workDir: string | undefined): 
 /** What a reset would remove and keep, topmost paths only, in the merged view's terms. */
 export function planReset(upper: string, keep: KeepList): { remove: string[]; keep: string[] } {
   const plan = { remove: [] as string[], keep: [] as string[] }
+  /** Whether anything inside is kept; if not, the caller removes the whole directory. */
   const visit = (path: string): boolean => {
-    let keptInside = false
-    const removable: string[] = []
-    for (const name of listDirectory(upper + path).sort()) {
-      const child = `${path}/${name}`
+    const children = listDirectory(upper + path).sort().map((name) => `${path}/${name}`)
+    const keptInside = children.map((child) => {
       if (keep.keeps(child)) {
         plan.keep.push(child)
-        keptInside = true
-      } else if (statPath(upper + child)?.type === 'dir' && visit(child)) keptInside = true
-      else removable.push(child)
-    }
-    plan.remove.push(...removable)
-    return keptInside
+        return true
+      }
+      return statPath(upper + child)?.type === 'dir' && visit(child)
+    })
+    if (!keptInside.includes(true)) return false
+    children.forEach((child, i) => {
+      if (!keptInside[i]) plan.remove.push(child)
+    })
+    return true
   }
-  visit('')
+  if (!visit('')) plan.remove.push(...listDirectory(upper).sort().map((name) => `/${name}`))
   plan.remove.sort()
   return plan
 }
