@@ -3,12 +3,14 @@
  *
  *   qemu/vm build [--force]
  *   qemu/vm boot [--flash FILE] [--media nor|nand|ext4|f2fs|ram] [--no-flash]
- *                [--memory MB] [--append 'ARGS'] [--run 'CMD' [--cut-after S]]
- *                [--timeout S] [--verbose]
+ *                [--memory MB] [--append 'ARGS'] [--run 'CMD' [--cut-after S]
+ *                [--cut-on TEXT]] [--timeout S] [--verbose]
  *
  * --run CMD runs CMD as root once the device has booted, prints its output,
  * powers off cleanly and exits with CMD's status. --cut-after S kills QEMU S
- * seconds after CMD started: a power cut (exit status 137). Without --run the
+ * seconds after CMD started: a power cut (exit status 137); with --cut-on TEXT
+ * the S seconds count from the console's first TEXT instead (a cut during
+ * boot, e.g. during a factory reset). Without --run the
  * console is interactive (Ctrl-A X leaves QEMU).
  */
 import { spawn } from 'node:child_process'
@@ -56,6 +58,7 @@ interface BootOptions {
   append: string
   run: string | undefined
   cutAfter: number | undefined
+  cutOn: string | undefined
   timeout: number
   verbose: boolean
   noFlash: boolean
@@ -92,6 +95,15 @@ async function boot(options: BootOptions): Promise<number> {
   let status: number | undefined
   let cut = false
   let begun = false
+  let cutArmed = false
+  const armCut = (): void => {
+    if (cutArmed || options.cutAfter === undefined) return
+    cutArmed = true
+    setTimeout(() => {
+      cut = true
+      child.kill('SIGKILL')
+    }, options.cutAfter * 1000)
+  }
   const timer = setTimeout(() => {
     process.stderr.write(`qemu/vm: no result within ${options.timeout} s; console in ${logFile}\n`)
     child.kill('SIGKILL')
@@ -101,17 +113,13 @@ async function boot(options: BootOptions): Promise<number> {
     log.write(text)
     if (options.verbose) process.stderr.write(text)
     console += text
+    if (options.cutOn !== undefined && console.includes(options.cutOn)) armCut()
     if (!begun) {
       const start = console.indexOf(`${BEGIN}\n`)
       if (start < 0) return
       begun = true
       printed = start + BEGIN.length + 1
-      if (options.cutAfter !== undefined) {
-        setTimeout(() => {
-          cut = true
-          child.kill('SIGKILL')
-        }, options.cutAfter * 1000)
-      }
+      if (options.cutOn === undefined) armCut()
     }
     const end = END.exec(console.slice(printed))
     const upTo = end ? printed + end.index : Math.max(printed, console.lastIndexOf('\n') + 1)
@@ -142,7 +150,7 @@ async function main(argv: string[]): Promise<number> {
     ensureImages(values.force)
     return 0
   }
-  if (command !== 'boot') fail('usage: qemu/vm build [--force] | qemu/vm boot [--flash FILE] [--media nor|nand|ext4|f2fs|ram] [--no-flash] [--memory MB] [--append ARGS] [--run CMD [--cut-after S]] [--timeout S] [--verbose]')
+  if (command !== 'boot') fail('usage: qemu/vm build [--force] | qemu/vm boot [--flash FILE] [--media nor|nand|ext4|f2fs|ram] [--no-flash] [--memory MB] [--append ARGS] [--run CMD [--cut-after S [--cut-on TEXT]]] [--timeout S] [--verbose]')
   const { values } = parseArgs({
     args: rest,
     options: {
@@ -152,6 +160,7 @@ async function main(argv: string[]): Promise<number> {
       append: { type: 'string', default: '' },
       run: { type: 'string' },
       'cut-after': { type: 'string' },
+      'cut-on': { type: 'string' },
       timeout: { type: 'string', default: '600' },
       verbose: { type: 'boolean', default: false },
       'no-flash': { type: 'boolean', default: false },
@@ -170,6 +179,7 @@ async function main(argv: string[]): Promise<number> {
     append: values.append,
     run: values.run,
     cutAfter,
+    cutOn: values['cut-on'],
     timeout: Number(values.timeout),
     verbose: values.verbose,
     noFlash: values['no-flash'],

@@ -60,6 +60,7 @@ export async function boot(configFile: string | undefined): Promise<ExitStatus> 
   state.formatted = medium.formatted || undefined
   pivotInto(flashDir)
   state.bootSeconds = secondsSinceShimStart()
+  state.peakMemoryKiB = process.resourceUsage().maxRSS
   writeFileAtomic(`${config.boot.run_dir}/${STATUS_FILE}`, `${JSON.stringify(state, null, 2)}\n`)
   announce(state)
   return ExitCode.ok
@@ -127,7 +128,9 @@ function resetIfPending(config: Config, forced: boolean): BootState['reset'] {
     const view = pathExists(upperDir(config)) ? offlineView(upperDir(config), ['/'], namespace) : offlineView('/nonexistent', ['/'], namespace)
     scheduleReset(layout, collectKeepPatterns(config, [], view))
   }
-  if (!readResetMarker(layout)) return undefined
+  const marker = readResetMarker(layout)
+  if (!marker) return undefined
+  process.stderr.write(`ovroot: factory reset (${marker.phase === 'staged' ? 'finishing one interrupted' : 'scheduled'}), keeping ${marker.keep.join(' ') || 'nothing'}\n`)
   return { kept: performReset(layout, workDir(config)) }
 }
 

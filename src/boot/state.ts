@@ -18,6 +18,8 @@ export interface BootState {
   warnings: string[]
   /** Seconds from the shim's start to the end of `ovroot boot`. */
   bootSeconds?: number
+  /** Peak resident memory of `ovroot boot`, in KiB. */
+  peakMemoryKiB?: number
   bootedAt: string
 }
 

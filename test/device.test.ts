@@ -1,0 +1,149 @@
+/**
+ * The device lab: every lifecycle scenario is a real boot of the demo image
+ * under QEMU (TCG), through qemu/vm exactly as a user or CI runs it.
+ */
+import t from 'tap'
+import { createHash } from 'node:crypto'
+import * as fs from 'node:fs'
+import { boot, changesFrom, run, statusFrom, workspace } from './helpers/lab.js'
+
+const STATUS = 'ovroot status --json'
+const DIFF = 'ovroot diff --json'
+
+/** A user's changes of every kind, and what diff must say about them. */
+const USER_CHANGES = [
+  'echo hello > /etc/hello',
+  "echo \"option ipaddr '10.0.0.1'\" >> /etc/config/network",
+  'chmod 600 /etc/config/wireless',
+  'rm /etc/banner',
+  'mkdir -p /etc/dropbear && echo host-key > /etc/dropbear/key',
+  'echo secret > /root/.hidden && mkdir /root/.cache && echo x > /root/.cache/state',
+  'sync',
+].join(' && ')
+const EXPECTED_DIFF = [
+  { path: '/etc/banner', change: 'deleted' },
+  { path: '/etc/config/network', change: 'modified' },
+  { path: '/etc/config/wireless', change: 'metadata' },
+  { path: '/etc/dropbear', change: 'added' },
+  { path: '/etc/dropbear/key', change: 'added' },
+  { path: '/etc/hello', change: 'added' },
+  { path: '/root/.cache', change: 'added' },
+  { path: '/root/.cache/state', change: 'added' },
+  { path: '/root/.hidden', change: 'added' },
+]
+
+/** Scenarios 1 to 3 (and 10, for the other media): first boot, persistence, reset with a keep list. */
+function lifecycle(t: Tap.Test, media: string): void {
+  const flash = `${workspace(t)}/${media}.flash`
+  const args = ['--media', media, '--flash', flash]
+
+  const first = run(t, args, `${STATUS} && ${USER_CHANGES}`)
+  t.equal(first.status, 0, 'first boot runs the command')
+  const firstStatus = statusFrom(first.stdout)
+  t.equal(firstStatus.mode, 'flash', 'mode flash')
+  t.equal(firstStatus.formatted, true, 'the erased flash was formatted')
+
+  const second = run(t, args, `${STATUS} && ${DIFF} && cat /etc/hello && ovroot reset --yes --keep /etc/hello`)
+  t.equal(second.status, 0)
+  t.notOk(statusFrom(second.stdout).formatted, 'not formatted again')
+  t.match(second.stdout, /^hello$/m, 'files persist across a reboot')
+  t.same(changesFrom(second.stdout), EXPECTED_DIFF, 'ovroot diff inside the device lists exactly the changes made')
+
+  const third = run(t, args, `${STATUS} && ${DIFF} && ls -a /root`)
+  t.equal(third.status, 0)
+  const thirdStatus = statusFrom(third.stdout)
+  t.same(thirdStatus.reset?.kept.sort(), ['/etc/dropbear', '/etc/hello'], 'keep list: --keep and /lib/upgrade/keep.d/base-files')
+  t.same(changesFrom(third.stdout), [
+    { path: '/etc/dropbear', change: 'added' },
+    { path: '/etc/dropbear/key', change: 'added' },
+    { path: '/etc/hello', change: 'added' },
+  ], 'after the reset only the kept paths differ from the factory image')
+  t.notMatch(third.stdout, /\.hidden|\.cache/, 'hidden files and directories are gone')
+}
+
+t.test('NOR flash (JFFS2 on MTD): first boot, persistence, reset with a keep list', async (t) => lifecycle(t, 'nor'))
+
+t.test('power cut during heavy writes: the next boot mounts the flash, synced files are intact', async (t) => {
+  const flash = `${workspace(t)}/nor.flash`
+  const args = ['--flash', flash]
+  const cut = boot([...args, '--cut-after', '4', '--run', 'head -c 300000 /dev/urandom > /etc/synced && sync && md5sum /etc/synced && i=0; while :; do i=$((i+1)); head -c 65536 /dev/urandom > /root/churn$((i % 20)); done'])
+  t.equal(cut.status, 137, 'the power was cut')
+  const sum = /^([0-9a-f]{32})  \/etc\/synced$/m.exec(cut.stdout)?.[1]
+  t.ok(sum, 'the synced file was written before the cut')
+  const after = run(t, args, `${STATUS} && md5sum /etc/synced`)
+  t.equal(statusFrom(after.stdout).mode, 'flash', 'the next boot mounts the flash')
+  t.match(after.stdout, `${sum}  /etc/synced`, 'the synced file is intact')
+})
+
+t.test('power cut during a reset: the next boot completes it', async (t) => {
+  const flash = `${workspace(t)}/nor.flash`
+  const args = ['--flash', flash]
+  const prepare = run(t, args, 'mkdir -p /etc/keepme /etc/junk && for i in $(seq 1 150); do echo "kept $i" > /etc/keepme/f$i; echo "junk $i" > /etc/junk/f$i; done && sync && ovroot reset --yes --keep /etc/keepme')
+  t.equal(prepare.status, 0)
+  for (const delay of [0, 0.4, 1.5]) {
+    const cut = boot([...args, '--cut-on', 'ovroot: factory reset', '--cut-after', String(delay), '--run', 'echo booted'])
+    t.ok(cut.status === 137 || cut.status === 0, `cut ${delay} s into the reset (or it finished first)`)
+    if (cut.status === 0) break
+  }
+  const after = run(t, args, `${STATUS} && ls /etc/keepme | wc -l && cat /etc/keepme/f150 && ls /etc/junk 2>&1 | head -1`)
+  t.equal(after.status, 0)
+  const status = statusFrom(after.stdout)
+  t.equal(status.mode, 'flash')
+  t.same(status.pending, [], 'no reset is pending any more')
+  t.match(after.stdout, /^150$/m, 'every kept file is there')
+  t.match(after.stdout, /^kept 150$/m, 'with its content')
+  t.match(after.stdout, /No such file or directory/, 'what was not kept is gone')
+})
+
+t.test('corrupt flash (random bytes): boots on RAM, says why, leaves the flash untouched', async (t) => {
+  const flash = `${workspace(t)}/nor.flash`
+  fs.writeFileSync(flash, Buffer.from(Array.from({ length: 8 << 20 }, (_, i) => (i * 2654435761) >>> 24)))
+  const before = createHash('sha256').update(fs.readFileSync(flash)).digest('hex')
+  const result = run(t, ['--flash', flash], `${STATUS} && ovroot status`)
+  const status = statusFrom(result.stdout)
+  t.equal(status.mode, 'degraded')
+  t.match(status.reason, /holds data that is not jffs2 .*left untouched/)
+  t.match(result.stdout, /DEGRADED: RAM upper instead of flash/, 'ovroot status says so in words')
+  t.equal(createHash('sha256').update(fs.readFileSync(flash)).digest('hex'), before, 'not one byte of the flash changed')
+})
+
+t.test('flash device missing: boots on RAM with the reason', async (t) => {
+  const result = run(t, ['--no-flash'], STATUS)
+  const status = statusFrom(result.stdout)
+  t.equal(status.mode, 'degraded')
+  t.match(status.reason, /no flash found \(mtd: no MTD partition named "rootfs_data".*ubi: no UBI device attached.*block: no block device configured/)
+})
+
+t.test('full flash: still boots, with the user\'s files, and says the flash is full', async (t) => {
+  const flash = `${workspace(t)}/nor.flash`
+  const args = ['--flash', flash]
+  const fill = run(t, args, 'echo precious > /etc/precious && sync && i=0; while head -c 65536 /dev/urandom > /root/fill$i 2>/dev/null; do i=$((i+1)); done; sync; df /overlay | tail -1')
+  t.equal(fill.status, 0)
+  const after = run(t, args, `${STATUS} && cat /etc/precious && echo written-after > /tmp/probe && echo ok`)
+  t.equal(after.status, 0, 'the device boots and runs commands')
+  const status = statusFrom(after.stdout)
+  t.ok(status.mode === 'flash' || status.mode === 'degraded', `mode ${status.mode}`)
+  if (status.mode === 'degraded') t.match(status.reason, /full/)
+  t.match(after.stdout, /^precious$/m, 'the user\'s files are visible')
+})
+
+t.test('the agent fails: the shim\'s failsafe boots the device', async (t) => {
+  const result = run(t, ['--no-flash', '--append', 'ovroot.flash.bogus=1'], STATUS)
+  const status = statusFrom(result.stdout)
+  t.equal(status.mode, 'failsafe')
+  t.match(status.reason, /ovroot boot failed with exit status 3/)
+})
+
+for (const media of ['nand', 'ext4', 'f2fs']) {
+  t.test(`${media}: first boot, persistence, reset with a keep list`, async (t) => lifecycle(t, media))
+}
+
+t.test('RAM-only configuration: boots, forgets at reboot, reset has nothing to do', async (t) => {
+  const first = run(t, ['--media', 'ram'], `${STATUS} && echo x > /etc/volatile && ovroot reset --yes`)
+  const status = statusFrom(first.stdout)
+  t.equal(status.mode, 'ram')
+  t.notOk(status.reason)
+  t.match(first.stdout, /nothing on flash to reset/)
+  const second = run(t, ['--media', 'ram'], 'test -e /etc/volatile && echo still-there || echo gone')
+  t.match(second.stdout, /^gone$/m)
+})
