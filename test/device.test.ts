@@ -147,3 +147,41 @@ t.test('RAM-only configuration: boots, forgets at reboot, reset has nothing to d
   const second = run(t, ['--media', 'ram'], 'test -e /etc/volatile && echo still-there || echo gone')
   t.match(second.stdout, /^gone$/m)
 })
+
+t.test('block flash found by PARTUUID= (MBR partition table) and by LABEL=', async (t) => {
+  const image = `${workspace(t)}/disk.img`
+  fs.writeFileSync(image, '')
+  fs.truncateSync(image, 64 << 20)
+  const mbr = Buffer.alloc(512)
+  mbr.writeUInt32LE(0xcafef00d, 440)
+  mbr[446 + 4] = 0x83
+  mbr.writeUInt32LE(2048, 446 + 8)
+  mbr.writeUInt32LE((64 << 20) / 512 - 2048, 446 + 12)
+  mbr.writeUInt16LE(0xaa55, 510)
+  const fd = fs.openSync(image, 'r+')
+  fs.writeSync(fd, mbr, 0, 512, 0)
+  fs.closeSync(fd)
+  const first = run(t, ['--media', 'ext4', '--flash', image, '--append', 'ovroot.flash.device=PARTUUID=cafef00d-01'], `${STATUS} && echo on-partition > /etc/p`)
+  const status = statusFrom(first.stdout) as ReturnType<typeof statusFrom> & { medium?: { device: string } }
+  t.equal(status.mode, 'flash')
+  t.equal(status.medium?.device, '/dev/vdb1', 'PARTUUID names the partition')
+  const second = run(t, ['--media', 'ext4', '--flash', image, '--append', 'ovroot.flash.device=LABEL=rootfs_data'], `${STATUS} && cat /etc/p`)
+  t.equal((statusFrom(second.stdout) as typeof status).medium?.device, '/dev/vdb1', 'LABEL finds the label the first boot gave it')
+  t.match(second.stdout, /^on-partition$/m)
+})
+
+t.test('ovroot.reset=1 on the kernel command line resets at boot, keep list applied', async (t) => {
+  const flash = `${workspace(t)}/nor.flash`
+  run(t, ['--flash', flash], 'echo x > /etc/x && mkdir -p /etc/dropbear && echo k > /etc/dropbear/k && sync')
+  const after = run(t, ['--flash', flash, '--append', 'ovroot.reset=1'], `${STATUS} && ls /etc/x 2>&1; cat /etc/dropbear/k`)
+  t.same(statusFrom(after.stdout).reset?.kept, ['/etc/dropbear'])
+  t.match(after.stdout, /\/etc\/x: No such file or directory/)
+  t.match(after.stdout, /^k$/m)
+})
+
+t.test('the agent hangs past [boot] timeout: the shim kills it and boots the failsafe', async (t) => {
+  const result = run(t, ['--no-flash', '--append', 'ovroot.boot.timeout=1'], STATUS)
+  const status = statusFrom(result.stdout)
+  t.equal(status.mode, 'failsafe')
+  t.match(status.reason, /did not finish within 1 s/)
+})

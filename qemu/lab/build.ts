@@ -168,7 +168,7 @@ function buildRootfs(staging: string): void {
   }
   fs.symlinkSync('../lib/ovroot/ovroot.js', path.join(staging, 'usr', 'sbin', 'ovroot'))
   fs.rmSync(IMAGES.rootfs, { force: true })
-  run('mksquashfs', [staging, IMAGES.rootfs, '-comp', 'zstd', '-all-root', '-noappend', '-quiet', '-no-progress'])
+  run('mksquashfs', [staging, IMAGES.rootfs, '-comp', 'lz4', '-all-root', '-noappend', '-quiet', '-no-progress'])
 }
 
 /** Build what is missing or stale; answer the image paths. One builder at a time. */

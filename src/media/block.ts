@@ -62,9 +62,18 @@ function blockDevices(): string[] {
   return listDirectoryIfExists('/sys/class/block').filter((name) => statPath(`/dev/${name}`)?.type === 'block')
 }
 
+/** A scan reads every block device; one it may not read is not the one looked for. */
+function probe(device: string, offset: number, length: number): Buffer {
+  try {
+    return readAt(device, offset, length)
+  } catch {
+    return Buffer.alloc(0)
+  }
+}
+
 function findByLabel(label: string): string | undefined {
   return blockDevices().find((name) => {
-    const head = readAt(`/dev/${name}`, 0, EXT4_LABEL_OFFSET + 16)
+    const head = probe(`/dev/${name}`, 0, EXT4_LABEL_OFFSET + 16)
     if (head.length < EXT4_LABEL_OFFSET + 16 || head.readUInt16LE(EXT4_MAGIC_OFFSET) !== 0xef53) return false
     return head.toString('latin1', EXT4_LABEL_OFFSET, EXT4_LABEL_OFFSET + 16).replace(/\0+$/, '') === label
   })
@@ -80,13 +89,13 @@ function formatGuid(bytes: Buffer): string {
 }
 
 function partitionUuid(disk: string, number: number): string | undefined {
-  const mbr = readAt(`/dev/${disk}`, 0, 512)
+  const mbr = probe(`/dev/${disk}`, 0, 512)
   if (mbr.length < 512 || mbr.readUInt16LE(510) !== 0xaa55) return undefined
-  const gpt = readAt(`/dev/${disk}`, 512, 92)
-  if (gpt.toString('latin1', 0, 8) === 'EFI PART') {
+  const gpt = probe(`/dev/${disk}`, 512, 92)
+  if (gpt.length === 92 && gpt.toString('latin1', 0, 8) === 'EFI PART') {
     const entriesAt = Number(gpt.readBigUInt64LE(72)) * 512
     const entrySize = gpt.readUInt32LE(84)
-    return formatGuid(readAt(`/dev/${disk}`, entriesAt + (number - 1) * entrySize + 16, 16))
+    return formatGuid(probe(`/dev/${disk}`, entriesAt + (number - 1) * entrySize + 16, 16))
   }
   return `${mbr.readUInt32LE(440).toString(16).padStart(8, '0')}-${number.toString(16).padStart(2, '0')}`
 }

@@ -49,10 +49,11 @@ export async function runReset(options: ResetOptions): Promise<ExitStatus> {
 /** An upper that no overlay uses: reset it here and now. */
 async function resetUnmounted(config: Config, options: ResetOptions): Promise<ExitStatus> {
   const upper = resolve(options.upper ?? '')
-  if (statPath(upper)?.type !== 'dir') throw new OvrootError('ENOENT', ExitCode.environment, `upper directory ${upper} does not exist`)
-  if (mountedUppers().includes(upper)) throw new OvrootError('EBUSY', ExitCode.environment, `${upper} is the upper of a mounted overlay; reset it with a reboot (ovroot reset), never while mounted`)
   const slash = upper.lastIndexOf('/')
   const layout: FlashLayout = { root: upper.slice(0, slash) || '/', upperName: upper.slice(slash + 1) }
+  // A power cut between the reset's two renames leaves no upper, only the marker saying how to finish.
+  if (statPath(upper)?.type !== 'dir' && !readResetMarker(layout)) throw new OvrootError('ENOENT', ExitCode.environment, `upper directory ${upper} does not exist`)
+  if (mountedUppers().includes(upper)) throw new OvrootError('EBUSY', ExitCode.environment, `${upper} is the upper of a mounted overlay; reset it with a reboot (ovroot reset), never while mounted`)
   const namespace = config.overlay.options.includes('userxattr') ? 'user' : 'trusted'
   const patterns = collectKeepPatterns(config, options.keep, offlineView(upper, config.overlay.lower, namespace))
   if (options.dryRun) return printPlan(upper, patterns)

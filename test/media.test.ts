@@ -1,0 +1,59 @@
+/** Media drivers on real block devices (loop devices): naming, first-boot detection. */
+import t from 'tap'
+import { execFileSync, spawnSync } from 'node:child_process'
+import * as fs from 'node:fs'
+import * as os from 'node:os'
+import { resolveBlockDevice, blockDriver } from '../src/media/block.js'
+import { parseProcMtd } from '../src/media/mtd.js'
+import { defaultConfig } from '../src/config/schema.js'
+
+/** A 64 MiB loop device (this host's kernel scans no partition tables; the lab's does, see device.test.ts). */
+function disk(t: Tap.Test): string {
+  const image = `${fs.mkdtempSync(`${os.tmpdir()}/ovroot-media-`)}/disk.img`
+  fs.writeFileSync(image, '')
+  fs.truncateSync(image, 64 << 20)
+  const loop = execFileSync('losetup', ['-f', '--show', image], { encoding: 'utf8' }).trim()
+  t.teardown(() => {
+    spawnSync('losetup', ['-d', loop])
+    fs.rmSync(image, { force: true })
+  })
+  return loop
+}
+
+t.test('a block device by path and by LABEL=', async (t) => {
+  const device = disk(t)
+  execFileSync('mkfs.ext4', ['-q', '-F', '-L', 'ovroot_test_lbl', device])
+  t.equal(resolveBlockDevice(device), device)
+  t.equal(resolveBlockDevice('LABEL=ovroot_test_lbl'), device)
+  t.same(resolveBlockDevice('LABEL=no_such_label'), { absent: 'no block device with LABEL=no_such_label' })
+  t.same(resolveBlockDevice(''), { absent: 'no block device configured ([flash] device is empty)' })
+  t.same(resolveBlockDevice('/dev/null'), { absent: '/dev/null is not a block device' })
+})
+
+t.test('what a block device holds: formatted, blank, the format marker, or unrecognised', async (t) => {
+  const device = disk(t)
+  const config = defaultConfig()
+  config.flash.device = device
+  const inspect = (): string => {
+    const volume = blockDriver.find(config)
+    if ('absent' in volume) throw new Error(volume.absent)
+    return volume.inspect()
+  }
+  t.equal(inspect(), 'blank', 'all zeros: blank')
+  const fd = fs.openSync(device, 'r+')
+  fs.writeSync(fd, Buffer.from([0xde, 0xad, 0xc0, 0xde]), 0, 4, 0)
+  fs.fsyncSync(fd)
+  t.equal(inspect(), 'blank', '0xdeadc0de: format me')
+  fs.writeSync(fd, Buffer.from('not a filesystem, not erased'), 0, 28, 0)
+  fs.fsyncSync(fd)
+  fs.closeSync(fd)
+  t.equal(inspect(), 'unrecognised', 'anything else is left alone')
+  execFileSync('mkfs.ext4', ['-q', '-F', device])
+  t.equal(inspect(), 'formatted')
+})
+
+t.test('MTD partitions by name', async (t) => {
+  const procMtd = 'dev:    size   erasesize  name\nmtd0: 00040000 00010000 "u-boot"\nmtd3: 00800000 00010000 "rootfs_data"\n'
+  t.same(parseProcMtd(procMtd, 'rootfs_data'), { index: 3, size: 0x800000, eraseSize: 0x10000 })
+  t.equal(parseProcMtd(procMtd, 'nope'), undefined)
+})
