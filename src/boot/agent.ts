@@ -34,7 +34,7 @@ export async function boot(configFile: string | undefined): Promise<ExitStatus> 
   const config = loadConfig(configFile)
   for (const [key, value] of kernel.overrides) applyOverride(config, 'kernel command line', key, value)
   makeDirectory(config.boot.run_dir)
-  const state: BootState = { mode: 'flash', warnings: [], bootedAt: new Date().toISOString() }
+  const state: BootState = { mode: 'flash', bootedAt: new Date().toISOString() }
 
   const medium = await mountFlash(config, state)
   const flashDir = config.overlay.dir
@@ -45,7 +45,7 @@ export async function boot(configFile: string | undefined): Promise<ExitStatus> 
     state.reset = resetIfPending(config, kernel.reset)
     if (isFull(flashDir) || !prepareLayers(upper, work)) {
       // Keep the user's files visible, read-only, under a RAM upper.
-      degrade(state, `flash ${medium.volume.description} is full: it is mounted read-only under a RAM upper; free space on /overlay and reboot`)
+      degrade(state, `flash ${medium.volume.description} is full: its files are shown read-only under a RAM upper; run ovroot reset, or delete files under ${upper} and reboot`)
       lowers = [upper, '/']
       upper = `${config.boot.run_dir}/ram/upper`
       work = `${config.boot.run_dir}/ram/work`

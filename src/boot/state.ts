@@ -15,7 +15,6 @@ export interface BootState {
   formatted?: boolean
   /** A factory reset was carried out, keeping these paths. */
   reset?: { kept: string[] }
-  warnings: string[]
   /** Seconds from the shim's start to the end of `ovroot boot`. */
   bootSeconds?: number
   /** Peak resident memory of `ovroot boot`, in KiB. */

@@ -76,7 +76,6 @@ function render(status: Status): string {
     ['usage', status.usage && `${mebibytes(status.usage.usedBytes)} used of ${mebibytes(status.usage.totalBytes)}, ${mebibytes(status.usage.freeBytes)} free`],
     ['reset', status.reset && `carried out at this boot, kept ${status.reset.kept.length ? status.reset.kept.join(' ') : 'nothing'}`],
     ['pending', status.pending.length ? status.pending.join('; ') : 'nothing'],
-    ['warnings', status.warnings.length ? status.warnings.join('; ') : undefined],
     ['boot took', status.bootSeconds !== undefined ? `${status.bootSeconds.toFixed(2)} s (shim start to overlay root)` : undefined],
     ['booted at', status.bootedAt],
   ]
