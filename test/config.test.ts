@@ -84,3 +84,19 @@ t.test('--version and --help', async (t) => {
   t.equal(none.status, 2)
   t.match(none.stderr, /a command is required/)
 })
+
+t.test('status and reset outside a device booted by ovroot: one line, exit 4', async (t) => {
+  const dir = fs.mkdtempSync(`${os.tmpdir()}/ovroot-status-`)
+  const config = `${dir}/ovroot.conf`
+  fs.writeFileSync(config, `[boot]\nrun_dir = ${dir}/run\n`)
+  for (const args of [['status'], ['reset', '--yes']]) {
+    const result = ovroot([...args, '--config', config])
+    t.equal(result.status, 4, `${args[0]}: exit 4`)
+    t.match(result.stderr, /^ovroot: .*status\.json: no boot record/)
+  }
+  fs.mkdirSync(`${dir}/run`)
+  fs.writeFileSync(`${dir}/run/status.json`, '{not json')
+  const garbled = ovroot(['status', '--config', config])
+  t.equal(garbled.status, 5)
+  t.equal(garbled.stderr, `ovroot: ${dir}/run/status.json: unreadable boot record; expected the JSON ovroot boot writes\n`)
+})

@@ -24,3 +24,15 @@ export interface BootState {
 
 export const STATUS_FILE = 'status.json'
 export const FLASH_STATE_DIR = '.ovroot'
+
+/** The boot record from RUN_DIR/status.json, or undefined when boot wrote none. */
+export function parseBootState(text: string | undefined, file: string, fail: (message: string) => Error): BootState | undefined {
+  if (text === undefined) return undefined
+  try {
+    const state = JSON.parse(text) as BootState
+    if (typeof state.mode === 'string') return state
+  } catch {
+    // reported below
+  }
+  throw fail(`${file}: unreadable boot record; expected the JSON ovroot boot writes`)
+}

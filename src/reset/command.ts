@@ -3,7 +3,7 @@ import { resolve } from 'node:path'
 import { createInterface } from 'node:readline/promises'
 import { loadConfig } from '../config/load.js'
 import { upperDir, type Config } from '../config/schema.js'
-import { STATUS_FILE, type BootState } from '../boot/state.js'
+import { parseBootState, STATUS_FILE, type BootState } from '../boot/state.js'
 import { ExitCode, OvrootError, usageError, type ExitStatus } from '../errors.js'
 import { readTextFileIfExists, statPath } from '../sys/fs.js'
 import { runTool } from '../sys/run.js'
@@ -80,10 +80,11 @@ async function confirm(what: string): Promise<void> {
   if (!/^y(es)?$/i.test(answer.trim())) throw new OvrootError('EABORTED', ExitCode.aborted, 'reset cancelled: not confirmed')
 }
 
-function bootMode(config: Config): BootState['mode'] | 'unknown' {
-  const text = readTextFileIfExists(`${config.boot.run_dir}/${STATUS_FILE}`)
-  if (text === undefined) throw new OvrootError('ENOSTATUS', ExitCode.environment, `${config.boot.run_dir}/${STATUS_FILE}: no boot record, so this is not a device booted by ovroot; use --upper DIR for an unmounted upper`)
-  return (JSON.parse(text) as BootState).mode
+function bootMode(config: Config): BootState['mode'] {
+  const file = `${config.boot.run_dir}/${STATUS_FILE}`
+  const state = parseBootState(readTextFileIfExists(file), file, (message) => new OvrootError('ESTATUS', ExitCode.data, message))
+  if (!state) throw new OvrootError('ENOSTATUS', ExitCode.environment, `${file}: no boot record, so this is not a device booted by ovroot; use --upper DIR for an unmounted upper`)
+  return state.mode
 }
 
 function mountedUppers(): string[] {

@@ -1,7 +1,6 @@
 /** `ovroot status`: the boot record from /run joined with what is live now. */
 import { loadConfig } from '../config/load.js'
-import type { BootState } from '../boot/state.js'
-import { STATUS_FILE } from '../boot/state.js'
+import { parseBootState, STATUS_FILE, type BootState } from '../boot/state.js'
 import { ExitCode, OvrootError, type ExitStatus } from '../errors.js'
 import { readResetMarker } from '../reset/wipe.js'
 import { filesystemInfo, readTextFileIfExists } from '../sys/fs.js'
@@ -21,15 +20,9 @@ interface Status extends BootState {
 export function showStatus(configFile: string | undefined, json: boolean): ExitStatus {
   const config = loadConfig(configFile)
   const file = `${config.boot.run_dir}/${STATUS_FILE}`
-  const text = readTextFileIfExists(file)
-  if (text === undefined) {
+  const state = parseBootState(readTextFileIfExists(file), file, (message) => new OvrootError('ESTATUS', ExitCode.data, message))
+  if (!state) {
     throw new OvrootError('ENOSTATUS', ExitCode.environment, `${file}: no boot record; ovroot boot did not run this boot (is init=/sbin/ovroot-init on the kernel command line?)`)
-  }
-  let state: BootState
-  try {
-    state = JSON.parse(text) as BootState
-  } catch {
-    throw new OvrootError('ESTATUS', ExitCode.data, `${file}: unreadable boot record; expected JSON`)
   }
   const status: Status = { ...state, pending: [] }
   status.rootMount = rootMountOptions()
