@@ -185,3 +185,19 @@ t.test('the agent hangs past [boot] timeout: the shim kills it and boots the fai
   t.equal(status.mode, 'failsafe')
   t.match(status.reason, /did not finish within 1 s/)
 })
+
+t.test('live reset: --dry-run and --cancel change nothing, --reboot carries it out now', async (t) => {
+  const flash = `${workspace(t)}/nor.flash`
+  const args = ['--flash', flash]
+  const first = run(t, args, 'echo x > /etc/x && echo y > /etc/y && ovroot reset --dry-run --keep /etc/y && ovroot reset --yes && ovroot reset --cancel && ovroot status | grep pending')
+  t.equal(first.status, 0)
+  t.match(first.stdout, /^remove \/etc\/x$/m, '--dry-run lists what goes')
+  t.match(first.stdout, /^keep \/etc\/y$/m, 'and what stays')
+  t.match(first.stdout, /^pending: +nothing$/m, '--cancel withdraws the scheduled reset')
+  const rebooting = boot([...args, '--run', 'ovroot reset --yes --keep /etc/y --reboot'])
+  t.match(rebooting.stdout, /factory reset scheduled/)
+  const after = run(t, args, `${STATUS} && ls /etc/x 2>&1; cat /etc/y`)
+  t.same(statusFrom(after.stdout).reset?.kept, ['/etc/y'], 'the reset ran at the reboot --reboot asked for')
+  t.match(after.stdout, /\/etc\/x: No such file or directory/)
+  t.match(after.stdout, /^y$/m)
+})

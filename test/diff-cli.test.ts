@@ -172,3 +172,13 @@ t.test('a merged view passed as the upper is refused', async (t) => {
   t.match(result.stderr, /it is on overlayfs, so it is a merged view/)
   unmount(`${s.dir}/merged`)
 })
+
+t.test('a lower at / (the layout of a running device) resolves from the real root', async (t) => {
+  const s = scratch()
+  t.teardown(s.cleanup)
+  const name = `ovroot-probe-${process.pid}`
+  writeTree(`${s.dir}/upper`, { [`/${name}`]: 'x\n' })
+  const result = ovroot(['diff', '--lower', '/', '--upper', `${s.dir}/upper`])
+  t.equal(result.status, 0, result.stderr)
+  t.equal(result.stdout, `A /${name}\n`)
+})

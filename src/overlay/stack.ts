@@ -40,8 +40,9 @@ export interface ResolvedEntry {
   readonly redirectedFrom: string | undefined
 }
 
+/** A layer rooted at / has root '' so that paths join without '//'; its own root is '/'. */
 export function hostPath(source: Source): string {
-  return source.layer.root + source.path
+  return source.layer.root + source.path || '/'
 }
 
 export function sameSource(a: Source | undefined, b: Source | undefined): boolean {
