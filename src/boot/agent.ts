@@ -12,14 +12,11 @@ import { ExitCode, OvrootError, type ExitStatus } from '../errors.js'
 import { MEDIA_DRIVER_TABLE } from '../media/drivers.js'
 import { ramVolume } from '../media/ram.js'
 import type { Volume } from '../media/types.js'
-import { collectKeepPatterns } from '../reset/keep.js'
-import { offlineView } from '../reset/views.js'
-import { performReset, readResetMarker, scheduleReset, type FlashLayout } from '../reset/wipe.js'
 import { filesystemInfo, makeDirectory, pathExists, readTextFile, writeFileAtomic } from '../sys/fs.js'
 import { mount, MountFlag, pivotRoot, unmount } from '../sys/libc.js'
 import { VERSION } from '../version.js'
 import { parseKernelArguments } from './cmdline.js'
-import { FLASH_STATE_DIR, STATUS_FILE, type BootState } from './state.js'
+import { FLASH_STATE_DIR, RESET_MARKER, STATUS_FILE, type BootState } from './state.js'
 
 const STAGING = '/mnt'
 const MOVED_MOUNTS = ['/proc', '/sys', '/dev', '/run']
@@ -42,7 +39,7 @@ export async function boot(configFile: string | undefined): Promise<ExitStatus> 
   let upper = upperDir(config)
   let work = workDir(config)
   if (medium.volume.driver !== 'ram') {
-    state.reset = resetIfPending(config, kernel.reset)
+    state.reset = await resetIfPending(config, kernel.reset)
     if (isFull(flashDir) || !prepareLayers(upper, work)) {
       // Keep the user's files visible, read-only, under a RAM upper.
       degrade(state, `flash ${medium.volume.description} is full: its files are shown read-only under a RAM upper; run ovroot reset, or delete files under ${upper} and reboot`)
@@ -121,8 +118,15 @@ async function mountVolume(volume: Volume, config: Config, persistent: boolean):
   return { volume, formatted }
 }
 
-function resetIfPending(config: Config, forced: boolean): BootState['reset'] {
-  const layout: FlashLayout = { root: config.overlay.dir, upperName: 'upper' }
+/** The reset code is loaded only when a reset is due: most boots have none. */
+async function resetIfPending(config: Config, forced: boolean): Promise<BootState['reset']> {
+  if (!forced && !pathExists(`${config.overlay.dir}/${FLASH_STATE_DIR}/${RESET_MARKER}`)) return undefined
+  const [{ collectKeepPatterns }, { offlineView }, { performReset, readResetMarker, scheduleReset }] = await Promise.all([
+    import('../reset/keep.js'),
+    import('../reset/views.js'),
+    import('../reset/wipe.js'),
+  ])
+  const layout = { root: config.overlay.dir, upperName: 'upper' }
   if (forced && !readResetMarker(layout)) {
     const namespace = config.overlay.options.includes('userxattr') ? 'user' : 'trusted'
     const view = pathExists(upperDir(config)) ? offlineView(upperDir(config), ['/'], namespace) : offlineView('/nonexistent', ['/'], namespace)

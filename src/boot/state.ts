@@ -24,6 +24,8 @@ export interface BootState {
 
 export const STATUS_FILE = 'status.json'
 export const FLASH_STATE_DIR = '.ovroot'
+/** Present in FLASH_STATE_DIR while a factory reset is scheduled or under way. */
+export const RESET_MARKER = 'reset'
 
 /** The boot record from RUN_DIR/status.json, or undefined when boot wrote none. */
 export function parseBootState(text: string | undefined, file: string, fail: (message: string) => Error): BootState | undefined {

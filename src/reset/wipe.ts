@@ -9,6 +9,7 @@
 import { ExitCode, OvrootError } from '../errors.js'
 import { cloneEntry, linkPath, listDirectory, makeDirectory, pathExists, readTextFileIfExists, removeFile, removeTree, renamePath, statPath, syncDirectory, writeFileAtomic } from '../sys/fs.js'
 import { getXattr, syncAll } from '../sys/libc.js'
+import { FLASH_STATE_DIR, RESET_MARKER } from '../boot/state.js'
 import { KeepList } from './keep.js'
 
 export interface ResetMarker {
@@ -23,8 +24,8 @@ export interface FlashLayout {
   upperName: string
 }
 
-const STATE_DIR = '.ovroot'
-const markerPath = (layout: FlashLayout): string => `${layout.root}/${STATE_DIR}/reset`
+const STATE_DIR = FLASH_STATE_DIR
+const markerPath = (layout: FlashLayout): string => `${layout.root}/${STATE_DIR}/${RESET_MARKER}`
 const stagingPath = (layout: FlashLayout): string => `${layout.root}/${STATE_DIR}/reset-new`
 const oldPath = (layout: FlashLayout): string => `${layout.root}/${STATE_DIR}/reset-old`
 const upperPath = (layout: FlashLayout): string => `${layout.root}/${layout.upperName}`
