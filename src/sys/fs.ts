@@ -96,17 +96,7 @@ export function sameContent(pathA: string, pathB: string, size: number): boolean
 
 /** The first `limit` bytes of a file (for content diffs and binary detection). */
 export function readHead(path: string, limit: number): Buffer {
-  let fd = -1
-  try {
-    fd = fs.openSync(path, 'r')
-    const buffer = Buffer.alloc(limit)
-    const got = fs.readSync(fd, buffer, 0, limit, 0)
-    return buffer.subarray(0, got)
-  } catch (error) {
-    throw fromNodeError(error, 'read', path)
-  } finally {
-    if (fd >= 0) fs.closeSync(fd)
-  }
+  return readAt(path, 0, limit)
 }
 
 export function readTextFile(path: string): string {
