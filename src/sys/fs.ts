@@ -20,7 +20,7 @@ function typeOf(mode: number): EntryType {
   }
 }
 
-export function toEntryStat(st: RawStat): EntryStat {
+function toEntryStat(st: RawStat): EntryStat {
   return {
     type: typeOf(st.mode),
     permissions: st.mode & 0o7777,

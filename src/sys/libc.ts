@@ -1,11 +1,12 @@
 /**
- * The system calls Node does not offer (xattrs, mknod, mount, pivot_root,
- * reboot), bound to libc with koffi. One binding for the whole product keeps
+ * The system calls Node does not offer (xattrs, lstat into a reused buffer,
+ * mknod, mount, pivot_root), bound to libc with koffi. One binding for the whole product keeps
  * boot free of process spawns and lets diff read xattrs at syscall speed.
  */
 import { createRequire } from 'node:module'
 import { constants as osConstants } from 'node:os'
 import { SysError } from '../errors.js'
+import type { EntryStat } from '../overlay/types.js'
 
 interface KoffiFunction {
   (...args: unknown[]): unknown
@@ -25,12 +26,10 @@ interface Libc {
   llistxattr: KoffiFunction
   lgetxattr: KoffiFunction
   lsetxattr: KoffiFunction
-  lremovexattr: KoffiFunction
   mknod: KoffiFunction
   mount: KoffiFunction
   umount2: KoffiFunction
   syscall: KoffiFunction
-  reboot: KoffiFunction
   sync: KoffiFunction
 }
 
@@ -46,12 +45,10 @@ function bind(): { koffi: Koffi; libc: Libc } {
       llistxattr: lib.func('intptr_t llistxattr(const char *path, _Out_ uint8_t *list, size_t size)'),
       lgetxattr: lib.func('intptr_t lgetxattr(const char *path, const char *name, _Out_ uint8_t *value, size_t size)'),
       lsetxattr: lib.func('int lsetxattr(const char *path, const char *name, const uint8_t *value, size_t size, int flags)'),
-      lremovexattr: lib.func('int lremovexattr(const char *path, const char *name)'),
       mknod: lib.func('int mknod(const char *path, uint32_t mode, uint64_t dev)'),
       mount: lib.func('int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const char *data)'),
       umount2: lib.func('int umount2(const char *target, int flags)'),
       syscall: lib.func('long syscall(long number, const char *a, const char *b)'),
-      reboot: lib.func('int reboot(int cmd)'),
       sync: lib.func('void sync()'),
     }
   }
@@ -78,16 +75,8 @@ const STAT_LAYOUT =
     : { bytes: 128, dev: 0, ino: 8, mode: 16, nlink: 20, uid: 24, gid: 28, rdev: 32, size: 48 }
 const statBuffer = Buffer.alloc(STAT_LAYOUT.bytes)
 
-export interface RawStat {
-  mode: number
-  uid: number
-  gid: number
-  size: number
-  rdev: number
-  dev: number
-  ino: number
-  nlink: number
-}
+/** What lstat(2) says, before the model splits mode into type and permissions. */
+export type RawStat = Omit<EntryStat, 'type' | 'permissions'> & { mode: number }
 
 const u64 = (offset: number): number => statBuffer.readUInt32LE(offset) + statBuffer.readUInt32LE(offset + 4) * 0x100000000
 
@@ -158,10 +147,6 @@ export function setXattr(path: string, name: string, value: Buffer): void {
   check(bind().libc.lsetxattr(path, name, value, value.length, 0), `setxattr ${name}`, path)
 }
 
-export function removeXattr(path: string, name: string): void {
-  check(bind().libc.lremovexattr(path, name), `removexattr ${name}`, path)
-}
-
 const S_IFCHR = 0o020000
 const S_IFBLK = 0o060000
 const S_IFIFO = 0o010000
@@ -169,7 +154,7 @@ const S_IFIFO = 0o010000
 export type NodeKind = 'char' | 'block' | 'fifo'
 
 /** glibc's makedev: the 64-bit encoding the kernel's new_encode_dev expects. */
-export function makeDevice(major: number, minor: number): bigint {
+function makeDevice(major: number, minor: number): bigint {
   const ma = BigInt(major)
   const mi = BigInt(minor)
   return ((ma & 0xfffff000n) << 32n) | ((ma & 0xfffn) << 8n) | ((mi & 0xffffff00n) << 12n) | (mi & 0xffn)
@@ -211,11 +196,4 @@ export function pivotRoot(newRoot: string, putOld: string): void {
 
 export function syncAll(): void {
   bind().libc.sync()
-}
-
-const RB_AUTOBOOT = 0x01234567
-const RB_POWER_OFF = 0x4321fedc
-export function reboot(powerOff = false): void {
-  syncAll()
-  check(bind().libc.reboot(powerOff ? RB_POWER_OFF : RB_AUTOBOOT), 'reboot', powerOff ? 'power-off' : 'restart')
 }
