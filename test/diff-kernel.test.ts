@@ -38,6 +38,7 @@ for (const [variant, options] of Object.entries(VARIANTS)) {
     const expected = oracle(snapshot(merged), snapshot(lower))
     unmount(merged)
     t.same(diffJson([lower], upper), expected, 'diff of the upper equals the merged-view comparison')
+    t.same(diffJson([lower], upper, ['--threads', '3']), expected, 'the same when helper threads walk every subtree')
 
     const byPath = new Map(expected.map((change) => [change.path, change.change]))
     t.equal(byPath.get('/etc/config/network'), 'modified', 'the oracle sees an append')
@@ -70,6 +71,7 @@ for (const [variant, options] of Object.entries(VARIANTS)) {
       const expected = oracle(snapshot(merged), snapshot(lower))
       unmount(merged)
       t.same(diffJson([lower], upper), expected, `seed ${seed}: ${log.join('; ')}`)
+      t.same(diffJson([lower], upper, ['--threads', '2']), expected, `seed ${seed}, helper threads`)
       s.cleanup()
     }
   })

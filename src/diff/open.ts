@@ -5,7 +5,7 @@
 import { ExitCode, OvrootError } from '../errors.js'
 import { filesystemInfo, hostTreeReader, statPath } from '../sys/fs.js'
 import { detectNamespace } from '../overlay/detect.js'
-import { OverlayDiff, type Change, type DiffOptions } from '../overlay/diff.js'
+import { OverlayDiff, type DiffOptions } from '../overlay/diff.js'
 import { LayerStack, type Layer } from '../overlay/stack.js'
 import { OverlayXattrs, type XattrNamespace } from '../overlay/xattrs.js'
 
@@ -19,7 +19,12 @@ export interface DiffRequest extends DiffOptions {
 const OVERLAYFS_MAGIC = 0x794c7630
 const SQUASHFS_MAGIC = 0x73717368
 
-export function openDiff(request: DiffRequest, emit: (change: Change) => void): OverlayDiff {
+/** A request whose directories were checked and whose namespace is settled. */
+export interface CheckedDiffRequest extends DiffRequest {
+  namespace: XattrNamespace
+}
+
+export function checkDiffRequest(request: DiffRequest): CheckedDiffRequest {
   const upper = requireDirectory(request.upper, 'upper')
   const lowers = request.lowers.map((lower) => requireDirectory(lower, 'lower'))
   for (const [i, lower] of lowers.entries()) {
@@ -37,12 +42,23 @@ export function openDiff(request: DiffRequest, emit: (change: Change) => void): 
   if (namespace === 'trusted' && process.geteuid?.() !== 0) {
     throw new OvrootError('EPERM', ExitCode.environment, `reading trusted.overlay.* xattrs of ${request.upper} needs root (CAP_SYS_ADMIN); run as root, or pass --xattrs user for a userxattr overlay`)
   }
-  const xattrs = new OverlayXattrs(namespace)
+  return { ...request, namespace }
+}
+
+export interface OpenDiff {
+  diff: OverlayDiff
+  merged: LayerStack
+  lower: LayerStack
+}
+
+/** The diff of a checked request, with its two stacks (to pass directories between threads). */
+export function openDiff(request: CheckedDiffRequest): OpenDiff {
+  const xattrs = new OverlayXattrs(request.namespace)
   const lowerLayers: Layer[] = request.lowers.map((root) => ({ root: stripSlash(root), role: 'lower' }))
   const upperLayer: Layer = { root: stripSlash(request.upper), role: 'upper' }
   const merged = new LayerStack([upperLayer, ...lowerLayers], hostTreeReader, xattrs)
   const lower = new LayerStack(lowerLayers, hostTreeReader, xattrs)
-  return new OverlayDiff(merged, lower, hostTreeReader, xattrs, request, emit)
+  return { diff: new OverlayDiff(merged, lower, hostTreeReader, xattrs, request), merged, lower }
 }
 
 function requireDirectory(path: string, role: string): { dev: number; ino: number } {

@@ -4,6 +4,23 @@
  * thousands of entries must not cost a write per line.
  */
 import type { Change, ChangeKind, EntryState } from '../overlay/diff.js'
+import type { TreeReader } from '../overlay/types.js'
+
+export type DiffFormat = 'text' | 'json' | 'stat' | 'patch'
+export type Renderer = (change: Change) => string
+
+/** How each change is printed (`--stat` prints nothing per change); the patch code loads only for --patch. */
+export async function loadRenderer(format: DiffFormat, colour: boolean, reader: TreeReader): Promise<Renderer> {
+  switch (format) {
+    case 'text': return (change) => statusLine(change, colour)
+    case 'json': return jsonLine
+    case 'stat': return () => ''
+    case 'patch': {
+      const { patchFor } = await import('./patch.js')
+      return (change) => patchFor(change, reader)
+    }
+  }
+}
 
 export const STATUS_LETTER: Record<ChangeKind, string> = { added: 'A', deleted: 'D', modified: 'M', metadata: 'm', unchanged: '=' }
 const COLOUR: Record<ChangeKind, string> = { added: '32', deleted: '31', modified: '33', metadata: '36', unchanged: '2' }
@@ -32,32 +49,43 @@ export function statusLine(change: Change, colour: boolean): string {
   return colour ? `\x1b[${COLOUR[change.change]}m${letter} ${change.path}\x1b[0m\n` : `${letter} ${change.path}\n`
 }
 
+/**
+ * One JSON Lines record, written out by hand: JSON.stringify of a built-up
+ * object costs more than the walk that found the change. Key order is fixed:
+ * path, change, type, the merged state, fields, was, from, replaced.
+ */
 export function jsonLine(change: Change): string {
-  const state = change.now ?? change.was
-  const record: Record<string, unknown> = { path: change.path, change: change.change, type: state?.type }
-  if (change.now) Object.assign(record, describeState(change.now))
-  if (change.fields.length > 0) record.fields = change.fields
-  if (change.was && change.change !== 'added') record.was = { type: change.was.type, ...describeState(change.was) }
-  if (change.from !== undefined) record.from = change.from
-  if (change.replaced) record.replaced = true
-  return `${JSON.stringify(record)}\n`
+  const { now, was } = change
+  let line = `{"path":${JSON.stringify(change.path)},"change":"${change.change}","type":"${(now ?? was)?.type ?? 'file'}"`
+  if (now) line += stateFields(now)
+  if (change.fields.length > 0) line += `,"fields":["${change.fields.join('","')}"]`
+  if (was && change.change !== 'added') line += `,"was":{"type":"${was.type}"${stateFields(was)}}`
+  if (change.from !== undefined) line += `,"from":${JSON.stringify(change.from)}`
+  if (change.replaced) line += ',"replaced":true'
+  return `${line}}\n`
 }
 
-function describeState(state: EntryState): Record<string, unknown> {
-  const described: Record<string, unknown> = { mode: formatMode(state.permissions), uid: state.uid, gid: state.gid }
-  if (state.type === 'file') described.size = state.size
-  if (state.target !== undefined) described.target = state.target
-  return described
+function stateFields(state: EntryState): string {
+  let fields = `,"mode":"${formatMode(state.permissions)}","uid":${state.uid},"gid":${state.gid}`
+  if (state.type === 'file') fields += `,"size":${state.size}`
+  if (state.target !== undefined) fields += `,"target":${JSON.stringify(state.target)}`
+  return fields
 }
 
 export function formatMode(permissions: number): string {
   return permissions.toString(8).padStart(4, '0')
 }
 
+export type ChangeCounts = Record<ChangeKind, number>
+
 export class ChangeCounter {
-  readonly counts: Record<ChangeKind, number> = { added: 0, modified: 0, metadata: 0, deleted: 0, unchanged: 0 }
+  readonly counts: ChangeCounts = { added: 0, modified: 0, metadata: 0, deleted: 0, unchanged: 0 }
   add(change: Change): void {
     this.counts[change.change]++
+  }
+
+  merge(counts: ChangeCounts): void {
+    for (const kind of Object.keys(counts) as ChangeKind[]) this.counts[kind] += counts[kind]
   }
 
   get changed(): number {

@@ -1,12 +1,15 @@
 /** `ovroot diff`: resolve the directories, stream the report, compute the exit status. */
+import { availableParallelism } from 'node:os'
 import { loadConfig } from '../config/load.js'
 import { upperDir } from '../config/schema.js'
 import { ExitCode, type ExitStatus } from '../errors.js'
 import { hostTreeReader } from '../sys/fs.js'
+import type { Change } from '../overlay/diff.js'
 import type { XattrNamespace } from '../overlay/xattrs.js'
-import { openDiff } from './open.js'
-import { patchFor } from './patch.js'
-import { BufferedOutput, ChangeCounter, jsonLine, statusLine } from './report.js'
+import { checkDiffRequest, openDiff } from './open.js'
+import { planTasks } from './plan.js'
+import { BufferedOutput, ChangeCounter, loadRenderer, type DiffFormat } from './report.js'
+import { ThreadedWalk, type ThreadChoice } from './threads.js'
 
 export interface DiffCommandOptions {
   configFile: string | undefined
@@ -14,13 +17,17 @@ export interface DiffCommandOptions {
   upper: string | undefined
   paths: string[]
   all: boolean
-  format: 'text' | 'json' | 'stat' | 'patch'
+  format: DiffFormat
   /** With --stat: counts as JSON. */
   json: boolean
   exitCode: boolean
   namespace: XattrNamespace | undefined
   colour: boolean
+  threads: ThreadChoice
 }
+
+/** Pending directories per walking thread before the walk is split: enough to keep threads busy, few enough to cost nothing. */
+const TASKS_PER_THREAD = 16
 
 export async function runDiff(options: DiffCommandOptions): Promise<ExitStatus> {
   let { lowers, upper, namespace } = options
@@ -30,18 +37,19 @@ export async function runDiff(options: DiffCommandOptions): Promise<ExitStatus> 
     upper = upperDir(config)
     namespace ??= config.overlay.options.includes('userxattr') ? 'user' : 'trusted'
   }
+  const request = checkDiffRequest({ upper, lowers, namespace, all: options.all, paths: options.paths })
   const output = new BufferedOutput((text) => process.stdout.write(text))
   const counter = new ChangeCounter()
-  const render = {
-    text: (change: Parameters<typeof statusLine>[0]) => output.push(statusLine(change, options.colour)),
-    json: (change: Parameters<typeof jsonLine>[0]) => output.push(jsonLine(change)),
-    patch: (change: Parameters<typeof jsonLine>[0]) => output.push(patchFor(change, hostTreeReader)),
-    stat: () => undefined,
-  }[options.format]
-  openDiff({ upper, lowers, namespace, all: options.all, paths: options.paths }, (change) => {
+  const render = await loadRenderer(options.format, options.colour, hostTreeReader)
+  const print = (change: Change): string => {
     counter.add(change)
-    render(change)
-  }).run()
+    return render(change)
+  }
+  const opened = openDiff(request)
+  const walk = new ThreadedWalk({ opened, request, format: options.format, colour: options.colour, print, counter, output, threads: options.threads })
+  const walkers = typeof options.threads === 'number' ? options.threads : Math.min(availableParallelism(), 4)
+  await walk.run(() => planTasks(opened.diff, TASKS_PER_THREAD * walkers, print))
+  if (process.env.OVROOT_DEBUG) process.stderr.write(`ovroot: ${walk.describe()}\n`)
   if (options.format === 'stat') output.push(counter.render(options.json, options.all))
   output.flush()
   return options.exitCode && counter.changed > 0 ? ExitCode.changed : ExitCode.ok

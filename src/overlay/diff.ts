@@ -45,6 +45,24 @@ export interface DiffOptions {
   paths: string[]
 }
 
+/** A directory whose children are still to be compared. */
+export interface PendingDir {
+  readonly path: string
+  readonly merged: ResolvedEntry
+  /** The lower directory at the same path, when the lower has one. */
+  readonly lower: ResolvedEntry | undefined
+}
+
+/**
+ * Receives a walk's results in path order: each entry's change (if any), then,
+ * for a directory, the directory itself so that the caller decides when, and
+ * on which thread, its children are compared.
+ */
+export interface DiffVisitor {
+  change(change: Change): void
+  descend(dir: PendingDir): void
+}
+
 export class OverlayDiff {
   constructor(
     private readonly merged: LayerStack,
@@ -52,54 +70,57 @@ export class OverlayDiff {
     private readonly reader: TreeReader,
     private readonly xattrs: OverlayXattrs,
     private readonly options: DiffOptions,
-    private readonly emit: (change: Change) => void,
   ) {}
 
-  run(): void {
-    for (const path of topmostPaths(this.options.paths)) this.diffSubtree(path)
+  /** Everything below a directory, depth first, on this thread. */
+  walk(dir: PendingDir, emit: (change: Change) => void): void {
+    const visitor: DiffVisitor = { change: emit, descend: (child) => this.expand(child, visitor) }
+    this.expand(dir, visitor)
   }
 
-  private diffSubtree(path: string): void {
-    let merged: ResolvedEntry | undefined = this.merged.root()
-    let lower: ResolvedEntry | undefined = this.lower.root()
-    for (const name of path.split('/').filter(Boolean)) {
-      merged = merged?.stat.type === 'dir' ? this.merged.child(merged, name) : undefined
-      lower = lower?.stat.type === 'dir' ? this.lower.child(lower, name) : undefined
+  /** The requested paths' own entries. */
+  start(visitor: DiffVisitor): void {
+    for (const path of topmostPaths(this.options.paths)) {
+      let merged: ResolvedEntry | undefined = this.merged.root()
+      let lower: ResolvedEntry | undefined = this.lower.root()
+      for (const name of path.split('/').filter(Boolean)) {
+        merged = merged?.stat.type === 'dir' ? this.merged.child(merged, name) : undefined
+        lower = lower?.stat.type === 'dir' ? this.lower.child(lower, name) : undefined
+      }
+      this.compare(path === '/' ? '' : path, merged, lower, visitor)
     }
-    this.compare(path === '/' ? '' : path, merged, lower)
   }
 
-  private compare(path: string, merged: ResolvedEntry | undefined, lower: ResolvedEntry | undefined): void {
+  /** A directory's children in path order; only names the upper can have changed. */
+  expand(dir: PendingDir, visitor: DiffVisitor): void {
+    const { path, merged, lower } = dir
+    const lowerDirsOfMerged = merged.dirs.filter((source) => source.layer.role === 'lower')
+    const onlyUpperMatters = lower !== undefined && sameSources(lowerDirsOfMerged, lower.dirs)
+    const names = onlyUpperMatters
+      ? merged.inUpper ? this.reader.list(hostPath(merged.top)) : []
+      : [...new Set([...this.merged.candidateNames(merged), ...(lower ? this.lower.candidateNames(lower) : [])])]
+    for (const name of sortNames(names)) {
+      this.compare(`${path}/${name}`, this.merged.child(merged, name), lower ? this.lower.child(lower, name) : undefined, visitor)
+    }
+  }
+
+  private compare(path: string, merged: ResolvedEntry | undefined, lower: ResolvedEntry | undefined, visitor: DiffVisitor): void {
     if (!merged) {
-      if (lower) this.emit({ path: path || '/', change: 'deleted', was: this.state(lower), fields: [] })
+      if (lower) visitor.change({ path: path || '/', change: 'deleted', was: this.state(lower), fields: [] })
       return
     }
     if (lower && this.fromSamePlace(merged, lower)) return
     if (!lower) {
-      this.emit({ path: path || '/', change: 'added', now: this.state(merged), fields: [], ...this.dirNotes(merged, undefined) })
-      if (merged.stat.type === 'dir') this.walk(path, merged, undefined)
+      visitor.change({ path: path || '/', change: 'added', now: this.state(merged), fields: [], ...this.dirNotes(merged, undefined) })
+      if (merged.stat.type === 'dir') visitor.descend({ path, merged, lower: undefined })
       return
     }
     const fields = this.differences(merged, lower)
     const change: ChangeKind = fields.some(isContentField) ? 'modified' : fields.length > 0 ? 'metadata' : 'unchanged'
     if (change !== 'unchanged' || (this.options.all && merged.inUpper)) {
-      this.emit({ path: path || '/', change, now: this.state(merged), was: this.state(lower), fields, ...this.dirNotes(merged, lower) })
+      visitor.change({ path: path || '/', change, now: this.state(merged), was: this.state(lower), fields, ...this.dirNotes(merged, lower) })
     }
-    if (merged.stat.type === 'dir') this.walk(path, merged, lower.stat.type === 'dir' ? lower : undefined)
-  }
-
-  /** Children in path order; only names the upper can have changed. */
-  private walk(path: string, merged: ResolvedEntry, lower: ResolvedEntry | undefined): void {
-    const lowerDirsOfMerged = merged.dirs.filter((dir) => dir.layer.role === 'lower')
-    const onlyUpperMatters = lower !== undefined && sameSources(lowerDirsOfMerged, lower.dirs)
-    const names = onlyUpperMatters
-      ? new Set(merged.inUpper ? this.reader.list(hostPath(merged.top)) : [])
-      : new Set([...this.merged.candidateNames(merged), ...(lower ? this.lower.candidateNames(lower) : [])])
-    for (const name of [...names].sort(compareNames)) {
-      const mergedChild = this.merged.child(merged, name)
-      const lowerChild = lower ? this.lower.child(lower, name) : undefined
-      this.compare(`${path}/${name}`, mergedChild, lowerChild)
-    }
+    if (merged.stat.type === 'dir') visitor.descend({ path, merged, lower: lower.stat.type === 'dir' ? lower : undefined })
   }
 
   /** Nothing of the entry comes from the upper and it resolves to the same lower places. */
@@ -176,6 +197,11 @@ function isContentField(field: ChangedField): boolean {
 export function compareNames(a: string, b: string): number {
   if (!BEYOND_BMP_ORDER.test(a) && !BEYOND_BMP_ORDER.test(b)) return a < b ? -1 : a > b ? 1 : 0
   return Buffer.compare(Buffer.from(a), Buffer.from(b))
+}
+
+/** Names in byte order; the engine's own sort when no name needs the slow comparison. */
+function sortNames(names: string[]): string[] {
+  return names.some((name) => BEYOND_BMP_ORDER.test(name)) ? names.sort(compareNames) : names.sort()
 }
 
 const BEYOND_BMP_ORDER = /[\ud800-\uffff]/

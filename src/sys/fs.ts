@@ -5,42 +5,13 @@
  */
 import * as fs from 'node:fs'
 import { fromNodeError, OvrootError, ExitCode } from '../errors.js'
-import { listXattrs, getXattr, lstat, makeNode, setXattr, type RawStat } from './libc.js'
-import type { EntryStat, EntryType, TreeReader } from '../overlay/types.js'
-
-function typeOf(mode: number): EntryType {
-  switch (mode & fs.constants.S_IFMT) {
-    case fs.constants.S_IFREG: return 'file'
-    case fs.constants.S_IFDIR: return 'dir'
-    case fs.constants.S_IFLNK: return 'symlink'
-    case fs.constants.S_IFIFO: return 'fifo'
-    case fs.constants.S_IFSOCK: return 'socket'
-    case fs.constants.S_IFCHR: return 'char'
-    default: return 'block'
-  }
-}
-
-function toEntryStat(st: RawStat): EntryStat {
-  return {
-    type: typeOf(st.mode),
-    permissions: st.mode & 0o7777,
-    uid: st.uid,
-    gid: st.gid,
-    size: st.size,
-    rdev: st.rdev,
-    dev: st.dev,
-    ino: st.ino,
-    nlink: st.nlink,
-  }
-}
+import { listXattrs, getXattr, lstat, makeNode, setXattr } from './libc.js'
+import type { EntryStat, TreeReader } from '../overlay/types.js'
 
 const absentErrnos = new Set(['ENOENT', 'ENOTDIR'])
 
 /** lstat that answers undefined for a path that does not exist. */
-export function statPath(path: string): EntryStat | undefined {
-  const st = lstat(path)
-  return st && toEntryStat(st)
-}
+export const statPath: (path: string) => EntryStat | undefined = lstat
 
 /** Names in a directory, refusing names that are not UTF-8 rather than mangling them. */
 export function listDirectory(path: string): string[] {

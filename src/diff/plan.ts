@@ -1,0 +1,70 @@
+/**
+ * Splits a diff into tasks that threads can walk independently: the top of
+ * the tree is compared here, breadth first, until enough directories are
+ * pending. Each task is one pending directory's subtree together with the
+ * output that comes before it in path order, so printing the tasks in order
+ * prints exactly what one depth-first walk prints.
+ */
+import type { Change, DiffVisitor, OverlayDiff, PendingDir } from '../overlay/diff.js'
+
+export interface Task {
+  /** Output of the entries that come before this subtree and after the previous one. */
+  readonly before: string
+  readonly dir: PendingDir
+}
+
+export interface Plan {
+  readonly tasks: Task[]
+  /** Output after the last task. */
+  readonly after: string
+}
+
+type Item = string | PendingDir
+
+/**
+ * Expands pending directories front to back, level by level, until at least
+ * `target` are pending or none is left. The shallowest directories are split
+ * first because they are the likeliest to be large.
+ */
+export function planTasks(diff: OverlayDiff, target: number, print: (change: Change) => string): Plan {
+  let items = visit((visitor) => diff.start(visitor), print)
+  let pending = items.filter(isDir).length
+  while (pending > 0 && pending < target) {
+    const next: Item[] = []
+    for (const item of items) {
+      if (isDir(item) && pending < target) {
+        const children = visit((visitor) => diff.expand(item, visitor), print)
+        pending += children.filter(isDir).length - 1
+        next.push(...children)
+      } else {
+        next.push(item)
+      }
+    }
+    items = next
+  }
+  return fold(items)
+}
+
+function visit(walk: (visitor: DiffVisitor) => void, print: (change: Change) => string): Item[] {
+  const items: Item[] = []
+  walk({ change: (change) => items.push(print(change)), descend: (dir) => items.push(dir) })
+  return items
+}
+
+function isDir(item: Item): item is PendingDir {
+  return typeof item !== 'string'
+}
+
+function fold(items: Item[]): Plan {
+  const tasks: Task[] = []
+  let before = ''
+  for (const item of items) {
+    if (isDir(item)) {
+      tasks.push({ before, dir: item })
+      before = ''
+    } else {
+      before += item
+    }
+  }
+  return { tasks, after: before }
+}
