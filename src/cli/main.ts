@@ -25,11 +25,6 @@ async function run(argv: string[]): Promise<void> {
     process.exitCode = await boot(argv[2])
     return
   }
-  if (argv[0] === 'diff') {
-    // Helper threads boot while yargs loads and parses (see diff/helpers.ts).
-    const { prestartHelpers, helpersForCores } = await import('../diff/helpers.js')
-    prestartHelpers(helpersForCores())
-  }
   const { main } = await import('./parser.js')
   await main(argv)
 }

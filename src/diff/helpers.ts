@@ -1,9 +1,4 @@
-/**
- * Helper threads for `ovroot diff`. A thread needs tens of milliseconds to
- * boot and load its code, as long as the command line takes to parse, so the
- * command line starts the helpers first (prestartHelpers) and the walk claims
- * them when it has work.
- */
+/** Helper threads for `ovroot diff`: starting, watching and stopping them. */
 import { availableParallelism } from 'node:os'
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads'
 
@@ -25,7 +20,9 @@ export class HelperThread {
   constructor() {
     const { port1, port2 } = new MessageChannel()
     // The build puts the helper beside the chunk this code is bundled into.
-    this.worker = new Worker(new URL('./diff-helper.js', import.meta.url), { workerData: { port: port2 }, transferList: [port2] })
+    // A helper's garbage is short-lived per-entry objects: a smaller young generation keeps its footprint down.
+    const resourceLimits = { maxYoungGenerationSizeMb: 8 }
+    this.worker = new Worker(new URL('./diff-helper.js', import.meta.url), { workerData: { port: port2 }, transferList: [port2], resourceLimits })
     // A helper keeps the process alive until it has loaded its code: ending the
     // process while a thread is inside dlopen of the libc binding aborts Node.
     // After that, idle or finished helpers never hold the process (the walk
@@ -59,18 +56,4 @@ export class HelperThread {
     this.failure ??= message
     this.onFailure?.(message)
   }
-}
-
-const idle: HelperThread[] = []
-
-export function prestartHelpers(count: number): void {
-  while (idle.length < count) idle.push(new HelperThread())
-}
-
-/** `count` helpers, those already started first; started ones beyond `count` are stopped. */
-export function claimHelpers(count: number): HelperThread[] {
-  const claimed = idle.splice(0, count)
-  while (claimed.length < count) claimed.push(new HelperThread())
-  for (const unused of idle.splice(0)) unused.stop()
-  return claimed
 }

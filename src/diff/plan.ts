@@ -22,25 +22,15 @@ export interface Plan {
 type Item = string | PendingDir
 
 /**
- * Expands pending directories front to back, level by level, until at least
- * `target` are pending or none is left. The shallowest directories are split
- * first because they are the likeliest to be large.
+ * Expands every pending directory, level by level, until at least `target`
+ * are pending or none is left. Whole levels, because a directory's size is
+ * unknown until it is walked: tasks from one level tend to be alike, and
+ * alike tasks share out evenly between threads.
  */
 export function planTasks(diff: OverlayDiff, target: number, print: (change: Change) => string): Plan {
   let items = visit((visitor) => diff.start(visitor), print)
-  let pending = items.filter(isDir).length
-  while (pending > 0 && pending < target) {
-    const next: Item[] = []
-    for (const item of items) {
-      if (isDir(item) && pending < target) {
-        const children = visit((visitor) => diff.expand(item, visitor), print)
-        pending += children.filter(isDir).length - 1
-        next.push(...children)
-      } else {
-        next.push(item)
-      }
-    }
-    items = next
+  while (items.some(isDir) && items.filter(isDir).length < target) {
+    items = items.flatMap((item) => (isDir(item) ? visit((visitor) => diff.expand(item, visitor), print) : [item]))
   }
   return fold(items)
 }

@@ -1,7 +1,7 @@
 /**
  * Turns changes into what `ovroot diff` prints: status lines, JSON Lines or
- * per-kind counts. Output is buffered in large writes: a diff of tens of
- * thousands of entries must not cost a write per line.
+ * per-kind counts. Output is buffered: a diff of tens of thousands of entries
+ * must not cost a write per line.
  */
 import type { Change, ChangeKind, EntryState } from '../overlay/diff.js'
 import type { TreeReader } from '../overlay/types.js'
@@ -25,6 +25,13 @@ export async function loadRenderer(format: DiffFormat, colour: boolean, reader: 
 export const STATUS_LETTER: Record<ChangeKind, string> = { added: 'A', deleted: 'D', modified: 'M', metadata: 'm', unchanged: '=' }
 const COLOUR: Record<ChangeKind, string> = { added: '32', deleted: '31', modified: '33', metadata: '36', unchanged: '2' }
 
+/**
+ * Big enough that writes are few, small enough that lines waiting for the
+ * write die young: held across a garbage collection they would be promoted,
+ * and the heap would grow with the size of the report.
+ */
+export const OUTPUT_CHUNK = 16 * 1024
+
 export class BufferedOutput {
   private chunks: string[] = []
   private size = 0
@@ -33,7 +40,7 @@ export class BufferedOutput {
   push(text: string): void {
     this.chunks.push(text)
     this.size += text.length
-    if (this.size >= 1 << 16) this.flush()
+    if (this.size >= OUTPUT_CHUNK) this.flush()
   }
 
   flush(): void {

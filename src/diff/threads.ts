@@ -10,9 +10,12 @@
  * until it is. The walker of the task being printed never waits, so the walk
  * always progresses.
  *
- * With `auto`, this thread walks together with one helper per further core.
- * With a count of 1 it walks alone; with a larger count, that many helpers
- * walk and this thread only prints.
+ * With `auto`, this thread walks, and helpers (one per further core) join
+ * when the walk is projected to last long enough to repay starting them: a
+ * thread takes tens of milliseconds to boot and hundreds more of CPU to
+ * compile its code, which a short walk never wins back. With a count of 1
+ * this thread walks alone; with a larger count, that many helpers walk from
+ * the start and this thread only prints.
  */
 import { receiveMessageOnPort } from 'node:worker_threads'
 import { ExitCode, OvrootError, type ExitStatus } from '../errors.js'
@@ -20,8 +23,9 @@ import type { Change, PendingDir } from '../overlay/diff.js'
 import type { EntryWire } from '../overlay/stack.js'
 import type { CheckedDiffRequest, OpenDiff } from './open.js'
 import type { Plan } from './plan.js'
-import { claimHelpers, helpersForCores, type HelperThread } from './helpers.js'
+import { helpersForCores, HelperThread } from './helpers.js'
 import type { BufferedOutput, ChangeCounter, ChangeCounts, DiffFormat } from './report.js'
+export { OUTPUT_CHUNK as PIECE_BYTES } from './report.js'
 
 /** Slots of the shared control array. */
 export const NEXT_TASK = 0
@@ -29,8 +33,17 @@ export const PRINTING_TASK = 1
 /** Bumped by a helper after each message, for this thread to sleep on. */
 export const MESSAGES_SENT = 2
 export const WINDOW = 16
-export const PAUSE_BYTES = 1 << 20
-export const PIECE_BYTES = 1 << 16
+export const PAUSE_BYTES = 256 * 1024
+/**
+ * Auto mode measures this thread's pace between these two points of the
+ * walk, then starts helpers if at that pace the rest would last
+ * HELPERS_REPAY_MS. A helper repays its start once about a second of walking
+ * is left (measured on two cores); the pace this early is still about half
+ * the steady one, because the code is not compiled yet, hence two seconds.
+ */
+const PACE_FROM_MS = 50
+const PACE_TO_MS = 100
+const HELPERS_REPAY_MS = 2000
 /** How many changes this thread walks between looks at the helpers' messages. */
 const CHANGES_BETWEEN_LOOKS = 256
 
@@ -85,7 +98,7 @@ interface WaitingOutput {
 
 export class ThreadedWalk {
   private readonly control = new Int32Array(new SharedArrayBuffer(3 * Int32Array.BYTES_PER_ELEMENT))
-  private readonly helpers: HelperThread[]
+  private readonly helpers: HelperThread[] = []
   private readonly waiting = new Map<number, WaitingOutput>()
   private tasks: Plan['tasks'] = []
   private printing = 0
@@ -93,16 +106,13 @@ export class ThreadedWalk {
   private started = 0
   private failure: OvrootError | undefined
   private walkedHere = 0
+  private paceMark: { at: number; walked: number } | undefined
   private wake: (() => void) | undefined
 
-  /** Claims the helpers at once, so that those not started yet boot while the plan is made. */
+  /** Explicit helpers start at once, so that they boot while the plan is made. */
   constructor(private readonly setup: WalkSetup) {
     this.walkingHere = setup.threads === 'auto' || setup.threads === 1
-    this.helpers = claimHelpers(setup.threads === 'auto' ? helpersForCores() : setup.threads === 1 ? 0 : setup.threads)
-    for (const helper of this.helpers) {
-      helper.port.on('message', (message: HelperMessage) => this.receive(message))
-      helper.watch((message) => this.fail(message))
-    }
+    if (typeof setup.threads === 'number' && setup.threads > 1) this.startHelpers(setup.threads)
   }
 
   async run(makePlan: () => Plan): Promise<void> {
@@ -110,7 +120,7 @@ export class ThreadedWalk {
     try {
       const plan = makePlan()
       this.tasks = plan.tasks
-      this.assign()
+      this.assign(this.helpers)
       this.setup.output.push(this.tasks[0]?.before ?? '')
       while (this.printing < this.tasks.length) {
         this.receiveWaiting()
@@ -174,6 +184,18 @@ export class ThreadedWalk {
     } else {
       this.waiting.set(index, { pieces: held, done: true })
     }
+    this.startHelpersIfLong()
+  }
+
+  private startHelpersIfLong(): void {
+    if (this.setup.threads !== 'auto' || this.helpers.length > 0) return
+    const now = performance.now()
+    if (now - this.started < PACE_FROM_MS) return
+    this.paceMark ??= { at: now, walked: this.walkedHere }
+    if (now - this.paceMark.at < PACE_TO_MS - PACE_FROM_MS) return
+    const msPerTask = (now - this.paceMark.at) / Math.max(this.walkedHere - this.paceMark.walked, 1)
+    const unclaimed = this.tasks.length - Atomics.load(this.control, NEXT_TASK)
+    if (unclaimed >= 2 && msPerTask * unclaimed >= HELPERS_REPAY_MS) this.assign(this.startHelpers(Math.min(helpersForCores(), unclaimed)))
   }
 
   /** Block (this thread holds a later task's output) until the helpers have printed up to it. */
@@ -235,11 +257,21 @@ export class ThreadedWalk {
     this.wake?.()
   }
 
-  private assign(): void {
-    if (this.helpers.length === 0) return
+  private startHelpers(count: number): HelperThread[] {
+    const started = Array.from({ length: count }, () => new HelperThread())
+    for (const helper of started) {
+      helper.port.on('message', (message: HelperMessage) => this.receive(message))
+      helper.watch((message) => this.fail(message))
+      this.helpers.push(helper)
+    }
+    return started
+  }
+
+  private assign(helpers: HelperThread[]): void {
+    if (helpers.length === 0) return
     const { request, format, colour } = this.setup
     const work: HelperWork = { request, format, colour, control: this.control.buffer as SharedArrayBuffer, tasks: this.tasks.map((task) => encodeTask(task.dir, this.setup.opened)) }
-    for (const { port } of this.helpers) port.postMessage(work)
+    for (const { port } of helpers) port.postMessage(work)
   }
 
   /** Helpers finish on their own once no task is left; after a failure they are stopped. */

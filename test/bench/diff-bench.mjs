@@ -4,11 +4,12 @@
 // A lower of 200,000 files (2,000 directories of 100 files, 10 B to 2 KB) gets
 // changes through a real overlay mount. In the same run it times, with GNU
 // time for wall clock and peak memory:
-//   ovroot   ovroot diff --json UPPER          (what we ship)
-//   naive    diff -rq LOWER MERGED             (the full walk of both trees)
-//   floor    getfattr -R -d -m - UPPER         (a C walk reading every xattr of the upper)
-// at 20,000 changes, then ovroot again at 200,000 changes to show whether its
-// peak memory grows with the upper.
+//   ovroot   ovroot diff --json UPPER             (what we ship: --threads auto)
+//   single   ovroot diff --json --threads 1 UPPER (one thread, no helpers)
+//   naive    diff -rq LOWER MERGED                (the full walk of both trees)
+//   floor    getfattr -R -d -m - UPPER            (a C walk reading every xattr of the upper)
+// at 20,000 changes, then again at 200,000 changes to show how the time
+// scales and whether peak memory grows with the upper.
 import { execFileSync, spawnSync } from 'node:child_process'
 import * as fs from 'node:fs'
 import * as os from 'node:os'
@@ -95,18 +96,24 @@ try {
   generateLower(path.join(root, 'lower'))
   const small = setUp(root, 20000)
   console.log(`\n20,000 changes (median of ${runs} runs, peak RSS; all on tmpfs, so this is CPU and syscalls, not disk)`)
-  const ovroot = measure('ovroot diff --json', process.execPath, [OVROOT, 'diff', '--json', '--lower', small.lower, '--upper', small.upper])
+  const ovrootDiff = (layers, threads) => measure(`ovroot diff --json --threads ${threads}`, process.execPath, [OVROOT, 'diff', '--json', '--threads', threads, '--lower', layers.lower, '--upper', layers.upper])
+  const floorOf = (layers) => measure('getfattr -R -d -m - UPPER (floor)', 'getfattr', ['-R', '-d', '-m', '-', layers.upper])
+  const ovroot = ovrootDiff(small, 'auto')
+  const single = ovrootDiff(small, '1')
   const naive = measure('diff -rq LOWER MERGED (naive full walk)', 'diff', ['-rq', small.lower, small.merged])
-  const floor = measure('getfattr -R -d -m - UPPER (floor)', 'getfattr', ['-R', '-d', '-m', '-', small.upper])
+  const floor = floorOf(small)
   const big = setUp(root, 200000)
   console.log('\n200,000 changes')
-  const ovrootBig = measure('ovroot diff --json', process.execPath, [OVROOT, 'diff', '--json', '--lower', big.lower, '--upper', big.upper])
-  const floorBig = measure('getfattr -R -d -m - UPPER (floor)', 'getfattr', ['-R', '-d', '-m', '-', big.upper])
+  const ovrootBig = ovrootDiff(big, 'auto')
+  const singleBig = ovrootDiff(big, '1')
+  const floorBig = floorOf(big)
   console.log('\nratios')
   console.log(`  naive / ovroot (speed-up):              ${(naive.seconds / ovroot.seconds).toFixed(1)}x   (target >= 10x)`)
   console.log(`  ovroot / floor at 20,000 changes:       ${(ovroot.seconds / floor.seconds).toFixed(2)}x   (target <= 2x)`)
   console.log(`  ovroot / floor at 200,000 changes:      ${(ovrootBig.seconds / floorBig.seconds).toFixed(2)}x`)
-  console.log(`  ovroot peak memory 200,000 / 20,000:    ${(ovrootBig.mib / ovroot.mib).toFixed(2)}x   (10x the upper; flat means it does not grow with it)`)
+  console.log(`  one thread / auto at 200,000 changes:   ${(singleBig.seconds / ovrootBig.seconds).toFixed(2)}x   (what the helper threads gain)`)
+  console.log(`  peak memory 200,000 / 20,000, one thread: ${(singleBig.mib / single.mib).toFixed(2)}x   (10x the upper; flat means it does not grow with it)`)
+  console.log(`  peak memory 200,000 / 20,000, auto:       ${(ovrootBig.mib / ovroot.mib).toFixed(2)}x   (includes the helper thread started at 200,000 only)`)
 } finally {
   for (const line of fs.readFileSync('/proc/mounts', 'utf8').split('\n').reverse()) {
     const target = line.split(' ')[1]
