@@ -7,7 +7,7 @@
 import t from 'tap'
 import * as fs from 'node:fs'
 import { setXattr } from '../src/sys/libc.js'
-import { diffJson, mountOverlay, oracle, scratch, snapshot, unmount } from './helpers/overlay.js'
+import { cleanEnvironment, diffJson, mountOverlay, oracle, ovroot, scratch, snapshot, unmount } from './helpers/overlay.js'
 import { random, randomLower, randomOperation, STANDARD_LOWER, STANDARD_OPERATIONS, writeTree } from './helpers/mutate.js'
 
 const VARIANTS: Record<string, string[]> = {
@@ -39,6 +39,8 @@ for (const [variant, options] of Object.entries(VARIANTS)) {
     unmount(merged)
     t.same(diffJson([lower], upper), expected, 'diff of the upper equals the merged-view comparison')
     t.same(diffJson([lower], upper, ['--threads', '3']), expected, 'the same when helper threads walk every subtree')
+    const shared = ovroot(['diff', '--json', '--threads', '3', '--lower', lower, '--upper', upper], { env: cleanEnvironment({ OVROOT_DEBUG: '1' }) }).stderr
+    t.match(shared, /: 0 on the main thread, [1-9]\d* on 3 helper threads/, 'helpers did walk subtrees')
 
     const byPath = new Map(expected.map((change) => [change.path, change.change]))
     t.equal(byPath.get('/etc/config/network'), 'modified', 'the oracle sees an append')

@@ -8,6 +8,10 @@
 import t from 'tap'
 import * as fs from 'node:fs'
 import { setXattr } from '../src/sys/libc.js'
+import { checkDiffRequest, openDiff } from '../src/diff/open.js'
+import { planTasks, splitTasks, type Plan } from '../src/diff/plan.js'
+import { jsonLine } from '../src/diff/report.js'
+import type { OverlayDiff } from '../src/overlay/diff.js'
 import { cleanEnvironment, ovroot, scratch } from './helpers/overlay.js'
 
 function buildLayers(root: string): { lower: string; upper: string } {
@@ -47,6 +51,32 @@ t.test('every thread count prints the same report', async (t) => {
   const helpersOnly = run(['--json'], '2')
   t.match(helpersOnly.stderr, /: 0 on the main thread, \d+ on 2 helper threads/, 'with --threads 2 the helpers walk every task')
   t.equal(JSON.parse(run(['--stat', '--json'], '3').stdout).added, 2 * 9002 + 30, 'counts from helpers are added up')
+})
+
+/** What printing a plan's tasks in order, each walked depth first, gives. */
+function printPlan(diff: OverlayDiff, plan: Plan): string {
+  let text = ''
+  for (const task of plan.tasks) {
+    text += task.before
+    diff.walk(task.dir, (change) => (text += jsonLine(change)))
+  }
+  return text + plan.after
+}
+
+t.test('planning and splitting tasks never changes the report', async (t) => {
+  const s = scratch()
+  t.teardown(s.cleanup)
+  const { lower, upper } = buildLayers(s.dir)
+  const open = () => openDiff(checkDiffRequest({ upper, lowers: [lower], all: true, paths: [] })).diff
+  const reference = ovroot(['diff', '--json', '--all', '--threads', '1', '--lower', lower, '--upper', upper]).stdout
+  for (const target of [1, 4, 40, 10000]) {
+    const diff = open()
+    const plan = planTasks(diff, target, jsonLine)
+    t.equal(printPlan(diff, plan), reference, `target ${target}: ${plan.tasks.length} tasks print the one-walk report`)
+    const again = open()
+    const split = splitTasks(again, planTasks(again, target, jsonLine), jsonLine)
+    t.equal(printPlan(again, split), reference, `target ${target}, split once more: ${split.tasks.length} tasks, same report`)
+  }
 })
 
 t.test('a helper that meets bad data fails the command with one line', async (t) => {

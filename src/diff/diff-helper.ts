@@ -9,8 +9,8 @@ import { ExitCode, OvrootError } from '../errors.js'
 import { loadLibc } from '../sys/libc.js'
 import { hostTreeReader } from '../sys/fs.js'
 import { openDiff, type OpenDiff } from './open.js'
-import { ChangeCounter, loadRenderer, type Renderer } from './report.js'
-import { decodeTask, MESSAGES_SENT, NEXT_TASK, PAUSE_BYTES, PIECE_BYTES, PRINTING_TASK, WINDOW, type HelperMessage, type HelperWork, type TaskForThreads } from './threads.js'
+import { ChangeCounter, loadRenderer, OUTPUT_CHUNK, type Renderer } from './report.js'
+import { decodeTask, MESSAGES_SENT, NEXT_TASK, PAUSE_BYTES, PRINTING_TASK, WINDOW, type HelperMessage, type HelperWork, type TaskForThreads } from './threads.js'
 
 const { port } = workerData as { port: MessagePort }
 loadLibc()
@@ -64,7 +64,7 @@ class HelperWalk {
       if (text === '') return
       piece.push(text)
       size += text.length
-      if (size < PIECE_BYTES) return
+      if (size < OUTPUT_CHUNK) return
       this.send({ kind: 'piece', task: index, text: piece.join('') })
       sent += size
       piece = []

@@ -35,6 +35,17 @@ export function planTasks(diff: OverlayDiff, target: number, print: (change: Cha
   return fold(items)
 }
 
+/**
+ * The same output as `plan`, with every task's directory expanded one level:
+ * finer tasks, for when more threads join. The first task's `before` must
+ * not have been printed yet.
+ */
+export function splitTasks(diff: OverlayDiff, plan: Plan, print: (change: Change) => string): Plan {
+  const items = plan.tasks.flatMap((task): Item[] => [task.before, ...visit((visitor) => diff.expand(task.dir, visitor), print)])
+  const split = fold(items)
+  return { tasks: split.tasks, after: split.after + plan.after }
+}
+
 function visit(walk: (visitor: DiffVisitor) => void, print: (change: Change) => string): Item[] {
   const items: Item[] = []
   walk({ change: (change) => items.push(print(change)), descend: (dir) => items.push(dir) })

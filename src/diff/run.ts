@@ -1,5 +1,4 @@
 /** `ovroot diff`: resolve the directories, stream the report, compute the exit status. */
-import { availableParallelism } from 'node:os'
 import { loadConfig } from '../config/load.js'
 import { upperDir } from '../config/schema.js'
 import { ExitCode, type ExitStatus } from '../errors.js'
@@ -26,8 +25,13 @@ export interface DiffCommandOptions {
   threads: ThreadChoice
 }
 
-/** Pending directories per walking thread before the walk is split: enough to keep threads busy, few enough to cost nothing. */
-const TASKS_PER_THREAD = 16
+/**
+ * Pending directories to plan before walking. With a thread count, a couple
+ * per thread, so that even a small upper gives every helper work; with auto,
+ * enough to judge the pace by (the tasks are split further if helpers join).
+ */
+const TASKS_PER_THREAD = 2
+const AUTO_TASKS = 16
 
 export async function runDiff(options: DiffCommandOptions): Promise<ExitStatus> {
   let { lowers, upper, namespace } = options
@@ -47,8 +51,8 @@ export async function runDiff(options: DiffCommandOptions): Promise<ExitStatus> 
   }
   const opened = openDiff(request)
   const walk = new ThreadedWalk({ opened, request, format: options.format, colour: options.colour, print, counter, output, threads: options.threads })
-  const walkers = typeof options.threads === 'number' ? options.threads : Math.min(availableParallelism(), 4)
-  await walk.run(() => planTasks(opened.diff, TASKS_PER_THREAD * walkers, print))
+  const target = options.threads === 'auto' ? AUTO_TASKS : TASKS_PER_THREAD * options.threads
+  await walk.run(() => planTasks(opened.diff, target, print))
   if (process.env.OVROOT_DEBUG) process.stderr.write(`ovroot: ${walk.describe()}\n`)
   if (options.format === 'stat') output.push(counter.render(options.json, options.all))
   output.flush()

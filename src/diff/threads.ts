@@ -22,10 +22,9 @@ import { ExitCode, OvrootError, type ExitStatus } from '../errors.js'
 import type { Change, PendingDir } from '../overlay/diff.js'
 import type { EntryWire } from '../overlay/stack.js'
 import type { CheckedDiffRequest, OpenDiff } from './open.js'
-import type { Plan } from './plan.js'
+import { splitTasks, type Plan } from './plan.js'
 import { helpersForCores, HelperThread } from './helpers.js'
 import type { BufferedOutput, ChangeCounter, ChangeCounts, DiffFormat } from './report.js'
-export { OUTPUT_CHUNK as PIECE_BYTES } from './report.js'
 
 /** Slots of the shared control array. */
 export const NEXT_TASK = 0
@@ -101,6 +100,7 @@ export class ThreadedWalk {
   private readonly helpers: HelperThread[] = []
   private readonly waiting = new Map<number, WaitingOutput>()
   private tasks: Plan['tasks'] = []
+  private after = ''
   private printing = 0
   private walkingHere: boolean
   private started = 0
@@ -120,6 +120,7 @@ export class ThreadedWalk {
     try {
       const plan = makePlan()
       this.tasks = plan.tasks
+      this.after = plan.after
       this.assign(this.helpers)
       this.setup.output.push(this.tasks[0]?.before ?? '')
       while (this.printing < this.tasks.length) {
@@ -134,7 +135,7 @@ export class ThreadedWalk {
         if (index >= this.tasks.length) this.walkingHere = false
         else this.walkHere(index)
       }
-      this.setup.output.push(plan.after)
+      this.setup.output.push(this.after)
     } finally {
       this.close()
     }
@@ -195,7 +196,26 @@ export class ThreadedWalk {
     if (now - this.paceMark.at < PACE_TO_MS - PACE_FROM_MS) return
     const msPerTask = (now - this.paceMark.at) / Math.max(this.walkedHere - this.paceMark.walked, 1)
     const unclaimed = this.tasks.length - Atomics.load(this.control, NEXT_TASK)
-    if (unclaimed >= 2 && msPerTask * unclaimed >= HELPERS_REPAY_MS) this.assign(this.startHelpers(Math.min(helpersForCores(), unclaimed)))
+    if (unclaimed < 1 || msPerTask * unclaimed < HELPERS_REPAY_MS) return
+    this.splitUnclaimed()
+    const count = Math.min(helpersForCores(), this.tasks.length - this.printing)
+    if (count > 0) this.assign(this.startHelpers(count))
+  }
+
+  /**
+   * Tasks sized for one thread are too coarse to share: a helper with a task
+   * that is not due soon would pause. Only this thread has walked so far, so
+   * every task from the one being printed on is unclaimed, and the first one's
+   * `before` is already out.
+   */
+  private splitUnclaimed(): void {
+    const rest = { tasks: this.tasks.slice(this.printing), after: this.after }
+    const [first] = rest.tasks
+    if (first) rest.tasks[0] = { before: '', dir: first.dir }
+    const split = splitTasks(this.setup.opened.diff, rest, this.setup.print)
+    this.tasks = [...this.tasks.slice(0, this.printing), ...split.tasks]
+    this.after = split.after
+    this.setup.output.push(this.tasks[this.printing]?.before ?? '')
   }
 
   /** Block (this thread holds a later task's output) until the helpers have printed up to it. */
