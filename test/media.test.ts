@@ -28,6 +28,12 @@ t.test('a block device by path and by LABEL=', async (t) => {
   t.same(resolveBlockDevice('LABEL=no_such_label'), { absent: 'no block device with LABEL=no_such_label' })
   t.same(resolveBlockDevice(''), { absent: 'no block device configured ([flash] device is empty)' })
   t.same(resolveBlockDevice('/dev/null'), { absent: '/dev/null is not a block device' })
+  t.same(resolveBlockDevice('/dev/no-such-device'), { absent: '/dev/no-such-device does not exist' })
+  // udev's /dev/disk/by-* names are symlinks to the node.
+  const link = `/dev/ovroot-test-by-name-${process.pid}`
+  fs.symlinkSync(device, link)
+  t.teardown(() => fs.rmSync(link, { force: true }))
+  t.equal(resolveBlockDevice(link), device, 'a symlink to the device names the device')
 })
 
 t.test('what a block device holds: formatted, blank, the format marker, or unrecognised', async (t) => {
@@ -50,6 +56,33 @@ t.test('what a block device holds: formatted, blank, the format marker, or unrec
   t.equal(inspect(), 'unrecognised', 'anything else is left alone')
   execFileSync('mkfs.ext4', ['-q', '-F', device])
   t.equal(inspect(), 'formatted')
+})
+
+t.test('blank means provably blank: a signature anywhere leaves the device alone', async (t) => {
+  const device = disk(t)
+  const config = defaultConfig()
+  config.flash.device = device
+  const inspect = (): string => {
+    const volume = blockDriver.find(config)
+    if ('absent' in volume) throw new Error(volume.absent)
+    return volume.inspect()
+  }
+  const write = (bytes: Buffer, offset: number): void => {
+    const fd = fs.openSync(device, 'r+')
+    fs.writeSync(fd, bytes, 0, bytes.length, offset)
+    fs.fsyncSync(fd)
+    fs.closeSync(fd)
+  }
+  write(Buffer.from('_BHRfS_M'), 0x10040)
+  t.equal(inspect(), 'unrecognised', 'a btrfs superblock at 64 KiB, zeros before it')
+  write(Buffer.alloc(8), 0x10040)
+  t.equal(inspect(), 'blank', 'zeros again')
+  write(Buffer.from([1]), (64 << 20) - 1)
+  t.equal(inspect(), 'unrecognised', 'one byte at the very end (a GPT backup header lives there)')
+  write(Buffer.alloc(64 << 20, 0xff), 0)
+  t.equal(inspect(), 'blank', 'erased (0xFF) throughout')
+  write(Buffer.from([0]), 32 << 20)
+  t.equal(inspect(), 'unrecognised', 'erased but for one byte')
 })
 
 t.test('MTD partitions by name', async (t) => {

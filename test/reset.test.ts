@@ -71,19 +71,25 @@ t.test('the keep list: config, OpenWrt list files as edited by the user, --keep;
   const plan = reset(d, '--dry-run', '--keep', '/root/.ssh')
   t.equal(plan.status, 0, plan.stderr)
   t.equal(plan.stdout, [
-    'remove /.hidden-at-top',
-    'remove /etc/banner',
-    'remove /etc/config',
-    'remove /etc/olddir',
-    'remove /etc/sysupgrade.conf',
-    'keep /etc/by-config',
-    'keep /etc/dropbear',
-    'keep /etc/glob-a.conf',
-    'keep /etc/glob-b.conf',
-    'keep /etc/user-added',
-    'keep /root/.ssh',
+    'discard A /.hidden-at-top',
+    'discard D /etc/banner',
+    'keep    A /etc/by-config',
+    'discard M /etc/config/network',
+    'keep    A /etc/dropbear',
+    'keep    A /etc/dropbear/key',
+    'keep    A /etc/glob-a.conf',
+    'keep    A /etc/glob-b.conf',
+    'discard D /etc/olddir',
+    'discard M /etc/sysupgrade.conf',
+    'keep    A /etc/user-added',
+    'keep    A /root',
+    'keep    A /root/.ssh',
+    'keep    A /root/.ssh/authorized_keys',
     '',
-  ].join('\n'))
+  ].join('\n'), 'every change of ovroot diff, marked with what the reset does to it')
+  const json = reset(d, '--dry-run', '--json').stdout.trim().split('\n').map((line) => JSON.parse(line) as { reset: string; path: string; change: string })
+  t.same(json.filter((record) => record.reset === 'discard').map((record) => record.path), ['/.hidden-at-top', '/etc/banner', '/etc/config/network', '/etc/olddir', '/etc/sysupgrade.conf', '/root', '/root/.ssh', '/root/.ssh/authorized_keys'], '--json: diff records with a reset field')
+  t.match(json.find((record) => record.path === '/etc/banner'), { change: 'deleted', reset: 'discard' })
   t.ok(fs.existsSync(`${d.upper}/.hidden-at-top`), '--dry-run changes nothing')
 })
 
@@ -104,7 +110,7 @@ t.test('reset of an unmounted upper: factory state plus the kept paths, metadata
   t.notOk(fs.existsSync(`${d.dir}/flash/.ovroot/reset`), 'no reset is left pending')
 })
 
-t.test('refusals', async (t) => {
+t.test('refusals: no confirmation, a live layer (upper, lower, or a directory holding one), no boot record', async (t) => {
   const d = device(t)
   const noTerminal = reset(d)
   t.equal(noTerminal.status, 7, 'without a terminal, --yes is required')
@@ -112,55 +118,90 @@ t.test('refusals', async (t) => {
   fs.mkdirSync(d.work, { recursive: true })
   mountOverlay(d.merged, [d.lower], d.upper, d.work, [])
   const mounted = reset(d, '--yes')
+  const holding = ovroot(['reset', '--config', d.config, '--upper', `${d.dir}/flash`, '--yes'])
   unmount(d.merged)
   t.equal(mounted.status, 4)
-  t.match(mounted.stderr, /is the upper of a mounted overlay/)
-  t.ok(fs.existsSync(`${d.upper}/.hidden-at-top`), 'a mounted upper is never touched')
+  t.match(mounted.stderr, /is a layer \(.*\/flash\/upper\) of a mounted overlay/)
+  t.equal(holding.status, 4, 'a directory that holds a live upper')
+  t.match(holding.stderr, /is part of a layer|is a layer/)
+  mountOverlay(d.merged, [d.upper, d.lower], undefined, undefined, [])
+  const asLower = reset(d, '--yes')
+  unmount(d.merged)
+  t.equal(asLower.status, 4, 'an upper shown read-only as a lower (a full flash) is as live as an upper')
+  t.ok(fs.existsSync(`${d.upper}/.hidden-at-top`), 'a live layer is never touched')
   const live = ovroot(['reset', '--config', d.config, '--yes'])
   t.equal(live.status, 4, 'no boot record: not a device booted by ovroot')
   t.match(live.stderr, /use --upper DIR/)
 })
 
+t.test('a reset of some paths: only they return to the firmware state', async (t) => {
+  const d = device(t)
+  const before = snapshot(d.upper)
+  const result = reset(d, '--yes', '/etc/config', '/root/')
+  t.equal(result.status, 0, result.stderr)
+  const after = snapshot(d.upper)
+  t.notOk(after.has('/etc/config') || after.has('/root'), 'the named paths are gone from the upper')
+  for (const path of ['/etc/banner', '/etc/olddir', '/etc/dropbear/key', '/.hidden-at-top', '/etc/user-added']) t.same(after.get(path), before.get(path), `${path} is untouched`)
+  const view = mergedView(t, d)
+  t.equal(view.get('/etc/config/network')?.content, snapshot(d.lower).get('/etc/config/network')?.content, 'the firmware\'s file shows again')
+  t.equal(reset(d, '--yes', 'relative').status, 2, 'paths are absolute')
+})
+
 t.test('a power cut at any point of a reset: the next run finishes it with the same result', async (t) => {
+  const keep = ['/etc/by-config', '/etc/dropbear', '/etc/glob-*.conf', '/etc/user-added']
   const reference = device(t)
   t.equal(reset(reference, '--yes').status, 0)
   const expected = snapshot(reference.upper)
-  const marker = (d: Device, phase: string): void => {
+  const marker = (d: Device): void => {
     fs.mkdirSync(`${d.dir}/flash/.ovroot`, { recursive: true })
-    fs.writeFileSync(`${d.dir}/flash/.ovroot/reset`, JSON.stringify({ phase, keep: ['/etc/by-config', '/etc/dropbear', '/etc/glob-*.conf', '/etc/user-added'], requested: 'x' }))
+    fs.writeFileSync(`${d.dir}/flash/.ovroot/pending`, JSON.stringify({ kind: 'reset', requested: 'x', keep }))
   }
-  const staging = (d: Device): string => `${d.dir}/flash/.ovroot/reset-new`
-  const old = (d: Device): string => `${d.dir}/flash/.ovroot/reset-old`
   const states: Record<string, (d: Device) => void> = {
-    'scheduled, staging half copied': (d) => {
-      marker(d, 'scheduled')
-      fs.mkdirSync(`${staging(d)}/etc`, { recursive: true })
-      fs.writeFileSync(`${staging(d)}/etc/partial`, 'half')
+    'committed, nothing removed yet': marker,
+    'committed, half the removals done': (d) => {
+      marker(d)
+      fs.rmSync(`${d.upper}/.hidden-at-top`)
+      fs.rmSync(`${d.upper}/etc/banner`)
+      fs.rmSync(`${d.upper}/root/.ssh/authorized_keys`)
     },
-    'staged, nothing swapped yet': (d) => {
-      marker(d, 'staged')
-      execFileSync('cp', ['-a', reference.upper, staging(d)])
-    },
-    'staged, old upper moved aside': (d) => {
-      marker(d, 'staged')
-      execFileSync('cp', ['-a', reference.upper, staging(d)])
-      fs.renameSync(d.upper, old(d))
-    },
-    'staged, swapped, old upper half deleted': (d) => {
-      marker(d, 'staged')
-      fs.renameSync(d.upper, old(d))
+    'all done but the marker': (d) => {
+      execFileSync('rm', ['-rf', d.upper])
       execFileSync('cp', ['-a', reference.upper, d.upper])
-      fs.rmSync(`${old(d)}/etc`, { recursive: true })
+      marker(d)
     },
   }
   for (const [name, cut] of Object.entries(states)) {
     const d = device(t)
     cut(d)
+    // The keep list of the command line equals the committed one, so the run finishes the committed change.
     const result = reset(d, '--yes')
     t.equal(result.status, 0, `${name}: ${result.stderr}`)
     t.same(snapshot(d.upper), expected, `${name}: the same result as an uninterrupted reset`)
-    t.notOk(fs.existsSync(staging(d)) || fs.existsSync(old(d)) || fs.existsSync(`${d.dir}/flash/.ovroot/reset`), `${name}: nothing left behind`)
+    t.notOk(fs.existsSync(`${d.dir}/flash/.ovroot/pending`), `${name}: nothing left pending`)
   }
+})
+
+t.test('a full flash: the reset is scheduled with the reserve and runs without free space', async (t) => {
+  const d = device(t)
+  const flash = `${d.dir}/small`
+  fs.mkdirSync(flash)
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', flash])
+  execFileSync('cp', ['-a', d.upper, `${flash}/upper`])
+  fs.mkdirSync(`${flash}/.ovroot`)
+  fs.writeFileSync(`${flash}/.ovroot/reserve`, Buffer.alloc(64 * 1024, 1))
+  for (let i = 0; ; i++) {
+    try {
+      fs.writeFileSync(`${flash}/upper/root/fill${i}`, Buffer.alloc(4096, 7))
+    } catch {
+      break
+    }
+  }
+  t.equal(fs.statfsSync(flash).bavail, 0, 'the flash is full')
+  const result = ovroot(['reset', '--config', d.config, '--upper', `${flash}/upper`, '--yes'])
+  t.equal(result.status, 0, result.stderr)
+  t.notOk(fs.existsSync(`${flash}/upper/root`), 'the filling files are gone')
+  t.ok(fs.existsSync(`${flash}/upper/etc/dropbear/key`), 'kept files stay')
+  t.notOk(fs.existsSync(`${flash}/.ovroot/reserve`), 'the reserve paid for the marker')
 })
 
 t.test('keep-list syntax', async (t) => {

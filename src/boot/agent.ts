@@ -13,10 +13,14 @@ import { MEDIA_DRIVER_TABLE } from '../media/drivers.js'
 import { ramVolume } from '../media/ram.js'
 import type { Volume } from '../media/types.js'
 import { filesystemInfo, makeDirectory, pathExists, readTextFile, writeFileAtomic } from '../sys/fs.js'
-import { mount, MountFlag, pivotRoot, unmount } from '../sys/libc.js'
+import { mount, MountFlag, pivotRoot, remount, unmount } from '../sys/libc.js'
+import { reportProgressTo } from '../sys/progress.js'
+import { OverlayXattrs } from '../overlay/xattrs.js'
+import { commitPending, describePending, ensureReserve, readPending, type FlashLayout } from '../pending/marker.js'
+import { applyPending, hasPendingWork, type AppliedChange } from '../pending/apply.js'
 import { VERSION } from '../version.js'
 import { parseKernelArguments } from './cmdline.js'
-import { FLASH_STATE_DIR, RESET_MARKER, STATUS_FILE, type BootState } from './state.js'
+import { FLASH_STATE_DIR, STATUS_FILE, type BootState } from './state.js'
 
 const STAGING = '/mnt'
 const MOVED_MOUNTS = ['/proc', '/sys', '/dev', '/run']
@@ -31,31 +35,18 @@ export async function boot(configFile: string | undefined): Promise<ExitStatus> 
   const config = loadConfig(configFile)
   for (const [key, value] of kernel.overrides) applyOverride(config, 'kernel command line', key, value)
   makeDirectory(config.boot.run_dir)
+  reportProgressTo(`${config.boot.run_dir}/progress`)
   const state: BootState = { mode: 'flash', bootedAt: new Date().toISOString() }
 
   const medium = await mountFlash(config, state)
-  const flashDir = config.overlay.dir
-  let lowers = ['/']
-  let upper = upperDir(config)
-  let work = workDir(config)
-  if (medium.volume.driver !== 'ram') {
-    state.reset = await resetIfPending(config, kernel.reset)
-    if (isFull(flashDir) || !prepareLayers(upper, work)) {
-      // Keep the user's files visible, read-only, under a RAM upper.
-      degrade(state, `flash ${medium.volume.description} is full: its files are shown read-only under a RAM upper; run ovroot reset, or delete files under ${upper} and reboot`)
-      lowers = [upper, '/']
-      upper = `${config.boot.run_dir}/ram/upper`
-      work = `${config.boot.run_dir}/ram/work`
-      prepareLayers(upper, work)
-    }
-  } else prepareLayers(upper, work)
-
-  const options = overlayOptions(config, lowers, upper, work)
+  const layers = medium.volume.driver === 'ram' ? { lowers: ['/'], upper: upperDir(config), work: workDir(config) } : await flashLayers(config, medium.volume, kernel.reset, state)
+  prepareLayers(layers.upper, layers.work)
+  const options = overlayOptions(config, layers.lowers, layers.upper, layers.work)
   mount('overlay', STAGING, 'overlay', MountFlag.noAtime, options)
-  state.overlay = { lowers: lowers.map((lower) => (lower === '/' ? '/rom' : lower)), upper, work, options }
+  state.overlay = { lowers: layers.lowers.map((lower) => (lower === '/' ? '/rom' : lower)), upper: layers.upper, work: layers.work, options }
   state.medium = { driver: medium.volume.driver, description: medium.volume.description, device: medium.volume.device, filesystem: medium.volume.filesystem }
   state.formatted = medium.formatted || undefined
-  pivotInto(flashDir)
+  pivotInto(config.overlay.dir)
   state.bootSeconds = secondsSinceShimStart()
   state.peakMemoryKiB = process.resourceUsage().maxRSS
   writeFileAtomic(`${config.boot.run_dir}/${STATUS_FILE}`, `${JSON.stringify(state, null, 2)}\n`)
@@ -63,11 +54,52 @@ export async function boot(configFile: string | undefined): Promise<ExitStatus> 
   return ExitCode.ok
 }
 
+interface Layers {
+  lowers: string[]
+  upper: string
+  work: string
+}
+
+/**
+ * The flash upper, once any pending change is applied. When that change
+ * fails, or the flash is full, the root runs on a RAM upper and the flash
+ * stays mounted read-only at [overlay] dir, where `ovroot status` and
+ * `ovroot reset` still find it.
+ */
+async function flashLayers(config: Config, volume: Volume, forcedReset: boolean, state: BootState): Promise<Layers> {
+  const ramUpper = (lowers: string[]): Layers => ({ lowers, upper: `${config.boot.run_dir}/ram/upper`, work: `${config.boot.run_dir}/ram/work` })
+  try {
+    const applied = await applyPendingChange(config, forcedReset)
+    if (applied?.kind === 'reset') state.reset = { kept: applied.kept }
+    if (applied?.kind === 'restore') state.restored = { source: applied.source, entries: applied.entries }
+  } catch (error) {
+    degrade(state, `the change scheduled for the flash failed: ${messageOf(error)}; the flash is left as it is, read-only at ${config.overlay.dir}; 'ovroot reset --cancel' drops the change`)
+    remount(config.overlay.dir, true)
+    return ramUpper(['/'])
+  }
+  const upper = upperDir(config)
+  if (isFull(config.overlay.dir) || !prepareLayers(upper, workDir(config))) {
+    // Keep the user's files visible under a RAM upper; a layer must not change under a live overlay.
+    degrade(state, `flash ${volume.description} is full: its files are shown read-only under a RAM upper; 'ovroot reset' returns to the factory state at the next boot, 'ovroot reset PATH...' drops just those paths`)
+    remount(config.overlay.dir, true)
+    return ramUpper([upper, '/'])
+  }
+  ensureReserve(flashLayout(config))
+  return { lowers: ['/'], upper, work: workDir(config) }
+}
+
 /** Try the drivers in order; on any trouble with the flash, fall back to RAM. */
 async function mountFlash(config: Config, state: BootState): Promise<Medium> {
   const absent: string[] = []
   for (const name of config.flash.drivers) {
-    const found = MEDIA_DRIVER_TABLE[name].find(config)
+    let found: Volume | { absent: string }
+    try {
+      found = MEDIA_DRIVER_TABLE[name].find(config)
+    } catch (error) {
+      // The flash is there but cannot be read: as much trouble as a failed mount.
+      degrade(state, `${name} driver: ${messageOf(error)}`)
+      return mountVolume(ramVolume(config.flash.ram_size), config, false)
+    }
     if ('absent' in found) {
       absent.push(`${name}: ${found.absent}`)
       continue
@@ -80,7 +112,7 @@ async function mountFlash(config: Config, state: BootState): Promise<Medium> {
     try {
       return await mountVolume(found, config, true)
     } catch (error) {
-      degrade(state, error instanceof OvrootError ? error.message : String(error))
+      degrade(state, messageOf(error))
       tryUnmount(config.overlay.dir)
       return mountVolume(ramVolume(config.flash.ram_size), config, false)
     }
@@ -118,24 +150,24 @@ async function mountVolume(volume: Volume, config: Config, persistent: boolean):
   return { volume, formatted }
 }
 
-/** The reset code is loaded only when a reset is due: most boots have none. */
-async function resetIfPending(config: Config, forced: boolean): Promise<BootState['reset']> {
-  if (!forced && !pathExists(`${config.overlay.dir}/${FLASH_STATE_DIR}/${RESET_MARKER}`)) return undefined
-  const [{ collectKeepPatterns }, { offlineView }, { performReset, readResetMarker, scheduleReset }] = await Promise.all([
-    import('../reset/keep.js'),
-    import('../reset/views.js'),
-    import('../reset/wipe.js'),
-  ])
-  const layout = { root: config.overlay.dir, upperName: 'upper' }
-  if (forced && !readResetMarker(layout)) {
-    const namespace = config.overlay.options.includes('userxattr') ? 'user' : 'trusted'
-    const view = pathExists(upperDir(config)) ? offlineView(upperDir(config), ['/'], namespace) : offlineView('/nonexistent', ['/'], namespace)
-    scheduleReset(layout, collectKeepPatterns(config, [], view))
+/** The code that applies a change is loaded only when one is due: most boots have none. */
+async function applyPendingChange(config: Config, forcedReset: boolean): Promise<AppliedChange | undefined> {
+  const layout = flashLayout(config)
+  if (!forcedReset && !hasPendingWork(layout)) return undefined
+  const xattrs = new OverlayXattrs(config.overlay.options.includes('userxattr') ? 'user' : 'trusted')
+  if (forcedReset && readPending(layout)?.kind !== 'reset') {
+    const [{ collectKeepPatterns }, { offlineView }] = await Promise.all([import('../reset/keep.js'), import('../reset/views.js')])
+    const upper = pathExists(upperDir(config)) ? upperDir(config) : '/nonexistent'
+    commitPending(layout, { kind: 'reset', requested: new Date().toISOString(), keep: collectKeepPatterns(config, [], offlineView(upper, ['/'], xattrs.namespace)) })
   }
-  const marker = readResetMarker(layout)
-  if (!marker) return undefined
-  process.stderr.write(`ovroot: factory reset (${marker.phase === 'staged' ? 'finishing one interrupted' : 'scheduled'}), keeping ${marker.keep.join(' ') || 'nothing'}\n`)
-  return { kept: performReset(layout, workDir(config)) }
+  const change = readPending(layout)
+  if (change) process.stderr.write(`ovroot: applying ${describePending(change).replace(' at next boot', '')}\n`)
+  return applyPending(layout, workDir(config), xattrs)
+}
+
+/** Whether the layers' directories exist; false when the flash is too full to create them. */
+function flashLayout(config: Config): FlashLayout {
+  return { root: config.overlay.dir, upperName: 'upper' }
 }
 
 function prepareLayers(upper: string, work: string): boolean {
@@ -149,8 +181,12 @@ function prepareLayers(upper: string, work: string): boolean {
   }
 }
 
+/** Less free than one NOR erase block: every write would fail soon, and JFFS2 needs room to collect garbage. */
+const FULL_BELOW_BYTES = 64 * 1024
+
 function isFull(dir: string): boolean {
-  return filesystemInfo(dir).availableBlocks === 0
+  const info = filesystemInfo(dir)
+  return info.availableBlocks * info.blockSize < FULL_BELOW_BYTES
 }
 
 function overlayOptions(config: Config, lowers: string[], upper: string, work: string): string {
@@ -165,6 +201,10 @@ function pivotInto(flashDir: string): void {
   pivotRoot(STAGING, `${STAGING}/rom`)
   process.chdir('/')
   for (const path of [...MOVED_MOUNTS, flashDir]) mount(`/rom${path}`, path, null, MountFlag.move, null)
+}
+
+function messageOf(error: unknown): string {
+  return error instanceof OvrootError ? error.message : String(error)
 }
 
 function degrade(state: BootState, reason: string): void {

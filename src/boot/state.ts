@@ -15,6 +15,8 @@ export interface BootState {
   formatted?: boolean
   /** A factory reset was carried out, keeping these paths. */
   reset?: { kept: string[] }
+  /** A backup was restored. */
+  restored?: { source: string; entries: number }
   /** Seconds from the shim's start to the end of `ovroot boot`. */
   bootSeconds?: number
   /** Peak resident memory of `ovroot boot`, in KiB. */
@@ -24,8 +26,6 @@ export interface BootState {
 
 export const STATUS_FILE = 'status.json'
 export const FLASH_STATE_DIR = '.ovroot'
-/** Present in FLASH_STATE_DIR while a factory reset is scheduled or under way. */
-export const RESET_MARKER = 'reset'
 
 /** The boot record from RUN_DIR/status.json, or undefined when boot wrote none. */
 export function parseBootState(text: string | undefined, file: string, fail: (message: string) => Error): BootState | undefined {

@@ -45,20 +45,13 @@ export function checkDiffRequest(request: DiffRequest): CheckedDiffRequest {
   return { ...request, namespace }
 }
 
-export interface OpenDiff {
-  diff: OverlayDiff
-  merged: LayerStack
-  lower: LayerStack
-}
-
-/** The diff of a checked request, with its two stacks (to pass directories between threads). */
-export function openDiff(request: CheckedDiffRequest): OpenDiff {
+export function openDiff(request: CheckedDiffRequest): OverlayDiff {
   const xattrs = new OverlayXattrs(request.namespace)
   const lowerLayers: Layer[] = request.lowers.map((root) => ({ root: stripSlash(root), role: 'lower' }))
   const upperLayer: Layer = { root: stripSlash(request.upper), role: 'upper' }
   const merged = new LayerStack([upperLayer, ...lowerLayers], hostTreeReader, xattrs)
   const lower = new LayerStack(lowerLayers, hostTreeReader, xattrs)
-  return { diff: new OverlayDiff(merged, lower, hostTreeReader, xattrs, request), merged, lower }
+  return new OverlayDiff(merged, lower, hostTreeReader, xattrs, request)
 }
 
 function requireDirectory(path: string, role: string): { dev: number; ino: number } {

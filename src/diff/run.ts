@@ -6,9 +6,7 @@ import { hostTreeReader } from '../sys/fs.js'
 import type { Change } from '../overlay/diff.js'
 import type { XattrNamespace } from '../overlay/xattrs.js'
 import { checkDiffRequest, openDiff } from './open.js'
-import { planTasks } from './plan.js'
 import { BufferedOutput, ChangeCounter, loadRenderer, type DiffFormat } from './report.js'
-import { ThreadedWalk, type ThreadChoice } from './threads.js'
 
 export interface DiffCommandOptions {
   configFile: string | undefined
@@ -22,25 +20,15 @@ export interface DiffCommandOptions {
   exitCode: boolean
   namespace: XattrNamespace | undefined
   colour: boolean
-  threads: ThreadChoice
 }
 
-/**
- * Pending directories to plan before walking. With a thread count, a couple
- * per thread, so that even a small upper gives every helper work; with auto,
- * enough to judge the pace by (the tasks are split further if helpers join).
- */
-const TASKS_PER_THREAD = 2
-const AUTO_TASKS = 16
-
 export async function runDiff(options: DiffCommandOptions): Promise<ExitStatus> {
-  let { lowers, upper, namespace } = options
-  if (!lowers || !upper) {
-    const config = loadConfig(options.configFile)
-    lowers = config.overlay.lower
-    upper = upperDir(config)
-    namespace ??= config.overlay.options.includes('userxattr') ? 'user' : 'trusted'
-  }
+  // A file the user names is always read and validated, even when --lower and --upper make it unnecessary.
+  const config = options.configFile !== undefined || !options.lowers || !options.upper ? loadConfig(options.configFile) : undefined
+  const lowers = options.lowers ?? config?.overlay.lower ?? []
+  const upper = options.upper ?? (config ? upperDir(config) : '')
+  const configuredNamespace = config?.overlay.options.includes('userxattr') ? 'user' : 'trusted'
+  const namespace = options.namespace ?? (options.upper === undefined ? configuredNamespace : undefined)
   const request = checkDiffRequest({ upper, lowers, namespace, all: options.all, paths: options.paths })
   const output = new BufferedOutput((text) => process.stdout.write(text))
   const counter = new ChangeCounter()
@@ -49,11 +37,7 @@ export async function runDiff(options: DiffCommandOptions): Promise<ExitStatus> 
     counter.add(change)
     return render(change)
   }
-  const opened = openDiff(request)
-  const walk = new ThreadedWalk({ opened, request, format: options.format, colour: options.colour, print, counter, output, threads: options.threads })
-  const target = options.threads === 'auto' ? AUTO_TASKS : TASKS_PER_THREAD * options.threads
-  await walk.run(() => planTasks(opened.diff, target, print))
-  if (process.env.OVROOT_DEBUG) process.stderr.write(`ovroot: ${walk.describe()}\n`)
+  openDiff(request).run((change) => output.push(print(change)))
   if (options.format === 'stat') output.push(counter.render(options.json, options.all))
   output.flush()
   return options.exitCode && counter.changed > 0 ? ExitCode.changed : ExitCode.ok

@@ -3,10 +3,10 @@
  * PARTUUID= (GPT or MBR), holding ext4 or f2fs.
  */
 import type { Config } from '../config/schema.js'
-import { listDirectoryIfExists, readAt, readTextFileIfExists, statPath } from '../sys/fs.js'
+import { isUniform, listDirectoryIfExists, readAt, readTextFileIfExists, realPath, statPath } from '../sys/fs.js'
 import { mount, MountFlag } from '../sys/libc.js'
 import { runTool } from '../sys/run.js'
-import { hasFormatMarker, isErased, type MediaDriver, type MediumState, type Volume } from './types.js'
+import { hasFormatMarker, type MediaDriver, type MediumState, type Volume } from './types.js'
 
 const EXT4_MAGIC_OFFSET = 0x438
 const EXT4_LABEL_OFFSET = 0x478
@@ -42,10 +42,16 @@ class BlockVolume implements Volume {
     this.description = `block device ${device}`
   }
 
+  /**
+   * Blank only when provably so: the format marker, or every byte of the
+   * device zero (or 0xFF). Other filesystems, LUKS, swap and partition tables
+   * keep their signatures at many offsets (btrfs at 64 KiB), so a clean head
+   * proves nothing. The full read happens once, on the first boot.
+   */
   inspect(): MediumState {
     if (detectFilesystem(this.device)) return 'formatted'
-    const head = readAt(this.device, 0, 65536)
-    return hasFormatMarker(head) || isErased(head, 0) || isErased(head, 0xff) ? 'blank' : 'unrecognised'
+    if (hasFormatMarker(readAt(this.device, 0, 4))) return 'blank'
+    return isUniform(this.device) ? 'blank' : 'unrecognised'
   }
 
   async format(): Promise<void> {
@@ -110,7 +116,12 @@ function findByPartUuid(uuid: string): string | undefined {
 
 export function resolveBlockDevice(spec: string): string | { absent: string } {
   if (spec === '') return { absent: 'no block device configured ([flash] device is empty)' }
-  if (spec.startsWith('/dev/')) return statPath(spec)?.type === 'block' ? spec : { absent: `${spec} is not a block device` }
+  if (spec.startsWith('/dev/')) {
+    // udev's /dev/disk/by-* names are symlinks to the device node.
+    const device = realPath(spec)
+    if (device === undefined) return { absent: `${spec} does not exist` }
+    return statPath(device)?.type === 'block' ? device : { absent: `${spec} is not a block device` }
+  }
   const [kind, value = ''] = spec.split(/=(.*)/)
   const name = kind === 'LABEL' ? findByLabel(value) : findByPartUuid(value)
   return name ? `/dev/${name}` : { absent: `no block device with ${spec}` }

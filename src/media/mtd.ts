@@ -23,6 +23,7 @@ export function parseProcMtd(text: string, name: string): MtdPartition | undefin
 const JFFS2_MAGIC_LE = [0x85, 0x19]
 const JFFS2_MAGIC_BE = [0x19, 0x85]
 const startsWith = (bytes: Buffer, prefix: number[]): boolean => prefix.every((byte, i) => bytes[i] === byte)
+const erased = (head: Buffer): boolean => isErased(head, 0xff)
 
 class MtdVolume implements Volume {
   readonly driver = 'mtd'
@@ -39,21 +40,29 @@ class MtdVolume implements Volume {
     this.description = `MTD partition "${name}" (mtd${partition.index})`
   }
 
+  /**
+   * Erased or marked flash is blank. A block that is neither erased nor JFFS2
+   * is what a power cut during an erase leaves, and JFFS2 recovers it on
+   * mount, so any JFFS2 block makes the flash JFFS2 and the mount judges it;
+   * flash without one is not JFFS2 at all.
+   */
   inspect(): MediumState {
-    let erased = true
-    for (let offset = 0; offset < this.partition.size; offset += this.partition.eraseSize) {
-      const head = readAt(this.character, offset, 16)
-      if (offset === 0 && hasFormatMarker(head)) return 'blank'
-      if (isErased(head, 0xff)) continue
-      if (!startsWith(head, JFFS2_MAGIC_LE) && !startsWith(head, JFFS2_MAGIC_BE)) return 'unrecognised'
-      erased = false
-    }
-    return erased ? 'blank' : 'formatted'
+    const heads = this.blockHeads()
+    if (hasFormatMarker(heads[0] ?? Buffer.alloc(0)) || heads.every(erased)) return 'blank'
+    return heads.some((head) => startsWith(head, JFFS2_MAGIC_LE) || startsWith(head, JFFS2_MAGIC_BE)) ? 'formatted' : 'unrecognised'
   }
 
+  /** JFFS2 formats erased flash itself on the first mount: erase only what is not erased. */
   async format(): Promise<void> {
-    // JFFS2 formats erased flash itself on the first mount; erase what is not erased.
-    await runTool('flash_erase', ['-q', this.character, '0', '0'])
+    if (this.blockHeads().every(erased)) return
+    // No -q: flash_erase's progress lines are progress for the boot shim's timer.
+    await runTool('flash_erase', [this.character, '0', '0'])
+  }
+
+  private blockHeads(): Buffer[] {
+    const heads: Buffer[] = []
+    for (let offset = 0; offset < this.partition.size; offset += this.partition.eraseSize) heads.push(readAt(this.character, offset, 16))
+    return heads
   }
 
   mount(target: string): void {

@@ -53,11 +53,7 @@ export interface PendingDir {
   readonly lower: ResolvedEntry | undefined
 }
 
-/**
- * Receives a walk's results in path order: each entry's change (if any), then,
- * for a directory, the directory itself so that the caller decides when, and
- * on which thread, its children are compared.
- */
+/** Receives a walk's results in path order: each entry's change (if any), then, for a directory, the directory to expand. */
 export interface DiffVisitor {
   change(change: Change): void
   descend(dir: PendingDir): void
@@ -72,10 +68,10 @@ export class OverlayDiff {
     private readonly options: DiffOptions,
   ) {}
 
-  /** Everything below a directory, depth first, on this thread. */
-  walk(dir: PendingDir, emit: (change: Change) => void): void {
+  /** The whole report, depth first, in path order. */
+  run(emit: (change: Change) => void): void {
     const visitor: DiffVisitor = { change: emit, descend: (child) => this.expand(child, visitor) }
-    this.expand(dir, visitor)
+    this.start(visitor)
   }
 
   /** The requested paths' own entries. */
@@ -139,7 +135,7 @@ export class OverlayDiff {
     if (now.permissions !== was.permissions) fields.push('mode')
     if (now.uid !== was.uid) fields.push('uid')
     if (now.gid !== was.gid) fields.push('gid')
-    if (!this.sameUserXattrs(merged, lower)) fields.push('xattrs')
+    if (!this.sameComparedXattrs(merged, lower)) fields.push('xattrs')
     return fields
   }
 
@@ -157,8 +153,8 @@ export class OverlayDiff {
     return this.reader.sameContent(pathA, pathB, merged.stat.size)
   }
 
-  private sameUserXattrs(merged: ResolvedEntry, lower: ResolvedEntry): boolean {
-    const names = (entry: ResolvedEntry): string[] => entry.xattrNames().filter((name) => this.xattrs.isUserData(name)).sort()
+  private sameComparedXattrs(merged: ResolvedEntry, lower: ResolvedEntry): boolean {
+    const names = (entry: ResolvedEntry): string[] => entry.xattrNames().filter((name) => this.xattrs.isCompared(name)).sort()
     const mergedNames = names(merged)
     const lowerNames = names(lower)
     if (mergedNames.length !== lowerNames.length || mergedNames.some((name, i) => name !== lowerNames[i])) return false

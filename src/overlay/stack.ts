@@ -96,30 +96,6 @@ export class LayerStack {
     return names
   }
 
-  toWire(entry: ResolvedEntry): EntryWire {
-    const wire = (source: Source): SourceWire => [this.layers.indexOf(source.layer), source.path]
-    return { top: wire(entry.top), stat: entry.stat, dirs: entry.dirs.map(wire), data: entry.data && wire(entry.data), opaque: entry.opaque, redirectedFrom: entry.redirectedFrom }
-  }
-
-  fromWire(wire: EntryWire): ResolvedEntry {
-    const source = ([index, path]: SourceWire): Source => {
-      const layer = this.layers[index]
-      if (!layer) throw new OvrootError('EINTERNAL', ExitCode.internal, `entry refers to layer ${index} of a stack of ${this.layers.length}`)
-      return { layer, path }
-    }
-    const top = new Found(source(wire.top), wire.stat, this.reader)
-    return {
-      top: top.source,
-      stat: wire.stat,
-      xattrNames: () => top.xattrNames(),
-      dirs: wire.dirs.map(source),
-      data: wire.data && source(wire.data),
-      inUpper: top.source.layer.role === 'upper',
-      opaque: wire.opaque,
-      redirectedFrom: wire.redirectedFrom,
-    }
-  }
-
   private find(source: Source): Found | undefined {
     const stat = this.reader.stat(hostPath(source))
     return stat && new Found(source, stat, this.reader)
@@ -221,19 +197,5 @@ export class LayerStack {
     return `${lowerParent?.path ?? ''}/${lookup.name}`
   }
 }
-
-/**
- * A ResolvedEntry as plain data, so that a directory found on one thread can
- * be walked on another: layers travel as their index in the stack.
- */
-export interface EntryWire {
-  top: SourceWire
-  stat: EntryStat
-  dirs: SourceWire[]
-  data: SourceWire | undefined
-  opaque: boolean
-  redirectedFrom: string | undefined
-}
-type SourceWire = [layer: number, path: string]
 
 type Lookup = { absolute: string } | { parent: ResolvedEntry; name: string }

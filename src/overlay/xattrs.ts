@@ -9,6 +9,8 @@ export type XattrNamespace = 'trusted' | 'user'
 export const OVERLAY_KEYS = ['opaque', 'redirect', 'metacopy', 'whiteout', 'origin', 'impure', 'nlink', 'uuid', 'upper', 'protattr'] as const
 export type OverlayKey = (typeof OVERLAY_KEYS)[number]
 
+const AUDITED = new Set(['security.capability', 'system.posix_acl_access', 'system.posix_acl_default'])
+
 export class OverlayXattrs {
   readonly prefix: string
   constructor(readonly namespace: XattrNamespace) {
@@ -23,9 +25,13 @@ export class OverlayXattrs {
     return name.startsWith(this.prefix)
   }
 
-  /** User data the diff compares: `user.*`, minus overlay's own in userxattr mode. */
-  isUserData(name: string): boolean {
-    return name.startsWith('user.') && !this.isOverlay(name)
+  /**
+   * What the diff compares: `user.*` (minus overlay's own in userxattr mode),
+   * and what decides who may do what, which a security audit must see: file
+   * capabilities and POSIX ACLs.
+   */
+  isCompared(name: string): boolean {
+    return (name.startsWith('user.') && !this.isOverlay(name)) || AUDITED.has(name)
   }
 }
 

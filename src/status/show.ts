@@ -2,7 +2,7 @@
 import { loadConfig } from '../config/load.js'
 import { parseBootState, STATUS_FILE, type BootState } from '../boot/state.js'
 import { ExitCode, OvrootError, type ExitStatus } from '../errors.js'
-import { readResetMarker } from '../reset/wipe.js'
+import { describePending, readPending } from '../pending/marker.js'
 import { filesystemInfo, readTextFileIfExists } from '../sys/fs.js'
 
 interface Usage {
@@ -32,8 +32,8 @@ export function showStatus(configFile: string | undefined, json: boolean): ExitS
     status.usage = { totalBytes: info.blocks * info.blockSize, freeBytes: info.availableBlocks * info.blockSize, usedBytes: (info.blocks - info.freeBlocks) * info.blockSize }
   }
   if (onFlash) {
-    const marker = readResetMarker({ root: config.overlay.dir, upperName: 'upper' })
-    if (marker) status.pending.push(`factory reset at next boot (${marker.phase}), keeping ${marker.keep.length ? marker.keep.join(' ') : 'nothing'}`)
+    const pending = readPending({ root: config.overlay.dir, upperName: 'upper' })
+    if (pending) status.pending.push(describePending(pending))
   }
   process.stdout.write(json ? `${JSON.stringify(status)}\n` : render(status))
   return ExitCode.ok
@@ -68,6 +68,7 @@ function render(status: Status): string {
     ['lowers', status.overlay?.lowers.join(' ')],
     ['usage', status.usage && `${mebibytes(status.usage.usedBytes)} used of ${mebibytes(status.usage.totalBytes)}, ${mebibytes(status.usage.freeBytes)} free`],
     ['reset', status.reset && `carried out at this boot, kept ${status.reset.kept.length ? status.reset.kept.join(' ') : 'nothing'}`],
+    ['restored', status.restored && `${status.restored.source} (${status.restored.entries} entries) at this boot`],
     ['pending', status.pending.length ? status.pending.join('; ') : 'nothing'],
     ['boot took', status.bootSeconds !== undefined ? `${status.bootSeconds.toFixed(2)} s (shim start to overlay root)` : undefined],
     ['booted at', status.bootedAt],

@@ -6,6 +6,7 @@
 import * as fs from 'node:fs'
 import { fromNodeError, OvrootError, ExitCode } from '../errors.js'
 import { listXattrs, getXattr, lstat, makeNode, setXattr } from './libc.js'
+import { reportProgress } from './progress.js'
 import type { EntryStat, TreeReader } from '../overlay/types.js'
 
 const absentErrnos = new Set(['ENOENT', 'ENOTDIR'])
@@ -155,12 +156,28 @@ export function makeDirectory(path: string, mode = 0o755): void {
   }
 }
 
+/**
+ * Remove a tree (no error if absent), entry by entry so that boot can report
+ * progress on a large one. Names are handled as bytes: a name that is not
+ * UTF-8 must not make a reset or a swap stop half way.
+ */
 export function removeTree(path: string): void {
   try {
-    fs.rmSync(path, { recursive: true, force: true })
+    removeEntry(Buffer.from(path))
   } catch (error) {
     throw fromNodeError(error, 'remove', path)
   }
+}
+
+const SLASH = Buffer.from('/')
+function removeEntry(path: Buffer): void {
+  const stat = fs.lstatSync(path, { throwIfNoEntry: false })
+  if (!stat) return
+  if (stat.isDirectory()) {
+    for (const name of fs.readdirSync(path, { encoding: 'buffer' })) removeEntry(Buffer.concat([path, SLASH, name]))
+    fs.rmdirSync(path)
+  } else fs.unlinkSync(path)
+  reportProgress()
 }
 
 export function renamePath(from: string, to: string): void {
@@ -183,6 +200,46 @@ export function readAt(path: string, offset: number, length: number): Buffer {
     throw fromNodeError(error, 'read', path)
   } finally {
     if (fd >= 0) fs.closeSync(fd)
+  }
+}
+
+const SCAN_CHUNK = 1 << 20
+
+/** Every byte of a file or device is 0x00, or every byte is 0xFF. */
+export function isUniform(path: string): boolean {
+  let fd = -1
+  try {
+    fd = fs.openSync(path, 'r')
+    const chunk = Buffer.alloc(SCAN_CHUNK)
+    let fill: number | undefined
+    for (let offset = 0; ; ) {
+      const got = fs.readSync(fd, chunk, 0, SCAN_CHUNK, offset)
+      if (got === 0) return fill !== undefined
+      fill ??= chunk[0]
+      if ((fill !== 0 && fill !== 0xff) || !isFilledWith(chunk.subarray(0, got), fill)) return false
+      offset += got
+      reportProgress()
+    }
+  } catch (error) {
+    throw fromNodeError(error, 'read', path)
+  } finally {
+    if (fd >= 0) fs.closeSync(fd)
+  }
+}
+
+const zeros = Buffer.alloc(SCAN_CHUNK)
+const ones = Buffer.alloc(SCAN_CHUNK, 0xff)
+function isFilledWith(view: Buffer, fill: number): boolean {
+  return view.equals((fill === 0 ? zeros : ones).subarray(0, view.length))
+}
+
+/** The path with every symlink resolved, or undefined when it does not exist. */
+export function realPath(path: string): string | undefined {
+  try {
+    return fs.realpathSync(path)
+  } catch (error) {
+    if (absentErrnos.has((error as NodeJS.ErrnoException).code ?? '')) return undefined
+    throw fromNodeError(error, 'resolve', path)
   }
 }
 

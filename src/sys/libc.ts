@@ -26,6 +26,7 @@ interface Libc {
   llistxattr: KoffiFunction
   lgetxattr: KoffiFunction
   lsetxattr: KoffiFunction
+  lremovexattr: KoffiFunction
   mknod: KoffiFunction
   mount: KoffiFunction
   umount2: KoffiFunction
@@ -45,6 +46,7 @@ function bind(): { koffi: Koffi; libc: Libc } {
       llistxattr: lib.func('intptr_t llistxattr(const char *path, _Out_ uint8_t *list, size_t size)'),
       lgetxattr: lib.func('intptr_t lgetxattr(const char *path, const char *name, _Out_ uint8_t *value, size_t size)'),
       lsetxattr: lib.func('int lsetxattr(const char *path, const char *name, const uint8_t *value, size_t size, int flags)'),
+      lremovexattr: lib.func('int lremovexattr(const char *path, const char *name)'),
       mknod: lib.func('int mknod(const char *path, uint32_t mode, uint64_t dev)'),
       mount: lib.func('int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const char *data)'),
       umount2: lib.func('int umount2(const char *target, int flags)'),
@@ -163,6 +165,10 @@ export function setXattr(path: string, name: string, value: Buffer): void {
   check(bind().libc.lsetxattr(path, name, value, value.length, 0), `setxattr ${name}`, path)
 }
 
+export function removeXattr(path: string, name: string): void {
+  check(bind().libc.lremovexattr(path, name), `removexattr ${name}`, path)
+}
+
 const S_IFCHR = 0o020000
 const S_IFBLK = 0o060000
 const S_IFIFO = 0o010000
@@ -196,6 +202,11 @@ export const MountFlag = {
 
 export function mount(source: string, target: string, fstype: string | null, flags: number, data: string | null): void {
   check(bind().libc.mount(source, target, fstype, flags, data), `mount ${fstype ?? ''}`.trimEnd(), `${source} on ${target}`)
+}
+
+/** Flip a mounted filesystem between read-only and read-write (source and type are ignored on a remount). */
+export function remount(target: string, readOnly: boolean): void {
+  mount('none', target, null, MountFlag.remount | MountFlag.noAtime | (readOnly ? MountFlag.readOnly : 0), null)
 }
 
 const MNT_DETACH = 2

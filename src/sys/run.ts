@@ -1,8 +1,10 @@
 /**
  * Running external tools (mkfs, flash_erase, ubimkvol, reboot). execa is
  * imported on first use: a normal boot spawns nothing and so loads nothing.
+ * A tool's output counts as progress for the boot shim's timer.
  */
 import { ExitCode, OvrootError } from '../errors.js'
+import { reportProgress } from './progress.js'
 
 export interface ToolResult {
   stdout: string
@@ -12,7 +14,10 @@ export interface ToolResult {
 export async function runTool(file: string, args: string[], timeoutSeconds = 600): Promise<ToolResult> {
   const { execa } = await import('execa')
   try {
-    const result = await execa(file, args, { timeout: timeoutSeconds * 1000, stdin: 'ignore', reject: true })
+    const child = execa(file, args, { timeout: timeoutSeconds * 1000, stdin: 'ignore', reject: true })
+    child.stdout?.on('data', reportProgress)
+    child.stderr?.on('data', reportProgress)
+    const result = await child
     return { stdout: String(result.stdout), stderr: String(result.stderr) }
   } catch (error) {
     const failure = error as { code?: string; exitCode?: number; stderr?: unknown; timedOut?: boolean }

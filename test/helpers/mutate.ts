@@ -33,6 +33,7 @@ export const STANDARD_LOWER = {
   '/etc/passwd': 'root:x:0:0:root:/root:/bin/ash\n',
   '/etc/group': 'root:x:0:\n',
   '/etc/hosts': '127.0.0.1 localhost\n',
+  '/etc/hosts.allow': 'ALL: LOCAL\n',
   '/etc/profile': 'export PATH=/usr/bin:/bin\n',
   '/etc/shells': '/bin/ash\n',
   '/etc/protocols': 'ip 0 IP\n',
@@ -53,6 +54,21 @@ export const STANDARD_LOWER = {
   '/run/fifo': { fifo: true },
   '/empty': { dir: true },
 } as const
+
+/** vfs_cap_data revision 2, effective: cap_net_raw (13) permitted. */
+const FILE_CAPABILITY_NET_RAW = Buffer.from(new Uint32Array([0x02000001, 1 << 13, 0, 0, 0]).buffer)
+/** posix_acl_xattr version 2 for mode 0644 plus user 1000 r--: the mask (r--) keeps the group bits, so the mode does not change. */
+const ACL_USER_1000_READ = (() => {
+  const entries: [tag: number, perm: number, id: number][] = [[0x01, 6, -1], [0x02, 4, 1000], [0x04, 4, -1], [0x10, 4, -1], [0x20, 4, -1]]
+  const acl = Buffer.alloc(4 + entries.length * 8)
+  acl.writeUInt32LE(2, 0)
+  entries.forEach(([tag, perm, id], i) => {
+    acl.writeUInt16LE(tag, 4 + i * 8)
+    acl.writeUInt16LE(perm, 6 + i * 8)
+    acl.writeInt32LE(id, 8 + i * 8)
+  })
+  return acl
+})()
 
 export const STANDARD_OPERATIONS: Record<string, Operation> = {
   'new file': (m) => fs.writeFileSync(`${m}/etc/newfile`, 'new\n'),
@@ -99,6 +115,8 @@ export const STANDARD_OPERATIONS: Record<string, Operation> = {
     fs.symlinkSync('bash', `${m}/bin/sh`)
   },
   'fifo deleted': (m) => fs.rmSync(`${m}/run/fifo`),
+  'file capability added': (m) => setXattr(`${m}/usr/bin/tool`, 'security.capability', FILE_CAPABILITY_NET_RAW),
+  'POSIX ACL added, mode unchanged': (m) => setXattr(`${m}/etc/hosts.allow`, 'system.posix_acl_access', ACL_USER_1000_READ),
   'file moved into new directory': (m) => {
     fs.mkdirSync(`${m}/opt/new/dir`, { recursive: true })
     move(`${m}/bin/busybox`, `${m}/opt/new/dir/busybox`)

@@ -58,6 +58,9 @@ export interface Described {
 const typeName = (st: fs.Stats): string =>
   st.isFile() ? 'file' : st.isDirectory() ? 'dir' : st.isSymbolicLink() ? 'symlink' : st.isFIFO() ? 'fifo' : st.isSocket() ? 'socket' : st.isCharacterDevice() ? 'char' : 'block'
 
+/** The xattrs the diff contract compares: user data, file capabilities, POSIX ACLs. */
+const AUDITED_XATTR = /^(user\.|security\.capability$|system\.posix_acl_(access|default)$)/
+
 /** Every entry of a tree, described by what the diff contract compares. */
 export function snapshot(root: string, userXattrPrefixToIgnore?: string): Map<string, Described> {
   const entries = new Map<string, Described>()
@@ -71,7 +74,7 @@ export function snapshot(root: string, userXattrPrefixToIgnore?: string): Map<st
     else if (type === 'char' || type === 'block') content = String(st.rdev)
     const xattrs = type === 'symlink' || type === 'file' || type === 'dir'
       ? listXattrs(full)
-          .filter((name) => name.startsWith('user.') && !(userXattrPrefixToIgnore && name.startsWith(userXattrPrefixToIgnore)))
+          .filter((name) => AUDITED_XATTR.test(name) && !(userXattrPrefixToIgnore && name.startsWith(userXattrPrefixToIgnore)))
           .sort()
           .map((name) => `${name}=${getXattr(full, name)?.toString('hex')}`)
           .join(',')

@@ -13,7 +13,6 @@ interface DiffArgs {
   'exit-code': boolean
   xattrs: 'auto' | 'trusted' | 'user'
   color: 'auto' | 'always' | 'never'
-  threads: string
 }
 
 export const diffCommand: CommandModule<object, DiffArgs> = {
@@ -31,14 +30,12 @@ export const diffCommand: CommandModule<object, DiffArgs> = {
       .option('exit-code', { type: 'boolean', default: false, describe: 'exit 1 when anything changed, 0 when nothing did' })
       .option('xattrs', { choices: ['auto', 'trusted', 'user'] as const, default: 'auto' as const, describe: 'overlay xattr namespace: user for userxattr overlays' })
       .option('color', { choices: ['auto', 'always', 'never'] as const, default: 'auto' as const, describe: 'colour the status letters (auto: on a terminal, unless NO_COLOR)' })
-      .option('threads', { type: 'string', default: 'auto', requiresArg: true, describe: 'threads walking the upper: auto (helpers on further cores join once the walk takes over 20 ms), 1 (this thread alone), or N helper threads' })
       .example('ovroot diff', 'what the user changed on this device')
       .example('ovroot diff --json /etc', 'changes under /etc as JSON Lines')
       .example('ovroot diff --lower /mnt/rom --upper /mnt/flash/upper --patch', 'audit a copy of a device\'s flash') as never,
   handler: async (args) => {
     if ((args.lower === undefined) !== (args.upper === undefined)) throw usageError('--lower and --upper go together: give both, or neither to use the device\'s configuration')
     if (args.patch && (args.json || args.stat)) throw usageError('--patch cannot be combined with --json or --stat')
-    const threads = parseThreads(args.threads)
     const { runDiff } = await import('../../diff/run.js')
     process.exitCode = await runDiff({
       configFile: args.config,
@@ -51,14 +48,6 @@ export const diffCommand: CommandModule<object, DiffArgs> = {
       exitCode: args['exit-code'],
       namespace: args.xattrs === 'auto' ? undefined : args.xattrs,
       colour: args.color === 'always' || (args.color === 'auto' && process.stdout.isTTY === true && !process.env.NO_COLOR),
-      threads,
     })
   },
-}
-
-function parseThreads(value: string): 'auto' | number {
-  if (value === 'auto') return value
-  const count = Number(value)
-  if (!Number.isInteger(count) || count < 1 || count > 64) throw usageError(`--threads ${value}: expected auto or a whole number from 1 to 64`)
-  return count
 }

@@ -1,0 +1,50 @@
+/**
+ * Applying the committed change, at boot before the overlay mounts or at once
+ * for an unmounted upper. Only the code of the pending kind is loaded.
+ */
+import { syncAll } from '../sys/libc.js'
+import { pathExists, removeTree, renamePath, syncDirectory } from '../sys/fs.js'
+import type { OverlayXattrs } from '../overlay/xattrs.js'
+import { finishPending, markerPath, readPending, replacedPath, stagedPath, stateDir, upperPath, type FlashLayout, type PendingChange } from './marker.js'
+
+export type AppliedChange = { kind: 'reset'; kept: string[] } | { kind: 'restore'; source: string; entries: number }
+
+/** Anything to do at boot: a committed change, or an uncommitted staging to drop. */
+export function hasPendingWork(layout: FlashLayout): boolean {
+  return pathExists(markerPath(layout)) || pathExists(stagedPath(layout))
+}
+
+export async function applyPending(layout: FlashLayout, workDir: string | undefined, xattrs: OverlayXattrs): Promise<AppliedChange | undefined> {
+  const change = readPending(layout)
+  if (!change) {
+    removeTree(stagedPath(layout))
+    return undefined
+  }
+  const applied = await apply(layout, change, xattrs)
+  // The work directory may index inodes of the old upper.
+  if (workDir) removeTree(workDir)
+  syncAll()
+  finishPending(layout)
+  return applied
+}
+
+async function apply(layout: FlashLayout, change: PendingChange, xattrs: OverlayXattrs): Promise<AppliedChange> {
+  if (change.kind === 'reset') {
+    const { applyReset } = await import('../reset/prune.js')
+    return { kind: 'reset', kept: applyReset(upperPath(layout), change.keep, change.only, xattrs) }
+  }
+  swapInStaged(layout)
+  return { kind: 'restore', source: change.source, entries: change.entries }
+}
+
+/** Two renames, each atomic; a rerun after a cut between them finishes the second. */
+function swapInStaged(layout: FlashLayout): void {
+  if (!pathExists(stagedPath(layout))) return
+  if (pathExists(upperPath(layout))) {
+    removeTree(replacedPath(layout))
+    renamePath(upperPath(layout), replacedPath(layout))
+  }
+  renamePath(stagedPath(layout), upperPath(layout))
+  syncDirectory(stateDir(layout))
+  syncDirectory(layout.root)
+}

@@ -1,0 +1,69 @@
+/**
+ * What the commands that change a device's upper (reset, restore) share: the
+ * boot record, the flash made writable for the moment a change is committed,
+ * the refusal to touch a live layer, confirmation and reboot.
+ */
+import { createInterface } from 'node:readline/promises'
+import { parseBootState, STATUS_FILE, type BootState } from '../boot/state.js'
+import type { Config } from '../config/schema.js'
+import { ExitCode, OvrootError } from '../errors.js'
+import { readTextFileIfExists, realPath } from '../sys/fs.js'
+import { remount, syncAll } from '../sys/libc.js'
+import { mountedOverlayLayers } from '../sys/mounts.js'
+import { runTool } from '../sys/run.js'
+import type { FlashLayout } from './marker.js'
+
+export interface BootRecord {
+  state: BootState
+  /** The flash is mounted at [overlay] dir (read-only unless the mode is flash). */
+  flashMounted: boolean
+}
+
+export function readBootRecord(config: Config): BootRecord {
+  const file = `${config.boot.run_dir}/${STATUS_FILE}`
+  const state = parseBootState(readTextFileIfExists(file), file, (message) => new OvrootError('ESTATUS', ExitCode.data, message))
+  if (!state) throw new OvrootError('ENOSTATUS', ExitCode.environment, `${file}: no boot record, so this is not a device booted by ovroot; use --upper DIR for an unmounted upper`)
+  return { state, flashMounted: state.medium !== undefined && state.medium.driver !== 'ram' }
+}
+
+export function flashLayout(config: Config): FlashLayout {
+  return { root: config.overlay.dir, upperName: 'upper' }
+}
+
+/**
+ * A degraded boot leaves the flash read-only; committing a change writes only
+ * in its state directory, never in the layer the overlay uses, so the flash is
+ * writable just for that.
+ */
+export function withWritableFlash(config: Config, record: BootRecord, change: () => void): void {
+  const readOnly = record.state.mode !== 'flash'
+  if (readOnly) remount(config.overlay.dir, false)
+  try {
+    change()
+    syncAll()
+  } finally {
+    if (readOnly) remount(config.overlay.dir, true)
+  }
+}
+
+/** The kernel forbids changes to the layers of a mounted overlay: refuse a directory that is one, holds one, or is inside an upper. */
+export function refuseLiveLayer(dir: string): void {
+  const target = realPath(dir) ?? dir
+  const { written, lowers } = mountedOverlayLayers()
+  const inside = (path: string, root: string): boolean => path === root || path.startsWith(`${root}/`)
+  const clash = [...written, ...lowers].find((layer) => inside(layer, target)) ?? written.find((layer) => inside(target, layer))
+  if (clash !== undefined) throw new OvrootError('EBUSY', ExitCode.environment, `${dir} is ${clash === target ? 'a layer' : 'part of a layer'} (${clash}) of a mounted overlay; change it with a reboot, never while mounted`)
+}
+
+export async function confirm(what: string): Promise<void> {
+  if (!process.stdin.isTTY) throw new OvrootError('EABORTED', ExitCode.aborted, 'not confirmed: input is not a terminal; pass --yes to confirm')
+  const prompt = createInterface({ input: process.stdin, output: process.stderr })
+  const answer = await prompt.question(`${what}\nContinue? [y/N] `)
+  prompt.close()
+  if (!/^y(es)?$/i.test(answer.trim())) throw new OvrootError('EABORTED', ExitCode.aborted, 'cancelled: not confirmed')
+}
+
+export async function rebootNow(): Promise<void> {
+  process.stdout.write('ovroot: rebooting\n')
+  await runTool('reboot', [])
+}

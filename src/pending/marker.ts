@@ -1,0 +1,95 @@
+/**
+ * One mechanism for every change to an upper that cannot be made under a
+ * mounted overlay (a factory reset, a restore): whatever the change needs is
+ * staged on the flash first, then one marker file, replaced atomically,
+ * commits it; the next boot applies it before the overlay mounts (an
+ * unmounted upper: at once). Applying is idempotent, so a power cut at any
+ * instant leaves the marker and a rerun finishes the same change. Staging
+ * without a marker is an uncommitted change and is dropped.
+ */
+import { randomBytes } from 'node:crypto'
+import { FLASH_STATE_DIR } from '../boot/state.js'
+import { ExitCode, OvrootError } from '../errors.js'
+import { makeDirectory, pathExists, readTextFileIfExists, removeFile, removeTree, syncDirectory, writeFileAtomic } from '../sys/fs.js'
+
+export interface FlashLayout {
+  /** The flash filesystem's mount point (or the directory holding an unmounted upper). */
+  root: string
+  upperName: string
+}
+
+export type PendingChange =
+  | { kind: 'reset'; requested: string; keep: string[]; only?: string[] }
+  | { kind: 'restore'; requested: string; source: string; entries: number }
+
+export const PENDING_MARKER = 'pending'
+
+export const stateDir = (layout: FlashLayout): string => `${layout.root}/${FLASH_STATE_DIR}`
+export const markerPath = (layout: FlashLayout): string => `${stateDir(layout)}/${PENDING_MARKER}`
+/** A restored upper being built, or built and committed. */
+export const stagedPath = (layout: FlashLayout): string => `${stateDir(layout)}/staged`
+/** The replaced upper, between the swap and its removal. */
+export const replacedPath = (layout: FlashLayout): string => `${stateDir(layout)}/replaced`
+export const upperPath = (layout: FlashLayout): string => `${layout.root}/${layout.upperName}`
+const reservePath = (layout: FlashLayout): string => `${stateDir(layout)}/reserve`
+
+/** Held back so that a change can still be scheduled on a full flash (JFFS2 compresses, hence random bytes). */
+const RESERVE_BYTES = 64 * 1024
+
+export function readPending(layout: FlashLayout): PendingChange | undefined {
+  const text = readTextFileIfExists(markerPath(layout))
+  if (text === undefined) return undefined
+  try {
+    const marker = JSON.parse(text) as PendingChange
+    if (marker.kind === 'reset' && Array.isArray(marker.keep)) return marker
+    if (marker.kind === 'restore' && typeof marker.source === 'string') return marker
+  } catch {
+    // reported below
+  }
+  throw new OvrootError('EMARKER', ExitCode.data, `${markerPath(layout)}: unreadable pending-change marker; expected the JSON ovroot writes (ovroot reset --cancel removes it)`)
+}
+
+/** Commit a change whose staging is complete: from now on the next boot applies it. */
+export function commitPending(layout: FlashLayout, change: PendingChange): void {
+  makeDirectory(stateDir(layout))
+  const text = `${JSON.stringify(change)}\n`
+  try {
+    writeFileAtomic(markerPath(layout), text)
+  } catch (error) {
+    if (!(error instanceof OvrootError && error.code === 'ENOSPC') || !pathExists(reservePath(layout))) throw error
+    removeFile(`${markerPath(layout)}.tmp`)
+    removeFile(reservePath(layout))
+    syncDirectory(stateDir(layout))
+    writeFileAtomic(markerPath(layout), text)
+  }
+}
+
+/** Drop a pending change and anything staged for it. */
+export function cancelPending(layout: FlashLayout): void {
+  if (!pathExists(stateDir(layout))) return
+  removeFile(markerPath(layout))
+  syncDirectory(stateDir(layout))
+  removeTree(stagedPath(layout))
+}
+
+/** The change is applied: forget it. */
+export function finishPending(layout: FlashLayout): void {
+  removeTree(replacedPath(layout))
+  cancelPending(layout)
+}
+
+/** Put the reserve back once there is room again; a full flash simply goes without. */
+export function ensureReserve(layout: FlashLayout): void {
+  if (pathExists(reservePath(layout))) return
+  try {
+    writeFileAtomic(reservePath(layout), randomBytes(RESERVE_BYTES))
+  } catch (error) {
+    if (!(error instanceof OvrootError && error.code === 'ENOSPC')) throw error
+    removeFile(`${reservePath(layout)}.tmp`)
+  }
+}
+
+export function describePending(change: PendingChange): string {
+  if (change.kind === 'reset') return `${change.only ? `reset of ${change.only.join(' ')}` : 'factory reset'} at next boot, keeping ${change.keep.length ? change.keep.join(' ') : 'nothing'}`
+  return `restore of ${change.source} (${change.entries} entries) at next boot`
+}

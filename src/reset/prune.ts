@@ -1,0 +1,63 @@
+/**
+ * A factory reset prunes the upper in place: every entry the keep list does
+ * not name is removed, and the directories above kept entries lose their
+ * overlay xattrs (opaque, redirect), so the firmware shows through them again.
+ * Removing needs no free space, so a reset works on a full flash, and running
+ * it again after a power cut ends in the same state.
+ */
+import type { OverlayXattrs } from '../overlay/xattrs.js'
+import { listDirectory, removeTree, statPath } from '../sys/fs.js'
+import { listXattrs, removeXattr } from '../sys/libc.js'
+import { reportProgress } from '../sys/progress.js'
+import { KeepList } from './keep.js'
+
+/** Paths in the merged view's terms, topmost only. */
+export interface ResetPlan {
+  remove: string[]
+  keep: string[]
+  /** Directories kept only because something below them is. */
+  ancestors: string[]
+}
+
+/**
+ * What a reset removes: everything, or with `only` just those subtrees (the
+ * rest of the upper is left alone); the keep list wins over both.
+ */
+export function planReset(upper: string, keep: KeepList, only?: readonly string[]): ResetPlan {
+  const plan: ResetPlan = { remove: [], keep: [], ancestors: [] }
+  const inScope = (path: string): boolean => only === undefined || only.some((root) => path === root || path.startsWith(`${root}/`))
+  const leadsIntoScope = (path: string): boolean => only?.some((root) => root.startsWith(`${path}/`)) ?? false
+  /** Whether the directory stays: false when the caller removes it whole. */
+  const visit = (path: string): boolean => {
+    reportProgress()
+    const children = listDirectory(upper + path).sort().map((name) => `${path}/${name}`)
+    const removable = children.filter((child) => !stays(child))
+    if (path !== '' && inScope(path) && removable.length === children.length) return false
+    plan.remove.push(...removable)
+    if (path !== '' && inScope(path)) plan.ancestors.push(path)
+    return true
+  }
+  const stays = (path: string): boolean => {
+    if (!inScope(path) && !leadsIntoScope(path)) return true
+    if (keep.keeps(path)) {
+      plan.keep.push(path)
+      return true
+    }
+    const isDir = statPath(upper + path)?.type === 'dir'
+    if (!inScope(path)) return !isDir || visit(path)
+    return isDir && visit(path)
+  }
+  visit('')
+  plan.remove.sort()
+  return plan
+}
+
+/** Carry out a reset of `upper`; answers the kept paths. */
+export function applyReset(upper: string, keepPatterns: string[], only: string[] | undefined, xattrs: OverlayXattrs): string[] {
+  const plan = planReset(upper, new KeepList(keepPatterns), only)
+  for (const path of plan.remove) removeTree(upper + path)
+  for (const path of plan.ancestors) {
+    for (const name of listXattrs(upper + path)) if (xattrs.isOverlay(name)) removeXattr(upper + path, name)
+  }
+  return plan.keep
+}

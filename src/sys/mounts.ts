@@ -1,0 +1,27 @@
+/** What /proc/mounts says about mounted overlays. */
+import { readTextFileIfExists } from './fs.js'
+
+/** /proc/mounts escapes space, tab, newline and backslash as octal. */
+const unescape = (field: string): string => field.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8)))
+
+export interface OverlayLayers {
+  /** Upper and work directories: written by the kernel while mounted. */
+  written: string[]
+  lowers: string[]
+}
+
+/** The layer directories of every mounted overlay, as they were named when it was mounted. */
+export function mountedOverlayLayers(): OverlayLayers {
+  const layers: OverlayLayers = { written: [], lowers: [] }
+  for (const line of (readTextFileIfExists('/proc/mounts') ?? '').split('\n')) {
+    const [, , type, options] = line.split(' ')
+    if (type !== 'overlay' || options === undefined) continue
+    for (const option of options.split(',')) {
+      const [key, value = ''] = option.split(/=(.*)/)
+      if (key === 'upperdir' || key === 'workdir') layers.written.push(unescape(value))
+      // Data-only lowers (Linux 6.5+) follow a '::'.
+      if (key === 'lowerdir') layers.lowers.push(...value.split(':').filter(Boolean).map(unescape))
+    }
+  }
+  return layers
+}
