@@ -20,6 +20,17 @@ function disk(t: Tap.Test): string {
   return loop
 }
 
+/** What the block driver says the device holds. */
+function inspector(device: string): () => string {
+  const config = defaultConfig()
+  config.flash.device = device
+  return () => {
+    const volume = blockDriver.find(config)
+    if ('absent' in volume) throw new Error(volume.absent)
+    return volume.inspect()
+  }
+}
+
 t.test('a block device by path and by LABEL=', async (t) => {
   const device = disk(t)
   execFileSync('mkfs.ext4', ['-q', '-F', '-L', 'ovroot_test_lbl', device])
@@ -38,13 +49,7 @@ t.test('a block device by path and by LABEL=', async (t) => {
 
 t.test('what a block device holds: formatted, blank, the format marker, or unrecognised', async (t) => {
   const device = disk(t)
-  const config = defaultConfig()
-  config.flash.device = device
-  const inspect = (): string => {
-    const volume = blockDriver.find(config)
-    if ('absent' in volume) throw new Error(volume.absent)
-    return volume.inspect()
-  }
+  const inspect = inspector(device)
   t.equal(inspect(), 'blank', 'all zeros: blank')
   const fd = fs.openSync(device, 'r+')
   fs.writeSync(fd, Buffer.from([0xde, 0xad, 0xc0, 0xde]), 0, 4, 0)
@@ -60,13 +65,7 @@ t.test('what a block device holds: formatted, blank, the format marker, or unrec
 
 t.test('blank means provably blank: a signature anywhere leaves the device alone', async (t) => {
   const device = disk(t)
-  const config = defaultConfig()
-  config.flash.device = device
-  const inspect = (): string => {
-    const volume = blockDriver.find(config)
-    if ('absent' in volume) throw new Error(volume.absent)
-    return volume.inspect()
-  }
+  const inspect = inspector(device)
   const write = (bytes: Buffer, offset: number): void => {
     const fd = fs.openSync(device, 'r+')
     fs.writeSync(fd, bytes, 0, bytes.length, offset)
