@@ -5,7 +5,7 @@
 import t from 'tap'
 import { createHash } from 'node:crypto'
 import * as fs from 'node:fs'
-import { boot, changesFrom, run, statusFrom, workspace } from './helpers/lab.js'
+import { boot, changesFrom, consoleLog, run, statusFrom, workspace } from './helpers/lab.js'
 
 const STATUS = 'ovroot status --json'
 const DIFF = 'ovroot diff --json'
@@ -75,24 +75,35 @@ t.test('power cut during heavy writes: the next boot mounts the flash, synced fi
   t.match(after.stdout, `${sum}  /etc/synced`, 'the synced file is intact')
 })
 
-t.test('power cut during a reset: the next boot completes it', async (t) => {
+t.test('a large reset: a power cut inside it, then the next boot finishes it although it outlasts [boot] timeout', async (t) => {
   const flash = `${workspace(t)}/nor.flash`
+  fs.writeFileSync(flash, Buffer.alloc(32 << 20, 0xff))
   const args = ['--flash', flash]
-  const prepare = run(t, args, 'mkdir -p /etc/keepme /etc/junk && for i in $(seq 1 150); do echo "kept $i" > /etc/keepme/f$i; echo "junk $i" > /etc/junk/f$i; done && sync && ovroot reset --yes --keep /etc/keepme')
-  t.equal(prepare.status, 0)
-  for (const delay of [0, 0.4, 1.5]) {
-    const cut = boot([...args, '--cut-on', 'ovroot: factory reset', '--cut-after', String(delay), '--run', 'echo booted'])
-    t.ok(cut.status === 137 || cut.status === 0, `cut ${delay} s into the reset (or it finished first)`)
-    if (cut.status === 0) break
-  }
-  const after = run(t, args, `${STATUS} && ls /etc/keepme | wc -l && cat /etc/keepme/f150 && ls /etc/junk 2>&1 | head -1`)
-  t.equal(after.status, 0)
-  const status = statusFrom(after.stdout)
+  const prepare = run(t, args, 'cd /root && for d in $(seq 1 50); do mkdir d$d && (cd d$d && seq 1 1000 | xargs touch); done; mkdir -p /etc/keepme && echo kept > /etc/keepme/file && sync && ovroot reset --yes --keep /etc/keepme')
+  t.equal(prepare.status, 0, 'fifty thousand files, and a reset scheduled')
+  const cut = boot([...args, '--cut-on', 'ovroot: applying factory reset', '--cut-after', '1', '--run', 'echo booted'])
+  t.equal(cut.status, 137, 'the power was cut')
+  const console = consoleLog()
+  t.match(console, /ovroot: applying factory reset/, 'the reset had begun')
+  t.notMatch(console, /ovroot: applied/, 'and had not finished: the cut landed inside it')
+  const timeout = 8
+  const after = run(t, [...args, '--append', `ovroot.boot.timeout=${timeout}`], `${STATUS} && ls /root | wc -l && cat /etc/keepme/file`)
+  const status = statusFrom(after.stdout) as ReturnType<typeof statusFrom> & { bootSeconds: number }
+  t.equal(status.mode, 'flash', 'the shim did not kill the working agent')
+  t.ok(status.bootSeconds > timeout, `the boot took ${status.bootSeconds} s, longer than the ${timeout} s timeout: progress kept the timer back`)
+  t.same(status.reset?.kept, ['/etc/keepme'])
+  t.same(status.pending, [], 'nothing is pending any more')
+  t.match(after.stdout, /^0$/m, 'every file the reset was to remove is gone')
+  t.match(after.stdout, /^kept$/m, 'the kept file is there')
+})
+
+t.test('first boot on a large erased NOR with a small timeout: flash mode, nothing erased again', async (t) => {
+  const flash = `${workspace(t)}/nor.flash`
+  fs.writeFileSync(flash, Buffer.alloc(64 << 20, 0xff))
+  const result = run(t, ['--flash', flash, '--append', 'ovroot.boot.timeout=8'], STATUS)
+  const status = statusFrom(result.stdout)
   t.equal(status.mode, 'flash')
-  t.same(status.pending, [], 'no reset is pending any more')
-  t.match(after.stdout, /^150$/m, 'every kept file is there')
-  t.match(after.stdout, /^kept 150$/m, 'with its content')
-  t.match(after.stdout, /No such file or directory/, 'what was not kept is gone')
+  t.equal(status.formatted, true)
 })
 
 t.test('corrupt flash (random bytes): boots on RAM, says why, leaves the flash untouched', async (t) => {
@@ -114,17 +125,84 @@ t.test('flash device missing: boots on RAM with the reason', async (t) => {
   t.match(status.reason, /no flash found \(mtd: no MTD partition named "rootfs_data".*ubi: no UBI device attached.*block: no block device configured/)
 })
 
-t.test('full flash: still boots, with the user\'s files, and says the flash is full', async (t) => {
+/** A NOR flash the user filled up: /etc/precious, then /root/fill* until the flash refused. */
+function fullFlash(t: Tap.Test): string {
+  const flash = `${workspace(t)}/nor.flash`
+  const fill = run(t, ['--flash', flash], 'echo precious > /etc/precious && sync && i=0; while head -c 65536 /dev/urandom > /root/fill$i 2>/dev/null; do i=$((i+1)); done; sync')
+  t.equal(fill.status, 0)
+  return flash
+}
+
+const FULL_CHECK = `${STATUS} && grep ' /overlay ' /proc/mounts && cat /etc/precious && touch /overlay/probe; ls /root | grep -c fill`
+
+t.test('full flash: degraded, flash read-only, the user\'s files visible; ovroot reset --reboot restores the factory state', async (t) => {
+  const flash = fullFlash(t)
+  const degraded = boot(['--flash', flash, '--run', `${FULL_CHECK}; ovroot reset --yes --reboot`])
+  const status = statusFrom(degraded.stdout)
+  t.equal(status.mode, 'degraded')
+  t.match(status.reason, /is full: its files are shown read-only under a RAM upper; 'ovroot reset'/)
+  t.match(degraded.stdout, /^mtd0 \/overlay jffs2 ro[, ]/m, 'the flash is mounted read-only')
+  t.match(degraded.stdout, /^precious$/m, 'the user\'s files are visible')
+  t.match(degraded.stdout, /Read-only file system/, 'nothing can write to the flash behind the overlay\'s back')
+  t.match(degraded.stdout, /factory reset scheduled for the next boot/, 'the reset the banner advises can be scheduled')
+  const after = run(t, ['--flash', flash], `${STATUS} && ls /etc/precious 2>&1; ls /root | grep -c fill`)
+  t.equal(statusFrom(after.stdout).mode, 'flash', 'the reset needed no free space and the flash is usable again')
+  t.match(after.stdout, /\/etc\/precious: No such file or directory/, 'factory state')
+  t.match(after.stdout, /^0$/m)
+})
+
+t.test('full flash: ovroot reset PATH drops just those files at the next boot', async (t) => {
+  const flash = fullFlash(t)
+  const degraded = run(t, ['--flash', flash], `${STATUS} && ovroot reset --yes /root`)
+  t.equal(statusFrom(degraded.stdout).mode, 'degraded')
+  t.match(degraded.stdout, /reset of \/root scheduled for the next boot/)
+  const after = run(t, ['--flash', flash], `${STATUS} && cat /etc/precious && ls /root | grep -c fill`)
+  t.equal(statusFrom(after.stdout).mode, 'flash')
+  t.match(after.stdout, /^precious$/m, 'everything else stays')
+  t.match(after.stdout, /^0$/m, 'the files that filled the flash are gone')
+})
+
+t.test('a scheduled change that fails at boot: degraded with the reason, the flash untouched, --cancel works there', async (t) => {
   const flash = `${workspace(t)}/nor.flash`
   const args = ['--flash', flash]
-  const fill = run(t, args, 'echo precious > /etc/precious && sync && i=0; while head -c 65536 /dev/urandom > /root/fill$i 2>/dev/null; do i=$((i+1)); done; sync; df /overlay | tail -1')
-  t.equal(fill.status, 0)
-  const after = run(t, args, `${STATUS} && cat /etc/precious && echo written-after > /tmp/probe && echo ok`)
-  t.equal(after.status, 0, 'the device boots and runs commands')
-  const status = statusFrom(after.stdout)
-  t.ok(status.mode === 'flash' || status.mode === 'degraded', `mode ${status.mode}`)
-  if (status.mode === 'degraded') t.match(status.reason, /full/)
-  t.match(after.stdout, /^precious$/m, 'the user\'s files are visible')
+  run(t, args, 'echo mine > /etc/mine && echo not-json > /overlay/.ovroot/pending && sync')
+  const failed = run(t, args, `${STATUS} && ovroot status | grep pending; grep ' /overlay ' /proc/mounts; ovroot reset --cancel`)
+  const status = statusFrom(failed.stdout)
+  t.equal(status.mode, 'degraded', 'not the shim\'s failsafe')
+  t.match(status.reason, /change scheduled for the flash failed: .*unreadable pending-change marker.*'ovroot reset --cancel' drops the change/)
+  t.match(failed.stdout, /^mtd0 \/overlay jffs2 ro[, ]/m, 'the flash is left read-only')
+  t.match(failed.stdout, /^pending: +an unreadable pending change/m, 'status shows what failed')
+  t.match(failed.stdout, /cancelled: an unreadable pending change/)
+  const after = run(t, args, `${STATUS} && cat /etc/mine`)
+  t.equal(statusFrom(after.stdout).mode, 'flash')
+  t.match(after.stdout, /^mine$/m, 'the user\'s files are intact')
+})
+
+t.test('a flash that fails every read: degraded, naming the device', async (t) => {
+  const result = run(t, ['--media', 'ext4', '--flash-errors'], STATUS)
+  const status = statusFrom(result.stdout)
+  t.equal(status.mode, 'degraded', 'not the shim\'s failsafe')
+  t.match(status.reason, /block driver: read \/dev\/vdb: input\/output error/)
+})
+
+t.test('a NOR erase block torn by a power cut during an erase: JFFS2 recovers it, the device stays on flash', async (t) => {
+  const flash = `${workspace(t)}/nor.flash`
+  run(t, ['--flash', flash], 'echo mine > /etc/mine && sync')
+  const image = fs.readFileSync(flash)
+  const block = 64 * 1024
+  let torn = -1
+  for (let offset = image.length - block; offset > 0; offset -= block) {
+    if (image.subarray(offset, offset + block).every((byte) => byte === 0xff)) {
+      torn = offset
+      break
+    }
+  }
+  t.ok(torn > 0, 'an erased block to tear')
+  for (let i = 0; i < 4096; i++) image[torn + i] = (i * 2654435761) >>> 24
+  fs.writeFileSync(flash, image)
+  const after = run(t, ['--flash', flash], `${STATUS} && cat /etc/mine`)
+  t.equal(statusFrom(after.stdout).mode, 'flash')
+  t.match(after.stdout, /^mine$/m)
 })
 
 t.test('the agent fails: the shim\'s failsafe boots the device', async (t) => {
@@ -179,11 +257,18 @@ t.test('ovroot.reset=1 on the kernel command line resets at boot, keep list appl
   t.match(after.stdout, /^k$/m)
 })
 
-t.test('the agent hangs past [boot] timeout: the shim kills it and boots the failsafe', async (t) => {
-  const result = run(t, ['--no-flash', '--append', 'ovroot.boot.timeout=1'], STATUS)
+t.test('an agent that really hangs: the shim kills it with what it started and boots the failsafe', async (t) => {
+  const result = run(t, ['--no-flash', '--append', 'OVROOT=/usr/lib/ovroot-lab/hung-agent ovroot.boot.timeout=2'], `${STATUS}; ps | grep -c '[s]leep 86399'`)
   const status = statusFrom(result.stdout)
   t.equal(status.mode, 'failsafe')
-  t.match(status.reason, /did not finish within 1 s/)
+  t.match(status.reason, /made no progress for 2 s/)
+  t.match(result.stdout, /^0$/m, 'the tool the agent started died with it')
+})
+
+t.test('an init that cannot be executed: the shim falls back to /sbin/init', async (t) => {
+  const result = run(t, ['--no-flash', '--append', 'ovroot.boot.init=/nonexistent'], STATUS)
+  t.equal(result.status, 0, 'the device came up and ran the command')
+  t.match(consoleLog(), /cannot execute \/nonexistent as init/)
 })
 
 t.test('live reset: --dry-run and --cancel change nothing, --reboot carries it out now', async (t) => {
@@ -191,8 +276,8 @@ t.test('live reset: --dry-run and --cancel change nothing, --reboot carries it o
   const args = ['--flash', flash]
   const first = run(t, args, 'echo x > /etc/x && echo y > /etc/y && ovroot reset --dry-run --keep /etc/y && ovroot reset --yes && ovroot reset --cancel && ovroot status | grep pending')
   t.equal(first.status, 0)
-  t.match(first.stdout, /^remove \/etc\/x$/m, '--dry-run lists what goes')
-  t.match(first.stdout, /^keep \/etc\/y$/m, 'and what stays')
+  t.match(first.stdout, /^discard A \/etc\/x$/m, '--dry-run lists what goes')
+  t.match(first.stdout, /^keep    A \/etc\/y$/m, 'and what stays')
   t.match(first.stdout, /^pending: +nothing$/m, '--cancel withdraws the scheduled reset')
   const rebooting = boot([...args, '--run', 'ovroot reset --yes --keep /etc/y --reboot'])
   t.match(rebooting.stdout, /factory reset scheduled/)

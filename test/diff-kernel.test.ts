@@ -7,18 +7,10 @@
 import t from 'tap'
 import * as fs from 'node:fs'
 import { setXattr } from '../src/sys/libc.js'
-import { cleanEnvironment, diffJson, mountOverlay, oracle, ovroot, scratch, snapshot, unmount } from './helpers/overlay.js'
+import { diffJson, MOUNT_VARIANTS, mountOverlay, oracle, scratch, snapshot, unmount } from './helpers/overlay.js'
 import { random, randomLower, randomOperation, STANDARD_LOWER, STANDARD_OPERATIONS, writeTree } from './helpers/mutate.js'
 
-const VARIANTS: Record<string, string[]> = {
-  'default options': [],
-  'redirect_dir=on': ['redirect_dir=on'],
-  'redirect_dir=on,metacopy=on': ['redirect_dir=on', 'metacopy=on'],
-  'index=on': ['index=on'],
-  userxattr: ['userxattr'],
-}
-
-for (const [variant, options] of Object.entries(VARIANTS)) {
+for (const [variant, options] of Object.entries(MOUNT_VARIANTS)) {
   t.test(`every kind of change, ${variant}`, async (t) => {
     const s = scratch()
     t.teardown(s.cleanup)

@@ -3,14 +3,15 @@
  *
  *   qemu/vm build [--force]
  *   qemu/vm boot [--flash FILE] [--media nor|nand|ext4|f2fs|ram] [--no-flash]
- *                [--memory MB] [--append 'ARGS'] [--run 'CMD' [--cut-after S]
- *                [--cut-on TEXT]] [--timeout S] [--verbose]
+ *                [--flash-errors] [--memory MB] [--append 'ARGS'] [--run 'CMD'
+ *                [--cut-after S] [--cut-on TEXT]] [--timeout S] [--verbose]
  *
  * --run CMD runs CMD as root once the device has booted, prints its output,
  * powers off cleanly and exits with CMD's status. --cut-after S kills QEMU S
  * seconds after CMD started: a power cut (exit status 137); with --cut-on TEXT
  * the S seconds count from the console's first TEXT instead (a cut during
- * boot, e.g. during a factory reset). Without --run the
+ * boot, e.g. during a factory reset). --flash-errors makes every read of the
+ * flash fail with EIO (QEMU's blkdebug): a dying flash chip. Without --run the
  * console is interactive (Ctrl-A X leaves QEMU).
  */
 import { spawn } from 'node:child_process'
@@ -62,6 +63,14 @@ interface BootOptions {
   timeout: number
   verbose: boolean
   noFlash: boolean
+  flashErrors: boolean
+}
+
+/** QEMU's blkdebug driver, failing every read of the image it wraps with EIO. */
+function failingReads(image: string): string {
+  const config = path.join(BUILD, 'flash-errors.blkdebug')
+  fs.writeFileSync(config, '[inject-error]\nevent = "read_aio"\nerrno = "5"\n')
+  return `blkdebug:${config}:${image}`
 }
 
 function qemuArguments(options: BootOptions, interactive: boolean): string[] {
@@ -74,7 +83,8 @@ function qemuArguments(options: BootOptions, interactive: boolean): string[] {
   if (options.media !== 'ram' && !options.noFlash) {
     const flash = options.flash ?? path.join(BUILD, `default-${options.media}.flash`)
     ensureFlash(flash, options.media)
-    args.push('-drive', `file=${path.resolve(flash)},if=virtio,format=raw`)
+    const image = path.resolve(flash)
+    args.push('-drive', `file=${options.flashErrors ? failingReads(image) : image},if=virtio,format=raw`)
   }
   args.push(...(interactive ? ['-nographic'] : ['-display', 'none', '-serial', 'stdio', '-monitor', 'none']))
   return args
@@ -150,7 +160,7 @@ async function main(argv: string[]): Promise<number> {
     ensureImages(values.force)
     return 0
   }
-  if (command !== 'boot') fail('usage: qemu/vm build [--force] | qemu/vm boot [--flash FILE] [--media nor|nand|ext4|f2fs|ram] [--no-flash] [--memory MB] [--append ARGS] [--run CMD [--cut-after S [--cut-on TEXT]]] [--timeout S] [--verbose]')
+  if (command !== 'boot') fail('usage: qemu/vm build [--force] | qemu/vm boot [--flash FILE] [--media nor|nand|ext4|f2fs|ram] [--no-flash] [--flash-errors] [--memory MB] [--append ARGS] [--run CMD [--cut-after S [--cut-on TEXT]]] [--timeout S] [--verbose]')
   const { values } = parseArgs({
     args: rest,
     options: {
@@ -164,6 +174,7 @@ async function main(argv: string[]): Promise<number> {
       timeout: { type: 'string', default: '600' },
       verbose: { type: 'boolean', default: false },
       'no-flash': { type: 'boolean', default: false },
+      'flash-errors': { type: 'boolean', default: false },
     },
   })
   const media = values.media as Media
@@ -183,6 +194,7 @@ async function main(argv: string[]): Promise<number> {
     timeout: Number(values.timeout),
     verbose: values.verbose,
     noFlash: values['no-flash'],
+    flashErrors: values['flash-errors'],
   })
 }
 

@@ -16,7 +16,7 @@ import { filesystemInfo, makeDirectory, pathExists, readTextFile, writeFileAtomi
 import { mount, MountFlag, pivotRoot, remount, unmount } from '../sys/libc.js'
 import { reportProgressTo } from '../sys/progress.js'
 import { OverlayXattrs } from '../overlay/xattrs.js'
-import { commitPending, describePending, ensureReserve, readPending, type FlashLayout } from '../pending/marker.js'
+import { commitPending, describePending, ensureReserve, flashLayout, readPending } from '../pending/marker.js'
 import { applyPending, hasPendingWork, type AppliedChange } from '../pending/apply.js'
 import { VERSION } from '../version.js'
 import { parseKernelArguments } from './cmdline.js'
@@ -161,15 +161,14 @@ async function applyPendingChange(config: Config, forcedReset: boolean): Promise
     commitPending(layout, { kind: 'reset', requested: new Date().toISOString(), keep: collectKeepPatterns(config, [], offlineView(upper, ['/'], xattrs.namespace)) })
   }
   const change = readPending(layout)
-  if (change) process.stderr.write(`ovroot: applying ${describePending(change).replace(' at next boot', '')}\n`)
-  return applyPending(layout, workDir(config), xattrs)
+  const what = change && describePending(change).replace(' at next boot', '')
+  if (what) process.stderr.write(`ovroot: applying ${what}\n`)
+  const applied = await applyPending(layout, workDir(config), xattrs)
+  if (what) process.stderr.write(`ovroot: applied ${what}\n`)
+  return applied
 }
 
 /** Whether the layers' directories exist; false when the flash is too full to create them. */
-function flashLayout(config: Config): FlashLayout {
-  return { root: config.overlay.dir, upperName: 'upper' }
-}
-
 function prepareLayers(upper: string, work: string): boolean {
   try {
     makeDirectory(upper)

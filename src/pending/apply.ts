@@ -3,7 +3,7 @@
  * for an unmounted upper. Only the code of the pending kind is loaded.
  */
 import { syncAll } from '../sys/libc.js'
-import { pathExists, removeTree, renamePath, syncDirectory } from '../sys/fs.js'
+import { listDirectory, makeDirectory, pathExists, removeTree, renamePath, statPath, syncDirectory } from '../sys/fs.js'
 import type { OverlayXattrs } from '../overlay/xattrs.js'
 import { finishPending, markerPath, readPending, replacedPath, stagedPath, stateDir, upperPath, type FlashLayout, type PendingChange } from './marker.js'
 
@@ -33,8 +33,31 @@ async function apply(layout: FlashLayout, change: PendingChange, xattrs: Overlay
     const { applyReset } = await import('../reset/prune.js')
     return { kind: 'reset', kept: applyReset(upperPath(layout), change.keep, change.only, xattrs) }
   }
-  swapInStaged(layout)
+  if (change.merge) mergeStaged(stagedPath(layout), upperPath(layout))
+  else swapInStaged(layout)
   return { kind: 'restore', source: change.source, entries: change.entries }
+}
+
+/**
+ * Move each staged entry into the upper, replacing what is there; a staged
+ * directory that meets an upper directory is merged into it. Moved entries
+ * leave the staging, so a rerun after a cut moves only what is left.
+ */
+function mergeStaged(staged: string, upper: string): void {
+  if (!pathExists(staged)) return
+  makeDirectory(upper)
+  for (const name of listDirectory(staged)) {
+    const from = `${staged}/${name}`
+    const to = `${upper}/${name}`
+    const existing = statPath(to)
+    if (statPath(from)?.type === 'dir' && existing?.type === 'dir') mergeStaged(from, to)
+    else {
+      if (existing) removeTree(to)
+      renamePath(from, to)
+    }
+  }
+  removeTree(staged)
+  syncDirectory(upper)
 }
 
 /** Two renames, each atomic; a rerun after a cut between them finishes the second. */

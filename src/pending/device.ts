@@ -11,7 +11,7 @@ import { readTextFileIfExists, realPath } from '../sys/fs.js'
 import { remount, syncAll } from '../sys/libc.js'
 import { mountedOverlayLayers } from '../sys/mounts.js'
 import { runTool } from '../sys/run.js'
-import type { FlashLayout } from './marker.js'
+import { cancelPending, describePendingAt, flashLayout } from './marker.js'
 
 export interface BootRecord {
   state: BootState
@@ -26,24 +26,29 @@ export function readBootRecord(config: Config): BootRecord {
   return { state, flashMounted: state.medium !== undefined && state.medium.driver !== 'ram' }
 }
 
-export function flashLayout(config: Config): FlashLayout {
-  return { root: config.overlay.dir, upperName: 'upper' }
-}
-
 /**
  * A degraded boot leaves the flash read-only; committing a change writes only
  * in its state directory, never in the layer the overlay uses, so the flash is
  * writable just for that.
  */
-export function withWritableFlash(config: Config, record: BootRecord, change: () => void): void {
+export async function withWritableFlash<T>(config: Config, record: BootRecord, change: () => T | Promise<T>): Promise<T> {
   const readOnly = record.state.mode !== 'flash'
   if (readOnly) remount(config.overlay.dir, false)
   try {
-    change()
+    const result = await change()
     syncAll()
+    return result
   } finally {
     if (readOnly) remount(config.overlay.dir, true)
   }
+}
+
+/** `--cancel` of reset and restore: drop whatever change is scheduled, readable or not. */
+export async function cancelScheduled(config: Config, record: BootRecord): Promise<void> {
+  const layout = flashLayout(config)
+  const pending = describePendingAt(layout)
+  await withWritableFlash(config, record, () => cancelPending(layout))
+  process.stdout.write(pending ? `ovroot: cancelled: ${pending}\n` : 'ovroot: nothing was scheduled\n')
 }
 
 /** The kernel forbids changes to the layers of a mounted overlay: refuse a directory that is one, holds one, or is inside an upper. */

@@ -9,8 +9,9 @@
  */
 import { randomBytes } from 'node:crypto'
 import { FLASH_STATE_DIR } from '../boot/state.js'
+import type { Config } from '../config/schema.js'
 import { ExitCode, OvrootError } from '../errors.js'
-import { makeDirectory, pathExists, readTextFileIfExists, removeFile, removeTree, syncDirectory, writeFileAtomic } from '../sys/fs.js'
+import { filesystemInfo, makeDirectory, pathExists, readTextFileIfExists, removeFile, removeTree, syncDirectory, writeFileAtomic } from '../sys/fs.js'
 
 export interface FlashLayout {
   /** The flash filesystem's mount point (or the directory holding an unmounted upper). */
@@ -18,9 +19,14 @@ export interface FlashLayout {
   upperName: string
 }
 
+/** The device's own flash: [overlay] dir, holding upper/ and work/. */
+export function flashLayout(config: Config): FlashLayout {
+  return { root: config.overlay.dir, upperName: 'upper' }
+}
+
 export type PendingChange =
   | { kind: 'reset'; requested: string; keep: string[]; only?: string[] }
-  | { kind: 'restore'; requested: string; source: string; entries: number }
+  | { kind: 'restore'; requested: string; source: string; entries: number; merge: boolean }
 
 export const PENDING_MARKER = 'pending'
 
@@ -33,8 +39,17 @@ export const replacedPath = (layout: FlashLayout): string => `${stateDir(layout)
 export const upperPath = (layout: FlashLayout): string => `${layout.root}/${layout.upperName}`
 const reservePath = (layout: FlashLayout): string => `${stateDir(layout)}/reserve`
 
-/** Held back so that a change can still be scheduled on a full flash (JFFS2 compresses, hence random bytes). */
-const RESERVE_BYTES = 64 * 1024
+/**
+ * Held back so that a change can still be scheduled on a full flash. JFFS2
+ * refuses ordinary writes until free plus reclaimable space exceeds its own
+ * reserve (2% of the partition and two erase blocks), so freeing a little is
+ * not enough: 3% of the filesystem, at least 192 KiB, at most 1 MiB. Random
+ * bytes, because JFFS2 and UBIFS compress.
+ */
+function reserveBytes(root: string): number {
+  const info = filesystemInfo(root)
+  return Math.min(1 << 20, Math.max(192 << 10, Math.round((info.blocks * info.blockSize * 0.03) / 4096) * 4096))
+}
 
 export function readPending(layout: FlashLayout): PendingChange | undefined {
   const text = readTextFileIfExists(markerPath(layout))
@@ -82,14 +97,25 @@ export function finishPending(layout: FlashLayout): void {
 export function ensureReserve(layout: FlashLayout): void {
   if (pathExists(reservePath(layout))) return
   try {
-    writeFileAtomic(reservePath(layout), randomBytes(RESERVE_BYTES))
+    writeFileAtomic(reservePath(layout), randomBytes(reserveBytes(layout.root)))
   } catch (error) {
     if (!(error instanceof OvrootError && error.code === 'ENOSPC')) throw error
     removeFile(`${reservePath(layout)}.tmp`)
   }
 }
 
+/** What is pending, in words; an unreadable marker is described, not thrown (status and --cancel must work on it). */
+export function describePendingAt(layout: FlashLayout): string | undefined {
+  try {
+    const pending = readPending(layout)
+    return pending && describePending(pending)
+  } catch (error) {
+    if (error instanceof OvrootError && error.code === 'EMARKER') return 'an unreadable pending change (ovroot reset --cancel removes it)'
+    throw error
+  }
+}
+
 export function describePending(change: PendingChange): string {
   if (change.kind === 'reset') return `${change.only ? `reset of ${change.only.join(' ')}` : 'factory reset'} at next boot, keeping ${change.keep.length ? change.keep.join(' ') : 'nothing'}`
-  return `restore of ${change.source} (${change.entries} entries) at next boot`
+  return `${change.merge ? 'sysupgrade archive' : 'restore'} of ${change.source} (${change.entries} entries) at next boot`
 }

@@ -8,8 +8,8 @@ import { upperDir, type Config } from '../config/schema.js'
 import { ExitCode, OvrootError, usageError, type ExitStatus } from '../errors.js'
 import { OverlayXattrs, type XattrNamespace } from '../overlay/xattrs.js'
 import { applyPending } from '../pending/apply.js'
-import { cancelPending, commitPending, describePending, readPending, type FlashLayout } from '../pending/marker.js'
-import { confirm, flashLayout, readBootRecord, rebootNow, refuseLiveLayer, withWritableFlash } from '../pending/device.js'
+import { cancelPending, commitPending, describePending, describePendingAt, flashLayout, readPending, type FlashLayout } from '../pending/marker.js'
+import { cancelScheduled, confirm, readBootRecord, rebootNow, refuseLiveLayer, withWritableFlash } from '../pending/device.js'
 import { statPath } from '../sys/fs.js'
 import { collectKeepPatterns, KeepList } from './keep.js'
 import { planReset } from './prune.js'
@@ -43,9 +43,7 @@ export async function runReset(options: ResetOptions): Promise<ExitStatus> {
   }
   const layout = flashLayout(config)
   if (options.cancel) {
-    const pending = readPendingOrUnreadable(layout)
-    withWritableFlash(config, record, () => cancelPending(layout))
-    process.stdout.write(pending ? `ovroot: cancelled: ${pending}\n` : 'ovroot: nothing was scheduled\n')
+    await cancelScheduled(config, record)
     return ExitCode.ok
   }
   const keep = collectKeepPatterns(config, options.keep, liveView)
@@ -55,8 +53,8 @@ export async function runReset(options: ResetOptions): Promise<ExitStatus> {
     return ExitCode.ok
   }
   if (!options.yes) await confirm(only ? `Reset ${only.join(' ')} to the firmware's state at the next boot.` : 'Factory reset: every change to the firmware\'s files goes at the next boot, except the keep list.')
-  const replaced = readPendingOrUnreadable(layout)
-  withWritableFlash(config, record, () => {
+  const replaced = describePendingAt(layout)
+  await withWritableFlash(config, record, () => {
     cancelPending(layout)
     commitPending(layout, { kind: 'reset', requested: new Date().toISOString(), keep, ...(only && { only }) })
   })
@@ -94,17 +92,6 @@ async function resetUnmounted(config: Config, options: ResetOptions): Promise<Ex
   const kept = applied?.kind === 'reset' ? applied.kept : []
   process.stdout.write(`ovroot: ${upper} reset${kept.length ? `, kept ${kept.join(' ')}` : ''}\n`)
   return ExitCode.ok
-}
-
-/** --cancel must work even on a marker it cannot read. */
-function readPendingOrUnreadable(layout: FlashLayout): string | undefined {
-  try {
-    const pending = readPending(layout)
-    return pending && describePending(pending)
-  } catch (error) {
-    if (error instanceof OvrootError && error.code === 'EMARKER') return 'an unreadable pending change'
-    throw error
-  }
 }
 
 function namespaceOf(config: Config): XattrNamespace {

@@ -2,7 +2,7 @@
 import { loadConfig } from '../config/load.js'
 import { parseBootState, STATUS_FILE, type BootState } from '../boot/state.js'
 import { ExitCode, OvrootError, type ExitStatus } from '../errors.js'
-import { describePending, readPending } from '../pending/marker.js'
+import { describePendingAt, flashLayout } from '../pending/marker.js'
 import { filesystemInfo, readTextFileIfExists } from '../sys/fs.js'
 
 interface Usage {
@@ -32,8 +32,8 @@ export function showStatus(configFile: string | undefined, json: boolean): ExitS
     status.usage = { totalBytes: info.blocks * info.blockSize, freeBytes: info.availableBlocks * info.blockSize, usedBytes: (info.blocks - info.freeBlocks) * info.blockSize }
   }
   if (onFlash) {
-    const pending = readPending({ root: config.overlay.dir, upperName: 'upper' })
-    if (pending) status.pending.push(describePending(pending))
+    const pending = describePendingAt(flashLayout(config))
+    if (pending) status.pending.push(pending)
   }
   process.stdout.write(json ? `${JSON.stringify(status)}\n` : render(status))
   return ExitCode.ok

@@ -139,6 +139,67 @@ export function writeFileAtomic(path: string, content: string | Buffer): void {
   }
 }
 
+export interface AtomicOutput {
+  stream: NodeJS.WritableStream
+  /** fsync, rename over the target, fsync the directory. */
+  commit(): void
+  /** Remove the temporary file (after an error). */
+  abort(): void
+}
+
+/** A file written under a temporary name (mode `mode` from the start) and renamed into place only when complete. */
+export function openAtomicOutput(path: string, mode: number): AtomicOutput {
+  const slash = path.lastIndexOf('/')
+  const directory = slash < 0 ? '.' : path.slice(0, slash) || '/'
+  const temporary = `${directory}/.${path.slice(slash + 1)}.${process.pid}.tmp`
+  let fd: number
+  try {
+    fd = fs.openSync(temporary, 'wx', mode)
+  } catch (error) {
+    throw fromNodeError(error, 'create', temporary)
+  }
+  const stream = fs.createWriteStream('', { fd, autoClose: false })
+  return {
+    stream,
+    commit() {
+      try {
+        fs.fsyncSync(fd)
+        fs.closeSync(fd)
+        fs.renameSync(temporary, path)
+        syncDirectory(directory)
+      } catch (error) {
+        throw fromNodeError(error, 'write', path)
+      }
+    },
+    abort() {
+      try {
+        fs.closeSync(fd)
+      } catch {
+        // already closed
+      }
+      fs.rmSync(temporary, { force: true })
+    },
+  }
+}
+
+export interface TemporaryFile {
+  path: string
+  remove(): void
+}
+
+/** A stream (standard input) saved to a private temporary file, for readers that need a file. */
+export async function spoolToTemporaryFile(stream: NodeJS.ReadableStream, directory: string): Promise<TemporaryFile> {
+  const path = `${directory}/ovroot-input-${process.pid}`
+  const { pipeline } = await import('node:stream/promises')
+  try {
+    await pipeline(stream, fs.createWriteStream(path, { flags: 'wx', mode: 0o600 }))
+  } catch (error) {
+    fs.rmSync(path, { force: true })
+    throw fromNodeError(error, 'save standard input to', path)
+  }
+  return { path, remove: () => fs.rmSync(path, { force: true }) }
+}
+
 export function syncDirectory(path: string): void {
   const fd = fs.openSync(path, 'r')
   try {

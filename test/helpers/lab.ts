@@ -49,6 +49,11 @@ export function changesFrom(output: string): { path: string; change: string }[] 
     .map(({ path, change }) => ({ path, change }))
 }
 
+/** The whole console of the last boot, kernel and init messages included. */
+export function consoleLog(): string {
+  return fs.readFileSync(fileURLToPath(new URL('../../qemu/build/last-console.log', import.meta.url)), 'utf8')
+}
+
 export function workspace(t: Tap.Test): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ovroot-lab-'))
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))

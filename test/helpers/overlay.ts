@@ -12,6 +12,40 @@ import { listXattrs, getXattr } from '../../src/sys/libc.js'
 
 export const OVROOT = fileURLToPath(new URL('../../dist/ovroot.js', import.meta.url))
 
+/** The overlay mount option sets a device may use; every kernel-backed test runs under each. */
+export const MOUNT_VARIANTS: Record<string, string[]> = {
+  'default options': [],
+  'redirect_dir=on': ['redirect_dir=on'],
+  'redirect_dir=on,metacopy=on': ['redirect_dir=on', 'metacopy=on'],
+  'index=on': ['index=on'],
+  userxattr: ['userxattr'],
+}
+
+/**
+ * An upper as a faithful copy must reproduce it: type, mode, owner, mtime to
+ * the microsecond, bytes (or a stub's size), link target, device numbers,
+ * every xattr, and which names share an inode.
+ */
+export function upperSnapshot(root: string): Map<string, string> {
+  const entries = new Map<string, string>()
+  const firstName = new Map<string, string>()
+  const visit = (rel: string): void => {
+    const full = root + rel
+    const st = fs.lstatSync(full)
+    const type = typeName(st)
+    const key = `${st.dev}:${st.ino}`
+    const link = type !== 'dir' && st.nlink > 1 ? firstName.get(key) : undefined
+    if (type !== 'dir' && st.nlink > 1 && !link) firstName.set(key, rel)
+    const content = type === 'file' ? createHash('sha256').update(fs.readFileSync(full)).digest('hex') : type === 'symlink' ? fs.readlinkSync(full) : type === 'char' || type === 'block' ? String(st.rdev) : ''
+    const xattrs = listXattrs(full).sort().map((name) => `${name}=${getXattr(full, name)?.toString('hex')}`).join(',')
+    const mtime = String(fs.lstatSync(full, { bigint: true }).mtimeNs / 1000n)
+    entries.set(rel || '/', link ? `hardlink to ${link}` : `${type} ${(st.mode & 0o7777).toString(8)} ${st.uid}:${st.gid} ${st.size} ${mtime} ${content} [${xattrs}]`)
+    if (type === 'dir') for (const name of fs.readdirSync(full).sort()) visit(`${rel}/${name}`)
+  }
+  visit('')
+  return entries
+}
+
 export interface Scratch {
   dir: string
   cleanup(): void

@@ -1,0 +1,74 @@
+/**
+ * ovroot's manifest, carried in pax `comment` records that every tar ignores:
+ * a global header first (what was backed up, from which firmware), a comment
+ * on every regular file (its sha256, and for a copy-up the sha256 its lower
+ * twin had), and a global trailer (how many entries), so that a restore can
+ * verify every byte and notice a truncated archive.
+ */
+import { corrupt } from './pax.js'
+
+export const FORMAT_VERSION = 1
+
+export interface Firmware {
+  /** Fields of the firmware's release files (DISTRIB_* of openwrt_release, ID/VERSION_ID/BUILD_ID of os-release). */
+  release: Record<string, string>
+  /** sha256 over the release files' names and contents. */
+  digest: string
+}
+
+export interface BackupHeader {
+  format: 'ovroot-backup'
+  version: number
+  ovroot: string
+  created: string
+  host: string
+  firmware: Firmware
+  namespace: 'trusted' | 'user'
+  changesOnly: boolean
+}
+
+export interface BackupTrailer {
+  entries: number
+}
+
+const HEADER_TAG = 'ovroot-backup '
+const TRAILER_TAG = 'ovroot-end '
+
+export const encodeHeader = (header: BackupHeader): string => HEADER_TAG + JSON.stringify(header)
+export const encodeTrailer = (trailer: BackupTrailer): string => TRAILER_TAG + JSON.stringify(trailer)
+
+export type GlobalRecord = { kind: 'header'; header: BackupHeader } | { kind: 'trailer'; trailer: BackupTrailer } | { kind: 'other' }
+
+export function decodeGlobal(comment: string): GlobalRecord {
+  try {
+    if (comment.startsWith(HEADER_TAG)) {
+      const header = JSON.parse(comment.slice(HEADER_TAG.length)) as BackupHeader
+      if (header.format !== 'ovroot-backup' || typeof header.firmware?.digest !== 'string') throw new Error('fields')
+      if (header.version > FORMAT_VERSION) throw corrupt(`backup format version ${header.version} is newer than this ovroot reads (${FORMAT_VERSION}); update ovroot`)
+      return { kind: 'header', header }
+    }
+    if (comment.startsWith(TRAILER_TAG)) {
+      const trailer = JSON.parse(comment.slice(TRAILER_TAG.length)) as BackupTrailer
+      if (!Number.isInteger(trailer.entries)) throw new Error('fields')
+      return { kind: 'trailer', trailer }
+    }
+  } catch (error) {
+    if (error instanceof Error && error.name === 'OvrootError') throw error
+    throw corrupt(`the backup's manifest is unreadable (${comment.slice(0, 40)}...)`)
+  }
+  return { kind: 'other' }
+}
+
+export interface FileSums {
+  sha256: string
+  /** The lower twin's sha256 at backup time. */
+  base?: string
+}
+
+export const encodeSums = (sums: FileSums): string => `ovroot sha256=${sums.sha256}${sums.base ? ` base=${sums.base}` : ''}`
+
+export function decodeSums(comment: string | undefined): FileSums | undefined {
+  const match = comment === undefined ? null : /^ovroot sha256=([0-9a-f]{64})(?: base=([0-9a-f]{64}))?$/.exec(comment)
+  if (!match?.[1]) return undefined
+  return { sha256: match[1], ...(match[2] ? { base: match[2] } : {}) }
+}

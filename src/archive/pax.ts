@@ -1,0 +1,368 @@
+/**
+ * POSIX pax tar, written and read as bytes. Values are length-framed records
+ * (`"<len> <key>=<value>\n"`), so binary xattrs (`SCHILY.xattr.NAME`, as GNU
+ * tar and star write them), names of any length, sizes past 8 GiB and 0/0
+ * devices all round-trip. The reader is a push parser: it never holds more
+ * than one header block and one extended header, whatever the archive's size.
+ */
+import { ExitCode, OvrootError } from '../errors.js'
+import type { EntryKind, UpperEntry } from '../upper/entry.js'
+
+export type TarType = EntryKind
+
+/** An upper entry as an archive carries it, plus ovroot's per-entry comment. */
+export interface TarEntry extends UpperEntry {
+  /** pax `comment`: ignored by every tar, carries ovroot's checksums. */
+  comment?: string
+}
+
+export const BLOCK = 512
+
+const TYPE_FLAG: Record<TarType, string> = { file: '0', hardlink: '1', symlink: '2', char: '3', block: '4', dir: '5', fifo: '6' }
+const TYPE_OF_FLAG = new Map<string, TarType>([...Object.entries(TYPE_FLAG).map(([type, flag]) => [flag, type as TarType] as const), ['\0', 'file'], ['7', 'file']])
+
+/** The largest value an octal field of `width` bytes holds (one byte is the terminator). */
+const octalLimit = (width: number): number => 8 ** (width - 1) - 1
+
+function paxRecord(key: string, value: Buffer | string): Buffer {
+  const body = Buffer.concat([Buffer.from(` ${key}=`), Buffer.isBuffer(value) ? value : Buffer.from(value), Buffer.from('\n')])
+  let length = body.length + 1
+  while (String(length).length + body.length !== length) length = String(length).length + body.length
+  return Buffer.concat([Buffer.from(String(length)), body])
+}
+
+function padding(size: number): Buffer {
+  return Buffer.alloc((BLOCK - (size % BLOCK)) % BLOCK)
+}
+
+interface HeaderFields {
+  name: Buffer
+  mode: number
+  uid: number
+  gid: number
+  size: number
+  mtime: number
+  flag: string
+  linkName: Buffer
+  devMajor: number
+  devMinor: number
+}
+
+function ustarHeader(fields: HeaderFields): Buffer {
+  const header = Buffer.alloc(BLOCK)
+  const octal = (value: number, offset: number, width: number): void => {
+    header.write(`${Math.min(value, octalLimit(width)).toString(8).padStart(width - 1, '0')}\0`, offset, width, 'latin1')
+  }
+  fields.name.copy(header, 0, 0, Math.min(fields.name.length, 100))
+  octal(fields.mode, 100, 8)
+  octal(fields.uid, 108, 8)
+  octal(fields.gid, 116, 8)
+  octal(fields.size, 124, 12)
+  octal(Math.max(0, Math.floor(fields.mtime)), 136, 12)
+  header.write(fields.flag, 156, 1, 'latin1')
+  fields.linkName.copy(header, 157, 0, Math.min(fields.linkName.length, 100))
+  header.write('ustar\x0000', 257, 8, 'latin1')
+  octal(fields.devMajor, 329, 8)
+  octal(fields.devMinor, 337, 8)
+  header.fill(' ', 148, 156)
+  let sum = 0
+  for (const byte of header) sum += byte
+  header.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 8, 'latin1')
+  return header
+}
+
+function extendedHeader(flag: 'x' | 'g', name: string, records: Buffer[]): Buffer {
+  const body = Buffer.concat(records)
+  const header = ustarHeader({ name: Buffer.from(name), mode: 0o644, uid: 0, gid: 0, size: body.length, mtime: 0, flag, linkName: Buffer.alloc(0), devMajor: 0, devMinor: 0 })
+  return Buffer.concat([header, body, padding(body.length)])
+}
+
+/** A global header holding only a comment: how ovroot's manifest travels, invisible to tar. */
+export function globalComment(comment: string): Buffer {
+  return extendedHeader('g', 'pax_global_header', [paxRecord('comment', comment)])
+}
+
+/** The headers of one entry; its data (if any) follows, then `padding(size)`. */
+export function entryHeader(entry: TarEntry): Buffer {
+  const name = Buffer.from(entry.path === '.' ? './' : entry.type === 'dir' ? `${entry.path}/` : entry.path)
+  const linkName = Buffer.from(entry.linkTarget ?? '')
+  const records: Buffer[] = []
+  const hole = entry.holeSize !== undefined
+  if (hole) {
+    records.push(paxRecord('GNU.sparse.major', '1'), paxRecord('GNU.sparse.minor', '0'), paxRecord('GNU.sparse.name', name), paxRecord('GNU.sparse.realsize', String(entry.holeSize)))
+  } else if (name.length > 100 || !isAscii(name)) records.push(paxRecord('path', name))
+  if (linkName.length > 100 || !isAscii(linkName)) records.push(paxRecord('linkpath', linkName))
+  const size = hole ? BLOCK : entry.size
+  if (size > octalLimit(12)) records.push(paxRecord('size', String(size)))
+  if (entry.uid > octalLimit(8)) records.push(paxRecord('uid', String(entry.uid)))
+  if (entry.gid > octalLimit(8)) records.push(paxRecord('gid', String(entry.gid)))
+  if (!Number.isInteger(entry.mtime) || entry.mtime < 0 || entry.mtime > octalLimit(12)) records.push(paxRecord('mtime', formatTime(entry.mtime)))
+  if (entry.comment !== undefined) records.push(paxRecord('comment', entry.comment))
+  for (const [xattr, value] of entry.xattrs) records.push(paxRecord(`SCHILY.xattr.${xattr}`, value))
+  const ustarName = hole ? Buffer.from(`GNUSparseFile.0/${entry.path.slice(entry.path.lastIndexOf('/') + 1)}`) : name
+  const header = ustarHeader({ name: ustarName, mode: entry.mode, uid: entry.uid, gid: entry.gid, size, mtime: entry.mtime, flag: TYPE_FLAG[entry.type], linkName, devMajor: entry.devMajor, devMinor: entry.devMinor })
+  const extended = records.length > 0 ? extendedHeader('x', `PaxHeaders/${entry.path.slice(-80)}`, records) : Buffer.alloc(0)
+  // GNU sparse 1.0: the data starts with the map; one hole over the whole size is "1 region: at the end, 0 bytes".
+  const sparseMap = hole ? Buffer.concat([Buffer.from(`1\n${entry.holeSize}\n0\n`)]) : Buffer.alloc(0)
+  return Buffer.concat([extended, header, sparseMap, hole ? padding(sparseMap.length) : Buffer.alloc(0)])
+}
+
+export function dataPadding(entry: TarEntry): Buffer {
+  return entry.holeSize !== undefined ? Buffer.alloc(0) : padding(entry.size)
+}
+
+export const END_OF_ARCHIVE = Buffer.alloc(2 * BLOCK)
+
+/** Microseconds: what ovroot reads and sets. */
+function formatTime(seconds: number): string {
+  const micro = Math.round(seconds * 1e6)
+  const whole = Math.floor(micro / 1e6)
+  const fraction = micro - whole * 1e6
+  return fraction === 0 ? String(whole) : `${whole}.${String(fraction).padStart(6, '0').replace(/0+$/, '')}`
+}
+
+function isAscii(bytes: Buffer): boolean {
+  for (const byte of bytes) if (byte >= 0x80) return false
+  return true
+}
+
+export function corrupt(message: string): OvrootError {
+  return new OvrootError('EARCHIVE', ExitCode.data, message)
+}
+
+/** What a reader hands over for each entry; data arrives through `data`, then `end`. */
+export interface ArchiveHandler {
+  globalComment(comment: string): void
+  entry(entry: TarEntry): void
+  data(chunk: Buffer): void
+  end(): void
+}
+
+type State =
+  | { kind: 'header' }
+  | { kind: 'extended'; flag: 'x' | 'g' | 'L' | 'K'; remaining: number; parts: Buffer[] }
+  | { kind: 'sparse-map'; entry: TarEntry }
+  | { kind: 'data'; remaining: number; padding: number }
+  | { kind: 'done' }
+
+/** Names and values an extended header may set for the next entry. */
+interface Overrides {
+  records: Map<string, Buffer>
+  longName?: Buffer
+  longLink?: Buffer
+}
+
+/**
+ * Push parser: feed it the decompressed stream in chunks of any size. It
+ * refuses what it cannot read faithfully: a bad checksum, a type it does not
+ * know, an extended header that applies to no entry, a truncated stream.
+ */
+export class PaxReader {
+  private state: State = { kind: 'header' }
+  private pending = Buffer.alloc(0)
+  private overrides: Overrides = { records: new Map() }
+  private offset = 0
+  private zeroBlocks = 0
+
+  constructor(private readonly handler: ArchiveHandler) {}
+
+  get finished(): boolean {
+    return this.state.kind === 'done'
+  }
+
+  push(chunk: Buffer): void {
+    let input = this.pending.length > 0 ? Buffer.concat([this.pending, chunk]) : chunk
+    this.pending = Buffer.alloc(0)
+    while (input.length > 0 && this.state.kind !== 'done') {
+      const state = this.state
+      if (state.kind === 'data') {
+        const take = Math.min(input.length, state.remaining + state.padding)
+        const dataBytes = Math.min(take, state.remaining)
+        if (dataBytes > 0) this.handler.data(input.subarray(0, dataBytes))
+        state.padding -= take - dataBytes
+        state.remaining -= dataBytes
+        input = input.subarray(take)
+        this.offset += take
+        if (state.remaining === 0 && state.padding === 0) this.finishEntry()
+        continue
+      }
+      if (input.length < BLOCK) break
+      const block = input.subarray(0, BLOCK)
+      input = input.subarray(BLOCK)
+      this.offset += BLOCK
+      this.block(block)
+    }
+    if (input.length > 0 && this.state.kind !== 'done') this.pending = Buffer.from(input)
+  }
+
+  /** The stream ended: anything but a complete archive is truncated. */
+  close(): void {
+    if (this.state.kind !== 'done') throw corrupt(`truncated archive: it ends at byte ${this.offset + this.pending.length} inside ${this.state.kind === 'header' ? 'the entries (no end-of-archive marker)' : 'an entry'}`)
+  }
+
+  private block(block: Buffer): void {
+    const state = this.state
+    if (state.kind === 'extended') {
+      const take = Math.min(BLOCK, state.remaining)
+      state.parts.push(Buffer.from(block.subarray(0, take)))
+      state.remaining -= take
+      if (state.remaining === 0) this.finishExtended(state.flag, Buffer.concat(state.parts))
+      return
+    }
+    if (state.kind === 'sparse-map') {
+      this.finishSparseMap(state.entry, block.toString('latin1'))
+      return
+    }
+    this.header(block)
+  }
+
+  private header(block: Buffer): void {
+    if (block.every((byte) => byte === 0)) {
+      if (this.overrides.records.size > 0 || this.overrides.longName || this.overrides.longLink) throw corrupt(`an extended header at byte ${this.offset - BLOCK} is followed by the end of the archive, not by an entry: the archive is damaged`)
+      if (++this.zeroBlocks === 2) this.state = { kind: 'done' }
+      return
+    }
+    if (this.zeroBlocks > 0) throw corrupt(`a lone zero block at byte ${this.offset - 2 * BLOCK}: the archive is damaged`)
+    checkChecksum(block, this.offset - BLOCK)
+    const flag = block.toString('latin1', 156, 157)
+    const size = parseNumber(block, 124, 12, this.offset)
+    if (flag === 'x' || flag === 'g' || flag === 'L' || flag === 'K') {
+      if (flag === 'g' && (this.overrides.records.size > 0 || this.overrides.longName)) throw corrupt(`a global header at byte ${this.offset - BLOCK} follows an extended header meant for an entry: the archive is damaged`)
+      this.state = size === 0 ? { kind: 'header' } : { kind: 'extended', flag, remaining: size, parts: [] }
+      if (size === 0) this.finishExtended(flag, Buffer.alloc(0))
+      return
+    }
+    const type = TYPE_OF_FLAG.get(flag)
+    if (!type) throw corrupt(`entry at byte ${this.offset - BLOCK} has tar type '${flag}', which ovroot does not restore (or the archive is damaged)`)
+    const entry = this.decode(block, type)
+    const sparse = this.overrides.records.get('GNU.sparse.major')
+    this.overrides = { records: new Map() }
+    if (sparse !== undefined) {
+      // All-hole files have a one-block map and no data.
+      if (sparse.toString() !== '1' || entry.size !== BLOCK) throw corrupt(`${entry.path}: a sparse file with data regions; ovroot reads only all-hole sparse files (metacopy stubs)`)
+      this.state = { kind: 'sparse-map', entry }
+      return
+    }
+    this.startEntry(entry)
+  }
+
+  private decode(block: Buffer, type: TarType): TarEntry {
+    const records = this.overrides.records
+    const text = (key: string): string | undefined => records.get(key)?.toString('utf8')
+    const field = (offset: number, width: number): Buffer => {
+      const raw = block.subarray(offset, offset + width)
+      const end = raw.indexOf(0)
+      return raw.subarray(0, end < 0 ? width : end)
+    }
+    const prefix = block.toString('latin1', 257, 263) === 'ustar\0' ? field(345, 155) : Buffer.alloc(0)
+    const ustarName = prefix.length > 0 ? Buffer.concat([prefix, Buffer.from('/'), field(0, 100)]) : field(0, 100)
+    const rawName = records.get('GNU.sparse.name') ?? records.get('path') ?? this.overrides.longName ?? ustarName
+    const number = (key: string, offset: number, width: number): number => {
+      const value = text(key)
+      if (value === undefined) return parseNumber(block, offset, width, this.offset)
+      const match = /^(\d+)(?:\.(\d+))?$/.exec(value)
+      if (!match) throw corrupt(`pax ${key}=${value} at byte ${this.offset - BLOCK} is not a number: the archive is damaged`)
+      // Times to the microsecond, truncated as the kernel truncates (GNU tar writes nanoseconds).
+      return Number(match[1]) + Number((match[2] ?? '').slice(0, 6).padEnd(6, '0')) / 1e6
+    }
+    const xattrs: [string, Buffer][] = []
+    for (const [key, value] of records) {
+      if (key.startsWith('SCHILY.xattr.')) xattrs.push([key.slice('SCHILY.xattr.'.length), value])
+      else if (key.startsWith('LIBARCHIVE.xattr.')) xattrs.push([decodeURIComponent(key.slice('LIBARCHIVE.xattr.'.length)), Buffer.from(value.toString('latin1'), 'base64')])
+    }
+    const link = records.get('linkpath') ?? this.overrides.longLink ?? field(157, 100)
+    return {
+      path: normaliseName(rawName.toString('utf8')),
+      type,
+      mode: parseNumber(block, 100, 8, this.offset) & 0o7777,
+      uid: number('uid', 108, 8),
+      gid: number('gid', 116, 8),
+      mtime: number('mtime', 136, 12),
+      size: type === 'file' ? number('size', 124, 12) : 0,
+      ...(type === 'symlink' || type === 'hardlink' ? { linkTarget: link.toString('utf8') } : {}),
+      devMajor: type === 'char' || type === 'block' ? parseNumber(block, 329, 8, this.offset) : 0,
+      devMinor: type === 'char' || type === 'block' ? parseNumber(block, 337, 8, this.offset) : 0,
+      xattrs,
+      ...(records.has('comment') ? { comment: text('comment') } : {}),
+      ...(records.has('GNU.sparse.realsize') ? { holeSize: Number(text('GNU.sparse.realsize')) } : {}),
+    }
+  }
+
+  private finishExtended(flag: 'x' | 'g' | 'L' | 'K', body: Buffer): void {
+    this.state = { kind: 'header' }
+    if (flag === 'L') this.overrides.longName = body.subarray(0, body.indexOf(0) < 0 ? body.length : body.indexOf(0))
+    else if (flag === 'K') this.overrides.longLink = body.subarray(0, body.indexOf(0) < 0 ? body.length : body.indexOf(0))
+    else {
+      const records = parseRecords(body, this.offset)
+      if (flag === 'g') {
+        const comment = records.get('comment')
+        if (comment !== undefined) this.handler.globalComment(comment.toString('utf8'))
+      } else for (const [key, value] of records) this.overrides.records.set(key, value)
+    }
+  }
+
+  /** Only maps that describe holes are accepted: ovroot writes metacopy stubs that way. */
+  private finishSparseMap(entry: TarEntry, map: string): void {
+    const numbers = map.slice(0, map.lastIndexOf('\n')).split('\n').map(Number)
+    const [count = NaN, ...regions] = numbers
+    const allHoles = Number.isInteger(count) && regions.length >= 2 * count && regions.every((value, i) => Number.isInteger(value) && (i % 2 === 0 || value === 0 || i >= 2 * count))
+    if (!allHoles) throw corrupt(`${entry.path}: a sparse file with data regions; ovroot reads only all-hole sparse files (metacopy stubs)`)
+    this.startEntry({ ...entry, size: 0 })
+  }
+
+  private startEntry(entry: TarEntry): void {
+    this.handler.entry(entry)
+    if (entry.size > 0) this.state = { kind: 'data', remaining: entry.size, padding: (BLOCK - (entry.size % BLOCK)) % BLOCK }
+    else this.finishEntry()
+  }
+
+  private finishEntry(): void {
+    this.state = { kind: 'header' }
+    this.handler.end()
+  }
+}
+
+/** `./etc/x` and `etc/x/` are `etc/x`; `./` is `.`. Anything else is left for the path rules to judge. */
+function normaliseName(name: string): string {
+  const trimmed = name.replace(/^(\.\/)+/, '').replace(/(.)\/+$/, '$1')
+  return trimmed === '' || trimmed === '.' || trimmed === './' ? '.' : trimmed
+}
+
+function checkChecksum(block: Buffer, offset: number): void {
+  let sum = 0
+  for (let i = 0; i < BLOCK; i++) sum += i >= 148 && i < 156 ? 0x20 : (block[i] ?? 0)
+  const stored = parseInt(block.toString('latin1', 148, 156).replace(/[\0 ]+$/, '').trim(), 8)
+  if (stored !== sum) throw corrupt(`header checksum mismatch at byte ${offset}: the archive is damaged`)
+}
+
+function parseNumber(block: Buffer, offset: number, width: number, at: number): number {
+  const first = block[offset] ?? 0
+  // GNU base-256 for values past the octal range.
+  if (first & 0x80) {
+    let value = first & 0x7f
+    for (let i = 1; i < width; i++) value = value * 256 + (block[offset + i] ?? 0)
+    return value
+  }
+  const text = block.toString('latin1', offset, offset + width).replace(/[\0 ]+$/, '').trim()
+  if (text === '') return 0
+  if (!/^[0-7]+$/.test(text)) throw corrupt(`header at byte ${at - BLOCK} has a field that is not octal (${JSON.stringify(text)}): the archive is damaged`)
+  return parseInt(text, 8)
+}
+
+function parseRecords(body: Buffer, at: number): Map<string, Buffer> {
+  const records = new Map<string, Buffer>()
+  for (let position = 0; position < body.length; ) {
+    if (body[position] === 0) break
+    const space = body.indexOf(0x20, position)
+    const length = Number(body.toString('latin1', position, space))
+    if (space < 0 || !Number.isInteger(length) || length <= 0 || position + length > body.length || body[position + length - 1] !== 0x0a) {
+      throw corrupt(`malformed pax record in the extended header ending at byte ${at}: the archive is damaged`)
+    }
+    const record = body.subarray(space + 1, position + length - 1)
+    const equals = record.indexOf(0x3d)
+    if (equals < 0) throw corrupt(`malformed pax record in the extended header ending at byte ${at}: the archive is damaged`)
+    records.set(record.toString('utf8', 0, equals), Buffer.from(record.subarray(equals + 1)))
+    position += length
+  }
+  return records
+}

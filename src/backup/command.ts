@@ -1,0 +1,144 @@
+/**
+ * `ovroot backup`: the upper as a gzip'd pax archive (optionally encrypted),
+ * streamed: memory does not grow with the upper.
+ */
+import { hostname } from 'node:os'
+import { Readable } from 'node:stream'
+import { pipeline } from 'node:stream/promises'
+import { createGzip } from 'node:zlib'
+import { Encrypt, readPassphrase } from '../archive/crypt.js'
+import { encodeHeader, encodeSums, encodeTrailer, FORMAT_VERSION, type BackupHeader } from '../archive/manifest.js'
+import { dataPadding, END_OF_ARCHIVE, entryHeader, globalComment } from '../archive/pax.js'
+import { loadConfig } from '../config/load.js'
+import { upperDir } from '../config/schema.js'
+import { checkDiffRequest, openDiff, type CheckedDiffRequest } from '../diff/open.js'
+import { ExitCode, usageError, type ExitStatus } from '../errors.js'
+import { globToRegExp } from '../reset/keep.js'
+import { OverlayXattrs } from '../overlay/xattrs.js'
+import { openAtomicOutput } from '../sys/fs.js'
+import { readStableFile } from '../sys/entries.js'
+import { under } from '../upper/entry.js'
+import { walkUpper } from '../upper/walk.js'
+import { VERSION } from '../version.js'
+import { firmwareIdentity, firmwareView } from './firmware.js'
+
+export interface BackupOptions {
+  configFile: string | undefined
+  /** A file, or '-' for standard output. */
+  output: string
+  upper: string | undefined
+  lowers: string[] | undefined
+  changesOnly: boolean
+  exclude: string[]
+  passphraseFile: string | undefined
+}
+
+export async function runBackup(options: BackupOptions): Promise<ExitStatus> {
+  const config = loadConfig(options.configFile)
+  if (options.exclude.some((pattern) => !pattern.startsWith('/'))) throw usageError('--exclude takes absolute paths or globs of the merged view, such as /etc/ssl/*.pem')
+  if (options.output === '-' && process.stdout.isTTY) throw usageError('a backup is binary: redirect standard output to a file, or use -o FILE')
+  const request = checkDiffRequest({
+    upper: options.upper ?? upperDir(config),
+    lowers: options.lowers ?? config.overlay.lower,
+    namespace: options.upper === undefined ? (config.overlay.options.includes('userxattr') ? 'user' : 'trusted') : undefined,
+    all: false,
+    paths: [],
+  })
+  const passphrase = options.passphraseFile === undefined ? undefined : readPassphrase(options.passphraseFile)
+  const header: BackupHeader = {
+    format: 'ovroot-backup',
+    version: FORMAT_VERSION,
+    ovroot: VERSION,
+    created: new Date().toISOString(),
+    host: hostname(),
+    firmware: firmwareIdentity(request.lowers),
+    namespace: request.namespace,
+    changesOnly: options.changesOnly,
+  }
+  const include = inclusion(request, options)
+  const progress = new Progress()
+  const source = Readable.from(archive(request, header, include, progress), { objectMode: false })
+  const write = (destination: NodeJS.WritableStream): Promise<void> =>
+    passphrase ? pipeline(source, createGzip(), new Encrypt(passphrase), destination) : pipeline(source, createGzip(), destination)
+  if (options.output === '-') {
+    await write(process.stdout)
+  } else {
+    const output = openAtomicOutput(options.output, 0o600)
+    try {
+      await write(output.stream)
+      output.commit()
+    } catch (error) {
+      output.abort()
+      throw error
+    }
+  }
+  progress.done()
+  return ExitCode.ok
+}
+
+function* archive(request: CheckedDiffRequest, header: BackupHeader, include: (path: string) => boolean, progress: Progress): Generator<Buffer> {
+  const xattrs = new OverlayXattrs(request.namespace)
+  const firmware = firmwareView(request.lowers, request.namespace)
+  yield globalComment(encodeHeader(header))
+  let entries = 0
+  const walk = walkUpper(request.upper, {
+    stubXattr: xattrs.name('metacopy'),
+    include,
+    skipped: (path, why) => process.stderr.write(`ovroot: skipped /${path}: ${why} cannot be archived\n`),
+  })
+  for (const entry of walk) {
+    entries++
+    if (entry.type === 'file' && entry.holeSize === undefined) {
+      const file = readStableFile(under(request.upper, entry.path))
+      const base = firmware.sha256(entry.path)
+      yield entryHeader({ ...entry, comment: encodeSums({ sha256: file.sha256, ...(base ? { base } : {}) }) })
+      for (const chunk of file.chunks()) {
+        progress.add(chunk.length)
+        yield chunk
+      }
+      yield dataPadding(entry)
+    } else yield entryHeader(entry)
+    progress.entry()
+  }
+  yield globalComment(encodeTrailer({ entries }))
+  yield END_OF_ARCHIVE
+}
+
+/** --exclude, and with --changes-only what ovroot diff reports plus the directories above it. */
+function inclusion(request: CheckedDiffRequest, options: BackupOptions): (path: string) => boolean {
+  const excluded = options.exclude.map((pattern) => globToRegExp(pattern.replace(/(.)\/+$/, '$1')))
+  const isExcluded = (path: string): boolean => excluded.some((pattern) => pattern.test(`/${path}`))
+  if (!options.changesOnly) return (path) => !isExcluded(path)
+  const wanted = new Set<string>()
+  openDiff(request).run((change) => {
+    for (let path = change.path.slice(1); path !== ''; path = path.slice(0, Math.max(0, path.lastIndexOf('/')))) {
+      if (wanted.has(path)) break
+      wanted.add(path)
+    }
+  })
+  return (path) => wanted.has(path) && !isExcluded(path)
+}
+
+/** One line on a terminal, rewritten at most five times a second; nothing when stderr is not one. */
+class Progress {
+  private entries = 0
+  private bytes = 0
+  private last = 0
+  private readonly shown = process.stderr.isTTY === true
+
+  add(bytes: number): void {
+    this.bytes += bytes
+  }
+
+  entry(): void {
+    this.entries++
+    const now = Date.now()
+    if (!this.shown || now - this.last < 200) return
+    this.last = now
+    process.stderr.write(`\rovroot: ${this.entries} entries, ${(this.bytes / 1048576).toFixed(1)} MiB read`)
+  }
+
+  done(): void {
+    if (this.shown && this.last > 0) process.stderr.write(`\rovroot: ${this.entries} entries, ${(this.bytes / 1048576).toFixed(1)} MiB read, done\n`)
+  }
+}

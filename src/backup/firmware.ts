@@ -1,0 +1,60 @@
+/** Which firmware a lower is: what a backup records and a restore compares. */
+import { createHash } from 'node:crypto'
+import type { Firmware } from '../archive/manifest.js'
+import { hostPath, LayerStack, type ResolvedEntry } from '../overlay/stack.js'
+import { OverlayXattrs, type XattrNamespace } from '../overlay/xattrs.js'
+import { readStableFile } from '../sys/entries.js'
+import { hostTreeReader, readTextFileIfExists } from '../sys/fs.js'
+
+const RELEASE_FILES = ['/etc/openwrt_release', '/etc/openwrt_version', '/etc/os-release']
+const RELEASE_KEYS = /^(DISTRIB_ID|DISTRIB_RELEASE|DISTRIB_REVISION|DISTRIB_TARGET|ID|VERSION_ID|BUILD_ID)$/
+
+/** Release files are read from the topmost lower that has them. */
+export function firmwareIdentity(lowers: string[]): Firmware {
+  const hash = createHash('sha256')
+  const release: Record<string, string> = {}
+  for (const file of RELEASE_FILES) {
+    const text = lowers.map((lower) => readTextFileIfExists(`${lower === '/' ? '' : lower}${file}`)).find((content) => content !== undefined)
+    if (text === undefined) continue
+    hash.update(`${file}\0${text}\0`)
+    for (const line of text.split('\n')) {
+      const match = /^([A-Z_]+)=['"]?(.*?)['"]?\s*$/.exec(line)
+      if (match?.[1] && RELEASE_KEYS.test(match[1])) release[match[1]] = match[2] ?? ''
+    }
+  }
+  return { release, digest: hash.digest('hex') }
+}
+
+export function describeFirmware(firmware: Firmware): string {
+  const { release } = firmware
+  const name = [release.DISTRIB_ID ?? release.ID, release.DISTRIB_RELEASE ?? release.VERSION_ID, release.DISTRIB_REVISION ?? release.BUILD_ID].filter(Boolean).join(' ')
+  return name || `firmware ${firmware.digest.slice(0, 12)}`
+}
+
+/** The merged view of some layers (the firmware's lowers, perhaps under an upper), by path relative to the upper. */
+export interface LayerView {
+  lookup(path: string): ResolvedEntry | undefined
+  /** sha256 of the regular file at a path, or undefined when there is none. */
+  sha256(path: string): string | undefined
+}
+
+export function firmwareView(lowers: string[], namespace: XattrNamespace, upper?: string): LayerView {
+  const layers = [...(upper ? [{ root: upper, role: 'upper' as const }] : []), ...lowers.map((root) => ({ root: root === '/' ? '' : root.replace(/\/+$/, ''), role: 'lower' as const }))]
+  const stack = new LayerStack(layers, hostTreeReader, new OverlayXattrs(namespace))
+  const lookup = (path: string): ResolvedEntry | undefined => {
+    let entry: ResolvedEntry | undefined = stack.root()
+    if (path === '.') return entry
+    for (const name of path.split('/')) {
+      entry = entry?.stat.type === 'dir' ? stack.child(entry, name) : undefined
+      if (!entry) return undefined
+    }
+    return entry
+  }
+  return {
+    lookup,
+    sha256(path) {
+      const entry = lookup(path)
+      return entry?.stat.type === 'file' && entry.data ? readStableFile(hostPath(entry.data)).sha256 : undefined
+    },
+  }
+}

@@ -1,0 +1,25 @@
+/**
+ * `ovroot restore --dry-run`: the merged view the restore would give,
+ * compared with the one the device has now, in `ovroot diff`'s formats.
+ * Both are stacks over the same firmware layers, the current upper being one
+ * more layer of the "before" view.
+ */
+import { BufferedOutput, jsonLine, statusLine } from '../diff/report.js'
+import { OverlayDiff } from '../overlay/diff.js'
+import { LayerStack, type Layer } from '../overlay/stack.js'
+import { OverlayXattrs, type XattrNamespace } from '../overlay/xattrs.js'
+import { hostTreeReader, statPath } from '../sys/fs.js'
+import type { ExtractResult } from './extract.js'
+
+export function printRestorePreview(target: { upper: string; lowers: string[]; namespace: XattrNamespace }, staging: string, result: ExtractResult, json: boolean): void {
+  const xattrs = new OverlayXattrs(result.header?.namespace ?? target.namespace)
+  const lowers: Layer[] = target.lowers.map((root) => ({ root: root === '/' ? '' : root.replace(/\/+$/, ''), role: 'lower' }))
+  const current: Layer[] = statPath(target.upper)?.type === 'dir' ? [{ root: target.upper, role: 'lower' }] : []
+  const restored: Layer = { root: staging, role: 'upper' }
+  // A sysupgrade archive lands on the current upper; a backup replaces it.
+  const after = new LayerStack([restored, ...(result.kind === 'sysupgrade' ? current : []), ...lowers], hostTreeReader, xattrs)
+  const before = new LayerStack([...current, ...lowers], hostTreeReader, xattrs)
+  const output = new BufferedOutput((text) => process.stdout.write(text))
+  new OverlayDiff(after, before, hostTreeReader, xattrs, { all: false, paths: [] }).run((change) => output.push(json ? jsonLine(change) : statusLine(change, false)))
+  output.flush()
+}

@@ -1,0 +1,101 @@
+/**
+ * What an archive may contain, judged entry by entry before the entry is
+ * written (into a fresh staging directory, never anywhere else). The rules
+ * are those of bsdtar and of the fixes to every tar extractor CVE: no
+ * absolute paths however many slashes, no `..`, `.` or empty components, no
+ * entry below a symlink or any other non-directory (from the archive or
+ * already in the view it lands on), hardlinks only to earlier entries,
+ * no duplicates, bounded lengths and depth, no device nodes but whiteouts. A
+ * symlink's target is data: `/etc/resolv.conf -> /tmp/resolv.conf` is normal
+ * in a root filesystem, and so are backslashes in names.
+ */
+import type { TarEntry } from '../archive/pax.js'
+import { corrupt } from '../archive/pax.js'
+import type { EntryKind } from '../upper/entry.js'
+import { parentOf } from '../upper/entry.js'
+
+const PATH_MAX = 4096
+const NAME_MAX = 255
+export const MAX_DEPTH = 128
+
+export interface RuleOptions {
+  /** sysupgrade archives name files only: their directories are made as needed. */
+  implicitParents: boolean
+  /** Bytes of the staging directory's own path, which every entry's path is appended to. */
+  rootLength: number
+  /** What already stands at a path of the view the entries land on (merge restores only). */
+  existing?(path: string): EntryKind | undefined
+}
+
+const refused = (path: string, why: string): Error => corrupt(`archive entry ${JSON.stringify(path)}: ${why}; nothing was restored`)
+
+export class PathRules {
+  private readonly kinds = new Map<string, EntryKind>([['.', 'dir']])
+  private readonly implicit = new Set<string>()
+  private entries = 0
+
+  constructor(private readonly options: RuleOptions) {}
+
+  /** Throws for a bad entry; answers the directories to create before it (implicit parents, outermost first). */
+  admit(entry: TarEntry): string[] {
+    const { path } = entry
+    this.entries++
+    if (path === '.') {
+      if (entry.type !== 'dir') throw refused(path, 'the archive root is not a directory')
+      if (this.entries > 1) throw refused(path, 'the archive root comes after other entries')
+      return []
+    }
+    this.checkName(path)
+    if (this.kinds.has(path)) throw refused(path, this.implicit.has(path) ? 'a directory that entries before it already needed' : 'a second entry of the same name')
+    const parents = this.checkParent(path)
+    if (entry.type === 'hardlink') this.checkHardlink(path, entry.linkTarget ?? '')
+    if (entry.type === 'block' || (entry.type === 'char' && (entry.devMajor !== 0 || entry.devMinor !== 0))) {
+      throw refused(path, `a ${entry.type} device ${entry.devMajor}:${entry.devMinor}; an upper holds no device nodes but 0/0 whiteouts`)
+    }
+    this.kinds.set(path, entry.type)
+    return parents
+  }
+
+  get count(): number {
+    return this.entries
+  }
+
+  private checkName(path: string): void {
+    if (path.startsWith('/')) throw refused(path, 'an absolute path')
+    const components = path.split('/')
+    for (const component of components) {
+      if (component === '') throw refused(path, 'an empty path component')
+      if (component === '.' || component === '..') throw refused(path, `a "${component}" path component`)
+      if (Buffer.byteLength(component) > NAME_MAX) throw refused(path, `a name longer than ${NAME_MAX} bytes`)
+    }
+    if (components.length > MAX_DEPTH) throw refused(path, `deeper than ${MAX_DEPTH} directories`)
+    if (Buffer.byteLength(path) + this.options.rootLength + 1 >= PATH_MAX) throw refused(path, `a path longer than PATH_MAX (${PATH_MAX} bytes) once restored`)
+  }
+
+  private checkParent(path: string): string[] {
+    const missing: string[] = []
+    for (let parent = parentOf(path); parent !== '.'; parent = parentOf(parent)) {
+      const kind = this.kinds.get(parent)
+      if (kind === 'dir') break
+      if (kind !== undefined) throw refused(path, `it would be written through ${kind === 'symlink' ? 'the symlink' : `the ${kind}`} ${parent} of the archive`)
+      if (!this.options.implicitParents) throw refused(path, `its directory ${parent} is not in the archive before it`)
+      missing.unshift(parent)
+    }
+    for (const parent of [...missing, path]) {
+      const existing = this.options.existing?.(parent)
+      if (existing !== undefined && existing !== 'dir' && parent !== path) throw refused(path, `it would be written through the ${existing} ${parent} already on the device`)
+    }
+    for (const parent of missing) {
+      this.kinds.set(parent, 'dir')
+      this.implicit.add(parent)
+    }
+    return missing
+  }
+
+  private checkHardlink(path: string, target: string): void {
+    const name = target.replace(/^(\.\/)+/, '')
+    const kind = this.kinds.get(name)
+    if (kind === undefined || this.implicit.has(name)) throw refused(path, `a hardlink to ${JSON.stringify(target)}, which is not an earlier entry of the archive`)
+    if (kind === 'dir') throw refused(path, `a hardlink to the directory ${target}`)
+  }
+}

@@ -1,0 +1,254 @@
+/**
+ * Reading and creating upper entries faithfully: type, mode, owner, mtime,
+ * every xattr with its exact bytes, device numbers, link targets; file data
+ * read so that a file changing under the reader is caught, and written so
+ * that nothing is ever created through a symlink.
+ */
+import { createHash } from 'node:crypto'
+import * as fs from 'node:fs'
+import { ExitCode, fromNodeError, OvrootError } from '../errors.js'
+import type { EntryKind, UpperEntry } from '../upper/entry.js'
+import { getXattr, listXattrs, makeNode, setXattr } from './libc.js'
+
+export interface ReadEntry {
+  entry: UpperEntry
+  /** dev:ino, to find hardlinks. */
+  inode: string
+  nlink: number
+}
+
+const KIND_OF = (stat: fs.BigIntStats): EntryKind | 'socket' =>
+  stat.isFile() ? 'file' : stat.isDirectory() ? 'dir' : stat.isSymbolicLink() ? 'symlink' : stat.isCharacterDevice() ? 'char' : stat.isBlockDevice() ? 'block' : stat.isFIFO() ? 'fifo' : 'socket'
+
+/** The fields ovroot keeps, as numbers; mtime in whole microseconds (seconds with six decimals). */
+function numbers(stat: fs.BigIntStats): { mode: number; uid: number; gid: number; size: number; rdev: number; nlink: number; mtime: number } {
+  return {
+    mode: Number(stat.mode),
+    uid: Number(stat.uid),
+    gid: Number(stat.gid),
+    size: Number(stat.size),
+    rdev: Number(stat.rdev),
+    nlink: Number(stat.nlink),
+    mtime: Number(stat.mtimeNs / 1000n) / 1e6,
+  }
+}
+
+/** glibc's gnu_dev_major/minor, on a number that fits a double. */
+const majorOf = (rdev: number): number => Number(((BigInt(rdev) >> 8n) & 0xfffn) | ((BigInt(rdev) >> 32n) & ~0xfffn))
+const minorOf = (rdev: number): number => Number((BigInt(rdev) & 0xffn) | ((BigInt(rdev) >> 12n) & ~0xffn))
+
+/** The entry at `full`; `stubXattr` marks a metacopy stub, whose data is not read. Sockets cannot be archived. */
+export function readEntry(full: string, path: string, stubXattr: string): ReadEntry | 'socket' {
+  let big: fs.BigIntStats
+  try {
+    big = fs.lstatSync(full, { bigint: true })
+  } catch (error) {
+    throw fromNodeError(error, 'stat', full)
+  }
+  const stat = numbers(big)
+  const type = KIND_OF(big)
+  if (type === 'socket') return 'socket'
+  const xattrs: [string, Buffer][] = []
+  for (const name of listXattrs(full).sort()) {
+    const value = getXattr(full, name)
+    if (value) xattrs.push([name, value])
+  }
+  const stub = type === 'file' && stat.size > 0 && xattrs.some(([name]) => name === stubXattr)
+  const entry: UpperEntry = {
+    path,
+    type,
+    mode: stat.mode & 0o7777,
+    uid: stat.uid,
+    gid: stat.gid,
+    mtime: stat.mtime,
+    size: type === 'file' && !stub ? stat.size : 0,
+    devMajor: type === 'char' || type === 'block' ? majorOf(stat.rdev) : 0,
+    devMinor: type === 'char' || type === 'block' ? minorOf(stat.rdev) : 0,
+    xattrs,
+    ...(stub ? { holeSize: stat.size } : {}),
+    ...(type === 'symlink' ? { linkTarget: readLinkText(full) } : {}),
+  }
+  return { entry, inode: `${big.dev}:${big.ino}`, nlink: stat.nlink }
+}
+
+function readLinkText(full: string): string {
+  try {
+    return fs.readlinkSync(full)
+  } catch (error) {
+    throw fromNodeError(error, 'readlink', full)
+  }
+}
+
+/** Files up to this size are read once, into memory; larger ones are hashed first, then streamed. */
+const WHOLE_FILE_BYTES = 4 << 20
+const CHUNK = 1 << 20
+
+export interface StableFile {
+  sha256: string
+  /** The data, checked against sha256 as it is read; throws if the file changed since it was hashed. */
+  chunks(): Iterable<Buffer>
+}
+
+/**
+ * A regular file's data, read so that a file written while it is read is
+ * never taken torn: its size, mtime and ctime must be the same before and
+ * after; a change means one more read, a second change an error naming it.
+ */
+export function readStableFile(full: string): StableFile {
+  for (let attempt = 0; attempt < 2; attempt++) {
+    const before = statForChange(full)
+    const read = before.size <= WHOLE_FILE_BYTES ? readWhole(full) : hashFile(full)
+    if (sameVersion(before, statForChange(full))) return read
+  }
+  throw changedWhileRead(full)
+}
+
+function readWhole(full: string): StableFile {
+  let content: Buffer
+  try {
+    content = fs.readFileSync(full)
+  } catch (error) {
+    throw fromNodeError(error, 'read', full)
+  }
+  const sha256 = createHash('sha256').update(content).digest('hex')
+  return { sha256, chunks: () => [content] }
+}
+
+function hashFile(full: string): StableFile {
+  const hash = createHash('sha256')
+  for (const chunk of fileChunks(full)) hash.update(chunk)
+  const sha256 = hash.digest('hex')
+  return {
+    sha256,
+    *chunks() {
+      const again = createHash('sha256')
+      for (const chunk of fileChunks(full)) {
+        again.update(chunk)
+        yield chunk
+      }
+      if (again.digest('hex') !== sha256) throw changedWhileRead(full)
+    },
+  }
+}
+
+function* fileChunks(full: string): Generator<Buffer> {
+  let fd = -1
+  try {
+    fd = fs.openSync(full, 'r')
+    for (;;) {
+      const chunk = Buffer.allocUnsafe(CHUNK)
+      const got = fs.readSync(fd, chunk, 0, CHUNK, null)
+      if (got === 0) return
+      yield chunk.subarray(0, got)
+    }
+  } catch (error) {
+    throw fromNodeError(error, 'read', full)
+  } finally {
+    if (fd >= 0) fs.closeSync(fd)
+  }
+}
+
+function statForChange(full: string): fs.Stats {
+  try {
+    return fs.statSync(full)
+  } catch (error) {
+    throw fromNodeError(error, 'stat', full)
+  }
+}
+
+function sameVersion(a: fs.Stats, b: fs.Stats): boolean {
+  return a.size === b.size && a.mtimeMs === b.mtimeMs && a.ctimeMs === b.ctimeMs && a.ino === b.ino
+}
+
+function changedWhileRead(full: string): OvrootError {
+  return new OvrootError('ECHANGED', ExitCode.io, `${full} changed while it was read, twice; back up when it is not being written (or stop the service writing it)`)
+}
+
+/**
+ * Creates entries under a directory that the caller made and that nothing
+ * else writes: every file is created with O_EXCL|O_NOFOLLOW, so an existing
+ * name, or a symlink in its place, is an error, never a path followed.
+ * Directory metadata is applied last (adding children changes a directory's
+ * mtime), deepest first.
+ */
+export class EntryWriter {
+  private fd = -1
+  private current: { full: string; entry: UpperEntry } | undefined
+  private readonly dirs: { full: string; entry: UpperEntry }[] = []
+
+  begin(full: string, entry: UpperEntry, linkTargetFull?: string): void {
+    try {
+      switch (entry.type) {
+        case 'dir':
+          if (entry.path !== '.') fs.mkdirSync(full, { mode: 0o700 })
+          this.dirs.push({ full, entry })
+          return
+        case 'file':
+          this.fd = fs.openSync(full, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o600)
+          if (entry.holeSize !== undefined) fs.ftruncateSync(this.fd, entry.holeSize)
+          break
+        case 'symlink':
+          fs.symlinkSync(entry.linkTarget ?? '', full)
+          break
+        case 'hardlink':
+          fs.linkSync(linkTargetFull ?? '', full)
+          return
+        case 'char':
+        case 'block':
+        case 'fifo':
+          makeNode(full, entry.type, 0o600, entry.devMajor, entry.devMinor)
+          break
+      }
+    } catch (error) {
+      throw fromNodeError(error, 'create', full)
+    }
+    this.current = { full, entry }
+  }
+
+  data(chunk: Buffer): void {
+    try {
+      fs.writeSync(this.fd, chunk)
+    } catch (error) {
+      throw fromNodeError(error, 'write', this.current?.full ?? '')
+    }
+  }
+
+  end(): void {
+    if (this.fd >= 0) {
+      fs.closeSync(this.fd)
+      this.fd = -1
+    }
+    if (this.current) applyMetadata(this.current.full, this.current.entry)
+    this.current = undefined
+  }
+
+  /** Directory metadata, once everything is in place. */
+  finish(): void {
+    for (const { full, entry } of this.dirs.reverse()) applyMetadata(full, entry)
+    this.dirs.length = 0
+  }
+
+  /** Close what is open after an error (the caller removes what was written). */
+  abandon(): void {
+    if (this.fd >= 0) fs.closeSync(this.fd)
+    this.fd = -1
+  }
+}
+
+/**
+ * Owner before mode (chown clears set-id bits), capabilities after chown (it
+ * clears them too), times last. The time is set half a microsecond high: the
+ * double it travels in is off by a few hundred nanoseconds either way, and the
+ * kernel truncates, so the microsecond comes out exact.
+ */
+function applyMetadata(full: string, entry: UpperEntry): void {
+  const seconds = Math.round(entry.mtime * 1e6) / 1e6 + 5e-7
+  try {
+    fs.lchownSync(full, entry.uid, entry.gid)
+    if (entry.type !== 'symlink') fs.chmodSync(full, entry.mode)
+    for (const [name, value] of entry.xattrs) setXattr(full, name, value)
+    fs.lutimesSync(full, seconds, seconds)
+  } catch (error) {
+    throw fromNodeError(error, 'set metadata of', full)
+  }
+}

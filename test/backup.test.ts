@@ -1,0 +1,236 @@
+/**
+ * Backup and restore of real, kernel-written uppers: the restored upper is the
+ * original (types, bytes, modes, owners, times, every xattr, hardlinks,
+ * whiteouts, stubs) and mounts to the same merged view; GNU tar reads and
+ * writes the same archives; other firmware and sysupgrade archives.
+ */
+import t from 'tap'
+import { execFileSync } from 'node:child_process'
+import * as fs from 'node:fs'
+import { setXattr } from '../src/sys/libc.js'
+import { MOUNT_VARIANTS, mountOverlay, ovroot, scratch, snapshot, unmount, upperSnapshot } from './helpers/overlay.js'
+import { random, randomLower, randomOperation, STANDARD_LOWER, STANDARD_OPERATIONS, writeTree } from './helpers/mutate.js'
+
+interface Device {
+  dir: string
+  lower: string
+  upper: string
+  work: string
+  merged: string
+  options: string[]
+}
+
+/** A lower, and an upper the kernel wrote through a mount with `options`. */
+function device(t: Tap.Test, options: string[], change: (merged: string) => void): Device {
+  const s = scratch()
+  t.teardown(s.cleanup)
+  const d: Device = { dir: s.dir, lower: `${s.dir}/lower`, upper: `${s.dir}/upper`, work: `${s.dir}/work`, merged: `${s.dir}/merged`, options }
+  writeTree(d.lower, STANDARD_LOWER)
+  setXattr(`${d.lower}/etc/profile`, 'user.tag', Buffer.from('lower'))
+  fs.mkdirSync(d.upper)
+  fs.mkdirSync(d.work)
+  mountOverlay(d.merged, [d.lower], d.upper, d.work, options)
+  change(d.merged)
+  unmount(d.merged)
+  return d
+}
+
+function applyStandardOperations(t: Tap.Test): (merged: string) => void {
+  return (merged) => {
+    for (const [name, operation] of Object.entries(STANDARD_OPERATIONS)) {
+      try {
+        operation(merged)
+      } catch (error) {
+        t.fail(`operation "${name}" failed: ${String(error)}`)
+      }
+    }
+  }
+}
+
+const backup = (d: Device, file: string, ...extra: string[]) => ovroot(['backup', '--upper', d.upper, '--lower', d.lower, '-o', file, ...(d.options.includes('userxattr') ? [] : []), ...extra])
+const restore = (d: Device, file: string, into: string, ...extra: string[]) => ovroot(['restore', file, '--upper', into, '--lower', d.lower, ...extra])
+
+/** The merged view of an upper over the device's lower. */
+function mergedOf(d: Device, upper: string): ReturnType<typeof snapshot> {
+  const work = `${d.dir}/work-${upper.length}-${Math.floor(Math.random() * 1e9)}`
+  fs.mkdirSync(work)
+  mountOverlay(d.merged, [d.lower], upper, work, d.options.filter((option) => option !== 'index=on'))
+  try {
+    return snapshot(d.merged)
+  } finally {
+    unmount(d.merged)
+  }
+}
+
+function roundTrip(t: Tap.Test, d: Device, label: string, ...extra: string[]): string {
+  const archive = `${d.dir}/backup-${label.replace(/\W+/g, '-')}.ovb`
+  const made = backup(d, archive, ...extra)
+  t.equal(made.status, 0, `${label}: backup ${made.stderr}`)
+  t.equal(fs.statSync(archive).mode & 0o777, 0o600, `${label}: the archive is private (0600)`)
+  const into = `${d.dir}/restored-${label.replace(/\W+/g, '-')}`
+  fs.mkdirSync(into)
+  const restored = restore(d, archive, into, ...extra)
+  t.equal(restored.status, 0, `${label}: restore ${restored.stderr}`)
+  t.same(upperSnapshot(into), upperSnapshot(d.upper), `${label}: the restored upper equals the original`)
+  t.same(mergedOf(d, into), mergedOf(d, d.upper), `${label}: and mounts to the same merged view`)
+  return archive
+}
+
+for (const [variant, options] of Object.entries(MOUNT_VARIANTS)) {
+  t.test(`round trip of every kind of change, ${variant}`, async (t) => {
+    const d = device(t, options, applyStandardOperations(t))
+    roundTrip(t, d, variant)
+  })
+
+  t.test(`round trip of seeded random changes, ${variant}`, async (t) => {
+    for (const seed of [11, 12, 13]) {
+      const s = scratch()
+      t.teardown(s.cleanup)
+      const next = random(seed * 104729 + variant.length)
+      const d: Device = { dir: s.dir, lower: `${s.dir}/lower`, upper: `${s.dir}/upper`, work: `${s.dir}/work`, merged: `${s.dir}/merged`, options }
+      fs.mkdirSync(d.lower)
+      randomLower(d.lower, next)
+      fs.mkdirSync(d.upper)
+      fs.mkdirSync(d.work)
+      mountOverlay(d.merged, [d.lower], d.upper, d.work, options)
+      for (let i = 0; i < 30; i++) {
+        try {
+          randomOperation(d.merged, next, i)
+        } catch {
+          // an operation that does not apply to this tree
+        }
+      }
+      unmount(d.merged)
+      roundTrip(t, d, `seed ${seed}`)
+    }
+  })
+}
+
+t.test('GNU tar extracts a backup into a directory equal to the upper; ovroot restores an archive GNU tar made of an upper', async (t) => {
+  const d = device(t, ['redirect_dir=on', 'metacopy=on'], applyStandardOperations(t))
+  const archive = `${d.dir}/gnu.ovb`
+  t.equal(backup(d, archive).status, 0)
+  const extracted = `${d.dir}/by-gnu-tar`
+  fs.mkdirSync(extracted)
+  execFileSync('tar', ['--xattrs', '--xattrs-include=*', '-xpzf', archive, '-C', extracted])
+  t.same(upperSnapshot(extracted), upperSnapshot(d.upper), 'tar --xattrs --xattrs-include=* -xpzf gives the upper back')
+  const listing = execFileSync('tar', ['-tvzf', archive], { encoding: 'utf8' })
+  t.match(listing, /^c--------- 0\/0 +0,0 .* etc\/banner$/m, 'tar -tvzf lists a whiteout as the 0/0 device it is')
+
+  const byTar = `${d.dir}/made-by-gnu-tar.tgz`
+  execFileSync('tar', ['--xattrs', '--xattrs-include=*', '--format=pax', '-C', d.upper, '-czf', byTar, '.'])
+  const into = `${d.dir}/from-gnu-tar`
+  fs.mkdirSync(into)
+  const result = restore(d, byTar, into)
+  t.equal(result.status, 0, result.stderr)
+  // GNU tar does not record hardlinks between device nodes: a whiteout inode the kernel shared comes back as whiteouts of their own.
+  const original = upperSnapshot(d.upper)
+  const unshared = new Map([...original].map(([path, entry]) => [path, entry.startsWith('hardlink to ') && original.get(entry.slice(12))?.startsWith('char 0 ') ? (original.get(entry.slice(12)) ?? '') : entry]))
+  t.same(upperSnapshot(into), unshared, 'an archive GNU tar wrote (no manifest) restores to the upper too')
+})
+
+t.test('encrypted backups: round trip; a wrong passphrase, a flipped byte, a cut-off end are refused in one line', async (t) => {
+  const d = device(t, [], applyStandardOperations(t))
+  const passphrase = `${d.dir}/passphrase`
+  fs.writeFileSync(passphrase, 'correct horse battery staple\n')
+  const archive = roundTrip(t, d, 'encrypted', '--passphrase-file', passphrase)
+  t.not(fs.readFileSync(archive).subarray(0, 2).toString('hex'), '1f8b', 'not a readable gzip')
+  t.notOk(fs.readFileSync(archive).includes(Buffer.from('option proto static')), 'no configuration in clear')
+  const refused = (file: string, extra: string[], pattern: RegExp, status = 5): void => {
+    const into = `${d.dir}/refused-${Math.floor(Math.random() * 1e9)}`
+    fs.mkdirSync(into)
+    const result = restore(d, file, into, ...extra)
+    t.equal(result.status, status, `${pattern}: exit ${status}`)
+    t.match(result.stderr, pattern)
+    t.equal(result.stderr.trim().split('\n').length, 1, 'one line')
+    t.same(fs.readdirSync(into), [], 'nothing restored')
+  }
+  fs.writeFileSync(`${d.dir}/wrong`, 'Tr0ub4dor&3\n')
+  refused(archive, ['--passphrase-file', `${d.dir}/wrong`], /wrong passphrase for this encrypted backup/)
+  refused(archive, [], /is an encrypted backup: pass --passphrase-file/, 2)
+  const bytes = fs.readFileSync(archive)
+  const flipped = Buffer.from(bytes)
+  flipped[Math.floor(bytes.length / 2)] ^= 0x01
+  fs.writeFileSync(`${d.dir}/flipped.ovb`, flipped)
+  refused(`${d.dir}/flipped.ovb`, ['--passphrase-file', passphrase], /damaged or was tampered with \(chunk 0 fails authentication\)/)
+  fs.writeFileSync(`${d.dir}/cut.ovb`, bytes.subarray(0, bytes.length - 100))
+  refused(`${d.dir}/cut.ovb`, ['--passphrase-file', passphrase], /damaged or was tampered with/)
+})
+
+t.test('plain backups: a truncated or bit-flipped archive is refused in one line, nothing restored', async (t) => {
+  const d = device(t, [], applyStandardOperations(t))
+  const archive = `${d.dir}/plain.ovb`
+  t.equal(backup(d, archive).status, 0)
+  const bytes = fs.readFileSync(archive)
+  const cases: [string, Buffer][] = [
+    ['truncated', bytes.subarray(0, Math.floor(bytes.length * 0.6))],
+    ['bit-flipped', Buffer.from(bytes.map((byte, i) => (i === Math.floor(bytes.length / 2) ? byte ^ 0x10 : byte)))],
+  ]
+  for (const [name, content] of cases) {
+    fs.writeFileSync(`${d.dir}/${name}.ovb`, content)
+    const into = `${d.dir}/${name}`
+    fs.mkdirSync(into)
+    const result = restore(d, `${d.dir}/${name}.ovb`, into)
+    t.equal(result.status, 5, `${name}: exit 5 (invalid data)`)
+    t.match(result.stderr, /^ovroot: .*(damaged|truncated)/, name)
+    t.equal(result.stderr.trim().split('\n').length, 1, `${name}: one line`)
+    t.same(fs.readdirSync(into), [], `${name}: nothing restored`)
+    t.notOk(fs.readdirSync(d.dir).some((entry) => entry.includes('ovroot-restore')), `${name}: no staging left behind`)
+  }
+})
+
+t.test('--changes-only leaves out copy-ups identical to the firmware; --exclude leaves out paths; standard output', async (t) => {
+  const d = device(t, [], applyStandardOperations(t))
+  const full = execFileSync('node', [fileArgument(), 'backup', '--upper', d.upper, '--lower', d.lower, '-o', '-'])
+  t.equal(full.subarray(0, 2).toString('hex'), '1f8b', '- writes the gzip archive to standard output')
+  const changes = `${d.dir}/changes.ovb`
+  t.equal(backup(d, changes, '--changes-only', '--exclude', '/etc/init.d').status, 0)
+  const names = execFileSync('tar', ['-tzf', changes], { encoding: 'utf8' }).split('\n')
+  t.ok(names.includes('etc/config/network'), 'a modified file is in')
+  t.notOk(names.includes('etc/config/system'), 'a copy-up rewritten identical is not')
+  t.notOk(names.includes('etc/protocols'), 'a file opened for writing and unchanged is not')
+  t.notOk(names.some((name) => name.startsWith('etc/init.d')), '--exclude leaves out a subtree')
+  const into = `${d.dir}/changes-restored`
+  fs.mkdirSync(into)
+  t.equal(restore(d, changes, into).status, 0)
+  const expected = mergedOf(d, d.upper)
+  const got = mergedOf(d, into)
+  for (const [path, entry] of expected) if (!path.startsWith('/etc/init.d')) t.same(got.get(path), entry, `${path}: same merged view`)
+})
+
+t.test('other firmware: files changed by both the user and the firmware are listed and refused unless --force', async (t) => {
+  const d = device(t, [], (m) => fs.appendFileSync(`${m}/etc/config/network`, 'user line\n'))
+  fs.writeFileSync(`${d.lower}/etc/openwrt_release`, "DISTRIB_ID='OpenWrt'\nDISTRIB_RELEASE='23.05.0'\n")
+  const archive = `${d.dir}/old-firmware.ovb`
+  t.equal(backup(d, archive).status, 0)
+  fs.writeFileSync(`${d.lower}/etc/openwrt_release`, "DISTRIB_ID='OpenWrt'\nDISTRIB_RELEASE='24.10.0'\n")
+  fs.appendFileSync(`${d.lower}/etc/config/network`, 'new firmware default\n')
+  const into = `${d.dir}/other-firmware`
+  fs.mkdirSync(into)
+  const refused = restore(d, archive, into)
+  t.equal(refused.status, 5)
+  t.match(refused.stderr, /backup of OpenWrt 23\.05\.0, this device runs OpenWrt 24\.10\.0: 1 files changed by both the user and the new firmware \(\/etc\/config\/network\); --force/)
+  t.same(fs.readdirSync(into), [], 'nothing restored')
+  t.equal(restore(d, archive, into, '--force').status, 0, '--force restores')
+  t.match(fs.readFileSync(`${into}/etc/config/network`, 'utf8'), /user line/)
+})
+
+t.test('an OpenWrt sysupgrade archive: its files land on the upper, directories keep the firmware\'s metadata', async (t) => {
+  const d = device(t, [], () => undefined)
+  const root = `${d.dir}/sysupgrade-root`
+  writeTree(root, { '/etc/config/network': 'from sysupgrade\n', '/etc/dropbear/authorized_keys': 'ssh-ed25519 AAAA\n' })
+  fs.chmodSync(`${d.lower}/etc`, 0o751)
+  const archive = `${d.dir}/sysupgrade.tgz`
+  execFileSync('tar', ['-C', root, '-czf', archive, 'etc/config/network', 'etc/dropbear/authorized_keys'])
+  const into = `${d.dir}/from-sysupgrade`
+  fs.mkdirSync(into)
+  const result = restore(d, archive, into)
+  t.equal(result.status, 0, result.stderr)
+  t.match(result.stdout, /OpenWrt sysupgrade archive, 2 entries/)
+  t.equal(fs.readFileSync(`${into}/etc/config/network`, 'utf8'), 'from sysupgrade\n')
+  t.equal(fs.statSync(`${into}/etc`).mode & 0o777, 0o751, 'a directory the archive needs takes the firmware\'s mode')
+})
+
+function fileArgument(): string {
+  return new URL('../dist/ovroot.js', import.meta.url).pathname
+}
