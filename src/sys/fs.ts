@@ -5,7 +5,7 @@
  */
 import * as fs from 'node:fs'
 import { fromNodeError, OvrootError, ExitCode } from '../errors.js'
-import { listXattrs, getXattr, lstat, makeNode, setXattr } from './libc.js'
+import { listXattrs, getXattr, lstat } from './libc.js'
 import { reportProgress } from './progress.js'
 import type { EntryStat, TreeReader } from '../overlay/types.js'
 
@@ -310,55 +310,6 @@ export function pathExists(path: string): boolean {
 
 export function listDirectoryIfExists(path: string): string[] {
   return statPath(path)?.type === 'dir' ? listDirectory(path) : []
-}
-
-/**
- * Copy one entry with everything a faithful copy of an upper needs: content
- * (or only the size, for metacopy stubs whose data is in the lower), every
- * xattr including trusted.overlay.*, owner, mode and times. Whiteouts and
- * other device nodes are recreated with mknod. Directories get their
- * metadata only; their children are the caller's business.
- */
-export function cloneEntry(from: string, to: string, options: { stubOnly?: boolean; overlayXattrs?: boolean } = {}): void {
-  const stat = fs.lstatSync(from)
-  try {
-    if (stat.isDirectory()) fs.mkdirSync(to, { mode: 0o700 })
-    else if (stat.isSymbolicLink()) fs.symlinkSync(fs.readlinkSync(from), to)
-    else if (stat.isFile() && options.stubOnly) {
-      fs.writeFileSync(to, '')
-      fs.truncateSync(to, stat.size)
-    } else if (stat.isFile()) fs.copyFileSync(from, to)
-    else if (stat.isFIFO()) makeNode(to, 'fifo', stat.mode)
-    else if (stat.isCharacterDevice() || stat.isBlockDevice()) {
-      makeNode(to, stat.isCharacterDevice() ? 'char' : 'block', stat.mode, majorOf(stat.rdev), minorOf(stat.rdev))
-    } else return
-    for (const name of listXattrs(from)) {
-      if (!options.overlayXattrs && name.includes('.overlay.')) continue
-      const value = getXattr(from, name)
-      if (value) setXattr(to, name, value)
-    }
-    fs.lchownSync(to, stat.uid, stat.gid)
-    if (!stat.isSymbolicLink()) fs.chmodSync(to, stat.mode & 0o7777)
-    fs.lutimesSync(to, stat.atime, stat.mtime)
-  } catch (error) {
-    throw fromNodeError(error, 'copy', `${from} to ${to}`)
-  }
-}
-
-/** glibc's gnu_dev_major/minor. */
-function majorOf(rdev: number): number {
-  return Number(((BigInt(rdev) >> 8n) & 0xfffn) | ((BigInt(rdev) >> 32n) & ~0xfffn))
-}
-function minorOf(rdev: number): number {
-  return Number((BigInt(rdev) & 0xffn) | ((BigInt(rdev) >> 12n) & ~0xffn))
-}
-
-export function linkPath(existing: string, newPath: string): void {
-  try {
-    fs.linkSync(existing, newPath)
-  } catch (error) {
-    throw fromNodeError(error, 'link', `${newPath} to ${existing}`)
-  }
 }
 
 export function removeFile(path: string): void {

@@ -57,11 +57,6 @@ function bind(): { koffi: Koffi; libc: Libc } {
   return { koffi, libc }
 }
 
-/** Bind now rather than on the first call (a diff helper does it while it waits for work). */
-export function loadLibc(): void {
-  bind()
-}
-
 const errnoNames = new Map<number, string>(Object.entries(osConstants.errno).map(([name, value]) => [value, name]))
 
 function errnoName(): string {
