@@ -35,6 +35,8 @@ t.test('values are parsed into their types', async (t) => {
   t.same(config.flash.drivers, ['ubi', 'ram'])
   t.equal(config.flash.reformat_corrupt, true)
   t.equal(config.boot.timeout, 5)
+  const sync = parseConfig('[sync]\nenabled = yes\nbudget = 64m\nquiet = 10\nexclude = /tmp /var/log/*.tmp\n', 'x.conf').sync
+  t.same(sync, { enabled: true, quiet: 10, max_delay: 300, budget: 64 << 20, exclude: ['/tmp', '/var/log/*.tmp'] }, '[sync] keys, budget with a unit')
 })
 
 t.test('errors name the file, the section, the key and what was expected', async (t) => {
@@ -42,7 +44,9 @@ t.test('errors name the file, the section, the key and what was expected', async
     ['[flash]\nreformat_corrupt = maybe\n', /^x\.conf: \[flash\] reformat_corrupt = maybe: expected yes or no$/],
     ['[flash]\ndrivers = mtd floppy\n', /^x\.conf: \[flash\] drivers = mtd floppy: expected a list of media drivers from mtd, ubi, block, ram$/],
     ['[flash]\nfrobnicate = 1\n', /^x\.conf: \[flash\] frobnicate: unknown key; expected one of drivers, name, device/],
-    ['[network]\nx = 1\n', /^x\.conf: \[network\]: unknown section; expected one of \[overlay\], \[flash\], \[boot\], \[reset\]$/],
+    ['[network]\nx = 1\n', /^x\.conf: \[network\]: unknown section; expected one of \[overlay\], \[flash\], \[boot\], \[reset\], \[sync\]$/],
+    ['[sync]\nbudget = lots\n', /^x\.conf: \[sync\] budget = lots: expected a number of bytes, with k, m or g \(0: no limit\)$/],
+    ['[sync]\nexclude = tmp\n', /^x\.conf: \[sync\] exclude = tmp: expected absolute paths/],
     ['lower = /rom\n', /^x\.conf: lower: a key outside any section/],
     ['[overlay]\nlower = rom\n', /expected absolute paths separated by spaces/],
     ['[overlay]\noptions = lowerdir=/x\n', /expected overlay mount options/],
@@ -70,6 +74,19 @@ t.test('a bad configuration stops the command with exit status 3 and one line', 
   const result = ovroot(['diff', '--config', file])
   t.equal(result.status, 3)
   t.equal(result.stderr, `ovroot: ${file}: [flash] reformat_corrupt = maybe: expected yes or no\n`)
+})
+
+t.test('a --config FILE given explicitly is read and validated even when --lower and --upper make it unnecessary', async (t) => {
+  const dir = fs.mkdtempSync(`${os.tmpdir()}/ovroot-conf-`)
+  fs.mkdirSync(`${dir}/lower`)
+  fs.mkdirSync(`${dir}/upper`)
+  const missing = ovroot(['diff', '--config', `${dir}/missing.conf`, '--lower', `${dir}/lower`, '--upper', `${dir}/upper`])
+  t.equal(missing.status, 4)
+  t.match(missing.stderr, /missing\.conf: no such file or directory/)
+  fs.writeFileSync(`${dir}/bad.conf`, '[flash]\nfrobnicate = 1\n')
+  const bad = ovroot(['diff', '--config', `${dir}/bad.conf`, '--lower', `${dir}/lower`, '--upper', `${dir}/upper`])
+  t.equal(bad.status, 3)
+  t.match(bad.stderr, /\[flash\] frobnicate: unknown key/)
 })
 
 t.test('--version and --help', async (t) => {

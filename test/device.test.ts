@@ -286,3 +286,53 @@ t.test('live reset: --dry-run and --cancel change nothing, --reboot carries it o
   t.match(after.stdout, /\/etc\/x: No such file or directory/)
   t.match(after.stdout, /^y$/m)
 })
+
+t.test('backup, factory reset, restore: ovroot diff after equals ovroot diff before', async (t) => {
+  const flash = `${workspace(t)}/nor.flash`
+  const args = ['--flash', flash]
+  const before = run(t, args, `${USER_CHANGES} && setfattr -n user.note -v kept /etc/hello && ${DIFF} && ovroot backup -o /tmp/b.ovb && cp /tmp/b.ovb /root/b.ovb && sync`)
+  t.equal(before.status, 0, before.stderr)
+  const expected = changesFrom(before.stdout)
+  t.same(expected, EXPECTED_DIFF, 'the changes, before the backup')
+  const reset = run(t, args, 'ovroot reset --yes --keep /root/b.ovb')
+  t.equal(reset.status, 0)
+  const restored = run(t, args, `${DIFF} && ovroot restore /root/b.ovb --yes`)
+  t.same(changesFrom(restored.stdout).filter((change) => change.change !== 'metadata').map((change) => change.path), ['/root/b.ovb'], 'after the reset only the kept backup differs from the firmware')
+  t.match(restored.stdout, /restore of \/root\/b\.ovb .* scheduled for the next boot/)
+  const after = run(t, args, `${STATUS} && ${DIFF} && getfattr -n user.note /etc/hello`)
+  t.same(statusFrom(after.stdout).pending, [], 'the restore was applied')
+  t.same(changesFrom(after.stdout), expected, 'ovroot diff after the restore equals ovroot diff before the backup')
+  t.match(after.stdout, /user\.note="kept"/, 'xattrs came back')
+})
+
+t.test('power cuts during the restoring boot: the next boot shows the restored upper whole, never a mix', async (t) => {
+  const flash = `${workspace(t)}/nor.flash`
+  const args = ['--flash', flash]
+  const rearm = 'ovroot backup -o /tmp/b.ovb && echo v2 > /etc/version && mkdir /root/other && ovroot restore /tmp/b.ovb --yes'
+  const prepare = run(t, args, `mkdir -p /root/many && cd /root/many && seq 1 3000 | xargs touch && echo v1 > /etc/version && ${rearm}`)
+  t.equal(prepare.status, 0, 'a restore of 3000 files scheduled over a changed upper')
+  for (const delay of [0, 0.5, 1.5]) {
+    const cut = boot([...args, '--cut-on', 'ovroot: applying restore', '--cut-after', String(delay), '--run', 'echo booted'])
+    if (delay === 0) {
+      t.equal(cut.status, 137, 'the power was cut')
+      t.notMatch(consoleLog(), /ovroot: applied/, 'inside the restore')
+    }
+    const after = run(t, args, `${STATUS} && cat /etc/version && ls /root/many | wc -l && ls -d /root/other 2>&1; ${rearm}`)
+    t.same(statusFrom(after.stdout).pending, [], `cut ${delay} s in: nothing pending after the next boot`)
+    t.match(after.stdout, /^v1$/m, `cut ${delay} s in: the restored version`)
+    t.match(after.stdout, /^3000$/m, `cut ${delay} s in: every restored file`)
+    t.match(after.stdout, /\/root\/other: No such file or directory/, `cut ${delay} s in: nothing of the replaced upper`)
+  }
+})
+
+t.test('an OpenWrt sysupgrade archive restores its files onto the upper', async (t) => {
+  const flash = `${workspace(t)}/nor.flash`
+  const args = ['--flash', flash]
+  run(t, args, "echo \"option ipaddr '10.1.1.1'\" >> /etc/config/network && tar -czf /root/sysupgrade.tgz -C / etc/config/network && ovroot reset --yes --keep /root/sysupgrade.tgz")
+  const scheduled = run(t, args, 'grep -c 10.1.1.1 /etc/config/network; ovroot restore /root/sysupgrade.tgz --yes')
+  t.match(scheduled.stdout, /^0$/m, 'the reset brought the factory file back')
+  t.match(scheduled.stdout, /sysupgrade archive/)
+  const after = run(t, args, 'grep -c 10.1.1.1 /etc/config/network && ls /root/sysupgrade.tgz')
+  t.match(after.stdout, /^1$/m, 'the archive\'s file is back')
+  t.match(after.stdout, /^\/root\/sysupgrade\.tgz$/m, 'what the upper had is still there')
+})

@@ -85,7 +85,25 @@ async function flashLayers(config: Config, volume: Volume, forcedReset: boolean,
     return ramUpper([upper, '/'])
   }
   ensureReserve(flashLayout(config))
+  if (config.sync.enabled) return syncedRamUpper(config, upper, state)
   return { lowers: ['/'], upper, work: workDir(config) }
+}
+
+/**
+ * With [sync] enabled the upper lives in RAM, filled from the flash's copy
+ * (the last committed sync); the copy is never a mounted layer, so `ovroot
+ * sync` may change it while the root runs.
+ */
+async function syncedRamUpper(config: Config, mirror: string, state: BootState): Promise<Layers> {
+  const { copyUpper } = await import('../upper/copy.js')
+  const ram = `${config.boot.run_dir}/ram`
+  makeDirectory(ram)
+  ramVolume(config.flash.ram_size).mount(ram)
+  makeDirectory(`${ram}/upper`)
+  const namespace = config.overlay.options.includes('userxattr') ? 'user' : 'trusted'
+  copyUpper(mirror, `${ram}/upper`, new OverlayXattrs(namespace).name('metacopy'))
+  state.sync = { mirror }
+  return { lowers: ['/'], upper: `${ram}/upper`, work: `${ram}/work` }
 }
 
 /** Try the drivers in order; on any trouble with the flash, fall back to RAM. */
@@ -227,7 +245,8 @@ function secondsSinceShimStart(): number | undefined {
 
 function announce(state: BootState): void {
   if (state.mode === 'flash') {
-    process.stderr.write(`ovroot: root on ${state.medium?.description} (${state.medium?.filesystem})${state.formatted ? ', formatted on this first boot' : ''}\n`)
+    const synced = state.sync ? `, in RAM, synced to ${state.sync.mirror} by ovroot sync` : ''
+    process.stderr.write(`ovroot: root on ${state.medium?.description} (${state.medium?.filesystem})${synced}${state.formatted ? ', formatted on this first boot' : ''}\n`)
     return
   }
   if (state.mode === 'ram') {

@@ -15,6 +15,8 @@ export interface BootState {
   formatted?: boolean
   /** A factory reset was carried out, keeping these paths. */
   reset?: { kept: string[] }
+  /** The upper is in RAM and persisted by `ovroot sync` to this copy on the flash. */
+  sync?: { mirror: string }
   /** A backup was restored. */
   restored?: { source: string; entries: number }
   /** Seconds from the shim's start to the end of `ovroot boot`. */

@@ -31,6 +31,14 @@ export interface Config {
     keep: string[]
     keep_lists: string[]
   }
+  sync: {
+    enabled: boolean
+    quiet: number
+    max_delay: number
+    /** Bytes a day automatic syncs may write to flash; 0: no limit. */
+    budget: number
+    exclude: string[]
+  }
 }
 
 export interface KeySpec<T> {
@@ -67,6 +75,16 @@ const yesNo: KeySpec<boolean> = {
 const seconds: KeySpec<number> = {
   expected: 'a whole number of seconds from 1 to 3600',
   parse: (raw) => (/^\d+$/.test(raw) && Number(raw) >= 1 && Number(raw) <= 3600 ? Number(raw) : undefined),
+}
+
+const UNITS: Record<string, number> = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 }
+
+const byteCount: KeySpec<number> = {
+  expected: 'a number of bytes, with k, m or g (0: no limit)',
+  parse: (raw) => {
+    const match = /^(\d+)([kmg]?)$/i.exec(raw)
+    return match ? Number(match[1]) * (UNITS[(match[2] ?? '').toLowerCase()] ?? 1) : undefined
+  },
 }
 
 const OVERLAY_OPTIONS = /^(redirect_dir=(on|off|follow|nofollow)|metacopy=(on|off)|index=(on|off)|xino=(on|off|auto)|nfs_export=(on|off)|uuid=(on|off|null|auto)|verity=(on|off|require)|userxattr|volatile)$/
@@ -116,6 +134,7 @@ export const SCHEMA: { [S in keyof Config]: { [K in keyof Config[S]]: KeySpec<Co
   },
   boot: { init: absolutePath, timeout: seconds, run_dir: absolutePath },
   reset: { keep: absolutePaths, keep_lists: absolutePaths },
+  sync: { enabled: yesNo, quiet: seconds, max_delay: seconds, budget: byteCount, exclude: absolutePaths },
 }
 
 export function defaultConfig(): Config {
@@ -124,6 +143,7 @@ export function defaultConfig(): Config {
     flash: { drivers: ['mtd', 'ubi', 'block', 'ram'], name: 'rootfs_data', device: '', filesystem: 'auto', reformat_corrupt: false, ram_size: '50%' },
     boot: { init: '/sbin/init', timeout: 60, run_dir: '/run/ovroot' },
     reset: { keep: [], keep_lists: ['/etc/sysupgrade.conf', '/lib/upgrade/keep.d'] },
+    sync: { enabled: false, quiet: 30, max_delay: 300, budget: 0, exclude: [] },
   }
 }
 

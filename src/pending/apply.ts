@@ -3,11 +3,12 @@
  * for an unmounted upper. Only the code of the pending kind is loaded.
  */
 import { syncAll } from '../sys/libc.js'
+import { readEntry, replaceMetadata } from '../sys/entries.js'
 import { listDirectory, makeDirectory, pathExists, removeTree, renamePath, statPath, syncDirectory } from '../sys/fs.js'
 import type { OverlayXattrs } from '../overlay/xattrs.js'
 import { finishPending, markerPath, readPending, replacedPath, stagedPath, stateDir, upperPath, type FlashLayout, type PendingChange } from './marker.js'
 
-export type AppliedChange = { kind: 'reset'; kept: string[] } | { kind: 'restore'; source: string; entries: number }
+export type AppliedChange = { kind: 'reset'; kept: string[] } | { kind: 'restore'; source: string; entries: number } | { kind: 'sync'; entries: number }
 
 /** Anything to do at boot: a committed change, or an uncommitted staging to drop. */
 export function hasPendingWork(layout: FlashLayout): boolean {
@@ -33,29 +34,40 @@ async function apply(layout: FlashLayout, change: PendingChange, xattrs: Overlay
     const { applyReset } = await import('../reset/prune.js')
     return { kind: 'reset', kept: applyReset(upperPath(layout), change.keep, change.only, xattrs) }
   }
-  if (change.merge) mergeStaged(stagedPath(layout), upperPath(layout))
+  if (change.kind === 'sync') {
+    for (const path of change.removals) removeTree(`${upperPath(layout)}/${path}`)
+    mergeStaged(stagedPath(layout), upperPath(layout), true)
+    return { kind: 'sync', entries: change.entries }
+  }
+  if (change.merge) mergeStaged(stagedPath(layout), upperPath(layout), false)
   else swapInStaged(layout)
   return { kind: 'restore', source: change.source, entries: change.entries }
 }
 
 /**
  * Move each staged entry into the upper, replacing what is there; a staged
- * directory that meets an upper directory is merged into it. Moved entries
- * leave the staging, so a rerun after a cut moves only what is left.
+ * directory that meets an upper directory is merged into it, and with
+ * `metadata` gives it its own mode, owner, xattrs and mtime (a sync carries
+ * the directory's state; a sysupgrade archive's directories are only
+ * containers). Moved entries leave the staging, so a rerun after a cut moves
+ * only what is left.
  */
-function mergeStaged(staged: string, upper: string): void {
+function mergeStaged(staged: string, upper: string, metadata: boolean): void {
   if (!pathExists(staged)) return
   makeDirectory(upper)
+  // Read before the children move out: that changes the staged directory's mtime.
+  const own = metadata ? readEntry(staged, '.', '') : 'socket'
   for (const name of listDirectory(staged)) {
     const from = `${staged}/${name}`
     const to = `${upper}/${name}`
     const existing = statPath(to)
-    if (statPath(from)?.type === 'dir' && existing?.type === 'dir') mergeStaged(from, to)
+    if (statPath(from)?.type === 'dir' && existing?.type === 'dir') mergeStaged(from, to, metadata)
     else {
       if (existing) removeTree(to)
       renamePath(from, to)
     }
   }
+  if (own !== 'socket') replaceMetadata(upper, own.entry)
   removeTree(staged)
   syncDirectory(upper)
 }

@@ -27,6 +27,8 @@ export function flashLayout(config: Config): FlashLayout {
 export type PendingChange =
   | { kind: 'reset'; requested: string; keep: string[]; only?: string[] }
   | { kind: 'restore'; requested: string; source: string; entries: number; merge: boolean }
+  /** Staged entries replace the flash copy's; `removals` go (a sync of a RAM upper). */
+  | { kind: 'sync'; requested: string; entries: number; removals: string[] }
 
 export const PENDING_MARKER = 'pending'
 
@@ -58,6 +60,7 @@ export function readPending(layout: FlashLayout): PendingChange | undefined {
     const marker = JSON.parse(text) as PendingChange
     if (marker.kind === 'reset' && Array.isArray(marker.keep)) return marker
     if (marker.kind === 'restore' && typeof marker.source === 'string') return marker
+    if (marker.kind === 'sync' && Array.isArray(marker.removals)) return marker
   } catch {
     // reported below
   }
@@ -117,5 +120,6 @@ export function describePendingAt(layout: FlashLayout): string | undefined {
 
 export function describePending(change: PendingChange): string {
   if (change.kind === 'reset') return `${change.only ? `reset of ${change.only.join(' ')}` : 'factory reset'} at next boot, keeping ${change.keep.length ? change.keep.join(' ') : 'nothing'}`
+  if (change.kind === 'sync') return `the end of an interrupted sync (${change.entries} entries) at next boot`
   return `${change.merge ? 'sysupgrade archive' : 'restore'} of ${change.source} (${change.entries} entries) at next boot`
 }

@@ -4,6 +4,8 @@ import { parseBootState, STATUS_FILE, type BootState } from '../boot/state.js'
 import { ExitCode, OvrootError, type ExitStatus } from '../errors.js'
 import { describePendingAt, flashLayout } from '../pending/marker.js'
 import { filesystemInfo, readTextFileIfExists } from '../sys/fs.js'
+import { readStats, type SyncStats } from '../sync/stats.js'
+import type { Config } from '../config/schema.js'
 
 interface Usage {
   usedBytes: number
@@ -11,10 +13,19 @@ interface Usage {
   freeBytes: number
 }
 
+interface SyncStatus extends SyncStats {
+  /** Bytes a day automatic syncs may write; 0: no limit. */
+  budget: number
+  ramUsage: Usage
+  /** The RAM upper is filling up: what happens next, in words. */
+  warning?: string
+}
+
 interface Status extends BootState {
   rootMount?: string
   usage?: Usage
   pending: string[]
+  syncing?: SyncStatus
 }
 
 export function showStatus(configFile: string | undefined, json: boolean): ExitStatus {
@@ -28,15 +39,31 @@ export function showStatus(configFile: string | undefined, json: boolean): ExitS
   status.rootMount = rootMountOptions()
   const onFlash = state.medium !== undefined && state.medium.driver !== 'ram'
   if (onFlash || state.mode === 'ram') {
-    const info = filesystemInfo(config.overlay.dir)
-    status.usage = { totalBytes: info.blocks * info.blockSize, freeBytes: info.availableBlocks * info.blockSize, usedBytes: (info.blocks - info.freeBlocks) * info.blockSize }
+    status.usage = usageOf(config.overlay.dir)
   }
   if (onFlash) {
     const pending = describePendingAt(flashLayout(config))
     if (pending) status.pending.push(pending)
   }
+  if (state.sync && state.overlay) status.syncing = syncStatus(config, state.overlay.upper)
   process.stdout.write(json ? `${JSON.stringify(status)}\n` : render(status))
   return ExitCode.ok
+}
+
+function usageOf(path: string): Usage {
+  const info = filesystemInfo(path)
+  return { totalBytes: info.blocks * info.blockSize, freeBytes: info.availableBlocks * info.blockSize, usedBytes: (info.blocks - info.freeBlocks) * info.blockSize }
+}
+
+function syncStatus(config: Config, ramUpper: string): SyncStatus {
+  const ramUsage = usageOf(ramUpper)
+  const full = ramUsage.usedBytes / Math.max(1, ramUsage.totalBytes)
+  return {
+    ...readStats(config.boot.run_dir),
+    budget: config.sync.budget,
+    ramUsage,
+    ...(full >= 0.9 ? { warning: `the RAM upper is ${Math.round(full * 100)}% full: writes will soon fail; raise [flash] ram_size or delete files` } : {}),
+  }
 }
 
 function rootMountOptions(): string | undefined {
@@ -51,6 +78,20 @@ const MODE_TEXT: Record<BootState['mode'], string> = {
   degraded: 'DEGRADED: RAM upper instead of flash, changes are lost at reboot',
   failsafe: 'FAILSAFE: ovroot boot failed, the shim booted a RAM upper',
   readonly: 'READ-ONLY: no overlay could be mounted, the firmware runs read-only',
+}
+
+function syncRows(status: Status): [string, string | undefined][] {
+  const sync = status.syncing
+  if (!sync) return []
+  const budget = sync.budget > 0 ? ` of a ${mebibytes(sync.budget)} budget` : ''
+  return [
+    ['sync', `RAM upper, persisted to ${status.sync?.mirror} by ovroot sync; watcher ${sync.watcher ?? 'not running'}`],
+    ['last sync', sync.lastSync ? `${sync.lastSync}, ${sync.lastEntries} entries, ${mebibytes(sync.lastBytes ?? 0)}` : 'none since boot'],
+    ['unsynced', sync.pendingSince ? `changes since ${sync.pendingSince}` : 'nothing'],
+    ['written', `${mebibytes(sync.bytesToday)} today${budget}`],
+    ['waiting', sync.waiting],
+    ['RAM upper', `${mebibytes(sync.ramUsage.usedBytes)} used of ${mebibytes(sync.ramUsage.totalBytes)}${sync.warning ? `: ${sync.warning}` : ''}`],
+  ]
 }
 
 function mebibytes(bytes: number): string {
@@ -70,6 +111,7 @@ function render(status: Status): string {
     ['reset', status.reset && `carried out at this boot, kept ${status.reset.kept.length ? status.reset.kept.join(' ') : 'nothing'}`],
     ['restored', status.restored && `${status.restored.source} (${status.restored.entries} entries) at this boot`],
     ['pending', status.pending.length ? status.pending.join('; ') : 'nothing'],
+    ...syncRows(status),
     ['boot took', status.bootSeconds !== undefined ? `${status.bootSeconds.toFixed(2)} s (shim start to overlay root)` : undefined],
     ['booted at', status.bootedAt],
   ]

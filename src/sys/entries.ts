@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto'
 import * as fs from 'node:fs'
 import { ExitCode, fromNodeError, OvrootError } from '../errors.js'
 import type { EntryKind, UpperEntry } from '../upper/entry.js'
-import { getXattr, listXattrs, makeNode, setXattr } from './libc.js'
+import { getXattr, listXattrs, makeNode, removeXattr, setXattr } from './libc.js'
 
 export interface ReadEntry {
   entry: UpperEntry
@@ -233,6 +233,13 @@ export class EntryWriter {
     if (this.fd >= 0) fs.closeSync(this.fd)
     this.fd = -1
   }
+}
+
+/** Give `full` the metadata of `entry`: owner, mode, exactly its xattrs, mtime. */
+export function replaceMetadata(full: string, entry: UpperEntry): void {
+  const keep = new Set(entry.xattrs.map(([name]) => name))
+  for (const name of listXattrs(full)) if (!keep.has(name)) removeXattr(full, name)
+  applyMetadata(full, entry)
 }
 
 /**

@@ -222,6 +222,17 @@ export function makeDirectory(path: string, mode = 0o755): void {
  * progress on a large one. Names are handled as bytes: a name that is not
  * UTF-8 must not make a reset or a swap stop half way.
  */
+/** mkdir that answers false when the directory exists already (a lock). */
+export function createDirectoryExclusive(path: string): boolean {
+  try {
+    fs.mkdirSync(path, { mode: 0o700 })
+    return true
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'EEXIST') return false
+    throw fromNodeError(error, 'mkdir', path)
+  }
+}
+
 export function removeTree(path: string): void {
   try {
     removeEntry(Buffer.from(path))

@@ -26,3 +26,13 @@ export async function runTool(file: string, args: string[], timeoutSeconds = 600
     throw new OvrootError('ETOOL', ExitCode.io, `${file} ${args.join(' ')}: ${detail}`)
   }
 }
+
+/** Whether a process exists (a lock's owner). */
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (error) {
+    return (error as { code?: string }).code === 'EPERM'
+  }
+}

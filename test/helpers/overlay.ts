@@ -46,6 +46,19 @@ export function upperSnapshot(root: string): Map<string, string> {
   return entries
 }
 
+/**
+ * The kernel shares one whiteout inode among many names; a copy that gives
+ * each name a whiteout of its own means the same to overlayfs. Hardlinks
+ * between regular files stay significant.
+ */
+export function withoutSharedWhiteouts(entries: Map<string, string>): Map<string, string> {
+  const resolve = (entry: string): string => {
+    const target = entry.startsWith('hardlink to ') ? entries.get(entry.slice('hardlink to '.length)) : undefined
+    return target?.startsWith('char 0 ') ? target : entry
+  }
+  return new Map([...entries].map(([path, entry]) => [path, resolve(entry)]))
+}
+
 export interface Scratch {
   dir: string
   cleanup(): void

@@ -5,7 +5,8 @@ import { diffCommand } from './diff.js'
 import { resetCommand } from './reset.js'
 import { restoreCommand } from './restore.js'
 import { statusCommand } from './status.js'
+import { syncCommand } from './sync.js'
 
 const asCommand = (command: object): CommandModule<object, never> => command as CommandModule<object, never>
 
-export const commands = [bootCommand, statusCommand, diffCommand, resetCommand, backupCommand, restoreCommand].map(asCommand)
+export const commands = [bootCommand, statusCommand, diffCommand, resetCommand, backupCommand, restoreCommand, syncCommand].map(asCommand)

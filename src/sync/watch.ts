@@ -1,0 +1,120 @@
+/**
+ * `ovroot sync --watch`: the daemon. chokidar's events are hints that
+ * something changed, never the list of changes (it misses files in
+ * just-created directories, reports renames as unlink and add, runs out of
+ * inotify watches on large trees): every sync compares the whole upper with
+ * the flash copy. A sync runs after `quiet` seconds without events, or
+ * `max_delay` after the first unsynced event; a watch that fails falls back
+ * to a rescan every `quiet` seconds, saying so once. SIGTERM (shutdown) makes
+ * a last sync, whatever the budget.
+ */
+import type { Config } from '../config/schema.js'
+import { ExitCode, OvrootError, type ExitStatus } from '../errors.js'
+import type { FlashLayout } from '../pending/marker.js'
+import { filesystemInfo } from '../sys/fs.js'
+import { lockedSync } from './lock.js'
+import { readStats, recordSync, writeStats, type SyncStats } from './stats.js'
+import type { SyncSource } from './transaction.js'
+
+/** The RAM upper this full is worth a warning: past it, writes fail. */
+const RAM_WARNING = 0.9
+
+export async function watchAndSync(config: Config, source: SyncSource, layout: FlashLayout): Promise<ExitStatus> {
+  const { watch } = await import('chokidar')
+  const runDir = config.boot.run_dir
+  const quietMs = config.sync.quiet * 1000
+  const maxDelayMs = config.sync.max_delay * 1000
+  let firstChange: number | undefined
+  let lastChange = 0
+  let timer: NodeJS.Timeout | undefined
+  let running: Promise<void> | undefined
+  let warnedFull = false
+  let failed = false
+  const log = (line: string): void => {
+    process.stderr.write(`ovroot sync: ${line}\n`)
+  }
+  const update = (change: (stats: SyncStats) => SyncStats): void => writeStats(runDir, change(readStats(runDir)))
+
+  const sync = async (automatic: boolean): Promise<void> => {
+    const stats = readStats(runDir)
+    if (automatic && config.sync.budget > 0 && stats.bytesToday >= config.sync.budget) {
+      update((current) => ({ ...current, waiting: `the day's write budget (${config.sync.budget} bytes) is spent: automatic syncs wait for ovroot sync or shutdown` }))
+      return
+    }
+    const changesFrom = firstChange
+    firstChange = undefined
+    try {
+      const outcome = await lockedSync(runDir, source, layout)
+      if (outcome.kind === 'blocked') {
+        update((current) => ({ ...current, waiting: `a ${outcome.change} is scheduled for the next boot: syncing would undo it` }))
+        return
+      }
+      if (outcome.result.written + outcome.result.removed > 0) recordSync(runDir, outcome.result.written + outcome.result.removed, outcome.result.bytes)
+      else update(({ pendingSince: _synced, waiting: _cleared, ...current }) => current)
+      failed = false
+    } catch (error) {
+      failed = true
+      firstChange ??= changesFrom
+      log(`sync failed: ${error instanceof OvrootError ? error.message : String(error)}; retrying after the next change or in ${config.sync.quiet} s`)
+      schedule()
+    }
+    warnWhenFull()
+  }
+
+  const warnWhenFull = (): void => {
+    const info = filesystemInfo(source.upper)
+    const used = 1 - info.availableBlocks / Math.max(1, info.blocks)
+    if (used >= RAM_WARNING && !warnedFull) log(`the RAM upper is ${Math.round(used * 100)}% full ([flash] ram_size): writes will soon fail with "no space left"`)
+    warnedFull = used >= RAM_WARNING
+  }
+
+  const run = (automatic: boolean): Promise<void> => {
+    running = (running ?? Promise.resolve()).then(() => sync(automatic))
+    return running
+  }
+
+  function schedule(): void {
+    if (timer) clearTimeout(timer)
+    if (firstChange === undefined) return
+    const due = Math.min(lastChange + quietMs, firstChange + maxDelayMs)
+    timer = setTimeout(() => void run(true), Math.max(0, due - Date.now()))
+  }
+
+  const changed = (): void => {
+    const now = Date.now()
+    if (firstChange === undefined) update((stats) => ({ ...stats, pendingSince: stats.pendingSince ?? new Date(now).toISOString() }))
+    firstChange ??= now
+    lastChange = now
+    schedule()
+  }
+
+  const watcher = watch(source.upper, { ignoreInitial: true, followSymlinks: false, persistent: true, ignorePermissionErrors: true, atomic: false })
+  let poll: NodeJS.Timeout | undefined
+  watcher.on('all', changed)
+  watcher.on('error', (error) => {
+    if (poll) return
+    log(`watching ${source.upper} failed (${error instanceof Error ? error.message : String(error)}): rescanning every ${config.sync.quiet} s instead`)
+    void watcher.close()
+    update((stats) => ({ ...stats, watcher: 'polling' }))
+    poll = setInterval(() => void run(true), quietMs)
+  })
+  update((stats) => ({ ...stats, watcher: 'watching' }))
+  // What changed before the daemon started (or while it was down) is synced at once.
+  firstChange = Date.now()
+  lastChange = 0
+  schedule()
+
+  await new Promise<void>((resolve) => {
+    const stop = (): void => {
+      if (timer) clearTimeout(timer)
+      if (poll) clearInterval(poll)
+      void watcher.close()
+      void run(false).finally(resolve)
+    }
+    process.once('SIGTERM', stop)
+    process.once('SIGINT', stop)
+  })
+  update((stats) => ({ ...stats, watcher: 'stopped' }))
+  if (failed) throw new OvrootError('ESYNC', ExitCode.io, 'the last sync before stopping failed: changes since the previous sync are only in RAM')
+  return ExitCode.ok
+}

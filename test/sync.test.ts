@@ -1,0 +1,215 @@
+/**
+ * `ovroot sync` on real overlays with a tmpfs upper: after seeded random
+ * changes the flash copy equals the RAM upper and mounts to the same merged
+ * view; excludes are honoured; an idle sync writes nothing; every crash state
+ * ends old-or-new; the daemon catches a file in a directory created a moment
+ * before; a scheduled reset is never undone by a sync.
+ */
+import t from 'tap'
+import { spawn } from 'node:child_process'
+import * as fs from 'node:fs'
+import { OverlayXattrs } from '../src/overlay/xattrs.js'
+import { applyPending } from '../src/pending/apply.js'
+import { commitPending } from '../src/pending/marker.js'
+import { cleanEnvironment, mountOverlay, OVROOT, ovroot, scratch, snapshot, unmount, upperSnapshot, withoutSharedWhiteouts } from './helpers/overlay.js'
+import { random, randomLower, randomOperation, STANDARD_LOWER, STANDARD_OPERATIONS, writeTree } from './helpers/mutate.js'
+
+interface Device {
+  dir: string
+  lower: string
+  ram: string
+  flash: string
+  merged: string
+  config: string
+}
+
+/** A device booted with [sync] enabled: the upper on a tmpfs, the flash holding its copy, a boot record saying so. */
+function device(t: Tap.Test, options: { exclude?: string; quiet?: number; lower?: (root: string) => void } = {}): Device {
+  const s = scratch()
+  t.teardown(s.cleanup)
+  const d: Device = { dir: s.dir, lower: `${s.dir}/lower`, ram: `${s.dir}/ram`, flash: `${s.dir}/flash`, merged: `${s.dir}/merged`, config: `${s.dir}/ovroot.conf` }
+  if (options.lower) options.lower(d.lower)
+  else writeTree(d.lower, STANDARD_LOWER)
+  fs.mkdirSync(`${d.ram}/upper`, { recursive: true })
+  fs.mkdirSync(`${d.ram}/work`)
+  fs.mkdirSync(`${d.flash}/upper`, { recursive: true })
+  fs.mkdirSync(`${s.dir}/run`)
+  fs.writeFileSync(`${s.dir}/run/status.json`, JSON.stringify({ mode: 'flash', bootedAt: 'x', medium: { driver: 'mtd', description: 'test flash', device: 'mtd0', filesystem: 'jffs2' }, overlay: { lowers: [d.lower], upper: `${d.ram}/upper`, work: `${d.ram}/work`, options: '' }, sync: { mirror: `${d.flash}/upper` } }))
+  fs.writeFileSync(d.config, `[overlay]\nlower = ${d.lower}\ndir = ${d.flash}\n[boot]\nrun_dir = ${s.dir}/run\n[sync]\nenabled = yes\nquiet = ${options.quiet ?? 30}\nexclude = ${options.exclude ?? ''}\n`)
+  mountOverlay(d.merged, [d.lower], `${d.ram}/upper`, `${d.ram}/work`, [])
+  t.teardown(() => {
+    if (fs.readFileSync('/proc/mounts', 'utf8').includes(` ${d.merged} `)) unmount(d.merged)
+  })
+  return d
+}
+
+const sync = (d: Device, ...extra: string[]) => ovroot(['sync', '--config', d.config, ...extra])
+
+/** The flash copy mounted over the lower, as the next boot would show it. */
+function mergedFromFlash(d: Device): ReturnType<typeof snapshot> {
+  const work = `${d.dir}/work-check-${Math.floor(Math.random() * 1e9)}`
+  const view = `${d.dir}/view-check`
+  fs.mkdirSync(work)
+  mountOverlay(view, [d.lower], `${d.flash}/upper`, work, [])
+  try {
+    return snapshot(view)
+  } finally {
+    unmount(view)
+  }
+}
+
+t.test('after every kind of change and seeded random ones, the flash copy equals the RAM upper', async (t) => {
+  const d = device(t)
+  for (const operation of Object.values(STANDARD_OPERATIONS)) operation(d.merged)
+  const first = sync(d)
+  t.equal(first.status, 0, first.stderr)
+  t.match(first.stdout, /synced \d+ entries/)
+  t.same(withoutSharedWhiteouts(upperSnapshot(`${d.flash}/upper`)), withoutSharedWhiteouts(upperSnapshot(`${d.ram}/upper`)), 'types, bytes, modes, owners, times, xattrs, whiteouts')
+  t.same(mergedFromFlash(d), snapshot(d.merged), 'the flash copy mounts to the merged view the device has')
+  const next = random(4242)
+  for (let round = 0; round < 3; round++) {
+    for (let i = 0; i < 15; i++) {
+      try {
+        randomOperation(d.merged, next, round * 100 + i)
+      } catch {
+        // an operation that does not apply to this tree
+      }
+    }
+    t.equal(sync(d).status, 0)
+    t.same(withoutSharedWhiteouts(upperSnapshot(`${d.flash}/upper`)), withoutSharedWhiteouts(upperSnapshot(`${d.ram}/upper`)), `round ${round}: equal again`)
+    t.same(mergedFromFlash(d), snapshot(d.merged), `round ${round}: same merged view`)
+  }
+  const idle = sync(d)
+  t.match(idle.stdout, /nothing to sync/, 'an idle device has nothing to sync')
+  const status = JSON.parse(ovroot(['status', '--json', '--config', d.config]).stdout) as { syncing: { lastSync: string; bytesToday: number; ramUsage: { totalBytes: number } } }
+  t.ok(status.syncing.lastSync, 'status shows the last sync')
+  t.ok(status.syncing.bytesToday > 0, 'and the bytes written today')
+})
+
+t.test('random lowers and change sequences, each synced', async (t) => {
+  for (const seed of [5, 6]) {
+    const next = random(seed * 7907)
+    const d = device(t, { lower: (root) => randomLower(root, next) })
+    for (let i = 0; i < 40; i++) {
+      try {
+        randomOperation(d.merged, next, i)
+      } catch {
+        // an operation that does not apply to this tree
+      }
+      if (i % 10 === 9) t.equal(sync(d).status, 0)
+    }
+    t.same(withoutSharedWhiteouts(upperSnapshot(`${d.flash}/upper`)), withoutSharedWhiteouts(upperSnapshot(`${d.ram}/upper`)), `seed ${seed}`)
+  }
+})
+
+t.test('only what changed is written; an idle sync writes nothing at all', async (t) => {
+  const d = device(t)
+  fs.writeFileSync(`${d.merged}/etc/big`, Buffer.alloc(1 << 20, 1))
+  fs.writeFileSync(`${d.merged}/etc/small`, 'small\n')
+  t.equal(sync(d).status, 0)
+  const inodeOf = (path: string): number => fs.statSync(`${d.flash}/upper${path}`).ino
+  const bigBefore = inodeOf('/etc/big')
+  fs.appendFileSync(`${d.merged}/etc/small`, 'more\n')
+  const second = sync(d)
+  t.match(second.stdout, /synced 1 entries \(0 KiB\), removed 0/, 'one changed file')
+  t.equal(inodeOf('/etc/big'), bigBefore, 'the unchanged file was not rewritten')
+  const before = fs.readdirSync(`${d.flash}/upper/etc`).map((name) => `${name}:${fs.lstatSync(`${d.flash}/upper/etc/${name}`).ctimeMs}`)
+  t.match(sync(d).stdout, /nothing to sync/)
+  t.same(fs.readdirSync(`${d.flash}/upper/etc`).map((name) => `${name}:${fs.lstatSync(`${d.flash}/upper/etc/${name}`).ctimeMs}`), before, 'nothing on the flash was touched')
+  t.notOk(fs.existsSync(`${d.flash}/.ovroot/staged`) || fs.existsSync(`${d.flash}/.ovroot/pending`), 'no journal left')
+})
+
+t.test('excluded paths are never persisted, and their old copy goes', async (t) => {
+  const d = device(t, { exclude: '/var/log/*.tmp /root/.cache' })
+  fs.mkdirSync(`${d.merged}/var/log`, { recursive: true })
+  fs.writeFileSync(`${d.merged}/var/log/app.tmp`, 'scratch\n')
+  fs.writeFileSync(`${d.merged}/var/log/app.log`, 'kept\n')
+  fs.mkdirSync(`${d.merged}/root/.cache`, { recursive: true })
+  fs.writeFileSync(`${d.merged}/root/.cache/x`, 'x\n')
+  fs.mkdirSync(`${d.flash}/upper/root/.cache`, { recursive: true })
+  fs.writeFileSync(`${d.flash}/upper/root/.cache/old`, 'from before the exclude\n')
+  t.equal(sync(d).status, 0)
+  t.ok(fs.existsSync(`${d.flash}/upper/var/log/app.log`))
+  t.notOk(fs.existsSync(`${d.flash}/upper/var/log/app.tmp`), 'a glob excludes')
+  t.notOk(fs.existsSync(`${d.flash}/upper/root/.cache`), 'a directory is excluded whole, its old copy removed')
+})
+
+t.test('a power cut at any point of a sync: the next sync or boot ends in the old or the new state', async (t) => {
+  const xattrs = new OverlayXattrs('trusted')
+  const states: Record<string, (root: string) => void> = {
+    'staged, not committed': () => undefined,
+    'committed, nothing applied': (root) => commitPending({ root, upperName: 'upper' }, { kind: 'sync', requested: 'x', entries: 1, removals: ['etc/gone'] }),
+    'committed, removals done, half merged': (root) => {
+      commitPending({ root, upperName: 'upper' }, { kind: 'sync', requested: 'x', entries: 1, removals: ['etc/gone'] })
+      fs.rmSync(`${root}/upper/etc/gone`)
+      fs.rmSync(`${root}/upper/etc/a`)
+      fs.renameSync(`${root}/.ovroot/staged/etc/a`, `${root}/upper/etc/a`)
+    },
+  }
+  for (const [name, cut] of Object.entries(states)) {
+    const s = scratch()
+    t.teardown(s.cleanup)
+    const root = `${s.dir}/flash`
+    writeTree(`${root}/upper`, { '/etc/a': 'old a\n', '/etc/b': 'old b\n', '/etc/gone': 'old\n' })
+    writeTree(`${root}/.ovroot/staged`, { '/etc/a': 'new a\n', '/etc/c': 'new c\n' })
+    cut(root)
+    const committed = fs.existsSync(`${root}/.ovroot/pending`)
+    await applyPending({ root, upperName: 'upper' }, undefined, xattrs)
+    const files = fs.readdirSync(`${root}/upper/etc`).sort().map((file) => `${file}=${fs.readFileSync(`${root}/upper/etc/${file}`, 'utf8').trim()}`)
+    t.same(files, committed ? ['a=new a', 'b=old b', 'c=new c'] : ['a=old a', 'b=old b', 'gone=old'], `${name}: ${committed ? 'the new state' : 'the old state'}, whole`)
+    t.notOk(fs.existsSync(`${root}/.ovroot/staged`) || fs.existsSync(`${root}/.ovroot/pending`), `${name}: no journal left`)
+  }
+})
+
+t.test('a scheduled reset is never undone by a sync', async (t) => {
+  const d = device(t)
+  fs.writeFileSync(`${d.merged}/etc/x`, 'x\n')
+  fs.mkdirSync(`${d.flash}/.ovroot`, { recursive: true })
+  fs.writeFileSync(`${d.flash}/.ovroot/pending`, JSON.stringify({ kind: 'reset', requested: 'x', keep: [] }))
+  const result = sync(d)
+  t.equal(result.status, 0)
+  t.match(result.stderr, /a reset is scheduled for the next boot: not syncing/)
+  t.notOk(fs.existsSync(`${d.flash}/upper/etc/x`), 'nothing was written')
+  t.ok(fs.existsSync(`${d.flash}/.ovroot/pending`), 'the reset is still scheduled')
+})
+
+t.test('--to DIR mirrors the upper; a live layer is refused; without [sync] the device flash is refused', async (t) => {
+  const d = device(t)
+  fs.writeFileSync(`${d.merged}/etc/usb`, 'to the stick\n')
+  const mirrored = sync(d, '--to', `${d.dir}/usb`)
+  t.equal(mirrored.status, 0, mirrored.stderr)
+  t.same(withoutSharedWhiteouts(upperSnapshot(`${d.dir}/usb/upper`)), withoutSharedWhiteouts(upperSnapshot(`${d.ram}/upper`)))
+  const live = sync(d, '--to', d.ram)
+  t.equal(live.status, 4)
+  t.match(live.stderr, /of a mounted overlay/)
+  fs.writeFileSync(d.config, fs.readFileSync(d.config, 'utf8').replace('enabled = yes', 'enabled = no'))
+  fs.writeFileSync(`${d.dir}/run/status.json`, fs.readFileSync(`${d.dir}/run/status.json`, 'utf8').replace(/,"sync":\{[^}]*\}/, ''))
+  const off = sync(d)
+  t.equal(off.status, 4)
+  t.match(off.stderr, /does not run on a synced RAM upper: \[sync\] enabled = no/)
+})
+
+t.test('--watch: a file in a directory created a moment before is persisted after [sync] quiet, and SIGTERM syncs once more', async (t) => {
+  const d = device(t, { quiet: 1 })
+  const daemon = spawn(process.execPath, [OVROOT, 'sync', '--watch', '--config', d.config], { env: cleanEnvironment(), stdio: ['ignore', 'ignore', 'pipe'] })
+  let log = ''
+  daemon.stderr.on('data', (chunk: Buffer) => (log += chunk.toString()))
+  const until = async (what: () => boolean, seconds: number): Promise<boolean> => {
+    for (let waited = 0; waited < seconds * 10; waited++) {
+      if (what()) return true
+      await new Promise((resolve) => setTimeout(resolve, 100))
+    }
+    return what()
+  }
+  const watcher = (): string | undefined => (fs.existsSync(`${d.dir}/run/sync.json`) ? (JSON.parse(fs.readFileSync(`${d.dir}/run/sync.json`, 'utf8')) as { watcher?: string }).watcher : undefined)
+  t.ok(await until(() => watcher() === 'watching', 20), 'the daemon watches')
+  fs.mkdirSync(`${d.merged}/etc/fresh`)
+  fs.writeFileSync(`${d.merged}/etc/fresh/file`, 'created at once\n')
+  t.ok(await until(() => fs.existsSync(`${d.flash}/upper/etc/fresh/file`), 30), 'persisted without any command')
+  fs.writeFileSync(`${d.merged}/etc/last`, 'just before shutdown\n')
+  daemon.kill('SIGTERM')
+  const code = await new Promise<number | null>((resolve) => daemon.on('exit', resolve))
+  t.equal(code, 0, log)
+  t.ok(fs.existsSync(`${d.flash}/upper/etc/last`), 'the last change went to the flash on SIGTERM')
+  t.equal(watcher(), 'stopped')
+})
