@@ -336,3 +336,63 @@ t.test('an OpenWrt sysupgrade archive restores its files onto the upper', async 
   t.match(after.stdout, /^1$/m, 'the archive\'s file is back')
   t.match(after.stdout, /^\/root\/sysupgrade\.tgz$/m, 'what the upper had is still there')
 })
+
+const SYNC = ['--append', 'ovroot.sync.enabled=yes ovroot.sync.quiet=2']
+/** Wait for the daemon: it says watching once its first sync is done. */
+const WATCHING = 'until ovroot status --json | grep -q \'"watcher":"watching"\'; do sleep 0.5; done'
+
+t.test('sync: what ovroot sync persisted survives a power cut, what it did not is gone', async (t) => {
+  const flash = `${workspace(t)}/nor.flash`
+  // A daemon that would not sync on its own during the test.
+  const args = ['--flash', flash, '--append', 'ovroot.sync.enabled=yes ovroot.sync.quiet=600 ovroot.sync.max_delay=3600']
+  const cut = boot([...args, '--cut-on', 'both-written', '--cut-after', '0', '--run', `${WATCHING}; ${STATUS} && echo synced > /etc/a && ovroot sync && echo unsynced > /etc/b && sync && echo both-written && sleep 600`])
+  t.equal(cut.status, 137, 'the power was cut')
+  const status = statusFrom(cut.stdout) as ReturnType<typeof statusFrom> & { sync?: { mirror: string } }
+  t.equal(status.mode, 'flash')
+  t.same(status.sync, { mirror: '/overlay/upper' }, 'the root is a synced RAM upper')
+  const after = run(t, args, 'cat /etc/a; cat /etc/b 2>&1')
+  t.match(after.stdout, /^synced$/m, 'the synced file is there')
+  t.match(after.stdout, /can't open '\/etc\/b': No such file or directory/, 'the unsynced one is not: the previous state')
+})
+
+t.test('sync --watch: a change reaches the flash without any command; an idle minute writes nothing to the flash', async (t) => {
+  const flash = `${workspace(t)}/nor.flash`
+  const args = ['--flash', flash, ...SYNC]
+  // vdb is the flash; field 7 of its stat is sectors written.
+  const written = "awk '{print $7}' /sys/block/vdb/stat"
+  const watched = boot([...args, '--cut-on', 'persisted', '--cut-after', '0', '--run', `${WATCHING}; echo watched > /etc/w; until [ -e /overlay/upper/etc/w ]; do sleep 0.5; done; echo persisted; sleep 600`])
+  t.equal(watched.status, 137)
+  t.match(watched.stdout, /^persisted$/m, 'the daemon wrote the change to the flash copy by itself')
+  const after = run(t, args, `cat /etc/w && ${WATCHING}; sleep 3; ${written}; sleep 60; ${written}; ovroot status`)
+  t.match(after.stdout, /^watched$/m, 'and it survived the power cut')
+  const counts = after.stdout.split('\n').filter((line) => /^\d+$/.test(line))
+  t.equal(counts.length, 2, 'two readings of the write counter')
+  t.equal(counts[0], counts[1], 'not one sector written in a minute of idling')
+  t.match(after.stdout, /^unsynced: +nothing$/m, 'status: nothing waits in RAM')
+})
+
+t.test('sync: a reboot through the normal shutdown path persists the last changes', async (t) => {
+  const flash = `${workspace(t)}/nor.flash`
+  const args = ['--flash', flash, ...SYNC]
+  // The command waits: init's shutdown must run, not the lab's own power-off.
+  boot([...args, '--run', 'echo at-shutdown > /etc/s && reboot && sleep 600'])
+  const after = run(t, args, 'cat /etc/s')
+  t.match(after.stdout, /^at-shutdown$/m)
+})
+
+t.test('sync: power cuts during a large sync leave the old state or the new one, never a mix', async (t) => {
+  const flash = `${workspace(t)}/nor.flash`
+  const args = ['--flash', flash, ...SYNC]
+  const prepared = run(t, args, 'echo v1 > /etc/version && ovroot sync')
+  t.equal(prepared.status, 0)
+  const change = 'mkdir -p /root/many && cd /root/many && seq 1 3000 | xargs touch && echo v2 > /etc/version && echo syncing-now && ovroot sync && sleep 600'
+  for (const delay of [0.5, 3, 8]) {
+    const cut = boot([...args, '--cut-on', 'syncing-now', '--cut-after', String(delay), '--run', change])
+    t.equal(cut.status, 137, `cut ${delay} s into the sync`)
+    if (delay === 0.5) t.notMatch(consoleLog(), /ovroot: synced/, 'inside the sync')
+    const after = run(t, args, 'cat /etc/version; ls /root/many 2>/dev/null | wc -l; rm -rf /root/many; echo v1 > /etc/version; ovroot sync')
+    const version = /^(v\d)$/m.exec(after.stdout)?.[1]
+    const files = /^(\d+)$/m.exec(after.stdout)?.[1]
+    t.ok((version === 'v1' && files === '0') || (version === 'v2' && files === '3000'), `cut ${delay} s in: ${version} with ${files} files, a whole state`)
+  }
+})

@@ -5,6 +5,7 @@
  */
 import { parse } from 'ini'
 import { configError } from '../errors.js'
+import { parseKernelArguments } from '../boot/cmdline.js'
 import { readTextFile, readTextFileIfExists } from '../sys/fs.js'
 import { defaultConfig, SCHEMA, type Config } from './schema.js'
 
@@ -17,7 +18,10 @@ export const DEVICE_CONFIG = '/etc/ovroot.conf'
 export function loadConfig(explicit?: string): Config {
   const file = explicit ?? DEVICE_CONFIG
   const text = explicit ? readTextFile(explicit) : readTextFileIfExists(DEVICE_CONFIG)
-  return text === undefined ? defaultConfig() : parseConfig(text, file)
+  const config = text === undefined ? defaultConfig() : parseConfig(text, file)
+  // ovroot.SECTION.KEY=VALUE on the kernel command line holds for every command, not only boot.
+  for (const [key, value] of parseKernelArguments(readTextFileIfExists('/proc/cmdline') ?? '').overrides) applyOverride(config, 'kernel command line', key, value)
+  return config
 }
 
 export function parseConfig(text: string, file: string): Config {

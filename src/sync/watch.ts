@@ -90,19 +90,22 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
 
   const watcher = watch(source.upper, { ignoreInitial: true, followSymlinks: false, persistent: true, ignorePermissionErrors: true, atomic: false })
   let poll: NodeJS.Timeout | undefined
+  let ready: () => void = () => undefined
+  const watching = new Promise<void>((resolve) => (ready = resolve))
+  watcher.once('ready', () => ready())
   watcher.on('all', changed)
   watcher.on('error', (error) => {
+    ready()
     if (poll) return
     log(`watching ${source.upper} failed (${error instanceof Error ? error.message : String(error)}): rescanning every ${config.sync.quiet} s instead`)
     void watcher.close()
     update((stats) => ({ ...stats, watcher: 'polling' }))
     poll = setInterval(() => void run(true), quietMs)
   })
-  update((stats) => ({ ...stats, watcher: 'watching' }))
-  // What changed before the daemon started (or while it was down) is synced at once.
-  firstChange = Date.now()
-  lastChange = 0
-  schedule()
+  // Once the watch is in place, what changed before (or while the daemon was down) is synced; only then is the daemon "watching".
+  await watching
+  await run(true)
+  update((stats) => ({ ...stats, watcher: poll ? 'polling' : 'watching' }))
 
   await new Promise<void>((resolve) => {
     const stop = (): void => {
