@@ -229,6 +229,18 @@ t.test('an OpenWrt sysupgrade archive: its files land on the upper, directories 
   t.equal(fs.statSync(`${into}/etc`).mode & 0o777, 0o751, 'a directory the archive needs takes the firmware\'s mode')
 })
 
+t.test('a socket in the upper is skipped and named; the rest is backed up', async (t) => {
+  const d = device(t, [], (m) => fs.writeFileSync(`${m}/etc/kept`, 'kept\n'))
+  execFileSync('python3', ['-c', `import socket; socket.socket(socket.AF_UNIX).bind('${d.upper}/etc/control.sock')`])
+  const archive = `${d.dir}/with-socket.ovb`
+  const result = backup(d, archive)
+  t.equal(result.status, 0)
+  t.match(result.stderr, /^ovroot: skipped \/etc\/control\.sock: a socket cannot be archived$/m)
+  const names = execFileSync('tar', ['-tzf', archive], { encoding: 'utf8' })
+  t.match(names, /^etc\/kept$/m)
+  t.notMatch(names, /control\.sock/)
+})
+
 function fileArgument(): string {
   return new URL('../dist/ovroot.js', import.meta.url).pathname
 }

@@ -224,3 +224,23 @@ function contents(root: string): Map<string, string> {
   visit('')
   return files
 }
+
+t.test('--dry-run verifies and lists what the restore would change, in ovroot diff\'s formats, changing nothing', async (t) => {
+  const d = fakeDevice(t)
+  writeTree(`${d.dir}/new/upper`, { '/etc/config/network': 'restored\n', '/root/.profile': 'x\n' })
+  const file = `${d.dir}/b.ovb`
+  t.equal(ovroot(['backup', '--upper', `${d.dir}/new/upper`, '--lower', d.lower, '-o', file]).status, 0)
+  const text = ovroot(['restore', file, '--dry-run', '--config', d.config])
+  t.equal(text.status, 0, text.stderr)
+  t.match(text.stdout, /^M \/etc\/config\/network$/m, 'a file the restore changes')
+  t.match(text.stdout, /^A \/root$/m, 'a directory it adds')
+  const json = ovroot(['restore', file, '--dry-run', '--json', '--config', d.config])
+  t.match(json.stdout, /^\{"path":"\/root\/\.profile","change":"added","type":"file"/m, '--json: ovroot diff\'s records')
+  t.equal(fs.readFileSync(`${d.flash}/upper/etc/config/network`, 'utf8'), 'old\n', 'the upper is untouched')
+  t.notOk(fs.existsSync(`${d.flash}/.ovroot`), 'nothing staged')
+  const into = `${d.dir}/offline`
+  fs.mkdirSync(into)
+  const offline = ovroot(['restore', file, '--upper', into, '--lower', d.lower, '--dry-run'])
+  t.match(offline.stdout, /^M \/etc\/config\/network$/m, 'offline too, compared with the empty directory over the firmware')
+  t.same(fs.readdirSync(into), [], 'and nothing restored')
+})

@@ -6,7 +6,7 @@
  * flash trouble ends on a RAM upper with the reason recorded and shouted:
  * the device always boots.
  */
-import { loadConfig } from '../config/load.js'
+import { applyOverride, loadConfig } from '../config/load.js'
 import { type Config, upperDir, workDir } from '../config/schema.js'
 import { ExitCode, OvrootError, type ExitStatus } from '../errors.js'
 import { MEDIA_DRIVER_TABLE } from '../media/drivers.js'
@@ -33,6 +33,7 @@ interface Medium {
 export async function boot(configFile: string | undefined): Promise<ExitStatus> {
   const kernel = parseKernelArguments(readTextFile('/proc/cmdline'))
   const config = loadConfig(configFile)
+  for (const [key, value] of kernel.overrides) applyOverride(config, 'kernel command line', key, value)
   makeDirectory(config.boot.run_dir)
   reportProgressTo(`${config.boot.run_dir}/progress`)
   const state: BootState = { mode: 'flash', bootedAt: new Date().toISOString() }

@@ -20,7 +20,14 @@ export function loadConfig(explicit?: string): Config {
   const text = explicit ? readTextFile(explicit) : readTextFileIfExists(DEVICE_CONFIG)
   const config = text === undefined ? defaultConfig() : parseConfig(text, file)
   // ovroot.SECTION.KEY=VALUE on the kernel command line holds for every command, not only boot.
-  for (const [key, value] of parseKernelArguments(readTextFileIfExists('/proc/cmdline') ?? '').overrides) applyOverride(config, 'kernel command line', key, value)
+  // Boot refuses a bad one (and the shim says so); here it is passed over, so that status can still tell.
+  for (const [key, value] of parseKernelArguments(readTextFileIfExists('/proc/cmdline') ?? '').overrides) {
+    try {
+      applyOverride(config, 'kernel command line', key, value)
+    } catch {
+      // reported by boot
+    }
+  }
   return config
 }
 

@@ -56,7 +56,7 @@ function mergeStaged(staged: string, upper: string, metadata: boolean): void {
   if (!pathExists(staged)) return
   makeDirectory(upper)
   // Read before the children move out: that changes the staged directory's mtime.
-  const own = metadata ? readEntry(staged, '.', '') : 'socket'
+  const own = metadata ? readEntry(staged, '.', '') : undefined
   for (const name of listDirectory(staged)) {
     const from = `${staged}/${name}`
     const to = `${upper}/${name}`
@@ -67,7 +67,7 @@ function mergeStaged(staged: string, upper: string, metadata: boolean): void {
       renamePath(from, to)
     }
   }
-  if (own !== 'socket') replaceMetadata(upper, own.entry)
+  if (own !== undefined && own !== 'socket') replaceMetadata(upper, own.entry)
   removeTree(staged)
   syncDirectory(upper)
 }

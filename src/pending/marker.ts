@@ -1,6 +1,6 @@
 /**
  * One mechanism for every change to an upper that cannot be made under a
- * mounted overlay (a factory reset, a restore): whatever the change needs is
+ * mounted overlay (a factory reset, a restore, a sync's commit): whatever the change needs is
  * staged on the flash first, then one marker file, replaced atomically,
  * commits it; the next boot applies it before the overlay mounts (an
  * unmounted upper: at once). Applying is idempotent, so a power cut at any
@@ -30,7 +30,7 @@ export type PendingChange =
   /** Staged entries replace the flash copy's; `removals` go (a sync of a RAM upper). */
   | { kind: 'sync'; requested: string; entries: number; removals: string[] }
 
-export const PENDING_MARKER = 'pending'
+const PENDING_MARKER = 'pending'
 
 export const stateDir = (layout: FlashLayout): string => `${layout.root}/${FLASH_STATE_DIR}`
 export const markerPath = (layout: FlashLayout): string => `${stateDir(layout)}/${PENDING_MARKER}`

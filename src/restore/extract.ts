@@ -25,6 +25,9 @@ import { PathRules } from './rules.js'
  * verified only as far as its compression's checksum goes. sysupgrade:
  * OpenWrt's `sysupgrade -b`, files relative to `/` that land on the upper.
  */
+/** What an entry costs on flash beyond its data (rounded up to 4 KiB blocks): a log-structured filesystem's inode and directory nodes. */
+const ENTRY_BYTES = 256
+
 export type ArchiveKind = 'ovroot' | 'upper' | 'sysupgrade'
 
 export interface ExtractOptions {
@@ -144,7 +147,7 @@ class Extraction {
       throw corrupt(`archive entry ${JSON.stringify(entry.path)}: a file without its recorded sha256; the backup is damaged`)
     }
     this.current = { entry, hash: sums ? createHash('sha256') : undefined, sums }
-    this.neededBytes += 4096 + Math.ceil(entry.size / 4096) * 4096
+    this.neededBytes += ENTRY_BYTES + Math.ceil(entry.size / 4096) * 4096
     // A sysupgrade archive's root entry would change the upper's own directory: its files are what it carries.
     if (this.writer && this.options.staging !== undefined && !(this.kind === 'sysupgrade' && entry.path === '.')) {
       const linkTarget = entry.type === 'hardlink' ? under(this.options.staging, (entry.linkTarget ?? '').replace(/^(\.\/)+/, '')) : undefined
@@ -183,7 +186,7 @@ class Extraction {
       devMinor: 0,
       xattrs: [],
     }
-    this.neededBytes += 4096
+    this.neededBytes += ENTRY_BYTES
     if (this.writer && this.options.staging !== undefined) this.writer.begin(under(this.options.staging, path), entry)
   }
 

@@ -1,0 +1,99 @@
+#!/usr/bin/env node
+// Benchmark of `ovroot sync` (run as root: npm run bench:sync).
+//
+// The 20,000-change upper of the diff benchmark, held in RAM (tmpfs), is
+// persisted to two ext4 "flashes" on loop devices: one by `ovroot sync --to`,
+// one by `rsync -aAX --delete`. Then, three times, 1% of the upper's files
+// change (appends to 200 files) and each tool persists again. In the same
+// run it reports, per round: bytes written to the target's block device (its
+// write counter in /sys/block/loopN/stat, after sync) and wall time; then the
+// peak memory of `ovroot sync --watch` on that upper.
+import { execFileSync, spawn, spawnSync } from 'node:child_process'
+import * as fs from 'node:fs'
+import * as path from 'node:path'
+import { OVROOT, benchmarkRoot, setUp } from './fixture.mjs'
+
+const sectorsWritten = (loop) => Number(fs.readFileSync(`/sys/block/${path.basename(loop)}/stat`, 'utf8').trim().split(/\s+/)[6]) * 512
+
+function flash(root, name) {
+  const image = path.join(root, `${name}.img`)
+  fs.writeFileSync(image, '')
+  fs.truncateSync(image, 1 << 30)
+  const loop = execFileSync('losetup', ['-f', '--show', image], { encoding: 'utf8' }).trim()
+  execFileSync('mkfs.ext4', ['-q', '-F', loop])
+  const mount = path.join(root, name)
+  fs.mkdirSync(mount)
+  execFileSync('mount', [loop, mount])
+  return { loop, mount }
+}
+
+/** Time a command and the bytes it makes reach the device (flushed by sync). */
+function persist(label, target, command, args) {
+  execFileSync('sync')
+  const before = sectorsWritten(target.loop)
+  const started = process.hrtime.bigint()
+  const result = spawnSync(command, args, { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' })
+  execFileSync('sync')
+  const seconds = Number(process.hrtime.bigint() - started) / 1e9
+  if (result.status !== 0) throw new Error(`${label}: ${result.stderr}`)
+  const bytes = sectorsWritten(target.loop) - before
+  console.log(`  ${label.padEnd(28)} ${seconds.toFixed(2).padStart(6)} s ${(bytes / 1024).toFixed(0).padStart(9)} KiB written`)
+  return { seconds, bytes }
+}
+
+await benchmarkRoot('sync-bench', async (root) => {
+  const layers = setUp(root, 20000)
+  // A boot record and configuration as on a device booted with [sync] enabled, the upper in RAM.
+  const run = path.join(root, 'run')
+  fs.mkdirSync(run)
+  fs.writeFileSync(path.join(run, 'status.json'), JSON.stringify({ mode: 'flash', bootedAt: 'x', overlay: { lowers: [layers.lower], upper: layers.upper, work: '', options: '' }, sync: { mirror: '' } }))
+  const config = path.join(root, 'ovroot.conf')
+  fs.writeFileSync(config, `[overlay]\nlower = ${layers.lower}\n[boot]\nrun_dir = ${run}\n[sync]\nenabled = yes\nquiet = 3600\n`)
+  const ovrootFlash = flash(root, 'ovroot-flash')
+  const rsyncFlash = flash(root, 'rsync-flash')
+  const ovrootSync = (label) => persist(label, ovrootFlash, process.execPath, [OVROOT, 'sync', '--config', config, '--to', ovrootFlash.mount])
+  const rsync = (label) => persist(label, rsyncFlash, 'rsync', ['-aAX', '--delete', `${layers.upper}/`, `${rsyncFlash.mount}/upper/`])
+  console.log('\nfirst copy of the 20,000-change upper')
+  ovrootSync('ovroot sync --to (full)')
+  rsync('rsync -aAX --delete (full)')
+  const files = []
+  for (const dir of fs.readdirSync(layers.merged)) {
+    for (const sub of fs.readdirSync(path.join(layers.merged, dir))) {
+      for (const name of fs.readdirSync(path.join(layers.merged, dir, sub))) if (name.startsWith('f')) files.push(path.join(layers.merged, dir, sub, name))
+    }
+  }
+  const totals = { ovroot: { seconds: 0, bytes: 0 }, rsync: { seconds: 0, bytes: 0 }, changed: 0 }
+  for (let round = 0; round < 3; round++) {
+    const changed = files.filter((_, i) => i % 100 === round * 7)
+    for (const file of changed) fs.appendFileSync(file, `round ${round}\n`)
+    const changedBytes = changed.reduce((sum, file) => sum + fs.statSync(file).size, 0)
+    totals.changed += changedBytes
+    console.log(`\nround ${round + 1}: ${changed.length} files changed (1%), ${(changedBytes / 1024).toFixed(0)} KiB`)
+    const a = ovrootSync('ovroot sync --to')
+    const b = rsync('rsync -aAX --delete')
+    for (const [key, value] of [['ovroot', a], ['rsync', b]]) {
+      totals[key].seconds += value.seconds
+      totals[key].bytes += value.bytes
+    }
+  }
+  console.log('\nwatching the 20,000-change upper')
+  const daemon = spawn(process.execPath, [OVROOT, 'sync', '--watch', '--config', config], { stdio: 'ignore' })
+  let peak = 0
+  for (let waited = 0; waited < 600; waited++) {
+    await new Promise((resolve) => setTimeout(resolve, 100))
+    const status = fs.readFileSync(`/proc/${daemon.pid}/status`, 'utf8')
+    peak = Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? 0)
+    if (fs.existsSync(path.join(run, 'sync.json')) && JSON.parse(fs.readFileSync(path.join(run, 'sync.json'), 'utf8')).watcher === 'watching') break
+  }
+  daemon.kill('SIGTERM')
+  await new Promise((resolve) => daemon.on('exit', resolve))
+  console.log(`  ovroot sync --watch peak memory: ${(peak / 1024).toFixed(1)} MiB (watching and synced)`)
+  console.log('\nratios over the three rounds')
+  console.log(`  ovroot bytes written / changed files' bytes: ${(totals.ovroot.bytes / totals.changed).toFixed(2)}x   (target <= 1.1x plus the journal)`)
+  console.log(`  rsync bytes written / changed files' bytes:  ${(totals.rsync.bytes / totals.changed).toFixed(2)}x`)
+  console.log(`  ovroot time / rsync time:                    ${(totals.ovroot.seconds / totals.rsync.seconds).toFixed(2)}x   (target <= 1x)`)
+  for (const target of [ovrootFlash, rsyncFlash]) {
+    spawnSync('umount', [target.mount])
+    spawnSync('losetup', ['-d', target.loop])
+  }
+})
