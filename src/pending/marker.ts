@@ -11,6 +11,7 @@ import { randomBytes } from 'node:crypto'
 import { FLASH_STATE_DIR } from '../boot/state.js'
 import type { Config } from '../config/schema.js'
 import { ExitCode, OvrootError } from '../errors.js'
+import { syncAll } from '../sys/libc.js'
 import { filesystemInfo, makeDirectory, pathExists, readTextFileIfExists, removeFile, removeTree, syncDirectory, writeFileAtomic } from '../sys/fs.js'
 
 export interface FlashLayout {
@@ -67,8 +68,12 @@ export function readPending(layout: FlashLayout): PendingChange | undefined {
   throw new OvrootError('EMARKER', ExitCode.data, `${markerPath(layout)}: unreadable pending-change marker; expected the JSON ovroot writes (ovroot reset --cancel removes it)`)
 }
 
-/** Commit a change whose staging is complete: from now on the next boot applies it. */
+/**
+ * Commit a change whose staging is complete: from now on the next boot
+ * applies it. Everything staged reaches the flash before the marker does.
+ */
 export function commitPending(layout: FlashLayout, change: PendingChange): void {
+  syncAll()
   makeDirectory(stateDir(layout))
   const text = `${JSON.stringify(change)}\n`
   try {

@@ -235,11 +235,26 @@ export class EntryWriter {
   }
 }
 
-/** Give `full` the metadata of `entry`: owner, mode, exactly its xattrs, mtime. */
+/** Give `full` the metadata of `entry`: owner, mode, exactly its xattrs, mtime; what is already so is not written again. */
 export function replaceMetadata(full: string, entry: UpperEntry): void {
-  const keep = new Set(entry.xattrs.map(([name]) => name))
-  for (const name of listXattrs(full)) if (!keep.has(name)) removeXattr(full, name)
-  applyMetadata(full, entry)
+  const current = readEntry(full, entry.path, '')
+  if (current === 'socket') return
+  const wanted = new Map(entry.xattrs.map(([name, value]) => [name, value]))
+  const present = new Map(current.entry.xattrs.map(([name, value]) => [name, value]))
+  const seconds = Math.round(entry.mtime * 1e6) / 1e6 + 5e-7
+  try {
+    for (const name of present.keys()) if (!wanted.has(name)) removeXattr(full, name)
+    // A new owner clears set-id bits and capabilities: then everything is set again.
+    if (current.entry.uid !== entry.uid || current.entry.gid !== entry.gid) {
+      applyMetadata(full, entry)
+      return
+    }
+    if (current.entry.mode !== entry.mode) fs.chmodSync(full, entry.mode)
+    for (const [name, value] of wanted) if (!present.get(name)?.equals(value)) setXattr(full, name, value)
+    if (current.entry.mtime !== entry.mtime) fs.lutimesSync(full, seconds, seconds)
+  } catch (error) {
+    throw fromNodeError(error, 'set metadata of', full)
+  }
 }
 
 /**

@@ -32,12 +32,13 @@ function persist(label, target, command, args) {
   execFileSync('sync')
   const before = sectorsWritten(target.loop)
   const started = process.hrtime.bigint()
-  const result = spawnSync(command, args, { stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' })
+  const result = spawnSync(command, args, { stdio: ['ignore', 'pipe', 'pipe'], encoding: 'utf8' })
   execFileSync('sync')
   const seconds = Number(process.hrtime.bigint() - started) / 1e9
   if (result.status !== 0) throw new Error(`${label}: ${result.stderr}`)
   const bytes = sectorsWritten(target.loop) - before
-  console.log(`  ${label.padEnd(28)} ${seconds.toFixed(2).padStart(6)} s ${(bytes / 1024).toFixed(0).padStart(9)} KiB written`)
+  const said = result.stdout.trim().split('\n').pop() ?? ''
+  console.log(`  ${label.padEnd(28)} ${seconds.toFixed(2).padStart(6)} s ${(bytes / 1024).toFixed(0).padStart(9)} KiB written  ${said}`)
   return { seconds, bytes }
 }
 
