@@ -57,7 +57,7 @@ export async function runBackup(options: BackupOptions): Promise<ExitStatus> {
   }
   const include = inclusion(request, options)
   const progress = new Progress()
-  const source = Readable.from(archive(request, header, include, progress), { objectMode: false })
+  const source = Readable.from(coalesce(archive(request, header, include, progress)), { objectMode: false })
   const write = (destination: NodeJS.WritableStream): Promise<void> =>
     passphrase ? pipeline(source, createGzip(), new Encrypt(passphrase), destination) : pipeline(source, createGzip(), destination)
   if (options.output === '-') {
@@ -102,6 +102,26 @@ function* archive(request: CheckedDiffRequest, header: BackupHeader, include: (p
   }
   yield globalComment(encodeTrailer({ entries }))
   yield END_OF_ARCHIVE
+}
+
+/**
+ * Headers, paddings and small files are tiny buffers; handed to gzip one by
+ * one, each is a round trip to zlib's thread (measured: half the backup's
+ * time idle or in per-chunk overhead). They travel in chunks of 64 KiB.
+ */
+function* coalesce(buffers: Iterable<Buffer>, size = 64 * 1024): Generator<Buffer> {
+  let pending: Buffer[] = []
+  let length = 0
+  for (const buffer of buffers) {
+    pending.push(buffer)
+    length += buffer.length
+    if (length >= size) {
+      yield Buffer.concat(pending, length)
+      pending = []
+      length = 0
+    }
+  }
+  if (length > 0) yield Buffer.concat(pending, length)
 }
 
 /** --exclude, and with --changes-only what ovroot diff reports plus the directories above it. */
