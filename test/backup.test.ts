@@ -47,7 +47,7 @@ function applyStandardOperations(t: Tap.Test): (merged: string) => void {
   }
 }
 
-const backup = (d: Device, file: string, ...extra: string[]) => ovroot(['backup', '--upper', d.upper, '--lower', d.lower, '-o', file, ...(d.options.includes('userxattr') ? [] : []), ...extra])
+const backup = (d: Device, file: string, ...extra: string[]) => ovroot(['backup', '--upper', d.upper, '--lower', d.lower, '-o', file, ...extra])
 const restore = (d: Device, file: string, into: string, ...extra: string[]) => ovroot(['restore', file, '--upper', into, '--lower', d.lower, ...extra])
 
 /** The merged view of an upper over the device's lower. */
