@@ -13,7 +13,7 @@ import { MEDIA_DRIVER_TABLE } from '../media/drivers.js'
 import { ramVolume } from '../media/ram.js'
 import type { Volume } from '../media/types.js'
 import { filesystemInfo, makeDirectory, pathExists, readTextFile, writeFileAtomic } from '../sys/fs.js'
-import { mount, MountFlag, pivotRoot, remount, unmount } from '../sys/libc.js'
+import { mount, MountFlag, pivotRoot, remount, requireSystemLayer, unmount } from '../sys/libc.js'
 import { reportProgressTo } from '../sys/progress.js'
 import { OverlayXattrs } from '../overlay/xattrs.js'
 import { commitPending, describePending, ensureReserve, flashLayout, readPending } from '../pending/marker.js'
@@ -31,6 +31,7 @@ interface Medium {
 }
 
 export async function boot(configFile: string | undefined): Promise<ExitStatus> {
+  requireSystemLayer()
   const kernel = parseKernelArguments(readTextFile('/proc/cmdline'))
   const config = loadConfig(configFile)
   for (const [key, value] of kernel.overrides) applyOverride(config, 'kernel command line', key, value)

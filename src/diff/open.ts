@@ -54,7 +54,7 @@ export function openDiff(request: CheckedDiffRequest): OverlayDiff {
   return new OverlayDiff(merged, lower, hostTreeReader, xattrs, request)
 }
 
-function requireDirectory(path: string, role: string): { dev: number; ino: number } {
+function requireDirectory(path: string, role: string): { dev: bigint; ino: bigint } {
   const stat = statPath(path)
   if (!stat) throw new OvrootError('ENOENT', ExitCode.environment, `${role} directory ${path} does not exist`)
   if (stat.type !== 'dir') throw new OvrootError('ENOTDIR', ExitCode.environment, `${role} ${path} is a ${stat.type}, expected a directory`)

@@ -9,8 +9,8 @@ export interface EntryStat {
   gid: number
   size: number
   rdev: number
-  dev: number
-  ino: number
+  dev: bigint
+  ino: bigint
   nlink: number
 }
 

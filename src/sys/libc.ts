@@ -1,12 +1,18 @@
 /**
- * The system calls Node does not offer (xattrs, lstat into a reused buffer,
- * mknod, mount, pivot_root), bound to libc with koffi. One binding for the whole product keeps
- * boot free of process spawns and lets diff read xattrs at syscall speed.
+ * The system calls Node does not offer (xattrs, a stat that reuses its buffer,
+ * mknod, mount, pivot_root), bound with koffi to the libc this process already
+ * runs on (glibc or musl, whatever its soname). One binding for the whole
+ * product keeps boot free of process spawns and lets diff read xattrs at
+ * syscall speed. Nothing here depends on the architecture's struct layouts:
+ * stat goes through statx(2), whose layout is the same everywhere, decoded in
+ * the host's byte order; the few raw system calls take their numbers from
+ * sys/platform.ts.
  */
 import { createRequire } from 'node:module'
-import { constants as osConstants } from 'node:os'
+import { endianness, constants as osConstants } from 'node:os'
 import { SysError } from '../errors.js'
 import type { EntryStat, EntryType } from '../overlay/types.js'
+import { noNativeBinding, syscallNumbers, type SyscallNumbers } from './platform.js'
 
 interface KoffiFunction {
   (...args: unknown[]): unknown
@@ -15,46 +21,60 @@ interface KoffiLibrary {
   func(signature: string): KoffiFunction
 }
 interface Koffi {
-  load(path: string): KoffiLibrary
+  load(path: string | null): KoffiLibrary
   errno(): number
 }
 
 const requireFromHere = createRequire(import.meta.url)
 
 interface Libc {
-  lstat: KoffiFunction
   llistxattr: KoffiFunction
   lgetxattr: KoffiFunction
   lsetxattr: KoffiFunction
   lremovexattr: KoffiFunction
-  mknod: KoffiFunction
   mount: KoffiFunction
   umount2: KoffiFunction
-  syscall: KoffiFunction
   sync: KoffiFunction
+  /** syscall(2) is variadic: every call passes a koffi type before each argument. */
+  syscall: KoffiFunction
+  numbers: SyscallNumbers
 }
 
 let koffi: Koffi | undefined
 let libc: Libc | undefined
 
+function loadKoffi(): Koffi {
+  try {
+    return requireFromHere('koffi') as Koffi
+  } catch (error) {
+    throw noNativeBinding(error)
+  }
+}
+
 function bind(): { koffi: Koffi; libc: Libc } {
   if (!koffi || !libc) {
-    koffi = requireFromHere('koffi') as Koffi
-    const lib = koffi.load('libc.so.6')
+    const numbers = syscallNumbers()
+    koffi = loadKoffi()
+    // null: the symbols the process already has, so whichever libc Node was linked with.
+    const lib = koffi.load(null)
     libc = {
-      lstat: lib.func('int lstat(const char *path, _Out_ uint8_t *buf)'),
       llistxattr: lib.func('intptr_t llistxattr(const char *path, _Out_ uint8_t *list, size_t size)'),
       lgetxattr: lib.func('intptr_t lgetxattr(const char *path, const char *name, _Out_ uint8_t *value, size_t size)'),
       lsetxattr: lib.func('int lsetxattr(const char *path, const char *name, const uint8_t *value, size_t size, int flags)'),
       lremovexattr: lib.func('int lremovexattr(const char *path, const char *name)'),
-      mknod: lib.func('int mknod(const char *path, uint32_t mode, uint64_t dev)'),
       mount: lib.func('int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const char *data)'),
       umount2: lib.func('int umount2(const char *target, int flags)'),
-      syscall: lib.func('long syscall(long number, const char *a, const char *b)'),
       sync: lib.func('void sync()'),
+      syscall: lib.func('long syscall(long number, ...)'),
+      numbers,
     }
   }
   return { koffi, libc }
+}
+
+/** Fails with the one-line platform message when this platform cannot run ovroot's system layer. */
+export function requireSystemLayer(): void {
+  bind()
 }
 
 const errnoNames = new Map<number, string>(Object.entries(osConstants.errno).map(([name, value]) => [value, name]))
@@ -70,15 +90,23 @@ function check(result: unknown, operation: string, target: string): number {
   return value
 }
 
-/** struct stat as glibc lays it out, in 32-bit words: x86_64's own, and asm-generic's (arm64, riscv64). */
-const STAT_LAYOUT =
-  process.arch === 'x64'
-    ? { bytes: 144, dev: 0, ino: 2, nlink: 4, mode: 6, uid: 7, gid: 8, rdev: 10, size: 12 }
-    : { bytes: 128, dev: 0, ino: 2, mode: 4, nlink: 5, uid: 6, gid: 7, rdev: 8, size: 12 }
-const statBuffer = Buffer.alloc(STAT_LAYOUT.bytes)
-const statWords = new Uint32Array(statBuffer.buffer, statBuffer.byteOffset, STAT_LAYOUT.bytes / 4)
+/** Values the kernel defines once for every architecture. */
+const AT_FDCWD = -100
+const AT_SYMLINK_NOFOLLOW = 0x100
+const STATX_BASIC_STATS = 0x7ff
 
-const u64 = (word: number): number => (statWords[word] ?? 0) + (statWords[word + 1] ?? 0) * 0x100000000
+/** struct statx (include/uapi/linux/stat.h): byte offsets, one layout on every architecture. */
+const STATX = { bytes: 256, nlink: 16, uid: 20, gid: 24, mode: 28, ino: 32, size: 40, rdevMajor: 128, rdevMinor: 132, devMajor: 136, devMinor: 140 } as const
+const statxBuffer = Buffer.alloc(STATX.bytes)
+const statxView = new DataView(statxBuffer.buffer, statxBuffer.byteOffset, STATX.bytes)
+const littleEndian = endianness() === 'LE'
+
+/** The dev_t encoding glibc's and musl's makedev produce, which Node's fs.Stats report too. */
+export function makeDeviceNumber(major: number, minor: number): bigint {
+  const ma = BigInt(major)
+  const mi = BigInt(minor)
+  return ((ma & 0xfffff000n) << 32n) | ((ma & 0xfffn) << 8n) | ((mi & 0xffffff00n) << 12n) | (mi & 0xffn)
+}
 
 const S_IFMT = 0o170000
 const TYPE_OF_FORMAT = new Map<number, EntryType>([
@@ -92,28 +120,31 @@ const TYPE_OF_FORMAT = new Map<number, EntryType>([
 ])
 
 /**
- * lstat(2) straight into a reused buffer, a third cheaper than fs.lstatSync:
- * diff stats every entry of the upper and its lower twin. Answers undefined
- * for a path that does not exist.
+ * statx(2) of a path, not following a final symlink, into a reused buffer: a
+ * third cheaper than fs.lstatSync, and diff stats every entry of the upper and
+ * its lower twin. Answers undefined for a path that does not exist.
  */
 export function lstat(path: string): EntryStat | undefined {
-  if (bind().libc.lstat(path, statBuffer) !== 0) {
+  const { libc } = bind()
+  const result = libc.syscall(libc.numbers.statx, 'int', AT_FDCWD, 'str', path, 'int', AT_SYMLINK_NOFOLLOW, 'uint32_t', STATX_BASIC_STATS, 'void *', statxBuffer)
+  if (Number(result) !== 0) {
     const errno = errnoName()
     if (errno === 'ENOENT' || errno === 'ENOTDIR') return undefined
-    throw new SysError(errno, 'lstat', path)
+    throw new SysError(errno, 'statx', path)
   }
-  const layout = STAT_LAYOUT
-  const mode = statWords[layout.mode] ?? 0
+  const u32 = (offset: number): number => statxView.getUint32(offset, littleEndian)
+  const u64 = (offset: number): bigint => statxView.getBigUint64(offset, littleEndian)
+  const mode = statxView.getUint16(STATX.mode, littleEndian)
   return {
     type: TYPE_OF_FORMAT.get(mode & S_IFMT) ?? 'block',
     permissions: mode & 0o7777,
-    uid: statWords[layout.uid] ?? 0,
-    gid: statWords[layout.gid] ?? 0,
-    size: u64(layout.size),
-    rdev: u64(layout.rdev),
-    dev: u64(layout.dev),
-    ino: u64(layout.ino),
-    nlink: process.arch === 'x64' ? u64(layout.nlink) : (statWords[layout.nlink] ?? 0),
+    uid: u32(STATX.uid),
+    gid: u32(STATX.gid),
+    size: Number(u64(STATX.size)),
+    rdev: Number(makeDeviceNumber(u32(STATX.rdevMajor), u32(STATX.rdevMinor))),
+    dev: makeDeviceNumber(u32(STATX.devMajor), u32(STATX.devMinor)),
+    ino: u64(STATX.ino),
+    nlink: u32(STATX.nlink),
   }
 }
 
@@ -170,16 +201,17 @@ const S_IFIFO = 0o010000
 
 export type NodeKind = 'char' | 'block' | 'fifo'
 
-/** glibc's makedev: the 64-bit encoding the kernel's new_encode_dev expects. */
-function makeDevice(major: number, minor: number): bigint {
-  const ma = BigInt(major)
-  const mi = BigInt(minor)
-  return ((ma & 0xfffff000n) << 32n) | ((ma & 0xfffn) << 8n) | ((mi & 0xffffff00n) << 12n) | (mi & 0xffn)
+/** The 32-bit dev_t the mknodat system call takes (the kernel's new_encode_dev). */
+function kernelDeviceNumber(path: string, major: number, minor: number): number {
+  if (major > 0xfff || minor > 0xfffff) throw new SysError('EINVAL', 'mknod', path, `device ${major}:${minor} is out of range (major up to 4095, minor up to 1048575)`)
+  return ((minor & 0xff) | (major << 8) | ((minor & ~0xff) << 12)) >>> 0
 }
 
 export function makeNode(path: string, kind: NodeKind, permissions: number, major = 0, minor = 0): void {
+  const { libc } = bind()
   const type = kind === 'char' ? S_IFCHR : kind === 'block' ? S_IFBLK : S_IFIFO
-  check(bind().libc.mknod(path, type | (permissions & 0o7777), makeDevice(major, minor)), 'mknod', path)
+  const result = libc.syscall(libc.numbers.mknodat, 'int', AT_FDCWD, 'str', path, 'uint32_t', type | (permissions & 0o7777), 'uint32_t', kernelDeviceNumber(path, major, minor))
+  check(result, 'mknod', path)
 }
 
 export const MountFlag = {
@@ -209,11 +241,9 @@ export function unmount(target: string, lazy = false): void {
   check(bind().libc.umount2(target, lazy ? MNT_DETACH : 0), 'umount', target)
 }
 
-const SYS_PIVOT_ROOT_X86_64 = 155
-const SYS_PIVOT_ROOT_GENERIC = 41
 export function pivotRoot(newRoot: string, putOld: string): void {
-  const number = process.arch === 'x64' ? SYS_PIVOT_ROOT_X86_64 : SYS_PIVOT_ROOT_GENERIC
-  check(bind().libc.syscall(number, newRoot, putOld), 'pivot_root', `${newRoot} (old root to ${putOld})`)
+  const { libc } = bind()
+  check(libc.syscall(libc.numbers.pivotRoot, 'str', newRoot, 'str', putOld), 'pivot_root', `${newRoot} (old root to ${putOld})`)
 }
 
 export function syncAll(): void {

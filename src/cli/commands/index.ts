@@ -1,4 +1,4 @@
-import type { CommandModule } from 'yargs'
+import type { ArgumentsCamelCase, CommandModule } from 'yargs'
 import { backupCommand } from './backup.js'
 import { bootCommand } from './boot.js'
 import { diffCommand } from './diff.js'
@@ -9,4 +9,20 @@ import { syncCommand } from './sync.js'
 
 const asCommand = (command: object): CommandModule<object, never> => command as CommandModule<object, never>
 
-export const commands = [bootCommand, statusCommand, diffCommand, resetCommand, backupCommand, restoreCommand, syncCommand].map(asCommand)
+/** A command that calls into libc checks the platform before any work, so an unsupported one gets one line and nothing half-done. */
+function needingSystemLayer(command: CommandModule<object, never>): CommandModule<object, never> {
+  return {
+    ...command,
+    handler: async (args: ArgumentsCamelCase<never>) => {
+      const { requireSystemLayer } = await import('../../sys/libc.js')
+      requireSystemLayer()
+      await command.handler(args)
+    },
+  }
+}
+
+export const commands = [
+  asCommand(bootCommand),
+  asCommand(statusCommand),
+  ...[diffCommand, resetCommand, backupCommand, restoreCommand, syncCommand].map(asCommand).map(needingSystemLayer),
+]
