@@ -8,7 +8,7 @@ if [ ! -x node_modules/.bin/tap ] || [ package-lock.json -nt node_modules/.packa
   npm ci --no-audit --no-fund
 fi
 
-packages="qemu-system-x86 busybox-static squashfs-tools mtd-utils f2fs-tools e2fsprogs attr cpio kmod git time rsync"
+packages="qemu-system-x86 qemu-system-arm binutils busybox-static squashfs-tools mtd-utils f2fs-tools e2fsprogs attr cpio kmod git time rsync"
 missing=""
 for package in $packages; do
   dpkg-query -W -f '${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing="$missing $package"

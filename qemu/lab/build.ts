@@ -5,10 +5,11 @@
  * OpenWrt-like /etc, node, ovroot, init/ovroot-init). Rebuilt only when an
  * input changed.
  */
-import { execFileSync } from 'node:child_process'
+import { execFileSync, spawnSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
+import { hostArchitecture, type Architecture } from './arch.js'
 
 export const LAB = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..', '..')
 export const PROJECT = path.resolve(LAB, '..')
@@ -16,15 +17,16 @@ export const BUILD = path.join(LAB, 'build')
 const CACHE = path.join(LAB, 'cache')
 
 export interface Images {
+  /** Where this architecture's images and default flashes live */
+  dir: string
   kernel: string
   initramfs: string
   rootfs: string
 }
 
-export const IMAGES: Images = {
-  kernel: path.join(BUILD, 'vmlinuz'),
-  initramfs: path.join(BUILD, 'initramfs.cpio.gz'),
-  rootfs: path.join(BUILD, 'rootfs.squashfs'),
+export function imagesOf(arch: Architecture): Images {
+  const dir = path.join(BUILD, arch.name)
+  return { dir, kernel: path.join(dir, 'vmlinuz'), initramfs: path.join(dir, 'initramfs.cpio.gz'), rootfs: path.join(dir, 'rootfs.squashfs') }
 }
 
 /** Loaded in preinit in this order (with their dependencies first). */
@@ -33,6 +35,8 @@ const MODULES = ['virtio_pci', 'virtio_blk', 'squashfs', 'overlay', 'mtd', 'jffs
 const MEDIA_MODULES = ['block2mtd', 'ubi', 'ubifs']
 /** Device tools ovroot runs to format flash, and what the lab's scripts use. */
 const DEVICE_TOOLS = ['/usr/sbin/flash_erase', '/usr/sbin/ubimkvol', '/usr/sbin/ubiupdatevol', '/usr/sbin/mkfs.ext4', '/usr/sbin/mkfs.f2fs', '/usr/bin/getfattr', '/usr/bin/setfattr']
+/** The Debian packages a foreign architecture's image is assembled from (their libraries follow). */
+const USERLAND_PACKAGES = ['busybox-static', 'libc6', 'libstdc++6', 'libgcc-s1', 'mtd-utils', 'e2fsprogs', 'f2fs-tools', 'attr']
 
 function run(command: string, args: string[], options: { cwd?: string; input?: Buffer } = {}): string {
   return execFileSync(command, args, { cwd: options.cwd, input: options.input, encoding: 'utf8', stdio: ['pipe', 'pipe', 'pipe'], maxBuffer: 1 << 28 })
@@ -42,33 +46,103 @@ function log(message: string): void {
   process.stderr.write(`lab: ${message}\n`)
 }
 
-/** The Debian kernel the linux-image-amd64 metapackage points at, unpacked. */
-function kernelTree(): { root: string; version: string } {
-  const depends = (): string => run('apt-cache', ['depends', 'linux-image-amd64'])
-  let listing = depends()
-  if (!/Depends: linux-image-/.test(listing)) {
+/** apt-cache's answer, after one apt-get update if the index does not know the package yet. */
+function aptCache(args: string[]): string {
+  try {
+    return run('apt-cache', args)
+  } catch {
     run('apt-get', ['update', '-qq'])
-    listing = depends()
+    return run('apt-cache', args)
   }
-  const match = /Depends: (linux-image-(\d[^\s]*-amd64))/.exec(listing)
-  if (!match?.[1] || !match[2]) throw new Error('lab: cannot find the kernel package linux-image-amd64 depends on')
+}
+
+/** A foreign architecture's packages can be downloaded once dpkg knows the architecture. */
+function ensureDebianArchitecture(arch: Architecture): void {
+  if (arch.debian === run('dpkg', ['--print-architecture']).trim()) return
+  if (run('dpkg', ['--print-foreign-architectures']).split('\n').includes(arch.debian)) return
+  log(`adding the Debian architecture ${arch.debian}`)
+  run('dpkg', ['--add-architecture', arch.debian])
+  run('apt-get', ['update', '-qq'])
+}
+
+/** Download Debian packages (PKG:ARCH or PKG=VERSION) into DIR; answer the .deb files. */
+function download(dir: string, packages: string[]): string[] {
+  fs.mkdirSync(dir, { recursive: true })
+  const before = new Set(fs.readdirSync(dir))
+  run('apt-get', ['download', '-q', ...packages], { cwd: dir })
+  return fs.readdirSync(dir).filter((name) => name.endsWith('.deb') && !before.has(name)).map((name) => path.join(dir, name))
+}
+
+/** The Debian kernel the linux-image-DEBIAN metapackage points at, unpacked, with any module it lacks built. */
+function kernelTree(arch: Architecture): { root: string; version: string } {
+  const listing = aptCache(['depends', `linux-image-${arch.debian}:${arch.debian}`])
+  const match = new RegExp(`Depends: (linux-image-(\\d\\S*-${arch.debian}))`).exec(listing)
+  if (!match?.[1] || !match[2]) throw new Error(`lab: cannot find the kernel package linux-image-${arch.debian} depends on`)
   const [, packageName, version] = match as unknown as [string, string, string]
   const root = path.join(CACHE, packageName)
   if (!fs.existsSync(path.join(root, 'boot', `vmlinuz-${version}`))) {
     log(`downloading ${packageName}`)
-    const download = path.join(CACHE, 'download')
-    fs.mkdirSync(download, { recursive: true })
-    run('apt-get', ['download', '-q', packageName], { cwd: download })
-    const deb = fs.readdirSync(download).find((name) => name.startsWith(`${packageName}_`) && name.endsWith('.deb'))
+    const [deb] = download(path.join(CACHE, 'download'), [`${packageName}:${arch.debian}`])
     if (!deb) throw new Error(`lab: apt-get download ${packageName} produced no .deb`)
     fs.rmSync(root, { recursive: true, force: true })
-    run('dpkg-deb', ['-x', path.join(download, deb), root])
-    fs.rmSync(path.join(download, deb))
-    run('depmod', ['-b', root, version])
+    run('dpkg-deb', ['-x', deb, root])
+    fs.rmSync(deb)
   }
+  buildMissingModules(arch, root, version)
+  if (!fs.existsSync(path.join(root, 'lib', 'modules', version, 'modules.dep'))) run('depmod', ['-b', root, version])
   return { root, version }
 }
 
+/**
+ * Out-of-tree builds of the drivers Debian's kernel for this architecture
+ * leaves out (arm64 has no block2mtd, the lab's NOR flash): Debian's headers
+ * and kbuild for that exact kernel, the file from Debian's linux-source, and
+ * Debian's cross compiler.
+ */
+function buildMissingModules(arch: Architecture, root: string, version: string): void {
+  const extra = path.join(root, 'lib', 'modules', version, 'extra')
+  const wanted = Object.entries(arch.missingModules).filter(([name]) => !fs.existsSync(path.join(extra, `${name}.ko`)))
+  if (wanted.length === 0) return
+  log(`building ${wanted.map(([name]) => name).join(', ')} for ${version}`)
+  const compiler = `${arch.triplet}-gcc-12`
+  if (spawnSync('which', [compiler]).status !== 0) run('apt-get', ['install', '-y', '-qq', '--no-install-recommends', `gcc-${arch.triplet.replace(/_/g, '-')}`])
+  const headers = `linux-headers-${version}`
+  const show = aptCache(['show', `${headers}:${arch.debian}`])
+  // The headers need their common half at their own version, and kbuild at that version or newer.
+  const dependency = (name: RegExp): RegExpExecArray => {
+    const found = name.exec(show)
+    if (!found?.[1]) throw new Error(`lab: ${headers} names no ${name.source}`)
+    return found
+  }
+  const [, commonName, commonVersion] = dependency(/(linux-headers-[\d.]+-\d+-common) \(= ([^)]+)\)/)
+  const common = `${commonName}=${commonVersion}`
+  const kbuild = dependency(/(linux-kbuild-[\d.]+)/)[1] ?? ''
+  const source = `linux-source-${/^(\d+\.\d+)/.exec(version)?.[1] ?? ''}`
+  const tree = path.join(CACHE, `${headers}-kbuild`)
+  fs.rmSync(tree, { recursive: true, force: true })
+  for (const deb of download(path.join(CACHE, 'download'), [`${headers}:${arch.debian}`, common, kbuild, source])) {
+    if (deb.includes('linux-source-')) {
+      const sources = Object.values(arch.missingModules).map((file) => `linux-source-${/^(\d+\.\d+)/.exec(version)?.[1] ?? ''}/${file}`)
+      execFileSync('sh', ['-c', `dpkg-deb --fsys-tarfile "$1" | tar -xO --wildcards './usr/src/linux-source-*.tar.xz' | tar -xJ -C "$2" ${sources.map((file) => `'${file}'`).join(' ')}`, 'sh', deb, tree], { stdio: 'pipe' })
+    } else run('dpkg-deb', ['-x', deb, tree])
+    fs.rmSync(deb)
+  }
+  // Debian's headers Makefile includes the common tree by its installed, absolute path.
+  const headersDir = path.join(tree, 'usr', 'src', headers)
+  const makefile = path.join(headersDir, 'Makefile')
+  fs.writeFileSync(makefile, fs.readFileSync(makefile, 'utf8').replace(/^include \/usr\/src\//m, `include ${tree}/usr/src/`))
+  fs.mkdirSync(extra, { recursive: true })
+  for (const [name, file] of wanted) {
+    const build = path.join(tree, 'build', name)
+    fs.mkdirSync(build, { recursive: true })
+    fs.copyFileSync(path.join(tree, fs.readdirSync(tree).find((entry) => entry.startsWith('linux-source-')) ?? '', file), path.join(build, path.basename(file)))
+    fs.writeFileSync(path.join(build, 'Kbuild'), `obj-m := ${path.basename(file, '.c')}.o\n`)
+    run('make', ['-C', headersDir, `M=${build}`, `CROSS_COMPILE=${arch.triplet}-`, 'modules'])
+    fs.copyFileSync(path.join(build, `${name}.ko`), path.join(extra, `${name}.ko`))
+  }
+  fs.rmSync(tree, { recursive: true, force: true })
+  run('depmod', ['-b', root, version])
+}
 /** Module files in load order: dependencies before their users. */
 function moduleClosure(root: string, version: string, wanted: string[]): Map<string, string> {
   const base = path.join(root, 'lib', 'modules', version)
@@ -93,12 +167,132 @@ function moduleClosure(root: string, version: string, wanted: string[]): Map<str
   return ordered
 }
 
-/** A binary and the shared libraries ldd says it needs. */
-function copyWithLibraries(binary: string, rootfs: string, target = binary): void {
-  copyFile(binary, path.join(rootfs, target))
-  for (const line of run('ldd', [binary]).split('\n')) {
-    const library = /(\/[^\s]+) \(0x/.exec(line)?.[1]
-    if (library && !fs.existsSync(path.join(rootfs, library))) copyFile(fs.realpathSync(library), path.join(rootfs, library))
+/**
+ * What goes into the image besides ovroot itself: busybox, Node, the flash
+ * tools, their libraries (found under sysroot), and koffi's native build.
+ * The lab's own architecture takes this machine's binaries; another one is
+ * assembled from the registries: Debian's packages for that architecture,
+ * the npm registry's official Node binary and koffi's build for it.
+ */
+interface Userland {
+  sysroot: string
+  busybox: string
+  node: string
+  tools: string[]
+  /** The @koromix/koffi-linux-ARCH package directory */
+  koffi: string
+  /** What identifies these inputs, for the rebuild check */
+  identity: string[]
+}
+
+function hostUserland(arch: Architecture): Userland {
+  const files = [process.execPath, '/bin/busybox', ...DEVICE_TOOLS]
+  return {
+    sysroot: '/',
+    busybox: '/bin/busybox',
+    node: process.execPath,
+    tools: DEVICE_TOOLS,
+    koffi: path.join(PROJECT, 'node_modules', '@koromix', `koffi-linux-${arch.node}`),
+    identity: files.map((file) => `${file}:${fs.statSync(file).size}:${fs.statSync(file).mtimeMs}`),
+  }
+}
+
+/** Debian packages and the lib* packages they depend on, transitively. */
+function packageClosure(arch: Architecture, roots: string[]): string[] {
+  const seen = new Set<string>()
+  const queue = [...roots]
+  for (let name = queue.shift(); name !== undefined; name = queue.shift()) {
+    if (seen.has(name)) continue
+    seen.add(name)
+    const listing = aptCache(['depends', '--no-recommends', '--no-suggests', '--no-conflicts', '--no-breaks', '--no-replaces', '--no-enhances', `${name}:${arch.debian}`])
+    for (const [, dependency] of listing.matchAll(/^\s*(?:Pre)?Depends: (lib[^\s:<>]+)/gm)) if (dependency) queue.push(dependency)
+  }
+  return [...seen].sort()
+}
+
+/** An npm package's tarball, unpacked: npm pack fetches it from the registry without installing. */
+function npmPackage(spec: string, into: string): string {
+  const dir = path.join(into, spec.replace(/[/@]/g, '_'))
+  if (!fs.existsSync(path.join(dir, 'package', 'package.json'))) {
+    fs.rmSync(dir, { recursive: true, force: true })
+    fs.mkdirSync(dir, { recursive: true })
+    const tarball = run('npm', ['pack', '--silent', spec], { cwd: dir }).trim().split('\n').pop() ?? ''
+    run('tar', ['-xzf', tarball], { cwd: dir })
+    fs.rmSync(path.join(dir, tarball))
+  }
+  return path.join(dir, 'package')
+}
+
+function foreignUserland(arch: Architecture): Userland {
+  ensureDebianArchitecture(arch)
+  const cache = path.join(CACHE, arch.name)
+  const packages = packageClosure(arch, USERLAND_PACKAGES)
+  const sysroot = path.join(cache, 'sysroot')
+  const stamp = path.join(cache, 'sysroot.packages')
+  const versions = aptCache(['policy', ...packages.map((name) => `${name}:${arch.debian}`)]).replace(/^\s+(Installed|Version table).*$/gm, '')
+  if (!fs.existsSync(stamp) || fs.readFileSync(stamp, 'utf8') !== versions) {
+    log(`assembling the ${arch.name} userland from ${packages.length} Debian packages`)
+    fs.rmSync(sysroot, { recursive: true, force: true })
+    for (const deb of download(path.join(cache, 'download'), packages.map((name) => `${name}:${arch.debian}`))) {
+      run('dpkg-deb', ['-x', deb, sysroot])
+      fs.rmSync(deb)
+    }
+    fs.writeFileSync(stamp, versions)
+  }
+  const koffiVersion = (JSON.parse(fs.readFileSync(path.join(PROJECT, 'node_modules', 'koffi', 'package.json'), 'utf8')) as { version: string }).version
+  const nodeSpec = `node-linux-${arch.node}@${process.versions.node}`
+  const koffiSpec = `@koromix/koffi-linux-${arch.node}@${koffiVersion}`
+  return {
+    sysroot,
+    busybox: path.join(sysroot, 'bin', 'busybox'),
+    node: path.join(npmPackage(nodeSpec, cache), 'bin', 'node'),
+    tools: DEVICE_TOOLS,
+    koffi: npmPackage(koffiSpec, cache),
+    identity: [versions, nodeSpec, koffiSpec],
+  }
+}
+
+/** A path inside sysroot with every symlink resolved inside sysroot (absolute targets included). */
+function resolveWithin(sysroot: string, file: string): string {
+  if (sysroot === '/') return fs.realpathSync(file)
+  let current = file
+  for (let hops = 0; hops < 40; hops++) {
+    const stat = fs.lstatSync(path.join(sysroot, current))
+    if (!stat.isSymbolicLink()) return path.join(sysroot, current)
+    const target = fs.readlinkSync(path.join(sysroot, current))
+    current = path.isAbsolute(target) ? target : path.join(path.dirname(current), target)
+  }
+  throw new Error(`lab: too many symlinks resolving ${file} in ${sysroot}`)
+}
+
+/** Debian's packages still install some tools to /sbin and /bin rather than /usr/sbin and /usr/bin. */
+function packagedPath(sysroot: string, tool: string): string {
+  const unmerged = tool.replace(/^\/usr\//, '/')
+  return fs.existsSync(path.join(sysroot, tool)) || !fs.existsSync(path.join(sysroot, unmerged)) ? tool : unmerged
+}
+
+/** Where the dynamic linker looks: this triplet's multiarch directories first. */
+function findLibrary(arch: Architecture, sysroot: string, name: string): string {
+  for (const dir of [`/lib/${arch.triplet}`, `/usr/lib/${arch.triplet}`, '/lib', '/usr/lib']) {
+    const candidate = path.join(dir, name)
+    if (fs.existsSync(path.join(sysroot, candidate))) return candidate
+  }
+  throw new Error(`lab: library ${name} not found in ${sysroot}`)
+}
+
+/** A binary (read from source, installed at target) and, transitively, the libraries its ELF headers name. */
+function copyWithLibraries(arch: Architecture, sysroot: string, source: string, rootfs: string, target: string): void {
+  copyFile(source, path.join(rootfs, target))
+  const pending = [source]
+  for (let binary = pending.shift(); binary !== undefined; binary = pending.shift()) {
+    const interpreter = /program interpreter: ([^\]]+)\]/.exec(run('readelf', ['-lW', binary]))?.[1]
+    const needed = [...run('readelf', ['-dW', binary]).matchAll(/\(NEEDED\)\s+Shared library: \[([^\]]+)\]/g)].map((found) => findLibrary(arch, sysroot, found[1] ?? ''))
+    for (const library of interpreter ? [interpreter, ...needed] : needed) {
+      if (fs.existsSync(path.join(rootfs, library))) continue
+      const real = resolveWithin(sysroot, library)
+      copyFile(real, path.join(rootfs, library))
+      pending.push(real)
+    }
   }
 }
 
@@ -113,8 +307,8 @@ function copyTree(from: string, to: string): void {
 }
 
 /** Every input's content, so a change anywhere rebuilds. */
-function inputsDigest(kernelVersion: string): string {
-  const hash = createHash('sha256').update(kernelVersion).update(JSON.stringify([MODULES, MEDIA_MODULES, DEVICE_TOOLS]))
+function inputsDigest(arch: Architecture, kernelVersion: string, userland: Userland): string {
+  const hash = createHash('sha256').update(kernelVersion).update(JSON.stringify([arch, MODULES, MEDIA_MODULES, DEVICE_TOOLS, userland.identity]))
   const addTree = (dir: string): void => {
     if (!fs.existsSync(dir)) return
     if (!fs.statSync(dir).isDirectory()) {
@@ -128,16 +322,12 @@ function inputsDigest(kernelVersion: string): string {
     }
   }
   for (const dir of ['dist', 'init', 'etc', 'qemu/image', 'qemu/lab', 'node_modules/koffi/package.json']) addTree(path.join(PROJECT, dir))
-  for (const file of [process.execPath, '/bin/busybox', ...DEVICE_TOOLS]) {
-    const stat = fs.statSync(file)
-    hash.update(`${file}:${stat.size}:${stat.mtimeMs}`)
-  }
   return hash.digest('hex')
 }
 
-function buildInitramfs(kernel: { root: string; version: string }, staging: string): void {
+function buildInitramfs(kernel: { root: string; version: string }, userland: Userland, images: Images, staging: string): void {
   fs.rmSync(staging, { recursive: true, force: true })
-  copyFile('/bin/busybox', path.join(staging, 'bin', 'busybox'))
+  copyFile(userland.busybox, path.join(staging, 'bin', 'busybox'))
   copyFile(path.join(LAB, 'image', 'initramfs', 'init'), path.join(staging, 'init'))
   const modules = moduleClosure(kernel.root, kernel.version, [...MODULES, ...MEDIA_MODULES])
   for (const [name, file] of modules) copyFile(file, path.join(staging, 'lib', 'modules', `${name}.ko`))
@@ -145,34 +335,43 @@ function buildInitramfs(kernel: { root: string; version: string }, staging: stri
   fs.writeFileSync(path.join(staging, 'modules.list'), `${generic.join('\n')}\n`)
   const list = run('find', ['.', '-print0'], { cwd: staging })
   const archive = execFileSync('cpio', ['-o', '-H', 'newc', '-0', '--quiet'], { cwd: staging, input: list, maxBuffer: 1 << 28 })
-  fs.writeFileSync(IMAGES.initramfs, execFileSync('gzip', ['-1'], { input: archive, maxBuffer: 1 << 28 }))
+  fs.writeFileSync(images.initramfs, execFileSync('gzip', ['-1'], { input: archive, maxBuffer: 1 << 28 }))
 }
 
-function buildRootfs(staging: string): void {
+/** busybox's applet links; this machine's busybox lists them (the same Debian version for every architecture). */
+function installApplets(staging: string): void {
+  for (const applet of run('/bin/busybox', ['--list-full']).split('\n').filter(Boolean)) {
+    const link = path.join(staging, applet)
+    if (fs.existsSync(link)) continue
+    fs.mkdirSync(path.dirname(link), { recursive: true })
+    fs.symlinkSync('/bin/busybox', link)
+  }
+}
+
+function buildRootfs(arch: Architecture, userland: Userland, images: Images, staging: string): void {
   fs.rmSync(staging, { recursive: true, force: true })
   for (const dir of ['proc', 'sys', 'dev', 'run', 'tmp', 'rom', 'overlay', 'mnt', 'root', 'etc', 'usr/sbin', 'usr/bin', 'sbin', 'bin', 'var']) fs.mkdirSync(path.join(staging, dir), { recursive: true })
-  copyFile('/bin/busybox', path.join(staging, 'bin', 'busybox'))
-  run('chroot', [staging, '/bin/busybox', '--install', '-s'])
+  copyFile(userland.busybox, path.join(staging, 'bin', 'busybox'))
+  installApplets(staging)
   copyTree(path.join(LAB, 'image', 'rootfs'), staging)
   copyFile(path.join(PROJECT, 'etc', 'ovroot.conf'), path.join(staging, 'etc', 'ovroot.conf'))
   copyFile(path.join(PROJECT, 'init', 'ovroot-init'), path.join(staging, 'sbin', 'ovroot-init'))
-  copyWithLibraries(process.execPath, staging, '/usr/bin/node')
-  for (const tool of DEVICE_TOOLS) copyWithLibraries(tool, staging)
+  copyWithLibraries(arch, userland.sysroot, userland.node, staging, '/usr/bin/node')
+  for (const tool of userland.tools) copyWithLibraries(arch, userland.sysroot, resolveWithin(userland.sysroot, packagedPath(userland.sysroot, tool)), staging, tool)
   const lib = path.join(staging, 'usr', 'lib', 'ovroot')
   copyTree(path.join(PROJECT, 'dist'), lib)
   copyTree(path.join(PROJECT, 'node_modules', 'koffi'), path.join(lib, 'node_modules', 'koffi'))
-  const native = path.join(PROJECT, 'node_modules', '@koromix', `koffi-linux-${process.arch}`)
-  copyTree(native, path.join(lib, 'node_modules', '@koromix', `koffi-linux-${process.arch}`))
-  for (const variant of fs.readdirSync(path.join(lib, 'node_modules', '@koromix', `koffi-linux-${process.arch}`))) {
-    if (variant.startsWith('musl')) fs.rmSync(path.join(lib, 'node_modules', '@koromix', `koffi-linux-${process.arch}`, variant), { recursive: true })
-  }
+  // The device runs glibc: koffi's musl build for the same CPU would be dead weight.
+  const native = path.join(lib, 'node_modules', '@koromix', `koffi-linux-${arch.node}`)
+  copyTree(userland.koffi, native)
+  for (const variant of fs.readdirSync(native)) if (variant.startsWith('musl')) fs.rmSync(path.join(native, variant), { recursive: true })
   fs.symlinkSync('../lib/ovroot/ovroot.js', path.join(staging, 'usr', 'sbin', 'ovroot'))
-  fs.rmSync(IMAGES.rootfs, { force: true })
-  run('mksquashfs', [staging, IMAGES.rootfs, '-comp', 'lz4', '-all-root', '-noappend', '-quiet', '-no-progress'])
+  fs.rmSync(images.rootfs, { force: true })
+  run('mksquashfs', [staging, images.rootfs, '-comp', 'lz4', '-all-root', '-noappend', '-quiet', '-no-progress'])
 }
 
-/** Build what is missing or stale; answer the image paths. One builder at a time. */
-export function ensureImages(force = false): Images {
+/** Build what is missing or stale for this architecture; answer the image paths. One builder at a time. */
+export function ensureImages(arch: Architecture, force = false): Images {
   fs.mkdirSync(BUILD, { recursive: true })
   fs.mkdirSync(CACHE, { recursive: true })
   const lock = path.join(CACHE, 'build.lock')
@@ -186,23 +385,27 @@ export function ensureImages(force = false): Images {
     }
   }
   try {
-    return buildIfStale(force)
+    return buildIfStale(arch, force)
   } finally {
     fs.rmdirSync(lock)
   }
 }
 
-function buildIfStale(force: boolean): Images {
-  const kernel = kernelTree()
-  const digest = inputsDigest(kernel.version)
-  const stamp = path.join(BUILD, 'inputs.sha256')
-  const fresh = !force && fs.existsSync(stamp) && fs.readFileSync(stamp, 'utf8') === digest && Object.values(IMAGES).every((file) => fs.existsSync(file))
-  if (fresh) return IMAGES
-  log(`building images (kernel ${kernel.version})`)
-  copyFile(path.join(kernel.root, 'boot', `vmlinuz-${kernel.version}`), IMAGES.kernel)
-  buildInitramfs(kernel, path.join(CACHE, 'initramfs-staging'))
-  buildRootfs(path.join(CACHE, 'rootfs-staging'))
+function buildIfStale(arch: Architecture, force: boolean): Images {
+  const images = imagesOf(arch)
+  ensureDebianArchitecture(arch)
+  const kernel = kernelTree(arch)
+  const userland = arch === hostArchitecture() ? hostUserland(arch) : foreignUserland(arch)
+  const digest = inputsDigest(arch, kernel.version, userland)
+  const stamp = path.join(images.dir, 'inputs.sha256')
+  const fresh = !force && fs.existsSync(stamp) && fs.readFileSync(stamp, 'utf8') === digest && [images.kernel, images.initramfs, images.rootfs].every((file) => fs.existsSync(file))
+  if (fresh) return images
+  log(`building ${arch.name} images (kernel ${kernel.version})`)
+  fs.mkdirSync(images.dir, { recursive: true })
+  copyFile(path.join(kernel.root, 'boot', `vmlinuz-${kernel.version}`), images.kernel)
+  buildInitramfs(kernel, userland, images, path.join(CACHE, arch.name, 'initramfs-staging'))
+  buildRootfs(arch, userland, images, path.join(CACHE, arch.name, 'rootfs-staging'))
   fs.writeFileSync(stamp, digest)
-  log(`images ready in ${path.relative(PROJECT, BUILD)}/`)
-  return IMAGES
+  log(`images ready in ${path.relative(PROJECT, images.dir)}/`)
+  return images
 }

@@ -1,8 +1,8 @@
 /**
  * qemu/vm: build the device images, or boot the device under QEMU (TCG).
  *
- *   qemu/vm build [--force]
- *   qemu/vm boot [--flash FILE] [--media nor|nand|ext4|f2fs|ram] [--no-flash]
+ *   qemu/vm build [--arch ARCH] [--force]
+ *   qemu/vm boot [--arch ARCH] [--flash FILE] [--media nor|nand|ext4|f2fs|ram] [--no-flash]
  *                [--flash-errors] [--memory MB] [--append 'ARGS'] [--run 'CMD'
  *                [--cut-after S] [--cut-on TEXT]] [--timeout S] [--verbose]
  *
@@ -12,12 +12,14 @@
  * the S seconds count from the console's first TEXT instead (a cut during
  * boot, e.g. during a factory reset). --flash-errors makes every read of the
  * flash fail with EIO (QEMU's blkdebug): a dying flash chip. Without --run the
- * console is interactive (Ctrl-A X leaves QEMU).
+ * console is interactive (Ctrl-A X leaves QEMU). --arch picks the device's
+ * CPU (qemu/lab/arch.ts: x86_64, the default, or arm64).
  */
 import { spawn } from 'node:child_process'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
 import { parseArgs } from 'node:util'
+import { architectureNamed, hostArchitecture, type Architecture } from './arch.js'
 import { BUILD, ensureImages } from './build.js'
 
 const MEDIA = ['nor', 'nand', 'ext4', 'f2fs', 'ram'] as const
@@ -53,6 +55,7 @@ function ensureFlash(file: string, media: Media): void {
 }
 
 interface BootOptions {
+  arch: Architecture
   flash: string | undefined
   media: Media
   memory: number
@@ -67,24 +70,24 @@ interface BootOptions {
 }
 
 /** QEMU's blkdebug driver, failing every read of the image it wraps with EIO. */
-function failingReads(image: string): string {
-  const config = path.join(BUILD, 'flash-errors.blkdebug')
+function failingReads(image: string, dir: string): string {
+  const config = path.join(dir, 'flash-errors.blkdebug')
   fs.writeFileSync(config, '[inject-error]\nevent = "read_aio"\nerrno = "5"\n')
   return `blkdebug:${config}:${image}`
 }
 
 function qemuArguments(options: BootOptions, interactive: boolean): string[] {
-  const images = ensureImages()
-  const append = ['console=ttyS0', 'quiet', 'panic=-1', 'init=/sbin/ovroot-init', `lab.media=${options.media}`, ...MEDIA_ARGUMENTS[options.media]]
+  const images = ensureImages(options.arch)
+  const append = [`console=${options.arch.console}`, 'quiet', 'panic=-1', 'init=/sbin/ovroot-init', `lab.media=${options.media}`, ...MEDIA_ARGUMENTS[options.media]]
   if (options.run !== undefined) append.push(`lab.run=${Buffer.from(options.run).toString('base64')}`)
   if (options.append) append.push(options.append)
-  const args = ['-accel', 'tcg', '-m', String(options.memory), '-no-reboot', '-nic', 'none', '-kernel', images.kernel, '-initrd', images.initramfs, '-append', append.join(' ')]
+  const args = [...options.arch.machine, '-accel', 'tcg', '-m', String(options.memory), '-no-reboot', '-nic', 'none', '-kernel', images.kernel, '-initrd', images.initramfs, '-append', append.join(' ')]
   args.push('-drive', `file=${images.rootfs},if=virtio,format=raw,readonly=on`)
   if (options.media !== 'ram' && !options.noFlash) {
-    const flash = options.flash ?? path.join(BUILD, `default-${options.media}.flash`)
+    const flash = options.flash ?? path.join(images.dir, `default-${options.media}.flash`)
     ensureFlash(flash, options.media)
     const image = path.resolve(flash)
-    args.push('-drive', `file=${options.flashErrors ? failingReads(image) : image},if=virtio,format=raw`)
+    args.push('-drive', `file=${options.flashErrors ? failingReads(image, images.dir) : image},if=virtio,format=raw`)
   }
   args.push(...(interactive ? ['-nographic'] : ['-display', 'none', '-serial', 'stdio', '-monitor', 'none']))
   return args
@@ -94,10 +97,10 @@ async function boot(options: BootOptions): Promise<number> {
   const interactive = options.run === undefined
   const args = qemuArguments(options, interactive)
   if (interactive) {
-    const child = spawn('qemu-system-x86_64', args, { stdio: 'inherit' })
+    const child = spawn(options.arch.qemu, args, { stdio: 'inherit' })
     return new Promise((resolve) => child.on('exit', (code) => resolve(code ?? 1)))
   }
-  const child = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'pipe', 'pipe'] })
+  const child = spawn(options.arch.qemu, args, { stdio: ['ignore', 'pipe', 'pipe'] })
   const logFile = path.join(BUILD, 'last-console.log')
   const log = fs.createWriteStream(logFile)
   let console = ''
@@ -156,14 +159,15 @@ async function boot(options: BootOptions): Promise<number> {
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv
   if (command === 'build') {
-    const { values } = parseArgs({ args: rest, options: { force: { type: 'boolean', default: false } } })
-    ensureImages(values.force)
+    const { values } = parseArgs({ args: rest, options: { force: { type: 'boolean', default: false }, arch: { type: 'string', default: hostArchitecture().name } } })
+    ensureImages(architectureNamed(values.arch), values.force)
     return 0
   }
-  if (command !== 'boot') fail('usage: qemu/vm build [--force] | qemu/vm boot [--flash FILE] [--media nor|nand|ext4|f2fs|ram] [--no-flash] [--flash-errors] [--memory MB] [--append ARGS] [--run CMD [--cut-after S [--cut-on TEXT]]] [--timeout S] [--verbose]')
+  if (command !== 'boot') fail('usage: qemu/vm build [--arch ARCH] [--force] | qemu/vm boot [--arch ARCH] [--flash FILE] [--media nor|nand|ext4|f2fs|ram] [--no-flash] [--flash-errors] [--memory MB] [--append ARGS] [--run CMD [--cut-after S [--cut-on TEXT]]] [--timeout S] [--verbose]')
   const { values } = parseArgs({
     args: rest,
     options: {
+      arch: { type: 'string', default: hostArchitecture().name },
       flash: { type: 'string' },
       media: { type: 'string', default: 'nor' },
       memory: { type: 'string', default: '256' },
@@ -184,6 +188,7 @@ async function main(argv: string[]): Promise<number> {
   const cutAfter = values['cut-after'] === undefined ? undefined : Number(values['cut-after'])
   if (cutAfter !== undefined && (!(cutAfter >= 0) || values.run === undefined)) fail('--cut-after takes seconds and goes with --run')
   return boot({
+    arch: architectureNamed(values.arch),
     flash: values.flash,
     media,
     memory,

@@ -1,0 +1,15 @@
+/**
+ * The arm64 device: the same demo image built for arm64 from the registries
+ * (Debian's arm64 kernel, busybox and C library, the official Node binary for
+ * arm64, koffi's arm64 build) and booted under qemu-system-aarch64 -M virt
+ * (TCG). It runs the scenarios that exercise the architecture-dependent
+ * parts: statx decoding (diff), mknodat (whiteouts), pivot_root (boot).
+ */
+import t from 'tap'
+import { corruptFlash, lifecycle } from './helpers/scenarios.js'
+
+const ARM64 = ['--arch', 'arm64']
+
+t.test('arm64, NOR flash (JFFS2 on MTD): first boot, persistence with an exact ovroot diff, reset with a keep list', async (t) => lifecycle(t, 'nor', ARM64))
+
+t.test('arm64, corrupt flash (random bytes): boots on RAM, says why, leaves the flash untouched', async (t) => corruptFlash(t, ARM64))
