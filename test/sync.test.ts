@@ -10,7 +10,8 @@ import { spawn } from 'node:child_process'
 import * as fs from 'node:fs'
 import { OverlayXattrs } from '../src/overlay/xattrs.js'
 import { applyPending } from '../src/pending/apply.js'
-import { commitPending } from '../src/pending/marker.js'
+import { setModificationTime } from '../src/sys/entries.js'
+import { commitPending, type FlashLayout, type PendingChange } from '../src/pending/marker.js'
 import { cleanEnvironment, mountOverlay, OVROOT, ovroot, scratch, snapshot, unmount, upperSnapshot, withoutSharedWhiteouts } from './helpers/overlay.js'
 import { random, randomLower, randomOperation, STANDARD_LOWER, STANDARD_OPERATIONS, writeTree } from './helpers/mutate.js'
 
@@ -136,27 +137,51 @@ t.test('excluded paths are never persisted, and their old copy goes', async (t) 
 
 t.test('a power cut at any point of a sync: the next sync or boot ends in the old or the new state', async (t) => {
   const xattrs = new OverlayXattrs('trusted')
+  const layout = (root: string): FlashLayout => ({ root, upperName: 'upper' })
+  // The flat staging a sync leaves: entry N takes the place of moves[N]. /etc/new is new, so it is staged
+  // whole; /usr only changed its mode; /etc receives entries without changing itself.
+  const etcTime = 1700000000.123456
+  const newDirTime = 1700000100.654321
+  const change: PendingChange = { kind: 'sync', requested: 'x', entries: 3, removals: ['etc/gone'], moves: ['etc/a', 'etc/new', 'usr'], parents: [['etc', etcTime]] }
   const states: Record<string, (root: string) => void> = {
     'staged, not committed': () => undefined,
-    'committed, nothing applied': (root) => commitPending({ root, upperName: 'upper' }, { kind: 'sync', requested: 'x', entries: 1, removals: ['etc/gone'] }),
-    'committed, removals done, half merged': (root) => {
-      commitPending({ root, upperName: 'upper' }, { kind: 'sync', requested: 'x', entries: 1, removals: ['etc/gone'] })
+    'committed, nothing applied': (root) => commitPending(layout(root), change),
+    'committed, removal and first move done': (root) => {
+      commitPending(layout(root), change)
       fs.rmSync(`${root}/upper/etc/gone`)
       fs.rmSync(`${root}/upper/etc/a`)
-      fs.renameSync(`${root}/.ovroot/staged/etc/a`, `${root}/upper/etc/a`)
+      fs.renameSync(`${root}/.ovroot/staged/0`, `${root}/upper/etc/a`)
+    },
+    'committed, every entry in place, no directory metadata yet': (root) => {
+      commitPending(layout(root), change)
+      fs.rmSync(`${root}/upper/etc/gone`)
+      fs.renameSync(`${root}/.ovroot/staged/0`, `${root}/upper/etc/a`)
+      fs.renameSync(`${root}/.ovroot/staged/1`, `${root}/upper/etc/new`)
     },
   }
   for (const [name, cut] of Object.entries(states)) {
     const s = scratch()
     t.teardown(s.cleanup)
     const root = `${s.dir}/flash`
-    writeTree(`${root}/upper`, { '/etc/a': 'old a\n', '/etc/b': 'old b\n', '/etc/gone': 'old\n' })
-    writeTree(`${root}/.ovroot/staged`, { '/etc/a': 'new a\n', '/etc/c': 'new c\n' })
+    writeTree(`${root}/upper`, { '/etc/a': 'old a\n', '/etc/b': 'old b\n', '/etc/gone': 'old\n', '/usr/kept': 'kept\n' })
+    setModificationTime(`${root}/upper/etc`, etcTime)
+    writeTree(`${root}/.ovroot/staged`, { '/0': 'new a\n', '/1/c': 'new c\n' })
+    fs.chmodSync(`${root}/.ovroot/staged/1`, 0o750)
+    setModificationTime(`${root}/.ovroot/staged/1`, newDirTime)
+    fs.mkdirSync(`${root}/.ovroot/staged/2`, { mode: 0o700 })
     cut(root)
     const committed = fs.existsSync(`${root}/.ovroot/pending`)
-    await applyPending({ root, upperName: 'upper' }, undefined, xattrs)
-    const files = fs.readdirSync(`${root}/upper/etc`).sort().map((file) => `${file}=${fs.readFileSync(`${root}/upper/etc/${file}`, 'utf8').trim()}`)
-    t.same(files, committed ? ['a=new a', 'b=old b', 'c=new c'] : ['a=old a', 'b=old b', 'gone=old'], `${name}: ${committed ? 'the new state' : 'the old state'}, whole`)
+    await applyPending(layout(root), undefined, xattrs)
+    const files = upperSnapshot(`${root}/upper`)
+    const contents = [...files.keys()].filter((path) => files.get(path)?.startsWith('file')).map((path) => `${path}=${fs.readFileSync(`${root}/upper${path}`, 'utf8').trim()}`)
+    t.same(contents, committed ? ['/etc/a=new a', '/etc/b=old b', '/etc/new/c=new c', '/usr/kept=kept'] : ['/etc/a=old a', '/etc/b=old b', '/etc/gone=old', '/usr/kept=kept'], `${name}: ${committed ? 'the new state' : 'the old state'}, whole`)
+    const microseconds = (path: string): bigint => fs.statSync(path, { bigint: true }).mtimeNs / 1000n
+    t.equal(microseconds(`${root}/upper/etc`), 1700000000123456n, `${name}: /etc keeps its mtime`)
+    t.equal(fs.statSync(`${root}/upper/usr`).mode & 0o7777, committed ? 0o700 : 0o755, `${name}: /usr's mode, ${committed ? 'new' : 'old'}`)
+    if (committed) {
+      t.equal(fs.statSync(`${root}/upper/etc/new`).mode & 0o7777, 0o750, `${name}: the new directory has its own mode`)
+      t.equal(microseconds(`${root}/upper/etc/new`), 1700000100654321n, `${name}: and its own mtime`)
+    }
     t.notOk(fs.existsSync(`${root}/.ovroot/staged`) || fs.existsSync(`${root}/.ovroot/pending`), `${name}: no journal left`)
   }
 })

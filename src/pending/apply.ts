@@ -3,7 +3,7 @@
  * for an unmounted upper. Only the code of the pending kind is loaded.
  */
 import { syncAll } from '../sys/libc.js'
-import { readEntry, replaceMetadata } from '../sys/entries.js'
+import { readEntry, replaceMetadata, setModificationTime } from '../sys/entries.js'
 import { listDirectory, makeDirectory, pathExists, removeTree, renamePath, statPath, syncDirectory } from '../sys/fs.js'
 import type { OverlayXattrs } from '../overlay/xattrs.js'
 import { finishPending, markerPath, readPending, replacedPath, stagedPath, stateDir, upperPath, type FlashLayout, type PendingChange } from './marker.js'
@@ -35,41 +35,66 @@ async function apply(layout: FlashLayout, change: PendingChange, xattrs: Overlay
     return { kind: 'reset', kept: applyReset(upperPath(layout), change.keep, change.only, xattrs) }
   }
   if (change.kind === 'sync') {
-    for (const path of change.removals) removeTree(`${upperPath(layout)}/${path}`)
-    mergeStaged(stagedPath(layout), upperPath(layout), true)
+    applySync(stagedPath(layout), upperPath(layout), change)
     return { kind: 'sync', entries: change.entries }
   }
-  if (change.merge) mergeStaged(stagedPath(layout), upperPath(layout), false)
+  if (change.merge) mergeStaged(stagedPath(layout), upperPath(layout))
   else swapInStaged(layout)
   return { kind: 'restore', source: change.source, entries: change.entries }
 }
 
 /**
- * Move each staged entry into the upper, replacing what is there; a staged
- * directory that meets an upper directory is merged into it, and with
- * `metadata` gives it its own mode, owner, xattrs and mtime (a sync carries
- * the directory's state; a sysupgrade archive's directories are only
- * containers). Moved entries leave the staging, so a rerun after a cut moves
- * only what is left. Nothing is fsynced here: the marker stays until the
- * caller's one sync of the whole filesystem (an fsync per directory costs a
- * journal commit each on ext4: a hundred times the data of a small sync).
+ * A sync's flat staging, applied: removals, then each staged entry renamed to
+ * its place (parents come before children in `moves`; a directory new to the
+ * copy moves with its subtree), then the metadata of directories that stayed,
+ * last because every rename into a directory changes its mtime. What is done
+ * leaves the staging, so a rerun after a cut does only the rest. Nothing is
+ * fsynced here: the marker stays until the caller's one sync of the whole
+ * filesystem (an fsync per directory costs a journal commit each on ext4).
  */
-function mergeStaged(staged: string, upper: string, metadata: boolean): void {
+function applySync(staged: string, upper: string, change: Extract<PendingChange, { kind: 'sync' }>): void {
+  for (const path of change.removals) removeTree(`${upper}/${path}`)
+  const target = (path: string): string => (path === '.' ? upper : `${upper}/${path}`)
+  const directories: [string, string][] = []
+  change.moves.forEach((path, index) => {
+    const from = `${staged}/${index}`
+    const kind = statPath(from)?.type
+    if (kind === undefined) return
+    const to = target(path)
+    const existing = statPath(to)?.type
+    if (kind === 'dir' && existing === 'dir') directories.push([from, to])
+    else {
+      if (existing) removeTree(to)
+      renamePath(from, to)
+    }
+  })
+  for (const [path, mtime] of change.parents) if (statPath(target(path))?.type === 'dir') setModificationTime(target(path), mtime)
+  for (const [from, to] of directories) {
+    const own = readEntry(from, '.', '')
+    if (own !== 'socket') replaceMetadata(to, own.entry)
+  }
+  removeTree(staged)
+}
+
+/**
+ * A sysupgrade archive's staged tree, moved into the upper: each entry
+ * replaces what is there, a staged directory meeting an upper directory is
+ * merged into it (archive directories are only containers). Moved entries
+ * leave the staging, so a rerun after a cut moves only what is left.
+ */
+function mergeStaged(staged: string, upper: string): void {
   if (!pathExists(staged)) return
   makeDirectory(upper)
-  // Read before the children move out: that changes the staged directory's mtime.
-  const own = metadata ? readEntry(staged, '.', '') : undefined
   for (const name of listDirectory(staged)) {
     const from = `${staged}/${name}`
     const to = `${upper}/${name}`
     const existing = statPath(to)
-    if (statPath(from)?.type === 'dir' && existing?.type === 'dir') mergeStaged(from, to, metadata)
+    if (statPath(from)?.type === 'dir' && existing?.type === 'dir') mergeStaged(from, to)
     else {
       if (existing) removeTree(to)
       renamePath(from, to)
     }
   }
-  if (own !== undefined && own !== 'socket') replaceMetadata(upper, own.entry)
   removeTree(staged)
 }
 

@@ -28,8 +28,13 @@ export function flashLayout(config: Config): FlashLayout {
 export type PendingChange =
   | { kind: 'reset'; requested: string; keep: string[]; only?: string[] }
   | { kind: 'restore'; requested: string; source: string; entries: number; merge: boolean }
-  /** Staged entries replace the flash copy's; `removals` go (a sync of a RAM upper). */
-  | { kind: 'sync'; requested: string; entries: number; removals: string[] }
+  /**
+   * A sync of a RAM upper: `removals` go; staged entry N (named N, flat) takes
+   * the place of `moves[N]`, a staged directory only lends its metadata;
+   * `parents` are directories that receive entries but did not change
+   * themselves, with the mtime to give back to them afterwards.
+   */
+  | { kind: 'sync'; requested: string; entries: number; removals: string[]; moves: string[]; parents: [string, number][] }
 
 const PENDING_MARKER = 'pending'
 
@@ -61,7 +66,7 @@ export function readPending(layout: FlashLayout): PendingChange | undefined {
     const marker = JSON.parse(text) as PendingChange
     if (marker.kind === 'reset' && Array.isArray(marker.keep)) return marker
     if (marker.kind === 'restore' && typeof marker.source === 'string') return marker
-    if (marker.kind === 'sync' && Array.isArray(marker.removals)) return marker
+    if (marker.kind === 'sync' && Array.isArray(marker.removals) && Array.isArray(marker.moves) && Array.isArray(marker.parents)) return marker
   } catch {
     // reported below
   }

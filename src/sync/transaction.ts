@@ -17,7 +17,7 @@ import { parentOf, under, type UpperEntry } from '../upper/entry.js'
 import { walkUpper } from '../upper/walk.js'
 
 export interface SyncResult {
-  /** Entries that differed and were written (or linked) into the flash copy; directories above them come along. */
+  /** Entries that differed and were written (or linked) into the flash copy, those inside a new directory included. */
   written: number
   removed: number
   /** File bytes written. */
@@ -44,14 +44,15 @@ export async function syncOnce(source: SyncSource, layout: FlashLayout): Promise
   removeTree(stagedPath(layout))
   const mirror = upperPath(layout)
   makeDirectory(mirror)
-  const result = stageChanges(source, mirror, stagedPath(layout), xattrs.name('metacopy'))
-  if (result.written === 0 && result.removals.length === 0) {
+  const staged = stageChanges(source, mirror, stagedPath(layout), xattrs.name('metacopy'))
+  if (staged.moves.length === 0 && staged.removals.length === 0) {
     removeTree(stagedPath(layout))
     return { written: 0, removed: 0, bytes: 0 }
   }
-  commitPending(layout, { kind: 'sync', requested: new Date().toISOString(), entries: result.written, removals: result.removals })
+  const { entries, moves, removals, parents } = staged
+  commitPending(layout, { kind: 'sync', requested: new Date().toISOString(), entries, removals, moves, parents })
   await applyPending(layout, undefined, xattrs)
-  return { written: result.written, removed: result.removals.length, bytes: result.bytes }
+  return { written: entries, removed: removals.length, bytes: staged.bytes }
 }
 
 function sameEntry(a: UpperEntry, b: UpperEntry): boolean {
@@ -71,39 +72,54 @@ function sameEntry(a: UpperEntry, b: UpperEntry): boolean {
   )
 }
 
-/** Stage what differs; answers what was staged and the mirror paths to remove. */
-function stageChanges(source: SyncSource, mirror: string, staging: string, stubXattr: string): { written: number; bytes: number; removals: string[] } {
+interface Staged {
+  /** Entries written, those inside a new directory included. */
+  entries: number
+  /** Staged entry N goes to moves[N]. */
+  moves: string[]
+  removals: string[]
+  parents: [string, number][]
+  bytes: number
+}
+
+/**
+ * Stage what differs, flat: each changed entry as one numbered name in the
+ * staging directory, so a sync creates no directories but the changed ones (a
+ * staging that mirrored the tree cost a directory per changed file). A
+ * directory the flash copy lacks is staged whole, its subtree inside it, and
+ * moves as one.
+ */
+function stageChanges(source: SyncSource, mirror: string, staging: string, stubXattr: string): Staged {
   const present = new Set<string>()
-  const staged = new Set<string>()
-  let changed = 0
+  const stagedAs = new Map<string, string>()
+  const wholeDirectories = new Set<string>()
+  const moves: string[] = []
+  const changedDirectories = new Set<string>()
+  const receivingParents = new Set<string>()
   const writer = new EntryWriter()
   let bytes = 0
+  let entries = 0
   makeDirectory(staging, 0o700)
-  const stageDirectory = (path: string): void => {
-    if (path === '.' || staged.has(path)) return
-    stageDirectory(parentOf(path))
-    const read = readEntry(under(source.upper, path), path, stubXattr)
-    if (read !== 'socket') writer.begin(under(staging, path), read.entry)
-    staged.add(path)
-  }
   const walk = walkUpper(source.upper, { stubXattr, include: (path) => !source.excluded(path), skipped: (path, why) => process.stderr.write(`ovroot: sync skips /${path}: ${why} cannot be persisted\n`) })
   for (const entry of walk) {
     present.add(entry.path)
-    // A second name of an inode compares as the inode itself.
-    const raw = entry.type === 'hardlink' ? readEntry(under(source.upper, entry.path), entry.path, stubXattr) : { entry }
-    const onFlash = pathExists(under(mirror, entry.path)) ? readEntry(under(mirror, entry.path), entry.path, stubXattr) : undefined
-    const same = raw !== 'socket' && onFlash !== undefined && onFlash !== 'socket' && sameEntry(raw.entry, onFlash.entry)
-    // The staging root becomes the copy's root when merged: it always carries the upper root's metadata.
-    if (entry.path === '.') {
-      writer.begin(staging, entry)
-      if (!same) changed++
-      continue
+    const parent = parentOf(entry.path)
+    const insideNew = entry.path !== '.' && wholeDirectories.has(parent)
+    let full: string
+    if (insideNew) full = `${stagedAs.get(parent) ?? ''}/${entry.path.slice(parent === '.' ? 0 : parent.length + 1)}`
+    else {
+      // A second name of an inode compares as the inode itself.
+      const raw = entry.type === 'hardlink' ? readEntry(under(source.upper, entry.path), entry.path, stubXattr) : { entry }
+      const onFlash = pathExists(under(mirror, entry.path)) ? readEntry(under(mirror, entry.path), entry.path, stubXattr) : undefined
+      if (raw !== 'socket' && onFlash !== undefined && onFlash !== 'socket' && sameEntry(raw.entry, onFlash.entry)) continue
+      full = `${staging}/${moves.length}`
+      moves.push(entry.path)
+      if (entry.path !== '.') receivingParents.add(parent)
+      if (entry.type === 'dir') (onFlash !== undefined && onFlash !== 'socket' && onFlash.entry.type === 'dir' ? changedDirectories : wholeDirectories).add(entry.path)
     }
-    if (same) continue
-    changed++
-    stageDirectory(parentOf(entry.path))
+    if (insideNew && entry.type === 'dir') wholeDirectories.add(entry.path)
     const target = entry.linkTarget ?? ''
-    writer.begin(under(staging, entry.path), entry, entry.type === 'hardlink' ? (staged.has(target) ? under(staging, target) : under(mirror, target)) : undefined)
+    writer.begin(full, { ...entry, path: full }, entry.type === 'hardlink' ? (stagedAs.get(target) ?? under(mirror, target)) : undefined)
     if (entry.type === 'file' && entry.holeSize === undefined) {
       for (const chunk of readStableFile(under(source.upper, entry.path)).chunks()) {
         writer.data(chunk)
@@ -111,10 +127,17 @@ function stageChanges(source: SyncSource, mirror: string, staging: string, stubX
       }
     }
     writer.end()
-    staged.add(entry.path)
+    stagedAs.set(entry.path, full)
+    entries++
   }
   writer.finish()
-  return { written: changed, bytes, removals: removalsFrom(mirror, present) }
+  const parents: [string, number][] = []
+  for (const path of receivingParents) {
+    if (changedDirectories.has(path) || wholeDirectories.has(path)) continue
+    const read = readEntry(under(mirror, path), path, stubXattr)
+    if (read !== 'socket') parents.push([path, read.entry.mtime])
+  }
+  return { entries, moves, removals: removalsFrom(mirror, present), parents, bytes }
 }
 
 /** Topmost mirror paths the upper no longer has. */

@@ -241,7 +241,6 @@ export function replaceMetadata(full: string, entry: UpperEntry): void {
   if (current === 'socket') return
   const wanted = new Map(entry.xattrs.map(([name, value]) => [name, value]))
   const present = new Map(current.entry.xattrs.map(([name, value]) => [name, value]))
-  const seconds = Math.round(entry.mtime * 1e6) / 1e6 + 5e-7
   try {
     for (const name of present.keys()) if (!wanted.has(name)) removeXattr(full, name)
     // A new owner clears set-id bits and capabilities: then everything is set again.
@@ -251,25 +250,30 @@ export function replaceMetadata(full: string, entry: UpperEntry): void {
     }
     if (current.entry.mode !== entry.mode) fs.chmodSync(full, entry.mode)
     for (const [name, value] of wanted) if (!present.get(name)?.equals(value)) setXattr(full, name, value)
-    if (current.entry.mtime !== entry.mtime) fs.lutimesSync(full, seconds, seconds)
+    if (current.entry.mtime !== entry.mtime) setModificationTime(full, entry.mtime)
   } catch (error) {
     throw fromNodeError(error, 'set metadata of', full)
   }
 }
 
 /**
- * Owner before mode (chown clears set-id bits), capabilities after chown (it
- * clears them too), times last. The time is set half a microsecond high: the
- * double it travels in is off by a few hundred nanoseconds either way, and the
- * kernel truncates, so the microsecond comes out exact.
+ * mtime (and atime) to the microsecond, not following a symlink. Set half a
+ * microsecond high: the double it travels in is off by a few hundred
+ * nanoseconds either way, and the kernel truncates, so the microsecond comes
+ * out exact.
  */
+export function setModificationTime(full: string, mtime: number): void {
+  const seconds = Math.round(mtime * 1e6) / 1e6 + 5e-7
+  fs.lutimesSync(full, seconds, seconds)
+}
+
+/** Owner before mode (chown clears set-id bits), capabilities after chown (it clears them too), times last. */
 function applyMetadata(full: string, entry: UpperEntry): void {
-  const seconds = Math.round(entry.mtime * 1e6) / 1e6 + 5e-7
   try {
     fs.lchownSync(full, entry.uid, entry.gid)
     if (entry.type !== 'symlink') fs.chmodSync(full, entry.mode)
     for (const [name, value] of entry.xattrs) setXattr(full, name, value)
-    fs.lutimesSync(full, seconds, seconds)
+    setModificationTime(full, entry.mtime)
   } catch (error) {
     throw fromNodeError(error, 'set metadata of', full)
   }
