@@ -332,3 +332,22 @@ t.test('sync: power cuts during a large sync leave the old state or the new one,
     t.ok((version === 'v1' && files === '0') || (version === 'v2' && files === '3000'), `cut ${delay} s in: ${version} with ${files} files, a whole state`)
   }
 })
+
+t.test('sync: a power cut while a committed sync moves 3,000 changed files into place: the next boot finishes it', async (t) => {
+  const flash = `${workspace(t)}/nor.flash`
+  // The daemon must not sync a half-written state on its own: only the explicit syncs here.
+  const args = ['--flash', flash, '--append', 'ovroot.sync.enabled=yes ovroot.sync.quiet=3600 ovroot.sync.max_delay=3600']
+  const prepared = run(t, args, 'mkdir /root/many && for i in $(seq 1 3000); do echo v1 > /root/many/$i; done && ovroot sync')
+  t.equal(prepared.status, 0)
+  // A watcher in the device prints once the first staged file has left the staging: the marker was durable
+  // (it is written and fsynced before anything moves) and the moves have begun. The cut follows at once.
+  const watcher = '(while [ ! -e /overlay/.ovroot/pending ] || [ -e /overlay/.ovroot/staged/0 ]; do sleep 0.02; done; echo moving-now) &'
+  const change = `for i in $(seq 1 3000); do echo v2 > /root/many/$i; done && ${watcher} ovroot sync && echo sync-returned && sleep 600`
+  const cut = boot([...args, '--cut-on', 'moving-now', '--cut-after', '0', '--run', change])
+  t.equal(cut.status, 137, 'cut while the committed sync was being applied')
+  t.notMatch(consoleLog(), /sync-returned/, 'the sync had not finished')
+  const after = run(t, args, `${STATUS} && cat /root/many/* | sort | uniq -c`)
+  t.match(consoleLog(), /ovroot: applied the end of an interrupted sync \(3000 entries\)/, 'the next boot finished it')
+  t.match(after.stdout, /^\s*3000 v2$/m, 'every file of the committed sync')
+  t.equal(statusFrom(after.stdout).mode, 'flash')
+})

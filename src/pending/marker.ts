@@ -75,7 +75,10 @@ export function readPending(layout: FlashLayout): PendingChange | undefined {
 
 /**
  * Commit a change whose staging is complete: from now on the next boot
- * applies it. Everything staged reaches the flash before the marker does.
+ * applies it. Everything staged reaches the flash before the marker does, and
+ * the marker before anything is applied. sync(2), not fsync or syncfs: JFFS2
+ * on block2mtd (the lab's NOR, and devices that emulate NOR on a block
+ * device) writes into the block device's page cache, which neither flushes.
  */
 export function commitPending(layout: FlashLayout, change: PendingChange): void {
   syncAll()
@@ -90,6 +93,7 @@ export function commitPending(layout: FlashLayout, change: PendingChange): void 
     syncDirectory(stateDir(layout))
     writeFileAtomic(markerPath(layout), text)
   }
+  syncAll()
 }
 
 /** Drop a pending change and anything staged for it. */
