@@ -10,8 +10,8 @@
  */
 import { applyPending } from '../pending/apply.js'
 import { commitPending, readPending, stagedPath, upperPath, type FlashLayout } from '../pending/marker.js'
-import { EntryWriter, readEntry, readStableFile } from '../sys/entries.js'
-import { listDirectory, makeDirectory, pathExists, removeTree, statPath } from '../sys/fs.js'
+import { EntryWriter, readEntry, readEntryIfPresent, readStableFile } from '../sys/entries.js'
+import { listDirectoryWithTypes, makeDirectory, removeTree } from '../sys/fs.js'
 import { OverlayXattrs } from '../overlay/xattrs.js'
 import { parentOf, under, type UpperEntry } from '../upper/entry.js'
 import { walkUpper } from '../upper/walk.js'
@@ -110,7 +110,7 @@ function stageChanges(source: SyncSource, mirror: string, staging: string, stubX
     else {
       // A second name of an inode compares as the inode itself.
       const raw = entry.type === 'hardlink' ? readEntry(under(source.upper, entry.path), entry.path, stubXattr) : { entry }
-      const onFlash = pathExists(under(mirror, entry.path)) ? readEntry(under(mirror, entry.path), entry.path, stubXattr) : undefined
+      const onFlash = readEntryIfPresent(under(mirror, entry.path), entry.path, stubXattr)
       if (raw !== 'socket' && onFlash !== undefined && onFlash !== 'socket' && sameEntry(raw.entry, onFlash.entry)) continue
       full = `${staging}/${moves.length}`
       moves.push(entry.path)
@@ -144,10 +144,10 @@ function stageChanges(source: SyncSource, mirror: string, staging: string, stubX
 function removalsFrom(mirror: string, present: Set<string>): string[] {
   const removals: string[] = []
   const visit = (path: string): void => {
-    for (const name of listDirectory(under(mirror, path)).sort()) {
+    for (const { name, isDirectory } of listDirectoryWithTypes(under(mirror, path)).sort((a, b) => (a.name < b.name ? -1 : 1))) {
       const child = path === '.' ? name : `${path}/${name}`
       if (!present.has(child)) removals.push(child)
-      else if (statPath(under(mirror, child))?.type === 'dir') visit(child)
+      else if (isDirectory) visit(child)
     }
   }
   visit('.')

@@ -6,7 +6,7 @@
  */
 import { createHash } from 'node:crypto'
 import * as fs from 'node:fs'
-import { ExitCode, fromNodeError, OvrootError } from '../errors.js'
+import { ExitCode, fromNodeError, OvrootError, SysError } from '../errors.js'
 import type { EntryKind, UpperEntry } from '../upper/entry.js'
 import { getXattr, listXattrs, makeNode, removeXattr, setXattr } from './libc.js'
 
@@ -39,12 +39,20 @@ const minorOf = (rdev: number): number => Number((BigInt(rdev) & 0xffn) | ((BigI
 
 /** The entry at `full`; `stubXattr` marks a metacopy stub, whose data is not read. Sockets cannot be archived. */
 export function readEntry(full: string, path: string, stubXattr: string): ReadEntry | 'socket' {
-  let big: fs.BigIntStats
+  const read = readEntryIfPresent(full, path, stubXattr)
+  if (read === undefined) throw new SysError('ENOENT', 'stat', full)
+  return read
+}
+
+/** readEntry, or undefined when nothing is at `full` (one stat instead of a test and a stat). */
+export function readEntryIfPresent(full: string, path: string, stubXattr: string): ReadEntry | 'socket' | undefined {
+  let big: fs.BigIntStats | undefined
   try {
-    big = fs.lstatSync(full, { bigint: true })
+    big = fs.lstatSync(full, { bigint: true, throwIfNoEntry: false })
   } catch (error) {
     throw fromNodeError(error, 'stat', full)
   }
+  if (big === undefined) return undefined
   const stat = numbers(big)
   const type = KIND_OF(big)
   if (type === 'socket') return 'socket'

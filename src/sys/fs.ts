@@ -22,12 +22,26 @@ export function listDirectory(path: string): string[] {
   } catch (error) {
     throw fromNodeError(error, 'read directory', path)
   }
-  for (const name of names) {
-    if (name.includes('\uFFFD')) {
-      throw new OvrootError('EBADNAME', ExitCode.data, `read directory ${path}: an entry name is not valid UTF-8; ovroot cannot represent it faithfully`)
-    }
-  }
+  for (const name of names) requireUtf8Name(path, name)
   return names
+}
+
+/** Names with whether each is a directory, from the directory itself (no stat per entry where the filesystem reports types). */
+export function listDirectoryWithTypes(path: string): { name: string; isDirectory: boolean }[] {
+  let entries: fs.Dirent[]
+  try {
+    entries = fs.readdirSync(path, { withFileTypes: true })
+  } catch (error) {
+    throw fromNodeError(error, 'read directory', path)
+  }
+  return entries.map((entry) => ({ name: requireUtf8Name(path, entry.name), isDirectory: entry.isDirectory() }))
+}
+
+function requireUtf8Name(directory: string, name: string): string {
+  if (name.includes('\uFFFD')) {
+    throw new OvrootError('EBADNAME', ExitCode.data, `read directory ${directory}: an entry name is not valid UTF-8; ovroot cannot represent it faithfully`)
+  }
+  return name
 }
 
 export function readLink(path: string): string {
