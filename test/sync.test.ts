@@ -214,8 +214,20 @@ t.test('--to DIR mirrors the upper; a live layer is refused; without [sync] the 
   t.match(off.stderr, /does not run on a synced RAM upper: \[sync\] enabled = no/)
 })
 
+/** inotify watches a process holds, from its file descriptors' fdinfo. */
+function inotifyWatches(pid: number): number {
+  let watches = 0
+  for (const fd of fs.readdirSync(`/proc/${pid}/fdinfo`)) watches += (fs.readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8').match(/^inotify /gm) ?? []).length
+  return watches
+}
+
+function directoriesIn(root: string): number {
+  return 1 + fs.readdirSync(root, { withFileTypes: true, recursive: true }).filter((entry) => entry.isDirectory()).length
+}
+
 t.test('--watch: a file in a directory created a moment before is persisted after [sync] quiet, and SIGTERM syncs once more', async (t) => {
   const d = device(t, { quiet: 1 })
+  for (let i = 0; i < 5; i++) writeTree(`${d.merged}/srv/site${i}`, Object.fromEntries(Array.from({ length: 20 }, (_, j) => [`/page${j}`, `${i}.${j}\n`])))
   const daemon = spawn(process.execPath, [OVROOT, 'sync', '--watch', '--config', d.config], { env: cleanEnvironment(), stdio: ['ignore', 'ignore', 'pipe'] })
   let log = ''
   daemon.stderr.on('data', (chunk: Buffer) => (log += chunk.toString()))
@@ -231,6 +243,9 @@ t.test('--watch: a file in a directory created a moment before is persisted afte
   fs.mkdirSync(`${d.merged}/etc/fresh`)
   fs.writeFileSync(`${d.merged}/etc/fresh/file`, 'created at once\n')
   t.ok(await until(() => fs.existsSync(`${d.flash}/upper/etc/fresh/file`), 30), 'persisted without any command')
+  t.equal(inotifyWatches(daemon.pid ?? 0), directoriesIn(`${d.ram}/upper`), 'one inotify watch per directory of the upper, none per file')
+  fs.appendFileSync(`${d.merged}/srv/site3/page7`, 'edited in place\n')
+  t.ok(await until(() => fs.readFileSync(`${d.flash}/upper/srv/site3/page7`, 'utf8').includes('edited in place'), 30), 'a file changed in place is persisted: its directory\'s watch saw it')
   fs.writeFileSync(`${d.merged}/etc/last`, 'just before shutdown\n')
   daemon.kill('SIGTERM')
   const code = await new Promise<number | null>((resolve) => daemon.on('exit', resolve))

@@ -3,7 +3,8 @@
  * something changed, never the list of changes (it misses files in
  * just-created directories, reports renames as unlink and add, runs out of
  * inotify watches on large trees): every sync compares the whole upper with
- * the flash copy. A sync runs after `quiet` seconds without events, or
+ * the flash copy. It watches directories only, and their raw events stand for
+ * the files in them. A sync runs after `quiet` seconds without events, or
  * `max_delay` after the first unsynced event; a watch that fails falls back
  * to a rescan every `quiet` seconds, saying so once. SIGTERM (shutdown) makes
  * a last sync, whatever the budget.
@@ -88,12 +89,22 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
     schedule()
   }
 
-  const watcher = watch(source.upper, { ignoreInitial: true, followSymlinks: false, persistent: true, ignorePermissionErrors: true, atomic: false })
+  // Directories only: an inotify watch on a directory already reports its files' changes (chokidar's
+  // raw events), and one watch per file as well would cost a watch and its records for every file.
+  const watcher = watch(source.upper, {
+    ignoreInitial: true,
+    followSymlinks: false,
+    persistent: true,
+    ignorePermissionErrors: true,
+    atomic: false,
+    ignored: (_path, stats) => stats !== undefined && !stats.isDirectory(),
+  })
   let poll: NodeJS.Timeout | undefined
   let ready: () => void = () => undefined
   const watching = new Promise<void>((resolve) => (ready = resolve))
   watcher.once('ready', () => ready())
   watcher.on('all', changed)
+  watcher.on('raw', changed)
   watcher.on('error', (error) => {
     ready()
     if (poll) return
