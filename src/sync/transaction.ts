@@ -91,35 +91,17 @@ interface Staged {
  */
 function stageChanges(source: SyncSource, mirror: string, staging: string, stubXattr: string): Staged {
   const present = new Set<string>()
-  const stagedAs = new Map<string, string>()
-  const wholeDirectories = new Set<string>()
-  const moves: string[] = []
-  const changedDirectories = new Set<string>()
-  const receivingParents = new Set<string>()
+  const plan = new FlatStaging(source.upper, mirror, staging, stubXattr)
   const writer = new EntryWriter()
   let bytes = 0
-  let entries = 0
   makeDirectory(staging, 0o700)
   const walk = walkUpper(source.upper, { stubXattr, include: (path) => !source.excluded(path), skipped: (path, why) => process.stderr.write(`ovroot: sync skips /${path}: ${why} cannot be persisted\n`) })
   for (const entry of walk) {
     present.add(entry.path)
-    const parent = parentOf(entry.path)
-    const insideNew = entry.path !== '.' && wholeDirectories.has(parent)
-    let full: string
-    if (insideNew) full = `${stagedAs.get(parent) ?? ''}/${entry.path.slice(parent === '.' ? 0 : parent.length + 1)}`
-    else {
-      // A second name of an inode compares as the inode itself.
-      const raw = entry.type === 'hardlink' ? readEntry(under(source.upper, entry.path), entry.path, stubXattr) : { entry }
-      const onFlash = readEntryIfPresent(under(mirror, entry.path), entry.path, stubXattr)
-      if (raw !== 'socket' && onFlash !== undefined && onFlash !== 'socket' && sameEntry(raw.entry, onFlash.entry)) continue
-      full = `${staging}/${moves.length}`
-      moves.push(entry.path)
-      if (entry.path !== '.') receivingParents.add(parent)
-      if (entry.type === 'dir') (onFlash !== undefined && onFlash !== 'socket' && onFlash.entry.type === 'dir' ? changedDirectories : wholeDirectories).add(entry.path)
-    }
-    if (insideNew && entry.type === 'dir') wholeDirectories.add(entry.path)
+    const full = plan.place(entry)
+    if (full === undefined) continue
     const target = entry.linkTarget ?? ''
-    writer.begin(full, { ...entry, path: full }, entry.type === 'hardlink' ? (stagedAs.get(target) ?? under(mirror, target)) : undefined)
+    writer.begin(full, { ...entry, path: full }, entry.type === 'hardlink' ? plan.linkTarget(target) : undefined)
     if (entry.type === 'file' && entry.holeSize === undefined) {
       for (const chunk of readStableFile(under(source.upper, entry.path)).chunks()) {
         writer.data(chunk)
@@ -127,17 +109,71 @@ function stageChanges(source: SyncSource, mirror: string, staging: string, stubX
       }
     }
     writer.end()
-    stagedAs.set(entry.path, full)
-    entries++
   }
   writer.finish()
-  const parents: [string, number][] = []
-  for (const path of receivingParents) {
-    if (changedDirectories.has(path) || wholeDirectories.has(path)) continue
-    const read = readEntry(under(mirror, path), path, stubXattr)
-    if (read !== 'socket') parents.push([path, read.entry.mtime])
+  return { entries: plan.entries, moves: plan.moves, removals: removalsFrom(mirror, present), parents: plan.unchangedParents(), bytes }
+}
+
+/** Where each changed entry is staged, and what the commit must record to put it in place. */
+class FlatStaging {
+  entries = 0
+  /** Staged entry N goes to moves[N]. */
+  readonly moves: string[] = []
+  private readonly stagedAs = new Map<string, string>()
+  private readonly wholeDirectories = new Set<string>()
+  private readonly changedDirectories = new Set<string>()
+  private readonly receivingParents = new Set<string>()
+
+  constructor(
+    private readonly upper: string,
+    private readonly mirror: string,
+    private readonly staging: string,
+    private readonly stubXattr: string,
+  ) {}
+
+  /** The staging path for an entry that differs from the flash copy; undefined when it does not. */
+  place(entry: UpperEntry): string | undefined {
+    const parent = parentOf(entry.path)
+    const full = entry.path !== '.' && this.wholeDirectories.has(parent) ? this.insideNewDirectory(entry, parent) : this.flat(entry, parent)
+    if (full === undefined) return undefined
+    this.stagedAs.set(entry.path, full)
+    this.entries++
+    return full
   }
-  return { entries, moves, removals: removalsFrom(mirror, present), parents, bytes }
+
+  /** A second name's staged first name, or its unchanged one on the flash. */
+  linkTarget(path: string): string {
+    return this.stagedAs.get(path) ?? under(this.mirror, path)
+  }
+
+  /** Directories that receive moved entries without changing themselves: their mtime is given back after the moves. */
+  unchangedParents(): [string, number][] {
+    const parents: [string, number][] = []
+    for (const path of this.receivingParents) {
+      if (this.changedDirectories.has(path) || this.wholeDirectories.has(path)) continue
+      const read = readEntry(under(this.mirror, path), path, this.stubXattr)
+      if (read !== 'socket') parents.push([path, read.entry.mtime])
+    }
+    return parents
+  }
+
+  private insideNewDirectory(entry: UpperEntry, parent: string): string {
+    if (entry.type === 'dir') this.wholeDirectories.add(entry.path)
+    return `${this.stagedAs.get(parent) ?? ''}/${entry.path.slice(parent === '.' ? 0 : parent.length + 1)}`
+  }
+
+  private flat(entry: UpperEntry, parent: string): string | undefined {
+    // A second name of an inode compares as the inode itself.
+    const raw = entry.type === 'hardlink' ? readEntry(under(this.upper, entry.path), entry.path, this.stubXattr) : { entry }
+    const onFlash = readEntryIfPresent(under(this.mirror, entry.path), entry.path, this.stubXattr)
+    const flashEntry = onFlash === undefined || onFlash === 'socket' ? undefined : onFlash.entry
+    if (raw !== 'socket' && flashEntry && sameEntry(raw.entry, flashEntry)) return undefined
+    if (entry.path !== '.') this.receivingParents.add(parent)
+    if (entry.type === 'dir') (flashEntry?.type === 'dir' ? this.changedDirectories : this.wholeDirectories).add(entry.path)
+    const full = `${this.staging}/${this.moves.length}`
+    this.moves.push(entry.path)
+    return full
+  }
 }
 
 /** Topmost mirror paths the upper no longer has. */
