@@ -197,15 +197,14 @@ function hostUserland(arch: Architecture): Userland {
   }
 }
 
-/** Debian packages and the lib* packages they depend on, transitively. */
+/** Debian packages and the lib* packages they depend on, transitively: one apt-cache call per level. */
 function packageClosure(arch: Architecture, roots: string[]): string[] {
   const seen = new Set<string>()
-  const queue = [...roots]
-  for (let name = queue.shift(); name !== undefined; name = queue.shift()) {
-    if (seen.has(name)) continue
-    seen.add(name)
-    const listing = aptCache(['depends', '--no-recommends', '--no-suggests', '--no-conflicts', '--no-breaks', '--no-replaces', '--no-enhances', `${name}:${arch.debian}`])
-    for (const [, dependency] of listing.matchAll(/^\s*(?:Pre)?Depends: (lib[^\s:<>]+)/gm)) if (dependency) queue.push(dependency)
+  for (let level = roots; level.length > 0; ) {
+    for (const name of level) seen.add(name)
+    const listing = aptCache(['depends', '--no-recommends', '--no-suggests', '--no-conflicts', '--no-breaks', '--no-replaces', '--no-enhances', ...level.map((name) => `${name}:${arch.debian}`)])
+    const dependencies = [...listing.matchAll(/^\s*(?:Pre)?Depends: (lib[^\s:<>]+)/gm)].map((found) => found[1] ?? '')
+    level = [...new Set(dependencies)].filter((name) => name && !seen.has(name))
   }
   return [...seen].sort()
 }
@@ -226,18 +225,23 @@ function npmPackage(spec: string, into: string): string {
 function foreignUserland(arch: Architecture): Userland {
   ensureDebianArchitecture(arch)
   const cache = path.join(CACHE, arch.name)
-  const packages = packageClosure(arch, USERLAND_PACKAGES)
   const sysroot = path.join(cache, 'sysroot')
-  const stamp = path.join(cache, 'sysroot.packages')
-  const versions = aptCache(['policy', ...packages.map((name) => `${name}:${arch.debian}`)]).replace(/^\s+(Installed|Version table).*$/gm, '')
-  if (!fs.existsSync(stamp) || fs.readFileSync(stamp, 'utf8') !== versions) {
+  // The assembled package list and its versions: a later build asks apt only for those versions (each
+  // apt-cache call reads the whole multi-architecture index), and works out the closure again only when they moved.
+  const stamp = path.join(cache, 'sysroot.json')
+  const versionsOf = (packages: string[]): string => aptCache(['policy', ...packages.map((name) => `${name}:${arch.debian}`)]).replace(/^\s+(Installed|Version table).*$/gm, '')
+  const recorded = fs.existsSync(stamp) ? (JSON.parse(fs.readFileSync(stamp, 'utf8')) as { packages: string[]; versions: string }) : undefined
+  let versions = recorded ? versionsOf(recorded.packages) : ''
+  if (!recorded || versions !== recorded.versions) {
+    const packages = packageClosure(arch, USERLAND_PACKAGES)
+    versions = versionsOf(packages)
     log(`assembling the ${arch.name} userland from ${packages.length} Debian packages`)
     fs.rmSync(sysroot, { recursive: true, force: true })
     for (const deb of download(path.join(cache, 'download'), packages.map((name) => `${name}:${arch.debian}`))) {
       run('dpkg-deb', ['-x', deb, sysroot])
       fs.rmSync(deb)
     }
-    fs.writeFileSync(stamp, versions)
+    fs.writeFileSync(stamp, JSON.stringify({ packages, versions }))
   }
   const koffiVersion = (JSON.parse(fs.readFileSync(path.join(PROJECT, 'node_modules', 'koffi', 'package.json'), 'utf8')) as { version: string }).version
   const nodeSpec = `node-linux-${arch.node}@${process.versions.node}`

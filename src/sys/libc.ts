@@ -102,7 +102,7 @@ const statxView = new DataView(statxBuffer.buffer, statxBuffer.byteOffset, STATX
 const littleEndian = endianness() === 'LE'
 
 /** The dev_t encoding glibc's and musl's makedev produce, which Node's fs.Stats report too. */
-export function makeDeviceNumber(major: number, minor: number): bigint {
+function makeDeviceNumber(major: number, minor: number): bigint {
   const ma = BigInt(major)
   const mi = BigInt(minor)
   return ((ma & 0xfffff000n) << 32n) | ((ma & 0xfffn) << 8n) | ((mi & 0xffffff00n) << 12n) | (mi & 0xffn)
@@ -120,9 +120,9 @@ const TYPE_OF_FORMAT = new Map<number, EntryType>([
 ])
 
 /**
- * statx(2) of a path, not following a final symlink, into a reused buffer: a
- * third cheaper than fs.lstatSync, and diff stats every entry of the upper and
- * its lower twin. Answers undefined for a path that does not exist.
+ * statx(2) of a path, not following a final symlink, into a reused buffer:
+ * no Stats object per call, and diff stats every entry of the upper and its
+ * lower twin. Answers undefined for a path that does not exist.
  */
 export function lstat(path: string): EntryStat | undefined {
   const { libc } = bind()
