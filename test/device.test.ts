@@ -299,7 +299,8 @@ t.test('sync --watch: a change reaches the flash without any command; an idle mi
   const watched = boot([...args, '--cut-on', 'persisted', '--cut-after', '0', '--run', `${WATCHING}; echo watched > /etc/w; until [ -e /overlay/upper/etc/w ]; do sleep 0.5; done; echo persisted; sleep 600`])
   t.equal(watched.status, 137)
   t.match(watched.stdout, /^persisted$/m, 'the daemon wrote the change to the flash copy by itself')
-  const after = run(t, args, `cat /etc/w && ${WATCHING}; sleep 3; ${written}; sleep 60; ${written}; ovroot status`)
+  // sync first: what boot wrote may sit in the page cache for 30 s before it reaches the device.
+  const after = run(t, args, `cat /etc/w && ${WATCHING}; sync; sleep 3; ${written}; sleep 60; ${written}; ovroot status`)
   t.match(after.stdout, /^watched$/m, 'and it survived the power cut')
   const counts = after.stdout.split('\n').filter((line) => /^\d+$/.test(line))
   t.equal(counts.length, 2, 'two readings of the write counter')
