@@ -59,6 +59,18 @@ function mergedFromFlash(d: Device): ReturnType<typeof snapshot> {
   }
 }
 
+/**
+ * A sync's baseline moved to now, as if its scan had begun after the changes
+ * it persisted (it begins 2 s early, to be safe): what follows is then
+ * compared by the quick scan, its ctime being the only way to tell. ctime's
+ * clock is a jiffy coarse, hence the pause.
+ */
+async function scanBeganNow(d: Device): Promise<void> {
+  const file = `${d.flash}/.ovroot/sync-baseline`
+  fs.writeFileSync(file, JSON.stringify({ ...(JSON.parse(fs.readFileSync(file, 'utf8')) as object), since: Date.now() }))
+  await new Promise((resolve) => setTimeout(resolve, 50))
+}
+
 t.test('after every kind of change and seeded random ones, the flash copy equals the RAM upper', async (t) => {
   const d = device(t)
   for (const operation of Object.values(STANDARD_OPERATIONS)) operation(d.merged)
@@ -69,6 +81,7 @@ t.test('after every kind of change and seeded random ones, the flash copy equals
   t.same(mergedFromFlash(d), snapshot(d.merged), 'the flash copy mounts to the merged view the device has')
   const next = random(4242)
   for (let round = 0; round < 3; round++) {
+    await scanBeganNow(d)
     for (let i = 0; i < 15; i++) {
       try {
         randomOperation(d.merged, next, round * 100 + i)
@@ -97,7 +110,10 @@ t.test('random lowers and change sequences, each synced', async (t) => {
       } catch {
         // an operation that does not apply to this tree
       }
-      if (i % 10 === 9) t.equal(sync(d).status, 0)
+      if (i % 10 === 9) {
+        t.equal(sync(d).status, 0)
+        await scanBeganNow(d)
+      }
     }
     t.same(withoutSharedWhiteouts(upperSnapshot(`${d.flash}/upper`)), withoutSharedWhiteouts(upperSnapshot(`${d.ram}/upper`)), `seed ${seed}`)
   }
@@ -114,10 +130,55 @@ t.test('only what changed is written; an idle sync writes nothing at all', async
   const second = sync(d)
   t.match(second.stdout, /synced 1 entries \(0 KiB\), removed 0/, 'one changed file')
   t.equal(inodeOf('/etc/big'), bigBefore, 'the unchanged file was not rewritten')
-  const before = fs.readdirSync(`${d.flash}/upper/etc`).map((name) => `${name}:${fs.lstatSync(`${d.flash}/upper/etc/${name}`).ctimeMs}`)
+  const touched = (): string[] => ['.ovroot', 'upper', ...fs.readdirSync(`${d.flash}/upper/etc`).map((name) => `upper/etc/${name}`)].map((path) => `${path}:${fs.lstatSync(`${d.flash}/${path}`).ctimeMs}`)
+  const before = touched()
   t.match(sync(d).stdout, /nothing to sync/)
-  t.same(fs.readdirSync(`${d.flash}/upper/etc`).map((name) => `${name}:${fs.lstatSync(`${d.flash}/upper/etc/${name}`).ctimeMs}`), before, 'nothing on the flash was touched')
+  t.same(touched(), before, 'nothing on the flash was touched, not even a staging directory made and removed')
   t.notOk(fs.existsSync(`${d.flash}/.ovroot/staged`) || fs.existsSync(`${d.flash}/.ovroot/pending`), 'no journal left')
+})
+
+t.test('a sync compares only entries changed since the last one began, and uses no baseline it cannot trust', async (t) => {
+  const d = device(t)
+  const same = (message: string): void => {
+    t.same(withoutSharedWhiteouts(upperSnapshot(`${d.flash}/upper`)), withoutSharedWhiteouts(upperSnapshot(`${d.ram}/upper`)), message)
+  }
+  writeTree(`${d.merged}/srv/data`, { '/a': 'a\n', '/deep/b': 'b\n' })
+  fs.writeFileSync(`${d.merged}/srv/one`, 'one\n')
+  fs.linkSync(`${d.merged}/srv/data/a`, `${d.merged}/srv/a-link`)
+  t.equal(sync(d).status, 0)
+  const baselineFile = `${d.flash}/.ovroot/sync-baseline`
+  t.ok(fs.existsSync(baselineFile), 'a sync records where its scan began')
+  await scanBeganNow(d)
+  // Entries below a renamed directory keep their old ctime; a new link changes the old inode's.
+  fs.renameSync(`${d.merged}/srv/data`, `${d.merged}/srv/moved`)
+  fs.linkSync(`${d.merged}/srv/one`, `${d.merged}/srv/two`)
+  fs.rmSync(`${d.merged}/etc/banner`)
+  t.equal(sync(d).status, 0)
+  same('a renamed directory arrives with its unchanged children, a new link and a whiteout too, the old name goes')
+  t.equal(fs.statSync(`${d.flash}/upper/srv/moved/a`).ino, fs.statSync(`${d.flash}/upper/srv/a-link`).ino, 'a name in the renamed directory stays a link to its unchanged other name')
+
+  const trusted = JSON.parse(fs.readFileSync(baselineFile, 'utf8')) as { boot: string; source: string; since: number; clockOffset: number }
+  const [upper, namespace] = JSON.parse(trusted.source) as [string, string]
+  // A baseline from the future would hide every change, if it were used.
+  const hiding = { ...trusted, since: Date.now() + 3_600_000 }
+  const untrusted: [string, object][] = [
+    ['another boot', { ...hiding, boot: '00000000-0000-0000-0000-000000000000' }],
+    ['other excludes', { ...hiding, source: JSON.stringify([upper, namespace, ['/srv/one']]) }],
+    ['a clock stepped back since', { ...hiding, clockOffset: hiding.clockOffset + 10_000 }],
+    ['a torn file', '{"boot":'],
+  ]
+  for (const [why, baseline] of untrusted) {
+    fs.writeFileSync(`${d.merged}/srv/one`, `${why}\n`)
+    fs.writeFileSync(baselineFile, typeof baseline === 'string' ? baseline : JSON.stringify(baseline))
+    t.equal(sync(d).status, 0)
+    t.equal(fs.readFileSync(`${d.flash}/upper/srv/one`, 'utf8'), `${why}\n`, `${why}: every entry compared`)
+  }
+  fs.writeFileSync(`${d.merged}/srv/one`, 'hidden\n')
+  fs.writeFileSync(baselineFile, JSON.stringify(hiding))
+  t.match(sync(d).stdout, /nothing to sync/, 'a trusted baseline is what lets a sync skip entries (this one wrongly)')
+  fs.mkdirSync(`${d.flash}/.ovroot/staged`)
+  commitPending({ root: d.flash, upperName: 'upper' }, { kind: 'reset', requested: 'x', keep: [] })
+  t.notOk(fs.existsSync(baselineFile), 'any committed change to the flash copy drops the baseline')
 })
 
 t.test('excluded paths are never persisted, and their old copy goes', async (t) => {

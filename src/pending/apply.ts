@@ -71,7 +71,7 @@ function applySync(staged: string, upper: string, change: Extract<PendingChange,
   for (const [path, mtime] of change.parents) if (statPath(target(path))?.type === 'dir') setModificationTime(target(path), mtime)
   for (const [from, to] of directories) {
     const own = readEntry(from, '.', '')
-    if (own !== 'socket') replaceMetadata(to, own.entry)
+    if (own !== 'socket') replaceMetadata(to, own)
   }
   removeTree(staged)
 }

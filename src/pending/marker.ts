@@ -45,6 +45,8 @@ export const stagedPath = (layout: FlashLayout): string => `${stateDir(layout)}/
 /** The replaced upper, between the swap and its removal. */
 export const replacedPath = (layout: FlashLayout): string => `${stateDir(layout)}/replaced`
 export const upperPath = (layout: FlashLayout): string => `${layout.root}/${layout.upperName}`
+/** Where the last sync's scan started (src/sync/baseline.ts): any other change to the upper invalidates it. */
+export const scanBaselinePath = (layout: FlashLayout): string => `${stateDir(layout)}/sync-baseline`
 const reservePath = (layout: FlashLayout): string => `${stateDir(layout)}/reserve`
 
 /**
@@ -81,6 +83,7 @@ export function readPending(layout: FlashLayout): PendingChange | undefined {
  * device) writes into the block device's page cache, which neither flushes.
  */
 export function commitPending(layout: FlashLayout, change: PendingChange): void {
+  removeFile(scanBaselinePath(layout))
   syncAll()
   makeDirectory(stateDir(layout))
   const text = `${JSON.stringify(change)}\n`

@@ -46,7 +46,7 @@ export function syncSource(config: Config, record: BootRecord): SyncSource {
   const upper = record.state.overlay?.upper
   if (!upper) throw new OvrootError('ENOSTATUS', ExitCode.environment, 'the boot record names no upper: this boot mounted no overlay')
   const excluded = config.sync.exclude.map(globToRegExp)
-  return { upper, namespace: config.overlay.options.includes('userxattr') ? 'user' : 'trusted', excluded: (path) => excluded.some((pattern) => pattern.test(`/${path}`)) }
+  return { upper, namespace: config.overlay.options.includes('userxattr') ? 'user' : 'trusted', exclude: config.sync.exclude, excluded: (path) => excluded.some((pattern) => pattern.test(`/${path}`)) }
 }
 
 function deviceLayout(config: Config, record: BootRecord): FlashLayout {

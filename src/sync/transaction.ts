@@ -6,15 +6,18 @@
  *
  * Entries are compared as rsync's quick check does, by type, mode, owner,
  * size, mtime (to the microsecond), link target, device numbers, and, beyond
- * rsync, every xattr; a changed file is written whole.
+ * rsync, every xattr; a changed file is written whole. Only entries changed
+ * since the last sync's scan began are compared at all (baseline.ts): the
+ * rest of the upper costs one stat per entry, and its flash copy nothing.
  */
 import { applyPending } from '../pending/apply.js'
 import { commitPending, readPending, stagedPath, upperPath, type FlashLayout } from '../pending/marker.js'
 import { EntryWriter, readEntry, readEntryIfPresent, readStableFile } from '../sys/entries.js'
-import { listDirectoryWithTypes, makeDirectory, removeTree } from '../sys/fs.js'
+import { listDirectory, makeDirectory, removeTree } from '../sys/fs.js'
 import { OverlayXattrs } from '../overlay/xattrs.js'
 import { parentOf, under, type UpperEntry } from '../upper/entry.js'
 import { walkUpper } from '../upper/walk.js'
+import { startScan } from './baseline.js'
 
 export interface SyncResult {
   /** Entries that differed and were written (or linked) into the flash copy, those inside a new directory included. */
@@ -27,7 +30,8 @@ export interface SyncResult {
 export interface SyncSource {
   upper: string
   namespace: 'trusted' | 'user'
-  /** Paths (of the merged view, without the leading slash) never persisted. */
+  /** The [sync] exclude patterns, and the test they make on a path of the merged view (without the leading slash). */
+  exclude: readonly string[]
   excluded(path: string): boolean
 }
 
@@ -44,7 +48,8 @@ export async function syncOnce(source: SyncSource, layout: FlashLayout): Promise
   removeTree(stagedPath(layout))
   const mirror = upperPath(layout)
   makeDirectory(mirror)
-  const staged = stageChanges(source, mirror, stagedPath(layout), xattrs.name('metacopy'))
+  const scan = startScan(layout, source)
+  const staged = stageChanges(source, new FlatStaging(source.upper, mirror, stagedPath(layout), xattrs.name('metacopy'), scan.unchangedBefore))
   if (staged.moves.length === 0 && staged.removals.length === 0) {
     removeTree(stagedPath(layout))
     return { written: 0, removed: 0, bytes: 0 }
@@ -52,6 +57,7 @@ export async function syncOnce(source: SyncSource, layout: FlashLayout): Promise
   const { entries, moves, removals, parents } = staged
   commitPending(layout, { kind: 'sync', requested: new Date().toISOString(), entries, removals, moves, parents })
   await applyPending(layout, undefined, xattrs)
+  scan.record()
   return { written: entries, removed: removals.length, bytes: staged.bytes }
 }
 
@@ -89,15 +95,16 @@ interface Staged {
  * directory the flash copy lacks is staged whole, its subtree inside it, and
  * moves as one.
  */
-function stageChanges(source: SyncSource, mirror: string, staging: string, stubXattr: string): Staged {
-  const present = new Set<string>()
-  const plan = new FlatStaging(source.upper, mirror, staging, stubXattr)
+function stageChanges(source: SyncSource, plan: FlatStaging): Staged {
   const writer = new EntryWriter()
   let bytes = 0
-  makeDirectory(staging, 0o700)
-  const walk = walkUpper(source.upper, { stubXattr, include: (path) => !source.excluded(path), skipped: (path, why) => process.stderr.write(`ovroot: sync skips /${path}: ${why} cannot be persisted\n`) })
+  const walk = walkUpper(source.upper, {
+    stubXattr: plan.stubXattr,
+    include: (path) => !source.excluded(path),
+    skipped: (path, why) => process.stderr.write(`ovroot: sync skips /${path}: ${why} cannot be persisted\n`),
+    unchanged: (path, changeTimeNs) => plan.skipIfUnchanged(path, changeTimeNs),
+  })
   for (const entry of walk) {
-    present.add(entry.path)
     const full = plan.place(entry)
     if (full === undefined) continue
     const target = entry.linkTarget ?? ''
@@ -111,7 +118,7 @@ function stageChanges(source: SyncSource, mirror: string, staging: string, stubX
     writer.end()
   }
   writer.finish()
-  return { entries: plan.entries, moves: plan.moves, removals: removalsFrom(mirror, present), parents: plan.unchangedParents(), bytes }
+  return { entries: plan.entries, moves: plan.moves, removals: plan.removals(), parents: plan.unchangedParents(), bytes }
 }
 
 /** Where each changed entry is staged, and what the commit must record to put it in place. */
@@ -123,16 +130,30 @@ class FlatStaging {
   private readonly wholeDirectories = new Set<string>()
   private readonly changedDirectories = new Set<string>()
   private readonly receivingParents = new Set<string>()
+  /** Directories the flash copy has too and whose names were compared: where removals are looked for. */
+  private readonly comparedDirectories = new Set<string>()
+  /** The entries of those directories the upper has. */
+  private readonly present = new Set<string>()
 
   constructor(
     private readonly upper: string,
     private readonly mirror: string,
     private readonly staging: string,
-    private readonly stubXattr: string,
+    readonly stubXattr: string,
+    /** ctime (ns) before which an entry is as the flash copy has it; undefined: compare everything. */
+    private readonly unchangedBefore: bigint | undefined,
   ) {}
+
+  /** Whether an entry can be left alone unread: unchanged since the last scan, and not inside a directory new to the copy. */
+  skipIfUnchanged(path: string, changeTimeNs: bigint): boolean {
+    const skip = this.unchangedBefore !== undefined && changeTimeNs < this.unchangedBefore && (path === '.' || !this.wholeDirectories.has(parentOf(path)))
+    if (skip) this.seen(path)
+    return skip
+  }
 
   /** The staging path for an entry that differs from the flash copy; undefined when it does not. */
   place(entry: UpperEntry): string | undefined {
+    this.seen(entry.path)
     const parent = parentOf(entry.path)
     const full = entry.path !== '.' && this.wholeDirectories.has(parent) ? this.insideNewDirectory(entry, parent) : this.flat(entry, parent)
     if (full === undefined) return undefined
@@ -152,9 +173,25 @@ class FlatStaging {
     for (const path of this.receivingParents) {
       if (this.changedDirectories.has(path) || this.wholeDirectories.has(path)) continue
       const read = readEntry(under(this.mirror, path), path, this.stubXattr)
-      if (read !== 'socket') parents.push([path, read.entry.mtime])
+      if (read !== 'socket') parents.push([path, read.mtime])
     }
     return parents
+  }
+
+  /** Topmost paths of the flash copy the upper no longer has. */
+  removals(): string[] {
+    const removals: string[] = []
+    for (const directory of this.comparedDirectories) {
+      for (const name of listDirectory(under(this.mirror, directory)).sort()) {
+        const path = directory === '.' ? name : `${directory}/${name}`
+        if (!this.present.has(path)) removals.push(path)
+      }
+    }
+    return removals
+  }
+
+  private seen(path: string): void {
+    if (this.comparedDirectories.has(parentOf(path))) this.present.add(path)
   }
 
   private insideNewDirectory(entry: UpperEntry, parent: string): string {
@@ -164,28 +201,17 @@ class FlatStaging {
 
   private flat(entry: UpperEntry, parent: string): string | undefined {
     // A second name of an inode compares as the inode itself.
-    const raw = entry.type === 'hardlink' ? readEntry(under(this.upper, entry.path), entry.path, this.stubXattr) : { entry }
+    const raw = entry.type === 'hardlink' ? readEntry(under(this.upper, entry.path), entry.path, this.stubXattr) : entry
     const onFlash = readEntryIfPresent(under(this.mirror, entry.path), entry.path, this.stubXattr)
-    const flashEntry = onFlash === undefined || onFlash === 'socket' ? undefined : onFlash.entry
-    if (raw !== 'socket' && flashEntry && sameEntry(raw.entry, flashEntry)) return undefined
+    const flashEntry = onFlash === 'socket' ? undefined : onFlash
+    if (entry.type === 'dir' && flashEntry?.type === 'dir') this.comparedDirectories.add(entry.path)
+    if (raw !== 'socket' && flashEntry && sameEntry(raw, flashEntry)) return undefined
     if (entry.path !== '.') this.receivingParents.add(parent)
     if (entry.type === 'dir') (flashEntry?.type === 'dir' ? this.changedDirectories : this.wholeDirectories).add(entry.path)
+    // Made for the first change only: a sync with nothing to do writes nothing.
+    if (this.moves.length === 0) makeDirectory(this.staging, 0o700)
     const full = `${this.staging}/${this.moves.length}`
     this.moves.push(entry.path)
     return full
   }
-}
-
-/** Topmost mirror paths the upper no longer has. */
-function removalsFrom(mirror: string, present: Set<string>): string[] {
-  const removals: string[] = []
-  const visit = (path: string): void => {
-    for (const { name, isDirectory } of listDirectoryWithTypes(under(mirror, path)).sort((a, b) => (a.name < b.name ? -1 : 1))) {
-      const child = path === '.' ? name : `${path}/${name}`
-      if (!present.has(child)) removals.push(child)
-      else if (isDirectory) visit(child)
-    }
-  }
-  visit('.')
-  return removals
 }

@@ -10,25 +10,17 @@ import { ExitCode, fromNodeError, OvrootError, SysError } from '../errors.js'
 import type { EntryKind, UpperEntry } from '../upper/entry.js'
 import { getXattr, listXattrs, makeNode, removeXattr, setXattr } from './libc.js'
 
-export interface ReadEntry {
-  entry: UpperEntry
-  /** dev:ino, to find hardlinks. */
-  inode: string
-  nlink: number
-}
-
 const KIND_OF = (stat: fs.BigIntStats): EntryKind | 'socket' =>
   stat.isFile() ? 'file' : stat.isDirectory() ? 'dir' : stat.isSymbolicLink() ? 'symlink' : stat.isCharacterDevice() ? 'char' : stat.isBlockDevice() ? 'block' : stat.isFIFO() ? 'fifo' : 'socket'
 
 /** The fields ovroot keeps, as numbers; mtime in whole microseconds (seconds with six decimals). */
-function numbers(stat: fs.BigIntStats): { mode: number; uid: number; gid: number; size: number; rdev: number; nlink: number; mtime: number } {
+function numbers(stat: fs.BigIntStats): { mode: number; uid: number; gid: number; size: number; rdev: number; mtime: number } {
   return {
     mode: Number(stat.mode),
     uid: Number(stat.uid),
     gid: Number(stat.gid),
     size: Number(stat.size),
     rdev: Number(stat.rdev),
-    nlink: Number(stat.nlink),
     mtime: Number(stat.mtimeNs / 1000n) / 1e6,
   }
 }
@@ -38,21 +30,29 @@ const majorOf = (rdev: number): number => Number(((BigInt(rdev) >> 8n) & 0xfffn)
 const minorOf = (rdev: number): number => Number((BigInt(rdev) & 0xffn) | ((BigInt(rdev) >> 12n) & ~0xffn))
 
 /** The entry at `full`; `stubXattr` marks a metacopy stub, whose data is not read. Sockets cannot be archived. */
-export function readEntry(full: string, path: string, stubXattr: string): ReadEntry | 'socket' {
+export function readEntry(full: string, path: string, stubXattr: string): UpperEntry | 'socket' {
   const read = readEntryIfPresent(full, path, stubXattr)
   if (read === undefined) throw new SysError('ENOENT', 'stat', full)
   return read
 }
 
 /** readEntry, or undefined when nothing is at `full` (one stat instead of a test and a stat). */
-export function readEntryIfPresent(full: string, path: string, stubXattr: string): ReadEntry | 'socket' | undefined {
-  let big: fs.BigIntStats | undefined
+export function readEntryIfPresent(full: string, path: string, stubXattr: string): UpperEntry | 'socket' | undefined {
+  const big = statEntry(full)
+  return big && readEntryWithStat(full, path, stubXattr, big)
+}
+
+/** The lstat of an entry, or undefined when nothing is at `full`: for a caller that decides from it whether to read the rest. */
+export function statEntry(full: string): fs.BigIntStats | undefined {
   try {
-    big = fs.lstatSync(full, { bigint: true, throwIfNoEntry: false })
+    return fs.lstatSync(full, { bigint: true, throwIfNoEntry: false })
   } catch (error) {
     throw fromNodeError(error, 'stat', full)
   }
-  if (big === undefined) return undefined
+}
+
+/** readEntry, given the entry's lstat. */
+export function readEntryWithStat(full: string, path: string, stubXattr: string, big: fs.BigIntStats): UpperEntry | 'socket' {
   const stat = numbers(big)
   const type = KIND_OF(big)
   if (type === 'socket') return 'socket'
@@ -76,7 +76,7 @@ export function readEntryIfPresent(full: string, path: string, stubXattr: string
     ...(stub ? { holeSize: stat.size } : {}),
     ...(type === 'symlink' ? { linkTarget: readLinkText(full) } : {}),
   }
-  return { entry, inode: `${big.dev}:${big.ino}`, nlink: stat.nlink }
+  return entry
 }
 
 function readLinkText(full: string): string {
@@ -248,17 +248,17 @@ export function replaceMetadata(full: string, entry: UpperEntry): void {
   const current = readEntry(full, entry.path, '')
   if (current === 'socket') return
   const wanted = new Map(entry.xattrs.map(([name, value]) => [name, value]))
-  const present = new Map(current.entry.xattrs.map(([name, value]) => [name, value]))
+  const present = new Map(current.xattrs.map(([name, value]) => [name, value]))
   try {
     for (const name of present.keys()) if (!wanted.has(name)) removeXattr(full, name)
     // A new owner clears set-id bits and capabilities: then everything is set again.
-    if (current.entry.uid !== entry.uid || current.entry.gid !== entry.gid) {
+    if (current.uid !== entry.uid || current.gid !== entry.gid) {
       applyMetadata(full, entry)
       return
     }
-    if (current.entry.mode !== entry.mode) fs.chmodSync(full, entry.mode)
+    if (current.mode !== entry.mode) fs.chmodSync(full, entry.mode)
     for (const [name, value] of wanted) if (!present.get(name)?.equals(value)) setXattr(full, name, value)
-    if (current.entry.mtime !== entry.mtime) setModificationTime(full, entry.mtime)
+    if (current.mtime !== entry.mtime) setModificationTime(full, entry.mtime)
   } catch (error) {
     throw fromNodeError(error, 'set metadata of', full)
   }

@@ -4,7 +4,8 @@
  * kernel shares one whiteout inode among many names since Linux 5.8).
  */
 import { listDirectory } from '../sys/fs.js'
-import { readEntry } from '../sys/entries.js'
+import { SysError } from '../errors.js'
+import { readEntryWithStat, statEntry } from '../sys/entries.js'
 import { under, type UpperEntry } from './entry.js'
 
 export interface WalkOptions {
@@ -14,28 +15,41 @@ export interface WalkOptions {
   include(path: string): boolean
   /** Sockets cannot be recreated from an archive: they are skipped and named. */
   skipped(path: string, why: string): void
+  /**
+   * Entries the caller already has, from their ctime (ns): neither read nor
+   * yielded, though a directory's children are still visited.
+   */
+  unchanged?(path: string, changeTimeNs: bigint): boolean
 }
 
 export function* walkUpper(root: string, options: WalkOptions): Generator<UpperEntry> {
   const firstName = new Map<string, string>()
   function* visit(path: string): Generator<UpperEntry> {
     const full = under(root, path)
-    const read = readEntry(full, path, options.stubXattr)
+    const stat = statEntry(full)
+    if (stat === undefined) throw new SysError('ENOENT', 'stat', full)
+    // An unchanged first name still counts: a later name (in a renamed directory) links to it.
+    const inode = !stat.isDirectory() && stat.nlink > 1n ? `${stat.dev}:${stat.ino}` : undefined
+    const first = inode === undefined ? undefined : firstName.get(inode)
+    if (inode !== undefined && first === undefined) firstName.set(inode, path)
+    if (options.unchanged?.(path, stat.ctimeNs)) {
+      if (stat.isDirectory()) yield* visitChildren(path, full)
+      return
+    }
+    const read = readEntryWithStat(full, path, options.stubXattr, stat)
     if (read === 'socket') {
       options.skipped(path, 'a socket')
       return
     }
-    const { entry } = read
-    if (entry.type !== 'dir' && read.nlink > 1) {
-      const first = firstName.get(read.inode)
-      if (first !== undefined) {
-        yield { ...entry, type: 'hardlink', linkTarget: first, size: 0, xattrs: [], devMajor: 0, devMinor: 0, holeSize: undefined }
-        return
-      }
-      firstName.set(read.inode, path)
+    const entry = read
+    if (first !== undefined) {
+      yield { ...entry, type: 'hardlink', linkTarget: first, size: 0, xattrs: [], devMajor: 0, devMinor: 0, holeSize: undefined }
+      return
     }
     yield entry
-    if (entry.type !== 'dir') return
+    if (entry.type === 'dir') yield* visitChildren(path, full)
+  }
+  function* visitChildren(path: string, full: string): Generator<UpperEntry> {
     const names = listDirectory(full).sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)))
     for (const name of names) {
       const child = path === '.' ? name : `${path}/${name}`
