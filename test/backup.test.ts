@@ -5,7 +5,7 @@
  * writes the same archives; other firmware and sysupgrade archives.
  */
 import t from 'tap'
-import { execFileSync } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
 import * as fs from 'node:fs'
 import { setXattr } from '../src/sys/libc.js'
 import { MOUNT_VARIANTS, mountOverlay, ovroot, scratch, snapshot, unmount, upperSnapshot, withoutSharedWhiteouts } from './helpers/overlay.js'
@@ -239,6 +239,22 @@ t.test('a socket in the upper is skipped and named; the rest is backed up', asyn
   const names = execFileSync('tar', ['-tzf', archive], { encoding: 'utf8' })
   t.match(names, /^etc\/kept$/m)
   t.notMatch(names, /control\.sock/)
+})
+
+t.test('a file written all through the backup is refused in one line, and no archive is left', async (t) => {
+  const d = device(t, [], (m) => fs.writeFileSync(`${m}/etc/busy`, Buffer.alloc(64 << 20, 7)))
+  // Stamps the file's mtime and ctime as fast as the kernel's clock ticks: every read of its 64 MiB sees a change.
+  const writer = spawn('python3', ['-c', 'import os, sys\nwhile True: os.utime(sys.argv[1])', `${d.upper}/etc/busy`], { stdio: 'ignore' })
+  t.teardown(() => writer.kill())
+  const before = fs.statSync(`${d.upper}/etc/busy`).mtimeMs
+  while (fs.statSync(`${d.upper}/etc/busy`).mtimeMs === before) await new Promise((resolve) => setTimeout(resolve, 10))
+  const archive = `${d.dir}/busy.ovb`
+  const result = backup(d, archive)
+  t.equal(result.status, 6, 'an I/O exit status')
+  t.match(result.stderr, /^ovroot: \S+\/etc\/busy changed while it was read, twice; back up when it is not being written/)
+  t.equal(result.stderr.trim().split('\n').length, 1, 'one line')
+  t.notOk(fs.existsSync(archive), 'no archive, not even a partial one')
+  t.same(fs.readdirSync(d.dir).filter((name) => name.includes('busy')), [], 'and no temporary file')
 })
 
 function fileArgument(): string {

@@ -13,10 +13,10 @@
  * sync records a new one only once applied.
  */
 import { scanBaselinePath, type FlashLayout } from '../pending/marker.js'
-import { readTextFile, readTextFileIfExists, writeFileAtomic } from '../sys/fs.js'
+import { readTextFileIfExists, writeFileAtomic } from '../sys/fs.js'
 import type { SyncSource } from './transaction.js'
 
-/** ctime is stamped from a coarse clock (a jiffy), and NTP may slew the clock backwards a little. */
+/** ctime is stamped from a coarse clock (up to a jiffy behind), and a step back of under half this passes the clock check unseen. */
 const SLACK_MS = 2000
 
 interface Baseline {
@@ -38,7 +38,10 @@ export interface Scan {
 export function startScan(layout: FlashLayout, source: SyncSource): Scan {
   const now = Date.now()
   const clockOffset = now - Number(process.hrtime.bigint() / 1_000_000n)
-  const current = { boot: readTextFile('/proc/sys/kernel/random/boot_id').trim(), source: JSON.stringify([source.upper, source.namespace, source.exclude]) }
+  // Without a boot id (no /proc) nothing tells this boot's baseline from another's: none is kept.
+  const boot = readTextFileIfExists('/proc/sys/kernel/random/boot_id')?.trim()
+  if (!boot) return { unchangedBefore: undefined, record: () => undefined }
+  const current = { boot, source: JSON.stringify([source.upper, source.namespace, source.exclude]) }
   const previous = readBaseline(layout)
   const valid = previous !== undefined && previous.boot === current.boot && previous.source === current.source && clockOffset >= previous.clockOffset - SLACK_MS / 2
   return {

@@ -12,7 +12,7 @@
  */
 import { applyPending } from '../pending/apply.js'
 import { commitPending, readPending, stagedPath, upperPath, type FlashLayout } from '../pending/marker.js'
-import { EntryWriter, readEntry, readEntryIfPresent, readStableFile } from '../sys/entries.js'
+import { EntryWriter, modificationTime, readEntry, readEntryIfPresent, readStableFile } from '../sys/entries.js'
 import { listDirectory, makeDirectory, removeTree } from '../sys/fs.js'
 import { OverlayXattrs } from '../overlay/xattrs.js'
 import { parentOf, under, type UpperEntry } from '../upper/entry.js'
@@ -130,8 +130,8 @@ class FlatStaging {
   private readonly wholeDirectories = new Set<string>()
   private readonly changedDirectories = new Set<string>()
   private readonly receivingParents = new Set<string>()
-  /** Directories the flash copy has too and whose names were compared: where removals are looked for. */
-  private readonly comparedDirectories = new Set<string>()
+  /** Directories the flash copy has too and whose names were compared (where removals are looked for), with their mtime there. */
+  private readonly comparedDirectories = new Map<string, number>()
   /** The entries of those directories the upper has. */
   private readonly present = new Set<string>()
 
@@ -172,8 +172,7 @@ class FlatStaging {
     const parents: [string, number][] = []
     for (const path of this.receivingParents) {
       if (this.changedDirectories.has(path) || this.wholeDirectories.has(path)) continue
-      const read = readEntry(under(this.mirror, path), path, this.stubXattr)
-      if (read !== 'socket') parents.push([path, read.mtime])
+      parents.push([path, this.comparedDirectories.get(path) ?? modificationTime(under(this.mirror, path))])
     }
     return parents
   }
@@ -181,7 +180,7 @@ class FlatStaging {
   /** Topmost paths of the flash copy the upper no longer has. */
   removals(): string[] {
     const removals: string[] = []
-    for (const directory of this.comparedDirectories) {
+    for (const directory of this.comparedDirectories.keys()) {
       for (const name of listDirectory(under(this.mirror, directory)).sort()) {
         const path = directory === '.' ? name : `${directory}/${name}`
         if (!this.present.has(path)) removals.push(path)
@@ -204,7 +203,7 @@ class FlatStaging {
     const raw = entry.type === 'hardlink' ? readEntry(under(this.upper, entry.path), entry.path, this.stubXattr) : entry
     const onFlash = readEntryIfPresent(under(this.mirror, entry.path), entry.path, this.stubXattr)
     const flashEntry = onFlash === 'socket' ? undefined : onFlash
-    if (entry.type === 'dir' && flashEntry?.type === 'dir') this.comparedDirectories.add(entry.path)
+    if (entry.type === 'dir' && flashEntry?.type === 'dir') this.comparedDirectories.set(entry.path, flashEntry.mtime)
     if (raw !== 'socket' && flashEntry && sameEntry(raw, flashEntry)) return undefined
     if (entry.path !== '.') this.receivingParents.add(parent)
     if (entry.type === 'dir') (flashEntry?.type === 'dir' ? this.changedDirectories : this.wholeDirectories).add(entry.path)

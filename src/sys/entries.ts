@@ -21,8 +21,17 @@ function numbers(stat: fs.BigIntStats): { mode: number; uid: number; gid: number
     gid: Number(stat.gid),
     size: Number(stat.size),
     rdev: Number(stat.rdev),
-    mtime: Number(stat.mtimeNs / 1000n) / 1e6,
+    mtime: microseconds(stat.mtimeNs),
   }
+}
+
+const microseconds = (nanoseconds: bigint): number => Number(nanoseconds / 1000n) / 1e6
+
+/** An entry's mtime as UpperEntry keeps it, from one stat: for when nothing else of it is wanted. */
+export function modificationTime(full: string): number {
+  const stat = statEntry(full)
+  if (stat === undefined) throw new SysError('ENOENT', 'stat', full)
+  return microseconds(stat.mtimeNs)
 }
 
 /** glibc's gnu_dev_major/minor, on a number that fits a double. */

@@ -31,10 +31,18 @@ function flash(root, name) {
   return { loop, mount }
 }
 
-/** Time a command and the bytes it makes reach the device (flushed by sync). */
+/** ext4's journal so far: transactions, and blocks logged (its averages times the count). */
+function journal(target) {
+  const info = fs.readFileSync(`/proc/fs/jbd2/${path.basename(target.loop)}-8/info`, 'utf8')
+  const transactions = Number(/^(\d+) transactions/m.exec(info)?.[1] ?? 0)
+  return { transactions, blocks: transactions * Number(/(\d+) logged blocks per transaction/.exec(info)?.[1] ?? 0) }
+}
+
+/** Time a command and the bytes it makes reach the device (flushed by sync), and how much of that the journal took. */
 function persist(label, target, command, args) {
   execFileSync('sync')
   const before = sectorsWritten(target.loop)
+  const journalBefore = journal(target)
   const started = process.hrtime.bigint()
   const result = spawnSync(command, args, { stdio: ['ignore', 'pipe', 'pipe'], encoding: 'utf8' })
   execFileSync('sync')
@@ -42,7 +50,9 @@ function persist(label, target, command, args) {
   if (result.status !== 0) throw new Error(`${label}: ${result.stderr}`)
   const bytes = sectorsWritten(target.loop) - before
   const said = result.stdout.trim().split('\n').pop() ?? ''
-  console.log(`  ${label.padEnd(28)} ${seconds.toFixed(2).padStart(6)} s ${(bytes / 1024).toFixed(0).padStart(9)} KiB written  ${said}`)
+  const journalAfter = journal(target)
+  const logged = `(journal: ${journalAfter.transactions - journalBefore.transactions} commits, about ${(((journalAfter.blocks - journalBefore.blocks) * 4096) / 1048576).toFixed(0)} MiB)`
+  console.log(`  ${label.padEnd(28)} ${seconds.toFixed(2).padStart(6)} s ${(bytes / 1024).toFixed(0).padStart(9)} KiB written ${logged.padEnd(36)} ${said}`)
   return { seconds, bytes }
 }
 
