@@ -45,7 +45,7 @@ export const stagedPath = (layout: FlashLayout): string => `${stateDir(layout)}/
 /** The replaced upper, between the swap and its removal. */
 export const replacedPath = (layout: FlashLayout): string => `${stateDir(layout)}/replaced`
 export const upperPath = (layout: FlashLayout): string => `${layout.root}/${layout.upperName}`
-/** Where the last sync's scan started (src/sync/baseline.ts): any other change to the upper invalidates it. */
+/** Where the last sync's scan began (src/sync/baseline.ts): every committed change drops it. */
 export const scanBaselinePath = (layout: FlashLayout): string => `${stateDir(layout)}/sync-baseline`
 const reservePath = (layout: FlashLayout): string => `${stateDir(layout)}/reserve`
 

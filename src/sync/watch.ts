@@ -3,8 +3,8 @@
  * something changed, never the list of changes (it misses files in
  * just-created directories, reports renames as unlink and add, runs out of
  * inotify watches on large trees): every sync rescans the whole upper against
- * the flash copy (baseline.ts keeps that cheap). It watches directories only, and their raw events stand for
- * the files in them. A sync runs after `quiet` seconds without events, or
+ * the flash copy (baseline.ts keeps that cheap). It watches directories only,
+ * and their raw events stand for the files in them. A sync runs after `quiet` seconds without events, or
  * `max_delay` after the first unsynced event; a watch that fails falls back
  * to a rescan every `quiet` seconds, saying so once. SIGTERM (shutdown) makes
  * a last sync, whatever the budget.

@@ -13,6 +13,8 @@ import { getXattr, listXattrs, makeNode, removeXattr, setXattr } from './libc.js
 const KIND_OF = (stat: fs.BigIntStats): EntryKind | 'socket' =>
   stat.isFile() ? 'file' : stat.isDirectory() ? 'dir' : stat.isSymbolicLink() ? 'symlink' : stat.isCharacterDevice() ? 'char' : stat.isBlockDevice() ? 'block' : stat.isFIFO() ? 'fifo' : 'socket'
 
+const microseconds = (nanoseconds: bigint): number => Number(nanoseconds / 1000n) / 1e6
+
 /** The fields ovroot keeps, as numbers; mtime in whole microseconds (seconds with six decimals). */
 function numbers(stat: fs.BigIntStats): { mode: number; uid: number; gid: number; size: number; rdev: number; mtime: number } {
   return {
@@ -24,8 +26,6 @@ function numbers(stat: fs.BigIntStats): { mode: number; uid: number; gid: number
     mtime: microseconds(stat.mtimeNs),
   }
 }
-
-const microseconds = (nanoseconds: bigint): number => Number(nanoseconds / 1000n) / 1e6
 
 /** An entry's mtime as UpperEntry keeps it, from one stat: for when nothing else of it is wanted. */
 export function modificationTime(full: string): number {
