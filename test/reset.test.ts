@@ -5,10 +5,10 @@
 import t from 'tap'
 import { execFileSync } from 'node:child_process'
 import * as fs from 'node:fs'
-import { getXattr, setXattr } from '../src/sys/libc.js'
+import { getXattr, listXattrs, removeXattr, setXattr } from '../src/sys/libc.js'
 import { globToRegExp, parseKeepList } from '../src/reset/keep.js'
-import { mountOverlay, ovroot, scratch, snapshot, unmount } from './helpers/overlay.js'
-import { writeTree } from './helpers/mutate.js'
+import { mountOverlay, ovroot, scratch, snapshot, unmount, upperSnapshot } from './helpers/overlay.js'
+import { move, writeTree } from './helpers/mutate.js'
 
 interface Device {
   dir: string
@@ -19,20 +19,26 @@ interface Device {
   config: string
 }
 
-/** A device whose upper the kernel wrote: user files, hidden files, keep-list material. */
-function device(t: Tap.Test): Device {
+/** A device with this firmware and an empty upper, its overlay mounted for the user's changes. */
+function mountedDevice(t: Tap.Test, firmware: Parameters<typeof writeTree>[1], options: string[]): Device {
   const s = scratch()
   t.teardown(s.cleanup)
   const d: Device = { dir: s.dir, lower: `${s.dir}/rom`, upper: `${s.dir}/flash/upper`, work: `${s.dir}/flash/work`, merged: `${s.dir}/merged`, config: `${s.dir}/ovroot.conf` }
-  writeTree(d.lower, {
+  writeTree(d.lower, firmware)
+  fs.mkdirSync(d.upper, { recursive: true })
+  fs.mkdirSync(d.work, { recursive: true })
+  mountOverlay(d.merged, [d.lower], d.upper, d.work, options)
+  return d
+}
+
+/** A device whose upper the kernel wrote: user files, hidden files, keep-list material. */
+function device(t: Tap.Test): Device {
+  const d = mountedDevice(t, {
     '/etc/config/network': 'lan\n',
     '/etc/sysupgrade.conf': '# kept across resets\n/etc/dropbear/\n/etc/glob-*.conf\n',
     '/etc/banner': 'hello\n',
     '/etc/olddir/file': 'old\n',
-  })
-  fs.mkdirSync(d.upper, { recursive: true })
-  fs.mkdirSync(d.work, { recursive: true })
-  mountOverlay(d.merged, [d.lower], d.upper, d.work, [])
+  }, [])
   const m = d.merged
   fs.appendFileSync(`${m}/etc/config/network`, 'wan\n')
   fs.appendFileSync(`${m}/etc/sysupgrade.conf`, '/etc/user-added\n')
@@ -57,9 +63,9 @@ function device(t: Tap.Test): Device {
 const reset = (d: Device, ...args: string[]) => ovroot(['reset', '--config', d.config, '--upper', d.upper, ...args])
 
 /** The merged view after a remount. */
-function mergedView(t: Tap.Test, d: Device): ReturnType<typeof snapshot> {
+function mergedView(t: Tap.Test, d: Device, options: string[] = []): ReturnType<typeof snapshot> {
   fs.mkdirSync(d.work, { recursive: true })
-  mountOverlay(d.merged, [d.lower], d.upper, d.work, [])
+  mountOverlay(d.merged, [d.lower], d.upper, d.work, options)
   const view = snapshot(d.merged)
   unmount(d.merged)
   t.ok(view.size > 0)
@@ -184,6 +190,137 @@ t.test('a power cut at any point of a reset: the next run finishes the committed
     t.match(result.stderr, /finishing the interrupted factory reset/, `${name}: the run says it finishes the committed reset`)
     t.same(snapshot(d.upper), expected, `${name}: the same result as an uninterrupted reset with the committed keep list`)
     t.notOk(fs.existsSync(`${d.dir}/flash/.ovroot/pending`), `${name}: nothing left pending`)
+  }
+})
+
+/** The xattr namespaces overlayfs writes its own xattrs in, with the options that make it write them. */
+const NAMESPACES = {
+  'trusted.overlay., redirect_dir=on': { prefix: 'trusted.overlay.', options: ['redirect_dir=on'] },
+  // userxattr refuses redirect_dir=on: a renamed directory is copied (mv's EXDEV fallback), never redirected.
+  'user.overlay. (userxattr)': { prefix: 'user.overlay.', options: ['userxattr'] },
+}
+type Namespace = (typeof NAMESPACES)[keyof typeof NAMESPACES]
+
+/** Kept files below directories the kernel marked: names with odd bytes, binary xattrs, a hardlink. */
+const KEPT_BELOW_MARKED = ['/etc/config/-odd\tname\\\n', '/etc/config/kept', '/srv/www/custom.html']
+/** The keep list naming them: a glob for the odd name, whose bytes no config line can hold. */
+const MARKED_KEEP_LIST = ['/etc/config/kept', '/etc/config/-odd*', '/srv/www/custom.html']
+
+/**
+ * A device whose kept paths sit below overlay-marked directories, as a user
+ * makes them: /etc/config emptied and made again (opaque), /www moved to
+ * /srv/www (a redirect, where the namespace allows one), /usr/share/doc
+ * replaced by a directory of the user's own (opaque, removed whole by a reset).
+ */
+function markedDevice(t: Tap.Test, namespace: Namespace): Device {
+  const d = mountedDevice(t, {
+    '/etc/config/network': 'lan\n',
+    '/etc/config/system': 'hostname\n',
+    '/www/index.html': '<html></html>\n',
+    '/www/css/site.css': 'body {}\n',
+    '/usr/share/doc/readme': 'docs\n',
+  }, namespace.options)
+  const m = d.merged
+  fs.rmSync(`${m}/etc/config`, { recursive: true })
+  fs.mkdirSync(`${m}/etc/config`)
+  fs.writeFileSync(`${m}/etc/config/kept`, 'x\n', { mode: 0o600 })
+  setXattr(`${m}/etc/config/kept`, 'user.binary', Buffer.from('a\0b\nc'))
+  fs.writeFileSync(`${m}/etc/config/-odd\tname\\\n`, 'odd\n')
+  fs.writeFileSync(`${m}/etc/config/scratch`, 'not kept\n')
+  fs.mkdirSync(`${m}/srv`)
+  move(`${m}/www`, `${m}/srv/www`)
+  fs.writeFileSync(`${m}/srv/www/custom.html`, 'mine\n')
+  fs.writeFileSync(`${m}/srv/www/cache`, 'not kept\n')
+  fs.rmSync(`${m}/usr/share/doc`, { recursive: true })
+  fs.mkdirSync(`${m}/usr/share/doc/sub`, { recursive: true })
+  for (const name of ['a', 'b', 'c', 'd', 'sub/e', 'sub/f']) fs.writeFileSync(`${m}/usr/share/doc/${name}`, `${name}\n`)
+  // A second name of a kept file in a removed directory: the kept name keeps the inode.
+  fs.linkSync(`${m}/etc/config/kept`, `${m}/usr/share/doc/kept-link`)
+  unmount(d.merged)
+  fs.writeFileSync(d.config, `[overlay]\nlower = ${d.lower}\noptions = ${namespace.options.join(' ')}\n[reset]\nkeep = ${MARKED_KEEP_LIST.join(' ')}\n`)
+  // The fixture holds what it claims, or the tests below prove nothing.
+  t.ok(getXattr(`${d.upper}/etc/config`, `${namespace.prefix}opaque`), 'fixture: /etc/config is opaque')
+  t.ok(getXattr(`${d.upper}/usr/share/doc`, `${namespace.prefix}opaque`), 'fixture: /usr/share/doc is opaque')
+  if (namespace.prefix === 'trusted.overlay.') t.ok(getXattr(`${d.upper}/srv/www`, 'trusted.overlay.redirect'), 'fixture: /srv/www is redirected')
+  t.equal(fs.lstatSync(`${d.upper}/etc/config/kept`).nlink, 2, 'fixture: the kept file has a second name')
+  return d
+}
+
+for (const [label, namespace] of Object.entries(NAMESPACES)) {
+  t.test(`kept paths below opaque and redirected directories (${label}): the firmware shows through again`, async (t) => {
+    const d = markedDevice(t, namespace)
+    const before = mergedView(t, d, namespace.options)
+    const result = reset(d, '--yes')
+    t.equal(result.status, 0, result.stderr)
+    for (const dir of ['/etc/config', '/srv/www']) t.same(listXattrs(d.upper + dir).filter((name) => name.startsWith(namespace.prefix)), [], `${dir}: no overlay xattr left in the upper`)
+    // The merged view is what the user sees: an opaque /etc/config would hide the firmware's
+    // network and system files; a redirected /srv/www would show /www's files a second time.
+    const view = mergedView(t, d, namespace.options)
+    const factory = snapshot(d.lower)
+    t.same([...view.keys()].filter((path) => !factory.has(path)).sort(), ['/srv', '/srv/www', ...KEPT_BELOW_MARKED].sort(), 'only the kept paths are added')
+    for (const [path, entry] of factory) t.same(view.get(path), entry, `${path} is the firmware's again`)
+    for (const path of KEPT_BELOW_MARKED) t.same(view.get(path), before.get(path), `${JSON.stringify(path)} is kept: bytes, mode, owner, xattrs`)
+  })
+}
+
+/** An upper's every field, but the mtimes of directories: each removal moves its parent's. */
+function withoutDirectoryTimes(entries: Map<string, string>): Map<string, string> {
+  return new Map([...entries].map(([path, entry]) => [path, entry.replace(/^(dir \S+ \S+ \S+) \d+ /, '$1 - ')]))
+}
+
+t.test('a power cut inside a directory being pruned: the next run finishes to the same upper, kept files intact', async (t) => {
+  const d = markedDevice(t, NAMESPACES['trusted.overlay., redirect_dir=on'])
+  /** A copy of the device's upper (same filesystem: same inodes' handles in origin xattrs, same times). */
+  const copy = (name: string): Device => {
+    const flash = `${d.dir}/${name}`
+    fs.mkdirSync(flash)
+    execFileSync('cp', ['-a', d.upper, `${flash}/upper`])
+    return { ...d, upper: `${flash}/upper`, work: `${flash}/work` }
+  }
+  const keptBefore = upperSnapshot(d.upper)
+  const reference = copy('reference')
+  t.equal(reset(reference, '--yes').status, 0)
+  const expected = upperSnapshot(reference.upper)
+  const removedByReset = [...keptBefore.keys()].filter((path) => !expected.has(path))
+  const doc = (c: Device): string => `${c.upper}/usr/share/doc`
+  /** Every removal done (parents before children); the overlay xattrs not yet stripped. */
+  const removeAll = (c: Device): void => {
+    for (const path of removedByReset) fs.rmSync(c.upper + path, { recursive: true, force: true })
+  }
+  // Each cut is what removeTree (children first, then the directory) leaves when the power goes mid-way.
+  const states: Record<string, (c: Device) => void> = {
+    'a directory half emptied, one below it too': (c) => {
+      for (const name of ['a', 'b', 'sub/e', 'kept-link']) fs.rmSync(`${doc(c)}/${name}`)
+      fs.rmSync(`${c.upper}/etc/config/scratch`)
+      t.same(fs.readdirSync(doc(c)).sort(), ['c', 'd', 'sub'], 'cut: /usr/share/doc half removed')
+      t.same(fs.readdirSync(`${doc(c)}/sub`), ['f'], 'cut: /usr/share/doc/sub half removed')
+    },
+    'a directory emptied, its own removal not done (still opaque)': (c) => {
+      for (const name of fs.readdirSync(doc(c))) fs.rmSync(`${doc(c)}/${name}`, { recursive: true })
+      t.same(fs.readdirSync(doc(c)), [], 'cut: /usr/share/doc is empty')
+      t.ok(getXattr(doc(c), 'trusted.overlay.opaque'), 'cut: and still opaque')
+    },
+    'every removal done, the kept paths\' ancestors still opaque and redirected': (c) => {
+      removeAll(c)
+      t.ok(getXattr(`${c.upper}/etc/config`, 'trusted.overlay.opaque') && getXattr(`${c.upper}/srv/www`, 'trusted.overlay.redirect'), 'cut: no xattr stripped yet')
+    },
+    'every removal done, one ancestor\'s xattrs stripped, not the other\'s': (c) => {
+      removeAll(c)
+      for (const name of listXattrs(`${c.upper}/etc/config`)) if (name.startsWith('trusted.overlay.')) removeXattr(`${c.upper}/etc/config`, name)
+      t.ok(getXattr(`${c.upper}/srv/www`, 'trusted.overlay.redirect'), 'cut: /srv/www still redirected')
+    },
+  }
+  for (const [name, cut] of Object.entries(states)) {
+    const c = copy(name.replace(/\W+/g, '-'))
+    cut(c)
+    fs.mkdirSync(`${c.upper}/../.ovroot`)
+    fs.writeFileSync(`${c.upper}/../.ovroot/pending`, JSON.stringify({ kind: 'reset', requested: 'x', keep: MARKED_KEEP_LIST }))
+    const result = reset(c, '--yes')
+    t.equal(result.status, 0, `${name}: ${result.stderr}`)
+    const after = upperSnapshot(c.upper)
+    t.same(withoutDirectoryTimes(after), withoutDirectoryTimes(expected), `${name}: the upper an uninterrupted reset leaves, every xattr included`)
+    for (const path of KEPT_BELOW_MARKED) t.equal(after.get(path), keptBefore.get(path), `${name}: ${JSON.stringify(path)} byte for byte, with its mtime and xattrs`)
+    t.notOk(fs.existsSync(`${c.upper}/../.ovroot/pending`), `${name}: nothing left pending`)
   }
 })
 
