@@ -5,9 +5,12 @@
 import t from 'tap'
 import * as fs from 'node:fs'
 import { boot, changesFrom, consoleLog, run, statusFrom, workspace } from './helpers/lab.js'
-import { corruptFlash, DIFF, EXPECTED_DIFF, lifecycle, STATUS, USER_CHANGES } from './helpers/scenarios.js'
+import { ConsoleSession } from './helpers/console.js'
+import { corruptFlash, DIFF, EXPECTED_DIFF, interactiveConsole, lifecycle, STATUS, UNLOADABLE_INITS, unloadableInit, USER_CHANGES } from './helpers/scenarios.js'
 
 t.test('NOR flash (JFFS2 on MTD): first boot, persistence, reset with a keep list', async (t) => lifecycle(t, 'nor'))
+
+t.test('the demo console on a pty: one shell with job control that answers; poweroff -f leaves', async (t) => interactiveConsole(t, [], 'poweroff'))
 
 t.test('power cut during heavy writes: the next boot mounts the flash, synced files are intact', async (t) => {
   const flash = `${workspace(t)}/nor.flash`
@@ -201,10 +204,30 @@ t.test('an agent that really hangs: the shim kills it with what it started and b
   t.match(result.stdout, /^0$/m, 'the tool the agent started died with it')
 })
 
-t.test('an init that cannot be executed: the shim falls back to /sbin/init', async (t) => {
+t.test('an init that does not exist: the shim falls back to /sbin/init', async (t) => {
   const result = run(t, ['--no-flash', '--append', 'ovroot.boot.init=/nonexistent'], STATUS)
   t.equal(result.status, 0, 'the device came up and ran the command')
-  t.match(consoleLog(), /cannot execute \/nonexistent as init/)
+  t.match(consoleLog(), /cannot execute \/nonexistent as init: \/nonexistent does not exist/)
+})
+
+for (const kind of Object.keys(UNLOADABLE_INITS)) {
+  t.test(`an init that exists and is executable but cannot run (${kind}): the shim falls back to /sbin/init`, async (t) => unloadableInit(t, kind))
+}
+
+t.test('no init can run at all (the user broke /sbin/init in the upper): PID 1 lives on and gives the console a shell', async (t) => {
+  const flash = `${workspace(t)}/nor.flash`
+  const broken = run(t, ['--flash', flash], 'rm /sbin/init && cp /usr/lib/ovroot-lab/unloadable-init/truncated /sbin/init && sync')
+  t.equal(broken.status, 0, '/sbin/init replaced by a truncated binary on the flash')
+  const session = new ConsoleSession(['--flash', flash])
+  t.teardown(() => session.kill())
+  let at = await session.waitFor(/cannot execute \/sbin\/init as init: \/sbin\/init: it is truncated/)
+  at = await session.waitFor(/no init to execute: starting a shell on the console/, at)
+  at = await session.waitFor(/# /, at)
+  session.type('echo "alive $((6 * 7)) as $$"\r')
+  await session.waitFor(/^alive 42 as \d+$/m, at)
+  t.pass('the shell answers; the kernel did not panic')
+  session.type('poweroff -f\r')
+  t.equal(await session.exited, 0, 'and powers off')
 })
 
 t.test('live reset: --dry-run and --cancel change nothing, --reboot carries it out now', async (t) => {
@@ -351,4 +374,71 @@ t.test('sync: a power cut while a committed sync moves 3,000 changed files into 
   t.match(consoleLog(), /ovroot: applied the end of an interrupted sync \(3000 entries\)/, 'the next boot finished it')
   t.match(after.stdout, /^\s*3000 v2$/m, 'every file of the committed sync')
   t.equal(statusFrom(after.stdout).mode, 'flash')
+})
+
+/** The md5 sums `md5sum FILE...` printed, by file. */
+function sums(output: string): Map<string, string> {
+  return new Map([...output.matchAll(/^([0-9a-f]{32})  (\S+)$/gm)].map((found) => [found[2] ?? '', found[1] ?? '']))
+}
+
+t.test('sync: a flash copy larger than the RAM upper boots degraded with every byte shown, and nothing partial is synced', async (t) => {
+  const flash = `${workspace(t)}/nor.flash`
+  const first = run(t, ['--flash', flash], 'head -c 2621440 /dev/urandom > /root/big && echo small > /etc/small && sync && md5sum /root/big /etc/small')
+  const before = sums(first.stdout)
+  t.equal(before.size, 2, 'a 2.5 MiB file and a small one on the flash')
+  const check = `${STATUS}; md5sum /root/big /etc/small; ls -l /root/big; echo "ram mounts $(grep -c ' /run/ovroot/ram ' /proc/mounts)"; ovroot sync; echo "sync exit $?"`
+
+  const tight = run(t, ['--flash', flash, '--append', 'ovroot.sync.enabled=yes ovroot.flash.ram_size=1m'], check)
+  const status = statusFrom(tight.stdout) as ReturnType<typeof statusFrom> & { sync?: unknown }
+  t.equal(status.mode, 'degraded', 'not flash mode over a partial copy')
+  t.match(status.reason, /the flash copy \/overlay\/upper could not be loaded into the RAM upper \(tmpfs, size 1m\): .*no space/i)
+  t.notOk(status.sync, 'the root is not a synced RAM upper')
+  t.same(sums(tight.stdout), before, 'every byte of every file is shown')
+  t.match(tight.stdout, /^ram mounts 0$/m, 'the half-filled tmpfs was unmounted')
+  t.match(tight.stdout, /this device does not run on a synced RAM upper/, 'ovroot sync refuses')
+  t.match(tight.stdout, /^sync exit 4$/m)
+  t.match(consoleLog(), /DEGRADED BOOT: the flash copy/, 'the console says so loudly')
+
+  const roomy = run(t, ['--flash', flash, '--append', 'ovroot.sync.enabled=yes ovroot.flash.ram_size=16m'], check)
+  t.equal(statusFrom(roomy.stdout).mode, 'flash', 'with room, the next boot runs on the synced RAM upper')
+  t.same(sums(roomy.stdout), before, 'and the flash still holds every byte')
+})
+
+t.test('sync: an xattr the RAM filesystem refuses (user.* on tmpfs before Linux 6.6) boots degraded, the file and its xattr shown', async (t) => {
+  const flash = `${workspace(t)}/ext4.flash`
+  const args = ['--media', 'ext4', '--flash', flash]
+  const first = run(t, args, 'echo tagged > /etc/tagged && setfattr -n user.origin -v lab /etc/tagged && sync && cd /etc && getfattr -n user.origin --only-values tagged; echo')
+  t.match(first.stdout, /^lab$/m, 'ext4 holds the user xattr')
+  const synced = run(t, [...args, '--append', 'ovroot.sync.enabled=yes'], `${STATUS}; cd /etc && cat tagged && getfattr -n user.origin --only-values tagged; echo`)
+  const status = statusFrom(synced.stdout)
+  t.equal(status.mode, 'degraded')
+  t.match(status.reason, /could not be loaded into the RAM upper .*user\.origin/)
+  t.match(synced.stdout, /^tagged\nlab$/m, 'the file and its xattr are shown')
+})
+
+t.test('an overlay the kernel refuses (an option it rejects) boots degraded with the user\'s files shown, and no RAM copy left mounted', async (t) => {
+  const flash = `${workspace(t)}/nor.flash`
+  const first = run(t, ['--flash', flash], 'echo mine > /etc/mine && sync')
+  t.equal(first.status, 0)
+  const refused = run(t, ['--flash', flash, '--append', 'ovroot.sync.enabled=yes ovroot.overlay.options=verity=on'], `${STATUS}; cat /etc/mine; grep -c ' /run/ovroot/ram ' /proc/mounts`)
+  const status = statusFrom(refused.stdout)
+  t.equal(status.mode, 'degraded', 'degraded, not the shim\'s failsafe')
+  t.match(status.reason, /the overlay did not mount \(.*verity=on.*\): .*; the flash upper \/overlay\/upper is shown read-only under a RAM upper/)
+  t.match(refused.stdout, /^mine\n0$/m, 'the user\'s file is shown; the RAM copy\'s tmpfs was unmounted')
+  const after = run(t, ['--flash', flash], `${STATUS}; cat /etc/mine`)
+  t.equal(statusFrom(after.stdout).mode, 'flash', 'without the option the next boot is on flash')
+  t.match(after.stdout, /^mine$/m)
+})
+
+t.test('sync: filling the RAM upper with a large file under a short [boot] timeout: progress keeps the shim from killing the boot', async (t) => {
+  const flash = `${workspace(t)}/nor.flash`
+  fs.writeFileSync(flash, Buffer.alloc(48 << 20, 0xff))
+  const first = run(t, ['--flash', flash], 'head -c 33554432 /dev/urandom > /root/large && sync && md5sum /root/large')
+  const before = sums(first.stdout)
+  t.equal(before.size, 1)
+  const filled = run(t, ['--flash', flash, '--append', 'ovroot.sync.enabled=yes ovroot.flash.ram_size=64m ovroot.boot.timeout=2'], `${STATUS}; md5sum /root/large`)
+  const status = statusFrom(filled.stdout) as ReturnType<typeof statusFrom> & { sync?: unknown }
+  t.equal(status.mode, 'flash', 'the shim let the working agent finish')
+  t.ok(status.sync, 'on the synced RAM upper')
+  t.same(sums(filled.stdout), before, 'the 32 MiB file whole')
 })

@@ -370,8 +370,62 @@ function buildRootfs(arch: Architecture, userland: Userland, images: Images, sta
   copyTree(userland.koffi, native)
   for (const variant of fs.readdirSync(native)) if (variant.startsWith('musl')) fs.rmSync(path.join(native, variant), { recursive: true })
   fs.symlinkSync('../lib/ovroot/ovroot.js', path.join(staging, 'usr', 'sbin', 'ovroot'))
+  buildUnloadableInits(staging)
   fs.rmSync(images.rootfs, { force: true })
   run('mksquashfs', [staging, images.rootfs, '-comp', 'lz4', '-all-root', '-noappend', '-quiet', '-no-progress'])
+}
+
+const EM_X86_64 = 62
+const EM_AARCH64 = 183
+const PT_INTERP = 3
+
+/**
+ * Inits that exist and are executable but that the kernel cannot run, made
+ * from the image's own binaries, for the shim's fallback tests (ovroot.boot.init=):
+ * a script whose interpreter is missing, a binary for another machine, a
+ * binary whose program interpreter (ld.so) is missing, and a truncated binary
+ * (execve succeeds; it dies at its first page fault beyond the end).
+ */
+function buildUnloadableInits(staging: string): void {
+  const dir = path.join(staging, 'usr', 'lib', 'ovroot-lab', 'unloadable-init')
+  fs.mkdirSync(dir, { recursive: true })
+  const write = (name: string, content: Buffer | string): void => {
+    fs.writeFileSync(path.join(dir, name), content)
+    fs.chmodSync(path.join(dir, name), 0o755)
+  }
+  write('missing-interpreter', '#!/usr/bin/lua\nprint("never runs")\n')
+  const busybox = fs.readFileSync(path.join(staging, 'bin', 'busybox'))
+  write('truncated', busybox.subarray(0, busybox.length >> 1))
+  const foreign = Buffer.from(busybox)
+  const littleEndian = foreign[5] === 1
+  const machine = littleEndian ? foreign.readUInt16LE(18) : foreign.readUInt16BE(18)
+  const other = machine === EM_X86_64 ? EM_AARCH64 : EM_X86_64
+  if (littleEndian) foreign.writeUInt16LE(other, 18)
+  else foreign.writeUInt16BE(other, 18)
+  write('other-machine', foreign)
+  write('missing-loader', withInterpreter(fs.readFileSync(path.join(staging, 'usr', 'sbin', 'mkfs.ext4')), '/lib/ld-missing.so.1'))
+}
+
+/** A dynamically linked 64-bit ELF with its program interpreter renamed (the new name no longer than the old). */
+function withInterpreter(elf: Buffer, interpreter: string): Buffer {
+  const copy = Buffer.from(elf)
+  const littleEndian = copy[5] === 1
+  if (copy[4] !== 2) throw new Error('lab: expected a 64-bit ELF')
+  const u16 = (at: number): number => (littleEndian ? copy.readUInt16LE(at) : copy.readUInt16BE(at))
+  const u32 = (at: number): number => (littleEndian ? copy.readUInt32LE(at) : copy.readUInt32BE(at))
+  const u64 = (at: number): number => Number(littleEndian ? copy.readBigUInt64LE(at) : copy.readBigUInt64BE(at))
+  const phoff = u64(32)
+  for (let index = 0; index < u16(56); index++) {
+    const header = phoff + index * u16(54)
+    if (u32(header) !== PT_INTERP) continue
+    const offset = u64(header + 8)
+    const size = u64(header + 32)
+    if (interpreter.length + 1 > size) throw new Error(`lab: ${interpreter} is longer than the interpreter it replaces`)
+    copy.fill(0, offset, offset + size)
+    copy.write(interpreter, offset, 'latin1')
+    return copy
+  }
+  throw new Error('lab: the binary has no program interpreter')
 }
 
 /** Build what is missing or stale for this architecture; answer the image paths. One builder at a time. */

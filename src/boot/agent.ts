@@ -41,10 +41,7 @@ export async function boot(configFile: string | undefined): Promise<ExitStatus> 
 
   const medium = await mountFlash(config, state)
   const layers = medium.volume.driver === 'ram' ? { lowers: ['/'], upper: upperDir(config), work: workDir(config) } : await flashLayers(config, medium.volume, kernel.reset, state)
-  prepareLayers(layers.upper, layers.work)
-  const options = overlayOptions(config, layers.lowers, layers.upper, layers.work)
-  mount('overlay', STAGING, 'overlay', MountFlag.noAtime, options)
-  state.overlay = { lowers: layers.lowers.map((lower) => (lower === '/' ? '/rom' : lower)), upper: layers.upper, work: layers.work, options }
+  mountOverlay(config, layers, medium.volume.driver !== 'ram', state)
   state.medium = { driver: medium.volume.driver, description: medium.volume.description, device: medium.volume.device, filesystem: medium.volume.filesystem }
   state.formatted = medium.formatted || undefined
   pivotInto(config.overlay.dir)
@@ -61,6 +58,50 @@ interface Layers {
   work: string
 }
 
+/** The user's files read-only under a RAM upper on /run: how every degraded boot shows the flash. */
+function ramUpperOver(config: Config, lowers: string[], name = 'ram'): Layers {
+  return { lowers, upper: `${config.boot.run_dir}/${name}/upper`, work: `${config.boot.run_dir}/${name}/work` }
+}
+
+/**
+ * Mount the overlay at STAGING, recording what it is made of. When the kernel refuses
+ * it (an option it rejects, index=on finding the upper's origin changed:
+ * ESTALE), the device still shows the user's files: the flash upper
+ * read-only under a RAM upper with only the options that read it, and
+ * failing that the firmware alone. The shim's failsafe, which shows no user
+ * file at all, is left for an agent that cannot run.
+ */
+function mountOverlay(config: Config, layers: Layers, persistent: boolean, state: BootState): void {
+  const flashUpper = upperDir(config)
+  const readingOptions = config.overlay.options.filter((option) => option === 'userxattr')
+  const fallbacks: { layers: Layers; options: string[] }[] = [
+    ...(persistent && !layers.lowers.includes(flashUpper) ? [{ layers: ramUpperOver(config, [flashUpper, '/'], 'fallback'), options: readingOptions }] : []),
+    { layers: ramUpperOver(config, ['/'], 'firmware-only'), options: readingOptions },
+  ]
+  let attempt = { layers, options: config.overlay.options }
+  for (;;) {
+    prepareLayers(attempt.layers.upper, attempt.layers.work)
+    const options = overlayOptions(attempt.options, attempt.layers.lowers, attempt.layers.upper, attempt.layers.work)
+    try {
+      mount('overlay', STAGING, 'overlay', MountFlag.noAtime, options)
+      state.overlay = { lowers: attempt.layers.lowers.map((lower) => (lower === '/' ? '/rom' : lower)), upper: attempt.layers.upper, work: attempt.layers.work, options }
+      return
+    } catch (error) {
+      const next = fallbacks.shift()
+      if (!next) throw error
+      const shown = next.layers.lowers.length > 1 ? `the flash upper ${flashUpper} is shown read-only under a RAM upper` : 'only the firmware is shown'
+      degrade(state, `the overlay did not mount (${options}): ${messageOf(error)}; ${shown}`)
+      if (state.sync) {
+        // The RAM copy of the flash goes with the mount that could not use it.
+        delete state.sync
+        tryUnmount(`${config.boot.run_dir}/ram`)
+      }
+      if (persistent) remount(config.overlay.dir, true)
+      attempt = next
+    }
+  }
+}
+
 /**
  * The flash upper, once any pending change is applied. When that change
  * fails, or the flash is full, the root runs on a RAM upper and the flash
@@ -68,7 +109,6 @@ interface Layers {
  * `ovroot reset` still find it.
  */
 async function flashLayers(config: Config, volume: Volume, forcedReset: boolean, state: BootState): Promise<Layers> {
-  const ramUpper = (lowers: string[]): Layers => ({ lowers, upper: `${config.boot.run_dir}/ram/upper`, work: `${config.boot.run_dir}/ram/work` })
   try {
     const applied = await applyPendingChange(config, forcedReset)
     if (applied?.kind === 'reset') state.reset = { kept: applied.kept }
@@ -76,14 +116,14 @@ async function flashLayers(config: Config, volume: Volume, forcedReset: boolean,
   } catch (error) {
     degrade(state, `the change scheduled for the flash failed: ${messageOf(error)}; the flash is left as it is, read-only at ${config.overlay.dir}; 'ovroot reset --cancel' drops the change`)
     remount(config.overlay.dir, true)
-    return ramUpper(['/'])
+    return ramUpperOver(config, ['/'])
   }
   const upper = upperDir(config)
   if (isFull(config.overlay.dir) || !prepareLayers(upper, workDir(config))) {
     // Keep the user's files visible under a RAM upper; a layer must not change under a live overlay.
     degrade(state, `flash ${volume.description} is full: its files are shown read-only under a RAM upper; 'ovroot reset' returns to the factory state at the next boot, 'ovroot reset PATH...' drops just those paths`)
     remount(config.overlay.dir, true)
-    return ramUpper([upper, '/'])
+    return ramUpperOver(config, [upper, '/'])
   }
   ensureReserve(flashLayout(config))
   if (config.sync.enabled) return syncedRamUpper(config, upper, state)
@@ -100,9 +140,17 @@ async function syncedRamUpper(config: Config, mirror: string, state: BootState):
   const ram = `${config.boot.run_dir}/ram`
   makeDirectory(ram)
   ramVolume(config.flash.ram_size).mount(ram)
-  makeDirectory(`${ram}/upper`)
-  const namespace = config.overlay.options.includes('userxattr') ? 'user' : 'trusted'
-  copyUpper(mirror, `${ram}/upper`, new OverlayXattrs(namespace).name('metacopy'))
+  try {
+    makeDirectory(`${ram}/upper`)
+    const namespace = config.overlay.options.includes('userxattr') ? 'user' : 'trusted'
+    copyUpper(mirror, `${ram}/upper`, new OverlayXattrs(namespace).name('metacopy'))
+  } catch (error) {
+    // A partial copy must never be the root: it would show files cut short, and a sync would persist them so.
+    unmount(ram, true)
+    degrade(state, `the flash copy ${mirror} could not be loaded into the RAM upper (tmpfs, size ${config.flash.ram_size}): ${messageOf(error)}; it is shown read-only under a RAM upper and nothing is synced: raise [flash] ram_size, or drop files with 'ovroot reset PATH...'`)
+    remount(config.overlay.dir, true)
+    return ramUpperOver(config, [mirror, '/'])
+  }
   state.sync = { mirror }
   return { lowers: ['/'], upper: `${ram}/upper`, work: `${ram}/work` }
 }
@@ -207,10 +255,10 @@ function isFull(dir: string): boolean {
   return info.availableBlocks * info.blockSize < FULL_BELOW_BYTES
 }
 
-function overlayOptions(config: Config, lowers: string[], upper: string, work: string): string {
-  const options = [`lowerdir=${lowers.join(':')}`, `upperdir=${upper}`, `workdir=${work}`, ...config.overlay.options]
+function overlayOptions(extra: string[], lowers: string[], upper: string, work: string): string {
+  const options = [`lowerdir=${lowers.join(':')}`, `upperdir=${upper}`, `workdir=${work}`, ...extra]
   // A flash upper used as a lower may hold metacopy stubs.
-  if (lowers.length > 1 && !config.overlay.options.some((option) => option.startsWith('metacopy='))) options.push('metacopy=on')
+  if (lowers.length > 1 && !extra.some((option) => option.startsWith('metacopy='))) options.push('metacopy=on')
   return options.join(',')
 }
 

@@ -9,6 +9,7 @@ import * as fs from 'node:fs'
 import { ExitCode, fromNodeError, OvrootError, SysError } from '../errors.js'
 import type { EntryKind, UpperEntry } from '../upper/entry.js'
 import { getXattr, listXattrs, makeNode, removeXattr, setXattr } from './libc.js'
+import { reportProgress } from './progress.js'
 
 const KIND_OF = (stat: fs.BigIntStats): EntryKind | 'socket' =>
   stat.isFile() ? 'file' : stat.isDirectory() ? 'dir' : stat.isSymbolicLink() ? 'symlink' : stat.isCharacterDevice() ? 'char' : stat.isBlockDevice() ? 'block' : stat.isFIFO() ? 'fifo' : 'socket'
@@ -156,6 +157,8 @@ function* fileChunks(full: string): Generator<Buffer> {
       const chunk = Buffer.allocUnsafe(CHUNK)
       const got = fs.readSync(fd, chunk, 0, CHUNK, null)
       if (got === 0) return
+      // A large file copied at boot (the RAM fill) is work the shim's timer must see.
+      reportProgress()
       yield chunk.subarray(0, got)
     }
   } catch (error) {
@@ -222,9 +225,10 @@ export class EntryWriter {
     this.current = { full, entry }
   }
 
+  /** All of chunk: write(2) may take part of it (a filesystem nearly full), and the next write then says why. */
   data(chunk: Buffer): void {
     try {
-      fs.writeSync(this.fd, chunk)
+      for (let written = 0; written < chunk.length; ) written += fs.writeSync(this.fd, chunk, written)
     } catch (error) {
       throw fromNodeError(error, 'write', this.current?.full ?? '')
     }

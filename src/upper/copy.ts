@@ -9,13 +9,19 @@ export function copyUpper(from: string, to: string, stubXattr: string): number {
   const writer = new EntryWriter()
   let entries = 0
   const walk = walkUpper(from, { stubXattr, include: () => true, skipped: (path, why) => process.stderr.write(`ovroot: skipped /${path}: ${why} cannot be copied\n`) })
-  for (const entry of walk) {
-    writer.begin(under(to, entry.path), entry, entry.type === 'hardlink' ? under(to, entry.linkTarget ?? '') : undefined)
-    if (entry.type === 'file' && entry.holeSize === undefined) for (const chunk of readStableFile(under(from, entry.path)).chunks()) writer.data(chunk)
-    writer.end()
-    entries++
-    reportProgress()
+  try {
+    for (const entry of walk) {
+      writer.begin(under(to, entry.path), entry, entry.type === 'hardlink' ? under(to, entry.linkTarget ?? '') : undefined)
+      if (entry.type === 'file' && entry.holeSize === undefined) for (const chunk of readStableFile(under(from, entry.path)).chunks()) writer.data(chunk)
+      writer.end()
+      entries++
+      reportProgress()
+    }
+    writer.finish()
+  } catch (error) {
+    // An open file would keep the caller from unmounting what was half written.
+    writer.abandon()
+    throw error
   }
-  writer.finish()
   return entries
 }

@@ -5,7 +5,8 @@
  */
 import { createHash } from 'node:crypto'
 import * as fs from 'node:fs'
-import { changesFrom, run, statusFrom, workspace } from './lab.js'
+import { ConsoleSession } from './console.js'
+import { changesFrom, consoleLog, run, statusFrom, workspace } from './lab.js'
 
 export const STATUS = 'ovroot status --json'
 export const DIFF = 'ovroot diff --json'
@@ -72,4 +73,60 @@ export function corruptFlash(t: Tap.Test, archArgs: string[] = []): void {
   t.match(status.reason, /holds data that is not jffs2 .*left untouched/)
   t.match(result.stdout, /DEGRADED: RAM upper instead of flash/, 'ovroot status says so in words')
   t.equal(createHash('sha256').update(fs.readFileSync(flash)).digest('hex'), before, 'not one byte of the flash changed')
+}
+
+/**
+ * The demo console driven through a real pty as a person would: one shell
+ * with job control that answers, and a way out (`poweroff -f`, or QEMU's
+ * Ctrl-A X). Shell arithmetic in each command makes the awaited answer text
+ * the echo of the typed line cannot contain.
+ */
+export async function interactiveConsole(t: Tap.Test, archArgs: string[], leave: 'poweroff' | 'escape'): Promise<void> {
+  const session = new ConsoleSession([...archArgs, '--flash', `${workspace(t)}/nor.flash`])
+  t.teardown(() => session.kill())
+  let at = await session.waitFor(/:\/# /)
+  session.type('ovroot status\r')
+  at = await session.waitFor(/^mode: +flash: changes persist$/m, at)
+  t.pass('ovroot status answers: flash mode')
+
+  session.type('echo hi > /etc/hi; ovroot diff; echo "diff $((40 + 2))"\r')
+  const diffEnd = await session.waitFor(/^diff 42$/m, at)
+  t.match(session.transcript.slice(at, diffEnd), /^A \/etc\/hi$/m, 'ovroot diff lists the new file')
+  at = diffEnd
+
+  // Ctrl-C only once the shell has handed the terminal to the job (its echo
+  // runs after that), and the next line only at the next prompt: a Ctrl-C
+  // flushes what was typed ahead.
+  session.type('echo "sleeping $((2 * 3))"; sleep 100000\r')
+  at = await session.waitFor(/^sleeping 6$/m, at)
+  session.type('\x03')
+  at = await session.waitFor(/:\/# /, at)
+  session.type('echo "interrupted $((1 + 1))"; tty\r')
+  at = await session.waitFor(/^interrupted 2\n\/dev\/tty\w+$/m, at)
+  t.pass('Ctrl-C interrupts the foreground job: the shell owns the console as its controlling tty')
+
+  session.type(`echo "shells $(ps -o ppid,args | awk '$1 == 1 && $2 == "/bin/sh" && $3 == "-l"' | wc -l)"\r`)
+  at = await session.waitFor(/^shells \d+$/m, at)
+  t.match(session.transcript, /^shells 1$/m, 'exactly one login shell runs on the console (children of init; the count\'s own subshell is not one)')
+  t.equal(session.transcript.split("Enter 'help' for a list").length - 1, 1, 'the shell started once: init never respawned it')
+
+  session.type(leave === 'poweroff' ? 'poweroff -f\r' : '\x01x')
+  t.equal(await session.exited, 0, leave === 'poweroff' ? 'poweroff -f ends the session' : 'Ctrl-A X ends the session')
+}
+
+/** The lab's inits that exist and are executable but cannot run (qemu/lab/build.ts), and why the shim says so. */
+export const UNLOADABLE_INITS: Record<string, RegExp> = {
+  'missing-interpreter': /its interpreter \/usr\/bin\/lua does not exist/,
+  'other-machine': /it is an ELF for another machine/,
+  'missing-loader': /its program interpreter \/lib\/ld-missing\.so\.1 cannot be loaded/,
+  truncated: /it is truncated/,
+}
+
+/** An unrunnable configured init: the shim names why and falls back to /sbin/init, which runs the device. */
+export function unloadableInit(t: Tap.Test, kind: string, archArgs: string[] = []): void {
+  const init = `/usr/lib/ovroot-lab/unloadable-init/${kind}`
+  const result = run(t, [...archArgs, '--no-flash', '--append', `ovroot.boot.init=${init}`], STATUS)
+  t.equal(result.status, 0, 'the device came up through /sbin/init and ran the command')
+  t.match(consoleLog(), `ovroot-init: cannot execute ${init} as init: `, 'the shim says which init it passed over')
+  t.match(consoleLog(), UNLOADABLE_INITS[kind] ?? /never/, 'and why')
 }
