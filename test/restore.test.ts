@@ -20,7 +20,7 @@ type Crafted = Partial<TarEntry> & { path: string; content?: string; raw?: Buffe
 
 function entry(spec: Crafted): TarEntry {
   const content = spec.content ?? ''
-  return { type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: 1700000000, size: spec.type === undefined || spec.type === 'file' ? Buffer.byteLength(content) : 0, devMajor: 0, devMinor: 0, xattrs: [], ...spec }
+  return { type: 'file', mode: 0o644, uid: 0, gid: 0, mtimeNs: 1_700_000_000_000_000_000n, atimeNs: 1_700_000_000_000_000_000n, size: spec.type === undefined || spec.type === 'file' ? Buffer.byteLength(content) : 0, devMajor: 0, devMinor: 0, xattrs: [], ...spec }
 }
 
 /** A gzip'd tar of hand-made entries; `raw` is spliced in as it is. */

@@ -96,11 +96,13 @@ export function entryHeader(entry: TarEntry): Buffer {
   if (size > octalLimit(12)) records.push(paxRecord('size', String(size)))
   if (entry.uid > octalLimit(8)) records.push(paxRecord('uid', String(entry.uid)))
   if (entry.gid > octalLimit(8)) records.push(paxRecord('gid', String(entry.gid)))
-  if (!Number.isInteger(entry.mtime) || entry.mtime < 0 || entry.mtime > octalLimit(12)) records.push(paxRecord('mtime', formatTime(entry.mtime)))
+  // ustar holds whole, non-negative seconds and no atime: anything else travels in pax, to the nanosecond.
+  if (entry.mtimeNs % NANOSECONDS !== 0n || entry.mtimeNs < 0n || entry.mtimeNs / NANOSECONDS > octalLimit(12)) records.push(paxRecord('mtime', formatTime(entry.mtimeNs)))
+  records.push(paxRecord('atime', formatTime(entry.atimeNs)))
   if (entry.comment !== undefined) records.push(paxRecord('comment', entry.comment))
   for (const [xattr, value] of entry.xattrs) records.push(paxRecord(`SCHILY.xattr.${xattr}`, value))
   const ustarName = hole ? Buffer.from(`GNUSparseFile.0/${entry.path.slice(entry.path.lastIndexOf('/') + 1)}`) : name
-  const header = ustarHeader({ name: ustarName, mode: entry.mode, uid: entry.uid, gid: entry.gid, size, mtime: entry.mtime, flag: TYPE_FLAG[entry.type], linkName, devMajor: entry.devMajor, devMinor: entry.devMinor })
+  const header = ustarHeader({ name: ustarName, mode: entry.mode, uid: entry.uid, gid: entry.gid, size, mtime: Number(entry.mtimeNs / NANOSECONDS), flag: TYPE_FLAG[entry.type], linkName, devMajor: entry.devMajor, devMinor: entry.devMinor })
   const extended = records.length > 0 ? extendedHeader('x', `PaxHeaders/${entry.path.slice(-80)}`, records) : Buffer.alloc(0)
   // GNU sparse 1.0: the data starts with the map; one hole over the whole size is "1 region: at the end, 0 bytes".
   const sparseMap = hole ? Buffer.concat([Buffer.from(`1\n${entry.holeSize}\n0\n`)]) : Buffer.alloc(0)
@@ -113,12 +115,26 @@ export function dataPadding(entry: TarEntry): Buffer {
 
 export const END_OF_ARCHIVE = Buffer.alloc(2 * BLOCK)
 
-/** Microseconds: what ovroot reads and sets. */
-function formatTime(seconds: number): string {
-  const micro = Math.round(seconds * 1e6)
-  const whole = Math.floor(micro / 1e6)
-  const fraction = micro - whole * 1e6
-  return fraction === 0 ? String(whole) : `${whole}.${String(fraction).padStart(6, '0').replace(/0+$/, '')}`
+const NANOSECONDS = 1_000_000_000n
+
+/**
+ * A pax time: a signed decimal number of seconds, with nine fraction digits
+ * when there is a fraction (as GNU tar writes them). The sign covers the
+ * fraction too: -1.5 is 1.5 s before the epoch.
+ */
+function formatTime(ns: bigint): string {
+  const magnitude = ns < 0n ? -ns : ns
+  const whole = `${ns < 0n ? '-' : ''}${magnitude / NANOSECONDS}`
+  const fraction = magnitude % NANOSECONDS
+  return fraction === 0n ? whole : `${whole}.${String(fraction).padStart(9, '0')}`
+}
+
+/** A pax time (see formatTime) in nanoseconds; digits past the ninth are dropped, as the kernel keeps no more. */
+function parseTime(value: string): bigint | undefined {
+  const match = /^(-?)(\d+)(?:\.(\d*))?$/.exec(value)
+  if (!match) return undefined
+  const magnitude = BigInt(match[2] ?? '0') * NANOSECONDS + BigInt((match[3] ?? '').slice(0, 9).padEnd(9, '0'))
+  return match[1] === '-' ? -magnitude : magnitude
 }
 
 function isAscii(bytes: Buffer): boolean {
@@ -260,11 +276,17 @@ export class PaxReader {
     const number = (key: string, offset: number, width: number): number => {
       const value = text(key)
       if (value === undefined) return parseNumber(block, offset, width, this.offset)
-      const match = /^(\d+)(?:\.(\d+))?$/.exec(value)
-      if (!match) throw corrupt(`pax ${key}=${value} at byte ${this.offset - BLOCK} is not a number: the archive is damaged`)
-      // Times to the microsecond, truncated as the kernel truncates (GNU tar writes nanoseconds).
-      return Number(match[1]) + Number((match[2] ?? '').slice(0, 6).padEnd(6, '0')) / 1e6
+      if (!/^\d+$/.test(value)) throw corrupt(`pax ${key}=${value} at byte ${this.offset - BLOCK} is not a whole number: the archive is damaged`)
+      return Number(value)
     }
+    const time = (key: string): bigint | undefined => {
+      const value = text(key)
+      if (value === undefined) return undefined
+      const ns = parseTime(value)
+      if (ns === undefined) throw corrupt(`pax ${key}=${value} at byte ${this.offset - BLOCK} is not a time: the archive is damaged`)
+      return ns
+    }
+    const mtimeNs = time('mtime') ?? BigInt(parseNumber(block, 136, 12, this.offset)) * NANOSECONDS
     const xattrs: [string, Buffer][] = []
     for (const [key, value] of records) {
       if (key.startsWith('SCHILY.xattr.')) xattrs.push([key.slice('SCHILY.xattr.'.length), value])
@@ -277,7 +299,9 @@ export class PaxReader {
       mode: parseNumber(block, 100, 8, this.offset) & 0o7777,
       uid: number('uid', 108, 8),
       gid: number('gid', 116, 8),
-      mtime: number('mtime', 136, 12),
+      mtimeNs,
+      // An archive without atime (ustar, sysupgrade) says nothing better than the mtime.
+      atimeNs: time('atime') ?? mtimeNs,
       size: type === 'file' ? number('size', 124, 12) : 0,
       ...(type === 'symlink' || type === 'hardlink' ? { linkTarget: link.toString('utf8') } : {}),
       devMajor: type === 'char' || type === 'block' ? parseNumber(block, 329, 8, this.offset) : 0,

@@ -174,13 +174,15 @@ class Extraction {
   /** A sysupgrade archive's missing directory, as the view has it (a copy-up keeps the firmware's mode and owner). */
   private writeImplicitDirectory(path: string): void {
     const existing = this.options.view(path)
+    const now = BigInt(Date.now()) * 1_000_000n
     const entry: UpperEntry = {
       path,
       type: 'dir',
       mode: existing?.mode ?? 0o755,
       uid: existing?.uid ?? 0,
       gid: existing?.gid ?? 0,
-      mtime: Date.now() / 1000,
+      mtimeNs: now,
+      atimeNs: now,
       size: 0,
       devMajor: 0,
       devMinor: 0,
