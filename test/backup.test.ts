@@ -154,6 +154,15 @@ t.test('encrypted backups: round trip; a wrong passphrase, a flipped byte, a cut
   refused(`${d.dir}/flipped.ovb`, ['--passphrase-file', passphrase], /damaged or was tampered with \(chunk 0 fails authentication\)/)
   fs.writeFileSync(`${d.dir}/cut.ovb`, bytes.subarray(0, bytes.length - 100))
   refused(`${d.dir}/cut.ovb`, ['--passphrase-file', passphrase], /damaged or was tampered with/)
+  // Key-derivation parameters are read before anything is authenticated: only backup's own are derived with.
+  const costly = Buffer.from(bytes)
+  costly[24] = 16
+  fs.writeFileSync(`${d.dir}/costly.ovb`, costly)
+  refused(`${d.dir}/costly.ovb`, ['--passphrase-file', passphrase], /damaged or was tampered with \(key-derivation parameters N=2\^16 r=8 p=1, not the N=2\^15 r=8 p=1 ovroot writes\)/)
+  // A passphrase means encryption: a plain archive in the encrypted one's place is refused.
+  const plain = `${d.dir}/plain.ovb`
+  t.equal(backup(d, plain).status, 0)
+  refused(plain, ['--passphrase-file', passphrase], /is not an encrypted backup, but --passphrase-file was given/)
 })
 
 t.test('plain backups: a truncated or bit-flipped archive is refused in one line, nothing restored', async (t) => {
