@@ -80,6 +80,8 @@ t.test('malicious archives: each is refused whole, in one line naming the entry,
     'a block device': { entries: (w) => [{ path: 'disk', type: 'block', devMajor: 8, devMinor: 0 }], names: /"disk": a block device 8:0/ },
     'a character device other than a whiteout': { entries: (w) => [{ path: 'null', type: 'char', devMajor: 1, devMinor: 3 }], names: /"null": a char device 1:3/ },
     'an extended header followed by a global one (two parsers would disagree)': { entries: (w) => [{ path: 'ok' }, { path: '', raw: entryHeader(entry({ path: 'x', xattrs: [['user.a', Buffer.from('1')]] })).subarray(0, 1024) }, { path: '', raw: globalComment('hello') }, { path: 'y' }], names: /a global header .* follows an extended header meant for an entry/ },
+    'a symlink claiming data, a header hidden in it (GNU tar skips it, a reader ignoring the size restores it)': { entries: (w) => [{ path: 'l', type: 'symlink', linkTarget: 'x', size: 512 }, { path: '', raw: entryHeader(entry({ path: 'hidden' })) }], names: /a symlink entry at byte \d+ claims 512 bytes of data/ },
+    'an extended header over 1 MiB (memory is the device\'s)': { entries: (w) => [{ path: 'big', xattrs: [['user.big', Buffer.alloc(1_100_000, 0x61)]] }], names: /an extended header of \d+ bytes at byte 0, more than the 1 MiB ovroot reads/ },
   }
   for (const [name, { entries, names }] of Object.entries(cases)) {
     const w = workspace(t)

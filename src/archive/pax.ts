@@ -18,6 +18,13 @@ export interface TarEntry extends UpperEntry {
 
 export const BLOCK = 512
 
+/**
+ * The largest extended header (pax `x`/`g`, GNU `L`/`K`) read: far above what
+ * a backup writes (names up to 4 KiB, xattrs up to 64 KiB each), far below a
+ * 128 MiB device's memory.
+ */
+export const EXTENDED_HEADER_LIMIT = 1 << 20
+
 const TYPE_FLAG: Record<TarType, string> = { file: '0', hardlink: '1', symlink: '2', char: '3', block: '4', dir: '5', fifo: '6' }
 const TYPE_OF_FLAG = new Map<string, TarType>([...Object.entries(TYPE_FLAG).map(([type, flag]) => [flag, type as TarType] as const), ['\0', 'file'], ['7', 'file']])
 
@@ -243,6 +250,8 @@ export class PaxReader {
     const flag = block.toString('latin1', 156, 157)
     const size = parseNumber(block, 124, 12, this.offset)
     if (flag === 'x' || flag === 'g' || flag === 'L' || flag === 'K') {
+      // Held whole until parsed: its size is the archive's to choose, the memory the device's.
+      if (size > EXTENDED_HEADER_LIMIT) throw corrupt(`an extended header of ${size} bytes at byte ${this.offset - BLOCK}, more than the ${EXTENDED_HEADER_LIMIT >> 20} MiB ovroot reads: the archive is damaged or hostile`)
       if (flag === 'g' && (this.overrides.records.size > 0 || this.overrides.longName)) throw corrupt(`a global header at byte ${this.offset - BLOCK} follows an extended header meant for an entry: the archive is damaged`)
       this.state = size === 0 ? { kind: 'header' } : { kind: 'extended', flag, remaining: size, parts: [] }
       if (size === 0) this.finishExtended(flag, Buffer.alloc(0))
@@ -250,6 +259,8 @@ export class PaxReader {
     }
     const type = TYPE_OF_FLAG.get(flag)
     if (!type) throw corrupt(`entry at byte ${this.offset - BLOCK} has tar type '${flag}', which ovroot does not restore (or the archive is damaged)`)
+    // GNU tar skips the data blocks a non-file header claims, ovroot would read a header there: two readers, two archives. Refused.
+    if (type !== 'file' && size !== 0) throw corrupt(`a ${type} entry at byte ${this.offset - BLOCK} claims ${size} bytes of data, which no ${type} has: the archive is damaged or hostile`)
     const entry = this.decode(block, type)
     const sparse = this.overrides.records.get('GNU.sparse.major')
     this.overrides = { records: new Map() }
