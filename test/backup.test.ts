@@ -8,7 +8,7 @@ import t from 'tap'
 import { execFileSync, spawn } from 'node:child_process'
 import * as fs from 'node:fs'
 import { setXattr } from '../src/sys/libc.js'
-import { MOUNT_VARIANTS, mountOverlay, ovroot, scratch, snapshot, unmount, upperSnapshot, withoutSharedWhiteouts } from './helpers/overlay.js'
+import { MOUNT_VARIANTS, mountOverlay, ovroot, scratch, snapshot, unmount, upperSnapshot, withoutAtime, withoutSharedWhiteouts } from './helpers/overlay.js'
 import { random, randomLower, randomOperation, STANDARD_LOWER, STANDARD_OPERATIONS, writeTree } from './helpers/mutate.js'
 
 interface Device {
@@ -113,7 +113,8 @@ t.test('GNU tar extracts a backup into a directory equal to the upper; ovroot re
   const extracted = `${d.dir}/by-gnu-tar`
   fs.mkdirSync(extracted)
   execFileSync('tar', ['--xattrs', '--xattrs-include=*', '-xpzf', archive, '-C', extracted])
-  t.same(upperSnapshot(extracted), upperSnapshot(d.upper), 'tar --xattrs --xattrs-include=* -xpzf gives the upper back')
+  // GNU tar gives every entry it extracts the extraction's time as atime.
+  t.same(withoutAtime(upperSnapshot(extracted)), withoutAtime(upperSnapshot(d.upper)), 'tar --xattrs --xattrs-include=* -xpzf gives the upper back')
   const listing = execFileSync('tar', ['-tvzf', archive], { encoding: 'utf8' })
   t.match(listing, /^c--------- 0\/0 +0,0 .* etc\/banner$/m, 'tar -tvzf lists a whiteout as the 0/0 device it is')
 
@@ -153,6 +154,15 @@ t.test('encrypted backups: round trip; a wrong passphrase, a flipped byte, a cut
   refused(`${d.dir}/flipped.ovb`, ['--passphrase-file', passphrase], /damaged or was tampered with \(chunk 0 fails authentication\)/)
   fs.writeFileSync(`${d.dir}/cut.ovb`, bytes.subarray(0, bytes.length - 100))
   refused(`${d.dir}/cut.ovb`, ['--passphrase-file', passphrase], /damaged or was tampered with/)
+  // Key-derivation parameters are read before anything is authenticated: only backup's own are derived with.
+  const costly = Buffer.from(bytes)
+  costly[24] = 16
+  fs.writeFileSync(`${d.dir}/costly.ovb`, costly)
+  refused(`${d.dir}/costly.ovb`, ['--passphrase-file', passphrase], /damaged or was tampered with \(key-derivation parameters N=2\^16 r=8 p=1, not the N=2\^15 r=8 p=1 ovroot writes\)/)
+  // A passphrase means encryption: a plain archive in the encrypted one's place is refused.
+  const plain = `${d.dir}/plain.ovb`
+  t.equal(backup(d, plain).status, 0)
+  refused(plain, ['--passphrase-file', passphrase], /is not an encrypted backup, but --passphrase-file was given/)
 })
 
 t.test('plain backups: a truncated or bit-flipped archive is refused in one line, nothing restored', async (t) => {
@@ -260,3 +270,46 @@ t.test('a file written all through the backup is refused in one line, and no arc
 function fileArgument(): string {
   return new URL('../dist/ovroot.js', import.meta.url).pathname
 }
+
+/** An upper written directly (no mount needed for what it holds), over the standard lower. */
+function plainDevice(t: Tap.Test, fill: (upper: string) => void): Device {
+  const s = scratch()
+  t.teardown(s.cleanup)
+  const d: Device = { dir: s.dir, lower: `${s.dir}/lower`, upper: `${s.dir}/upper`, work: `${s.dir}/work`, merged: `${s.dir}/merged`, options: [] }
+  writeTree(d.lower, STANDARD_LOWER)
+  fs.mkdirSync(d.upper)
+  fill(d.upper)
+  return d
+}
+
+const mtimeNs = (file: string | Buffer): bigint => fs.lstatSync(file, { bigint: true }).mtimeNs
+
+t.test('times: before 1970 (a negative fraction too), nanoseconds, an atime of its own come back exactly; GNU tar agrees both ways', async (t) => {
+  const d = plainDevice(t, (upper) => {
+    fs.mkdirSync(`${upper}/var`)
+    fs.writeFileSync(`${upper}/var/1960`, 'old\n')
+    execFileSync('touch', ['-d', '1960-01-01 00:00:00.5', `${upper}/var/1960`])
+    // 1.5 s before the epoch: pax -1.5, not -0.5 or -1 + .5.
+    fs.symlinkSync('1960', `${upper}/var/before-epoch`)
+    execFileSync('touch', ['-h', '-d', '1969-12-31 23:59:58.5', `${upper}/var/before-epoch`])
+    fs.writeFileSync(`${upper}/var/ns`, 'nanoseconds\n')
+    execFileSync('touch', ['-m', '-d', '2020-01-01 00:00:00.123456789', `${upper}/var/ns`])
+    execFileSync('touch', ['-a', '-d', '2021-06-01 12:00:00.987654321', `${upper}/var/ns`])
+    execFileSync('touch', ['-m', '-d', '2106-02-07 06:28:16.000000001', `${upper}/var`])
+  })
+  const archive = roundTrip(t, d, 'times')
+  t.equal(mtimeNs(`${d.upper}/var/before-epoch`), -1_500_000_000n, 'the test really has a time 1.5 s before the epoch')
+
+  const extracted = `${d.dir}/times-by-gnu-tar`
+  fs.mkdirSync(extracted)
+  execFileSync('tar', ['-xpzf', archive, '-C', extracted])
+  for (const name of ['var', 'var/1960', 'var/before-epoch', 'var/ns']) t.equal(mtimeNs(`${extracted}/${name}`), mtimeNs(`${d.upper}/${name}`), `GNU tar extracts ${name}'s mtime to the nanosecond`)
+
+  const byTar = `${d.dir}/times-made-by-gnu-tar.tgz`
+  execFileSync('tar', ['--xattrs', '--xattrs-include=*', '--format=pax', '-C', d.upper, '-czf', byTar, '.'])
+  const into = `${d.dir}/times-from-gnu-tar`
+  fs.mkdirSync(into)
+  const result = restore(d, byTar, into)
+  t.equal(result.status, 0, result.stderr)
+  t.same(upperSnapshot(into), upperSnapshot(d.upper), 'GNU tar\'s pax times (negative, fractions trimmed, atime) restore exactly')
+})

@@ -163,7 +163,7 @@ t.test('the system-call table', async (t) => {
   const header = '/usr/include/x86_64-linux-gnu/asm/unistd_64.h'
   if (process.arch === 'x64') {
     const defined = (name: string): number => Number(new RegExp(`#define __NR_${name} (\\d+)`).exec(fs.readFileSync(header, 'utf8'))?.[1])
-    t.same(SYSCALLS.x64, { statx: defined('statx'), mknodat: defined('mknodat'), pivotRoot: defined('pivot_root') }, `x64's numbers match ${header}`)
+    t.same(SYSCALLS.x64, { statx: defined('statx'), mknodat: defined('mknodat'), pivotRoot: defined('pivot_root'), utimensat: defined('utimensat') }, `x64's numbers match ${header}`)
   }
 })
 

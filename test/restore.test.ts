@@ -20,7 +20,7 @@ type Crafted = Partial<TarEntry> & { path: string; content?: string; raw?: Buffe
 
 function entry(spec: Crafted): TarEntry {
   const content = spec.content ?? ''
-  return { type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: 1700000000, size: spec.type === undefined || spec.type === 'file' ? Buffer.byteLength(content) : 0, devMajor: 0, devMinor: 0, xattrs: [], ...spec }
+  return { type: 'file', mode: 0o644, uid: 0, gid: 0, mtimeNs: 1_700_000_000_000_000_000n, atimeNs: 1_700_000_000_000_000_000n, size: spec.type === undefined || spec.type === 'file' ? Buffer.byteLength(content) : 0, devMajor: 0, devMinor: 0, xattrs: [], ...spec }
 }
 
 /** A gzip'd tar of hand-made entries; `raw` is spliced in as it is. */
@@ -80,6 +80,8 @@ t.test('malicious archives: each is refused whole, in one line naming the entry,
     'a block device': { entries: (w) => [{ path: 'disk', type: 'block', devMajor: 8, devMinor: 0 }], names: /"disk": a block device 8:0/ },
     'a character device other than a whiteout': { entries: (w) => [{ path: 'null', type: 'char', devMajor: 1, devMinor: 3 }], names: /"null": a char device 1:3/ },
     'an extended header followed by a global one (two parsers would disagree)': { entries: (w) => [{ path: 'ok' }, { path: '', raw: entryHeader(entry({ path: 'x', xattrs: [['user.a', Buffer.from('1')]] })).subarray(0, 1024) }, { path: '', raw: globalComment('hello') }, { path: 'y' }], names: /a global header .* follows an extended header meant for an entry/ },
+    'a symlink claiming data, a header hidden in it (GNU tar skips it, a reader ignoring the size restores it)': { entries: (w) => [{ path: 'l', type: 'symlink', linkTarget: 'x', size: 512 }, { path: '', raw: entryHeader(entry({ path: 'hidden' })) }], names: /a symlink entry at byte \d+ claims 512 bytes of data/ },
+    'an extended header over 1 MiB (memory is the device\'s)': { entries: (w) => [{ path: 'big', xattrs: [['user.big', Buffer.alloc(1_100_000, 0x61)]] }], names: /an extended header of \d+ bytes at byte 0, more than the 1 MiB ovroot reads/ },
   }
   for (const [name, { entries, names }] of Object.entries(cases)) {
     const w = workspace(t)

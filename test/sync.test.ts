@@ -12,8 +12,12 @@ import { OverlayXattrs } from '../src/overlay/xattrs.js'
 import { applyPending } from '../src/pending/apply.js'
 import { setModificationTime } from '../src/sys/entries.js'
 import { commitPending, type FlashLayout, type PendingChange } from '../src/pending/marker.js'
-import { cleanEnvironment, mountOverlay, OVROOT, ovroot, scratch, snapshot, unmount, upperSnapshot, withoutSharedWhiteouts } from './helpers/overlay.js'
+import { cleanEnvironment, mountOverlay, OVROOT, ovroot, scratch, snapshot, unmount, upperSnapshot as fullSnapshot, withoutAtime, withoutSharedWhiteouts } from './helpers/overlay.js'
 import { random, randomLower, randomOperation, STANDARD_LOWER, STANDARD_OPERATIONS, writeTree } from './helpers/mutate.js'
+
+/** What a sync keeps: mtimes to the microsecond (its quick check), no atimes (reads move them; devices mount noatime). */
+const upperSnapshot = (root: string): Map<string, string> =>
+  new Map([...withoutAtime(fullSnapshot(root))].map(([path, entry]) => [path, entry.replace(/ mtime (-?\d+)/, (_, ns: string) => ` mtime ${BigInt(ns) / 1000n}`)]))
 
 interface Device {
   dir: string

@@ -22,9 +22,25 @@ const CHUNK = 64 * 1024
 const TAG = 16
 const SCRYPT = { log2N: 15, r: 8, p: 1 }
 
-function deriveKeys(passphrase: Buffer, salt: Buffer, log2N: number, r: number, p: number): { cipher: Buffer; check: Buffer } {
-  const keys = scryptSync(passphrase, salt, 64, { N: 2 ** log2N, r, p, maxmem: 256 << 20 })
-  return { cipher: keys.subarray(0, 32), check: keys.subarray(32) }
+interface Keys {
+  cipher: Buffer
+  check: Buffer
+}
+
+/**
+ * The last derivation, kept: a live restore reads the archive twice (verify,
+ * then stage), and each derivation costs 32 MiB and a good fraction of a
+ * second on a device.
+ */
+let lastDerived: { input: Buffer; keys: Keys } | undefined
+
+function deriveKeys(passphrase: Buffer, salt: Buffer, log2N: number, r: number, p: number): Keys {
+  const input = Buffer.concat([salt, Buffer.from([log2N, r, p]), passphrase])
+  if (lastDerived?.input.equals(input)) return lastDerived.keys
+  const derived = scryptSync(passphrase, salt, 64, { N: 2 ** log2N, r, p, maxmem: 64 << 20 })
+  const keys = { cipher: derived.subarray(0, 32), check: derived.subarray(32) }
+  lastDerived = { input, keys }
+  return keys
 }
 
 /** The passphrase file's content, without one trailing newline (as `echo pass > file` leaves it). */
@@ -143,7 +159,8 @@ export class Decrypt extends Transform {
   private openHeader(header: Buffer): void {
     if (!header.subarray(0, 8).equals(ENCRYPTED_MAGIC)) throw tampered('no ovroot encryption header')
     const [log2N = 0, r = 0, p = 0] = header.subarray(24, 27)
-    if (log2N < 10 || log2N > 20 || r < 1 || r > 32 || p < 1 || p > 16) throw tampered('impossible key-derivation parameters')
+    // Only what backup writes: the parameters are read before anything can be checked, so any other value is an attacker's choice of cost.
+    if (log2N !== SCRYPT.log2N || r !== SCRYPT.r || p !== SCRYPT.p) throw tampered(`key-derivation parameters N=2^${log2N} r=${r} p=${p}, not the N=2^${SCRYPT.log2N} r=${SCRYPT.r} p=${SCRYPT.p} ovroot writes`)
     const keys = deriveKeys(this.passphrase, header.subarray(8, 24), log2N, r, p)
     const check = createHmac('sha256', keys.check).update(header.subarray(0, HEADER_BYTES - 16)).digest().subarray(0, 16)
     if (!timingSafeEqual(check, header.subarray(HEADER_BYTES - 16))) throw new OvrootError('EPASSPHRASE', ExitCode.data, 'wrong passphrase for this encrypted backup')

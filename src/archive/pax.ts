@@ -18,6 +18,13 @@ export interface TarEntry extends UpperEntry {
 
 export const BLOCK = 512
 
+/**
+ * The largest extended header (pax `x`/`g`, GNU `L`/`K`) read: far above what
+ * a backup writes (names up to 4 KiB, xattrs up to 64 KiB each), far below a
+ * 128 MiB device's memory.
+ */
+export const EXTENDED_HEADER_LIMIT = 1 << 20
+
 const TYPE_FLAG: Record<TarType, string> = { file: '0', hardlink: '1', symlink: '2', char: '3', block: '4', dir: '5', fifo: '6' }
 const TYPE_OF_FLAG = new Map<string, TarType>([...Object.entries(TYPE_FLAG).map(([type, flag]) => [flag, type as TarType] as const), ['\0', 'file'], ['7', 'file']])
 
@@ -96,11 +103,13 @@ export function entryHeader(entry: TarEntry): Buffer {
   if (size > octalLimit(12)) records.push(paxRecord('size', String(size)))
   if (entry.uid > octalLimit(8)) records.push(paxRecord('uid', String(entry.uid)))
   if (entry.gid > octalLimit(8)) records.push(paxRecord('gid', String(entry.gid)))
-  if (!Number.isInteger(entry.mtime) || entry.mtime < 0 || entry.mtime > octalLimit(12)) records.push(paxRecord('mtime', formatTime(entry.mtime)))
+  // ustar holds whole, non-negative seconds and no atime: anything else travels in pax, to the nanosecond.
+  if (entry.mtimeNs % NANOSECONDS !== 0n || entry.mtimeNs < 0n || entry.mtimeNs / NANOSECONDS > octalLimit(12)) records.push(paxRecord('mtime', formatTime(entry.mtimeNs)))
+  records.push(paxRecord('atime', formatTime(entry.atimeNs)))
   if (entry.comment !== undefined) records.push(paxRecord('comment', entry.comment))
   for (const [xattr, value] of entry.xattrs) records.push(paxRecord(`SCHILY.xattr.${xattr}`, value))
   const ustarName = hole ? Buffer.from(`GNUSparseFile.0/${entry.path.slice(entry.path.lastIndexOf('/') + 1)}`) : name
-  const header = ustarHeader({ name: ustarName, mode: entry.mode, uid: entry.uid, gid: entry.gid, size, mtime: entry.mtime, flag: TYPE_FLAG[entry.type], linkName, devMajor: entry.devMajor, devMinor: entry.devMinor })
+  const header = ustarHeader({ name: ustarName, mode: entry.mode, uid: entry.uid, gid: entry.gid, size, mtime: Number(entry.mtimeNs / NANOSECONDS), flag: TYPE_FLAG[entry.type], linkName, devMajor: entry.devMajor, devMinor: entry.devMinor })
   const extended = records.length > 0 ? extendedHeader('x', `PaxHeaders/${entry.path.slice(-80)}`, records) : Buffer.alloc(0)
   // GNU sparse 1.0: the data starts with the map; one hole over the whole size is "1 region: at the end, 0 bytes".
   const sparseMap = hole ? Buffer.concat([Buffer.from(`1\n${entry.holeSize}\n0\n`)]) : Buffer.alloc(0)
@@ -113,12 +122,26 @@ export function dataPadding(entry: TarEntry): Buffer {
 
 export const END_OF_ARCHIVE = Buffer.alloc(2 * BLOCK)
 
-/** Microseconds: what ovroot reads and sets. */
-function formatTime(seconds: number): string {
-  const micro = Math.round(seconds * 1e6)
-  const whole = Math.floor(micro / 1e6)
-  const fraction = micro - whole * 1e6
-  return fraction === 0 ? String(whole) : `${whole}.${String(fraction).padStart(6, '0').replace(/0+$/, '')}`
+const NANOSECONDS = 1_000_000_000n
+
+/**
+ * A pax time: a signed decimal number of seconds, with nine fraction digits
+ * when there is a fraction (as GNU tar writes them). The sign covers the
+ * fraction too: -1.5 is 1.5 s before the epoch.
+ */
+function formatTime(ns: bigint): string {
+  const magnitude = ns < 0n ? -ns : ns
+  const whole = `${ns < 0n ? '-' : ''}${magnitude / NANOSECONDS}`
+  const fraction = magnitude % NANOSECONDS
+  return fraction === 0n ? whole : `${whole}.${String(fraction).padStart(9, '0')}`
+}
+
+/** A pax time (see formatTime) in nanoseconds; digits past the ninth are dropped, as the kernel keeps no more. */
+function parseTime(value: string): bigint | undefined {
+  const match = /^(-?)(\d+)(?:\.(\d*))?$/.exec(value)
+  if (!match) return undefined
+  const magnitude = BigInt(match[2] ?? '0') * NANOSECONDS + BigInt((match[3] ?? '').slice(0, 9).padEnd(9, '0'))
+  return match[1] === '-' ? -magnitude : magnitude
 }
 
 function isAscii(bytes: Buffer): boolean {
@@ -227,6 +250,8 @@ export class PaxReader {
     const flag = block.toString('latin1', 156, 157)
     const size = parseNumber(block, 124, 12, this.offset)
     if (flag === 'x' || flag === 'g' || flag === 'L' || flag === 'K') {
+      // Held whole until parsed: its size is the archive's to choose, the memory the device's.
+      if (size > EXTENDED_HEADER_LIMIT) throw corrupt(`an extended header of ${size} bytes at byte ${this.offset - BLOCK}, more than the ${EXTENDED_HEADER_LIMIT >> 20} MiB ovroot reads: the archive is damaged or hostile`)
       if (flag === 'g' && (this.overrides.records.size > 0 || this.overrides.longName)) throw corrupt(`a global header at byte ${this.offset - BLOCK} follows an extended header meant for an entry: the archive is damaged`)
       this.state = size === 0 ? { kind: 'header' } : { kind: 'extended', flag, remaining: size, parts: [] }
       if (size === 0) this.finishExtended(flag, Buffer.alloc(0))
@@ -234,6 +259,8 @@ export class PaxReader {
     }
     const type = TYPE_OF_FLAG.get(flag)
     if (!type) throw corrupt(`entry at byte ${this.offset - BLOCK} has tar type '${flag}', which ovroot does not restore (or the archive is damaged)`)
+    // GNU tar skips the data blocks a non-file header claims, ovroot would read a header there: two readers, two archives. Refused.
+    if (type !== 'file' && size !== 0) throw corrupt(`a ${type} entry at byte ${this.offset - BLOCK} claims ${size} bytes of data, which no ${type} has: the archive is damaged or hostile`)
     const entry = this.decode(block, type)
     const sparse = this.overrides.records.get('GNU.sparse.major')
     this.overrides = { records: new Map() }
@@ -260,11 +287,17 @@ export class PaxReader {
     const number = (key: string, offset: number, width: number): number => {
       const value = text(key)
       if (value === undefined) return parseNumber(block, offset, width, this.offset)
-      const match = /^(\d+)(?:\.(\d+))?$/.exec(value)
-      if (!match) throw corrupt(`pax ${key}=${value} at byte ${this.offset - BLOCK} is not a number: the archive is damaged`)
-      // Times to the microsecond, truncated as the kernel truncates (GNU tar writes nanoseconds).
-      return Number(match[1]) + Number((match[2] ?? '').slice(0, 6).padEnd(6, '0')) / 1e6
+      if (!/^\d+$/.test(value)) throw corrupt(`pax ${key}=${value} at byte ${this.offset - BLOCK} is not a whole number: the archive is damaged`)
+      return Number(value)
     }
+    const time = (key: string): bigint | undefined => {
+      const value = text(key)
+      if (value === undefined) return undefined
+      const ns = parseTime(value)
+      if (ns === undefined) throw corrupt(`pax ${key}=${value} at byte ${this.offset - BLOCK} is not a time: the archive is damaged`)
+      return ns
+    }
+    const mtimeNs = time('mtime') ?? BigInt(parseNumber(block, 136, 12, this.offset)) * NANOSECONDS
     const xattrs: [string, Buffer][] = []
     for (const [key, value] of records) {
       if (key.startsWith('SCHILY.xattr.')) xattrs.push([key.slice('SCHILY.xattr.'.length), value])
@@ -277,7 +310,9 @@ export class PaxReader {
       mode: parseNumber(block, 100, 8, this.offset) & 0o7777,
       uid: number('uid', 108, 8),
       gid: number('gid', 116, 8),
-      mtime: number('mtime', 136, 12),
+      mtimeNs,
+      // An archive without atime (ustar, sysupgrade) says nothing better than the mtime.
+      atimeNs: time('atime') ?? mtimeNs,
       size: type === 'file' ? number('size', 124, 12) : 0,
       ...(type === 'symlink' || type === 'hardlink' ? { linkTarget: link.toString('utf8') } : {}),
       devMajor: type === 'char' || type === 'block' ? parseNumber(block, 329, 8, this.offset) : 0,

@@ -58,6 +58,8 @@ export async function extractArchive(file: string, options: ExtractOptions): Pro
   const magic = readAt(file, 0, 8)
   const encrypted = magic.equals(ENCRYPTED_MAGIC)
   if (encrypted && !options.passphrase) throw new OvrootError('EPASSPHRASE', ExitCode.usage, `${file} is an encrypted backup: pass --passphrase-file`)
+  // A passphrase means the user relies on authentication: a plain archive put in the encrypted one's place must not pass.
+  if (!encrypted && options.passphrase) throw new OvrootError('ENOTENCRYPTED', ExitCode.data, `${file} is not an encrypted backup, but --passphrase-file was given: refusing an archive nothing authenticates`)
   const handler = new Extraction(options)
   const sink = new Writable({
     write(chunk: Buffer, _encoding, done) {
@@ -174,13 +176,15 @@ class Extraction {
   /** A sysupgrade archive's missing directory, as the view has it (a copy-up keeps the firmware's mode and owner). */
   private writeImplicitDirectory(path: string): void {
     const existing = this.options.view(path)
+    const now = BigInt(Date.now()) * 1_000_000n
     const entry: UpperEntry = {
       path,
       type: 'dir',
       mode: existing?.mode ?? 0o755,
       uid: existing?.uid ?? 0,
       gid: existing?.gid ?? 0,
-      mtime: Date.now() / 1000,
+      mtimeNs: now,
+      atimeNs: now,
       size: 0,
       devMajor: 0,
       devMinor: 0,

@@ -72,7 +72,8 @@ function sameEntry(a: UpperEntry, b: UpperEntry): boolean {
     a.linkTarget === b.linkTarget &&
     a.devMajor === b.devMajor &&
     a.devMinor === b.devMinor &&
-    a.mtime === b.mtime &&
+    // To the microsecond: copies an older ovroot wrote carry microseconds, and must not all look changed.
+    a.mtimeNs / 1000n === b.mtimeNs / 1000n &&
     a.xattrs.length === b.xattrs.length &&
     a.xattrs.every(([name, value], i) => b.xattrs[i]?.[0] === name && b.xattrs[i]?.[1].equals(value))
   )
@@ -203,7 +204,7 @@ class FlatStaging {
     const raw = entry.type === 'hardlink' ? readEntry(under(this.upper, entry.path), entry.path, this.stubXattr) : entry
     const onFlash = readEntryIfPresent(under(this.mirror, entry.path), entry.path, this.stubXattr)
     const flashEntry = onFlash === 'socket' ? undefined : onFlash
-    if (entry.type === 'dir' && flashEntry?.type === 'dir') this.comparedDirectories.set(entry.path, flashEntry.mtime)
+    if (entry.type === 'dir' && flashEntry?.type === 'dir') this.comparedDirectories.set(entry.path, Number(flashEntry.mtimeNs / 1000n) / 1e6)
     if (raw !== 'socket' && flashEntry && sameEntry(raw, flashEntry)) return undefined
     if (entry.path !== '.') this.receivingParents.add(parent)
     if (entry.type === 'dir') (flashEntry?.type === 'dir' ? this.changedDirectories : this.wholeDirectories).add(entry.path)

@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto'
 import * as fs from 'node:fs'
 import { ExitCode, fromNodeError, OvrootError, SysError } from '../errors.js'
 import type { EntryKind, UpperEntry } from '../upper/entry.js'
-import { getXattr, listXattrs, makeNode, removeXattr, setXattr } from './libc.js'
+import { getXattr, listXattrs, makeNode, removeXattr, setTimes, setXattr } from './libc.js'
 import { reportProgress } from './progress.js'
 
 const KIND_OF = (stat: fs.BigIntStats): EntryKind | 'socket' =>
@@ -16,19 +16,18 @@ const KIND_OF = (stat: fs.BigIntStats): EntryKind | 'socket' =>
 
 const microseconds = (nanoseconds: bigint): number => Number(nanoseconds / 1000n) / 1e6
 
-/** The fields ovroot keeps, as numbers; mtime in whole microseconds (seconds with six decimals). */
-function numbers(stat: fs.BigIntStats): { mode: number; uid: number; gid: number; size: number; rdev: number; mtime: number } {
+/** The fields ovroot keeps as numbers. */
+function numbers(stat: fs.BigIntStats): { mode: number; uid: number; gid: number; size: number; rdev: number } {
   return {
     mode: Number(stat.mode),
     uid: Number(stat.uid),
     gid: Number(stat.gid),
     size: Number(stat.size),
     rdev: Number(stat.rdev),
-    mtime: microseconds(stat.mtimeNs),
   }
 }
 
-/** An entry's mtime as UpperEntry keeps it, from one stat: for when nothing else of it is wanted. */
+/** An entry's mtime in whole microseconds (seconds with six decimals), from one stat: what a sync records for a directory. */
 export function modificationTime(full: string): number {
   const stat = statEntry(full)
   if (stat === undefined) throw new SysError('ENOENT', 'stat', full)
@@ -78,7 +77,8 @@ export function readEntryWithStat(full: string, path: string, stubXattr: string,
     mode: stat.mode & 0o7777,
     uid: stat.uid,
     gid: stat.gid,
-    mtime: stat.mtime,
+    mtimeNs: big.mtimeNs,
+    atimeNs: big.atimeNs,
     size: type === 'file' && !stub ? stat.size : 0,
     devMajor: type === 'char' || type === 'block' ? majorOf(stat.rdev) : 0,
     devMinor: type === 'char' || type === 'block' ? minorOf(stat.rdev) : 0,
@@ -271,14 +271,14 @@ export function replaceMetadata(full: string, entry: UpperEntry): void {
     }
     if (current.mode !== entry.mode) fs.chmodSync(full, entry.mode)
     for (const [name, value] of wanted) if (!present.get(name)?.equals(value)) setXattr(full, name, value)
-    if (current.mtime !== entry.mtime) setModificationTime(full, entry.mtime)
+    if (current.mtimeNs !== entry.mtimeNs || current.atimeNs !== entry.atimeNs) setTimes(full, entry.atimeNs, entry.mtimeNs)
   } catch (error) {
     throw fromNodeError(error, 'set metadata of', full)
   }
 }
 
 /**
- * mtime (and atime) to the microsecond, not following a symlink. Set half a
+ * mtime (and atime) from a sync's record, to the microsecond, not following a symlink. Set half a
  * microsecond high: the double it travels in is off by a few hundred
  * nanoseconds either way, and the kernel truncates, so the microsecond comes
  * out exact.
@@ -294,7 +294,7 @@ function applyMetadata(full: string, entry: UpperEntry): void {
     fs.lchownSync(full, entry.uid, entry.gid)
     if (entry.type !== 'symlink') fs.chmodSync(full, entry.mode)
     for (const [name, value] of entry.xattrs) setXattr(full, name, value)
-    setModificationTime(full, entry.mtime)
+    setTimes(full, entry.atimeNs, entry.mtimeNs)
   } catch (error) {
     throw fromNodeError(error, 'set metadata of', full)
   }

@@ -12,8 +12,9 @@ export interface UpperEntry {
   mode: number
   uid: number
   gid: number
-  /** Seconds since the epoch, with a fraction. */
-  mtime: number
+  /** Nanoseconds since the epoch (negative before 1970), as the kernel keeps them. */
+  mtimeNs: bigint
+  atimeNs: bigint
   /** Bytes of data (regular files; 0 for a metacopy stub). */
   size: number
   /** A symlink's target, or the earlier entry a hardlink names. */
