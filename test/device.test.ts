@@ -436,7 +436,7 @@ t.test('sync: filling the RAM upper with a large file under a short [boot] timeo
   const first = run(t, ['--flash', flash], 'head -c 33554432 /dev/urandom > /root/large && sync && md5sum /root/large')
   const before = sums(first.stdout)
   t.equal(before.size, 1)
-  const filled = run(t, ['--flash', flash, '--append', 'ovroot.sync.enabled=yes ovroot.flash.ram_size=64m ovroot.boot.timeout=2'], `${STATUS}; md5sum /root/large`)
+  const filled = run(t, ['--flash', flash, '--append', 'ovroot.sync.enabled=yes ovroot.flash.ram_size=64m ovroot.boot.timeout=4'], `${STATUS}; md5sum /root/large`)
   const status = statusFrom(filled.stdout) as ReturnType<typeof statusFrom> & { sync?: unknown }
   t.equal(status.mode, 'flash', 'the shim let the working agent finish')
   t.ok(status.sync, 'on the synced RAM upper')
