@@ -11,7 +11,7 @@ import * as net from 'node:net'
 import * as path from 'node:path'
 import { getXattr, listXattrs, lstat, makeNode, removeXattr, setXattr } from '../src/sys/libc.js'
 import { SYSCALLS, syscallNumbers } from '../src/sys/platform.js'
-import type { EntryStat } from '../src/overlay/types.js'
+import type { EntryStat } from '../src/sys/types.js'
 import { OVROOT, cleanEnvironment, mountOverlay, scratch } from './helpers/overlay.js'
 
 const FIVE_GIB = 5 * 1024 ** 3

@@ -12,9 +12,10 @@ import { gzipSync } from 'node:zlib'
 import { dataPadding, END_OF_ARCHIVE, entryHeader, globalComment, type TarEntry } from '../src/archive/pax.js'
 import { OverlayXattrs } from '../src/overlay/xattrs.js'
 import { applyPending } from '../src/pending/apply.js'
-import { commitPending, type FlashLayout } from '../src/pending/marker.js'
+import { commitPending } from '../src/pending/marker.js'
 import { ovroot, scratch, upperSnapshot } from './helpers/overlay.js'
 import { writeTree } from './helpers/mutate.js'
+import type { FlashLayout } from '../src/state/flash.js'
 
 type Crafted = Partial<TarEntry> & { path: string; content?: string; raw?: Buffer }
 

@@ -11,9 +11,10 @@ import * as fs from 'node:fs'
 import { OverlayXattrs } from '../src/overlay/xattrs.js'
 import { applyPending } from '../src/pending/apply.js'
 import { setModificationTime } from '../src/sys/entries.js'
-import { commitPending, type FlashLayout, type PendingChange } from '../src/pending/marker.js'
+import { commitPending, type PendingChange } from '../src/pending/marker.js'
 import { cleanEnvironment, mountOverlay, OVROOT, ovroot, scratch, snapshot, unmount, upperSnapshot, withoutSharedWhiteouts } from './helpers/overlay.js'
 import { random, randomLower, randomOperation, STANDARD_LOWER, STANDARD_OPERATIONS, writeTree } from './helpers/mutate.js'
+import type { FlashLayout } from '../src/state/flash.js'
 
 interface Device {
   dir: string

@@ -6,7 +6,7 @@
  * than one header block and one extended header, whatever the archive's size.
  */
 import { ExitCode, OvrootError } from '../errors.js'
-import type { EntryKind, UpperEntry } from '../upper/entry.js'
+import type { EntryKind, UpperEntry } from '../sys/types.js'
 
 export type TarType = EntryKind
 

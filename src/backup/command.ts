@@ -10,7 +10,6 @@ import { Encrypt, readPassphrase } from '../archive/crypt.js'
 import { encodeHeader, encodeSums, encodeTrailer, FORMAT_VERSION, type BackupHeader } from '../archive/manifest.js'
 import { dataPadding, END_OF_ARCHIVE, entryHeader, globalComment } from '../archive/pax.js'
 import { loadConfig } from '../config/load.js'
-import { upperDir } from '../config/schema.js'
 import { checkDiffRequest, openDiff, type CheckedDiffRequest } from '../diff/open.js'
 import { ExitCode, usageError, type ExitStatus } from '../errors.js'
 import { globToRegExp } from '../reset/keep.js'
@@ -21,6 +20,7 @@ import { under } from '../upper/entry.js'
 import { walkUpper } from '../upper/walk.js'
 import { VERSION } from '../version.js'
 import { firmwareIdentity, firmwareView } from './firmware.js'
+import { upperDir } from '../state/flash.js'
 
 export interface BackupOptions {
   configFile: string | undefined

@@ -7,7 +7,7 @@
  * the device always boots.
  */
 import { applyOverride, loadConfig } from '../config/load.js'
-import { type Config, upperDir, workDir } from '../config/schema.js'
+import { type Config } from '../config/schema.js'
 import { ExitCode, OvrootError, type ExitStatus } from '../errors.js'
 import { MEDIA_DRIVER_TABLE } from '../media/drivers.js'
 import { ramVolume } from '../media/ram.js'
@@ -16,11 +16,13 @@ import { filesystemInfo, makeDirectory, pathExists, readTextFile, writeFileAtomi
 import { mount, MountFlag, pivotRoot, remount, requireSystemLayer, unmount } from '../sys/libc.js'
 import { reportProgressTo } from '../sys/progress.js'
 import { OverlayXattrs } from '../overlay/xattrs.js'
-import { commitPending, describePending, ensureReserve, flashLayout, readPending } from '../pending/marker.js'
+import { commitPending, describePending, ensureReserve, readPending } from '../pending/marker.js'
 import { applyPending, hasPendingWork, type AppliedChange } from '../pending/apply.js'
 import { VERSION } from '../version.js'
-import { parseKernelArguments } from './cmdline.js'
-import { FLASH_STATE_DIR, STATUS_FILE, type BootState } from './state.js'
+import { parseKernelArguments } from '../state/cmdline.js'
+import { writeBootState, type BootState } from '../state/boot-record.js'
+import { progressPath, ramDir } from '../state/run.js'
+import { flashLayout, formatRecordPath, stateDir, upperDir, workDir, type FormatRecord } from '../state/flash.js'
 
 const STAGING = '/mnt'
 const MOVED_MOUNTS = ['/proc', '/sys', '/dev', '/run']
@@ -36,7 +38,7 @@ export async function boot(configFile: string | undefined): Promise<ExitStatus> 
   const config = loadConfig(configFile)
   for (const [key, value] of kernel.overrides) applyOverride(config, 'kernel command line', key, value)
   makeDirectory(config.boot.run_dir)
-  reportProgressTo(`${config.boot.run_dir}/progress`)
+  reportProgressTo(progressPath(config.boot.run_dir))
   const state: BootState = { mode: 'flash', bootedAt: new Date().toISOString() }
 
   const medium = await mountFlash(config, state)
@@ -50,7 +52,7 @@ export async function boot(configFile: string | undefined): Promise<ExitStatus> 
   pivotInto(config.overlay.dir)
   state.bootSeconds = secondsSinceShimStart()
   state.peakMemoryKiB = process.resourceUsage().maxRSS
-  writeFileAtomic(`${config.boot.run_dir}/${STATUS_FILE}`, `${JSON.stringify(state, null, 2)}\n`)
+  writeBootState(config.boot.run_dir, state)
   announce(state)
   return ExitCode.ok
 }
@@ -68,7 +70,7 @@ interface Layers {
  * `ovroot reset` still find it.
  */
 async function flashLayers(config: Config, volume: Volume, forcedReset: boolean, state: BootState): Promise<Layers> {
-  const ramUpper = (lowers: string[]): Layers => ({ lowers, upper: `${config.boot.run_dir}/ram/upper`, work: `${config.boot.run_dir}/ram/work` })
+  const ramUpper = (lowers: string[]): Layers => ({ lowers, upper: `${ramDir(config.boot.run_dir)}/upper`, work: `${ramDir(config.boot.run_dir)}/work` })
   try {
     const applied = await applyPendingChange(config, forcedReset)
     if (applied?.kind === 'reset') state.reset = { kept: applied.kept }
@@ -97,7 +99,7 @@ async function flashLayers(config: Config, volume: Volume, forcedReset: boolean,
  */
 async function syncedRamUpper(config: Config, mirror: string, state: BootState): Promise<Layers> {
   const { copyUpper } = await import('../upper/copy.js')
-  const ram = `${config.boot.run_dir}/ram`
+  const ram = ramDir(config.boot.run_dir)
   makeDirectory(ram)
   ramVolume(config.flash.ram_size).mount(ram)
   makeDirectory(`${ram}/upper`)
@@ -162,9 +164,11 @@ async function mountVolume(volume: Volume, config: Config, persistent: boolean):
     volume.mount(target)
     formatted = true
   }
-  if (persistent && !pathExists(`${target}/${FLASH_STATE_DIR}/state.json`)) {
-    makeDirectory(`${target}/${FLASH_STATE_DIR}`)
-    writeFileAtomic(`${target}/${FLASH_STATE_DIR}/state.json`, `${JSON.stringify({ formatted: new Date().toISOString(), by: `ovroot ${VERSION}`, filesystem: volume.filesystem })}\n`)
+  const layout = flashLayout(config)
+  if (persistent && !pathExists(formatRecordPath(layout))) {
+    makeDirectory(stateDir(layout))
+    const record: FormatRecord = { formatted: new Date().toISOString(), by: `ovroot ${VERSION}`, filesystem: volume.filesystem }
+    writeFileAtomic(formatRecordPath(layout), `${JSON.stringify(record)}\n`)
   }
   return { volume, formatted }
 }

@@ -5,7 +5,7 @@
  */
 import { parse } from 'ini'
 import { configError } from '../errors.js'
-import { parseKernelArguments } from '../boot/cmdline.js'
+import { parseKernelArguments } from '../state/cmdline.js'
 import { readTextFile, readTextFileIfExists } from '../sys/fs.js'
 import { defaultConfig, SCHEMA, type Config } from './schema.js'
 

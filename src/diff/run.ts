@@ -1,12 +1,12 @@
 /** `ovroot diff`: resolve the directories, stream the report, compute the exit status. */
 import { loadConfig } from '../config/load.js'
-import { upperDir } from '../config/schema.js'
 import { ExitCode, type ExitStatus } from '../errors.js'
 import { hostTreeReader } from '../sys/fs.js'
 import type { Change } from '../overlay/diff.js'
 import type { XattrNamespace } from '../overlay/xattrs.js'
 import { checkDiffRequest, openDiff } from './open.js'
 import { BufferedOutput, ChangeCounter, loadRenderer, type DiffFormat } from './report.js'
+import { upperDir } from '../state/flash.js'
 
 export interface DiffCommandOptions {
   configFile: string | undefined

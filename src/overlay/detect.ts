@@ -3,7 +3,7 @@
  * xattrs on nearly every copy-up (origin, opaque on new directories), so the
  * first one found settles it; the scan stops there.
  */
-import type { TreeReader } from './types.js'
+import type { TreeReader } from '../sys/types.js'
 import { namespaceOf, type XattrNamespace } from './xattrs.js'
 
 export function detectNamespace(reader: TreeReader, upperRoot: string): XattrNamespace | undefined {

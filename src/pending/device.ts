@@ -4,14 +4,15 @@
  * the refusal to touch a live layer, confirmation and reboot.
  */
 import { createInterface } from 'node:readline/promises'
-import { parseBootState, STATUS_FILE, type BootState } from '../boot/state.js'
+import { flashMounted, readBootState, type BootState } from '../state/boot-record.js'
+import { flashLayout } from '../state/flash.js'
 import type { Config } from '../config/schema.js'
 import { ExitCode, OvrootError } from '../errors.js'
-import { readTextFileIfExists, realPath } from '../sys/fs.js'
+import { realPath } from '../sys/fs.js'
 import { remount, syncAll } from '../sys/libc.js'
 import { mountedOverlayLayers } from '../sys/mounts.js'
 import { runTool } from '../sys/run.js'
-import { cancelPending, describePendingAt, flashLayout } from './marker.js'
+import { cancelPending, describePendingAt } from './marker.js'
 
 export interface BootRecord {
   state: BootState
@@ -20,10 +21,8 @@ export interface BootRecord {
 }
 
 export function readBootRecord(config: Config): BootRecord {
-  const file = `${config.boot.run_dir}/${STATUS_FILE}`
-  const state = parseBootState(readTextFileIfExists(file), file, (message) => new OvrootError('ESTATUS', ExitCode.data, message))
-  if (!state) throw new OvrootError('ENOSTATUS', ExitCode.environment, `${file}: no boot record, so this is not a device booted by ovroot; use --upper DIR for an unmounted upper`)
-  return { state, flashMounted: state.medium !== undefined && state.medium.driver !== 'ram' }
+  const state = readBootState(config.boot.run_dir, ', so this is not a device booted by ovroot; use --upper DIR for an unmounted upper')
+  return { state, flashMounted: flashMounted(state) }
 }
 
 /**

@@ -4,17 +4,18 @@
  */
 import { basename, dirname, resolve } from 'node:path'
 import { loadConfig } from '../config/load.js'
-import { upperDir, type Config } from '../config/schema.js'
+import { type Config } from '../config/schema.js'
 import { ExitCode, OvrootError, usageError, type ExitStatus } from '../errors.js'
 import { OverlayXattrs, type XattrNamespace } from '../overlay/xattrs.js'
 import { applyPending } from '../pending/apply.js'
-import { cancelPending, commitPending, describePending, describePendingAt, flashLayout, readPending, type FlashLayout } from '../pending/marker.js'
+import { cancelPending, commitPending, describePending, describePendingAt, readPending } from '../pending/marker.js'
 import { cancelScheduled, confirm, readBootRecord, rebootNow, refuseLiveLayer, withWritableFlash } from '../pending/device.js'
 import { statPath } from '../sys/fs.js'
 import { collectKeepPatterns, KeepList } from './keep.js'
 import { planReset } from './prune.js'
 import { printResetPreview } from './preview.js'
 import { liveView, offlineView } from './views.js'
+import { upperDir, flashLayout, type FlashLayout } from '../state/flash.js'
 
 export interface ResetOptions {
   configFile: string | undefined

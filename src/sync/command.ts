@@ -8,12 +8,12 @@ import { loadConfig } from '../config/load.js'
 import type { Config } from '../config/schema.js'
 import { ExitCode, OvrootError, type ExitStatus } from '../errors.js'
 import { readBootRecord, refuseLiveLayer, type BootRecord } from '../pending/device.js'
-import { flashLayout, type FlashLayout } from '../pending/marker.js'
 import { globToRegExp } from '../reset/keep.js'
 import { makeDirectory } from '../sys/fs.js'
 import { recordSync } from './stats.js'
 import { lockedSync } from './lock.js'
 import type { SyncSource } from './transaction.js'
+import { flashLayout, type FlashLayout } from '../state/flash.js'
 
 export interface SyncOptions {
   configFile: string | undefined

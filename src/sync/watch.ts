@@ -11,11 +11,11 @@
  */
 import type { Config } from '../config/schema.js'
 import { ExitCode, OvrootError, type ExitStatus } from '../errors.js'
-import type { FlashLayout } from '../pending/marker.js'
 import { filesystemInfo } from '../sys/fs.js'
 import { lockedSync } from './lock.js'
 import { readStats, recordSync, writeStats, type SyncStats } from './stats.js'
 import type { SyncSource } from './transaction.js'
+import type { FlashLayout } from '../state/flash.js'
 
 /** The RAM upper this full is worth a warning: past it, writes fail. */
 const RAM_WARNING = 0.9

@@ -7,7 +7,7 @@ import * as fs from 'node:fs'
 import { fromNodeError, OvrootError, ExitCode } from '../errors.js'
 import { listXattrs, getXattr, lstat } from './libc.js'
 import { reportProgress } from './progress.js'
-import type { EntryStat, TreeReader } from '../overlay/types.js'
+import type { EntryStat, TreeReader } from './types.js'
 
 const absentErrnos = new Set(['ENOENT', 'ENOTDIR'])
 

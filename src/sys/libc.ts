@@ -11,7 +11,7 @@
 import { createRequire } from 'node:module'
 import { endianness, constants as osConstants } from 'node:os'
 import { SysError } from '../errors.js'
-import type { EntryStat, EntryType } from '../overlay/types.js'
+import type { EntryStat, EntryType } from './types.js'
 import { noNativeBinding, syscallNumbers, type SyscallNumbers } from './platform.js'
 
 interface KoffiFunction {
