@@ -1,7 +1,8 @@
 /**
  * `ovroot boot`: run by init/ovroot-init (PID 1) with /proc, /sys, /dev and
  * /run mounted and the squashfs as `/`. It finds the flash, formats it on
- * first boot, completes a pending factory reset, mounts the overlay and
+ * first boot, applies a pending change (a factory reset, a restore, the end
+ * of an interrupted sync), mounts the overlay and
  * pivots into it: `/` merged, `/rom` the lower, `/overlay` the flash. Any
  * flash trouble ends on a RAM upper with the reason recorded and shouted:
  * the device always boots.
@@ -15,8 +16,8 @@ import type { Volume } from '../media/types.js'
 import { filesystemInfo, makeDirectory, pathExists, readTextFile, writeFileAtomic } from '../sys/fs.js'
 import { mount, MountFlag, pivotRoot, remount, requireSystemLayer, unmount } from '../sys/libc.js'
 import { reportProgressTo } from '../sys/progress.js'
-import { OverlayXattrs } from '../overlay/xattrs.js'
-import { commitPending, describePending, ensureReserve, readPending } from '../pending/marker.js'
+import { namespaceForMount, OverlayXattrs } from '../overlay/xattrs.js'
+import { commitPending, describeChange, ensureReserve, readPending } from '../pending/marker.js'
 import { applyPending, hasPendingWork, type AppliedChange } from '../pending/apply.js'
 import { VERSION } from '../version.js'
 import { parseKernelArguments } from '../state/cmdline.js'
@@ -77,14 +78,14 @@ async function flashLayers(config: Config, volume: Volume, forcedReset: boolean,
     if (applied?.kind === 'restore') state.restored = { source: applied.source, entries: applied.entries }
   } catch (error) {
     degrade(state, `the change scheduled for the flash failed: ${messageOf(error)}; the flash is left as it is, read-only at ${config.overlay.dir}; 'ovroot reset --cancel' drops the change`)
-    remount(config.overlay.dir, true)
+    remount(config.overlay.dir, { readOnly: true })
     return ramUpper(['/'])
   }
   const upper = upperDir(config)
   if (isFull(config.overlay.dir) || !prepareLayers(upper, workDir(config))) {
     // Keep the user's files visible under a RAM upper; a layer must not change under a live overlay.
     degrade(state, `flash ${volume.description} is full: its files are shown read-only under a RAM upper; 'ovroot reset' returns to the factory state at the next boot, 'ovroot reset PATH...' drops just those paths`)
-    remount(config.overlay.dir, true)
+    remount(config.overlay.dir, { readOnly: true })
     return ramUpper([upper, '/'])
   }
   ensureReserve(flashLayout(config))
@@ -103,8 +104,7 @@ async function syncedRamUpper(config: Config, mirror: string, state: BootState):
   makeDirectory(ram)
   ramVolume(config.flash.ram_size).mount(ram)
   makeDirectory(`${ram}/upper`)
-  const namespace = config.overlay.options.includes('userxattr') ? 'user' : 'trusted'
-  copyUpper(mirror, `${ram}/upper`, new OverlayXattrs(namespace).name('metacopy'))
+  copyUpper(mirror, `${ram}/upper`, new OverlayXattrs(namespaceForMount(config.overlay.options)).name('metacopy'))
   state.sync = { mirror }
   return { lowers: ['/'], upper: `${ram}/upper`, work: `${ram}/work` }
 }
@@ -119,7 +119,7 @@ async function mountFlash(config: Config, state: BootState): Promise<Medium> {
     } catch (error) {
       // The flash is there but cannot be read: as much trouble as a failed mount.
       degrade(state, `${name} driver: ${messageOf(error)}`)
-      return mountVolume(ramVolume(config.flash.ram_size), config, false)
+      return mountVolume(ramVolume(config.flash.ram_size), config, { persistent: false })
     }
     if ('absent' in found) {
       absent.push(`${name}: ${found.absent}`)
@@ -128,21 +128,21 @@ async function mountFlash(config: Config, state: BootState): Promise<Medium> {
     if (found.driver === 'ram') {
       if (absent.length > 0) degrade(state, `no flash found (${absent.join('; ')})`)
       else state.mode = 'ram'
-      return mountVolume(found, config, false)
+      return mountVolume(found, config, { persistent: false })
     }
     try {
-      return await mountVolume(found, config, true)
+      return await mountVolume(found, config, { persistent: true })
     } catch (error) {
       degrade(state, messageOf(error))
       tryUnmount(config.overlay.dir)
-      return mountVolume(ramVolume(config.flash.ram_size), config, false)
+      return mountVolume(ramVolume(config.flash.ram_size), config, { persistent: false })
     }
   }
   degrade(state, `no flash found (${absent.join('; ')}) and ram is not among [flash] drivers`)
-  return mountVolume(ramVolume(config.flash.ram_size), config, false)
+  return mountVolume(ramVolume(config.flash.ram_size), config, { persistent: false })
 }
 
-async function mountVolume(volume: Volume, config: Config, persistent: boolean): Promise<Medium> {
+async function mountVolume(volume: Volume, config: Config, { persistent }: { persistent: boolean }): Promise<Medium> {
   const target = config.overlay.dir
   let formatted = false
   const state = volume.inspect()
@@ -177,14 +177,14 @@ async function mountVolume(volume: Volume, config: Config, persistent: boolean):
 async function applyPendingChange(config: Config, forcedReset: boolean): Promise<AppliedChange | undefined> {
   const layout = flashLayout(config)
   if (!forcedReset && !hasPendingWork(layout)) return undefined
-  const xattrs = new OverlayXattrs(config.overlay.options.includes('userxattr') ? 'user' : 'trusted')
+  const xattrs = new OverlayXattrs(namespaceForMount(config.overlay.options))
   if (forcedReset && readPending(layout)?.kind !== 'reset') {
     const [{ collectKeepPatterns }, { offlineView }] = await Promise.all([import('../reset/keep.js'), import('../reset/views.js')])
     const upper = pathExists(upperDir(config)) ? upperDir(config) : '/nonexistent'
     commitPending(layout, { kind: 'reset', requested: new Date().toISOString(), keep: collectKeepPatterns(config, [], offlineView(upper, ['/'], xattrs.namespace)) })
   }
   const change = readPending(layout)
-  const what = change && describePending(change).replace(' at next boot', '')
+  const what = change && describeChange(change)
   if (what) process.stderr.write(`ovroot: applying ${what}\n`)
   const applied = await applyPending(layout, workDir(config), xattrs)
   if (what) process.stderr.write(`ovroot: applied ${what}\n`)
@@ -236,7 +236,7 @@ function degrade(state: BootState, reason: string): void {
 
 function tryUnmount(target: string): void {
   try {
-    unmount(target, true)
+    unmount(target, { lazy: true })
   } catch {
     // Nothing was mounted there.
   }

@@ -110,8 +110,20 @@ export function describePendingAt(layout: FlashLayout): string | undefined {
   }
 }
 
+/** The change as scheduled: `factory reset at next boot, keeping /etc/config`. */
 export function describePending(change: PendingChange): string {
-  if (change.kind === 'reset') return `${change.only ? `reset of ${change.only.join(' ')}` : 'factory reset'} at next boot, keeping ${change.keep.length ? change.keep.join(' ') : 'nothing'}`
-  if (change.kind === 'sync') return `the end of an interrupted sync (${change.entries} entries) at next boot`
-  return `${change.merge ? 'sysupgrade archive' : 'restore'} of ${change.source} (${change.entries} entries) at next boot`
+  const { what, detail } = describeParts(change)
+  return `${what} at next boot${detail}`
+}
+
+/** The change itself, for the moment it is applied: `factory reset, keeping /etc/config`. */
+export function describeChange(change: PendingChange): string {
+  const { what, detail } = describeParts(change)
+  return `${what}${detail}`
+}
+
+function describeParts(change: PendingChange): { what: string; detail: string } {
+  if (change.kind === 'reset') return { what: change.only ? `reset of ${change.only.join(' ')}` : 'factory reset', detail: `, keeping ${change.keep.length ? change.keep.join(' ') : 'nothing'}` }
+  if (change.kind === 'sync') return { what: `the end of an interrupted sync (${change.entries} entries)`, detail: '' }
+  return { what: `${change.merge ? 'sysupgrade archive' : 'restore'} of ${change.source} (${change.entries} entries)`, detail: '' }
 }

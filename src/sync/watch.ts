@@ -36,7 +36,7 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
   }
   const update = (change: (stats: SyncStats) => SyncStats): void => writeStats(runDir, change(readStats(runDir)))
 
-  const sync = async (automatic: boolean): Promise<void> => {
+  const sync = async ({ automatic }: { automatic: boolean }): Promise<void> => {
     const stats = readStats(runDir)
     if (automatic && config.sync.budget > 0 && stats.bytesToday >= config.sync.budget) {
       update((current) => ({ ...current, waiting: `the day's write budget (${config.sync.budget} bytes) is spent: automatic syncs wait for ovroot sync or shutdown` }))
@@ -69,8 +69,8 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
     warnedFull = used >= RAM_WARNING
   }
 
-  const run = (automatic: boolean): Promise<void> => {
-    running = (running ?? Promise.resolve()).then(() => sync(automatic))
+  const run = (how: { automatic: boolean }): Promise<void> => {
+    running = (running ?? Promise.resolve()).then(() => sync(how))
     return running
   }
 
@@ -78,7 +78,7 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
     if (timer) clearTimeout(timer)
     if (firstChange === undefined) return
     const due = Math.min(lastChange + quietMs, firstChange + maxDelayMs)
-    timer = setTimeout(() => void run(true), Math.max(0, due - Date.now()))
+    timer = setTimeout(() => void run({ automatic: true }), Math.max(0, due - Date.now()))
   }
 
   const changed = (): void => {
@@ -111,11 +111,11 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
     log(`watching ${source.upper} failed (${error instanceof Error ? error.message : String(error)}): rescanning every ${config.sync.quiet} s instead`)
     void watcher.close()
     update((stats) => ({ ...stats, watcher: 'polling' }))
-    poll = setInterval(() => void run(true), quietMs)
+    poll = setInterval(() => void run({ automatic: true }), quietMs)
   })
   // Once the watch is in place, what changed before (or while the daemon was down) is synced; only then is the daemon "watching".
   await watching
-  await run(true)
+  await run({ automatic: true })
   update((stats) => ({ ...stats, watcher: poll ? 'polling' : 'watching' }))
 
   await new Promise<void>((resolve) => {
@@ -123,7 +123,7 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
       if (timer) clearTimeout(timer)
       if (poll) clearInterval(poll)
       void watcher.close()
-      void run(false).finally(resolve)
+      void run({ automatic: false }).finally(resolve)
     }
     process.once('SIGTERM', stop)
     process.once('SIGINT', stop)

@@ -32,7 +32,7 @@ export const EXPECTED_DIFF = [
   { path: '/root/.hidden', change: 'added' },
 ]
 
-/** Scenarios 1 to 3 (and 10, for the other media): first boot, persistence, reset with a keep list. */
+/** A medium's life: first boot, persistence, reset with a keep list. */
 export function lifecycle(t: Tap.Test, media: string, archArgs: string[] = []): void {
   const flash = `${workspace(t)}/${media}.flash`
   const args = [...archArgs, '--media', media, '--flash', flash]
