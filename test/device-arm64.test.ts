@@ -10,6 +10,6 @@ import { corruptFlash, lifecycle } from './helpers/scenarios.js'
 
 const ARM64 = ['--arch', 'arm64']
 
-t.test('arm64, NOR flash (JFFS2 on MTD): first boot, persistence with an exact ovroot diff, reset with a keep list', async (t) => lifecycle(t, 'nor', ARM64))
+await t.test('arm64, NOR flash (JFFS2 on MTD): first boot, persistence with an exact ovroot diff, reset with a keep list', async (t) => lifecycle(t, 'nor', ARM64))
 
-t.test('arm64, corrupt flash (random bytes): boots on RAM, says why, leaves the flash untouched', async (t) => corruptFlash(t, ARM64))
+await t.test('arm64, corrupt flash (random bytes): boots on RAM, says why, leaves the flash untouched', async (t) => corruptFlash(t, ARM64))

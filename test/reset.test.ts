@@ -2,7 +2,7 @@
  * Factory reset of real, kernel-written uppers: what goes, what stays and with
  * which metadata, and recovery from every state a power cut can leave.
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { execFileSync } from 'node:child_process'
 import * as fs from 'node:fs'
 import { getXattr, setXattr } from '../src/sys/libc.js'
@@ -21,9 +21,9 @@ interface Device {
 }
 
 /** A device whose upper the kernel wrote: user files, hidden files, keep-list material. */
-function device(t: Tap.Test): Device {
+function device(t: Test): Device {
   const s = scratch()
-  t.teardown(s.cleanup)
+  t.teardown(() => s.cleanup())
   const d: Device = { dir: s.dir, lower: `${s.dir}/rom`, upper: `${s.dir}/flash/upper`, work: `${s.dir}/flash/work`, merged: `${s.dir}/merged`, config: `${s.dir}/ovroot.conf` }
   writeTree(d.lower, {
     '/etc/config/network': 'lan\n',
@@ -58,7 +58,7 @@ function device(t: Tap.Test): Device {
 const reset = (d: Device, ...args: string[]) => ovroot(['reset', '--config', d.config, '--upper', d.upper, ...args])
 
 /** The merged view after a remount. */
-function mergedView(t: Tap.Test, d: Device): ReturnType<typeof snapshot> {
+function mergedView(t: Test, d: Device): ReturnType<typeof snapshot> {
   fs.mkdirSync(d.work, { recursive: true })
   mountOverlay(d.merged, [d.lower], d.upper, d.work, [])
   const view = snapshot(d.merged)
@@ -67,7 +67,7 @@ function mergedView(t: Tap.Test, d: Device): ReturnType<typeof snapshot> {
   return view
 }
 
-t.test('the keep list: config, OpenWrt list files as edited by the user, --keep; globs', async (t) => {
+await t.test('the keep list: config, OpenWrt list files as edited by the user, --keep; globs', async (t) => {
   const d = device(t)
   const plan = reset(d, '--dry-run', '--keep', '/root/.ssh')
   t.equal(plan.status, 0, plan.stderr)
@@ -94,7 +94,7 @@ t.test('the keep list: config, OpenWrt list files as edited by the user, --keep;
   t.ok(fs.existsSync(`${d.upper}/.hidden-at-top`), '--dry-run changes nothing')
 })
 
-t.test('reset of an unmounted upper: factory state plus the kept paths, metadata intact', async (t) => {
+await t.test('reset of an unmounted upper: factory state plus the kept paths, metadata intact', async (t) => {
   const d = device(t)
   const result = reset(d, '--yes', '--keep', '/root/.ssh')
   t.equal(result.status, 0, result.stderr)
@@ -111,7 +111,7 @@ t.test('reset of an unmounted upper: factory state plus the kept paths, metadata
   t.notOk(fs.existsSync(`${d.dir}/flash/.ovroot/reset`), 'no reset is left pending')
 })
 
-t.test('refusals: no confirmation, a live layer (upper, lower, or a directory holding one), no boot record', async (t) => {
+await t.test('refusals: no confirmation, a live layer (upper, lower, or a directory holding one), no boot record', async (t) => {
   const d = device(t)
   const noTerminal = reset(d)
   t.equal(noTerminal.status, 7, 'without a terminal, --yes is required')
@@ -135,7 +135,7 @@ t.test('refusals: no confirmation, a live layer (upper, lower, or a directory ho
   t.match(live.stderr, /use --upper DIR/)
 })
 
-t.test('a reset of some paths: only they return to the firmware state', async (t) => {
+await t.test('a reset of some paths: only they return to the firmware state', async (t) => {
   const d = device(t)
   const before = snapshot(d.upper)
   const result = reset(d, '--yes', '/etc/config', '/root/')
@@ -148,7 +148,7 @@ t.test('a reset of some paths: only they return to the firmware state', async (t
   t.equal(reset(d, '--yes', 'relative').status, 2, 'paths are absolute')
 })
 
-t.test('a power cut at any point of a reset: the next run finishes it with the same result', async (t) => {
+await t.test('a power cut at any point of a reset: the next run finishes it with the same result', async (t) => {
   const keep = ['/etc/by-config', '/etc/dropbear', '/etc/glob-*.conf', '/etc/user-added']
   const reference = device(t)
   t.equal(reset(reference, '--yes').status, 0)
@@ -182,7 +182,7 @@ t.test('a power cut at any point of a reset: the next run finishes it with the s
   }
 })
 
-t.test('a full flash: the reset is scheduled with the reserve and runs without free space', async (t) => {
+await t.test('a full flash: the reset is scheduled with the reserve and runs without free space', async (t) => {
   const d = device(t)
   const flash = `${d.dir}/small`
   fs.mkdirSync(flash)
@@ -205,7 +205,7 @@ t.test('a full flash: the reset is scheduled with the reserve and runs without f
   t.notOk(fs.existsSync(`${flash}/.ovroot/reserve`), 'the reserve paid for the marker')
 })
 
-t.test('keep-list syntax', async (t) => {
+await t.test('keep-list syntax', async (t) => {
   t.same(parseKeepList('# comment\n/etc/a\n  /etc/b/  # trailing\n\nrelative/ignored\n'), ['/etc/a', '/etc/b/'])
   const glob = (pattern: string, path: string): boolean => globToRegExp(pattern).test(path)
   t.ok(glob('/etc/*.conf', '/etc/x.conf'))

@@ -6,8 +6,11 @@
  * is ASCII; other text gets Markus Kuhn's wcwidth rules, which are what
  * terminals use to lay out columns.
  */
+// eslint-disable-next-line no-control-regex -- ANSI escapes start with ESC and end with BEL: matching them is the point
 const ANSI_ESCAPE = /\u001b\[[0-9;]*[A-Za-z]|\u001b\]8;;[^\u0007]*\u0007/g
 const PRINTABLE_ASCII = /^[\u0020-\u007e]*$/
+// Control characters and combining marks, each one code point of no width: matched one at a time on purpose.
+// eslint-disable-next-line no-control-regex, no-misleading-character-class -- as said above
 const ZERO_WIDTH = /[\u0000-\u001f\u007f-\u009f\u0300-\u036f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufe00-\ufe0f\ufeff]/u
 
 /** [first, last] code points that take two columns. */

@@ -76,7 +76,10 @@ function sameEntry(a: UpperEntry, b: UpperEntry): boolean {
     a.devMinor === b.devMinor &&
     a.mtime === b.mtime &&
     a.xattrs.length === b.xattrs.length &&
-    a.xattrs.every(([name, value], i) => b.xattrs[i]?.[0] === name && b.xattrs[i]?.[1].equals(value))
+    a.xattrs.every(([name, value], i) => {
+      const other = b.xattrs[i]
+      return other !== undefined && other[0] === name && other[1].equals(value)
+    })
   )
 }
 

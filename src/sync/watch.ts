@@ -30,7 +30,8 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
   let timer: NodeJS.Timeout | undefined
   let running: Promise<void> | undefined
   let warnedFull = false
-  let failed = false
+  // An object, not a let: the callbacks set it, and TypeScript would take a let for still false at the end.
+  const last = { failed: false }
   const log = (line: string): void => {
     process.stderr.write(`ovroot sync: ${line}\n`)
   }
@@ -52,9 +53,9 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
       }
       if (outcome.result.written + outcome.result.removed > 0) recordSync(runDir, outcome.result.written + outcome.result.removed, outcome.result.bytes)
       else update(({ pendingSince: _synced, waiting: _cleared, ...current }) => current)
-      failed = false
+      last.failed = false
     } catch (error) {
-      failed = true
+      last.failed = true
       firstChange ??= changesFrom
       log(`sync failed: ${error instanceof OvrootError ? error.message : String(error)}; retrying after the next change or in ${config.sync.quiet} s`)
       schedule()
@@ -129,6 +130,6 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
     process.once('SIGINT', stop)
   })
   update((stats) => ({ ...stats, watcher: 'stopped' }))
-  if (failed) throw new OvrootError('ESYNC', ExitCode.io, 'the last sync before stopping failed: changes since the previous sync are only in RAM')
+  if (last.failed) throw new OvrootError('ESYNC', ExitCode.io, 'the last sync before stopping failed: changes since the previous sync are only in RAM')
   return ExitCode.ok
 }

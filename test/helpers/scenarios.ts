@@ -3,6 +3,7 @@
  * lab's own architecture, test/device-arm64.test.ts on arm64): archArgs
  * picks the device's CPU.
  */
+import type { Test } from 'tap'
 import { createHash } from 'node:crypto'
 import * as fs from 'node:fs'
 import { changesFrom, run, statusFrom, workspace } from './lab.js'
@@ -33,7 +34,7 @@ export const EXPECTED_DIFF = [
 ]
 
 /** A medium's life: first boot, persistence, reset with a keep list. */
-export function lifecycle(t: Tap.Test, media: string, archArgs: string[] = []): void {
+export function lifecycle(t: Test, media: string, archArgs: string[] = []): void {
   const flash = `${workspace(t)}/${media}.flash`
   const args = [...archArgs, '--media', media, '--flash', flash]
 
@@ -62,7 +63,7 @@ export function lifecycle(t: Tap.Test, media: string, archArgs: string[] = []): 
 }
 
 /** Random bytes where the flash should be: the device boots on RAM, says why, and leaves the flash alone. */
-export function corruptFlash(t: Tap.Test, archArgs: string[] = []): void {
+export function corruptFlash(t: Test, archArgs: string[] = []): void {
   const flash = `${workspace(t)}/nor.flash`
   fs.writeFileSync(flash, Buffer.from(Array.from({ length: 8 << 20 }, (_, i) => (i * 2654435761) >>> 24)))
   const before = createHash('sha256').update(fs.readFileSync(flash)).digest('hex')
