@@ -1,9 +1,10 @@
-// ESLint over the TypeScript of src/, qemu/ and test/, with typescript-eslint's type-checked rules.
+// ESLint over src/, qemu/ and test/: the TypeScript with typescript-eslint's type-checked rules, the .mjs benchmarks without types.
 import js from '@eslint/js'
+import globals from 'globals'
 import tseslint from 'typescript-eslint'
 
 export default tseslint.config(
-  { ignores: ['dist/', 'qemu/build/', 'qemu/cache/', 'node_modules/', '.tap/', '.scratch/', 'test/bench/'] },
+  { ignores: ['dist/', 'qemu/build/', 'qemu/cache/', 'node_modules/', '.tap/', '.scratch/'] },
   js.configs.recommended,
   ...tseslint.configs.recommendedTypeChecked,
   {
@@ -25,7 +26,9 @@ export default tseslint.config(
     rules: { '@typescript-eslint/require-await': 'off' },
   },
   {
+    // The benchmarks (test/bench/*.mjs) are plain Node scripts: no types to check.
     files: ['**/*.js', '**/*.mjs'],
     ...tseslint.configs.disableTypeChecked,
+    languageOptions: { globals: globals.node },
   },
 )
