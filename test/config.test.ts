@@ -20,7 +20,7 @@ function catchError(action: () => unknown): Error | undefined {
 
 const shipped = fs.readFileSync(new URL('../etc/ovroot.conf', import.meta.url), 'utf8')
 
-t.test('etc/ovroot.conf documents every key with its default', async (t) => {
+await t.test('etc/ovroot.conf documents every key with its default', async (t) => {
   t.same(parseConfig(shipped, 'etc/ovroot.conf'), defaultConfig())
   const document = parse(shipped) as Record<string, Record<string, string>>
   for (const [section, keys] of Object.entries(SCHEMA)) {
@@ -28,7 +28,7 @@ t.test('etc/ovroot.conf documents every key with its default', async (t) => {
   }
 })
 
-t.test('values are parsed into their types', async (t) => {
+await t.test('values are parsed into their types', async (t) => {
   const config = parseConfig('[overlay]\nlower = /rom /rom2\noptions = redirect_dir=on,metacopy=on\n[flash]\ndrivers = ubi ram\nreformat_corrupt = yes\n[boot]\ntimeout = 5\n', 'x.conf')
   t.same(config.overlay.lower, ['/rom', '/rom2'])
   t.same(config.overlay.options, ['redirect_dir=on', 'metacopy=on'])
@@ -39,7 +39,7 @@ t.test('values are parsed into their types', async (t) => {
   t.same(sync, { enabled: true, quiet: 10, max_delay: 300, budget: 64 << 20, exclude: ['/tmp', '/var/log/*.tmp'] }, '[sync] keys, budget with a unit')
 })
 
-t.test('errors name the file, the section, the key and what was expected', async (t) => {
+await t.test('errors name the file, the section, the key and what was expected', async (t) => {
   const cases: [string, RegExp][] = [
     ['[flash]\nreformat_corrupt = maybe\n', /^x\.conf: \[flash\] reformat_corrupt = maybe: expected yes or no$/],
     ['[flash]\ndrivers = mtd floppy\n', /^x\.conf: \[flash\] drivers = mtd floppy: expected a list of media drivers from mtd, ubi, block, ram$/],
@@ -60,7 +60,7 @@ t.test('errors name the file, the section, the key and what was expected', async
   }
 })
 
-t.test('kernel command-line overrides go through the same validation', async (t) => {
+await t.test('kernel command-line overrides go through the same validation', async (t) => {
   const config = defaultConfig()
   applyOverride(config, 'kernel command line', 'flash.drivers', 'ram')
   t.same(config.flash.drivers, ['ram'])
@@ -68,7 +68,7 @@ t.test('kernel command-line overrides go through the same validation', async (t)
   t.throws(() => applyOverride(config, 'kernel command line', 'nodots', '1'), /expected section\.key/)
 })
 
-t.test('a bad configuration stops the command with exit status 3 and one line', async (t) => {
+await t.test('a bad configuration stops the command with exit status 3 and one line', async (t) => {
   const file = `${fs.mkdtempSync(`${os.tmpdir()}/ovroot-conf-`)}/bad.conf`
   fs.writeFileSync(file, '[flash]\nreformat_corrupt = maybe\n')
   const result = ovroot(['diff', '--config', file])
@@ -76,7 +76,7 @@ t.test('a bad configuration stops the command with exit status 3 and one line', 
   t.equal(result.stderr, `ovroot: ${file}: [flash] reformat_corrupt = maybe: expected yes or no\n`)
 })
 
-t.test('a --config FILE given explicitly is read and validated even when --lower and --upper make it unnecessary', async (t) => {
+await t.test('a --config FILE given explicitly is read and validated even when --lower and --upper make it unnecessary', async (t) => {
   const dir = fs.mkdtempSync(`${os.tmpdir()}/ovroot-conf-`)
   fs.mkdirSync(`${dir}/lower`)
   fs.mkdirSync(`${dir}/upper`)
@@ -89,7 +89,7 @@ t.test('a --config FILE given explicitly is read and validated even when --lower
   t.match(bad.stderr, /\[flash\] frobnicate: unknown key/)
 })
 
-t.test('--version and --help', async (t) => {
+await t.test('--version and --help', async (t) => {
   const pkg = JSON.parse(fs.readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
   t.equal(VERSION, pkg.version, 'src/version.ts follows package.json')
   t.equal(ovroot(['--version']).stdout.trim(), pkg.version)
@@ -102,7 +102,7 @@ t.test('--version and --help', async (t) => {
   t.match(none.stderr, /a command is required/)
 })
 
-t.test('status and reset outside a device booted by ovroot: one line, exit 4', async (t) => {
+await t.test('status and reset outside a device booted by ovroot: one line, exit 4', async (t) => {
   const dir = fs.mkdtempSync(`${os.tmpdir()}/ovroot-status-`)
   const config = `${dir}/ovroot.conf`
   fs.writeFileSync(config, `[boot]\nrun_dir = ${dir}/run\n`)

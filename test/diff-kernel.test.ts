@@ -11,9 +11,9 @@ import { diffJson, MOUNT_VARIANTS, mountOverlay, oracle, scratch, snapshot, unmo
 import { random, randomLower, randomOperation, STANDARD_LOWER, STANDARD_OPERATIONS, writeTree } from './helpers/mutate.js'
 
 for (const [variant, options] of Object.entries(MOUNT_VARIANTS)) {
-  t.test(`every kind of change, ${variant}`, async (t) => {
+  await t.test(`every kind of change, ${variant}`, async (t) => {
     const s = scratch()
-    t.teardown(s.cleanup)
+    t.teardown(() => s.cleanup())
     const [lower, upper, work, merged] = ['lower', 'upper', 'work', 'merged'].map((name) => `${s.dir}/${name}`) as [string, string, string, string]
     writeTree(lower, STANDARD_LOWER)
     setXattr(`${lower}/etc/profile`, 'user.tag', Buffer.from('lower'))
@@ -43,7 +43,7 @@ for (const [variant, options] of Object.entries(MOUNT_VARIANTS)) {
     }
   })
 
-  t.test(`randomised changes, ${variant}`, async (t) => {
+  await t.test(`randomised changes, ${variant}`, async (t) => {
     for (const seed of [1, 2, 3, 4, 5]) {
       const s = scratch()
       const [lower, upper, work, merged] = ['lower', 'upper', 'work', 'merged'].map((name) => `${s.dir}/${name}`) as [string, string, string, string]

@@ -11,7 +11,7 @@ import * as net from 'node:net'
 import * as path from 'node:path'
 import { getXattr, listXattrs, lstat, makeNode, removeXattr, setXattr } from '../src/sys/libc.js'
 import { SYSCALLS, syscallNumbers } from '../src/sys/platform.js'
-import type { EntryStat } from '../src/overlay/types.js'
+import type { EntryStat } from '../src/sys/types.js'
 import { OVROOT, cleanEnvironment, mountOverlay, scratch } from './helpers/overlay.js'
 
 const FIVE_GIB = 5 * 1024 ** 3
@@ -86,9 +86,9 @@ function nodeView(file: string): EntryStat {
   }
 }
 
-t.test('statx through the binding equals fs.lstatSync for every kind of entry', async (t) => {
+await t.test('statx through the binding equals fs.lstatSync for every kind of entry', async (t) => {
   const s = scratch()
-  t.teardown(s.cleanup)
+  t.teardown(() => s.cleanup())
   await varied(`${s.dir}/plain`)
   // xino gives every entry of a two-filesystem overlay an inode number with its layer in the top bits: above 2^63.
   const [lower, upperFs, merged] = ['lower', 'upperfs', 'merged'].map((name) => `${s.dir}/${name}`) as [string, string, string]
@@ -117,9 +117,9 @@ t.test('statx through the binding equals fs.lstatSync for every kind of entry', 
   t.equal(lstat(`${s.dir}/plain/empty/below`), undefined, 'a path through a file is undefined')
 })
 
-t.test('xattrs round-trip with setfattr and getfattr', async (t) => {
+await t.test('xattrs round-trip with setfattr and getfattr', async (t) => {
   const s = scratch()
-  t.teardown(s.cleanup)
+  t.teardown(() => s.cleanup())
   const file = `${s.dir}/file`
   const link = `${s.dir}/link`
   fs.writeFileSync(file, '')
@@ -150,14 +150,14 @@ t.test('xattrs round-trip with setfattr and getfattr', async (t) => {
   t.throws(() => removeXattr(file, 'user.never-set'), { code: 'ENODATA' }, 'removing a missing xattr fails with its errno')
 })
 
-t.test('mknod rejects a device number the kernel cannot encode', async (t) => {
+await t.test('mknod rejects a device number the kernel cannot encode', async (t) => {
   const s = scratch()
-  t.teardown(s.cleanup)
+  t.teardown(() => s.cleanup())
   t.throws(() => makeNode(`${s.dir}/big`, 'char', 0o600, 4096, 0), { code: 'EINVAL', message: /device 4096:0 is out of range/ })
   t.notOk(fs.existsSync(`${s.dir}/big`), 'nothing created')
 })
 
-t.test('the system-call table', async (t) => {
+await t.test('the system-call table', async (t) => {
   t.same(syscallNumbers(), SYSCALLS[process.arch], 'this machine\'s architecture is in the table')
   for (const arch of ['x64', 'arm64', 'arm', 'ia32', 'ppc64', 's390x', 'riscv64', 'loong64']) t.ok(SYSCALLS[arch], `${arch} is in the table`)
   const header = '/usr/include/x86_64-linux-gnu/asm/unistd_64.h'
@@ -175,9 +175,9 @@ function ovrootAs(arch: string, dir: string, args: string[]): { status: number; 
   return { status: result.status ?? -1, stderr: result.stderr }
 }
 
-t.test('an unsupported platform gets one line and exit 4', async (t) => {
+await t.test('an unsupported platform gets one line and exit 4', async (t) => {
   const s = scratch()
-  t.teardown(s.cleanup)
+  t.teardown(() => s.cleanup())
   fs.mkdirSync(`${s.dir}/lower`)
   fs.mkdirSync(`${s.dir}/upper`)
   const unknown = ovrootAs('sparc', s.dir, ['diff', '--lower', `${s.dir}/lower`, '--upper', `${s.dir}/upper`])

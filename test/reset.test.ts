@@ -2,11 +2,12 @@
  * Factory reset of real, kernel-written uppers: what goes, what stays and with
  * which metadata, and recovery from every state a power cut can leave.
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { execFileSync } from 'node:child_process'
 import * as fs from 'node:fs'
 import { getXattr, listXattrs, removeXattr, setXattr } from '../src/sys/libc.js'
-import { globToRegExp, parseKeepList } from '../src/reset/keep.js'
+import { globToRegExp } from '../src/glob.js'
+import { parseKeepList } from '../src/reset/keep.js'
 import { mountOverlay, ovroot, scratch, snapshot, unmount, upperSnapshot } from './helpers/overlay.js'
 import { move, writeTree } from './helpers/mutate.js'
 
@@ -20,9 +21,9 @@ interface Device {
 }
 
 /** A device with this firmware and an empty upper, its overlay mounted for the user's changes. */
-function mountedDevice(t: Tap.Test, firmware: Parameters<typeof writeTree>[1], options: string[]): Device {
+function mountedDevice(t: Test, firmware: Parameters<typeof writeTree>[1], options: string[]): Device {
   const s = scratch()
-  t.teardown(s.cleanup)
+  t.teardown(() => s.cleanup())
   const d: Device = { dir: s.dir, lower: `${s.dir}/rom`, upper: `${s.dir}/flash/upper`, work: `${s.dir}/flash/work`, merged: `${s.dir}/merged`, config: `${s.dir}/ovroot.conf` }
   writeTree(d.lower, firmware)
   fs.mkdirSync(d.upper, { recursive: true })
@@ -32,7 +33,7 @@ function mountedDevice(t: Tap.Test, firmware: Parameters<typeof writeTree>[1], o
 }
 
 /** A device whose upper the kernel wrote: user files, hidden files, keep-list material. */
-function device(t: Tap.Test): Device {
+function device(t: Test): Device {
   const d = mountedDevice(t, {
     '/etc/config/network': 'lan\n',
     '/etc/sysupgrade.conf': '# kept across resets\n/etc/dropbear/\n/etc/glob-*.conf\n',
@@ -63,7 +64,7 @@ function device(t: Tap.Test): Device {
 const reset = (d: Device, ...args: string[]) => ovroot(['reset', '--config', d.config, '--upper', d.upper, ...args])
 
 /** The merged view after a remount. */
-function mergedView(t: Tap.Test, d: Device, options: string[] = []): ReturnType<typeof snapshot> {
+function mergedView(t: Test, d: Device, options: string[] = []): ReturnType<typeof snapshot> {
   fs.mkdirSync(d.work, { recursive: true })
   mountOverlay(d.merged, [d.lower], d.upper, d.work, options)
   const view = snapshot(d.merged)
@@ -72,7 +73,7 @@ function mergedView(t: Tap.Test, d: Device, options: string[] = []): ReturnType<
   return view
 }
 
-t.test('the keep list: config, OpenWrt list files as edited by the user, --keep; globs', async (t) => {
+await t.test('the keep list: config, OpenWrt list files as edited by the user, --keep; globs', async (t) => {
   const d = device(t)
   const plan = reset(d, '--dry-run', '--keep', '/root/.ssh')
   t.equal(plan.status, 0, plan.stderr)
@@ -99,7 +100,7 @@ t.test('the keep list: config, OpenWrt list files as edited by the user, --keep;
   t.ok(fs.existsSync(`${d.upper}/.hidden-at-top`), '--dry-run changes nothing')
 })
 
-t.test('reset of an unmounted upper: factory state plus the kept paths, metadata intact', async (t) => {
+await t.test('reset of an unmounted upper: factory state plus the kept paths, metadata intact', async (t) => {
   const d = device(t)
   const result = reset(d, '--yes', '--keep', '/root/.ssh')
   t.equal(result.status, 0, result.stderr)
@@ -116,7 +117,7 @@ t.test('reset of an unmounted upper: factory state plus the kept paths, metadata
   t.notOk(fs.existsSync(`${d.dir}/flash/.ovroot/reset`), 'no reset is left pending')
 })
 
-t.test('refusals: no confirmation, a live layer (upper, lower, or a directory holding one), no boot record', async (t) => {
+await t.test('refusals: no confirmation, a live layer (upper, lower, or a directory holding one), no boot record', async (t) => {
   const d = device(t)
   const noTerminal = reset(d)
   t.equal(noTerminal.status, 7, 'without a terminal, --yes is required')
@@ -140,7 +141,7 @@ t.test('refusals: no confirmation, a live layer (upper, lower, or a directory ho
   t.match(live.stderr, /use --upper DIR/)
 })
 
-t.test('a reset of some paths: only they return to the firmware state', async (t) => {
+await t.test('a reset of some paths: only they return to the firmware state', async (t) => {
   const d = device(t)
   const before = snapshot(d.upper)
   const result = reset(d, '--yes', '/etc/config', '/root/')
@@ -153,7 +154,7 @@ t.test('a reset of some paths: only they return to the firmware state', async (t
   t.equal(reset(d, '--yes', 'relative').status, 2, 'paths are absolute')
 })
 
-t.test('a power cut at any point of a reset: the next run finishes the committed reset, whatever the keep lists say now', async (t) => {
+await t.test('a power cut at any point of a reset: the next run finishes the committed reset, whatever the keep lists say now', async (t) => {
   const keep = ['/etc/by-config', '/etc/dropbear', '/etc/glob-*.conf', '/etc/user-added']
   const reference = device(t)
   t.equal(reset(reference, '--yes').status, 0)
@@ -212,7 +213,7 @@ const MARKED_KEEP_LIST = ['/etc/config/kept', '/etc/config/-odd*', '/srv/www/cus
  * /srv/www (a redirect, where the namespace allows one), /usr/share/doc
  * replaced by a directory of the user's own (opaque, removed whole by a reset).
  */
-function markedDevice(t: Tap.Test, namespace: Namespace): Device {
+function markedDevice(t: Test, namespace: Namespace): Device {
   const d = mountedDevice(t, {
     '/etc/config/network': 'lan\n',
     '/etc/config/system': 'hostname\n',
@@ -247,7 +248,7 @@ function markedDevice(t: Tap.Test, namespace: Namespace): Device {
 }
 
 for (const [label, namespace] of Object.entries(NAMESPACES)) {
-  t.test(`kept paths below opaque and redirected directories (${label}): the firmware shows through again`, async (t) => {
+  await t.test(`kept paths below opaque and redirected directories (${label}): the firmware shows through again`, async (t) => {
     const d = markedDevice(t, namespace)
     const before = mergedView(t, d, namespace.options)
     const result = reset(d, '--yes')
@@ -268,7 +269,7 @@ function withoutDirectoryTimes(entries: Map<string, string>): Map<string, string
   return new Map([...entries].map(([path, entry]) => [path, entry.replace(/^(dir \S+ \S+ \S+) \d+ /, '$1 - ')]))
 }
 
-t.test('a power cut inside a directory being pruned: the next run finishes to the same upper, kept files intact', async (t) => {
+await t.test('a power cut inside a directory being pruned: the next run finishes to the same upper, kept files intact', async (t) => {
   const d = markedDevice(t, NAMESPACES['trusted.overlay., redirect_dir=on'])
   /** A copy of the device's upper (same filesystem: same inodes' handles in origin xattrs, same times). */
   const copy = (name: string): Device => {
@@ -324,7 +325,7 @@ t.test('a power cut inside a directory being pruned: the next run finishes to th
   }
 })
 
-t.test('a full flash: the reset is scheduled with the reserve and runs without free space', async (t) => {
+await t.test('a full flash: the reset is scheduled with the reserve and runs without free space', async (t) => {
   const d = device(t)
   const flash = `${d.dir}/small`
   fs.mkdirSync(flash)
@@ -347,7 +348,7 @@ t.test('a full flash: the reset is scheduled with the reserve and runs without f
   t.notOk(fs.existsSync(`${flash}/.ovroot/reserve`), 'the reserve paid for the marker')
 })
 
-t.test('keep-list syntax', async (t) => {
+await t.test('keep-list syntax', async (t) => {
   t.same(parseKeepList('# comment\n/etc/a\n  /etc/b/  # trailing\n\nrelative/ignored\n'), ['/etc/a', '/etc/b/'])
   const glob = (pattern: string, path: string): boolean => globToRegExp(pattern).test(path)
   t.ok(glob('/etc/*.conf', '/etc/x.conf'))

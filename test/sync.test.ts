@@ -5,15 +5,16 @@
  * ends old-or-new; the daemon catches a file in a directory created a moment
  * before; a scheduled reset is never undone by a sync.
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { spawn } from 'node:child_process'
 import * as fs from 'node:fs'
 import { OverlayXattrs } from '../src/overlay/xattrs.js'
 import { applyPending } from '../src/pending/apply.js'
 import { setModificationTime } from '../src/sys/entries.js'
-import { commitPending, type FlashLayout, type PendingChange } from '../src/pending/marker.js'
+import { commitPending, type PendingChange } from '../src/pending/marker.js'
 import { cleanEnvironment, mountOverlay, OVROOT, ovroot, scratch, snapshot, unmount, upperSnapshot as fullSnapshot, withoutAtime, withoutSharedWhiteouts } from './helpers/overlay.js'
 import { random, randomLower, randomOperation, STANDARD_LOWER, STANDARD_OPERATIONS, writeTree } from './helpers/mutate.js'
+import type { FlashLayout } from '../src/state/flash.js'
 
 /** What a sync keeps: mtimes to the microsecond (its quick check), no atimes (reads move them; devices mount noatime). */
 const upperSnapshot = (root: string): Map<string, string> =>
@@ -29,9 +30,9 @@ interface Device {
 }
 
 /** A device booted with [sync] enabled: the upper on a tmpfs, the flash holding its copy, a boot record saying so. */
-function device(t: Tap.Test, options: { exclude?: string; quiet?: number; lower?: (root: string) => void } = {}): Device {
+function device(t: Test, options: { exclude?: string; quiet?: number; lower?: (root: string) => void } = {}): Device {
   const s = scratch()
-  t.teardown(s.cleanup)
+  t.teardown(() => s.cleanup())
   const d: Device = { dir: s.dir, lower: `${s.dir}/lower`, ram: `${s.dir}/ram`, flash: `${s.dir}/flash`, merged: `${s.dir}/merged`, config: `${s.dir}/ovroot.conf` }
   if (options.lower) options.lower(d.lower)
   else writeTree(d.lower, STANDARD_LOWER)
@@ -75,7 +76,7 @@ async function scanBeganNow(d: Device): Promise<void> {
   await new Promise((resolve) => setTimeout(resolve, 50))
 }
 
-t.test('after every kind of change and seeded random ones, the flash copy equals the RAM upper', async (t) => {
+await t.test('after every kind of change and seeded random ones, the flash copy equals the RAM upper', async (t) => {
   const d = device(t)
   for (const operation of Object.values(STANDARD_OPERATIONS)) operation(d.merged)
   const first = sync(d)
@@ -104,7 +105,7 @@ t.test('after every kind of change and seeded random ones, the flash copy equals
   t.ok(status.syncing.bytesToday > 0, 'and the bytes written today')
 })
 
-t.test('random lowers and change sequences, each synced', async (t) => {
+await t.test('random lowers and change sequences, each synced', async (t) => {
   for (const seed of [5, 6]) {
     const next = random(seed * 7907)
     const d = device(t, { lower: (root) => randomLower(root, next) })
@@ -123,7 +124,7 @@ t.test('random lowers and change sequences, each synced', async (t) => {
   }
 })
 
-t.test('only what changed is written; an idle sync writes nothing at all', async (t) => {
+await t.test('only what changed is written; an idle sync writes nothing at all', async (t) => {
   const d = device(t)
   fs.writeFileSync(`${d.merged}/etc/big`, Buffer.alloc(1 << 20, 1))
   fs.writeFileSync(`${d.merged}/etc/small`, 'small\n')
@@ -141,7 +142,7 @@ t.test('only what changed is written; an idle sync writes nothing at all', async
   t.notOk(fs.existsSync(`${d.flash}/.ovroot/staged`) || fs.existsSync(`${d.flash}/.ovroot/pending`), 'no journal left')
 })
 
-t.test('a sync compares only entries changed since the last one began, and uses no baseline it cannot trust', async (t) => {
+await t.test('a sync compares only entries changed since the last one began, and uses no baseline it cannot trust', async (t) => {
   const d = device(t)
   const same = (message: string): void => {
     t.same(withoutSharedWhiteouts(upperSnapshot(`${d.flash}/upper`)), withoutSharedWhiteouts(upperSnapshot(`${d.ram}/upper`)), message)
@@ -165,7 +166,7 @@ t.test('a sync compares only entries changed since the last one began, and uses 
   const [upper, namespace] = JSON.parse(trusted.source) as [string, string]
   // A baseline from the future would hide every change, if it were used.
   const hiding = { ...trusted, since: Date.now() + 3_600_000 }
-  const untrusted: [string, object][] = [
+  const untrusted: [string, object | string][] = [
     ['another boot', { ...hiding, boot: '00000000-0000-0000-0000-000000000000' }],
     ['other excludes', { ...hiding, source: JSON.stringify([upper, namespace, ['/srv/one']]) }],
     ['a clock stepped back since', { ...hiding, clockOffset: hiding.clockOffset + 10_000 }],
@@ -185,7 +186,7 @@ t.test('a sync compares only entries changed since the last one began, and uses 
   t.notOk(fs.existsSync(baselineFile), 'any committed change to the flash copy drops the baseline')
 })
 
-t.test('excluded paths are never persisted, and their old copy goes', async (t) => {
+await t.test('excluded paths are never persisted, and their old copy goes', async (t) => {
   const d = device(t, { exclude: '/var/log/*.tmp /root/.cache' })
   fs.mkdirSync(`${d.merged}/var/log`, { recursive: true })
   fs.writeFileSync(`${d.merged}/var/log/app.tmp`, 'scratch\n')
@@ -200,7 +201,7 @@ t.test('excluded paths are never persisted, and their old copy goes', async (t) 
   t.notOk(fs.existsSync(`${d.flash}/upper/root/.cache`), 'a directory is excluded whole, its old copy removed')
 })
 
-t.test('a power cut at any point of a sync: the next sync or boot ends in the old or the new state', async (t) => {
+await t.test('a power cut at any point of a sync: the next sync or boot ends in the old or the new state', async (t) => {
   const xattrs = new OverlayXattrs('trusted')
   const layout = (root: string): FlashLayout => ({ root, upperName: 'upper' })
   // The flat staging a sync leaves: entry N takes the place of moves[N]. /etc/new is new, so it is staged
@@ -226,7 +227,7 @@ t.test('a power cut at any point of a sync: the next sync or boot ends in the ol
   }
   for (const [name, cut] of Object.entries(states)) {
     const s = scratch()
-    t.teardown(s.cleanup)
+    t.teardown(() => s.cleanup())
     const root = `${s.dir}/flash`
     writeTree(`${root}/upper`, { '/etc/a': 'old a\n', '/etc/b': 'old b\n', '/etc/gone': 'old\n', '/usr/kept': 'kept\n' })
     setModificationTime(`${root}/upper/etc`, etcTime)
@@ -251,7 +252,7 @@ t.test('a power cut at any point of a sync: the next sync or boot ends in the ol
   }
 })
 
-t.test('a scheduled reset is never undone by a sync', async (t) => {
+await t.test('a scheduled reset is never undone by a sync', async (t) => {
   const d = device(t)
   fs.writeFileSync(`${d.merged}/etc/x`, 'x\n')
   fs.mkdirSync(`${d.flash}/.ovroot`, { recursive: true })
@@ -263,7 +264,7 @@ t.test('a scheduled reset is never undone by a sync', async (t) => {
   t.ok(fs.existsSync(`${d.flash}/.ovroot/pending`), 'the reset is still scheduled')
 })
 
-t.test('--to DIR mirrors the upper; a live layer is refused; without [sync] the device flash is refused', async (t) => {
+await t.test('--to DIR mirrors the upper; a live layer is refused; without [sync] the device flash is refused', async (t) => {
   const d = device(t)
   fs.writeFileSync(`${d.merged}/etc/usb`, 'to the stick\n')
   const mirrored = sync(d, '--to', `${d.dir}/usb`)
@@ -290,7 +291,7 @@ function directoriesIn(root: string): number {
   return 1 + fs.readdirSync(root, { withFileTypes: true, recursive: true }).filter((entry) => entry.isDirectory()).length
 }
 
-t.test('--watch: a file in a directory created a moment before is persisted after [sync] quiet, and SIGTERM syncs once more', async (t) => {
+await t.test('--watch: a file in a directory created a moment before is persisted after [sync] quiet, and SIGTERM syncs once more', async (t) => {
   const d = device(t, { quiet: 1 })
   for (let i = 0; i < 5; i++) writeTree(`${d.merged}/srv/site${i}`, Object.fromEntries(Array.from({ length: 20 }, (_, j) => [`/page${j}`, `${i}.${j}\n`])))
   const daemon = spawn(process.execPath, [OVROOT, 'sync', '--watch', '--config', d.config], { env: cleanEnvironment(), stdio: ['ignore', 'ignore', 'pipe'] })

@@ -106,14 +106,15 @@ async function boot(options: BootOptions): Promise<number> {
   let console = ''
   let printed = 0
   let status: number | undefined
-  let cut = false
+  // An object, not a let: the timer sets it, and TypeScript would take a let for still false at the end.
+  const power = { cut: false }
   let begun = false
   let cutArmed = false
   const armCut = (): void => {
     if (cutArmed || options.cutAfter === undefined) return
     cutArmed = true
     setTimeout(() => {
-      cut = true
+      power.cut = true
       child.kill('SIGKILL')
     }, options.cutAfter * 1000)
   }
@@ -145,7 +146,7 @@ async function boot(options: BootOptions): Promise<number> {
   const exit = await new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))
   clearTimeout(timer)
   log.end()
-  if (cut) {
+  if (power.cut) {
     process.stderr.write('qemu/vm: power cut\n')
     return 137
   }

@@ -79,18 +79,18 @@ export class Encrypt extends Transform {
     this.pending = Buffer.concat([this.pending, chunk])
     // Keep the last chunk back: only at the end is it known to be the final one.
     while (this.pending.length > CHUNK) {
-      this.seal(this.pending.subarray(0, CHUNK), false)
+      this.seal(this.pending.subarray(0, CHUNK), { final: false })
       this.pending = this.pending.subarray(CHUNK)
     }
     done()
   }
 
   override _flush(done: TransformCallback): void {
-    this.seal(this.pending, true)
+    this.seal(this.pending, { final: true })
     done()
   }
 
-  private seal(plain: Buffer, final: boolean): void {
+  private seal(plain: Buffer, { final }: { final: boolean }): void {
     const cipher = createCipheriv('aes-256-gcm', this.key, nonce(this.prefix, this.index++))
     cipher.setAAD(aad(this.header, final))
     const body = Buffer.concat([cipher.update(plain), cipher.final(), cipher.getAuthTag()])
@@ -116,7 +116,7 @@ export class Decrypt extends Transform {
   override _transform(chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback): void {
     this.pending = Buffer.concat([this.pending, chunk])
     try {
-      this.drain(false)
+      this.drain({ atEnd: false })
       done()
     } catch (error) {
       done(error as Error)
@@ -125,7 +125,7 @@ export class Decrypt extends Transform {
 
   override _flush(done: TransformCallback): void {
     try {
-      this.drain(true)
+      this.drain({ atEnd: true })
       if (!this.sawFinal) throw tampered('it ends before its last chunk: truncated')
       done()
     } catch (error) {
@@ -133,7 +133,7 @@ export class Decrypt extends Transform {
     }
   }
 
-  private drain(atEnd: boolean): void {
+  private drain({ atEnd }: { atEnd: boolean }): void {
     if (!this.header) {
       if (this.pending.length < HEADER_BYTES) {
         if (atEnd) throw tampered('shorter than its header')
@@ -150,7 +150,7 @@ export class Decrypt extends Transform {
       // Whether a chunk is the last is known only once something follows it, or the stream ends.
       if (this.pending.length < total || (!atEnd && this.pending.length === total)) break
       const final = atEnd && this.pending.length === total
-      this.open(this.pending.subarray(4, 4 + length), this.pending.subarray(4 + length, total), final)
+      this.open(this.pending.subarray(4, 4 + length), this.pending.subarray(4 + length, total), { final })
       this.pending = this.pending.subarray(total)
     }
     if (atEnd && this.pending.length > 0) throw tampered('it ends inside a chunk: truncated')
@@ -168,7 +168,7 @@ export class Decrypt extends Transform {
     this.key = keys.cipher
   }
 
-  private open(ciphertext: Buffer, tag: Buffer, final: boolean): void {
+  private open(ciphertext: Buffer, tag: Buffer, { final }: { final: boolean }): void {
     const decipher = createDecipheriv('aes-256-gcm', this.key ?? Buffer.alloc(32), nonce((this.header ?? Buffer.alloc(HEADER_BYTES)).subarray(27, 35), this.index))
     decipher.setAAD(aad(this.header ?? Buffer.alloc(0), final))
     decipher.setAuthTag(tag)

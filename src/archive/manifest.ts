@@ -39,11 +39,17 @@ export const encodeTrailer = (trailer: BackupTrailer): string => TRAILER_TAG + J
 
 export type GlobalRecord = { kind: 'header'; header: BackupHeader } | { kind: 'trailer'; trailer: BackupTrailer } | { kind: 'other' }
 
+/** What a header must have before the rest of it is read as written. */
+function isBackupHeader(value: unknown): value is BackupHeader {
+  const header = value as { format?: unknown; firmware?: { digest?: unknown } } | null
+  return header?.format === 'ovroot-backup' && typeof header.firmware?.digest === 'string'
+}
+
 export function decodeGlobal(comment: string): GlobalRecord {
   try {
     if (comment.startsWith(HEADER_TAG)) {
-      const header = JSON.parse(comment.slice(HEADER_TAG.length)) as BackupHeader
-      if (header.format !== 'ovroot-backup' || typeof header.firmware?.digest !== 'string') throw new Error('fields')
+      const header: unknown = JSON.parse(comment.slice(HEADER_TAG.length))
+      if (!isBackupHeader(header)) throw new Error('fields')
       if (header.version > FORMAT_VERSION) throw corrupt(`backup format version ${header.version} is newer than this ovroot reads (${FORMAT_VERSION}); update ovroot`)
       return { kind: 'header', header }
     }

@@ -6,7 +6,7 @@
  * than one header block and one extended header, whatever the archive's size.
  */
 import { ExitCode, OvrootError } from '../errors.js'
-import type { EntryKind, UpperEntry } from '../upper/entry.js'
+import type { EntryKind, UpperEntry } from '../sys/types.js'
 
 export type TarType = EntryKind
 
@@ -27,6 +27,32 @@ export const EXTENDED_HEADER_LIMIT = 1 << 20
 
 const TYPE_FLAG: Record<TarType, string> = { file: '0', hardlink: '1', symlink: '2', char: '3', block: '4', dir: '5', fifo: '6' }
 const TYPE_OF_FLAG = new Map<string, TarType>([...Object.entries(TYPE_FLAG).map(([type, flag]) => [flag, type as TarType] as const), ['\0', 'file'], ['7', 'file']])
+
+interface Field {
+  readonly offset: number
+  readonly width: number
+}
+
+/** Where each field of a ustar header block lies, for the writer and the reader alike. */
+const FIELD = {
+  name: { offset: 0, width: 100 },
+  mode: { offset: 100, width: 8 },
+  uid: { offset: 108, width: 8 },
+  gid: { offset: 116, width: 8 },
+  size: { offset: 124, width: 12 },
+  mtime: { offset: 136, width: 12 },
+  checksum: { offset: 148, width: 8 },
+  typeFlag: { offset: 156, width: 1 },
+  linkName: { offset: 157, width: 100 },
+  /** `ustar\0`, then the version `00`. */
+  magic: { offset: 257, width: 6 },
+  version: { offset: 263, width: 2 },
+  devMajor: { offset: 329, width: 8 },
+  devMinor: { offset: 337, width: 8 },
+  prefix: { offset: 345, width: 155 },
+} as const satisfies Record<string, Field>
+
+const fieldText = (block: Buffer, field: Field): string => block.toString('latin1', field.offset, field.offset + field.width)
 
 /** The largest value an octal field of `width` bytes holds (one byte is the terminator). */
 const octalLimit = (width: number): number => 8 ** (width - 1) - 1
@@ -57,24 +83,31 @@ interface HeaderFields {
 
 function ustarHeader(fields: HeaderFields): Buffer {
   const header = Buffer.alloc(BLOCK)
-  const octal = (value: number, offset: number, width: number): void => {
+  const octal = (value: number, { offset, width }: Field): void => {
     header.write(`${Math.min(value, octalLimit(width)).toString(8).padStart(width - 1, '0')}\0`, offset, width, 'latin1')
   }
-  fields.name.copy(header, 0, 0, Math.min(fields.name.length, 100))
-  octal(fields.mode, 100, 8)
-  octal(fields.uid, 108, 8)
-  octal(fields.gid, 116, 8)
-  octal(fields.size, 124, 12)
-  octal(Math.max(0, Math.floor(fields.mtime)), 136, 12)
-  header.write(fields.flag, 156, 1, 'latin1')
-  fields.linkName.copy(header, 157, 0, Math.min(fields.linkName.length, 100))
-  header.write('ustar\x0000', 257, 8, 'latin1')
-  octal(fields.devMajor, 329, 8)
-  octal(fields.devMinor, 337, 8)
-  header.fill(' ', 148, 156)
+  const bytes = (value: Buffer, { offset, width }: Field): void => {
+    value.copy(header, offset, 0, Math.min(value.length, width))
+  }
+  const text = (value: string, { offset, width }: Field): void => {
+    header.write(value, offset, width, 'latin1')
+  }
+  bytes(fields.name, FIELD.name)
+  octal(fields.mode, FIELD.mode)
+  octal(fields.uid, FIELD.uid)
+  octal(fields.gid, FIELD.gid)
+  octal(fields.size, FIELD.size)
+  octal(Math.max(0, Math.floor(fields.mtime)), FIELD.mtime)
+  text(fields.flag, FIELD.typeFlag)
+  bytes(fields.linkName, FIELD.linkName)
+  text('ustar\0', FIELD.magic)
+  text('00', FIELD.version)
+  octal(fields.devMajor, FIELD.devMajor)
+  octal(fields.devMinor, FIELD.devMinor)
+  header.fill(' ', FIELD.checksum.offset, FIELD.checksum.offset + FIELD.checksum.width)
   let sum = 0
   for (const byte of header) sum += byte
-  header.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 8, 'latin1')
+  text(`${sum.toString(8).padStart(6, '0')}\0 `, FIELD.checksum)
   return header
 }
 
@@ -97,15 +130,16 @@ export function entryHeader(entry: TarEntry): Buffer {
   const hole = entry.holeSize !== undefined
   if (hole) {
     records.push(paxRecord('GNU.sparse.major', '1'), paxRecord('GNU.sparse.minor', '0'), paxRecord('GNU.sparse.name', name), paxRecord('GNU.sparse.realsize', String(entry.holeSize)))
-  } else if (name.length > 100 || !isAscii(name)) records.push(paxRecord('path', name))
-  if (linkName.length > 100 || !isAscii(linkName)) records.push(paxRecord('linkpath', linkName))
+  } else if (name.length > FIELD.name.width || !isAscii(name)) records.push(paxRecord('path', name))
+  if (linkName.length > FIELD.linkName.width || !isAscii(linkName)) records.push(paxRecord('linkpath', linkName))
   const size = hole ? BLOCK : entry.size
-  if (size > octalLimit(12)) records.push(paxRecord('size', String(size)))
-  if (entry.uid > octalLimit(8)) records.push(paxRecord('uid', String(entry.uid)))
-  if (entry.gid > octalLimit(8)) records.push(paxRecord('gid', String(entry.gid)))
+  if (size > octalLimit(FIELD.size.width)) records.push(paxRecord('size', String(size)))
+  if (entry.uid > octalLimit(FIELD.uid.width)) records.push(paxRecord('uid', String(entry.uid)))
+  if (entry.gid > octalLimit(FIELD.gid.width)) records.push(paxRecord('gid', String(entry.gid)))
   // ustar holds whole, non-negative seconds and no atime: anything else travels in pax, to the nanosecond.
-  if (entry.mtimeNs % NANOSECONDS !== 0n || entry.mtimeNs < 0n || entry.mtimeNs / NANOSECONDS > octalLimit(12)) records.push(paxRecord('mtime', formatTime(entry.mtimeNs)))
-  records.push(paxRecord('atime', formatTime(entry.atimeNs)))
+  if (entry.mtimeNs % NANOSECONDS !== 0n || entry.mtimeNs < 0n || entry.mtimeNs / NANOSECONDS > octalLimit(FIELD.mtime.width)) records.push(paxRecord('mtime', formatTime(entry.mtimeNs)))
+  // A reader takes a missing atime for the mtime: most files were never read after their last write.
+  if (entry.atimeNs !== entry.mtimeNs) records.push(paxRecord('atime', formatTime(entry.atimeNs)))
   if (entry.comment !== undefined) records.push(paxRecord('comment', entry.comment))
   for (const [xattr, value] of entry.xattrs) records.push(paxRecord(`SCHILY.xattr.${xattr}`, value))
   const ustarName = hole ? Buffer.from(`GNUSparseFile.0/${entry.path.slice(entry.path.lastIndexOf('/') + 1)}`) : name
@@ -247,8 +281,8 @@ export class PaxReader {
     }
     if (this.zeroBlocks > 0) throw corrupt(`a lone zero block at byte ${this.offset - 2 * BLOCK}: the archive is damaged`)
     checkChecksum(block, this.offset - BLOCK)
-    const flag = block.toString('latin1', 156, 157)
-    const size = parseNumber(block, 124, 12, this.offset)
+    const flag = fieldText(block, FIELD.typeFlag)
+    const size = parseNumber(block, FIELD.size, this.offset)
     if (flag === 'x' || flag === 'g' || flag === 'L' || flag === 'K') {
       // Held whole until parsed: its size is the archive's to choose, the memory the device's.
       if (size > EXTENDED_HEADER_LIMIT) throw corrupt(`an extended header of ${size} bytes at byte ${this.offset - BLOCK}, more than the ${EXTENDED_HEADER_LIMIT >> 20} MiB ovroot reads: the archive is damaged or hostile`)
@@ -276,17 +310,17 @@ export class PaxReader {
   private decode(block: Buffer, type: TarType): TarEntry {
     const records = this.overrides.records
     const text = (key: string): string | undefined => records.get(key)?.toString('utf8')
-    const field = (offset: number, width: number): Buffer => {
+    const field = ({ offset, width }: Field): Buffer => {
       const raw = block.subarray(offset, offset + width)
       const end = raw.indexOf(0)
       return raw.subarray(0, end < 0 ? width : end)
     }
-    const prefix = block.toString('latin1', 257, 263) === 'ustar\0' ? field(345, 155) : Buffer.alloc(0)
-    const ustarName = prefix.length > 0 ? Buffer.concat([prefix, Buffer.from('/'), field(0, 100)]) : field(0, 100)
+    const prefix = fieldText(block, FIELD.magic) === 'ustar\0' ? field(FIELD.prefix) : Buffer.alloc(0)
+    const ustarName = prefix.length > 0 ? Buffer.concat([prefix, Buffer.from('/'), field(FIELD.name)]) : field(FIELD.name)
     const rawName = records.get('GNU.sparse.name') ?? records.get('path') ?? this.overrides.longName ?? ustarName
-    const number = (key: string, offset: number, width: number): number => {
+    const number = (key: string, at: Field): number => {
       const value = text(key)
-      if (value === undefined) return parseNumber(block, offset, width, this.offset)
+      if (value === undefined) return parseNumber(block, at, this.offset)
       if (!/^\d+$/.test(value)) throw corrupt(`pax ${key}=${value} at byte ${this.offset - BLOCK} is not a whole number: the archive is damaged`)
       return Number(value)
     }
@@ -297,26 +331,26 @@ export class PaxReader {
       if (ns === undefined) throw corrupt(`pax ${key}=${value} at byte ${this.offset - BLOCK} is not a time: the archive is damaged`)
       return ns
     }
-    const mtimeNs = time('mtime') ?? BigInt(parseNumber(block, 136, 12, this.offset)) * NANOSECONDS
+    const mtimeNs = time('mtime') ?? BigInt(parseNumber(block, FIELD.mtime, this.offset)) * NANOSECONDS
     const xattrs: [string, Buffer][] = []
     for (const [key, value] of records) {
       if (key.startsWith('SCHILY.xattr.')) xattrs.push([key.slice('SCHILY.xattr.'.length), value])
       else if (key.startsWith('LIBARCHIVE.xattr.')) xattrs.push([decodeURIComponent(key.slice('LIBARCHIVE.xattr.'.length)), Buffer.from(value.toString('latin1'), 'base64')])
     }
-    const link = records.get('linkpath') ?? this.overrides.longLink ?? field(157, 100)
+    const link = records.get('linkpath') ?? this.overrides.longLink ?? field(FIELD.linkName)
     return {
       path: normaliseName(rawName.toString('utf8')),
       type,
-      mode: parseNumber(block, 100, 8, this.offset) & 0o7777,
-      uid: number('uid', 108, 8),
-      gid: number('gid', 116, 8),
+      mode: parseNumber(block, FIELD.mode, this.offset) & 0o7777,
+      uid: number('uid', FIELD.uid),
+      gid: number('gid', FIELD.gid),
       mtimeNs,
       // An archive without atime (ustar, sysupgrade) says nothing better than the mtime.
       atimeNs: time('atime') ?? mtimeNs,
-      size: type === 'file' ? number('size', 124, 12) : 0,
+      size: type === 'file' ? number('size', FIELD.size) : 0,
       ...(type === 'symlink' || type === 'hardlink' ? { linkTarget: link.toString('utf8') } : {}),
-      devMajor: type === 'char' || type === 'block' ? parseNumber(block, 329, 8, this.offset) : 0,
-      devMinor: type === 'char' || type === 'block' ? parseNumber(block, 337, 8, this.offset) : 0,
+      devMajor: type === 'char' || type === 'block' ? parseNumber(block, FIELD.devMajor, this.offset) : 0,
+      devMinor: type === 'char' || type === 'block' ? parseNumber(block, FIELD.devMinor, this.offset) : 0,
       xattrs,
       ...(records.has('comment') ? { comment: text('comment') } : {}),
       ...(records.has('GNU.sparse.realsize') ? { holeSize: Number(text('GNU.sparse.realsize')) } : {}),
@@ -365,12 +399,13 @@ function normaliseName(name: string): string {
 
 function checkChecksum(block: Buffer, offset: number): void {
   let sum = 0
-  for (let i = 0; i < BLOCK; i++) sum += i >= 148 && i < 156 ? 0x20 : (block[i] ?? 0)
-  const stored = parseInt(block.toString('latin1', 148, 156).replace(/[\0 ]+$/, '').trim(), 8)
+  const { offset: from, width } = FIELD.checksum
+  for (let i = 0; i < BLOCK; i++) sum += i >= from && i < from + width ? 0x20 : (block[i] ?? 0)
+  const stored = parseInt(fieldText(block, FIELD.checksum).replace(/[\0 ]+$/, '').trim(), 8)
   if (stored !== sum) throw corrupt(`header checksum mismatch at byte ${offset}: the archive is damaged`)
 }
 
-function parseNumber(block: Buffer, offset: number, width: number, at: number): number {
+function parseNumber(block: Buffer, { offset, width }: Field, at: number): number {
   const first = block[offset] ?? 0
   // GNU base-256 for values past the octal range.
   if (first & 0x80) {
@@ -378,7 +413,7 @@ function parseNumber(block: Buffer, offset: number, width: number, at: number): 
     for (let i = 1; i < width; i++) value = value * 256 + (block[offset + i] ?? 0)
     return value
   }
-  const text = block.toString('latin1', offset, offset + width).replace(/[\0 ]+$/, '').trim()
+  const text = fieldText(block, { offset, width }).replace(/[\0 ]+$/, '').trim()
   if (text === '') return 0
   if (!/^[0-7]+$/.test(text)) throw corrupt(`header at byte ${at - BLOCK} has a field that is not octal (${JSON.stringify(text)}): the archive is damaged`)
   return parseInt(text, 8)

@@ -10,17 +10,17 @@ import { Encrypt, readPassphrase } from '../archive/crypt.js'
 import { encodeHeader, encodeSums, encodeTrailer, FORMAT_VERSION, type BackupHeader } from '../archive/manifest.js'
 import { dataPadding, END_OF_ARCHIVE, entryHeader, globalComment } from '../archive/pax.js'
 import { loadConfig } from '../config/load.js'
-import { upperDir } from '../config/schema.js'
 import { checkDiffRequest, openDiff, type CheckedDiffRequest } from '../diff/open.js'
 import { ExitCode, usageError, type ExitStatus } from '../errors.js'
-import { globToRegExp } from '../reset/keep.js'
-import { OverlayXattrs } from '../overlay/xattrs.js'
+import { globToRegExp } from '../glob.js'
+import { namespaceForMount, OverlayXattrs } from '../overlay/xattrs.js'
 import { openAtomicOutput } from '../sys/fs.js'
 import { readStableFile } from '../sys/entries.js'
 import { under } from '../upper/entry.js'
 import { walkUpper } from '../upper/walk.js'
 import { VERSION } from '../version.js'
 import { firmwareIdentity, firmwareView } from './firmware.js'
+import { upperDir } from '../state/flash.js'
 
 export interface BackupOptions {
   configFile: string | undefined
@@ -40,7 +40,7 @@ export async function runBackup(options: BackupOptions): Promise<ExitStatus> {
   const request = checkDiffRequest({
     upper: options.upper ?? upperDir(config),
     lowers: options.lowers ?? config.overlay.lower,
-    namespace: options.upper === undefined ? (config.overlay.options.includes('userxattr') ? 'user' : 'trusted') : undefined,
+    namespace: options.upper === undefined ? namespaceForMount(config.overlay.options) : undefined,
     all: false,
     paths: [],
   })

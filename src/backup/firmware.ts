@@ -45,7 +45,7 @@ export function firmwareView(lowers: string[], namespace: XattrNamespace, upper?
     let entry: ResolvedEntry | undefined = stack.root()
     if (path === '.') return entry
     for (const name of path.split('/')) {
-      entry = entry?.stat.type === 'dir' ? stack.child(entry, name) : undefined
+      entry = entry.stat.type === 'dir' ? stack.child(entry, name) : undefined
       if (!entry) return undefined
     }
     return entry

@@ -1,13 +1,14 @@
 /**
  * `ovroot boot`: run by init/ovroot-init (PID 1) with /proc, /sys, /dev and
  * /run mounted and the squashfs as `/`. It finds the flash, formats it on
- * first boot, completes a pending factory reset, mounts the overlay and
+ * first boot, applies a pending change (a factory reset, a restore, the end
+ * of an interrupted sync), mounts the overlay and
  * pivots into it: `/` merged, `/rom` the lower, `/overlay` the flash. Any
  * flash trouble ends on a RAM upper with the reason recorded and shouted:
  * the device always boots.
  */
 import { applyOverride, loadConfig } from '../config/load.js'
-import { type Config, upperDir, workDir } from '../config/schema.js'
+import { type Config } from '../config/schema.js'
 import { ExitCode, OvrootError, type ExitStatus } from '../errors.js'
 import { MEDIA_DRIVER_TABLE } from '../media/drivers.js'
 import { ramVolume } from '../media/ram.js'
@@ -15,12 +16,14 @@ import type { Volume } from '../media/types.js'
 import { filesystemInfo, makeDirectory, pathExists, readTextFile, writeFileAtomic } from '../sys/fs.js'
 import { mount, MountFlag, pivotRoot, remount, requireSystemLayer, unmount } from '../sys/libc.js'
 import { reportProgressTo } from '../sys/progress.js'
-import { OverlayXattrs } from '../overlay/xattrs.js'
-import { commitPending, describePending, ensureReserve, flashLayout, readPending } from '../pending/marker.js'
+import { namespaceForMount, OverlayXattrs } from '../overlay/xattrs.js'
+import { commitPending, describeChange, ensureReserve, readPending } from '../pending/marker.js'
 import { applyPending, hasPendingWork, type AppliedChange } from '../pending/apply.js'
 import { VERSION } from '../version.js'
-import { parseKernelArguments } from './cmdline.js'
-import { FLASH_STATE_DIR, STATUS_FILE, type BootState } from './state.js'
+import { parseKernelArguments } from '../state/cmdline.js'
+import { writeBootState, type BootState } from '../state/boot-record.js'
+import { progressPath, ramDir } from '../state/run.js'
+import { flashLayout, formatRecordPath, stateDir, upperDir, workDir, type FormatRecord } from '../state/flash.js'
 
 const STAGING = '/mnt'
 const MOVED_MOUNTS = ['/proc', '/sys', '/dev', '/run']
@@ -36,7 +39,7 @@ export async function boot(configFile: string | undefined): Promise<ExitStatus> 
   const config = loadConfig(configFile)
   for (const [key, value] of kernel.overrides) applyOverride(config, 'kernel command line', key, value)
   makeDirectory(config.boot.run_dir)
-  reportProgressTo(`${config.boot.run_dir}/progress`)
+  reportProgressTo(progressPath(config.boot.run_dir))
   const state: BootState = { mode: 'flash', bootedAt: new Date().toISOString() }
 
   const medium = await mountFlash(config, state)
@@ -47,7 +50,7 @@ export async function boot(configFile: string | undefined): Promise<ExitStatus> 
   pivotInto(config.overlay.dir)
   state.bootSeconds = secondsSinceShimStart()
   state.peakMemoryKiB = process.resourceUsage().maxRSS
-  writeFileAtomic(`${config.boot.run_dir}/${STATUS_FILE}`, `${JSON.stringify(state, null, 2)}\n`)
+  writeBootState(config.boot.run_dir, state)
   announce(state)
   return ExitCode.ok
 }
@@ -59,8 +62,9 @@ interface Layers {
 }
 
 /** The user's files read-only under a RAM upper on /run: how every degraded boot shows the flash. */
-function ramUpperOver(config: Config, lowers: string[], name = 'ram'): Layers {
-  return { lowers, upper: `${config.boot.run_dir}/${name}/upper`, work: `${config.boot.run_dir}/${name}/work` }
+function ramUpperOver(config: Config, lowers: string[], purpose: 'ram' | 'fallback' | 'firmware-only' = 'ram'): Layers {
+  const dir = ramDir(config.boot.run_dir, purpose)
+  return { lowers, upper: `${dir}/upper`, work: `${dir}/work` }
 }
 
 /**
@@ -73,7 +77,7 @@ function ramUpperOver(config: Config, lowers: string[], name = 'ram'): Layers {
  */
 function mountOverlay(config: Config, layers: Layers, persistent: boolean, state: BootState): void {
   const flashUpper = upperDir(config)
-  const readingOptions = config.overlay.options.filter((option) => option === 'userxattr')
+  const readingOptions = namespaceForMount(config.overlay.options) === 'user' ? ['userxattr'] : []
   const fallbacks: { layers: Layers; options: string[] }[] = [
     ...(persistent && !layers.lowers.includes(flashUpper) ? [{ layers: ramUpperOver(config, [flashUpper, '/'], 'fallback'), options: readingOptions }] : []),
     { layers: ramUpperOver(config, ['/'], 'firmware-only'), options: readingOptions },
@@ -94,9 +98,9 @@ function mountOverlay(config: Config, layers: Layers, persistent: boolean, state
       if (state.sync) {
         // The RAM copy of the flash goes with the mount that could not use it.
         delete state.sync
-        tryUnmount(`${config.boot.run_dir}/ram`)
+        tryUnmount(ramDir(config.boot.run_dir))
       }
-      if (persistent) remount(config.overlay.dir, true)
+      if (persistent) remount(config.overlay.dir, { readOnly: true })
       attempt = next
     }
   }
@@ -115,14 +119,14 @@ async function flashLayers(config: Config, volume: Volume, forcedReset: boolean,
     if (applied?.kind === 'restore') state.restored = { source: applied.source, entries: applied.entries }
   } catch (error) {
     degrade(state, `the change scheduled for the flash failed: ${messageOf(error)}; the flash is left as it is, read-only at ${config.overlay.dir}; 'ovroot reset --cancel' drops the change`)
-    remount(config.overlay.dir, true)
+    remount(config.overlay.dir, { readOnly: true })
     return ramUpperOver(config, ['/'])
   }
   const upper = upperDir(config)
   if (isFull(config.overlay.dir) || !prepareLayers(upper, workDir(config))) {
     // Keep the user's files visible under a RAM upper; a layer must not change under a live overlay.
     degrade(state, `flash ${volume.description} is full: its files are shown read-only under a RAM upper; 'ovroot reset' returns to the factory state at the next boot, 'ovroot reset PATH...' drops just those paths`)
-    remount(config.overlay.dir, true)
+    remount(config.overlay.dir, { readOnly: true })
     return ramUpperOver(config, [upper, '/'])
   }
   ensureReserve(flashLayout(config))
@@ -137,18 +141,17 @@ async function flashLayers(config: Config, volume: Volume, forcedReset: boolean,
  */
 async function syncedRamUpper(config: Config, mirror: string, state: BootState): Promise<Layers> {
   const { copyUpper } = await import('../upper/copy.js')
-  const ram = `${config.boot.run_dir}/ram`
+  const ram = ramDir(config.boot.run_dir)
   makeDirectory(ram)
   ramVolume(config.flash.ram_size).mount(ram)
   try {
     makeDirectory(`${ram}/upper`)
-    const namespace = config.overlay.options.includes('userxattr') ? 'user' : 'trusted'
-    copyUpper(mirror, `${ram}/upper`, new OverlayXattrs(namespace).name('metacopy'))
+    copyUpper(mirror, `${ram}/upper`, new OverlayXattrs(namespaceForMount(config.overlay.options)).name('metacopy'))
   } catch (error) {
     // A partial copy must never be the root: it would show files cut short, and a sync would persist them so.
-    unmount(ram, true)
+    unmount(ram, { lazy: true })
     degrade(state, `the flash copy ${mirror} could not be loaded into the RAM upper (tmpfs, size ${config.flash.ram_size}): ${messageOf(error)}; it is shown read-only under a RAM upper and nothing is synced: raise [flash] ram_size, or drop files with 'ovroot reset PATH...'`)
-    remount(config.overlay.dir, true)
+    remount(config.overlay.dir, { readOnly: true })
     return ramUpperOver(config, [mirror, '/'])
   }
   state.sync = { mirror }
@@ -165,7 +168,7 @@ async function mountFlash(config: Config, state: BootState): Promise<Medium> {
     } catch (error) {
       // The flash is there but cannot be read: as much trouble as a failed mount.
       degrade(state, `${name} driver: ${messageOf(error)}`)
-      return mountVolume(ramVolume(config.flash.ram_size), config, false)
+      return mountVolume(ramVolume(config.flash.ram_size), config, { persistent: false })
     }
     if ('absent' in found) {
       absent.push(`${name}: ${found.absent}`)
@@ -174,21 +177,21 @@ async function mountFlash(config: Config, state: BootState): Promise<Medium> {
     if (found.driver === 'ram') {
       if (absent.length > 0) degrade(state, `no flash found (${absent.join('; ')})`)
       else state.mode = 'ram'
-      return mountVolume(found, config, false)
+      return mountVolume(found, config, { persistent: false })
     }
     try {
-      return await mountVolume(found, config, true)
+      return await mountVolume(found, config, { persistent: true })
     } catch (error) {
       degrade(state, messageOf(error))
       tryUnmount(config.overlay.dir)
-      return mountVolume(ramVolume(config.flash.ram_size), config, false)
+      return mountVolume(ramVolume(config.flash.ram_size), config, { persistent: false })
     }
   }
   degrade(state, `no flash found (${absent.join('; ')}) and ram is not among [flash] drivers`)
-  return mountVolume(ramVolume(config.flash.ram_size), config, false)
+  return mountVolume(ramVolume(config.flash.ram_size), config, { persistent: false })
 }
 
-async function mountVolume(volume: Volume, config: Config, persistent: boolean): Promise<Medium> {
+async function mountVolume(volume: Volume, config: Config, { persistent }: { persistent: boolean }): Promise<Medium> {
   const target = config.overlay.dir
   let formatted = false
   const state = volume.inspect()
@@ -210,9 +213,11 @@ async function mountVolume(volume: Volume, config: Config, persistent: boolean):
     volume.mount(target)
     formatted = true
   }
-  if (persistent && !pathExists(`${target}/${FLASH_STATE_DIR}/state.json`)) {
-    makeDirectory(`${target}/${FLASH_STATE_DIR}`)
-    writeFileAtomic(`${target}/${FLASH_STATE_DIR}/state.json`, `${JSON.stringify({ formatted: new Date().toISOString(), by: `ovroot ${VERSION}`, filesystem: volume.filesystem })}\n`)
+  const layout = flashLayout(config)
+  if (persistent && !pathExists(formatRecordPath(layout))) {
+    makeDirectory(stateDir(layout))
+    const record: FormatRecord = { formatted: new Date().toISOString(), by: `ovroot ${VERSION}`, filesystem: volume.filesystem }
+    writeFileAtomic(formatRecordPath(layout), `${JSON.stringify(record)}\n`)
   }
   return { volume, formatted }
 }
@@ -221,14 +226,14 @@ async function mountVolume(volume: Volume, config: Config, persistent: boolean):
 async function applyPendingChange(config: Config, forcedReset: boolean): Promise<AppliedChange | undefined> {
   const layout = flashLayout(config)
   if (!forcedReset && !hasPendingWork(layout)) return undefined
-  const xattrs = new OverlayXattrs(config.overlay.options.includes('userxattr') ? 'user' : 'trusted')
+  const xattrs = new OverlayXattrs(namespaceForMount(config.overlay.options))
   if (forcedReset && readPending(layout)?.kind !== 'reset') {
     const [{ collectKeepPatterns }, { offlineView }] = await Promise.all([import('../reset/keep.js'), import('../reset/views.js')])
     const upper = pathExists(upperDir(config)) ? upperDir(config) : '/nonexistent'
     commitPending(layout, { kind: 'reset', requested: new Date().toISOString(), keep: collectKeepPatterns(config, [], offlineView(upper, ['/'], xattrs.namespace)) })
   }
   const change = readPending(layout)
-  const what = change && describePending(change).replace(' at next boot', '')
+  const what = change && describeChange(change)
   if (what) process.stderr.write(`ovroot: applying ${what}\n`)
   const applied = await applyPending(layout, workDir(config), xattrs)
   if (what) process.stderr.write(`ovroot: applied ${what}\n`)
@@ -280,7 +285,7 @@ function degrade(state: BootState, reason: string): void {
 
 function tryUnmount(target: string): void {
   try {
-    unmount(target, true)
+    unmount(target, { lazy: true })
   } catch {
     // Nothing was mounted there.
   }

@@ -37,7 +37,7 @@ export async function main(argv: string[]): Promise<void> {
     .alias('help', 'h')
     .wrap(Math.min(100, process.stdout.columns || 100))
     .epilog(EPILOG)
-    .fail((message, error) => {
+    .fail((message: string, error: Error | undefined) => {
       if (error) throw error
       throw new OvrootError('EUSAGE', ExitCode.usage, `${message} (see ovroot --help)`)
     })

@@ -6,9 +6,12 @@
  * is ASCII; other text gets Markus Kuhn's wcwidth rules, which are what
  * terminals use to lay out columns.
  */
+/* eslint-disable no-control-regex, no-misleading-character-class -- ANSI escapes (ESC ... BEL) and control characters are what these match;
+   combining marks in ZERO_WIDTH are matched one code point at a time on purpose. */
 const ANSI_ESCAPE = /\u001b\[[0-9;]*[A-Za-z]|\u001b\]8;;[^\u0007]*\u0007/g
 const PRINTABLE_ASCII = /^[\u0020-\u007e]*$/
 const ZERO_WIDTH = /[\u0000-\u001f\u007f-\u009f\u0300-\u036f\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufe00-\ufe0f\ufeff]/u
+/* eslint-enable no-control-regex, no-misleading-character-class */
 
 /** [first, last] code points that take two columns. */
 const WIDE: readonly (readonly [number, number])[] = [

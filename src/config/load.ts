@@ -5,7 +5,7 @@
  */
 import { parse } from 'ini'
 import { configError } from '../errors.js'
-import { parseKernelArguments } from '../boot/cmdline.js'
+import { parseKernelArguments } from '../state/cmdline.js'
 import { readTextFile, readTextFileIfExists } from '../sys/fs.js'
 import { defaultConfig, SCHEMA, type Config } from './schema.js'
 
@@ -36,7 +36,7 @@ export function parseConfig(text: string, file: string): Config {
   const document: Record<string, unknown> = parse(text)
   for (const [sectionName, section] of Object.entries(document)) {
     if (!isSectionName(sectionName)) {
-      if (typeof section !== 'object' || section === null) throw configError(`${file}: ${sectionName}: a key outside any section; expected it under [overlay], [flash], [boot] or [reset]`)
+      if (typeof section !== 'object' || section === null) throw configError(`${file}: ${sectionName}: a key outside any section; expected it under one of ${sectionNames().join(', ')}`)
       throw configError(`${file}: [${sectionName}]: unknown section; expected one of ${sectionNames().join(', ')}`)
     }
     for (const [key, raw] of Object.entries(section as Record<string, unknown>)) setKey(config, file, sectionName, key, raw)

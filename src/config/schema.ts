@@ -146,11 +146,3 @@ export function defaultConfig(): Config {
     sync: { enabled: false, quiet: 30, max_delay: 300, budget: 0, exclude: [] },
   }
 }
-
-export function upperDir(config: Config): string {
-  return `${config.overlay.dir}/upper`
-}
-
-export function workDir(config: Config): string {
-  return `${config.overlay.dir}/work`
-}

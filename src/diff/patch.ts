@@ -5,7 +5,7 @@
  */
 import { structuredPatch } from 'diff'
 import type { Change, EntryState } from '../overlay/diff.js'
-import type { TreeReader } from '../overlay/types.js'
+import type { TreeReader } from '../sys/types.js'
 
 /** Larger files are named, not diffed: a patch is for reading. */
 const TEXT_LIMIT = 8 * 1024 * 1024

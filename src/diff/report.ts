@@ -4,7 +4,7 @@
  * must not cost a write per line.
  */
 import type { Change, ChangeKind, EntryState } from '../overlay/diff.js'
-import type { TreeReader } from '../overlay/types.js'
+import type { TreeReader } from '../sys/types.js'
 
 export type DiffFormat = 'text' | 'json' | 'stat' | 'patch'
 export type Renderer = (change: Change) => string

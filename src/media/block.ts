@@ -87,11 +87,9 @@ function findByLabel(label: string): string | undefined {
 
 /** GUIDs are stored with their first three fields little-endian. */
 function formatGuid(bytes: Buffer): string {
-  const hex = (from: number, to: number, reverse: boolean): string => {
-    const part = Buffer.from(bytes.subarray(from, to))
-    return (reverse ? part.reverse() : part).toString('hex')
-  }
-  return `${hex(0, 4, true)}-${hex(4, 6, true)}-${hex(6, 8, true)}-${hex(8, 10, false)}-${hex(10, 16, false)}`
+  const littleEndian = (from: number, to: number): string => Buffer.from(bytes.subarray(from, to)).reverse().toString('hex')
+  const bigEndian = (from: number, to: number): string => bytes.subarray(from, to).toString('hex')
+  return `${littleEndian(0, 4)}-${littleEndian(4, 6)}-${littleEndian(6, 8)}-${bigEndian(8, 10)}-${bigEndian(10, 16)}`
 }
 
 function partitionUuid(disk: string, number: number): string | undefined {

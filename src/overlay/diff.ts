@@ -4,7 +4,7 @@
  * lower subtrees a rename or an opaque directory brings into question), so its
  * cost follows the upper, not the lower.
  */
-import type { EntryStat, EntryType, TreeReader } from './types.js'
+import type { EntryStat, EntryType, TreeReader } from '../sys/types.js'
 import type { OverlayXattrs } from './xattrs.js'
 import { hostPath, sameSource, sameSources, type LayerStack, type ResolvedEntry } from './stack.js'
 

@@ -7,7 +7,7 @@
  * is an identity test.
  */
 import { OvrootError, ExitCode } from '../errors.js'
-import type { EntryStat, TreeReader } from './types.js'
+import type { EntryStat, TreeReader } from '../sys/types.js'
 import type { OverlayXattrs } from './xattrs.js'
 
 export interface Layer {

@@ -35,8 +35,13 @@ export class OverlayXattrs {
   }
 }
 
+/** The namespace an overlay mounted with these options writes its xattrs in. */
+export function namespaceForMount(options: readonly string[]): XattrNamespace {
+  return options.includes('userxattr') ? 'user' : 'trusted'
+}
+
 /** Which namespace an xattr name proves, if it is an overlay xattr at all. */
-export function namespaceOf(name: string): XattrNamespace | undefined {
+export function namespaceProvedBy(name: string): XattrNamespace | undefined {
   if (name.startsWith('trusted.overlay.')) return 'trusted'
   if (name.startsWith('user.overlay.')) return 'user'
   return undefined

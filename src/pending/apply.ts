@@ -6,7 +6,8 @@ import { syncAll } from '../sys/libc.js'
 import { readEntry, replaceMetadata, setModificationTime } from '../sys/entries.js'
 import { listDirectory, makeDirectory, pathExists, removeTree, renamePath, statPath, syncDirectory } from '../sys/fs.js'
 import type { OverlayXattrs } from '../overlay/xattrs.js'
-import { finishPending, markerPath, readPending, replacedPath, stagedPath, stateDir, upperPath, type FlashLayout, type PendingChange } from './marker.js'
+import { markerPath, replacedPath, stagedPath, stateDir, upperPath, type FlashLayout } from '../state/flash.js'
+import { finishPending, readPending, type PendingChange } from './marker.js'
 
 export type AppliedChange = { kind: 'reset'; kept: string[] } | { kind: 'restore'; source: string; entries: number } | { kind: 'sync'; entries: number }
 

@@ -8,22 +8,10 @@
  * without a marker is an uncommitted change and is dropped.
  */
 import { randomBytes } from 'node:crypto'
-import { FLASH_STATE_DIR } from '../boot/state.js'
-import type { Config } from '../config/schema.js'
 import { ExitCode, OvrootError } from '../errors.js'
 import { syncAll } from '../sys/libc.js'
+import { markerPath, replacedPath, reservePath, scanBaselinePath, stagedPath, stateDir, type FlashLayout } from '../state/flash.js'
 import { filesystemInfo, makeDirectory, pathExists, readTextFileIfExists, removeFile, removeTree, syncDirectory, writeFileAtomic } from '../sys/fs.js'
-
-export interface FlashLayout {
-  /** The flash filesystem's mount point (or the directory holding an unmounted upper). */
-  root: string
-  upperName: string
-}
-
-/** The device's own flash: [overlay] dir, holding upper/ and work/. */
-export function flashLayout(config: Config): FlashLayout {
-  return { root: config.overlay.dir, upperName: 'upper' }
-}
 
 export type PendingChange =
   | { kind: 'reset'; requested: string; keep: string[]; only?: string[] }
@@ -35,19 +23,6 @@ export type PendingChange =
    * themselves, with the mtime to give back to them afterwards.
    */
   | { kind: 'sync'; requested: string; entries: number; removals: string[]; moves: string[]; parents: [string, number][] }
-
-const PENDING_MARKER = 'pending'
-
-export const stateDir = (layout: FlashLayout): string => `${layout.root}/${FLASH_STATE_DIR}`
-export const markerPath = (layout: FlashLayout): string => `${stateDir(layout)}/${PENDING_MARKER}`
-/** A restored upper being built, or built and committed. */
-export const stagedPath = (layout: FlashLayout): string => `${stateDir(layout)}/staged`
-/** The replaced upper, between the swap and its removal. */
-export const replacedPath = (layout: FlashLayout): string => `${stateDir(layout)}/replaced`
-export const upperPath = (layout: FlashLayout): string => `${layout.root}/${layout.upperName}`
-/** Where the last sync's scan began (src/sync/baseline.ts): every committed change drops it. */
-export const scanBaselinePath = (layout: FlashLayout): string => `${stateDir(layout)}/sync-baseline`
-const reservePath = (layout: FlashLayout): string => `${stateDir(layout)}/reserve`
 
 /**
  * Held back so that a change can still be scheduled on a full flash. JFFS2
@@ -135,8 +110,20 @@ export function describePendingAt(layout: FlashLayout): string | undefined {
   }
 }
 
+/** The change as scheduled: `factory reset at next boot, keeping /etc/config`. */
 export function describePending(change: PendingChange): string {
-  if (change.kind === 'reset') return `${change.only ? `reset of ${change.only.join(' ')}` : 'factory reset'} at next boot, keeping ${change.keep.length ? change.keep.join(' ') : 'nothing'}`
-  if (change.kind === 'sync') return `the end of an interrupted sync (${change.entries} entries) at next boot`
-  return `${change.merge ? 'sysupgrade archive' : 'restore'} of ${change.source} (${change.entries} entries) at next boot`
+  const { what, detail } = describeParts(change)
+  return `${what} at next boot${detail}`
+}
+
+/** The change itself, for the moment it is applied: `factory reset, keeping /etc/config`. */
+export function describeChange(change: PendingChange): string {
+  const { what, detail } = describeParts(change)
+  return `${what}${detail}`
+}
+
+function describeParts(change: PendingChange): { what: string; detail: string } {
+  if (change.kind === 'reset') return { what: change.only ? `reset of ${change.only.join(' ')}` : 'factory reset', detail: `, keeping ${change.keep.length ? change.keep.join(' ') : 'nothing'}` }
+  if (change.kind === 'sync') return { what: `the end of an interrupted sync (${change.entries} entries)`, detail: '' }
+  return { what: `${change.merge ? 'sysupgrade archive' : 'restore'} of ${change.source} (${change.entries} entries)`, detail: '' }
 }

@@ -4,17 +4,19 @@
  */
 import { basename, dirname, resolve } from 'node:path'
 import { loadConfig } from '../config/load.js'
-import { upperDir, type Config } from '../config/schema.js'
+import type { Config } from '../config/schema.js'
 import { ExitCode, OvrootError, usageError, type ExitStatus } from '../errors.js'
-import { OverlayXattrs, type XattrNamespace } from '../overlay/xattrs.js'
+import { namespaceForMount, OverlayXattrs } from '../overlay/xattrs.js'
 import { applyPending } from '../pending/apply.js'
-import { cancelPending, commitPending, describePending, describePendingAt, flashLayout, readPending, type FlashLayout } from '../pending/marker.js'
-import { cancelScheduled, confirm, readBootRecord, rebootNow, refuseLiveLayer, withWritableFlash } from '../pending/device.js'
+import { cancelPending, commitPending, describeChange, describePendingAt, readPending } from '../pending/marker.js'
+import { confirm, rebootNow } from '../interact.js'
+import { cancelScheduled, readBootRecord, refuseLiveLayer, withWritableFlash } from '../pending/device.js'
 import { statPath } from '../sys/fs.js'
 import { collectKeepPatterns, KeepList } from './keep.js'
 import { planReset } from './prune.js'
 import { printResetPreview } from './preview.js'
 import { liveView, offlineView } from './views.js'
+import { upperDir, flashLayout, type FlashLayout } from '../state/flash.js'
 
 export interface ResetOptions {
   configFile: string | undefined
@@ -49,7 +51,7 @@ export async function runReset(options: ResetOptions): Promise<ExitStatus> {
   const keep = collectKeepPatterns(config, options.keep, liveView)
   const only = options.paths.length > 0 ? options.paths : undefined
   if (options.dryRun) {
-    printResetPreview(upperDir(config), config.overlay.lower, namespaceOf(config), planReset(upperDir(config), new KeepList(keep), only), options.json)
+    printResetPreview(upperDir(config), config.overlay.lower, namespaceForMount(config.overlay.options), planReset(upperDir(config), new KeepList(keep), only), options.json)
     return ExitCode.ok
   }
   if (!options.yes) await confirm(only ? `Reset ${only.join(' ')} to the firmware's state at the next boot.` : 'Factory reset: every change to the firmware\'s files goes at the next boot, except the keep list.')
@@ -71,7 +73,7 @@ async function resetUnmounted(config: Config, options: ResetOptions): Promise<Ex
   // A power cut during a restore's swap leaves no upper, only the marker saying how to finish.
   if (statPath(upper)?.type !== 'dir' && !readPending(layout)) throw new OvrootError('ENOENT', ExitCode.environment, `upper directory ${upper} does not exist`)
   refuseLiveLayer(upper)
-  const namespace = namespaceOf(config)
+  const namespace = namespaceForMount(config.overlay.options)
   const keep = collectKeepPatterns(config, options.keep, offlineView(upper, config.overlay.lower, namespace))
   const only = options.paths.length > 0 ? options.paths : undefined
   if (options.dryRun) {
@@ -83,7 +85,7 @@ async function resetUnmounted(config: Config, options: ResetOptions): Promise<Ex
   const xattrs = new OverlayXattrs(namespace)
   // A reset an earlier run committed is finished as it was committed (its keep list was read before it began).
   const pending = readPending(layout)
-  if (pending?.kind === 'reset') process.stderr.write(`ovroot: finishing the interrupted ${describePending(pending).replace(' at next boot', '')}\n`)
+  if (pending?.kind === 'reset') process.stderr.write(`ovroot: finishing the interrupted ${describeChange(pending)}\n`)
   else {
     if (pending) await applyPending(layout, work, xattrs)
     commitPending(layout, { kind: 'reset', requested: new Date().toISOString(), keep, ...(only && { only }) })
@@ -92,8 +94,4 @@ async function resetUnmounted(config: Config, options: ResetOptions): Promise<Ex
   const kept = applied?.kind === 'reset' ? applied.kept : []
   process.stdout.write(`ovroot: ${upper} reset${kept.length ? `, kept ${kept.join(' ')}` : ''}\n`)
   return ExitCode.ok
-}
-
-function namespaceOf(config: Config): XattrNamespace {
-  return config.overlay.options.includes('userxattr') ? 'user' : 'trusted'
 }

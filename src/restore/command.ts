@@ -10,15 +10,17 @@ import { readPassphrase } from '../archive/crypt.js'
 import type { BackupHeader } from '../archive/manifest.js'
 import { describeFirmware, firmwareIdentity, firmwareView, type LayerView } from '../backup/firmware.js'
 import { loadConfig } from '../config/load.js'
-import { upperDir, type Config } from '../config/schema.js'
+import type { Config } from '../config/schema.js'
 import { ExitCode, OvrootError, type ExitStatus } from '../errors.js'
-import type { XattrNamespace } from '../overlay/xattrs.js'
-import { cancelScheduled, confirm, readBootRecord, rebootNow, refuseLiveLayer, withWritableFlash } from '../pending/device.js'
-import { cancelPending, commitPending, describePendingAt, flashLayout, stagedPath } from '../pending/marker.js'
+import { namespaceForMount, type XattrNamespace } from '../overlay/xattrs.js'
+import { confirm, rebootNow } from '../interact.js'
+import { cancelScheduled, readBootRecord, refuseLiveLayer, withWritableFlash } from '../pending/device.js'
+import { cancelPending, commitPending, describePendingAt } from '../pending/marker.js'
 import { filesystemInfo, listDirectoryIfExists, makeDirectory, removeTree, renamePath, spoolToTemporaryFile, statPath, syncDirectory } from '../sys/fs.js'
-import type { EntryKind } from '../upper/entry.js'
+import type { EntryKind } from '../sys/types.js'
 import { extractArchive, type ExtractResult } from './extract.js'
 import { printRestorePreview } from './preview.js'
+import { upperDir, flashLayout, stagedPath } from '../state/flash.js'
 
 export interface RestoreOptions {
   configFile: string | undefined
@@ -64,10 +66,6 @@ export async function runRestore(options: RestoreOptions): Promise<ExitStatus> {
 
 type Extract = (target: Target, staging: string | undefined) => Promise<ExtractResult>
 
-function namespaceOf(config: Config): XattrNamespace {
-  return config.overlay.options.includes('userxattr') ? 'user' : 'trusted'
-}
-
 /** The views are built on first use: a backup restored offline without its firmware needs neither. */
 function extractOptions(target: Target, passphrase: Buffer | undefined, staging: string | undefined): Parameters<typeof extractArchive>[1] {
   let current: LayerView | undefined
@@ -102,7 +100,7 @@ async function restoreOffline(config: Config, options: RestoreOptions, extract: 
   if (statPath(upper)?.type !== 'dir') throw new OvrootError('ENOENT', ExitCode.environment, `upper directory ${upper} does not exist; create it empty`)
   if (listDirectoryIfExists(upper).length > 0) throw new OvrootError('ENOTEMPTY', ExitCode.environment, `upper directory ${upper} is not empty; --upper restores into an empty directory`)
   refuseLiveLayer(upper)
-  const target: Target = { upper, lowers: options.lowers ?? config.overlay.lower, namespace: namespaceOf(config) }
+  const target: Target = { upper, lowers: options.lowers ?? config.overlay.lower, namespace: namespaceForMount(config.overlay.options) }
   if (!target.lowers.every((lower) => statPath(lower)?.type === 'dir')) process.stderr.write(`ovroot: no firmware at ${target.lowers.join(' ')}: the backup is verified, but not compared with a firmware\n`)
   const staging = `${dirname(upper)}/.${basename(upper)}.ovroot-restore`
   removeTree(staging)
@@ -129,7 +127,7 @@ async function restoreOffline(config: Config, options: RestoreOptions, extract: 
 async function restoreLive(config: Config, options: RestoreOptions, extract: Extract): Promise<ExitStatus> {
   const record = readBootRecord(config)
   if (!record.flashMounted) throw new OvrootError('ENOFLASH', ExitCode.environment, `the root runs on a RAM upper (mode ${record.state.mode}): there is no flash to restore onto`)
-  const target: Target = { upper: upperDir(config), lowers: config.overlay.lower, namespace: namespaceOf(config) }
+  const target: Target = { upper: upperDir(config), lowers: config.overlay.lower, namespace: namespaceForMount(config.overlay.options) }
   const verified = await extract(target, undefined)
   checkConflicts(verified, target, options.force)
   if (options.dryRun) return previewInTemporary(target, extract, options.json)

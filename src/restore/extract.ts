@@ -13,11 +13,17 @@ import { createGunzip } from 'node:zlib'
 import { Decrypt, ENCRYPTED_MAGIC } from '../archive/crypt.js'
 import { decodeGlobal, decodeSums, type BackupHeader, type FileSums } from '../archive/manifest.js'
 import { corrupt, PaxReader, type TarEntry } from '../archive/pax.js'
+import { defaultConfig } from '../config/schema.js'
 import { ExitCode, OvrootError } from '../errors.js'
+import { flashLayout, stagedPath } from '../state/flash.js'
 import { readAt } from '../sys/fs.js'
 import { EntryWriter } from '../sys/entries.js'
-import { under, type EntryKind, type UpperEntry } from '../upper/entry.js'
+import type { EntryKind, UpperEntry } from '../sys/types.js'
+import { under } from '../upper/entry.js'
 import { PathRules } from './rules.js'
+
+/** What an entry costs on flash beyond its data (rounded up to 4 KiB blocks): a log-structured filesystem's inode and directory nodes. */
+const ENTRY_BYTES = 256
 
 /**
  * ovroot: a backup with its manifest. upper: another tar's archive of a whole
@@ -25,14 +31,11 @@ import { PathRules } from './rules.js'
  * verified only as far as its compression's checksum goes. sysupgrade:
  * OpenWrt's `sysupgrade -b`, files relative to `/` that land on the upper.
  */
-/** What an entry costs on flash beyond its data (rounded up to 4 KiB blocks): a log-structured filesystem's inode and directory nodes. */
-const ENTRY_BYTES = 256
-
 export type ArchiveKind = 'ovroot' | 'upper' | 'sysupgrade'
 
 export interface ExtractOptions {
   passphrase: Buffer | undefined
-  /** Where to write the entries; without it the archive is only verified. */
+  /** Where to write the entries; without it the archive is only verified (path lengths as if staged on a default device's flash). */
   staging: string | undefined
   /** The view a sysupgrade archive's files land on: what stands at a path, and a directory's metadata. */
   view(path: string): { kind: EntryKind; mode: number; uid: number; gid: number } | undefined
@@ -139,7 +142,7 @@ class Extraction {
       const sysupgrade = this.kind === 'sysupgrade'
       this.rules = new PathRules({
         implicitParents: sysupgrade,
-        rootLength: Buffer.byteLength(this.options.staging ?? '/overlay/.ovroot/staged'),
+        rootLength: Buffer.byteLength(this.options.staging ?? stagedPath(flashLayout(defaultConfig()))),
         ...(sysupgrade ? { existing: (path: string) => this.options.view(path)?.kind } : {}),
       })
     }

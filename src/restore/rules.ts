@@ -11,7 +11,7 @@
  */
 import type { TarEntry } from '../archive/pax.js'
 import { corrupt } from '../archive/pax.js'
-import type { EntryKind } from '../upper/entry.js'
+import type { EntryKind } from '../sys/types.js'
 import { parentOf } from '../upper/entry.js'
 
 const PATH_MAX = 4096

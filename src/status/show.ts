@@ -1,11 +1,12 @@
 /** `ovroot status`: the boot record from /run joined with what is live now. */
 import { loadConfig } from '../config/load.js'
-import { parseBootState, STATUS_FILE, type BootState } from '../boot/state.js'
-import { ExitCode, OvrootError, type ExitStatus } from '../errors.js'
-import { describePendingAt, flashLayout } from '../pending/marker.js'
+import { flashMounted, readBootState, type BootState } from '../state/boot-record.js'
+import { ExitCode, type ExitStatus } from '../errors.js'
+import { describePendingAt } from '../pending/marker.js'
 import { filesystemInfo, readTextFileIfExists } from '../sys/fs.js'
 import { readStats, type SyncStats } from '../sync/stats.js'
 import type { Config } from '../config/schema.js'
+import { flashLayout } from '../state/flash.js'
 
 interface Usage {
   usedBytes: number
@@ -30,14 +31,10 @@ interface Status extends BootState {
 
 export function showStatus(configFile: string | undefined, json: boolean): ExitStatus {
   const config = loadConfig(configFile)
-  const file = `${config.boot.run_dir}/${STATUS_FILE}`
-  const state = parseBootState(readTextFileIfExists(file), file, (message) => new OvrootError('ESTATUS', ExitCode.data, message))
-  if (!state) {
-    throw new OvrootError('ENOSTATUS', ExitCode.environment, `${file}: no boot record; ovroot boot did not run this boot (is init=/sbin/ovroot-init on the kernel command line?)`)
-  }
+  const state = readBootState(config.boot.run_dir, '; ovroot boot did not run this boot (is init=/sbin/ovroot-init on the kernel command line?)')
   const status: Status = { ...state, pending: [] }
   status.rootMount = rootMountOptions()
-  const onFlash = state.medium !== undefined && state.medium.driver !== 'ram'
+  const onFlash = flashMounted(state)
   if (onFlash || state.mode === 'ram') {
     status.usage = usageOf(config.overlay.dir)
   }

@@ -12,9 +12,9 @@
  * Every committed change to the flash copy drops it (commitPending), and a
  * sync records a new one only once applied.
  */
-import { scanBaselinePath, type FlashLayout } from '../pending/marker.js'
 import { readTextFileIfExists, writeFileAtomic } from '../sys/fs.js'
 import type { SyncSource } from './transaction.js'
+import { scanBaselinePath, type FlashLayout } from '../state/flash.js'
 
 /** ctime is stamped from a coarse clock (up to a jiffy behind), and a step back of under half this passes the clock check unseen. */
 const SLACK_MS = 2000

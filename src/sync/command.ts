@@ -7,13 +7,14 @@ import { resolve } from 'node:path'
 import { loadConfig } from '../config/load.js'
 import type { Config } from '../config/schema.js'
 import { ExitCode, OvrootError, type ExitStatus } from '../errors.js'
+import { namespaceForMount } from '../overlay/xattrs.js'
 import { readBootRecord, refuseLiveLayer, type BootRecord } from '../pending/device.js'
-import { flashLayout, type FlashLayout } from '../pending/marker.js'
-import { globToRegExp } from '../reset/keep.js'
+import { globToRegExp } from '../glob.js'
 import { makeDirectory } from '../sys/fs.js'
 import { recordSync } from './stats.js'
 import { lockedSync } from './lock.js'
 import type { SyncSource } from './transaction.js'
+import { flashLayout, type FlashLayout } from '../state/flash.js'
 
 export interface SyncOptions {
   configFile: string | undefined
@@ -46,7 +47,7 @@ export function syncSource(config: Config, record: BootRecord): SyncSource {
   const upper = record.state.overlay?.upper
   if (!upper) throw new OvrootError('ENOSTATUS', ExitCode.environment, 'the boot record names no upper: this boot mounted no overlay')
   const excluded = config.sync.exclude.map(globToRegExp)
-  return { upper, namespace: config.overlay.options.includes('userxattr') ? 'user' : 'trusted', exclude: config.sync.exclude, excluded: (path) => excluded.some((pattern) => pattern.test(`/${path}`)) }
+  return { upper, namespace: namespaceForMount(config.overlay.options), exclude: config.sync.exclude, excluded: (path) => excluded.some((pattern) => pattern.test(`/${path}`)) }
 }
 
 function deviceLayout(config: Config, record: BootRecord): FlashLayout {

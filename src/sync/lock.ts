@@ -6,15 +6,16 @@
 import { ExitCode, OvrootError } from '../errors.js'
 import { createDirectoryExclusive, readTextFileIfExists, removeTree, writeFileAtomic } from '../sys/fs.js'
 import { processAlive } from '../sys/run.js'
-import type { FlashLayout } from '../pending/marker.js'
 import { blockingChange, syncOnce, type SyncResult, type SyncSource } from './transaction.js'
+import type { FlashLayout } from '../state/flash.js'
+import { syncLockPath } from '../state/run.js'
 
 const WAIT_MS = 10 * 60 * 1000
 
 export type SyncOutcome = { kind: 'synced'; result: SyncResult } | { kind: 'blocked'; change: string }
 
 export async function lockedSync(runDir: string, source: SyncSource, layout: FlashLayout): Promise<SyncOutcome> {
-  const lock = `${runDir}/sync.lock`
+  const lock = syncLockPath(runDir)
   await acquire(lock)
   try {
     const change = blockingChange(layout)

@@ -11,13 +11,15 @@
  * rest of the upper costs one stat per entry, and its flash copy nothing.
  */
 import { applyPending } from '../pending/apply.js'
-import { commitPending, readPending, stagedPath, upperPath, type FlashLayout } from '../pending/marker.js'
+import { commitPending, readPending } from '../pending/marker.js'
 import { EntryWriter, modificationTime, readEntry, readEntryIfPresent, readStableFile } from '../sys/entries.js'
 import { listDirectory, makeDirectory, removeTree } from '../sys/fs.js'
 import { OverlayXattrs } from '../overlay/xattrs.js'
-import { parentOf, under, type UpperEntry } from '../upper/entry.js'
+import type { UpperEntry } from '../sys/types.js'
+import { parentOf, under } from '../upper/entry.js'
 import { walkUpper } from '../upper/walk.js'
 import { startScan } from './baseline.js'
+import { stagedPath, upperPath, type FlashLayout } from '../state/flash.js'
 
 export interface SyncResult {
   /** Entries that differed and were written (or linked) into the flash copy, those inside a new directory included. */
@@ -75,7 +77,10 @@ function sameEntry(a: UpperEntry, b: UpperEntry): boolean {
     // To the microsecond: copies an older ovroot wrote carry microseconds, and must not all look changed.
     a.mtimeNs / 1000n === b.mtimeNs / 1000n &&
     a.xattrs.length === b.xattrs.length &&
-    a.xattrs.every(([name, value], i) => b.xattrs[i]?.[0] === name && b.xattrs[i]?.[1].equals(value))
+    a.xattrs.every(([name, value], i) => {
+      const other = b.xattrs[i]
+      return other !== undefined && other[0] === name && other[1].equals(value)
+    })
   )
 }
 

@@ -11,11 +11,11 @@
  */
 import type { Config } from '../config/schema.js'
 import { ExitCode, OvrootError, type ExitStatus } from '../errors.js'
-import type { FlashLayout } from '../pending/marker.js'
 import { filesystemInfo } from '../sys/fs.js'
 import { lockedSync } from './lock.js'
 import { readStats, recordSync, writeStats, type SyncStats } from './stats.js'
 import type { SyncSource } from './transaction.js'
+import type { FlashLayout } from '../state/flash.js'
 
 /** The RAM upper this full is worth a warning: past it, writes fail. */
 const RAM_WARNING = 0.9
@@ -30,13 +30,14 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
   let timer: NodeJS.Timeout | undefined
   let running: Promise<void> | undefined
   let warnedFull = false
-  let failed = false
+  // An object, not a let: the callbacks set it, and TypeScript would take a let for still false at the end.
+  const last = { failed: false }
   const log = (line: string): void => {
     process.stderr.write(`ovroot sync: ${line}\n`)
   }
   const update = (change: (stats: SyncStats) => SyncStats): void => writeStats(runDir, change(readStats(runDir)))
 
-  const sync = async (automatic: boolean): Promise<void> => {
+  const sync = async ({ automatic }: { automatic: boolean }): Promise<void> => {
     const stats = readStats(runDir)
     if (automatic && config.sync.budget > 0 && stats.bytesToday >= config.sync.budget) {
       update((current) => ({ ...current, waiting: `the day's write budget (${config.sync.budget} bytes) is spent: automatic syncs wait for ovroot sync or shutdown` }))
@@ -52,9 +53,9 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
       }
       if (outcome.result.written + outcome.result.removed > 0) recordSync(runDir, outcome.result.written + outcome.result.removed, outcome.result.bytes)
       else update(({ pendingSince: _synced, waiting: _cleared, ...current }) => current)
-      failed = false
+      last.failed = false
     } catch (error) {
-      failed = true
+      last.failed = true
       firstChange ??= changesFrom
       log(`sync failed: ${error instanceof OvrootError ? error.message : String(error)}; retrying after the next change or in ${config.sync.quiet} s`)
       schedule()
@@ -69,8 +70,8 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
     warnedFull = used >= RAM_WARNING
   }
 
-  const run = (automatic: boolean): Promise<void> => {
-    running = (running ?? Promise.resolve()).then(() => sync(automatic))
+  const run = (how: { automatic: boolean }): Promise<void> => {
+    running = (running ?? Promise.resolve()).then(() => sync(how))
     return running
   }
 
@@ -78,7 +79,7 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
     if (timer) clearTimeout(timer)
     if (firstChange === undefined) return
     const due = Math.min(lastChange + quietMs, firstChange + maxDelayMs)
-    timer = setTimeout(() => void run(true), Math.max(0, due - Date.now()))
+    timer = setTimeout(() => void run({ automatic: true }), Math.max(0, due - Date.now()))
   }
 
   const changed = (): void => {
@@ -111,11 +112,11 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
     log(`watching ${source.upper} failed (${error instanceof Error ? error.message : String(error)}): rescanning every ${config.sync.quiet} s instead`)
     void watcher.close()
     update((stats) => ({ ...stats, watcher: 'polling' }))
-    poll = setInterval(() => void run(true), quietMs)
+    poll = setInterval(() => void run({ automatic: true }), quietMs)
   })
   // Once the watch is in place, what changed before (or while the daemon was down) is synced; only then is the daemon "watching".
   await watching
-  await run(true)
+  await run({ automatic: true })
   update((stats) => ({ ...stats, watcher: poll ? 'polling' : 'watching' }))
 
   await new Promise<void>((resolve) => {
@@ -123,12 +124,12 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
       if (timer) clearTimeout(timer)
       if (poll) clearInterval(poll)
       void watcher.close()
-      void run(false).finally(resolve)
+      void run({ automatic: false }).finally(resolve)
     }
     process.once('SIGTERM', stop)
     process.once('SIGINT', stop)
   })
   update((stats) => ({ ...stats, watcher: 'stopped' }))
-  if (failed) throw new OvrootError('ESYNC', ExitCode.io, 'the last sync before stopping failed: changes since the previous sync are only in RAM')
+  if (last.failed) throw new OvrootError('ESYNC', ExitCode.io, 'the last sync before stopping failed: changes since the previous sync are only in RAM')
   return ExitCode.ok
 }

@@ -7,7 +7,7 @@
 import { createHash } from 'node:crypto'
 import * as fs from 'node:fs'
 import { ExitCode, fromNodeError, OvrootError, SysError } from '../errors.js'
-import type { EntryKind, UpperEntry } from '../upper/entry.js'
+import type { EntryKind, UpperEntry } from './types.js'
 import { getXattr, listXattrs, makeNode, removeXattr, setTimes, setXattr } from './libc.js'
 import { reportProgress } from './progress.js'
 

@@ -7,7 +7,7 @@ import * as fs from 'node:fs'
 import { fromNodeError, OvrootError, ExitCode } from '../errors.js'
 import { listXattrs, getXattr, lstat } from './libc.js'
 import { reportProgress } from './progress.js'
-import type { EntryStat, TreeReader } from '../overlay/types.js'
+import type { EntryStat, TreeReader } from './types.js'
 
 const absentErrnos = new Set(['ENOENT', 'ENOTDIR'])
 
@@ -231,11 +231,6 @@ export function makeDirectory(path: string, mode = 0o755): void {
   }
 }
 
-/**
- * Remove a tree (no error if absent), entry by entry so that boot can report
- * progress on a large one. Names are handled as bytes: a name that is not
- * UTF-8 must not make a reset or a swap stop half way.
- */
 /** mkdir that answers false when the directory exists already (a lock). */
 export function createDirectoryExclusive(path: string): boolean {
   try {
@@ -247,6 +242,11 @@ export function createDirectoryExclusive(path: string): boolean {
   }
 }
 
+/**
+ * Remove a tree (no error if absent), entry by entry so that boot can report
+ * progress on a large one. Names are handled as bytes: a name that is not
+ * UTF-8 must not make a reset or a swap stop half way.
+ */
 export function removeTree(path: string): void {
   try {
     removeEntry(Buffer.from(path))

@@ -12,7 +12,7 @@ import { createRequire } from 'node:module'
 import { endianness, constants as osConstants } from 'node:os'
 import { SysError } from '../errors.js'
 import { showName } from '../names.js'
-import type { EntryStat, EntryType } from '../overlay/types.js'
+import type { EntryStat, EntryType } from './types.js'
 import { noNativeBinding, syscallNumbers, type SyscallNumbers } from './platform.js'
 
 interface KoffiFunction {
@@ -271,13 +271,13 @@ export function mount(source: string, target: string, fstype: string | null, fla
 }
 
 /** Flip a mounted filesystem between read-only and read-write (source and type are ignored on a remount). */
-export function remount(target: string, readOnly: boolean): void {
-  mount('none', target, null, MountFlag.remount | MountFlag.noAtime | (readOnly ? MountFlag.readOnly : 0), null)
+export function remount(target: string, options: { readOnly: boolean }): void {
+  mount('none', target, null, MountFlag.remount | MountFlag.noAtime | (options.readOnly ? MountFlag.readOnly : 0), null)
 }
 
 const MNT_DETACH = 2
-export function unmount(target: string, lazy = false): void {
-  check(bind().libc.umount2(target, lazy ? MNT_DETACH : 0), 'umount', target)
+export function unmount(target: string, options: { lazy: boolean } = { lazy: false }): void {
+  check(bind().libc.umount2(target, options.lazy ? MNT_DETACH : 0), 'umount', target)
 }
 
 export function pivotRoot(newRoot: string, putOld: string): void {

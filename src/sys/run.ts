@@ -16,15 +16,15 @@ export async function runTool(file: string, args: string[], timeoutSeconds = 600
   const { execa } = await import('execa')
   try {
     const child = execa(file, args, { timeout: timeoutSeconds * 1000, stdin: 'ignore', reject: true })
-    child.stdout?.on('data', reportProgress)
-    child.stderr?.on('data', reportProgress)
+    child.stdout.on('data', reportProgress)
+    child.stderr.on('data', reportProgress)
     const watcher = watchToolWork(child.pid)
     const result = await child.finally(() => clearInterval(watcher))
     return { stdout: String(result.stdout), stderr: String(result.stderr) }
   } catch (error) {
     const failure = error as { code?: string; exitCode?: number; stderr?: unknown; timedOut?: boolean }
     if (failure.code === 'ENOENT') throw new OvrootError('ENOTOOL', ExitCode.environment, `${file}: tool not found (install it on the device)`)
-    const detail = String(failure.stderr ?? '').trim().split('\n').pop() || (failure.timedOut ? `timed out after ${timeoutSeconds} s` : `exit status ${failure.exitCode}`)
+    const detail = (typeof failure.stderr === 'string' ? failure.stderr : '').trim().split('\n').pop() || (failure.timedOut ? `timed out after ${timeoutSeconds} s` : `exit status ${failure.exitCode}`)
     throw new OvrootError('ETOOL', ExitCode.io, `${file} ${args.join(' ')}: ${detail}`)
   }
 }

@@ -6,7 +6,8 @@
 import { listDirectory } from '../sys/fs.js'
 import { SysError } from '../errors.js'
 import { readEntryWithStat, statEntry } from '../sys/entries.js'
-import { under, type UpperEntry } from './entry.js'
+import type { UpperEntry } from '../sys/types.js'
+import { under } from './entry.js'
 
 export interface WalkOptions {
   /** The xattr that marks a metacopy stub in this upper's namespace. */

@@ -43,7 +43,7 @@ export function upperSnapshot(root: string): Map<string, string> {
     const content = type === 'file' ? createHash('sha256').update(fs.readFileSync(full)).digest('hex') : type === 'symlink' ? printable(fs.readlinkSync(full, { encoding: 'buffer' })) : type === 'char' || type === 'block' ? String(st.rdev) : ''
     const xattrs = listXattrs(full).sort().map((name) => `${name}=${getXattr(full, name)?.toString('hex')}`).join(',')
     entries.set(key, link ? `hardlink to ${link}` : `${type} ${(st.mode & 0o7777n).toString(8)} ${st.uid}:${st.gid} ${st.size} mtime ${st.mtimeNs} atime ${st.atimeNs} ${content} [${xattrs}]`)
-    if (type === 'dir') for (const name of fs.readdirSync(full, { encoding: 'buffer' }).sort(Buffer.compare)) visit(Buffer.concat([rel, Buffer.from('/'), name]))
+    if (type === 'dir') for (const name of fs.readdirSync(full, { encoding: 'buffer' }).sort((a, b) => Buffer.compare(a, b))) visit(Buffer.concat([rel, Buffer.from('/'), name]))
   }
   visit(Buffer.alloc(0))
   return entries

@@ -3,6 +3,7 @@
  * lab's own architecture, test/device-arm64.test.ts on arm64): archArgs
  * picks the device's CPU.
  */
+import type { Test } from 'tap'
 import { createHash } from 'node:crypto'
 import * as fs from 'node:fs'
 import { ConsoleSession } from './console.js'
@@ -33,8 +34,8 @@ export const EXPECTED_DIFF = [
   { path: '/root/.hidden', change: 'added' },
 ]
 
-/** Scenarios 1 to 3 (and 10, for the other media): first boot, persistence, reset with a keep list. */
-export function lifecycle(t: Tap.Test, media: string, archArgs: string[] = []): void {
+/** A medium's life: first boot, persistence, reset with a keep list. */
+export function lifecycle(t: Test, media: string, archArgs: string[] = []): void {
   const flash = `${workspace(t)}/${media}.flash`
   const args = [...archArgs, '--media', media, '--flash', flash]
 
@@ -63,7 +64,7 @@ export function lifecycle(t: Tap.Test, media: string, archArgs: string[] = []): 
 }
 
 /** Random bytes where the flash should be: the device boots on RAM, says why, and leaves the flash alone. */
-export function corruptFlash(t: Tap.Test, archArgs: string[] = []): void {
+export function corruptFlash(t: Test, archArgs: string[] = []): void {
   const flash = `${workspace(t)}/nor.flash`
   fs.writeFileSync(flash, Buffer.from(Array.from({ length: 8 << 20 }, (_, i) => (i * 2654435761) >>> 24)))
   const before = createHash('sha256').update(fs.readFileSync(flash)).digest('hex')
@@ -81,7 +82,7 @@ export function corruptFlash(t: Tap.Test, archArgs: string[] = []): void {
  * Ctrl-A X). Shell arithmetic in each command makes the awaited answer text
  * the echo of the typed line cannot contain.
  */
-export async function interactiveConsole(t: Tap.Test, archArgs: string[], leave: 'poweroff' | 'escape'): Promise<void> {
+export async function interactiveConsole(t: Test, archArgs: string[], leave: 'poweroff' | 'escape'): Promise<void> {
   const session = new ConsoleSession([...archArgs, '--flash', `${workspace(t)}/nor.flash`])
   t.teardown(() => session.kill())
   let at = await session.waitFor(/:\/# /)
@@ -123,7 +124,7 @@ export const UNLOADABLE_INITS: Record<string, RegExp> = {
 }
 
 /** An unrunnable configured init: the shim names why and falls back to /sbin/init, which runs the device. */
-export function unloadableInit(t: Tap.Test, kind: string, archArgs: string[] = []): void {
+export function unloadableInit(t: Test, kind: string, archArgs: string[] = []): void {
   const init = `/usr/lib/ovroot-lab/unloadable-init/${kind}`
   const result = run(t, [...archArgs, '--no-flash', '--append', `ovroot.boot.init=${init}`], STATUS)
   t.equal(result.status, 0, 'the device came up through /sbin/init and ran the command')

@@ -24,7 +24,7 @@ export const backupCommand: CommandModule<object, BackupArgs> = {
       .option('passphrase-file', { type: 'string', requiresArg: true, describe: 'encrypt (scrypt, AES-256-GCM) with the passphrase in this file' })
       .example('ovroot backup -o /tmp/device.ovb', 'back up this device')
       .example('ssh router ovroot backup - > router.ovb', 'back up a device over ssh')
-      .epilog('GNU tar reads the archive: tar --xattrs --xattrs-include=\'*\' -xpzf FILE (as root) extracts a directory equal to the upper.') as never,
+      .epilog('GNU tar reads the archive: tar --xattrs --xattrs-include=\'*\' -xpzf FILE (as root) extracts a directory equal to the upper.'),
   handler: async (args) => {
     if ((args.lower === undefined) !== (args.upper === undefined)) throw usageError('--lower and --upper go together: give both, or neither to use the device\'s configuration')
     const { runBackup } = await import('../../backup/command.js')

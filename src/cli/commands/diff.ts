@@ -32,7 +32,7 @@ export const diffCommand: CommandModule<object, DiffArgs> = {
       .option('color', { choices: ['auto', 'always', 'never'] as const, default: 'auto' as const, describe: 'colour the status letters (auto: on a terminal, unless NO_COLOR)' })
       .example('ovroot diff', 'what the user changed on this device')
       .example('ovroot diff --json /etc', 'changes under /etc as JSON Lines')
-      .example('ovroot diff --lower /mnt/rom --upper /mnt/flash/upper --patch', 'audit a copy of a device\'s flash') as never,
+      .example('ovroot diff --lower /mnt/rom --upper /mnt/flash/upper --patch', 'audit a copy of a device\'s flash'),
   handler: async (args) => {
     if ((args.lower === undefined) !== (args.upper === undefined)) throw usageError('--lower and --upper go together: give both, or neither to use the device\'s configuration')
     if (args.patch && (args.json || args.stat)) throw usageError('--patch cannot be combined with --json or --stat')

@@ -27,7 +27,7 @@ export const resetCommand: CommandModule<object, ResetArgs> = {
       .option('cancel', { type: 'boolean', default: false, describe: 'cancel the change scheduled for the next boot (a reset or a restore)' })
       .epilog(
         'The keep list is the union of [reset] keep, the files in [reset] keep_lists (OpenWrt\'s /etc/sysupgrade.conf and /lib/upgrade/keep.d/*: one path or glob a line) and --keep. Everything else in the upper goes, hidden files included; with PATHs, only what is at or below them. The reset runs at the next boot, before the overlay is mounted, needs no free space on the flash (it works on a full one), and survives a power cut at any instant.',
-      ) as never,
+      ),
   handler: async (args) => {
     const { runReset } = await import('../../reset/command.js')
     process.exitCode = await runReset({

@@ -30,7 +30,7 @@ export const restoreCommand: CommandModule<object, RestoreArgs> = {
       .option('force', { type: 'boolean', default: false, describe: 'restore a backup of other firmware even where the firmware changed the same files' })
       .option('passphrase-file', { type: 'string', requiresArg: true, describe: 'passphrase of an encrypted backup' })
       .option('cancel', { type: 'boolean', default: false, describe: 'cancel the change scheduled for the next boot (a restore or a reset)' })
-      .epilog('Nothing is changed until the whole archive is verified: structure, every checksum, every path. A backup replaces the upper; a sysupgrade archive (OpenWrt\'s sysupgrade -b) adds its files to it. The swap happens at the next boot, before the overlay is mounted, and survives a power cut at any instant.') as never,
+      .epilog('Nothing is changed until the whole archive is verified: structure, every checksum, every path. A backup replaces the upper; a sysupgrade archive (OpenWrt\'s sysupgrade -b) adds its files to it. The swap happens at the next boot, before the overlay is mounted, and survives a power cut at any instant.'),
   handler: async (args) => {
     if (!args.cancel && args.archive === undefined) throw usageError('restore needs an archive: a file, or - for standard input')
     if (args.lower !== undefined && args.upper === undefined) throw usageError('--lower goes with --upper (an offline restore)')
