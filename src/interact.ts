@@ -4,7 +4,8 @@ import { ExitCode, OvrootError } from './errors.js'
 import { runTool } from './sys/run.js'
 
 export async function confirm(what: string): Promise<void> {
-  if (!process.stdin.isTTY) throw new OvrootError('EABORTED', ExitCode.aborted, 'not confirmed: input is not a terminal; pass --yes to confirm')
+  if (!process.stdin.isTTY)
+    throw new OvrootError('EABORTED', ExitCode.aborted, 'not confirmed: input is not a terminal; pass --yes to confirm')
   const prompt = createInterface({ input: process.stdin, output: process.stderr })
   const answer = await prompt.question(`${what}\nContinue? [y/N] `)
   prompt.close()

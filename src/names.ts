@@ -14,7 +14,7 @@ export function showName(name: Buffer | string): string {
   const flush = (to: number): void => {
     if (to > plainFrom) shown += name.toString('utf8', plainFrom, to)
   }
-  for (let i = 0; i < name.length; ) {
+  for (let i = 0; i < name.length;) {
     const byte = name[i] ?? 0
     const length = byte >= 0x20 && byte < 0x7f && byte !== 0x5c ? 1 : byte >= 0x80 ? utf8SequenceLength(name, i) : 0
     if (length > 0) {
@@ -44,7 +44,8 @@ function utf8SequenceLength(bytes: Buffer, at: number): number {
   }
   if (lead >= 0xf0 && lead <= 0xf4) {
     // No overlong forms (F0 80..8F) and nothing past U+10FFFF (F4 90..).
-    const ok = continuation(1, lead === 0xf0 ? 0x90 : 0x80, lead === 0xf4 ? 0x8f : 0xbf) && continuation(2) && continuation(3)
+    const ok =
+      continuation(1, lead === 0xf0 ? 0x90 : 0x80, lead === 0xf4 ? 0x8f : 0xbf) && continuation(2) && continuation(3)
     return ok ? 4 : 0
   }
   return 0

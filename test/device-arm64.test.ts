@@ -11,12 +11,21 @@ import { corruptFlash, interactiveConsole, lifecycle, unloadableInit } from './h
 
 const ARM64 = ['--arch', 'arm64']
 
-await t.test('arm64, NOR flash (JFFS2 on MTD): first boot, persistence with an exact ovroot diff, reset with a keep list', async (t) => lifecycle(t, 'nor', ARM64))
+await t.test(
+  'arm64, NOR flash (JFFS2 on MTD): first boot, persistence with an exact ovroot diff, reset with a keep list',
+  async (t) => lifecycle(t, 'nor', ARM64),
+)
 
-await t.test('arm64, corrupt flash (random bytes): boots on RAM, says why, leaves the flash untouched', async (t) => corruptFlash(t, ARM64))
+await t.test('arm64, corrupt flash (random bytes): boots on RAM, says why, leaves the flash untouched', async (t) =>
+  corruptFlash(t, ARM64),
+)
 
-await t.test('arm64, the demo console on a pty: one shell with job control that answers; Ctrl-A X leaves', async (t) => interactiveConsole(t, ARM64, 'escape'))
+await t.test('arm64, the demo console on a pty: one shell with job control that answers; Ctrl-A X leaves', async (t) =>
+  interactiveConsole(t, ARM64, 'escape'),
+)
 
 for (const kind of ['other-machine', 'missing-loader', 'truncated']) {
-  await t.test(`arm64, an init that cannot run (${kind}): the shim falls back to /sbin/init`, async (t) => unloadableInit(t, kind, ARM64))
+  await t.test(`arm64, an init that cannot run (${kind}): the shim falls back to /sbin/init`, async (t) =>
+    unloadableInit(t, kind, ARM64),
+  )
 }

@@ -85,7 +85,8 @@ await t.test('blank means provably blank: a signature anywhere leaves the device
 })
 
 await t.test('MTD partitions by name', async (t) => {
-  const procMtd = 'dev:    size   erasesize  name\nmtd0: 00040000 00010000 "u-boot"\nmtd3: 00800000 00010000 "rootfs_data"\n'
+  const procMtd =
+    'dev:    size   erasesize  name\nmtd0: 00040000 00010000 "u-boot"\nmtd3: 00800000 00010000 "rootfs_data"\n'
   t.same(parseProcMtd(procMtd, 'rootfs_data'), { index: 3, size: 0x800000, eraseSize: 0x10000 })
   t.equal(parseProcMtd(procMtd, 'nope'), undefined)
 })

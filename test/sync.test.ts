@@ -12,13 +12,36 @@ import { OverlayXattrs } from '../src/overlay/xattrs.js'
 import { applyPending } from '../src/pending/apply.js'
 import { setModificationTime } from '../src/sys/entries.js'
 import { commitPending, type PendingChange } from '../src/pending/marker.js'
-import { cleanEnvironment, mountOverlay, OVROOT, ovroot, scratch, snapshot, unmount, upperSnapshot as fullSnapshot, withoutAtime, withoutSharedWhiteouts } from './helpers/overlay.js'
-import { random, randomLower, randomOperation, STANDARD_LOWER, STANDARD_OPERATIONS, writeTree } from './helpers/mutate.js'
+import {
+  cleanEnvironment,
+  mountOverlay,
+  OVROOT,
+  ovroot,
+  scratch,
+  snapshot,
+  unmount,
+  upperSnapshot as fullSnapshot,
+  withoutAtime,
+  withoutSharedWhiteouts,
+} from './helpers/overlay.js'
+import {
+  random,
+  randomLower,
+  randomOperation,
+  STANDARD_LOWER,
+  STANDARD_OPERATIONS,
+  writeTree,
+} from './helpers/mutate.js'
 import type { FlashLayout } from '../src/state/flash.js'
 
 /** What a sync keeps: mtimes to the microsecond (its quick check), no atimes (reads move them; devices mount noatime). */
 const upperSnapshot = (root: string): Map<string, string> =>
-  new Map([...withoutAtime(fullSnapshot(root))].map(([path, entry]) => [path, entry.replace(/ mtime (-?\d+)/, (_, ns: string) => ` mtime ${BigInt(ns) / 1000n}`)]))
+  new Map(
+    [...withoutAtime(fullSnapshot(root))].map(([path, entry]) => [
+      path,
+      entry.replace(/ mtime (-?\d+)/, (_, ns: string) => ` mtime ${BigInt(ns) / 1000n}`),
+    ]),
+  )
 
 interface Device {
   dir: string
@@ -33,15 +56,34 @@ interface Device {
 function device(t: Test, options: { exclude?: string; quiet?: number; lower?: (root: string) => void } = {}): Device {
   const s = scratch()
   t.teardown(() => s.cleanup())
-  const d: Device = { dir: s.dir, lower: `${s.dir}/lower`, ram: `${s.dir}/ram`, flash: `${s.dir}/flash`, merged: `${s.dir}/merged`, config: `${s.dir}/ovroot.conf` }
+  const d: Device = {
+    dir: s.dir,
+    lower: `${s.dir}/lower`,
+    ram: `${s.dir}/ram`,
+    flash: `${s.dir}/flash`,
+    merged: `${s.dir}/merged`,
+    config: `${s.dir}/ovroot.conf`,
+  }
   if (options.lower) options.lower(d.lower)
   else writeTree(d.lower, STANDARD_LOWER)
   fs.mkdirSync(`${d.ram}/upper`, { recursive: true })
   fs.mkdirSync(`${d.ram}/work`)
   fs.mkdirSync(`${d.flash}/upper`, { recursive: true })
   fs.mkdirSync(`${s.dir}/run`)
-  fs.writeFileSync(`${s.dir}/run/status.json`, JSON.stringify({ mode: 'flash', bootedAt: 'x', medium: { driver: 'mtd', description: 'test flash', device: 'mtd0', filesystem: 'jffs2' }, overlay: { lowers: [d.lower], upper: `${d.ram}/upper`, work: `${d.ram}/work`, options: '' }, sync: { mirror: `${d.flash}/upper` } }))
-  fs.writeFileSync(d.config, `[overlay]\nlower = ${d.lower}\ndir = ${d.flash}\n[boot]\nrun_dir = ${s.dir}/run\n[sync]\nenabled = yes\nquiet = ${options.quiet ?? 30}\nexclude = ${options.exclude ?? ''}\n`)
+  fs.writeFileSync(
+    `${s.dir}/run/status.json`,
+    JSON.stringify({
+      mode: 'flash',
+      bootedAt: 'x',
+      medium: { driver: 'mtd', description: 'test flash', device: 'mtd0', filesystem: 'jffs2' },
+      overlay: { lowers: [d.lower], upper: `${d.ram}/upper`, work: `${d.ram}/work`, options: '' },
+      sync: { mirror: `${d.flash}/upper` },
+    }),
+  )
+  fs.writeFileSync(
+    d.config,
+    `[overlay]\nlower = ${d.lower}\ndir = ${d.flash}\n[boot]\nrun_dir = ${s.dir}/run\n[sync]\nenabled = yes\nquiet = ${options.quiet ?? 30}\nexclude = ${options.exclude ?? ''}\n`,
+  )
   mountOverlay(d.merged, [d.lower], `${d.ram}/upper`, `${d.ram}/work`, [])
   t.teardown(() => {
     if (fs.readFileSync('/proc/mounts', 'utf8').includes(` ${d.merged} `)) unmount(d.merged)
@@ -72,7 +114,10 @@ function mergedFromFlash(d: Device): ReturnType<typeof snapshot> {
  */
 async function scanBeganNow(d: Device): Promise<void> {
   const file = `${d.flash}/.ovroot/sync-baseline`
-  fs.writeFileSync(file, JSON.stringify({ ...(JSON.parse(fs.readFileSync(file, 'utf8')) as object), since: Date.now() }))
+  fs.writeFileSync(
+    file,
+    JSON.stringify({ ...(JSON.parse(fs.readFileSync(file, 'utf8')) as object), since: Date.now() }),
+  )
   await new Promise((resolve) => setTimeout(resolve, 50))
 }
 
@@ -82,7 +127,11 @@ await t.test('after every kind of change and seeded random ones, the flash copy 
   const first = sync(d)
   t.equal(first.status, 0, first.stderr)
   t.match(first.stdout, /synced \d+ entries/)
-  t.same(withoutSharedWhiteouts(upperSnapshot(`${d.flash}/upper`)), withoutSharedWhiteouts(upperSnapshot(`${d.ram}/upper`)), 'types, bytes, modes, owners, times, xattrs, whiteouts')
+  t.same(
+    withoutSharedWhiteouts(upperSnapshot(`${d.flash}/upper`)),
+    withoutSharedWhiteouts(upperSnapshot(`${d.ram}/upper`)),
+    'types, bytes, modes, owners, times, xattrs, whiteouts',
+  )
   t.same(mergedFromFlash(d), snapshot(d.merged), 'the flash copy mounts to the merged view the device has')
   const next = random(4242)
   for (let round = 0; round < 3; round++) {
@@ -95,12 +144,18 @@ await t.test('after every kind of change and seeded random ones, the flash copy 
       }
     }
     t.equal(sync(d).status, 0)
-    t.same(withoutSharedWhiteouts(upperSnapshot(`${d.flash}/upper`)), withoutSharedWhiteouts(upperSnapshot(`${d.ram}/upper`)), `round ${round}: equal again`)
+    t.same(
+      withoutSharedWhiteouts(upperSnapshot(`${d.flash}/upper`)),
+      withoutSharedWhiteouts(upperSnapshot(`${d.ram}/upper`)),
+      `round ${round}: equal again`,
+    )
     t.same(mergedFromFlash(d), snapshot(d.merged), `round ${round}: same merged view`)
   }
   const idle = sync(d)
   t.match(idle.stdout, /nothing to sync/, 'an idle device has nothing to sync')
-  const status = JSON.parse(ovroot(['status', '--json', '--config', d.config]).stdout) as { syncing: { lastSync: string; bytesToday: number; ramUsage: { totalBytes: number } } }
+  const status = JSON.parse(ovroot(['status', '--json', '--config', d.config]).stdout) as {
+    syncing: { lastSync: string; bytesToday: number; ramUsage: { totalBytes: number } }
+  }
   t.ok(status.syncing.lastSync, 'status shows the last sync')
   t.ok(status.syncing.bytesToday > 0, 'and the bytes written today')
 })
@@ -120,7 +175,11 @@ await t.test('random lowers and change sequences, each synced', async (t) => {
         await scanBeganNow(d)
       }
     }
-    t.same(withoutSharedWhiteouts(upperSnapshot(`${d.flash}/upper`)), withoutSharedWhiteouts(upperSnapshot(`${d.ram}/upper`)), `seed ${seed}`)
+    t.same(
+      withoutSharedWhiteouts(upperSnapshot(`${d.flash}/upper`)),
+      withoutSharedWhiteouts(upperSnapshot(`${d.ram}/upper`)),
+      `seed ${seed}`,
+    )
   }
 })
 
@@ -135,56 +194,75 @@ await t.test('only what changed is written; an idle sync writes nothing at all',
   const second = sync(d)
   t.match(second.stdout, /synced 1 entries \(0 KiB\), removed 0/, 'one changed file')
   t.equal(inodeOf('/etc/big'), bigBefore, 'the unchanged file was not rewritten')
-  const touched = (): string[] => ['.ovroot', 'upper', ...fs.readdirSync(`${d.flash}/upper/etc`).map((name) => `upper/etc/${name}`)].map((path) => `${path}:${fs.lstatSync(`${d.flash}/${path}`).ctimeMs}`)
+  const touched = (): string[] =>
+    ['.ovroot', 'upper', ...fs.readdirSync(`${d.flash}/upper/etc`).map((name) => `upper/etc/${name}`)].map(
+      (path) => `${path}:${fs.lstatSync(`${d.flash}/${path}`).ctimeMs}`,
+    )
   const before = touched()
   t.match(sync(d).stdout, /nothing to sync/)
   t.same(touched(), before, 'nothing on the flash was touched, not even a staging directory made and removed')
   t.notOk(fs.existsSync(`${d.flash}/.ovroot/staged`) || fs.existsSync(`${d.flash}/.ovroot/pending`), 'no journal left')
 })
 
-await t.test('a sync compares only entries changed since the last one began, and uses no baseline it cannot trust', async (t) => {
-  const d = device(t)
-  const same = (message: string): void => {
-    t.same(withoutSharedWhiteouts(upperSnapshot(`${d.flash}/upper`)), withoutSharedWhiteouts(upperSnapshot(`${d.ram}/upper`)), message)
-  }
-  writeTree(`${d.merged}/srv/data`, { '/a': 'a\n', '/deep/b': 'b\n' })
-  fs.writeFileSync(`${d.merged}/srv/one`, 'one\n')
-  fs.linkSync(`${d.merged}/srv/data/a`, `${d.merged}/srv/a-link`)
-  t.equal(sync(d).status, 0)
-  const baselineFile = `${d.flash}/.ovroot/sync-baseline`
-  t.ok(fs.existsSync(baselineFile), 'a sync records where its scan began')
-  await scanBeganNow(d)
-  // Entries below a renamed directory keep their old ctime; a new link changes the old inode's.
-  fs.renameSync(`${d.merged}/srv/data`, `${d.merged}/srv/moved`)
-  fs.linkSync(`${d.merged}/srv/one`, `${d.merged}/srv/two`)
-  fs.rmSync(`${d.merged}/etc/banner`)
-  t.equal(sync(d).status, 0)
-  same('a renamed directory arrives with its unchanged children, a new link and a whiteout too, the old name goes')
-  t.equal(fs.statSync(`${d.flash}/upper/srv/moved/a`).ino, fs.statSync(`${d.flash}/upper/srv/a-link`).ino, 'a name in the renamed directory stays a link to its unchanged other name')
-
-  const trusted = JSON.parse(fs.readFileSync(baselineFile, 'utf8')) as { boot: string; source: string; since: number; clockOffset: number }
-  const [upper, namespace] = JSON.parse(trusted.source) as [string, string]
-  // A baseline from the future would hide every change, if it were used.
-  const hiding = { ...trusted, since: Date.now() + 3_600_000 }
-  const untrusted: [string, object | string][] = [
-    ['another boot', { ...hiding, boot: '00000000-0000-0000-0000-000000000000' }],
-    ['other excludes', { ...hiding, source: JSON.stringify([upper, namespace, ['/srv/one']]) }],
-    ['a clock stepped back since', { ...hiding, clockOffset: hiding.clockOffset + 10_000 }],
-    ['a torn file', '{"boot":'],
-  ]
-  for (const [why, baseline] of untrusted) {
-    fs.writeFileSync(`${d.merged}/srv/one`, `${why}\n`)
-    fs.writeFileSync(baselineFile, typeof baseline === 'string' ? baseline : JSON.stringify(baseline))
+await t.test(
+  'a sync compares only entries changed since the last one began, and uses no baseline it cannot trust',
+  async (t) => {
+    const d = device(t)
+    const same = (message: string): void => {
+      t.same(
+        withoutSharedWhiteouts(upperSnapshot(`${d.flash}/upper`)),
+        withoutSharedWhiteouts(upperSnapshot(`${d.ram}/upper`)),
+        message,
+      )
+    }
+    writeTree(`${d.merged}/srv/data`, { '/a': 'a\n', '/deep/b': 'b\n' })
+    fs.writeFileSync(`${d.merged}/srv/one`, 'one\n')
+    fs.linkSync(`${d.merged}/srv/data/a`, `${d.merged}/srv/a-link`)
     t.equal(sync(d).status, 0)
-    t.equal(fs.readFileSync(`${d.flash}/upper/srv/one`, 'utf8'), `${why}\n`, `${why}: every entry compared`)
-  }
-  fs.writeFileSync(`${d.merged}/srv/one`, 'hidden\n')
-  fs.writeFileSync(baselineFile, JSON.stringify(hiding))
-  t.match(sync(d).stdout, /nothing to sync/, 'a trusted baseline is what lets a sync skip entries (this one wrongly)')
-  fs.mkdirSync(`${d.flash}/.ovroot/staged`)
-  commitPending({ root: d.flash, upperName: 'upper' }, { kind: 'reset', requested: 'x', keep: [] })
-  t.notOk(fs.existsSync(baselineFile), 'any committed change to the flash copy drops the baseline')
-})
+    const baselineFile = `${d.flash}/.ovroot/sync-baseline`
+    t.ok(fs.existsSync(baselineFile), 'a sync records where its scan began')
+    await scanBeganNow(d)
+    // Entries below a renamed directory keep their old ctime; a new link changes the old inode's.
+    fs.renameSync(`${d.merged}/srv/data`, `${d.merged}/srv/moved`)
+    fs.linkSync(`${d.merged}/srv/one`, `${d.merged}/srv/two`)
+    fs.rmSync(`${d.merged}/etc/banner`)
+    t.equal(sync(d).status, 0)
+    same('a renamed directory arrives with its unchanged children, a new link and a whiteout too, the old name goes')
+    t.equal(
+      fs.statSync(`${d.flash}/upper/srv/moved/a`).ino,
+      fs.statSync(`${d.flash}/upper/srv/a-link`).ino,
+      'a name in the renamed directory stays a link to its unchanged other name',
+    )
+
+    const trusted = JSON.parse(fs.readFileSync(baselineFile, 'utf8')) as {
+      boot: string
+      source: string
+      since: number
+      clockOffset: number
+    }
+    const [upper, namespace] = JSON.parse(trusted.source) as [string, string]
+    // A baseline from the future would hide every change, if it were used.
+    const hiding = { ...trusted, since: Date.now() + 3_600_000 }
+    const untrusted: [string, object | string][] = [
+      ['another boot', { ...hiding, boot: '00000000-0000-0000-0000-000000000000' }],
+      ['other excludes', { ...hiding, source: JSON.stringify([upper, namespace, ['/srv/one']]) }],
+      ['a clock stepped back since', { ...hiding, clockOffset: hiding.clockOffset + 10_000 }],
+      ['a torn file', '{"boot":'],
+    ]
+    for (const [why, baseline] of untrusted) {
+      fs.writeFileSync(`${d.merged}/srv/one`, `${why}\n`)
+      fs.writeFileSync(baselineFile, typeof baseline === 'string' ? baseline : JSON.stringify(baseline))
+      t.equal(sync(d).status, 0)
+      t.equal(fs.readFileSync(`${d.flash}/upper/srv/one`, 'utf8'), `${why}\n`, `${why}: every entry compared`)
+    }
+    fs.writeFileSync(`${d.merged}/srv/one`, 'hidden\n')
+    fs.writeFileSync(baselineFile, JSON.stringify(hiding))
+    t.match(sync(d).stdout, /nothing to sync/, 'a trusted baseline is what lets a sync skip entries (this one wrongly)')
+    fs.mkdirSync(`${d.flash}/.ovroot/staged`)
+    commitPending({ root: d.flash, upperName: 'upper' }, { kind: 'reset', requested: 'x', keep: [] })
+    t.notOk(fs.existsSync(baselineFile), 'any committed change to the flash copy drops the baseline')
+  },
+)
 
 await t.test('excluded paths are never persisted, and their old copy goes', async (t) => {
   const d = device(t, { exclude: '/var/log/*.tmp /root/.cache' })
@@ -201,56 +279,90 @@ await t.test('excluded paths are never persisted, and their old copy goes', asyn
   t.notOk(fs.existsSync(`${d.flash}/upper/root/.cache`), 'a directory is excluded whole, its old copy removed')
 })
 
-await t.test('a power cut at any point of a sync: the next sync or boot ends in the old or the new state', async (t) => {
-  const xattrs = new OverlayXattrs('trusted')
-  const layout = (root: string): FlashLayout => ({ root, upperName: 'upper' })
-  // The flat staging a sync leaves: entry N takes the place of moves[N]. /etc/new is new, so it is staged
-  // whole; /usr only changed its mode; /etc receives entries without changing itself.
-  const etcTime = 1700000000.123456
-  const newDirTime = 1700000100.654321
-  const change: PendingChange = { kind: 'sync', requested: 'x', entries: 3, removals: ['etc/gone'], moves: ['etc/a', 'etc/new', 'usr'], parents: [['etc', etcTime]] }
-  const states: Record<string, (root: string) => void> = {
-    'staged, not committed': () => undefined,
-    'committed, nothing applied': (root) => commitPending(layout(root), change),
-    'committed, removal and first move done': (root) => {
-      commitPending(layout(root), change)
-      fs.rmSync(`${root}/upper/etc/gone`)
-      fs.rmSync(`${root}/upper/etc/a`)
-      fs.renameSync(`${root}/.ovroot/staged/0`, `${root}/upper/etc/a`)
-    },
-    'committed, every entry in place, no directory metadata yet': (root) => {
-      commitPending(layout(root), change)
-      fs.rmSync(`${root}/upper/etc/gone`)
-      fs.renameSync(`${root}/.ovroot/staged/0`, `${root}/upper/etc/a`)
-      fs.renameSync(`${root}/.ovroot/staged/1`, `${root}/upper/etc/new`)
-    },
-  }
-  for (const [name, cut] of Object.entries(states)) {
-    const s = scratch()
-    t.teardown(() => s.cleanup())
-    const root = `${s.dir}/flash`
-    writeTree(`${root}/upper`, { '/etc/a': 'old a\n', '/etc/b': 'old b\n', '/etc/gone': 'old\n', '/usr/kept': 'kept\n' })
-    setModificationTime(`${root}/upper/etc`, etcTime)
-    writeTree(`${root}/.ovroot/staged`, { '/0': 'new a\n', '/1/c': 'new c\n' })
-    fs.chmodSync(`${root}/.ovroot/staged/1`, 0o750)
-    setModificationTime(`${root}/.ovroot/staged/1`, newDirTime)
-    fs.mkdirSync(`${root}/.ovroot/staged/2`, { mode: 0o700 })
-    cut(root)
-    const committed = fs.existsSync(`${root}/.ovroot/pending`)
-    await applyPending(layout(root), undefined, xattrs)
-    const files = upperSnapshot(`${root}/upper`)
-    const contents = [...files.keys()].filter((path) => files.get(path)?.startsWith('file')).map((path) => `${path}=${fs.readFileSync(`${root}/upper${path}`, 'utf8').trim()}`)
-    t.same(contents, committed ? ['/etc/a=new a', '/etc/b=old b', '/etc/new/c=new c', '/usr/kept=kept'] : ['/etc/a=old a', '/etc/b=old b', '/etc/gone=old', '/usr/kept=kept'], `${name}: ${committed ? 'the new state' : 'the old state'}, whole`)
-    const microseconds = (path: string): bigint => fs.statSync(path, { bigint: true }).mtimeNs / 1000n
-    t.equal(microseconds(`${root}/upper/etc`), 1700000000123456n, `${name}: /etc keeps its mtime`)
-    t.equal(fs.statSync(`${root}/upper/usr`).mode & 0o7777, committed ? 0o700 : 0o755, `${name}: /usr's mode, ${committed ? 'new' : 'old'}`)
-    if (committed) {
-      t.equal(fs.statSync(`${root}/upper/etc/new`).mode & 0o7777, 0o750, `${name}: the new directory has its own mode`)
-      t.equal(microseconds(`${root}/upper/etc/new`), 1700000100654321n, `${name}: and its own mtime`)
+await t.test(
+  'a power cut at any point of a sync: the next sync or boot ends in the old or the new state',
+  async (t) => {
+    const xattrs = new OverlayXattrs('trusted')
+    const layout = (root: string): FlashLayout => ({ root, upperName: 'upper' })
+    // The flat staging a sync leaves: entry N takes the place of moves[N]. /etc/new is new, so it is staged
+    // whole; /usr only changed its mode; /etc receives entries without changing itself.
+    const etcTime = 1700000000.123456
+    const newDirTime = 1700000100.654321
+    const change: PendingChange = {
+      kind: 'sync',
+      requested: 'x',
+      entries: 3,
+      removals: ['etc/gone'],
+      moves: ['etc/a', 'etc/new', 'usr'],
+      parents: [['etc', etcTime]],
     }
-    t.notOk(fs.existsSync(`${root}/.ovroot/staged`) || fs.existsSync(`${root}/.ovroot/pending`), `${name}: no journal left`)
-  }
-})
+    const states: Record<string, (root: string) => void> = {
+      'staged, not committed': () => undefined,
+      'committed, nothing applied': (root) => commitPending(layout(root), change),
+      'committed, removal and first move done': (root) => {
+        commitPending(layout(root), change)
+        fs.rmSync(`${root}/upper/etc/gone`)
+        fs.rmSync(`${root}/upper/etc/a`)
+        fs.renameSync(`${root}/.ovroot/staged/0`, `${root}/upper/etc/a`)
+      },
+      'committed, every entry in place, no directory metadata yet': (root) => {
+        commitPending(layout(root), change)
+        fs.rmSync(`${root}/upper/etc/gone`)
+        fs.renameSync(`${root}/.ovroot/staged/0`, `${root}/upper/etc/a`)
+        fs.renameSync(`${root}/.ovroot/staged/1`, `${root}/upper/etc/new`)
+      },
+    }
+    for (const [name, cut] of Object.entries(states)) {
+      const s = scratch()
+      t.teardown(() => s.cleanup())
+      const root = `${s.dir}/flash`
+      writeTree(`${root}/upper`, {
+        '/etc/a': 'old a\n',
+        '/etc/b': 'old b\n',
+        '/etc/gone': 'old\n',
+        '/usr/kept': 'kept\n',
+      })
+      setModificationTime(`${root}/upper/etc`, etcTime)
+      writeTree(`${root}/.ovroot/staged`, { '/0': 'new a\n', '/1/c': 'new c\n' })
+      fs.chmodSync(`${root}/.ovroot/staged/1`, 0o750)
+      setModificationTime(`${root}/.ovroot/staged/1`, newDirTime)
+      fs.mkdirSync(`${root}/.ovroot/staged/2`, { mode: 0o700 })
+      cut(root)
+      const committed = fs.existsSync(`${root}/.ovroot/pending`)
+      await applyPending(layout(root), undefined, xattrs)
+      const files = upperSnapshot(`${root}/upper`)
+      const contents = [...files.keys()]
+        .filter((path) => files.get(path)?.startsWith('file'))
+        .map((path) => `${path}=${fs.readFileSync(`${root}/upper${path}`, 'utf8').trim()}`)
+      t.same(
+        contents,
+        committed
+          ? ['/etc/a=new a', '/etc/b=old b', '/etc/new/c=new c', '/usr/kept=kept']
+          : ['/etc/a=old a', '/etc/b=old b', '/etc/gone=old', '/usr/kept=kept'],
+        `${name}: ${committed ? 'the new state' : 'the old state'}, whole`,
+      )
+      const microseconds = (path: string): bigint => fs.statSync(path, { bigint: true }).mtimeNs / 1000n
+      t.equal(microseconds(`${root}/upper/etc`), 1700000000123456n, `${name}: /etc keeps its mtime`)
+      t.equal(
+        fs.statSync(`${root}/upper/usr`).mode & 0o7777,
+        committed ? 0o700 : 0o755,
+        `${name}: /usr's mode, ${committed ? 'new' : 'old'}`,
+      )
+      if (committed) {
+        t.equal(
+          fs.statSync(`${root}/upper/etc/new`).mode & 0o7777,
+          0o750,
+          `${name}: the new directory has its own mode`,
+        )
+        t.equal(microseconds(`${root}/upper/etc/new`), 1700000100654321n, `${name}: and its own mtime`)
+      }
+      t.notOk(
+        fs.existsSync(`${root}/.ovroot/staged`) || fs.existsSync(`${root}/.ovroot/pending`),
+        `${name}: no journal left`,
+      )
+    }
+  },
+)
 
 await t.test('a scheduled reset is never undone by a sync', async (t) => {
   const d = device(t)
@@ -264,58 +376,90 @@ await t.test('a scheduled reset is never undone by a sync', async (t) => {
   t.ok(fs.existsSync(`${d.flash}/.ovroot/pending`), 'the reset is still scheduled')
 })
 
-await t.test('--to DIR mirrors the upper; a live layer is refused; without [sync] the device flash is refused', async (t) => {
-  const d = device(t)
-  fs.writeFileSync(`${d.merged}/etc/usb`, 'to the stick\n')
-  const mirrored = sync(d, '--to', `${d.dir}/usb`)
-  t.equal(mirrored.status, 0, mirrored.stderr)
-  t.same(withoutSharedWhiteouts(upperSnapshot(`${d.dir}/usb/upper`)), withoutSharedWhiteouts(upperSnapshot(`${d.ram}/upper`)))
-  const live = sync(d, '--to', d.ram)
-  t.equal(live.status, 4)
-  t.match(live.stderr, /of a mounted overlay/)
-  fs.writeFileSync(d.config, fs.readFileSync(d.config, 'utf8').replace('enabled = yes', 'enabled = no'))
-  fs.writeFileSync(`${d.dir}/run/status.json`, fs.readFileSync(`${d.dir}/run/status.json`, 'utf8').replace(/,"sync":\{[^}]*\}/, ''))
-  const off = sync(d)
-  t.equal(off.status, 4)
-  t.match(off.stderr, /does not run on a synced RAM upper: \[sync\] enabled = no/)
-})
+await t.test(
+  '--to DIR mirrors the upper; a live layer is refused; without [sync] the device flash is refused',
+  async (t) => {
+    const d = device(t)
+    fs.writeFileSync(`${d.merged}/etc/usb`, 'to the stick\n')
+    const mirrored = sync(d, '--to', `${d.dir}/usb`)
+    t.equal(mirrored.status, 0, mirrored.stderr)
+    t.same(
+      withoutSharedWhiteouts(upperSnapshot(`${d.dir}/usb/upper`)),
+      withoutSharedWhiteouts(upperSnapshot(`${d.ram}/upper`)),
+    )
+    const live = sync(d, '--to', d.ram)
+    t.equal(live.status, 4)
+    t.match(live.stderr, /of a mounted overlay/)
+    fs.writeFileSync(d.config, fs.readFileSync(d.config, 'utf8').replace('enabled = yes', 'enabled = no'))
+    fs.writeFileSync(
+      `${d.dir}/run/status.json`,
+      fs.readFileSync(`${d.dir}/run/status.json`, 'utf8').replace(/,"sync":\{[^}]*\}/, ''),
+    )
+    const off = sync(d)
+    t.equal(off.status, 4)
+    t.match(off.stderr, /does not run on a synced RAM upper: \[sync\] enabled = no/)
+  },
+)
 
 /** inotify watches a process holds, from its file descriptors' fdinfo. */
 function inotifyWatches(pid: number): number {
   let watches = 0
-  for (const fd of fs.readdirSync(`/proc/${pid}/fdinfo`)) watches += (fs.readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8').match(/^inotify /gm) ?? []).length
+  for (const fd of fs.readdirSync(`/proc/${pid}/fdinfo`))
+    watches += (fs.readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8').match(/^inotify /gm) ?? []).length
   return watches
 }
 
 function directoriesIn(root: string): number {
-  return 1 + fs.readdirSync(root, { withFileTypes: true, recursive: true }).filter((entry) => entry.isDirectory()).length
+  return (
+    1 + fs.readdirSync(root, { withFileTypes: true, recursive: true }).filter((entry) => entry.isDirectory()).length
+  )
 }
 
-await t.test('--watch: a file in a directory created a moment before is persisted after [sync] quiet, and SIGTERM syncs once more', async (t) => {
-  const d = device(t, { quiet: 1 })
-  for (let i = 0; i < 5; i++) writeTree(`${d.merged}/srv/site${i}`, Object.fromEntries(Array.from({ length: 20 }, (_, j) => [`/page${j}`, `${i}.${j}\n`])))
-  const daemon = spawn(process.execPath, [OVROOT, 'sync', '--watch', '--config', d.config], { env: cleanEnvironment(), stdio: ['ignore', 'ignore', 'pipe'] })
-  let log = ''
-  daemon.stderr.on('data', (chunk: Buffer) => (log += chunk.toString()))
-  const until = async (what: () => boolean, seconds: number): Promise<boolean> => {
-    for (let waited = 0; waited < seconds * 10; waited++) {
-      if (what()) return true
-      await new Promise((resolve) => setTimeout(resolve, 100))
+await t.test(
+  '--watch: a file in a directory created a moment before is persisted after [sync] quiet, and SIGTERM syncs once more',
+  async (t) => {
+    const d = device(t, { quiet: 1 })
+    for (let i = 0; i < 5; i++)
+      writeTree(
+        `${d.merged}/srv/site${i}`,
+        Object.fromEntries(Array.from({ length: 20 }, (_, j) => [`/page${j}`, `${i}.${j}\n`])),
+      )
+    const daemon = spawn(process.execPath, [OVROOT, 'sync', '--watch', '--config', d.config], {
+      env: cleanEnvironment(),
+      stdio: ['ignore', 'ignore', 'pipe'],
+    })
+    let log = ''
+    daemon.stderr.on('data', (chunk: Buffer) => (log += chunk.toString()))
+    const until = async (what: () => boolean, seconds: number): Promise<boolean> => {
+      for (let waited = 0; waited < seconds * 10; waited++) {
+        if (what()) return true
+        await new Promise((resolve) => setTimeout(resolve, 100))
+      }
+      return what()
     }
-    return what()
-  }
-  const watcher = (): string | undefined => (fs.existsSync(`${d.dir}/run/sync.json`) ? (JSON.parse(fs.readFileSync(`${d.dir}/run/sync.json`, 'utf8')) as { watcher?: string }).watcher : undefined)
-  t.ok(await until(() => watcher() === 'watching', 20), 'the daemon watches')
-  fs.mkdirSync(`${d.merged}/etc/fresh`)
-  fs.writeFileSync(`${d.merged}/etc/fresh/file`, 'created at once\n')
-  t.ok(await until(() => fs.existsSync(`${d.flash}/upper/etc/fresh/file`), 30), 'persisted without any command')
-  t.equal(inotifyWatches(daemon.pid ?? 0), directoriesIn(`${d.ram}/upper`), 'one inotify watch per directory of the upper, none per file')
-  fs.appendFileSync(`${d.merged}/srv/site3/page7`, 'edited in place\n')
-  t.ok(await until(() => fs.readFileSync(`${d.flash}/upper/srv/site3/page7`, 'utf8').includes('edited in place'), 30), 'a file changed in place is persisted: its directory\'s watch saw it')
-  fs.writeFileSync(`${d.merged}/etc/last`, 'just before shutdown\n')
-  daemon.kill('SIGTERM')
-  const code = await new Promise<number | null>((resolve) => daemon.on('exit', resolve))
-  t.equal(code, 0, log)
-  t.ok(fs.existsSync(`${d.flash}/upper/etc/last`), 'the last change went to the flash on SIGTERM')
-  t.equal(watcher(), 'stopped')
-})
+    const watcher = (): string | undefined =>
+      fs.existsSync(`${d.dir}/run/sync.json`)
+        ? (JSON.parse(fs.readFileSync(`${d.dir}/run/sync.json`, 'utf8')) as { watcher?: string }).watcher
+        : undefined
+    t.ok(await until(() => watcher() === 'watching', 20), 'the daemon watches')
+    fs.mkdirSync(`${d.merged}/etc/fresh`)
+    fs.writeFileSync(`${d.merged}/etc/fresh/file`, 'created at once\n')
+    t.ok(await until(() => fs.existsSync(`${d.flash}/upper/etc/fresh/file`), 30), 'persisted without any command')
+    t.equal(
+      inotifyWatches(daemon.pid ?? 0),
+      directoriesIn(`${d.ram}/upper`),
+      'one inotify watch per directory of the upper, none per file',
+    )
+    fs.appendFileSync(`${d.merged}/srv/site3/page7`, 'edited in place\n')
+    t.ok(
+      await until(() => fs.readFileSync(`${d.flash}/upper/srv/site3/page7`, 'utf8').includes('edited in place'), 30),
+      "a file changed in place is persisted: its directory's watch saw it",
+    )
+    fs.writeFileSync(`${d.merged}/etc/last`, 'just before shutdown\n')
+    daemon.kill('SIGTERM')
+    const code = await new Promise<number | null>((resolve) => daemon.on('exit', resolve))
+    t.equal(code, 0, log)
+    t.ok(fs.existsSync(`${d.flash}/upper/etc/last`), 'the last change went to the flash on SIGTERM')
+    t.equal(watcher(), 'stopped')
+  },
+)

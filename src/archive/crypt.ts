@@ -70,8 +70,16 @@ export class Encrypt extends Transform {
     const salt = randomBytes(16)
     const keys = deriveKeys(passphrase, salt, SCRYPT.log2N, SCRYPT.r, SCRYPT.p)
     this.key = keys.cipher
-    const unchecked = Buffer.concat([ENCRYPTED_MAGIC, salt, Buffer.from([SCRYPT.log2N, SCRYPT.r, SCRYPT.p]), this.prefix])
-    this.header = Buffer.concat([unchecked, createHmac('sha256', keys.check).update(unchecked).digest().subarray(0, 16)])
+    const unchecked = Buffer.concat([
+      ENCRYPTED_MAGIC,
+      salt,
+      Buffer.from([SCRYPT.log2N, SCRYPT.r, SCRYPT.p]),
+      this.prefix,
+    ])
+    this.header = Buffer.concat([
+      unchecked,
+      createHmac('sha256', keys.check).update(unchecked).digest().subarray(0, 16),
+    ])
     this.push(this.header)
   }
 
@@ -100,7 +108,8 @@ export class Encrypt extends Transform {
   }
 }
 
-const tampered = (what: string): OvrootError => new OvrootError('ETAMPERED', ExitCode.data, `encrypted backup is damaged or was tampered with (${what})`)
+const tampered = (what: string): OvrootError =>
+  new OvrootError('ETAMPERED', ExitCode.data, `encrypted backup is damaged or was tampered with (${what})`)
 
 export class Decrypt extends Transform {
   private header: Buffer | undefined
@@ -160,16 +169,27 @@ export class Decrypt extends Transform {
     if (!header.subarray(0, 8).equals(ENCRYPTED_MAGIC)) throw tampered('no ovroot encryption header')
     const [log2N = 0, r = 0, p = 0] = header.subarray(24, 27)
     // Only what backup writes: the parameters are read before anything can be checked, so any other value is an attacker's choice of cost.
-    if (log2N !== SCRYPT.log2N || r !== SCRYPT.r || p !== SCRYPT.p) throw tampered(`key-derivation parameters N=2^${log2N} r=${r} p=${p}, not the N=2^${SCRYPT.log2N} r=${SCRYPT.r} p=${SCRYPT.p} ovroot writes`)
+    if (log2N !== SCRYPT.log2N || r !== SCRYPT.r || p !== SCRYPT.p)
+      throw tampered(
+        `key-derivation parameters N=2^${log2N} r=${r} p=${p}, not the N=2^${SCRYPT.log2N} r=${SCRYPT.r} p=${SCRYPT.p} ovroot writes`,
+      )
     const keys = deriveKeys(this.passphrase, header.subarray(8, 24), log2N, r, p)
-    const check = createHmac('sha256', keys.check).update(header.subarray(0, HEADER_BYTES - 16)).digest().subarray(0, 16)
-    if (!timingSafeEqual(check, header.subarray(HEADER_BYTES - 16))) throw new OvrootError('EPASSPHRASE', ExitCode.data, 'wrong passphrase for this encrypted backup')
+    const check = createHmac('sha256', keys.check)
+      .update(header.subarray(0, HEADER_BYTES - 16))
+      .digest()
+      .subarray(0, 16)
+    if (!timingSafeEqual(check, header.subarray(HEADER_BYTES - 16)))
+      throw new OvrootError('EPASSPHRASE', ExitCode.data, 'wrong passphrase for this encrypted backup')
     this.header = header
     this.key = keys.cipher
   }
 
   private open(ciphertext: Buffer, tag: Buffer, { final }: { final: boolean }): void {
-    const decipher = createDecipheriv('aes-256-gcm', this.key ?? Buffer.alloc(32), nonce((this.header ?? Buffer.alloc(HEADER_BYTES)).subarray(27, 35), this.index))
+    const decipher = createDecipheriv(
+      'aes-256-gcm',
+      this.key ?? Buffer.alloc(32),
+      nonce((this.header ?? Buffer.alloc(HEADER_BYTES)).subarray(27, 35), this.index),
+    )
     decipher.setAAD(aad(this.header ?? Buffer.alloc(0), final))
     decipher.setAuthTag(tag)
     try {
@@ -180,5 +200,4 @@ export class Decrypt extends Transform {
     this.index++
     this.sawFinal = final
   }
-
 }

@@ -43,9 +43,17 @@ export async function boot(configFile: string | undefined): Promise<ExitStatus> 
   const state: BootState = { mode: 'flash', bootedAt: new Date().toISOString() }
 
   const medium = await mountFlash(config, state)
-  const layers = medium.volume.driver === 'ram' ? { lowers: ['/'], upper: upperDir(config), work: workDir(config) } : await flashLayers(config, medium.volume, kernel.reset, state)
+  const layers =
+    medium.volume.driver === 'ram'
+      ? { lowers: ['/'], upper: upperDir(config), work: workDir(config) }
+      : await flashLayers(config, medium.volume, kernel.reset, state)
   mountOverlay(config, layers, medium.volume.driver !== 'ram', state)
-  state.medium = { driver: medium.volume.driver, description: medium.volume.description, device: medium.volume.device, filesystem: medium.volume.filesystem }
+  state.medium = {
+    driver: medium.volume.driver,
+    description: medium.volume.description,
+    device: medium.volume.device,
+    filesystem: medium.volume.filesystem,
+  }
   state.formatted = medium.formatted || undefined
   pivotInto(config.overlay.dir)
   state.bootSeconds = secondsSinceShimStart()
@@ -79,7 +87,9 @@ function mountOverlay(config: Config, layers: Layers, persistent: boolean, state
   const flashUpper = upperDir(config)
   const readingOptions = namespaceForMount(config.overlay.options) === 'user' ? ['userxattr'] : []
   const fallbacks: { layers: Layers; options: string[] }[] = [
-    ...(persistent && !layers.lowers.includes(flashUpper) ? [{ layers: ramUpperOver(config, [flashUpper, '/'], 'fallback'), options: readingOptions }] : []),
+    ...(persistent && !layers.lowers.includes(flashUpper)
+      ? [{ layers: ramUpperOver(config, [flashUpper, '/'], 'fallback'), options: readingOptions }]
+      : []),
     { layers: ramUpperOver(config, ['/'], 'firmware-only'), options: readingOptions },
   ]
   let attempt = { layers, options: config.overlay.options }
@@ -88,12 +98,20 @@ function mountOverlay(config: Config, layers: Layers, persistent: boolean, state
     const options = overlayOptions(attempt.options, attempt.layers.lowers, attempt.layers.upper, attempt.layers.work)
     try {
       mount('overlay', STAGING, 'overlay', MountFlag.noAtime, options)
-      state.overlay = { lowers: attempt.layers.lowers.map((lower) => (lower === '/' ? '/rom' : lower)), upper: attempt.layers.upper, work: attempt.layers.work, options }
+      state.overlay = {
+        lowers: attempt.layers.lowers.map((lower) => (lower === '/' ? '/rom' : lower)),
+        upper: attempt.layers.upper,
+        work: attempt.layers.work,
+        options,
+      }
       return
     } catch (error) {
       const next = fallbacks.shift()
       if (!next) throw error
-      const shown = next.layers.lowers.length > 1 ? `the flash upper ${flashUpper} is shown read-only under a RAM upper` : 'only the firmware is shown'
+      const shown =
+        next.layers.lowers.length > 1
+          ? `the flash upper ${flashUpper} is shown read-only under a RAM upper`
+          : 'only the firmware is shown'
       degrade(state, `the overlay did not mount (${options}): ${messageOf(error)}; ${shown}`)
       if (state.sync) {
         // The RAM copy of the flash goes with the mount that could not use it.
@@ -118,14 +136,20 @@ async function flashLayers(config: Config, volume: Volume, forcedReset: boolean,
     if (applied?.kind === 'reset') state.reset = { kept: applied.kept }
     if (applied?.kind === 'restore') state.restored = { source: applied.source, entries: applied.entries }
   } catch (error) {
-    degrade(state, `the change scheduled for the flash failed: ${messageOf(error)}; the flash is left as it is, read-only at ${config.overlay.dir}; 'ovroot reset --cancel' drops the change`)
+    degrade(
+      state,
+      `the change scheduled for the flash failed: ${messageOf(error)}; the flash is left as it is, read-only at ${config.overlay.dir}; 'ovroot reset --cancel' drops the change`,
+    )
     remount(config.overlay.dir, { readOnly: true })
     return ramUpperOver(config, ['/'])
   }
   const upper = upperDir(config)
   if (isFull(config.overlay.dir) || !prepareLayers(upper, workDir(config))) {
     // Keep the user's files visible under a RAM upper; a layer must not change under a live overlay.
-    degrade(state, `flash ${volume.description} is full: its files are shown read-only under a RAM upper; 'ovroot reset' returns to the factory state at the next boot, 'ovroot reset PATH...' drops just those paths`)
+    degrade(
+      state,
+      `flash ${volume.description} is full: its files are shown read-only under a RAM upper; 'ovroot reset' returns to the factory state at the next boot, 'ovroot reset PATH...' drops just those paths`,
+    )
     remount(config.overlay.dir, { readOnly: true })
     return ramUpperOver(config, [upper, '/'])
   }
@@ -150,7 +174,10 @@ async function syncedRamUpper(config: Config, mirror: string, state: BootState):
   } catch (error) {
     // A partial copy must never be the root: it would show files cut short, and a sync would persist them so.
     unmount(ram, { lazy: true })
-    degrade(state, `the flash copy ${mirror} could not be loaded into the RAM upper (tmpfs, size ${config.flash.ram_size}): ${messageOf(error)}; it is shown read-only under a RAM upper and nothing is synced: raise [flash] ram_size, or drop files with 'ovroot reset PATH...'`)
+    degrade(
+      state,
+      `the flash copy ${mirror} could not be loaded into the RAM upper (tmpfs, size ${config.flash.ram_size}): ${messageOf(error)}; it is shown read-only under a RAM upper and nothing is synced: raise [flash] ram_size, or drop files with 'ovroot reset PATH...'`,
+    )
     remount(config.overlay.dir, { readOnly: true })
     return ramUpperOver(config, [mirror, '/'])
   }
@@ -196,7 +223,11 @@ async function mountVolume(volume: Volume, config: Config, { persistent }: { per
   let formatted = false
   const state = volume.inspect()
   if (state === 'unrecognised' && !config.flash.reformat_corrupt) {
-    throw new OvrootError('ECORRUPT', ExitCode.data, `${volume.description} holds data that is not ${volume.filesystem} (corrupt flash?); left untouched: set [flash] reformat_corrupt = yes to erase it`)
+    throw new OvrootError(
+      'ECORRUPT',
+      ExitCode.data,
+      `${volume.description} holds data that is not ${volume.filesystem} (corrupt flash?); left untouched: set [flash] reformat_corrupt = yes to erase it`,
+    )
   }
   if (state !== 'formatted') {
     await volume.format()
@@ -207,7 +238,11 @@ async function mountVolume(volume: Volume, config: Config, { persistent }: { per
   } catch (error) {
     if (!persistent) throw error
     if (!config.flash.reformat_corrupt || formatted) {
-      throw new OvrootError('ECORRUPT', ExitCode.data, `${volume.description} (${volume.filesystem}) does not mount: ${(error as Error).message}; left untouched: set [flash] reformat_corrupt = yes to erase it`)
+      throw new OvrootError(
+        'ECORRUPT',
+        ExitCode.data,
+        `${volume.description} (${volume.filesystem}) does not mount: ${(error as Error).message}; left untouched: set [flash] reformat_corrupt = yes to erase it`,
+      )
     }
     await volume.format()
     volume.mount(target)
@@ -216,7 +251,11 @@ async function mountVolume(volume: Volume, config: Config, { persistent }: { per
   const layout = flashLayout(config)
   if (persistent && !pathExists(formatRecordPath(layout))) {
     makeDirectory(stateDir(layout))
-    const record: FormatRecord = { formatted: new Date().toISOString(), by: `ovroot ${VERSION}`, filesystem: volume.filesystem }
+    const record: FormatRecord = {
+      formatted: new Date().toISOString(),
+      by: `ovroot ${VERSION}`,
+      filesystem: volume.filesystem,
+    }
     writeFileAtomic(formatRecordPath(layout), `${JSON.stringify(record)}\n`)
   }
   return { volume, formatted }
@@ -228,9 +267,16 @@ async function applyPendingChange(config: Config, forcedReset: boolean): Promise
   if (!forcedReset && !hasPendingWork(layout)) return undefined
   const xattrs = new OverlayXattrs(namespaceForMount(config.overlay.options))
   if (forcedReset && readPending(layout)?.kind !== 'reset') {
-    const [{ collectKeepPatterns }, { offlineView }] = await Promise.all([import('../reset/keep.js'), import('../reset/views.js')])
+    const [{ collectKeepPatterns }, { offlineView }] = await Promise.all([
+      import('../reset/keep.js'),
+      import('../reset/views.js'),
+    ])
     const upper = pathExists(upperDir(config)) ? upperDir(config) : '/nonexistent'
-    commitPending(layout, { kind: 'reset', requested: new Date().toISOString(), keep: collectKeepPatterns(config, [], offlineView(upper, ['/'], xattrs.namespace)) })
+    commitPending(layout, {
+      kind: 'reset',
+      requested: new Date().toISOString(),
+      keep: collectKeepPatterns(config, [], offlineView(upper, ['/'], xattrs.namespace)),
+    })
   }
   const change = readPending(layout)
   const what = change && describeChange(change)
@@ -300,7 +346,9 @@ function secondsSinceShimStart(): number | undefined {
 function announce(state: BootState): void {
   if (state.mode === 'flash') {
     const synced = state.sync ? `, in RAM, synced to ${state.sync.mirror} by ovroot sync` : ''
-    process.stderr.write(`ovroot: root on ${state.medium?.description} (${state.medium?.filesystem})${synced}${state.formatted ? ', formatted on this first boot' : ''}\n`)
+    process.stderr.write(
+      `ovroot: root on ${state.medium?.description} (${state.medium?.filesystem})${synced}${state.formatted ? ', formatted on this first boot' : ''}\n`,
+    )
     return
   }
   if (state.mode === 'ram') {
@@ -308,5 +356,7 @@ function announce(state: BootState): void {
     return
   }
   const bar = '*'.repeat(72)
-  process.stderr.write(`${bar}\novroot: DEGRADED BOOT: ${state.reason}\novroot: the root runs on a RAM upper: changes made now are LOST at reboot.\novroot: run 'ovroot status' for details.\n${bar}\n`)
+  process.stderr.write(
+    `${bar}\novroot: DEGRADED BOOT: ${state.reason}\novroot: the root runs on a RAM upper: changes made now are LOST at reboot.\novroot: run 'ovroot status' for details.\n${bar}\n`,
+  )
 }

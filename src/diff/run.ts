@@ -24,7 +24,8 @@ export interface DiffCommandOptions {
 
 export async function runDiff(options: DiffCommandOptions): Promise<ExitStatus> {
   // A file the user names is always read and validated, even when --lower and --upper make it unnecessary.
-  const config = options.configFile !== undefined || !options.lowers || !options.upper ? loadConfig(options.configFile) : undefined
+  const config =
+    options.configFile !== undefined || !options.lowers || !options.upper ? loadConfig(options.configFile) : undefined
   const lowers = options.lowers ?? config?.overlay.lower ?? []
   const upper = options.upper ?? (config ? upperDir(config) : '')
   const configuredNamespace = namespaceForMount(config?.overlay.options ?? [])

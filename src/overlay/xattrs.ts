@@ -6,7 +6,18 @@
  */
 export type XattrNamespace = 'trusted' | 'user'
 
-export const OVERLAY_KEYS = ['opaque', 'redirect', 'metacopy', 'whiteout', 'origin', 'impure', 'nlink', 'uuid', 'upper', 'protattr'] as const
+export const OVERLAY_KEYS = [
+  'opaque',
+  'redirect',
+  'metacopy',
+  'whiteout',
+  'origin',
+  'impure',
+  'nlink',
+  'uuid',
+  'upper',
+  'protattr',
+] as const
 export type OverlayKey = (typeof OVERLAY_KEYS)[number]
 
 const AUDITED = new Set(['security.capability', 'system.posix_acl_access', 'system.posix_acl_default'])

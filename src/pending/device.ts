@@ -19,7 +19,10 @@ export interface BootRecord {
 }
 
 export function readBootRecord(config: Config): BootRecord {
-  const state = readBootState(config.boot.run_dir, ', so this is not a device booted by ovroot; use --upper DIR for an unmounted upper')
+  const state = readBootState(
+    config.boot.run_dir,
+    ', so this is not a device booted by ovroot; use --upper DIR for an unmounted upper',
+  )
   return { state, flashMounted: flashMounted(state) }
 }
 
@@ -28,7 +31,11 @@ export function readBootRecord(config: Config): BootRecord {
  * in its state directory, never in the layer the overlay uses, so the flash is
  * writable just for that.
  */
-export async function withWritableFlash<T>(config: Config, record: BootRecord, change: () => T | Promise<T>): Promise<T> {
+export async function withWritableFlash<T>(
+  config: Config,
+  record: BootRecord,
+  change: () => T | Promise<T>,
+): Promise<T> {
   const readOnly = record.state.mode !== 'flash'
   if (readOnly) remount(config.overlay.dir, { readOnly: false })
   try {
@@ -53,6 +60,12 @@ export function refuseLiveLayer(dir: string): void {
   const target = realPath(dir) ?? dir
   const { written, lowers } = mountedOverlayLayers()
   const inside = (path: string, root: string): boolean => path === root || path.startsWith(`${root}/`)
-  const clash = [...written, ...lowers].find((layer) => inside(layer, target)) ?? written.find((layer) => inside(target, layer))
-  if (clash !== undefined) throw new OvrootError('EBUSY', ExitCode.environment, `${dir} is ${clash === target ? 'a layer' : 'part of a layer'} (${clash}) of a mounted overlay; change it with a reboot, never while mounted`)
+  const clash =
+    [...written, ...lowers].find((layer) => inside(layer, target)) ?? written.find((layer) => inside(target, layer))
+  if (clash !== undefined)
+    throw new OvrootError(
+      'EBUSY',
+      ExitCode.environment,
+      `${dir} is ${clash === target ? 'a layer' : 'part of a layer'} (${clash}) of a mounted overlay; change it with a reboot, never while mounted`,
+    )
 }

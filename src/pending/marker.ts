@@ -10,8 +10,25 @@
 import { randomBytes } from 'node:crypto'
 import { ExitCode, OvrootError } from '../errors.js'
 import { syncAll } from '../sys/libc.js'
-import { markerPath, replacedPath, reservePath, scanBaselinePath, stagedPath, stateDir, type FlashLayout } from '../state/flash.js'
-import { filesystemInfo, makeDirectory, pathExists, readTextFileIfExists, removeFile, removeTree, syncDirectory, writeFileAtomic } from '../sys/fs.js'
+import {
+  markerPath,
+  replacedPath,
+  reservePath,
+  scanBaselinePath,
+  stagedPath,
+  stateDir,
+  type FlashLayout,
+} from '../state/flash.js'
+import {
+  filesystemInfo,
+  makeDirectory,
+  pathExists,
+  readTextFileIfExists,
+  removeFile,
+  removeTree,
+  syncDirectory,
+  writeFileAtomic,
+} from '../sys/fs.js'
 
 export type PendingChange =
   | { kind: 'reset'; requested: string; keep: string[]; only?: string[] }
@@ -22,7 +39,14 @@ export type PendingChange =
    * `parents` are directories that receive entries but did not change
    * themselves, with the mtime to give back to them afterwards.
    */
-  | { kind: 'sync'; requested: string; entries: number; removals: string[]; moves: string[]; parents: [string, number][] }
+  | {
+      kind: 'sync'
+      requested: string
+      entries: number
+      removals: string[]
+      moves: string[]
+      parents: [string, number][]
+    }
 
 /**
  * Held back so that a change can still be scheduled on a full flash. JFFS2
@@ -43,11 +67,21 @@ export function readPending(layout: FlashLayout): PendingChange | undefined {
     const marker = JSON.parse(text) as PendingChange
     if (marker.kind === 'reset' && Array.isArray(marker.keep)) return marker
     if (marker.kind === 'restore' && typeof marker.source === 'string') return marker
-    if (marker.kind === 'sync' && Array.isArray(marker.removals) && Array.isArray(marker.moves) && Array.isArray(marker.parents)) return marker
+    if (
+      marker.kind === 'sync' &&
+      Array.isArray(marker.removals) &&
+      Array.isArray(marker.moves) &&
+      Array.isArray(marker.parents)
+    )
+      return marker
   } catch {
     // reported below
   }
-  throw new OvrootError('EMARKER', ExitCode.data, `${markerPath(layout)}: unreadable pending-change marker; expected the JSON ovroot writes (ovroot reset --cancel removes it)`)
+  throw new OvrootError(
+    'EMARKER',
+    ExitCode.data,
+    `${markerPath(layout)}: unreadable pending-change marker; expected the JSON ovroot writes (ovroot reset --cancel removes it)`,
+  )
 }
 
 /**
@@ -105,7 +139,8 @@ export function describePendingAt(layout: FlashLayout): string | undefined {
     const pending = readPending(layout)
     return pending && describePending(pending)
   } catch (error) {
-    if (error instanceof OvrootError && error.code === 'EMARKER') return 'an unreadable pending change (ovroot reset --cancel removes it)'
+    if (error instanceof OvrootError && error.code === 'EMARKER')
+      return 'an unreadable pending change (ovroot reset --cancel removes it)'
     throw error
   }
 }
@@ -123,7 +158,14 @@ export function describeChange(change: PendingChange): string {
 }
 
 function describeParts(change: PendingChange): { what: string; detail: string } {
-  if (change.kind === 'reset') return { what: change.only ? `reset of ${change.only.join(' ')}` : 'factory reset', detail: `, keeping ${change.keep.length ? change.keep.join(' ') : 'nothing'}` }
+  if (change.kind === 'reset')
+    return {
+      what: change.only ? `reset of ${change.only.join(' ')}` : 'factory reset',
+      detail: `, keeping ${change.keep.length ? change.keep.join(' ') : 'nothing'}`,
+    }
   if (change.kind === 'sync') return { what: `the end of an interrupted sync (${change.entries} entries)`, detail: '' }
-  return { what: `${change.merge ? 'sysupgrade archive' : 'restore'} of ${change.source} (${change.entries} entries)`, detail: '' }
+  return {
+    what: `${change.merge ? 'sysupgrade archive' : 'restore'} of ${change.source} (${change.entries} entries)`,
+    detail: '',
+  }
 }

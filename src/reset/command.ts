@@ -33,13 +33,17 @@ export interface ResetOptions {
 
 export async function runReset(options: ResetOptions): Promise<ExitStatus> {
   const config = loadConfig(options.configFile)
-  if (options.keep.some((path) => !path.startsWith('/'))) throw usageError('--keep takes absolute paths or globs, such as /etc/dropbear')
-  if (options.paths.some((path) => !path.startsWith('/') || path === '/')) throw usageError('reset PATH takes absolute paths of the merged view below /, such as /etc/config/network')
+  if (options.keep.some((path) => !path.startsWith('/')))
+    throw usageError('--keep takes absolute paths or globs, such as /etc/dropbear')
+  if (options.paths.some((path) => !path.startsWith('/') || path === '/'))
+    throw usageError('reset PATH takes absolute paths of the merged view below /, such as /etc/config/network')
   options.paths = options.paths.map((path) => path.replace(/\/+$/, ''))
   if (options.upper !== undefined) return resetUnmounted(config, options)
   const record = readBootRecord(config)
   if (!record.flashMounted) {
-    process.stdout.write(`ovroot: the root runs on a RAM upper (mode ${record.state.mode}): nothing on flash to reset; everything changed is discarded at reboot\n`)
+    process.stdout.write(
+      `ovroot: the root runs on a RAM upper (mode ${record.state.mode}): nothing on flash to reset; everything changed is discarded at reboot\n`,
+    )
     if (options.reboot && !options.dryRun) await rebootNow()
     return ExitCode.ok
   }
@@ -51,17 +55,30 @@ export async function runReset(options: ResetOptions): Promise<ExitStatus> {
   const keep = collectKeepPatterns(config, options.keep, liveView)
   const only = options.paths.length > 0 ? options.paths : undefined
   if (options.dryRun) {
-    printResetPreview(upperDir(config), config.overlay.lower, namespaceForMount(config.overlay.options), planReset(upperDir(config), new KeepList(keep), only), options.json)
+    printResetPreview(
+      upperDir(config),
+      config.overlay.lower,
+      namespaceForMount(config.overlay.options),
+      planReset(upperDir(config), new KeepList(keep), only),
+      options.json,
+    )
     return ExitCode.ok
   }
-  if (!options.yes) await confirm(only ? `Reset ${only.join(' ')} to the firmware's state at the next boot.` : 'Factory reset: every change to the firmware\'s files goes at the next boot, except the keep list.')
+  if (!options.yes)
+    await confirm(
+      only
+        ? `Reset ${only.join(' ')} to the firmware's state at the next boot.`
+        : "Factory reset: every change to the firmware's files goes at the next boot, except the keep list.",
+    )
   const replaced = describePendingAt(layout)
   await withWritableFlash(config, record, () => {
     cancelPending(layout)
     commitPending(layout, { kind: 'reset', requested: new Date().toISOString(), keep, ...(only && { only }) })
   })
   if (replaced) process.stdout.write(`ovroot: replaces ${replaced}\n`)
-  process.stdout.write(`ovroot: ${only ? `reset of ${only.join(' ')}` : 'factory reset'} scheduled for the next boot${keep.length ? `, keeping ${keep.join(' ')}` : ''}\n`)
+  process.stdout.write(
+    `ovroot: ${only ? `reset of ${only.join(' ')}` : 'factory reset'} scheduled for the next boot${keep.length ? `, keeping ${keep.join(' ')}` : ''}\n`,
+  )
   if (options.reboot) await rebootNow()
   return ExitCode.ok
 }
@@ -71,7 +88,8 @@ async function resetUnmounted(config: Config, options: ResetOptions): Promise<Ex
   const upper = resolve(options.upper ?? '')
   const layout: FlashLayout = { root: dirname(upper), upperName: basename(upper) }
   // A power cut during a restore's swap leaves no upper, only the marker saying how to finish.
-  if (statPath(upper)?.type !== 'dir' && !readPending(layout)) throw new OvrootError('ENOENT', ExitCode.environment, `upper directory ${upper} does not exist`)
+  if (statPath(upper)?.type !== 'dir' && !readPending(layout))
+    throw new OvrootError('ENOENT', ExitCode.environment, `upper directory ${upper} does not exist`)
   refuseLiveLayer(upper)
   const namespace = namespaceForMount(config.overlay.options)
   const keep = collectKeepPatterns(config, options.keep, offlineView(upper, config.overlay.lower, namespace))
@@ -80,7 +98,10 @@ async function resetUnmounted(config: Config, options: ResetOptions): Promise<Ex
     printResetPreview(upper, config.overlay.lower, namespace, planReset(upper, new KeepList(keep), only), options.json)
     return ExitCode.ok
   }
-  if (!options.yes) await confirm(`Reset of ${upper}: everything in it goes${only ? ` under ${only.join(' ')}` : ''}, except the keep list.`)
+  if (!options.yes)
+    await confirm(
+      `Reset of ${upper}: everything in it goes${only ? ` under ${only.join(' ')}` : ''}, except the keep list.`,
+    )
   const work = layout.upperName === 'upper' ? `${layout.root}/work` : undefined
   const xattrs = new OverlayXattrs(namespace)
   // A reset an earlier run committed is finished as it was committed (its keep list was read before it began).

@@ -60,9 +60,15 @@ export interface ExtractResult {
 export async function extractArchive(file: string, options: ExtractOptions): Promise<ExtractResult> {
   const magic = readAt(file, 0, 8)
   const encrypted = magic.equals(ENCRYPTED_MAGIC)
-  if (encrypted && !options.passphrase) throw new OvrootError('EPASSPHRASE', ExitCode.usage, `${file} is an encrypted backup: pass --passphrase-file`)
+  if (encrypted && !options.passphrase)
+    throw new OvrootError('EPASSPHRASE', ExitCode.usage, `${file} is an encrypted backup: pass --passphrase-file`)
   // A passphrase means the user relies on authentication: a plain archive put in the encrypted one's place must not pass.
-  if (!encrypted && options.passphrase) throw new OvrootError('ENOTENCRYPTED', ExitCode.data, `${file} is not an encrypted backup, but --passphrase-file was given: refusing an archive nothing authenticates`)
+  if (!encrypted && options.passphrase)
+    throw new OvrootError(
+      'ENOTENCRYPTED',
+      ExitCode.data,
+      `${file} is not an encrypted backup, but --passphrase-file was given: refusing an archive nothing authenticates`,
+    )
   const handler = new Extraction(options)
   const sink = new Writable({
     write(chunk: Buffer, _encoding, done) {
@@ -97,7 +103,8 @@ export async function extractArchive(file: string, options: ExtractOptions): Pro
 function asArchiveError(error: unknown, file: string): OvrootError {
   if (error instanceof OvrootError) return error
   const code = (error as { code?: string }).code ?? ''
-  if (code.startsWith('Z_') || code === 'ERR_STREAM_PREMATURE_CLOSE') return corrupt(`${file}: the compressed stream is damaged or truncated (${(error as Error).message})`)
+  if (code.startsWith('Z_') || code === 'ERR_STREAM_PREMATURE_CLOSE')
+    return corrupt(`${file}: the compressed stream is damaged or truncated (${(error as Error).message})`)
   return corrupt(`${file}: ${(error as Error).message}`)
 }
 
@@ -130,13 +137,15 @@ class Extraction {
       this.kind = 'ovroot'
       this.header = record.header
     } else if (record.kind === 'trailer') {
-      if (this.kind !== 'ovroot' || this.trailerEntries !== undefined) throw corrupt('a backup trailer without its header')
+      if (this.kind !== 'ovroot' || this.trailerEntries !== undefined)
+        throw corrupt('a backup trailer without its header')
       this.trailerEntries = record.trailer.entries
     }
   }
 
   private entry(entry: TarEntry): void {
-    if (this.trailerEntries !== undefined) throw corrupt(`archive entry ${JSON.stringify(entry.path)} after the backup's trailer`)
+    if (this.trailerEntries !== undefined)
+      throw corrupt(`archive entry ${JSON.stringify(entry.path)} after the backup's trailer`)
     if (!this.rules) {
       this.kind ??= entry.path === '.' ? 'upper' : 'sysupgrade'
       const sysupgrade = this.kind === 'sysupgrade'
@@ -149,13 +158,18 @@ class Extraction {
     for (const parent of this.rules.admit(entry)) this.writeImplicitDirectory(parent)
     const sums = decodeSums(entry.comment)
     if (this.kind === 'ovroot' && entry.type === 'file' && entry.holeSize === undefined && !sums) {
-      throw corrupt(`archive entry ${JSON.stringify(entry.path)}: a file without its recorded sha256; the backup is damaged`)
+      throw corrupt(
+        `archive entry ${JSON.stringify(entry.path)}: a file without its recorded sha256; the backup is damaged`,
+      )
     }
     this.current = { entry, hash: sums ? createHash('sha256') : undefined, sums }
     this.neededBytes += ENTRY_BYTES + Math.ceil(entry.size / 4096) * 4096
     // A sysupgrade archive's root entry would change the upper's own directory: its files are what it carries.
     if (this.writer && this.options.staging !== undefined && !(this.kind === 'sysupgrade' && entry.path === '.')) {
-      const linkTarget = entry.type === 'hardlink' ? under(this.options.staging, (entry.linkTarget ?? '').replace(/^(\.\/)+/, '')) : undefined
+      const linkTarget =
+        entry.type === 'hardlink'
+          ? under(this.options.staging, (entry.linkTarget ?? '').replace(/^(\.\/)+/, ''))
+          : undefined
       this.writer.begin(under(this.options.staging, entry.path), entry, linkTarget)
     }
   }
@@ -171,8 +185,17 @@ class Extraction {
     this.current = undefined
     if (!current) return
     const { entry, hash, sums } = current
-    if (hash && sums && hash.digest('hex') !== sums.sha256) throw corrupt(`archive entry ${JSON.stringify(entry.path)}: its content does not match its recorded sha256; the backup is damaged`)
-    if (sums?.base && this.header && this.options.checkFirmware(this.header) && this.options.firmwareSha256(entry.path) !== sums.base) this.conflicts.push(`/${entry.path}`)
+    if (hash && sums && hash.digest('hex') !== sums.sha256)
+      throw corrupt(
+        `archive entry ${JSON.stringify(entry.path)}: its content does not match its recorded sha256; the backup is damaged`,
+      )
+    if (
+      sums?.base &&
+      this.header &&
+      this.options.checkFirmware(this.header) &&
+      this.options.firmwareSha256(entry.path) !== sums.base
+    )
+      this.conflicts.push(`/${entry.path}`)
     if (!(this.kind === 'sysupgrade' && entry.path === '.')) this.writer?.end()
   }
 
@@ -204,9 +227,20 @@ class Extraction {
   result(): ExtractResult {
     if (!this.rules || !this.kind) throw corrupt('the archive holds no entries')
     if (this.kind === 'ovroot' && this.trailerEntries !== this.rules.count) {
-      throw corrupt(this.trailerEntries === undefined ? 'the backup ends without its trailer: truncated' : `the backup's trailer counts ${this.trailerEntries} entries, the archive holds ${this.rules.count}`)
+      throw corrupt(
+        this.trailerEntries === undefined
+          ? 'the backup ends without its trailer: truncated'
+          : `the backup's trailer counts ${this.trailerEntries} entries, the archive holds ${this.rules.count}`,
+      )
     }
     this.writer?.finish()
-    return { kind: this.kind, header: this.header, entries: this.rules.count, dataBytes: this.dataBytes, neededBytes: this.neededBytes, conflicts: this.conflicts }
+    return {
+      kind: this.kind,
+      header: this.header,
+      entries: this.rules.count,
+      dataBytes: this.dataBytes,
+      neededBytes: this.neededBytes,
+      conflicts: this.conflicts,
+    }
   }
 }

@@ -48,7 +48,11 @@ export function readBootState(runDir: string, absent: string): BootState {
   } catch {
     // reported below
   }
-  throw new OvrootError('ESTATUS', ExitCode.data, `${file}: unreadable boot record; expected the JSON ovroot boot writes`)
+  throw new OvrootError(
+    'ESTATUS',
+    ExitCode.data,
+    `${file}: unreadable boot record; expected the JSON ovroot boot writes`,
+  )
 }
 
 /** The flash is mounted at [overlay] dir (read-only unless the mode is flash). */

@@ -53,4 +53,3 @@ export interface FormatRecord {
   by: string
   filesystem: string
 }
-

@@ -12,6 +12,7 @@
  */
 export const statusPath = (runDir: string): string => `${runDir}/status.json`
 export const progressPath = (runDir: string): string => `${runDir}/progress`
-export const ramDir = (runDir: string, purpose: 'ram' | 'fallback' | 'firmware-only' = 'ram'): string => `${runDir}/${purpose}`
+export const ramDir = (runDir: string, purpose: 'ram' | 'fallback' | 'firmware-only' = 'ram'): string =>
+  `${runDir}/${purpose}`
 export const syncLockPath = (runDir: string): string => `${runDir}/sync.lock`
 export const syncStatsPath = (runDir: string): string => `${runDir}/sync.json`

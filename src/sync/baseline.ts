@@ -43,10 +43,18 @@ export function startScan(layout: FlashLayout, source: SyncSource): Scan {
   if (!boot) return { unchangedBefore: undefined, record: () => undefined }
   const current = { boot, source: JSON.stringify([source.upper, source.namespace, source.exclude]) }
   const previous = readBaseline(layout)
-  const valid = previous !== undefined && previous.boot === current.boot && previous.source === current.source && clockOffset >= previous.clockOffset - SLACK_MS / 2
+  const valid =
+    previous !== undefined &&
+    previous.boot === current.boot &&
+    previous.source === current.source &&
+    clockOffset >= previous.clockOffset - SLACK_MS / 2
   return {
     unchangedBefore: valid ? BigInt(previous.since) * 1_000_000n : undefined,
-    record: () => writeFileAtomic(scanBaselinePath(layout), `${JSON.stringify({ ...current, since: now - SLACK_MS, clockOffset } satisfies Baseline)}\n`),
+    record: () =>
+      writeFileAtomic(
+        scanBaselinePath(layout),
+        `${JSON.stringify({ ...current, since: now - SLACK_MS, clockOffset } satisfies Baseline)}\n`,
+      ),
   }
 }
 
@@ -54,7 +62,13 @@ function readBaseline(layout: FlashLayout): Baseline | undefined {
   const text = readTextFileIfExists(scanBaselinePath(layout))
   try {
     const parsed = text === undefined ? undefined : (JSON.parse(text) as Partial<Baseline>)
-    if (typeof parsed?.boot === 'string' && typeof parsed.source === 'string' && typeof parsed.since === 'number' && typeof parsed.clockOffset === 'number') return parsed as Baseline
+    if (
+      typeof parsed?.boot === 'string' &&
+      typeof parsed.source === 'string' &&
+      typeof parsed.since === 'number' &&
+      typeof parsed.clockOffset === 'number'
+    )
+      return parsed as Baseline
   } catch {
     // a torn or foreign file is no baseline: compare everything
   }

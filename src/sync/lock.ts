@@ -35,7 +35,12 @@ async function acquire(lock: string): Promise<void> {
     }
     const owner = Number(readTextFileIfExists(`${lock}/pid`)?.trim())
     if (Number.isInteger(owner) && owner > 0 && !processAlive(owner)) removeTree(lock)
-    else if (Date.now() - started > WAIT_MS) throw new OvrootError('ELOCKED', ExitCode.environment, `${lock}: another sync has held the lock for 10 minutes (pid ${owner})`)
+    else if (Date.now() - started > WAIT_MS)
+      throw new OvrootError(
+        'ELOCKED',
+        ExitCode.environment,
+        `${lock}: another sync has held the lock for 10 minutes (pid ${owner})`,
+      )
     else await new Promise((resolve) => setTimeout(resolve, 100))
   }
 }

@@ -36,7 +36,13 @@ export function writeStats(runDir: string, stats: SyncStats): void {
 export function recordSync(runDir: string, entries: number, bytes: number): SyncStats {
   const stats = readStats(runDir)
   const { pendingSince: _done, waiting: _cleared, ...rest } = stats
-  const updated: SyncStats = { ...rest, lastSync: new Date().toISOString(), lastEntries: entries, lastBytes: bytes, bytesToday: stats.bytesToday + bytes }
+  const updated: SyncStats = {
+    ...rest,
+    lastSync: new Date().toISOString(),
+    lastEntries: entries,
+    lastBytes: bytes,
+    bytesToday: stats.bytesToday + bytes,
+  }
   writeStats(runDir, updated)
   return updated
 }

@@ -51,7 +51,10 @@ export async function syncOnce(source: SyncSource, layout: FlashLayout): Promise
   const mirror = upperPath(layout)
   makeDirectory(mirror)
   const scan = startScan(layout, source)
-  const staged = stageChanges(source, new FlatStaging(source.upper, mirror, stagedPath(layout), xattrs.name('metacopy'), scan.unchangedBefore))
+  const staged = stageChanges(
+    source,
+    new FlatStaging(source.upper, mirror, stagedPath(layout), xattrs.name('metacopy'), scan.unchangedBefore),
+  )
   if (staged.moves.length === 0 && staged.removals.length === 0) {
     removeTree(stagedPath(layout))
     return { written: 0, removed: 0, bytes: 0 }
@@ -124,7 +127,13 @@ function stageChanges(source: SyncSource, plan: FlatStaging): Staged {
     writer.end()
   }
   writer.finish()
-  return { entries: plan.entries, moves: plan.moves, removals: plan.removals(), parents: plan.unchangedParents(), bytes }
+  return {
+    entries: plan.entries,
+    moves: plan.moves,
+    removals: plan.removals(),
+    parents: plan.unchangedParents(),
+    bytes,
+  }
 }
 
 /** Where each changed entry is staged, and what the commit must record to put it in place. */
@@ -152,7 +161,10 @@ class FlatStaging {
 
   /** Whether an entry can be left alone unread: unchanged since the last scan, and not inside a directory new to the copy. */
   skipIfUnchanged(path: string, changeTimeNs: bigint): boolean {
-    const skip = this.unchangedBefore !== undefined && changeTimeNs < this.unchangedBefore && (path === '.' || !this.wholeDirectories.has(parentOf(path)))
+    const skip =
+      this.unchangedBefore !== undefined &&
+      changeTimeNs < this.unchangedBefore &&
+      (path === '.' || !this.wholeDirectories.has(parentOf(path)))
     if (skip) this.seen(path)
     return skip
   }
@@ -161,7 +173,10 @@ class FlatStaging {
   place(entry: UpperEntry): string | undefined {
     this.seen(entry.path)
     const parent = parentOf(entry.path)
-    const full = entry.path !== '.' && this.wholeDirectories.has(parent) ? this.insideNewDirectory(entry, parent) : this.flat(entry, parent)
+    const full =
+      entry.path !== '.' && this.wholeDirectories.has(parent)
+        ? this.insideNewDirectory(entry, parent)
+        : this.flat(entry, parent)
     if (full === undefined) return undefined
     this.stagedAs.set(entry.path, full)
     this.entries++
@@ -209,10 +224,12 @@ class FlatStaging {
     const raw = entry.type === 'hardlink' ? readEntry(under(this.upper, entry.path), entry.path, this.stubXattr) : entry
     const onFlash = readEntryIfPresent(under(this.mirror, entry.path), entry.path, this.stubXattr)
     const flashEntry = onFlash === 'socket' ? undefined : onFlash
-    if (entry.type === 'dir' && flashEntry?.type === 'dir') this.comparedDirectories.set(entry.path, Number(flashEntry.mtimeNs / 1000n) / 1e6)
+    if (entry.type === 'dir' && flashEntry?.type === 'dir')
+      this.comparedDirectories.set(entry.path, Number(flashEntry.mtimeNs / 1000n) / 1e6)
     if (raw !== 'socket' && flashEntry && sameEntry(raw, flashEntry)) return undefined
     if (entry.path !== '.') this.receivingParents.add(parent)
-    if (entry.type === 'dir') (flashEntry?.type === 'dir' ? this.changedDirectories : this.wholeDirectories).add(entry.path)
+    if (entry.type === 'dir')
+      (flashEntry?.type === 'dir' ? this.changedDirectories : this.wholeDirectories).add(entry.path)
     // Made for the first change only: a sync with nothing to do writes nothing.
     if (this.moves.length === 0) makeDirectory(this.staging, 0o700)
     const full = `${this.staging}/${this.moves.length}`

@@ -40,7 +40,10 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
   const sync = async ({ automatic }: { automatic: boolean }): Promise<void> => {
     const stats = readStats(runDir)
     if (automatic && config.sync.budget > 0 && stats.bytesToday >= config.sync.budget) {
-      update((current) => ({ ...current, waiting: `the day's write budget (${config.sync.budget} bytes) is spent: automatic syncs wait for ovroot sync or shutdown` }))
+      update((current) => ({
+        ...current,
+        waiting: `the day's write budget (${config.sync.budget} bytes) is spent: automatic syncs wait for ovroot sync or shutdown`,
+      }))
       return
     }
     const changesFrom = firstChange
@@ -48,16 +51,22 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
     try {
       const outcome = await lockedSync(runDir, source, layout)
       if (outcome.kind === 'blocked') {
-        update((current) => ({ ...current, waiting: `a ${outcome.change} is scheduled for the next boot: syncing would undo it` }))
+        update((current) => ({
+          ...current,
+          waiting: `a ${outcome.change} is scheduled for the next boot: syncing would undo it`,
+        }))
         return
       }
-      if (outcome.result.written + outcome.result.removed > 0) recordSync(runDir, outcome.result.written + outcome.result.removed, outcome.result.bytes)
+      if (outcome.result.written + outcome.result.removed > 0)
+        recordSync(runDir, outcome.result.written + outcome.result.removed, outcome.result.bytes)
       else update(({ pendingSince: _synced, waiting: _cleared, ...current }) => current)
       last.failed = false
     } catch (error) {
       last.failed = true
       firstChange ??= changesFrom
-      log(`sync failed: ${error instanceof OvrootError ? error.message : String(error)}; retrying after the next change or in ${config.sync.quiet} s`)
+      log(
+        `sync failed: ${error instanceof OvrootError ? error.message : String(error)}; retrying after the next change or in ${config.sync.quiet} s`,
+      )
       schedule()
     }
     warnWhenFull()
@@ -66,7 +75,10 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
   const warnWhenFull = (): void => {
     const info = filesystemInfo(source.upper)
     const used = 1 - info.availableBlocks / Math.max(1, info.blocks)
-    if (used >= RAM_WARNING && !warnedFull) log(`the RAM upper is ${Math.round(used * 100)}% full ([flash] ram_size): writes will soon fail with "no space left"`)
+    if (used >= RAM_WARNING && !warnedFull)
+      log(
+        `the RAM upper is ${Math.round(used * 100)}% full ([flash] ram_size): writes will soon fail with "no space left"`,
+      )
     warnedFull = used >= RAM_WARNING
   }
 
@@ -84,7 +96,8 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
 
   const changed = (): void => {
     const now = Date.now()
-    if (firstChange === undefined) update((stats) => ({ ...stats, pendingSince: stats.pendingSince ?? new Date(now).toISOString() }))
+    if (firstChange === undefined)
+      update((stats) => ({ ...stats, pendingSince: stats.pendingSince ?? new Date(now).toISOString() }))
     firstChange ??= now
     lastChange = now
     schedule()
@@ -109,7 +122,9 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
   watcher.on('error', (error) => {
     ready()
     if (poll) return
-    log(`watching ${source.upper} failed (${error instanceof Error ? error.message : String(error)}): rescanning every ${config.sync.quiet} s instead`)
+    log(
+      `watching ${source.upper} failed (${error instanceof Error ? error.message : String(error)}): rescanning every ${config.sync.quiet} s instead`,
+    )
     void watcher.close()
     update((stats) => ({ ...stats, watcher: 'polling' }))
     poll = setInterval(() => void run({ automatic: true }), quietMs)
@@ -130,6 +145,11 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
     process.once('SIGINT', stop)
   })
   update((stats) => ({ ...stats, watcher: 'stopped' }))
-  if (last.failed) throw new OvrootError('ESYNC', ExitCode.io, 'the last sync before stopping failed: changes since the previous sync are only in RAM')
+  if (last.failed)
+    throw new OvrootError(
+      'ESYNC',
+      ExitCode.io,
+      'the last sync before stopping failed: changes since the previous sync are only in RAM',
+    )
   return ExitCode.ok
 }

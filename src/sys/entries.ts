@@ -12,7 +12,19 @@ import { getXattr, listXattrs, makeNode, removeXattr, setTimes, setXattr } from 
 import { reportProgress } from './progress.js'
 
 const KIND_OF = (stat: fs.BigIntStats): EntryKind | 'socket' =>
-  stat.isFile() ? 'file' : stat.isDirectory() ? 'dir' : stat.isSymbolicLink() ? 'symlink' : stat.isCharacterDevice() ? 'char' : stat.isBlockDevice() ? 'block' : stat.isFIFO() ? 'fifo' : 'socket'
+  stat.isFile()
+    ? 'file'
+    : stat.isDirectory()
+      ? 'dir'
+      : stat.isSymbolicLink()
+        ? 'symlink'
+        : stat.isCharacterDevice()
+          ? 'char'
+          : stat.isBlockDevice()
+            ? 'block'
+            : stat.isFIFO()
+              ? 'fifo'
+              : 'socket'
 
 const microseconds = (nanoseconds: bigint): number => Number(nanoseconds / 1000n) / 1e6
 
@@ -61,7 +73,12 @@ export function statEntry(full: string): fs.BigIntStats | undefined {
 }
 
 /** readEntry, given the entry's lstat. */
-export function readEntryWithStat(full: string, path: string, stubXattr: string, big: fs.BigIntStats): UpperEntry | 'socket' {
+export function readEntryWithStat(
+  full: string,
+  path: string,
+  stubXattr: string,
+  big: fs.BigIntStats,
+): UpperEntry | 'socket' {
   const stat = numbers(big)
   const type = KIND_OF(big)
   if (type === 'socket') return 'socket'
@@ -181,7 +198,11 @@ function sameVersion(a: fs.Stats, b: fs.Stats): boolean {
 }
 
 function changedWhileRead(full: string): OvrootError {
-  return new OvrootError('ECHANGED', ExitCode.io, `${full} changed while it was read, twice; back up when it is not being written (or stop the service writing it)`)
+  return new OvrootError(
+    'ECHANGED',
+    ExitCode.io,
+    `${full} changed while it was read, twice; back up when it is not being written (or stop the service writing it)`,
+  )
 }
 
 /**
@@ -204,7 +225,11 @@ export class EntryWriter {
           this.dirs.push({ full, entry })
           return
         case 'file':
-          this.fd = fs.openSync(full, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o600)
+          this.fd = fs.openSync(
+            full,
+            fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW,
+            0o600,
+          )
           if (entry.holeSize !== undefined) fs.ftruncateSync(this.fd, entry.holeSize)
           break
         case 'symlink':
@@ -228,7 +253,7 @@ export class EntryWriter {
   /** All of chunk: write(2) may take part of it (a filesystem nearly full), and the next write then says why. */
   data(chunk: Buffer): void {
     try {
-      for (let written = 0; written < chunk.length; ) written += fs.writeSync(this.fd, chunk, written)
+      for (let written = 0; written < chunk.length;) written += fs.writeSync(this.fd, chunk, written)
     } catch (error) {
       throw fromNodeError(error, 'write', this.current?.full ?? '')
     }
@@ -271,7 +296,8 @@ export function replaceMetadata(full: string, entry: UpperEntry): void {
     }
     if (current.mode !== entry.mode) fs.chmodSync(full, entry.mode)
     for (const [name, value] of wanted) if (!present.get(name)?.equals(value)) setXattr(full, name, value)
-    if (current.mtimeNs !== entry.mtimeNs || current.atimeNs !== entry.atimeNs) setTimes(full, entry.atimeNs, entry.mtimeNs)
+    if (current.mtimeNs !== entry.mtimeNs || current.atimeNs !== entry.atimeNs)
+      setTimes(full, entry.atimeNs, entry.mtimeNs)
   } catch (error) {
     throw fromNodeError(error, 'set metadata of', full)
   }

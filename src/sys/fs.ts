@@ -39,7 +39,11 @@ export function listDirectoryWithTypes(path: string): { name: string; isDirector
 
 function requireUtf8Name(directory: string, name: string): string {
   if (name.includes('\uFFFD')) {
-    throw new OvrootError('EBADNAME', ExitCode.data, `read directory ${directory}: an entry name is not valid UTF-8; ovroot cannot represent it faithfully`)
+    throw new OvrootError(
+      'EBADNAME',
+      ExitCode.data,
+      `read directory ${directory}: an entry name is not valid UTF-8; ovroot cannot represent it faithfully`,
+    )
   }
   return name
 }
@@ -298,7 +302,7 @@ export function isUniform(path: string): boolean {
     fd = fs.openSync(path, 'r')
     const chunk = Buffer.alloc(SCAN_CHUNK)
     let fill: number | undefined
-    for (let offset = 0; ; ) {
+    for (let offset = 0; ;) {
       const got = fs.readSync(fd, chunk, 0, SCAN_CHUNK, offset)
       if (got === 0) return fill !== undefined
       fill ??= chunk[0]

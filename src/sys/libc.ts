@@ -61,9 +61,13 @@ function bind(): { koffi: Koffi; libc: Libc } {
     libc = {
       llistxattr: lib.func('intptr_t llistxattr(const char *path, _Out_ uint8_t *list, size_t size)'),
       lgetxattr: lib.func('intptr_t lgetxattr(const char *path, const char *name, _Out_ uint8_t *value, size_t size)'),
-      lsetxattr: lib.func('int lsetxattr(const char *path, const char *name, const uint8_t *value, size_t size, int flags)'),
+      lsetxattr: lib.func(
+        'int lsetxattr(const char *path, const char *name, const uint8_t *value, size_t size, int flags)',
+      ),
       lremovexattr: lib.func('int lremovexattr(const char *path, const char *name)'),
-      mount: lib.func('int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const char *data)'),
+      mount: lib.func(
+        'int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const char *data)',
+      ),
       umount2: lib.func('int umount2(const char *target, int flags)'),
       sync: lib.func('void sync()'),
       syscall: lib.func('long syscall(long number, ...)'),
@@ -95,7 +99,8 @@ function check(result: unknown, operation: string, target: string): number {
 export type SysPath = string | Buffer
 
 /** The NUL-terminated bytes of a path, for a `const char *` argument. */
-const cPath = (path: SysPath): Buffer => Buffer.concat([typeof path === 'string' ? Buffer.from(path) : path, Buffer.from([0])])
+const cPath = (path: SysPath): Buffer =>
+  Buffer.concat([typeof path === 'string' ? Buffer.from(path) : path, Buffer.from([0])])
 
 /** A path in a message: a Buffer in the escaped form of names.ts. */
 const shown = (path: SysPath): string => (typeof path === 'string' ? path : showName(path))
@@ -106,7 +111,19 @@ const AT_SYMLINK_NOFOLLOW = 0x100
 const STATX_BASIC_STATS = 0x7ff
 
 /** struct statx (include/uapi/linux/stat.h): byte offsets, one layout on every architecture. */
-const STATX = { bytes: 256, nlink: 16, uid: 20, gid: 24, mode: 28, ino: 32, size: 40, rdevMajor: 128, rdevMinor: 132, devMajor: 136, devMinor: 140 } as const
+const STATX = {
+  bytes: 256,
+  nlink: 16,
+  uid: 20,
+  gid: 24,
+  mode: 28,
+  ino: 32,
+  size: 40,
+  rdevMajor: 128,
+  rdevMinor: 132,
+  devMajor: 136,
+  devMinor: 140,
+} as const
 const statxBuffer = Buffer.alloc(STATX.bytes)
 const statxView = new DataView(statxBuffer.buffer, statxBuffer.byteOffset, STATX.bytes)
 const littleEndian = endianness() === 'LE'
@@ -136,7 +153,19 @@ const TYPE_OF_FORMAT = new Map<number, EntryType>([
  */
 export function lstat(path: SysPath): EntryStat | undefined {
   const { libc } = bind()
-  const result = libc.syscall(libc.numbers.statx, 'int', AT_FDCWD, 'void *', cPath(path), 'int', AT_SYMLINK_NOFOLLOW, 'uint32_t', STATX_BASIC_STATS, 'void *', statxBuffer)
+  const result = libc.syscall(
+    libc.numbers.statx,
+    'int',
+    AT_FDCWD,
+    'void *',
+    cPath(path),
+    'int',
+    AT_SYMLINK_NOFOLLOW,
+    'uint32_t',
+    STATX_BASIC_STATS,
+    'void *',
+    statxBuffer,
+  )
   if (Number(result) !== 0) {
     const errno = errnoName()
     if (errno === 'ENOENT' || errno === 'ENOTDIR') return undefined
@@ -231,7 +260,21 @@ export function setTimes(path: SysPath, atimeNs: bigint, mtimeNs: bigint): void 
   }
   put(0, atimeNs)
   put(16, mtimeNs)
-  check(libc.syscall(libc.numbers.utimensat, 'int', AT_FDCWD, 'void *', cPath(path), 'void *', times, 'int', AT_SYMLINK_NOFOLLOW), 'set times of', shown(path))
+  check(
+    libc.syscall(
+      libc.numbers.utimensat,
+      'int',
+      AT_FDCWD,
+      'void *',
+      cPath(path),
+      'void *',
+      times,
+      'int',
+      AT_SYMLINK_NOFOLLOW,
+    ),
+    'set times of',
+    shown(path),
+  )
 }
 
 const S_IFCHR = 0o020000
@@ -242,14 +285,30 @@ export type NodeKind = 'char' | 'block' | 'fifo'
 
 /** The 32-bit dev_t the mknodat system call takes (the kernel's new_encode_dev). */
 function kernelDeviceNumber(path: SysPath, major: number, minor: number): number {
-  if (major > 0xfff || minor > 0xfffff) throw new SysError('EINVAL', 'mknod', shown(path), `device ${major}:${minor} is out of range (major up to 4095, minor up to 1048575)`)
+  if (major > 0xfff || minor > 0xfffff)
+    throw new SysError(
+      'EINVAL',
+      'mknod',
+      shown(path),
+      `device ${major}:${minor} is out of range (major up to 4095, minor up to 1048575)`,
+    )
   return ((minor & 0xff) | (major << 8) | ((minor & ~0xff) << 12)) >>> 0
 }
 
 export function makeNode(path: SysPath, kind: NodeKind, permissions: number, major = 0, minor = 0): void {
   const { libc } = bind()
   const type = kind === 'char' ? S_IFCHR : kind === 'block' ? S_IFBLK : S_IFIFO
-  const result = libc.syscall(libc.numbers.mknodat, 'int', AT_FDCWD, 'void *', cPath(path), 'uint32_t', type | (permissions & 0o7777), 'uint32_t', kernelDeviceNumber(path, major, minor))
+  const result = libc.syscall(
+    libc.numbers.mknodat,
+    'int',
+    AT_FDCWD,
+    'void *',
+    cPath(path),
+    'uint32_t',
+    type | (permissions & 0o7777),
+    'uint32_t',
+    kernelDeviceNumber(path, major, minor),
+  )
   check(result, 'mknod', shown(path))
 }
 
@@ -267,7 +326,11 @@ export const MountFlag = {
 } as const
 
 export function mount(source: string, target: string, fstype: string | null, flags: number, data: string | null): void {
-  check(bind().libc.mount(source, target, fstype, flags, data), `mount ${fstype ?? ''}`.trimEnd(), `${source} on ${target}`)
+  check(
+    bind().libc.mount(source, target, fstype, flags, data),
+    `mount ${fstype ?? ''}`.trimEnd(),
+    `${source} on ${target}`,
+  )
 }
 
 /** Flip a mounted filesystem between read-only and read-write (source and type are ignored on a remount). */
@@ -282,7 +345,11 @@ export function unmount(target: string, options: { lazy: boolean } = { lazy: fal
 
 export function pivotRoot(newRoot: string, putOld: string): void {
   const { libc } = bind()
-  check(libc.syscall(libc.numbers.pivotRoot, 'str', newRoot, 'str', putOld), 'pivot_root', `${newRoot} (old root to ${putOld})`)
+  check(
+    libc.syscall(libc.numbers.pivotRoot, 'str', newRoot, 'str', putOld),
+    'pivot_root',
+    `${newRoot} (old root to ${putOld})`,
+  )
 }
 
 export function syncAll(): void {

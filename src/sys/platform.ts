@@ -47,16 +47,27 @@ export function platformName(): string {
 export function syscallNumbers(): SyscallNumbers {
   if (process.platform !== 'linux') throw unsupported('ovroot manages Linux overlay roots only')
   const numbers = SYSCALLS[process.arch]
-  if (!numbers) throw unsupported(`its system-call numbers are not in ovroot's table (src/sys/platform.ts knows ${Object.keys(SYSCALLS).join(', ')})`)
+  if (!numbers)
+    throw unsupported(
+      `its system-call numbers are not in ovroot's table (src/sys/platform.ts knows ${Object.keys(SYSCALLS).join(', ')})`,
+    )
   return numbers
 }
 
 /** koffi, the FFI ovroot reaches libc through, publishes no build for this platform. */
 export function noNativeBinding(cause: unknown): OvrootError {
   const detail = cause instanceof Error ? cause.message.split('\n')[0] : String(cause)
-  return unsupported(`koffi (the FFI that reaches libc) has no native build for it, or its build does not load (${detail}); koffi ships Linux builds for x64, ia32, arm, arm64, riscv64, loong64 and ppc64 little-endian, on glibc and musl`, cause)
+  return unsupported(
+    `koffi (the FFI that reaches libc) has no native build for it, or its build does not load (${detail}); koffi ships Linux builds for x64, ia32, arm, arm64, riscv64, loong64 and ppc64 little-endian, on glibc and musl`,
+    cause,
+  )
 }
 
 function unsupported(why: string, cause?: unknown): OvrootError {
-  return new OvrootError('EPLATFORM', ExitCode.environment, `this platform (${platformName()}) is not supported: ${why}`, { cause })
+  return new OvrootError(
+    'EPLATFORM',
+    ExitCode.environment,
+    `this platform (${platformName()}) is not supported: ${why}`,
+    { cause },
+  )
 }

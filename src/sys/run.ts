@@ -23,8 +23,11 @@ export async function runTool(file: string, args: string[], timeoutSeconds = 600
     return { stdout: String(result.stdout), stderr: String(result.stderr) }
   } catch (error) {
     const failure = error as { code?: string; exitCode?: number; stderr?: unknown; timedOut?: boolean }
-    if (failure.code === 'ENOENT') throw new OvrootError('ENOTOOL', ExitCode.environment, `${file}: tool not found (install it on the device)`)
-    const detail = (typeof failure.stderr === 'string' ? failure.stderr : '').trim().split('\n').pop() || (failure.timedOut ? `timed out after ${timeoutSeconds} s` : `exit status ${failure.exitCode}`)
+    if (failure.code === 'ENOENT')
+      throw new OvrootError('ENOTOOL', ExitCode.environment, `${file}: tool not found (install it on the device)`)
+    const detail =
+      (typeof failure.stderr === 'string' ? failure.stderr : '').trim().split('\n').pop() ||
+      (failure.timedOut ? `timed out after ${timeoutSeconds} s` : `exit status ${failure.exitCode}`)
     throw new OvrootError('ETOOL', ExitCode.io, `${file} ${args.join(' ')}: ${detail}`)
   }
 }
@@ -37,7 +40,8 @@ export async function runTool(file: string, args: string[], timeoutSeconds = 600
  */
 function watchToolWork(pid: number | undefined): NodeJS.Timeout {
   let last = ''
-  const sample = (): string => [completedBlockIo(), readQuietly(`/proc/${pid}/io`), readQuietly(`/proc/${pid}/stat`)].join('\n')
+  const sample = (): string =>
+    [completedBlockIo(), readQuietly(`/proc/${pid}/io`), readQuietly(`/proc/${pid}/stat`)].join('\n')
   return setInterval(() => {
     const now = sample()
     if (now !== last) reportProgress()

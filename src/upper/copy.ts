@@ -8,11 +8,20 @@ import { walkUpper } from './walk.js'
 export function copyUpper(from: string, to: string, stubXattr: string): number {
   const writer = new EntryWriter()
   let entries = 0
-  const walk = walkUpper(from, { stubXattr, include: () => true, skipped: (path, why) => process.stderr.write(`ovroot: skipped /${path}: ${why} cannot be copied\n`) })
+  const walk = walkUpper(from, {
+    stubXattr,
+    include: () => true,
+    skipped: (path, why) => process.stderr.write(`ovroot: skipped /${path}: ${why} cannot be copied\n`),
+  })
   try {
     for (const entry of walk) {
-      writer.begin(under(to, entry.path), entry, entry.type === 'hardlink' ? under(to, entry.linkTarget ?? '') : undefined)
-      if (entry.type === 'file' && entry.holeSize === undefined) for (const chunk of readStableFile(under(from, entry.path)).chunks()) writer.data(chunk)
+      writer.begin(
+        under(to, entry.path),
+        entry,
+        entry.type === 'hardlink' ? under(to, entry.linkTarget ?? '') : undefined,
+      )
+      if (entry.type === 'file' && entry.holeSize === undefined)
+        for (const chunk of readStableFile(under(from, entry.path)).chunks()) writer.data(chunk)
       writer.end()
       entries++
       reportProgress()

@@ -44,7 +44,16 @@ export function* walkUpper(root: string, options: WalkOptions): Generator<UpperE
     }
     const entry = read
     if (first !== undefined) {
-      yield { ...entry, type: 'hardlink', linkTarget: first, size: 0, xattrs: [], devMajor: 0, devMinor: 0, holeSize: undefined }
+      yield {
+        ...entry,
+        type: 'hardlink',
+        linkTarget: first,
+        size: 0,
+        xattrs: [],
+        devMajor: 0,
+        devMinor: 0,
+        holeSize: undefined,
+      }
       return
     }
     yield entry

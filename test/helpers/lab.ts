@@ -15,7 +15,10 @@ export interface Boot {
 }
 
 export function boot(args: string[]): Boot {
-  const result = spawnSync('env', ['-u', 'NODE_OPTIONS', VM, 'boot', '--timeout', '300', ...args], { encoding: 'utf8', maxBuffer: 1 << 26 })
+  const result = spawnSync('env', ['-u', 'NODE_OPTIONS', VM, 'boot', '--timeout', '300', ...args], {
+    encoding: 'utf8',
+    maxBuffer: 1 << 26,
+  })
   return { status: result.status ?? -1, stdout: result.stdout, stderr: result.stderr }
 }
 

@@ -40,10 +40,27 @@ export function upperSnapshot(root: string): Map<string, string> {
     const inode = `${st.dev}:${st.ino}`
     const link = type !== 'dir' && st.nlink > 1n ? firstName.get(inode) : undefined
     if (type !== 'dir' && st.nlink > 1n && !link) firstName.set(inode, key)
-    const content = type === 'file' ? createHash('sha256').update(fs.readFileSync(full)).digest('hex') : type === 'symlink' ? printable(fs.readlinkSync(full, { encoding: 'buffer' })) : type === 'char' || type === 'block' ? String(st.rdev) : ''
-    const xattrs = listXattrs(full).sort().map((name) => `${name}=${getXattr(full, name)?.toString('hex')}`).join(',')
-    entries.set(key, link ? `hardlink to ${link}` : `${type} ${(st.mode & 0o7777n).toString(8)} ${st.uid}:${st.gid} ${st.size} mtime ${st.mtimeNs} atime ${st.atimeNs} ${content} [${xattrs}]`)
-    if (type === 'dir') for (const name of fs.readdirSync(full, { encoding: 'buffer' }).sort((a, b) => Buffer.compare(a, b))) visit(Buffer.concat([rel, Buffer.from('/'), name]))
+    const content =
+      type === 'file'
+        ? createHash('sha256').update(fs.readFileSync(full)).digest('hex')
+        : type === 'symlink'
+          ? printable(fs.readlinkSync(full, { encoding: 'buffer' }))
+          : type === 'char' || type === 'block'
+            ? String(st.rdev)
+            : ''
+    const xattrs = listXattrs(full)
+      .sort()
+      .map((name) => `${name}=${getXattr(full, name)?.toString('hex')}`)
+      .join(',')
+    entries.set(
+      key,
+      link
+        ? `hardlink to ${link}`
+        : `${type} ${(st.mode & 0o7777n).toString(8)} ${st.uid}:${st.gid} ${st.size} mtime ${st.mtimeNs} atime ${st.atimeNs} ${content} [${xattrs}]`,
+    )
+    if (type === 'dir')
+      for (const name of fs.readdirSync(full, { encoding: 'buffer' }).sort((a, b) => Buffer.compare(a, b)))
+        visit(Buffer.concat([rel, Buffer.from('/'), name]))
   }
   visit(Buffer.alloc(0))
   return entries
@@ -51,7 +68,13 @@ export function upperSnapshot(root: string): Map<string, string> {
 
 /** Printable ASCII as it is, every other byte (and the backslash) as \xNN. */
 function printable(bytes: Buffer): string {
-  return [...bytes].map((byte) => (byte >= 0x20 && byte < 0x7f && byte !== 0x5c ? String.fromCharCode(byte) : `\\x${byte.toString(16).padStart(2, '0')}`)).join('')
+  return [...bytes]
+    .map((byte) =>
+      byte >= 0x20 && byte < 0x7f && byte !== 0x5c
+        ? String.fromCharCode(byte)
+        : `\\x${byte.toString(16).padStart(2, '0')}`,
+    )
+    .join('')
 }
 
 /** A snapshot without atimes: for a copy made by a tool that does not keep them (GNU tar's extraction). */
@@ -95,7 +118,13 @@ export function scratch(): Scratch {
   }
 }
 
-export function mountOverlay(merged: string, lowers: string[], upper: string | undefined, work: string | undefined, options: string[]): void {
+export function mountOverlay(
+  merged: string,
+  lowers: string[],
+  upper: string | undefined,
+  work: string | undefined,
+  options: string[],
+): void {
   const parts = [`lowerdir=${lowers.join(':')}`]
   if (upper && work) parts.push(`upperdir=${upper}`, `workdir=${work}`)
   parts.push(...options)
@@ -117,7 +146,19 @@ export interface Described {
 }
 
 const typeName = (st: fs.Stats | fs.BigIntStats): string =>
-  st.isFile() ? 'file' : st.isDirectory() ? 'dir' : st.isSymbolicLink() ? 'symlink' : st.isFIFO() ? 'fifo' : st.isSocket() ? 'socket' : st.isCharacterDevice() ? 'char' : 'block'
+  st.isFile()
+    ? 'file'
+    : st.isDirectory()
+      ? 'dir'
+      : st.isSymbolicLink()
+        ? 'symlink'
+        : st.isFIFO()
+          ? 'fifo'
+          : st.isSocket()
+            ? 'socket'
+            : st.isCharacterDevice()
+              ? 'char'
+              : 'block'
 
 /** The xattrs the diff contract compares: user data, file capabilities, POSIX ACLs. */
 const AUDITED_XATTR = /^(user\.|security\.capability$|system\.posix_acl_(access|default)$)/
@@ -133,13 +174,17 @@ export function snapshot(root: string, userXattrPrefixToIgnore?: string): Map<st
     if (type === 'file') content = createHash('sha256').update(fs.readFileSync(full)).digest('hex')
     else if (type === 'symlink') content = fs.readlinkSync(full)
     else if (type === 'char' || type === 'block') content = String(st.rdev)
-    const xattrs = type === 'symlink' || type === 'file' || type === 'dir'
-      ? listXattrs(full)
-          .filter((name) => AUDITED_XATTR.test(name) && !(userXattrPrefixToIgnore && name.startsWith(userXattrPrefixToIgnore)))
-          .sort()
-          .map((name) => `${name}=${getXattr(full, name)?.toString('hex')}`)
-          .join(',')
-      : ''
+    const xattrs =
+      type === 'symlink' || type === 'file' || type === 'dir'
+        ? listXattrs(full)
+            .filter(
+              (name) =>
+                AUDITED_XATTR.test(name) && !(userXattrPrefixToIgnore && name.startsWith(userXattrPrefixToIgnore)),
+            )
+            .sort()
+            .map((name) => `${name}=${getXattr(full, name)?.toString('hex')}`)
+            .join(',')
+        : ''
     entries.set(rel || '/', { type, permissions: st.mode & 0o7777, uid: st.uid, gid: st.gid, content, xattrs })
     if (type === 'dir') for (const name of fs.readdirSync(full)) visit(`${rel}/${name}`)
   }
@@ -164,7 +209,8 @@ export function oracle(merged: Map<string, Described>, lower: Map<string, Descri
       continue
     }
     const content = now.type !== was.type || now.content !== was.content
-    const meta = now.permissions !== was.permissions || now.uid !== was.uid || now.gid !== was.gid || now.xattrs !== was.xattrs
+    const meta =
+      now.permissions !== was.permissions || now.uid !== was.uid || now.gid !== was.gid || now.xattrs !== was.xattrs
     if (content || meta) changes.push({ path: p, change: content ? 'modified' : 'metadata', type: now.type })
   }
   for (const [p, was] of lower) {
@@ -172,7 +218,8 @@ export function oracle(merged: Map<string, Described>, lower: Map<string, Descri
     const parent = parentOf(p)
     const parentNow = merged.get(parent)
     // Only the topmost deletion; below a non-directory everything is implied.
-    if (parentNow?.type === 'dir' && lower.get(parent)?.type === 'dir') changes.push({ path: p, change: 'deleted', type: was.type })
+    if (parentNow?.type === 'dir' && lower.get(parent)?.type === 'dir')
+      changes.push({ path: p, change: 'deleted', type: was.type })
   }
   return changes.sort((a, b) => comparePathsForTest(a.path, b.path))
 }
@@ -198,7 +245,10 @@ export function cleanEnvironment(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessE
   return { PATH: process.env.PATH, HOME: '/root', LANG: 'C.UTF-8', NO_COLOR: '1', ...extra }
 }
 
-export function ovroot(args: string[], options: { uid?: number; env?: NodeJS.ProcessEnv; input?: string } = {}): RunResult {
+export function ovroot(
+  args: string[],
+  options: { uid?: number; env?: NodeJS.ProcessEnv; input?: string } = {},
+): RunResult {
   // tap's process tracker re-injects its NODE_OPTIONS into every child; env -u drops it.
   const result = spawnSync('env', ['-u', 'NODE_OPTIONS', process.execPath, OVROOT, ...args], {
     encoding: 'utf8',
@@ -211,7 +261,14 @@ export function ovroot(args: string[], options: { uid?: number; env?: NodeJS.Pro
 }
 
 export function diffJson(lowers: string[], upper: string, extra: string[] = []): Expected[] {
-  const result = ovroot(['diff', '--json', ...lowers.flatMap((lower) => ['--lower', lower]), '--upper', upper, ...extra])
+  const result = ovroot([
+    'diff',
+    '--json',
+    ...lowers.flatMap((lower) => ['--lower', lower]),
+    '--upper',
+    upper,
+    ...extra,
+  ])
   if (result.status !== 0) throw new Error(`ovroot diff failed (${result.status}): ${result.stderr}`)
   return result.stdout
     .split('\n')

@@ -15,7 +15,7 @@ export const DIFF = 'ovroot diff --json'
 /** A user's changes of every kind, and what diff must say about them. */
 export const USER_CHANGES = [
   'echo hello > /etc/hello',
-  "echo \"option ipaddr '10.0.0.1'\" >> /etc/config/network",
+  'echo "option ipaddr \'10.0.0.1\'" >> /etc/config/network',
   'chmod 600 /etc/config/wireless',
   'rm /etc/banner',
   'mkdir -p /etc/dropbear && echo host-key > /etc/dropbear/key',
@@ -54,12 +54,20 @@ export function lifecycle(t: Test, media: string, archArgs: string[] = []): void
   const third = run(t, args, `${STATUS} && ${DIFF} && ls -a /root`)
   t.equal(third.status, 0)
   const thirdStatus = statusFrom(third.stdout)
-  t.same(thirdStatus.reset?.kept.sort(), ['/etc/dropbear', '/etc/hello'], 'keep list: --keep and /lib/upgrade/keep.d/base-files')
-  t.same(changesFrom(third.stdout), [
-    { path: '/etc/dropbear', change: 'added' },
-    { path: '/etc/dropbear/key', change: 'added' },
-    { path: '/etc/hello', change: 'added' },
-  ], 'after the reset only the kept paths differ from the factory image')
+  t.same(
+    thirdStatus.reset?.kept.sort(),
+    ['/etc/dropbear', '/etc/hello'],
+    'keep list: --keep and /lib/upgrade/keep.d/base-files',
+  )
+  t.same(
+    changesFrom(third.stdout),
+    [
+      { path: '/etc/dropbear', change: 'added' },
+      { path: '/etc/dropbear/key', change: 'added' },
+      { path: '/etc/hello', change: 'added' },
+    ],
+    'after the reset only the kept paths differ from the factory image',
+  )
   t.notMatch(third.stdout, /\.hidden|\.cache/, 'hidden files and directories are gone')
 }
 
@@ -73,7 +81,11 @@ export function corruptFlash(t: Test, archArgs: string[] = []): void {
   t.equal(status.mode, 'degraded')
   t.match(status.reason, /holds data that is not jffs2 .*left untouched/)
   t.match(result.stdout, /DEGRADED: RAM upper instead of flash/, 'ovroot status says so in words')
-  t.equal(createHash('sha256').update(fs.readFileSync(flash)).digest('hex'), before, 'not one byte of the flash changed')
+  t.equal(
+    createHash('sha256').update(fs.readFileSync(flash)).digest('hex'),
+    before,
+    'not one byte of the flash changed',
+  )
 }
 
 /**
@@ -108,8 +120,16 @@ export async function interactiveConsole(t: Test, archArgs: string[], leave: 'po
 
   session.type(`echo "shells $(ps -o ppid,args | awk '$1 == 1 && $2 == "/bin/sh" && $3 == "-l"' | wc -l)"\r`)
   at = await session.waitFor(/^shells \d+$/m, at)
-  t.match(session.transcript, /^shells 1$/m, 'exactly one login shell runs on the console (children of init; the count\'s own subshell is not one)')
-  t.equal(session.transcript.split("Enter 'help' for a list").length - 1, 1, 'the shell started once: init never respawned it')
+  t.match(
+    session.transcript,
+    /^shells 1$/m,
+    "exactly one login shell runs on the console (children of init; the count's own subshell is not one)",
+  )
+  t.equal(
+    session.transcript.split("Enter 'help' for a list").length - 1,
+    1,
+    'the shell started once: init never respawned it',
+  )
 
   session.type(leave === 'poweroff' ? 'poweroff -f\r' : '\x01x')
   t.equal(await session.exited, 0, leave === 'poweroff' ? 'poweroff -f ends the session' : 'Ctrl-A X ends the session')
