@@ -684,3 +684,114 @@ await t.test(
     t.same(sums(filled.stdout), before, 'the 32 MiB file whole')
   },
 )
+
+await t.test(
+  'first boot of an 8 GiB ext4 flash on a slow card under a 4 s [boot] timeout: mkfs -q discarding it in silence is not killed',
+  async (t) => {
+    const flash = `${workspace(t)}/ext4.flash`
+    // The format marker, so that the first boot formats without reading 8 GiB first; the rest is a hole.
+    fs.writeFileSync(flash, Buffer.from([0xde, 0xad, 0xc0, 0xde]))
+    fs.truncateSync(flash, 8 * 2 ** 30)
+    // At 400 MB/s mkfs's discard of the whole card takes about 21 s, in 64 MiB requests, and prints nothing.
+    const args = ['--media', 'ext4', '--flash', flash, '--slow-flash', '400']
+    const timeout = 4
+    // Field 14 of the block device's stat: sectors discarded.
+    const first = run(
+      t,
+      [...args, '--append', `ovroot.boot.timeout=${timeout}`],
+      `${STATUS}; echo "discarded $(awk '{print $14}' /sys/block/vdb/stat)"; head -c 300000 /dev/urandom > /root/data && echo mine > /etc/mine && sync && md5sum /root/data /etc/mine`,
+    )
+    const status = statusFrom(first.stdout) as ReturnType<typeof statusFrom> & { bootSeconds: number }
+    t.equal(status.mode, 'flash', 'the shim did not kill the formatting agent')
+    t.equal(status.formatted, true, 'the flash was formatted')
+    t.equal(status.medium?.filesystem, 'ext4')
+    const discarded = Number(/^discarded (\d+)$/m.exec(first.stdout)?.[1])
+    t.ok(discarded >= (8 * 2 ** 30) / 512, `mkfs discarded the whole device (${discarded} sectors)`)
+    t.ok(status.bootSeconds > 3 * timeout, `the boot took ${status.bootSeconds} s, several times the timeout`)
+    const before = sums(first.stdout)
+    t.equal(before.size, 2)
+    const after = run(t, args, `${STATUS}; md5sum /root/data /etc/mine`)
+    const afterStatus = statusFrom(after.stdout)
+    t.equal(afterStatus.mode, 'flash', 'the next boot is on the flash')
+    t.notOk(afterStatus.formatted, 'and does not format it again')
+    t.same(sums(after.stdout), before, "the user's files, every byte")
+  },
+)
+
+await t.test(
+  "index=on refusing an upper whose origin changed (ESTALE) boots degraded with the user's files shown; the boot after, without index=on, is on flash",
+  async (t) => {
+    const flash = `${workspace(t)}/nor.flash`
+    const index = ['--flash', flash, '--append', 'ovroot.overlay.options=index=on']
+    // index=on records the lower root's file handle on the upper root (trusted.overlay.origin). A firmware
+    // whose root is another inode no longer matches it; so does the handle of the lower's /etc (copied up, so
+    // the upper's etc carries it), set on the upper root here: the kernel reads the root's origin only when mounting.
+    const origin = (dir: string): string =>
+      `getfattr -e hex -n trusted.overlay.origin ${dir} | sed -n 's/^trusted.overlay.origin=//p'`
+    const first = run(
+      t,
+      index,
+      `${STATUS}; head -c 300000 /dev/urandom > /root/data && echo mine > /etc/mine && sync && md5sum /root/data /etc/mine && echo "root origin $(${origin('/overlay/upper')})" && setfattr -n trusted.overlay.origin -v "$(${origin('/overlay/upper/etc')})" /overlay/upper && sync`,
+    )
+    t.equal(first.status, 0)
+    t.equal(statusFrom(first.stdout).mode, 'flash', 'index=on mounts on this flash')
+    t.match(first.stdout, /^root origin 0x[0-9a-f]+$/m, "the overlay recorded the lower root's handle")
+    const before = sums(first.stdout)
+    t.equal(before.size, 2)
+
+    const refused = run(t, index, `${STATUS}; md5sum /root/data /etc/mine; echo more > /etc/more && cat /etc/more`)
+    const status = statusFrom(refused.stdout)
+    t.equal(status.mode, 'degraded', "degraded, not the shim's failsafe")
+    t.match(
+      status.reason,
+      /the overlay did not mount \(.*index=on.*\): .*ESTALE.*; the flash upper \/overlay\/upper is shown read-only under a RAM upper/,
+    )
+    t.same(sums(refused.stdout), before, "the user's files, every byte")
+    t.match(refused.stdout, /^more$/m, 'the root is writable (a RAM upper)')
+    t.match(consoleLog(), /DEGRADED BOOT: the overlay did not mount/)
+
+    const after = run(t, ['--flash', flash], `${STATUS}; md5sum /root/data /etc/mine; ls /etc/more`)
+    t.equal(statusFrom(after.stdout).mode, 'flash', 'without index=on the next boot is on flash')
+    t.same(sums(after.stdout), before, "the user's files, every byte")
+    t.match(after.stdout, /No such file/, 'what the degraded boot wrote went with its RAM upper')
+  },
+)
+
+await t.test(
+  'sync: a flash copy holding a name that is not UTF-8 boots degraded with the file shown; the boot after, without sync, is on flash',
+  async (t) => {
+    const flash = `${workspace(t)}/nor.flash`
+    // caf\351 is "café" in Latin-1: a name the walk refuses rather than mangle.
+    const name = `"$(printf '/root/caf\\351')"`
+    const show = `md5sum /etc/mine ${name} | sed 's/caf.*/cafe/'; [ -f ${name} ] && echo "raw name present"`
+    const first = run(
+      t,
+      ['--flash', flash],
+      `head -c 300000 /dev/urandom > ${name} && echo mine > /etc/mine && sync && ${show}`,
+    )
+    const before = sums(first.stdout)
+    t.equal(before.size, 2, 'the Latin-1 name and a plain file on the flash')
+
+    const synced = run(
+      t,
+      ['--flash', flash, '--append', 'ovroot.sync.enabled=yes'],
+      `${STATUS}; ${show}; echo "ram mounts $(grep -c ' /run/ovroot/ram ' /proc/mounts)"; ovroot sync; echo "sync exit $?"`,
+    )
+    const status = statusFrom(synced.stdout) as ReturnType<typeof statusFrom> & { sync?: unknown }
+    t.equal(status.mode, 'degraded', "degraded, not the shim's failsafe")
+    t.match(
+      status.reason,
+      /the flash copy \/overlay\/upper could not be loaded into the RAM upper \(tmpfs, size \S+\): read directory \/overlay\/upper\/root: an entry name is not valid UTF-8/,
+    )
+    t.notOk(status.sync, 'the root is not a synced RAM upper')
+    t.same(sums(synced.stdout), before, 'every byte of both files is shown')
+    t.match(synced.stdout, /^raw name present$/m, 'under its own name')
+    t.match(synced.stdout, /^ram mounts 0$/m, 'the half-filled tmpfs was unmounted')
+    t.match(synced.stdout, /^sync exit 4$/m, 'ovroot sync refuses')
+
+    const after = run(t, ['--flash', flash], `${STATUS}; ${show}`)
+    t.equal(statusFrom(after.stdout).mode, 'flash', 'without sync the next boot is on flash')
+    t.same(sums(after.stdout), before)
+    t.match(after.stdout, /^raw name present$/m)
+  },
+)

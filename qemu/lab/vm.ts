@@ -3,15 +3,17 @@
  *
  *   qemu/vm build [--arch ARCH] [--force]
  *   qemu/vm boot [--arch ARCH] [--flash FILE] [--media nor|nand|ext4|f2fs|ram] [--no-flash]
- *                [--flash-errors] [--memory MB] [--append 'ARGS'] [--run 'CMD'
- *                [--cut-after S] [--cut-on TEXT]] [--timeout S] [--verbose]
+ *                [--flash-errors | --slow-flash MBPS] [--memory MB] [--append 'ARGS']
+ *                [--run 'CMD' [--cut-after S] [--cut-on TEXT]] [--timeout S] [--verbose]
  *
  * --run CMD runs CMD as root once the device has booted, prints its output,
  * powers off cleanly and exits with CMD's status. --cut-after S kills QEMU S
  * seconds after CMD started: a power cut (exit status 137); with --cut-on TEXT
  * the S seconds count from the console's first TEXT instead (a cut during
  * boot, e.g. during a factory reset). --flash-errors makes every read of the
- * flash fail with EIO (QEMU's blkdebug): a dying flash chip. Without --run the
+ * flash fail with EIO (QEMU's blkdebug): a dying flash chip. --slow-flash MBPS
+ * writes and discards at most MBPS MB/s (QEMU's throttle filter): a slow eMMC
+ * or SD card, on which mkfs's discard of the whole device takes a while. Without --run the
  * console is interactive (Ctrl-A X leaves QEMU). --arch picks the device's
  * CPU (qemu/lab/arch.ts: x86_64, the default, or arm64).
  */
@@ -67,6 +69,7 @@ interface BootOptions {
   verbose: boolean
   noFlash: boolean
   flashErrors: boolean
+  slowFlash: number | undefined
 }
 
 /** QEMU's blkdebug driver, failing every read of the image it wraps with EIO. */
@@ -74,6 +77,28 @@ function failingReads(image: string, dir: string): string {
   const config = path.join(dir, 'flash-errors.blkdebug')
   fs.writeFileSync(config, '[inject-error]\nevent = "read_aio"\nerrno = "5"\n')
   return `blkdebug:${config}:${image}`
+}
+
+/** Bytes in a discard request of the slow flash: a card's limit, so that a long discard completes step by step. */
+const SLOW_DISCARD_BYTES = 64 << 20
+
+/**
+ * The flash behind QEMU's throttle filter, which counts a discard's bytes as
+ * written (a card erases what it discards), on a virtio disk that takes
+ * discards of at most SLOW_DISCARD_BYTES, still the device's second disk (vdb).
+ */
+function slowFlash(image: string, megabytesPerSecond: number, discard: string): string[] {
+  const bytesPerSecond = Math.round(megabytesPerSecond * 1e6)
+  return [
+    '-object',
+    // JSON: QEMU 7.2 takes the group's limits from the command line in this form only (or as x- properties).
+    JSON.stringify({ 'qom-type': 'throttle-group', id: 'slow-flash', limits: { 'bps-write': bytesPerSecond } }),
+    '-drive',
+    `driver=throttle,throttle-group=slow-flash,file.driver=raw,file.file.filename=${image},if=none,id=flash${discard}`,
+    '-device',
+    // A PCI slot after the rootfs's: a -device would otherwise take the first free slot and be probed first (vda).
+    `virtio-blk-pci,drive=flash,addr=0x10,max-discard-sectors=${SLOW_DISCARD_BYTES / 512}`,
+  ]
 }
 
 function qemuArguments(options: BootOptions, interactive: boolean): string[] {
@@ -109,7 +134,15 @@ function qemuArguments(options: BootOptions, interactive: boolean): string[] {
     const flash = options.flash ?? path.join(images.dir, `default-${options.media}.flash`)
     ensureFlash(flash, options.media)
     const image = path.resolve(flash)
-    args.push('-drive', `file=${options.flashErrors ? failingReads(image, images.dir) : image},if=virtio,format=raw`)
+    // A block medium takes the guest's discards (mkfs discards the whole device) as a card does; they punch
+    // holes in the image, which stays sparse. QEMU ignores them by default.
+    const discard = options.media === 'ext4' || options.media === 'f2fs' ? ',discard=unmap' : ''
+    if (options.slowFlash === undefined)
+      args.push(
+        '-drive',
+        `file=${options.flashErrors ? failingReads(image, images.dir) : image},if=virtio,format=raw${discard}`,
+      )
+    else args.push(...slowFlash(image, options.slowFlash, discard))
   }
   args.push(...(interactive ? ['-nographic'] : ['-display', 'none', '-serial', 'stdio', '-monitor', 'none']))
   return args
@@ -196,7 +229,7 @@ async function main(argv: string[]): Promise<number> {
   }
   if (command !== 'boot')
     fail(
-      'usage: qemu/vm build [--arch ARCH] [--force] | qemu/vm boot [--arch ARCH] [--flash FILE] [--media nor|nand|ext4|f2fs|ram] [--no-flash] [--flash-errors] [--memory MB] [--append ARGS] [--run CMD [--cut-after S [--cut-on TEXT]]] [--timeout S] [--verbose]',
+      'usage: qemu/vm build [--arch ARCH] [--force] | qemu/vm boot [--arch ARCH] [--flash FILE] [--media nor|nand|ext4|f2fs|ram] [--no-flash] [--flash-errors | --slow-flash MBPS] [--memory MB] [--append ARGS] [--run CMD [--cut-after S [--cut-on TEXT]]] [--timeout S] [--verbose]',
     )
   const { values } = parseArgs({
     args: rest,
@@ -213,6 +246,7 @@ async function main(argv: string[]): Promise<number> {
       verbose: { type: 'boolean', default: false },
       'no-flash': { type: 'boolean', default: false },
       'flash-errors': { type: 'boolean', default: false },
+      'slow-flash': { type: 'string' },
     },
   })
   const media = values.media as Media
@@ -223,6 +257,9 @@ async function main(argv: string[]): Promise<number> {
   const cutAfter = values['cut-after'] === undefined ? undefined : Number(values['cut-after'])
   if (cutAfter !== undefined && (!(cutAfter >= 0) || values.run === undefined))
     fail('--cut-after takes seconds and goes with --run')
+  const slowFlash = values['slow-flash'] === undefined ? undefined : Number(values['slow-flash'])
+  if (slowFlash !== undefined && (!(slowFlash > 0) || values['flash-errors']))
+    fail('--slow-flash takes megabytes per second and does not go with --flash-errors')
   return boot({
     arch: architectureNamed(values.arch),
     flash: values.flash,
@@ -236,6 +273,7 @@ async function main(argv: string[]): Promise<number> {
     verbose: values.verbose,
     noFlash: values['no-flash'],
     flashErrors: values['flash-errors'],
+    slowFlash,
   })
 }
 
