@@ -6,7 +6,7 @@
  * before; a scheduled reset is never undone by a sync.
  */
 import t from 'tap'
-import { spawn } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
 import * as fs from 'node:fs'
 import { OverlayXattrs } from '../src/overlay/xattrs.js'
 import { applyPending } from '../src/pending/apply.js'
@@ -166,6 +166,7 @@ t.test('a sync compares only entries changed since the last one began, and uses 
     ['other excludes', { ...hiding, source: JSON.stringify([upper, namespace, ['/srv/one']]) }],
     ['a clock stepped back since', { ...hiding, clockOffset: hiding.clockOffset + 10_000 }],
     ['a torn file', '{"boot":'],
+    ['no directory inodes recorded with it', { ...hiding, token: 'another scan' }],
   ]
   for (const [why, baseline] of untrusted) {
     fs.writeFileSync(`${d.merged}/srv/one`, `${why}\n`)
@@ -174,7 +175,9 @@ t.test('a sync compares only entries changed since the last one began, and uses 
     t.equal(fs.readFileSync(`${d.flash}/upper/srv/one`, 'utf8'), `${why}\n`, `${why}: every entry compared`)
   }
   fs.writeFileSync(`${d.merged}/srv/one`, 'hidden\n')
-  fs.writeFileSync(baselineFile, JSON.stringify(hiding))
+  // The last sync's token: it names the directory inodes recorded in the run directory with that baseline.
+  const { token } = JSON.parse(fs.readFileSync(baselineFile, 'utf8')) as { token: string }
+  fs.writeFileSync(baselineFile, JSON.stringify({ ...hiding, token }))
   t.match(sync(d).stdout, /nothing to sync/, 'a trusted baseline is what lets a sync skip entries (this one wrongly)')
   fs.mkdirSync(`${d.flash}/.ovroot/staged`)
   commitPending({ root: d.flash, upperName: 'upper' }, { kind: 'reset', requested: 'x', keep: [] })
@@ -313,4 +316,45 @@ t.test('--watch: a file in a directory created a moment before is persisted afte
   t.equal(code, 0, log)
   t.ok(fs.existsSync(`${d.flash}/upper/etc/last`), 'the last change went to the flash on SIGTERM')
   t.equal(watcher(), 'stopped')
+})
+
+t.test('a directory renamed over another: the next sync persists exactly the RAM state, however often it is swapped', async (t) => {
+  const d = device(t)
+  const same = (message: string): void => {
+    t.same(withoutSharedWhiteouts(upperSnapshot(`${d.flash}/upper`)), withoutSharedWhiteouts(upperSnapshot(`${d.ram}/upper`)), message)
+  }
+  writeTree(`${d.merged}/srv/conf`, { '/a': 'old a\n', '/sub/b': 'old b\n', '/only-old': 'x\n' })
+  writeTree(`${d.merged}/srv/conf.new`, { '/a': 'new a\n', '/sub/b': 'new b\n', '/only-new': 'y\n' })
+  t.equal(sync(d).status, 0)
+  await scanBeganNow(d)
+  fs.renameSync(`${d.merged}/srv/conf`, `${d.merged}/srv/conf.old`)
+  fs.renameSync(`${d.merged}/srv/conf.new`, `${d.merged}/srv/conf`)
+  t.equal(sync(d).status, 0)
+  same('conf holds the new files on the flash, conf.old the old ones')
+  t.equal(fs.readFileSync(`${d.flash}/upper/srv/conf/sub/b`, 'utf8'), 'new b\n', 'a file two levels below the renamed directory')
+  // Swapped back: every directory exists on both sides at both paths, only identities moved.
+  await scanBeganNow(d)
+  fs.renameSync(`${d.merged}/srv/conf`, `${d.merged}/srv/conf.tmp`)
+  fs.renameSync(`${d.merged}/srv/conf.old`, `${d.merged}/srv/conf`)
+  fs.renameSync(`${d.merged}/srv/conf.tmp`, `${d.merged}/srv/conf.old`)
+  t.equal(sync(d).status, 0)
+  same('swapped back, twice renamed: still exact')
+  t.equal(fs.readFileSync(`${d.flash}/upper/srv/conf/a`, 'utf8'), 'old a\n')
+  await scanBeganNow(d)
+  t.match(sync(d).stdout, /nothing to sync/, 'and then nothing is left to sync')
+})
+
+t.test('a rewrite that puts size and mtime back (cp -p, tar x, touch -d) is persisted: its bytes are compared', async (t) => {
+  const d = device(t)
+  fs.writeFileSync(`${d.merged}/etc/conf`, 'value=1\n')
+  t.equal(sync(d).status, 0)
+  await scanBeganNow(d)
+  // touch -r copies the nanoseconds: size and mtime exactly as the flash copy has them.
+  execFileSync('cp', ['-p', `${d.merged}/etc/conf`, `${d.dir}/reference`])
+  fs.writeFileSync(`${d.merged}/etc/conf`, 'value=2\n')
+  execFileSync('touch', ['-r', `${d.dir}/reference`, `${d.merged}/etc/conf`])
+  const result = sync(d)
+  t.equal(result.status, 0, result.stderr)
+  t.equal(fs.readFileSync(`${d.flash}/upper/etc/conf`, 'utf8'), 'value=2\n', 'the new bytes reached the flash')
+  t.match(sync(d).stdout, /nothing to sync/)
 })

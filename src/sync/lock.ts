@@ -19,7 +19,7 @@ export async function lockedSync(runDir: string, source: SyncSource, layout: Fla
   try {
     const change = blockingChange(layout)
     if (change) return { kind: 'blocked', change }
-    return { kind: 'synced', result: await syncOnce(source, layout) }
+    return { kind: 'synced', result: await syncOnce(source, layout, runDir) }
   } finally {
     removeTree(lock)
   }

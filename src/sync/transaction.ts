@@ -4,20 +4,24 @@
  * applied. A power cut before the commit leaves the previous sync; after it,
  * the next boot (or the next sync) finishes this one: never a mix.
  *
- * Entries are compared as rsync's quick check does, by type, mode, owner,
- * size, mtime (to the microsecond), link target, device numbers, and, beyond
- * rsync, every xattr; a changed file is written whole. Only entries changed
- * since the last sync's scan began are compared at all (baseline.ts): the
- * rest of the upper costs one stat per entry, and its flash copy nothing.
+ * Entries are compared by type, mode, owner, size, mtime (to the
+ * microsecond), link target, device numbers, every xattr and, for a regular
+ * file all of that leaves equal, its bytes: an entry is compared at all only
+ * because its ctime moved (or nothing tells), and `cp -p`, `tar x` or `touch
+ * -d` put size and mtime back on new bytes. A changed file is written whole.
+ * Only entries changed since the last sync's scan began are compared
+ * (baseline.ts): the rest of the upper costs one stat per entry, and its
+ * flash copy nothing.
  */
+import type { BigIntStats } from 'node:fs'
 import { applyPending } from '../pending/apply.js'
 import { commitPending, readPending, stagedPath, upperPath, type FlashLayout } from '../pending/marker.js'
 import { EntryWriter, modificationTime, readEntry, readEntryIfPresent, readStableFile } from '../sys/entries.js'
-import { listDirectory, makeDirectory, removeTree } from '../sys/fs.js'
+import { listDirectory, makeDirectory, removeTree, sameContent } from '../sys/fs.js'
 import { OverlayXattrs } from '../overlay/xattrs.js'
 import { parentOf, under, type UpperEntry } from '../upper/entry.js'
 import { walkUpper } from '../upper/walk.js'
-import { startScan } from './baseline.js'
+import { startScan, type Scan } from './baseline.js'
 
 export interface SyncResult {
   /** Entries that differed and were written (or linked) into the flash copy, those inside a new directory included. */
@@ -41,15 +45,16 @@ export function blockingChange(layout: FlashLayout): string | undefined {
   return pending && pending.kind !== 'sync' ? pending.kind : undefined
 }
 
-export async function syncOnce(source: SyncSource, layout: FlashLayout): Promise<SyncResult> {
+export async function syncOnce(source: SyncSource, layout: FlashLayout, runDir: string): Promise<SyncResult> {
   const xattrs = new OverlayXattrs(source.namespace)
   // An interrupted sync is finished first: it was committed.
   if (readPending(layout)?.kind === 'sync') await applyPending(layout, undefined, xattrs)
   removeTree(stagedPath(layout))
   const mirror = upperPath(layout)
   makeDirectory(mirror)
-  const scan = startScan(layout, source)
-  const staged = stageChanges(source, new FlatStaging(source.upper, mirror, stagedPath(layout), xattrs.name('metacopy'), scan.unchangedBefore))
+  const scan = startScan(layout, source, runDir)
+  const plan = new FlatStaging(source.upper, mirror, stagedPath(layout), xattrs.name('metacopy'), scan)
+  const staged = stageChanges(source, plan)
   if (staged.moves.length === 0 && staged.removals.length === 0) {
     removeTree(stagedPath(layout))
     return { written: 0, removed: 0, bytes: 0 }
@@ -57,7 +62,7 @@ export async function syncOnce(source: SyncSource, layout: FlashLayout): Promise
   const { entries, moves, removals, parents } = staged
   commitPending(layout, { kind: 'sync', requested: new Date().toISOString(), entries, removals, moves, parents })
   await applyPending(layout, undefined, xattrs)
-  scan.record()
+  scan.record(plan.directories)
   return { written: entries, removed: removals.length, bytes: staged.bytes }
 }
 
@@ -102,7 +107,7 @@ function stageChanges(source: SyncSource, plan: FlatStaging): Staged {
     stubXattr: plan.stubXattr,
     include: (path) => !source.excluded(path),
     skipped: (path, why) => process.stderr.write(`ovroot: sync skips /${path}: ${why} cannot be persisted\n`),
-    unchanged: (path, changeTimeNs) => plan.skipIfUnchanged(path, changeTimeNs),
+    unchanged: (path, changeTimeNs, stat) => plan.skipIfUnchanged(path, changeTimeNs, stat),
   })
   for (const entry of walk) {
     const full = plan.place(entry)
@@ -134,19 +139,29 @@ class FlatStaging {
   private readonly comparedDirectories = new Map<string, number>()
   /** The entries of those directories the upper has. */
   private readonly present = new Set<string>()
+  /** Directories that are not the one their path had at the baseline's scan: everything below them is compared. */
+  private readonly movedDirectories = new Set<string>()
+  /** Every directory of the upper visited, with its inode number: what the next scan checks identities against. */
+  readonly directories = new Map<string, bigint>()
 
   constructor(
     private readonly upper: string,
     private readonly mirror: string,
     private readonly staging: string,
     readonly stubXattr: string,
-    /** ctime (ns) before which an entry is as the flash copy has it; undefined: compare everything. */
-    private readonly unchangedBefore: bigint | undefined,
+    private readonly scan: Scan,
   ) {}
 
-  /** Whether an entry can be left alone unread: unchanged since the last scan, and not inside a directory new to the copy. */
-  skipIfUnchanged(path: string, changeTimeNs: bigint): boolean {
-    const skip = this.unchangedBefore !== undefined && changeTimeNs < this.unchangedBefore && (path === '.' || !this.wholeDirectories.has(parentOf(path)))
+  /** Whether an entry can be left alone unread: unchanged since the last scan, and not inside a directory new to the copy or moved there. */
+  skipIfUnchanged(path: string, changeTimeNs: bigint, stat: BigIntStats): boolean {
+    const parent = parentOf(path)
+    const below = path !== '.' && (this.wholeDirectories.has(parent) || this.movedDirectories.has(parent))
+    const unchangedBefore = this.scan.unchangedBefore
+    const skip = unchangedBefore !== undefined && changeTimeNs < unchangedBefore && !below
+    if (stat.isDirectory()) {
+      this.directories.set(path, stat.ino)
+      if (unchangedBefore !== undefined && !skip && (below || this.scan.directoryInode(path) !== stat.ino)) this.movedDirectories.add(path)
+    }
     if (skip) this.seen(path)
     return skip
   }
@@ -189,6 +204,11 @@ class FlatStaging {
     return removals
   }
 
+  /** A regular file's bytes, once everything else about it is equal. */
+  private sameBytes(raw: UpperEntry, path: string): boolean {
+    return raw.type !== 'file' || raw.holeSize !== undefined || raw.size === 0 || sameContent(under(this.upper, path), under(this.mirror, path), raw.size)
+  }
+
   private seen(path: string): void {
     if (this.comparedDirectories.has(parentOf(path))) this.present.add(path)
   }
@@ -204,7 +224,7 @@ class FlatStaging {
     const onFlash = readEntryIfPresent(under(this.mirror, entry.path), entry.path, this.stubXattr)
     const flashEntry = onFlash === 'socket' ? undefined : onFlash
     if (entry.type === 'dir' && flashEntry?.type === 'dir') this.comparedDirectories.set(entry.path, flashEntry.mtime)
-    if (raw !== 'socket' && flashEntry && sameEntry(raw, flashEntry)) return undefined
+    if (raw !== 'socket' && flashEntry && sameEntry(raw, flashEntry) && this.sameBytes(raw, entry.path)) return undefined
     if (entry.path !== '.') this.receivingParents.add(parent)
     if (entry.type === 'dir') (flashEntry?.type === 'dir' ? this.changedDirectories : this.wholeDirectories).add(entry.path)
     // Made for the first change only: a sync with nothing to do writes nothing.

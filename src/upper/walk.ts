@@ -3,6 +3,7 @@
  * byte order, a second name of an inode as a hardlink to the first (the
  * kernel shares one whiteout inode among many names since Linux 5.8).
  */
+import type { BigIntStats } from 'node:fs'
 import { listDirectory } from '../sys/fs.js'
 import { SysError } from '../errors.js'
 import { readEntryWithStat, statEntry } from '../sys/entries.js'
@@ -16,10 +17,10 @@ export interface WalkOptions {
   /** Sockets cannot be recreated from an archive: they are skipped and named. */
   skipped(path: string, why: string): void
   /**
-   * Entries the caller already has, from their ctime (ns): neither read nor
-   * yielded, though a directory's children are still visited.
+   * Entries the caller already has, from their ctime (ns) and lstat: neither
+   * read nor yielded, though a directory's children are still visited.
    */
-  unchanged?(path: string, changeTimeNs: bigint): boolean
+  unchanged?(path: string, changeTimeNs: bigint, stat: BigIntStats): boolean
 }
 
 export function* walkUpper(root: string, options: WalkOptions): Generator<UpperEntry> {
@@ -32,7 +33,7 @@ export function* walkUpper(root: string, options: WalkOptions): Generator<UpperE
     const inode = !stat.isDirectory() && stat.nlink > 1n ? `${stat.dev}:${stat.ino}` : undefined
     const first = inode === undefined ? undefined : firstName.get(inode)
     if (inode !== undefined && first === undefined) firstName.set(inode, path)
-    if (options.unchanged?.(path, stat.ctimeNs)) {
+    if (options.unchanged?.(path, stat.ctimeNs, stat)) {
       if (stat.isDirectory()) yield* visitChildren(path, full)
       return
     }
