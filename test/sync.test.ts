@@ -12,6 +12,7 @@ import { OverlayXattrs } from '../src/overlay/xattrs.js'
 import { applyPending } from '../src/pending/apply.js'
 import { setModificationTime } from '../src/sys/entries.js'
 import { commitPending, type FlashLayout, type PendingChange } from '../src/pending/marker.js'
+import { syncOnce } from '../src/sync/transaction.js'
 import { cleanEnvironment, mountOverlay, OVROOT, ovroot, scratch, snapshot, unmount, upperSnapshot, withoutSharedWhiteouts } from './helpers/overlay.js'
 import { random, randomLower, randomOperation, STANDARD_LOWER, STANDARD_OPERATIONS, writeTree } from './helpers/mutate.js'
 
@@ -357,4 +358,48 @@ t.test('a rewrite that puts size and mtime back (cp -p, tar x, touch -d) is pers
   t.equal(result.status, 0, result.stderr)
   t.equal(fs.readFileSync(`${d.flash}/upper/etc/conf`, 'utf8'), 'value=2\n', 'the new bytes reached the flash')
   t.match(sync(d).stdout, /nothing to sync/)
+})
+
+t.test('an entry renamed away between listing and reading is skipped with a warning; the rest commits', async (t) => {
+  const d = device(t)
+  writeTree(`${d.merged}/srv`, { '/tmp.1': 'half\n', '/kept': 'kept\n', '/dir/inner': 'inner\n' })
+  fs.writeFileSync(`${d.merged}/etc/other`, 'other\n')
+  // The exclude test runs on each name after its directory is listed and before it is read: the moment a
+  // writer renames its temporary file into place, or removes a directory.
+  const vanish = new Map([['srv/tmp.1', () => fs.renameSync(`${d.merged}/srv/tmp.1`, `${d.merged}/etc/renamed`)], ['srv/dir', () => fs.rmSync(`${d.merged}/srv/dir`, { recursive: true })]])
+  const source = { upper: `${d.ram}/upper`, namespace: 'trusted' as const, exclude: [], excluded: (path: string) => (vanish.get(path)?.(), false) }
+  let warnings = ''
+  const write = process.stderr.write.bind(process.stderr)
+  process.stderr.write = (chunk: string | Uint8Array) => ((warnings += chunk.toString()), true)
+  try {
+    const result = await syncOnce(source, { root: d.flash, upperName: 'upper' }, `${d.dir}/run`)
+    t.ok(result.written > 0)
+  } finally {
+    process.stderr.write = write
+  }
+  t.match(warnings, /\/srv\/tmp\.1: it vanished while it was read/, 'the vanished file is named')
+  t.match(warnings, /\/srv\/dir: it vanished while it was read/, 'so is the vanished directory')
+  t.equal(fs.readFileSync(`${d.flash}/upper/etc/other`, 'utf8'), 'other\n', 'the rest of the sync committed')
+  t.equal(fs.readFileSync(`${d.flash}/upper/srv/kept`, 'utf8'), 'kept\n')
+  t.notOk(fs.existsSync(`${d.flash}/upper/srv/tmp.1`) || fs.existsSync(`${d.flash}/upper/srv/dir`), 'nothing of what vanished')
+  t.equal(sync(d).status, 0)
+  t.same(withoutSharedWhiteouts(upperSnapshot(`${d.flash}/upper`)), withoutSharedWhiteouts(upperSnapshot(`${d.ram}/upper`)), 'the next sync: exact')
+})
+
+t.test('a log appended all through the sync is left for the next one with a warning; the rest commits', async (t) => {
+  const d = device(t)
+  fs.mkdirSync(`${d.merged}/var/log`, { recursive: true })
+  fs.writeFileSync(`${d.merged}/var/log/busy`, Buffer.alloc(3 << 20, 0x61))
+  fs.writeFileSync(`${d.merged}/etc/quiet`, 'quiet\n')
+  const appender = spawn('sh', ['-c', `while :; do echo line >> ${d.merged}/var/log/busy; done`], { stdio: 'ignore' })
+  t.teardown(() => appender.kill('SIGKILL'))
+  await new Promise((resolve) => setTimeout(resolve, 200))
+  const result = sync(d)
+  appender.kill('SIGKILL')
+  await new Promise((resolve) => appender.on('exit', resolve))
+  t.equal(result.status, 0, result.stderr)
+  t.match(result.stderr, /\/var\/log\/busy: it changed while it was read, twice; left for the next sync/, 'named, with what happens to it')
+  t.equal(fs.readFileSync(`${d.flash}/upper/etc/quiet`, 'utf8'), 'quiet\n', 'the rest of the sync committed')
+  t.equal(sync(d).status, 0)
+  t.same(withoutSharedWhiteouts(upperSnapshot(`${d.flash}/upper`)), withoutSharedWhiteouts(upperSnapshot(`${d.ram}/upper`)), 'once it is quiet, the next sync has it')
 })

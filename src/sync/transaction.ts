@@ -19,8 +19,9 @@ import { commitPending, readPending, stagedPath, upperPath, type FlashLayout } f
 import { EntryWriter, modificationTime, readEntry, readEntryIfPresent, readStableFile } from '../sys/entries.js'
 import { listDirectory, makeDirectory, removeTree, sameContent } from '../sys/fs.js'
 import { OverlayXattrs } from '../overlay/xattrs.js'
+import { OvrootError } from '../errors.js'
 import { parentOf, under, type UpperEntry } from '../upper/entry.js'
-import { walkUpper } from '../upper/walk.js'
+import { isGone, walkUpper } from '../upper/walk.js'
 import { startScan, type Scan } from './baseline.js'
 
 export interface SyncResult {
@@ -108,19 +109,37 @@ function stageChanges(source: SyncSource, plan: FlatStaging): Staged {
     include: (path) => !source.excluded(path),
     skipped: (path, why) => process.stderr.write(`ovroot: sync skips /${path}: ${why} cannot be persisted\n`),
     unchanged: (path, changeTimeNs, stat) => plan.skipIfUnchanged(path, changeTimeNs, stat),
+    vanished: (path) => {
+      plan.vanished(path)
+      process.stderr.write(`ovroot: sync: /${path}: it vanished while it was read; left for the next sync\n`)
+    },
   })
   for (const entry of walk) {
-    const full = plan.place(entry)
-    if (full === undefined) continue
-    const target = entry.linkTarget ?? ''
-    writer.begin(full, { ...entry, path: full }, entry.type === 'hardlink' ? plan.linkTarget(target) : undefined)
-    if (entry.type === 'file' && entry.holeSize === undefined) {
-      for (const chunk of readStableFile(under(source.upper, entry.path)).chunks()) {
-        writer.data(chunk)
-        bytes += chunk.length
+    let full: string | undefined
+    let written = 0
+    try {
+      full = plan.place(entry)
+      if (full === undefined) continue
+      const target = entry.linkTarget ?? ''
+      writer.begin(full, { ...entry, path: full }, entry.type === 'hardlink' ? plan.linkTarget(target) : undefined)
+      if (entry.type === 'file' && entry.holeSize === undefined) {
+        for (const chunk of readStableFile(under(source.upper, entry.path)).chunks()) {
+          writer.data(chunk)
+          written += chunk.length
+        }
       }
+      writer.end()
+      bytes += written
+    } catch (error) {
+      // One entry being written or removed while it is read must not stop every sync. Its staged name
+      // goes (applying skips a move whose staged entry is missing) and the flash keeps what it had; the
+      // change moved the entry's or its directory's ctime after this scan began, so the next sync compares it.
+      const why = isGone(error) ? 'it vanished while it was read' : error instanceof OvrootError && error.code === 'ECHANGED' ? 'it changed while it was read, twice' : undefined
+      if (why === undefined) throw error
+      writer.abandon()
+      if (full !== undefined) removeTree(full)
+      process.stderr.write(`ovroot: sync: /${entry.path}: ${why}; left for the next sync\n`)
     }
-    writer.end()
   }
   writer.finish()
   return { entries: plan.entries, moves: plan.moves, removals: plan.removals(), parents: plan.unchangedParents(), bytes }
@@ -202,6 +221,16 @@ class FlatStaging {
       }
     }
     return removals
+  }
+
+  /**
+   * An entry gone before it was read, or a directory before it was listed:
+   * the flash keeps what it has there (the next sync sees the change), so
+   * nothing of a vanished directory is taken as removed.
+   */
+  vanished(path: string): void {
+    this.seen(path)
+    this.comparedDirectories.delete(path)
   }
 
   /** A regular file's bytes, once everything else about it is equal. */

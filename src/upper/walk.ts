@@ -21,14 +21,26 @@ export interface WalkOptions {
    * read nor yielded, though a directory's children are still visited.
    */
   unchanged?(path: string, changeTimeNs: bigint, stat: BigIntStats): boolean
+  /**
+   * An entry gone between its directory's listing and its reading (a
+   * temporary file renamed into place, a directory removed): passed here and
+   * skipped. Without it, that is an error.
+   */
+  vanished?(path: string): void
 }
+
+/** A name that no longer leads to the entry listed: it, or a directory above it, was removed or renamed. */
+export const isGone = (error: unknown): boolean => error instanceof SysError && (error.errno === 'ENOENT' || error.errno === 'ENOTDIR')
 
 export function* walkUpper(root: string, options: WalkOptions): Generator<UpperEntry> {
   const firstName = new Map<string, string>()
   function* visit(path: string): Generator<UpperEntry> {
     const full = under(root, path)
     const stat = statEntry(full)
-    if (stat === undefined) throw new SysError('ENOENT', 'stat', full)
+    if (stat === undefined) {
+      if (options.vanished) return options.vanished(path)
+      throw new SysError('ENOENT', 'stat', full)
+    }
     // An unchanged first name still counts: a later name (in a renamed directory) links to it.
     const inode = !stat.isDirectory() && stat.nlink > 1n ? `${stat.dev}:${stat.ino}` : undefined
     const first = inode === undefined ? undefined : firstName.get(inode)
@@ -37,7 +49,8 @@ export function* walkUpper(root: string, options: WalkOptions): Generator<UpperE
       if (stat.isDirectory()) yield* visitChildren(path, full)
       return
     }
-    const read = readEntryWithStat(full, path, options.stubXattr, stat)
+    const read = gone(path, () => readEntryWithStat(full, path, options.stubXattr, stat))
+    if (read === undefined) return
     if (read === 'socket') {
       options.skipped(path, 'a socket')
       return
@@ -51,10 +64,20 @@ export function* walkUpper(root: string, options: WalkOptions): Generator<UpperE
     if (entry.type === 'dir') yield* visitChildren(path, full)
   }
   function* visitChildren(path: string, full: string): Generator<UpperEntry> {
-    const names = listDirectory(full).sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)))
+    const names = gone(path, () => listDirectory(full))?.sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b))) ?? []
     for (const name of names) {
       const child = path === '.' ? name : `${path}/${name}`
       if (options.include(child)) yield* visit(child)
+    }
+  }
+  /** What `read` returns; undefined, once `vanished` is told, when the entry at `path` is gone. */
+  function gone<T>(path: string, read: () => T): T | undefined {
+    try {
+      return read()
+    } catch (error) {
+      if (!options.vanished || !isGone(error)) throw error
+      options.vanished(path)
+      return undefined
     }
   }
   yield* visit('.')
