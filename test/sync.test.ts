@@ -403,3 +403,23 @@ t.test('a log appended all through the sync is left for the next one with a warn
   t.equal(sync(d).status, 0)
   t.same(withoutSharedWhiteouts(upperSnapshot(`${d.flash}/upper`)), withoutSharedWhiteouts(upperSnapshot(`${d.ram}/upper`)), 'once it is quiet, the next sync has it')
 })
+
+t.test('one lock for every command that stages a change: a reset waits for a sync holding it, saying who holds it', async (t) => {
+  const d = device(t)
+  // A sync in progress, as the daemon holds the lock while it stages.
+  const holder = spawn('sleep', ['60'], { stdio: 'ignore' })
+  t.teardown(() => holder.kill('SIGKILL'))
+  fs.mkdirSync(`${d.dir}/run/staging.lock`)
+  fs.writeFileSync(`${d.dir}/run/staging.lock/pid`, `${holder.pid}\novroot sync --watch\n`)
+  const reset = spawn(process.execPath, [OVROOT, 'reset', '--yes', '--config', d.config], { env: cleanEnvironment(), stdio: ['ignore', 'pipe', 'pipe'] })
+  let stderr = ''
+  reset.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()))
+  const exited = new Promise<number | null>((resolve) => reset.on('exit', resolve))
+  await new Promise((resolve) => setTimeout(resolve, 1500))
+  t.notOk(fs.existsSync(`${d.flash}/.ovroot/pending`), 'nothing committed while the sync holds the lock')
+  t.match(stderr, new RegExp(`waiting for pid ${holder.pid} \\(ovroot sync --watch\\)`), 'the one line says who holds it')
+  holder.kill('SIGKILL')
+  t.equal(await exited, 0, stderr)
+  t.match(fs.readFileSync(`${d.flash}/.ovroot/pending`, 'utf8'), /"kind":"reset"/, 'then the reset is scheduled')
+  t.notOk(fs.existsSync(`${d.dir}/run/staging.lock`), 'and the lock released')
+})

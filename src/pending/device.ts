@@ -11,6 +11,7 @@ import { readTextFileIfExists, realPath } from '../sys/fs.js'
 import { remount, syncAll } from '../sys/libc.js'
 import { mountedOverlayLayers } from '../sys/mounts.js'
 import { runTool } from '../sys/run.js'
+import { withStagingLock } from './lock.js'
 import { cancelPending, describePendingAt, flashLayout } from './marker.js'
 
 export interface BootRecord {
@@ -29,18 +30,21 @@ export function readBootRecord(config: Config): BootRecord {
 /**
  * A degraded boot leaves the flash read-only; committing a change writes only
  * in its state directory, never in the layer the overlay uses, so the flash is
- * writable just for that.
+ * writable just for that. Under the staging lock: the sync daemon stages in
+ * the same directory.
  */
 export async function withWritableFlash<T>(config: Config, record: BootRecord, change: () => T | Promise<T>): Promise<T> {
-  const readOnly = record.state.mode !== 'flash'
-  if (readOnly) remount(config.overlay.dir, false)
-  try {
-    const result = await change()
-    syncAll()
-    return result
-  } finally {
-    if (readOnly) remount(config.overlay.dir, true)
-  }
+  return withStagingLock(config.boot.run_dir, async () => {
+    const readOnly = record.state.mode !== 'flash'
+    if (readOnly) remount(config.overlay.dir, false)
+    try {
+      const result = await change()
+      syncAll()
+      return result
+    } finally {
+      if (readOnly) remount(config.overlay.dir, true)
+    }
+  })
 }
 
 /** `--cancel` of reset and restore: drop whatever change is scheduled, readable or not. */
