@@ -6,19 +6,19 @@ import { syncAll } from '../sys/libc.js'
 import { readEntry, replaceMetadata, setModificationTime } from '../sys/entries.js'
 import { listDirectory, makeDirectory, pathExists, removeTree, renamePath, statPath, syncDirectory } from '../sys/fs.js'
 import type { OverlayXattrs } from '../overlay/xattrs.js'
-import { finishPending, markerPath, readPending, replacedPath, stagedPath, stateDir, upperPath, type FlashLayout, type PendingChange } from './marker.js'
+import { dropStaging, finishPending, hasStaging, markerPath, readPending, replacedPath, stagedPath, stateDir, syncStagingPath, upperPath, type FlashLayout, type PendingChange } from './marker.js'
 
 export type AppliedChange = { kind: 'reset'; kept: string[] } | { kind: 'restore'; source: string; entries: number } | { kind: 'sync'; entries: number }
 
 /** Anything to do at boot: a committed change, or an uncommitted staging to drop. */
 export function hasPendingWork(layout: FlashLayout): boolean {
-  return pathExists(markerPath(layout)) || pathExists(stagedPath(layout))
+  return pathExists(markerPath(layout)) || hasStaging(layout)
 }
 
 export async function applyPending(layout: FlashLayout, workDir: string | undefined, xattrs: OverlayXattrs): Promise<AppliedChange | undefined> {
   const change = readPending(layout)
   if (!change) {
-    removeTree(stagedPath(layout))
+    dropStaging(layout)
     return undefined
   }
   const applied = await apply(layout, change, xattrs)
@@ -35,7 +35,7 @@ async function apply(layout: FlashLayout, change: PendingChange, xattrs: Overlay
     return { kind: 'reset', kept: applyReset(upperPath(layout), change.keep, change.only, xattrs) }
   }
   if (change.kind === 'sync') {
-    applySync(stagedPath(layout), upperPath(layout), change)
+    applySync(syncStagingPath(layout, change), upperPath(layout), change)
     return { kind: 'sync', entries: change.entries }
   }
   if (change.merge) mergeStaged(stagedPath(layout), upperPath(layout))

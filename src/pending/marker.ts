@@ -12,7 +12,7 @@ import { FLASH_STATE_DIR } from '../boot/state.js'
 import type { Config } from '../config/schema.js'
 import { ExitCode, OvrootError } from '../errors.js'
 import { syncAll } from '../sys/libc.js'
-import { filesystemInfo, makeDirectory, pathExists, readTextFileIfExists, removeFile, removeTree, syncDirectory, writeFileAtomic } from '../sys/fs.js'
+import { filesystemInfo, listDirectoryIfExists, makeDirectory, pathExists, readTextFileIfExists, removeFile, removeTree, syncDirectory, writeFileAtomic } from '../sys/fs.js'
 
 export interface FlashLayout {
   /** The flash filesystem's mount point (or the directory holding an unmounted upper). */
@@ -32,9 +32,12 @@ export type PendingChange =
    * A sync of a RAM upper: `removals` go; staged entry N (named N, flat) takes
    * the place of `moves[N]`, a staged directory only lends its metadata;
    * `parents` are directories that receive entries but did not change
-   * themselves, with the mtime to give back to them afterwards.
+   * themselves, with the mtime to give back to them afterwards. `staging`
+   * names the sync's own staging directory in the state directory (absent:
+   * `staged`), so that a marker whose removal a power cut lost never applies
+   * a later sync's staging.
    */
-  | { kind: 'sync'; requested: string; entries: number; removals: string[]; moves: string[]; parents: [string, number][] }
+  | { kind: 'sync'; requested: string; entries: number; removals: string[]; moves: string[]; parents: [string, number][]; staging?: string }
 
 const PENDING_MARKER = 'pending'
 
@@ -42,6 +45,10 @@ export const stateDir = (layout: FlashLayout): string => `${layout.root}/${FLASH
 export const markerPath = (layout: FlashLayout): string => `${stateDir(layout)}/${PENDING_MARKER}`
 /** A restored upper being built, or built and committed. */
 export const stagedPath = (layout: FlashLayout): string => `${stateDir(layout)}/staged`
+/** Where a sync stages: a name of its own, recorded in its marker. */
+export const syncStagingPath = (layout: FlashLayout, change?: Extract<PendingChange, { kind: 'sync' }>): string =>
+  change === undefined ? `${stateDir(layout)}/${SYNC_STAGING}${randomBytes(6).toString('hex')}` : change.staging === undefined ? stagedPath(layout) : `${stateDir(layout)}/${change.staging}`
+const SYNC_STAGING = 'staged-'
 /** The replaced upper, between the swap and its removal. */
 export const replacedPath = (layout: FlashLayout): string => `${stateDir(layout)}/replaced`
 export const upperPath = (layout: FlashLayout): string => `${layout.root}/${layout.upperName}`
@@ -99,12 +106,28 @@ export function commitPending(layout: FlashLayout, change: PendingChange): void 
   syncAll()
 }
 
-/** Drop a pending change and anything staged for it. */
+/**
+ * Drop a pending change and anything staged for it. The removal reaches the
+ * flash before anything can be staged again: sync(2), as for the commit,
+ * since on block2mtd an fsync leaves it in the page cache, and a cut would
+ * then bring back a marker that applies to the next change's staging.
+ */
 export function cancelPending(layout: FlashLayout): void {
   if (!pathExists(stateDir(layout))) return
   removeFile(markerPath(layout))
-  syncDirectory(stateDir(layout))
+  syncAll()
+  dropStaging(layout)
+}
+
+/** Every staging no marker names: a cut before its commit left it. */
+export function dropStaging(layout: FlashLayout): void {
   removeTree(stagedPath(layout))
+  for (const name of listDirectoryIfExists(stateDir(layout))) if (name.startsWith(SYNC_STAGING)) removeTree(`${stateDir(layout)}/${name}`)
+}
+
+/** Whether a staging directory no marker names is there. */
+export function hasStaging(layout: FlashLayout): boolean {
+  return pathExists(stagedPath(layout)) || listDirectoryIfExists(stateDir(layout)).some((name) => name.startsWith(SYNC_STAGING))
 }
 
 /** The change is applied: forget it. */

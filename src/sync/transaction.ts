@@ -15,7 +15,7 @@
  */
 import type { BigIntStats } from 'node:fs'
 import { applyPending } from '../pending/apply.js'
-import { commitPending, readPending, stagedPath, upperPath, type FlashLayout } from '../pending/marker.js'
+import { commitPending, dropStaging, readPending, syncStagingPath, upperPath, type FlashLayout } from '../pending/marker.js'
 import { EntryWriter, modificationTime, readEntry, readEntryIfPresent, readStableFile } from '../sys/entries.js'
 import { listDirectory, makeDirectory, removeTree, sameContent } from '../sys/fs.js'
 import { OverlayXattrs } from '../overlay/xattrs.js'
@@ -50,18 +50,19 @@ export async function syncOnce(source: SyncSource, layout: FlashLayout, runDir: 
   const xattrs = new OverlayXattrs(source.namespace)
   // An interrupted sync is finished first: it was committed.
   if (readPending(layout)?.kind === 'sync') await applyPending(layout, undefined, xattrs)
-  removeTree(stagedPath(layout))
+  dropStaging(layout)
   const mirror = upperPath(layout)
   makeDirectory(mirror)
   const scan = startScan(layout, source, runDir)
-  const plan = new FlatStaging(source.upper, mirror, stagedPath(layout), xattrs.name('metacopy'), scan)
+  const staging = syncStagingPath(layout)
+  const plan = new FlatStaging(source.upper, mirror, staging, xattrs.name('metacopy'), scan)
   const staged = stageChanges(source, plan)
   if (staged.moves.length === 0 && staged.removals.length === 0) {
-    removeTree(stagedPath(layout))
+    removeTree(staging)
     return { written: 0, removed: 0, bytes: 0 }
   }
   const { entries, moves, removals, parents } = staged
-  commitPending(layout, { kind: 'sync', requested: new Date().toISOString(), entries, removals, moves, parents })
+  commitPending(layout, { kind: 'sync', requested: new Date().toISOString(), entries, removals, moves, parents, staging: staging.slice(staging.lastIndexOf('/') + 1) })
   await applyPending(layout, undefined, xattrs)
   scan.record(plan.directories)
   return { written: entries, removed: removals.length, bytes: staged.bytes }
