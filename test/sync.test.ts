@@ -434,8 +434,18 @@ t.test('a power cut while a sync stages, after the last marker\'s removal was lo
   fs.writeFileSync(`${d.merged}/zzz`, 'listed last\n')
   // The next sync stages everything, then the power goes (the exclude test of the last name is the moment).
   const cut = new Error('power cut')
-  const source = { upper: `${d.ram}/upper`, namespace: 'trusted' as const, exclude: [], excluded: (path: string) => { if (path === 'zzz') throw cut; return false } }
+  // (The failed sync removes its staging: the staging as the cut left it is copied aside first, and back.)
+  const cutState = `${d.dir}/at-the-cut`
+  const cutNow = (): never => {
+    execFileSync('cp', ['-a', `${d.flash}/.ovroot`, cutState])
+    throw cut
+  }
+  const source = { upper: `${d.ram}/upper`, namespace: 'trusted' as const, exclude: [], excluded: (path: string) => (path === 'zzz' ? cutNow() : false) }
   await t.rejects(syncOnce(source, { root: d.flash, upperName: 'upper' }, `${d.dir}/run`), cut)
+  t.same(fs.readdirSync(`${d.flash}/.ovroot`).filter((name) => name.startsWith('staged')), [], 'a sync that fails removes its staging at once')
+  fs.rmSync(`${d.flash}/.ovroot`, { recursive: true })
+  fs.renameSync(cutState, `${d.flash}/.ovroot`)
+  t.ok(fs.readdirSync(`${d.flash}/.ovroot`).some((name) => name.startsWith('staged')), 'the power cut left the new staging')
   // The previous sync's marker, removed in the page cache but never flushed: the flash still has it.
   const lost: PendingChange = { kind: 'sync', requested: 'x', entries: 4, removals: [], moves: ['etc/app/a', 'etc/app/b', 'etc/app/c', 'etc/app/d', 'etc/app', 'etc', '.'], parents: [] }
   fs.writeFileSync(`${d.flash}/.ovroot/pending`, JSON.stringify(lost))
@@ -443,4 +453,93 @@ t.test('a power cut while a sync stages, after the last marker\'s removal was lo
   t.same(contents(), ['first a\n', 'first b\n', 'first c\n'], 'the committed files, not the new staging\'s')
   t.same(upperSnapshot(`${d.flash}/upper`), committed, 'the flash copy is the last committed sync, whole')
   t.same(fs.readdirSync(`${d.flash}/.ovroot`).filter((name) => name.startsWith('staged') || name === 'pending'), [], 'no staging, no marker left behind')
+})
+
+/** The daemon, with its stderr collected and a way to wait for its state. */
+function daemonOf(t: Tap.Test, d: Device): { log: () => string; exited: Promise<number | null>; kill: (signal: NodeJS.Signals) => void; until: (what: () => boolean, seconds: number) => Promise<boolean> } {
+  const daemon = spawn(process.execPath, [OVROOT, 'sync', '--watch', '--config', d.config], { env: cleanEnvironment(), stdio: ['ignore', 'ignore', 'pipe'] })
+  let log = ''
+  daemon.stderr.on('data', (chunk: Buffer) => (log += chunk.toString()))
+  const exited = new Promise<number | null>((resolve) => daemon.on('exit', resolve))
+  t.teardown(() => {
+    daemon.kill('SIGKILL')
+  })
+  const until = async (what: () => boolean, seconds: number): Promise<boolean> => {
+    for (let waited = 0; waited < seconds * 10; waited++) {
+      if (what()) return true
+      await new Promise((resolve) => setTimeout(resolve, 100))
+    }
+    return what()
+  }
+  return { log: () => log, exited, kill: (signal) => daemon.kill(signal), until }
+}
+
+t.test('--watch: a failing sync backs off, shows in status, is retried without a change, and SIGTERM still exits', async (t) => {
+  const d = device(t, { quiet: 1 })
+  // A flash the sync cannot write: its state directory is a file.
+  fs.writeFileSync(`${d.flash}/.ovroot`, 'in the way\n')
+  fs.writeFileSync(`${d.merged}/etc/first`, 'before the daemon\n')
+  const daemon = daemonOf(t, d)
+  const failures = (): number => (daemon.log().match(/sync failed/g) ?? []).length
+  t.ok(await daemon.until(() => failures() >= 1, 20), 'the first sync fails')
+  fs.writeFileSync(`${d.merged}/etc/busy`, 'one change\n')
+  await new Promise((resolve) => setTimeout(resolve, 5000))
+  t.ok(failures() <= 5, `backs off: ${failures()} failures in the 5 s after one change, with quiet = 1 s (tries 1, 2, 4 s apart)`)
+  t.notOk(fs.readFileSync(`${d.flash}/.ovroot`, 'utf8') !== 'in the way\n', 'the flash was not touched')
+  const status = JSON.parse(ovroot(['status', '--json', '--config', d.config]).stdout) as { syncing: { failing?: string } }
+  t.match(status.syncing.failing, /failures in a row; next try in \d+ s/, 'status says the syncs fail, and when the next try is')
+  // Fixed, with no change after: the daemon tries again on its own.
+  fs.rmSync(`${d.flash}/.ovroot`)
+  t.ok(await daemon.until(() => fs.existsSync(`${d.flash}/upper/etc/first`) && fs.existsSync(`${d.flash}/upper/etc/busy`), 20), 'retried without waiting for a change')
+  t.ok(await daemon.until(() => !(JSON.parse(fs.readFileSync(`${d.dir}/run/sync.json`, 'utf8')) as { failing?: string }).failing, 5), 'status no longer says failing')
+  daemon.kill('SIGTERM')
+  t.equal(await daemon.exited, 0, daemon.log())
+})
+
+t.test('--watch: SIGTERM while every sync fails exits, after one final attempt', async (t) => {
+  const d = device(t, { quiet: 1 })
+  const daemon = daemonOf(t, d)
+  const watcher = (): string | undefined => (fs.existsSync(`${d.dir}/run/sync.json`) ? (JSON.parse(fs.readFileSync(`${d.dir}/run/sync.json`, 'utf8')) as { watcher?: string }).watcher : undefined)
+  t.ok(await daemon.until(() => watcher() === 'watching', 20), 'the daemon watches')
+  fs.rmSync(`${d.flash}/.ovroot`, { recursive: true, force: true })
+  fs.writeFileSync(`${d.flash}/.ovroot`, 'in the way\n')
+  fs.writeFileSync(`${d.merged}/etc/unsaved`, 'x\n')
+  t.ok(await daemon.until(() => /sync failed/.test(daemon.log()), 20), 'syncs fail')
+  const before = (daemon.log().match(/sync failed/g) ?? []).length
+  const sent = Date.now()
+  daemon.kill('SIGTERM')
+  const code = await Promise.race([daemon.exited, new Promise<string>((resolve) => setTimeout(() => resolve('still running'), 15_000))])
+  t.equal(code, 6, 'exits, saying the last sync failed (exit 6)')
+  t.ok(Date.now() - sent < 15_000, 'within a bounded time')
+  t.equal((daemon.log().match(/sync failed/g) ?? []).length, before + 1, 'after exactly one final attempt')
+  t.match(daemon.log(), /the last sync before stopping failed/)
+})
+
+t.test('--watch: SIGTERM during the first sync (waiting for the lock) still makes the final sync', async (t) => {
+  const d = device(t, { quiet: 30 })
+  fs.writeFileSync(`${d.merged}/etc/before`, 'before the daemon\n')
+  const holder = spawn('sleep', ['60'], { stdio: 'ignore' })
+  t.teardown(() => holder.kill('SIGKILL'))
+  fs.mkdirSync(`${d.dir}/run/staging.lock`)
+  fs.writeFileSync(`${d.dir}/run/staging.lock/pid`, `${holder.pid}\novroot restore\n`)
+  const daemon = daemonOf(t, d)
+  t.ok(await daemon.until(() => /waiting for pid/.test(daemon.log()), 20), 'the first sync waits for the lock')
+  fs.writeFileSync(`${d.merged}/etc/during`, 'written during the first sync\n')
+  daemon.kill('SIGTERM')
+  await new Promise((resolve) => setTimeout(resolve, 300))
+  holder.kill('SIGKILL')
+  t.equal(await daemon.exited, 0, daemon.log())
+  t.equal(fs.readFileSync(`${d.flash}/upper/etc/during`, 'utf8'), 'written during the first sync\n', 'the final sync ran')
+})
+
+t.test('--watch: a first sync that failed is retried without any change', async (t) => {
+  const d = device(t, { quiet: 1 })
+  fs.writeFileSync(`${d.flash}/.ovroot`, 'in the way\n')
+  fs.writeFileSync(`${d.merged}/etc/first`, 'before the daemon\n')
+  const daemon = daemonOf(t, d)
+  t.ok(await daemon.until(() => /sync failed/.test(daemon.log()), 20), 'the first sync fails')
+  fs.rmSync(`${d.flash}/.ovroot`)
+  t.ok(await daemon.until(() => fs.existsSync(`${d.flash}/upper/etc/first`), 20), 'persisted with no change after the failure')
+  daemon.kill('SIGTERM')
+  t.equal(await daemon.exited, 0, daemon.log())
 })

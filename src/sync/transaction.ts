@@ -56,7 +56,14 @@ export async function syncOnce(source: SyncSource, layout: FlashLayout, runDir: 
   const scan = startScan(layout, source, runDir)
   const staging = syncStagingPath(layout)
   const plan = new FlatStaging(source.upper, mirror, staging, xattrs.name('metacopy'), scan)
-  const staged = stageChanges(source, plan)
+  let staged: Staged
+  try {
+    staged = stageChanges(source, plan)
+  } catch (error) {
+    // Uncommitted: nothing would ever use it, and a daemon retrying must not fill the flash with them.
+    removeTree(staging)
+    throw error
+  }
   if (staged.moves.length === 0 && staged.removals.length === 0) {
     removeTree(staging)
     return { written: 0, removed: 0, bytes: 0 }
