@@ -543,3 +543,13 @@ t.test('--watch: a first sync that failed is retried without any change', async 
   daemon.kill('SIGTERM')
   t.equal(await daemon.exited, 0, daemon.log())
 })
+
+t.test('a name that is not UTF-8 stops no sync: it is named, everything else is persisted', async (t) => {
+  const d = device(t)
+  fs.writeFileSync(Buffer.concat([Buffer.from(`${d.merged}/etc/caf`), Buffer.from([0xe9])]), 'latin-1 name\n')
+  fs.writeFileSync(`${d.merged}/etc/plain`, 'plain\n')
+  const result = sync(d)
+  t.equal(result.status, 0, result.stderr)
+  t.match(result.stderr, /\/etc\/caf\\xe9: a name that is not UTF-8 is not persisted/, 'named, its bytes escaped')
+  t.equal(fs.readFileSync(`${d.flash}/upper/etc/plain`, 'utf8'), 'plain\n', 'the rest committed')
+})

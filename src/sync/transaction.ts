@@ -117,6 +117,8 @@ function stageChanges(source: SyncSource, plan: FlatStaging): Staged {
     include: (path) => !source.excluded(path),
     skipped: (path, why) => process.stderr.write(`ovroot: sync skips /${path}: ${why} cannot be persisted\n`),
     unchanged: (path, changeTimeNs, stat) => plan.skipIfUnchanged(path, changeTimeNs, stat),
+    // Not yet carried as bytes through staging and the marker: skipped and named, so that it stops nothing else.
+    notUtf8: (directory, name) => process.stderr.write(`ovroot: sync: /${directory === '.' ? '' : `${directory}/`}${escapedName(name)}: a name that is not UTF-8 is not persisted; everything else is\n`),
     vanished: (path) => {
       plan.vanished(path)
       process.stderr.write(`ovroot: sync: /${path}: it vanished while it was read; left for the next sync\n`)
@@ -151,6 +153,11 @@ function stageChanges(source: SyncSource, plan: FlatStaging): Staged {
   }
   writer.finish()
   return { entries: plan.entries, moves: plan.moves, removals: plan.removals(), parents: plan.unchangedParents(), bytes }
+}
+
+/** Printable ASCII as it is, every other byte (and the backslash) as \xNN: a name that is not UTF-8, on one line. */
+function escapedName(name: Buffer): string {
+  return [...name].map((byte) => (byte >= 0x20 && byte < 0x7f && byte !== 0x5c ? String.fromCharCode(byte) : `\\x${byte.toString(16).padStart(2, '0')}`)).join('')
 }
 
 /** Where each changed entry is staged, and what the commit must record to put it in place. */

@@ -4,7 +4,7 @@
  * kernel shares one whiteout inode among many names since Linux 5.8).
  */
 import type { BigIntStats } from 'node:fs'
-import { listDirectory } from '../sys/fs.js'
+import { listDirectory, listDirectorySplit } from '../sys/fs.js'
 import { SysError } from '../errors.js'
 import { readEntryWithStat, statEntry } from '../sys/entries.js'
 import { under, type UpperEntry } from './entry.js'
@@ -27,6 +27,8 @@ export interface WalkOptions {
    * skipped. Without it, that is an error.
    */
   vanished?(path: string): void
+  /** A name in the directory at `path` that is not UTF-8: passed here and skipped. Without it, that is an error. */
+  notUtf8?(path: string, name: Buffer): void
 }
 
 /** A name that no longer leads to the entry listed: it, or a directory above it, was removed or renamed. */
@@ -64,11 +66,18 @@ export function* walkUpper(root: string, options: WalkOptions): Generator<UpperE
     if (entry.type === 'dir') yield* visitChildren(path, full)
   }
   function* visitChildren(path: string, full: string): Generator<UpperEntry> {
-    const names = gone(path, () => listDirectory(full))?.sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b))) ?? []
+    const names = gone(path, () => listNames(path, full))?.sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b))) ?? []
     for (const name of names) {
       const child = path === '.' ? name : `${path}/${name}`
       if (options.include(child)) yield* visit(child)
     }
+  }
+  function listNames(path: string, full: string): string[] {
+    const { notUtf8 } = options
+    if (!notUtf8) return listDirectory(full)
+    const listed = listDirectorySplit(full)
+    for (const name of listed.notUtf8) notUtf8(path, name)
+    return listed.names
   }
   /** What `read` returns; undefined, once `vanished` is told, when the entry at `path` is gone. */
   function gone<T>(path: string, read: () => T): T | undefined {
