@@ -13,6 +13,7 @@ import { applyPending } from '../src/pending/apply.js'
 import { setModificationTime } from '../src/sys/entries.js'
 import { commitPending, type FlashLayout, type PendingChange } from '../src/pending/marker.js'
 import { syncOnce } from '../src/sync/transaction.js'
+import { copyUpper } from '../src/upper/copy.js'
 import { cleanEnvironment, mountOverlay, OVROOT, ovroot, scratch, snapshot, unmount, upperSnapshot, withoutSharedWhiteouts } from './helpers/overlay.js'
 import { random, randomLower, randomOperation, STANDARD_LOWER, STANDARD_OPERATIONS, writeTree } from './helpers/mutate.js'
 
@@ -552,4 +553,29 @@ t.test('a name that is not UTF-8 stops no sync: it is named, everything else is 
   t.equal(result.status, 0, result.stderr)
   t.match(result.stderr, /\/etc\/caf\\xe9: a name that is not UTF-8 is not persisted/, 'named, its bytes escaped')
   t.equal(fs.readFileSync(`${d.flash}/upper/etc/plain`, 'utf8'), 'plain\n', 'the rest committed')
+})
+
+t.test('the boot-time RAM fill stops at no name that is not UTF-8, and a sync then leaves that name on the flash', async (t) => {
+  const s = scratch()
+  t.teardown(s.cleanup)
+  const latin1 = Buffer.concat([Buffer.from(`${s.dir}/flash/etc/caf`), Buffer.from([0xe9])])
+  writeTree(`${s.dir}/flash`, { '/etc/plain': 'plain\n', '/srv/data/x': 'x\n' })
+  fs.writeFileSync(latin1, 'from a flash-mode boot\n')
+  fs.mkdirSync(`${s.dir}/ram`)
+  let warnings = ''
+  const write = process.stderr.write.bind(process.stderr)
+  process.stderr.write = (chunk: string | Uint8Array) => ((warnings += chunk.toString()), true)
+  try {
+    t.equal(copyUpper(`${s.dir}/flash`, `${s.dir}/ram`, 'trusted.overlay.metacopy'), 6, 'every other entry copied (the root, three directories, two files)')
+  } finally {
+    process.stderr.write = write
+  }
+  t.match(warnings, /skipped \/etc\/caf\\xe9: a name that is not UTF-8 cannot be copied yet; it stays on the flash/)
+  t.equal(fs.readFileSync(`${s.dir}/ram/srv/data/x`, 'utf8'), 'x\n')
+  fs.writeFileSync(`${s.dir}/ram/etc/new`, 'new\n')
+  fs.mkdirSync(`${s.dir}/run`)
+  const source = { upper: `${s.dir}/ram`, namespace: 'trusted' as const, exclude: [], excluded: () => false }
+  const result = await syncOnce(source, { root: s.dir, upperName: 'flash' }, `${s.dir}/run`)
+  t.equal(result.written, 2, 'the sync after it commits (etc and its new file)')
+  t.equal(fs.readFileSync(latin1, 'utf8'), 'from a flash-mode boot\n', 'and leaves the name it cannot carry where it is')
 })

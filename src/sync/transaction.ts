@@ -17,10 +17,10 @@ import type { BigIntStats } from 'node:fs'
 import { applyPending } from '../pending/apply.js'
 import { commitPending, dropStaging, readPending, syncStagingPath, upperPath, type FlashLayout } from '../pending/marker.js'
 import { EntryWriter, modificationTime, readEntry, readEntryIfPresent, readStableFile } from '../sys/entries.js'
-import { listDirectory, makeDirectory, removeTree, sameContent } from '../sys/fs.js'
+import { listDirectorySplit, makeDirectory, removeTree, sameContent } from '../sys/fs.js'
 import { OverlayXattrs } from '../overlay/xattrs.js'
 import { OvrootError } from '../errors.js'
-import { parentOf, under, type UpperEntry } from '../upper/entry.js'
+import { escapedName, parentOf, under, type UpperEntry } from '../upper/entry.js'
 import { isGone, walkUpper } from '../upper/walk.js'
 import { startScan, type Scan } from './baseline.js'
 
@@ -155,11 +155,6 @@ function stageChanges(source: SyncSource, plan: FlatStaging): Staged {
   return { entries: plan.entries, moves: plan.moves, removals: plan.removals(), parents: plan.unchangedParents(), bytes }
 }
 
-/** Printable ASCII as it is, every other byte (and the backslash) as \xNN: a name that is not UTF-8, on one line. */
-function escapedName(name: Buffer): string {
-  return [...name].map((byte) => (byte >= 0x20 && byte < 0x7f && byte !== 0x5c ? String.fromCharCode(byte) : `\\x${byte.toString(16).padStart(2, '0')}`)).join('')
-}
-
 /** Where each changed entry is staged, and what the commit must record to put it in place. */
 class FlatStaging {
   entries = 0
@@ -226,11 +221,11 @@ class FlatStaging {
     return parents
   }
 
-  /** Topmost paths of the flash copy the upper no longer has. */
+  /** Topmost paths of the flash copy the upper no longer has; a name that is not UTF-8 stays (the RAM upper never got it: see copy.ts). */
   removals(): string[] {
     const removals: string[] = []
     for (const directory of this.comparedDirectories.keys()) {
-      for (const name of listDirectory(under(this.mirror, directory)).sort()) {
+      for (const name of listDirectorySplit(under(this.mirror, directory)).names.sort()) {
         const path = directory === '.' ? name : `${directory}/${name}`
         if (!this.present.has(path)) removals.push(path)
       }
