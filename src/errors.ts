@@ -51,7 +51,17 @@ export class SysError extends OvrootError {
   }
 }
 
-const environmentErrnos = new Set(['ENOENT', 'ENOTDIR', 'EACCES', 'EPERM', 'ENODEV', 'ENXIO', 'ENOSYS', 'ENOTSUP', 'EOPNOTSUPP'])
+const environmentErrnos = new Set([
+  'ENOENT',
+  'ENOTDIR',
+  'EACCES',
+  'EPERM',
+  'ENODEV',
+  'ENXIO',
+  'ENOSYS',
+  'ENOTSUP',
+  'EOPNOTSUPP',
+])
 const ioErrnos = new Set(['EIO', 'ENOSPC', 'EROFS', 'EDQUOT', 'EUCLEAN', 'EBUSY'])
 
 function exitStatusForErrno(errno: string): ExitStatus {

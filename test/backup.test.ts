@@ -4,12 +4,29 @@
  * whiteouts, stubs) and mounts to the same merged view; GNU tar reads and
  * writes the same archives; other firmware and sysupgrade archives.
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { execFileSync, spawn } from 'node:child_process'
 import * as fs from 'node:fs'
 import { setXattr } from '../src/sys/libc.js'
-import { MOUNT_VARIANTS, mountOverlay, ovroot, scratch, snapshot, unmount, upperSnapshot, withoutSharedWhiteouts } from './helpers/overlay.js'
-import { random, randomLower, randomOperation, STANDARD_LOWER, STANDARD_OPERATIONS, writeTree } from './helpers/mutate.js'
+import {
+  MOUNT_VARIANTS,
+  mountOverlay,
+  ovroot,
+  scratch,
+  snapshot,
+  unmount,
+  upperSnapshot,
+  withoutAtime,
+  withoutSharedWhiteouts,
+} from './helpers/overlay.js'
+import {
+  random,
+  randomLower,
+  randomOperation,
+  STANDARD_LOWER,
+  STANDARD_OPERATIONS,
+  writeTree,
+} from './helpers/mutate.js'
 
 interface Device {
   dir: string
@@ -21,10 +38,17 @@ interface Device {
 }
 
 /** A lower, and an upper the kernel wrote through a mount with `options`. */
-function device(t: Tap.Test, options: string[], change: (merged: string) => void): Device {
+function device(t: Test, options: string[], change: (merged: string) => void): Device {
   const s = scratch()
-  t.teardown(s.cleanup)
-  const d: Device = { dir: s.dir, lower: `${s.dir}/lower`, upper: `${s.dir}/upper`, work: `${s.dir}/work`, merged: `${s.dir}/merged`, options }
+  t.teardown(() => s.cleanup())
+  const d: Device = {
+    dir: s.dir,
+    lower: `${s.dir}/lower`,
+    upper: `${s.dir}/upper`,
+    work: `${s.dir}/work`,
+    merged: `${s.dir}/merged`,
+    options,
+  }
   writeTree(d.lower, STANDARD_LOWER)
   setXattr(`${d.lower}/etc/profile`, 'user.tag', Buffer.from('lower'))
   fs.mkdirSync(d.upper)
@@ -35,7 +59,7 @@ function device(t: Tap.Test, options: string[], change: (merged: string) => void
   return d
 }
 
-function applyStandardOperations(t: Tap.Test): (merged: string) => void {
+function applyStandardOperations(t: Test): (merged: string) => void {
   return (merged) => {
     for (const [name, operation] of Object.entries(STANDARD_OPERATIONS)) {
       try {
@@ -47,14 +71,22 @@ function applyStandardOperations(t: Tap.Test): (merged: string) => void {
   }
 }
 
-const backup = (d: Device, file: string, ...extra: string[]) => ovroot(['backup', '--upper', d.upper, '--lower', d.lower, '-o', file, ...extra])
-const restore = (d: Device, file: string, into: string, ...extra: string[]) => ovroot(['restore', file, '--upper', into, '--lower', d.lower, ...extra])
+const backup = (d: Device, file: string, ...extra: string[]) =>
+  ovroot(['backup', '--upper', d.upper, '--lower', d.lower, '-o', file, ...extra])
+const restore = (d: Device, file: string, into: string, ...extra: string[]) =>
+  ovroot(['restore', file, '--upper', into, '--lower', d.lower, ...extra])
 
 /** The merged view of an upper over the device's lower. */
 function mergedOf(d: Device, upper: string): ReturnType<typeof snapshot> {
   const work = `${d.dir}/work-${upper.length}-${Math.floor(Math.random() * 1e9)}`
   fs.mkdirSync(work)
-  mountOverlay(d.merged, [d.lower], upper, work, d.options.filter((option) => option !== 'index=on'))
+  mountOverlay(
+    d.merged,
+    [d.lower],
+    upper,
+    work,
+    d.options.filter((option) => option !== 'index=on'),
+  )
   try {
     return snapshot(d.merged)
   } finally {
@@ -62,7 +94,7 @@ function mergedOf(d: Device, upper: string): ReturnType<typeof snapshot> {
   }
 }
 
-function roundTrip(t: Tap.Test, d: Device, label: string, ...extra: string[]): string {
+function roundTrip(t: Test, d: Device, label: string, ...extra: string[]): string {
   const archive = `${d.dir}/backup-${label.replace(/\W+/g, '-')}.ovb`
   const made = backup(d, archive, ...extra)
   t.equal(made.status, 0, `${label}: backup ${made.stderr}`)
@@ -77,17 +109,24 @@ function roundTrip(t: Tap.Test, d: Device, label: string, ...extra: string[]): s
 }
 
 for (const [variant, options] of Object.entries(MOUNT_VARIANTS)) {
-  t.test(`round trip of every kind of change, ${variant}`, async (t) => {
+  await t.test(`round trip of every kind of change, ${variant}`, async (t) => {
     const d = device(t, options, applyStandardOperations(t))
     roundTrip(t, d, variant)
   })
 
-  t.test(`round trip of seeded random changes, ${variant}`, async (t) => {
+  await t.test(`round trip of seeded random changes, ${variant}`, async (t) => {
     for (const seed of [11, 12, 13]) {
       const s = scratch()
-      t.teardown(s.cleanup)
+      t.teardown(() => s.cleanup())
       const next = random(seed * 104729 + variant.length)
-      const d: Device = { dir: s.dir, lower: `${s.dir}/lower`, upper: `${s.dir}/upper`, work: `${s.dir}/work`, merged: `${s.dir}/merged`, options }
+      const d: Device = {
+        dir: s.dir,
+        lower: `${s.dir}/lower`,
+        upper: `${s.dir}/upper`,
+        work: `${s.dir}/work`,
+        merged: `${s.dir}/merged`,
+        options,
+      }
       fs.mkdirSync(d.lower)
       randomLower(d.lower, next)
       fs.mkdirSync(d.upper)
@@ -106,130 +145,188 @@ for (const [variant, options] of Object.entries(MOUNT_VARIANTS)) {
   })
 }
 
-t.test('GNU tar extracts a backup into a directory equal to the upper; ovroot restores an archive GNU tar made of an upper', async (t) => {
-  const d = device(t, ['redirect_dir=on', 'metacopy=on'], applyStandardOperations(t))
-  const archive = `${d.dir}/gnu.ovb`
-  t.equal(backup(d, archive).status, 0)
-  const extracted = `${d.dir}/by-gnu-tar`
-  fs.mkdirSync(extracted)
-  execFileSync('tar', ['--xattrs', '--xattrs-include=*', '-xpzf', archive, '-C', extracted])
-  t.same(upperSnapshot(extracted), upperSnapshot(d.upper), 'tar --xattrs --xattrs-include=* -xpzf gives the upper back')
-  const listing = execFileSync('tar', ['-tvzf', archive], { encoding: 'utf8' })
-  t.match(listing, /^c--------- 0\/0 +0,0 .* etc\/banner$/m, 'tar -tvzf lists a whiteout as the 0/0 device it is')
+await t.test(
+  'GNU tar extracts a backup into a directory equal to the upper; ovroot restores an archive GNU tar made of an upper',
+  async (t) => {
+    const d = device(t, ['redirect_dir=on', 'metacopy=on'], applyStandardOperations(t))
+    const archive = `${d.dir}/gnu.ovb`
+    t.equal(backup(d, archive).status, 0)
+    const extracted = `${d.dir}/by-gnu-tar`
+    fs.mkdirSync(extracted)
+    execFileSync('tar', ['--xattrs', '--xattrs-include=*', '-xpzf', archive, '-C', extracted])
+    // GNU tar gives every entry it extracts the extraction's time as atime.
+    t.same(
+      withoutAtime(upperSnapshot(extracted)),
+      withoutAtime(upperSnapshot(d.upper)),
+      'tar --xattrs --xattrs-include=* -xpzf gives the upper back',
+    )
+    const listing = execFileSync('tar', ['-tvzf', archive], { encoding: 'utf8' })
+    t.match(listing, /^c--------- 0\/0 +0,0 .* etc\/banner$/m, 'tar -tvzf lists a whiteout as the 0/0 device it is')
 
-  const byTar = `${d.dir}/made-by-gnu-tar.tgz`
-  execFileSync('tar', ['--xattrs', '--xattrs-include=*', '--format=pax', '-C', d.upper, '-czf', byTar, '.'])
-  const into = `${d.dir}/from-gnu-tar`
-  fs.mkdirSync(into)
-  const result = restore(d, byTar, into)
-  t.equal(result.status, 0, result.stderr)
-  // GNU tar does not record hardlinks between device nodes: a whiteout inode the kernel shared comes back as whiteouts of their own.
-  t.same(upperSnapshot(into), withoutSharedWhiteouts(upperSnapshot(d.upper)), 'an archive GNU tar wrote (no manifest) restores to the upper too')
-})
-
-t.test('encrypted backups: round trip; a wrong passphrase, a flipped byte, a cut-off end are refused in one line', async (t) => {
-  const d = device(t, [], applyStandardOperations(t))
-  const passphrase = `${d.dir}/passphrase`
-  fs.writeFileSync(passphrase, 'correct horse battery staple\n')
-  const archive = roundTrip(t, d, 'encrypted', '--passphrase-file', passphrase)
-  t.not(fs.readFileSync(archive).subarray(0, 2).toString('hex'), '1f8b', 'not a readable gzip')
-  t.notOk(fs.readFileSync(archive).includes(Buffer.from('option proto static')), 'no configuration in clear')
-  const refused = (file: string, extra: string[], pattern: RegExp, status = 5): void => {
-    const into = `${d.dir}/refused-${Math.floor(Math.random() * 1e9)}`
+    const byTar = `${d.dir}/made-by-gnu-tar.tgz`
+    execFileSync('tar', ['--xattrs', '--xattrs-include=*', '--format=pax', '-C', d.upper, '-czf', byTar, '.'])
+    const into = `${d.dir}/from-gnu-tar`
     fs.mkdirSync(into)
-    const result = restore(d, file, into, ...extra)
-    t.equal(result.status, status, `${pattern}: exit ${status}`)
-    t.match(result.stderr, pattern)
-    t.equal(result.stderr.trim().split('\n').length, 1, 'one line')
+    const result = restore(d, byTar, into)
+    t.equal(result.status, 0, result.stderr)
+    // GNU tar does not record hardlinks between device nodes: a whiteout inode the kernel shared comes back as whiteouts of their own.
+    t.same(
+      upperSnapshot(into),
+      withoutSharedWhiteouts(upperSnapshot(d.upper)),
+      'an archive GNU tar wrote (no manifest) restores to the upper too',
+    )
+  },
+)
+
+await t.test(
+  'encrypted backups: round trip; a wrong passphrase, a flipped byte, a cut-off end are refused in one line',
+  async (t) => {
+    const d = device(t, [], applyStandardOperations(t))
+    const passphrase = `${d.dir}/passphrase`
+    fs.writeFileSync(passphrase, 'correct horse battery staple\n')
+    const archive = roundTrip(t, d, 'encrypted', '--passphrase-file', passphrase)
+    t.not(fs.readFileSync(archive).subarray(0, 2).toString('hex'), '1f8b', 'not a readable gzip')
+    t.notOk(fs.readFileSync(archive).includes(Buffer.from('option proto static')), 'no configuration in clear')
+    const refused = (file: string, extra: string[], pattern: RegExp, status = 5): void => {
+      const into = `${d.dir}/refused-${Math.floor(Math.random() * 1e9)}`
+      fs.mkdirSync(into)
+      const result = restore(d, file, into, ...extra)
+      t.equal(result.status, status, `${pattern}: exit ${status}`)
+      t.match(result.stderr, pattern)
+      t.equal(result.stderr.trim().split('\n').length, 1, 'one line')
+      t.same(fs.readdirSync(into), [], 'nothing restored')
+    }
+    fs.writeFileSync(`${d.dir}/wrong`, 'Tr0ub4dor&3\n')
+    refused(archive, ['--passphrase-file', `${d.dir}/wrong`], /wrong passphrase for this encrypted backup/)
+    refused(archive, [], /is an encrypted backup: pass --passphrase-file/, 2)
+    const bytes = fs.readFileSync(archive)
+    const flipped = Buffer.from(bytes)
+    const middle = Math.floor(bytes.length / 2)
+    flipped.writeUInt8(flipped.readUInt8(middle) ^ 0x01, middle)
+    fs.writeFileSync(`${d.dir}/flipped.ovb`, flipped)
+    refused(
+      `${d.dir}/flipped.ovb`,
+      ['--passphrase-file', passphrase],
+      /damaged or was tampered with \(chunk 0 fails authentication\)/,
+    )
+    fs.writeFileSync(`${d.dir}/cut.ovb`, bytes.subarray(0, bytes.length - 100))
+    refused(`${d.dir}/cut.ovb`, ['--passphrase-file', passphrase], /damaged or was tampered with/)
+    // Key-derivation parameters are read before anything is authenticated: only backup's own are derived with.
+    const costly = Buffer.from(bytes)
+    costly[24] = 16
+    fs.writeFileSync(`${d.dir}/costly.ovb`, costly)
+    refused(
+      `${d.dir}/costly.ovb`,
+      ['--passphrase-file', passphrase],
+      /damaged or was tampered with \(key-derivation parameters N=2\^16 r=8 p=1, not the N=2\^15 r=8 p=1 ovroot writes\)/,
+    )
+    // A passphrase means encryption: a plain archive in the encrypted one's place is refused.
+    const plain = `${d.dir}/plain.ovb`
+    t.equal(backup(d, plain).status, 0)
+    refused(plain, ['--passphrase-file', passphrase], /is not an encrypted backup, but --passphrase-file was given/)
+  },
+)
+
+await t.test(
+  'plain backups: a truncated or bit-flipped archive is refused in one line, nothing restored',
+  async (t) => {
+    const d = device(t, [], applyStandardOperations(t))
+    const archive = `${d.dir}/plain.ovb`
+    t.equal(backup(d, archive).status, 0)
+    const bytes = fs.readFileSync(archive)
+    const cases: [string, Buffer][] = [
+      ['truncated', bytes.subarray(0, Math.floor(bytes.length * 0.6))],
+      ['bit-flipped', Buffer.from(bytes.map((byte, i) => (i === Math.floor(bytes.length / 2) ? byte ^ 0x10 : byte)))],
+    ]
+    for (const [name, content] of cases) {
+      fs.writeFileSync(`${d.dir}/${name}.ovb`, content)
+      const into = `${d.dir}/${name}`
+      fs.mkdirSync(into)
+      const result = restore(d, `${d.dir}/${name}.ovb`, into)
+      t.equal(result.status, 5, `${name}: exit 5 (invalid data)`)
+      t.match(result.stderr, /^ovroot: .*(damaged|truncated)/, name)
+      t.equal(result.stderr.trim().split('\n').length, 1, `${name}: one line`)
+      t.same(fs.readdirSync(into), [], `${name}: nothing restored`)
+      t.notOk(
+        fs.readdirSync(d.dir).some((entry) => entry.includes('ovroot-restore')),
+        `${name}: no staging left behind`,
+      )
+    }
+  },
+)
+
+await t.test(
+  '--changes-only leaves out copy-ups identical to the firmware; --exclude leaves out paths; standard output',
+  async (t) => {
+    const d = device(t, [], applyStandardOperations(t))
+    const full = execFileSync('node', [fileArgument(), 'backup', '--upper', d.upper, '--lower', d.lower, '-o', '-'])
+    t.equal(full.subarray(0, 2).toString('hex'), '1f8b', '- writes the gzip archive to standard output')
+    const changes = `${d.dir}/changes.ovb`
+    t.equal(backup(d, changes, '--changes-only', '--exclude', '/etc/init.d').status, 0)
+    const names = execFileSync('tar', ['-tzf', changes], { encoding: 'utf8' }).split('\n')
+    t.ok(names.includes('etc/config/network'), 'a modified file is in')
+    t.notOk(names.includes('etc/config/system'), 'a copy-up rewritten identical is not')
+    t.notOk(names.includes('etc/protocols'), 'a file opened for writing and unchanged is not')
+    t.notOk(
+      names.some((name) => name.startsWith('etc/init.d')),
+      '--exclude leaves out a subtree',
+    )
+    const into = `${d.dir}/changes-restored`
+    fs.mkdirSync(into)
+    t.equal(restore(d, changes, into).status, 0)
+    const expected = mergedOf(d, d.upper)
+    const got = mergedOf(d, into)
+    for (const [path, entry] of expected)
+      if (!path.startsWith('/etc/init.d')) t.same(got.get(path), entry, `${path}: same merged view`)
+  },
+)
+
+await t.test(
+  'other firmware: files changed by both the user and the firmware are listed and refused unless --force',
+  async (t) => {
+    const d = device(t, [], (m) => fs.appendFileSync(`${m}/etc/config/network`, 'user line\n'))
+    fs.writeFileSync(`${d.lower}/etc/openwrt_release`, "DISTRIB_ID='OpenWrt'\nDISTRIB_RELEASE='23.05.0'\n")
+    const archive = `${d.dir}/old-firmware.ovb`
+    t.equal(backup(d, archive).status, 0)
+    fs.writeFileSync(`${d.lower}/etc/openwrt_release`, "DISTRIB_ID='OpenWrt'\nDISTRIB_RELEASE='24.10.0'\n")
+    fs.appendFileSync(`${d.lower}/etc/config/network`, 'new firmware default\n')
+    const into = `${d.dir}/other-firmware`
+    fs.mkdirSync(into)
+    const refused = restore(d, archive, into)
+    t.equal(refused.status, 5)
+    t.match(
+      refused.stderr,
+      /backup of OpenWrt 23\.05\.0, this device runs OpenWrt 24\.10\.0: 1 files changed by both the user and the new firmware \(\/etc\/config\/network\); --force/,
+    )
     t.same(fs.readdirSync(into), [], 'nothing restored')
-  }
-  fs.writeFileSync(`${d.dir}/wrong`, 'Tr0ub4dor&3\n')
-  refused(archive, ['--passphrase-file', `${d.dir}/wrong`], /wrong passphrase for this encrypted backup/)
-  refused(archive, [], /is an encrypted backup: pass --passphrase-file/, 2)
-  const bytes = fs.readFileSync(archive)
-  const flipped = Buffer.from(bytes)
-  flipped[Math.floor(bytes.length / 2)] ^= 0x01
-  fs.writeFileSync(`${d.dir}/flipped.ovb`, flipped)
-  refused(`${d.dir}/flipped.ovb`, ['--passphrase-file', passphrase], /damaged or was tampered with \(chunk 0 fails authentication\)/)
-  fs.writeFileSync(`${d.dir}/cut.ovb`, bytes.subarray(0, bytes.length - 100))
-  refused(`${d.dir}/cut.ovb`, ['--passphrase-file', passphrase], /damaged or was tampered with/)
-})
+    t.equal(restore(d, archive, into, '--force').status, 0, '--force restores')
+    t.match(fs.readFileSync(`${into}/etc/config/network`, 'utf8'), /user line/)
+  },
+)
 
-t.test('plain backups: a truncated or bit-flipped archive is refused in one line, nothing restored', async (t) => {
-  const d = device(t, [], applyStandardOperations(t))
-  const archive = `${d.dir}/plain.ovb`
-  t.equal(backup(d, archive).status, 0)
-  const bytes = fs.readFileSync(archive)
-  const cases: [string, Buffer][] = [
-    ['truncated', bytes.subarray(0, Math.floor(bytes.length * 0.6))],
-    ['bit-flipped', Buffer.from(bytes.map((byte, i) => (i === Math.floor(bytes.length / 2) ? byte ^ 0x10 : byte)))],
-  ]
-  for (const [name, content] of cases) {
-    fs.writeFileSync(`${d.dir}/${name}.ovb`, content)
-    const into = `${d.dir}/${name}`
+await t.test(
+  "an OpenWrt sysupgrade archive: its files land on the upper, directories keep the firmware's metadata",
+  async (t) => {
+    const d = device(t, [], () => undefined)
+    const root = `${d.dir}/sysupgrade-root`
+    writeTree(root, {
+      '/etc/config/network': 'from sysupgrade\n',
+      '/etc/dropbear/authorized_keys': 'ssh-ed25519 AAAA\n',
+    })
+    fs.chmodSync(`${d.lower}/etc`, 0o751)
+    const archive = `${d.dir}/sysupgrade.tgz`
+    execFileSync('tar', ['-C', root, '-czf', archive, 'etc/config/network', 'etc/dropbear/authorized_keys'])
+    const into = `${d.dir}/from-sysupgrade`
     fs.mkdirSync(into)
-    const result = restore(d, `${d.dir}/${name}.ovb`, into)
-    t.equal(result.status, 5, `${name}: exit 5 (invalid data)`)
-    t.match(result.stderr, /^ovroot: .*(damaged|truncated)/, name)
-    t.equal(result.stderr.trim().split('\n').length, 1, `${name}: one line`)
-    t.same(fs.readdirSync(into), [], `${name}: nothing restored`)
-    t.notOk(fs.readdirSync(d.dir).some((entry) => entry.includes('ovroot-restore')), `${name}: no staging left behind`)
-  }
-})
+    const result = restore(d, archive, into)
+    t.equal(result.status, 0, result.stderr)
+    t.match(result.stdout, /OpenWrt sysupgrade archive, 2 entries/)
+    t.equal(fs.readFileSync(`${into}/etc/config/network`, 'utf8'), 'from sysupgrade\n')
+    t.equal(fs.statSync(`${into}/etc`).mode & 0o777, 0o751, "a directory the archive needs takes the firmware's mode")
+  },
+)
 
-t.test('--changes-only leaves out copy-ups identical to the firmware; --exclude leaves out paths; standard output', async (t) => {
-  const d = device(t, [], applyStandardOperations(t))
-  const full = execFileSync('node', [fileArgument(), 'backup', '--upper', d.upper, '--lower', d.lower, '-o', '-'])
-  t.equal(full.subarray(0, 2).toString('hex'), '1f8b', '- writes the gzip archive to standard output')
-  const changes = `${d.dir}/changes.ovb`
-  t.equal(backup(d, changes, '--changes-only', '--exclude', '/etc/init.d').status, 0)
-  const names = execFileSync('tar', ['-tzf', changes], { encoding: 'utf8' }).split('\n')
-  t.ok(names.includes('etc/config/network'), 'a modified file is in')
-  t.notOk(names.includes('etc/config/system'), 'a copy-up rewritten identical is not')
-  t.notOk(names.includes('etc/protocols'), 'a file opened for writing and unchanged is not')
-  t.notOk(names.some((name) => name.startsWith('etc/init.d')), '--exclude leaves out a subtree')
-  const into = `${d.dir}/changes-restored`
-  fs.mkdirSync(into)
-  t.equal(restore(d, changes, into).status, 0)
-  const expected = mergedOf(d, d.upper)
-  const got = mergedOf(d, into)
-  for (const [path, entry] of expected) if (!path.startsWith('/etc/init.d')) t.same(got.get(path), entry, `${path}: same merged view`)
-})
-
-t.test('other firmware: files changed by both the user and the firmware are listed and refused unless --force', async (t) => {
-  const d = device(t, [], (m) => fs.appendFileSync(`${m}/etc/config/network`, 'user line\n'))
-  fs.writeFileSync(`${d.lower}/etc/openwrt_release`, "DISTRIB_ID='OpenWrt'\nDISTRIB_RELEASE='23.05.0'\n")
-  const archive = `${d.dir}/old-firmware.ovb`
-  t.equal(backup(d, archive).status, 0)
-  fs.writeFileSync(`${d.lower}/etc/openwrt_release`, "DISTRIB_ID='OpenWrt'\nDISTRIB_RELEASE='24.10.0'\n")
-  fs.appendFileSync(`${d.lower}/etc/config/network`, 'new firmware default\n')
-  const into = `${d.dir}/other-firmware`
-  fs.mkdirSync(into)
-  const refused = restore(d, archive, into)
-  t.equal(refused.status, 5)
-  t.match(refused.stderr, /backup of OpenWrt 23\.05\.0, this device runs OpenWrt 24\.10\.0: 1 files changed by both the user and the new firmware \(\/etc\/config\/network\); --force/)
-  t.same(fs.readdirSync(into), [], 'nothing restored')
-  t.equal(restore(d, archive, into, '--force').status, 0, '--force restores')
-  t.match(fs.readFileSync(`${into}/etc/config/network`, 'utf8'), /user line/)
-})
-
-t.test('an OpenWrt sysupgrade archive: its files land on the upper, directories keep the firmware\'s metadata', async (t) => {
-  const d = device(t, [], () => undefined)
-  const root = `${d.dir}/sysupgrade-root`
-  writeTree(root, { '/etc/config/network': 'from sysupgrade\n', '/etc/dropbear/authorized_keys': 'ssh-ed25519 AAAA\n' })
-  fs.chmodSync(`${d.lower}/etc`, 0o751)
-  const archive = `${d.dir}/sysupgrade.tgz`
-  execFileSync('tar', ['-C', root, '-czf', archive, 'etc/config/network', 'etc/dropbear/authorized_keys'])
-  const into = `${d.dir}/from-sysupgrade`
-  fs.mkdirSync(into)
-  const result = restore(d, archive, into)
-  t.equal(result.status, 0, result.stderr)
-  t.match(result.stdout, /OpenWrt sysupgrade archive, 2 entries/)
-  t.equal(fs.readFileSync(`${into}/etc/config/network`, 'utf8'), 'from sysupgrade\n')
-  t.equal(fs.statSync(`${into}/etc`).mode & 0o777, 0o751, 'a directory the archive needs takes the firmware\'s mode')
-})
-
-t.test('a socket in the upper is skipped and named; the rest is backed up', async (t) => {
+await t.test('a socket in the upper is skipped and named; the rest is backed up', async (t) => {
   const d = device(t, [], (m) => fs.writeFileSync(`${m}/etc/kept`, 'kept\n'))
   execFileSync('python3', ['-c', `import socket; socket.socket(socket.AF_UNIX).bind('${d.upper}/etc/control.sock')`])
   const archive = `${d.dir}/with-socket.ovb`
@@ -241,22 +338,97 @@ t.test('a socket in the upper is skipped and named; the rest is backed up', asyn
   t.notMatch(names, /control\.sock/)
 })
 
-t.test('a file written all through the backup is refused in one line, and no archive is left', async (t) => {
+await t.test('a file written all through the backup is refused in one line, and no archive is left', async (t) => {
   const d = device(t, [], (m) => fs.writeFileSync(`${m}/etc/busy`, Buffer.alloc(64 << 20, 7)))
   // Stamps the file's mtime and ctime as fast as the kernel's clock ticks: every read of its 64 MiB sees a change.
-  const writer = spawn('python3', ['-c', 'import os, sys\nwhile True: os.utime(sys.argv[1])', `${d.upper}/etc/busy`], { stdio: 'ignore' })
+  const writer = spawn('python3', ['-c', 'import os, sys\nwhile True: os.utime(sys.argv[1])', `${d.upper}/etc/busy`], {
+    stdio: 'ignore',
+  })
   t.teardown(() => writer.kill())
   const before = fs.statSync(`${d.upper}/etc/busy`).mtimeMs
   while (fs.statSync(`${d.upper}/etc/busy`).mtimeMs === before) await new Promise((resolve) => setTimeout(resolve, 10))
   const archive = `${d.dir}/busy.ovb`
   const result = backup(d, archive)
   t.equal(result.status, 6, 'an I/O exit status')
-  t.match(result.stderr, /^ovroot: \S+\/etc\/busy changed while it was read, twice; back up when it is not being written/)
+  t.match(
+    result.stderr,
+    /^ovroot: \S+\/etc\/busy changed while it was read, twice; back up when it is not being written/,
+  )
   t.equal(result.stderr.trim().split('\n').length, 1, 'one line')
   t.notOk(fs.existsSync(archive), 'no archive, not even a partial one')
-  t.same(fs.readdirSync(d.dir).filter((name) => name.includes('busy')), [], 'and no temporary file')
+  t.same(
+    fs.readdirSync(d.dir).filter((name) => name.includes('busy')),
+    [],
+    'and no temporary file',
+  )
 })
 
 function fileArgument(): string {
   return new URL('../dist/ovroot.js', import.meta.url).pathname
 }
+
+/** An upper written directly (no mount needed for what it holds), over the standard lower. */
+function plainDevice(t: Test, fill: (upper: string) => void): Device {
+  const s = scratch()
+  t.teardown(() => s.cleanup())
+  const d: Device = {
+    dir: s.dir,
+    lower: `${s.dir}/lower`,
+    upper: `${s.dir}/upper`,
+    work: `${s.dir}/work`,
+    merged: `${s.dir}/merged`,
+    options: [],
+  }
+  writeTree(d.lower, STANDARD_LOWER)
+  fs.mkdirSync(d.upper)
+  fill(d.upper)
+  return d
+}
+
+const mtimeNs = (file: string | Buffer): bigint => fs.lstatSync(file, { bigint: true }).mtimeNs
+
+await t.test(
+  'times: before 1970 (a negative fraction too), nanoseconds, an atime of its own come back exactly; GNU tar agrees both ways',
+  async (t) => {
+    const d = plainDevice(t, (upper) => {
+      fs.mkdirSync(`${upper}/var`)
+      fs.writeFileSync(`${upper}/var/1960`, 'old\n')
+      execFileSync('touch', ['-d', '1960-01-01 00:00:00.5', `${upper}/var/1960`])
+      // 1.5 s before the epoch: pax -1.5, not -0.5 or -1 + .5.
+      fs.symlinkSync('1960', `${upper}/var/before-epoch`)
+      execFileSync('touch', ['-h', '-d', '1969-12-31 23:59:58.5', `${upper}/var/before-epoch`])
+      fs.writeFileSync(`${upper}/var/ns`, 'nanoseconds\n')
+      execFileSync('touch', ['-m', '-d', '2020-01-01 00:00:00.123456789', `${upper}/var/ns`])
+      execFileSync('touch', ['-a', '-d', '2021-06-01 12:00:00.987654321', `${upper}/var/ns`])
+      execFileSync('touch', ['-m', '-d', '2106-02-07 06:28:16.000000001', `${upper}/var`])
+    })
+    const archive = roundTrip(t, d, 'times')
+    t.equal(
+      mtimeNs(`${d.upper}/var/before-epoch`),
+      -1_500_000_000n,
+      'the test really has a time 1.5 s before the epoch',
+    )
+
+    const extracted = `${d.dir}/times-by-gnu-tar`
+    fs.mkdirSync(extracted)
+    execFileSync('tar', ['-xpzf', archive, '-C', extracted])
+    for (const name of ['var', 'var/1960', 'var/before-epoch', 'var/ns'])
+      t.equal(
+        mtimeNs(`${extracted}/${name}`),
+        mtimeNs(`${d.upper}/${name}`),
+        `GNU tar extracts ${name}'s mtime to the nanosecond`,
+      )
+
+    const byTar = `${d.dir}/times-made-by-gnu-tar.tgz`
+    execFileSync('tar', ['--xattrs', '--xattrs-include=*', '--format=pax', '-C', d.upper, '-czf', byTar, '.'])
+    const into = `${d.dir}/times-from-gnu-tar`
+    fs.mkdirSync(into)
+    const result = restore(d, byTar, into)
+    t.equal(result.status, 0, result.stderr)
+    t.same(
+      upperSnapshot(into),
+      upperSnapshot(d.upper),
+      "GNU tar's pax times (negative, fractions trimmed, atime) restore exactly",
+    )
+  },
+)

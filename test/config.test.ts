@@ -20,32 +20,52 @@ function catchError(action: () => unknown): Error | undefined {
 
 const shipped = fs.readFileSync(new URL('../etc/ovroot.conf', import.meta.url), 'utf8')
 
-t.test('etc/ovroot.conf documents every key with its default', async (t) => {
+await t.test('etc/ovroot.conf documents every key with its default', async (t) => {
   t.same(parseConfig(shipped, 'etc/ovroot.conf'), defaultConfig())
   const document = parse(shipped) as Record<string, Record<string, string>>
   for (const [section, keys] of Object.entries(SCHEMA)) {
-    for (const key of Object.keys(keys)) t.ok(document[section] && key in document[section], `[${section}] ${key} is in etc/ovroot.conf`)
+    for (const key of Object.keys(keys))
+      t.ok(document[section] && key in document[section], `[${section}] ${key} is in etc/ovroot.conf`)
   }
 })
 
-t.test('values are parsed into their types', async (t) => {
-  const config = parseConfig('[overlay]\nlower = /rom /rom2\noptions = redirect_dir=on,metacopy=on\n[flash]\ndrivers = ubi ram\nreformat_corrupt = yes\n[boot]\ntimeout = 5\n', 'x.conf')
+await t.test('values are parsed into their types', async (t) => {
+  const config = parseConfig(
+    '[overlay]\nlower = /rom /rom2\noptions = redirect_dir=on,metacopy=on\n[flash]\ndrivers = ubi ram\nreformat_corrupt = yes\n[boot]\ntimeout = 5\n',
+    'x.conf',
+  )
   t.same(config.overlay.lower, ['/rom', '/rom2'])
   t.same(config.overlay.options, ['redirect_dir=on', 'metacopy=on'])
   t.same(config.flash.drivers, ['ubi', 'ram'])
   t.equal(config.flash.reformat_corrupt, true)
   t.equal(config.boot.timeout, 5)
-  const sync = parseConfig('[sync]\nenabled = yes\nbudget = 64m\nquiet = 10\nexclude = /tmp /var/log/*.tmp\n', 'x.conf').sync
-  t.same(sync, { enabled: true, quiet: 10, max_delay: 300, budget: 64 << 20, exclude: ['/tmp', '/var/log/*.tmp'] }, '[sync] keys, budget with a unit')
+  const sync = parseConfig(
+    '[sync]\nenabled = yes\nbudget = 64m\nquiet = 10\nexclude = /tmp /var/log/*.tmp\n',
+    'x.conf',
+  ).sync
+  t.same(
+    sync,
+    { enabled: true, quiet: 10, max_delay: 300, budget: 64 << 20, exclude: ['/tmp', '/var/log/*.tmp'] },
+    '[sync] keys, budget with a unit',
+  )
 })
 
-t.test('errors name the file, the section, the key and what was expected', async (t) => {
+await t.test('errors name the file, the section, the key and what was expected', async (t) => {
   const cases: [string, RegExp][] = [
     ['[flash]\nreformat_corrupt = maybe\n', /^x\.conf: \[flash\] reformat_corrupt = maybe: expected yes or no$/],
-    ['[flash]\ndrivers = mtd floppy\n', /^x\.conf: \[flash\] drivers = mtd floppy: expected a list of media drivers from mtd, ubi, block, ram$/],
+    [
+      '[flash]\ndrivers = mtd floppy\n',
+      /^x\.conf: \[flash\] drivers = mtd floppy: expected a list of media drivers from mtd, ubi, block, ram$/,
+    ],
     ['[flash]\nfrobnicate = 1\n', /^x\.conf: \[flash\] frobnicate: unknown key; expected one of drivers, name, device/],
-    ['[network]\nx = 1\n', /^x\.conf: \[network\]: unknown section; expected one of \[overlay\], \[flash\], \[boot\], \[reset\], \[sync\]$/],
-    ['[sync]\nbudget = lots\n', /^x\.conf: \[sync\] budget = lots: expected a number of bytes, with k, m or g \(0: no limit\)$/],
+    [
+      '[network]\nx = 1\n',
+      /^x\.conf: \[network\]: unknown section; expected one of \[overlay\], \[flash\], \[boot\], \[reset\], \[sync\]$/,
+    ],
+    [
+      '[sync]\nbudget = lots\n',
+      /^x\.conf: \[sync\] budget = lots: expected a number of bytes, with k, m or g \(0: no limit\)$/,
+    ],
     ['[sync]\nexclude = tmp\n', /^x\.conf: \[sync\] exclude = tmp: expected absolute paths/],
     ['lower = /rom\n', /^x\.conf: lower: a key outside any section/],
     ['[overlay]\nlower = rom\n', /expected absolute paths separated by spaces/],
@@ -60,15 +80,18 @@ t.test('errors name the file, the section, the key and what was expected', async
   }
 })
 
-t.test('kernel command-line overrides go through the same validation', async (t) => {
+await t.test('kernel command-line overrides go through the same validation', async (t) => {
   const config = defaultConfig()
   applyOverride(config, 'kernel command line', 'flash.drivers', 'ram')
   t.same(config.flash.drivers, ['ram'])
-  t.throws(() => applyOverride(config, 'kernel command line', 'flash.bogus', '1'), /kernel command line: \[flash\] bogus: unknown key/)
+  t.throws(
+    () => applyOverride(config, 'kernel command line', 'flash.bogus', '1'),
+    /kernel command line: \[flash\] bogus: unknown key/,
+  )
   t.throws(() => applyOverride(config, 'kernel command line', 'nodots', '1'), /expected section\.key/)
 })
 
-t.test('a bad configuration stops the command with exit status 3 and one line', async (t) => {
+await t.test('a bad configuration stops the command with exit status 3 and one line', async (t) => {
   const file = `${fs.mkdtempSync(`${os.tmpdir()}/ovroot-conf-`)}/bad.conf`
   fs.writeFileSync(file, '[flash]\nreformat_corrupt = maybe\n')
   const result = ovroot(['diff', '--config', file])
@@ -76,20 +99,31 @@ t.test('a bad configuration stops the command with exit status 3 and one line', 
   t.equal(result.stderr, `ovroot: ${file}: [flash] reformat_corrupt = maybe: expected yes or no\n`)
 })
 
-t.test('a --config FILE given explicitly is read and validated even when --lower and --upper make it unnecessary', async (t) => {
-  const dir = fs.mkdtempSync(`${os.tmpdir()}/ovroot-conf-`)
-  fs.mkdirSync(`${dir}/lower`)
-  fs.mkdirSync(`${dir}/upper`)
-  const missing = ovroot(['diff', '--config', `${dir}/missing.conf`, '--lower', `${dir}/lower`, '--upper', `${dir}/upper`])
-  t.equal(missing.status, 4)
-  t.match(missing.stderr, /missing\.conf: no such file or directory/)
-  fs.writeFileSync(`${dir}/bad.conf`, '[flash]\nfrobnicate = 1\n')
-  const bad = ovroot(['diff', '--config', `${dir}/bad.conf`, '--lower', `${dir}/lower`, '--upper', `${dir}/upper`])
-  t.equal(bad.status, 3)
-  t.match(bad.stderr, /\[flash\] frobnicate: unknown key/)
-})
+await t.test(
+  'a --config FILE given explicitly is read and validated even when --lower and --upper make it unnecessary',
+  async (t) => {
+    const dir = fs.mkdtempSync(`${os.tmpdir()}/ovroot-conf-`)
+    fs.mkdirSync(`${dir}/lower`)
+    fs.mkdirSync(`${dir}/upper`)
+    const missing = ovroot([
+      'diff',
+      '--config',
+      `${dir}/missing.conf`,
+      '--lower',
+      `${dir}/lower`,
+      '--upper',
+      `${dir}/upper`,
+    ])
+    t.equal(missing.status, 4)
+    t.match(missing.stderr, /missing\.conf: no such file or directory/)
+    fs.writeFileSync(`${dir}/bad.conf`, '[flash]\nfrobnicate = 1\n')
+    const bad = ovroot(['diff', '--config', `${dir}/bad.conf`, '--lower', `${dir}/lower`, '--upper', `${dir}/upper`])
+    t.equal(bad.status, 3)
+    t.match(bad.stderr, /\[flash\] frobnicate: unknown key/)
+  },
+)
 
-t.test('--version and --help', async (t) => {
+await t.test('--version and --help', async (t) => {
   const pkg = JSON.parse(fs.readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version: string }
   t.equal(VERSION, pkg.version, 'src/version.ts follows package.json')
   t.equal(ovroot(['--version']).stdout.trim(), pkg.version)
@@ -102,7 +136,7 @@ t.test('--version and --help', async (t) => {
   t.match(none.stderr, /a command is required/)
 })
 
-t.test('status and reset outside a device booted by ovroot: one line, exit 4', async (t) => {
+await t.test('status and reset outside a device booted by ovroot: one line, exit 4', async (t) => {
   const dir = fs.mkdtempSync(`${os.tmpdir()}/ovroot-status-`)
   const config = `${dir}/ovroot.conf`
   fs.writeFileSync(config, `[boot]\nrun_dir = ${dir}/run\n`)
@@ -115,5 +149,8 @@ t.test('status and reset outside a device booted by ovroot: one line, exit 4', a
   fs.writeFileSync(`${dir}/run/status.json`, '{not json')
   const garbled = ovroot(['status', '--config', config])
   t.equal(garbled.status, 5)
-  t.equal(garbled.stderr, `ovroot: ${dir}/run/status.json: unreadable boot record; expected the JSON ovroot boot writes\n`)
+  t.equal(
+    garbled.stderr,
+    `ovroot: ${dir}/run/status.json: unreadable boot record; expected the JSON ovroot boot writes\n`,
+  )
 })

@@ -2,48 +2,93 @@
  * The device lab: every lifecycle scenario is a real boot of the demo image
  * under QEMU (TCG), through qemu/vm exactly as a user or CI runs it.
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import * as fs from 'node:fs'
 import { boot, changesFrom, consoleLog, run, statusFrom, workspace } from './helpers/lab.js'
-import { corruptFlash, DIFF, EXPECTED_DIFF, lifecycle, STATUS, USER_CHANGES } from './helpers/scenarios.js'
+import { ConsoleSession } from './helpers/console.js'
+import {
+  corruptFlash,
+  DIFF,
+  EXPECTED_DIFF,
+  interactiveConsole,
+  lifecycle,
+  STATUS,
+  UNLOADABLE_INITS,
+  unloadableInit,
+  USER_CHANGES,
+} from './helpers/scenarios.js'
 
-t.test('NOR flash (JFFS2 on MTD): first boot, persistence, reset with a keep list', async (t) => lifecycle(t, 'nor'))
+await t.test('NOR flash (JFFS2 on MTD): first boot, persistence, reset with a keep list', async (t) =>
+  lifecycle(t, 'nor'),
+)
 
-t.test('power cut during heavy writes: the next boot mounts the flash, synced files are intact', async (t) => {
+await t.test('the demo console on a pty: one shell with job control that answers; poweroff -f leaves', async (t) =>
+  interactiveConsole(t, [], 'poweroff'),
+)
+
+await t.test('power cut during heavy writes: the next boot mounts the flash, synced files are intact', async (t) => {
   const flash = `${workspace(t)}/nor.flash`
   const args = ['--flash', flash]
-  const cut = boot([...args, '--cut-after', '4', '--run', 'head -c 300000 /dev/urandom > /etc/synced && sync && md5sum /etc/synced && i=0; while :; do i=$((i+1)); head -c 65536 /dev/urandom > /root/churn$((i % 20)); done'])
+  const cut = boot([
+    ...args,
+    '--cut-after',
+    '4',
+    '--run',
+    'head -c 300000 /dev/urandom > /etc/synced && sync && md5sum /etc/synced && i=0; while :; do i=$((i+1)); head -c 65536 /dev/urandom > /root/churn$((i % 20)); done',
+  ])
   t.equal(cut.status, 137, 'the power was cut')
-  const sum = /^([0-9a-f]{32})  \/etc\/synced$/m.exec(cut.stdout)?.[1]
+  const sum = /^([0-9a-f]{32}) {2}\/etc\/synced$/m.exec(cut.stdout)?.[1]
   t.ok(sum, 'the synced file was written before the cut')
   const after = run(t, args, `${STATUS} && md5sum /etc/synced`)
   t.equal(statusFrom(after.stdout).mode, 'flash', 'the next boot mounts the flash')
   t.match(after.stdout, `${sum}  /etc/synced`, 'the synced file is intact')
 })
 
-t.test('a large reset: a power cut inside it, then the next boot finishes it although it outlasts [boot] timeout', async (t) => {
-  const flash = `${workspace(t)}/nor.flash`
-  fs.writeFileSync(flash, Buffer.alloc(32 << 20, 0xff))
-  const args = ['--flash', flash]
-  const prepare = run(t, args, 'cd /root && for d in $(seq 1 50); do mkdir d$d && (cd d$d && seq 1 1000 | xargs touch); done; mkdir -p /etc/keepme && echo kept > /etc/keepme/file && sync && ovroot reset --yes --keep /etc/keepme')
-  t.equal(prepare.status, 0, 'fifty thousand files, and a reset scheduled')
-  const cut = boot([...args, '--cut-on', 'ovroot: applying factory reset', '--cut-after', '1', '--run', 'echo booted'])
-  t.equal(cut.status, 137, 'the power was cut')
-  const console = consoleLog()
-  t.match(console, /ovroot: applying factory reset/, 'the reset had begun')
-  t.notMatch(console, /ovroot: applied/, 'and had not finished: the cut landed inside it')
-  const timeout = 8
-  const after = run(t, [...args, '--append', `ovroot.boot.timeout=${timeout}`], `${STATUS} && ls /root | wc -l && cat /etc/keepme/file`)
-  const status = statusFrom(after.stdout) as ReturnType<typeof statusFrom> & { bootSeconds: number }
-  t.equal(status.mode, 'flash', 'the shim did not kill the working agent')
-  t.ok(status.bootSeconds > timeout, `the boot took ${status.bootSeconds} s, longer than the ${timeout} s timeout: progress kept the timer back`)
-  t.same(status.reset?.kept, ['/etc/keepme'])
-  t.same(status.pending, [], 'nothing is pending any more')
-  t.match(after.stdout, /^0$/m, 'every file the reset was to remove is gone')
-  t.match(after.stdout, /^kept$/m, 'the kept file is there')
-})
+await t.test(
+  'a large reset: a power cut inside it, then the next boot finishes it although it outlasts [boot] timeout',
+  async (t) => {
+    const flash = `${workspace(t)}/nor.flash`
+    fs.writeFileSync(flash, Buffer.alloc(32 << 20, 0xff))
+    const args = ['--flash', flash]
+    const prepare = run(
+      t,
+      args,
+      'cd /root && for d in $(seq 1 50); do mkdir d$d && (cd d$d && seq 1 1000 | xargs touch); done; mkdir -p /etc/keepme && echo kept > /etc/keepme/file && sync && ovroot reset --yes --keep /etc/keepme',
+    )
+    t.equal(prepare.status, 0, 'fifty thousand files, and a reset scheduled')
+    const cut = boot([
+      ...args,
+      '--cut-on',
+      'ovroot: applying factory reset',
+      '--cut-after',
+      '1',
+      '--run',
+      'echo booted',
+    ])
+    t.equal(cut.status, 137, 'the power was cut')
+    const console = consoleLog()
+    t.match(console, /ovroot: applying factory reset/, 'the reset had begun')
+    t.notMatch(console, /ovroot: applied/, 'and had not finished: the cut landed inside it')
+    const timeout = 8
+    const after = run(
+      t,
+      [...args, '--append', `ovroot.boot.timeout=${timeout}`],
+      `${STATUS} && ls /root | wc -l && cat /etc/keepme/file`,
+    )
+    const status = statusFrom(after.stdout) as ReturnType<typeof statusFrom> & { bootSeconds: number }
+    t.equal(status.mode, 'flash', 'the shim did not kill the working agent')
+    t.ok(
+      status.bootSeconds > timeout,
+      `the boot took ${status.bootSeconds} s, longer than the ${timeout} s timeout: progress kept the timer back`,
+    )
+    t.same(status.reset?.kept, ['/etc/keepme'])
+    t.same(status.pending, [], 'nothing is pending any more')
+    t.match(after.stdout, /^0$/m, 'every file the reset was to remove is gone')
+    t.match(after.stdout, /^kept$/m, 'the kept file is there')
+  },
+)
 
-t.test('first boot on a large erased NOR with a small timeout: flash mode, nothing erased again', async (t) => {
+await t.test('first boot on a large erased NOR with a small timeout: flash mode, nothing erased again', async (t) => {
   const flash = `${workspace(t)}/nor.flash`
   fs.writeFileSync(flash, Buffer.alloc(64 << 20, 0xff))
   const result = run(t, ['--flash', flash, '--append', 'ovroot.boot.timeout=8'], STATUS)
@@ -52,42 +97,58 @@ t.test('first boot on a large erased NOR with a small timeout: flash mode, nothi
   t.equal(status.formatted, true)
 })
 
-t.test('corrupt flash (random bytes): boots on RAM, says why, leaves the flash untouched', async (t) => corruptFlash(t))
+await t.test('corrupt flash (random bytes): boots on RAM, says why, leaves the flash untouched', async (t) =>
+  corruptFlash(t),
+)
 
-t.test('flash device missing: boots on RAM with the reason', async (t) => {
+await t.test('flash device missing: boots on RAM with the reason', async (t) => {
   const result = run(t, ['--no-flash'], STATUS)
   const status = statusFrom(result.stdout)
   t.equal(status.mode, 'degraded')
-  t.match(status.reason, /no flash found \(mtd: no MTD partition named "rootfs_data".*ubi: no UBI device attached.*block: no block device configured/)
+  t.match(
+    status.reason,
+    /no flash found \(mtd: no MTD partition named "rootfs_data".*ubi: no UBI device attached.*block: no block device configured/,
+  )
 })
 
 /** A NOR flash the user filled up: /etc/precious, then /root/fill* until the flash refused. */
-function fullFlash(t: Tap.Test): string {
+function fullFlash(t: Test): string {
   const flash = `${workspace(t)}/nor.flash`
-  const fill = run(t, ['--flash', flash], 'echo precious > /etc/precious && sync && i=0; while head -c 65536 /dev/urandom > /root/fill$i 2>/dev/null; do i=$((i+1)); done; sync')
+  const fill = run(
+    t,
+    ['--flash', flash],
+    'echo precious > /etc/precious && sync && i=0; while head -c 65536 /dev/urandom > /root/fill$i 2>/dev/null; do i=$((i+1)); done; sync',
+  )
   t.equal(fill.status, 0)
   return flash
 }
 
 const FULL_CHECK = `${STATUS} && grep ' /overlay ' /proc/mounts && cat /etc/precious && touch /overlay/probe; ls /root | grep -c fill`
 
-t.test('full flash: degraded, flash read-only, the user\'s files visible; ovroot reset --reboot restores the factory state', async (t) => {
-  const flash = fullFlash(t)
-  const degraded = boot(['--flash', flash, '--run', `${FULL_CHECK}; ovroot reset --yes --reboot`])
-  const status = statusFrom(degraded.stdout)
-  t.equal(status.mode, 'degraded')
-  t.match(status.reason, /is full: its files are shown read-only under a RAM upper; 'ovroot reset'/)
-  t.match(degraded.stdout, /^mtd0 \/overlay jffs2 ro[, ]/m, 'the flash is mounted read-only')
-  t.match(degraded.stdout, /^precious$/m, 'the user\'s files are visible')
-  t.match(degraded.stdout, /Read-only file system/, 'nothing can write to the flash behind the overlay\'s back')
-  t.match(degraded.stdout, /factory reset scheduled for the next boot/, 'the reset the banner advises can be scheduled')
-  const after = run(t, ['--flash', flash], `${STATUS} && ls /etc/precious 2>&1; ls /root | grep -c fill`)
-  t.equal(statusFrom(after.stdout).mode, 'flash', 'the reset needed no free space and the flash is usable again')
-  t.match(after.stdout, /\/etc\/precious: No such file or directory/, 'factory state')
-  t.match(after.stdout, /^0$/m)
-})
+await t.test(
+  "full flash: degraded, flash read-only, the user's files visible; ovroot reset --reboot restores the factory state",
+  async (t) => {
+    const flash = fullFlash(t)
+    const degraded = boot(['--flash', flash, '--run', `${FULL_CHECK}; ovroot reset --yes --reboot`])
+    const status = statusFrom(degraded.stdout)
+    t.equal(status.mode, 'degraded')
+    t.match(status.reason, /is full: its files are shown read-only under a RAM upper; 'ovroot reset'/)
+    t.match(degraded.stdout, /^mtd0 \/overlay jffs2 ro[, ]/m, 'the flash is mounted read-only')
+    t.match(degraded.stdout, /^precious$/m, "the user's files are visible")
+    t.match(degraded.stdout, /Read-only file system/, "nothing can write to the flash behind the overlay's back")
+    t.match(
+      degraded.stdout,
+      /factory reset scheduled for the next boot/,
+      'the reset the banner advises can be scheduled',
+    )
+    const after = run(t, ['--flash', flash], `${STATUS} && ls /etc/precious 2>&1; ls /root | grep -c fill`)
+    t.equal(statusFrom(after.stdout).mode, 'flash', 'the reset needed no free space and the flash is usable again')
+    t.match(after.stdout, /\/etc\/precious: No such file or directory/, 'factory state')
+    t.match(after.stdout, /^0$/m)
+  },
+)
 
-t.test('full flash: ovroot reset PATH drops just those files at the next boot', async (t) => {
+await t.test('full flash: ovroot reset PATH drops just those files at the next boot', async (t) => {
   const flash = fullFlash(t)
   const degraded = run(t, ['--flash', flash], `${STATUS} && ovroot reset --yes /root`)
   t.equal(statusFrom(degraded.stdout).mode, 'degraded')
@@ -98,50 +159,63 @@ t.test('full flash: ovroot reset PATH drops just those files at the next boot', 
   t.match(after.stdout, /^0$/m, 'the files that filled the flash are gone')
 })
 
-t.test('a scheduled change that fails at boot: degraded with the reason, the flash untouched, --cancel works there', async (t) => {
-  const flash = `${workspace(t)}/nor.flash`
-  const args = ['--flash', flash]
-  run(t, args, 'echo mine > /etc/mine && echo not-json > /overlay/.ovroot/pending && sync')
-  const failed = run(t, args, `${STATUS} && ovroot status | grep pending; grep ' /overlay ' /proc/mounts; ovroot reset --cancel`)
-  const status = statusFrom(failed.stdout)
-  t.equal(status.mode, 'degraded', 'not the shim\'s failsafe')
-  t.match(status.reason, /change scheduled for the flash failed: .*unreadable pending-change marker.*'ovroot reset --cancel' drops the change/)
-  t.match(failed.stdout, /^mtd0 \/overlay jffs2 ro[, ]/m, 'the flash is left read-only')
-  t.match(failed.stdout, /^pending: +an unreadable pending change/m, 'status shows what failed')
-  t.match(failed.stdout, /cancelled: an unreadable pending change/)
-  const after = run(t, args, `${STATUS} && cat /etc/mine`)
-  t.equal(statusFrom(after.stdout).mode, 'flash')
-  t.match(after.stdout, /^mine$/m, 'the user\'s files are intact')
-})
+await t.test(
+  'a scheduled change that fails at boot: degraded with the reason, the flash untouched, --cancel works there',
+  async (t) => {
+    const flash = `${workspace(t)}/nor.flash`
+    const args = ['--flash', flash]
+    run(t, args, 'echo mine > /etc/mine && echo not-json > /overlay/.ovroot/pending && sync')
+    const failed = run(
+      t,
+      args,
+      `${STATUS} && ovroot status | grep pending; grep ' /overlay ' /proc/mounts; ovroot reset --cancel`,
+    )
+    const status = statusFrom(failed.stdout)
+    t.equal(status.mode, 'degraded', "not the shim's failsafe")
+    t.match(
+      status.reason,
+      /change scheduled for the flash failed: .*unreadable pending-change marker.*'ovroot reset --cancel' drops the change/,
+    )
+    t.match(failed.stdout, /^mtd0 \/overlay jffs2 ro[, ]/m, 'the flash is left read-only')
+    t.match(failed.stdout, /^pending: +an unreadable pending change/m, 'status shows what failed')
+    t.match(failed.stdout, /cancelled: an unreadable pending change/)
+    const after = run(t, args, `${STATUS} && cat /etc/mine`)
+    t.equal(statusFrom(after.stdout).mode, 'flash')
+    t.match(after.stdout, /^mine$/m, "the user's files are intact")
+  },
+)
 
-t.test('a flash that fails every read: degraded, naming the device', async (t) => {
+await t.test('a flash that fails every read: degraded, naming the device', async (t) => {
   const result = run(t, ['--media', 'ext4', '--flash-errors'], STATUS)
   const status = statusFrom(result.stdout)
-  t.equal(status.mode, 'degraded', 'not the shim\'s failsafe')
+  t.equal(status.mode, 'degraded', "not the shim's failsafe")
   t.match(status.reason, /block driver: read \/dev\/vdb: input\/output error/)
 })
 
-t.test('a NOR erase block torn by a power cut during an erase: JFFS2 recovers it, the device stays on flash', async (t) => {
-  const flash = `${workspace(t)}/nor.flash`
-  run(t, ['--flash', flash], 'echo mine > /etc/mine && sync')
-  const image = fs.readFileSync(flash)
-  const block = 64 * 1024
-  let torn = -1
-  for (let offset = image.length - block; offset > 0; offset -= block) {
-    if (image.subarray(offset, offset + block).every((byte) => byte === 0xff)) {
-      torn = offset
-      break
+await t.test(
+  'a NOR erase block torn by a power cut during an erase: JFFS2 recovers it, the device stays on flash',
+  async (t) => {
+    const flash = `${workspace(t)}/nor.flash`
+    run(t, ['--flash', flash], 'echo mine > /etc/mine && sync')
+    const image = fs.readFileSync(flash)
+    const block = 64 * 1024
+    let torn = -1
+    for (let offset = image.length - block; offset > 0; offset -= block) {
+      if (image.subarray(offset, offset + block).every((byte) => byte === 0xff)) {
+        torn = offset
+        break
+      }
     }
-  }
-  t.ok(torn > 0, 'an erased block to tear')
-  for (let i = 0; i < 4096; i++) image[torn + i] = (i * 2654435761) >>> 24
-  fs.writeFileSync(flash, image)
-  const after = run(t, ['--flash', flash], `${STATUS} && cat /etc/mine`)
-  t.equal(statusFrom(after.stdout).mode, 'flash')
-  t.match(after.stdout, /^mine$/m)
-})
+    t.ok(torn > 0, 'an erased block to tear')
+    for (let i = 0; i < 4096; i++) image[torn + i] = (i * 2654435761) >>> 24
+    fs.writeFileSync(flash, image)
+    const after = run(t, ['--flash', flash], `${STATUS} && cat /etc/mine`)
+    t.equal(statusFrom(after.stdout).mode, 'flash')
+    t.match(after.stdout, /^mine$/m)
+  },
+)
 
-t.test('the agent fails: the shim\'s failsafe boots the device', async (t) => {
+await t.test("the agent fails: the shim's failsafe boots the device", async (t) => {
   const result = run(t, ['--no-flash', '--append', 'ovroot.flash.bogus=1'], STATUS)
   const status = statusFrom(result.stdout)
   t.equal(status.mode, 'failsafe')
@@ -149,10 +223,10 @@ t.test('the agent fails: the shim\'s failsafe boots the device', async (t) => {
 })
 
 for (const media of ['nand', 'ext4', 'f2fs']) {
-  t.test(`${media}: first boot, persistence, reset with a keep list`, async (t) => lifecycle(t, media))
+  await t.test(`${media}: first boot, persistence, reset with a keep list`, async (t) => lifecycle(t, media))
 }
 
-t.test('RAM-only configuration: boots, forgets at reboot, reset has nothing to do', async (t) => {
+await t.test('RAM-only configuration: boots, forgets at reboot, reset has nothing to do', async (t) => {
   const first = run(t, ['--media', 'ram'], `${STATUS} && echo x > /etc/volatile && ovroot reset --yes`)
   const status = statusFrom(first.stdout)
   t.equal(status.mode, 'ram')
@@ -162,7 +236,7 @@ t.test('RAM-only configuration: boots, forgets at reboot, reset has nothing to d
   t.match(second.stdout, /^gone$/m)
 })
 
-t.test('block flash found by PARTUUID= (MBR partition table) and by LABEL=', async (t) => {
+await t.test('block flash found by PARTUUID= (MBR partition table) and by LABEL=', async (t) => {
   const image = `${workspace(t)}/disk.img`
   fs.writeFileSync(image, '')
   fs.truncateSync(image, 64 << 20)
@@ -175,45 +249,99 @@ t.test('block flash found by PARTUUID= (MBR partition table) and by LABEL=', asy
   const fd = fs.openSync(image, 'r+')
   fs.writeSync(fd, mbr, 0, 512, 0)
   fs.closeSync(fd)
-  const first = run(t, ['--media', 'ext4', '--flash', image, '--append', 'ovroot.flash.device=PARTUUID=cafef00d-01'], `${STATUS} && echo on-partition > /etc/p`)
+  const first = run(
+    t,
+    ['--media', 'ext4', '--flash', image, '--append', 'ovroot.flash.device=PARTUUID=cafef00d-01'],
+    `${STATUS} && echo on-partition > /etc/p`,
+  )
   const status = statusFrom(first.stdout) as ReturnType<typeof statusFrom> & { medium?: { device: string } }
   t.equal(status.mode, 'flash')
   t.equal(status.medium?.device, '/dev/vdb1', 'PARTUUID names the partition')
-  const second = run(t, ['--media', 'ext4', '--flash', image, '--append', 'ovroot.flash.device=LABEL=rootfs_data'], `${STATUS} && cat /etc/p`)
-  t.equal((statusFrom(second.stdout) as typeof status).medium?.device, '/dev/vdb1', 'LABEL finds the label the first boot gave it')
+  const second = run(
+    t,
+    ['--media', 'ext4', '--flash', image, '--append', 'ovroot.flash.device=LABEL=rootfs_data'],
+    `${STATUS} && cat /etc/p`,
+  )
+  t.equal(
+    (statusFrom(second.stdout) as typeof status).medium?.device,
+    '/dev/vdb1',
+    'LABEL finds the label the first boot gave it',
+  )
   t.match(second.stdout, /^on-partition$/m)
 })
 
-t.test('ovroot.reset=1 on the kernel command line resets at boot, keep list applied', async (t) => {
+await t.test('ovroot.reset=1 on the kernel command line resets at boot, keep list applied', async (t) => {
   const flash = `${workspace(t)}/nor.flash`
   run(t, ['--flash', flash], 'echo x > /etc/x && mkdir -p /etc/dropbear && echo k > /etc/dropbear/k && sync')
-  const after = run(t, ['--flash', flash, '--append', 'ovroot.reset=1'], `${STATUS} && ls /etc/x 2>&1; cat /etc/dropbear/k`)
+  const after = run(
+    t,
+    ['--flash', flash, '--append', 'ovroot.reset=1'],
+    `${STATUS} && ls /etc/x 2>&1; cat /etc/dropbear/k`,
+  )
   t.same(statusFrom(after.stdout).reset?.kept, ['/etc/dropbear'])
   t.match(after.stdout, /\/etc\/x: No such file or directory/)
   t.match(after.stdout, /^k$/m)
 })
 
-t.test('an agent that really hangs: the shim kills it with what it started and boots the failsafe', async (t) => {
-  const result = run(t, ['--no-flash', '--append', 'OVROOT=/usr/lib/ovroot-lab/hung-agent ovroot.boot.timeout=2'], `${STATUS}; ps | grep -c '[s]leep 86399'`)
+await t.test('an agent that really hangs: the shim kills it with what it started and boots the failsafe', async (t) => {
+  const result = run(
+    t,
+    ['--no-flash', '--append', 'OVROOT=/usr/lib/ovroot-lab/hung-agent ovroot.boot.timeout=2'],
+    `${STATUS}; ps | grep -c '[s]leep 86399'`,
+  )
   const status = statusFrom(result.stdout)
   t.equal(status.mode, 'failsafe')
   t.match(status.reason, /made no progress for 2 s/)
   t.match(result.stdout, /^0$/m, 'the tool the agent started died with it')
 })
 
-t.test('an init that cannot be executed: the shim falls back to /sbin/init', async (t) => {
+await t.test('an init that does not exist: the shim falls back to /sbin/init', async (t) => {
   const result = run(t, ['--no-flash', '--append', 'ovroot.boot.init=/nonexistent'], STATUS)
   t.equal(result.status, 0, 'the device came up and ran the command')
-  t.match(consoleLog(), /cannot execute \/nonexistent as init/)
+  t.match(consoleLog(), /cannot execute \/nonexistent as init: \/nonexistent does not exist/)
 })
 
-t.test('live reset: --dry-run and --cancel change nothing, --reboot carries it out now', async (t) => {
+for (const kind of Object.keys(UNLOADABLE_INITS)) {
+  await t.test(
+    `an init that exists and is executable but cannot run (${kind}): the shim falls back to /sbin/init`,
+    async (t) => unloadableInit(t, kind),
+  )
+}
+
+await t.test(
+  'no init can run at all (the user broke /sbin/init in the upper): PID 1 lives on and gives the console a shell',
+  async (t) => {
+    const flash = `${workspace(t)}/nor.flash`
+    const broken = run(
+      t,
+      ['--flash', flash],
+      'rm /sbin/init && cp /usr/lib/ovroot-lab/unloadable-init/truncated /sbin/init && sync',
+    )
+    t.equal(broken.status, 0, '/sbin/init replaced by a truncated binary on the flash')
+    const session = new ConsoleSession(['--flash', flash])
+    t.teardown(() => session.kill())
+    let at = await session.waitFor(/cannot execute \/sbin\/init as init: \/sbin\/init: it is truncated/)
+    at = await session.waitFor(/no init to execute: starting a shell on the console/, at)
+    at = await session.waitFor(/# /, at)
+    session.type('echo "alive $((6 * 7)) as $$"\r')
+    await session.waitFor(/^alive 42 as \d+$/m, at)
+    t.pass('the shell answers; the kernel did not panic')
+    session.type('poweroff -f\r')
+    t.equal(await session.exited, 0, 'and powers off')
+  },
+)
+
+await t.test('live reset: --dry-run and --cancel change nothing, --reboot carries it out now', async (t) => {
   const flash = `${workspace(t)}/nor.flash`
   const args = ['--flash', flash]
-  const first = run(t, args, 'echo x > /etc/x && echo y > /etc/y && ovroot reset --dry-run --keep /etc/y && ovroot reset --yes && ovroot reset --cancel && ovroot status | grep pending')
+  const first = run(
+    t,
+    args,
+    'echo x > /etc/x && echo y > /etc/y && ovroot reset --dry-run --keep /etc/y && ovroot reset --yes && ovroot reset --cancel && ovroot status | grep pending',
+  )
   t.equal(first.status, 0)
   t.match(first.stdout, /^discard A \/etc\/x$/m, '--dry-run lists what goes')
-  t.match(first.stdout, /^keep    A \/etc\/y$/m, 'and what stays')
+  t.match(first.stdout, /^keep {4}A \/etc\/y$/m, 'and what stays')
   t.match(first.stdout, /^pending: +nothing$/m, '--cancel withdraws the scheduled reset')
   const rebooting = boot([...args, '--run', 'ovroot reset --yes --keep /etc/y --reboot'])
   t.match(rebooting.stdout, /factory reset scheduled/)
@@ -223,17 +351,27 @@ t.test('live reset: --dry-run and --cancel change nothing, --reboot carries it o
   t.match(after.stdout, /^y$/m)
 })
 
-t.test('backup, factory reset, restore: ovroot diff after equals ovroot diff before', async (t) => {
+await t.test('backup, factory reset, restore: ovroot diff after equals ovroot diff before', async (t) => {
   const flash = `${workspace(t)}/nor.flash`
   const args = ['--flash', flash]
-  const before = run(t, args, `${USER_CHANGES} && setfattr -n user.note -v kept /etc/hello && ${DIFF} && ovroot backup -o /tmp/b.ovb && cp /tmp/b.ovb /root/b.ovb && sync`)
+  const before = run(
+    t,
+    args,
+    `${USER_CHANGES} && setfattr -n user.note -v kept /etc/hello && ${DIFF} && ovroot backup -o /tmp/b.ovb && cp /tmp/b.ovb /root/b.ovb && sync`,
+  )
   t.equal(before.status, 0, before.stderr)
   const expected = changesFrom(before.stdout)
   t.same(expected, EXPECTED_DIFF, 'the changes, before the backup')
   const reset = run(t, args, 'ovroot reset --yes --keep /root/b.ovb')
   t.equal(reset.status, 0)
   const restored = run(t, args, `${DIFF} && ovroot restore /root/b.ovb --yes`)
-  t.same(changesFrom(restored.stdout).filter((change) => change.change !== 'metadata').map((change) => change.path), ['/etc/dropbear', '/etc/dropbear/key', '/root/b.ovb'], 'after the reset only the keep list (the image keeps /etc/dropbear) and the kept backup differ from the firmware')
+  t.same(
+    changesFrom(restored.stdout)
+      .filter((change) => change.change !== 'metadata')
+      .map((change) => change.path),
+    ['/etc/dropbear', '/etc/dropbear/key', '/root/b.ovb'],
+    'after the reset only the keep list (the image keeps /etc/dropbear) and the kept backup differ from the firmware',
+  )
   t.match(restored.stdout, /restore of \/root\/b\.ovb .* scheduled for the next boot/)
   const after = run(t, args, `${STATUS} && ${DIFF} && getfattr -n user.note /etc/hello`)
   t.same(statusFrom(after.stdout).pending, [], 'the restore was applied')
@@ -241,35 +379,63 @@ t.test('backup, factory reset, restore: ovroot diff after equals ovroot diff bef
   t.match(after.stdout, /user\.note="kept"/, 'xattrs came back')
 })
 
-t.test('power cuts during the restoring boot: the next boot shows the restored upper whole, never a mix', async (t) => {
-  const flash = `${workspace(t)}/nor.flash`
-  const args = ['--flash', flash]
-  const rearm = 'ovroot backup -o /tmp/b.ovb && echo v2 > /etc/version && mkdir /root/other && ovroot restore /tmp/b.ovb --yes'
-  const prepare = run(t, args, `mkdir -p /root/many && cd /root/many && seq 1 3000 | xargs touch && echo v1 > /etc/version && ${rearm}`)
-  t.equal(prepare.status, 0, 'a restore of 3000 files scheduled over a changed upper')
-  for (const delay of [0, 0.5, 1.5]) {
-    const cut = boot([...args, '--cut-on', 'ovroot: applying restore', '--cut-after', String(delay), '--run', 'echo booted'])
-    if (delay === 0) {
-      t.equal(cut.status, 137, 'the power was cut')
-      t.notMatch(consoleLog(), /ovroot: applied/, 'inside the restore')
+await t.test(
+  'power cuts during the restoring boot: the next boot shows the restored upper whole, never a mix',
+  async (t) => {
+    const flash = `${workspace(t)}/nor.flash`
+    const args = ['--flash', flash]
+    const rearm =
+      'ovroot backup -o /tmp/b.ovb && echo v2 > /etc/version && mkdir /root/other && ovroot restore /tmp/b.ovb --yes'
+    const prepare = run(
+      t,
+      args,
+      `mkdir -p /root/many && cd /root/many && seq 1 3000 | xargs touch && echo v1 > /etc/version && ${rearm}`,
+    )
+    t.equal(prepare.status, 0, 'a restore of 3000 files scheduled over a changed upper')
+    for (const delay of [0, 0.5, 1.5]) {
+      const cut = boot([
+        ...args,
+        '--cut-on',
+        'ovroot: applying restore',
+        '--cut-after',
+        String(delay),
+        '--run',
+        'echo booted',
+      ])
+      if (delay === 0) {
+        t.equal(cut.status, 137, 'the power was cut')
+        t.notMatch(consoleLog(), /ovroot: applied/, 'inside the restore')
+      }
+      const after = run(
+        t,
+        args,
+        `${STATUS} && cat /etc/version && ls /root/many | wc -l && ls -d /root/other 2>&1; ${rearm}`,
+      )
+      t.same(statusFrom(after.stdout).pending, [], `cut ${delay} s in: nothing pending after the next boot`)
+      t.match(after.stdout, /^v1$/m, `cut ${delay} s in: the restored version`)
+      t.match(after.stdout, /^3000$/m, `cut ${delay} s in: every restored file`)
+      t.match(
+        after.stdout,
+        /\/root\/other: No such file or directory/,
+        `cut ${delay} s in: nothing of the replaced upper`,
+      )
     }
-    const after = run(t, args, `${STATUS} && cat /etc/version && ls /root/many | wc -l && ls -d /root/other 2>&1; ${rearm}`)
-    t.same(statusFrom(after.stdout).pending, [], `cut ${delay} s in: nothing pending after the next boot`)
-    t.match(after.stdout, /^v1$/m, `cut ${delay} s in: the restored version`)
-    t.match(after.stdout, /^3000$/m, `cut ${delay} s in: every restored file`)
-    t.match(after.stdout, /\/root\/other: No such file or directory/, `cut ${delay} s in: nothing of the replaced upper`)
-  }
-})
+  },
+)
 
-t.test('an OpenWrt sysupgrade archive restores its files onto the upper', async (t) => {
+await t.test('an OpenWrt sysupgrade archive restores its files onto the upper', async (t) => {
   const flash = `${workspace(t)}/nor.flash`
   const args = ['--flash', flash]
-  run(t, args, "echo \"option ipaddr '10.1.1.1'\" >> /etc/config/network && tar -czf /root/sysupgrade.tgz -C / etc/config/network && ovroot reset --yes --keep /root/sysupgrade.tgz")
+  run(
+    t,
+    args,
+    'echo "option ipaddr \'10.1.1.1\'" >> /etc/config/network && tar -czf /root/sysupgrade.tgz -C / etc/config/network && ovroot reset --yes --keep /root/sysupgrade.tgz',
+  )
   const scheduled = run(t, args, 'grep -c 10.1.1.1 /etc/config/network; ovroot restore /root/sysupgrade.tgz --yes')
   t.match(scheduled.stdout, /^0$/m, 'the reset brought the factory file back')
   t.match(scheduled.stdout, /sysupgrade archive/)
   const after = run(t, args, 'grep -c 10.1.1.1 /etc/config/network && ls /root/sysupgrade.tgz')
-  t.match(after.stdout, /^1$/m, 'the archive\'s file is back')
+  t.match(after.stdout, /^1$/m, "the archive's file is back")
   t.match(after.stdout, /^\/root\/sysupgrade\.tgz$/m, 'what the upper had is still there')
 })
 
@@ -277,38 +443,70 @@ const SYNC = ['--append', 'ovroot.sync.enabled=yes ovroot.sync.quiet=2']
 /** Wait for the daemon: it says watching once its first sync is done. */
 const WATCHING = 'until ovroot status --json | grep -q \'"watcher":"watching"\'; do sleep 0.5; done'
 
-t.test('sync: what ovroot sync persisted survives a power cut, what it did not is gone', async (t) => {
+await t.test('sync: what ovroot sync persisted survives a power cut, what it did not is gone', async (t) => {
   const flash = `${workspace(t)}/nor.flash`
   // A daemon that would not sync on its own during the test.
-  const args = ['--flash', flash, '--append', 'ovroot.sync.enabled=yes ovroot.sync.quiet=600 ovroot.sync.max_delay=3600']
-  const cut = boot([...args, '--cut-on', 'both-written', '--cut-after', '0', '--run', `${WATCHING}; ${STATUS} && echo synced > /etc/a && ovroot sync && echo unsynced > /etc/b && sync && echo both-written && sleep 600`])
+  const args = [
+    '--flash',
+    flash,
+    '--append',
+    'ovroot.sync.enabled=yes ovroot.sync.quiet=600 ovroot.sync.max_delay=3600',
+  ]
+  const cut = boot([
+    ...args,
+    '--cut-on',
+    'both-written',
+    '--cut-after',
+    '0',
+    '--run',
+    `${WATCHING}; ${STATUS} && echo synced > /etc/a && ovroot sync && echo unsynced > /etc/b && sync && echo both-written && sleep 600`,
+  ])
   t.equal(cut.status, 137, 'the power was cut')
   const status = statusFrom(cut.stdout) as ReturnType<typeof statusFrom> & { sync?: { mirror: string } }
   t.equal(status.mode, 'flash')
   t.same(status.sync, { mirror: '/overlay/upper' }, 'the root is a synced RAM upper')
   const after = run(t, args, 'cat /etc/a; cat /etc/b 2>&1')
   t.match(after.stdout, /^synced$/m, 'the synced file is there')
-  t.match(after.stdout, /can't open '\/etc\/b': No such file or directory/, 'the unsynced one is not: the previous state')
+  t.match(
+    after.stdout,
+    /can't open '\/etc\/b': No such file or directory/,
+    'the unsynced one is not: the previous state',
+  )
 })
 
-t.test('sync --watch: a change reaches the flash without any command; an idle minute writes nothing to the flash', async (t) => {
-  const flash = `${workspace(t)}/nor.flash`
-  const args = ['--flash', flash, ...SYNC]
-  // vdb is the flash; field 7 of its stat is sectors written.
-  const written = "awk '{print $7}' /sys/block/vdb/stat"
-  const watched = boot([...args, '--cut-on', 'persisted', '--cut-after', '0', '--run', `${WATCHING}; echo watched > /etc/w; until [ -e /overlay/upper/etc/w ]; do sleep 0.5; done; echo persisted; sleep 600`])
-  t.equal(watched.status, 137)
-  t.match(watched.stdout, /^persisted$/m, 'the daemon wrote the change to the flash copy by itself')
-  // sync first: what boot wrote may sit in the page cache for 30 s before it reaches the device.
-  const after = run(t, args, `cat /etc/w && ${WATCHING}; sync; sleep 3; ${written}; sleep 60; ${written}; ovroot status`)
-  t.match(after.stdout, /^watched$/m, 'and it survived the power cut')
-  const counts = after.stdout.split('\n').filter((line) => /^\d+$/.test(line))
-  t.equal(counts.length, 2, 'two readings of the write counter')
-  t.equal(counts[0], counts[1], 'not one sector written in a minute of idling')
-  t.match(after.stdout, /^unsynced: +nothing$/m, 'status: nothing waits in RAM')
-})
+await t.test(
+  'sync --watch: a change reaches the flash without any command; an idle minute writes nothing to the flash',
+  async (t) => {
+    const flash = `${workspace(t)}/nor.flash`
+    const args = ['--flash', flash, ...SYNC]
+    // vdb is the flash; field 7 of its stat is sectors written.
+    const written = "awk '{print $7}' /sys/block/vdb/stat"
+    const watched = boot([
+      ...args,
+      '--cut-on',
+      'persisted',
+      '--cut-after',
+      '0',
+      '--run',
+      `${WATCHING}; echo watched > /etc/w; until [ -e /overlay/upper/etc/w ]; do sleep 0.5; done; echo persisted; sleep 600`,
+    ])
+    t.equal(watched.status, 137)
+    t.match(watched.stdout, /^persisted$/m, 'the daemon wrote the change to the flash copy by itself')
+    // sync first: what boot wrote may sit in the page cache for 30 s before it reaches the device.
+    const after = run(
+      t,
+      args,
+      `cat /etc/w && ${WATCHING}; sync; sleep 3; ${written}; sleep 60; ${written}; ovroot status`,
+    )
+    t.match(after.stdout, /^watched$/m, 'and it survived the power cut')
+    const counts = after.stdout.split('\n').filter((line) => /^\d+$/.test(line))
+    t.equal(counts.length, 2, 'two readings of the write counter')
+    t.equal(counts[0], counts[1], 'not one sector written in a minute of idling')
+    t.match(after.stdout, /^unsynced: +nothing$/m, 'status: nothing waits in RAM')
+  },
+)
 
-t.test('sync: a reboot through the normal shutdown path persists the last changes', async (t) => {
+await t.test('sync: a reboot through the normal shutdown path persists the last changes', async (t) => {
   const flash = `${workspace(t)}/nor.flash`
   const args = ['--flash', flash, ...SYNC]
   // The command waits: init's shutdown must run, not the lab's own power-off.
@@ -317,38 +515,172 @@ t.test('sync: a reboot through the normal shutdown path persists the last change
   t.match(after.stdout, /^at-shutdown$/m)
 })
 
-t.test('sync: power cuts during a large sync leave the old state or the new one, never a mix', async (t) => {
+await t.test('sync: power cuts during a large sync leave the old state or the new one, never a mix', async (t) => {
   const flash = `${workspace(t)}/nor.flash`
   const args = ['--flash', flash, ...SYNC]
   const prepared = run(t, args, 'echo v1 > /etc/version && ovroot sync')
   t.equal(prepared.status, 0)
-  const change = 'mkdir -p /root/many && cd /root/many && seq 1 3000 | xargs touch && echo v2 > /etc/version && echo syncing-now && ovroot sync && sleep 600'
+  const change =
+    'mkdir -p /root/many && cd /root/many && seq 1 3000 | xargs touch && echo v2 > /etc/version && echo syncing-now && ovroot sync && sleep 600'
   for (const delay of [0.5, 3, 8]) {
     const cut = boot([...args, '--cut-on', 'syncing-now', '--cut-after', String(delay), '--run', change])
     t.equal(cut.status, 137, `cut ${delay} s into the sync`)
     if (delay === 0.5) t.notMatch(consoleLog(), /ovroot: synced/, 'inside the sync')
-    const after = run(t, args, 'cat /etc/version; ls /root/many 2>/dev/null | wc -l; rm -rf /root/many; echo v1 > /etc/version; ovroot sync')
+    const after = run(
+      t,
+      args,
+      'cat /etc/version; ls /root/many 2>/dev/null | wc -l; rm -rf /root/many; echo v1 > /etc/version; ovroot sync',
+    )
     const version = /^(v\d)$/m.exec(after.stdout)?.[1]
     const files = /^(\d+)$/m.exec(after.stdout)?.[1]
-    t.ok((version === 'v1' && files === '0') || (version === 'v2' && files === '3000'), `cut ${delay} s in: ${version} with ${files} files, a whole state`)
+    t.ok(
+      (version === 'v1' && files === '0') || (version === 'v2' && files === '3000'),
+      `cut ${delay} s in: ${version} with ${files} files, a whole state`,
+    )
   }
 })
 
-t.test('sync: a power cut while a committed sync moves 3,000 changed files into place: the next boot finishes it', async (t) => {
-  const flash = `${workspace(t)}/nor.flash`
-  // The daemon must not sync a half-written state on its own: only the explicit syncs here.
-  const args = ['--flash', flash, '--append', 'ovroot.sync.enabled=yes ovroot.sync.quiet=3600 ovroot.sync.max_delay=3600']
-  const prepared = run(t, args, 'mkdir /root/many && for i in $(seq 1 3000); do echo v1 > /root/many/$i; done && ovroot sync')
-  t.equal(prepared.status, 0)
-  // A watcher in the device prints once the first staged file has left the staging: the marker was durable
-  // (it is written and fsynced before anything moves) and the moves have begun. The cut follows at once.
-  const watcher = '(while [ ! -e /overlay/.ovroot/pending ] || [ -e /overlay/.ovroot/staged/0 ]; do sleep 0.02; done; echo moving-now) &'
-  const change = `for i in $(seq 1 3000); do echo v2 > /root/many/$i; done && ${watcher} ovroot sync && echo sync-returned && sleep 600`
-  const cut = boot([...args, '--cut-on', 'moving-now', '--cut-after', '0', '--run', change])
-  t.equal(cut.status, 137, 'cut while the committed sync was being applied')
-  t.notMatch(consoleLog(), /sync-returned/, 'the sync had not finished')
-  const after = run(t, args, `${STATUS} && cat /root/many/* | sort | uniq -c`)
-  t.match(consoleLog(), /ovroot: applied the end of an interrupted sync \(3000 entries\)/, 'the next boot finished it')
-  t.match(after.stdout, /^\s*3000 v2$/m, 'every file of the committed sync')
-  t.equal(statusFrom(after.stdout).mode, 'flash')
-})
+await t.test(
+  'sync: a power cut while a committed sync moves 3,000 changed files into place: the next boot finishes it',
+  async (t) => {
+    const flash = `${workspace(t)}/nor.flash`
+    // The daemon must not sync a half-written state on its own: only the explicit syncs here.
+    const args = [
+      '--flash',
+      flash,
+      '--append',
+      'ovroot.sync.enabled=yes ovroot.sync.quiet=3600 ovroot.sync.max_delay=3600',
+    ]
+    const prepared = run(
+      t,
+      args,
+      'mkdir /root/many && for i in $(seq 1 3000); do echo v1 > /root/many/$i; done && ovroot sync',
+    )
+    t.equal(prepared.status, 0)
+    // A watcher in the device prints once the first staged file has left the staging: the marker was durable
+    // (it is written and fsynced before anything moves) and the moves have begun. The cut follows at once.
+    const watcher =
+      '(while [ ! -e /overlay/.ovroot/pending ] || [ -e /overlay/.ovroot/staged/0 ]; do sleep 0.02; done; echo moving-now) &'
+    const change = `for i in $(seq 1 3000); do echo v2 > /root/many/$i; done && ${watcher} ovroot sync && echo sync-returned && sleep 600`
+    const cut = boot([...args, '--cut-on', 'moving-now', '--cut-after', '0', '--run', change])
+    t.equal(cut.status, 137, 'cut while the committed sync was being applied')
+    t.notMatch(consoleLog(), /sync-returned/, 'the sync had not finished')
+    const after = run(t, args, `${STATUS} && cat /root/many/* | sort | uniq -c`)
+    t.match(
+      consoleLog(),
+      /ovroot: applied the end of an interrupted sync \(3000 entries\)/,
+      'the next boot finished it',
+    )
+    t.match(after.stdout, /^\s*3000 v2$/m, 'every file of the committed sync')
+    t.equal(statusFrom(after.stdout).mode, 'flash')
+  },
+)
+
+/** The md5 sums `md5sum FILE...` printed, by file. */
+function sums(output: string): Map<string, string> {
+  return new Map([...output.matchAll(/^([0-9a-f]{32}) {2}(\S+)$/gm)].map((found) => [found[2] ?? '', found[1] ?? '']))
+}
+
+await t.test(
+  'sync: a flash copy larger than the RAM upper boots degraded with every byte shown, and nothing partial is synced',
+  async (t) => {
+    const flash = `${workspace(t)}/nor.flash`
+    const first = run(
+      t,
+      ['--flash', flash],
+      'head -c 2621440 /dev/urandom > /root/big && echo small > /etc/small && sync && md5sum /root/big /etc/small',
+    )
+    const before = sums(first.stdout)
+    t.equal(before.size, 2, 'a 2.5 MiB file and a small one on the flash')
+    const check = `${STATUS}; md5sum /root/big /etc/small; ls -l /root/big; echo "ram mounts $(grep -c ' /run/ovroot/ram ' /proc/mounts)"; ovroot sync; echo "sync exit $?"`
+
+    const tight = run(t, ['--flash', flash, '--append', 'ovroot.sync.enabled=yes ovroot.flash.ram_size=1m'], check)
+    const status = statusFrom(tight.stdout) as ReturnType<typeof statusFrom> & { sync?: unknown }
+    t.equal(status.mode, 'degraded', 'not flash mode over a partial copy')
+    t.match(
+      status.reason,
+      /the flash copy \/overlay\/upper could not be loaded into the RAM upper \(tmpfs, size 1m\): .*no space/i,
+    )
+    t.notOk(status.sync, 'the root is not a synced RAM upper')
+    t.same(sums(tight.stdout), before, 'every byte of every file is shown')
+    t.match(tight.stdout, /^ram mounts 0$/m, 'the half-filled tmpfs was unmounted')
+    t.match(tight.stdout, /this device does not run on a synced RAM upper/, 'ovroot sync refuses')
+    t.match(tight.stdout, /^sync exit 4$/m)
+    t.match(consoleLog(), /DEGRADED BOOT: the flash copy/, 'the console says so loudly')
+
+    const roomy = run(t, ['--flash', flash, '--append', 'ovroot.sync.enabled=yes ovroot.flash.ram_size=16m'], check)
+    t.equal(statusFrom(roomy.stdout).mode, 'flash', 'with room, the next boot runs on the synced RAM upper')
+    t.same(sums(roomy.stdout), before, 'and the flash still holds every byte')
+  },
+)
+
+await t.test(
+  'sync: an xattr the RAM filesystem refuses (user.* on tmpfs before Linux 6.6) boots degraded, the file and its xattr shown',
+  async (t) => {
+    const flash = `${workspace(t)}/ext4.flash`
+    const args = ['--media', 'ext4', '--flash', flash]
+    const first = run(
+      t,
+      args,
+      'echo tagged > /etc/tagged && setfattr -n user.origin -v lab /etc/tagged && sync && cd /etc && getfattr -n user.origin --only-values tagged; echo',
+    )
+    t.match(first.stdout, /^lab$/m, 'ext4 holds the user xattr')
+    const synced = run(
+      t,
+      [...args, '--append', 'ovroot.sync.enabled=yes'],
+      `${STATUS}; cd /etc && cat tagged && getfattr -n user.origin --only-values tagged; echo`,
+    )
+    const status = statusFrom(synced.stdout)
+    t.equal(status.mode, 'degraded')
+    t.match(status.reason, /could not be loaded into the RAM upper .*user\.origin/)
+    t.match(synced.stdout, /^tagged\nlab$/m, 'the file and its xattr are shown')
+  },
+)
+
+await t.test(
+  "an overlay the kernel refuses (an option it rejects) boots degraded with the user's files shown, and no RAM copy left mounted",
+  async (t) => {
+    const flash = `${workspace(t)}/nor.flash`
+    const first = run(t, ['--flash', flash], 'echo mine > /etc/mine && sync')
+    t.equal(first.status, 0)
+    const refused = run(
+      t,
+      ['--flash', flash, '--append', 'ovroot.sync.enabled=yes ovroot.overlay.options=verity=on'],
+      `${STATUS}; cat /etc/mine; grep -c ' /run/ovroot/ram ' /proc/mounts`,
+    )
+    const status = statusFrom(refused.stdout)
+    t.equal(status.mode, 'degraded', "degraded, not the shim's failsafe")
+    t.match(
+      status.reason,
+      /the overlay did not mount \(.*verity=on.*\): .*; the flash upper \/overlay\/upper is shown read-only under a RAM upper/,
+    )
+    t.match(refused.stdout, /^mine\n0$/m, "the user's file is shown; the RAM copy's tmpfs was unmounted")
+    const after = run(t, ['--flash', flash], `${STATUS}; cat /etc/mine`)
+    t.equal(statusFrom(after.stdout).mode, 'flash', 'without the option the next boot is on flash')
+    t.match(after.stdout, /^mine$/m)
+  },
+)
+
+await t.test(
+  'sync: filling the RAM upper with a large file under a short [boot] timeout: progress keeps the shim from killing the boot',
+  async (t) => {
+    const flash = `${workspace(t)}/nor.flash`
+    fs.writeFileSync(flash, Buffer.alloc(48 << 20, 0xff))
+    const first = run(
+      t,
+      ['--flash', flash],
+      'head -c 33554432 /dev/urandom > /root/large && sync && md5sum /root/large',
+    )
+    const before = sums(first.stdout)
+    t.equal(before.size, 1)
+    const filled = run(
+      t,
+      ['--flash', flash, '--append', 'ovroot.sync.enabled=yes ovroot.flash.ram_size=64m ovroot.boot.timeout=4'],
+      `${STATUS}; md5sum /root/large`,
+    )
+    const status = statusFrom(filled.stdout) as ReturnType<typeof statusFrom> & { sync?: unknown }
+    t.equal(status.mode, 'flash', 'the shim let the working agent finish')
+    t.ok(status.sync, 'on the synced RAM upper')
+    t.same(sums(filled.stdout), before, 'the 32 MiB file whole')
+  },
+)

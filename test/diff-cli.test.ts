@@ -1,5 +1,5 @@
 /** What `ovroot diff` prints in each format, its exit codes, and its refusals of bad input. */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import * as fs from 'node:fs'
 import { mountOverlay, ovroot, scratch, unmount } from './helpers/overlay.js'
 import { writeTree } from './helpers/mutate.js'
@@ -11,9 +11,9 @@ interface Device {
 }
 
 /** A small device whose upper holds one change of each kind. */
-function device(t: Tap.Test): Device {
+function device(t: Test): Device {
   const s = scratch()
-  t.teardown(s.cleanup)
+  t.teardown(() => s.cleanup())
   const lower = `${s.dir}/rom`
   const upper = `${s.dir}/overlay/upper`
   const work = `${s.dir}/overlay/work`
@@ -40,31 +40,41 @@ function device(t: Tap.Test): Device {
 
 const layers = (d: Device): string[] => ['--lower', d.lower, '--upper', d.upper]
 
-t.test('status lines, sorted by path, no colour in a pipe', async (t) => {
+await t.test('status lines, sorted by path, no colour in a pipe', async (t) => {
   const d = device(t)
   const result = ovroot(['diff', ...layers(d)])
   t.equal(result.status, 0)
   t.equal(result.stderr, '')
-  t.equal(result.stdout, ['M /etc/config/network', 'A /etc/new', 'D /etc/old', 'm /etc/passwd', 'M /usr/lib/blob.bin', ''].join('\n'))
+  t.equal(
+    result.stdout,
+    ['M /etc/config/network', 'A /etc/new', 'D /etc/old', 'm /etc/passwd', 'M /usr/lib/blob.bin', ''].join('\n'),
+  )
   const coloured = ovroot(['diff', '--color', 'always', ...layers(d)])
+  // eslint-disable-next-line no-control-regex -- the escape codes of a colour are what is asserted
   t.match(coloured.stdout, /\x1b\[32mA \/etc\/new\x1b\[0m/)
 })
 
-t.test('JSON Lines carry type, mode, size and the old state', async (t) => {
+await t.test('JSON Lines carry type, mode, size and the old state', async (t) => {
   const d = device(t)
-  const lines = ovroot(['diff', '--json', ...layers(d)]).stdout.trim().split('\n').map((line) => JSON.parse(line) as Record<string, unknown>)
-  t.same(lines.map((line) => [line.path, line.change, line.type]), [
-    ['/etc/config/network', 'modified', 'file'],
-    ['/etc/new', 'added', 'file'],
-    ['/etc/old', 'deleted', 'file'],
-    ['/etc/passwd', 'metadata', 'file'],
-    ['/usr/lib/blob.bin', 'modified', 'file'],
-  ])
+  const lines = ovroot(['diff', '--json', ...layers(d)])
+    .stdout.trim()
+    .split('\n')
+    .map((line) => JSON.parse(line) as Record<string, unknown>)
+  t.same(
+    lines.map((line) => [line.path, line.change, line.type]),
+    [
+      ['/etc/config/network', 'modified', 'file'],
+      ['/etc/new', 'added', 'file'],
+      ['/etc/old', 'deleted', 'file'],
+      ['/etc/passwd', 'metadata', 'file'],
+      ['/usr/lib/blob.bin', 'modified', 'file'],
+    ],
+  )
   t.match(lines[3], { mode: '0600', fields: ['mode'], was: { mode: '0644' } })
   t.match(lines[1], { size: 4, uid: 0, gid: 0 })
 })
 
-t.test('--all also lists copied-up but identical entries', async (t) => {
+await t.test('--all also lists copied-up but identical entries', async (t) => {
   const d = device(t)
   const result = ovroot(['diff', '--all', ...layers(d)])
   t.match(result.stdout, /^= \/etc\/shells$/m)
@@ -72,54 +82,73 @@ t.test('--all also lists copied-up but identical entries', async (t) => {
   t.notMatch(ovroot(['diff', ...layers(d)]).stdout, /shells/)
 })
 
-t.test('--stat counts per kind, as text or JSON', async (t) => {
+await t.test('--stat counts per kind, as text or JSON', async (t) => {
   const d = device(t)
-  t.equal(ovroot(['diff', '--stat', ...layers(d)]).stdout, 'added     1\nmodified  2\nmetadata  1\ndeleted   1\ntotal     5\n')
-  t.same(JSON.parse(ovroot(['diff', '--stat', '--json', ...layers(d)]).stdout), { added: 1, modified: 2, metadata: 1, deleted: 1, total: 5 })
+  t.equal(
+    ovroot(['diff', '--stat', ...layers(d)]).stdout,
+    'added     1\nmodified  2\nmetadata  1\ndeleted   1\ntotal     5\n',
+  )
+  t.same(JSON.parse(ovroot(['diff', '--stat', '--json', ...layers(d)]).stdout), {
+    added: 1,
+    modified: 2,
+    metadata: 1,
+    deleted: 1,
+    total: 5,
+  })
 })
 
-t.test('--patch is a git-style unified diff; binary files are named', async (t) => {
+await t.test('--patch is a git-style unified diff; binary files are named', async (t) => {
   const d = device(t)
   const result = ovroot(['diff', '--patch', ...layers(d)])
   t.equal(result.status, 0)
-  t.equal(result.stdout, [
-    'diff --git a/etc/config/network b/etc/config/network',
-    '--- a/etc/config/network',
-    '+++ b/etc/config/network',
-    '@@ -1,2 +1,3 @@',
-    ' config interface lan',
-    ' \toption proto static',
-    '+\toption ipaddr 192.168.1.1',
-    'diff --git a/etc/new b/etc/new',
-    'new file mode 100644',
-    '--- /dev/null',
-    '+++ b/etc/new',
-    '@@ -0,0 +1 @@',
-    '+new',
-    'diff --git a/etc/old b/etc/old',
-    'deleted file mode 100644',
-    '--- a/etc/old',
-    '+++ /dev/null',
-    '@@ -1 +0,0 @@',
-    '-old',
-    'diff --git a/etc/passwd b/etc/passwd',
-    'old mode 100644',
-    'new mode 100600',
-    'diff --git a/usr/lib/blob.bin b/usr/lib/blob.bin',
-    'Binary files a/usr/lib/blob.bin and b/usr/lib/blob.bin differ',
-    '',
-  ].join('\n'))
+  t.equal(
+    result.stdout,
+    [
+      'diff --git a/etc/config/network b/etc/config/network',
+      '--- a/etc/config/network',
+      '+++ b/etc/config/network',
+      '@@ -1,2 +1,3 @@',
+      ' config interface lan',
+      ' \toption proto static',
+      '+\toption ipaddr 192.168.1.1',
+      'diff --git a/etc/new b/etc/new',
+      'new file mode 100644',
+      '--- /dev/null',
+      '+++ b/etc/new',
+      '@@ -0,0 +1 @@',
+      '+new',
+      'diff --git a/etc/old b/etc/old',
+      'deleted file mode 100644',
+      '--- a/etc/old',
+      '+++ /dev/null',
+      '@@ -1 +0,0 @@',
+      '-old',
+      'diff --git a/etc/passwd b/etc/passwd',
+      'old mode 100644',
+      'new mode 100600',
+      'diff --git a/usr/lib/blob.bin b/usr/lib/blob.bin',
+      'Binary files a/usr/lib/blob.bin and b/usr/lib/blob.bin differ',
+      '',
+    ].join('\n'),
+  )
   // git itself accepts it: apply the patch to a copy of the lower.
   const tree = `${d.dir}/apply`
   fs.cpSync(d.lower, tree, { recursive: true })
   const textOnly = result.stdout.slice(0, result.stdout.indexOf('diff --git a/usr/lib/blob.bin'))
   const { spawnSync } = await import('node:child_process')
-  const applied = spawnSync('git', ['apply', '--unsafe-paths', `--directory=${tree.slice(1)}`, '-p1', '-'], { input: textOnly, cwd: '/', encoding: 'utf8' })
+  const applied = spawnSync('git', ['apply', '--unsafe-paths', `--directory=${tree.slice(1)}`, '-p1', '-'], {
+    input: textOnly,
+    cwd: '/',
+    encoding: 'utf8',
+  })
   t.equal(applied.status, 0, applied.stderr)
-  t.equal(fs.readFileSync(`${tree}/etc/config/network`, 'utf8'), 'config interface lan\n\toption proto static\n\toption ipaddr 192.168.1.1\n')
+  t.equal(
+    fs.readFileSync(`${tree}/etc/config/network`, 'utf8'),
+    'config interface lan\n\toption proto static\n\toption ipaddr 192.168.1.1\n',
+  )
 })
 
-t.test('PATH arguments restrict the report; --exit-code says whether anything changed', async (t) => {
+await t.test('PATH arguments restrict the report; --exit-code says whether anything changed', async (t) => {
   const d = device(t)
   t.equal(ovroot(['diff', ...layers(d), '/etc/config']).stdout, 'M /etc/config/network\n')
   t.equal(ovroot(['diff', ...layers(d), '/usr', '/etc/config/']).stdout, 'M /etc/config/network\nM /usr/lib/blob.bin\n')
@@ -130,20 +159,38 @@ t.test('PATH arguments restrict the report; --exit-code says whether anything ch
   t.equal(ovroot(['diff', ...layers(d)]).status, 0, 'without --exit-code changes are not an error')
 })
 
-t.test('the device configuration supplies the paths', async (t) => {
+await t.test('the device configuration supplies the paths', async (t) => {
   const d = device(t)
   const config = `${d.dir}/ovroot.conf`
   fs.writeFileSync(config, `[overlay]\nlower = ${d.lower}\ndir = ${d.dir}/overlay\n`)
-  t.equal(ovroot(['diff', '--config', config, '--stat', '--json']).stdout, '{"added":1,"modified":2,"metadata":1,"deleted":1,"total":5}\n')
+  t.equal(
+    ovroot(['diff', '--config', config, '--stat', '--json']).stdout,
+    '{"added":1,"modified":2,"metadata":1,"deleted":1,"total":5}\n',
+  )
 })
 
-t.test('bad input: one line naming the thing, a documented exit status', async (t) => {
+await t.test('bad input: one line naming the thing, a documented exit status', async (t) => {
   const d = device(t)
   const refusals: [string, string[], number, RegExp, { uid?: number }?][] = [
     ['missing upper', ['--lower', d.lower, '--upper', `${d.dir}/nope`], 4, /upper directory .*\/nope does not exist/],
-    ['upper is a file', ['--lower', d.lower, '--upper', `${d.lower}/etc/passwd`], 4, /upper .*passwd is a file, expected a directory/],
-    ['lower passed as upper', ['--lower', d.lower, '--upper', d.lower], 5, /is not an overlay upper directory: it is the same directory as lower/],
-    ['overlay dir passed as upper', ['--lower', d.lower, '--upper', `${d.dir}/overlay`], 5, /holds upper\/ and work\/.*pass .*\/overlay\/upper/],
+    [
+      'upper is a file',
+      ['--lower', d.lower, '--upper', `${d.lower}/etc/passwd`],
+      4,
+      /upper .*passwd is a file, expected a directory/,
+    ],
+    [
+      'lower passed as upper',
+      ['--lower', d.lower, '--upper', d.lower],
+      5,
+      /is not an overlay upper directory: it is the same directory as lower/,
+    ],
+    [
+      'overlay dir passed as upper',
+      ['--lower', d.lower, '--upper', `${d.dir}/overlay`],
+      5,
+      /holds upper\/ and work\/.*pass .*\/overlay\/upper/,
+    ],
     ['not root', ['--lower', d.lower, '--upper', d.upper], 4, /needs root \(CAP_SYS_ADMIN\)/, { uid: 65534 }],
     ['--lower without --upper', ['--lower', d.lower], 2, /--lower and --upper go together/],
     ['unknown option', ['--frobnicate'], 2, /Unknown argument/],
@@ -160,9 +207,9 @@ t.test('bad input: one line naming the thing, a documented exit status', async (
   }
 })
 
-t.test('a merged view passed as the upper is refused', async (t) => {
+await t.test('a merged view passed as the upper is refused', async (t) => {
   const s = scratch()
-  t.teardown(s.cleanup)
+  t.teardown(() => s.cleanup())
   writeTree(`${s.dir}/lower`, { '/a': 'a\n' })
   fs.mkdirSync(`${s.dir}/upper`)
   fs.mkdirSync(`${s.dir}/work`)
@@ -173,9 +220,9 @@ t.test('a merged view passed as the upper is refused', async (t) => {
   unmount(`${s.dir}/merged`)
 })
 
-t.test('a lower at / (the layout of a running device) resolves from the real root', async (t) => {
+await t.test('a lower at / (the layout of a running device) resolves from the real root', async (t) => {
   const s = scratch()
-  t.teardown(s.cleanup)
+  t.teardown(() => s.cleanup())
   const name = `ovroot-probe-${process.pid}`
   writeTree(`${s.dir}/upper`, { [`/${name}`]: 'x\n' })
   const result = ovroot(['diff', '--lower', '/', '--upper', `${s.dir}/upper`])

@@ -8,13 +8,25 @@ import t from 'tap'
 import * as fs from 'node:fs'
 import { setXattr } from '../src/sys/libc.js'
 import { diffJson, MOUNT_VARIANTS, mountOverlay, oracle, scratch, snapshot, unmount } from './helpers/overlay.js'
-import { random, randomLower, randomOperation, STANDARD_LOWER, STANDARD_OPERATIONS, writeTree } from './helpers/mutate.js'
+import {
+  random,
+  randomLower,
+  randomOperation,
+  STANDARD_LOWER,
+  STANDARD_OPERATIONS,
+  writeTree,
+} from './helpers/mutate.js'
 
 for (const [variant, options] of Object.entries(MOUNT_VARIANTS)) {
-  t.test(`every kind of change, ${variant}`, async (t) => {
+  await t.test(`every kind of change, ${variant}`, async (t) => {
     const s = scratch()
-    t.teardown(s.cleanup)
-    const [lower, upper, work, merged] = ['lower', 'upper', 'work', 'merged'].map((name) => `${s.dir}/${name}`) as [string, string, string, string]
+    t.teardown(() => s.cleanup())
+    const [lower, upper, work, merged] = ['lower', 'upper', 'work', 'merged'].map((name) => `${s.dir}/${name}`) as [
+      string,
+      string,
+      string,
+      string,
+    ]
     writeTree(lower, STANDARD_LOWER)
     setXattr(`${lower}/etc/profile`, 'user.tag', Buffer.from('lower'))
     fs.mkdirSync(upper)
@@ -35,18 +47,33 @@ for (const [variant, options] of Object.entries(MOUNT_VARIANTS)) {
     t.equal(byPath.get('/etc/config/network'), 'modified', 'the oracle sees an append')
     t.equal(byPath.get('/etc/passwd'), 'metadata', 'the oracle sees a chmod')
     t.equal(byPath.get('/usr/bin/tool'), 'metadata', 'a file capability added is a metadata change')
-    t.equal(byPath.get('/etc/hosts.allow'), 'metadata', 'a POSIX ACL added is a metadata change, the mode being the same')
+    t.equal(
+      byPath.get('/etc/hosts.allow'),
+      'metadata',
+      'a POSIX ACL added is a metadata change, the mode being the same',
+    )
     t.equal(byPath.get('/usr/share/doc'), 'deleted', 'a deleted directory is one entry')
     t.notOk(byPath.has('/usr/share/doc/readme'), 'its contents are implied')
-    for (const unchanged of ['/etc/config/system', '/etc/shells', '/etc/group', '/etc/protocols', '/etc/init.d/network']) {
+    for (const unchanged of [
+      '/etc/config/system',
+      '/etc/shells',
+      '/etc/group',
+      '/etc/protocols',
+      '/etc/init.d/network',
+    ]) {
       t.notOk(byPath.has(unchanged), `${unchanged} was copied up but is unchanged`)
     }
   })
 
-  t.test(`randomised changes, ${variant}`, async (t) => {
+  await t.test(`randomised changes, ${variant}`, async (t) => {
     for (const seed of [1, 2, 3, 4, 5]) {
       const s = scratch()
-      const [lower, upper, work, merged] = ['lower', 'upper', 'work', 'merged'].map((name) => `${s.dir}/${name}`) as [string, string, string, string]
+      const [lower, upper, work, merged] = ['lower', 'upper', 'work', 'merged'].map((name) => `${s.dir}/${name}`) as [
+        string,
+        string,
+        string,
+        string,
+      ]
       const next = random(seed * 7919 + variant.length)
       fs.mkdirSync(lower)
       randomLower(lower, next)

@@ -9,10 +9,12 @@ import { makeNode, setXattr } from '../src/sys/libc.js'
 import { diffJson, mountOverlay, oracle, scratch, snapshot, unmount } from './helpers/overlay.js'
 import { writeTree } from './helpers/mutate.js'
 
-t.test('two lowers holding whiteouts, opaque dirs and redirects', async (t) => {
+await t.test('two lowers holding whiteouts, opaque dirs and redirects', async (t) => {
   const s = scratch()
-  t.teardown(s.cleanup)
-  const [top, bottom, upper, work, merged, lowerView] = ['top', 'bottom', 'upper', 'work', 'merged', 'lowerview'].map((n) => `${s.dir}/${n}`) as [string, string, string, string, string, string]
+  t.teardown(() => s.cleanup())
+  const [top, bottom, upper, work, merged, lowerView] = ['top', 'bottom', 'upper', 'work', 'merged', 'lowerview'].map(
+    (n) => `${s.dir}/${n}`,
+  ) as [string, string, string, string, string, string]
   writeTree(bottom, {
     '/etc/a': 'a\n',
     '/etc/b': 'b\n',
@@ -55,10 +57,15 @@ t.test('two lowers holding whiteouts, opaque dirs and redirects', async (t) => {
   t.ok(expected.length >= 5, 'the scenario changes something')
 })
 
-t.test('a copy of a device: upper and lower copied elsewhere keep their meaning', async (t) => {
+await t.test('a copy of a device: upper and lower copied elsewhere keep their meaning', async (t) => {
   const s = scratch()
-  t.teardown(s.cleanup)
-  const [lower, upper, work, merged] = ['lower', 'upper', 'work', 'merged'].map((n) => `${s.dir}/${n}`) as [string, string, string, string]
+  t.teardown(() => s.cleanup())
+  const [lower, upper, work, merged] = ['lower', 'upper', 'work', 'merged'].map((n) => `${s.dir}/${n}`) as [
+    string,
+    string,
+    string,
+    string,
+  ]
   writeTree(lower, { '/etc/config/network': 'lan\n', '/etc/passwd': 'root\n', '/usr/share/dir/a': 'a\n' })
   fs.mkdirSync(upper)
   fs.mkdirSync(work)

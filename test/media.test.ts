@@ -1,5 +1,5 @@
 /** Media drivers on real block devices (loop devices): naming, first-boot detection. */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { execFileSync, spawnSync } from 'node:child_process'
 import * as fs from 'node:fs'
 import * as os from 'node:os'
@@ -8,7 +8,7 @@ import { parseProcMtd } from '../src/media/mtd.js'
 import { defaultConfig } from '../src/config/schema.js'
 
 /** A 64 MiB loop device (this host's kernel scans no partition tables; the lab's does, see device.test.ts). */
-function disk(t: Tap.Test): string {
+function disk(t: Test): string {
   const image = `${fs.mkdtempSync(`${os.tmpdir()}/ovroot-media-`)}/disk.img`
   fs.writeFileSync(image, '')
   fs.truncateSync(image, 64 << 20)
@@ -31,7 +31,7 @@ function inspector(device: string): () => string {
   }
 }
 
-t.test('a block device by path and by LABEL=', async (t) => {
+await t.test('a block device by path and by LABEL=', async (t) => {
   const device = disk(t)
   execFileSync('mkfs.ext4', ['-q', '-F', '-L', 'ovroot_test_lbl', device])
   t.equal(resolveBlockDevice(device), device)
@@ -47,7 +47,7 @@ t.test('a block device by path and by LABEL=', async (t) => {
   t.equal(resolveBlockDevice(link), device, 'a symlink to the device names the device')
 })
 
-t.test('what a block device holds: formatted, blank, the format marker, or unrecognised', async (t) => {
+await t.test('what a block device holds: formatted, blank, the format marker, or unrecognised', async (t) => {
   const device = disk(t)
   const inspect = inspector(device)
   t.equal(inspect(), 'blank', 'all zeros: blank')
@@ -63,7 +63,7 @@ t.test('what a block device holds: formatted, blank, the format marker, or unrec
   t.equal(inspect(), 'formatted')
 })
 
-t.test('blank means provably blank: a signature anywhere leaves the device alone', async (t) => {
+await t.test('blank means provably blank: a signature anywhere leaves the device alone', async (t) => {
   const device = disk(t)
   const inspect = inspector(device)
   const write = (bytes: Buffer, offset: number): void => {
@@ -84,8 +84,9 @@ t.test('blank means provably blank: a signature anywhere leaves the device alone
   t.equal(inspect(), 'unrecognised', 'erased but for one byte')
 })
 
-t.test('MTD partitions by name', async (t) => {
-  const procMtd = 'dev:    size   erasesize  name\nmtd0: 00040000 00010000 "u-boot"\nmtd3: 00800000 00010000 "rootfs_data"\n'
+await t.test('MTD partitions by name', async (t) => {
+  const procMtd =
+    'dev:    size   erasesize  name\nmtd0: 00040000 00010000 "u-boot"\nmtd3: 00800000 00010000 "rootfs_data"\n'
   t.same(parseProcMtd(procMtd, 'rootfs_data'), { index: 3, size: 0x800000, eraseSize: 0x10000 })
   t.equal(parseProcMtd(procMtd, 'nope'), undefined)
 })

@@ -11,7 +11,7 @@ import * as net from 'node:net'
 import * as path from 'node:path'
 import { getXattr, listXattrs, lstat, makeNode, removeXattr, setXattr } from '../src/sys/libc.js'
 import { SYSCALLS, syscallNumbers } from '../src/sys/platform.js'
-import type { EntryStat } from '../src/overlay/types.js'
+import type { EntryStat } from '../src/sys/types.js'
 import { OVROOT, cleanEnvironment, mountOverlay, scratch } from './helpers/overlay.js'
 
 const FIVE_GIB = 5 * 1024 ** 3
@@ -86,12 +86,16 @@ function nodeView(file: string): EntryStat {
   }
 }
 
-t.test('statx through the binding equals fs.lstatSync for every kind of entry', async (t) => {
+await t.test('statx through the binding equals fs.lstatSync for every kind of entry', async (t) => {
   const s = scratch()
-  t.teardown(s.cleanup)
+  t.teardown(() => s.cleanup())
   await varied(`${s.dir}/plain`)
   // xino gives every entry of a two-filesystem overlay an inode number with its layer in the top bits: above 2^63.
-  const [lower, upperFs, merged] = ['lower', 'upperfs', 'merged'].map((name) => `${s.dir}/${name}`) as [string, string, string]
+  const [lower, upperFs, merged] = ['lower', 'upperfs', 'merged'].map((name) => `${s.dir}/${name}`) as [
+    string,
+    string,
+    string,
+  ]
   fs.mkdirSync(lower)
   await varied(lower)
   fs.mkdirSync(upperFs)
@@ -107,19 +111,27 @@ t.test('statx through the binding equals fs.lstatSync for every kind of entry', 
     t.same(lstat(file), nodeView(file), file.slice(s.dir.length))
     compared++
   }
-  t.equal(compared, 32, "every entry of both trees compared")
+  t.equal(compared, 32, 'every entry of both trees compared')
   const highest = entries.map((file) => lstat(file)?.ino ?? 0n).reduce((a, b) => (a > b ? a : b))
   t.ok(highest > 2n ** 63n, `inode numbers above 2^63 occur (${highest}), as stat(1) reports them`)
-  t.equal(execFileSync('stat', ['-c', '%i', `${merged}/dir/file`], { encoding: 'utf8' }).trim(), String(lstat(`${merged}/dir/file`)?.ino), 'the same inode number as stat(1)')
+  t.equal(
+    execFileSync('stat', ['-c', '%i', `${merged}/dir/file`], { encoding: 'utf8' }).trim(),
+    String(lstat(`${merged}/dir/file`)?.ino),
+    'the same inode number as stat(1)',
+  )
   t.equal(lstat(`${s.dir}/plain/sparse-5g`)?.size, FIVE_GIB + 3, 'a size above 4 GiB')
-  t.equal(lstat(`${s.dir}/plain/high-device`)?.rdev, Number(fs.lstatSync(`${s.dir}/plain/high-device`).rdev), 'major 4095, minor 1048575 round-trip through mknod and statx')
+  t.equal(
+    lstat(`${s.dir}/plain/high-device`)?.rdev,
+    Number(fs.lstatSync(`${s.dir}/plain/high-device`).rdev),
+    'major 4095, minor 1048575 round-trip through mknod and statx',
+  )
   t.equal(lstat(`${s.dir}/plain/missing`), undefined, 'a missing path is undefined')
   t.equal(lstat(`${s.dir}/plain/empty/below`), undefined, 'a path through a file is undefined')
 })
 
-t.test('xattrs round-trip with setfattr and getfattr', async (t) => {
+await t.test('xattrs round-trip with setfattr and getfattr', async (t) => {
   const s = scratch()
-  t.teardown(s.cleanup)
+  t.teardown(() => s.cleanup())
   const file = `${s.dir}/file`
   const link = `${s.dir}/link`
   fs.writeFileSync(file, '')
@@ -133,12 +145,22 @@ t.test('xattrs round-trip with setfattr and getfattr', async (t) => {
   const names = Array.from({ length: 120 }, (_, i) => `user.a-long-attribute-name-to-outgrow-the-first-buffer-${i}`)
   for (const name of names) setXattr(file, name, Buffer.from(name))
 
-  const dumped = execFileSync('getfattr', ['--absolute-names', '-h', '-d', '-m', '-', '-e', 'hex', file, link], { encoding: 'utf8' })
+  const dumped = execFileSync('getfattr', ['--absolute-names', '-h', '-d', '-m', '-', '-e', 'hex', file, link], {
+    encoding: 'utf8',
+  })
   t.match(dumped, `user.binary=0x${binary.toString('hex')}`, 'getfattr reads the binary value the binding wrote')
   t.match(dumped, `trusted.large=0x${large.toString('hex')}`, 'and the 60,000-byte value')
-  t.match(dumped, `trusted.overlay.redirect=0x${Buffer.from('/elsewhere').toString('hex')}`, 'on the symlink itself, not its target')
-  t.same(listXattrs(file).sort(), ['trusted.empty', 'trusted.large', 'user.binary', ...names].sort(), 'every name listed, past the first buffer')
-  t.same(listXattrs(link), ['trusted.overlay.redirect'], 'the symlink\'s own xattrs only')
+  t.match(
+    dumped,
+    `trusted.overlay.redirect=0x${Buffer.from('/elsewhere').toString('hex')}`,
+    'on the symlink itself, not its target',
+  )
+  t.same(
+    listXattrs(file).sort(),
+    ['trusted.empty', 'trusted.large', 'user.binary', ...names].sort(),
+    'every name listed, past the first buffer',
+  )
+  t.same(listXattrs(link), ['trusted.overlay.redirect'], "the symlink's own xattrs only")
   t.same(getXattr(file, 'trusted.empty'), Buffer.alloc(0), 'an empty value is present, not missing')
   t.same(getXattr(file, 'trusted.large'), large, 'a value larger than the first buffer')
 
@@ -147,23 +169,41 @@ t.test('xattrs round-trip with setfattr and getfattr', async (t) => {
   removeXattr(file, 'user.binary')
   t.equal(getXattr(file, 'user.binary'), undefined, 'removed')
   t.equal(getXattr(file, 'user.never-set'), undefined, 'never set')
-  t.throws(() => removeXattr(file, 'user.never-set'), { code: 'ENODATA' }, 'removing a missing xattr fails with its errno')
+  t.throws(
+    () => removeXattr(file, 'user.never-set'),
+    { code: 'ENODATA' },
+    'removing a missing xattr fails with its errno',
+  )
 })
 
-t.test('mknod rejects a device number the kernel cannot encode', async (t) => {
+await t.test('mknod rejects a device number the kernel cannot encode', async (t) => {
   const s = scratch()
-  t.teardown(s.cleanup)
-  t.throws(() => makeNode(`${s.dir}/big`, 'char', 0o600, 4096, 0), { code: 'EINVAL', message: /device 4096:0 is out of range/ })
+  t.teardown(() => s.cleanup())
+  t.throws(() => makeNode(`${s.dir}/big`, 'char', 0o600, 4096, 0), {
+    code: 'EINVAL',
+    message: /device 4096:0 is out of range/,
+  })
   t.notOk(fs.existsSync(`${s.dir}/big`), 'nothing created')
 })
 
-t.test('the system-call table', async (t) => {
-  t.same(syscallNumbers(), SYSCALLS[process.arch], 'this machine\'s architecture is in the table')
-  for (const arch of ['x64', 'arm64', 'arm', 'ia32', 'ppc64', 's390x', 'riscv64', 'loong64']) t.ok(SYSCALLS[arch], `${arch} is in the table`)
+await t.test('the system-call table', async (t) => {
+  t.same(syscallNumbers(), SYSCALLS[process.arch], "this machine's architecture is in the table")
+  for (const arch of ['x64', 'arm64', 'arm', 'ia32', 'ppc64', 's390x', 'riscv64', 'loong64'])
+    t.ok(SYSCALLS[arch], `${arch} is in the table`)
   const header = '/usr/include/x86_64-linux-gnu/asm/unistd_64.h'
   if (process.arch === 'x64') {
-    const defined = (name: string): number => Number(new RegExp(`#define __NR_${name} (\\d+)`).exec(fs.readFileSync(header, 'utf8'))?.[1])
-    t.same(SYSCALLS.x64, { statx: defined('statx'), mknodat: defined('mknodat'), pivotRoot: defined('pivot_root') }, `x64's numbers match ${header}`)
+    const defined = (name: string): number =>
+      Number(new RegExp(`#define __NR_${name} (\\d+)`).exec(fs.readFileSync(header, 'utf8'))?.[1])
+    t.same(
+      SYSCALLS.x64,
+      {
+        statx: defined('statx'),
+        mknodat: defined('mknodat'),
+        pivotRoot: defined('pivot_root'),
+        utimensat: defined('utimensat'),
+      },
+      `x64's numbers match ${header}`,
+    )
   }
 })
 
@@ -171,21 +211,34 @@ t.test('the system-call table', async (t) => {
 function ovrootAs(arch: string, dir: string, args: string[]): { status: number; stderr: string } {
   const preload = `${dir}/arch.cjs`
   fs.writeFileSync(preload, `Object.defineProperty(process, 'arch', { value: ${JSON.stringify(arch)} })\n`)
-  const result = spawnSync('env', ['-u', 'NODE_OPTIONS', process.execPath, '--require', preload, OVROOT, ...args], { encoding: 'utf8', env: cleanEnvironment() })
+  const result = spawnSync('env', ['-u', 'NODE_OPTIONS', process.execPath, '--require', preload, OVROOT, ...args], {
+    encoding: 'utf8',
+    env: cleanEnvironment(),
+  })
   return { status: result.status ?? -1, stderr: result.stderr }
 }
 
-t.test('an unsupported platform gets one line and exit 4', async (t) => {
+await t.test('an unsupported platform gets one line and exit 4', async (t) => {
   const s = scratch()
-  t.teardown(s.cleanup)
+  t.teardown(() => s.cleanup())
   fs.mkdirSync(`${s.dir}/lower`)
   fs.mkdirSync(`${s.dir}/upper`)
   const unknown = ovrootAs('sparc', s.dir, ['diff', '--lower', `${s.dir}/lower`, '--upper', `${s.dir}/upper`])
   t.equal(unknown.status, 4)
-  t.match(unknown.stderr, /^ovroot: this platform \(linux-sparc\) is not supported: its system-call numbers are not in ovroot's table[^\n]*\n$/)
+  t.match(
+    unknown.stderr,
+    /^ovroot: this platform \(linux-sparc\) is not supported: its system-call numbers are not in ovroot's table[^\n]*\n$/,
+  )
   // mips is in the table, but koffi publishes no MIPS build: its loader finds nothing to load.
   const noBuild = ovrootAs('mips', s.dir, ['reset', '--dry-run'])
   t.equal(noBuild.status, 4)
-  t.match(noBuild.stderr, /^ovroot: this platform \(linux-mips\) is not supported: koffi \(the FFI that reaches libc\) has no native build for it[^\n]*\n$/)
-  t.notMatch(ovrootAs('sparc', s.dir, ['status']).stderr, /not supported/, 'status needs no system layer and still answers')
+  t.match(
+    noBuild.stderr,
+    /^ovroot: this platform \(linux-mips\) is not supported: koffi \(the FFI that reaches libc\) has no native build for it[^\n]*\n$/,
+  )
+  t.notMatch(
+    ovrootAs('sparc', s.dir, ['status']).stderr,
+    /not supported/,
+    'status needs no system layer and still answers',
+  )
 })

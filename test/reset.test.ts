@@ -2,13 +2,14 @@
  * Factory reset of real, kernel-written uppers: what goes, what stays and with
  * which metadata, and recovery from every state a power cut can leave.
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { execFileSync } from 'node:child_process'
 import * as fs from 'node:fs'
-import { getXattr, setXattr } from '../src/sys/libc.js'
-import { globToRegExp, parseKeepList } from '../src/reset/keep.js'
-import { mountOverlay, ovroot, scratch, snapshot, unmount } from './helpers/overlay.js'
-import { writeTree } from './helpers/mutate.js'
+import { getXattr, listXattrs, removeXattr, setXattr } from '../src/sys/libc.js'
+import { globToRegExp } from '../src/glob.js'
+import { parseKeepList } from '../src/reset/keep.js'
+import { mountOverlay, ovroot, scratch, snapshot, unmount, upperSnapshot } from './helpers/overlay.js'
+import { move, writeTree } from './helpers/mutate.js'
 
 interface Device {
   dir: string
@@ -19,20 +20,37 @@ interface Device {
   config: string
 }
 
-/** A device whose upper the kernel wrote: user files, hidden files, keep-list material. */
-function device(t: Tap.Test): Device {
+/** A device with this firmware and an empty upper, its overlay mounted for the user's changes. */
+function mountedDevice(t: Test, firmware: Parameters<typeof writeTree>[1], options: string[]): Device {
   const s = scratch()
-  t.teardown(s.cleanup)
-  const d: Device = { dir: s.dir, lower: `${s.dir}/rom`, upper: `${s.dir}/flash/upper`, work: `${s.dir}/flash/work`, merged: `${s.dir}/merged`, config: `${s.dir}/ovroot.conf` }
-  writeTree(d.lower, {
-    '/etc/config/network': 'lan\n',
-    '/etc/sysupgrade.conf': '# kept across resets\n/etc/dropbear/\n/etc/glob-*.conf\n',
-    '/etc/banner': 'hello\n',
-    '/etc/olddir/file': 'old\n',
-  })
+  t.teardown(() => s.cleanup())
+  const d: Device = {
+    dir: s.dir,
+    lower: `${s.dir}/rom`,
+    upper: `${s.dir}/flash/upper`,
+    work: `${s.dir}/flash/work`,
+    merged: `${s.dir}/merged`,
+    config: `${s.dir}/ovroot.conf`,
+  }
+  writeTree(d.lower, firmware)
   fs.mkdirSync(d.upper, { recursive: true })
   fs.mkdirSync(d.work, { recursive: true })
-  mountOverlay(d.merged, [d.lower], d.upper, d.work, [])
+  mountOverlay(d.merged, [d.lower], d.upper, d.work, options)
+  return d
+}
+
+/** A device whose upper the kernel wrote: user files, hidden files, keep-list material. */
+function device(t: Test): Device {
+  const d = mountedDevice(
+    t,
+    {
+      '/etc/config/network': 'lan\n',
+      '/etc/sysupgrade.conf': '# kept across resets\n/etc/dropbear/\n/etc/glob-*.conf\n',
+      '/etc/banner': 'hello\n',
+      '/etc/olddir/file': 'old\n',
+    },
+    [],
+  )
   const m = d.merged
   fs.appendFileSync(`${m}/etc/config/network`, 'wan\n')
   fs.appendFileSync(`${m}/etc/sysupgrade.conf`, '/etc/user-added\n')
@@ -50,57 +68,93 @@ function device(t: Tap.Test): Device {
   fs.writeFileSync(`${m}/root/.ssh/authorized_keys`, 'ssh-ed25519 AAAA\n')
   fs.writeFileSync(`${m}/.hidden-at-top`, 'x\n')
   unmount(d.merged)
-  fs.writeFileSync(d.config, `[overlay]\nlower = ${d.lower}\n[reset]\nkeep = /etc/by-config\nkeep_lists = /etc/sysupgrade.conf /lib/upgrade/keep.d\n`)
+  fs.writeFileSync(
+    d.config,
+    `[overlay]\nlower = ${d.lower}\n[reset]\nkeep = /etc/by-config\nkeep_lists = /etc/sysupgrade.conf /lib/upgrade/keep.d\n`,
+  )
   return d
 }
 
 const reset = (d: Device, ...args: string[]) => ovroot(['reset', '--config', d.config, '--upper', d.upper, ...args])
 
 /** The merged view after a remount. */
-function mergedView(t: Tap.Test, d: Device): ReturnType<typeof snapshot> {
+function mergedView(t: Test, d: Device, options: string[] = []): ReturnType<typeof snapshot> {
   fs.mkdirSync(d.work, { recursive: true })
-  mountOverlay(d.merged, [d.lower], d.upper, d.work, [])
+  mountOverlay(d.merged, [d.lower], d.upper, d.work, options)
   const view = snapshot(d.merged)
   unmount(d.merged)
   t.ok(view.size > 0)
   return view
 }
 
-t.test('the keep list: config, OpenWrt list files as edited by the user, --keep; globs', async (t) => {
+await t.test('the keep list: config, OpenWrt list files as edited by the user, --keep; globs', async (t) => {
   const d = device(t)
   const plan = reset(d, '--dry-run', '--keep', '/root/.ssh')
   t.equal(plan.status, 0, plan.stderr)
-  t.equal(plan.stdout, [
-    'discard A /.hidden-at-top',
-    'discard D /etc/banner',
-    'keep    A /etc/by-config',
-    'discard M /etc/config/network',
-    'keep    A /etc/dropbear',
-    'keep    A /etc/dropbear/key',
-    'keep    A /etc/glob-a.conf',
-    'keep    A /etc/glob-b.conf',
-    'discard D /etc/olddir',
-    'discard M /etc/sysupgrade.conf',
-    'keep    A /etc/user-added',
-    'keep    A /root',
-    'keep    A /root/.ssh',
-    'keep    A /root/.ssh/authorized_keys',
-    '',
-  ].join('\n'), 'every change of ovroot diff, marked with what the reset does to it')
-  const json = reset(d, '--dry-run', '--json').stdout.trim().split('\n').map((line) => JSON.parse(line) as { reset: string; path: string; change: string })
-  t.same(json.filter((record) => record.reset === 'discard').map((record) => record.path), ['/.hidden-at-top', '/etc/banner', '/etc/config/network', '/etc/olddir', '/etc/sysupgrade.conf', '/root', '/root/.ssh', '/root/.ssh/authorized_keys'], '--json: diff records with a reset field')
-  t.match(json.find((record) => record.path === '/etc/banner'), { change: 'deleted', reset: 'discard' })
+  t.equal(
+    plan.stdout,
+    [
+      'discard A /.hidden-at-top',
+      'discard D /etc/banner',
+      'keep    A /etc/by-config',
+      'discard M /etc/config/network',
+      'keep    A /etc/dropbear',
+      'keep    A /etc/dropbear/key',
+      'keep    A /etc/glob-a.conf',
+      'keep    A /etc/glob-b.conf',
+      'discard D /etc/olddir',
+      'discard M /etc/sysupgrade.conf',
+      'keep    A /etc/user-added',
+      'keep    A /root',
+      'keep    A /root/.ssh',
+      'keep    A /root/.ssh/authorized_keys',
+      '',
+    ].join('\n'),
+    'every change of ovroot diff, marked with what the reset does to it',
+  )
+  const json = reset(d, '--dry-run', '--json')
+    .stdout.trim()
+    .split('\n')
+    .map((line) => JSON.parse(line) as { reset: string; path: string; change: string })
+  t.same(
+    json.filter((record) => record.reset === 'discard').map((record) => record.path),
+    [
+      '/.hidden-at-top',
+      '/etc/banner',
+      '/etc/config/network',
+      '/etc/olddir',
+      '/etc/sysupgrade.conf',
+      '/root',
+      '/root/.ssh',
+      '/root/.ssh/authorized_keys',
+    ],
+    '--json: diff records with a reset field',
+  )
+  t.match(
+    json.find((record) => record.path === '/etc/banner'),
+    { change: 'deleted', reset: 'discard' },
+  )
   t.ok(fs.existsSync(`${d.upper}/.hidden-at-top`), '--dry-run changes nothing')
 })
 
-t.test('reset of an unmounted upper: factory state plus the kept paths, metadata intact', async (t) => {
+await t.test('reset of an unmounted upper: factory state plus the kept paths, metadata intact', async (t) => {
   const d = device(t)
   const result = reset(d, '--yes', '--keep', '/root/.ssh')
   t.equal(result.status, 0, result.stderr)
   t.notOk(fs.existsSync(d.work), 'the work directory, which may index old inodes, is cleared')
   const view = mergedView(t, d)
   const factory = snapshot(d.lower)
-  const kept = ['/etc/by-config', '/etc/dropbear', '/etc/dropbear/key', '/etc/glob-a.conf', '/etc/glob-b.conf', '/etc/user-added', '/root', '/root/.ssh', '/root/.ssh/authorized_keys']
+  const kept = [
+    '/etc/by-config',
+    '/etc/dropbear',
+    '/etc/dropbear/key',
+    '/etc/glob-a.conf',
+    '/etc/glob-b.conf',
+    '/etc/user-added',
+    '/root',
+    '/root/.ssh',
+    '/root/.ssh/authorized_keys',
+  ]
   t.same([...view.keys()].filter((path) => !factory.has(path)).sort(), kept.sort(), 'only kept paths are added')
   for (const [path, entry] of factory) t.same(view.get(path), entry, `${path} is back to the factory state`)
   const key = fs.lstatSync(`${d.upper}/etc/dropbear/key`)
@@ -110,78 +164,279 @@ t.test('reset of an unmounted upper: factory state plus the kept paths, metadata
   t.notOk(fs.existsSync(`${d.dir}/flash/.ovroot/reset`), 'no reset is left pending')
 })
 
-t.test('refusals: no confirmation, a live layer (upper, lower, or a directory holding one), no boot record', async (t) => {
-  const d = device(t)
-  const noTerminal = reset(d)
-  t.equal(noTerminal.status, 7, 'without a terminal, --yes is required')
-  t.match(noTerminal.stderr, /pass --yes to confirm/)
-  fs.mkdirSync(d.work, { recursive: true })
-  mountOverlay(d.merged, [d.lower], d.upper, d.work, [])
-  const mounted = reset(d, '--yes')
-  const holding = ovroot(['reset', '--config', d.config, '--upper', `${d.dir}/flash`, '--yes'])
-  unmount(d.merged)
-  t.equal(mounted.status, 4)
-  t.match(mounted.stderr, /is a layer \(.*\/flash\/upper\) of a mounted overlay/)
-  t.equal(holding.status, 4, 'a directory that holds a live upper')
-  t.match(holding.stderr, /is part of a layer|is a layer/)
-  mountOverlay(d.merged, [d.upper, d.lower], undefined, undefined, [])
-  const asLower = reset(d, '--yes')
-  unmount(d.merged)
-  t.equal(asLower.status, 4, 'an upper shown read-only as a lower (a full flash) is as live as an upper')
-  t.ok(fs.existsSync(`${d.upper}/.hidden-at-top`), 'a live layer is never touched')
-  const live = ovroot(['reset', '--config', d.config, '--yes'])
-  t.equal(live.status, 4, 'no boot record: not a device booted by ovroot')
-  t.match(live.stderr, /use --upper DIR/)
-})
+await t.test(
+  'refusals: no confirmation, a live layer (upper, lower, or a directory holding one), no boot record',
+  async (t) => {
+    const d = device(t)
+    const noTerminal = reset(d)
+    t.equal(noTerminal.status, 7, 'without a terminal, --yes is required')
+    t.match(noTerminal.stderr, /pass --yes to confirm/)
+    fs.mkdirSync(d.work, { recursive: true })
+    mountOverlay(d.merged, [d.lower], d.upper, d.work, [])
+    const mounted = reset(d, '--yes')
+    const holding = ovroot(['reset', '--config', d.config, '--upper', `${d.dir}/flash`, '--yes'])
+    unmount(d.merged)
+    t.equal(mounted.status, 4)
+    t.match(mounted.stderr, /is a layer \(.*\/flash\/upper\) of a mounted overlay/)
+    t.equal(holding.status, 4, 'a directory that holds a live upper')
+    t.match(holding.stderr, /is part of a layer|is a layer/)
+    mountOverlay(d.merged, [d.upper, d.lower], undefined, undefined, [])
+    const asLower = reset(d, '--yes')
+    unmount(d.merged)
+    t.equal(asLower.status, 4, 'an upper shown read-only as a lower (a full flash) is as live as an upper')
+    t.ok(fs.existsSync(`${d.upper}/.hidden-at-top`), 'a live layer is never touched')
+    const live = ovroot(['reset', '--config', d.config, '--yes'])
+    t.equal(live.status, 4, 'no boot record: not a device booted by ovroot')
+    t.match(live.stderr, /use --upper DIR/)
+  },
+)
 
-t.test('a reset of some paths: only they return to the firmware state', async (t) => {
+await t.test('a reset of some paths: only they return to the firmware state', async (t) => {
   const d = device(t)
   const before = snapshot(d.upper)
   const result = reset(d, '--yes', '/etc/config', '/root/')
   t.equal(result.status, 0, result.stderr)
   const after = snapshot(d.upper)
   t.notOk(after.has('/etc/config') || after.has('/root'), 'the named paths are gone from the upper')
-  for (const path of ['/etc/banner', '/etc/olddir', '/etc/dropbear/key', '/.hidden-at-top', '/etc/user-added']) t.same(after.get(path), before.get(path), `${path} is untouched`)
+  for (const path of ['/etc/banner', '/etc/olddir', '/etc/dropbear/key', '/.hidden-at-top', '/etc/user-added'])
+    t.same(after.get(path), before.get(path), `${path} is untouched`)
   const view = mergedView(t, d)
-  t.equal(view.get('/etc/config/network')?.content, snapshot(d.lower).get('/etc/config/network')?.content, 'the firmware\'s file shows again')
+  t.equal(
+    view.get('/etc/config/network')?.content,
+    snapshot(d.lower).get('/etc/config/network')?.content,
+    "the firmware's file shows again",
+  )
   t.equal(reset(d, '--yes', 'relative').status, 2, 'paths are absolute')
 })
 
-t.test('a power cut at any point of a reset: the next run finishes it with the same result', async (t) => {
-  const keep = ['/etc/by-config', '/etc/dropbear', '/etc/glob-*.conf', '/etc/user-added']
-  const reference = device(t)
-  t.equal(reset(reference, '--yes').status, 0)
-  const expected = snapshot(reference.upper)
-  const marker = (d: Device): void => {
-    fs.mkdirSync(`${d.dir}/flash/.ovroot`, { recursive: true })
-    fs.writeFileSync(`${d.dir}/flash/.ovroot/pending`, JSON.stringify({ kind: 'reset', requested: 'x', keep }))
-  }
-  const states: Record<string, (d: Device) => void> = {
-    'committed, nothing removed yet': marker,
-    'committed, half the removals done': (d) => {
-      marker(d)
-      fs.rmSync(`${d.upper}/.hidden-at-top`)
-      fs.rmSync(`${d.upper}/etc/banner`)
-      fs.rmSync(`${d.upper}/root/.ssh/authorized_keys`)
-    },
-    'all done but the marker': (d) => {
-      execFileSync('rm', ['-rf', d.upper])
-      execFileSync('cp', ['-a', reference.upper, d.upper])
-      marker(d)
-    },
-  }
-  for (const [name, cut] of Object.entries(states)) {
-    const d = device(t)
-    cut(d)
-    // The keep list of the command line equals the committed one, so the run finishes the committed change.
-    const result = reset(d, '--yes')
-    t.equal(result.status, 0, `${name}: ${result.stderr}`)
-    t.same(snapshot(d.upper), expected, `${name}: the same result as an uninterrupted reset`)
-    t.notOk(fs.existsSync(`${d.dir}/flash/.ovroot/pending`), `${name}: nothing left pending`)
-  }
-})
+await t.test(
+  'a power cut at any point of a reset: the next run finishes the committed reset, whatever the keep lists say now',
+  async (t) => {
+    const keep = ['/etc/by-config', '/etc/dropbear', '/etc/glob-*.conf', '/etc/user-added']
+    const reference = device(t)
+    t.equal(reset(reference, '--yes').status, 0)
+    const expected = snapshot(reference.upper)
+    const marker = (d: Device): void => {
+      fs.mkdirSync(`${d.dir}/flash/.ovroot`, { recursive: true })
+      fs.writeFileSync(`${d.dir}/flash/.ovroot/pending`, JSON.stringify({ kind: 'reset', requested: 'x', keep }))
+    }
+    const states: Record<string, (d: Device) => void> = {
+      'committed, nothing removed yet': marker,
+      'committed, half the removals done': (d) => {
+        marker(d)
+        fs.rmSync(`${d.upper}/.hidden-at-top`)
+        fs.rmSync(`${d.upper}/etc/banner`)
+        fs.rmSync(`${d.upper}/root/.ssh/authorized_keys`)
+        // The user's edit of the keep file is gone: read again now, the list would be the firmware's, without /etc/user-added.
+        fs.rmSync(`${d.upper}/etc/sysupgrade.conf`)
+      },
+      'all done but the marker': (d) => {
+        execFileSync('rm', ['-rf', d.upper])
+        execFileSync('cp', ['-a', reference.upper, d.upper])
+        marker(d)
+      },
+    }
+    for (const [name, cut] of Object.entries(states)) {
+      const d = device(t)
+      cut(d)
+      // After the commit the keep lists say otherwise (the config edited, the list file rewritten,
+      // another --keep): only the committed list may decide, so the result is the reference's.
+      fs.writeFileSync(
+        d.config,
+        fs.readFileSync(d.config, 'utf8').replace('keep = /etc/by-config', 'keep = /.hidden-at-top'),
+      )
+      if (fs.existsSync(`${d.upper}/etc/sysupgrade.conf`))
+        fs.writeFileSync(`${d.upper}/etc/sysupgrade.conf`, '/etc/banner\n')
+      const result = reset(d, '--yes', '--keep', '/root')
+      t.equal(result.status, 0, `${name}: ${result.stderr}`)
+      t.match(
+        result.stderr,
+        /finishing the interrupted factory reset/,
+        `${name}: the run says it finishes the committed reset`,
+      )
+      t.same(
+        snapshot(d.upper),
+        expected,
+        `${name}: the same result as an uninterrupted reset with the committed keep list`,
+      )
+      t.notOk(fs.existsSync(`${d.dir}/flash/.ovroot/pending`), `${name}: nothing left pending`)
+    }
+  },
+)
 
-t.test('a full flash: the reset is scheduled with the reserve and runs without free space', async (t) => {
+/** The xattr namespaces overlayfs writes its own xattrs in, with the options that make it write them. */
+const NAMESPACES = {
+  'trusted.overlay., redirect_dir=on': { prefix: 'trusted.overlay.', options: ['redirect_dir=on'] },
+  // userxattr refuses redirect_dir=on: a renamed directory is copied (mv's EXDEV fallback), never redirected.
+  'user.overlay. (userxattr)': { prefix: 'user.overlay.', options: ['userxattr'] },
+}
+type Namespace = (typeof NAMESPACES)[keyof typeof NAMESPACES]
+
+/** Kept files below directories the kernel marked: names with odd bytes, binary xattrs, a hardlink. */
+const KEPT_BELOW_MARKED = ['/etc/config/-odd\tname\\\n', '/etc/config/kept', '/srv/www/custom.html']
+/** The keep list naming them: a glob for the odd name, whose bytes no config line can hold. */
+const MARKED_KEEP_LIST = ['/etc/config/kept', '/etc/config/-odd*', '/srv/www/custom.html']
+
+/**
+ * A device whose kept paths sit below overlay-marked directories, as a user
+ * makes them: /etc/config emptied and made again (opaque), /www moved to
+ * /srv/www (a redirect, where the namespace allows one), /usr/share/doc
+ * replaced by a directory of the user's own (opaque, removed whole by a reset).
+ */
+function markedDevice(t: Test, namespace: Namespace): Device {
+  const d = mountedDevice(
+    t,
+    {
+      '/etc/config/network': 'lan\n',
+      '/etc/config/system': 'hostname\n',
+      '/www/index.html': '<html></html>\n',
+      '/www/css/site.css': 'body {}\n',
+      '/usr/share/doc/readme': 'docs\n',
+    },
+    namespace.options,
+  )
+  const m = d.merged
+  fs.rmSync(`${m}/etc/config`, { recursive: true })
+  fs.mkdirSync(`${m}/etc/config`)
+  fs.writeFileSync(`${m}/etc/config/kept`, 'x\n', { mode: 0o600 })
+  setXattr(`${m}/etc/config/kept`, 'user.binary', Buffer.from('a\0b\nc'))
+  fs.writeFileSync(`${m}/etc/config/-odd\tname\\\n`, 'odd\n')
+  fs.writeFileSync(`${m}/etc/config/scratch`, 'not kept\n')
+  fs.mkdirSync(`${m}/srv`)
+  move(`${m}/www`, `${m}/srv/www`)
+  fs.writeFileSync(`${m}/srv/www/custom.html`, 'mine\n')
+  fs.writeFileSync(`${m}/srv/www/cache`, 'not kept\n')
+  fs.rmSync(`${m}/usr/share/doc`, { recursive: true })
+  fs.mkdirSync(`${m}/usr/share/doc/sub`, { recursive: true })
+  for (const name of ['a', 'b', 'c', 'd', 'sub/e', 'sub/f']) fs.writeFileSync(`${m}/usr/share/doc/${name}`, `${name}\n`)
+  // A second name of a kept file in a removed directory: the kept name keeps the inode.
+  fs.linkSync(`${m}/etc/config/kept`, `${m}/usr/share/doc/kept-link`)
+  unmount(d.merged)
+  fs.writeFileSync(
+    d.config,
+    `[overlay]\nlower = ${d.lower}\noptions = ${namespace.options.join(' ')}\n[reset]\nkeep = ${MARKED_KEEP_LIST.join(' ')}\n`,
+  )
+  // The fixture holds what it claims, or the tests below prove nothing.
+  t.ok(getXattr(`${d.upper}/etc/config`, `${namespace.prefix}opaque`), 'fixture: /etc/config is opaque')
+  t.ok(getXattr(`${d.upper}/usr/share/doc`, `${namespace.prefix}opaque`), 'fixture: /usr/share/doc is opaque')
+  if (namespace.prefix === 'trusted.overlay.')
+    t.ok(getXattr(`${d.upper}/srv/www`, 'trusted.overlay.redirect'), 'fixture: /srv/www is redirected')
+  t.equal(fs.lstatSync(`${d.upper}/etc/config/kept`).nlink, 2, 'fixture: the kept file has a second name')
+  return d
+}
+
+for (const [label, namespace] of Object.entries(NAMESPACES)) {
+  await t.test(
+    `kept paths below opaque and redirected directories (${label}): the firmware shows through again`,
+    async (t) => {
+      const d = markedDevice(t, namespace)
+      const before = mergedView(t, d, namespace.options)
+      const result = reset(d, '--yes')
+      t.equal(result.status, 0, result.stderr)
+      for (const dir of ['/etc/config', '/srv/www'])
+        t.same(
+          listXattrs(d.upper + dir).filter((name) => name.startsWith(namespace.prefix)),
+          [],
+          `${dir}: no overlay xattr left in the upper`,
+        )
+      // The merged view is what the user sees: an opaque /etc/config would hide the firmware's
+      // network and system files; a redirected /srv/www would show /www's files a second time.
+      const view = mergedView(t, d, namespace.options)
+      const factory = snapshot(d.lower)
+      t.same(
+        [...view.keys()].filter((path) => !factory.has(path)).sort(),
+        ['/srv', '/srv/www', ...KEPT_BELOW_MARKED].sort(),
+        'only the kept paths are added',
+      )
+      for (const [path, entry] of factory) t.same(view.get(path), entry, `${path} is the firmware's again`)
+      for (const path of KEPT_BELOW_MARKED)
+        t.same(view.get(path), before.get(path), `${JSON.stringify(path)} is kept: bytes, mode, owner, xattrs`)
+    },
+  )
+}
+
+/** An upper's every field, but the mtimes of directories: each removal moves its parent's. */
+function withoutDirectoryTimes(entries: Map<string, string>): Map<string, string> {
+  return new Map([...entries].map(([path, entry]) => [path, entry.replace(/^(dir \S+ \S+ \S+) \d+ /, '$1 - ')]))
+}
+
+await t.test(
+  'a power cut inside a directory being pruned: the next run finishes to the same upper, kept files intact',
+  async (t) => {
+    const d = markedDevice(t, NAMESPACES['trusted.overlay., redirect_dir=on'])
+    /** A copy of the device's upper (same filesystem: same inodes' handles in origin xattrs, same times). */
+    const copy = (name: string): Device => {
+      const flash = `${d.dir}/${name}`
+      fs.mkdirSync(flash)
+      execFileSync('cp', ['-a', d.upper, `${flash}/upper`])
+      return { ...d, upper: `${flash}/upper`, work: `${flash}/work` }
+    }
+    const keptBefore = upperSnapshot(d.upper)
+    const reference = copy('reference')
+    t.equal(reset(reference, '--yes').status, 0)
+    const expected = upperSnapshot(reference.upper)
+    const removedByReset = [...keptBefore.keys()].filter((path) => !expected.has(path))
+    const doc = (c: Device): string => `${c.upper}/usr/share/doc`
+    /** Every removal done (parents before children); the overlay xattrs not yet stripped. */
+    const removeAll = (c: Device): void => {
+      for (const path of removedByReset) fs.rmSync(c.upper + path, { recursive: true, force: true })
+    }
+    // Each cut is what removeTree (children first, then the directory) leaves when the power goes mid-way.
+    const states: Record<string, (c: Device) => void> = {
+      'a directory half emptied, one below it too': (c) => {
+        for (const name of ['a', 'b', 'sub/e', 'kept-link']) fs.rmSync(`${doc(c)}/${name}`)
+        fs.rmSync(`${c.upper}/etc/config/scratch`)
+        t.same(fs.readdirSync(doc(c)).sort(), ['c', 'd', 'sub'], 'cut: /usr/share/doc half removed')
+        t.same(fs.readdirSync(`${doc(c)}/sub`), ['f'], 'cut: /usr/share/doc/sub half removed')
+      },
+      'a directory emptied, its own removal not done (still opaque)': (c) => {
+        for (const name of fs.readdirSync(doc(c))) fs.rmSync(`${doc(c)}/${name}`, { recursive: true })
+        t.same(fs.readdirSync(doc(c)), [], 'cut: /usr/share/doc is empty')
+        t.ok(getXattr(doc(c), 'trusted.overlay.opaque'), 'cut: and still opaque')
+      },
+      "every removal done, the kept paths' ancestors still opaque and redirected": (c) => {
+        removeAll(c)
+        t.ok(
+          getXattr(`${c.upper}/etc/config`, 'trusted.overlay.opaque') &&
+            getXattr(`${c.upper}/srv/www`, 'trusted.overlay.redirect'),
+          'cut: no xattr stripped yet',
+        )
+      },
+      "every removal done, one ancestor's xattrs stripped, not the other's": (c) => {
+        removeAll(c)
+        for (const name of listXattrs(`${c.upper}/etc/config`))
+          if (name.startsWith('trusted.overlay.')) removeXattr(`${c.upper}/etc/config`, name)
+        t.ok(getXattr(`${c.upper}/srv/www`, 'trusted.overlay.redirect'), 'cut: /srv/www still redirected')
+      },
+    }
+    for (const [name, cut] of Object.entries(states)) {
+      const c = copy(name.replace(/\W+/g, '-'))
+      cut(c)
+      fs.mkdirSync(`${c.upper}/../.ovroot`)
+      fs.writeFileSync(
+        `${c.upper}/../.ovroot/pending`,
+        JSON.stringify({ kind: 'reset', requested: 'x', keep: MARKED_KEEP_LIST }),
+      )
+      const result = reset(c, '--yes')
+      t.equal(result.status, 0, `${name}: ${result.stderr}`)
+      const after = upperSnapshot(c.upper)
+      t.same(
+        withoutDirectoryTimes(after),
+        withoutDirectoryTimes(expected),
+        `${name}: the upper an uninterrupted reset leaves, every xattr included`,
+      )
+      for (const path of KEPT_BELOW_MARKED)
+        t.equal(
+          after.get(path),
+          keptBefore.get(path),
+          `${name}: ${JSON.stringify(path)} byte for byte, with its mtime and xattrs`,
+        )
+      t.notOk(fs.existsSync(`${c.upper}/../.ovroot/pending`), `${name}: nothing left pending`)
+    }
+  },
+)
+
+await t.test('a full flash: the reset is scheduled with the reserve and runs without free space', async (t) => {
   const d = device(t)
   const flash = `${d.dir}/small`
   fs.mkdirSync(flash)
@@ -204,7 +459,7 @@ t.test('a full flash: the reset is scheduled with the reserve and runs without f
   t.notOk(fs.existsSync(`${flash}/.ovroot/reserve`), 'the reserve paid for the marker')
 })
 
-t.test('keep-list syntax', async (t) => {
+await t.test('keep-list syntax', async (t) => {
   t.same(parseKeepList('# comment\n/etc/a\n  /etc/b/  # trailing\n\nrelative/ignored\n'), ['/etc/a', '/etc/b/'])
   const glob = (pattern: string, path: string): boolean => globToRegExp(pattern).test(path)
   t.ok(glob('/etc/*.conf', '/etc/x.conf'))

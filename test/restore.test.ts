@@ -5,22 +5,35 @@
  * on the flash, checks room first and is cancelled cleanly; the boot-time swap
  * and merge end old-or-new from every intermediate state.
  */
-import t from 'tap'
+import t, { type Test } from 'tap'
 import { execFileSync } from 'node:child_process'
 import * as fs from 'node:fs'
 import { gzipSync } from 'node:zlib'
 import { dataPadding, END_OF_ARCHIVE, entryHeader, globalComment, type TarEntry } from '../src/archive/pax.js'
 import { OverlayXattrs } from '../src/overlay/xattrs.js'
 import { applyPending } from '../src/pending/apply.js'
-import { commitPending, type FlashLayout } from '../src/pending/marker.js'
+import { commitPending } from '../src/pending/marker.js'
 import { ovroot, scratch, upperSnapshot } from './helpers/overlay.js'
 import { writeTree } from './helpers/mutate.js'
+import type { FlashLayout } from '../src/state/flash.js'
 
 type Crafted = Partial<TarEntry> & { path: string; content?: string; raw?: Buffer }
 
 function entry(spec: Crafted): TarEntry {
   const content = spec.content ?? ''
-  return { type: 'file', mode: 0o644, uid: 0, gid: 0, mtime: 1700000000, size: spec.type === undefined || spec.type === 'file' ? Buffer.byteLength(content) : 0, devMajor: 0, devMinor: 0, xattrs: [], ...spec }
+  return {
+    type: 'file',
+    mode: 0o644,
+    uid: 0,
+    gid: 0,
+    mtimeNs: 1_700_000_000_000_000_000n,
+    atimeNs: 1_700_000_000_000_000_000n,
+    size: spec.type === undefined || spec.type === 'file' ? Buffer.byteLength(content) : 0,
+    devMajor: 0,
+    devMinor: 0,
+    xattrs: [],
+    ...spec,
+  }
 }
 
 /** A gzip'd tar of hand-made entries; `raw` is spliced in as it is. */
@@ -46,9 +59,9 @@ interface Workspace {
   lower: string
 }
 
-function workspace(t: Tap.Test): Workspace {
+function workspace(t: Test): Workspace {
   const s = scratch()
-  t.teardown(s.cleanup)
+  t.teardown(() => s.cleanup())
   const w: Workspace = { dir: s.dir, target: `${s.dir}/target`, canary: `${s.dir}/canary`, lower: `${s.dir}/lower` }
   fs.mkdirSync(w.target)
   fs.mkdirSync(w.canary)
@@ -60,58 +73,133 @@ function workspace(t: Tap.Test): Workspace {
 const deep = (depth: number): string => Array.from({ length: depth }, () => 'a').join('/')
 const long = Array.from({ length: 18 }, (_, i) => `${String(i).padStart(3, '0')}${'n'.repeat(247)}`).join('/')
 
-t.test('malicious archives: each is refused whole, in one line naming the entry, and nothing lands outside staging', async (t) => {
-  const cases: Record<string, { entries: (w: Workspace) => Crafted[]; names: RegExp }> = {
-    'an absolute path': { entries: (w) => [{ path: `${w.canary}/x` }], names: /an absolute path/ },
-    'an absolute path with many slashes': { entries: (w) => [{ path: `////${w.canary.slice(1)}/x` }], names: /an absolute path/ },
-    'a .. component': { entries: (w) => [{ path: '../canary/x' }], names: /a "\.\." path component/ },
-    'a .. component inside': { entries: (w) => [{ path: 'etc/../../canary/x' }], names: /a "\.\." path component/ },
-    'an empty component': { entries: (w) => [{ path: 'etc//x' }], names: /an empty path component/ },
-    'a . component': { entries: (w) => [{ path: 'etc/./x' }], names: /a "\." path component/ },
-    'a file below a symlink of the archive': { entries: (w) => [{ path: 'link', type: 'symlink', linkTarget: w.canary }, { path: 'link/x', content: 'pwned' }], names: /"link\/x": it would be written through the symlink link of the archive/ },
-    'a directory, then a symlink of the same name, then a file below it (CVE-2021-32803)': { entries: (w) => [{ path: 'd', type: 'dir', mode: 0o755 }, { path: 'd', type: 'symlink', linkTarget: w.canary }, { path: 'd/x', content: 'pwned' }], names: /"d": a second entry of the same name/ },
-    'a file below a symlink already on the device': { entries: (w) => [{ path: 'var/x', content: 'pwned' }], names: /"var\/x": it would be written through the symlink var already on the device/ },
-    'a hardlink to an entry that comes later': { entries: (w) => [{ path: 'h', type: 'hardlink', linkTarget: 'later' }, { path: 'later' }], names: /"h": a hardlink to "later", which is not an earlier entry/ },
-    'a hardlink to an absolute path': { entries: (w) => [{ path: 'h', type: 'hardlink', linkTarget: '/etc/shadow' }], names: /"h": a hardlink to "\/etc\/shadow"/ },
-    'a hardlink out of the archive': { entries: (w) => [{ path: 'h', type: 'hardlink', linkTarget: '../canary/x' }], names: /"h": a hardlink to "\.\.\/canary\/x"/ },
-    'duplicate names': { entries: (w) => [{ path: 'etc/x', content: 'one' }, { path: 'etc/x', content: 'two' }], names: /"etc\/x": a second entry of the same name/ },
-    'a name beyond PATH_MAX': { entries: (w) => [{ path: long }], names: /a path longer than PATH_MAX/ },
-    'depth beyond the limit': { entries: (w) => [{ path: deep(200) }], names: /deeper than 128 directories/ },
-    'a block device': { entries: (w) => [{ path: 'disk', type: 'block', devMajor: 8, devMinor: 0 }], names: /"disk": a block device 8:0/ },
-    'a character device other than a whiteout': { entries: (w) => [{ path: 'null', type: 'char', devMajor: 1, devMinor: 3 }], names: /"null": a char device 1:3/ },
-    'an extended header followed by a global one (two parsers would disagree)': { entries: (w) => [{ path: 'ok' }, { path: '', raw: entryHeader(entry({ path: 'x', xattrs: [['user.a', Buffer.from('1')]] })).subarray(0, 1024) }, { path: '', raw: globalComment('hello') }, { path: 'y' }], names: /a global header .* follows an extended header meant for an entry/ },
-  }
-  for (const [name, { entries, names }] of Object.entries(cases)) {
+await t.test(
+  'malicious archives: each is refused whole, in one line naming the entry, and nothing lands outside staging',
+  async (t) => {
+    const cases: Record<string, { entries: (w: Workspace) => Crafted[]; names: RegExp }> = {
+      'an absolute path': { entries: (w) => [{ path: `${w.canary}/x` }], names: /an absolute path/ },
+      'an absolute path with many slashes': {
+        entries: (w) => [{ path: `////${w.canary.slice(1)}/x` }],
+        names: /an absolute path/,
+      },
+      'a .. component': { entries: () => [{ path: '../canary/x' }], names: /a "\.\." path component/ },
+      'a .. component inside': { entries: () => [{ path: 'etc/../../canary/x' }], names: /a "\.\." path component/ },
+      'an empty component': { entries: () => [{ path: 'etc//x' }], names: /an empty path component/ },
+      'a . component': { entries: () => [{ path: 'etc/./x' }], names: /a "\." path component/ },
+      'a file below a symlink of the archive': {
+        entries: (w) => [
+          { path: 'link', type: 'symlink', linkTarget: w.canary },
+          { path: 'link/x', content: 'pwned' },
+        ],
+        names: /"link\/x": it would be written through the symlink link of the archive/,
+      },
+      'a directory, then a symlink of the same name, then a file below it (CVE-2021-32803)': {
+        entries: (w) => [
+          { path: 'd', type: 'dir', mode: 0o755 },
+          { path: 'd', type: 'symlink', linkTarget: w.canary },
+          { path: 'd/x', content: 'pwned' },
+        ],
+        names: /"d": a second entry of the same name/,
+      },
+      'a file below a symlink already on the device': {
+        entries: () => [{ path: 'var/x', content: 'pwned' }],
+        names: /"var\/x": it would be written through the symlink var already on the device/,
+      },
+      'a hardlink to an entry that comes later': {
+        entries: () => [{ path: 'h', type: 'hardlink', linkTarget: 'later' }, { path: 'later' }],
+        names: /"h": a hardlink to "later", which is not an earlier entry/,
+      },
+      'a hardlink to an absolute path': {
+        entries: () => [{ path: 'h', type: 'hardlink', linkTarget: '/etc/shadow' }],
+        names: /"h": a hardlink to "\/etc\/shadow"/,
+      },
+      'a hardlink out of the archive': {
+        entries: () => [{ path: 'h', type: 'hardlink', linkTarget: '../canary/x' }],
+        names: /"h": a hardlink to "\.\.\/canary\/x"/,
+      },
+      'duplicate names': {
+        entries: () => [
+          { path: 'etc/x', content: 'one' },
+          { path: 'etc/x', content: 'two' },
+        ],
+        names: /"etc\/x": a second entry of the same name/,
+      },
+      'a name beyond PATH_MAX': { entries: () => [{ path: long }], names: /a path longer than PATH_MAX/ },
+      'depth beyond the limit': { entries: () => [{ path: deep(200) }], names: /deeper than 128 directories/ },
+      'a block device': {
+        entries: () => [{ path: 'disk', type: 'block', devMajor: 8, devMinor: 0 }],
+        names: /"disk": a block device 8:0/,
+      },
+      'a character device other than a whiteout': {
+        entries: () => [{ path: 'null', type: 'char', devMajor: 1, devMinor: 3 }],
+        names: /"null": a char device 1:3/,
+      },
+      'an extended header followed by a global one (two parsers would disagree)': {
+        entries: () => [
+          { path: 'ok' },
+          {
+            path: '',
+            raw: entryHeader(entry({ path: 'x', xattrs: [['user.a', Buffer.from('1')]] })).subarray(0, 1024),
+          },
+          { path: '', raw: globalComment('hello') },
+          { path: 'y' },
+        ],
+        names: /a global header .* follows an extended header meant for an entry/,
+      },
+      'a symlink claiming data, a header hidden in it (GNU tar skips it, a reader ignoring the size restores it)': {
+        entries: () => [
+          { path: 'l', type: 'symlink', linkTarget: 'x', size: 512 },
+          { path: '', raw: entryHeader(entry({ path: 'hidden' })) },
+        ],
+        names: /a symlink entry at byte \d+ claims 512 bytes of data/,
+      },
+      "an extended header over 1 MiB (memory is the device's)": {
+        entries: () => [{ path: 'big', xattrs: [['user.big', Buffer.alloc(1_100_000, 0x61)]] }],
+        names: /an extended header of \d+ bytes at byte 0, more than the 1 MiB ovroot reads/,
+      },
+    }
+    for (const [name, { entries, names }] of Object.entries(cases)) {
+      const w = workspace(t)
+      const file = `${w.dir}/malicious.tgz`
+      fs.writeFileSync(file, archive(entries(w)))
+      const result = ovroot(['restore', file, '--upper', w.target, '--lower', w.lower])
+      t.equal(result.status, 5, `${name}: exit 5`)
+      t.match(result.stderr, names, `${name}: names the entry and why`)
+      t.equal(result.stderr.trim().split('\n').length, 1, `${name}: one line`)
+      t.same(fs.readdirSync(w.canary), [], `${name}: the canary is untouched`)
+      t.same(fs.readdirSync(w.target), [], `${name}: nothing restored`)
+      t.same(
+        fs.readdirSync(w.dir).sort(),
+        ['canary', 'lower', 'malicious.tgz', 'target'],
+        `${name}: no staging left behind`,
+      )
+    }
+  },
+)
+
+await t.test(
+  'what looks odd but is normal in a root filesystem is restored: absolute symlink targets, backslashes in names',
+  async (t) => {
     const w = workspace(t)
-    const file = `${w.dir}/malicious.tgz`
-    fs.writeFileSync(file, archive(entries(w)))
+    const file = `${w.dir}/normal.tgz`
+    fs.writeFileSync(
+      file,
+      archive([
+        { path: 'etc', type: 'dir', mode: 0o755 },
+        { path: 'etc/resolv.conf', type: 'symlink', linkTarget: '/tmp/resolv.conf' },
+        { path: 'etc/dev-disk-by\\x2dlabel-data.mount', content: '[Mount]\n' },
+        { path: 'etc/wl', type: 'char' },
+      ]),
+    )
     const result = ovroot(['restore', file, '--upper', w.target, '--lower', w.lower])
-    t.equal(result.status, 5, `${name}: exit 5`)
-    t.match(result.stderr, names, `${name}: names the entry and why`)
-    t.equal(result.stderr.trim().split('\n').length, 1, `${name}: one line`)
-    t.same(fs.readdirSync(w.canary), [], `${name}: the canary is untouched`)
-    t.same(fs.readdirSync(w.target), [], `${name}: nothing restored`)
-    t.same(fs.readdirSync(w.dir).sort(), ['canary', 'lower', 'malicious.tgz', 'target'], `${name}: no staging left behind`)
-  }
-})
+    t.equal(result.status, 0, result.stderr)
+    t.equal(fs.readlinkSync(`${w.target}/etc/resolv.conf`), '/tmp/resolv.conf')
+    t.ok(fs.existsSync(`${w.target}/etc/dev-disk-by\\x2dlabel-data.mount`))
+    t.ok(fs.lstatSync(`${w.target}/etc/wl`).isCharacterDevice(), 'a 0/0 whiteout')
+  },
+)
 
-t.test('what looks odd but is normal in a root filesystem is restored: absolute symlink targets, backslashes in names', async (t) => {
-  const w = workspace(t)
-  const file = `${w.dir}/normal.tgz`
-  fs.writeFileSync(file, archive([
-    { path: 'etc', type: 'dir', mode: 0o755 },
-    { path: 'etc/resolv.conf', type: 'symlink', linkTarget: '/tmp/resolv.conf' },
-    { path: 'etc/dev-disk-by\\x2dlabel-data.mount', content: '[Mount]\n' },
-    { path: 'etc/wl', type: 'char' },
-  ]))
-  const result = ovroot(['restore', file, '--upper', w.target, '--lower', w.lower])
-  t.equal(result.status, 0, result.stderr)
-  t.equal(fs.readlinkSync(`${w.target}/etc/resolv.conf`), '/tmp/resolv.conf')
-  t.ok(fs.existsSync(`${w.target}/etc/dev-disk-by\\x2dlabel-data.mount`))
-  t.ok(fs.lstatSync(`${w.target}/etc/wl`).isCharacterDevice(), 'a 0/0 whiteout')
-})
-
-t.test('--upper takes an empty directory, never a live layer', async (t) => {
+await t.test('--upper takes an empty directory, never a live layer', async (t) => {
   const w = workspace(t)
   fs.writeFileSync(`${w.target}/something`, 'x')
   fs.writeFileSync(`${w.dir}/a.tgz`, archive([{ path: 'x' }]))
@@ -122,95 +210,143 @@ t.test('--upper takes an empty directory, never a live layer', async (t) => {
 })
 
 /** A device's flash in a directory, with the boot record a device booted on it would have. */
-function fakeDevice(t: Tap.Test, flashSize?: string): { config: string; flash: string; lower: string; dir: string } {
+function fakeDevice(t: Test, flashSize?: string): { config: string; flash: string; lower: string; dir: string } {
   const s = scratch()
-  t.teardown(s.cleanup)
+  t.teardown(() => s.cleanup())
   const flash = `${s.dir}/flash`
   fs.mkdirSync(flash)
   if (flashSize) execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${flashSize}`, 'tmpfs', flash])
   writeTree(`${flash}/upper`, { '/etc/config/network': 'old\n' })
   fs.mkdirSync(`${s.dir}/run`)
-  fs.writeFileSync(`${s.dir}/run/status.json`, JSON.stringify({ mode: 'flash', bootedAt: 'x', medium: { driver: 'mtd', description: 'test flash', device: 'mtd0', filesystem: 'jffs2' } }))
+  fs.writeFileSync(
+    `${s.dir}/run/status.json`,
+    JSON.stringify({
+      mode: 'flash',
+      bootedAt: 'x',
+      medium: { driver: 'mtd', description: 'test flash', device: 'mtd0', filesystem: 'jffs2' },
+    }),
+  )
   writeTree(`${s.dir}/lower`, { '/etc/config/network': 'lan\n' })
   const config = `${s.dir}/ovroot.conf`
   fs.writeFileSync(config, `[overlay]\nlower = ${s.dir}/lower\ndir = ${flash}\n[boot]\nrun_dir = ${s.dir}/run\n`)
   return { config, flash, lower: `${s.dir}/lower`, dir: s.dir }
 }
 
-t.test('a live restore: verified, staged on the flash, shown as pending, cancelled without a trace', async (t) => {
-  const d = fakeDevice(t)
-  const file = `${d.dir}/b.ovb`
-  writeTree(`${d.dir}/new/upper`, { '/etc/config/network': 'restored\n', '/root/.profile': 'x\n' })
-  t.equal(ovroot(['backup', '--upper', `${d.dir}/new/upper`, '--lower', d.lower, '-o', file]).status, 0)
-  const scheduled = ovroot(['restore', file, '--yes', '--config', d.config])
-  t.equal(scheduled.status, 0, scheduled.stderr)
-  t.match(scheduled.stdout, /restore of .* scheduled for the next boot/)
-  t.equal(fs.readFileSync(`${d.flash}/upper/etc/config/network`, 'utf8'), 'old\n', 'the live upper is untouched')
-  t.equal(fs.readFileSync(`${d.flash}/.ovroot/staged/etc/config/network`, 'utf8'), 'restored\n', 'the restored upper waits on the flash')
-  const status = ovroot(['status', '--json', '--config', d.config])
-  t.match(JSON.parse(status.stdout).pending, [/^restore of .*b\.ovb \(\d+ entries\) at next boot$/])
-  const cancelled = ovroot(['restore', '--cancel', '--config', d.config])
-  t.equal(cancelled.status, 0, cancelled.stderr)
-  t.notOk(fs.existsSync(`${d.flash}/.ovroot/staged`) || fs.existsSync(`${d.flash}/.ovroot/pending`), '--cancel leaves nothing behind')
-  t.equal(ovroot(['restore', file, '--yes', '--config', d.config]).status, 0)
-  await applyPending({ root: d.flash, upperName: 'upper' }, `${d.flash}/work`, new OverlayXattrs('trusted'))
-  t.same(upperSnapshot(`${d.flash}/upper`), upperSnapshot(`${d.dir}/new/upper`), 'what the next boot applies is the backup')
-})
+await t.test(
+  'a live restore: verified, staged on the flash, shown as pending, cancelled without a trace',
+  async (t) => {
+    const d = fakeDevice(t)
+    const file = `${d.dir}/b.ovb`
+    writeTree(`${d.dir}/new/upper`, { '/etc/config/network': 'restored\n', '/root/.profile': 'x\n' })
+    t.equal(ovroot(['backup', '--upper', `${d.dir}/new/upper`, '--lower', d.lower, '-o', file]).status, 0)
+    const scheduled = ovroot(['restore', file, '--yes', '--config', d.config])
+    t.equal(scheduled.status, 0, scheduled.stderr)
+    t.match(scheduled.stdout, /restore of .* scheduled for the next boot/)
+    t.equal(fs.readFileSync(`${d.flash}/upper/etc/config/network`, 'utf8'), 'old\n', 'the live upper is untouched')
+    t.equal(
+      fs.readFileSync(`${d.flash}/.ovroot/staged/etc/config/network`, 'utf8'),
+      'restored\n',
+      'the restored upper waits on the flash',
+    )
+    const status = ovroot(['status', '--json', '--config', d.config])
+    t.match((JSON.parse(status.stdout) as { pending: string[] }).pending, [
+      /^restore of .*b\.ovb \(\d+ entries\) at next boot$/,
+    ])
+    const cancelled = ovroot(['restore', '--cancel', '--config', d.config])
+    t.equal(cancelled.status, 0, cancelled.stderr)
+    t.notOk(
+      fs.existsSync(`${d.flash}/.ovroot/staged`) || fs.existsSync(`${d.flash}/.ovroot/pending`),
+      '--cancel leaves nothing behind',
+    )
+    t.equal(ovroot(['restore', file, '--yes', '--config', d.config]).status, 0)
+    await applyPending({ root: d.flash, upperName: 'upper' }, `${d.flash}/work`, new OverlayXattrs('trusted'))
+    t.same(
+      upperSnapshot(`${d.flash}/upper`),
+      upperSnapshot(`${d.dir}/new/upper`),
+      'what the next boot applies is the backup',
+    )
+  },
+)
 
-t.test('a live restore that does not fit on the flash: one line, nothing written', async (t) => {
+await t.test('a live restore that does not fit on the flash: one line, nothing written', async (t) => {
   const d = fakeDevice(t, '1m')
   writeTree(`${d.dir}/big/upper`, { '/root/big': 'x'.repeat(2 << 20) })
   const file = `${d.dir}/big.ovb`
   t.equal(ovroot(['backup', '--upper', `${d.dir}/big/upper`, '--lower', d.lower, '-o', file]).status, 0)
   const result = ovroot(['restore', file, '--yes', '--config', d.config])
   t.equal(result.status, 6)
-  t.match(result.stderr, /^ovroot: not enough room on the flash for the staged restore: it needs about 2\.\d MiB, .* has \d+\.\d MiB free; nothing was written\n$/)
+  t.match(
+    result.stderr,
+    /^ovroot: not enough room on the flash for the staged restore: it needs about 2\.\d MiB, .* has \d+\.\d MiB free; nothing was written\n$/,
+  )
   t.notOk(fs.existsSync(`${d.flash}/.ovroot`), 'nothing was written')
 })
 
-t.test('a power cut at any point of the boot-time swap or merge ends in the old upper or the restored one', async (t) => {
-  const xattrs = new OverlayXattrs('trusted')
-  const setup = (t: Tap.Test): { layout: FlashLayout; old: Map<string, string>; restored: Map<string, string>; root: string } => {
-    const s = scratch()
-    t.teardown(s.cleanup)
-    const root = `${s.dir}/flash`
-    writeTree(`${root}/upper`, { '/etc/a': 'old a\n', '/etc/b': 'old b\n' })
-    writeTree(`${root}/.ovroot/staged`, { '/etc/a': 'new a\n', '/etc/c': 'new c\n' })
-    writeTree(`${s.dir}/expected-merge`, { '/etc/a': 'new a\n', '/etc/b': 'old b\n', '/etc/c': 'new c\n' })
-    return { layout: { root, upperName: 'upper' }, old: contents(`${root}/upper`), restored: contents(`${root}/.ovroot/staged`), root }
-  }
-  const restore = { kind: 'restore' as const, requested: 'x', source: 'b.ovb', entries: 4 }
-  const swapStates: Record<string, (root: string) => void> = {
-    'committed, nothing swapped': () => undefined,
-    'old upper moved aside': (root) => fs.renameSync(`${root}/upper`, `${root}/.ovroot/replaced`),
-    'swapped, old upper not yet removed': (root) => {
-      fs.renameSync(`${root}/upper`, `${root}/.ovroot/replaced`)
-      fs.renameSync(`${root}/.ovroot/staged`, `${root}/upper`)
-    },
-  }
-  for (const [name, cut] of Object.entries(swapStates)) {
-    const { layout, restored, root } = setup(t)
-    commitPending(layout, { ...restore, merge: false })
-    cut(root)
-    await applyPending(layout, undefined, xattrs)
-    t.same(contents(`${root}/upper`), restored, `swap, ${name}: the restored upper`)
-    t.same(fs.readdirSync(`${root}/.ovroot`), [], `swap, ${name}: nothing left behind`)
-  }
-  const uncommitted = setup(t)
-  await applyPending(uncommitted.layout, undefined, xattrs)
-  t.same(contents(`${uncommitted.root}/upper`), uncommitted.old, 'staged but never committed: dropped, the old upper stays')
-  t.notOk(fs.existsSync(`${uncommitted.root}/.ovroot/staged`))
-  for (const moved of [0, 1]) {
-    const { layout, root } = setup(t)
-    commitPending(layout, { ...restore, merge: true })
-    if (moved > 0) {
-      fs.rmSync(`${root}/upper/etc/a`)
-      fs.renameSync(`${root}/.ovroot/staged/etc/a`, `${root}/upper/etc/a`)
+await t.test(
+  'a power cut at any point of the boot-time swap or merge ends in the old upper or the restored one',
+  async (t) => {
+    const xattrs = new OverlayXattrs('trusted')
+    const setup = (
+      t: Test,
+    ): { layout: FlashLayout; old: Map<string, string>; restored: Map<string, string>; root: string } => {
+      const s = scratch()
+      t.teardown(() => s.cleanup())
+      const root = `${s.dir}/flash`
+      writeTree(`${root}/upper`, { '/etc/a': 'old a\n', '/etc/b': 'old b\n' })
+      writeTree(`${root}/.ovroot/staged`, { '/etc/a': 'new a\n', '/etc/c': 'new c\n' })
+      writeTree(`${s.dir}/expected-merge`, { '/etc/a': 'new a\n', '/etc/b': 'old b\n', '/etc/c': 'new c\n' })
+      return {
+        layout: { root, upperName: 'upper' },
+        old: contents(`${root}/upper`),
+        restored: contents(`${root}/.ovroot/staged`),
+        root,
+      }
     }
-    await applyPending(layout, undefined, xattrs)
-    t.same(contents(`${root}/upper`), new Map([['/etc/a', 'new a\n'], ['/etc/b', 'old b\n'], ['/etc/c', 'new c\n']]), `merge, cut after ${moved} moves: every staged file landed once`)
-  }
-})
+    const restore = { kind: 'restore' as const, requested: 'x', source: 'b.ovb', entries: 4 }
+    const swapStates: Record<string, (root: string) => void> = {
+      'committed, nothing swapped': () => undefined,
+      'old upper moved aside': (root) => fs.renameSync(`${root}/upper`, `${root}/.ovroot/replaced`),
+      'swapped, old upper not yet removed': (root) => {
+        fs.renameSync(`${root}/upper`, `${root}/.ovroot/replaced`)
+        fs.renameSync(`${root}/.ovroot/staged`, `${root}/upper`)
+      },
+    }
+    for (const [name, cut] of Object.entries(swapStates)) {
+      const { layout, restored, root } = setup(t)
+      commitPending(layout, { ...restore, merge: false })
+      cut(root)
+      await applyPending(layout, undefined, xattrs)
+      t.same(contents(`${root}/upper`), restored, `swap, ${name}: the restored upper`)
+      t.same(fs.readdirSync(`${root}/.ovroot`), [], `swap, ${name}: nothing left behind`)
+    }
+    const uncommitted = setup(t)
+    await applyPending(uncommitted.layout, undefined, xattrs)
+    t.same(
+      contents(`${uncommitted.root}/upper`),
+      uncommitted.old,
+      'staged but never committed: dropped, the old upper stays',
+    )
+    t.notOk(fs.existsSync(`${uncommitted.root}/.ovroot/staged`))
+    for (const moved of [0, 1]) {
+      const { layout, root } = setup(t)
+      commitPending(layout, { ...restore, merge: true })
+      if (moved > 0) {
+        fs.rmSync(`${root}/upper/etc/a`)
+        fs.renameSync(`${root}/.ovroot/staged/etc/a`, `${root}/upper/etc/a`)
+      }
+      await applyPending(layout, undefined, xattrs)
+      t.same(
+        contents(`${root}/upper`),
+        new Map([
+          ['/etc/a', 'new a\n'],
+          ['/etc/b', 'old b\n'],
+          ['/etc/c', 'new c\n'],
+        ]),
+        `merge, cut after ${moved} moves: every staged file landed once`,
+      )
+    }
+  },
+)
 
 function contents(root: string): Map<string, string> {
   const files = new Map<string, string>()
@@ -225,22 +361,33 @@ function contents(root: string): Map<string, string> {
   return files
 }
 
-t.test('--dry-run verifies and lists what the restore would change, in ovroot diff\'s formats, changing nothing', async (t) => {
-  const d = fakeDevice(t)
-  writeTree(`${d.dir}/new/upper`, { '/etc/config/network': 'restored\n', '/root/.profile': 'x\n' })
-  const file = `${d.dir}/b.ovb`
-  t.equal(ovroot(['backup', '--upper', `${d.dir}/new/upper`, '--lower', d.lower, '-o', file]).status, 0)
-  const text = ovroot(['restore', file, '--dry-run', '--config', d.config])
-  t.equal(text.status, 0, text.stderr)
-  t.match(text.stdout, /^M \/etc\/config\/network$/m, 'a file the restore changes')
-  t.match(text.stdout, /^A \/root$/m, 'a directory it adds')
-  const json = ovroot(['restore', file, '--dry-run', '--json', '--config', d.config])
-  t.match(json.stdout, /^\{"path":"\/root\/\.profile","change":"added","type":"file"/m, '--json: ovroot diff\'s records')
-  t.equal(fs.readFileSync(`${d.flash}/upper/etc/config/network`, 'utf8'), 'old\n', 'the upper is untouched')
-  t.notOk(fs.existsSync(`${d.flash}/.ovroot`), 'nothing staged')
-  const into = `${d.dir}/offline`
-  fs.mkdirSync(into)
-  const offline = ovroot(['restore', file, '--upper', into, '--lower', d.lower, '--dry-run'])
-  t.match(offline.stdout, /^M \/etc\/config\/network$/m, 'offline too, compared with the empty directory over the firmware')
-  t.same(fs.readdirSync(into), [], 'and nothing restored')
-})
+await t.test(
+  "--dry-run verifies and lists what the restore would change, in ovroot diff's formats, changing nothing",
+  async (t) => {
+    const d = fakeDevice(t)
+    writeTree(`${d.dir}/new/upper`, { '/etc/config/network': 'restored\n', '/root/.profile': 'x\n' })
+    const file = `${d.dir}/b.ovb`
+    t.equal(ovroot(['backup', '--upper', `${d.dir}/new/upper`, '--lower', d.lower, '-o', file]).status, 0)
+    const text = ovroot(['restore', file, '--dry-run', '--config', d.config])
+    t.equal(text.status, 0, text.stderr)
+    t.match(text.stdout, /^M \/etc\/config\/network$/m, 'a file the restore changes')
+    t.match(text.stdout, /^A \/root$/m, 'a directory it adds')
+    const json = ovroot(['restore', file, '--dry-run', '--json', '--config', d.config])
+    t.match(
+      json.stdout,
+      /^\{"path":"\/root\/\.profile","change":"added","type":"file"/m,
+      "--json: ovroot diff's records",
+    )
+    t.equal(fs.readFileSync(`${d.flash}/upper/etc/config/network`, 'utf8'), 'old\n', 'the upper is untouched')
+    t.notOk(fs.existsSync(`${d.flash}/.ovroot`), 'nothing staged')
+    const into = `${d.dir}/offline`
+    fs.mkdirSync(into)
+    const offline = ovroot(['restore', file, '--upper', into, '--lower', d.lower, '--dry-run'])
+    t.match(
+      offline.stdout,
+      /^M \/etc\/config\/network$/m,
+      'offline too, compared with the empty directory over the firmware',
+    )
+    t.same(fs.readdirSync(into), [], 'and nothing restored')
+  },
+)

@@ -26,20 +26,60 @@ export interface Images {
 
 export function imagesOf(arch: Architecture): Images {
   const dir = path.join(BUILD, arch.name)
-  return { dir, kernel: path.join(dir, 'vmlinuz'), initramfs: path.join(dir, 'initramfs.cpio.gz'), rootfs: path.join(dir, 'rootfs.squashfs') }
+  return {
+    dir,
+    kernel: path.join(dir, 'vmlinuz'),
+    initramfs: path.join(dir, 'initramfs.cpio.gz'),
+    rootfs: path.join(dir, 'rootfs.squashfs'),
+  }
 }
 
 /** Loaded in preinit in this order (with their dependencies first). */
-const MODULES = ['virtio_pci', 'virtio_blk', 'squashfs', 'overlay', 'mtd', 'jffs2', 'ext4', 'f2fs', 'crc32c_generic', 'crc32_generic', 'zstd']
+const MODULES = [
+  'virtio_pci',
+  'virtio_blk',
+  'squashfs',
+  'overlay',
+  'mtd',
+  'jffs2',
+  'ext4',
+  'f2fs',
+  'crc32c_generic',
+  'crc32_generic',
+  'zstd',
+]
 /** Loaded by preinit itself, with parameters that depend on the medium. */
 const MEDIA_MODULES = ['block2mtd', 'ubi', 'ubifs']
 /** Device tools ovroot runs to format flash, and what the lab's scripts use. */
-const DEVICE_TOOLS = ['/usr/sbin/flash_erase', '/usr/sbin/ubimkvol', '/usr/sbin/ubiupdatevol', '/usr/sbin/mkfs.ext4', '/usr/sbin/mkfs.f2fs', '/usr/bin/getfattr', '/usr/bin/setfattr']
+const DEVICE_TOOLS = [
+  '/usr/sbin/flash_erase',
+  '/usr/sbin/ubimkvol',
+  '/usr/sbin/ubiupdatevol',
+  '/usr/sbin/mkfs.ext4',
+  '/usr/sbin/mkfs.f2fs',
+  '/usr/bin/getfattr',
+  '/usr/bin/setfattr',
+]
 /** The Debian packages a foreign architecture's image is assembled from (their libraries follow). */
-const USERLAND_PACKAGES = ['busybox-static', 'libc6', 'libstdc++6', 'libgcc-s1', 'mtd-utils', 'e2fsprogs', 'f2fs-tools', 'attr']
+const USERLAND_PACKAGES = [
+  'busybox-static',
+  'libc6',
+  'libstdc++6',
+  'libgcc-s1',
+  'mtd-utils',
+  'e2fsprogs',
+  'f2fs-tools',
+  'attr',
+]
 
 function run(command: string, args: string[], options: { cwd?: string; input?: Buffer } = {}): string {
-  return execFileSync(command, args, { cwd: options.cwd, input: options.input, encoding: 'utf8', stdio: ['pipe', 'pipe', 'pipe'], maxBuffer: 1 << 28 })
+  return execFileSync(command, args, {
+    cwd: options.cwd,
+    input: options.input,
+    encoding: 'utf8',
+    stdio: ['pipe', 'pipe', 'pipe'],
+    maxBuffer: 1 << 28,
+  })
 }
 
 function log(message: string): void {
@@ -70,14 +110,18 @@ function download(dir: string, packages: string[]): string[] {
   fs.mkdirSync(dir, { recursive: true })
   const before = new Set(fs.readdirSync(dir))
   run('apt-get', ['download', '-q', ...packages], { cwd: dir })
-  return fs.readdirSync(dir).filter((name) => name.endsWith('.deb') && !before.has(name)).map((name) => path.join(dir, name))
+  return fs
+    .readdirSync(dir)
+    .filter((name) => name.endsWith('.deb') && !before.has(name))
+    .map((name) => path.join(dir, name))
 }
 
 /** The Debian kernel the linux-image-DEBIAN metapackage points at, unpacked, with any module it lacks built. */
 function kernelTree(arch: Architecture): { root: string; version: string } {
   const listing = aptCache(['depends', `linux-image-${arch.debian}:${arch.debian}`])
   const match = new RegExp(`Depends: (linux-image-(\\d\\S*-${arch.debian}))`).exec(listing)
-  if (!match?.[1] || !match[2]) throw new Error(`lab: cannot find the kernel package linux-image-${arch.debian} depends on`)
+  if (!match?.[1] || !match[2])
+    throw new Error(`lab: cannot find the kernel package linux-image-${arch.debian} depends on`)
   const [, packageName, version] = match as unknown as [string, string, string]
   const root = path.join(CACHE, packageName)
   if (!fs.existsSync(path.join(root, 'boot', `vmlinuz-${version}`))) {
@@ -105,7 +149,8 @@ function buildMissingModules(arch: Architecture, root: string, version: string):
   if (wanted.length === 0) return
   log(`building ${wanted.map(([name]) => name).join(', ')} for ${version}`)
   const compiler = `${arch.triplet}-gcc-12`
-  if (spawnSync('which', [compiler]).status !== 0) run('apt-get', ['install', '-y', '-qq', '--no-install-recommends', `gcc-${arch.triplet.replace(/_/g, '-')}`])
+  if (spawnSync('which', [compiler]).status !== 0)
+    run('apt-get', ['install', '-y', '-qq', '--no-install-recommends', `gcc-${arch.triplet.replace(/_/g, '-')}`])
   const headers = `linux-headers-${version}`
   const show = aptCache(['show', `${headers}:${arch.debian}`])
   // The headers need their common half at their own version, and kbuild at that version or newer.
@@ -122,20 +167,38 @@ function buildMissingModules(arch: Architecture, root: string, version: string):
   fs.rmSync(tree, { recursive: true, force: true })
   for (const deb of download(path.join(CACHE, 'download'), [`${headers}:${arch.debian}`, common, kbuild, source])) {
     if (deb.includes('linux-source-')) {
-      const sources = Object.values(arch.missingModules).map((file) => `linux-source-${/^(\d+\.\d+)/.exec(version)?.[1] ?? ''}/${file}`)
-      execFileSync('sh', ['-c', `dpkg-deb --fsys-tarfile "$1" | tar -xO --wildcards './usr/src/linux-source-*.tar.xz' | tar -xJ -C "$2" ${sources.map((file) => `'${file}'`).join(' ')}`, 'sh', deb, tree], { stdio: 'pipe' })
+      const sources = Object.values(arch.missingModules).map(
+        (file) => `linux-source-${/^(\d+\.\d+)/.exec(version)?.[1] ?? ''}/${file}`,
+      )
+      execFileSync(
+        'sh',
+        [
+          '-c',
+          `dpkg-deb --fsys-tarfile "$1" | tar -xO --wildcards './usr/src/linux-source-*.tar.xz' | tar -xJ -C "$2" ${sources.map((file) => `'${file}'`).join(' ')}`,
+          'sh',
+          deb,
+          tree,
+        ],
+        { stdio: 'pipe' },
+      )
     } else run('dpkg-deb', ['-x', deb, tree])
     fs.rmSync(deb)
   }
   // Debian's headers Makefile includes the common tree by its installed, absolute path.
   const headersDir = path.join(tree, 'usr', 'src', headers)
   const makefile = path.join(headersDir, 'Makefile')
-  fs.writeFileSync(makefile, fs.readFileSync(makefile, 'utf8').replace(/^include \/usr\/src\//m, `include ${tree}/usr/src/`))
+  fs.writeFileSync(
+    makefile,
+    fs.readFileSync(makefile, 'utf8').replace(/^include \/usr\/src\//m, `include ${tree}/usr/src/`),
+  )
   fs.mkdirSync(extra, { recursive: true })
   for (const [name, file] of wanted) {
     const build = path.join(tree, 'build', name)
     fs.mkdirSync(build, { recursive: true })
-    fs.copyFileSync(path.join(tree, fs.readdirSync(tree).find((entry) => entry.startsWith('linux-source-')) ?? '', file), path.join(build, path.basename(file)))
+    fs.copyFileSync(
+      path.join(tree, fs.readdirSync(tree).find((entry) => entry.startsWith('linux-source-')) ?? '', file),
+      path.join(build, path.basename(file)),
+    )
     fs.writeFileSync(path.join(build, 'Kbuild'), `obj-m := ${path.basename(file, '.c')}.o\n`)
     run('make', ['-C', headersDir, `M=${build}`, `CROSS_COMPILE=${arch.triplet}-`, 'modules'])
     fs.copyFileSync(path.join(build, `${name}.ko`), path.join(extra, `${name}.ko`))
@@ -151,9 +214,24 @@ function moduleClosure(root: string, version: string, wanted: string[]): Map<str
   for (const line of fs.readFileSync(path.join(base, 'modules.dep'), 'utf8').split('\n')) {
     const [file, rest] = line.split(':')
     if (!file) continue
-    const name = path.basename(file).replace(/\.ko(\.\w+)?$/, '').replace(/-/g, '_')
+    const name = path
+      .basename(file)
+      .replace(/\.ko(\.\w+)?$/, '')
+      .replace(/-/g, '_')
     files.set(name, path.join(base, file))
-    deps.set(name, (rest ?? '').trim().split(/\s+/).filter(Boolean).map((dep) => path.basename(dep).replace(/\.ko(\.\w+)?$/, '').replace(/-/g, '_')))
+    deps.set(
+      name,
+      (rest ?? '')
+        .trim()
+        .split(/\s+/)
+        .filter(Boolean)
+        .map((dep) =>
+          path
+            .basename(dep)
+            .replace(/\.ko(\.\w+)?$/, '')
+            .replace(/-/g, '_'),
+        ),
+    )
   }
   const ordered = new Map<string, string>()
   const visit = (name: string): void => {
@@ -200,9 +278,18 @@ function hostUserland(arch: Architecture): Userland {
 /** Debian packages and the lib* packages they depend on, transitively: one apt-cache call per level. */
 function packageClosure(arch: Architecture, roots: string[]): string[] {
   const seen = new Set<string>()
-  for (let level = roots; level.length > 0; ) {
+  for (let level = roots; level.length > 0;) {
     for (const name of level) seen.add(name)
-    const listing = aptCache(['depends', '--no-recommends', '--no-suggests', '--no-conflicts', '--no-breaks', '--no-replaces', '--no-enhances', ...level.map((name) => `${name}:${arch.debian}`)])
+    const listing = aptCache([
+      'depends',
+      '--no-recommends',
+      '--no-suggests',
+      '--no-conflicts',
+      '--no-breaks',
+      '--no-replaces',
+      '--no-enhances',
+      ...level.map((name) => `${name}:${arch.debian}`),
+    ])
     const dependencies = [...listing.matchAll(/^\s*(?:Pre)?Depends: (lib[^\s:<>]+)/gm)].map((found) => found[1] ?? '')
     level = [...new Set(dependencies)].filter((name) => name && !seen.has(name))
   }
@@ -229,21 +316,34 @@ function foreignUserland(arch: Architecture): Userland {
   // The assembled package list and its versions: a later build asks apt only for those versions (each
   // apt-cache call reads the whole multi-architecture index), and works out the closure again only when they moved.
   const stamp = path.join(cache, 'sysroot.json')
-  const versionsOf = (packages: string[]): string => aptCache(['policy', ...packages.map((name) => `${name}:${arch.debian}`)]).replace(/^\s+(Installed|Version table).*$/gm, '')
-  const recorded = fs.existsSync(stamp) ? (JSON.parse(fs.readFileSync(stamp, 'utf8')) as { packages: string[]; versions: string }) : undefined
+  const versionsOf = (packages: string[]): string =>
+    aptCache(['policy', ...packages.map((name) => `${name}:${arch.debian}`)]).replace(
+      /^\s+(Installed|Version table).*$/gm,
+      '',
+    )
+  const recorded = fs.existsSync(stamp)
+    ? (JSON.parse(fs.readFileSync(stamp, 'utf8')) as { packages: string[]; versions: string })
+    : undefined
   let versions = recorded ? versionsOf(recorded.packages) : ''
   if (!recorded || versions !== recorded.versions) {
     const packages = packageClosure(arch, USERLAND_PACKAGES)
     versions = versionsOf(packages)
     log(`assembling the ${arch.name} userland from ${packages.length} Debian packages`)
     fs.rmSync(sysroot, { recursive: true, force: true })
-    for (const deb of download(path.join(cache, 'download'), packages.map((name) => `${name}:${arch.debian}`))) {
+    for (const deb of download(
+      path.join(cache, 'download'),
+      packages.map((name) => `${name}:${arch.debian}`),
+    )) {
       run('dpkg-deb', ['-x', deb, sysroot])
       fs.rmSync(deb)
     }
     fs.writeFileSync(stamp, JSON.stringify({ packages, versions }))
   }
-  const koffiVersion = (JSON.parse(fs.readFileSync(path.join(PROJECT, 'node_modules', 'koffi', 'package.json'), 'utf8')) as { version: string }).version
+  const koffiVersion = (
+    JSON.parse(fs.readFileSync(path.join(PROJECT, 'node_modules', 'koffi', 'package.json'), 'utf8')) as {
+      version: string
+    }
+  ).version
   const nodeSpec = `node-linux-${arch.node}@${process.versions.node}`
   const koffiSpec = `@koromix/koffi-linux-${arch.node}@${koffiVersion}`
   return {
@@ -290,7 +390,9 @@ function copyWithLibraries(arch: Architecture, sysroot: string, source: string, 
   const pending = [source]
   for (let binary = pending.shift(); binary !== undefined; binary = pending.shift()) {
     const interpreter = /program interpreter: ([^\]]+)\]/.exec(run('readelf', ['-lW', binary]))?.[1]
-    const needed = [...run('readelf', ['-dW', binary]).matchAll(/\(NEEDED\)\s+Shared library: \[([^\]]+)\]/g)].map((found) => findLibrary(arch, sysroot, found[1] ?? ''))
+    const needed = [...run('readelf', ['-dW', binary]).matchAll(/\(NEEDED\)\s+Shared library: \[([^\]]+)\]/g)].map(
+      (found) => findLibrary(arch, sysroot, found[1] ?? ''),
+    )
     for (const library of interpreter ? [interpreter, ...needed] : needed) {
       if (fs.existsSync(path.join(rootfs, library))) continue
       const real = resolveWithin(sysroot, library)
@@ -312,7 +414,9 @@ function copyTree(from: string, to: string): void {
 
 /** Every input's content, so a change anywhere rebuilds. */
 function inputsDigest(arch: Architecture, kernelVersion: string, userland: Userland): string {
-  const hash = createHash('sha256').update(kernelVersion).update(JSON.stringify([arch, MODULES, MEDIA_MODULES, DEVICE_TOOLS, userland.identity]))
+  const hash = createHash('sha256')
+    .update(kernelVersion)
+    .update(JSON.stringify([arch, MODULES, MEDIA_MODULES, DEVICE_TOOLS, userland.identity]))
   const addTree = (dir: string): void => {
     if (!fs.existsSync(dir)) return
     if (!fs.statSync(dir).isDirectory()) {
@@ -325,11 +429,17 @@ function inputsDigest(arch: Architecture, kernelVersion: string, userland: Userl
       else hash.update(full).update(entry.isSymbolicLink() ? fs.readlinkSync(full) : fs.readFileSync(full))
     }
   }
-  for (const dir of ['dist', 'init', 'etc', 'qemu/image', 'qemu/lab', 'node_modules/koffi/package.json']) addTree(path.join(PROJECT, dir))
+  for (const dir of ['dist', 'init', 'etc', 'qemu/image', 'qemu/lab', 'node_modules/koffi/package.json'])
+    addTree(path.join(PROJECT, dir))
   return hash.digest('hex')
 }
 
-function buildInitramfs(kernel: { root: string; version: string }, userland: Userland, images: Images, staging: string): void {
+function buildInitramfs(
+  kernel: { root: string; version: string },
+  userland: Userland,
+  images: Images,
+  staging: string,
+): void {
   fs.rmSync(staging, { recursive: true, force: true })
   copyFile(userland.busybox, path.join(staging, 'bin', 'busybox'))
   copyFile(path.join(LAB, 'image', 'initramfs', 'init'), path.join(staging, 'init'))
@@ -338,7 +448,11 @@ function buildInitramfs(kernel: { root: string; version: string }, userland: Use
   const generic = [...moduleClosure(kernel.root, kernel.version, MODULES).keys()]
   fs.writeFileSync(path.join(staging, 'modules.list'), `${generic.join('\n')}\n`)
   const list = run('find', ['.', '-print0'], { cwd: staging })
-  const archive = execFileSync('cpio', ['-o', '-H', 'newc', '-0', '--quiet'], { cwd: staging, input: list, maxBuffer: 1 << 28 })
+  const archive = execFileSync('cpio', ['-o', '-H', 'newc', '-0', '--quiet'], {
+    cwd: staging,
+    input: list,
+    maxBuffer: 1 << 28,
+  })
   fs.writeFileSync(images.initramfs, execFileSync('gzip', ['-1'], { input: archive, maxBuffer: 1 << 28 }))
 }
 
@@ -354,24 +468,106 @@ function installApplets(staging: string): void {
 
 function buildRootfs(arch: Architecture, userland: Userland, images: Images, staging: string): void {
   fs.rmSync(staging, { recursive: true, force: true })
-  for (const dir of ['proc', 'sys', 'dev', 'run', 'tmp', 'rom', 'overlay', 'mnt', 'root', 'etc', 'usr/sbin', 'usr/bin', 'sbin', 'bin', 'var']) fs.mkdirSync(path.join(staging, dir), { recursive: true })
+  for (const dir of [
+    'proc',
+    'sys',
+    'dev',
+    'run',
+    'tmp',
+    'rom',
+    'overlay',
+    'mnt',
+    'root',
+    'etc',
+    'usr/sbin',
+    'usr/bin',
+    'sbin',
+    'bin',
+    'var',
+  ])
+    fs.mkdirSync(path.join(staging, dir), { recursive: true })
   copyFile(userland.busybox, path.join(staging, 'bin', 'busybox'))
   installApplets(staging)
   copyTree(path.join(LAB, 'image', 'rootfs'), staging)
   copyFile(path.join(PROJECT, 'etc', 'ovroot.conf'), path.join(staging, 'etc', 'ovroot.conf'))
   copyFile(path.join(PROJECT, 'init', 'ovroot-init'), path.join(staging, 'sbin', 'ovroot-init'))
   copyWithLibraries(arch, userland.sysroot, userland.node, staging, '/usr/bin/node')
-  for (const tool of userland.tools) copyWithLibraries(arch, userland.sysroot, resolveWithin(userland.sysroot, packagedPath(userland.sysroot, tool)), staging, tool)
+  for (const tool of userland.tools)
+    copyWithLibraries(
+      arch,
+      userland.sysroot,
+      resolveWithin(userland.sysroot, packagedPath(userland.sysroot, tool)),
+      staging,
+      tool,
+    )
   const lib = path.join(staging, 'usr', 'lib', 'ovroot')
   copyTree(path.join(PROJECT, 'dist'), lib)
   copyTree(path.join(PROJECT, 'node_modules', 'koffi'), path.join(lib, 'node_modules', 'koffi'))
   // The device runs glibc: koffi's musl build for the same CPU would be dead weight.
   const native = path.join(lib, 'node_modules', '@koromix', `koffi-linux-${arch.node}`)
   copyTree(userland.koffi, native)
-  for (const variant of fs.readdirSync(native)) if (variant.startsWith('musl')) fs.rmSync(path.join(native, variant), { recursive: true })
+  for (const variant of fs.readdirSync(native))
+    if (variant.startsWith('musl')) fs.rmSync(path.join(native, variant), { recursive: true })
   fs.symlinkSync('../lib/ovroot/ovroot.js', path.join(staging, 'usr', 'sbin', 'ovroot'))
+  buildUnloadableInits(staging)
   fs.rmSync(images.rootfs, { force: true })
   run('mksquashfs', [staging, images.rootfs, '-comp', 'lz4', '-all-root', '-noappend', '-quiet', '-no-progress'])
+}
+
+const EM_X86_64 = 62
+const EM_AARCH64 = 183
+const PT_INTERP = 3
+
+/**
+ * Inits that exist and are executable but that the kernel cannot run, made
+ * from the image's own binaries, for the shim's fallback tests (ovroot.boot.init=):
+ * a script whose interpreter is missing, a binary for another machine, a
+ * binary whose program interpreter (ld.so) is missing, and a truncated binary
+ * (execve succeeds; it dies at its first page fault beyond the end).
+ */
+function buildUnloadableInits(staging: string): void {
+  const dir = path.join(staging, 'usr', 'lib', 'ovroot-lab', 'unloadable-init')
+  fs.mkdirSync(dir, { recursive: true })
+  const write = (name: string, content: Buffer | string): void => {
+    fs.writeFileSync(path.join(dir, name), content)
+    fs.chmodSync(path.join(dir, name), 0o755)
+  }
+  write('missing-interpreter', '#!/usr/bin/lua\nprint("never runs")\n')
+  const busybox = fs.readFileSync(path.join(staging, 'bin', 'busybox'))
+  write('truncated', busybox.subarray(0, busybox.length >> 1))
+  const foreign = Buffer.from(busybox)
+  const littleEndian = foreign[5] === 1
+  const machine = littleEndian ? foreign.readUInt16LE(18) : foreign.readUInt16BE(18)
+  const other = machine === EM_X86_64 ? EM_AARCH64 : EM_X86_64
+  if (littleEndian) foreign.writeUInt16LE(other, 18)
+  else foreign.writeUInt16BE(other, 18)
+  write('other-machine', foreign)
+  write(
+    'missing-loader',
+    withInterpreter(fs.readFileSync(path.join(staging, 'usr', 'sbin', 'mkfs.ext4')), '/lib/ld-missing.so.1'),
+  )
+}
+
+/** A dynamically linked 64-bit ELF with its program interpreter renamed (the new name no longer than the old). */
+function withInterpreter(elf: Buffer, interpreter: string): Buffer {
+  const copy = Buffer.from(elf)
+  const littleEndian = copy[5] === 1
+  if (copy[4] !== 2) throw new Error('lab: expected a 64-bit ELF')
+  const u16 = (at: number): number => (littleEndian ? copy.readUInt16LE(at) : copy.readUInt16BE(at))
+  const u32 = (at: number): number => (littleEndian ? copy.readUInt32LE(at) : copy.readUInt32BE(at))
+  const u64 = (at: number): number => Number(littleEndian ? copy.readBigUInt64LE(at) : copy.readBigUInt64BE(at))
+  const phoff = u64(32)
+  for (let index = 0; index < u16(56); index++) {
+    const header = phoff + index * u16(54)
+    if (u32(header) !== PT_INTERP) continue
+    const offset = u64(header + 8)
+    const size = u64(header + 32)
+    if (interpreter.length + 1 > size) throw new Error(`lab: ${interpreter} is longer than the interpreter it replaces`)
+    copy.fill(0, offset, offset + size)
+    copy.write(interpreter, offset, 'latin1')
+    return copy
+  }
+  throw new Error('lab: the binary has no program interpreter')
 }
 
 /** Build what is missing or stale for this architecture; answer the image paths. One builder at a time. */
@@ -402,7 +598,11 @@ function buildIfStale(arch: Architecture, force: boolean): Images {
   const userland = arch === hostArchitecture() ? hostUserland(arch) : foreignUserland(arch)
   const digest = inputsDigest(arch, kernel.version, userland)
   const stamp = path.join(images.dir, 'inputs.sha256')
-  const fresh = !force && fs.existsSync(stamp) && fs.readFileSync(stamp, 'utf8') === digest && [images.kernel, images.initramfs, images.rootfs].every((file) => fs.existsSync(file))
+  const fresh =
+    !force &&
+    fs.existsSync(stamp) &&
+    fs.readFileSync(stamp, 'utf8') === digest &&
+    [images.kernel, images.initramfs, images.rootfs].every((file) => fs.existsSync(file))
   if (fresh) return images
   log(`building ${arch.name} images (kernel ${kernel.version})`)
   fs.mkdirSync(images.dir, { recursive: true })

@@ -78,10 +78,32 @@ function failingReads(image: string, dir: string): string {
 
 function qemuArguments(options: BootOptions, interactive: boolean): string[] {
   const images = ensureImages(options.arch)
-  const append = [`console=${options.arch.console}`, 'quiet', 'panic=-1', 'init=/sbin/ovroot-init', `lab.media=${options.media}`, ...MEDIA_ARGUMENTS[options.media]]
+  const append = [
+    `console=${options.arch.console}`,
+    'quiet',
+    'panic=-1',
+    'init=/sbin/ovroot-init',
+    `lab.media=${options.media}`,
+    ...MEDIA_ARGUMENTS[options.media],
+  ]
   if (options.run !== undefined) append.push(`lab.run=${Buffer.from(options.run).toString('base64')}`)
   if (options.append) append.push(options.append)
-  const args = [...options.arch.machine, '-accel', 'tcg', '-m', String(options.memory), '-no-reboot', '-nic', 'none', '-kernel', images.kernel, '-initrd', images.initramfs, '-append', append.join(' ')]
+  const args = [
+    ...options.arch.machine,
+    '-accel',
+    'tcg',
+    '-m',
+    String(options.memory),
+    '-no-reboot',
+    '-nic',
+    'none',
+    '-kernel',
+    images.kernel,
+    '-initrd',
+    images.initramfs,
+    '-append',
+    append.join(' '),
+  ]
   args.push('-drive', `file=${images.rootfs},if=virtio,format=raw,readonly=on`)
   if (options.media !== 'ram' && !options.noFlash) {
     const flash = options.flash ?? path.join(images.dir, `default-${options.media}.flash`)
@@ -106,14 +128,15 @@ async function boot(options: BootOptions): Promise<number> {
   let console = ''
   let printed = 0
   let status: number | undefined
-  let cut = false
+  // An object, not a let: the timer sets it, and TypeScript would take a let for still false at the end.
+  const power = { cut: false }
   let begun = false
   let cutArmed = false
   const armCut = (): void => {
     if (cutArmed || options.cutAfter === undefined) return
     cutArmed = true
     setTimeout(() => {
-      cut = true
+      power.cut = true
       child.kill('SIGKILL')
     }, options.cutAfter * 1000)
   }
@@ -145,12 +168,14 @@ async function boot(options: BootOptions): Promise<number> {
   const exit = await new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))
   clearTimeout(timer)
   log.end()
-  if (cut) {
+  if (power.cut) {
     process.stderr.write('qemu/vm: power cut\n')
     return 137
   }
   if (status === undefined) {
-    process.stderr.write(`qemu/vm: the device did not report the command's end (qemu exit ${exit}); last console lines:\n${console.split('\n').slice(-25).join('\n')}\n`)
+    process.stderr.write(
+      `qemu/vm: the device did not report the command's end (qemu exit ${exit}); last console lines:\n${console.split('\n').slice(-25).join('\n')}\n`,
+    )
     return 125
   }
   return status
@@ -159,11 +184,20 @@ async function boot(options: BootOptions): Promise<number> {
 async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv
   if (command === 'build') {
-    const { values } = parseArgs({ args: rest, options: { force: { type: 'boolean', default: false }, arch: { type: 'string', default: hostArchitecture().name } } })
+    const { values } = parseArgs({
+      args: rest,
+      options: {
+        force: { type: 'boolean', default: false },
+        arch: { type: 'string', default: hostArchitecture().name },
+      },
+    })
     ensureImages(architectureNamed(values.arch), values.force)
     return 0
   }
-  if (command !== 'boot') fail('usage: qemu/vm build [--arch ARCH] [--force] | qemu/vm boot [--arch ARCH] [--flash FILE] [--media nor|nand|ext4|f2fs|ram] [--no-flash] [--flash-errors] [--memory MB] [--append ARGS] [--run CMD [--cut-after S [--cut-on TEXT]]] [--timeout S] [--verbose]')
+  if (command !== 'boot')
+    fail(
+      'usage: qemu/vm build [--arch ARCH] [--force] | qemu/vm boot [--arch ARCH] [--flash FILE] [--media nor|nand|ext4|f2fs|ram] [--no-flash] [--flash-errors] [--memory MB] [--append ARGS] [--run CMD [--cut-after S [--cut-on TEXT]]] [--timeout S] [--verbose]',
+    )
   const { values } = parseArgs({
     args: rest,
     options: {
@@ -184,9 +218,11 @@ async function main(argv: string[]): Promise<number> {
   const media = values.media as Media
   if (!MEDIA.includes(media)) fail(`--media ${values.media}: expected one of ${MEDIA.join(', ')}`)
   const memory = Number(values.memory)
-  if (!Number.isInteger(memory) || memory < 64) fail(`--memory ${values.memory}: expected a whole number of MB, at least 64`)
+  if (!Number.isInteger(memory) || memory < 64)
+    fail(`--memory ${values.memory}: expected a whole number of MB, at least 64`)
   const cutAfter = values['cut-after'] === undefined ? undefined : Number(values['cut-after'])
-  if (cutAfter !== undefined && (!(cutAfter >= 0) || values.run === undefined)) fail('--cut-after takes seconds and goes with --run')
+  if (cutAfter !== undefined && (!(cutAfter >= 0) || values.run === undefined))
+    fail('--cut-after takes seconds and goes with --run')
   return boot({
     arch: architectureNamed(values.arch),
     flash: values.flash,

@@ -22,9 +22,25 @@ const CHUNK = 64 * 1024
 const TAG = 16
 const SCRYPT = { log2N: 15, r: 8, p: 1 }
 
-function deriveKeys(passphrase: Buffer, salt: Buffer, log2N: number, r: number, p: number): { cipher: Buffer; check: Buffer } {
-  const keys = scryptSync(passphrase, salt, 64, { N: 2 ** log2N, r, p, maxmem: 256 << 20 })
-  return { cipher: keys.subarray(0, 32), check: keys.subarray(32) }
+interface Keys {
+  cipher: Buffer
+  check: Buffer
+}
+
+/**
+ * The last derivation, kept: a live restore reads the archive twice (verify,
+ * then stage), and each derivation costs 32 MiB and a good fraction of a
+ * second on a device.
+ */
+let lastDerived: { input: Buffer; keys: Keys } | undefined
+
+function deriveKeys(passphrase: Buffer, salt: Buffer, log2N: number, r: number, p: number): Keys {
+  const input = Buffer.concat([salt, Buffer.from([log2N, r, p]), passphrase])
+  if (lastDerived?.input.equals(input)) return lastDerived.keys
+  const derived = scryptSync(passphrase, salt, 64, { N: 2 ** log2N, r, p, maxmem: 64 << 20 })
+  const keys = { cipher: derived.subarray(0, 32), check: derived.subarray(32) }
+  lastDerived = { input, keys }
+  return keys
 }
 
 /** The passphrase file's content, without one trailing newline (as `echo pass > file` leaves it). */
@@ -54,8 +70,16 @@ export class Encrypt extends Transform {
     const salt = randomBytes(16)
     const keys = deriveKeys(passphrase, salt, SCRYPT.log2N, SCRYPT.r, SCRYPT.p)
     this.key = keys.cipher
-    const unchecked = Buffer.concat([ENCRYPTED_MAGIC, salt, Buffer.from([SCRYPT.log2N, SCRYPT.r, SCRYPT.p]), this.prefix])
-    this.header = Buffer.concat([unchecked, createHmac('sha256', keys.check).update(unchecked).digest().subarray(0, 16)])
+    const unchecked = Buffer.concat([
+      ENCRYPTED_MAGIC,
+      salt,
+      Buffer.from([SCRYPT.log2N, SCRYPT.r, SCRYPT.p]),
+      this.prefix,
+    ])
+    this.header = Buffer.concat([
+      unchecked,
+      createHmac('sha256', keys.check).update(unchecked).digest().subarray(0, 16),
+    ])
     this.push(this.header)
   }
 
@@ -63,18 +87,18 @@ export class Encrypt extends Transform {
     this.pending = Buffer.concat([this.pending, chunk])
     // Keep the last chunk back: only at the end is it known to be the final one.
     while (this.pending.length > CHUNK) {
-      this.seal(this.pending.subarray(0, CHUNK), false)
+      this.seal(this.pending.subarray(0, CHUNK), { final: false })
       this.pending = this.pending.subarray(CHUNK)
     }
     done()
   }
 
   override _flush(done: TransformCallback): void {
-    this.seal(this.pending, true)
+    this.seal(this.pending, { final: true })
     done()
   }
 
-  private seal(plain: Buffer, final: boolean): void {
+  private seal(plain: Buffer, { final }: { final: boolean }): void {
     const cipher = createCipheriv('aes-256-gcm', this.key, nonce(this.prefix, this.index++))
     cipher.setAAD(aad(this.header, final))
     const body = Buffer.concat([cipher.update(plain), cipher.final(), cipher.getAuthTag()])
@@ -84,7 +108,8 @@ export class Encrypt extends Transform {
   }
 }
 
-const tampered = (what: string): OvrootError => new OvrootError('ETAMPERED', ExitCode.data, `encrypted backup is damaged or was tampered with (${what})`)
+const tampered = (what: string): OvrootError =>
+  new OvrootError('ETAMPERED', ExitCode.data, `encrypted backup is damaged or was tampered with (${what})`)
 
 export class Decrypt extends Transform {
   private header: Buffer | undefined
@@ -100,7 +125,7 @@ export class Decrypt extends Transform {
   override _transform(chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback): void {
     this.pending = Buffer.concat([this.pending, chunk])
     try {
-      this.drain(false)
+      this.drain({ atEnd: false })
       done()
     } catch (error) {
       done(error as Error)
@@ -109,7 +134,7 @@ export class Decrypt extends Transform {
 
   override _flush(done: TransformCallback): void {
     try {
-      this.drain(true)
+      this.drain({ atEnd: true })
       if (!this.sawFinal) throw tampered('it ends before its last chunk: truncated')
       done()
     } catch (error) {
@@ -117,7 +142,7 @@ export class Decrypt extends Transform {
     }
   }
 
-  private drain(atEnd: boolean): void {
+  private drain({ atEnd }: { atEnd: boolean }): void {
     if (!this.header) {
       if (this.pending.length < HEADER_BYTES) {
         if (atEnd) throw tampered('shorter than its header')
@@ -134,7 +159,7 @@ export class Decrypt extends Transform {
       // Whether a chunk is the last is known only once something follows it, or the stream ends.
       if (this.pending.length < total || (!atEnd && this.pending.length === total)) break
       const final = atEnd && this.pending.length === total
-      this.open(this.pending.subarray(4, 4 + length), this.pending.subarray(4 + length, total), final)
+      this.open(this.pending.subarray(4, 4 + length), this.pending.subarray(4 + length, total), { final })
       this.pending = this.pending.subarray(total)
     }
     if (atEnd && this.pending.length > 0) throw tampered('it ends inside a chunk: truncated')
@@ -143,16 +168,28 @@ export class Decrypt extends Transform {
   private openHeader(header: Buffer): void {
     if (!header.subarray(0, 8).equals(ENCRYPTED_MAGIC)) throw tampered('no ovroot encryption header')
     const [log2N = 0, r = 0, p = 0] = header.subarray(24, 27)
-    if (log2N < 10 || log2N > 20 || r < 1 || r > 32 || p < 1 || p > 16) throw tampered('impossible key-derivation parameters')
+    // Only what backup writes: the parameters are read before anything can be checked, so any other value is an attacker's choice of cost.
+    if (log2N !== SCRYPT.log2N || r !== SCRYPT.r || p !== SCRYPT.p)
+      throw tampered(
+        `key-derivation parameters N=2^${log2N} r=${r} p=${p}, not the N=2^${SCRYPT.log2N} r=${SCRYPT.r} p=${SCRYPT.p} ovroot writes`,
+      )
     const keys = deriveKeys(this.passphrase, header.subarray(8, 24), log2N, r, p)
-    const check = createHmac('sha256', keys.check).update(header.subarray(0, HEADER_BYTES - 16)).digest().subarray(0, 16)
-    if (!timingSafeEqual(check, header.subarray(HEADER_BYTES - 16))) throw new OvrootError('EPASSPHRASE', ExitCode.data, 'wrong passphrase for this encrypted backup')
+    const check = createHmac('sha256', keys.check)
+      .update(header.subarray(0, HEADER_BYTES - 16))
+      .digest()
+      .subarray(0, 16)
+    if (!timingSafeEqual(check, header.subarray(HEADER_BYTES - 16)))
+      throw new OvrootError('EPASSPHRASE', ExitCode.data, 'wrong passphrase for this encrypted backup')
     this.header = header
     this.key = keys.cipher
   }
 
-  private open(ciphertext: Buffer, tag: Buffer, final: boolean): void {
-    const decipher = createDecipheriv('aes-256-gcm', this.key ?? Buffer.alloc(32), nonce((this.header ?? Buffer.alloc(HEADER_BYTES)).subarray(27, 35), this.index))
+  private open(ciphertext: Buffer, tag: Buffer, { final }: { final: boolean }): void {
+    const decipher = createDecipheriv(
+      'aes-256-gcm',
+      this.key ?? Buffer.alloc(32),
+      nonce((this.header ?? Buffer.alloc(HEADER_BYTES)).subarray(27, 35), this.index),
+    )
     decipher.setAAD(aad(this.header ?? Buffer.alloc(0), final))
     decipher.setAuthTag(tag)
     try {
@@ -163,5 +200,4 @@ export class Decrypt extends Transform {
     this.index++
     this.sawFinal = final
   }
-
 }

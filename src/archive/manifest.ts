@@ -37,14 +37,24 @@ const TRAILER_TAG = 'ovroot-end '
 export const encodeHeader = (header: BackupHeader): string => HEADER_TAG + JSON.stringify(header)
 export const encodeTrailer = (trailer: BackupTrailer): string => TRAILER_TAG + JSON.stringify(trailer)
 
-export type GlobalRecord = { kind: 'header'; header: BackupHeader } | { kind: 'trailer'; trailer: BackupTrailer } | { kind: 'other' }
+export type GlobalRecord =
+  { kind: 'header'; header: BackupHeader } | { kind: 'trailer'; trailer: BackupTrailer } | { kind: 'other' }
+
+/** What a header must have before the rest of it is read as written. */
+function isBackupHeader(value: unknown): value is BackupHeader {
+  const header = value as { format?: unknown; firmware?: { digest?: unknown } } | null
+  return header?.format === 'ovroot-backup' && typeof header.firmware?.digest === 'string'
+}
 
 export function decodeGlobal(comment: string): GlobalRecord {
   try {
     if (comment.startsWith(HEADER_TAG)) {
-      const header = JSON.parse(comment.slice(HEADER_TAG.length)) as BackupHeader
-      if (header.format !== 'ovroot-backup' || typeof header.firmware?.digest !== 'string') throw new Error('fields')
-      if (header.version > FORMAT_VERSION) throw corrupt(`backup format version ${header.version} is newer than this ovroot reads (${FORMAT_VERSION}); update ovroot`)
+      const header: unknown = JSON.parse(comment.slice(HEADER_TAG.length))
+      if (!isBackupHeader(header)) throw new Error('fields')
+      if (header.version > FORMAT_VERSION)
+        throw corrupt(
+          `backup format version ${header.version} is newer than this ovroot reads (${FORMAT_VERSION}); update ovroot`,
+        )
       return { kind: 'header', header }
     }
     if (comment.startsWith(TRAILER_TAG)) {
@@ -65,7 +75,8 @@ export interface FileSums {
   base?: string
 }
 
-export const encodeSums = (sums: FileSums): string => `ovroot sha256=${sums.sha256}${sums.base ? ` base=${sums.base}` : ''}`
+export const encodeSums = (sums: FileSums): string =>
+  `ovroot sha256=${sums.sha256}${sums.base ? ` base=${sums.base}` : ''}`
 
 export function decodeSums(comment: string | undefined): FileSums | undefined {
   const match = comment === undefined ? null : /^ovroot sha256=([0-9a-f]{64})(?: base=([0-9a-f]{64}))?$/.exec(comment)

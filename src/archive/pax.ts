@@ -6,7 +6,7 @@
  * than one header block and one extended header, whatever the archive's size.
  */
 import { ExitCode, OvrootError } from '../errors.js'
-import type { EntryKind, UpperEntry } from '../upper/entry.js'
+import type { EntryKind, UpperEntry } from '../sys/types.js'
 
 export type TarType = EntryKind
 
@@ -18,14 +18,64 @@ export interface TarEntry extends UpperEntry {
 
 export const BLOCK = 512
 
-const TYPE_FLAG: Record<TarType, string> = { file: '0', hardlink: '1', symlink: '2', char: '3', block: '4', dir: '5', fifo: '6' }
-const TYPE_OF_FLAG = new Map<string, TarType>([...Object.entries(TYPE_FLAG).map(([type, flag]) => [flag, type as TarType] as const), ['\0', 'file'], ['7', 'file']])
+/**
+ * The largest extended header (pax `x`/`g`, GNU `L`/`K`) read: far above what
+ * a backup writes (names up to 4 KiB, xattrs up to 64 KiB each), far below a
+ * 128 MiB device's memory.
+ */
+export const EXTENDED_HEADER_LIMIT = 1 << 20
+
+const TYPE_FLAG: Record<TarType, string> = {
+  file: '0',
+  hardlink: '1',
+  symlink: '2',
+  char: '3',
+  block: '4',
+  dir: '5',
+  fifo: '6',
+}
+const TYPE_OF_FLAG = new Map<string, TarType>([
+  ...Object.entries(TYPE_FLAG).map(([type, flag]) => [flag, type as TarType] as const),
+  ['\0', 'file'],
+  ['7', 'file'],
+])
+
+interface Field {
+  readonly offset: number
+  readonly width: number
+}
+
+/** Where each field of a ustar header block lies, for the writer and the reader alike. */
+const FIELD = {
+  name: { offset: 0, width: 100 },
+  mode: { offset: 100, width: 8 },
+  uid: { offset: 108, width: 8 },
+  gid: { offset: 116, width: 8 },
+  size: { offset: 124, width: 12 },
+  mtime: { offset: 136, width: 12 },
+  checksum: { offset: 148, width: 8 },
+  typeFlag: { offset: 156, width: 1 },
+  linkName: { offset: 157, width: 100 },
+  /** `ustar\0`, then the version `00`. */
+  magic: { offset: 257, width: 6 },
+  version: { offset: 263, width: 2 },
+  devMajor: { offset: 329, width: 8 },
+  devMinor: { offset: 337, width: 8 },
+  prefix: { offset: 345, width: 155 },
+} as const satisfies Record<string, Field>
+
+const fieldText = (block: Buffer, field: Field): string =>
+  block.toString('latin1', field.offset, field.offset + field.width)
 
 /** The largest value an octal field of `width` bytes holds (one byte is the terminator). */
 const octalLimit = (width: number): number => 8 ** (width - 1) - 1
 
 function paxRecord(key: string, value: Buffer | string): Buffer {
-  const body = Buffer.concat([Buffer.from(` ${key}=`), Buffer.isBuffer(value) ? value : Buffer.from(value), Buffer.from('\n')])
+  const body = Buffer.concat([
+    Buffer.from(` ${key}=`),
+    Buffer.isBuffer(value) ? value : Buffer.from(value),
+    Buffer.from('\n'),
+  ])
   let length = body.length + 1
   while (String(length).length + body.length !== length) length = String(length).length + body.length
   return Buffer.concat([Buffer.from(String(length)), body])
@@ -50,30 +100,55 @@ interface HeaderFields {
 
 function ustarHeader(fields: HeaderFields): Buffer {
   const header = Buffer.alloc(BLOCK)
-  const octal = (value: number, offset: number, width: number): void => {
-    header.write(`${Math.min(value, octalLimit(width)).toString(8).padStart(width - 1, '0')}\0`, offset, width, 'latin1')
+  const octal = (value: number, { offset, width }: Field): void => {
+    header.write(
+      `${Math.min(value, octalLimit(width))
+        .toString(8)
+        .padStart(width - 1, '0')}\0`,
+      offset,
+      width,
+      'latin1',
+    )
   }
-  fields.name.copy(header, 0, 0, Math.min(fields.name.length, 100))
-  octal(fields.mode, 100, 8)
-  octal(fields.uid, 108, 8)
-  octal(fields.gid, 116, 8)
-  octal(fields.size, 124, 12)
-  octal(Math.max(0, Math.floor(fields.mtime)), 136, 12)
-  header.write(fields.flag, 156, 1, 'latin1')
-  fields.linkName.copy(header, 157, 0, Math.min(fields.linkName.length, 100))
-  header.write('ustar\x0000', 257, 8, 'latin1')
-  octal(fields.devMajor, 329, 8)
-  octal(fields.devMinor, 337, 8)
-  header.fill(' ', 148, 156)
+  const bytes = (value: Buffer, { offset, width }: Field): void => {
+    value.copy(header, offset, 0, Math.min(value.length, width))
+  }
+  const text = (value: string, { offset, width }: Field): void => {
+    header.write(value, offset, width, 'latin1')
+  }
+  bytes(fields.name, FIELD.name)
+  octal(fields.mode, FIELD.mode)
+  octal(fields.uid, FIELD.uid)
+  octal(fields.gid, FIELD.gid)
+  octal(fields.size, FIELD.size)
+  octal(Math.max(0, Math.floor(fields.mtime)), FIELD.mtime)
+  text(fields.flag, FIELD.typeFlag)
+  bytes(fields.linkName, FIELD.linkName)
+  text('ustar\0', FIELD.magic)
+  text('00', FIELD.version)
+  octal(fields.devMajor, FIELD.devMajor)
+  octal(fields.devMinor, FIELD.devMinor)
+  header.fill(' ', FIELD.checksum.offset, FIELD.checksum.offset + FIELD.checksum.width)
   let sum = 0
   for (const byte of header) sum += byte
-  header.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 8, 'latin1')
+  text(`${sum.toString(8).padStart(6, '0')}\0 `, FIELD.checksum)
   return header
 }
 
 function extendedHeader(flag: 'x' | 'g', name: string, records: Buffer[]): Buffer {
   const body = Buffer.concat(records)
-  const header = ustarHeader({ name: Buffer.from(name), mode: 0o644, uid: 0, gid: 0, size: body.length, mtime: 0, flag, linkName: Buffer.alloc(0), devMajor: 0, devMinor: 0 })
+  const header = ustarHeader({
+    name: Buffer.from(name),
+    mode: 0o644,
+    uid: 0,
+    gid: 0,
+    size: body.length,
+    mtime: 0,
+    flag,
+    linkName: Buffer.alloc(0),
+    devMajor: 0,
+    devMinor: 0,
+  })
   return Buffer.concat([header, body, padding(body.length)])
 }
 
@@ -89,19 +164,44 @@ export function entryHeader(entry: TarEntry): Buffer {
   const records: Buffer[] = []
   const hole = entry.holeSize !== undefined
   if (hole) {
-    records.push(paxRecord('GNU.sparse.major', '1'), paxRecord('GNU.sparse.minor', '0'), paxRecord('GNU.sparse.name', name), paxRecord('GNU.sparse.realsize', String(entry.holeSize)))
-  } else if (name.length > 100 || !isAscii(name)) records.push(paxRecord('path', name))
-  if (linkName.length > 100 || !isAscii(linkName)) records.push(paxRecord('linkpath', linkName))
+    records.push(
+      paxRecord('GNU.sparse.major', '1'),
+      paxRecord('GNU.sparse.minor', '0'),
+      paxRecord('GNU.sparse.name', name),
+      paxRecord('GNU.sparse.realsize', String(entry.holeSize)),
+    )
+  } else if (name.length > FIELD.name.width || !isAscii(name)) records.push(paxRecord('path', name))
+  if (linkName.length > FIELD.linkName.width || !isAscii(linkName)) records.push(paxRecord('linkpath', linkName))
   const size = hole ? BLOCK : entry.size
-  if (size > octalLimit(12)) records.push(paxRecord('size', String(size)))
-  if (entry.uid > octalLimit(8)) records.push(paxRecord('uid', String(entry.uid)))
-  if (entry.gid > octalLimit(8)) records.push(paxRecord('gid', String(entry.gid)))
-  if (!Number.isInteger(entry.mtime) || entry.mtime < 0 || entry.mtime > octalLimit(12)) records.push(paxRecord('mtime', formatTime(entry.mtime)))
+  if (size > octalLimit(FIELD.size.width)) records.push(paxRecord('size', String(size)))
+  if (entry.uid > octalLimit(FIELD.uid.width)) records.push(paxRecord('uid', String(entry.uid)))
+  if (entry.gid > octalLimit(FIELD.gid.width)) records.push(paxRecord('gid', String(entry.gid)))
+  // ustar holds whole, non-negative seconds and no atime: anything else travels in pax, to the nanosecond.
+  if (
+    entry.mtimeNs % NANOSECONDS !== 0n ||
+    entry.mtimeNs < 0n ||
+    entry.mtimeNs / NANOSECONDS > octalLimit(FIELD.mtime.width)
+  )
+    records.push(paxRecord('mtime', formatTime(entry.mtimeNs)))
+  // A reader takes a missing atime for the mtime: most files were never read after their last write.
+  if (entry.atimeNs !== entry.mtimeNs) records.push(paxRecord('atime', formatTime(entry.atimeNs)))
   if (entry.comment !== undefined) records.push(paxRecord('comment', entry.comment))
   for (const [xattr, value] of entry.xattrs) records.push(paxRecord(`SCHILY.xattr.${xattr}`, value))
   const ustarName = hole ? Buffer.from(`GNUSparseFile.0/${entry.path.slice(entry.path.lastIndexOf('/') + 1)}`) : name
-  const header = ustarHeader({ name: ustarName, mode: entry.mode, uid: entry.uid, gid: entry.gid, size, mtime: entry.mtime, flag: TYPE_FLAG[entry.type], linkName, devMajor: entry.devMajor, devMinor: entry.devMinor })
-  const extended = records.length > 0 ? extendedHeader('x', `PaxHeaders/${entry.path.slice(-80)}`, records) : Buffer.alloc(0)
+  const header = ustarHeader({
+    name: ustarName,
+    mode: entry.mode,
+    uid: entry.uid,
+    gid: entry.gid,
+    size,
+    mtime: Number(entry.mtimeNs / NANOSECONDS),
+    flag: TYPE_FLAG[entry.type],
+    linkName,
+    devMajor: entry.devMajor,
+    devMinor: entry.devMinor,
+  })
+  const extended =
+    records.length > 0 ? extendedHeader('x', `PaxHeaders/${entry.path.slice(-80)}`, records) : Buffer.alloc(0)
   // GNU sparse 1.0: the data starts with the map; one hole over the whole size is "1 region: at the end, 0 bytes".
   const sparseMap = hole ? Buffer.concat([Buffer.from(`1\n${entry.holeSize}\n0\n`)]) : Buffer.alloc(0)
   return Buffer.concat([extended, header, sparseMap, hole ? padding(sparseMap.length) : Buffer.alloc(0)])
@@ -113,12 +213,26 @@ export function dataPadding(entry: TarEntry): Buffer {
 
 export const END_OF_ARCHIVE = Buffer.alloc(2 * BLOCK)
 
-/** Microseconds: what ovroot reads and sets. */
-function formatTime(seconds: number): string {
-  const micro = Math.round(seconds * 1e6)
-  const whole = Math.floor(micro / 1e6)
-  const fraction = micro - whole * 1e6
-  return fraction === 0 ? String(whole) : `${whole}.${String(fraction).padStart(6, '0').replace(/0+$/, '')}`
+const NANOSECONDS = 1_000_000_000n
+
+/**
+ * A pax time: a signed decimal number of seconds, with nine fraction digits
+ * when there is a fraction (as GNU tar writes them). The sign covers the
+ * fraction too: -1.5 is 1.5 s before the epoch.
+ */
+function formatTime(ns: bigint): string {
+  const magnitude = ns < 0n ? -ns : ns
+  const whole = `${ns < 0n ? '-' : ''}${magnitude / NANOSECONDS}`
+  const fraction = magnitude % NANOSECONDS
+  return fraction === 0n ? whole : `${whole}.${String(fraction).padStart(9, '0')}`
+}
+
+/** A pax time (see formatTime) in nanoseconds; digits past the ninth are dropped, as the kernel keeps no more. */
+function parseTime(value: string): bigint | undefined {
+  const match = /^(-?)(\d+)(?:\.(\d*))?$/.exec(value)
+  if (!match) return undefined
+  const magnitude = BigInt(match[2] ?? '0') * NANOSECONDS + BigInt((match[3] ?? '').slice(0, 9).padEnd(9, '0'))
+  return match[1] === '-' ? -magnitude : magnitude
 }
 
 function isAscii(bytes: Buffer): boolean {
@@ -197,7 +311,10 @@ export class PaxReader {
 
   /** The stream ended: anything but a complete archive is truncated. */
   close(): void {
-    if (this.state.kind !== 'done') throw corrupt(`truncated archive: it ends at byte ${this.offset + this.pending.length} inside ${this.state.kind === 'header' ? 'the entries (no end-of-archive marker)' : 'an entry'}`)
+    if (this.state.kind !== 'done')
+      throw corrupt(
+        `truncated archive: it ends at byte ${this.offset + this.pending.length} inside ${this.state.kind === 'header' ? 'the entries (no end-of-archive marker)' : 'an entry'}`,
+      )
   }
 
   private block(block: Buffer): void {
@@ -218,28 +335,51 @@ export class PaxReader {
 
   private header(block: Buffer): void {
     if (block.every((byte) => byte === 0)) {
-      if (this.overrides.records.size > 0 || this.overrides.longName || this.overrides.longLink) throw corrupt(`an extended header at byte ${this.offset - BLOCK} is followed by the end of the archive, not by an entry: the archive is damaged`)
+      if (this.overrides.records.size > 0 || this.overrides.longName || this.overrides.longLink)
+        throw corrupt(
+          `an extended header at byte ${this.offset - BLOCK} is followed by the end of the archive, not by an entry: the archive is damaged`,
+        )
       if (++this.zeroBlocks === 2) this.state = { kind: 'done' }
       return
     }
-    if (this.zeroBlocks > 0) throw corrupt(`a lone zero block at byte ${this.offset - 2 * BLOCK}: the archive is damaged`)
+    if (this.zeroBlocks > 0)
+      throw corrupt(`a lone zero block at byte ${this.offset - 2 * BLOCK}: the archive is damaged`)
     checkChecksum(block, this.offset - BLOCK)
-    const flag = block.toString('latin1', 156, 157)
-    const size = parseNumber(block, 124, 12, this.offset)
+    const flag = fieldText(block, FIELD.typeFlag)
+    const size = parseNumber(block, FIELD.size, this.offset)
     if (flag === 'x' || flag === 'g' || flag === 'L' || flag === 'K') {
-      if (flag === 'g' && (this.overrides.records.size > 0 || this.overrides.longName)) throw corrupt(`a global header at byte ${this.offset - BLOCK} follows an extended header meant for an entry: the archive is damaged`)
+      // Held whole until parsed: its size is the archive's to choose, the memory the device's.
+      if (size > EXTENDED_HEADER_LIMIT)
+        throw corrupt(
+          `an extended header of ${size} bytes at byte ${this.offset - BLOCK}, more than the ${EXTENDED_HEADER_LIMIT >> 20} MiB ovroot reads: the archive is damaged or hostile`,
+        )
+      if (flag === 'g' && (this.overrides.records.size > 0 || this.overrides.longName))
+        throw corrupt(
+          `a global header at byte ${this.offset - BLOCK} follows an extended header meant for an entry: the archive is damaged`,
+        )
       this.state = size === 0 ? { kind: 'header' } : { kind: 'extended', flag, remaining: size, parts: [] }
       if (size === 0) this.finishExtended(flag, Buffer.alloc(0))
       return
     }
     const type = TYPE_OF_FLAG.get(flag)
-    if (!type) throw corrupt(`entry at byte ${this.offset - BLOCK} has tar type '${flag}', which ovroot does not restore (or the archive is damaged)`)
+    if (!type)
+      throw corrupt(
+        `entry at byte ${this.offset - BLOCK} has tar type '${flag}', which ovroot does not restore (or the archive is damaged)`,
+      )
+    // GNU tar skips the data blocks a non-file header claims, ovroot would read a header there: two readers, two archives. Refused.
+    if (type !== 'file' && size !== 0)
+      throw corrupt(
+        `a ${type} entry at byte ${this.offset - BLOCK} claims ${size} bytes of data, which no ${type} has: the archive is damaged or hostile`,
+      )
     const entry = this.decode(block, type)
     const sparse = this.overrides.records.get('GNU.sparse.major')
     this.overrides = { records: new Map() }
     if (sparse !== undefined) {
       // All-hole files have a one-block map and no data.
-      if (sparse.toString() !== '1' || entry.size !== BLOCK) throw corrupt(`${entry.path}: a sparse file with data regions; ovroot reads only all-hole sparse files (metacopy stubs)`)
+      if (sparse.toString() !== '1' || entry.size !== BLOCK)
+        throw corrupt(
+          `${entry.path}: a sparse file with data regions; ovroot reads only all-hole sparse files (metacopy stubs)`,
+        )
       this.state = { kind: 'sparse-map', entry }
       return
     }
@@ -249,39 +389,56 @@ export class PaxReader {
   private decode(block: Buffer, type: TarType): TarEntry {
     const records = this.overrides.records
     const text = (key: string): string | undefined => records.get(key)?.toString('utf8')
-    const field = (offset: number, width: number): Buffer => {
+    const field = ({ offset, width }: Field): Buffer => {
       const raw = block.subarray(offset, offset + width)
       const end = raw.indexOf(0)
       return raw.subarray(0, end < 0 ? width : end)
     }
-    const prefix = block.toString('latin1', 257, 263) === 'ustar\0' ? field(345, 155) : Buffer.alloc(0)
-    const ustarName = prefix.length > 0 ? Buffer.concat([prefix, Buffer.from('/'), field(0, 100)]) : field(0, 100)
+    const prefix = fieldText(block, FIELD.magic) === 'ustar\0' ? field(FIELD.prefix) : Buffer.alloc(0)
+    const ustarName =
+      prefix.length > 0 ? Buffer.concat([prefix, Buffer.from('/'), field(FIELD.name)]) : field(FIELD.name)
     const rawName = records.get('GNU.sparse.name') ?? records.get('path') ?? this.overrides.longName ?? ustarName
-    const number = (key: string, offset: number, width: number): number => {
+    const number = (key: string, at: Field): number => {
       const value = text(key)
-      if (value === undefined) return parseNumber(block, offset, width, this.offset)
-      const match = /^(\d+)(?:\.(\d+))?$/.exec(value)
-      if (!match) throw corrupt(`pax ${key}=${value} at byte ${this.offset - BLOCK} is not a number: the archive is damaged`)
-      // Times to the microsecond, truncated as the kernel truncates (GNU tar writes nanoseconds).
-      return Number(match[1]) + Number((match[2] ?? '').slice(0, 6).padEnd(6, '0')) / 1e6
+      if (value === undefined) return parseNumber(block, at, this.offset)
+      if (!/^\d+$/.test(value))
+        throw corrupt(
+          `pax ${key}=${value} at byte ${this.offset - BLOCK} is not a whole number: the archive is damaged`,
+        )
+      return Number(value)
     }
+    const time = (key: string): bigint | undefined => {
+      const value = text(key)
+      if (value === undefined) return undefined
+      const ns = parseTime(value)
+      if (ns === undefined)
+        throw corrupt(`pax ${key}=${value} at byte ${this.offset - BLOCK} is not a time: the archive is damaged`)
+      return ns
+    }
+    const mtimeNs = time('mtime') ?? BigInt(parseNumber(block, FIELD.mtime, this.offset)) * NANOSECONDS
     const xattrs: [string, Buffer][] = []
     for (const [key, value] of records) {
       if (key.startsWith('SCHILY.xattr.')) xattrs.push([key.slice('SCHILY.xattr.'.length), value])
-      else if (key.startsWith('LIBARCHIVE.xattr.')) xattrs.push([decodeURIComponent(key.slice('LIBARCHIVE.xattr.'.length)), Buffer.from(value.toString('latin1'), 'base64')])
+      else if (key.startsWith('LIBARCHIVE.xattr.'))
+        xattrs.push([
+          decodeURIComponent(key.slice('LIBARCHIVE.xattr.'.length)),
+          Buffer.from(value.toString('latin1'), 'base64'),
+        ])
     }
-    const link = records.get('linkpath') ?? this.overrides.longLink ?? field(157, 100)
+    const link = records.get('linkpath') ?? this.overrides.longLink ?? field(FIELD.linkName)
     return {
       path: normaliseName(rawName.toString('utf8')),
       type,
-      mode: parseNumber(block, 100, 8, this.offset) & 0o7777,
-      uid: number('uid', 108, 8),
-      gid: number('gid', 116, 8),
-      mtime: number('mtime', 136, 12),
-      size: type === 'file' ? number('size', 124, 12) : 0,
+      mode: parseNumber(block, FIELD.mode, this.offset) & 0o7777,
+      uid: number('uid', FIELD.uid),
+      gid: number('gid', FIELD.gid),
+      mtimeNs,
+      // An archive without atime (ustar, sysupgrade) says nothing better than the mtime.
+      atimeNs: time('atime') ?? mtimeNs,
+      size: type === 'file' ? number('size', FIELD.size) : 0,
       ...(type === 'symlink' || type === 'hardlink' ? { linkTarget: link.toString('utf8') } : {}),
-      devMajor: type === 'char' || type === 'block' ? parseNumber(block, 329, 8, this.offset) : 0,
-      devMinor: type === 'char' || type === 'block' ? parseNumber(block, 337, 8, this.offset) : 0,
+      devMajor: type === 'char' || type === 'block' ? parseNumber(block, FIELD.devMajor, this.offset) : 0,
+      devMinor: type === 'char' || type === 'block' ? parseNumber(block, FIELD.devMinor, this.offset) : 0,
       xattrs,
       ...(records.has('comment') ? { comment: text('comment') } : {}),
       ...(records.has('GNU.sparse.realsize') ? { holeSize: Number(text('GNU.sparse.realsize')) } : {}),
@@ -291,7 +448,8 @@ export class PaxReader {
   private finishExtended(flag: 'x' | 'g' | 'L' | 'K', body: Buffer): void {
     this.state = { kind: 'header' }
     if (flag === 'L') this.overrides.longName = body.subarray(0, body.indexOf(0) < 0 ? body.length : body.indexOf(0))
-    else if (flag === 'K') this.overrides.longLink = body.subarray(0, body.indexOf(0) < 0 ? body.length : body.indexOf(0))
+    else if (flag === 'K')
+      this.overrides.longLink = body.subarray(0, body.indexOf(0) < 0 ? body.length : body.indexOf(0))
     else {
       const records = parseRecords(body, this.offset)
       if (flag === 'g') {
@@ -305,14 +463,21 @@ export class PaxReader {
   private finishSparseMap(entry: TarEntry, map: string): void {
     const numbers = map.slice(0, map.lastIndexOf('\n')).split('\n').map(Number)
     const [count = NaN, ...regions] = numbers
-    const allHoles = Number.isInteger(count) && regions.length >= 2 * count && regions.every((value, i) => Number.isInteger(value) && (i % 2 === 0 || value === 0 || i >= 2 * count))
-    if (!allHoles) throw corrupt(`${entry.path}: a sparse file with data regions; ovroot reads only all-hole sparse files (metacopy stubs)`)
+    const allHoles =
+      Number.isInteger(count) &&
+      regions.length >= 2 * count &&
+      regions.every((value, i) => Number.isInteger(value) && (i % 2 === 0 || value === 0 || i >= 2 * count))
+    if (!allHoles)
+      throw corrupt(
+        `${entry.path}: a sparse file with data regions; ovroot reads only all-hole sparse files (metacopy stubs)`,
+      )
     this.startEntry({ ...entry, size: 0 })
   }
 
   private startEntry(entry: TarEntry): void {
     this.handler.entry(entry)
-    if (entry.size > 0) this.state = { kind: 'data', remaining: entry.size, padding: (BLOCK - (entry.size % BLOCK)) % BLOCK }
+    if (entry.size > 0)
+      this.state = { kind: 'data', remaining: entry.size, padding: (BLOCK - (entry.size % BLOCK)) % BLOCK }
     else this.finishEntry()
   }
 
@@ -330,12 +495,18 @@ function normaliseName(name: string): string {
 
 function checkChecksum(block: Buffer, offset: number): void {
   let sum = 0
-  for (let i = 0; i < BLOCK; i++) sum += i >= 148 && i < 156 ? 0x20 : (block[i] ?? 0)
-  const stored = parseInt(block.toString('latin1', 148, 156).replace(/[\0 ]+$/, '').trim(), 8)
+  const { offset: from, width } = FIELD.checksum
+  for (let i = 0; i < BLOCK; i++) sum += i >= from && i < from + width ? 0x20 : (block[i] ?? 0)
+  const stored = parseInt(
+    fieldText(block, FIELD.checksum)
+      .replace(/[\0 ]+$/, '')
+      .trim(),
+    8,
+  )
   if (stored !== sum) throw corrupt(`header checksum mismatch at byte ${offset}: the archive is damaged`)
 }
 
-function parseNumber(block: Buffer, offset: number, width: number, at: number): number {
+function parseNumber(block: Buffer, { offset, width }: Field, at: number): number {
   const first = block[offset] ?? 0
   // GNU base-256 for values past the octal range.
   if (first & 0x80) {
@@ -343,24 +514,36 @@ function parseNumber(block: Buffer, offset: number, width: number, at: number): 
     for (let i = 1; i < width; i++) value = value * 256 + (block[offset + i] ?? 0)
     return value
   }
-  const text = block.toString('latin1', offset, offset + width).replace(/[\0 ]+$/, '').trim()
+  const text = fieldText(block, { offset, width })
+    .replace(/[\0 ]+$/, '')
+    .trim()
   if (text === '') return 0
-  if (!/^[0-7]+$/.test(text)) throw corrupt(`header at byte ${at - BLOCK} has a field that is not octal (${JSON.stringify(text)}): the archive is damaged`)
+  if (!/^[0-7]+$/.test(text))
+    throw corrupt(
+      `header at byte ${at - BLOCK} has a field that is not octal (${JSON.stringify(text)}): the archive is damaged`,
+    )
   return parseInt(text, 8)
 }
 
 function parseRecords(body: Buffer, at: number): Map<string, Buffer> {
   const records = new Map<string, Buffer>()
-  for (let position = 0; position < body.length; ) {
+  for (let position = 0; position < body.length;) {
     if (body[position] === 0) break
     const space = body.indexOf(0x20, position)
     const length = Number(body.toString('latin1', position, space))
-    if (space < 0 || !Number.isInteger(length) || length <= 0 || position + length > body.length || body[position + length - 1] !== 0x0a) {
+    if (
+      space < 0 ||
+      !Number.isInteger(length) ||
+      length <= 0 ||
+      position + length > body.length ||
+      body[position + length - 1] !== 0x0a
+    ) {
       throw corrupt(`malformed pax record in the extended header ending at byte ${at}: the archive is damaged`)
     }
     const record = body.subarray(space + 1, position + length - 1)
     const equals = record.indexOf(0x3d)
-    if (equals < 0) throw corrupt(`malformed pax record in the extended header ending at byte ${at}: the archive is damaged`)
+    if (equals < 0)
+      throw corrupt(`malformed pax record in the extended header ending at byte ${at}: the archive is damaged`)
     records.set(record.toString('utf8', 0, equals), Buffer.from(record.subarray(equals + 1)))
     position += length
   }

@@ -10,17 +10,17 @@ import { Encrypt, readPassphrase } from '../archive/crypt.js'
 import { encodeHeader, encodeSums, encodeTrailer, FORMAT_VERSION, type BackupHeader } from '../archive/manifest.js'
 import { dataPadding, END_OF_ARCHIVE, entryHeader, globalComment } from '../archive/pax.js'
 import { loadConfig } from '../config/load.js'
-import { upperDir } from '../config/schema.js'
 import { checkDiffRequest, openDiff, type CheckedDiffRequest } from '../diff/open.js'
 import { ExitCode, usageError, type ExitStatus } from '../errors.js'
-import { globToRegExp } from '../reset/keep.js'
-import { OverlayXattrs } from '../overlay/xattrs.js'
+import { globToRegExp } from '../glob.js'
+import { namespaceForMount, OverlayXattrs } from '../overlay/xattrs.js'
 import { openAtomicOutput } from '../sys/fs.js'
 import { readStableFile } from '../sys/entries.js'
 import { under } from '../upper/entry.js'
 import { walkUpper } from '../upper/walk.js'
 import { VERSION } from '../version.js'
 import { firmwareIdentity, firmwareView } from './firmware.js'
+import { upperDir } from '../state/flash.js'
 
 export interface BackupOptions {
   configFile: string | undefined
@@ -35,12 +35,14 @@ export interface BackupOptions {
 
 export async function runBackup(options: BackupOptions): Promise<ExitStatus> {
   const config = loadConfig(options.configFile)
-  if (options.exclude.some((pattern) => !pattern.startsWith('/'))) throw usageError('--exclude takes absolute paths or globs of the merged view, such as /etc/ssl/*.pem')
-  if (options.output === '-' && process.stdout.isTTY) throw usageError('a backup is binary: redirect standard output to a file, or use -o FILE')
+  if (options.exclude.some((pattern) => !pattern.startsWith('/')))
+    throw usageError('--exclude takes absolute paths or globs of the merged view, such as /etc/ssl/*.pem')
+  if (options.output === '-' && process.stdout.isTTY)
+    throw usageError('a backup is binary: redirect standard output to a file, or use -o FILE')
   const request = checkDiffRequest({
     upper: options.upper ?? upperDir(config),
     lowers: options.lowers ?? config.overlay.lower,
-    namespace: options.upper === undefined ? (config.overlay.options.includes('userxattr') ? 'user' : 'trusted') : undefined,
+    namespace: options.upper === undefined ? namespaceForMount(config.overlay.options) : undefined,
     all: false,
     paths: [],
   })
@@ -59,7 +61,9 @@ export async function runBackup(options: BackupOptions): Promise<ExitStatus> {
   const progress = new Progress()
   const source = Readable.from(coalesce(archive(request, header, include, progress)), { objectMode: false })
   const write = (destination: NodeJS.WritableStream): Promise<void> =>
-    passphrase ? pipeline(source, createGzip(), new Encrypt(passphrase), destination) : pipeline(source, createGzip(), destination)
+    passphrase
+      ? pipeline(source, createGzip(), new Encrypt(passphrase), destination)
+      : pipeline(source, createGzip(), destination)
   if (options.output === '-') {
     await write(process.stdout)
   } else {
@@ -76,7 +80,12 @@ export async function runBackup(options: BackupOptions): Promise<ExitStatus> {
   return ExitCode.ok
 }
 
-function* archive(request: CheckedDiffRequest, header: BackupHeader, include: (path: string) => boolean, progress: Progress): Generator<Buffer> {
+function* archive(
+  request: CheckedDiffRequest,
+  header: BackupHeader,
+  include: (path: string) => boolean,
+  progress: Progress,
+): Generator<Buffer> {
   const xattrs = new OverlayXattrs(request.namespace)
   const firmware = firmwareView(request.lowers, request.namespace)
   yield globalComment(encodeHeader(header))
@@ -159,6 +168,7 @@ class Progress {
   }
 
   done(): void {
-    if (this.shown && this.last > 0) process.stderr.write(`\rovroot: ${this.entries} entries, ${(this.bytes / 1048576).toFixed(1)} MiB read, done\n`)
+    if (this.shown && this.last > 0)
+      process.stderr.write(`\rovroot: ${this.entries} entries, ${(this.bytes / 1048576).toFixed(1)} MiB read, done\n`)
   }
 }

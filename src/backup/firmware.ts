@@ -14,7 +14,9 @@ export function firmwareIdentity(lowers: string[]): Firmware {
   const hash = createHash('sha256')
   const release: Record<string, string> = {}
   for (const file of RELEASE_FILES) {
-    const text = lowers.map((lower) => readTextFileIfExists(`${lower === '/' ? '' : lower}${file}`)).find((content) => content !== undefined)
+    const text = lowers
+      .map((lower) => readTextFileIfExists(`${lower === '/' ? '' : lower}${file}`))
+      .find((content) => content !== undefined)
     if (text === undefined) continue
     hash.update(`${file}\0${text}\0`)
     for (const line of text.split('\n')) {
@@ -27,7 +29,13 @@ export function firmwareIdentity(lowers: string[]): Firmware {
 
 export function describeFirmware(firmware: Firmware): string {
   const { release } = firmware
-  const name = [release.DISTRIB_ID ?? release.ID, release.DISTRIB_RELEASE ?? release.VERSION_ID, release.DISTRIB_REVISION ?? release.BUILD_ID].filter(Boolean).join(' ')
+  const name = [
+    release.DISTRIB_ID ?? release.ID,
+    release.DISTRIB_RELEASE ?? release.VERSION_ID,
+    release.DISTRIB_REVISION ?? release.BUILD_ID,
+  ]
+    .filter(Boolean)
+    .join(' ')
   return name || `firmware ${firmware.digest.slice(0, 12)}`
 }
 
@@ -39,13 +47,16 @@ export interface LayerView {
 }
 
 export function firmwareView(lowers: string[], namespace: XattrNamespace, upper?: string): LayerView {
-  const layers = [...(upper ? [{ root: upper, role: 'upper' as const }] : []), ...lowers.map((root) => ({ root: root === '/' ? '' : root.replace(/\/+$/, ''), role: 'lower' as const }))]
+  const layers = [
+    ...(upper ? [{ root: upper, role: 'upper' as const }] : []),
+    ...lowers.map((root) => ({ root: root === '/' ? '' : root.replace(/\/+$/, ''), role: 'lower' as const })),
+  ]
   const stack = new LayerStack(layers, hostTreeReader, new OverlayXattrs(namespace))
   const lookup = (path: string): ResolvedEntry | undefined => {
     let entry: ResolvedEntry | undefined = stack.root()
     if (path === '.') return entry
     for (const name of path.split('/')) {
-      entry = entry?.stat.type === 'dir' ? stack.child(entry, name) : undefined
+      entry = entry.stat.type === 'dir' ? stack.child(entry, name) : undefined
       if (!entry) return undefined
     }
     return entry

@@ -1,13 +1,14 @@
 /**
  * `ovroot boot`: run by init/ovroot-init (PID 1) with /proc, /sys, /dev and
  * /run mounted and the squashfs as `/`. It finds the flash, formats it on
- * first boot, completes a pending factory reset, mounts the overlay and
+ * first boot, applies a pending change (a factory reset, a restore, the end
+ * of an interrupted sync), mounts the overlay and
  * pivots into it: `/` merged, `/rom` the lower, `/overlay` the flash. Any
  * flash trouble ends on a RAM upper with the reason recorded and shouted:
  * the device always boots.
  */
 import { applyOverride, loadConfig } from '../config/load.js'
-import { type Config, upperDir, workDir } from '../config/schema.js'
+import { type Config } from '../config/schema.js'
 import { ExitCode, OvrootError, type ExitStatus } from '../errors.js'
 import { MEDIA_DRIVER_TABLE } from '../media/drivers.js'
 import { ramVolume } from '../media/ram.js'
@@ -15,12 +16,14 @@ import type { Volume } from '../media/types.js'
 import { filesystemInfo, makeDirectory, pathExists, readTextFile, writeFileAtomic } from '../sys/fs.js'
 import { mount, MountFlag, pivotRoot, remount, requireSystemLayer, unmount } from '../sys/libc.js'
 import { reportProgressTo } from '../sys/progress.js'
-import { OverlayXattrs } from '../overlay/xattrs.js'
-import { commitPending, describePending, ensureReserve, flashLayout, readPending } from '../pending/marker.js'
+import { namespaceForMount, OverlayXattrs } from '../overlay/xattrs.js'
+import { commitPending, describeChange, ensureReserve, readPending } from '../pending/marker.js'
 import { applyPending, hasPendingWork, type AppliedChange } from '../pending/apply.js'
 import { VERSION } from '../version.js'
-import { parseKernelArguments } from './cmdline.js'
-import { FLASH_STATE_DIR, STATUS_FILE, type BootState } from './state.js'
+import { parseKernelArguments } from '../state/cmdline.js'
+import { writeBootState, type BootState } from '../state/boot-record.js'
+import { progressPath, ramDir } from '../state/run.js'
+import { flashLayout, formatRecordPath, stateDir, upperDir, workDir, type FormatRecord } from '../state/flash.js'
 
 const STAGING = '/mnt'
 const MOVED_MOUNTS = ['/proc', '/sys', '/dev', '/run']
@@ -36,21 +39,26 @@ export async function boot(configFile: string | undefined): Promise<ExitStatus> 
   const config = loadConfig(configFile)
   for (const [key, value] of kernel.overrides) applyOverride(config, 'kernel command line', key, value)
   makeDirectory(config.boot.run_dir)
-  reportProgressTo(`${config.boot.run_dir}/progress`)
+  reportProgressTo(progressPath(config.boot.run_dir))
   const state: BootState = { mode: 'flash', bootedAt: new Date().toISOString() }
 
   const medium = await mountFlash(config, state)
-  const layers = medium.volume.driver === 'ram' ? { lowers: ['/'], upper: upperDir(config), work: workDir(config) } : await flashLayers(config, medium.volume, kernel.reset, state)
-  prepareLayers(layers.upper, layers.work)
-  const options = overlayOptions(config, layers.lowers, layers.upper, layers.work)
-  mount('overlay', STAGING, 'overlay', MountFlag.noAtime, options)
-  state.overlay = { lowers: layers.lowers.map((lower) => (lower === '/' ? '/rom' : lower)), upper: layers.upper, work: layers.work, options }
-  state.medium = { driver: medium.volume.driver, description: medium.volume.description, device: medium.volume.device, filesystem: medium.volume.filesystem }
+  const layers =
+    medium.volume.driver === 'ram'
+      ? { lowers: ['/'], upper: upperDir(config), work: workDir(config) }
+      : await flashLayers(config, medium.volume, kernel.reset, state)
+  mountOverlay(config, layers, medium.volume.driver !== 'ram', state)
+  state.medium = {
+    driver: medium.volume.driver,
+    description: medium.volume.description,
+    device: medium.volume.device,
+    filesystem: medium.volume.filesystem,
+  }
   state.formatted = medium.formatted || undefined
   pivotInto(config.overlay.dir)
   state.bootSeconds = secondsSinceShimStart()
   state.peakMemoryKiB = process.resourceUsage().maxRSS
-  writeFileAtomic(`${config.boot.run_dir}/${STATUS_FILE}`, `${JSON.stringify(state, null, 2)}\n`)
+  writeBootState(config.boot.run_dir, state)
   announce(state)
   return ExitCode.ok
 }
@@ -61,6 +69,61 @@ interface Layers {
   work: string
 }
 
+/** The user's files read-only under a RAM upper on /run: how every degraded boot shows the flash. */
+function ramUpperOver(config: Config, lowers: string[], purpose: 'ram' | 'fallback' | 'firmware-only' = 'ram'): Layers {
+  const dir = ramDir(config.boot.run_dir, purpose)
+  return { lowers, upper: `${dir}/upper`, work: `${dir}/work` }
+}
+
+/**
+ * Mount the overlay at STAGING, recording what it is made of. When the kernel refuses
+ * it (an option it rejects, index=on finding the upper's origin changed:
+ * ESTALE), the device still shows the user's files: the flash upper
+ * read-only under a RAM upper with only the options that read it, and
+ * failing that the firmware alone. The shim's failsafe, which shows no user
+ * file at all, is left for an agent that cannot run.
+ */
+function mountOverlay(config: Config, layers: Layers, persistent: boolean, state: BootState): void {
+  const flashUpper = upperDir(config)
+  const readingOptions = namespaceForMount(config.overlay.options) === 'user' ? ['userxattr'] : []
+  const fallbacks: { layers: Layers; options: string[] }[] = [
+    ...(persistent && !layers.lowers.includes(flashUpper)
+      ? [{ layers: ramUpperOver(config, [flashUpper, '/'], 'fallback'), options: readingOptions }]
+      : []),
+    { layers: ramUpperOver(config, ['/'], 'firmware-only'), options: readingOptions },
+  ]
+  let attempt = { layers, options: config.overlay.options }
+  for (;;) {
+    prepareLayers(attempt.layers.upper, attempt.layers.work)
+    const options = overlayOptions(attempt.options, attempt.layers.lowers, attempt.layers.upper, attempt.layers.work)
+    try {
+      mount('overlay', STAGING, 'overlay', MountFlag.noAtime, options)
+      state.overlay = {
+        lowers: attempt.layers.lowers.map((lower) => (lower === '/' ? '/rom' : lower)),
+        upper: attempt.layers.upper,
+        work: attempt.layers.work,
+        options,
+      }
+      return
+    } catch (error) {
+      const next = fallbacks.shift()
+      if (!next) throw error
+      const shown =
+        next.layers.lowers.length > 1
+          ? `the flash upper ${flashUpper} is shown read-only under a RAM upper`
+          : 'only the firmware is shown'
+      degrade(state, `the overlay did not mount (${options}): ${messageOf(error)}; ${shown}`)
+      if (state.sync) {
+        // The RAM copy of the flash goes with the mount that could not use it.
+        delete state.sync
+        tryUnmount(ramDir(config.boot.run_dir))
+      }
+      if (persistent) remount(config.overlay.dir, { readOnly: true })
+      attempt = next
+    }
+  }
+}
+
 /**
  * The flash upper, once any pending change is applied. When that change
  * fails, or the flash is full, the root runs on a RAM upper and the flash
@@ -68,22 +131,27 @@ interface Layers {
  * `ovroot reset` still find it.
  */
 async function flashLayers(config: Config, volume: Volume, forcedReset: boolean, state: BootState): Promise<Layers> {
-  const ramUpper = (lowers: string[]): Layers => ({ lowers, upper: `${config.boot.run_dir}/ram/upper`, work: `${config.boot.run_dir}/ram/work` })
   try {
     const applied = await applyPendingChange(config, forcedReset)
     if (applied?.kind === 'reset') state.reset = { kept: applied.kept }
     if (applied?.kind === 'restore') state.restored = { source: applied.source, entries: applied.entries }
   } catch (error) {
-    degrade(state, `the change scheduled for the flash failed: ${messageOf(error)}; the flash is left as it is, read-only at ${config.overlay.dir}; 'ovroot reset --cancel' drops the change`)
-    remount(config.overlay.dir, true)
-    return ramUpper(['/'])
+    degrade(
+      state,
+      `the change scheduled for the flash failed: ${messageOf(error)}; the flash is left as it is, read-only at ${config.overlay.dir}; 'ovroot reset --cancel' drops the change`,
+    )
+    remount(config.overlay.dir, { readOnly: true })
+    return ramUpperOver(config, ['/'])
   }
   const upper = upperDir(config)
   if (isFull(config.overlay.dir) || !prepareLayers(upper, workDir(config))) {
     // Keep the user's files visible under a RAM upper; a layer must not change under a live overlay.
-    degrade(state, `flash ${volume.description} is full: its files are shown read-only under a RAM upper; 'ovroot reset' returns to the factory state at the next boot, 'ovroot reset PATH...' drops just those paths`)
-    remount(config.overlay.dir, true)
-    return ramUpper([upper, '/'])
+    degrade(
+      state,
+      `flash ${volume.description} is full: its files are shown read-only under a RAM upper; 'ovroot reset' returns to the factory state at the next boot, 'ovroot reset PATH...' drops just those paths`,
+    )
+    remount(config.overlay.dir, { readOnly: true })
+    return ramUpperOver(config, [upper, '/'])
   }
   ensureReserve(flashLayout(config))
   if (config.sync.enabled) return syncedRamUpper(config, upper, state)
@@ -97,12 +165,22 @@ async function flashLayers(config: Config, volume: Volume, forcedReset: boolean,
  */
 async function syncedRamUpper(config: Config, mirror: string, state: BootState): Promise<Layers> {
   const { copyUpper } = await import('../upper/copy.js')
-  const ram = `${config.boot.run_dir}/ram`
+  const ram = ramDir(config.boot.run_dir)
   makeDirectory(ram)
   ramVolume(config.flash.ram_size).mount(ram)
-  makeDirectory(`${ram}/upper`)
-  const namespace = config.overlay.options.includes('userxattr') ? 'user' : 'trusted'
-  copyUpper(mirror, `${ram}/upper`, new OverlayXattrs(namespace).name('metacopy'))
+  try {
+    makeDirectory(`${ram}/upper`)
+    copyUpper(mirror, `${ram}/upper`, new OverlayXattrs(namespaceForMount(config.overlay.options)).name('metacopy'))
+  } catch (error) {
+    // A partial copy must never be the root: it would show files cut short, and a sync would persist them so.
+    unmount(ram, { lazy: true })
+    degrade(
+      state,
+      `the flash copy ${mirror} could not be loaded into the RAM upper (tmpfs, size ${config.flash.ram_size}): ${messageOf(error)}; it is shown read-only under a RAM upper and nothing is synced: raise [flash] ram_size, or drop files with 'ovroot reset PATH...'`,
+    )
+    remount(config.overlay.dir, { readOnly: true })
+    return ramUpperOver(config, [mirror, '/'])
+  }
   state.sync = { mirror }
   return { lowers: ['/'], upper: `${ram}/upper`, work: `${ram}/work` }
 }
@@ -117,7 +195,7 @@ async function mountFlash(config: Config, state: BootState): Promise<Medium> {
     } catch (error) {
       // The flash is there but cannot be read: as much trouble as a failed mount.
       degrade(state, `${name} driver: ${messageOf(error)}`)
-      return mountVolume(ramVolume(config.flash.ram_size), config, false)
+      return mountVolume(ramVolume(config.flash.ram_size), config, { persistent: false })
     }
     if ('absent' in found) {
       absent.push(`${name}: ${found.absent}`)
@@ -126,26 +204,30 @@ async function mountFlash(config: Config, state: BootState): Promise<Medium> {
     if (found.driver === 'ram') {
       if (absent.length > 0) degrade(state, `no flash found (${absent.join('; ')})`)
       else state.mode = 'ram'
-      return mountVolume(found, config, false)
+      return mountVolume(found, config, { persistent: false })
     }
     try {
-      return await mountVolume(found, config, true)
+      return await mountVolume(found, config, { persistent: true })
     } catch (error) {
       degrade(state, messageOf(error))
       tryUnmount(config.overlay.dir)
-      return mountVolume(ramVolume(config.flash.ram_size), config, false)
+      return mountVolume(ramVolume(config.flash.ram_size), config, { persistent: false })
     }
   }
   degrade(state, `no flash found (${absent.join('; ')}) and ram is not among [flash] drivers`)
-  return mountVolume(ramVolume(config.flash.ram_size), config, false)
+  return mountVolume(ramVolume(config.flash.ram_size), config, { persistent: false })
 }
 
-async function mountVolume(volume: Volume, config: Config, persistent: boolean): Promise<Medium> {
+async function mountVolume(volume: Volume, config: Config, { persistent }: { persistent: boolean }): Promise<Medium> {
   const target = config.overlay.dir
   let formatted = false
   const state = volume.inspect()
   if (state === 'unrecognised' && !config.flash.reformat_corrupt) {
-    throw new OvrootError('ECORRUPT', ExitCode.data, `${volume.description} holds data that is not ${volume.filesystem} (corrupt flash?); left untouched: set [flash] reformat_corrupt = yes to erase it`)
+    throw new OvrootError(
+      'ECORRUPT',
+      ExitCode.data,
+      `${volume.description} holds data that is not ${volume.filesystem} (corrupt flash?); left untouched: set [flash] reformat_corrupt = yes to erase it`,
+    )
   }
   if (state !== 'formatted') {
     await volume.format()
@@ -156,15 +238,25 @@ async function mountVolume(volume: Volume, config: Config, persistent: boolean):
   } catch (error) {
     if (!persistent) throw error
     if (!config.flash.reformat_corrupt || formatted) {
-      throw new OvrootError('ECORRUPT', ExitCode.data, `${volume.description} (${volume.filesystem}) does not mount: ${(error as Error).message}; left untouched: set [flash] reformat_corrupt = yes to erase it`)
+      throw new OvrootError(
+        'ECORRUPT',
+        ExitCode.data,
+        `${volume.description} (${volume.filesystem}) does not mount: ${(error as Error).message}; left untouched: set [flash] reformat_corrupt = yes to erase it`,
+      )
     }
     await volume.format()
     volume.mount(target)
     formatted = true
   }
-  if (persistent && !pathExists(`${target}/${FLASH_STATE_DIR}/state.json`)) {
-    makeDirectory(`${target}/${FLASH_STATE_DIR}`)
-    writeFileAtomic(`${target}/${FLASH_STATE_DIR}/state.json`, `${JSON.stringify({ formatted: new Date().toISOString(), by: `ovroot ${VERSION}`, filesystem: volume.filesystem })}\n`)
+  const layout = flashLayout(config)
+  if (persistent && !pathExists(formatRecordPath(layout))) {
+    makeDirectory(stateDir(layout))
+    const record: FormatRecord = {
+      formatted: new Date().toISOString(),
+      by: `ovroot ${VERSION}`,
+      filesystem: volume.filesystem,
+    }
+    writeFileAtomic(formatRecordPath(layout), `${JSON.stringify(record)}\n`)
   }
   return { volume, formatted }
 }
@@ -173,14 +265,21 @@ async function mountVolume(volume: Volume, config: Config, persistent: boolean):
 async function applyPendingChange(config: Config, forcedReset: boolean): Promise<AppliedChange | undefined> {
   const layout = flashLayout(config)
   if (!forcedReset && !hasPendingWork(layout)) return undefined
-  const xattrs = new OverlayXattrs(config.overlay.options.includes('userxattr') ? 'user' : 'trusted')
+  const xattrs = new OverlayXattrs(namespaceForMount(config.overlay.options))
   if (forcedReset && readPending(layout)?.kind !== 'reset') {
-    const [{ collectKeepPatterns }, { offlineView }] = await Promise.all([import('../reset/keep.js'), import('../reset/views.js')])
+    const [{ collectKeepPatterns }, { offlineView }] = await Promise.all([
+      import('../reset/keep.js'),
+      import('../reset/views.js'),
+    ])
     const upper = pathExists(upperDir(config)) ? upperDir(config) : '/nonexistent'
-    commitPending(layout, { kind: 'reset', requested: new Date().toISOString(), keep: collectKeepPatterns(config, [], offlineView(upper, ['/'], xattrs.namespace)) })
+    commitPending(layout, {
+      kind: 'reset',
+      requested: new Date().toISOString(),
+      keep: collectKeepPatterns(config, [], offlineView(upper, ['/'], xattrs.namespace)),
+    })
   }
   const change = readPending(layout)
-  const what = change && describePending(change).replace(' at next boot', '')
+  const what = change && describeChange(change)
   if (what) process.stderr.write(`ovroot: applying ${what}\n`)
   const applied = await applyPending(layout, workDir(config), xattrs)
   if (what) process.stderr.write(`ovroot: applied ${what}\n`)
@@ -207,10 +306,10 @@ function isFull(dir: string): boolean {
   return info.availableBlocks * info.blockSize < FULL_BELOW_BYTES
 }
 
-function overlayOptions(config: Config, lowers: string[], upper: string, work: string): string {
-  const options = [`lowerdir=${lowers.join(':')}`, `upperdir=${upper}`, `workdir=${work}`, ...config.overlay.options]
+function overlayOptions(extra: string[], lowers: string[], upper: string, work: string): string {
+  const options = [`lowerdir=${lowers.join(':')}`, `upperdir=${upper}`, `workdir=${work}`, ...extra]
   // A flash upper used as a lower may hold metacopy stubs.
-  if (lowers.length > 1 && !config.overlay.options.some((option) => option.startsWith('metacopy='))) options.push('metacopy=on')
+  if (lowers.length > 1 && !extra.some((option) => option.startsWith('metacopy='))) options.push('metacopy=on')
   return options.join(',')
 }
 
@@ -232,7 +331,7 @@ function degrade(state: BootState, reason: string): void {
 
 function tryUnmount(target: string): void {
   try {
-    unmount(target, true)
+    unmount(target, { lazy: true })
   } catch {
     // Nothing was mounted there.
   }
@@ -247,7 +346,9 @@ function secondsSinceShimStart(): number | undefined {
 function announce(state: BootState): void {
   if (state.mode === 'flash') {
     const synced = state.sync ? `, in RAM, synced to ${state.sync.mirror} by ovroot sync` : ''
-    process.stderr.write(`ovroot: root on ${state.medium?.description} (${state.medium?.filesystem})${synced}${state.formatted ? ', formatted on this first boot' : ''}\n`)
+    process.stderr.write(
+      `ovroot: root on ${state.medium?.description} (${state.medium?.filesystem})${synced}${state.formatted ? ', formatted on this first boot' : ''}\n`,
+    )
     return
   }
   if (state.mode === 'ram') {
@@ -255,5 +356,7 @@ function announce(state: BootState): void {
     return
   }
   const bar = '*'.repeat(72)
-  process.stderr.write(`${bar}\novroot: DEGRADED BOOT: ${state.reason}\novroot: the root runs on a RAM upper: changes made now are LOST at reboot.\novroot: run 'ovroot status' for details.\n${bar}\n`)
+  process.stderr.write(
+    `${bar}\novroot: DEGRADED BOOT: ${state.reason}\novroot: the root runs on a RAM upper: changes made now are LOST at reboot.\novroot: run 'ovroot status' for details.\n${bar}\n`,
+  )
 }

@@ -27,8 +27,17 @@ See README.md for every configuration key.`
 export async function main(argv: string[]): Promise<void> {
   let parser = yargs(argv)
     .scriptName('ovroot')
-    .usage('ovroot <command> [options]\n\nManage an overlay root: the read-only firmware (lower) under the user\'s changes (upper) on flash.')
-    .option('config', { type: 'string', describe: 'configuration file', default: undefined, defaultDescription: '/etc/ovroot.conf', global: true, requiresArg: true })
+    .usage(
+      "ovroot <command> [options]\n\nManage an overlay root: the read-only firmware (lower) under the user's changes (upper) on flash.",
+    )
+    .option('config', {
+      type: 'string',
+      describe: 'configuration file',
+      default: undefined,
+      defaultDescription: '/etc/ovroot.conf',
+      global: true,
+      requiresArg: true,
+    })
     .version(VERSION)
     .strict()
     .demandCommand(1, 'a command is required')
@@ -37,11 +46,10 @@ export async function main(argv: string[]): Promise<void> {
     .alias('help', 'h')
     .wrap(Math.min(100, process.stdout.columns || 100))
     .epilog(EPILOG)
-    .fail((message, error) => {
+    .fail((message: string, error: Error | undefined) => {
       if (error) throw error
       throw new OvrootError('EUSAGE', ExitCode.usage, `${message} (see ovroot --help)`)
     })
   for (const command of commands) parser = parser.command(command)
   await parser.parseAsync()
 }
-

@@ -5,7 +5,7 @@
  */
 import { parse } from 'ini'
 import { configError } from '../errors.js'
-import { parseKernelArguments } from '../boot/cmdline.js'
+import { parseKernelArguments } from '../state/cmdline.js'
 import { readTextFile, readTextFileIfExists } from '../sys/fs.js'
 import { defaultConfig, SCHEMA, type Config } from './schema.js'
 
@@ -36,10 +36,14 @@ export function parseConfig(text: string, file: string): Config {
   const document: Record<string, unknown> = parse(text)
   for (const [sectionName, section] of Object.entries(document)) {
     if (!isSectionName(sectionName)) {
-      if (typeof section !== 'object' || section === null) throw configError(`${file}: ${sectionName}: a key outside any section; expected it under [overlay], [flash], [boot] or [reset]`)
+      if (typeof section !== 'object' || section === null)
+        throw configError(
+          `${file}: ${sectionName}: a key outside any section; expected it under one of ${sectionNames().join(', ')}`,
+        )
       throw configError(`${file}: [${sectionName}]: unknown section; expected one of ${sectionNames().join(', ')}`)
     }
-    for (const [key, raw] of Object.entries(section as Record<string, unknown>)) setKey(config, file, sectionName, key, raw)
+    for (const [key, raw] of Object.entries(section as Record<string, unknown>))
+      setKey(config, file, sectionName, key, raw)
   }
   return config
 }
@@ -56,10 +60,12 @@ export function applyOverride(config: Config, origin: string, dottedKey: string,
 function setKey(config: Config, file: string, sectionName: keyof Config, key: string, raw: unknown): void {
   const specs: Record<string, { expected: string; parse(raw: string): unknown }> = SCHEMA[sectionName]
   const spec = specs[key]
-  if (!spec) throw configError(`${file}: [${sectionName}] ${key}: unknown key; expected one of ${Object.keys(specs).join(', ')}`)
+  if (!spec)
+    throw configError(`${file}: [${sectionName}] ${key}: unknown key; expected one of ${Object.keys(specs).join(', ')}`)
   const text = typeof raw === 'boolean' ? String(raw) : typeof raw === 'string' ? raw.trim() : undefined
   const value = text === undefined ? undefined : spec.parse(text)
-  if (value === undefined) throw configError(`${file}: [${sectionName}] ${key} = ${describe(raw)}: expected ${spec.expected}`)
+  if (value === undefined)
+    throw configError(`${file}: [${sectionName}] ${key} = ${describe(raw)}: expected ${spec.expected}`)
   ;(config[sectionName] as Record<string, unknown>)[key] = value
 }
 

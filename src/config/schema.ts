@@ -69,7 +69,8 @@ const oneOf = <T extends string>(...choices: T[]): KeySpec<T> => ({
 
 const yesNo: KeySpec<boolean> = {
   expected: 'yes or no',
-  parse: (raw) => (['yes', 'true', 'on', '1'].includes(raw) ? true : ['no', 'false', 'off', '0'].includes(raw) ? false : undefined),
+  parse: (raw) =>
+    ['yes', 'true', 'on', '1'].includes(raw) ? true : ['no', 'false', 'off', '0'].includes(raw) ? false : undefined,
 }
 
 const seconds: KeySpec<number> = {
@@ -87,7 +88,8 @@ const byteCount: KeySpec<number> = {
   },
 }
 
-const OVERLAY_OPTIONS = /^(redirect_dir=(on|off|follow|nofollow)|metacopy=(on|off)|index=(on|off)|xino=(on|off|auto)|nfs_export=(on|off)|uuid=(on|off|null|auto)|verity=(on|off|require)|userxattr|volatile)$/
+const OVERLAY_OPTIONS =
+  /^(redirect_dir=(on|off|follow|nofollow)|metacopy=(on|off)|index=(on|off)|xino=(on|off|auto)|nfs_export=(on|off)|uuid=(on|off|null|auto)|verity=(on|off|require)|userxattr|volatile)$/
 
 const overlayOptions: KeySpec<string[]> = {
   expected: 'overlay mount options such as redirect_dir=on,metacopy=on,index=on,userxattr',
@@ -101,7 +103,9 @@ const drivers: KeySpec<MediaDriverName[]> = {
   expected: `a list of media drivers from ${MEDIA_DRIVERS.join(', ')}`,
   parse: (raw) => {
     const list = words(raw)
-    return list.length > 0 && list.every((name) => (MEDIA_DRIVERS as readonly string[]).includes(name)) && new Set(list).size === list.length
+    return list.length > 0 &&
+      list.every((name) => (MEDIA_DRIVERS as readonly string[]).includes(name)) &&
+      new Set(list).size === list.length
       ? (list as MediaDriverName[])
       : undefined
   },
@@ -140,17 +144,16 @@ export const SCHEMA: { [S in keyof Config]: { [K in keyof Config[S]]: KeySpec<Co
 export function defaultConfig(): Config {
   return {
     overlay: { lower: ['/rom'], dir: '/overlay', options: [] },
-    flash: { drivers: ['mtd', 'ubi', 'block', 'ram'], name: 'rootfs_data', device: '', filesystem: 'auto', reformat_corrupt: false, ram_size: '50%' },
+    flash: {
+      drivers: ['mtd', 'ubi', 'block', 'ram'],
+      name: 'rootfs_data',
+      device: '',
+      filesystem: 'auto',
+      reformat_corrupt: false,
+      ram_size: '50%',
+    },
     boot: { init: '/sbin/init', timeout: 60, run_dir: '/run/ovroot' },
     reset: { keep: [], keep_lists: ['/etc/sysupgrade.conf', '/lib/upgrade/keep.d'] },
     sync: { enabled: false, quiet: 30, max_delay: 300, budget: 0, exclude: [] },
   }
-}
-
-export function upperDir(config: Config): string {
-  return `${config.overlay.dir}/upper`
-}
-
-export function workDir(config: Config): string {
-  return `${config.overlay.dir}/work`
 }

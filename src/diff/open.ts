@@ -33,14 +33,26 @@ export function checkDiffRequest(request: DiffRequest): CheckedDiffRequest {
     }
   }
   const fsType = filesystemInfo(request.upper).type
-  if (fsType === OVERLAYFS_MAGIC) throw notAnUpper(request.upper, 'it is on overlayfs, so it is a merged view (the upper is the directory the overlay was mounted with as upperdir)')
-  if (fsType === SQUASHFS_MAGIC) throw notAnUpper(request.upper, 'it is on read-only squashfs, which can only be a lower')
+  if (fsType === OVERLAYFS_MAGIC)
+    throw notAnUpper(
+      request.upper,
+      'it is on overlayfs, so it is a merged view (the upper is the directory the overlay was mounted with as upperdir)',
+    )
+  if (fsType === SQUASHFS_MAGIC)
+    throw notAnUpper(request.upper, 'it is on read-only squashfs, which can only be a lower')
   if (looksLikeOverlayDir(request.upper, request.lowers[0] ?? '')) {
-    throw notAnUpper(request.upper, `it holds upper/ and work/, so it is the overlay's own filesystem; pass ${request.upper.replace(/\/$/, '')}/upper`)
+    throw notAnUpper(
+      request.upper,
+      `it holds upper/ and work/, so it is the overlay's own filesystem; pass ${request.upper.replace(/\/$/, '')}/upper`,
+    )
   }
   const namespace = request.namespace ?? detectNamespace(hostTreeReader, request.upper) ?? 'trusted'
   if (namespace === 'trusted' && process.geteuid?.() !== 0) {
-    throw new OvrootError('EPERM', ExitCode.environment, `reading trusted.overlay.* xattrs of ${request.upper} needs root (CAP_SYS_ADMIN); run as root, or pass --xattrs user for a userxattr overlay`)
+    throw new OvrootError(
+      'EPERM',
+      ExitCode.environment,
+      `reading trusted.overlay.* xattrs of ${request.upper} needs root (CAP_SYS_ADMIN); run as root, or pass --xattrs user for a userxattr overlay`,
+    )
   }
   return { ...request, namespace }
 }
@@ -57,7 +69,8 @@ export function openDiff(request: CheckedDiffRequest): OverlayDiff {
 function requireDirectory(path: string, role: string): { dev: bigint; ino: bigint } {
   const stat = statPath(path)
   if (!stat) throw new OvrootError('ENOENT', ExitCode.environment, `${role} directory ${path} does not exist`)
-  if (stat.type !== 'dir') throw new OvrootError('ENOTDIR', ExitCode.environment, `${role} ${path} is a ${stat.type}, expected a directory`)
+  if (stat.type !== 'dir')
+    throw new OvrootError('ENOTDIR', ExitCode.environment, `${role} ${path} is a ${stat.type}, expected a directory`)
   return stat
 }
 

@@ -5,7 +5,7 @@
  */
 import { structuredPatch } from 'diff'
 import type { Change, EntryState } from '../overlay/diff.js'
-import type { TreeReader } from '../overlay/types.js'
+import type { TreeReader } from '../sys/types.js'
 
 /** Larger files are named, not diffed: a patch is for reading. */
 const TEXT_LIMIT = 8 * 1024 * 1024
@@ -27,14 +27,22 @@ export function patchFor(change: Change, reader: TreeReader): string {
   return `${lines.join('\n')}\n`
 }
 
-function contentLines(name: string, was: EntryState | undefined, now: EntryState | undefined, reader: TreeReader): string[] {
+function contentLines(
+  name: string,
+  was: EntryState | undefined,
+  now: EntryState | undefined,
+  reader: TreeReader,
+): string[] {
   const oldBytes = was?.dataPath ? reader.readHead(was.dataPath, TEXT_LIMIT + 1) : Buffer.alloc(0)
   const newBytes = now?.dataPath ? reader.readHead(now.dataPath, TEXT_LIMIT + 1) : Buffer.alloc(0)
   const oldLabel = was ? `a/${name}` : '/dev/null'
   const newLabel = now ? `b/${name}` : '/dev/null'
   if (isBinary(oldBytes) || isBinary(newBytes)) return [`Binary files ${oldLabel} and ${newLabel} differ`]
-  if (oldBytes.length > TEXT_LIMIT || newBytes.length > TEXT_LIMIT) return [`Large files ${oldLabel} and ${newLabel} differ (over ${TEXT_LIMIT} bytes)`]
-  const patch = structuredPatch(oldLabel, newLabel, oldBytes.toString('utf8'), newBytes.toString('utf8'), '', '', { context: 3 })
+  if (oldBytes.length > TEXT_LIMIT || newBytes.length > TEXT_LIMIT)
+    return [`Large files ${oldLabel} and ${newLabel} differ (over ${TEXT_LIMIT} bytes)`]
+  const patch = structuredPatch(oldLabel, newLabel, oldBytes.toString('utf8'), newBytes.toString('utf8'), '', '', {
+    context: 3,
+  })
   if (patch.hunks.length === 0) return []
   const lines = [`--- ${oldLabel}`, `+++ ${newLabel}`]
   for (const hunk of patch.hunks) {

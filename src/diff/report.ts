@@ -4,7 +4,7 @@
  * must not cost a write per line.
  */
 import type { Change, ChangeKind, EntryState } from '../overlay/diff.js'
-import type { TreeReader } from '../overlay/types.js'
+import type { TreeReader } from '../sys/types.js'
 
 export type DiffFormat = 'text' | 'json' | 'stat' | 'patch'
 export type Renderer = (change: Change) => string
@@ -12,9 +12,12 @@ export type Renderer = (change: Change) => string
 /** How each change is printed (`--stat` prints nothing per change); the patch code loads only for --patch. */
 export async function loadRenderer(format: DiffFormat, colour: boolean, reader: TreeReader): Promise<Renderer> {
   switch (format) {
-    case 'text': return (change) => statusLine(change, colour)
-    case 'json': return jsonLine
-    case 'stat': return () => ''
+    case 'text':
+      return (change) => statusLine(change, colour)
+    case 'json':
+      return jsonLine
+    case 'stat':
+      return () => ''
     case 'patch': {
       const { patchFor } = await import('./patch.js')
       return (change) => patchFor(change, reader)
@@ -22,8 +25,20 @@ export async function loadRenderer(format: DiffFormat, colour: boolean, reader: 
   }
 }
 
-export const STATUS_LETTER: Record<ChangeKind, string> = { added: 'A', deleted: 'D', modified: 'M', metadata: 'm', unchanged: '=' }
-const COLOUR: Record<ChangeKind, string> = { added: '32', deleted: '31', modified: '33', metadata: '36', unchanged: '2' }
+export const STATUS_LETTER: Record<ChangeKind, string> = {
+  added: 'A',
+  deleted: 'D',
+  modified: 'M',
+  metadata: 'm',
+  unchanged: '=',
+}
+const COLOUR: Record<ChangeKind, string> = {
+  added: '32',
+  deleted: '31',
+  modified: '33',
+  metadata: '36',
+  unchanged: '2',
+}
 
 /**
  * Big enough that writes are few, small enough that lines waiting for the
@@ -101,7 +116,8 @@ export class ChangeCounter {
 
   render(json: boolean, all: boolean): string {
     const kinds = (Object.keys(this.counts) as ChangeKind[]).filter((kind) => all || kind !== 'unchanged')
-    if (json) return `${JSON.stringify({ ...Object.fromEntries(kinds.map((kind) => [kind, this.counts[kind]])), total: this.changed })}\n`
+    if (json)
+      return `${JSON.stringify({ ...Object.fromEntries(kinds.map((kind) => [kind, this.counts[kind]])), total: this.changed })}\n`
     return `${[...kinds.map((kind) => `${kind.padEnd(9)} ${this.counts[kind]}`), `${'total'.padEnd(9)} ${this.changed}`].join('\n')}\n`
   }
 }

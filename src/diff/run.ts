@@ -1,12 +1,12 @@
 /** `ovroot diff`: resolve the directories, stream the report, compute the exit status. */
 import { loadConfig } from '../config/load.js'
-import { upperDir } from '../config/schema.js'
 import { ExitCode, type ExitStatus } from '../errors.js'
 import { hostTreeReader } from '../sys/fs.js'
 import type { Change } from '../overlay/diff.js'
-import type { XattrNamespace } from '../overlay/xattrs.js'
+import { namespaceForMount, type XattrNamespace } from '../overlay/xattrs.js'
 import { checkDiffRequest, openDiff } from './open.js'
 import { BufferedOutput, ChangeCounter, loadRenderer, type DiffFormat } from './report.js'
+import { upperDir } from '../state/flash.js'
 
 export interface DiffCommandOptions {
   configFile: string | undefined
@@ -24,10 +24,11 @@ export interface DiffCommandOptions {
 
 export async function runDiff(options: DiffCommandOptions): Promise<ExitStatus> {
   // A file the user names is always read and validated, even when --lower and --upper make it unnecessary.
-  const config = options.configFile !== undefined || !options.lowers || !options.upper ? loadConfig(options.configFile) : undefined
+  const config =
+    options.configFile !== undefined || !options.lowers || !options.upper ? loadConfig(options.configFile) : undefined
   const lowers = options.lowers ?? config?.overlay.lower ?? []
   const upper = options.upper ?? (config ? upperDir(config) : '')
-  const configuredNamespace = config?.overlay.options.includes('userxattr') ? 'user' : 'trusted'
+  const configuredNamespace = namespaceForMount(config?.overlay.options ?? [])
   const namespace = options.namespace ?? (options.upper === undefined ? configuredNamespace : undefined)
   const request = checkDiffRequest({ upper, lowers, namespace, all: options.all, paths: options.paths })
   const output = new BufferedOutput((text) => process.stdout.write(text))

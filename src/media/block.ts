@@ -38,7 +38,9 @@ class BlockVolume implements Volume {
     configured: Config['flash']['filesystem'],
   ) {
     const name = device.slice('/dev/'.length)
-    this.filesystem = detectFilesystem(device) ?? (configured === 'auto' ? (sizeInBytes(name) >= F2FS_FROM_BYTES ? 'f2fs' : 'ext4') : configured)
+    this.filesystem =
+      detectFilesystem(device) ??
+      (configured === 'auto' ? (sizeInBytes(name) >= F2FS_FROM_BYTES ? 'f2fs' : 'ext4') : configured)
     this.description = `block device ${device}`
   }
 
@@ -87,11 +89,10 @@ function findByLabel(label: string): string | undefined {
 
 /** GUIDs are stored with their first three fields little-endian. */
 function formatGuid(bytes: Buffer): string {
-  const hex = (from: number, to: number, reverse: boolean): string => {
-    const part = Buffer.from(bytes.subarray(from, to))
-    return (reverse ? part.reverse() : part).toString('hex')
-  }
-  return `${hex(0, 4, true)}-${hex(4, 6, true)}-${hex(6, 8, true)}-${hex(8, 10, false)}-${hex(10, 16, false)}`
+  const littleEndian = (from: number, to: number): string =>
+    Buffer.from(bytes.subarray(from, to)).reverse().toString('hex')
+  const bigEndian = (from: number, to: number): string => bytes.subarray(from, to).toString('hex')
+  return `${littleEndian(0, 4)}-${littleEndian(4, 6)}-${littleEndian(6, 8)}-${bigEndian(8, 10)}-${bigEndian(10, 16)}`
 }
 
 function partitionUuid(disk: string, number: number): string | undefined {
@@ -109,8 +110,15 @@ function partitionUuid(disk: string, number: number): string | undefined {
 function findByPartUuid(uuid: string): string | undefined {
   return blockDevices().find((name) => {
     const number = Number(readTextFileIfExists(`/sys/class/block/${name}/partition`)?.trim() ?? 'NaN')
-    const disk = blockDevices().find((candidate) => candidate !== name && name.startsWith(candidate) && statPath(`/sys/class/block/${candidate}/${name}`))
-    return Number.isInteger(number) && disk !== undefined && partitionUuid(disk, number)?.toLowerCase() === uuid.toLowerCase()
+    const disk = blockDevices().find(
+      (candidate) =>
+        candidate !== name && name.startsWith(candidate) && statPath(`/sys/class/block/${candidate}/${name}`),
+    )
+    return (
+      Number.isInteger(number) &&
+      disk !== undefined &&
+      partitionUuid(disk, number)?.toLowerCase() === uuid.toLowerCase()
+    )
   })
 }
 

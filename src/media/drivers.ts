@@ -5,4 +5,9 @@ import { ramDriver } from './ram.js'
 import type { MediaDriver } from './types.js'
 import { ubiDriver } from './ubi.js'
 
-export const MEDIA_DRIVER_TABLE: Record<MediaDriverName, MediaDriver> = { mtd: mtdDriver, ubi: ubiDriver, block: blockDriver, ram: ramDriver }
+export const MEDIA_DRIVER_TABLE: Record<MediaDriverName, MediaDriver> = {
+  mtd: mtdDriver,
+  ubi: ubiDriver,
+  block: blockDriver,
+  ram: ramDriver,
+}

@@ -14,7 +14,8 @@ interface MtdPartition {
 export function parseProcMtd(text: string, name: string): MtdPartition | undefined {
   for (const line of text.split('\n')) {
     const match = /^mtd(\d+): ([0-9a-f]+) ([0-9a-f]+) "(.*)"$/.exec(line.trim())
-    if (match && match[4] === name) return { index: Number(match[1]), size: parseInt(match[2] ?? '0', 16), eraseSize: parseInt(match[3] ?? '0', 16) }
+    if (match && match[4] === name)
+      return { index: Number(match[1]), size: parseInt(match[2] ?? '0', 16), eraseSize: parseInt(match[3] ?? '0', 16) }
   }
   return undefined
 }
@@ -49,7 +50,9 @@ class MtdVolume implements Volume {
   inspect(): MediumState {
     const heads = this.blockHeads()
     if (hasFormatMarker(heads[0] ?? Buffer.alloc(0)) || heads.every(erased)) return 'blank'
-    return heads.some((head) => startsWith(head, JFFS2_MAGIC_LE) || startsWith(head, JFFS2_MAGIC_BE)) ? 'formatted' : 'unrecognised'
+    return heads.some((head) => startsWith(head, JFFS2_MAGIC_LE) || startsWith(head, JFFS2_MAGIC_BE))
+      ? 'formatted'
+      : 'unrecognised'
   }
 
   /** JFFS2 formats erased flash itself on the first mount: erase only what is not erased. */
@@ -61,7 +64,8 @@ class MtdVolume implements Volume {
 
   private blockHeads(): Buffer[] {
     const heads: Buffer[] = []
-    for (let offset = 0; offset < this.partition.size; offset += this.partition.eraseSize) heads.push(readAt(this.character, offset, 16))
+    for (let offset = 0; offset < this.partition.size; offset += this.partition.eraseSize)
+      heads.push(readAt(this.character, offset, 16))
     return heads
   }
 
@@ -74,6 +78,8 @@ export const mtdDriver: MediaDriver = {
   name: 'mtd',
   find(config: Config) {
     const partition = parseProcMtd(readTextFileIfExists('/proc/mtd') ?? '', config.flash.name)
-    return partition ? new MtdVolume(partition, config.flash.name) : { absent: `no MTD partition named "${config.flash.name}" in /proc/mtd` }
+    return partition
+      ? new MtdVolume(partition, config.flash.name)
+      : { absent: `no MTD partition named "${config.flash.name}" in /proc/mtd` }
   },
 }

@@ -10,7 +10,7 @@ export function ramVolume(size: string): Volume {
     device: 'tmpfs',
     description: `RAM (tmpfs, size ${size})`,
     inspect: () => 'blank',
-    format: async () => undefined,
+    format: () => Promise.resolve(),
     mount: (target) => mount('tmpfs', target, 'tmpfs', 0, `size=${size},mode=0755`),
   }
 }

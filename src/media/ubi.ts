@@ -32,7 +32,8 @@ class UbiVolume implements Volume {
   /** UBIFS formats an empty volume on its first mount: create it, or empty it. */
   async format(): Promise<void> {
     if (!this.volumeNode) await runTool('ubimkvol', [`/dev/${this.ubiDevice}`, '-N', this.name, '-m'])
-    else if (!isErased(readAt(`/dev/${this.volumeNode}`, 0, 4096), 0xff)) await runTool('ubiupdatevol', [`/dev/${this.volumeNode}`, '-t'])
+    else if (!isErased(readAt(`/dev/${this.volumeNode}`, 0, 4096), 0xff))
+      await runTool('ubiupdatevol', [`/dev/${this.volumeNode}`, '-t'])
   }
 
   mount(target: string): void {
@@ -48,7 +49,8 @@ export const ubiDriver: MediaDriver = {
     const devices = entries.filter((entry) => /^ubi\d+$/.test(entry)).sort()
     if (devices.length === 0) return { absent: 'no UBI device attached' }
     for (const volume of entries.filter((entry) => /^ubi\d+_\d+$/.test(entry))) {
-      if (readTextFileIfExists(`${UBI_CLASS}/${volume}/name`)?.trim() === config.flash.name) return new UbiVolume(volume.split('_')[0] ?? 'ubi0', config.flash.name, volume)
+      if (readTextFileIfExists(`${UBI_CLASS}/${volume}/name`)?.trim() === config.flash.name)
+        return new UbiVolume(volume.split('_')[0] ?? 'ubi0', config.flash.name, volume)
     }
     return new UbiVolume(devices[0] ?? 'ubi0', config.flash.name, undefined)
   },

@@ -3,15 +3,15 @@
  * xattrs on nearly every copy-up (origin, opaque on new directories), so the
  * first one found settles it; the scan stops there.
  */
-import type { TreeReader } from './types.js'
-import { namespaceOf, type XattrNamespace } from './xattrs.js'
+import type { TreeReader } from '../sys/types.js'
+import { namespaceProvedBy, type XattrNamespace } from './xattrs.js'
 
 export function detectNamespace(reader: TreeReader, upperRoot: string): XattrNamespace | undefined {
   const pending = ['']
   for (let path = pending.pop(); path !== undefined; path = pending.pop()) {
     const full = upperRoot + path
     for (const name of reader.xattrNames(full)) {
-      const namespace = namespaceOf(name)
+      const namespace = namespaceProvedBy(name)
       if (namespace) return namespace
     }
     for (const name of reader.list(full)) {
@@ -20,7 +20,7 @@ export function detectNamespace(reader: TreeReader, upperRoot: string): XattrNam
       if (stat?.type === 'dir') pending.push(child)
       else if (stat?.type === 'file' || stat?.type === 'symlink') {
         for (const xattr of reader.xattrNames(upperRoot + child)) {
-          const namespace = namespaceOf(xattr)
+          const namespace = namespaceProvedBy(xattr)
           if (namespace) return namespace
         }
       }

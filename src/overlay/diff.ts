@@ -4,7 +4,7 @@
  * lower subtrees a rename or an opaque directory brings into question), so its
  * cost follows the upper, not the lower.
  */
-import type { EntryStat, EntryType, TreeReader } from './types.js'
+import type { EntryStat, EntryType, TreeReader } from '../sys/types.js'
 import type { OverlayXattrs } from './xattrs.js'
 import { hostPath, sameSource, sameSources, type LayerStack, type ResolvedEntry } from './stack.js'
 
@@ -93,35 +93,66 @@ export class OverlayDiff {
     const lowerDirsOfMerged = merged.dirs.filter((source) => source.layer.role === 'lower')
     const onlyUpperMatters = lower !== undefined && sameSources(lowerDirsOfMerged, lower.dirs)
     const names = onlyUpperMatters
-      ? merged.inUpper ? this.reader.list(hostPath(merged.top)) : []
+      ? merged.inUpper
+        ? this.reader.list(hostPath(merged.top))
+        : []
       : [...new Set([...this.merged.candidateNames(merged), ...(lower ? this.lower.candidateNames(lower) : [])])]
     for (const name of sortNames(names)) {
-      this.compare(`${path}/${name}`, this.merged.child(merged, name), lower ? this.lower.child(lower, name) : undefined, visitor)
+      this.compare(
+        `${path}/${name}`,
+        this.merged.child(merged, name),
+        lower ? this.lower.child(lower, name) : undefined,
+        visitor,
+      )
     }
   }
 
-  private compare(path: string, merged: ResolvedEntry | undefined, lower: ResolvedEntry | undefined, visitor: DiffVisitor): void {
+  private compare(
+    path: string,
+    merged: ResolvedEntry | undefined,
+    lower: ResolvedEntry | undefined,
+    visitor: DiffVisitor,
+  ): void {
     if (!merged) {
       if (lower) visitor.change({ path: path || '/', change: 'deleted', was: this.state(lower), fields: [] })
       return
     }
     if (lower && this.fromSamePlace(merged, lower)) return
     if (!lower) {
-      visitor.change({ path: path || '/', change: 'added', now: this.state(merged), fields: [], ...this.dirNotes(merged, undefined) })
+      visitor.change({
+        path: path || '/',
+        change: 'added',
+        now: this.state(merged),
+        fields: [],
+        ...this.dirNotes(merged, undefined),
+      })
       if (merged.stat.type === 'dir') visitor.descend({ path, merged, lower: undefined })
       return
     }
     const fields = this.differences(merged, lower)
     const change: ChangeKind = fields.some(isContentField) ? 'modified' : fields.length > 0 ? 'metadata' : 'unchanged'
     if (change !== 'unchanged' || (this.options.all && merged.inUpper)) {
-      visitor.change({ path: path || '/', change, now: this.state(merged), was: this.state(lower), fields, ...this.dirNotes(merged, lower) })
+      visitor.change({
+        path: path || '/',
+        change,
+        now: this.state(merged),
+        was: this.state(lower),
+        fields,
+        ...this.dirNotes(merged, lower),
+      })
     }
-    if (merged.stat.type === 'dir') visitor.descend({ path, merged, lower: lower.stat.type === 'dir' ? lower : undefined })
+    if (merged.stat.type === 'dir')
+      visitor.descend({ path, merged, lower: lower.stat.type === 'dir' ? lower : undefined })
   }
 
   /** Nothing of the entry comes from the upper and it resolves to the same lower places. */
   private fromSamePlace(merged: ResolvedEntry, lower: ResolvedEntry): boolean {
-    return !merged.inUpper && sameSource(merged.top, lower.top) && sameSources(merged.dirs, lower.dirs) && sameSource(merged.data, lower.data)
+    return (
+      !merged.inUpper &&
+      sameSource(merged.top, lower.top) &&
+      sameSources(merged.dirs, lower.dirs) &&
+      sameSource(merged.data, lower.data)
+    )
   }
 
   private differences(merged: ResolvedEntry, lower: ResolvedEntry): ChangedField[] {
@@ -130,7 +161,11 @@ export class OverlayDiff {
     const was = lower.stat
     if (now.type !== was.type) fields.push('type')
     else if (now.type === 'file' && !this.sameBytes(merged, lower)) fields.push('content')
-    else if (now.type === 'symlink' && this.reader.readLink(hostPath(merged.top)) !== this.reader.readLink(hostPath(lower.top))) fields.push('target')
+    else if (
+      now.type === 'symlink' &&
+      this.reader.readLink(hostPath(merged.top)) !== this.reader.readLink(hostPath(lower.top))
+    )
+      fields.push('target')
     else if ((now.type === 'char' || now.type === 'block') && now.rdev !== was.rdev) fields.push('rdev')
     if (now.permissions !== was.permissions) fields.push('mode')
     if (now.uid !== was.uid) fields.push('uid')
@@ -154,7 +189,11 @@ export class OverlayDiff {
   }
 
   private sameComparedXattrs(merged: ResolvedEntry, lower: ResolvedEntry): boolean {
-    const names = (entry: ResolvedEntry): string[] => entry.xattrNames().filter((name) => this.xattrs.isCompared(name)).sort()
+    const names = (entry: ResolvedEntry): string[] =>
+      entry
+        .xattrNames()
+        .filter((name) => this.xattrs.isCompared(name))
+        .sort()
     const mergedNames = names(merged)
     const lowerNames = names(lower)
     if (mergedNames.length !== lowerNames.length || mergedNames.some((name, i) => name !== lowerNames[i])) return false
@@ -174,7 +213,13 @@ export class OverlayDiff {
 
   private state(entry: ResolvedEntry): EntryState {
     const stat: EntryStat = entry.stat
-    const state: EntryState = { type: stat.type, permissions: stat.permissions, uid: stat.uid, gid: stat.gid, size: stat.type === 'dir' ? 0 : stat.size }
+    const state: EntryState = {
+      type: stat.type,
+      permissions: stat.permissions,
+      uid: stat.uid,
+      gid: stat.gid,
+      size: stat.type === 'dir' ? 0 : stat.size,
+    }
     if (stat.type === 'symlink') state.target = this.reader.readLink(hostPath(entry.top))
     if (entry.data) state.dataPath = hostPath(entry.data)
     return state

@@ -7,7 +7,7 @@
  * is an identity test.
  */
 import { OvrootError, ExitCode } from '../errors.js'
-import type { EntryStat, TreeReader } from './types.js'
+import type { EntryStat, TreeReader } from '../sys/types.js'
 import type { OverlayXattrs } from './xattrs.js'
 
 export interface Layer {
@@ -63,7 +63,13 @@ class Found {
   ) {}
 
   xattrNames(): string[] {
-    this.names ??= this.stat.type === 'char' || this.stat.type === 'block' || this.stat.type === 'fifo' || this.stat.type === 'socket' ? [] : this.reader.xattrNames(hostPath(this.source))
+    this.names ??=
+      this.stat.type === 'char' ||
+      this.stat.type === 'block' ||
+      this.stat.type === 'fifo' ||
+      this.stat.type === 'socket'
+        ? []
+        : this.reader.xattrNames(hostPath(this.source))
     return this.names
   }
 }
@@ -80,7 +86,8 @@ export class LayerStack {
 
   root(): ResolvedEntry {
     const root = this.resolve({ absolute: '' })
-    if (!root) throw new OvrootError('ENOROOT', ExitCode.data, `${this.layers[0]?.root ?? '?'}: layer has no root directory`)
+    if (!root)
+      throw new OvrootError('ENOROOT', ExitCode.data, `${this.layers[0]?.root ?? '?'}: layer has no root directory`)
     return root
   }
 
@@ -161,7 +168,11 @@ export class LayerStack {
     }
     if (!top) return undefined
     if (top.stat.type === 'file' && !data) {
-      throw new OvrootError('EMETACOPY', ExitCode.data, `${hostPath(top.source)}: metacopy file whose data is in no lower layer (was the lower replaced?)`)
+      throw new OvrootError(
+        'EMETACOPY',
+        ExitCode.data,
+        `${hostPath(top.source)}: metacopy file whose data is in no lower layer (was the lower replaced?)`,
+      )
     }
     return {
       top: top.source,
@@ -184,9 +195,14 @@ export class LayerStack {
   private redirected(lookup: Lookup, source: Source, redirect: string): Lookup {
     if (redirect.startsWith('/')) return { absolute: redirect.replace(/\/+$/, '') }
     if (redirect.includes('/') || redirect === '' || redirect === '.' || redirect === '..') {
-      throw new OvrootError('EREDIRECT', ExitCode.data, `${hostPath(source)}: invalid relative overlay redirect ${JSON.stringify(redirect)}`)
+      throw new OvrootError(
+        'EREDIRECT',
+        ExitCode.data,
+        `${hostPath(source)}: invalid relative overlay redirect ${JSON.stringify(redirect)}`,
+      )
     }
-    if ('absolute' in lookup) return { absolute: `${lookup.absolute.slice(0, lookup.absolute.lastIndexOf('/'))}/${redirect}` }
+    if ('absolute' in lookup)
+      return { absolute: `${lookup.absolute.slice(0, lookup.absolute.lastIndexOf('/'))}/${redirect}` }
     return { parent: lookup.parent, name: redirect }
   }
 

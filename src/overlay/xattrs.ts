@@ -6,7 +6,18 @@
  */
 export type XattrNamespace = 'trusted' | 'user'
 
-export const OVERLAY_KEYS = ['opaque', 'redirect', 'metacopy', 'whiteout', 'origin', 'impure', 'nlink', 'uuid', 'upper', 'protattr'] as const
+export const OVERLAY_KEYS = [
+  'opaque',
+  'redirect',
+  'metacopy',
+  'whiteout',
+  'origin',
+  'impure',
+  'nlink',
+  'uuid',
+  'upper',
+  'protattr',
+] as const
 export type OverlayKey = (typeof OVERLAY_KEYS)[number]
 
 const AUDITED = new Set(['security.capability', 'system.posix_acl_access', 'system.posix_acl_default'])
@@ -35,8 +46,13 @@ export class OverlayXattrs {
   }
 }
 
+/** The namespace an overlay mounted with these options writes its xattrs in. */
+export function namespaceForMount(options: readonly string[]): XattrNamespace {
+  return options.includes('userxattr') ? 'user' : 'trusted'
+}
+
 /** Which namespace an xattr name proves, if it is an overlay xattr at all. */
-export function namespaceOf(name: string): XattrNamespace | undefined {
+export function namespaceProvedBy(name: string): XattrNamespace | undefined {
   if (name.startsWith('trusted.overlay.')) return 'trusted'
   if (name.startsWith('user.overlay.')) return 'user'
   return undefined

@@ -6,16 +6,24 @@ import { syncAll } from '../sys/libc.js'
 import { readEntry, replaceMetadata, setModificationTime } from '../sys/entries.js'
 import { listDirectory, makeDirectory, pathExists, removeTree, renamePath, statPath, syncDirectory } from '../sys/fs.js'
 import type { OverlayXattrs } from '../overlay/xattrs.js'
-import { dropStaging, finishPending, hasStaging, markerPath, readPending, replacedPath, stagedPath, stateDir, syncStagingPath, upperPath, type FlashLayout, type PendingChange } from './marker.js'
+import { markerPath, replacedPath, stagedPath, stateDir, upperPath, type FlashLayout } from '../state/flash.js'
+import { dropStaging, finishPending, hasStaging, readPending, syncStagingPath, type PendingChange } from './marker.js'
 
-export type AppliedChange = { kind: 'reset'; kept: string[] } | { kind: 'restore'; source: string; entries: number } | { kind: 'sync'; entries: number }
+export type AppliedChange =
+  | { kind: 'reset'; kept: string[] }
+  | { kind: 'restore'; source: string; entries: number }
+  | { kind: 'sync'; entries: number }
 
 /** Anything to do at boot: a committed change, or an uncommitted staging to drop. */
 export function hasPendingWork(layout: FlashLayout): boolean {
   return pathExists(markerPath(layout)) || hasStaging(layout)
 }
 
-export async function applyPending(layout: FlashLayout, workDir: string | undefined, xattrs: OverlayXattrs): Promise<AppliedChange | undefined> {
+export async function applyPending(
+  layout: FlashLayout,
+  workDir: string | undefined,
+  xattrs: OverlayXattrs,
+): Promise<AppliedChange | undefined> {
   const change = readPending(layout)
   if (!change) {
     dropStaging(layout)
@@ -68,7 +76,8 @@ function applySync(staged: string, upper: string, change: Extract<PendingChange,
       renamePath(from, to)
     }
   })
-  for (const [path, mtime] of change.parents) if (statPath(target(path))?.type === 'dir') setModificationTime(target(path), mtime)
+  for (const [path, mtime] of change.parents)
+    if (statPath(target(path))?.type === 'dir') setModificationTime(target(path), mtime)
   for (const [from, to] of directories) {
     const own = readEntry(from, '.', '')
     if (own !== 'socket') replaceMetadata(to, own)

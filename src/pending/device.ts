@@ -1,18 +1,17 @@
 /**
  * What the commands that change a device's upper (reset, restore) share: the
  * boot record, the flash made writable for the moment a change is committed,
- * the refusal to touch a live layer, confirmation and reboot.
+ * the refusal to touch a live layer. Confirmation and reboot: src/interact.ts.
  */
-import { createInterface } from 'node:readline/promises'
-import { parseBootState, STATUS_FILE, type BootState } from '../boot/state.js'
+import { flashMounted, readBootState, type BootState } from '../state/boot-record.js'
+import { flashLayout } from '../state/flash.js'
 import type { Config } from '../config/schema.js'
 import { ExitCode, OvrootError } from '../errors.js'
-import { readTextFileIfExists, realPath } from '../sys/fs.js'
+import { realPath } from '../sys/fs.js'
 import { remount, syncAll } from '../sys/libc.js'
 import { mountedOverlayLayers } from '../sys/mounts.js'
-import { runTool } from '../sys/run.js'
 import { withStagingLock } from './lock.js'
-import { cancelPending, describePendingAt, flashLayout } from './marker.js'
+import { cancelPending, describePendingAt } from './marker.js'
 
 export interface BootRecord {
   state: BootState
@@ -21,10 +20,11 @@ export interface BootRecord {
 }
 
 export function readBootRecord(config: Config): BootRecord {
-  const file = `${config.boot.run_dir}/${STATUS_FILE}`
-  const state = parseBootState(readTextFileIfExists(file), file, (message) => new OvrootError('ESTATUS', ExitCode.data, message))
-  if (!state) throw new OvrootError('ENOSTATUS', ExitCode.environment, `${file}: no boot record, so this is not a device booted by ovroot; use --upper DIR for an unmounted upper`)
-  return { state, flashMounted: state.medium !== undefined && state.medium.driver !== 'ram' }
+  const state = readBootState(
+    config.boot.run_dir,
+    ', so this is not a device booted by ovroot; use --upper DIR for an unmounted upper',
+  )
+  return { state, flashMounted: flashMounted(state) }
 }
 
 /**
@@ -33,16 +33,20 @@ export function readBootRecord(config: Config): BootRecord {
  * writable just for that. Under the staging lock: the sync daemon stages in
  * the same directory.
  */
-export async function withWritableFlash<T>(config: Config, record: BootRecord, change: () => T | Promise<T>): Promise<T> {
+export async function withWritableFlash<T>(
+  config: Config,
+  record: BootRecord,
+  change: () => T | Promise<T>,
+): Promise<T> {
   return withStagingLock(config.boot.run_dir, async () => {
     const readOnly = record.state.mode !== 'flash'
-    if (readOnly) remount(config.overlay.dir, false)
+    if (readOnly) remount(config.overlay.dir, { readOnly: false })
     try {
       const result = await change()
       syncAll()
       return result
     } finally {
-      if (readOnly) remount(config.overlay.dir, true)
+      if (readOnly) remount(config.overlay.dir, { readOnly: true })
     }
   })
 }
@@ -60,19 +64,12 @@ export function refuseLiveLayer(dir: string): void {
   const target = realPath(dir) ?? dir
   const { written, lowers } = mountedOverlayLayers()
   const inside = (path: string, root: string): boolean => path === root || path.startsWith(`${root}/`)
-  const clash = [...written, ...lowers].find((layer) => inside(layer, target)) ?? written.find((layer) => inside(target, layer))
-  if (clash !== undefined) throw new OvrootError('EBUSY', ExitCode.environment, `${dir} is ${clash === target ? 'a layer' : 'part of a layer'} (${clash}) of a mounted overlay; change it with a reboot, never while mounted`)
-}
-
-export async function confirm(what: string): Promise<void> {
-  if (!process.stdin.isTTY) throw new OvrootError('EABORTED', ExitCode.aborted, 'not confirmed: input is not a terminal; pass --yes to confirm')
-  const prompt = createInterface({ input: process.stdin, output: process.stderr })
-  const answer = await prompt.question(`${what}\nContinue? [y/N] `)
-  prompt.close()
-  if (!/^y(es)?$/i.test(answer.trim())) throw new OvrootError('EABORTED', ExitCode.aborted, 'cancelled: not confirmed')
-}
-
-export async function rebootNow(): Promise<void> {
-  process.stdout.write('ovroot: rebooting\n')
-  await runTool('reboot', [])
+  const clash =
+    [...written, ...lowers].find((layer) => inside(layer, target)) ?? written.find((layer) => inside(target, layer))
+  if (clash !== undefined)
+    throw new OvrootError(
+      'EBUSY',
+      ExitCode.environment,
+      `${dir} is ${clash === target ? 'a layer' : 'part of a layer'} (${clash}) of a mounted overlay; change it with a reboot, never while mounted`,
+    )
 }

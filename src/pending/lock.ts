@@ -7,6 +7,7 @@
  * owner's lock is taken over. A command that finds it taken says once whom
  * it waits for, and gives up after a bound with the same words.
  */
+import { stagingLockPath } from '../state/run.js'
 import { ExitCode, OvrootError } from '../errors.js'
 import { createDirectoryExclusive, readTextFileIfExists, removeTree, writeFileAtomic } from '../sys/fs.js'
 import { processAlive } from '../sys/run.js'
@@ -15,7 +16,7 @@ import { processAlive } from '../sys/run.js'
 export const LOCK_WAIT_MS = 10 * 60 * 1000
 
 export async function withStagingLock<T>(runDir: string, work: () => Promise<T> | T): Promise<T> {
-  const lock = `${runDir}/staging.lock`
+  const lock = stagingLockPath(runDir)
   await acquire(lock)
   try {
     return await work()
@@ -36,7 +37,12 @@ async function acquire(lock: string): Promise<void> {
     const owner = Number(pidLine.trim())
     const holder = `pid ${owner} (${command.trim()})`
     if (Number.isInteger(owner) && owner > 0 && !processAlive(owner)) removeTree(lock)
-    else if (Date.now() - started > LOCK_WAIT_MS) throw new OvrootError('ELOCKED', ExitCode.environment, `${lock}: ${holder} has been staging a change for ${LOCK_WAIT_MS / 60_000} minutes; try again when it is done`)
+    else if (Date.now() - started > LOCK_WAIT_MS)
+      throw new OvrootError(
+        'ELOCKED',
+        ExitCode.environment,
+        `${lock}: ${holder} has been staging a change for ${LOCK_WAIT_MS / 60_000} minutes; try again when it is done`,
+      )
     else {
       if (!told) process.stderr.write(`ovroot: waiting for ${holder} to finish staging a change (${lock})\n`)
       told = true

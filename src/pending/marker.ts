@@ -8,22 +8,28 @@
  * without a marker is an uncommitted change and is dropped.
  */
 import { randomBytes } from 'node:crypto'
-import { FLASH_STATE_DIR } from '../boot/state.js'
-import type { Config } from '../config/schema.js'
 import { ExitCode, OvrootError } from '../errors.js'
 import { syncAll } from '../sys/libc.js'
-import { filesystemInfo, listDirectoryIfExists, makeDirectory, pathExists, readTextFileIfExists, removeFile, removeTree, syncDirectory, writeFileAtomic } from '../sys/fs.js'
-
-export interface FlashLayout {
-  /** The flash filesystem's mount point (or the directory holding an unmounted upper). */
-  root: string
-  upperName: string
-}
-
-/** The device's own flash: [overlay] dir, holding upper/ and work/. */
-export function flashLayout(config: Config): FlashLayout {
-  return { root: config.overlay.dir, upperName: 'upper' }
-}
+import {
+  markerPath,
+  replacedPath,
+  reservePath,
+  scanBaselinePath,
+  stagedPath,
+  stateDir,
+  type FlashLayout,
+} from '../state/flash.js'
+import {
+  filesystemInfo,
+  listDirectoryIfExists,
+  makeDirectory,
+  pathExists,
+  readTextFileIfExists,
+  removeFile,
+  removeTree,
+  syncDirectory,
+  writeFileAtomic,
+} from '../sys/fs.js'
 
 export type PendingChange =
   | { kind: 'reset'; requested: string; keep: string[]; only?: string[] }
@@ -37,24 +43,24 @@ export type PendingChange =
    * `staged`), so that a marker whose removal a power cut lost never applies
    * a later sync's staging.
    */
-  | { kind: 'sync'; requested: string; entries: number; removals: string[]; moves: string[]; parents: [string, number][]; staging?: string }
+  | {
+      kind: 'sync'
+      requested: string
+      entries: number
+      removals: string[]
+      moves: string[]
+      parents: [string, number][]
+      staging?: string
+    }
 
-const PENDING_MARKER = 'pending'
-
-export const stateDir = (layout: FlashLayout): string => `${layout.root}/${FLASH_STATE_DIR}`
-export const markerPath = (layout: FlashLayout): string => `${stateDir(layout)}/${PENDING_MARKER}`
-/** A restored upper being built, or built and committed. */
-export const stagedPath = (layout: FlashLayout): string => `${stateDir(layout)}/staged`
 /** Where a sync stages: a name of its own, recorded in its marker. */
 export const syncStagingPath = (layout: FlashLayout, change?: Extract<PendingChange, { kind: 'sync' }>): string =>
-  change === undefined ? `${stateDir(layout)}/${SYNC_STAGING}${randomBytes(6).toString('hex')}` : change.staging === undefined ? stagedPath(layout) : `${stateDir(layout)}/${change.staging}`
+  change === undefined
+    ? `${stateDir(layout)}/${SYNC_STAGING}${randomBytes(6).toString('hex')}`
+    : change.staging === undefined
+      ? stagedPath(layout)
+      : `${stateDir(layout)}/${change.staging}`
 const SYNC_STAGING = 'staged-'
-/** The replaced upper, between the swap and its removal. */
-export const replacedPath = (layout: FlashLayout): string => `${stateDir(layout)}/replaced`
-export const upperPath = (layout: FlashLayout): string => `${layout.root}/${layout.upperName}`
-/** Where the last sync's scan began (src/sync/baseline.ts): every committed change drops it. */
-export const scanBaselinePath = (layout: FlashLayout): string => `${stateDir(layout)}/sync-baseline`
-const reservePath = (layout: FlashLayout): string => `${stateDir(layout)}/reserve`
 
 /**
  * Held back so that a change can still be scheduled on a full flash. JFFS2
@@ -75,11 +81,21 @@ export function readPending(layout: FlashLayout): PendingChange | undefined {
     const marker = JSON.parse(text) as PendingChange
     if (marker.kind === 'reset' && Array.isArray(marker.keep)) return marker
     if (marker.kind === 'restore' && typeof marker.source === 'string') return marker
-    if (marker.kind === 'sync' && Array.isArray(marker.removals) && Array.isArray(marker.moves) && Array.isArray(marker.parents)) return marker
+    if (
+      marker.kind === 'sync' &&
+      Array.isArray(marker.removals) &&
+      Array.isArray(marker.moves) &&
+      Array.isArray(marker.parents)
+    )
+      return marker
   } catch {
     // reported below
   }
-  throw new OvrootError('EMARKER', ExitCode.data, `${markerPath(layout)}: unreadable pending-change marker; expected the JSON ovroot writes (ovroot reset --cancel removes it)`)
+  throw new OvrootError(
+    'EMARKER',
+    ExitCode.data,
+    `${markerPath(layout)}: unreadable pending-change marker; expected the JSON ovroot writes (ovroot reset --cancel removes it)`,
+  )
 }
 
 /**
@@ -122,12 +138,16 @@ export function cancelPending(layout: FlashLayout): void {
 /** Every staging no marker names: a cut before its commit left it. */
 export function dropStaging(layout: FlashLayout): void {
   removeTree(stagedPath(layout))
-  for (const name of listDirectoryIfExists(stateDir(layout))) if (name.startsWith(SYNC_STAGING)) removeTree(`${stateDir(layout)}/${name}`)
+  for (const name of listDirectoryIfExists(stateDir(layout)))
+    if (name.startsWith(SYNC_STAGING)) removeTree(`${stateDir(layout)}/${name}`)
 }
 
 /** Whether a staging directory no marker names is there. */
 export function hasStaging(layout: FlashLayout): boolean {
-  return pathExists(stagedPath(layout)) || listDirectoryIfExists(stateDir(layout)).some((name) => name.startsWith(SYNC_STAGING))
+  return (
+    pathExists(stagedPath(layout)) ||
+    listDirectoryIfExists(stateDir(layout)).some((name) => name.startsWith(SYNC_STAGING))
+  )
 }
 
 /** The change is applied: forget it. */
@@ -153,13 +173,33 @@ export function describePendingAt(layout: FlashLayout): string | undefined {
     const pending = readPending(layout)
     return pending && describePending(pending)
   } catch (error) {
-    if (error instanceof OvrootError && error.code === 'EMARKER') return 'an unreadable pending change (ovroot reset --cancel removes it)'
+    if (error instanceof OvrootError && error.code === 'EMARKER')
+      return 'an unreadable pending change (ovroot reset --cancel removes it)'
     throw error
   }
 }
 
+/** The change as scheduled: `factory reset at next boot, keeping /etc/config`. */
 export function describePending(change: PendingChange): string {
-  if (change.kind === 'reset') return `${change.only ? `reset of ${change.only.join(' ')}` : 'factory reset'} at next boot, keeping ${change.keep.length ? change.keep.join(' ') : 'nothing'}`
-  if (change.kind === 'sync') return `the end of an interrupted sync (${change.entries} entries) at next boot`
-  return `${change.merge ? 'sysupgrade archive' : 'restore'} of ${change.source} (${change.entries} entries) at next boot`
+  const { what, detail } = describeParts(change)
+  return `${what} at next boot${detail}`
+}
+
+/** The change itself, for the moment it is applied: `factory reset, keeping /etc/config`. */
+export function describeChange(change: PendingChange): string {
+  const { what, detail } = describeParts(change)
+  return `${what}${detail}`
+}
+
+function describeParts(change: PendingChange): { what: string; detail: string } {
+  if (change.kind === 'reset')
+    return {
+      what: change.only ? `reset of ${change.only.join(' ')}` : 'factory reset',
+      detail: `, keeping ${change.keep.length ? change.keep.join(' ') : 'nothing'}`,
+    }
+  if (change.kind === 'sync') return { what: `the end of an interrupted sync (${change.entries} entries)`, detail: '' }
+  return {
+    what: `${change.merge ? 'sysupgrade archive' : 'restore'} of ${change.source} (${change.entries} entries)`,
+    detail: '',
+  }
 }

@@ -4,6 +4,7 @@
  * comments) and --keep. Existing OpenWrt setups work unchanged.
  */
 import type { Config } from '../config/schema.js'
+import { globToRegExp } from '../glob.js'
 
 /** Read access to the merged view, live (/) or reconstructed offline at boot. */
 export interface ViewReader {
@@ -31,28 +32,6 @@ export function collectKeepPatterns(config: Config, extra: readonly string[], vi
 
 function normalisePattern(pattern: string): string {
   return pattern.length > 1 ? pattern.replace(/\/+$/, '') : pattern
-}
-
-/** Shell-style globs: * and ? stay within one component, ** crosses them, [..] is a class. */
-export function globToRegExp(pattern: string): RegExp {
-  let source = ''
-  for (let i = 0; i < pattern.length; i++) {
-    const char = pattern[i] ?? ''
-    if (char === '*' && pattern[i + 1] === '*') {
-      source += '.*'
-      i++
-    } else if (char === '*') source += '[^/]*'
-    else if (char === '?') source += '[^/]'
-    else if (char === '[') {
-      const end = pattern.indexOf(']', i + 2)
-      if (end < 0) source += '\\['
-      else {
-        source += `[${pattern.slice(i + 1, end).replace(/^!/, '^').replace(/\\/g, '\\\\')}]`
-        i = end
-      }
-    } else source += char.replace(/[.+^${}()|\\]/g, '\\$&')
-  }
-  return new RegExp(`^${source}$`)
 }
 
 export class KeepList {

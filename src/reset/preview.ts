@@ -7,16 +7,25 @@ import { checkDiffRequest, openDiff } from '../diff/open.js'
 import { BufferedOutput, jsonLine, statusLine } from '../diff/report.js'
 import type { ResetPlan } from './prune.js'
 
-export function printResetPreview(upper: string, lowers: string[], namespace: XattrNamespace, plan: ResetPlan, json: boolean): void {
+export function printResetPreview(
+  upper: string,
+  lowers: string[],
+  namespace: XattrNamespace,
+  plan: ResetPlan,
+  json: boolean,
+): void {
   const removed = new Set(plan.remove)
   const discards = (path: string): boolean => {
-    for (let prefix = path; prefix !== ''; prefix = prefix.slice(0, prefix.lastIndexOf('/'))) if (removed.has(prefix)) return true
+    for (let prefix = path; prefix !== ''; prefix = prefix.slice(0, prefix.lastIndexOf('/')))
+      if (removed.has(prefix)) return true
     return false
   }
   const output = new BufferedOutput((text) => process.stdout.write(text))
   openDiff(checkDiffRequest({ upper, lowers, namespace, all: false, paths: [] })).run((change) => {
     const action = discards(change.path) ? 'discard' : 'keep'
-    output.push(json ? `{"reset":"${action}",${jsonLine(change).slice(1)}` : `${action.padEnd(8)}${statusLine(change, false)}`)
+    output.push(
+      json ? `{"reset":"${action}",${jsonLine(change).slice(1)}` : `${action.padEnd(8)}${statusLine(change, false)}`,
+    )
   })
   output.flush()
 }

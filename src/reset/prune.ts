@@ -25,12 +25,15 @@ export interface ResetPlan {
  */
 export function planReset(upper: string, keep: KeepList, only?: readonly string[]): ResetPlan {
   const plan: ResetPlan = { remove: [], keep: [], ancestors: [] }
-  const inScope = (path: string): boolean => only === undefined || only.some((root) => path === root || path.startsWith(`${root}/`))
+  const inScope = (path: string): boolean =>
+    only === undefined || only.some((root) => path === root || path.startsWith(`${root}/`))
   const leadsIntoScope = (path: string): boolean => only?.some((root) => root.startsWith(`${path}/`)) ?? false
   /** Whether the directory stays: false when the caller removes it whole. */
   const visit = (path: string): boolean => {
     reportProgress()
-    const children = listDirectory(upper + path).sort().map((name) => `${path}/${name}`)
+    const children = listDirectory(upper + path)
+      .sort()
+      .map((name) => `${path}/${name}`)
     const removable = children.filter((child) => !stays(child))
     if (path !== '' && inScope(path) && removable.length === children.length) return false
     plan.remove.push(...removable)
@@ -53,7 +56,12 @@ export function planReset(upper: string, keep: KeepList, only?: readonly string[
 }
 
 /** Carry out a reset of `upper`; answers the kept paths. */
-export function applyReset(upper: string, keepPatterns: string[], only: string[] | undefined, xattrs: OverlayXattrs): string[] {
+export function applyReset(
+  upper: string,
+  keepPatterns: string[],
+  only: string[] | undefined,
+  xattrs: OverlayXattrs,
+): string[] {
   const plan = planReset(upper, new KeepList(keepPatterns), only)
   for (const path of plan.remove) removeTree(upper + path)
   for (const path of plan.ancestors) {

@@ -15,13 +15,17 @@ export const liveView: ViewReader = {
 
 export function offlineView(upper: string, lowers: string[], namespace: XattrNamespace): ViewReader {
   const stack = new LayerStack(
-    [{ root: upper, role: 'upper' }, ...lowers.map((root) => ({ root: root === '/' ? '' : root, role: 'lower' as const }))],
+    [
+      { root: upper, role: 'upper' },
+      ...lowers.map((root) => ({ root: root === '/' ? '' : root, role: 'lower' as const })),
+    ],
     hostTreeReader,
     new OverlayXattrs(namespace),
   )
   const resolve = (path: string): ResolvedEntry | undefined => {
     let entry: ResolvedEntry | undefined = stack.root()
-    for (const name of path.split('/').filter(Boolean)) entry = entry?.stat.type === 'dir' ? stack.child(entry, name) : undefined
+    for (const name of path.split('/').filter(Boolean))
+      entry = entry?.stat.type === 'dir' ? stack.child(entry, name) : undefined
     return entry
   }
   return {

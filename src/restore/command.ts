@@ -10,15 +10,26 @@ import { readPassphrase } from '../archive/crypt.js'
 import type { BackupHeader } from '../archive/manifest.js'
 import { describeFirmware, firmwareIdentity, firmwareView, type LayerView } from '../backup/firmware.js'
 import { loadConfig } from '../config/load.js'
-import { upperDir, type Config } from '../config/schema.js'
+import type { Config } from '../config/schema.js'
 import { ExitCode, OvrootError, type ExitStatus } from '../errors.js'
-import type { XattrNamespace } from '../overlay/xattrs.js'
-import { cancelScheduled, confirm, readBootRecord, rebootNow, refuseLiveLayer, withWritableFlash } from '../pending/device.js'
-import { cancelPending, commitPending, describePendingAt, flashLayout, stagedPath } from '../pending/marker.js'
-import { filesystemInfo, listDirectoryIfExists, makeDirectory, removeTree, renamePath, spoolToTemporaryFile, statPath, syncDirectory } from '../sys/fs.js'
-import type { EntryKind } from '../upper/entry.js'
+import { namespaceForMount, type XattrNamespace } from '../overlay/xattrs.js'
+import { confirm, rebootNow } from '../interact.js'
+import { cancelScheduled, readBootRecord, refuseLiveLayer, withWritableFlash } from '../pending/device.js'
+import { cancelPending, commitPending, describePendingAt } from '../pending/marker.js'
+import {
+  filesystemInfo,
+  listDirectoryIfExists,
+  makeDirectory,
+  removeTree,
+  renamePath,
+  spoolToTemporaryFile,
+  statPath,
+  syncDirectory,
+} from '../sys/fs.js'
+import type { EntryKind } from '../sys/types.js'
 import { extractArchive, type ExtractResult } from './extract.js'
 import { printRestorePreview } from './preview.js'
+import { upperDir, flashLayout, stagedPath } from '../state/flash.js'
 
 export interface RestoreOptions {
   configFile: string | undefined
@@ -54,9 +65,13 @@ export async function runRestore(options: RestoreOptions): Promise<ExitStatus> {
   const spooled = options.source === '-' ? await spoolToTemporaryFile(process.stdin, tmpdir()) : undefined
   const file = spooled?.path ?? options.source
   try {
-    if (statPath(file)?.type !== 'file') throw new OvrootError('ENOENT', ExitCode.environment, `backup ${options.source} does not exist or is not a file`)
-    const extract = (target: Target, staging: string | undefined): Promise<ExtractResult> => extractArchive(file, extractOptions(target, passphrase, staging))
-    return options.upper === undefined ? await restoreLive(config, options, extract) : await restoreOffline(config, options, extract)
+    if (statPath(file)?.type !== 'file')
+      throw new OvrootError('ENOENT', ExitCode.environment, `backup ${options.source} does not exist or is not a file`)
+    const extract = (target: Target, staging: string | undefined): Promise<ExtractResult> =>
+      extractArchive(file, extractOptions(target, passphrase, staging))
+    return options.upper === undefined
+      ? await restoreLive(config, options, extract)
+      : await restoreOffline(config, options, extract)
   } finally {
     spooled?.remove()
   }
@@ -64,21 +79,27 @@ export async function runRestore(options: RestoreOptions): Promise<ExitStatus> {
 
 type Extract = (target: Target, staging: string | undefined) => Promise<ExtractResult>
 
-function namespaceOf(config: Config): XattrNamespace {
-  return config.overlay.options.includes('userxattr') ? 'user' : 'trusted'
-}
-
 /** The views are built on first use: a backup restored offline without its firmware needs neither. */
-function extractOptions(target: Target, passphrase: Buffer | undefined, staging: string | undefined): Parameters<typeof extractArchive>[1] {
+function extractOptions(
+  target: Target,
+  passphrase: Buffer | undefined,
+  staging: string | undefined,
+): Parameters<typeof extractArchive>[1] {
   let current: LayerView | undefined
   let firmware: LayerView | undefined
-  const running = target.lowers.every((lower) => statPath(lower)?.type === 'dir') ? firmwareIdentity(target.lowers) : undefined
+  const running = target.lowers.every((lower) => statPath(lower)?.type === 'dir')
+    ? firmwareIdentity(target.lowers)
+    : undefined
   return {
     passphrase,
     staging,
     view: (path) => {
       if (!running) return undefined
-      current ??= firmwareView(target.lowers, target.namespace, statPath(target.upper)?.type === 'dir' ? target.upper : undefined)
+      current ??= firmwareView(
+        target.lowers,
+        target.namespace,
+        statPath(target.upper)?.type === 'dir' ? target.upper : undefined,
+      )
       const entry = current.lookup(path)
       if (!entry) return undefined
       const kind: EntryKind = entry.stat.type === 'socket' ? 'fifo' : entry.stat.type
@@ -94,16 +115,33 @@ function checkConflicts(result: ExtractResult, target: Target, force: boolean): 
   if (result.conflicts.length === 0 || force || !result.header) return
   const shown = result.conflicts.slice(0, 5).join(' ')
   const more = result.conflicts.length > 5 ? ` and ${result.conflicts.length - 5} more` : ''
-  throw new OvrootError('ECONFLICT', ExitCode.data, `backup of ${describeFirmware(result.header.firmware)}, this device runs ${describeFirmware(firmwareIdentity(target.lowers))}: ${result.conflicts.length} files changed by both the user and the new firmware (${shown}${more}); --force restores the user's versions anyway`)
+  throw new OvrootError(
+    'ECONFLICT',
+    ExitCode.data,
+    `backup of ${describeFirmware(result.header.firmware)}, this device runs ${describeFirmware(firmwareIdentity(target.lowers))}: ${result.conflicts.length} files changed by both the user and the new firmware (${shown}${more}); --force restores the user's versions anyway`,
+  )
 }
 
 async function restoreOffline(config: Config, options: RestoreOptions, extract: Extract): Promise<ExitStatus> {
   const upper = resolve(options.upper ?? '')
-  if (statPath(upper)?.type !== 'dir') throw new OvrootError('ENOENT', ExitCode.environment, `upper directory ${upper} does not exist; create it empty`)
-  if (listDirectoryIfExists(upper).length > 0) throw new OvrootError('ENOTEMPTY', ExitCode.environment, `upper directory ${upper} is not empty; --upper restores into an empty directory`)
+  if (statPath(upper)?.type !== 'dir')
+    throw new OvrootError('ENOENT', ExitCode.environment, `upper directory ${upper} does not exist; create it empty`)
+  if (listDirectoryIfExists(upper).length > 0)
+    throw new OvrootError(
+      'ENOTEMPTY',
+      ExitCode.environment,
+      `upper directory ${upper} is not empty; --upper restores into an empty directory`,
+    )
   refuseLiveLayer(upper)
-  const target: Target = { upper, lowers: options.lowers ?? config.overlay.lower, namespace: namespaceOf(config) }
-  if (!target.lowers.every((lower) => statPath(lower)?.type === 'dir')) process.stderr.write(`ovroot: no firmware at ${target.lowers.join(' ')}: the backup is verified, but not compared with a firmware\n`)
+  const target: Target = {
+    upper,
+    lowers: options.lowers ?? config.overlay.lower,
+    namespace: namespaceForMount(config.overlay.options),
+  }
+  if (!target.lowers.every((lower) => statPath(lower)?.type === 'dir'))
+    process.stderr.write(
+      `ovroot: no firmware at ${target.lowers.join(' ')}: the backup is verified, but not compared with a firmware\n`,
+    )
   const staging = `${dirname(upper)}/.${basename(upper)}.ovroot-restore`
   removeTree(staging)
   makeDirectory(staging, 0o700)
@@ -128,8 +166,17 @@ async function restoreOffline(config: Config, options: RestoreOptions, extract: 
 
 async function restoreLive(config: Config, options: RestoreOptions, extract: Extract): Promise<ExitStatus> {
   const record = readBootRecord(config)
-  if (!record.flashMounted) throw new OvrootError('ENOFLASH', ExitCode.environment, `the root runs on a RAM upper (mode ${record.state.mode}): there is no flash to restore onto`)
-  const target: Target = { upper: upperDir(config), lowers: config.overlay.lower, namespace: namespaceOf(config) }
+  if (!record.flashMounted)
+    throw new OvrootError(
+      'ENOFLASH',
+      ExitCode.environment,
+      `the root runs on a RAM upper (mode ${record.state.mode}): there is no flash to restore onto`,
+    )
+  const target: Target = {
+    upper: upperDir(config),
+    lowers: config.overlay.lower,
+    namespace: namespaceForMount(config.overlay.options),
+  }
   const verified = await extract(target, undefined)
   checkConflicts(verified, target, options.force)
   if (options.dryRun) return previewInTemporary(target, extract, options.json)
@@ -137,17 +184,30 @@ async function restoreLive(config: Config, options: RestoreOptions, extract: Ext
   const info = filesystemInfo(config.overlay.dir)
   const free = info.availableBlocks * info.blockSize
   if (verified.neededBytes > free) {
-    throw new OvrootError('ENOSPC', ExitCode.io, `not enough room on the flash for the staged restore: it needs about ${mebibytes(verified.neededBytes)}, ${config.overlay.dir} has ${mebibytes(free)} free; nothing was written`)
+    throw new OvrootError(
+      'ENOSPC',
+      ExitCode.io,
+      `not enough room on the flash for the staged restore: it needs about ${mebibytes(verified.neededBytes)}, ${config.overlay.dir} has ${mebibytes(free)} free; nothing was written`,
+    )
   }
   const what = describeArchive(options.source, verified)
-  if (!options.yes) await confirm(`Restore ${what}: at the next boot the upper is ${verified.kind === 'sysupgrade' ? 'updated with its files' : 'replaced by it'}.`)
+  if (!options.yes)
+    await confirm(
+      `Restore ${what}: at the next boot the upper is ${verified.kind === 'sysupgrade' ? 'updated with its files' : 'replaced by it'}.`,
+    )
   const replaced = describePendingAt(layout)
   await withWritableFlash(config, record, async () => {
     cancelPending(layout)
     makeDirectory(stagedPath(layout), 0o700)
     try {
       const staged = await extract(target, stagedPath(layout))
-      commitPending(layout, { kind: 'restore', requested: new Date().toISOString(), source: options.source === '-' ? 'standard input' : resolve(options.source), entries: staged.entries, merge: staged.kind === 'sysupgrade' })
+      commitPending(layout, {
+        kind: 'restore',
+        requested: new Date().toISOString(),
+        source: options.source === '-' ? 'standard input' : resolve(options.source),
+        entries: staged.entries,
+        merge: staged.kind === 'sysupgrade',
+      })
     } catch (error) {
       removeTree(stagedPath(layout))
       throw error
@@ -174,7 +234,11 @@ async function previewInTemporary(target: Target, extract: Extract, json: boolea
 
 function describeArchive(source: string, result: ExtractResult): string {
   const header: BackupHeader | undefined = result.header
-  const origin = header ? `backup of ${header.host} from ${header.created}` : result.kind === 'upper' ? 'archive of an upper, without ovroot\'s checksums' : 'OpenWrt sysupgrade archive'
+  const origin = header
+    ? `backup of ${header.host} from ${header.created}`
+    : result.kind === 'upper'
+      ? "archive of an upper, without ovroot's checksums"
+      : 'OpenWrt sysupgrade archive'
   return `${source === '-' ? 'standard input' : source} (${origin}, ${result.entries} entries)`
 }
 

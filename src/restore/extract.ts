@@ -13,11 +13,17 @@ import { createGunzip } from 'node:zlib'
 import { Decrypt, ENCRYPTED_MAGIC } from '../archive/crypt.js'
 import { decodeGlobal, decodeSums, type BackupHeader, type FileSums } from '../archive/manifest.js'
 import { corrupt, PaxReader, type TarEntry } from '../archive/pax.js'
+import { defaultConfig } from '../config/schema.js'
 import { ExitCode, OvrootError } from '../errors.js'
+import { flashLayout, stagedPath } from '../state/flash.js'
 import { readAt } from '../sys/fs.js'
 import { EntryWriter } from '../sys/entries.js'
-import { under, type EntryKind, type UpperEntry } from '../upper/entry.js'
+import type { EntryKind, UpperEntry } from '../sys/types.js'
+import { under } from '../upper/entry.js'
 import { PathRules } from './rules.js'
+
+/** What an entry costs on flash beyond its data (rounded up to 4 KiB blocks): a log-structured filesystem's inode and directory nodes. */
+const ENTRY_BYTES = 256
 
 /**
  * ovroot: a backup with its manifest. upper: another tar's archive of a whole
@@ -25,14 +31,11 @@ import { PathRules } from './rules.js'
  * verified only as far as its compression's checksum goes. sysupgrade:
  * OpenWrt's `sysupgrade -b`, files relative to `/` that land on the upper.
  */
-/** What an entry costs on flash beyond its data (rounded up to 4 KiB blocks): a log-structured filesystem's inode and directory nodes. */
-const ENTRY_BYTES = 256
-
 export type ArchiveKind = 'ovroot' | 'upper' | 'sysupgrade'
 
 export interface ExtractOptions {
   passphrase: Buffer | undefined
-  /** Where to write the entries; without it the archive is only verified. */
+  /** Where to write the entries; without it the archive is only verified (path lengths as if staged on a default device's flash). */
   staging: string | undefined
   /** The view a sysupgrade archive's files land on: what stands at a path, and a directory's metadata. */
   view(path: string): { kind: EntryKind; mode: number; uid: number; gid: number } | undefined
@@ -57,7 +60,15 @@ export interface ExtractResult {
 export async function extractArchive(file: string, options: ExtractOptions): Promise<ExtractResult> {
   const magic = readAt(file, 0, 8)
   const encrypted = magic.equals(ENCRYPTED_MAGIC)
-  if (encrypted && !options.passphrase) throw new OvrootError('EPASSPHRASE', ExitCode.usage, `${file} is an encrypted backup: pass --passphrase-file`)
+  if (encrypted && !options.passphrase)
+    throw new OvrootError('EPASSPHRASE', ExitCode.usage, `${file} is an encrypted backup: pass --passphrase-file`)
+  // A passphrase means the user relies on authentication: a plain archive put in the encrypted one's place must not pass.
+  if (!encrypted && options.passphrase)
+    throw new OvrootError(
+      'ENOTENCRYPTED',
+      ExitCode.data,
+      `${file} is not an encrypted backup, but --passphrase-file was given: refusing an archive nothing authenticates`,
+    )
   const handler = new Extraction(options)
   const sink = new Writable({
     write(chunk: Buffer, _encoding, done) {
@@ -92,7 +103,8 @@ export async function extractArchive(file: string, options: ExtractOptions): Pro
 function asArchiveError(error: unknown, file: string): OvrootError {
   if (error instanceof OvrootError) return error
   const code = (error as { code?: string }).code ?? ''
-  if (code.startsWith('Z_') || code === 'ERR_STREAM_PREMATURE_CLOSE') return corrupt(`${file}: the compressed stream is damaged or truncated (${(error as Error).message})`)
+  if (code.startsWith('Z_') || code === 'ERR_STREAM_PREMATURE_CLOSE')
+    return corrupt(`${file}: the compressed stream is damaged or truncated (${(error as Error).message})`)
   return corrupt(`${file}: ${(error as Error).message}`)
 }
 
@@ -125,32 +137,39 @@ class Extraction {
       this.kind = 'ovroot'
       this.header = record.header
     } else if (record.kind === 'trailer') {
-      if (this.kind !== 'ovroot' || this.trailerEntries !== undefined) throw corrupt('a backup trailer without its header')
+      if (this.kind !== 'ovroot' || this.trailerEntries !== undefined)
+        throw corrupt('a backup trailer without its header')
       this.trailerEntries = record.trailer.entries
     }
   }
 
   private entry(entry: TarEntry): void {
-    if (this.trailerEntries !== undefined) throw corrupt(`archive entry ${JSON.stringify(entry.path)} after the backup's trailer`)
+    if (this.trailerEntries !== undefined)
+      throw corrupt(`archive entry ${JSON.stringify(entry.path)} after the backup's trailer`)
     if (!this.rules) {
       this.kind ??= entry.path === '.' ? 'upper' : 'sysupgrade'
       const sysupgrade = this.kind === 'sysupgrade'
       this.rules = new PathRules({
         implicitParents: sysupgrade,
-        rootLength: Buffer.byteLength(this.options.staging ?? '/overlay/.ovroot/staged'),
+        rootLength: Buffer.byteLength(this.options.staging ?? stagedPath(flashLayout(defaultConfig()))),
         ...(sysupgrade ? { existing: (path: string) => this.options.view(path)?.kind } : {}),
       })
     }
     for (const parent of this.rules.admit(entry)) this.writeImplicitDirectory(parent)
     const sums = decodeSums(entry.comment)
     if (this.kind === 'ovroot' && entry.type === 'file' && entry.holeSize === undefined && !sums) {
-      throw corrupt(`archive entry ${JSON.stringify(entry.path)}: a file without its recorded sha256; the backup is damaged`)
+      throw corrupt(
+        `archive entry ${JSON.stringify(entry.path)}: a file without its recorded sha256; the backup is damaged`,
+      )
     }
     this.current = { entry, hash: sums ? createHash('sha256') : undefined, sums }
     this.neededBytes += ENTRY_BYTES + Math.ceil(entry.size / 4096) * 4096
     // A sysupgrade archive's root entry would change the upper's own directory: its files are what it carries.
     if (this.writer && this.options.staging !== undefined && !(this.kind === 'sysupgrade' && entry.path === '.')) {
-      const linkTarget = entry.type === 'hardlink' ? under(this.options.staging, (entry.linkTarget ?? '').replace(/^(\.\/)+/, '')) : undefined
+      const linkTarget =
+        entry.type === 'hardlink'
+          ? under(this.options.staging, (entry.linkTarget ?? '').replace(/^(\.\/)+/, ''))
+          : undefined
       this.writer.begin(under(this.options.staging, entry.path), entry, linkTarget)
     }
   }
@@ -166,21 +185,32 @@ class Extraction {
     this.current = undefined
     if (!current) return
     const { entry, hash, sums } = current
-    if (hash && sums && hash.digest('hex') !== sums.sha256) throw corrupt(`archive entry ${JSON.stringify(entry.path)}: its content does not match its recorded sha256; the backup is damaged`)
-    if (sums?.base && this.header && this.options.checkFirmware(this.header) && this.options.firmwareSha256(entry.path) !== sums.base) this.conflicts.push(`/${entry.path}`)
+    if (hash && sums && hash.digest('hex') !== sums.sha256)
+      throw corrupt(
+        `archive entry ${JSON.stringify(entry.path)}: its content does not match its recorded sha256; the backup is damaged`,
+      )
+    if (
+      sums?.base &&
+      this.header &&
+      this.options.checkFirmware(this.header) &&
+      this.options.firmwareSha256(entry.path) !== sums.base
+    )
+      this.conflicts.push(`/${entry.path}`)
     if (!(this.kind === 'sysupgrade' && entry.path === '.')) this.writer?.end()
   }
 
   /** A sysupgrade archive's missing directory, as the view has it (a copy-up keeps the firmware's mode and owner). */
   private writeImplicitDirectory(path: string): void {
     const existing = this.options.view(path)
+    const now = BigInt(Date.now()) * 1_000_000n
     const entry: UpperEntry = {
       path,
       type: 'dir',
       mode: existing?.mode ?? 0o755,
       uid: existing?.uid ?? 0,
       gid: existing?.gid ?? 0,
-      mtime: Date.now() / 1000,
+      mtimeNs: now,
+      atimeNs: now,
       size: 0,
       devMajor: 0,
       devMinor: 0,
@@ -197,9 +227,20 @@ class Extraction {
   result(): ExtractResult {
     if (!this.rules || !this.kind) throw corrupt('the archive holds no entries')
     if (this.kind === 'ovroot' && this.trailerEntries !== this.rules.count) {
-      throw corrupt(this.trailerEntries === undefined ? 'the backup ends without its trailer: truncated' : `the backup's trailer counts ${this.trailerEntries} entries, the archive holds ${this.rules.count}`)
+      throw corrupt(
+        this.trailerEntries === undefined
+          ? 'the backup ends without its trailer: truncated'
+          : `the backup's trailer counts ${this.trailerEntries} entries, the archive holds ${this.rules.count}`,
+      )
     }
     this.writer?.finish()
-    return { kind: this.kind, header: this.header, entries: this.rules.count, dataBytes: this.dataBytes, neededBytes: this.neededBytes, conflicts: this.conflicts }
+    return {
+      kind: this.kind,
+      header: this.header,
+      entries: this.rules.count,
+      dataBytes: this.dataBytes,
+      neededBytes: this.neededBytes,
+      conflicts: this.conflicts,
+    }
   }
 }

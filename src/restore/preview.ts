@@ -11,15 +11,29 @@ import { OverlayXattrs, type XattrNamespace } from '../overlay/xattrs.js'
 import { hostTreeReader, statPath } from '../sys/fs.js'
 import type { ExtractResult } from './extract.js'
 
-export function printRestorePreview(target: { upper: string; lowers: string[]; namespace: XattrNamespace }, staging: string, result: ExtractResult, json: boolean): void {
+export function printRestorePreview(
+  target: { upper: string; lowers: string[]; namespace: XattrNamespace },
+  staging: string,
+  result: ExtractResult,
+  json: boolean,
+): void {
   const xattrs = new OverlayXattrs(result.header?.namespace ?? target.namespace)
-  const lowers: Layer[] = target.lowers.map((root) => ({ root: root === '/' ? '' : root.replace(/\/+$/, ''), role: 'lower' }))
+  const lowers: Layer[] = target.lowers.map((root) => ({
+    root: root === '/' ? '' : root.replace(/\/+$/, ''),
+    role: 'lower',
+  }))
   const current: Layer[] = statPath(target.upper)?.type === 'dir' ? [{ root: target.upper, role: 'lower' }] : []
   const restored: Layer = { root: staging, role: 'upper' }
   // A sysupgrade archive lands on the current upper; a backup replaces it.
-  const after = new LayerStack([restored, ...(result.kind === 'sysupgrade' ? current : []), ...lowers], hostTreeReader, xattrs)
+  const after = new LayerStack(
+    [restored, ...(result.kind === 'sysupgrade' ? current : []), ...lowers],
+    hostTreeReader,
+    xattrs,
+  )
   const before = new LayerStack([...current, ...lowers], hostTreeReader, xattrs)
   const output = new BufferedOutput((text) => process.stdout.write(text))
-  new OverlayDiff(after, before, hostTreeReader, xattrs, { all: false, paths: [] }).run((change) => output.push(json ? jsonLine(change) : statusLine(change, false)))
+  new OverlayDiff(after, before, hostTreeReader, xattrs, { all: false, paths: [] }).run((change) =>
+    output.push(json ? jsonLine(change) : statusLine(change, false)),
+  )
   output.flush()
 }

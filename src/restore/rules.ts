@@ -11,7 +11,7 @@
  */
 import type { TarEntry } from '../archive/pax.js'
 import { corrupt } from '../archive/pax.js'
-import type { EntryKind } from '../upper/entry.js'
+import type { EntryKind } from '../sys/types.js'
 import { parentOf } from '../upper/entry.js'
 
 const PATH_MAX = 4096
@@ -27,7 +27,8 @@ export interface RuleOptions {
   existing?(path: string): EntryKind | undefined
 }
 
-const refused = (path: string, why: string): Error => corrupt(`archive entry ${JSON.stringify(path)}: ${why}; nothing was restored`)
+const refused = (path: string, why: string): Error =>
+  corrupt(`archive entry ${JSON.stringify(path)}: ${why}; nothing was restored`)
 
 export class PathRules {
   private readonly kinds = new Map<string, EntryKind>([['.', 'dir']])
@@ -46,11 +47,20 @@ export class PathRules {
       return []
     }
     this.checkName(path)
-    if (this.kinds.has(path)) throw refused(path, this.implicit.has(path) ? 'a directory that entries before it already needed' : 'a second entry of the same name')
+    if (this.kinds.has(path))
+      throw refused(
+        path,
+        this.implicit.has(path)
+          ? 'a directory that entries before it already needed'
+          : 'a second entry of the same name',
+      )
     const parents = this.checkParent(path)
     if (entry.type === 'hardlink') this.checkHardlink(path, entry.linkTarget ?? '')
     if (entry.type === 'block' || (entry.type === 'char' && (entry.devMajor !== 0 || entry.devMinor !== 0))) {
-      throw refused(path, `a ${entry.type} device ${entry.devMajor}:${entry.devMinor}; an upper holds no device nodes but 0/0 whiteouts`)
+      throw refused(
+        path,
+        `a ${entry.type} device ${entry.devMajor}:${entry.devMinor}; an upper holds no device nodes but 0/0 whiteouts`,
+      )
     }
     this.kinds.set(path, entry.type)
     return parents
@@ -69,7 +79,8 @@ export class PathRules {
       if (Buffer.byteLength(component) > NAME_MAX) throw refused(path, `a name longer than ${NAME_MAX} bytes`)
     }
     if (components.length > MAX_DEPTH) throw refused(path, `deeper than ${MAX_DEPTH} directories`)
-    if (Buffer.byteLength(path) + this.options.rootLength + 1 >= PATH_MAX) throw refused(path, `a path longer than PATH_MAX (${PATH_MAX} bytes) once restored`)
+    if (Buffer.byteLength(path) + this.options.rootLength + 1 >= PATH_MAX)
+      throw refused(path, `a path longer than PATH_MAX (${PATH_MAX} bytes) once restored`)
   }
 
   private checkParent(path: string): string[] {
@@ -77,13 +88,18 @@ export class PathRules {
     for (let parent = parentOf(path); parent !== '.'; parent = parentOf(parent)) {
       const kind = this.kinds.get(parent)
       if (kind === 'dir') break
-      if (kind !== undefined) throw refused(path, `it would be written through ${kind === 'symlink' ? 'the symlink' : `the ${kind}`} ${parent} of the archive`)
+      if (kind !== undefined)
+        throw refused(
+          path,
+          `it would be written through ${kind === 'symlink' ? 'the symlink' : `the ${kind}`} ${parent} of the archive`,
+        )
       if (!this.options.implicitParents) throw refused(path, `its directory ${parent} is not in the archive before it`)
       missing.unshift(parent)
     }
     for (const parent of [...missing, path]) {
       const existing = this.options.existing?.(parent)
-      if (existing !== undefined && existing !== 'dir' && parent !== path) throw refused(path, `it would be written through the ${existing} ${parent} already on the device`)
+      if (existing !== undefined && existing !== 'dir' && parent !== path)
+        throw refused(path, `it would be written through the ${existing} ${parent} already on the device`)
     }
     for (const parent of missing) {
       this.kinds.set(parent, 'dir')
@@ -95,7 +111,8 @@ export class PathRules {
   private checkHardlink(path: string, target: string): void {
     const name = target.replace(/^(\.\/)+/, '')
     const kind = this.kinds.get(name)
-    if (kind === undefined || this.implicit.has(name)) throw refused(path, `a hardlink to ${JSON.stringify(target)}, which is not an earlier entry of the archive`)
+    if (kind === undefined || this.implicit.has(name))
+      throw refused(path, `a hardlink to ${JSON.stringify(target)}, which is not an earlier entry of the archive`)
     if (kind === 'dir') throw refused(path, `a hardlink to the directory ${target}`)
   }
 }

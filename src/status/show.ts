@@ -1,11 +1,12 @@
 /** `ovroot status`: the boot record from /run joined with what is live now. */
 import { loadConfig } from '../config/load.js'
-import { parseBootState, STATUS_FILE, type BootState } from '../boot/state.js'
-import { ExitCode, OvrootError, type ExitStatus } from '../errors.js'
-import { describePendingAt, flashLayout } from '../pending/marker.js'
+import { flashMounted, readBootState, type BootState } from '../state/boot-record.js'
+import { ExitCode, type ExitStatus } from '../errors.js'
+import { describePendingAt } from '../pending/marker.js'
 import { filesystemInfo, readTextFileIfExists } from '../sys/fs.js'
 import { readStats, type SyncStats } from '../sync/stats.js'
 import type { Config } from '../config/schema.js'
+import { flashLayout } from '../state/flash.js'
 
 interface Usage {
   usedBytes: number
@@ -30,14 +31,13 @@ interface Status extends BootState {
 
 export function showStatus(configFile: string | undefined, json: boolean): ExitStatus {
   const config = loadConfig(configFile)
-  const file = `${config.boot.run_dir}/${STATUS_FILE}`
-  const state = parseBootState(readTextFileIfExists(file), file, (message) => new OvrootError('ESTATUS', ExitCode.data, message))
-  if (!state) {
-    throw new OvrootError('ENOSTATUS', ExitCode.environment, `${file}: no boot record; ovroot boot did not run this boot (is init=/sbin/ovroot-init on the kernel command line?)`)
-  }
+  const state = readBootState(
+    config.boot.run_dir,
+    '; ovroot boot did not run this boot (is init=/sbin/ovroot-init on the kernel command line?)',
+  )
   const status: Status = { ...state, pending: [] }
   status.rootMount = rootMountOptions()
-  const onFlash = state.medium !== undefined && state.medium.driver !== 'ram'
+  const onFlash = flashMounted(state)
   if (onFlash || state.mode === 'ram') {
     status.usage = usageOf(config.overlay.dir)
   }
@@ -52,7 +52,11 @@ export function showStatus(configFile: string | undefined, json: boolean): ExitS
 
 function usageOf(path: string): Usage {
   const info = filesystemInfo(path)
-  return { totalBytes: info.blocks * info.blockSize, freeBytes: info.availableBlocks * info.blockSize, usedBytes: (info.blocks - info.freeBlocks) * info.blockSize }
+  return {
+    totalBytes: info.blocks * info.blockSize,
+    freeBytes: info.availableBlocks * info.blockSize,
+    usedBytes: (info.blocks - info.freeBlocks) * info.blockSize,
+  }
 }
 
 function syncStatus(config: Config, ramUpper: string): SyncStatus {
@@ -62,7 +66,11 @@ function syncStatus(config: Config, ramUpper: string): SyncStatus {
     ...readStats(config.boot.run_dir),
     budget: config.sync.budget,
     ramUsage,
-    ...(full >= 0.9 ? { warning: `the RAM upper is ${Math.round(full * 100)}% full: writes will soon fail; raise [flash] ram_size or delete files` } : {}),
+    ...(full >= 0.9
+      ? {
+          warning: `the RAM upper is ${Math.round(full * 100)}% full: writes will soon fail; raise [flash] ram_size or delete files`,
+        }
+      : {}),
   }
 }
 
@@ -86,12 +94,20 @@ function syncRows(status: Status): [string, string | undefined][] {
   const budget = sync.budget > 0 ? ` of a ${mebibytes(sync.budget)} budget` : ''
   return [
     ['sync', `RAM upper, persisted to ${status.sync?.mirror} by ovroot sync; watcher ${sync.watcher ?? 'not running'}`],
-    ['last sync', sync.lastSync ? `${sync.lastSync}, ${sync.lastEntries} entries, ${mebibytes(sync.lastBytes ?? 0)}` : 'none since boot'],
+    [
+      'last sync',
+      sync.lastSync
+        ? `${sync.lastSync}, ${sync.lastEntries} entries, ${mebibytes(sync.lastBytes ?? 0)}`
+        : 'none since boot',
+    ],
     ['unsynced', sync.pendingSince ? `changes since ${sync.pendingSince}` : 'nothing'],
     ['written', `${mebibytes(sync.bytesToday)} today${budget}`],
     ['waiting', sync.waiting],
     ['failing', sync.failing],
-    ['RAM upper', `${mebibytes(sync.ramUsage.usedBytes)} used of ${mebibytes(sync.ramUsage.totalBytes)}${sync.warning ? `: ${sync.warning}` : ''}`],
+    [
+      'RAM upper',
+      `${mebibytes(sync.ramUsage.usedBytes)} used of ${mebibytes(sync.ramUsage.totalBytes)}${sync.warning ? `: ${sync.warning}` : ''}`,
+    ],
   ]
 }
 
@@ -103,17 +119,32 @@ function render(status: Status): string {
   const rows: [string, string | undefined][] = [
     ['mode', MODE_TEXT[status.mode]],
     ['reason', status.reason],
-    ['medium', status.medium && `${status.medium.description}, ${status.medium.filesystem}${status.formatted ? ' (formatted at this boot)' : ''}`],
+    [
+      'medium',
+      status.medium &&
+        `${status.medium.description}, ${status.medium.filesystem}${status.formatted ? ' (formatted at this boot)' : ''}`,
+    ],
     ['device', status.medium?.device],
     ['root mount', status.rootMount],
     ['upper', status.overlay?.upper],
     ['lowers', status.overlay?.lowers.join(' ')],
-    ['usage', status.usage && `${mebibytes(status.usage.usedBytes)} used of ${mebibytes(status.usage.totalBytes)}, ${mebibytes(status.usage.freeBytes)} free`],
-    ['reset', status.reset && `carried out at this boot, kept ${status.reset.kept.length ? status.reset.kept.join(' ') : 'nothing'}`],
+    [
+      'usage',
+      status.usage &&
+        `${mebibytes(status.usage.usedBytes)} used of ${mebibytes(status.usage.totalBytes)}, ${mebibytes(status.usage.freeBytes)} free`,
+    ],
+    [
+      'reset',
+      status.reset &&
+        `carried out at this boot, kept ${status.reset.kept.length ? status.reset.kept.join(' ') : 'nothing'}`,
+    ],
     ['restored', status.restored && `${status.restored.source} (${status.restored.entries} entries) at this boot`],
     ['pending', status.pending.length ? status.pending.join('; ') : 'nothing'],
     ...syncRows(status),
-    ['boot took', status.bootSeconds !== undefined ? `${status.bootSeconds.toFixed(2)} s (shim start to overlay root)` : undefined],
+    [
+      'boot took',
+      status.bootSeconds !== undefined ? `${status.bootSeconds.toFixed(2)} s (shim start to overlay root)` : undefined,
+    ],
     ['booted at', status.bootedAt],
   ]
   return rows

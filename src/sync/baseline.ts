@@ -23,9 +23,9 @@
  * directory above it, neither was any of them.
  */
 import { createHash, randomBytes } from 'node:crypto'
-import { scanBaselinePath, type FlashLayout } from '../pending/marker.js'
 import { readTextFileIfExists, writeFileAtomic } from '../sys/fs.js'
 import type { SyncSource } from './transaction.js'
+import { scanBaselinePath, type FlashLayout } from '../state/flash.js'
 
 /** ctime is stamped from a coarse clock (up to a jiffy behind), and a step back of under half this passes the clock check unseen. */
 const SLACK_MS = 2000
@@ -67,15 +67,29 @@ export function startScan(layout: FlashLayout, source: SyncSource, runDir: strin
   const inodesFile = `${runDir}/sync-directories-${createHash('sha256').update(layout.root).digest('hex').slice(0, 16)}`
   const previous = readBaseline(layout)
   const inodes = previous && readDirectoryInodes(inodesFile, previous.token)
-  const valid = previous !== undefined && inodes !== undefined && previous.boot === current.boot && previous.source === current.source && clockOffset >= previous.clockOffset - SLACK_MS / 2
+  const valid =
+    previous !== undefined &&
+    inodes !== undefined &&
+    previous.boot === current.boot &&
+    previous.source === current.source &&
+    clockOffset >= previous.clockOffset - SLACK_MS / 2
   return {
     unchangedBefore: valid ? BigInt(previous.since) * 1_000_000n : undefined,
     directoryInode: (path) => inodes?.get(path),
     record: (directories) => {
       const token = randomBytes(8).toString('hex')
       // The inodes first: a baseline is only ever read with the inodes of its own scan.
-      writeFileAtomic(inodesFile, JSON.stringify({ token, directories: [...directories].map(([path, inode]) => [path, inode.toString()]) } satisfies DirectoryInodes))
-      writeFileAtomic(scanBaselinePath(layout), `${JSON.stringify({ ...current, since: now - SLACK_MS, clockOffset, token } satisfies Baseline)}\n`)
+      writeFileAtomic(
+        inodesFile,
+        JSON.stringify({
+          token,
+          directories: [...directories].map(([path, inode]) => [path, inode.toString()]),
+        } satisfies DirectoryInodes),
+      )
+      writeFileAtomic(
+        scanBaselinePath(layout),
+        `${JSON.stringify({ ...current, since: now - SLACK_MS, clockOffset, token } satisfies Baseline)}\n`,
+      )
     },
   }
 }
@@ -84,7 +98,8 @@ function readDirectoryInodes(file: string, token: string): Map<string, bigint> |
   const text = readTextFileIfExists(file)
   try {
     const parsed = text === undefined ? undefined : (JSON.parse(text) as Partial<DirectoryInodes>)
-    if (parsed?.token === token && Array.isArray(parsed.directories)) return new Map(parsed.directories.map(([path, inode]) => [path, BigInt(inode)]))
+    if (parsed?.token === token && Array.isArray(parsed.directories))
+      return new Map(parsed.directories.map(([path, inode]) => [path, BigInt(inode)]))
   } catch {
     // a torn file: no baseline
   }
@@ -95,7 +110,14 @@ function readBaseline(layout: FlashLayout): Baseline | undefined {
   const text = readTextFileIfExists(scanBaselinePath(layout))
   try {
     const parsed = text === undefined ? undefined : (JSON.parse(text) as Partial<Baseline>)
-    if (typeof parsed?.boot === 'string' && typeof parsed.source === 'string' && typeof parsed.since === 'number' && typeof parsed.clockOffset === 'number' && typeof parsed.token === 'string') return parsed as Baseline
+    if (
+      typeof parsed?.boot === 'string' &&
+      typeof parsed.source === 'string' &&
+      typeof parsed.since === 'number' &&
+      typeof parsed.clockOffset === 'number' &&
+      typeof parsed.token === 'string'
+    )
+      return parsed as Baseline
   } catch {
     // a torn or foreign file is no baseline: compare everything
   }

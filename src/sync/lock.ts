@@ -4,8 +4,8 @@
  * otherwise stage into the same directory, and a reset or restore remove it.
  */
 import { withStagingLock } from '../pending/lock.js'
-import type { FlashLayout } from '../pending/marker.js'
 import { blockingChange, syncOnce, type SyncResult, type SyncSource } from './transaction.js'
+import type { FlashLayout } from '../state/flash.js'
 
 export type SyncOutcome = { kind: 'synced'; result: SyncResult } | { kind: 'blocked'; change: string }
 

@@ -3,6 +3,7 @@
  * writing it costs the flash nothing). The day's byte count, and so the
  * budget, starts again at every boot.
  */
+import { syncStatsPath } from '../state/run.js'
 import { readTextFileIfExists, writeFileAtomic } from '../sys/fs.js'
 
 export interface SyncStats {
@@ -21,24 +22,29 @@ export interface SyncStats {
   failing?: string
 }
 
-export const statsFile = (runDir: string): string => `${runDir}/sync.json`
 const today = (): string => new Date().toISOString().slice(0, 10)
 
 export function readStats(runDir: string): SyncStats {
-  const text = readTextFileIfExists(statsFile(runDir))
+  const text = readTextFileIfExists(syncStatsPath(runDir))
   const stats: SyncStats = text ? (JSON.parse(text) as SyncStats) : { day: today(), bytesToday: 0 }
   if (stats.day !== today()) return { ...stats, day: today(), bytesToday: 0 }
   return stats
 }
 
 export function writeStats(runDir: string, stats: SyncStats): void {
-  writeFileAtomic(statsFile(runDir), `${JSON.stringify(stats)}\n`)
+  writeFileAtomic(syncStatsPath(runDir), `${JSON.stringify(stats)}\n`)
 }
 
 export function recordSync(runDir: string, entries: number, bytes: number): SyncStats {
   const stats = readStats(runDir)
   const { pendingSince: _done, waiting: _cleared, ...rest } = stats
-  const updated: SyncStats = { ...rest, lastSync: new Date().toISOString(), lastEntries: entries, lastBytes: bytes, bytesToday: stats.bytesToday + bytes }
+  const updated: SyncStats = {
+    ...rest,
+    lastSync: new Date().toISOString(),
+    lastEntries: entries,
+    lastBytes: bytes,
+    bytesToday: stats.bytesToday + bytes,
+  }
   writeStats(runDir, updated)
   return updated
 }

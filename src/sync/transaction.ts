@@ -15,14 +15,16 @@
  */
 import type { BigIntStats } from 'node:fs'
 import { applyPending } from '../pending/apply.js'
-import { commitPending, dropStaging, readPending, syncStagingPath, upperPath, type FlashLayout } from '../pending/marker.js'
+import { commitPending, dropStaging, readPending, syncStagingPath } from '../pending/marker.js'
 import { EntryWriter, modificationTime, readEntry, readEntryIfPresent, readStableFile } from '../sys/entries.js'
 import { listDirectorySplit, makeDirectory, removeTree, sameContent } from '../sys/fs.js'
 import { OverlayXattrs } from '../overlay/xattrs.js'
 import { OvrootError } from '../errors.js'
-import { escapedName, parentOf, under, type UpperEntry } from '../upper/entry.js'
+import type { UpperEntry } from '../sys/types.js'
+import { escapedName, parentOf, under } from '../upper/entry.js'
 import { isGone, walkUpper } from '../upper/walk.js'
 import { startScan, type Scan } from './baseline.js'
+import { upperPath, type FlashLayout } from '../state/flash.js'
 
 export interface SyncResult {
   /** Entries that differed and were written (or linked) into the flash copy, those inside a new directory included. */
@@ -69,7 +71,15 @@ export async function syncOnce(source: SyncSource, layout: FlashLayout, runDir: 
     return { written: 0, removed: 0, bytes: 0 }
   }
   const { entries, moves, removals, parents } = staged
-  commitPending(layout, { kind: 'sync', requested: new Date().toISOString(), entries, removals, moves, parents, staging: staging.slice(staging.lastIndexOf('/') + 1) })
+  commitPending(layout, {
+    kind: 'sync',
+    requested: new Date().toISOString(),
+    entries,
+    removals,
+    moves,
+    parents,
+    staging: staging.slice(staging.lastIndexOf('/') + 1),
+  })
   await applyPending(layout, undefined, xattrs)
   scan.record(plan.directories)
   return { written: entries, removed: removals.length, bytes: staged.bytes }
@@ -86,9 +96,13 @@ function sameEntry(a: UpperEntry, b: UpperEntry): boolean {
     a.linkTarget === b.linkTarget &&
     a.devMajor === b.devMajor &&
     a.devMinor === b.devMinor &&
-    a.mtime === b.mtime &&
+    // To the microsecond: copies an older ovroot wrote carry microseconds, and must not all look changed.
+    a.mtimeNs / 1000n === b.mtimeNs / 1000n &&
     a.xattrs.length === b.xattrs.length &&
-    a.xattrs.every(([name, value], i) => b.xattrs[i]?.[0] === name && b.xattrs[i]?.[1].equals(value))
+    a.xattrs.every(([name, value], i) => {
+      const other = b.xattrs[i]
+      return other !== undefined && other[0] === name && other[1].equals(value)
+    })
   )
 }
 
@@ -118,7 +132,10 @@ function stageChanges(source: SyncSource, plan: FlatStaging): Staged {
     skipped: (path, why) => process.stderr.write(`ovroot: sync skips /${path}: ${why} cannot be persisted\n`),
     unchanged: (path, changeTimeNs, stat) => plan.skipIfUnchanged(path, changeTimeNs, stat),
     // Not yet carried as bytes through staging and the marker: skipped and named, so that it stops nothing else.
-    notUtf8: (directory, name) => process.stderr.write(`ovroot: sync: /${directory === '.' ? '' : `${directory}/`}${escapedName(name)}: a name that is not UTF-8 is not persisted; everything else is\n`),
+    notUtf8: (directory, name) =>
+      process.stderr.write(
+        `ovroot: sync: /${directory === '.' ? '' : `${directory}/`}${escapedName(name)}: a name that is not UTF-8 is not persisted; everything else is\n`,
+      ),
     vanished: (path) => {
       plan.vanished(path)
       process.stderr.write(`ovroot: sync: /${path}: it vanished while it was read; left for the next sync\n`)
@@ -144,7 +161,11 @@ function stageChanges(source: SyncSource, plan: FlatStaging): Staged {
       // One entry being written or removed while it is read must not stop every sync. Its staged name
       // goes (applying skips a move whose staged entry is missing) and the flash keeps what it had; the
       // change moved the entry's or its directory's ctime after this scan began, so the next sync compares it.
-      const why = isGone(error) ? 'it vanished while it was read' : error instanceof OvrootError && error.code === 'ECHANGED' ? 'it changed while it was read, twice' : undefined
+      const why = isGone(error)
+        ? 'it vanished while it was read'
+        : error instanceof OvrootError && error.code === 'ECHANGED'
+          ? 'it changed while it was read, twice'
+          : undefined
       if (why === undefined) throw error
       writer.abandon()
       if (full !== undefined) removeTree(full)
@@ -152,7 +173,13 @@ function stageChanges(source: SyncSource, plan: FlatStaging): Staged {
     }
   }
   writer.finish()
-  return { entries: plan.entries, moves: plan.moves, removals: plan.removals(), parents: plan.unchangedParents(), bytes }
+  return {
+    entries: plan.entries,
+    moves: plan.moves,
+    removals: plan.removals(),
+    parents: plan.unchangedParents(),
+    bytes,
+  }
 }
 
 /** Where each changed entry is staged, and what the commit must record to put it in place. */
@@ -189,7 +216,8 @@ class FlatStaging {
     const skip = unchangedBefore !== undefined && changeTimeNs < unchangedBefore && !below
     if (stat.isDirectory()) {
       this.directories.set(path, stat.ino)
-      if (unchangedBefore !== undefined && !skip && (below || this.scan.directoryInode(path) !== stat.ino)) this.movedDirectories.add(path)
+      if (unchangedBefore !== undefined && !skip && (below || this.scan.directoryInode(path) !== stat.ino))
+        this.movedDirectories.add(path)
     }
     if (skip) this.seen(path)
     return skip
@@ -199,7 +227,10 @@ class FlatStaging {
   place(entry: UpperEntry): string | undefined {
     this.seen(entry.path)
     const parent = parentOf(entry.path)
-    const full = entry.path !== '.' && this.wholeDirectories.has(parent) ? this.insideNewDirectory(entry, parent) : this.flat(entry, parent)
+    const full =
+      entry.path !== '.' && this.wholeDirectories.has(parent)
+        ? this.insideNewDirectory(entry, parent)
+        : this.flat(entry, parent)
     if (full === undefined) return undefined
     this.stagedAs.set(entry.path, full)
     this.entries++
@@ -245,7 +276,12 @@ class FlatStaging {
 
   /** A regular file's bytes, once everything else about it is equal. */
   private sameBytes(raw: UpperEntry, path: string): boolean {
-    return raw.type !== 'file' || raw.holeSize !== undefined || raw.size === 0 || sameContent(under(this.upper, path), under(this.mirror, path), raw.size)
+    return (
+      raw.type !== 'file' ||
+      raw.holeSize !== undefined ||
+      raw.size === 0 ||
+      sameContent(under(this.upper, path), under(this.mirror, path), raw.size)
+    )
   }
 
   private seen(path: string): void {
@@ -262,10 +298,13 @@ class FlatStaging {
     const raw = entry.type === 'hardlink' ? readEntry(under(this.upper, entry.path), entry.path, this.stubXattr) : entry
     const onFlash = readEntryIfPresent(under(this.mirror, entry.path), entry.path, this.stubXattr)
     const flashEntry = onFlash === 'socket' ? undefined : onFlash
-    if (entry.type === 'dir' && flashEntry?.type === 'dir') this.comparedDirectories.set(entry.path, flashEntry.mtime)
-    if (raw !== 'socket' && flashEntry && sameEntry(raw, flashEntry) && this.sameBytes(raw, entry.path)) return undefined
+    if (entry.type === 'dir' && flashEntry?.type === 'dir')
+      this.comparedDirectories.set(entry.path, Number(flashEntry.mtimeNs / 1000n) / 1e6)
+    if (raw !== 'socket' && flashEntry && sameEntry(raw, flashEntry) && this.sameBytes(raw, entry.path))
+      return undefined
     if (entry.path !== '.') this.receivingParents.add(parent)
-    if (entry.type === 'dir') (flashEntry?.type === 'dir' ? this.changedDirectories : this.wholeDirectories).add(entry.path)
+    if (entry.type === 'dir')
+      (flashEntry?.type === 'dir' ? this.changedDirectories : this.wholeDirectories).add(entry.path)
     // Made for the first change only: a sync with nothing to do writes nothing.
     if (this.moves.length === 0) makeDirectory(this.staging, 0o700)
     const full = `${this.staging}/${this.moves.length}`

@@ -11,11 +11,11 @@
  */
 import type { Config } from '../config/schema.js'
 import { ExitCode, OvrootError, type ExitStatus } from '../errors.js'
-import type { FlashLayout } from '../pending/marker.js'
 import { filesystemInfo } from '../sys/fs.js'
 import { lockedSync } from './lock.js'
 import { readStats, recordSync, writeStats, type SyncStats } from './stats.js'
 import type { SyncSource } from './transaction.js'
+import type { FlashLayout } from '../state/flash.js'
 
 /** The RAM upper this full is worth a warning: past it, writes fail. */
 const RAM_WARNING = 0.9
@@ -34,21 +34,24 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
   let timer: NodeJS.Timeout | undefined
   let running: Promise<void> | undefined
   let warnedFull = false
-  let failed = false
   let failures = 0
   /** Not before this (ms): a failing sync backs off. */
   let retryAt = 0
-  let stopping = false
+  // An object, not lets: callbacks set these, and TypeScript would take a let for never changed.
+  const daemon = { failed: false, stopping: false }
   const log = (line: string): void => {
     process.stderr.write(`ovroot sync: ${line}\n`)
   }
   const update = (change: (stats: SyncStats) => SyncStats): void => writeStats(runDir, change(readStats(runDir)))
 
-  const sync = async (automatic: boolean): Promise<void> => {
-    if (automatic && stopping) return
+  const sync = async ({ automatic }: { automatic: boolean }): Promise<void> => {
+    if (automatic && daemon.stopping) return
     const stats = readStats(runDir)
     if (automatic && config.sync.budget > 0 && stats.bytesToday >= config.sync.budget) {
-      update((current) => ({ ...current, waiting: `the day's write budget (${config.sync.budget} bytes) is spent: automatic syncs wait for ovroot sync or shutdown` }))
+      update((current) => ({
+        ...current,
+        waiting: `the day's write budget (${config.sync.budget} bytes) is spent: automatic syncs wait for ovroot sync or shutdown`,
+      }))
       return
     }
     const changesFrom = firstChange
@@ -56,26 +59,33 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
     try {
       const outcome = await lockedSync(runDir, source, layout)
       if (outcome.kind === 'blocked') {
-        update((current) => ({ ...current, waiting: `a ${outcome.change} is scheduled for the next boot: syncing would undo it` }))
+        update((current) => ({
+          ...current,
+          waiting: `a ${outcome.change} is scheduled for the next boot: syncing would undo it`,
+        }))
         return
       }
-      if (outcome.result.written + outcome.result.removed > 0) recordSync(runDir, outcome.result.written + outcome.result.removed, outcome.result.bytes)
+      if (outcome.result.written + outcome.result.removed > 0)
+        recordSync(runDir, outcome.result.written + outcome.result.removed, outcome.result.bytes)
       else update(({ pendingSince: _synced, waiting: _cleared, ...current }) => current)
-      if (failed) update(({ failing: _recovered, ...current }) => current)
-      failed = false
+      if (daemon.failed) update(({ failing: _recovered, ...current }) => current)
+      daemon.failed = false
       failures = 0
       retryAt = 0
     } catch (error) {
-      failed = true
+      daemon.failed = true
       failures++
       const backoffMs = Math.min(quietMs * 2 ** (failures - 1), MAX_BACKOFF_MS)
       retryAt = Date.now() + backoffMs
       // What failed is still only in RAM, changed or not since: a first sync that failed is retried too.
       firstChange ??= changesFrom ?? Date.now()
       const message = error instanceof OvrootError ? error.message : String(error)
-      update((current) => ({ ...current, failing: `${new Date().toISOString()}: ${message} (${failures} failures in a row; next try in ${Math.round(backoffMs / 1000)} s)` }))
+      update((current) => ({
+        ...current,
+        failing: `${new Date().toISOString()}: ${message} (${failures} failures in a row; next try in ${Math.round(backoffMs / 1000)} s)`,
+      }))
       log(`sync failed: ${message}; retrying in ${Math.round(backoffMs / 1000)} s`)
-      if (!stopping) schedule()
+      if (!daemon.stopping) schedule()
     }
     warnWhenFull()
   }
@@ -83,12 +93,15 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
   const warnWhenFull = (): void => {
     const info = filesystemInfo(source.upper)
     const used = 1 - info.availableBlocks / Math.max(1, info.blocks)
-    if (used >= RAM_WARNING && !warnedFull) log(`the RAM upper is ${Math.round(used * 100)}% full ([flash] ram_size): writes will soon fail with "no space left"`)
+    if (used >= RAM_WARNING && !warnedFull)
+      log(
+        `the RAM upper is ${Math.round(used * 100)}% full ([flash] ram_size): writes will soon fail with "no space left"`,
+      )
     warnedFull = used >= RAM_WARNING
   }
 
-  const run = (automatic: boolean): Promise<void> => {
-    running = (running ?? Promise.resolve()).then(() => sync(automatic))
+  const run = (how: { automatic: boolean }): Promise<void> => {
+    running = (running ?? Promise.resolve()).then(() => sync(how))
     return running
   }
 
@@ -96,12 +109,13 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
     if (timer) clearTimeout(timer)
     if (firstChange === undefined) return
     const due = Math.max(Math.min(lastChange + quietMs, firstChange + maxDelayMs), retryAt)
-    timer = setTimeout(() => void run(true), Math.max(0, due - Date.now()))
+    timer = setTimeout(() => void run({ automatic: true }), Math.max(0, due - Date.now()))
   }
 
   const changed = (): void => {
     const now = Date.now()
-    if (firstChange === undefined) update((stats) => ({ ...stats, pendingSince: stats.pendingSince ?? new Date(now).toISOString() }))
+    if (firstChange === undefined)
+      update((stats) => ({ ...stats, pendingSince: stats.pendingSince ?? new Date(now).toISOString() }))
     firstChange ??= now
     lastChange = now
     schedule()
@@ -126,26 +140,28 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
   watcher.on('error', (error) => {
     ready()
     if (poll) return
-    log(`watching ${source.upper} failed (${error instanceof Error ? error.message : String(error)}): rescanning every ${config.sync.quiet} s instead`)
+    log(
+      `watching ${source.upper} failed (${error instanceof Error ? error.message : String(error)}): rescanning every ${config.sync.quiet} s instead`,
+    )
     void watcher.close()
     update((stats) => ({ ...stats, watcher: 'polling' }))
-    poll = setInterval(() => void run(true), quietMs)
+    poll = setInterval(() => void run({ automatic: true }), quietMs)
   })
   // From the start: a SIGTERM during the first sync still gets its final sync, after that one.
   let stopped: () => void = () => undefined
   const finished = new Promise<void>((resolve) => (stopped = resolve))
   const stop = (): void => {
-    if (stopping) return
-    stopping = true
+    if (daemon.stopping) return
+    daemon.stopping = true
     if (timer) clearTimeout(timer)
     if (poll) clearInterval(poll)
     void watcher.close()
     const deadline = setTimeout(() => {
       log(`the final sync took over ${FINAL_SYNC_MS / 1000} s: stopping without it`)
-      failed = true
+      daemon.failed = true
       stopped()
     }, FINAL_SYNC_MS)
-    void run(false).finally(() => {
+    void run({ automatic: false }).finally(() => {
       clearTimeout(deadline)
       stopped()
     })
@@ -154,13 +170,18 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
   process.once('SIGINT', stop)
   // Once the watch is in place, what changed before (or while the daemon was down) is synced; only then is the daemon "watching".
   await Promise.race([watching, finished])
-  if (!stopping) await run(true)
-  if (!stopping) update((stats) => ({ ...stats, watcher: poll ? 'polling' : 'watching' }))
+  if (!daemon.stopping) await run({ automatic: true })
+  if (!daemon.stopping) update((stats) => ({ ...stats, watcher: poll ? 'polling' : 'watching' }))
 
   await finished
   update((stats) => ({ ...stats, watcher: 'stopped' }))
   // A final sync given up while it waits for the lock would keep the process alive: it must not.
   setTimeout(() => process.exit(), 1000).unref()
-  if (failed) throw new OvrootError('ESYNC', ExitCode.io, 'the last sync before stopping failed: changes since the previous sync are only in RAM')
+  if (daemon.failed)
+    throw new OvrootError(
+      'ESYNC',
+      ExitCode.io,
+      'the last sync before stopping failed: changes since the previous sync are only in RAM',
+    )
   return ExitCode.ok
 }

@@ -7,27 +7,39 @@
 import { createHash } from 'node:crypto'
 import * as fs from 'node:fs'
 import { ExitCode, fromNodeError, OvrootError, SysError } from '../errors.js'
-import type { EntryKind, UpperEntry } from '../upper/entry.js'
-import { getXattr, listXattrs, makeNode, removeXattr, setXattr } from './libc.js'
+import type { EntryKind, UpperEntry } from './types.js'
+import { getXattr, listXattrs, makeNode, removeXattr, setTimes, setXattr } from './libc.js'
+import { reportProgress } from './progress.js'
 
 const KIND_OF = (stat: fs.BigIntStats): EntryKind | 'socket' =>
-  stat.isFile() ? 'file' : stat.isDirectory() ? 'dir' : stat.isSymbolicLink() ? 'symlink' : stat.isCharacterDevice() ? 'char' : stat.isBlockDevice() ? 'block' : stat.isFIFO() ? 'fifo' : 'socket'
+  stat.isFile()
+    ? 'file'
+    : stat.isDirectory()
+      ? 'dir'
+      : stat.isSymbolicLink()
+        ? 'symlink'
+        : stat.isCharacterDevice()
+          ? 'char'
+          : stat.isBlockDevice()
+            ? 'block'
+            : stat.isFIFO()
+              ? 'fifo'
+              : 'socket'
 
 const microseconds = (nanoseconds: bigint): number => Number(nanoseconds / 1000n) / 1e6
 
-/** The fields ovroot keeps, as numbers; mtime in whole microseconds (seconds with six decimals). */
-function numbers(stat: fs.BigIntStats): { mode: number; uid: number; gid: number; size: number; rdev: number; mtime: number } {
+/** The fields ovroot keeps as numbers. */
+function numbers(stat: fs.BigIntStats): { mode: number; uid: number; gid: number; size: number; rdev: number } {
   return {
     mode: Number(stat.mode),
     uid: Number(stat.uid),
     gid: Number(stat.gid),
     size: Number(stat.size),
     rdev: Number(stat.rdev),
-    mtime: microseconds(stat.mtimeNs),
   }
 }
 
-/** An entry's mtime as UpperEntry keeps it, from one stat: for when nothing else of it is wanted. */
+/** An entry's mtime in whole microseconds (seconds with six decimals), from one stat: what a sync records for a directory. */
 export function modificationTime(full: string): number {
   const stat = statEntry(full)
   if (stat === undefined) throw new SysError('ENOENT', 'stat', full)
@@ -61,7 +73,12 @@ export function statEntry(full: string): fs.BigIntStats | undefined {
 }
 
 /** readEntry, given the entry's lstat. */
-export function readEntryWithStat(full: string, path: string, stubXattr: string, big: fs.BigIntStats): UpperEntry | 'socket' {
+export function readEntryWithStat(
+  full: string,
+  path: string,
+  stubXattr: string,
+  big: fs.BigIntStats,
+): UpperEntry | 'socket' {
   const stat = numbers(big)
   const type = KIND_OF(big)
   if (type === 'socket') return 'socket'
@@ -77,7 +94,8 @@ export function readEntryWithStat(full: string, path: string, stubXattr: string,
     mode: stat.mode & 0o7777,
     uid: stat.uid,
     gid: stat.gid,
-    mtime: stat.mtime,
+    mtimeNs: big.mtimeNs,
+    atimeNs: big.atimeNs,
     size: type === 'file' && !stub ? stat.size : 0,
     devMajor: type === 'char' || type === 'block' ? majorOf(stat.rdev) : 0,
     devMinor: type === 'char' || type === 'block' ? minorOf(stat.rdev) : 0,
@@ -156,6 +174,8 @@ function* fileChunks(full: string): Generator<Buffer> {
       const chunk = Buffer.allocUnsafe(CHUNK)
       const got = fs.readSync(fd, chunk, 0, CHUNK, null)
       if (got === 0) return
+      // A large file copied at boot (the RAM fill) is work the shim's timer must see.
+      reportProgress()
       yield chunk.subarray(0, got)
     }
   } catch (error) {
@@ -178,7 +198,11 @@ function sameVersion(a: fs.Stats, b: fs.Stats): boolean {
 }
 
 function changedWhileRead(full: string): OvrootError {
-  return new OvrootError('ECHANGED', ExitCode.io, `${full} changed while it was read, twice; back up when it is not being written (or stop the service writing it)`)
+  return new OvrootError(
+    'ECHANGED',
+    ExitCode.io,
+    `${full} changed while it was read, twice; back up when it is not being written (or stop the service writing it)`,
+  )
 }
 
 /**
@@ -201,7 +225,11 @@ export class EntryWriter {
           this.dirs.push({ full, entry })
           return
         case 'file':
-          this.fd = fs.openSync(full, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW, 0o600)
+          this.fd = fs.openSync(
+            full,
+            fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW,
+            0o600,
+          )
           if (entry.holeSize !== undefined) fs.ftruncateSync(this.fd, entry.holeSize)
           break
         case 'symlink':
@@ -222,9 +250,10 @@ export class EntryWriter {
     this.current = { full, entry }
   }
 
+  /** All of chunk: write(2) may take part of it (a filesystem nearly full), and the next write then says why. */
   data(chunk: Buffer): void {
     try {
-      fs.writeSync(this.fd, chunk)
+      for (let written = 0; written < chunk.length;) written += fs.writeSync(this.fd, chunk, written)
     } catch (error) {
       throw fromNodeError(error, 'write', this.current?.full ?? '')
     }
@@ -267,14 +296,15 @@ export function replaceMetadata(full: string, entry: UpperEntry): void {
     }
     if (current.mode !== entry.mode) fs.chmodSync(full, entry.mode)
     for (const [name, value] of wanted) if (!present.get(name)?.equals(value)) setXattr(full, name, value)
-    if (current.mtime !== entry.mtime) setModificationTime(full, entry.mtime)
+    if (current.mtimeNs !== entry.mtimeNs || current.atimeNs !== entry.atimeNs)
+      setTimes(full, entry.atimeNs, entry.mtimeNs)
   } catch (error) {
     throw fromNodeError(error, 'set metadata of', full)
   }
 }
 
 /**
- * mtime (and atime) to the microsecond, not following a symlink. Set half a
+ * mtime (and atime) from a sync's record, to the microsecond, not following a symlink. Set half a
  * microsecond high: the double it travels in is off by a few hundred
  * nanoseconds either way, and the kernel truncates, so the microsecond comes
  * out exact.
@@ -290,7 +320,7 @@ function applyMetadata(full: string, entry: UpperEntry): void {
     fs.lchownSync(full, entry.uid, entry.gid)
     if (entry.type !== 'symlink') fs.chmodSync(full, entry.mode)
     for (const [name, value] of entry.xattrs) setXattr(full, name, value)
-    setModificationTime(full, entry.mtime)
+    setTimes(full, entry.atimeNs, entry.mtimeNs)
   } catch (error) {
     throw fromNodeError(error, 'set metadata of', full)
   }

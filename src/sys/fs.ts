@@ -7,7 +7,7 @@ import * as fs from 'node:fs'
 import { fromNodeError, OvrootError, ExitCode } from '../errors.js'
 import { listXattrs, getXattr, lstat } from './libc.js'
 import { reportProgress } from './progress.js'
-import type { EntryStat, TreeReader } from '../overlay/types.js'
+import type { EntryStat, TreeReader } from './types.js'
 
 const absentErrnos = new Set(['ENOENT', 'ENOTDIR'])
 
@@ -60,7 +60,11 @@ export function listDirectoryWithTypes(path: string): { name: string; isDirector
 
 function requireUtf8Name(directory: string, name: string): string {
   if (name.includes('\uFFFD')) {
-    throw new OvrootError('EBADNAME', ExitCode.data, `read directory ${directory}: an entry name is not valid UTF-8; ovroot cannot represent it faithfully`)
+    throw new OvrootError(
+      'EBADNAME',
+      ExitCode.data,
+      `read directory ${directory}: an entry name is not valid UTF-8; ovroot cannot represent it faithfully`,
+    )
   }
   return name
 }
@@ -252,11 +256,6 @@ export function makeDirectory(path: string, mode = 0o755): void {
   }
 }
 
-/**
- * Remove a tree (no error if absent), entry by entry so that boot can report
- * progress on a large one. Names are handled as bytes: a name that is not
- * UTF-8 must not make a reset or a swap stop half way.
- */
 /** mkdir that answers false when the directory exists already (a lock). */
 export function createDirectoryExclusive(path: string): boolean {
   try {
@@ -268,6 +267,11 @@ export function createDirectoryExclusive(path: string): boolean {
   }
 }
 
+/**
+ * Remove a tree (no error if absent), entry by entry so that boot can report
+ * progress on a large one. Names are handled as bytes: a name that is not
+ * UTF-8 must not make a reset or a swap stop half way.
+ */
 export function removeTree(path: string): void {
   try {
     removeEntry(Buffer.from(path))
@@ -319,7 +323,7 @@ export function isUniform(path: string): boolean {
     fd = fs.openSync(path, 'r')
     const chunk = Buffer.alloc(SCAN_CHUNK)
     let fill: number | undefined
-    for (let offset = 0; ; ) {
+    for (let offset = 0; ;) {
       const got = fs.readSync(fd, chunk, 0, SCAN_CHUNK, offset)
       if (got === 0) return fill !== undefined
       fill ??= chunk[0]

@@ -11,7 +11,8 @@
 import { createRequire } from 'node:module'
 import { endianness, constants as osConstants } from 'node:os'
 import { SysError } from '../errors.js'
-import type { EntryStat, EntryType } from '../overlay/types.js'
+import { showName } from '../names.js'
+import type { EntryStat, EntryType } from './types.js'
 import { noNativeBinding, syscallNumbers, type SyscallNumbers } from './platform.js'
 
 interface KoffiFunction {
@@ -60,9 +61,13 @@ function bind(): { koffi: Koffi; libc: Libc } {
     libc = {
       llistxattr: lib.func('intptr_t llistxattr(const char *path, _Out_ uint8_t *list, size_t size)'),
       lgetxattr: lib.func('intptr_t lgetxattr(const char *path, const char *name, _Out_ uint8_t *value, size_t size)'),
-      lsetxattr: lib.func('int lsetxattr(const char *path, const char *name, const uint8_t *value, size_t size, int flags)'),
+      lsetxattr: lib.func(
+        'int lsetxattr(const char *path, const char *name, const uint8_t *value, size_t size, int flags)',
+      ),
       lremovexattr: lib.func('int lremovexattr(const char *path, const char *name)'),
-      mount: lib.func('int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const char *data)'),
+      mount: lib.func(
+        'int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const char *data)',
+      ),
       umount2: lib.func('int umount2(const char *target, int flags)'),
       sync: lib.func('void sync()'),
       syscall: lib.func('long syscall(long number, ...)'),
@@ -90,13 +95,35 @@ function check(result: unknown, operation: string, target: string): number {
   return value
 }
 
+/** A path as the kernel takes it: a string (UTF-8), or the bytes of a name that is not UTF-8. */
+export type SysPath = string | Buffer
+
+/** The NUL-terminated bytes of a path, for a `const char *` argument. */
+const cPath = (path: SysPath): Buffer =>
+  Buffer.concat([typeof path === 'string' ? Buffer.from(path) : path, Buffer.from([0])])
+
+/** A path in a message: a Buffer in the escaped form of names.ts. */
+const shown = (path: SysPath): string => (typeof path === 'string' ? path : showName(path))
+
 /** Values the kernel defines once for every architecture. */
 const AT_FDCWD = -100
 const AT_SYMLINK_NOFOLLOW = 0x100
 const STATX_BASIC_STATS = 0x7ff
 
 /** struct statx (include/uapi/linux/stat.h): byte offsets, one layout on every architecture. */
-const STATX = { bytes: 256, nlink: 16, uid: 20, gid: 24, mode: 28, ino: 32, size: 40, rdevMajor: 128, rdevMinor: 132, devMajor: 136, devMinor: 140 } as const
+const STATX = {
+  bytes: 256,
+  nlink: 16,
+  uid: 20,
+  gid: 24,
+  mode: 28,
+  ino: 32,
+  size: 40,
+  rdevMajor: 128,
+  rdevMinor: 132,
+  devMajor: 136,
+  devMinor: 140,
+} as const
 const statxBuffer = Buffer.alloc(STATX.bytes)
 const statxView = new DataView(statxBuffer.buffer, statxBuffer.byteOffset, STATX.bytes)
 const littleEndian = endianness() === 'LE'
@@ -124,13 +151,25 @@ const TYPE_OF_FORMAT = new Map<number, EntryType>([
  * no Stats object per call, and diff stats every entry of the upper and its
  * lower twin. Answers undefined for a path that does not exist.
  */
-export function lstat(path: string): EntryStat | undefined {
+export function lstat(path: SysPath): EntryStat | undefined {
   const { libc } = bind()
-  const result = libc.syscall(libc.numbers.statx, 'int', AT_FDCWD, 'str', path, 'int', AT_SYMLINK_NOFOLLOW, 'uint32_t', STATX_BASIC_STATS, 'void *', statxBuffer)
+  const result = libc.syscall(
+    libc.numbers.statx,
+    'int',
+    AT_FDCWD,
+    'void *',
+    cPath(path),
+    'int',
+    AT_SYMLINK_NOFOLLOW,
+    'uint32_t',
+    STATX_BASIC_STATS,
+    'void *',
+    statxBuffer,
+  )
   if (Number(result) !== 0) {
     const errno = errnoName()
     if (errno === 'ENOENT' || errno === 'ENOTDIR') return undefined
-    throw new SysError(errno, 'statx', path)
+    throw new SysError(errno, 'statx', shown(path))
   }
   const u32 = (offset: number): number => statxView.getUint32(offset, littleEndian)
   const u64 = (offset: number): bigint => statxView.getBigUint64(offset, littleEndian)
@@ -153,10 +192,10 @@ let listBuffer = Buffer.alloc(4096)
 let valueBuffer = Buffer.alloc(4096)
 
 /** Names of all xattrs of a path (not following symlinks) that this process may see. */
-export function listXattrs(path: string): string[] {
+export function listXattrs(path: SysPath): string[] {
   const { libc } = bind()
   for (;;) {
-    const size = Number(libc.llistxattr(path, listBuffer, listBuffer.length))
+    const size = Number(libc.llistxattr(cPath(path), listBuffer, listBuffer.length))
     if (size >= 0) {
       if (size === 0) return []
       return listBuffer.toString('utf8', 0, size - 1).split('\0')
@@ -167,15 +206,15 @@ export function listXattrs(path: string): string[] {
       continue
     }
     if (ENODATA_NAMES.has(errno)) return []
-    throw new SysError(errno, 'listxattr', path)
+    throw new SysError(errno, 'listxattr', shown(path))
   }
 }
 
 /** The value of one xattr, or undefined when the path does not carry it. */
-export function getXattr(path: string, name: string): Buffer | undefined {
+export function getXattr(path: SysPath, name: string): Buffer | undefined {
   const { libc } = bind()
   for (;;) {
-    const size = Number(libc.lgetxattr(path, name, valueBuffer, valueBuffer.length))
+    const size = Number(libc.lgetxattr(cPath(path), name, valueBuffer, valueBuffer.length))
     if (size >= 0) return Buffer.from(valueBuffer.subarray(0, size))
     const errno = errnoName()
     if (errno === 'ERANGE') {
@@ -183,16 +222,59 @@ export function getXattr(path: string, name: string): Buffer | undefined {
       continue
     }
     if (ENODATA_NAMES.has(errno)) return undefined
-    throw new SysError(errno, `getxattr ${name}`, path)
+    throw new SysError(errno, `getxattr ${name}`, shown(path))
   }
 }
 
-export function setXattr(path: string, name: string, value: Buffer): void {
-  check(bind().libc.lsetxattr(path, name, value, value.length, 0), `setxattr ${name}`, path)
+export function setXattr(path: SysPath, name: string, value: Buffer): void {
+  check(bind().libc.lsetxattr(cPath(path), name, value, value.length, 0), `setxattr ${name}`, shown(path))
 }
 
-export function removeXattr(path: string, name: string): void {
-  check(bind().libc.lremovexattr(path, name), `removexattr ${name}`, path)
+export function removeXattr(path: SysPath, name: string): void {
+  check(bind().libc.lremovexattr(cPath(path), name), `removexattr ${name}`, shown(path))
+}
+
+const NANOSECONDS = 1_000_000_000n
+
+/**
+ * atime and mtime to the nanosecond, not following a final symlink:
+ * utimensat(2) with two struct __kernel_timespec (64-bit seconds, then
+ * nanoseconds, in the host's byte order; the same layout on every
+ * architecture). Times before 1970 are negative seconds with a positive
+ * nanosecond part, as the kernel keeps them.
+ */
+export function setTimes(path: SysPath, atimeNs: bigint, mtimeNs: bigint): void {
+  const { libc } = bind()
+  const times = Buffer.alloc(32)
+  const put = (offset: number, ns: bigint): void => {
+    // Floor division: -1.5 s is -2 s and 500,000,000 ns.
+    const seconds = ns >= 0n || ns % NANOSECONDS === 0n ? ns / NANOSECONDS : ns / NANOSECONDS - 1n
+    const nanoseconds = ns - seconds * NANOSECONDS
+    if (littleEndian) {
+      times.writeBigInt64LE(seconds, offset)
+      times.writeBigInt64LE(nanoseconds, offset + 8)
+    } else {
+      times.writeBigInt64BE(seconds, offset)
+      times.writeBigInt64BE(nanoseconds, offset + 8)
+    }
+  }
+  put(0, atimeNs)
+  put(16, mtimeNs)
+  check(
+    libc.syscall(
+      libc.numbers.utimensat,
+      'int',
+      AT_FDCWD,
+      'void *',
+      cPath(path),
+      'void *',
+      times,
+      'int',
+      AT_SYMLINK_NOFOLLOW,
+    ),
+    'set times of',
+    shown(path),
+  )
 }
 
 const S_IFCHR = 0o020000
@@ -202,16 +284,32 @@ const S_IFIFO = 0o010000
 export type NodeKind = 'char' | 'block' | 'fifo'
 
 /** The 32-bit dev_t the mknodat system call takes (the kernel's new_encode_dev). */
-function kernelDeviceNumber(path: string, major: number, minor: number): number {
-  if (major > 0xfff || minor > 0xfffff) throw new SysError('EINVAL', 'mknod', path, `device ${major}:${minor} is out of range (major up to 4095, minor up to 1048575)`)
+function kernelDeviceNumber(path: SysPath, major: number, minor: number): number {
+  if (major > 0xfff || minor > 0xfffff)
+    throw new SysError(
+      'EINVAL',
+      'mknod',
+      shown(path),
+      `device ${major}:${minor} is out of range (major up to 4095, minor up to 1048575)`,
+    )
   return ((minor & 0xff) | (major << 8) | ((minor & ~0xff) << 12)) >>> 0
 }
 
-export function makeNode(path: string, kind: NodeKind, permissions: number, major = 0, minor = 0): void {
+export function makeNode(path: SysPath, kind: NodeKind, permissions: number, major = 0, minor = 0): void {
   const { libc } = bind()
   const type = kind === 'char' ? S_IFCHR : kind === 'block' ? S_IFBLK : S_IFIFO
-  const result = libc.syscall(libc.numbers.mknodat, 'int', AT_FDCWD, 'str', path, 'uint32_t', type | (permissions & 0o7777), 'uint32_t', kernelDeviceNumber(path, major, minor))
-  check(result, 'mknod', path)
+  const result = libc.syscall(
+    libc.numbers.mknodat,
+    'int',
+    AT_FDCWD,
+    'void *',
+    cPath(path),
+    'uint32_t',
+    type | (permissions & 0o7777),
+    'uint32_t',
+    kernelDeviceNumber(path, major, minor),
+  )
+  check(result, 'mknod', shown(path))
 }
 
 export const MountFlag = {
@@ -228,22 +326,30 @@ export const MountFlag = {
 } as const
 
 export function mount(source: string, target: string, fstype: string | null, flags: number, data: string | null): void {
-  check(bind().libc.mount(source, target, fstype, flags, data), `mount ${fstype ?? ''}`.trimEnd(), `${source} on ${target}`)
+  check(
+    bind().libc.mount(source, target, fstype, flags, data),
+    `mount ${fstype ?? ''}`.trimEnd(),
+    `${source} on ${target}`,
+  )
 }
 
 /** Flip a mounted filesystem between read-only and read-write (source and type are ignored on a remount). */
-export function remount(target: string, readOnly: boolean): void {
-  mount('none', target, null, MountFlag.remount | MountFlag.noAtime | (readOnly ? MountFlag.readOnly : 0), null)
+export function remount(target: string, options: { readOnly: boolean }): void {
+  mount('none', target, null, MountFlag.remount | MountFlag.noAtime | (options.readOnly ? MountFlag.readOnly : 0), null)
 }
 
 const MNT_DETACH = 2
-export function unmount(target: string, lazy = false): void {
-  check(bind().libc.umount2(target, lazy ? MNT_DETACH : 0), 'umount', target)
+export function unmount(target: string, options: { lazy: boolean } = { lazy: false }): void {
+  check(bind().libc.umount2(target, options.lazy ? MNT_DETACH : 0), 'umount', target)
 }
 
 export function pivotRoot(newRoot: string, putOld: string): void {
   const { libc } = bind()
-  check(libc.syscall(libc.numbers.pivotRoot, 'str', newRoot, 'str', putOld), 'pivot_root', `${newRoot} (old root to ${putOld})`)
+  check(
+    libc.syscall(libc.numbers.pivotRoot, 'str', newRoot, 'str', putOld),
+    'pivot_root',
+    `${newRoot} (old root to ${putOld})`,
+  )
 }
 
 export function syncAll(): void {

@@ -2,7 +2,8 @@
 import { readTextFileIfExists } from './fs.js'
 
 /** /proc/mounts escapes space, tab, newline and backslash as octal. */
-const unescape = (field: string): string => field.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8)))
+const unescape = (field: string): string =>
+  field.replace(/\\([0-7]{3})/g, (_, octal: string) => String.fromCharCode(parseInt(octal, 8)))
 
 export interface OverlayLayers {
   /** Upper and work directories: written by the kernel while mounted. */

@@ -7,7 +7,8 @@ import type { BigIntStats } from 'node:fs'
 import { listDirectory, listDirectorySplit } from '../sys/fs.js'
 import { SysError } from '../errors.js'
 import { readEntryWithStat, statEntry } from '../sys/entries.js'
-import { under, type UpperEntry } from './entry.js'
+import type { UpperEntry } from '../sys/types.js'
+import { under } from './entry.js'
 
 export interface WalkOptions {
   /** The xattr that marks a metacopy stub in this upper's namespace. */
@@ -32,7 +33,8 @@ export interface WalkOptions {
 }
 
 /** A name that no longer leads to the entry listed: it, or a directory above it, was removed or renamed. */
-export const isGone = (error: unknown): boolean => error instanceof SysError && (error.errno === 'ENOENT' || error.errno === 'ENOTDIR')
+export const isGone = (error: unknown): boolean =>
+  error instanceof SysError && (error.errno === 'ENOENT' || error.errno === 'ENOTDIR')
 
 export function* walkUpper(root: string, options: WalkOptions): Generator<UpperEntry> {
   const firstName = new Map<string, string>()
@@ -59,24 +61,33 @@ export function* walkUpper(root: string, options: WalkOptions): Generator<UpperE
     }
     const entry = read
     if (first !== undefined) {
-      yield { ...entry, type: 'hardlink', linkTarget: first, size: 0, xattrs: [], devMajor: 0, devMinor: 0, holeSize: undefined }
+      yield {
+        ...entry,
+        type: 'hardlink',
+        linkTarget: first,
+        size: 0,
+        xattrs: [],
+        devMajor: 0,
+        devMinor: 0,
+        holeSize: undefined,
+      }
       return
     }
     yield entry
     if (entry.type === 'dir') yield* visitChildren(path, full)
   }
   function* visitChildren(path: string, full: string): Generator<UpperEntry> {
-    const names = gone(path, () => listNames(path, full))?.sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b))) ?? []
+    const names =
+      gone(path, () => listNames(path, full))?.sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b))) ?? []
     for (const name of names) {
       const child = path === '.' ? name : `${path}/${name}`
       if (options.include(child)) yield* visit(child)
     }
   }
   function listNames(path: string, full: string): string[] {
-    const { notUtf8 } = options
-    if (!notUtf8) return listDirectory(full)
+    if (!options.notUtf8) return listDirectory(full)
     const listed = listDirectorySplit(full)
-    for (const name of listed.notUtf8) notUtf8(path, name)
+    for (const name of listed.notUtf8) options.notUtf8(path, name)
     return listed.names
   }
   /** What `read` returns; undefined, once `vanished` is told, when the entry at `path` is gone. */

@@ -15,20 +15,52 @@ await benchmarkRoot('backup-bench', (root) => {
   const archive = path.join(root, 'backup.ovb')
   const tarball = path.join(root, 'backup.tgz')
   console.log('\n20,000 changes (median of runs, peak RSS)')
-  const backup = measure('ovroot backup', process.execPath, [OVROOT, 'backup', '--upper', small.upper, '--lower', small.lower, '-o', archive])
+  const backup = measure('ovroot backup', process.execPath, [
+    OVROOT,
+    'backup',
+    '--upper',
+    small.upper,
+    '--lower',
+    small.lower,
+    '-o',
+    archive,
+  ])
   // ovroot writes its archive atomically: a rerun replaces it the same way.
   const tarBackup = measure('tar --xattrs -czf', 'tar', ['--xattrs', '-czf', tarball, '-C', small.upper, '.'])
-  const restore = measure('ovroot restore --upper (verifying)', 'sh', ['-c', `d=$(mktemp -d -p ${root}) && exec ${process.execPath} ${OVROOT} restore ${archive} --upper $d --lower ${small.lower}`])
-  const tarRestore = measure("tar --xattrs --xattrs-include='*' -xzf", 'sh', ['-c', `d=$(mktemp -d -p ${root}) && exec tar --xattrs --xattrs-include='*' -xzf ${tarball} -C $d`])
+  const restore = measure('ovroot restore --upper (verifying)', 'sh', [
+    '-c',
+    `d=$(mktemp -d -p ${root}) && exec ${process.execPath} ${OVROOT} restore ${archive} --upper $d --lower ${small.lower}`,
+  ])
+  const tarRestore = measure("tar --xattrs --xattrs-include='*' -xzf", 'sh', [
+    '-c',
+    `d=$(mktemp -d -p ${root}) && exec tar --xattrs --xattrs-include='*' -xzf ${tarball} -C $d`,
+  ])
   const ovrootBytes = fs.statSync(archive).size
   const tarBytes = fs.statSync(tarball).size
-  console.log(`archive sizes: ovroot ${(ovrootBytes / 1048576).toFixed(2)} MiB, tar ${(tarBytes / 1048576).toFixed(2)} MiB`)
+  console.log(
+    `archive sizes: ovroot ${(ovrootBytes / 1048576).toFixed(2)} MiB, tar ${(tarBytes / 1048576).toFixed(2)} MiB`,
+  )
   const big = setUp(root, 200000)
   console.log('\n200,000 changes')
-  const backupBig = measure('ovroot backup', process.execPath, [OVROOT, 'backup', '--upper', big.upper, '--lower', big.lower, '-o', path.join(root, 'big.ovb')])
+  const backupBig = measure('ovroot backup', process.execPath, [
+    OVROOT,
+    'backup',
+    '--upper',
+    big.upper,
+    '--lower',
+    big.lower,
+    '-o',
+    path.join(root, 'big.ovb'),
+  ])
   console.log('\nratios')
-  console.log(`  backup time / tar:                      ${(backup.seconds / tarBackup.seconds).toFixed(2)}x   (target <= 1.2x)`)
+  console.log(
+    `  backup time / tar:                      ${(backup.seconds / tarBackup.seconds).toFixed(2)}x   (target <= 1.2x)`,
+  )
   console.log(`  backup size / tar:                      ${(ovrootBytes / tarBytes).toFixed(3)}x   (target <= 1.05x)`)
-  console.log(`  restore time / tar extraction:          ${(restore.seconds / tarRestore.seconds).toFixed(2)}x   (target <= 1.5x)`)
-  console.log(`  backup peak memory 200,000 / 20,000:    ${(backupBig.mib / backup.mib).toFixed(2)}x   (10x the upper; flat means streaming)`)
+  console.log(
+    `  restore time / tar extraction:          ${(restore.seconds / tarRestore.seconds).toFixed(2)}x   (target <= 1.5x)`,
+  )
+  console.log(
+    `  backup peak memory 200,000 / 20,000:    ${(backupBig.mib / backup.mib).toFixed(2)}x   (10x the upper; flat means streaming)`,
+  )
 })

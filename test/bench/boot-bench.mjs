@@ -19,7 +19,9 @@ const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ovroot-boot-bench-'))
 const flash = path.join(dir, 'nor.flash')
 
 function boot(extra, command) {
-  const result = spawnSync(VM, ['boot', '--flash', flash, '--timeout', '300', ...extra, '--run', command], { encoding: 'utf8' })
+  const result = spawnSync(VM, ['boot', '--flash', flash, '--timeout', '300', ...extra, '--run', command], {
+    encoding: 'utf8',
+  })
   if (result.status !== 0) throw new Error(`boot failed (${result.status}): ${result.stderr}`)
   return result.stdout
 }
@@ -33,11 +35,17 @@ try {
   const memory = []
   const nodeCold = []
   for (let i = 0; i < runs; i++) {
-    const out = boot([], 'echo "$(cat /run/ovroot/shim-start) $(cat /run/ovroot/init-exec-uptime)"; ovroot status --json')
+    const out = boot(
+      [],
+      'echo "$(cat /run/ovroot/shim-start) $(cat /run/ovroot/init-exec-uptime)"; ovroot status --json',
+    )
     const [start, end] = out.trim().split('\n')[0].split(' ').map(Number)
     ovroot.push(end - start)
     memory.push(JSON.parse(out.split('\n').find((line) => line.startsWith('{'))).peakMemoryKiB / 1024)
-    const floor = boot(['--append', 'init=/usr/lib/ovroot-lab/plain-init'], 'cat /run/plain-boot; a=$(cut -d" " -f1 /proc/uptime); /usr/bin/node -e 0; echo "$a $(cut -d" " -f1 /proc/uptime)"')
+    const floor = boot(
+      ['--append', 'init=/usr/lib/ovroot-lab/plain-init'],
+      'cat /run/plain-boot; a=$(cut -d" " -f1 /proc/uptime); /usr/bin/node -e 0; echo "$a $(cut -d" " -f1 /proc/uptime)"',
+    )
     const [plainLine, nodeLine] = floor.trim().split('\n')
     const [plainStart, plainEnd] = plainLine.split(' ').map(Number)
     plain.push(plainEnd - plainStart)
@@ -50,7 +58,9 @@ try {
   console.log(`ovroot-init + ovroot boot   ${o.toFixed(2)} s   (runs: ${ovroot.map((v) => v.toFixed(2)).join(' ')})`)
   console.log(`plain shell, same mounts    ${p.toFixed(2)} s   (runs: ${plain.map((v) => v.toFixed(2)).join(' ')})`)
   console.log(`ovroot adds                 ${(o - p).toFixed(2)} s   (target <= 1 s)`)
-  console.log(`  of which a cold node -e 0  ${median(nodeCold).toFixed(2)} s   (the runtime's start, before any ovroot code)`)
+  console.log(
+    `  of which a cold node -e 0  ${median(nodeCold).toFixed(2)} s   (the runtime's start, before any ovroot code)`,
+  )
   console.log(`ovroot boot peak memory     ${median(memory).toFixed(1)} MiB   (target <= 60 MB)`)
 } finally {
   fs.rmSync(dir, { recursive: true, force: true })

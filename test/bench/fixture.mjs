@@ -41,10 +41,17 @@ function change(merged, count) {
     const dir = path.join(merged, `d${Math.floor(d / 100)}`, `d${d}`)
     const file = path.join(dir, `f${f}`)
     switch (i % 4) {
-      case 0: fs.appendFileSync(file, 'appended\n'); break
-      case 1: fs.rmSync(file); break
-      case 2: fs.chmodSync(file, 0o600); break
-      default: fs.writeFileSync(path.join(dir, `new${f}`), 'new file\n')
+      case 0:
+        fs.appendFileSync(file, 'appended\n')
+        break
+      case 1:
+        fs.rmSync(file)
+        break
+      case 2:
+        fs.chmodSync(file, 0o600)
+        break
+      default:
+        fs.writeFileSync(path.join(dir, `new${f}`), 'new file\n')
     }
   }
 }
@@ -52,7 +59,11 @@ function change(merged, count) {
 export function measure(label, command, args) {
   const samples = []
   for (let i = 0; i < runs; i++) {
-    const result = spawnSync('/usr/bin/time', ['-f', '%e %M', command, ...args], { encoding: 'utf8', stdio: ['ignore', 'ignore', 'pipe'], maxBuffer: 1 << 26 })
+    const result = spawnSync('/usr/bin/time', ['-f', '%e %M', command, ...args], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'ignore', 'pipe'],
+      maxBuffer: 1 << 26,
+    })
     const last = result.stderr.trim().split('\n').pop() ?? ''
     const [seconds, kib] = last.split(' ').map(Number)
     samples.push({ seconds, kib })
@@ -60,7 +71,9 @@ export function measure(label, command, args) {
   samples.sort((a, b) => a.seconds - b.seconds)
   const median = samples[Math.floor(samples.length / 2)]
   const peak = Math.max(...samples.map((s) => s.kib))
-  console.log(`${label.padEnd(44)} ${median.seconds.toFixed(2).padStart(7)} s ${(peak / 1024).toFixed(1).padStart(8)} MiB`)
+  console.log(
+    `${label.padEnd(44)} ${median.seconds.toFixed(2).padStart(7)} s ${(peak / 1024).toFixed(1).padStart(8)} MiB`,
+  )
   return { seconds: median.seconds, mib: peak / 1024 }
 }
 
@@ -70,11 +83,17 @@ export function setUp(root, changes) {
   const work = path.join(root, `work${changes}`)
   const merged = path.join(root, `merged${changes}`)
   for (const dir of [upper, work, merged]) fs.mkdirSync(dir)
-  execFileSync('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${lower},upperdir=${upper},workdir=${work}`, merged])
+  execFileSync('mount', [
+    '-t',
+    'overlay',
+    'overlay',
+    '-o',
+    `lowerdir=${lower},upperdir=${upper},workdir=${work}`,
+    merged,
+  ])
   change(merged, changes)
   return { lower, upper, merged }
 }
-
 
 /** Run `body` on a fresh 4 GiB tmpfs holding the generated lower; unmount everything after. */
 export async function benchmarkRoot(name, body) {

@@ -16,7 +16,13 @@ import * as fs from 'node:fs'
 import * as path from 'node:path'
 import { OVROOT, benchmarkRoot, setUp } from './fixture.mjs'
 
-const sectorsWritten = (loop) => Number(fs.readFileSync(`/sys/block/${path.basename(loop)}/stat`, 'utf8').trim().split(/\s+/)[6]) * 512
+const sectorsWritten = (loop) =>
+  Number(
+    fs
+      .readFileSync(`/sys/block/${path.basename(loop)}/stat`, 'utf8')
+      .trim()
+      .split(/\s+/)[6],
+  ) * 512
 
 function flash(root, name) {
   const image = path.join(root, `${name}.img`)
@@ -52,7 +58,9 @@ function persist(label, target, command, args) {
   const said = result.stdout.trim().split('\n').pop() ?? ''
   const journalAfter = journal(target)
   const logged = `(journal: ${journalAfter.transactions - journalBefore.transactions} commits, about ${(((journalAfter.blocks - journalBefore.blocks) * 4096) / 1048576).toFixed(0)} MiB)`
-  console.log(`  ${label.padEnd(28)} ${seconds.toFixed(2).padStart(6)} s ${(bytes / 1024).toFixed(0).padStart(9)} KiB written ${logged.padEnd(36)} ${said}`)
+  console.log(
+    `  ${label.padEnd(28)} ${seconds.toFixed(2).padStart(6)} s ${(bytes / 1024).toFixed(0).padStart(9)} KiB written ${logged.padEnd(36)} ${said}`,
+  )
   return { seconds, bytes }
 }
 
@@ -68,13 +76,26 @@ await benchmarkRoot('sync-bench', async (root) => {
   // A boot record and configuration as on a device booted with [sync] enabled, the upper in RAM.
   const run = path.join(root, 'run')
   fs.mkdirSync(run)
-  fs.writeFileSync(path.join(run, 'status.json'), JSON.stringify({ mode: 'flash', bootedAt: 'x', overlay: { lowers: [layers.lower], upper: layers.upper, work: '', options: '' }, sync: { mirror: '' } }))
+  fs.writeFileSync(
+    path.join(run, 'status.json'),
+    JSON.stringify({
+      mode: 'flash',
+      bootedAt: 'x',
+      overlay: { lowers: [layers.lower], upper: layers.upper, work: '', options: '' },
+      sync: { mirror: '' },
+    }),
+  )
   const config = path.join(root, 'ovroot.conf')
-  fs.writeFileSync(config, `[overlay]\nlower = ${layers.lower}\n[boot]\nrun_dir = ${run}\n[sync]\nenabled = yes\nquiet = 3600\n`)
+  fs.writeFileSync(
+    config,
+    `[overlay]\nlower = ${layers.lower}\n[boot]\nrun_dir = ${run}\n[sync]\nenabled = yes\nquiet = 3600\n`,
+  )
   const ovrootFlash = flash(root, 'ovroot-flash')
   const rsyncFlash = flash(root, 'rsync-flash')
-  const ovrootSync = (label) => persist(label, ovrootFlash, process.execPath, [OVROOT, 'sync', '--config', config, '--to', ovrootFlash.mount])
-  const rsync = (label) => persist(label, rsyncFlash, 'rsync', ['-aAX', '--delete', `${layers.upper}/`, `${rsyncFlash.mount}/upper/`])
+  const ovrootSync = (label) =>
+    persist(label, ovrootFlash, process.execPath, [OVROOT, 'sync', '--config', config, '--to', ovrootFlash.mount])
+  const rsync = (label) =>
+    persist(label, rsyncFlash, 'rsync', ['-aAX', '--delete', `${layers.upper}/`, `${rsyncFlash.mount}/upper/`])
   await calm()
   console.log('\nfirst copy of the 20,000-change upper')
   ovrootSync('ovroot sync --to (full)')
@@ -82,7 +103,8 @@ await benchmarkRoot('sync-bench', async (root) => {
   const files = []
   for (const dir of fs.readdirSync(layers.merged)) {
     for (const sub of fs.readdirSync(path.join(layers.merged, dir))) {
-      for (const name of fs.readdirSync(path.join(layers.merged, dir, sub))) if (name.startsWith('f')) files.push(path.join(layers.merged, dir, sub, name))
+      for (const name of fs.readdirSync(path.join(layers.merged, dir, sub)))
+        if (name.startsWith('f')) files.push(path.join(layers.merged, dir, sub, name))
     }
   }
   const totals = { ovroot: { seconds: 0, bytes: 0 }, rsync: { seconds: 0, bytes: 0 }, changed: 0 }
@@ -95,7 +117,10 @@ await benchmarkRoot('sync-bench', async (root) => {
     console.log(`\nround ${round + 1}: ${changed.length} files changed (1%), ${(changedBytes / 1024).toFixed(0)} KiB`)
     const a = ovrootSync('ovroot sync --to')
     const b = rsync('rsync -aAX --delete')
-    for (const [key, value] of [['ovroot', a], ['rsync', b]]) {
+    for (const [key, value] of [
+      ['ovroot', a],
+      ['rsync', b],
+    ]) {
       totals[key].seconds += value.seconds
       totals[key].bytes += value.bytes
     }
@@ -110,16 +135,26 @@ await benchmarkRoot('sync-bench', async (root) => {
     await new Promise((resolve) => setTimeout(resolve, 100))
     const status = fs.readFileSync(`/proc/${daemon.pid}/status`, 'utf8')
     peak = Number(/VmHWM:\s+(\d+)/.exec(status)?.[1] ?? 0)
-    if (fs.existsSync(path.join(run, 'sync.json')) && JSON.parse(fs.readFileSync(path.join(run, 'sync.json'), 'utf8')).watcher === 'watching') break
+    if (
+      fs.existsSync(path.join(run, 'sync.json')) &&
+      JSON.parse(fs.readFileSync(path.join(run, 'sync.json'), 'utf8')).watcher === 'watching'
+    )
+      break
   }
   daemon.kill('SIGTERM')
   await new Promise((resolve) => daemon.on('exit', resolve))
   console.log(`  ovroot sync --watch peak memory: ${(peak / 1024).toFixed(1)} MiB (watching and synced)`)
   console.log('\nratios over the three rounds')
-  console.log(`  ovroot bytes written / changed files' bytes: ${(totals.ovroot.bytes / totals.changed).toFixed(2)}x   (target <= 1.1x plus the journal)`)
+  console.log(
+    `  ovroot bytes written / changed files' bytes: ${(totals.ovroot.bytes / totals.changed).toFixed(2)}x   (target <= 1.1x plus the journal)`,
+  )
   console.log(`  rsync bytes written / changed files' bytes:  ${(totals.rsync.bytes / totals.changed).toFixed(2)}x`)
-  console.log(`  ovroot time / rsync time:                    ${(totals.ovroot.seconds / totals.rsync.seconds).toFixed(2)}x   (target <= 1x)`)
-  console.log(`  with nothing changed, ovroot time / rsync:   ${(idle.ovroot.seconds / idle.rsync.seconds).toFixed(2)}x`)
+  console.log(
+    `  ovroot time / rsync time:                    ${(totals.ovroot.seconds / totals.rsync.seconds).toFixed(2)}x   (target <= 1x)`,
+  )
+  console.log(
+    `  with nothing changed, ovroot time / rsync:   ${(idle.ovroot.seconds / idle.rsync.seconds).toFixed(2)}x`,
+  )
   for (const target of [ovrootFlash, rsyncFlash]) {
     spawnSync('umount', [target.mount])
     spawnSync('losetup', ['-d', target.loop])

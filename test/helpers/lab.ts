@@ -1,4 +1,5 @@
 /** Booting the lab's device under QEMU from tests, through qemu/vm as a user would. */
+import type { Test } from 'tap'
 import { spawnSync } from 'node:child_process'
 import * as fs from 'node:fs'
 import * as os from 'node:os'
@@ -14,12 +15,15 @@ export interface Boot {
 }
 
 export function boot(args: string[]): Boot {
-  const result = spawnSync('env', ['-u', 'NODE_OPTIONS', VM, 'boot', '--timeout', '300', ...args], { encoding: 'utf8', maxBuffer: 1 << 26 })
+  const result = spawnSync('env', ['-u', 'NODE_OPTIONS', VM, 'boot', '--timeout', '300', ...args], {
+    encoding: 'utf8',
+    maxBuffer: 1 << 26,
+  })
   return { status: result.status ?? -1, stdout: result.stdout, stderr: result.stderr }
 }
 
 /** Run CMD in the booted device; fails the test with the console when the boot itself fails. */
-export function run(t: Tap.Test, args: string[], command: string): Boot {
+export function run(t: Test, args: string[], command: string): Boot {
   const result = boot([...args, '--run', command])
   if (result.status === 125) t.fail(`the device did not finish booting: ${result.stderr.slice(-2000)}`)
   return result
@@ -54,7 +58,7 @@ export function consoleLog(): string {
   return fs.readFileSync(fileURLToPath(new URL('../../qemu/build/last-console.log', import.meta.url)), 'utf8')
 }
 
-export function workspace(t: Tap.Test): string {
+export function workspace(t: Test): string {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ovroot-lab-'))
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
   return dir

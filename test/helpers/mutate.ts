@@ -7,7 +7,10 @@ import * as fs from 'node:fs'
 import * as path from 'node:path'
 import { setXattr } from '../../src/sys/libc.js'
 
-export function writeTree(root: string, files: Record<string, string | { link: string } | { dir: true } | { fifo: true }>): void {
+export function writeTree(
+  root: string,
+  files: Record<string, string | { link: string } | { dir: true } | { fifo: true }>,
+): void {
   for (const [rel, content] of Object.entries(files)) {
     const full = path.join(root, rel)
     fs.mkdirSync(path.dirname(full), { recursive: true })
@@ -59,7 +62,13 @@ export const STANDARD_LOWER = {
 const FILE_CAPABILITY_NET_RAW = Buffer.from(new Uint32Array([0x02000001, 1 << 13, 0, 0, 0]).buffer)
 /** posix_acl_xattr version 2 for mode 0644 plus user 1000 r--: the mask (r--) keeps the group bits, so the mode does not change. */
 const ACL_USER_1000_READ = (() => {
-  const entries: [tag: number, perm: number, id: number][] = [[0x01, 6, -1], [0x02, 4, 1000], [0x04, 4, -1], [0x10, 4, -1], [0x20, 4, -1]]
+  const entries: [tag: number, perm: number, id: number][] = [
+    [0x01, 6, -1],
+    [0x02, 4, 1000],
+    [0x04, 4, -1],
+    [0x10, 4, -1],
+    [0x20, 4, -1],
+  ]
   const acl = Buffer.alloc(4 + entries.length * 8)
   acl.writeUInt32LE(2, 0)
   entries.forEach(([tag, perm, id], i) => {
@@ -72,15 +81,15 @@ const ACL_USER_1000_READ = (() => {
 
 export const STANDARD_OPERATIONS: Record<string, Operation> = {
   'new file': (m) => fs.writeFileSync(`${m}/etc/newfile`, 'new\n'),
-  'appended': (m) => fs.appendFileSync(`${m}/etc/config/network`, '\toption ipaddr 192.168.1.1\n'),
-  'truncated': (m) => fs.truncateSync(`${m}/etc/config/wireless`, 0),
+  appended: (m) => fs.appendFileSync(`${m}/etc/config/network`, '\toption ipaddr 192.168.1.1\n'),
+  truncated: (m) => fs.truncateSync(`${m}/etc/config/wireless`, 0),
   'rewritten identical': (m) => fs.writeFileSync(`${m}/etc/config/system`, fs.readFileSync(`${m}/etc/config/system`)),
-  'chmod': (m) => fs.chmodSync(`${m}/etc/passwd`, 0o600),
-  'chown': (m) => fs.lchownSync(`${m}/etc/hosts`, 1000, 1000),
-  'xattr': (m) => setXattr(`${m}/usr/lib/libc.so`, 'user.note', Buffer.from('patched')),
-  'symlink': (m) => fs.symlinkSync('/tmp', `${m}/etc/link`),
-  'hardlink': (m) => fs.linkSync(`${m}/etc/profile`, `${m}/etc/profile.hard`),
-  'fifo': (m) => execFileSync('mkfifo', [`${m}/etc/fifo`]),
+  chmod: (m) => fs.chmodSync(`${m}/etc/passwd`, 0o600),
+  chown: (m) => fs.lchownSync(`${m}/etc/hosts`, 1000, 1000),
+  xattr: (m) => setXattr(`${m}/usr/lib/libc.so`, 'user.note', Buffer.from('patched')),
+  symlink: (m) => fs.symlinkSync('/tmp', `${m}/etc/link`),
+  hardlink: (m) => fs.linkSync(`${m}/etc/profile`, `${m}/etc/profile.hard`),
+  fifo: (m) => execFileSync('mkfifo', [`${m}/etc/fifo`]),
   'file deleted': (m) => fs.rmSync(`${m}/usr/lib/libm.so`),
   'directory deleted': (m) => fs.rmSync(`${m}/usr/share/doc`, { recursive: true }),
   'directory deleted and recreated': (m) => {
@@ -100,7 +109,7 @@ export const STANDARD_OPERATIONS: Record<string, Operation> = {
     fs.rmSync(`${m}/www`, { recursive: true })
     fs.writeFileSync(`${m}/www`, 'not a dir\n')
   },
-  'touched': (m) => {
+  touched: (m) => {
     const now = new Date()
     fs.utimesSync(`${m}/etc/shells`, now, now)
   },
@@ -116,7 +125,8 @@ export const STANDARD_OPERATIONS: Record<string, Operation> = {
   },
   'fifo deleted': (m) => fs.rmSync(`${m}/run/fifo`),
   'file capability added': (m) => setXattr(`${m}/usr/bin/tool`, 'security.capability', FILE_CAPABILITY_NET_RAW),
-  'POSIX ACL added, mode unchanged': (m) => setXattr(`${m}/etc/hosts.allow`, 'system.posix_acl_access', ACL_USER_1000_READ),
+  'POSIX ACL added, mode unchanged': (m) =>
+    setXattr(`${m}/etc/hosts.allow`, 'system.posix_acl_access', ACL_USER_1000_READ),
   'file moved into new directory': (m) => {
     fs.mkdirSync(`${m}/opt/new/dir`, { recursive: true })
     move(`${m}/bin/busybox`, `${m}/opt/new/dir/busybox`)
@@ -170,7 +180,8 @@ function entries(merged: string): { files: string[]; dirs: string[] } {
 
 /** One random change through the merged view; returns what it did, for failure messages. */
 export function randomOperation(merged: string, next: () => number, serial: number): string {
-  const pick = <T>(items: readonly T[]): T | undefined => (items.length ? items[Math.floor(next() * items.length)] : undefined)
+  const pick = <T>(items: readonly T[]): T | undefined =>
+    items.length ? items[Math.floor(next() * items.length)] : undefined
   const { files, dirs } = entries(merged)
   const file = pick(files)
   const dir = pick(dirs) ?? ''
@@ -195,24 +206,31 @@ export function randomOperation(merged: string, next: () => number, serial: numb
     choices.push(
       [`delete ${file}`, () => fs.rmSync(merged + file)],
       [`rename ${file}`, () => move(merged + file, `${merged}${dir}/r${serial}`)],
-      [`replace ${file} by dir`, () => {
-        fs.rmSync(merged + file)
-        fs.mkdirSync(merged + file)
-      }],
+      [
+        `replace ${file} by dir`,
+        () => {
+          fs.rmSync(merged + file)
+          fs.mkdirSync(merged + file)
+        },
+      ],
     )
   }
   if (dir && !`${dir}/`.startsWith('/nd')) {
     const parent = dir.slice(0, dir.lastIndexOf('/'))
     choices.push(
       [`rmdir -r ${dir}`, () => fs.rmSync(merged + dir, { recursive: true })],
-      [`recreate ${dir}`, () => {
-        fs.rmSync(merged + dir, { recursive: true })
-        fs.mkdirSync(merged + dir)
-      }],
+      [
+        `recreate ${dir}`,
+        () => {
+          fs.rmSync(merged + dir, { recursive: true })
+          fs.mkdirSync(merged + dir)
+        },
+      ],
       [`chmod dir ${dir}`, () => fs.chmodSync(merged + dir, 0o750)],
     )
     const destination = `${parent}/rd${serial}`
-    if (!destination.startsWith(`${dir}/`)) choices.push([`rename dir ${dir}`, () => move(merged + dir, merged + destination)])
+    if (!destination.startsWith(`${dir}/`))
+      choices.push([`rename dir ${dir}`, () => move(merged + dir, merged + destination)])
   }
   const [label, apply] = pick(choices) ?? ['nothing', () => undefined]
   apply()

@@ -22,28 +22,64 @@ export const MOUNT_VARIANTS: Record<string, string[]> = {
 }
 
 /**
- * An upper as a faithful copy must reproduce it: type, mode, owner, mtime to
- * the microsecond, bytes (or a stub's size), link target, device numbers,
- * every xattr, and which names share an inode.
+ * An upper as a faithful copy must reproduce it: names and link targets as
+ * bytes, type, mode, owner, mtime and atime to the nanosecond, bytes (or a
+ * stub's size), device numbers, every xattr, and which names share an inode.
+ * Keys and targets show bytes that are not printable ASCII as \xNN (an
+ * independent oracle: not the form ovroot prints). Stats are taken before
+ * the content is read; scratch() mounts noatime, so reading moves no atime.
  */
 export function upperSnapshot(root: string): Map<string, string> {
   const entries = new Map<string, string>()
   const firstName = new Map<string, string>()
-  const visit = (rel: string): void => {
-    const full = root + rel
-    const st = fs.lstatSync(full)
+  const visit = (rel: Buffer): void => {
+    const full = Buffer.concat([Buffer.from(root), rel])
+    const key = printable(rel) || '/'
+    const st = fs.lstatSync(full, { bigint: true })
     const type = typeName(st)
-    const key = `${st.dev}:${st.ino}`
-    const link = type !== 'dir' && st.nlink > 1 ? firstName.get(key) : undefined
-    if (type !== 'dir' && st.nlink > 1 && !link) firstName.set(key, rel)
-    const content = type === 'file' ? createHash('sha256').update(fs.readFileSync(full)).digest('hex') : type === 'symlink' ? fs.readlinkSync(full) : type === 'char' || type === 'block' ? String(st.rdev) : ''
-    const xattrs = listXattrs(full).sort().map((name) => `${name}=${getXattr(full, name)?.toString('hex')}`).join(',')
-    const mtime = String(fs.lstatSync(full, { bigint: true }).mtimeNs / 1000n)
-    entries.set(rel || '/', link ? `hardlink to ${link}` : `${type} ${(st.mode & 0o7777).toString(8)} ${st.uid}:${st.gid} ${st.size} ${mtime} ${content} [${xattrs}]`)
-    if (type === 'dir') for (const name of fs.readdirSync(full).sort()) visit(`${rel}/${name}`)
+    const inode = `${st.dev}:${st.ino}`
+    const link = type !== 'dir' && st.nlink > 1n ? firstName.get(inode) : undefined
+    if (type !== 'dir' && st.nlink > 1n && !link) firstName.set(inode, key)
+    const content =
+      type === 'file'
+        ? createHash('sha256').update(fs.readFileSync(full)).digest('hex')
+        : type === 'symlink'
+          ? printable(fs.readlinkSync(full, { encoding: 'buffer' }))
+          : type === 'char' || type === 'block'
+            ? String(st.rdev)
+            : ''
+    const xattrs = listXattrs(full)
+      .sort()
+      .map((name) => `${name}=${getXattr(full, name)?.toString('hex')}`)
+      .join(',')
+    entries.set(
+      key,
+      link
+        ? `hardlink to ${link}`
+        : `${type} ${(st.mode & 0o7777n).toString(8)} ${st.uid}:${st.gid} ${st.size} mtime ${st.mtimeNs} atime ${st.atimeNs} ${content} [${xattrs}]`,
+    )
+    if (type === 'dir')
+      for (const name of fs.readdirSync(full, { encoding: 'buffer' }).sort((a, b) => Buffer.compare(a, b)))
+        visit(Buffer.concat([rel, Buffer.from('/'), name]))
   }
-  visit('')
+  visit(Buffer.alloc(0))
   return entries
+}
+
+/** Printable ASCII as it is, every other byte (and the backslash) as \xNN. */
+function printable(bytes: Buffer): string {
+  return [...bytes]
+    .map((byte) =>
+      byte >= 0x20 && byte < 0x7f && byte !== 0x5c
+        ? String.fromCharCode(byte)
+        : `\\x${byte.toString(16).padStart(2, '0')}`,
+    )
+    .join('')
+}
+
+/** A snapshot without atimes: for a copy made by a tool that does not keep them (GNU tar's extraction). */
+export function withoutAtime(entries: Map<string, string>): Map<string, string> {
+  return new Map([...entries].map(([path, entry]) => [path, entry.replace(/ atime -?\d+ /, ' ')]))
 }
 
 /**
@@ -67,7 +103,8 @@ export interface Scratch {
 /** A fresh tmpfs (trusted and user xattrs, whiteouts) that is unmounted afterwards. */
 export function scratch(): Scratch {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ovroot-test-'))
-  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=512m', 'tmpfs', dir])
+  // noatime: a test's own reads must not move the atimes a copy is checked against.
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=512m,noatime', 'tmpfs', dir])
   return {
     dir,
     cleanup() {
@@ -81,7 +118,13 @@ export function scratch(): Scratch {
   }
 }
 
-export function mountOverlay(merged: string, lowers: string[], upper: string | undefined, work: string | undefined, options: string[]): void {
+export function mountOverlay(
+  merged: string,
+  lowers: string[],
+  upper: string | undefined,
+  work: string | undefined,
+  options: string[],
+): void {
   const parts = [`lowerdir=${lowers.join(':')}`]
   if (upper && work) parts.push(`upperdir=${upper}`, `workdir=${work}`)
   parts.push(...options)
@@ -102,8 +145,20 @@ export interface Described {
   xattrs: string
 }
 
-const typeName = (st: fs.Stats): string =>
-  st.isFile() ? 'file' : st.isDirectory() ? 'dir' : st.isSymbolicLink() ? 'symlink' : st.isFIFO() ? 'fifo' : st.isSocket() ? 'socket' : st.isCharacterDevice() ? 'char' : 'block'
+const typeName = (st: fs.Stats | fs.BigIntStats): string =>
+  st.isFile()
+    ? 'file'
+    : st.isDirectory()
+      ? 'dir'
+      : st.isSymbolicLink()
+        ? 'symlink'
+        : st.isFIFO()
+          ? 'fifo'
+          : st.isSocket()
+            ? 'socket'
+            : st.isCharacterDevice()
+              ? 'char'
+              : 'block'
 
 /** The xattrs the diff contract compares: user data, file capabilities, POSIX ACLs. */
 const AUDITED_XATTR = /^(user\.|security\.capability$|system\.posix_acl_(access|default)$)/
@@ -119,13 +174,17 @@ export function snapshot(root: string, userXattrPrefixToIgnore?: string): Map<st
     if (type === 'file') content = createHash('sha256').update(fs.readFileSync(full)).digest('hex')
     else if (type === 'symlink') content = fs.readlinkSync(full)
     else if (type === 'char' || type === 'block') content = String(st.rdev)
-    const xattrs = type === 'symlink' || type === 'file' || type === 'dir'
-      ? listXattrs(full)
-          .filter((name) => AUDITED_XATTR.test(name) && !(userXattrPrefixToIgnore && name.startsWith(userXattrPrefixToIgnore)))
-          .sort()
-          .map((name) => `${name}=${getXattr(full, name)?.toString('hex')}`)
-          .join(',')
-      : ''
+    const xattrs =
+      type === 'symlink' || type === 'file' || type === 'dir'
+        ? listXattrs(full)
+            .filter(
+              (name) =>
+                AUDITED_XATTR.test(name) && !(userXattrPrefixToIgnore && name.startsWith(userXattrPrefixToIgnore)),
+            )
+            .sort()
+            .map((name) => `${name}=${getXattr(full, name)?.toString('hex')}`)
+            .join(',')
+        : ''
     entries.set(rel || '/', { type, permissions: st.mode & 0o7777, uid: st.uid, gid: st.gid, content, xattrs })
     if (type === 'dir') for (const name of fs.readdirSync(full)) visit(`${rel}/${name}`)
   }
@@ -150,7 +209,8 @@ export function oracle(merged: Map<string, Described>, lower: Map<string, Descri
       continue
     }
     const content = now.type !== was.type || now.content !== was.content
-    const meta = now.permissions !== was.permissions || now.uid !== was.uid || now.gid !== was.gid || now.xattrs !== was.xattrs
+    const meta =
+      now.permissions !== was.permissions || now.uid !== was.uid || now.gid !== was.gid || now.xattrs !== was.xattrs
     if (content || meta) changes.push({ path: p, change: content ? 'modified' : 'metadata', type: now.type })
   }
   for (const [p, was] of lower) {
@@ -158,7 +218,8 @@ export function oracle(merged: Map<string, Described>, lower: Map<string, Descri
     const parent = parentOf(p)
     const parentNow = merged.get(parent)
     // Only the topmost deletion; below a non-directory everything is implied.
-    if (parentNow?.type === 'dir' && lower.get(parent)?.type === 'dir') changes.push({ path: p, change: 'deleted', type: was.type })
+    if (parentNow?.type === 'dir' && lower.get(parent)?.type === 'dir')
+      changes.push({ path: p, change: 'deleted', type: was.type })
   }
   return changes.sort((a, b) => comparePathsForTest(a.path, b.path))
 }
@@ -184,7 +245,10 @@ export function cleanEnvironment(extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessE
   return { PATH: process.env.PATH, HOME: '/root', LANG: 'C.UTF-8', NO_COLOR: '1', ...extra }
 }
 
-export function ovroot(args: string[], options: { uid?: number; env?: NodeJS.ProcessEnv; input?: string } = {}): RunResult {
+export function ovroot(
+  args: string[],
+  options: { uid?: number; env?: NodeJS.ProcessEnv; input?: string } = {},
+): RunResult {
   // tap's process tracker re-injects its NODE_OPTIONS into every child; env -u drops it.
   const result = spawnSync('env', ['-u', 'NODE_OPTIONS', process.execPath, OVROOT, ...args], {
     encoding: 'utf8',
@@ -197,7 +261,14 @@ export function ovroot(args: string[], options: { uid?: number; env?: NodeJS.Pro
 }
 
 export function diffJson(lowers: string[], upper: string, extra: string[] = []): Expected[] {
-  const result = ovroot(['diff', '--json', ...lowers.flatMap((lower) => ['--lower', lower]), '--upper', upper, ...extra])
+  const result = ovroot([
+    'diff',
+    '--json',
+    ...lowers.flatMap((lower) => ['--lower', lower]),
+    '--upper',
+    upper,
+    ...extra,
+  ])
   if (result.status !== 0) throw new Error(`ovroot diff failed (${result.status}): ${result.stderr}`)
   return result.stdout
     .split('\n')

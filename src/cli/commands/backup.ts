@@ -13,20 +13,54 @@ interface BackupArgs {
 
 export const backupCommand: CommandModule<object, BackupArgs> = {
   command: 'backup',
-  describe: 'Archive the upper faithfully: a gzip\'d pax tar with every xattr, whiteouts, hardlinks and a checksum per file',
+  describe:
+    "Archive the upper faithfully: a gzip'd pax tar with every xattr, whiteouts, hardlinks and a checksum per file",
   builder: (yargs) =>
     yargs
-      .option('output', { alias: 'o', type: 'string', default: '-', requiresArg: true, describe: 'archive file (written 0600, atomically), or - for standard output' })
-      .option('upper', { type: 'string', requiresArg: true, describe: 'upper directory (a copy of a flash)', defaultDescription: '[overlay] dir + /upper' })
-      .option('lower', { type: 'string', array: true, requiresArg: true, describe: 'lower layer directory; repeat for several, top first', defaultDescription: '[overlay] lower' })
-      .option('changes-only', { type: 'boolean', default: false, describe: 'only what ovroot diff reports as changed (and the directories above it)' })
-      .option('exclude', { type: 'string', array: true, requiresArg: true, describe: 'leave out this path or glob of the merged view and what is below it (repeatable)' })
-      .option('passphrase-file', { type: 'string', requiresArg: true, describe: 'encrypt (scrypt, AES-256-GCM) with the passphrase in this file' })
+      .option('output', {
+        alias: 'o',
+        type: 'string',
+        default: '-',
+        requiresArg: true,
+        describe: 'archive file (written 0600, atomically), or - for standard output',
+      })
+      .option('upper', {
+        type: 'string',
+        requiresArg: true,
+        describe: 'upper directory (a copy of a flash)',
+        defaultDescription: '[overlay] dir + /upper',
+      })
+      .option('lower', {
+        type: 'string',
+        array: true,
+        requiresArg: true,
+        describe: 'lower layer directory; repeat for several, top first',
+        defaultDescription: '[overlay] lower',
+      })
+      .option('changes-only', {
+        type: 'boolean',
+        default: false,
+        describe: 'only what ovroot diff reports as changed (and the directories above it)',
+      })
+      .option('exclude', {
+        type: 'string',
+        array: true,
+        requiresArg: true,
+        describe: 'leave out this path or glob of the merged view and what is below it (repeatable)',
+      })
+      .option('passphrase-file', {
+        type: 'string',
+        requiresArg: true,
+        describe: 'encrypt (scrypt, AES-256-GCM) with the passphrase in this file',
+      })
       .example('ovroot backup -o /tmp/device.ovb', 'back up this device')
       .example('ssh router ovroot backup - > router.ovb', 'back up a device over ssh')
-      .epilog('GNU tar reads the archive: tar --xattrs --xattrs-include=\'*\' -xpzf FILE (as root) extracts a directory equal to the upper.') as never,
+      .epilog(
+        "GNU tar reads the archive: tar --xattrs --xattrs-include='*' -xpzf FILE (as root) extracts a directory equal to the upper.",
+      ),
   handler: async (args) => {
-    if ((args.lower === undefined) !== (args.upper === undefined)) throw usageError('--lower and --upper go together: give both, or neither to use the device\'s configuration')
+    if ((args.lower === undefined) !== (args.upper === undefined))
+      throw usageError("--lower and --upper go together: give both, or neither to use the device's configuration")
     const { runBackup } = await import('../../backup/command.js')
     process.exitCode = await runBackup({
       configFile: args.config,

@@ -1,0 +1,61 @@
+/**
+ * What boot decided, written to [boot] run_dir/status.json for `ovroot status`
+ * and the commands that change a device (and by the shim's failsafe in the
+ * same shape). What is kept on the flash is in state/flash.ts.
+ */
+import { ExitCode, OvrootError } from '../errors.js'
+import { readTextFileIfExists, writeFileAtomic } from '../sys/fs.js'
+import { statusPath } from './run.js'
+
+export type BootMode = 'flash' | 'ram' | 'degraded' | 'failsafe' | 'readonly'
+
+export interface BootState {
+  mode: BootMode
+  /** Why the device is not on flash (absent in flash mode). */
+  reason?: string
+  medium?: { driver: string; description: string; device: string; filesystem: string }
+  overlay?: { lowers: string[]; upper: string; work: string; options: string }
+  /** First boot: the flash was formatted. */
+  formatted?: boolean
+  /** A factory reset was carried out, keeping these paths. */
+  reset?: { kept: string[] }
+  /** The upper is in RAM and persisted by `ovroot sync` to this copy on the flash. */
+  sync?: { mirror: string }
+  /** A backup was restored. */
+  restored?: { source: string; entries: number }
+  /** Seconds from the shim's start to the end of `ovroot boot`. */
+  bootSeconds?: number
+  /** Peak resident memory of `ovroot boot`, in KiB. */
+  peakMemoryKiB?: number
+  bootedAt: string
+}
+
+export function writeBootState(runDir: string, state: BootState): void {
+  writeFileAtomic(statusPath(runDir), `${JSON.stringify(state, null, 2)}\n`)
+}
+
+/**
+ * The boot record of this boot. None is an error whose message goes on with
+ * `absent` (what its absence means to the caller); an unreadable one is ESTATUS.
+ */
+export function readBootState(runDir: string, absent: string): BootState {
+  const file = statusPath(runDir)
+  const text = readTextFileIfExists(file)
+  if (text === undefined) throw new OvrootError('ENOSTATUS', ExitCode.environment, `${file}: no boot record${absent}`)
+  try {
+    const state = JSON.parse(text) as BootState
+    if (typeof state.mode === 'string') return state
+  } catch {
+    // reported below
+  }
+  throw new OvrootError(
+    'ESTATUS',
+    ExitCode.data,
+    `${file}: unreadable boot record; expected the JSON ovroot boot writes`,
+  )
+}
+
+/** The flash is mounted at [overlay] dir (read-only unless the mode is flash). */
+export function flashMounted(state: BootState): boolean {
+  return state.medium !== undefined && state.medium.driver !== 'ram'
+}

@@ -1,0 +1,66 @@
+/**
+ * What the system calls report about an entry and what they create: the two
+ * entry vocabularies, here at the bottom so that no layer above has to be
+ * imported by sys/. Two, because they answer different questions:
+ * `EntryType` is what lstat(2) says an inode is (sockets included: the diff
+ * reports them); `EntryKind` is what a faithful copy carries (backup, restore,
+ * sync: a hardlink is a kind of its own, naming an earlier entry, and a socket
+ * is never copied).
+ */
+export type EntryType = 'file' | 'dir' | 'symlink' | 'fifo' | 'socket' | 'char' | 'block'
+
+export interface EntryStat {
+  type: EntryType
+  /** mode & 07777: permission, setuid, setgid and sticky bits. */
+  permissions: number
+  uid: number
+  gid: number
+  size: number
+  rdev: number
+  dev: bigint
+  ino: bigint
+  nlink: number
+}
+
+/**
+ * Read-only access to a directory tree. The overlay model depends on this
+ * alone, so it never performs I/O of its own (sys/fs.ts supplies the host
+ * implementation).
+ */
+export interface TreeReader {
+  stat(path: string): EntryStat | undefined
+  list(dir: string): string[]
+  xattrNames(path: string): string[]
+  xattr(path: string, name: string): Buffer | undefined
+  readLink(path: string): string
+  sameContent(pathA: string, pathB: string, size: number): boolean
+  readHead(path: string, limit: number): Buffer
+}
+
+export type EntryKind = 'file' | 'hardlink' | 'symlink' | 'char' | 'block' | 'dir' | 'fifo'
+
+/**
+ * One entry of an upper, with everything a faithful copy needs: what backup
+ * archives, restore recreates and sync mirrors. Paths are relative to the
+ * upper, `.` being its root.
+ */
+export interface UpperEntry {
+  path: string
+  type: EntryKind
+  /** mode & 07777 */
+  mode: number
+  uid: number
+  gid: number
+  /** Nanoseconds since the epoch (negative before 1970), as the kernel keeps them. */
+  mtimeNs: bigint
+  atimeNs: bigint
+  /** Bytes of data (regular files; 0 for a metacopy stub). */
+  size: number
+  /** A symlink's target, or the earlier entry a hardlink names. */
+  linkTarget?: string
+  devMajor: number
+  devMinor: number
+  xattrs: [name: string, value: Buffer][]
+  /** A metacopy stub: a file that is all hole, this long; its data is in the lower. */
+  holeSize?: number
+}
