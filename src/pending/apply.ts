@@ -7,7 +7,7 @@ import { readEntry, replaceMetadata, setModificationTime } from '../sys/entries.
 import { listDirectory, makeDirectory, pathExists, removeTree, renamePath, statPath, syncDirectory } from '../sys/fs.js'
 import type { OverlayXattrs } from '../overlay/xattrs.js'
 import { markerPath, replacedPath, stagedPath, stateDir, upperPath, type FlashLayout } from '../state/flash.js'
-import { finishPending, readPending, type PendingChange } from './marker.js'
+import { dropStaging, finishPending, hasStaging, readPending, syncStagingPath, type PendingChange } from './marker.js'
 
 export type AppliedChange =
   | { kind: 'reset'; kept: string[] }
@@ -16,7 +16,7 @@ export type AppliedChange =
 
 /** Anything to do at boot: a committed change, or an uncommitted staging to drop. */
 export function hasPendingWork(layout: FlashLayout): boolean {
-  return pathExists(markerPath(layout)) || pathExists(stagedPath(layout))
+  return pathExists(markerPath(layout)) || hasStaging(layout)
 }
 
 export async function applyPending(
@@ -26,7 +26,7 @@ export async function applyPending(
 ): Promise<AppliedChange | undefined> {
   const change = readPending(layout)
   if (!change) {
-    removeTree(stagedPath(layout))
+    dropStaging(layout)
     return undefined
   }
   const applied = await apply(layout, change, xattrs)
@@ -43,7 +43,7 @@ async function apply(layout: FlashLayout, change: PendingChange, xattrs: Overlay
     return { kind: 'reset', kept: applyReset(upperPath(layout), change.keep, change.only, xattrs) }
   }
   if (change.kind === 'sync') {
-    applySync(stagedPath(layout), upperPath(layout), change)
+    applySync(syncStagingPath(layout, change), upperPath(layout), change)
     return { kind: 'sync', entries: change.entries }
   }
   if (change.merge) mergeStaged(stagedPath(layout), upperPath(layout))

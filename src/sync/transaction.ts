@@ -4,22 +4,27 @@
  * applied. A power cut before the commit leaves the previous sync; after it,
  * the next boot (or the next sync) finishes this one: never a mix.
  *
- * Entries are compared as rsync's quick check does, by type, mode, owner,
- * size, mtime (to the microsecond), link target, device numbers, and, beyond
- * rsync, every xattr; a changed file is written whole. Only entries changed
- * since the last sync's scan began are compared at all (baseline.ts): the
- * rest of the upper costs one stat per entry, and its flash copy nothing.
+ * Entries are compared by type, mode, owner, size, mtime (to the
+ * microsecond), link target, device numbers, every xattr and, for a regular
+ * file all of that leaves equal, its bytes: an entry is compared at all only
+ * because its ctime moved (or nothing tells), and `cp -p`, `tar x` or `touch
+ * -d` put size and mtime back on new bytes. A changed file is written whole.
+ * Only entries changed since the last sync's scan began are compared
+ * (baseline.ts): the rest of the upper costs one stat per entry, and its
+ * flash copy nothing.
  */
+import type { BigIntStats } from 'node:fs'
 import { applyPending } from '../pending/apply.js'
-import { commitPending, readPending } from '../pending/marker.js'
+import { commitPending, dropStaging, readPending, syncStagingPath } from '../pending/marker.js'
 import { EntryWriter, modificationTime, readEntry, readEntryIfPresent, readStableFile } from '../sys/entries.js'
-import { listDirectory, makeDirectory, removeTree } from '../sys/fs.js'
+import { listDirectorySplit, makeDirectory, removeTree, sameContent } from '../sys/fs.js'
 import { OverlayXattrs } from '../overlay/xattrs.js'
+import { OvrootError } from '../errors.js'
 import type { UpperEntry } from '../sys/types.js'
-import { parentOf, under } from '../upper/entry.js'
-import { walkUpper } from '../upper/walk.js'
-import { startScan } from './baseline.js'
-import { stagedPath, upperPath, type FlashLayout } from '../state/flash.js'
+import { escapedName, parentOf, under } from '../upper/entry.js'
+import { isGone, walkUpper } from '../upper/walk.js'
+import { startScan, type Scan } from './baseline.js'
+import { upperPath, type FlashLayout } from '../state/flash.js'
 
 export interface SyncResult {
   /** Entries that differed and were written (or linked) into the flash copy, those inside a new directory included. */
@@ -43,26 +48,40 @@ export function blockingChange(layout: FlashLayout): string | undefined {
   return pending && pending.kind !== 'sync' ? pending.kind : undefined
 }
 
-export async function syncOnce(source: SyncSource, layout: FlashLayout): Promise<SyncResult> {
+export async function syncOnce(source: SyncSource, layout: FlashLayout, runDir: string): Promise<SyncResult> {
   const xattrs = new OverlayXattrs(source.namespace)
   // An interrupted sync is finished first: it was committed.
   if (readPending(layout)?.kind === 'sync') await applyPending(layout, undefined, xattrs)
-  removeTree(stagedPath(layout))
+  dropStaging(layout)
   const mirror = upperPath(layout)
   makeDirectory(mirror)
-  const scan = startScan(layout, source)
-  const staged = stageChanges(
-    source,
-    new FlatStaging(source.upper, mirror, stagedPath(layout), xattrs.name('metacopy'), scan.unchangedBefore),
-  )
+  const scan = startScan(layout, source, runDir)
+  const staging = syncStagingPath(layout)
+  const plan = new FlatStaging(source.upper, mirror, staging, xattrs.name('metacopy'), scan)
+  let staged: Staged
+  try {
+    staged = stageChanges(source, plan)
+  } catch (error) {
+    // Uncommitted: nothing would ever use it, and a daemon retrying must not fill the flash with them.
+    removeTree(staging)
+    throw error
+  }
   if (staged.moves.length === 0 && staged.removals.length === 0) {
-    removeTree(stagedPath(layout))
+    removeTree(staging)
     return { written: 0, removed: 0, bytes: 0 }
   }
   const { entries, moves, removals, parents } = staged
-  commitPending(layout, { kind: 'sync', requested: new Date().toISOString(), entries, removals, moves, parents })
+  commitPending(layout, {
+    kind: 'sync',
+    requested: new Date().toISOString(),
+    entries,
+    removals,
+    moves,
+    parents,
+    staging: staging.slice(staging.lastIndexOf('/') + 1),
+  })
   await applyPending(layout, undefined, xattrs)
-  scan.record()
+  scan.record(plan.directories)
   return { written: entries, removed: removals.length, bytes: staged.bytes }
 }
 
@@ -111,20 +130,47 @@ function stageChanges(source: SyncSource, plan: FlatStaging): Staged {
     stubXattr: plan.stubXattr,
     include: (path) => !source.excluded(path),
     skipped: (path, why) => process.stderr.write(`ovroot: sync skips /${path}: ${why} cannot be persisted\n`),
-    unchanged: (path, changeTimeNs) => plan.skipIfUnchanged(path, changeTimeNs),
+    unchanged: (path, changeTimeNs, stat) => plan.skipIfUnchanged(path, changeTimeNs, stat),
+    // Not yet carried as bytes through staging and the marker: skipped and named, so that it stops nothing else.
+    notUtf8: (directory, name) =>
+      process.stderr.write(
+        `ovroot: sync: /${directory === '.' ? '' : `${directory}/`}${escapedName(name)}: a name that is not UTF-8 is not persisted; everything else is\n`,
+      ),
+    vanished: (path) => {
+      plan.vanished(path)
+      process.stderr.write(`ovroot: sync: /${path}: it vanished while it was read; left for the next sync\n`)
+    },
   })
   for (const entry of walk) {
-    const full = plan.place(entry)
-    if (full === undefined) continue
-    const target = entry.linkTarget ?? ''
-    writer.begin(full, { ...entry, path: full }, entry.type === 'hardlink' ? plan.linkTarget(target) : undefined)
-    if (entry.type === 'file' && entry.holeSize === undefined) {
-      for (const chunk of readStableFile(under(source.upper, entry.path)).chunks()) {
-        writer.data(chunk)
-        bytes += chunk.length
+    let full: string | undefined
+    let written = 0
+    try {
+      full = plan.place(entry)
+      if (full === undefined) continue
+      const target = entry.linkTarget ?? ''
+      writer.begin(full, { ...entry, path: full }, entry.type === 'hardlink' ? plan.linkTarget(target) : undefined)
+      if (entry.type === 'file' && entry.holeSize === undefined) {
+        for (const chunk of readStableFile(under(source.upper, entry.path)).chunks()) {
+          writer.data(chunk)
+          written += chunk.length
+        }
       }
+      writer.end()
+      bytes += written
+    } catch (error) {
+      // One entry being written or removed while it is read must not stop every sync. Its staged name
+      // goes (applying skips a move whose staged entry is missing) and the flash keeps what it had; the
+      // change moved the entry's or its directory's ctime after this scan began, so the next sync compares it.
+      const why = isGone(error)
+        ? 'it vanished while it was read'
+        : error instanceof OvrootError && error.code === 'ECHANGED'
+          ? 'it changed while it was read, twice'
+          : undefined
+      if (why === undefined) throw error
+      writer.abandon()
+      if (full !== undefined) removeTree(full)
+      process.stderr.write(`ovroot: sync: /${entry.path}: ${why}; left for the next sync\n`)
     }
-    writer.end()
   }
   writer.finish()
   return {
@@ -149,22 +195,30 @@ class FlatStaging {
   private readonly comparedDirectories = new Map<string, number>()
   /** The entries of those directories the upper has. */
   private readonly present = new Set<string>()
+  /** Directories that are not the one their path had at the baseline's scan: everything below them is compared. */
+  private readonly movedDirectories = new Set<string>()
+  /** Every directory of the upper visited, with its inode number: what the next scan checks identities against. */
+  readonly directories = new Map<string, bigint>()
 
   constructor(
     private readonly upper: string,
     private readonly mirror: string,
     private readonly staging: string,
     readonly stubXattr: string,
-    /** ctime (ns) before which an entry is as the flash copy has it; undefined: compare everything. */
-    private readonly unchangedBefore: bigint | undefined,
+    private readonly scan: Scan,
   ) {}
 
-  /** Whether an entry can be left alone unread: unchanged since the last scan, and not inside a directory new to the copy. */
-  skipIfUnchanged(path: string, changeTimeNs: bigint): boolean {
-    const skip =
-      this.unchangedBefore !== undefined &&
-      changeTimeNs < this.unchangedBefore &&
-      (path === '.' || !this.wholeDirectories.has(parentOf(path)))
+  /** Whether an entry can be left alone unread: unchanged since the last scan, and not inside a directory new to the copy or moved there. */
+  skipIfUnchanged(path: string, changeTimeNs: bigint, stat: BigIntStats): boolean {
+    const parent = parentOf(path)
+    const below = path !== '.' && (this.wholeDirectories.has(parent) || this.movedDirectories.has(parent))
+    const unchangedBefore = this.scan.unchangedBefore
+    const skip = unchangedBefore !== undefined && changeTimeNs < unchangedBefore && !below
+    if (stat.isDirectory()) {
+      this.directories.set(path, stat.ino)
+      if (unchangedBefore !== undefined && !skip && (below || this.scan.directoryInode(path) !== stat.ino))
+        this.movedDirectories.add(path)
+    }
     if (skip) this.seen(path)
     return skip
   }
@@ -198,16 +252,36 @@ class FlatStaging {
     return parents
   }
 
-  /** Topmost paths of the flash copy the upper no longer has. */
+  /** Topmost paths of the flash copy the upper no longer has; a name that is not UTF-8 stays (the RAM upper never got it: see copy.ts). */
   removals(): string[] {
     const removals: string[] = []
     for (const directory of this.comparedDirectories.keys()) {
-      for (const name of listDirectory(under(this.mirror, directory)).sort()) {
+      for (const name of listDirectorySplit(under(this.mirror, directory)).names.sort()) {
         const path = directory === '.' ? name : `${directory}/${name}`
         if (!this.present.has(path)) removals.push(path)
       }
     }
     return removals
+  }
+
+  /**
+   * An entry gone before it was read, or a directory before it was listed:
+   * the flash keeps what it has there (the next sync sees the change), so
+   * nothing of a vanished directory is taken as removed.
+   */
+  vanished(path: string): void {
+    this.seen(path)
+    this.comparedDirectories.delete(path)
+  }
+
+  /** A regular file's bytes, once everything else about it is equal. */
+  private sameBytes(raw: UpperEntry, path: string): boolean {
+    return (
+      raw.type !== 'file' ||
+      raw.holeSize !== undefined ||
+      raw.size === 0 ||
+      sameContent(under(this.upper, path), under(this.mirror, path), raw.size)
+    )
   }
 
   private seen(path: string): void {
@@ -226,7 +300,8 @@ class FlatStaging {
     const flashEntry = onFlash === 'socket' ? undefined : onFlash
     if (entry.type === 'dir' && flashEntry?.type === 'dir')
       this.comparedDirectories.set(entry.path, Number(flashEntry.mtimeNs / 1000n) / 1e6)
-    if (raw !== 'socket' && flashEntry && sameEntry(raw, flashEntry)) return undefined
+    if (raw !== 'socket' && flashEntry && sameEntry(raw, flashEntry) && this.sameBytes(raw, entry.path))
+      return undefined
     if (entry.path !== '.') this.receivingParents.add(parent)
     if (entry.type === 'dir')
       (flashEntry?.type === 'dir' ? this.changedDirectories : this.wholeDirectories).add(entry.path)

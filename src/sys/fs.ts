@@ -26,6 +26,27 @@ export function listDirectory(path: string): string[] {
   return names
 }
 
+/**
+ * Names in a directory, those that are UTF-8 apart from those that are not
+ * (as their bytes): for a caller that carries on without the latter, saying so.
+ */
+export function listDirectorySplit(path: string): { names: string[]; notUtf8: Buffer[] } {
+  let raw: Buffer[]
+  try {
+    raw = fs.readdirSync(path, { encoding: 'buffer' })
+  } catch (error) {
+    throw fromNodeError(error, 'read directory', path)
+  }
+  const names: string[] = []
+  const notUtf8: Buffer[] = []
+  for (const name of raw) {
+    const text = name.toString('utf8')
+    if (Buffer.from(text).equals(name)) names.push(text)
+    else notUtf8.push(name)
+  }
+  return { names, notUtf8 }
+}
+
 /** Names with whether each is a directory, from the directory itself (no stat per entry where the filesystem reports types). */
 export function listDirectoryWithTypes(path: string): { name: string; isDirectory: boolean }[] {
   let entries: fs.Dirent[]

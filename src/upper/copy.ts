@@ -4,7 +4,12 @@ import { reportProgress } from '../sys/progress.js'
 import { under } from './entry.js'
 import { walkUpper } from './walk.js'
 
-/** Copy everything of `from` into the existing, empty directory `to`; answers the number of entries. */
+/**
+ * Copy everything of `from` into the existing, empty directory `to`; answers
+ * the number of entries. Anything it cannot copy whole (a name it cannot
+ * carry yet, no room) throws: boot then shows `from` read-only instead of a
+ * partial copy a sync could persist.
+ */
 export function copyUpper(from: string, to: string, stubXattr: string): number {
   const writer = new EntryWriter()
   let entries = 0

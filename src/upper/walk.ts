@@ -3,7 +3,8 @@
  * byte order, a second name of an inode as a hardlink to the first (the
  * kernel shares one whiteout inode among many names since Linux 5.8).
  */
-import { listDirectory } from '../sys/fs.js'
+import type { BigIntStats } from 'node:fs'
+import { listDirectory, listDirectorySplit } from '../sys/fs.js'
 import { SysError } from '../errors.js'
 import { readEntryWithStat, statEntry } from '../sys/entries.js'
 import type { UpperEntry } from '../sys/types.js'
@@ -17,27 +18,43 @@ export interface WalkOptions {
   /** Sockets cannot be recreated from an archive: they are skipped and named. */
   skipped(path: string, why: string): void
   /**
-   * Entries the caller already has, from their ctime (ns): neither read nor
-   * yielded, though a directory's children are still visited.
+   * Entries the caller already has, from their ctime (ns) and lstat: neither
+   * read nor yielded, though a directory's children are still visited.
    */
-  unchanged?(path: string, changeTimeNs: bigint): boolean
+  unchanged?(path: string, changeTimeNs: bigint, stat: BigIntStats): boolean
+  /**
+   * An entry gone between its directory's listing and its reading (a
+   * temporary file renamed into place, a directory removed): passed here and
+   * skipped. Without it, that is an error.
+   */
+  vanished?(path: string): void
+  /** A name in the directory at `path` that is not UTF-8: passed here and skipped. Without it, that is an error. */
+  notUtf8?(path: string, name: Buffer): void
 }
+
+/** A name that no longer leads to the entry listed: it, or a directory above it, was removed or renamed. */
+export const isGone = (error: unknown): boolean =>
+  error instanceof SysError && (error.errno === 'ENOENT' || error.errno === 'ENOTDIR')
 
 export function* walkUpper(root: string, options: WalkOptions): Generator<UpperEntry> {
   const firstName = new Map<string, string>()
   function* visit(path: string): Generator<UpperEntry> {
     const full = under(root, path)
     const stat = statEntry(full)
-    if (stat === undefined) throw new SysError('ENOENT', 'stat', full)
+    if (stat === undefined) {
+      if (options.vanished) return options.vanished(path)
+      throw new SysError('ENOENT', 'stat', full)
+    }
     // An unchanged first name still counts: a later name (in a renamed directory) links to it.
     const inode = !stat.isDirectory() && stat.nlink > 1n ? `${stat.dev}:${stat.ino}` : undefined
     const first = inode === undefined ? undefined : firstName.get(inode)
     if (inode !== undefined && first === undefined) firstName.set(inode, path)
-    if (options.unchanged?.(path, stat.ctimeNs)) {
+    if (options.unchanged?.(path, stat.ctimeNs, stat)) {
       if (stat.isDirectory()) yield* visitChildren(path, full)
       return
     }
-    const read = readEntryWithStat(full, path, options.stubXattr, stat)
+    const read = gone(path, () => readEntryWithStat(full, path, options.stubXattr, stat))
+    if (read === undefined) return
     if (read === 'socket') {
       options.skipped(path, 'a socket')
       return
@@ -60,10 +77,27 @@ export function* walkUpper(root: string, options: WalkOptions): Generator<UpperE
     if (entry.type === 'dir') yield* visitChildren(path, full)
   }
   function* visitChildren(path: string, full: string): Generator<UpperEntry> {
-    const names = listDirectory(full).sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)))
+    const names =
+      gone(path, () => listNames(path, full))?.sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b))) ?? []
     for (const name of names) {
       const child = path === '.' ? name : `${path}/${name}`
       if (options.include(child)) yield* visit(child)
+    }
+  }
+  function listNames(path: string, full: string): string[] {
+    if (!options.notUtf8) return listDirectory(full)
+    const listed = listDirectorySplit(full)
+    for (const name of listed.notUtf8) options.notUtf8(path, name)
+    return listed.names
+  }
+  /** What `read` returns; undefined, once `vanished` is told, when the entry at `path` is gone. */
+  function gone<T>(path: string, read: () => T): T | undefined {
+    try {
+      return read()
+    } catch (error) {
+      if (!options.vanished || !isGone(error)) throw error
+      options.vanished(path)
+      return undefined
     }
   }
   yield* visit('.')
