@@ -253,7 +253,12 @@ export class EntryWriter {
   /** All of chunk: write(2) may take part of it (a filesystem nearly full), and the next write then says why. */
   data(chunk: Buffer): void {
     try {
-      for (let written = 0; written < chunk.length;) written += fs.writeSync(this.fd, chunk, written)
+      for (let written = 0; written < chunk.length;) {
+        const count = fs.writeSync(this.fd, chunk, written)
+        // A write of nothing would repeat forever (boot's RAM fill is in this loop): as good as a full filesystem.
+        if (count === 0) throw new SysError('ENOSPC', 'write', this.current?.full ?? '')
+        written += count
+      }
     } catch (error) {
       throw fromNodeError(error, 'write', this.current?.full ?? '')
     }
