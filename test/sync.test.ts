@@ -883,3 +883,24 @@ await t.test(
     t.notOk(fs.existsSync(latin1Name(`${s.dir}/flash`, '.d')), 'and the directory')
   },
 )
+
+await t.test('a sync marker an older ovroot wrote (names as text) still applies to the right names', async (t) => {
+  const s = scratch()
+  t.teardown(() => s.cleanup())
+  writeTree(`${s.dir}/flash/upper`, { '/etc/old-é': 'old\n', '/etc/keep': 'keep\n' })
+  writeTree(`${s.dir}/flash/.ovroot/staged-x`, { '/0': 'new\n' })
+  const older = {
+    kind: 'sync',
+    requested: 'x',
+    entries: 1,
+    removals: ['etc/old-é'],
+    moves: ['etc/café'],
+    parents: [],
+    staging: 'staged-x',
+  }
+  fs.writeFileSync(`${s.dir}/flash/.ovroot/pending`, JSON.stringify(older))
+  await applyPending({ root: `${s.dir}/flash`, upperName: 'upper' }, undefined, new OverlayXattrs('trusted'))
+  t.equal(fs.readFileSync(`${s.dir}/flash/upper/etc/café`, 'utf8'), 'new\n', 'moved to the UTF-8 name')
+  t.notOk(fs.existsSync(`${s.dir}/flash/upper/etc/old-é`), 'the UTF-8 name removed')
+  t.same(fs.readdirSync(`${s.dir}/flash/upper/etc`).sort(), ['café', 'keep'], 'and nothing else')
+})
