@@ -827,40 +827,80 @@ await t.test('--watch: a first sync that failed is retried without any change', 
   t.equal(await daemon.exited, 0, daemon.log())
 })
 
-await t.test('a name that is not UTF-8 stops no sync: it is named, everything else is persisted', async (t) => {
+/** `${root}/etc/caf\xe9` (a Latin-1 name), as the bytes the kernel takes. */
+const latin1Name = (root: string, tail = ''): Buffer =>
+  Buffer.concat([Buffer.from(`${root}/etc/caf`), Buffer.from([0xe9]), Buffer.from(tail)])
+
+await t.test('a sync persists a name that is not UTF-8, its contents and link target, and its removal', async (t) => {
   const d = device(t)
-  fs.writeFileSync(Buffer.concat([Buffer.from(`${d.merged}/etc/caf`), Buffer.from([0xe9])]), 'latin-1 name\n')
+  fs.writeFileSync(latin1Name(d.merged), 'latin-1 name\n')
+  fs.mkdirSync(latin1Name(d.merged, '.d'))
+  fs.writeFileSync(Buffer.concat([latin1Name(d.merged, '.d'), Buffer.from('/child')]), 'child\n')
+  fs.symlinkSync(Buffer.from([0x2f, 0x74, 0x6d, 0x70, 0x2f, 0xff]), `${d.merged}/etc/link`)
   fs.writeFileSync(`${d.merged}/etc/plain`, 'plain\n')
   const result = sync(d)
   t.equal(result.status, 0, result.stderr)
-  t.match(result.stderr, /\/etc\/caf\\xe9: a name that is not UTF-8 is not persisted/, 'named, its bytes escaped')
-  t.equal(fs.readFileSync(`${d.flash}/upper/etc/plain`, 'utf8'), 'plain\n', 'the rest committed')
+  t.equal(result.stderr, '', 'nothing skipped, nothing to warn about')
+  t.equal(fs.readFileSync(latin1Name(`${d.flash}/upper`), 'utf8'), 'latin-1 name\n', 'the name is persisted')
+  t.equal(
+    fs.readFileSync(Buffer.concat([latin1Name(`${d.flash}/upper`, '.d'), Buffer.from('/child')]), 'utf8'),
+    'child\n',
+    'and a directory of that name with its children',
+  )
+  t.same(
+    fs.readlinkSync(`${d.flash}/upper/etc/link`, { encoding: 'buffer' }),
+    Buffer.from([0x2f, 0x74, 0x6d, 0x70, 0x2f, 0xff]),
+    'a link target that is not UTF-8, byte for byte',
+  )
+  fs.rmSync(latin1Name(d.merged))
+  fs.rmSync(latin1Name(d.merged, '.d'), { recursive: true })
+  const again = sync(d)
+  t.equal(again.status, 0, again.stderr)
+  t.notOk(fs.existsSync(latin1Name(`${d.flash}/upper`)), 'its removal is persisted')
+  t.notOk(fs.existsSync(latin1Name(`${d.flash}/upper`, '.d')), "and the directory's")
 })
 
 await t.test(
-  'the boot-time RAM fill refuses a name that is not UTF-8 (boot then degrades), and a sync never removes such a name from the flash',
+  'the boot-time RAM fill copies a name that is not UTF-8, and a later sync removes it when the RAM upper lost it',
   async (t) => {
     const s = scratch()
     t.teardown(() => s.cleanup())
-    const latin1 = Buffer.concat([Buffer.from(`${s.dir}/flash/etc/caf`), Buffer.from([0xe9])])
     writeTree(`${s.dir}/flash`, { '/etc/plain': 'plain\n', '/srv/data/x': 'x\n' })
-    fs.writeFileSync(latin1, 'from a flash-mode boot\n')
+    fs.writeFileSync(latin1Name(`${s.dir}/flash`), 'from a flash-mode boot\n')
+    fs.mkdirSync(latin1Name(`${s.dir}/flash`, '.d'))
+    fs.writeFileSync(Buffer.concat([latin1Name(`${s.dir}/flash`, '.d'), Buffer.from('/child')]), 'child\n')
+    fs.symlinkSync(Buffer.from([0x2f, 0x74, 0x6d, 0x70, 0x2f, 0xff]), `${s.dir}/flash/etc/link`)
     fs.mkdirSync(`${s.dir}/fill`)
-    t.throws(
-      () => copyUpper(`${s.dir}/flash`, `${s.dir}/fill`, 'trusted.overlay.metacopy'),
-      /UTF-8/,
-      'the fill throws rather than leave the name out',
-    )
-    // A RAM upper that holds everything else, as after a boot that could not see the name.
+    copyUpper(`${s.dir}/flash`, `${s.dir}/fill`, 'trusted.overlay.metacopy')
+    t.same(fullSnapshot(`${s.dir}/fill`), fullSnapshot(`${s.dir}/flash`), 'copied whole, names and targets as bytes')
+    // A RAM upper without the name (the user removed it): the sync removes it from the flash.
     writeTree(`${s.dir}/ram`, { '/etc/plain': 'plain\n', '/srv/data/x': 'x\n', '/etc/new': 'new\n' })
     fs.mkdirSync(`${s.dir}/run`)
     const source = { upper: `${s.dir}/ram`, namespace: 'trusted' as const, exclude: [], excluded: () => false }
     await syncOnce(source, { root: s.dir, upperName: 'flash' }, `${s.dir}/run`)
     t.equal(fs.readFileSync(`${s.dir}/flash/etc/new`, 'utf8'), 'new\n', 'the sync commits')
-    t.equal(
-      fs.readFileSync(latin1, 'utf8'),
-      'from a flash-mode boot\n',
-      'and leaves the name it cannot list where it is',
-    )
+    t.notOk(fs.existsSync(latin1Name(`${s.dir}/flash`)), 'and removes the name the RAM upper no longer has')
+    t.notOk(fs.existsSync(latin1Name(`${s.dir}/flash`, '.d')), 'and the directory')
   },
 )
+
+await t.test('a sync marker an older ovroot wrote (names as text) still applies to the right names', async (t) => {
+  const s = scratch()
+  t.teardown(() => s.cleanup())
+  writeTree(`${s.dir}/flash/upper`, { '/etc/old-é': 'old\n', '/etc/keep': 'keep\n' })
+  writeTree(`${s.dir}/flash/.ovroot/staged-x`, { '/0': 'new\n' })
+  const older = {
+    kind: 'sync',
+    requested: 'x',
+    entries: 1,
+    removals: ['etc/old-é'],
+    moves: ['etc/café'],
+    parents: [],
+    staging: 'staged-x',
+  }
+  fs.writeFileSync(`${s.dir}/flash/.ovroot/pending`, JSON.stringify(older))
+  await applyPending({ root: `${s.dir}/flash`, upperName: 'upper' }, undefined, new OverlayXattrs('trusted'))
+  t.equal(fs.readFileSync(`${s.dir}/flash/upper/etc/café`, 'utf8'), 'new\n', 'moved to the UTF-8 name')
+  t.notOk(fs.existsSync(`${s.dir}/flash/upper/etc/old-é`), 'the UTF-8 name removed')
+  t.same(fs.readdirSync(`${s.dir}/flash/upper/etc`).sort(), ['café', 'keep'], 'and nothing else')
+})

@@ -51,6 +51,12 @@ export type PendingChange =
       moves: string[]
       parents: [string, number][]
       staging?: string
+      /**
+       * 'bytes': `removals`, `moves` and `parents` are byte strings (names.ts
+       * `BytePath`; JSON carries every char below 256 losslessly). Absent (an
+       * older ovroot's marker): they are UTF-8 text.
+       */
+      names?: 'bytes'
     }
 
 /** Where a sync stages: a name of its own, recorded in its marker. */

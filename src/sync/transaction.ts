@@ -11,17 +11,19 @@
  * -d` put size and mtime back on new bytes. A changed file is written whole.
  * Only entries changed since the last sync's scan began are compared
  * (baseline.ts): the rest of the upper costs one stat per entry, and its
- * flash copy nothing.
+ * flash copy nothing. Names are bytes (names.ts `BytePath`) from the walk to
+ * the marker: a name that is not UTF-8 is synced like any other.
  */
 import type { BigIntStats } from 'node:fs'
 import { applyPending } from '../pending/apply.js'
 import { commitPending, dropStaging, readPending, syncStagingPath } from '../pending/marker.js'
 import { EntryWriter, modificationTime, readEntry, readEntryIfPresent, readStableFile } from '../sys/entries.js'
-import { listDirectorySplit, makeDirectory, removeTree, sameContent } from '../sys/fs.js'
+import { listNames, makeDirectory, removeTree, sameContent } from '../sys/fs.js'
 import { OverlayXattrs } from '../overlay/xattrs.js'
 import { OvrootError } from '../errors.js'
 import type { UpperEntry } from '../sys/types.js'
-import { escapedName, parentOf, under } from '../upper/entry.js'
+import { parentOf, under } from '../upper/entry.js'
+import { bytePathBuffer, bytesOf, showBytes, type BytePath } from '../names.js'
 import { isGone, walkUpper } from '../upper/walk.js'
 import { startScan, type Scan } from './baseline.js'
 import { upperPath, type FlashLayout } from '../state/flash.js'
@@ -37,9 +39,9 @@ export interface SyncResult {
 export interface SyncSource {
   upper: string
   namespace: 'trusted' | 'user'
-  /** The [sync] exclude patterns, and the test they make on a path of the merged view (without the leading slash). */
+  /** The [sync] exclude patterns, and the test they make on a path of the merged view (bytes, without the leading slash). */
   exclude: readonly string[]
-  excluded(path: string): boolean
+  excluded(path: BytePath): boolean
 }
 
 /** A change already scheduled (a reset, a restore) must not be undone by a sync: say which, or nothing. */
@@ -57,7 +59,7 @@ export async function syncOnce(source: SyncSource, layout: FlashLayout, runDir: 
   makeDirectory(mirror)
   const scan = startScan(layout, source, runDir)
   const staging = syncStagingPath(layout)
-  const plan = new FlatStaging(source.upper, mirror, staging, xattrs.name('metacopy'), scan)
+  const plan = new FlatStaging(bytesOf(source.upper), bytesOf(mirror), bytesOf(staging), xattrs.name('metacopy'), scan)
   let staged: Staged
   try {
     staged = stageChanges(source, plan)
@@ -79,6 +81,7 @@ export async function syncOnce(source: SyncSource, layout: FlashLayout, runDir: 
     moves,
     parents,
     staging: staging.slice(staging.lastIndexOf('/') + 1),
+    names: 'bytes',
   })
   await applyPending(layout, undefined, xattrs)
   scan.record(plan.directories)
@@ -110,9 +113,9 @@ interface Staged {
   /** Entries written, those inside a new directory included. */
   entries: number
   /** Staged entry N goes to moves[N]. */
-  moves: string[]
-  removals: string[]
-  parents: [string, number][]
+  moves: BytePath[]
+  removals: BytePath[]
+  parents: [BytePath, number][]
   bytes: number
 }
 
@@ -126,23 +129,19 @@ interface Staged {
 function stageChanges(source: SyncSource, plan: FlatStaging): Staged {
   const writer = new EntryWriter()
   let bytes = 0
-  const walk = walkUpper(source.upper, {
+  const walk = walkUpper(plan.upper, {
     stubXattr: plan.stubXattr,
     include: (path) => !source.excluded(path),
-    skipped: (path, why) => process.stderr.write(`ovroot: sync skips /${path}: ${why} cannot be persisted\n`),
+    skipped: (path, why) =>
+      process.stderr.write(`ovroot: sync skips /${showBytes(path)}: ${why} cannot be persisted\n`),
     unchanged: (path, changeTimeNs, stat) => plan.skipIfUnchanged(path, changeTimeNs, stat),
-    // Not yet carried as bytes through staging and the marker: skipped and named, so that it stops nothing else.
-    notUtf8: (directory, name) =>
-      process.stderr.write(
-        `ovroot: sync: /${directory === '.' ? '' : `${directory}/`}${escapedName(name)}: a name that is not UTF-8 is not persisted; everything else is\n`,
-      ),
     vanished: (path) => {
       plan.vanished(path)
-      process.stderr.write(`ovroot: sync: /${path}: it vanished while it was read; left for the next sync\n`)
+      process.stderr.write(`ovroot: sync: /${showBytes(path)}: it vanished while it was read; left for the next sync\n`)
     },
   })
   for (const entry of walk) {
-    let full: string | undefined
+    let full: BytePath | undefined
     let written = 0
     try {
       full = plan.place(entry)
@@ -150,7 +149,7 @@ function stageChanges(source: SyncSource, plan: FlatStaging): Staged {
       const target = entry.linkTarget ?? ''
       writer.begin(full, { ...entry, path: full }, entry.type === 'hardlink' ? plan.linkTarget(target) : undefined)
       if (entry.type === 'file' && entry.holeSize === undefined) {
-        for (const chunk of readStableFile(under(source.upper, entry.path)).chunks()) {
+        for (const chunk of readStableFile(under(plan.upper, entry.path)).chunks()) {
           writer.data(chunk)
           written += chunk.length
         }
@@ -168,8 +167,8 @@ function stageChanges(source: SyncSource, plan: FlatStaging): Staged {
           : undefined
       if (why === undefined) throw error
       writer.abandon()
-      if (full !== undefined) removeTree(full)
-      process.stderr.write(`ovroot: sync: /${entry.path}: ${why}; left for the next sync\n`)
+      if (full !== undefined) removeTree(bytePathBuffer(full))
+      process.stderr.write(`ovroot: sync: /${showBytes(entry.path)}: ${why}; left for the next sync\n`)
     }
   }
   writer.finish()
@@ -201,9 +200,10 @@ class FlatStaging {
   readonly directories = new Map<string, bigint>()
 
   constructor(
-    private readonly upper: string,
-    private readonly mirror: string,
-    private readonly staging: string,
+    /** The upper, its flash copy and the staging, as bytes: every path here is. */
+    readonly upper: BytePath,
+    private readonly mirror: BytePath,
+    private readonly staging: BytePath,
     readonly stubXattr: string,
     private readonly scan: Scan,
   ) {}
@@ -252,11 +252,11 @@ class FlatStaging {
     return parents
   }
 
-  /** Topmost paths of the flash copy the upper no longer has; a name that is not UTF-8 stays (the RAM upper never got it: see copy.ts). */
-  removals(): string[] {
-    const removals: string[] = []
+  /** Topmost paths of the flash copy the upper no longer has. */
+  removals(): BytePath[] {
+    const removals: BytePath[] = []
     for (const directory of this.comparedDirectories.keys()) {
-      for (const name of listDirectorySplit(under(this.mirror, directory)).names.sort()) {
+      for (const name of listNames(under(this.mirror, directory)).sort()) {
         const path = directory === '.' ? name : `${directory}/${name}`
         if (!this.present.has(path)) removals.push(path)
       }
@@ -306,7 +306,7 @@ class FlatStaging {
     if (entry.type === 'dir')
       (flashEntry?.type === 'dir' ? this.changedDirectories : this.wholeDirectories).add(entry.path)
     // Made for the first change only: a sync with nothing to do writes nothing.
-    if (this.moves.length === 0) makeDirectory(this.staging, 0o700)
+    if (this.moves.length === 0) makeDirectory(bytePathBuffer(this.staging), 0o700)
     const full = `${this.staging}/${this.moves.length}`
     this.moves.push(entry.path)
     return full

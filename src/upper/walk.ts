@@ -1,42 +1,44 @@
 /**
  * The entries of an upper in archive order: parents before children, names in
  * byte order, a second name of an inode as a hardlink to the first (the
- * kernel shares one whiteout inode among many names since Linux 5.8).
+ * kernel shares one whiteout inode among many names since Linux 5.8). Names
+ * are bytes (names.ts `BytePath`), whatever their encoding: every command
+ * that walks an upper carries a name that is not UTF-8 like any other.
  */
 import type { BigIntStats } from 'node:fs'
-import { listDirectory, listDirectorySplit } from '../sys/fs.js'
+import { listNames } from '../sys/fs.js'
 import { SysError } from '../errors.js'
 import { readEntryWithStat, statEntry } from '../sys/entries.js'
 import type { UpperEntry } from '../sys/types.js'
 import { under } from './entry.js'
+import type { BytePath } from '../names.js'
 
 export interface WalkOptions {
   /** The xattr that marks a metacopy stub in this upper's namespace. */
   stubXattr: string
   /** Whether to visit a path (and, for a directory, what is below it). */
-  include(path: string): boolean
+  include(path: BytePath): boolean
   /** Sockets cannot be recreated from an archive: they are skipped and named. */
-  skipped(path: string, why: string): void
+  skipped(path: BytePath, why: string): void
   /**
    * Entries the caller already has, from their ctime (ns) and lstat: neither
    * read nor yielded, though a directory's children are still visited.
    */
-  unchanged?(path: string, changeTimeNs: bigint, stat: BigIntStats): boolean
+  unchanged?(path: BytePath, changeTimeNs: bigint, stat: BigIntStats): boolean
   /**
    * An entry gone between its directory's listing and its reading (a
    * temporary file renamed into place, a directory removed): passed here and
    * skipped. Without it, that is an error.
    */
-  vanished?(path: string): void
-  /** A name in the directory at `path` that is not UTF-8: passed here and skipped. Without it, that is an error. */
-  notUtf8?(path: string, name: Buffer): void
+  vanished?(path: BytePath): void
 }
 
 /** A name that no longer leads to the entry listed: it, or a directory above it, was removed or renamed. */
 export const isGone = (error: unknown): boolean =>
   error instanceof SysError && (error.errno === 'ENOENT' || error.errno === 'ENOTDIR')
 
-export function* walkUpper(root: string, options: WalkOptions): Generator<UpperEntry> {
+/** `root` is a byte string (names.ts `bytesOf` for a path the user gave). */
+export function* walkUpper(root: BytePath, options: WalkOptions): Generator<UpperEntry> {
   const firstName = new Map<string, string>()
   function* visit(path: string): Generator<UpperEntry> {
     const full = under(root, path)
@@ -77,18 +79,12 @@ export function* walkUpper(root: string, options: WalkOptions): Generator<UpperE
     if (entry.type === 'dir') yield* visitChildren(path, full)
   }
   function* visitChildren(path: string, full: string): Generator<UpperEntry> {
-    const names =
-      gone(path, () => listNames(path, full))?.sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b))) ?? []
+    // Byte strings sort in byte order with the default comparison.
+    const names = gone(path, () => listNames(full))?.sort() ?? []
     for (const name of names) {
       const child = path === '.' ? name : `${path}/${name}`
       if (options.include(child)) yield* visit(child)
     }
-  }
-  function listNames(path: string, full: string): string[] {
-    if (!options.notUtf8) return listDirectory(full)
-    const listed = listDirectorySplit(full)
-    for (const name of listed.notUtf8) options.notUtf8(path, name)
-    return listed.names
   }
   /** What `read` returns; undefined, once `vanished` is told, when the entry at `path` is gone. */
   function gone<T>(path: string, read: () => T): T | undefined {
