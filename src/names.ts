@@ -50,3 +50,36 @@ function utf8SequenceLength(bytes: Buffer, at: number): number {
   }
   return 0
 }
+
+/**
+ * A Linux path or name as its bytes, carried in a JS string with one char per
+ * byte (latin1). Linux names are bytes, not text: a name that is not UTF-8
+ * (`caf\xe9`, written by a Latin-1 program) must be backed up, restored,
+ * diffed, reset and synced like any other. A byte string is lossless, sorts in
+ * byte order with plain `<`, works as a Map key, survives JSON (every char is
+ * below 256), and costs nothing for ASCII, where it equals the text. The
+ * conversions happen only at the edges: in sys/ (`bytePathBuffer` for every
+ * path handed to the kernel, `byteString` for what it answers), in output
+ * (`showBytes`) and for text from the user (`bytesOf`: a config glob, a CLI
+ * path, a directory given on the command line).
+ */
+export type BytePath = string
+
+/** The bytes of UTF-8 text (a path from the user or the config), as a byte string. */
+export const bytesOf = (text: string): BytePath => Buffer.from(text, 'utf8').toString('latin1')
+
+/** A byte string as the Buffer the kernel takes. */
+export const bytePathBuffer = (path: BytePath): Buffer => Buffer.from(path, 'latin1')
+
+/** Bytes from the kernel (a name, a link target) as a byte string. */
+export const byteString = (bytes: Buffer): BytePath => bytes.toString('latin1')
+
+/** A byte string in the escaped form of `showName`: what every output prints. */
+export const showBytes = (path: BytePath): string => showName(bytePathBuffer(path))
+
+/** A byte string as text when its bytes are valid UTF-8 (undefined otherwise): for a field that must be text. */
+export function textOf(path: BytePath): string | undefined {
+  const bytes = bytePathBuffer(path)
+  const text = bytes.toString('utf8')
+  return Buffer.from(text).equals(bytes) ? text : undefined
+}

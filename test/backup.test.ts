@@ -178,6 +178,55 @@ await t.test(
   },
 )
 
+/** Names and a link target that are not UTF-8 (Latin-1, a lone continuation byte), next to UTF-8 and a backslash. */
+function writeByteNames(merged: string): void {
+  const at = (...parts: (string | number[])[]): Buffer =>
+    Buffer.concat([
+      Buffer.from(merged),
+      ...parts.map((part) => (typeof part === 'string' ? Buffer.from(part) : Buffer.from(part))),
+    ])
+  fs.writeFileSync(at('/etc/caf', [0xe9]), 'latin-1 name\n')
+  fs.mkdirSync(at('/etc/d', [0xe9, 0x80]))
+  fs.writeFileSync(at('/etc/d', [0xe9, 0x80], '/child'), 'child\n')
+  fs.writeFileSync(at('/etc/d', [0xe9, 0x80], '/n', [0xff]), 'nested\n')
+  fs.symlinkSync(Buffer.from([0x2f, 0x74, 0x6d, 0x70, 0x2f, 0xe9]), at('/etc/link'))
+  fs.writeFileSync(at('/etc/café'), 'utf-8 name\n')
+  fs.writeFileSync(at('/etc/back\\slash'), 'backslash\n')
+  // A hardlink whose names are not UTF-8: the second names the first, as bytes.
+  fs.linkSync(at('/etc/caf', [0xe9]), at('/etc/caf', [0xe9], '.2'))
+}
+
+await t.test(
+  'names and link targets that are not UTF-8: backup and restore give them back byte for byte, GNU tar agrees both ways',
+  async (t) => {
+    const d = device(t, [], writeByteNames)
+    roundTrip(t, d, 'byte names')
+    const archive = `${d.dir}/bytes.ovb`
+    t.equal(backup(d, archive).status, 0)
+    const tarBytes = execFileSync('gzip', ['-dc', archive])
+    t.ok(tarBytes.includes(Buffer.from('hdrcharset=BINARY')), 'pax hdrcharset=BINARY marks a name that is not UTF-8')
+    const extracted = `${d.dir}/bytes-by-gnu-tar`
+    fs.mkdirSync(extracted)
+    execFileSync('tar', ['--xattrs', '--xattrs-include=*', '-xpzf', archive, '-C', extracted])
+    t.same(
+      withoutAtime(upperSnapshot(extracted)),
+      withoutAtime(upperSnapshot(d.upper)),
+      'GNU tar extracts the names and the target as bytes',
+    )
+    const byTar = `${d.dir}/bytes-by-gnu-tar.tgz`
+    execFileSync('tar', ['--xattrs', '--xattrs-include=*', '--format=pax', '-C', d.upper, '-czf', byTar, '.'])
+    const into = `${d.dir}/bytes-from-gnu-tar`
+    fs.mkdirSync(into)
+    const result = restore(d, byTar, into)
+    t.equal(result.status, 0, result.stderr)
+    t.same(
+      upperSnapshot(into),
+      withoutSharedWhiteouts(upperSnapshot(d.upper)),
+      "ovroot restores GNU tar's archive of them byte for byte",
+    )
+  },
+)
+
 await t.test(
   'encrypted backups: round trip; a wrong passphrase, a flipped byte, a cut-off end are refused in one line',
   async (t) => {

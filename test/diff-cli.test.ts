@@ -148,6 +148,38 @@ await t.test('--patch is a git-style unified diff; binary files are named', asyn
   )
 })
 
+await t.test('names and link targets that are not UTF-8: one escaped form in text, JSON and patch', async (t) => {
+  const d = device(t)
+  const name = (root: string, ...tail: (string | number[])[]): Buffer =>
+    Buffer.concat([Buffer.from(root), ...tail.map((part) => Buffer.from(part))])
+  fs.writeFileSync(name(d.lower, '/etc/caf', [0xe9]), 'old\n')
+  fs.writeFileSync(name(d.upper, '/etc/caf', [0xe9]), 'new\n')
+  fs.writeFileSync(name(d.upper, '/etc/n', [0xff], '\\'), 'added\n')
+  fs.symlinkSync(Buffer.from([0x2f, 0x74, 0x6d, 0x70, 0x2f, 0xe9]), `${d.upper}/etc/link`)
+  const text = ovroot(['diff', ...layers(d)])
+  t.equal(text.status, 0, text.stderr)
+  t.match(text.stdout, /^M \/etc\/caf\\xe9$/m, 'text: a byte that is not UTF-8 as \\xNN')
+  t.match(text.stdout, /^A \/etc\/link$/m)
+  t.match(text.stdout, /^A \/etc\/n\\xff\\\\$/m, 'text: a backslash doubled')
+  const json = ovroot(['diff', '--json', ...layers(d)])
+  t.equal(json.status, 0, json.stderr)
+  const records = json.stdout
+    .trim()
+    .split('\n')
+    .map((line) => JSON.parse(line) as { path: string; target?: string })
+  t.ok(
+    records.some((record) => record.path === '/etc/caf\\xe9'),
+    'JSON: the same escaped form, a valid JSON string',
+  )
+  t.equal(records.find((record) => record.path === '/etc/link')?.target, '/tmp/\\xe9', 'JSON: the link target too')
+  const patch = ovroot(['diff', '--patch', ...layers(d)])
+  t.equal(patch.status, 0, patch.stderr)
+  t.match(patch.stdout, /^diff --git a\/etc\/caf\\xe9 b\/etc\/caf\\xe9$/m, 'patch: the same escaped form')
+  t.match(patch.stdout, /^-old\n\+new$/m, 'and the content diff')
+  const changed = ovroot(['diff', '--exit-code', ...layers(d)])
+  t.equal(changed.status, 1, '--exit-code: changes, exit 1')
+})
+
 await t.test('PATH arguments restrict the report; --exit-code says whether anything changed', async (t) => {
   const d = device(t)
   t.equal(ovroot(['diff', ...layers(d), '/etc/config']).stdout, 'M /etc/config/network\n')

@@ -165,6 +165,28 @@ await t.test('reset of an unmounted upper: factory state plus the kept paths, me
 })
 
 await t.test(
+  'a name that is not UTF-8: a reset removes it, or keeps it when a keep glob matches, and leaves no marker',
+  async (t) => {
+    const latin1 = (root: string, tail = ''): Buffer =>
+      Buffer.concat([Buffer.from(`${root}/etc/caf`), Buffer.from([0xe9]), Buffer.from(tail)])
+    for (const keep of [[], ['--keep', '/etc/caf*']]) {
+      const d = device(t)
+      fs.writeFileSync(latin1(d.upper), 'latin-1 name\n')
+      fs.mkdirSync(latin1(d.upper, '.d'))
+      fs.writeFileSync(Buffer.concat([latin1(d.upper, '.d'), Buffer.from('/child')]), 'child\n')
+      const result = reset(d, '--yes', ...keep)
+      const label = keep.length > 0 ? 'kept' : 'removed'
+      t.equal(result.status, 0, `${label}: ${result.stderr}`)
+      t.equal(fs.existsSync(latin1(d.upper)), keep.length > 0, `${label}: the file`)
+      t.equal(fs.existsSync(latin1(d.upper, '.d')), keep.length > 0, `${label}: the directory`)
+      if (keep.length > 0) t.match(result.stdout, /kept .*\/etc\/caf\\xe9/, 'named in the escaped form')
+      t.notOk(fs.existsSync(`${d.dir}/flash/.ovroot/pending`), `${label}: no marker is left behind`)
+      t.notOk(fs.existsSync(`${d.upper}/etc/config/network`), `${label}: the rest of the reset happened`)
+    }
+  },
+)
+
+await t.test(
   'refusals: no confirmation, a live layer (upper, lower, or a directory holding one), no boot record',
   async (t) => {
     const d = device(t)
@@ -357,7 +379,7 @@ for (const [label, namespace] of Object.entries(NAMESPACES)) {
 
 /** An upper's every field, but the mtimes of directories: each removal moves its parent's. */
 function withoutDirectoryTimes(entries: Map<string, string>): Map<string, string> {
-  return new Map([...entries].map(([path, entry]) => [path, entry.replace(/^(dir \S+ \S+ \S+) \d+ /, '$1 - ')]))
+  return new Map([...entries].map(([path, entry]) => [path, entry.replace(/^(dir \S+ \S+ \S+ mtime) -?\d+ /, '$1 - ')]))
 }
 
 await t.test(

@@ -6,12 +6,15 @@
  * before; a scheduled reset is never undone by a sync.
  */
 import t, { type Test } from 'tap'
-import { spawn } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
 import * as fs from 'node:fs'
 import { OverlayXattrs } from '../src/overlay/xattrs.js'
 import { applyPending } from '../src/pending/apply.js'
 import { setModificationTime } from '../src/sys/entries.js'
 import { commitPending, type PendingChange } from '../src/pending/marker.js'
+import type { FlashLayout } from '../src/state/flash.js'
+import { syncOnce } from '../src/sync/transaction.js'
+import { copyUpper } from '../src/upper/copy.js'
 import {
   cleanEnvironment,
   mountOverlay,
@@ -32,7 +35,6 @@ import {
   STANDARD_OPERATIONS,
   writeTree,
 } from './helpers/mutate.js'
-import type { FlashLayout } from '../src/state/flash.js'
 
 /** What a sync keeps: mtimes to the microsecond (its quick check), no atimes (reads move them; devices mount noatime). */
 const upperSnapshot = (root: string): Map<string, string> =>
@@ -248,6 +250,7 @@ await t.test(
       ['other excludes', { ...hiding, source: JSON.stringify([upper, namespace, ['/srv/one']]) }],
       ['a clock stepped back since', { ...hiding, clockOffset: hiding.clockOffset + 10_000 }],
       ['a torn file', '{"boot":'],
+      ['no directory inodes recorded with it', { ...hiding, token: 'another scan' }],
     ]
     for (const [why, baseline] of untrusted) {
       fs.writeFileSync(`${d.merged}/srv/one`, `${why}\n`)
@@ -256,7 +259,9 @@ await t.test(
       t.equal(fs.readFileSync(`${d.flash}/upper/srv/one`, 'utf8'), `${why}\n`, `${why}: every entry compared`)
     }
     fs.writeFileSync(`${d.merged}/srv/one`, 'hidden\n')
-    fs.writeFileSync(baselineFile, JSON.stringify(hiding))
+    // The last sync's token: it names the directory inodes recorded in the run directory with that baseline.
+    const { token } = JSON.parse(fs.readFileSync(baselineFile, 'utf8')) as { token: string }
+    fs.writeFileSync(baselineFile, JSON.stringify({ ...hiding, token }))
     t.match(sync(d).stdout, /nothing to sync/, 'a trusted baseline is what lets a sync skip entries (this one wrongly)')
     fs.mkdirSync(`${d.flash}/.ovroot/staged`)
     commitPending({ root: d.flash, upperName: 'upper' }, { kind: 'reset', requested: 'x', keep: [] })
@@ -463,3 +468,439 @@ await t.test(
     t.equal(watcher(), 'stopped')
   },
 )
+
+await t.test(
+  'a directory renamed over another: the next sync persists exactly the RAM state, however often it is swapped',
+  async (t) => {
+    const d = device(t)
+    const same = (message: string): void => {
+      t.same(
+        withoutSharedWhiteouts(upperSnapshot(`${d.flash}/upper`)),
+        withoutSharedWhiteouts(upperSnapshot(`${d.ram}/upper`)),
+        message,
+      )
+    }
+    writeTree(`${d.merged}/srv/conf`, { '/a': 'old a\n', '/sub/b': 'old b\n', '/only-old': 'x\n' })
+    writeTree(`${d.merged}/srv/conf.new`, { '/a': 'new a\n', '/sub/b': 'new b\n', '/only-new': 'y\n' })
+    t.equal(sync(d).status, 0)
+    await scanBeganNow(d)
+    fs.renameSync(`${d.merged}/srv/conf`, `${d.merged}/srv/conf.old`)
+    fs.renameSync(`${d.merged}/srv/conf.new`, `${d.merged}/srv/conf`)
+    t.equal(sync(d).status, 0)
+    same('conf holds the new files on the flash, conf.old the old ones')
+    t.equal(
+      fs.readFileSync(`${d.flash}/upper/srv/conf/sub/b`, 'utf8'),
+      'new b\n',
+      'a file two levels below the renamed directory',
+    )
+    // Swapped back: every directory exists on both sides at both paths, only identities moved.
+    await scanBeganNow(d)
+    fs.renameSync(`${d.merged}/srv/conf`, `${d.merged}/srv/conf.tmp`)
+    fs.renameSync(`${d.merged}/srv/conf.old`, `${d.merged}/srv/conf`)
+    fs.renameSync(`${d.merged}/srv/conf.tmp`, `${d.merged}/srv/conf.old`)
+    t.equal(sync(d).status, 0)
+    same('swapped back, twice renamed: still exact')
+    t.equal(fs.readFileSync(`${d.flash}/upper/srv/conf/a`, 'utf8'), 'old a\n')
+    await scanBeganNow(d)
+    t.match(sync(d).stdout, /nothing to sync/, 'and then nothing is left to sync')
+  },
+)
+
+await t.test(
+  'a rewrite that puts size and mtime back (cp -p, tar x, touch -d) is persisted: its bytes are compared',
+  async (t) => {
+    const d = device(t)
+    fs.writeFileSync(`${d.merged}/etc/conf`, 'value=1\n')
+    t.equal(sync(d).status, 0)
+    await scanBeganNow(d)
+    // touch -r copies the nanoseconds: size and mtime exactly as the flash copy has them.
+    execFileSync('cp', ['-p', `${d.merged}/etc/conf`, `${d.dir}/reference`])
+    fs.writeFileSync(`${d.merged}/etc/conf`, 'value=2\n')
+    execFileSync('touch', ['-r', `${d.dir}/reference`, `${d.merged}/etc/conf`])
+    const result = sync(d)
+    t.equal(result.status, 0, result.stderr)
+    t.equal(fs.readFileSync(`${d.flash}/upper/etc/conf`, 'utf8'), 'value=2\n', 'the new bytes reached the flash')
+    t.match(sync(d).stdout, /nothing to sync/)
+  },
+)
+
+await t.test(
+  'an entry renamed away between listing and reading is skipped with a warning; the rest commits',
+  async (t) => {
+    const d = device(t)
+    writeTree(`${d.merged}/srv`, { '/tmp.1': 'half\n', '/kept': 'kept\n', '/dir/inner': 'inner\n' })
+    fs.writeFileSync(`${d.merged}/etc/other`, 'other\n')
+    // The exclude test runs on each name after its directory is listed and before it is read: the moment a
+    // writer renames its temporary file into place, or removes a directory.
+    const vanish = new Map([
+      ['srv/tmp.1', () => fs.renameSync(`${d.merged}/srv/tmp.1`, `${d.merged}/etc/renamed`)],
+      ['srv/dir', () => fs.rmSync(`${d.merged}/srv/dir`, { recursive: true })],
+    ])
+    const source = {
+      upper: `${d.ram}/upper`,
+      namespace: 'trusted' as const,
+      exclude: [],
+      excluded: (path: string) => (vanish.get(path)?.(), false),
+    }
+    let warnings = ''
+    const write = process.stderr.write.bind(process.stderr)
+    process.stderr.write = (chunk: string | Uint8Array) => ((warnings += chunk.toString()), true)
+    try {
+      const result = await syncOnce(source, { root: d.flash, upperName: 'upper' }, `${d.dir}/run`)
+      t.ok(result.written > 0)
+    } finally {
+      process.stderr.write = write
+    }
+    t.match(warnings, /\/srv\/tmp\.1: it vanished while it was read/, 'the vanished file is named')
+    t.match(warnings, /\/srv\/dir: it vanished while it was read/, 'so is the vanished directory')
+    t.equal(fs.readFileSync(`${d.flash}/upper/etc/other`, 'utf8'), 'other\n', 'the rest of the sync committed')
+    t.equal(fs.readFileSync(`${d.flash}/upper/srv/kept`, 'utf8'), 'kept\n')
+    t.notOk(
+      fs.existsSync(`${d.flash}/upper/srv/tmp.1`) || fs.existsSync(`${d.flash}/upper/srv/dir`),
+      'nothing of what vanished',
+    )
+    t.equal(sync(d).status, 0)
+    t.same(
+      withoutSharedWhiteouts(upperSnapshot(`${d.flash}/upper`)),
+      withoutSharedWhiteouts(upperSnapshot(`${d.ram}/upper`)),
+      'the next sync: exact',
+    )
+  },
+)
+
+await t.test(
+  'a log appended all through the sync is left for the next one with a warning; the rest commits',
+  async (t) => {
+    const d = device(t)
+    fs.mkdirSync(`${d.merged}/var/log`, { recursive: true })
+    fs.writeFileSync(`${d.merged}/var/log/busy`, Buffer.alloc(12 << 20, 0x61))
+    fs.writeFileSync(`${d.merged}/etc/quiet`, 'quiet\n')
+    const appender = spawn('sh', ['-c', `while :; do echo line >> ${d.merged}/var/log/busy; done`], { stdio: 'ignore' })
+    t.teardown(() => appender.kill('SIGKILL'))
+    await new Promise((resolve) => setTimeout(resolve, 200))
+    const result = sync(d)
+    appender.kill('SIGKILL')
+    await new Promise((resolve) => appender.on('exit', resolve))
+    t.equal(result.status, 0, result.stderr)
+    t.match(
+      result.stderr,
+      /\/var\/log\/busy: it changed while it was read, twice; left for the next sync/,
+      'named, with what happens to it',
+    )
+    t.equal(fs.readFileSync(`${d.flash}/upper/etc/quiet`, 'utf8'), 'quiet\n', 'the rest of the sync committed')
+    t.equal(sync(d).status, 0)
+    t.same(
+      withoutSharedWhiteouts(upperSnapshot(`${d.flash}/upper`)),
+      withoutSharedWhiteouts(upperSnapshot(`${d.ram}/upper`)),
+      'once it is quiet, the next sync has it',
+    )
+  },
+)
+
+await t.test(
+  'one lock for every command that stages a change: a reset waits for a sync holding it, saying who holds it',
+  async (t) => {
+    const d = device(t)
+    // A sync in progress, as the daemon holds the lock while it stages.
+    const holder = spawn('sleep', ['60'], { stdio: 'ignore' })
+    t.teardown(() => holder.kill('SIGKILL'))
+    fs.mkdirSync(`${d.dir}/run/staging.lock`)
+    fs.writeFileSync(`${d.dir}/run/staging.lock/pid`, `${holder.pid}\novroot sync --watch\n`)
+    const reset = spawn(process.execPath, [OVROOT, 'reset', '--yes', '--config', d.config], {
+      env: cleanEnvironment(),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    let stderr = ''
+    reset.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()))
+    const exited = new Promise<number | null>((resolve) => reset.on('exit', resolve))
+    await new Promise((resolve) => setTimeout(resolve, 1500))
+    t.notOk(fs.existsSync(`${d.flash}/.ovroot/pending`), 'nothing committed while the sync holds the lock')
+    t.match(
+      stderr,
+      new RegExp(`waiting for pid ${holder.pid} \\(ovroot sync --watch\\)`),
+      'the one line says who holds it',
+    )
+    holder.kill('SIGKILL')
+    t.equal(await exited, 0, stderr)
+    t.match(fs.readFileSync(`${d.flash}/.ovroot/pending`, 'utf8'), /"kind":"reset"/, 'then the reset is scheduled')
+    t.notOk(fs.existsSync(`${d.dir}/run/staging.lock`), 'and the lock released')
+  },
+)
+
+await t.test(
+  "a power cut while a sync stages, after the last marker's removal was lost (block2mtd), applies nothing of the new staging",
+  async (t) => {
+    const d = device(t)
+    writeTree(`${d.merged}/etc/app`, { '/a': 'first a\n', '/b': 'first b\n', '/c': 'first c\n' })
+    t.equal(sync(d).status, 0)
+    const committed = upperSnapshot(`${d.flash}/upper`)
+    const contents = (): string[] =>
+      ['a', 'b', 'c'].map((name) => fs.readFileSync(`${d.flash}/upper/etc/app/${name}`, 'utf8'))
+    writeTree(`${d.merged}/etc/app`, {
+      '/a': 'second a, longer\n',
+      '/b': 'second b, longer\n',
+      '/c': 'second c, longer\n',
+      '/d': 'new\n',
+    })
+    fs.writeFileSync(`${d.merged}/zzz`, 'listed last\n')
+    // The next sync stages everything, then the power goes (the exclude test of the last name is the moment).
+    const cut = new Error('power cut')
+    // (The failed sync removes its staging: the staging as the cut left it is copied aside first, and back.)
+    const cutState = `${d.dir}/at-the-cut`
+    const cutNow = (): never => {
+      execFileSync('cp', ['-a', `${d.flash}/.ovroot`, cutState])
+      throw cut
+    }
+    const source = {
+      upper: `${d.ram}/upper`,
+      namespace: 'trusted' as const,
+      exclude: [],
+      excluded: (path: string) => (path === 'zzz' ? cutNow() : false),
+    }
+    await t.rejects(syncOnce(source, { root: d.flash, upperName: 'upper' }, `${d.dir}/run`), cut)
+    t.same(
+      fs.readdirSync(`${d.flash}/.ovroot`).filter((name) => name.startsWith('staged')),
+      [],
+      'a sync that fails removes its staging at once',
+    )
+    fs.rmSync(`${d.flash}/.ovroot`, { recursive: true })
+    fs.renameSync(cutState, `${d.flash}/.ovroot`)
+    t.ok(
+      fs.readdirSync(`${d.flash}/.ovroot`).some((name) => name.startsWith('staged')),
+      'the power cut left the new staging',
+    )
+    // The previous sync's marker, removed in the page cache but never flushed: the flash still has it.
+    const lost: PendingChange = {
+      kind: 'sync',
+      requested: 'x',
+      entries: 4,
+      removals: [],
+      moves: ['etc/app/a', 'etc/app/b', 'etc/app/c', 'etc/app/d', 'etc/app', 'etc', '.'],
+      parents: [],
+    }
+    fs.writeFileSync(`${d.flash}/.ovroot/pending`, JSON.stringify(lost))
+    await applyPending({ root: d.flash, upperName: 'upper' }, undefined, new OverlayXattrs('trusted'))
+    t.same(contents(), ['first a\n', 'first b\n', 'first c\n'], "the committed files, not the new staging's")
+    t.same(upperSnapshot(`${d.flash}/upper`), committed, 'the flash copy is the last committed sync, whole')
+    t.same(
+      fs.readdirSync(`${d.flash}/.ovroot`).filter((name) => name.startsWith('staged') || name === 'pending'),
+      [],
+      'no staging, no marker left behind',
+    )
+  },
+)
+
+/** The daemon, with its stderr collected and a way to wait for its state. */
+function daemonOf(
+  t: Test,
+  d: Device,
+): {
+  log: () => string
+  exited: Promise<number | null>
+  kill: (signal: NodeJS.Signals) => void
+  until: (what: () => boolean, seconds: number) => Promise<boolean>
+} {
+  const daemon = spawn(process.execPath, [OVROOT, 'sync', '--watch', '--config', d.config], {
+    env: cleanEnvironment(),
+    stdio: ['ignore', 'ignore', 'pipe'],
+  })
+  let log = ''
+  daemon.stderr.on('data', (chunk: Buffer) => (log += chunk.toString()))
+  const exited = new Promise<number | null>((resolve) => daemon.on('exit', resolve))
+  t.teardown(() => {
+    daemon.kill('SIGKILL')
+  })
+  const until = async (what: () => boolean, seconds: number): Promise<boolean> => {
+    for (let waited = 0; waited < seconds * 10; waited++) {
+      if (what()) return true
+      await new Promise((resolve) => setTimeout(resolve, 100))
+    }
+    return what()
+  }
+  return { log: () => log, exited, kill: (signal) => daemon.kill(signal), until }
+}
+
+await t.test(
+  '--watch: a failing sync backs off, shows in status, is retried without a change, and SIGTERM still exits',
+  async (t) => {
+    const d = device(t, { quiet: 1 })
+    // A flash the sync cannot write: its state directory is a file.
+    fs.writeFileSync(`${d.flash}/.ovroot`, 'in the way\n')
+    fs.writeFileSync(`${d.merged}/etc/first`, 'before the daemon\n')
+    const daemon = daemonOf(t, d)
+    const failures = (): number => (daemon.log().match(/sync failed/g) ?? []).length
+    t.ok(await daemon.until(() => failures() >= 1, 20), 'the first sync fails')
+    fs.writeFileSync(`${d.merged}/etc/busy`, 'one change\n')
+    await new Promise((resolve) => setTimeout(resolve, 5000))
+    t.ok(
+      failures() <= 5,
+      `backs off: ${failures()} failures in the 5 s after one change, with quiet = 1 s (tries 1, 2, 4 s apart)`,
+    )
+    t.notOk(fs.readFileSync(`${d.flash}/.ovroot`, 'utf8') !== 'in the way\n', 'the flash was not touched')
+    const status = JSON.parse(ovroot(['status', '--json', '--config', d.config]).stdout) as {
+      syncing: { failing?: string }
+    }
+    t.match(
+      status.syncing.failing,
+      /failures in a row; next try in \d+ s/,
+      'status says the syncs fail, and when the next try is',
+    )
+    // Fixed, with no change after: the daemon tries again on its own.
+    fs.rmSync(`${d.flash}/.ovroot`)
+    t.ok(
+      await daemon.until(
+        () => fs.existsSync(`${d.flash}/upper/etc/first`) && fs.existsSync(`${d.flash}/upper/etc/busy`),
+        20,
+      ),
+      'retried without waiting for a change',
+    )
+    t.ok(
+      await daemon.until(
+        () => !(JSON.parse(fs.readFileSync(`${d.dir}/run/sync.json`, 'utf8')) as { failing?: string }).failing,
+        5,
+      ),
+      'status no longer says failing',
+    )
+    daemon.kill('SIGTERM')
+    t.equal(await daemon.exited, 0, daemon.log())
+  },
+)
+
+await t.test('--watch: SIGTERM while every sync fails exits, after one final attempt', async (t) => {
+  const d = device(t, { quiet: 1 })
+  const daemon = daemonOf(t, d)
+  const watcher = (): string | undefined =>
+    fs.existsSync(`${d.dir}/run/sync.json`)
+      ? (JSON.parse(fs.readFileSync(`${d.dir}/run/sync.json`, 'utf8')) as { watcher?: string }).watcher
+      : undefined
+  t.ok(await daemon.until(() => watcher() === 'watching', 20), 'the daemon watches')
+  fs.rmSync(`${d.flash}/.ovroot`, { recursive: true, force: true })
+  fs.writeFileSync(`${d.flash}/.ovroot`, 'in the way\n')
+  fs.writeFileSync(`${d.merged}/etc/unsaved`, 'x\n')
+  t.ok(await daemon.until(() => /sync failed/.test(daemon.log()), 20), 'syncs fail')
+  const before = (daemon.log().match(/sync failed/g) ?? []).length
+  const sent = Date.now()
+  daemon.kill('SIGTERM')
+  const code = await Promise.race([
+    daemon.exited,
+    new Promise<string>((resolve) => setTimeout(() => resolve('still running'), 15_000)),
+  ])
+  t.equal(code, 6, 'exits, saying the last sync failed (exit 6)')
+  t.ok(Date.now() - sent < 15_000, 'within a bounded time')
+  t.equal((daemon.log().match(/sync failed/g) ?? []).length, before + 1, 'after exactly one final attempt')
+  t.match(daemon.log(), /the last sync before stopping failed/)
+})
+
+await t.test('--watch: SIGTERM during the first sync (waiting for the lock) still makes the final sync', async (t) => {
+  const d = device(t, { quiet: 30 })
+  fs.writeFileSync(`${d.merged}/etc/before`, 'before the daemon\n')
+  const holder = spawn('sleep', ['60'], { stdio: 'ignore' })
+  t.teardown(() => holder.kill('SIGKILL'))
+  fs.mkdirSync(`${d.dir}/run/staging.lock`)
+  fs.writeFileSync(`${d.dir}/run/staging.lock/pid`, `${holder.pid}\novroot restore\n`)
+  const daemon = daemonOf(t, d)
+  t.ok(await daemon.until(() => /waiting for pid/.test(daemon.log()), 20), 'the first sync waits for the lock')
+  fs.writeFileSync(`${d.merged}/etc/during`, 'written during the first sync\n')
+  daemon.kill('SIGTERM')
+  await new Promise((resolve) => setTimeout(resolve, 300))
+  holder.kill('SIGKILL')
+  t.equal(await daemon.exited, 0, daemon.log())
+  t.equal(
+    fs.readFileSync(`${d.flash}/upper/etc/during`, 'utf8'),
+    'written during the first sync\n',
+    'the final sync ran',
+  )
+})
+
+await t.test('--watch: a first sync that failed is retried without any change', async (t) => {
+  const d = device(t, { quiet: 1 })
+  fs.writeFileSync(`${d.flash}/.ovroot`, 'in the way\n')
+  fs.writeFileSync(`${d.merged}/etc/first`, 'before the daemon\n')
+  const daemon = daemonOf(t, d)
+  t.ok(await daemon.until(() => /sync failed/.test(daemon.log()), 20), 'the first sync fails')
+  fs.rmSync(`${d.flash}/.ovroot`)
+  t.ok(
+    await daemon.until(() => fs.existsSync(`${d.flash}/upper/etc/first`), 20),
+    'persisted with no change after the failure',
+  )
+  daemon.kill('SIGTERM')
+  t.equal(await daemon.exited, 0, daemon.log())
+})
+
+/** `${root}/etc/caf\xe9` (a Latin-1 name), as the bytes the kernel takes. */
+const latin1Name = (root: string, tail = ''): Buffer =>
+  Buffer.concat([Buffer.from(`${root}/etc/caf`), Buffer.from([0xe9]), Buffer.from(tail)])
+
+await t.test('a sync persists a name that is not UTF-8, its contents and link target, and its removal', async (t) => {
+  const d = device(t)
+  fs.writeFileSync(latin1Name(d.merged), 'latin-1 name\n')
+  fs.mkdirSync(latin1Name(d.merged, '.d'))
+  fs.writeFileSync(Buffer.concat([latin1Name(d.merged, '.d'), Buffer.from('/child')]), 'child\n')
+  fs.symlinkSync(Buffer.from([0x2f, 0x74, 0x6d, 0x70, 0x2f, 0xff]), `${d.merged}/etc/link`)
+  fs.writeFileSync(`${d.merged}/etc/plain`, 'plain\n')
+  const result = sync(d)
+  t.equal(result.status, 0, result.stderr)
+  t.equal(result.stderr, '', 'nothing skipped, nothing to warn about')
+  t.equal(fs.readFileSync(latin1Name(`${d.flash}/upper`), 'utf8'), 'latin-1 name\n', 'the name is persisted')
+  t.equal(
+    fs.readFileSync(Buffer.concat([latin1Name(`${d.flash}/upper`, '.d'), Buffer.from('/child')]), 'utf8'),
+    'child\n',
+    'and a directory of that name with its children',
+  )
+  t.same(
+    fs.readlinkSync(`${d.flash}/upper/etc/link`, { encoding: 'buffer' }),
+    Buffer.from([0x2f, 0x74, 0x6d, 0x70, 0x2f, 0xff]),
+    'a link target that is not UTF-8, byte for byte',
+  )
+  fs.rmSync(latin1Name(d.merged))
+  fs.rmSync(latin1Name(d.merged, '.d'), { recursive: true })
+  const again = sync(d)
+  t.equal(again.status, 0, again.stderr)
+  t.notOk(fs.existsSync(latin1Name(`${d.flash}/upper`)), 'its removal is persisted')
+  t.notOk(fs.existsSync(latin1Name(`${d.flash}/upper`, '.d')), "and the directory's")
+})
+
+await t.test(
+  'the boot-time RAM fill copies a name that is not UTF-8, and a later sync removes it when the RAM upper lost it',
+  async (t) => {
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    writeTree(`${s.dir}/flash`, { '/etc/plain': 'plain\n', '/srv/data/x': 'x\n' })
+    fs.writeFileSync(latin1Name(`${s.dir}/flash`), 'from a flash-mode boot\n')
+    fs.mkdirSync(latin1Name(`${s.dir}/flash`, '.d'))
+    fs.writeFileSync(Buffer.concat([latin1Name(`${s.dir}/flash`, '.d'), Buffer.from('/child')]), 'child\n')
+    fs.symlinkSync(Buffer.from([0x2f, 0x74, 0x6d, 0x70, 0x2f, 0xff]), `${s.dir}/flash/etc/link`)
+    fs.mkdirSync(`${s.dir}/fill`)
+    copyUpper(`${s.dir}/flash`, `${s.dir}/fill`, 'trusted.overlay.metacopy')
+    t.same(fullSnapshot(`${s.dir}/fill`), fullSnapshot(`${s.dir}/flash`), 'copied whole, names and targets as bytes')
+    // A RAM upper without the name (the user removed it): the sync removes it from the flash.
+    writeTree(`${s.dir}/ram`, { '/etc/plain': 'plain\n', '/srv/data/x': 'x\n', '/etc/new': 'new\n' })
+    fs.mkdirSync(`${s.dir}/run`)
+    const source = { upper: `${s.dir}/ram`, namespace: 'trusted' as const, exclude: [], excluded: () => false }
+    await syncOnce(source, { root: s.dir, upperName: 'flash' }, `${s.dir}/run`)
+    t.equal(fs.readFileSync(`${s.dir}/flash/etc/new`, 'utf8'), 'new\n', 'the sync commits')
+    t.notOk(fs.existsSync(latin1Name(`${s.dir}/flash`)), 'and removes the name the RAM upper no longer has')
+    t.notOk(fs.existsSync(latin1Name(`${s.dir}/flash`, '.d')), 'and the directory')
+  },
+)
+
+await t.test('a sync marker an older ovroot wrote (names as text) still applies to the right names', async (t) => {
+  const s = scratch()
+  t.teardown(() => s.cleanup())
+  writeTree(`${s.dir}/flash/upper`, { '/etc/old-é': 'old\n', '/etc/keep': 'keep\n' })
+  writeTree(`${s.dir}/flash/.ovroot/staged-x`, { '/0': 'new\n' })
+  const older = {
+    kind: 'sync',
+    requested: 'x',
+    entries: 1,
+    removals: ['etc/old-é'],
+    moves: ['etc/café'],
+    parents: [],
+    staging: 'staged-x',
+  }
+  fs.writeFileSync(`${s.dir}/flash/.ovroot/pending`, JSON.stringify(older))
+  await applyPending({ root: `${s.dir}/flash`, upperName: 'upper' }, undefined, new OverlayXattrs('trusted'))
+  t.equal(fs.readFileSync(`${s.dir}/flash/upper/etc/café`, 'utf8'), 'new\n', 'moved to the UTF-8 name')
+  t.notOk(fs.existsSync(`${s.dir}/flash/upper/etc/old-é`), 'the UTF-8 name removed')
+  t.same(fs.readdirSync(`${s.dir}/flash/upper/etc`).sort(), ['café', 'keep'], 'and nothing else')
+})

@@ -2,11 +2,15 @@
  * POSIX pax tar, written and read as bytes. Values are length-framed records
  * (`"<len> <key>=<value>\n"`), so binary xattrs (`SCHILY.xattr.NAME`, as GNU
  * tar and star write them), names of any length, sizes past 8 GiB and 0/0
- * devices all round-trip. The reader is a push parser: it never holds more
+ * devices all round-trip. Names and link targets are bytes (names.ts
+ * `BytePath`): a path record that is not UTF-8 comes with
+ * `hdrcharset=BINARY`, as GNU tar writes it, and is read back byte for byte
+ * (a path record is the name's bytes either way). The reader is a push parser: it never holds more
  * than one header block and one extended header, whatever the archive's size.
  */
 import { ExitCode, OvrootError } from '../errors.js'
 import type { EntryKind, UpperEntry } from '../sys/types.js'
+import { bytePathBuffer, byteString, showBytes, textOf } from '../names.js'
 
 export type TarType = EntryKind
 
@@ -135,10 +139,10 @@ function ustarHeader(fields: HeaderFields): Buffer {
   return header
 }
 
-function extendedHeader(flag: 'x' | 'g', name: string, records: Buffer[]): Buffer {
+function extendedHeader(flag: 'x' | 'g', name: Buffer, records: Buffer[]): Buffer {
   const body = Buffer.concat(records)
   const header = ustarHeader({
-    name: Buffer.from(name),
+    name,
     mode: 0o644,
     uid: 0,
     gid: 0,
@@ -154,15 +158,18 @@ function extendedHeader(flag: 'x' | 'g', name: string, records: Buffer[]): Buffe
 
 /** A global header holding only a comment: how ovroot's manifest travels, invisible to tar. */
 export function globalComment(comment: string): Buffer {
-  return extendedHeader('g', 'pax_global_header', [paxRecord('comment', comment)])
+  return extendedHeader('g', Buffer.from('pax_global_header'), [paxRecord('comment', comment)])
 }
 
 /** The headers of one entry; its data (if any) follows, then `padding(size)`. */
 export function entryHeader(entry: TarEntry): Buffer {
-  const name = Buffer.from(entry.path === '.' ? './' : entry.type === 'dir' ? `${entry.path}/` : entry.path)
-  const linkName = Buffer.from(entry.linkTarget ?? '')
+  const name = bytePathBuffer(entry.path === '.' ? './' : entry.type === 'dir' ? `${entry.path}/` : entry.path)
+  const linkName = bytePathBuffer(entry.linkTarget ?? '')
   const records: Buffer[] = []
   const hole = entry.holeSize !== undefined
+  // pax says its path records are UTF-8 unless hdrcharset says otherwise: GNU tar then takes the bytes as they are.
+  if (textOf(entry.path) === undefined || textOf(entry.linkTarget ?? '') === undefined)
+    records.push(paxRecord('hdrcharset', 'BINARY'))
   if (hole) {
     records.push(
       paxRecord('GNU.sparse.major', '1'),
@@ -187,7 +194,7 @@ export function entryHeader(entry: TarEntry): Buffer {
   if (entry.atimeNs !== entry.mtimeNs) records.push(paxRecord('atime', formatTime(entry.atimeNs)))
   if (entry.comment !== undefined) records.push(paxRecord('comment', entry.comment))
   for (const [xattr, value] of entry.xattrs) records.push(paxRecord(`SCHILY.xattr.${xattr}`, value))
-  const ustarName = hole ? Buffer.from(`GNUSparseFile.0/${entry.path.slice(entry.path.lastIndexOf('/') + 1)}`) : name
+  const ustarName = hole ? bytePathBuffer(`GNUSparseFile.0/${entry.path.slice(entry.path.lastIndexOf('/') + 1)}`) : name
   const header = ustarHeader({
     name: ustarName,
     mode: entry.mode,
@@ -201,7 +208,9 @@ export function entryHeader(entry: TarEntry): Buffer {
     devMinor: entry.devMinor,
   })
   const extended =
-    records.length > 0 ? extendedHeader('x', `PaxHeaders/${entry.path.slice(-80)}`, records) : Buffer.alloc(0)
+    records.length > 0
+      ? extendedHeader('x', bytePathBuffer(`PaxHeaders/${entry.path.slice(-80)}`), records)
+      : Buffer.alloc(0)
   // GNU sparse 1.0: the data starts with the map; one hole over the whole size is "1 region: at the end, 0 bytes".
   const sparseMap = hole ? Buffer.concat([Buffer.from(`1\n${entry.holeSize}\n0\n`)]) : Buffer.alloc(0)
   return Buffer.concat([extended, header, sparseMap, hole ? padding(sparseMap.length) : Buffer.alloc(0)])
@@ -378,7 +387,7 @@ export class PaxReader {
       // All-hole files have a one-block map and no data.
       if (sparse.toString() !== '1' || entry.size !== BLOCK)
         throw corrupt(
-          `${entry.path}: a sparse file with data regions; ovroot reads only all-hole sparse files (metacopy stubs)`,
+          `${showBytes(entry.path)}: a sparse file with data regions; ovroot reads only all-hole sparse files (metacopy stubs)`,
         )
       this.state = { kind: 'sparse-map', entry }
       return
@@ -427,7 +436,8 @@ export class PaxReader {
     }
     const link = records.get('linkpath') ?? this.overrides.longLink ?? field(FIELD.linkName)
     return {
-      path: normaliseName(rawName.toString('utf8')),
+      // The bytes as they are, whether the archive says UTF-8 or hdrcharset=BINARY: a Linux name is its bytes.
+      path: normaliseName(byteString(rawName)),
       type,
       mode: parseNumber(block, FIELD.mode, this.offset) & 0o7777,
       uid: number('uid', FIELD.uid),
@@ -436,7 +446,7 @@ export class PaxReader {
       // An archive without atime (ustar, sysupgrade) says nothing better than the mtime.
       atimeNs: time('atime') ?? mtimeNs,
       size: type === 'file' ? number('size', FIELD.size) : 0,
-      ...(type === 'symlink' || type === 'hardlink' ? { linkTarget: link.toString('utf8') } : {}),
+      ...(type === 'symlink' || type === 'hardlink' ? { linkTarget: byteString(link) } : {}),
       devMajor: type === 'char' || type === 'block' ? parseNumber(block, FIELD.devMajor, this.offset) : 0,
       devMinor: type === 'char' || type === 'block' ? parseNumber(block, FIELD.devMinor, this.offset) : 0,
       xattrs,
@@ -469,7 +479,7 @@ export class PaxReader {
       regions.every((value, i) => Number.isInteger(value) && (i % 2 === 0 || value === 0 || i >= 2 * count))
     if (!allHoles)
       throw corrupt(
-        `${entry.path}: a sparse file with data regions; ovroot reads only all-hole sparse files (metacopy stubs)`,
+        `${showBytes(entry.path)}: a sparse file with data regions; ovroot reads only all-hole sparse files (metacopy stubs)`,
       )
     this.startEntry({ ...entry, size: 0 })
   }

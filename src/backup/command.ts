@@ -2,6 +2,7 @@
  * `ovroot backup`: the upper as a gzip'd pax archive (optionally encrypted),
  * streamed: memory does not grow with the upper.
  */
+import { bytesOf, showBytes } from '../names.js'
 import { hostname } from 'node:os'
 import { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
@@ -90,15 +91,16 @@ function* archive(
   const firmware = firmwareView(request.lowers, request.namespace)
   yield globalComment(encodeHeader(header))
   let entries = 0
-  const walk = walkUpper(request.upper, {
+  const upper = bytesOf(request.upper)
+  const walk = walkUpper(upper, {
     stubXattr: xattrs.name('metacopy'),
     include,
-    skipped: (path, why) => process.stderr.write(`ovroot: skipped /${path}: ${why} cannot be archived\n`),
+    skipped: (path, why) => process.stderr.write(`ovroot: skipped /${showBytes(path)}: ${why} cannot be archived\n`),
   })
   for (const entry of walk) {
     entries++
     if (entry.type === 'file' && entry.holeSize === undefined) {
-      const file = readStableFile(under(request.upper, entry.path))
+      const file = readStableFile(under(upper, entry.path))
       const base = firmware.sha256(entry.path)
       yield entryHeader({ ...entry, comment: encodeSums({ sha256: file.sha256, ...(base ? { base } : {}) }) })
       for (const chunk of file.chunks()) {
@@ -135,7 +137,8 @@ function* coalesce(buffers: Iterable<Buffer>, size = 64 * 1024): Generator<Buffe
 
 /** --exclude, and with --changes-only what ovroot diff reports plus the directories above it. */
 function inclusion(request: CheckedDiffRequest, options: BackupOptions): (path: string) => boolean {
-  const excluded = options.exclude.map((pattern) => globToRegExp(pattern.replace(/(.)\/+$/, '$1')))
+  // Patterns are text, paths are bytes: a pattern is matched as the bytes of its UTF-8.
+  const excluded = options.exclude.map((pattern) => globToRegExp(bytesOf(pattern.replace(/(.)\/+$/, '$1'))))
   const isExcluded = (path: string): boolean => excluded.some((pattern) => pattern.test(`/${path}`))
   if (!options.changesOnly) return (path) => !isExcluded(path)
   const wanted = new Set<string>()

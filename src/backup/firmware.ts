@@ -1,4 +1,5 @@
 /** Which firmware a lower is: what a backup records and a restore compares. */
+import { bytesOf } from '../names.js'
 import { createHash } from 'node:crypto'
 import type { Firmware } from '../archive/manifest.js'
 import { hostPath, LayerStack, type ResolvedEntry } from '../overlay/stack.js'
@@ -48,8 +49,8 @@ export interface LayerView {
 
 export function firmwareView(lowers: string[], namespace: XattrNamespace, upper?: string): LayerView {
   const layers = [
-    ...(upper ? [{ root: upper, role: 'upper' as const }] : []),
-    ...lowers.map((root) => ({ root: root === '/' ? '' : root.replace(/\/+$/, ''), role: 'lower' as const })),
+    ...(upper ? [{ root: bytesOf(upper), role: 'upper' as const }] : []),
+    ...lowers.map((root) => ({ root: bytesOf(root === '/' ? '' : root.replace(/\/+$/, '')), role: 'lower' as const })),
   ]
   const stack = new LayerStack(layers, hostTreeReader, new OverlayXattrs(namespace))
   const lookup = (path: string): ResolvedEntry | undefined => {

@@ -2,6 +2,7 @@
  * Checks that the directories given to `ovroot diff` really are an upper and
  * its lowers, settles the xattr namespace, and builds the two layer stacks.
  */
+import { bytesOf } from '../names.js'
 import { ExitCode, OvrootError } from '../errors.js'
 import { filesystemInfo, hostTreeReader, statPath } from '../sys/fs.js'
 import { detectNamespace } from '../overlay/detect.js'
@@ -46,7 +47,7 @@ export function checkDiffRequest(request: DiffRequest): CheckedDiffRequest {
       `it holds upper/ and work/, so it is the overlay's own filesystem; pass ${request.upper.replace(/\/$/, '')}/upper`,
     )
   }
-  const namespace = request.namespace ?? detectNamespace(hostTreeReader, request.upper) ?? 'trusted'
+  const namespace = request.namespace ?? detectNamespace(hostTreeReader, bytesOf(request.upper)) ?? 'trusted'
   if (namespace === 'trusted' && process.geteuid?.() !== 0) {
     throw new OvrootError(
       'EPERM',
@@ -59,8 +60,8 @@ export function checkDiffRequest(request: DiffRequest): CheckedDiffRequest {
 
 export function openDiff(request: CheckedDiffRequest): OverlayDiff {
   const xattrs = new OverlayXattrs(request.namespace)
-  const lowerLayers: Layer[] = request.lowers.map((root) => ({ root: stripSlash(root), role: 'lower' }))
-  const upperLayer: Layer = { root: stripSlash(request.upper), role: 'upper' }
+  const lowerLayers: Layer[] = request.lowers.map((root) => ({ root: bytesOf(stripSlash(root)), role: 'lower' }))
+  const upperLayer: Layer = { root: bytesOf(stripSlash(request.upper)), role: 'upper' }
   const merged = new LayerStack([upperLayer, ...lowerLayers], hostTreeReader, xattrs)
   const lower = new LayerStack(lowerLayers, hostTreeReader, xattrs)
   return new OverlayDiff(merged, lower, hostTreeReader, xattrs, request)

@@ -6,6 +6,7 @@
 import { structuredPatch } from 'diff'
 import type { Change, EntryState } from '../overlay/diff.js'
 import type { TreeReader } from '../sys/types.js'
+import { showBytes } from '../names.js'
 
 /** Larger files are named, not diffed: a patch is for reading. */
 const TEXT_LIMIT = 8 * 1024 * 1024
@@ -18,7 +19,8 @@ export function patchFor(change: Change, reader: TreeReader): string {
   const contentChanged = change.change === 'added' || change.change === 'deleted' || change.fields.includes('content')
   const modeChanged = change.fields.includes('mode')
   if ((!now && !was) || (!contentChanged && !modeChanged)) return ''
-  const name = change.path.slice(1)
+  // The escaped form of names.ts, as in the text and JSON output.
+  const name = showBytes(change.path.slice(1))
   const lines = [`diff --git a/${name} b/${name}`]
   if (!was && now) lines.push(`new file mode ${gitMode(now)}`)
   else if (was && !now) lines.push(`deleted file mode ${gitMode(was)}`)

@@ -1,10 +1,13 @@
 /**
  * Turns changes into what `ovroot diff` prints: status lines, JSON Lines or
  * per-kind counts. Output is buffered: a diff of tens of thousands of entries
- * must not cost a write per line.
+ * must not cost a write per line. Paths and link targets are bytes; every
+ * format prints them in the one escaped form of names.ts `showName` (valid
+ * UTF-8 as it is, `\\` for a backslash, `\xNN` for any other byte).
  */
 import type { Change, ChangeKind, EntryState } from '../overlay/diff.js'
 import type { TreeReader } from '../sys/types.js'
+import { showBytes } from '../names.js'
 
 export type DiffFormat = 'text' | 'json' | 'stat' | 'patch'
 export type Renderer = (change: Change) => string
@@ -68,7 +71,8 @@ export class BufferedOutput {
 
 export function statusLine(change: Change, colour: boolean): string {
   const letter = STATUS_LETTER[change.change]
-  return colour ? `\x1b[${COLOUR[change.change]}m${letter} ${change.path}\x1b[0m\n` : `${letter} ${change.path}\n`
+  const path = showBytes(change.path)
+  return colour ? `\x1b[${COLOUR[change.change]}m${letter} ${path}\x1b[0m\n` : `${letter} ${path}\n`
 }
 
 /**
@@ -78,11 +82,11 @@ export function statusLine(change: Change, colour: boolean): string {
  */
 export function jsonLine(change: Change): string {
   const { now, was } = change
-  let line = `{"path":${JSON.stringify(change.path)},"change":"${change.change}","type":"${(now ?? was)?.type ?? 'file'}"`
+  let line = `{"path":${JSON.stringify(showBytes(change.path))},"change":"${change.change}","type":"${(now ?? was)?.type ?? 'file'}"`
   if (now) line += stateFields(now)
   if (change.fields.length > 0) line += `,"fields":["${change.fields.join('","')}"]`
   if (was && change.change !== 'added') line += `,"was":{"type":"${was.type}"${stateFields(was)}}`
-  if (change.from !== undefined) line += `,"from":${JSON.stringify(change.from)}`
+  if (change.from !== undefined) line += `,"from":${JSON.stringify(showBytes(change.from))}`
   if (change.replaced) line += ',"replaced":true'
   return `${line}}\n`
 }
@@ -90,7 +94,7 @@ export function jsonLine(change: Change): string {
 function stateFields(state: EntryState): string {
   let fields = `,"mode":"${formatMode(state.permissions)}","uid":${state.uid},"gid":${state.gid}`
   if (state.type === 'file') fields += `,"size":${state.size}`
-  if (state.target !== undefined) fields += `,"target":${JSON.stringify(state.target)}`
+  if (state.target !== undefined) fields += `,"target":${JSON.stringify(showBytes(state.target))}`
   return fields
 }
 

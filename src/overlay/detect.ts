@@ -4,9 +4,11 @@
  * first one found settles it; the scan stops there.
  */
 import type { TreeReader } from '../sys/types.js'
+import type { BytePath } from '../names.js'
 import { namespaceProvedBy, type XattrNamespace } from './xattrs.js'
 
-export function detectNamespace(reader: TreeReader, upperRoot: string): XattrNamespace | undefined {
+/** `upperRoot` is a byte string, like every path of the overlay model. */
+export function detectNamespace(reader: TreeReader, upperRoot: BytePath): XattrNamespace | undefined {
   const pending = ['']
   for (let path = pending.pop(); path !== undefined; path = pending.pop()) {
     const full = upperRoot + path

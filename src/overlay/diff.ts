@@ -4,6 +4,7 @@
  * lower subtrees a rename or an opaque directory brings into question), so its
  * cost follows the upper, not the lower.
  */
+import { bytesOf, type BytePath } from '../names.js'
 import type { EntryStat, EntryType, TreeReader } from '../sys/types.js'
 import type { OverlayXattrs } from './xattrs.js'
 import { hostPath, sameSource, sameSources, type LayerStack, type ResolvedEntry } from './stack.js'
@@ -17,23 +18,26 @@ export interface EntryState {
   uid: number
   gid: number
   size: number
-  /** Symlink target. */
-  target?: string
+  /** Symlink target (bytes). */
+  target?: BytePath
   /** Host path of a regular file's bytes, for content diffs. */
-  dataPath?: string
+  dataPath?: BytePath
 }
 
 export interface Change {
-  /** Absolute path in the merged view; '/' for the root. */
-  path: string
+  /**
+   * Absolute path in the merged view; '/' for the root. Bytes (names.ts
+   * `BytePath`), as every path of the model: output shows it with `showBytes`.
+   */
+  path: BytePath
   change: ChangeKind
   /** The merged state; absent for a deletion. */
   now?: EntryState
   /** The lower state; absent for an addition. */
   was?: EntryState
   fields: ChangedField[]
-  /** A renamed directory: the lower path its contents come from. */
-  from?: string
+  /** A renamed directory: the lower path its contents come from (bytes). */
+  from?: BytePath
   /** A directory that hides the lower directory it replaced (deleted and recreated). */
   replaced?: boolean
 }
@@ -41,7 +45,7 @@ export interface Change {
 export interface DiffOptions {
   /** Report upper entries that equal the lower as `unchanged`. */
   all: boolean
-  /** Restrict the report to these merged-view subtrees. */
+  /** Restrict the report to these merged-view subtrees (text, as the user gave them). */
   paths: string[]
 }
 
@@ -76,7 +80,7 @@ export class OverlayDiff {
 
   /** The requested paths' own entries. */
   start(visitor: DiffVisitor): void {
-    for (const path of topmostPaths(this.options.paths)) {
+    for (const path of topmostPaths(this.options.paths.map(bytesOf))) {
       let merged: ResolvedEntry | undefined = this.merged.root()
       let lower: ResolvedEntry | undefined = this.lower.root()
       for (const name of path.split('/').filter(Boolean)) {
@@ -230,22 +234,14 @@ function isContentField(field: ChangedField): boolean {
   return field === 'type' || field === 'content' || field === 'target' || field === 'rdev'
 }
 
-/**
- * Byte order of the UTF-8 names, which is what C tools and `sort` (LC_ALL=C)
- * use. JS string order agrees with it below the surrogate range, which covers
- * nearly every name, so only the rest pays for an encoding.
- */
-export function compareNames(a: string, b: string): number {
-  if (!BEYOND_BMP_ORDER.test(a) && !BEYOND_BMP_ORDER.test(b)) return a < b ? -1 : a > b ? 1 : 0
-  return Buffer.compare(Buffer.from(a), Buffer.from(b))
+/** Byte order, which is what C tools and `sort` (LC_ALL=C) use: names are byte strings, so string order is byte order. */
+export function compareNames(a: BytePath, b: BytePath): number {
+  return a < b ? -1 : a > b ? 1 : 0
 }
 
-/** Names in byte order; the engine's own sort when no name needs the slow comparison. */
-function sortNames(names: string[]): string[] {
-  return names.some((name) => BEYOND_BMP_ORDER.test(name)) ? names.sort(compareNames) : names.sort()
+function sortNames(names: BytePath[]): BytePath[] {
+  return names.sort()
 }
-
-const BEYOND_BMP_ORDER = /[\ud800-\uffff]/
 
 /** Normalised, sorted, without paths nested in another requested path. */
 export function topmostPaths(paths: readonly string[]): string[] {

@@ -9,10 +9,11 @@
 import { OvrootError, ExitCode } from '../errors.js'
 import type { EntryStat, TreeReader } from '../sys/types.js'
 import type { OverlayXattrs } from './xattrs.js'
+import { showBytes, type BytePath } from '../names.js'
 
 export interface Layer {
-  /** Host directory holding the layer. */
-  readonly root: string
+  /** Host directory holding the layer, as bytes (names.ts `BytePath`, `bytesOf` of a path the user gave): the model's paths are all bytes. */
+  readonly root: BytePath
   readonly role: 'upper' | 'lower'
 }
 
@@ -87,7 +88,11 @@ export class LayerStack {
   root(): ResolvedEntry {
     const root = this.resolve({ absolute: '' })
     if (!root)
-      throw new OvrootError('ENOROOT', ExitCode.data, `${this.layers[0]?.root ?? '?'}: layer has no root directory`)
+      throw new OvrootError(
+        'ENOROOT',
+        ExitCode.data,
+        `${showBytes(this.layers[0]?.root ?? '?')}: layer has no root directory`,
+      )
     return root
   }
 
@@ -116,7 +121,8 @@ export class LayerStack {
     if (key !== 'whiteout' && found.source.layer === this.bottom) return undefined
     const name = this.xattrs.name(key)
     if (!found.xattrNames().includes(name)) return undefined
-    return this.reader.xattr(hostPath(found.source), name)?.toString('utf8') ?? undefined
+    // latin1: a redirect is a path, and paths here are byte strings (names.ts `BytePath`).
+    return this.reader.xattr(hostPath(found.source), name)?.toString('latin1') ?? undefined
   }
 
   private isWhiteout(found: Found): boolean {
@@ -171,7 +177,7 @@ export class LayerStack {
       throw new OvrootError(
         'EMETACOPY',
         ExitCode.data,
-        `${hostPath(top.source)}: metacopy file whose data is in no lower layer (was the lower replaced?)`,
+        `${showBytes(hostPath(top.source))}: metacopy file whose data is in no lower layer (was the lower replaced?)`,
       )
     }
     return {
@@ -198,7 +204,7 @@ export class LayerStack {
       throw new OvrootError(
         'EREDIRECT',
         ExitCode.data,
-        `${hostPath(source)}: invalid relative overlay redirect ${JSON.stringify(redirect)}`,
+        `${showBytes(hostPath(source))}: invalid relative overlay redirect "${showBytes(redirect)}"`,
       )
     }
     if ('absolute' in lookup)

@@ -4,10 +4,11 @@
  */
 import { syncAll } from '../sys/libc.js'
 import { readEntry, replaceMetadata, setModificationTime } from '../sys/entries.js'
-import { listDirectory, makeDirectory, pathExists, removeTree, renamePath, statPath, syncDirectory } from '../sys/fs.js'
+import { listNames, makeDirectory, pathExists, removeTree, renamePath, statPath, syncDirectory } from '../sys/fs.js'
+import { bytePathBuffer, bytesOf, type BytePath } from '../names.js'
 import type { OverlayXattrs } from '../overlay/xattrs.js'
 import { markerPath, replacedPath, stagedPath, stateDir, upperPath, type FlashLayout } from '../state/flash.js'
-import { finishPending, readPending, type PendingChange } from './marker.js'
+import { dropStaging, finishPending, hasStaging, readPending, syncStagingPath, type PendingChange } from './marker.js'
 
 export type AppliedChange =
   | { kind: 'reset'; kept: string[] }
@@ -16,7 +17,7 @@ export type AppliedChange =
 
 /** Anything to do at boot: a committed change, or an uncommitted staging to drop. */
 export function hasPendingWork(layout: FlashLayout): boolean {
-  return pathExists(markerPath(layout)) || pathExists(stagedPath(layout))
+  return pathExists(markerPath(layout)) || hasStaging(layout)
 }
 
 export async function applyPending(
@@ -26,7 +27,7 @@ export async function applyPending(
 ): Promise<AppliedChange | undefined> {
   const change = readPending(layout)
   if (!change) {
-    removeTree(stagedPath(layout))
+    dropStaging(layout)
     return undefined
   }
   const applied = await apply(layout, change, xattrs)
@@ -43,7 +44,7 @@ async function apply(layout: FlashLayout, change: PendingChange, xattrs: Overlay
     return { kind: 'reset', kept: applyReset(upperPath(layout), change.keep, change.only, xattrs) }
   }
   if (change.kind === 'sync') {
-    applySync(stagedPath(layout), upperPath(layout), change)
+    applySync(syncStagingPath(layout, change), upperPath(layout), change)
     return { kind: 'sync', entries: change.entries }
   }
   if (change.merge) mergeStaged(stagedPath(layout), upperPath(layout))
@@ -60,29 +61,34 @@ async function apply(layout: FlashLayout, change: PendingChange, xattrs: Overlay
  * fsynced here: the marker stays until the caller's one sync of the whole
  * filesystem (an fsync per directory costs a journal commit each on ext4).
  */
-function applySync(staged: string, upper: string, change: Extract<PendingChange, { kind: 'sync' }>): void {
-  for (const path of change.removals) removeTree(`${upper}/${path}`)
-  const target = (path: string): string => (path === '.' ? upper : `${upper}/${path}`)
-  const directories: [string, string][] = []
+function applySync(stagedText: string, upperText: string, change: Extract<PendingChange, { kind: 'sync' }>): void {
+  // Every path here is bytes (names.ts `BytePath`); a marker an older ovroot wrote holds names as text.
+  const fromMarker = change.names === 'bytes' ? (path: string): BytePath => path : bytesOf
+  const staged = bytesOf(stagedText)
+  const upper = bytesOf(upperText)
+  const kernel = bytePathBuffer
+  for (const path of change.removals) removeTree(kernel(`${upper}/${fromMarker(path)}`))
+  const target = (path: string): BytePath => (path === '.' ? upper : `${upper}/${fromMarker(path)}`)
+  const directories: [BytePath, BytePath][] = []
   change.moves.forEach((path, index) => {
     const from = `${staged}/${index}`
-    const kind = statPath(from)?.type
+    const kind = statPath(kernel(from))?.type
     if (kind === undefined) return
     const to = target(path)
-    const existing = statPath(to)?.type
+    const existing = statPath(kernel(to))?.type
     if (kind === 'dir' && existing === 'dir') directories.push([from, to])
     else {
-      if (existing) removeTree(to)
-      renamePath(from, to)
+      if (existing) removeTree(kernel(to))
+      renamePath(kernel(from), kernel(to))
     }
   })
   for (const [path, mtime] of change.parents)
-    if (statPath(target(path))?.type === 'dir') setModificationTime(target(path), mtime)
+    if (statPath(kernel(target(path)))?.type === 'dir') setModificationTime(target(path), mtime)
   for (const [from, to] of directories) {
     const own = readEntry(from, '.', '')
     if (own !== 'socket') replaceMetadata(to, own)
   }
-  removeTree(staged)
+  removeTree(kernel(staged))
 }
 
 /**
@@ -91,20 +97,25 @@ function applySync(staged: string, upper: string, change: Extract<PendingChange,
  * merged into it (archive directories are only containers). Moved entries
  * leave the staging, so a rerun after a cut moves only what is left.
  */
-function mergeStaged(staged: string, upper: string): void {
-  if (!pathExists(staged)) return
-  makeDirectory(upper)
-  for (const name of listDirectory(staged)) {
-    const from = `${staged}/${name}`
-    const to = `${upper}/${name}`
+function mergeStaged(stagedText: string, upperText: string): void {
+  if (!pathExists(stagedText)) return
+  makeDirectory(upperText)
+  mergeInto(bytesOf(stagedText), bytesOf(upperText))
+}
+
+/** Names are bytes: an archive's name that is not UTF-8 is merged like any other. */
+function mergeInto(staged: BytePath, upper: BytePath): void {
+  for (const name of listNames(staged)) {
+    const from = bytePathBuffer(`${staged}/${name}`)
+    const to = bytePathBuffer(`${upper}/${name}`)
     const existing = statPath(to)
-    if (statPath(from)?.type === 'dir' && existing?.type === 'dir') mergeStaged(from, to)
+    if (statPath(from)?.type === 'dir' && existing?.type === 'dir') mergeInto(`${staged}/${name}`, `${upper}/${name}`)
     else {
       if (existing) removeTree(to)
       renamePath(from, to)
     }
   }
-  removeTree(staged)
+  removeTree(bytePathBuffer(staged))
 }
 
 /** Two renames, each atomic; a rerun after a cut between them finishes the second. */

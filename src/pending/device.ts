@@ -10,6 +10,7 @@ import { ExitCode, OvrootError } from '../errors.js'
 import { realPath } from '../sys/fs.js'
 import { remount, syncAll } from '../sys/libc.js'
 import { mountedOverlayLayers } from '../sys/mounts.js'
+import { withStagingLock } from './lock.js'
 import { cancelPending, describePendingAt } from './marker.js'
 
 export interface BootRecord {
@@ -29,22 +30,25 @@ export function readBootRecord(config: Config): BootRecord {
 /**
  * A degraded boot leaves the flash read-only; committing a change writes only
  * in its state directory, never in the layer the overlay uses, so the flash is
- * writable just for that.
+ * writable just for that. Under the staging lock: the sync daemon stages in
+ * the same directory.
  */
 export async function withWritableFlash<T>(
   config: Config,
   record: BootRecord,
   change: () => T | Promise<T>,
 ): Promise<T> {
-  const readOnly = record.state.mode !== 'flash'
-  if (readOnly) remount(config.overlay.dir, { readOnly: false })
-  try {
-    const result = await change()
-    syncAll()
-    return result
-  } finally {
-    if (readOnly) remount(config.overlay.dir, { readOnly: true })
-  }
+  return withStagingLock(config.boot.run_dir, async () => {
+    const readOnly = record.state.mode !== 'flash'
+    if (readOnly) remount(config.overlay.dir, { readOnly: false })
+    try {
+      const result = await change()
+      syncAll()
+      return result
+    } finally {
+      if (readOnly) remount(config.overlay.dir, { readOnly: true })
+    }
+  })
 }
 
 /** `--cancel` of reset and restore: drop whatever change is scheduled, readable or not. */

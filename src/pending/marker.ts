@@ -21,6 +21,7 @@ import {
 } from '../state/flash.js'
 import {
   filesystemInfo,
+  listDirectoryIfExists,
   makeDirectory,
   pathExists,
   readTextFileIfExists,
@@ -37,7 +38,10 @@ export type PendingChange =
    * A sync of a RAM upper: `removals` go; staged entry N (named N, flat) takes
    * the place of `moves[N]`, a staged directory only lends its metadata;
    * `parents` are directories that receive entries but did not change
-   * themselves, with the mtime to give back to them afterwards.
+   * themselves, with the mtime to give back to them afterwards. `staging`
+   * names the sync's own staging directory in the state directory (absent:
+   * `staged`), so that a marker whose removal a power cut lost never applies
+   * a later sync's staging.
    */
   | {
       kind: 'sync'
@@ -46,7 +50,23 @@ export type PendingChange =
       removals: string[]
       moves: string[]
       parents: [string, number][]
+      staging?: string
+      /**
+       * 'bytes': `removals`, `moves` and `parents` are byte strings (names.ts
+       * `BytePath`; JSON carries every char below 256 losslessly). Absent (an
+       * older ovroot's marker): they are UTF-8 text.
+       */
+      names?: 'bytes'
     }
+
+/** Where a sync stages: a name of its own, recorded in its marker. */
+export const syncStagingPath = (layout: FlashLayout, change?: Extract<PendingChange, { kind: 'sync' }>): string =>
+  change === undefined
+    ? `${stateDir(layout)}/${SYNC_STAGING}${randomBytes(6).toString('hex')}`
+    : change.staging === undefined
+      ? stagedPath(layout)
+      : `${stateDir(layout)}/${change.staging}`
+const SYNC_STAGING = 'staged-'
 
 /**
  * Held back so that a change can still be scheduled on a full flash. JFFS2
@@ -108,12 +128,32 @@ export function commitPending(layout: FlashLayout, change: PendingChange): void 
   syncAll()
 }
 
-/** Drop a pending change and anything staged for it. */
+/**
+ * Drop a pending change and anything staged for it. The removal reaches the
+ * flash before anything can be staged again: sync(2), as for the commit,
+ * since on block2mtd an fsync leaves it in the page cache, and a cut would
+ * then bring back a marker that applies to the next change's staging.
+ */
 export function cancelPending(layout: FlashLayout): void {
   if (!pathExists(stateDir(layout))) return
   removeFile(markerPath(layout))
-  syncDirectory(stateDir(layout))
+  syncAll()
+  dropStaging(layout)
+}
+
+/** Every staging no marker names: a cut before its commit left it. */
+export function dropStaging(layout: FlashLayout): void {
   removeTree(stagedPath(layout))
+  for (const name of listDirectoryIfExists(stateDir(layout)))
+    if (name.startsWith(SYNC_STAGING)) removeTree(`${stateDir(layout)}/${name}`)
+}
+
+/** Whether a staging directory no marker names is there. */
+export function hasStaging(layout: FlashLayout): boolean {
+  return (
+    pathExists(stagedPath(layout)) ||
+    listDirectoryIfExists(stateDir(layout)).some((name) => name.startsWith(SYNC_STAGING))
+  )
 }
 
 /** The change is applied: forget it. */

@@ -5,12 +5,14 @@
  */
 import type { Config } from '../config/schema.js'
 import { globToRegExp } from '../glob.js'
+import { bytesOf, type BytePath } from '../names.js'
 
 /** Read access to the merged view, live (/) or reconstructed offline at boot. */
 export interface ViewReader {
-  readFile(path: string): string | undefined
+  /** Paths and names are bytes (names.ts `BytePath`); a keep list's content is text. */
+  readFile(path: BytePath): string | undefined
   /** Names in a directory, or undefined when it is not one. */
-  list(path: string): string[] | undefined
+  list(path: BytePath): BytePath[] | undefined
 }
 
 export function parseKeepList(text: string): string[] {
@@ -22,7 +24,8 @@ export function parseKeepList(text: string): string[] {
 
 export function collectKeepPatterns(config: Config, extra: readonly string[], view: ViewReader): string[] {
   const patterns = [...config.reset.keep, ...extra]
-  for (const listPath of config.reset.keep_lists) {
+  for (const listText of config.reset.keep_lists) {
+    const listPath = bytesOf(listText)
     const names = view.list(listPath)
     const files = names ? names.sort().map((name) => `${listPath}/${name}`) : [listPath]
     for (const file of files) patterns.push(...parseKeepList(view.readFile(file) ?? ''))
@@ -37,11 +40,12 @@ function normalisePattern(pattern: string): string {
 export class KeepList {
   private readonly matchers: RegExp[]
   constructor(readonly patterns: readonly string[]) {
-    this.matchers = patterns.map(globToRegExp)
+    // Patterns are text, an upper's names bytes: a pattern matches the bytes of its UTF-8 (`?` one byte).
+    this.matchers = patterns.map((pattern) => globToRegExp(bytesOf(pattern)))
   }
 
-  /** The path itself is named by the list (its whole subtree is then kept). */
-  keeps(path: string): boolean {
+  /** The path itself (bytes, names.ts `BytePath`) is named by the list (its whole subtree is then kept). */
+  keeps(path: BytePath): boolean {
     return this.matchers.some((matcher) => matcher.test(path))
   }
 }

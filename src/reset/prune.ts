@@ -3,27 +3,32 @@
  * not name is removed, and the directories above kept entries lose their
  * overlay xattrs (opaque, redirect), so the firmware shows through them again.
  * Removing needs no free space, so a reset works on a full flash, and running
- * it again after a power cut ends in the same state.
+ * it again after a power cut ends in the same state. Names are bytes
+ * (names.ts `BytePath`): a name that is not UTF-8 is removed, or kept, like any
+ * other, and never stops a reset half way.
  */
 import type { OverlayXattrs } from '../overlay/xattrs.js'
-import { listDirectory, removeTree, statPath } from '../sys/fs.js'
+import { listNames, removeTree, statPath } from '../sys/fs.js'
+import { bytePathBuffer, bytesOf, showBytes, type BytePath } from '../names.js'
 import { listXattrs, removeXattr } from '../sys/libc.js'
 import { reportProgress } from '../sys/progress.js'
 import { KeepList } from './keep.js'
 
-/** Paths in the merged view's terms, topmost only. */
+/** Paths in the merged view's terms (bytes, as `ovroot diff`'s model has them), topmost only. */
 export interface ResetPlan {
-  remove: string[]
-  keep: string[]
+  remove: BytePath[]
+  keep: BytePath[]
   /** Directories kept only because something below them is. */
-  ancestors: string[]
+  ancestors: BytePath[]
 }
 
 /**
  * What a reset removes: everything, or with `only` just those subtrees (the
  * rest of the upper is left alone); the keep list wins over both.
  */
-export function planReset(upper: string, keep: KeepList, only?: readonly string[]): ResetPlan {
+export function planReset(upperText: string, keep: KeepList, onlyText?: readonly string[]): ResetPlan {
+  const upper = bytesOf(upperText)
+  const only = onlyText?.map(bytesOf)
   const plan: ResetPlan = { remove: [], keep: [], ancestors: [] }
   const inScope = (path: string): boolean =>
     only === undefined || only.some((root) => path === root || path.startsWith(`${root}/`))
@@ -31,7 +36,7 @@ export function planReset(upper: string, keep: KeepList, only?: readonly string[
   /** Whether the directory stays: false when the caller removes it whole. */
   const visit = (path: string): boolean => {
     reportProgress()
-    const children = listDirectory(upper + path)
+    const children = listNames(upper + path)
       .sort()
       .map((name) => `${path}/${name}`)
     const removable = children.filter((child) => !stays(child))
@@ -46,7 +51,7 @@ export function planReset(upper: string, keep: KeepList, only?: readonly string[
       plan.keep.push(path)
       return true
     }
-    const isDir = statPath(upper + path)?.type === 'dir'
+    const isDir = statPath(bytePathBuffer(upper + path))?.type === 'dir'
     if (!inScope(path)) return !isDir || visit(path)
     return isDir && visit(path)
   }
@@ -55,7 +60,7 @@ export function planReset(upper: string, keep: KeepList, only?: readonly string[
   return plan
 }
 
-/** Carry out a reset of `upper`; answers the kept paths. */
+/** Carry out a reset of `upper`; answers the kept paths, in the escaped form of names.ts (they are shown and recorded). */
 export function applyReset(
   upper: string,
   keepPatterns: string[],
@@ -63,9 +68,10 @@ export function applyReset(
   xattrs: OverlayXattrs,
 ): string[] {
   const plan = planReset(upper, new KeepList(keepPatterns), only)
-  for (const path of plan.remove) removeTree(upper + path)
+  const at = (path: BytePath): Buffer => bytePathBuffer(bytesOf(upper) + path)
+  for (const path of plan.remove) removeTree(at(path))
   for (const path of plan.ancestors) {
-    for (const name of listXattrs(upper + path)) if (xattrs.isOverlay(name)) removeXattr(upper + path, name)
+    for (const name of listXattrs(at(path))) if (xattrs.isOverlay(name)) removeXattr(at(path), name)
   }
-  return plan.keep
+  return plan.keep.map(showBytes)
 }

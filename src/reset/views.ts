@@ -5,19 +5,20 @@
  */
 import { hostPath, LayerStack, type ResolvedEntry } from '../overlay/stack.js'
 import { OverlayXattrs, type XattrNamespace } from '../overlay/xattrs.js'
-import { hostTreeReader, listDirectory, readTextFileIfExists, statPath } from '../sys/fs.js'
+import { hostTreeReader, listNames, readTextFileIfExists, statPath } from '../sys/fs.js'
+import { bytePathBuffer, bytesOf } from '../names.js'
 import type { ViewReader } from './keep.js'
 
 export const liveView: ViewReader = {
-  readFile: readTextFileIfExists,
-  list: (path) => (statPath(path)?.type === 'dir' ? listDirectory(path) : undefined),
+  readFile: (path) => readTextFileIfExists(bytePathBuffer(path)),
+  list: (path) => (statPath(bytePathBuffer(path))?.type === 'dir' ? listNames(path) : undefined),
 }
 
 export function offlineView(upper: string, lowers: string[], namespace: XattrNamespace): ViewReader {
   const stack = new LayerStack(
     [
-      { root: upper, role: 'upper' },
-      ...lowers.map((root) => ({ root: root === '/' ? '' : root, role: 'lower' as const })),
+      { root: bytesOf(upper), role: 'upper' },
+      ...lowers.map((root) => ({ root: bytesOf(root === '/' ? '' : root), role: 'lower' as const })),
     ],
     hostTreeReader,
     new OverlayXattrs(namespace),
@@ -31,7 +32,7 @@ export function offlineView(upper: string, lowers: string[], namespace: XattrNam
   return {
     readFile: (path) => {
       const entry = resolve(path)
-      return entry?.data ? readTextFileIfExists(hostPath(entry.data)) : undefined
+      return entry?.data ? readTextFileIfExists(bytePathBuffer(hostPath(entry.data))) : undefined
     },
     list: (path) => {
       const entry = resolve(path)

@@ -5,6 +5,7 @@
  * directory, write the entries there and nowhere else. Any failure is one
  * error naming the first bad entry; the caller removes the staging directory.
  */
+import { bytesOf, showBytes, type BytePath } from '../names.js'
 import { createHash, type Hash } from 'node:crypto'
 import { createReadStream } from 'node:fs'
 import { Writable } from 'node:stream'
@@ -119,8 +120,11 @@ class Extraction {
   private dataBytes = 0
   private neededBytes = 0
   private readonly conflicts: string[] = []
+  /** The staging directory as bytes: entries' paths are bytes (names.ts `BytePath`). */
+  private readonly staging: BytePath | undefined
 
   constructor(private readonly options: ExtractOptions) {
+    this.staging = options.staging === undefined ? undefined : bytesOf(options.staging)
     this.writer = options.staging === undefined ? undefined : new EntryWriter()
     this.reader = new PaxReader({
       globalComment: (comment) => this.globalComment(comment),
@@ -145,7 +149,7 @@ class Extraction {
 
   private entry(entry: TarEntry): void {
     if (this.trailerEntries !== undefined)
-      throw corrupt(`archive entry ${JSON.stringify(entry.path)} after the backup's trailer`)
+      throw corrupt(`archive entry ${'${showBytes(entry.path)}'} after the backup's trailer`)
     if (!this.rules) {
       this.kind ??= entry.path === '.' ? 'upper' : 'sysupgrade'
       const sysupgrade = this.kind === 'sysupgrade'
@@ -159,18 +163,16 @@ class Extraction {
     const sums = decodeSums(entry.comment)
     if (this.kind === 'ovroot' && entry.type === 'file' && entry.holeSize === undefined && !sums) {
       throw corrupt(
-        `archive entry ${JSON.stringify(entry.path)}: a file without its recorded sha256; the backup is damaged`,
+        `archive entry ${'${showBytes(entry.path)}'}: a file without its recorded sha256; the backup is damaged`,
       )
     }
     this.current = { entry, hash: sums ? createHash('sha256') : undefined, sums }
     this.neededBytes += ENTRY_BYTES + Math.ceil(entry.size / 4096) * 4096
     // A sysupgrade archive's root entry would change the upper's own directory: its files are what it carries.
-    if (this.writer && this.options.staging !== undefined && !(this.kind === 'sysupgrade' && entry.path === '.')) {
+    if (this.writer && this.staging !== undefined && !(this.kind === 'sysupgrade' && entry.path === '.')) {
       const linkTarget =
-        entry.type === 'hardlink'
-          ? under(this.options.staging, (entry.linkTarget ?? '').replace(/^(\.\/)+/, ''))
-          : undefined
-      this.writer.begin(under(this.options.staging, entry.path), entry, linkTarget)
+        entry.type === 'hardlink' ? under(this.staging, (entry.linkTarget ?? '').replace(/^(\.\/)+/, '')) : undefined
+      this.writer.begin(under(this.staging, entry.path), entry, linkTarget)
     }
   }
 
@@ -187,7 +189,7 @@ class Extraction {
     const { entry, hash, sums } = current
     if (hash && sums && hash.digest('hex') !== sums.sha256)
       throw corrupt(
-        `archive entry ${JSON.stringify(entry.path)}: its content does not match its recorded sha256; the backup is damaged`,
+        `archive entry ${'${showBytes(entry.path)}'}: its content does not match its recorded sha256; the backup is damaged`,
       )
     if (
       sums?.base &&
@@ -195,7 +197,7 @@ class Extraction {
       this.options.checkFirmware(this.header) &&
       this.options.firmwareSha256(entry.path) !== sums.base
     )
-      this.conflicts.push(`/${entry.path}`)
+      this.conflicts.push(`/${showBytes(entry.path)}`)
     if (!(this.kind === 'sysupgrade' && entry.path === '.')) this.writer?.end()
   }
 
@@ -217,7 +219,7 @@ class Extraction {
       xattrs: [],
     }
     this.neededBytes += ENTRY_BYTES
-    if (this.writer && this.options.staging !== undefined) this.writer.begin(under(this.options.staging, path), entry)
+    if (this.writer && this.staging !== undefined) this.writer.begin(under(this.staging, path), entry)
   }
 
   abandon(): void {

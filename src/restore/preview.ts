@@ -10,6 +10,7 @@ import { LayerStack, type Layer } from '../overlay/stack.js'
 import { OverlayXattrs, type XattrNamespace } from '../overlay/xattrs.js'
 import { hostTreeReader, statPath } from '../sys/fs.js'
 import type { ExtractResult } from './extract.js'
+import { bytesOf } from '../names.js'
 
 export function printRestorePreview(
   target: { upper: string; lowers: string[]; namespace: XattrNamespace },
@@ -19,11 +20,12 @@ export function printRestorePreview(
 ): void {
   const xattrs = new OverlayXattrs(result.header?.namespace ?? target.namespace)
   const lowers: Layer[] = target.lowers.map((root) => ({
-    root: root === '/' ? '' : root.replace(/\/+$/, ''),
+    root: bytesOf(root === '/' ? '' : root.replace(/\/+$/, '')),
     role: 'lower',
   }))
-  const current: Layer[] = statPath(target.upper)?.type === 'dir' ? [{ root: target.upper, role: 'lower' }] : []
-  const restored: Layer = { root: staging, role: 'upper' }
+  const current: Layer[] =
+    statPath(target.upper)?.type === 'dir' ? [{ root: bytesOf(target.upper), role: 'lower' }] : []
+  const restored: Layer = { root: bytesOf(staging), role: 'upper' }
   // A sysupgrade archive lands on the current upper; a backup replaces it.
   const after = new LayerStack(
     [restored, ...(result.kind === 'sysupgrade' ? current : []), ...lowers],

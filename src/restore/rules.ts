@@ -7,12 +7,14 @@
  * already in the view it lands on), hardlinks only to earlier entries,
  * no duplicates, bounded lengths and depth, no device nodes but whiteouts. A
  * symlink's target is data: `/etc/resolv.conf -> /tmp/resolv.conf` is normal
- * in a root filesystem, and so are backslashes in names.
+ * in a root filesystem, and so are backslashes in names. Paths are byte
+ * strings (names.ts `BytePath`): lengths are counted, and names compared, in bytes.
  */
 import type { TarEntry } from '../archive/pax.js'
 import { corrupt } from '../archive/pax.js'
 import type { EntryKind } from '../sys/types.js'
 import { parentOf } from '../upper/entry.js'
+import { showBytes } from '../names.js'
 
 const PATH_MAX = 4096
 const NAME_MAX = 255
@@ -28,7 +30,7 @@ export interface RuleOptions {
 }
 
 const refused = (path: string, why: string): Error =>
-  corrupt(`archive entry ${JSON.stringify(path)}: ${why}; nothing was restored`)
+  corrupt(`archive entry "${showBytes(path)}": ${why}; nothing was restored`)
 
 export class PathRules {
   private readonly kinds = new Map<string, EntryKind>([['.', 'dir']])
@@ -76,10 +78,10 @@ export class PathRules {
     for (const component of components) {
       if (component === '') throw refused(path, 'an empty path component')
       if (component === '.' || component === '..') throw refused(path, `a "${component}" path component`)
-      if (Buffer.byteLength(component) > NAME_MAX) throw refused(path, `a name longer than ${NAME_MAX} bytes`)
+      if (component.length > NAME_MAX) throw refused(path, `a name longer than ${NAME_MAX} bytes`)
     }
     if (components.length > MAX_DEPTH) throw refused(path, `deeper than ${MAX_DEPTH} directories`)
-    if (Buffer.byteLength(path) + this.options.rootLength + 1 >= PATH_MAX)
+    if (path.length + this.options.rootLength + 1 >= PATH_MAX)
       throw refused(path, `a path longer than PATH_MAX (${PATH_MAX} bytes) once restored`)
   }
 
@@ -91,15 +93,16 @@ export class PathRules {
       if (kind !== undefined)
         throw refused(
           path,
-          `it would be written through ${kind === 'symlink' ? 'the symlink' : `the ${kind}`} ${parent} of the archive`,
+          `it would be written through ${kind === 'symlink' ? 'the symlink' : `the ${kind}`} ${showBytes(parent)} of the archive`,
         )
-      if (!this.options.implicitParents) throw refused(path, `its directory ${parent} is not in the archive before it`)
+      if (!this.options.implicitParents)
+        throw refused(path, `its directory ${showBytes(parent)} is not in the archive before it`)
       missing.unshift(parent)
     }
     for (const parent of [...missing, path]) {
       const existing = this.options.existing?.(parent)
       if (existing !== undefined && existing !== 'dir' && parent !== path)
-        throw refused(path, `it would be written through the ${existing} ${parent} already on the device`)
+        throw refused(path, `it would be written through the ${existing} ${showBytes(parent)} already on the device`)
     }
     for (const parent of missing) {
       this.kinds.set(parent, 'dir')
@@ -112,7 +115,7 @@ export class PathRules {
     const name = target.replace(/^(\.\/)+/, '')
     const kind = this.kinds.get(name)
     if (kind === undefined || this.implicit.has(name))
-      throw refused(path, `a hardlink to ${JSON.stringify(target)}, which is not an earlier entry of the archive`)
-    if (kind === 'dir') throw refused(path, `a hardlink to the directory ${target}`)
+      throw refused(path, `a hardlink to "${showBytes(target)}", which is not an earlier entry of the archive`)
+    if (kind === 'dir') throw refused(path, `a hardlink to the directory ${showBytes(target)}`)
   }
 }

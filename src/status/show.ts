@@ -103,6 +103,7 @@ function syncRows(status: Status): [string, string | undefined][] {
     ['unsynced', sync.pendingSince ? `changes since ${sync.pendingSince}` : 'nothing'],
     ['written', `${mebibytes(sync.bytesToday)} today${budget}`],
     ['waiting', sync.waiting],
+    ['failing', sync.failing],
     [
       'RAM upper',
       `${mebibytes(sync.ramUsage.usedBytes)} used of ${mebibytes(sync.ramUsage.totalBytes)}${sync.warning ? `: ${sync.warning}` : ''}`,

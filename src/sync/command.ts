@@ -3,6 +3,7 @@
  * durable), or `--watch`: the daemon that does it after changes. `--to DIR`
  * mirrors the live upper into DIR/upper with the same transactions.
  */
+import { bytesOf } from '../names.js'
 import { resolve } from 'node:path'
 import { loadConfig } from '../config/load.js'
 import type { Config } from '../config/schema.js'
@@ -62,7 +63,8 @@ export function syncSource(config: Config, record: BootRecord): SyncSource {
       ExitCode.environment,
       'the boot record names no upper: this boot mounted no overlay',
     )
-  const excluded = config.sync.exclude.map(globToRegExp)
+  // Patterns are text, paths are bytes: a pattern matches the bytes of its UTF-8.
+  const excluded = config.sync.exclude.map((pattern) => globToRegExp(bytesOf(pattern)))
   return {
     upper,
     namespace: namespaceForMount(config.overlay.options),

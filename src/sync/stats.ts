@@ -18,6 +18,8 @@ export interface SyncStats {
   watcher?: 'watching' | 'polling' | 'stopped'
   /** Why automatic syncs are waiting (the budget, a scheduled reset). */
   waiting?: string
+  /** The daemon's syncs fail: since when, why, and when it tries again. */
+  failing?: string
 }
 
 const today = (): string => new Date().toISOString().slice(0, 10)

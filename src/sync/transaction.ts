@@ -4,22 +4,29 @@
  * applied. A power cut before the commit leaves the previous sync; after it,
  * the next boot (or the next sync) finishes this one: never a mix.
  *
- * Entries are compared as rsync's quick check does, by type, mode, owner,
- * size, mtime (to the microsecond), link target, device numbers, and, beyond
- * rsync, every xattr; a changed file is written whole. Only entries changed
- * since the last sync's scan began are compared at all (baseline.ts): the
- * rest of the upper costs one stat per entry, and its flash copy nothing.
+ * Entries are compared by type, mode, owner, size, mtime (to the
+ * microsecond), link target, device numbers, every xattr and, for a regular
+ * file all of that leaves equal, its bytes: an entry is compared at all only
+ * because its ctime moved (or nothing tells), and `cp -p`, `tar x` or `touch
+ * -d` put size and mtime back on new bytes. A changed file is written whole.
+ * Only entries changed since the last sync's scan began are compared
+ * (baseline.ts): the rest of the upper costs one stat per entry, and its
+ * flash copy nothing. Names are bytes (names.ts `BytePath`) from the walk to
+ * the marker: a name that is not UTF-8 is synced like any other.
  */
+import type { BigIntStats } from 'node:fs'
 import { applyPending } from '../pending/apply.js'
-import { commitPending, readPending } from '../pending/marker.js'
+import { commitPending, dropStaging, readPending, syncStagingPath } from '../pending/marker.js'
 import { EntryWriter, modificationTime, readEntry, readEntryIfPresent, readStableFile } from '../sys/entries.js'
-import { listDirectory, makeDirectory, removeTree } from '../sys/fs.js'
+import { listNames, makeDirectory, removeTree, sameContent } from '../sys/fs.js'
 import { OverlayXattrs } from '../overlay/xattrs.js'
+import { OvrootError } from '../errors.js'
 import type { UpperEntry } from '../sys/types.js'
 import { parentOf, under } from '../upper/entry.js'
-import { walkUpper } from '../upper/walk.js'
-import { startScan } from './baseline.js'
-import { stagedPath, upperPath, type FlashLayout } from '../state/flash.js'
+import { bytePathBuffer, bytesOf, showBytes, type BytePath } from '../names.js'
+import { isGone, walkUpper } from '../upper/walk.js'
+import { startScan, type Scan } from './baseline.js'
+import { upperPath, type FlashLayout } from '../state/flash.js'
 
 export interface SyncResult {
   /** Entries that differed and were written (or linked) into the flash copy, those inside a new directory included. */
@@ -32,9 +39,9 @@ export interface SyncResult {
 export interface SyncSource {
   upper: string
   namespace: 'trusted' | 'user'
-  /** The [sync] exclude patterns, and the test they make on a path of the merged view (without the leading slash). */
+  /** The [sync] exclude patterns, and the test they make on a path of the merged view (bytes, without the leading slash). */
   exclude: readonly string[]
-  excluded(path: string): boolean
+  excluded(path: BytePath): boolean
 }
 
 /** A change already scheduled (a reset, a restore) must not be undone by a sync: say which, or nothing. */
@@ -43,26 +50,41 @@ export function blockingChange(layout: FlashLayout): string | undefined {
   return pending && pending.kind !== 'sync' ? pending.kind : undefined
 }
 
-export async function syncOnce(source: SyncSource, layout: FlashLayout): Promise<SyncResult> {
+export async function syncOnce(source: SyncSource, layout: FlashLayout, runDir: string): Promise<SyncResult> {
   const xattrs = new OverlayXattrs(source.namespace)
   // An interrupted sync is finished first: it was committed.
   if (readPending(layout)?.kind === 'sync') await applyPending(layout, undefined, xattrs)
-  removeTree(stagedPath(layout))
+  dropStaging(layout)
   const mirror = upperPath(layout)
   makeDirectory(mirror)
-  const scan = startScan(layout, source)
-  const staged = stageChanges(
-    source,
-    new FlatStaging(source.upper, mirror, stagedPath(layout), xattrs.name('metacopy'), scan.unchangedBefore),
-  )
+  const scan = startScan(layout, source, runDir)
+  const staging = syncStagingPath(layout)
+  const plan = new FlatStaging(bytesOf(source.upper), bytesOf(mirror), bytesOf(staging), xattrs.name('metacopy'), scan)
+  let staged: Staged
+  try {
+    staged = stageChanges(source, plan)
+  } catch (error) {
+    // Uncommitted: nothing would ever use it, and a daemon retrying must not fill the flash with them.
+    removeTree(staging)
+    throw error
+  }
   if (staged.moves.length === 0 && staged.removals.length === 0) {
-    removeTree(stagedPath(layout))
+    removeTree(staging)
     return { written: 0, removed: 0, bytes: 0 }
   }
   const { entries, moves, removals, parents } = staged
-  commitPending(layout, { kind: 'sync', requested: new Date().toISOString(), entries, removals, moves, parents })
+  commitPending(layout, {
+    kind: 'sync',
+    requested: new Date().toISOString(),
+    entries,
+    removals,
+    moves,
+    parents,
+    staging: staging.slice(staging.lastIndexOf('/') + 1),
+    names: 'bytes',
+  })
   await applyPending(layout, undefined, xattrs)
-  scan.record()
+  scan.record(plan.directories)
   return { written: entries, removed: removals.length, bytes: staged.bytes }
 }
 
@@ -91,9 +113,9 @@ interface Staged {
   /** Entries written, those inside a new directory included. */
   entries: number
   /** Staged entry N goes to moves[N]. */
-  moves: string[]
-  removals: string[]
-  parents: [string, number][]
+  moves: BytePath[]
+  removals: BytePath[]
+  parents: [BytePath, number][]
   bytes: number
 }
 
@@ -107,24 +129,47 @@ interface Staged {
 function stageChanges(source: SyncSource, plan: FlatStaging): Staged {
   const writer = new EntryWriter()
   let bytes = 0
-  const walk = walkUpper(source.upper, {
+  const walk = walkUpper(plan.upper, {
     stubXattr: plan.stubXattr,
     include: (path) => !source.excluded(path),
-    skipped: (path, why) => process.stderr.write(`ovroot: sync skips /${path}: ${why} cannot be persisted\n`),
-    unchanged: (path, changeTimeNs) => plan.skipIfUnchanged(path, changeTimeNs),
+    skipped: (path, why) =>
+      process.stderr.write(`ovroot: sync skips /${showBytes(path)}: ${why} cannot be persisted\n`),
+    unchanged: (path, changeTimeNs, stat) => plan.skipIfUnchanged(path, changeTimeNs, stat),
+    vanished: (path) => {
+      plan.vanished(path)
+      process.stderr.write(`ovroot: sync: /${showBytes(path)}: it vanished while it was read; left for the next sync\n`)
+    },
   })
   for (const entry of walk) {
-    const full = plan.place(entry)
-    if (full === undefined) continue
-    const target = entry.linkTarget ?? ''
-    writer.begin(full, { ...entry, path: full }, entry.type === 'hardlink' ? plan.linkTarget(target) : undefined)
-    if (entry.type === 'file' && entry.holeSize === undefined) {
-      for (const chunk of readStableFile(under(source.upper, entry.path)).chunks()) {
-        writer.data(chunk)
-        bytes += chunk.length
+    let full: BytePath | undefined
+    let written = 0
+    try {
+      full = plan.place(entry)
+      if (full === undefined) continue
+      const target = entry.linkTarget ?? ''
+      writer.begin(full, { ...entry, path: full }, entry.type === 'hardlink' ? plan.linkTarget(target) : undefined)
+      if (entry.type === 'file' && entry.holeSize === undefined) {
+        for (const chunk of readStableFile(under(plan.upper, entry.path)).chunks()) {
+          writer.data(chunk)
+          written += chunk.length
+        }
       }
+      writer.end()
+      bytes += written
+    } catch (error) {
+      // One entry being written or removed while it is read must not stop every sync. Its staged name
+      // goes (applying skips a move whose staged entry is missing) and the flash keeps what it had; the
+      // change moved the entry's or its directory's ctime after this scan began, so the next sync compares it.
+      const why = isGone(error)
+        ? 'it vanished while it was read'
+        : error instanceof OvrootError && error.code === 'ECHANGED'
+          ? 'it changed while it was read, twice'
+          : undefined
+      if (why === undefined) throw error
+      writer.abandon()
+      if (full !== undefined) removeTree(bytePathBuffer(full))
+      process.stderr.write(`ovroot: sync: /${showBytes(entry.path)}: ${why}; left for the next sync\n`)
     }
-    writer.end()
   }
   writer.finish()
   return {
@@ -149,22 +194,31 @@ class FlatStaging {
   private readonly comparedDirectories = new Map<string, number>()
   /** The entries of those directories the upper has. */
   private readonly present = new Set<string>()
+  /** Directories that are not the one their path had at the baseline's scan: everything below them is compared. */
+  private readonly movedDirectories = new Set<string>()
+  /** Every directory of the upper visited, with its inode number: what the next scan checks identities against. */
+  readonly directories = new Map<string, bigint>()
 
   constructor(
-    private readonly upper: string,
-    private readonly mirror: string,
-    private readonly staging: string,
+    /** The upper, its flash copy and the staging, as bytes: every path here is. */
+    readonly upper: BytePath,
+    private readonly mirror: BytePath,
+    private readonly staging: BytePath,
     readonly stubXattr: string,
-    /** ctime (ns) before which an entry is as the flash copy has it; undefined: compare everything. */
-    private readonly unchangedBefore: bigint | undefined,
+    private readonly scan: Scan,
   ) {}
 
-  /** Whether an entry can be left alone unread: unchanged since the last scan, and not inside a directory new to the copy. */
-  skipIfUnchanged(path: string, changeTimeNs: bigint): boolean {
-    const skip =
-      this.unchangedBefore !== undefined &&
-      changeTimeNs < this.unchangedBefore &&
-      (path === '.' || !this.wholeDirectories.has(parentOf(path)))
+  /** Whether an entry can be left alone unread: unchanged since the last scan, and not inside a directory new to the copy or moved there. */
+  skipIfUnchanged(path: string, changeTimeNs: bigint, stat: BigIntStats): boolean {
+    const parent = parentOf(path)
+    const below = path !== '.' && (this.wholeDirectories.has(parent) || this.movedDirectories.has(parent))
+    const unchangedBefore = this.scan.unchangedBefore
+    const skip = unchangedBefore !== undefined && changeTimeNs < unchangedBefore && !below
+    if (stat.isDirectory()) {
+      this.directories.set(path, stat.ino)
+      if (unchangedBefore !== undefined && !skip && (below || this.scan.directoryInode(path) !== stat.ino))
+        this.movedDirectories.add(path)
+    }
     if (skip) this.seen(path)
     return skip
   }
@@ -199,15 +253,35 @@ class FlatStaging {
   }
 
   /** Topmost paths of the flash copy the upper no longer has. */
-  removals(): string[] {
-    const removals: string[] = []
+  removals(): BytePath[] {
+    const removals: BytePath[] = []
     for (const directory of this.comparedDirectories.keys()) {
-      for (const name of listDirectory(under(this.mirror, directory)).sort()) {
+      for (const name of listNames(under(this.mirror, directory)).sort()) {
         const path = directory === '.' ? name : `${directory}/${name}`
         if (!this.present.has(path)) removals.push(path)
       }
     }
     return removals
+  }
+
+  /**
+   * An entry gone before it was read, or a directory before it was listed:
+   * the flash keeps what it has there (the next sync sees the change), so
+   * nothing of a vanished directory is taken as removed.
+   */
+  vanished(path: string): void {
+    this.seen(path)
+    this.comparedDirectories.delete(path)
+  }
+
+  /** A regular file's bytes, once everything else about it is equal. */
+  private sameBytes(raw: UpperEntry, path: string): boolean {
+    return (
+      raw.type !== 'file' ||
+      raw.holeSize !== undefined ||
+      raw.size === 0 ||
+      sameContent(under(this.upper, path), under(this.mirror, path), raw.size)
+    )
   }
 
   private seen(path: string): void {
@@ -226,12 +300,13 @@ class FlatStaging {
     const flashEntry = onFlash === 'socket' ? undefined : onFlash
     if (entry.type === 'dir' && flashEntry?.type === 'dir')
       this.comparedDirectories.set(entry.path, Number(flashEntry.mtimeNs / 1000n) / 1e6)
-    if (raw !== 'socket' && flashEntry && sameEntry(raw, flashEntry)) return undefined
+    if (raw !== 'socket' && flashEntry && sameEntry(raw, flashEntry) && this.sameBytes(raw, entry.path))
+      return undefined
     if (entry.path !== '.') this.receivingParents.add(parent)
     if (entry.type === 'dir')
       (flashEntry?.type === 'dir' ? this.changedDirectories : this.wholeDirectories).add(entry.path)
     // Made for the first change only: a sync with nothing to do writes nothing.
-    if (this.moves.length === 0) makeDirectory(this.staging, 0o700)
+    if (this.moves.length === 0) makeDirectory(bytePathBuffer(this.staging), 0o700)
     const full = `${this.staging}/${this.moves.length}`
     this.moves.push(entry.path)
     return full

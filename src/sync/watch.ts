@@ -19,6 +19,10 @@ import type { FlashLayout } from '../state/flash.js'
 
 /** The RAM upper this full is worth a warning: past it, writes fail. */
 const RAM_WARNING = 0.9
+/** A failing sync is retried after `quiet`, doubled at each failure up to this: never a spin writing the flash and the log. */
+const MAX_BACKOFF_MS = 10 * 60 * 1000
+/** SIGTERM: the final sync's time (shutdown kills what is left soon after anyway); then the daemon exits regardless. */
+const FINAL_SYNC_MS = 60 * 1000
 
 export async function watchAndSync(config: Config, source: SyncSource, layout: FlashLayout): Promise<ExitStatus> {
   const { watch } = await import('chokidar')
@@ -30,14 +34,18 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
   let timer: NodeJS.Timeout | undefined
   let running: Promise<void> | undefined
   let warnedFull = false
-  // An object, not a let: the callbacks set it, and TypeScript would take a let for still false at the end.
-  const last = { failed: false }
+  let failures = 0
+  /** Not before this (ms): a failing sync backs off. */
+  let retryAt = 0
+  // An object, not lets: callbacks set these, and TypeScript would take a let for never changed.
+  const daemon = { failed: false, stopping: false }
   const log = (line: string): void => {
     process.stderr.write(`ovroot sync: ${line}\n`)
   }
   const update = (change: (stats: SyncStats) => SyncStats): void => writeStats(runDir, change(readStats(runDir)))
 
   const sync = async ({ automatic }: { automatic: boolean }): Promise<void> => {
+    if (automatic && daemon.stopping) return
     const stats = readStats(runDir)
     if (automatic && config.sync.budget > 0 && stats.bytesToday >= config.sync.budget) {
       update((current) => ({
@@ -60,14 +68,24 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
       if (outcome.result.written + outcome.result.removed > 0)
         recordSync(runDir, outcome.result.written + outcome.result.removed, outcome.result.bytes)
       else update(({ pendingSince: _synced, waiting: _cleared, ...current }) => current)
-      last.failed = false
+      if (daemon.failed) update(({ failing: _recovered, ...current }) => current)
+      daemon.failed = false
+      failures = 0
+      retryAt = 0
     } catch (error) {
-      last.failed = true
-      firstChange ??= changesFrom
-      log(
-        `sync failed: ${error instanceof OvrootError ? error.message : String(error)}; retrying after the next change or in ${config.sync.quiet} s`,
-      )
-      schedule()
+      daemon.failed = true
+      failures++
+      const backoffMs = Math.min(quietMs * 2 ** (failures - 1), MAX_BACKOFF_MS)
+      retryAt = Date.now() + backoffMs
+      // What failed is still only in RAM, changed or not since: a first sync that failed is retried too.
+      firstChange ??= changesFrom ?? Date.now()
+      const message = error instanceof OvrootError ? error.message : String(error)
+      update((current) => ({
+        ...current,
+        failing: `${new Date().toISOString()}: ${message} (${failures} failures in a row; next try in ${Math.round(backoffMs / 1000)} s)`,
+      }))
+      log(`sync failed: ${message}; retrying in ${Math.round(backoffMs / 1000)} s`)
+      if (!daemon.stopping) schedule()
     }
     warnWhenFull()
   }
@@ -90,7 +108,7 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
   function schedule(): void {
     if (timer) clearTimeout(timer)
     if (firstChange === undefined) return
-    const due = Math.min(lastChange + quietMs, firstChange + maxDelayMs)
+    const due = Math.max(Math.min(lastChange + quietMs, firstChange + maxDelayMs), retryAt)
     timer = setTimeout(() => void run({ automatic: true }), Math.max(0, due - Date.now()))
   }
 
@@ -129,23 +147,37 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
     update((stats) => ({ ...stats, watcher: 'polling' }))
     poll = setInterval(() => void run({ automatic: true }), quietMs)
   })
+  // From the start: a SIGTERM during the first sync still gets its final sync, after that one.
+  let stopped: () => void = () => undefined
+  const finished = new Promise<void>((resolve) => (stopped = resolve))
+  const stop = (): void => {
+    if (daemon.stopping) return
+    daemon.stopping = true
+    if (timer) clearTimeout(timer)
+    if (poll) clearInterval(poll)
+    void watcher.close()
+    const deadline = setTimeout(() => {
+      log(`the final sync took over ${FINAL_SYNC_MS / 1000} s: stopping without it`)
+      daemon.failed = true
+      stopped()
+    }, FINAL_SYNC_MS)
+    void run({ automatic: false }).finally(() => {
+      clearTimeout(deadline)
+      stopped()
+    })
+  }
+  process.once('SIGTERM', stop)
+  process.once('SIGINT', stop)
   // Once the watch is in place, what changed before (or while the daemon was down) is synced; only then is the daemon "watching".
-  await watching
-  await run({ automatic: true })
-  update((stats) => ({ ...stats, watcher: poll ? 'polling' : 'watching' }))
+  await Promise.race([watching, finished])
+  if (!daemon.stopping) await run({ automatic: true })
+  if (!daemon.stopping) update((stats) => ({ ...stats, watcher: poll ? 'polling' : 'watching' }))
 
-  await new Promise<void>((resolve) => {
-    const stop = (): void => {
-      if (timer) clearTimeout(timer)
-      if (poll) clearInterval(poll)
-      void watcher.close()
-      void run({ automatic: false }).finally(resolve)
-    }
-    process.once('SIGTERM', stop)
-    process.once('SIGINT', stop)
-  })
+  await finished
   update((stats) => ({ ...stats, watcher: 'stopped' }))
-  if (last.failed)
+  // A final sync given up while it waits for the lock would keep the process alive: it must not.
+  setTimeout(() => process.exit(), 1000).unref()
+  if (daemon.failed)
     throw new OvrootError(
       'ESYNC',
       ExitCode.io,

@@ -2,7 +2,8 @@
  * Reading and creating upper entries faithfully: type, mode, owner, mtime,
  * every xattr with its exact bytes, device numbers, link targets; file data
  * read so that a file changing under the reader is caught, and written so
- * that nothing is ever created through a symlink.
+ * that nothing is ever created through a symlink. Every path here is a
+ * byte string (names.ts `BytePath`): an upper's names are bytes.
  */
 import { createHash } from 'node:crypto'
 import * as fs from 'node:fs'
@@ -10,6 +11,7 @@ import { ExitCode, fromNodeError, OvrootError, SysError } from '../errors.js'
 import type { EntryKind, UpperEntry } from './types.js'
 import { getXattr, listXattrs, makeNode, removeXattr, setTimes, setXattr } from './libc.js'
 import { reportProgress } from './progress.js'
+import { bytePathBuffer as kernelPath, byteString, showBytes, type BytePath } from '../names.js'
 
 const KIND_OF = (stat: fs.BigIntStats): EntryKind | 'socket' =>
   stat.isFile()
@@ -40,9 +42,9 @@ function numbers(stat: fs.BigIntStats): { mode: number; uid: number; gid: number
 }
 
 /** An entry's mtime in whole microseconds (seconds with six decimals), from one stat: what a sync records for a directory. */
-export function modificationTime(full: string): number {
+export function modificationTime(full: BytePath): number {
   const stat = statEntry(full)
-  if (stat === undefined) throw new SysError('ENOENT', 'stat', full)
+  if (stat === undefined) throw new SysError('ENOENT', 'stat', showBytes(full))
   return microseconds(stat.mtimeNs)
 }
 
@@ -51,31 +53,35 @@ const majorOf = (rdev: number): number => Number(((BigInt(rdev) >> 8n) & 0xfffn)
 const minorOf = (rdev: number): number => Number((BigInt(rdev) & 0xffn) | ((BigInt(rdev) >> 12n) & ~0xffn))
 
 /** The entry at `full`; `stubXattr` marks a metacopy stub, whose data is not read. Sockets cannot be archived. */
-export function readEntry(full: string, path: string, stubXattr: string): UpperEntry | 'socket' {
+export function readEntry(full: BytePath, path: BytePath, stubXattr: string): UpperEntry | 'socket' {
   const read = readEntryIfPresent(full, path, stubXattr)
-  if (read === undefined) throw new SysError('ENOENT', 'stat', full)
+  if (read === undefined) throw new SysError('ENOENT', 'stat', showBytes(full))
   return read
 }
 
 /** readEntry, or undefined when nothing is at `full` (one stat instead of a test and a stat). */
-export function readEntryIfPresent(full: string, path: string, stubXattr: string): UpperEntry | 'socket' | undefined {
+export function readEntryIfPresent(
+  full: BytePath,
+  path: BytePath,
+  stubXattr: string,
+): UpperEntry | 'socket' | undefined {
   const big = statEntry(full)
   return big && readEntryWithStat(full, path, stubXattr, big)
 }
 
 /** The lstat of an entry, or undefined when nothing is at `full`: for a caller that decides from it whether to read the rest. */
-export function statEntry(full: string): fs.BigIntStats | undefined {
+export function statEntry(full: BytePath): fs.BigIntStats | undefined {
   try {
-    return fs.lstatSync(full, { bigint: true, throwIfNoEntry: false })
+    return fs.lstatSync(kernelPath(full), { bigint: true, throwIfNoEntry: false })
   } catch (error) {
-    throw fromNodeError(error, 'stat', full)
+    throw fromNodeError(error, 'stat', showBytes(full))
   }
 }
 
 /** readEntry, given the entry's lstat. */
 export function readEntryWithStat(
-  full: string,
-  path: string,
+  full: BytePath,
+  path: BytePath,
   stubXattr: string,
   big: fs.BigIntStats,
 ): UpperEntry | 'socket' {
@@ -83,8 +89,9 @@ export function readEntryWithStat(
   const type = KIND_OF(big)
   if (type === 'socket') return 'socket'
   const xattrs: [string, Buffer][] = []
-  for (const name of listXattrs(full).sort()) {
-    const value = getXattr(full, name)
+  const kernelFull = kernelPath(full)
+  for (const name of listXattrs(kernelFull).sort()) {
+    const value = getXattr(kernelFull, name)
     if (value) xattrs.push([name, value])
   }
   const stub = type === 'file' && stat.size > 0 && xattrs.some(([name]) => name === stubXattr)
@@ -106,11 +113,12 @@ export function readEntryWithStat(
   return entry
 }
 
-function readLinkText(full: string): string {
+/** A link target is bytes too: a target that is not UTF-8 is kept as it is, never rewritten to U+FFFD. */
+function readLinkText(full: BytePath): BytePath {
   try {
-    return fs.readlinkSync(full)
+    return byteString(fs.readlinkSync(kernelPath(full), { encoding: 'buffer' }))
   } catch (error) {
-    throw fromNodeError(error, 'readlink', full)
+    throw fromNodeError(error, 'readlink', showBytes(full))
   }
 }
 
@@ -129,7 +137,7 @@ export interface StableFile {
  * never taken torn: its size, mtime and ctime must be the same before and
  * after; a change means one more read, a second change an error naming it.
  */
-export function readStableFile(full: string): StableFile {
+export function readStableFile(full: BytePath): StableFile {
   for (let attempt = 0; attempt < 2; attempt++) {
     const before = statForChange(full)
     const read = before.size <= WHOLE_FILE_BYTES ? readWhole(full) : hashFile(full)
@@ -138,18 +146,18 @@ export function readStableFile(full: string): StableFile {
   throw changedWhileRead(full)
 }
 
-function readWhole(full: string): StableFile {
+function readWhole(full: BytePath): StableFile {
   let content: Buffer
   try {
-    content = fs.readFileSync(full)
+    content = fs.readFileSync(kernelPath(full))
   } catch (error) {
-    throw fromNodeError(error, 'read', full)
+    throw fromNodeError(error, 'read', showBytes(full))
   }
   const sha256 = createHash('sha256').update(content).digest('hex')
   return { sha256, chunks: () => [content] }
 }
 
-function hashFile(full: string): StableFile {
+function hashFile(full: BytePath): StableFile {
   const hash = createHash('sha256')
   for (const chunk of fileChunks(full)) hash.update(chunk)
   const sha256 = hash.digest('hex')
@@ -166,10 +174,10 @@ function hashFile(full: string): StableFile {
   }
 }
 
-function* fileChunks(full: string): Generator<Buffer> {
+function* fileChunks(full: BytePath): Generator<Buffer> {
   let fd = -1
   try {
-    fd = fs.openSync(full, 'r')
+    fd = fs.openSync(kernelPath(full), 'r')
     for (;;) {
       const chunk = Buffer.allocUnsafe(CHUNK)
       const got = fs.readSync(fd, chunk, 0, CHUNK, null)
@@ -179,17 +187,17 @@ function* fileChunks(full: string): Generator<Buffer> {
       yield chunk.subarray(0, got)
     }
   } catch (error) {
-    throw fromNodeError(error, 'read', full)
+    throw fromNodeError(error, 'read', showBytes(full))
   } finally {
     if (fd >= 0) fs.closeSync(fd)
   }
 }
 
-function statForChange(full: string): fs.Stats {
+function statForChange(full: BytePath): fs.Stats {
   try {
-    return fs.statSync(full)
+    return fs.statSync(kernelPath(full))
   } catch (error) {
-    throw fromNodeError(error, 'stat', full)
+    throw fromNodeError(error, 'stat', showBytes(full))
   }
 }
 
@@ -197,11 +205,11 @@ function sameVersion(a: fs.Stats, b: fs.Stats): boolean {
   return a.size === b.size && a.mtimeMs === b.mtimeMs && a.ctimeMs === b.ctimeMs && a.ino === b.ino
 }
 
-function changedWhileRead(full: string): OvrootError {
+function changedWhileRead(full: BytePath): OvrootError {
   return new OvrootError(
     'ECHANGED',
     ExitCode.io,
-    `${full} changed while it was read, twice; back up when it is not being written (or stop the service writing it)`,
+    `${showBytes(full)} changed while it was read, twice; back up when it is not being written (or stop the service writing it)`,
   )
 }
 
@@ -214,38 +222,39 @@ function changedWhileRead(full: string): OvrootError {
  */
 export class EntryWriter {
   private fd = -1
-  private current: { full: string; entry: UpperEntry } | undefined
-  private readonly dirs: { full: string; entry: UpperEntry }[] = []
+  private current: { full: BytePath; entry: UpperEntry } | undefined
+  private readonly dirs: { full: BytePath; entry: UpperEntry }[] = []
 
-  begin(full: string, entry: UpperEntry, linkTargetFull?: string): void {
+  begin(full: BytePath, entry: UpperEntry, linkTargetFull?: BytePath): void {
+    const at = kernelPath(full)
     try {
       switch (entry.type) {
         case 'dir':
-          if (entry.path !== '.') fs.mkdirSync(full, { mode: 0o700 })
+          if (entry.path !== '.') fs.mkdirSync(at, { mode: 0o700 })
           this.dirs.push({ full, entry })
           return
         case 'file':
           this.fd = fs.openSync(
-            full,
+            at,
             fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW,
             0o600,
           )
           if (entry.holeSize !== undefined) fs.ftruncateSync(this.fd, entry.holeSize)
           break
         case 'symlink':
-          fs.symlinkSync(entry.linkTarget ?? '', full)
+          fs.symlinkSync(kernelPath(entry.linkTarget ?? ''), at)
           break
         case 'hardlink':
-          fs.linkSync(linkTargetFull ?? '', full)
+          fs.linkSync(kernelPath(linkTargetFull ?? ''), at)
           return
         case 'char':
         case 'block':
         case 'fifo':
-          makeNode(full, entry.type, 0o600, entry.devMajor, entry.devMinor)
+          makeNode(at, entry.type, 0o600, entry.devMajor, entry.devMinor)
           break
       }
     } catch (error) {
-      throw fromNodeError(error, 'create', full)
+      throw fromNodeError(error, 'create', showBytes(full))
     }
     this.current = { full, entry }
   }
@@ -253,9 +262,14 @@ export class EntryWriter {
   /** All of chunk: write(2) may take part of it (a filesystem nearly full), and the next write then says why. */
   data(chunk: Buffer): void {
     try {
-      for (let written = 0; written < chunk.length;) written += fs.writeSync(this.fd, chunk, written)
+      for (let written = 0; written < chunk.length;) {
+        const count = fs.writeSync(this.fd, chunk, written)
+        // A write of nothing would repeat forever (boot's RAM fill is in this loop): as good as a full filesystem.
+        if (count === 0) throw new SysError('ENOSPC', 'write', this.current?.full ?? '')
+        written += count
+      }
     } catch (error) {
-      throw fromNodeError(error, 'write', this.current?.full ?? '')
+      throw fromNodeError(error, 'write', showBytes(this.current?.full ?? ''))
     }
   }
 
@@ -282,24 +296,25 @@ export class EntryWriter {
 }
 
 /** Give `full` the metadata of `entry`: owner, mode, exactly its xattrs, mtime; what is already so is not written again. */
-export function replaceMetadata(full: string, entry: UpperEntry): void {
+export function replaceMetadata(full: BytePath, entry: UpperEntry): void {
   const current = readEntry(full, entry.path, '')
   if (current === 'socket') return
   const wanted = new Map(entry.xattrs.map(([name, value]) => [name, value]))
   const present = new Map(current.xattrs.map(([name, value]) => [name, value]))
+  const at = kernelPath(full)
   try {
-    for (const name of present.keys()) if (!wanted.has(name)) removeXattr(full, name)
+    for (const name of present.keys()) if (!wanted.has(name)) removeXattr(at, name)
     // A new owner clears set-id bits and capabilities: then everything is set again.
     if (current.uid !== entry.uid || current.gid !== entry.gid) {
       applyMetadata(full, entry)
       return
     }
-    if (current.mode !== entry.mode) fs.chmodSync(full, entry.mode)
-    for (const [name, value] of wanted) if (!present.get(name)?.equals(value)) setXattr(full, name, value)
+    if (current.mode !== entry.mode) fs.chmodSync(at, entry.mode)
+    for (const [name, value] of wanted) if (!present.get(name)?.equals(value)) setXattr(at, name, value)
     if (current.mtimeNs !== entry.mtimeNs || current.atimeNs !== entry.atimeNs)
-      setTimes(full, entry.atimeNs, entry.mtimeNs)
+      setTimes(at, entry.atimeNs, entry.mtimeNs)
   } catch (error) {
-    throw fromNodeError(error, 'set metadata of', full)
+    throw fromNodeError(error, 'set metadata of', showBytes(full))
   }
 }
 
@@ -309,19 +324,20 @@ export function replaceMetadata(full: string, entry: UpperEntry): void {
  * nanoseconds either way, and the kernel truncates, so the microsecond comes
  * out exact.
  */
-export function setModificationTime(full: string, mtime: number): void {
+export function setModificationTime(full: BytePath, mtime: number): void {
   const seconds = Math.round(mtime * 1e6) / 1e6 + 5e-7
-  fs.lutimesSync(full, seconds, seconds)
+  fs.lutimesSync(kernelPath(full), seconds, seconds)
 }
 
 /** Owner before mode (chown clears set-id bits), capabilities after chown (it clears them too), times last. */
-function applyMetadata(full: string, entry: UpperEntry): void {
+function applyMetadata(full: BytePath, entry: UpperEntry): void {
+  const at = kernelPath(full)
   try {
-    fs.lchownSync(full, entry.uid, entry.gid)
-    if (entry.type !== 'symlink') fs.chmodSync(full, entry.mode)
-    for (const [name, value] of entry.xattrs) setXattr(full, name, value)
-    setTimes(full, entry.atimeNs, entry.mtimeNs)
+    fs.lchownSync(at, entry.uid, entry.gid)
+    if (entry.type !== 'symlink') fs.chmodSync(at, entry.mode)
+    for (const [name, value] of entry.xattrs) setXattr(at, name, value)
+    setTimes(at, entry.atimeNs, entry.mtimeNs)
   } catch (error) {
-    throw fromNodeError(error, 'set metadata of', full)
+    throw fromNodeError(error, 'set metadata of', showBytes(full))
   }
 }

@@ -8,13 +8,14 @@ import { fromNodeError, OvrootError, ExitCode } from '../errors.js'
 import { listXattrs, getXattr, lstat } from './libc.js'
 import { reportProgress } from './progress.js'
 import type { EntryStat, TreeReader } from './types.js'
+import { bytePathBuffer as kernelPath, bytesOf, byteString, showBytes, showName, type BytePath } from '../names.js'
 
 const absentErrnos = new Set(['ENOENT', 'ENOTDIR'])
 
 /** lstat that answers undefined for a path that does not exist. */
-export const statPath: (path: string) => EntryStat | undefined = lstat
+export const statPath: (path: string | Buffer) => EntryStat | undefined = lstat
 
-/** Names in a directory, refusing names that are not UTF-8 rather than mangling them. */
+/** Names in a system directory (sysfs, ovroot's state), refusing names that are not UTF-8 rather than mangling them; an upper's names are listed by `listNames`. */
 export function listDirectory(path: string): string[] {
   let names: string[]
   try {
@@ -26,15 +27,13 @@ export function listDirectory(path: string): string[] {
   return names
 }
 
-/** Names with whether each is a directory, from the directory itself (no stat per entry where the filesystem reports types). */
-export function listDirectoryWithTypes(path: string): { name: string; isDirectory: boolean }[] {
-  let entries: fs.Dirent[]
+/** Names in a directory as bytes (names.ts `BytePath`): what an upper holds, whatever its encoding. */
+export function listNames(path: BytePath): BytePath[] {
   try {
-    entries = fs.readdirSync(path, { withFileTypes: true })
+    return fs.readdirSync(kernelPath(path), { encoding: 'buffer' }).map(byteString)
   } catch (error) {
-    throw fromNodeError(error, 'read directory', path)
+    throw fromNodeError(error, 'read directory', showBytes(path))
   }
-  return entries.map((entry) => ({ name: requireUtf8Name(path, entry.name), isDirectory: entry.isDirectory() }))
 }
 
 function requireUtf8Name(directory: string, name: string): string {
@@ -48,11 +47,11 @@ function requireUtf8Name(directory: string, name: string): string {
   return name
 }
 
-export function readLink(path: string): string {
+function readLinkBytes(path: BytePath): BytePath {
   try {
-    return fs.readlinkSync(path)
+    return byteString(fs.readlinkSync(kernelPath(path), { encoding: 'buffer' }))
   } catch (error) {
-    throw fromNodeError(error, 'readlink', path)
+    throw fromNodeError(error, 'readlink', showBytes(path))
   }
 }
 
@@ -61,12 +60,12 @@ const chunkA = Buffer.alloc(CHUNK)
 const chunkB = Buffer.alloc(CHUNK)
 
 /** Byte-compare two regular files already known to have `size` bytes. */
-export function sameContent(pathA: string, pathB: string, size: number): boolean {
+export function sameContent(pathA: BytePath, pathB: BytePath, size: number): boolean {
   let fdA = -1
   let fdB = -1
   try {
-    fdA = fs.openSync(pathA, 'r')
-    fdB = fs.openSync(pathB, 'r')
+    fdA = fs.openSync(kernelPath(pathA), 'r')
+    fdB = fs.openSync(kernelPath(pathB), 'r')
     for (let offset = 0; offset < size; offset += CHUNK) {
       const want = Math.min(CHUNK, size - offset)
       const gotA = fs.readSync(fdA, chunkA, 0, want, offset)
@@ -77,7 +76,7 @@ export function sameContent(pathA: string, pathB: string, size: number): boolean
     }
     return true
   } catch (error) {
-    throw fromNodeError(error, 'compare', `${pathA} with ${pathB}`)
+    throw fromNodeError(error, 'compare', `${showBytes(pathA)} with ${showBytes(pathB)}`)
   } finally {
     if (fdA >= 0) fs.closeSync(fdA)
     if (fdB >= 0) fs.closeSync(fdB)
@@ -97,12 +96,12 @@ export function readTextFile(path: string): string {
   }
 }
 
-export function readTextFileIfExists(path: string): string | undefined {
+export function readTextFileIfExists(path: string | Buffer): string | undefined {
   try {
     return fs.readFileSync(path, 'utf8')
   } catch (error) {
     if (absentErrnos.has((error as NodeJS.ErrnoException).code ?? '')) return undefined
-    throw fromNodeError(error, 'read', path)
+    throw fromNodeError(error, 'read', typeof path === 'string' ? path : showName(path))
   }
 }
 
@@ -123,15 +122,15 @@ export function filesystemInfo(path: string): FilesystemInfo {
   }
 }
 
-/** The host's view of a directory tree, as the overlay model reads it. */
+/** The host's view of a directory tree, as the overlay model reads it: every path a byte string. */
 export const hostTreeReader: TreeReader = {
-  stat: statPath,
-  list: listDirectory,
-  xattrNames: listXattrs,
-  xattr: getXattr,
-  readLink,
+  stat: (path) => lstat(kernelPath(path)),
+  list: listNames,
+  xattrNames: (path) => listXattrs(kernelPath(path)),
+  xattr: (path, name) => getXattr(kernelPath(path), name),
+  readLink: readLinkBytes,
   sameContent,
-  readHead,
+  readHead: (path, limit) => readAt(kernelPath(path), 0, limit),
 }
 
 /**
@@ -227,11 +226,11 @@ export function syncDirectory(path: string): void {
   }
 }
 
-export function makeDirectory(path: string, mode = 0o755): void {
+export function makeDirectory(path: string | Buffer, mode = 0o755): void {
   try {
     fs.mkdirSync(path, { recursive: true, mode })
   } catch (error) {
-    throw fromNodeError(error, 'mkdir', path)
+    throw fromNodeError(error, 'mkdir', typeof path === 'string' ? path : showName(path))
   }
 }
 
@@ -251,11 +250,11 @@ export function createDirectoryExclusive(path: string): boolean {
  * progress on a large one. Names are handled as bytes: a name that is not
  * UTF-8 must not make a reset or a swap stop half way.
  */
-export function removeTree(path: string): void {
+export function removeTree(path: string | Buffer): void {
   try {
-    removeEntry(Buffer.from(path))
+    removeEntry(typeof path === 'string' ? Buffer.from(path) : path)
   } catch (error) {
-    throw fromNodeError(error, 'remove', path)
+    throw fromNodeError(error, 'remove', typeof path === 'string' ? path : showName(path))
   }
 }
 
@@ -270,16 +269,17 @@ function removeEntry(path: Buffer): void {
   reportProgress()
 }
 
-export function renamePath(from: string, to: string): void {
+export function renamePath(from: string | Buffer, to: string | Buffer): void {
+  const shown = (path: string | Buffer): string => (typeof path === 'string' ? path : showName(path))
   try {
     fs.renameSync(from, to)
   } catch (error) {
-    throw fromNodeError(error, 'rename', `${from} to ${to}`)
+    throw fromNodeError(error, 'rename', `${shown(from)} to ${shown(to)}`)
   }
 }
 
 /** Read `length` bytes at `offset` of a file or device. */
-export function readAt(path: string, offset: number, length: number): Buffer {
+export function readAt(path: string | Buffer, offset: number, length: number): Buffer {
   let fd = -1
   try {
     fd = fs.openSync(path, 'r')
@@ -287,7 +287,7 @@ export function readAt(path: string, offset: number, length: number): Buffer {
     const got = fs.readSync(fd, buffer, 0, length, offset)
     return buffer.subarray(0, got)
   } catch (error) {
-    throw fromNodeError(error, 'read', path)
+    throw fromNodeError(error, 'read', typeof path === 'string' ? path : showName(path))
   } finally {
     if (fd >= 0) fs.closeSync(fd)
   }
@@ -337,8 +337,10 @@ export function pathExists(path: string): boolean {
   return statPath(path) !== undefined
 }
 
-export function listDirectoryIfExists(path: string): string[] {
-  return statPath(path)?.type === 'dir' ? listDirectory(path) : []
+/** Names of a directory as bytes (names.ts `BytePath`), none when it is not one: an emptiness test must not fail on a name. */
+export function listDirectoryIfExists(path: string): BytePath[] {
+  const bytes = bytesOf(path)
+  return statPath(kernelPath(bytes))?.type === 'dir' ? listNames(bytes) : []
 }
 
 export function removeFile(path: string): void {

@@ -12,6 +12,14 @@ export interface ToolResult {
   stderr: string
 }
 
+/**
+ * execa waits, even after its timeout, for a killed tool to exit and to close its output: a tool stuck in the
+ * kernel on a hung device, or whose output a child of its own holds open, would hold the caller forever (and at boot
+ * the watcher's polling costs the agent system time, which the shim counts as progress: it would never be killed).
+ * This long after the timeout (execa sends SIGKILL 5 s after SIGTERM) the tool is given up.
+ */
+const ABANDON_AFTER_KILL_MS = 10_000
+
 export async function runTool(file: string, args: string[], timeoutSeconds = 600): Promise<ToolResult> {
   const { execa } = await import('execa')
   try {
@@ -19,7 +27,24 @@ export async function runTool(file: string, args: string[], timeoutSeconds = 600
     child.stdout.on('data', reportProgress)
     child.stderr.on('data', reportProgress)
     const watcher = watchToolWork(child.pid)
-    const result = await child.finally(() => clearInterval(watcher))
+    let deadline: NodeJS.Timeout | undefined
+    const abandoned = new Promise<never>((_resolve, reject) => {
+      const timedOut = Object.assign(new Error('abandoned'), { timedOut: true })
+      const giveUp = (): void => {
+        // Its pipes and handle would keep this process alive until the tool ends: the agent must exit.
+        child.stdout.destroy()
+        child.stderr.destroy()
+        child.unref()
+        reject(timedOut)
+      }
+      deadline = setTimeout(giveUp, timeoutSeconds * 1000 + ABANDON_AFTER_KILL_MS)
+    })
+    // Settled after the race when the tool is given up: its rejection must not be unhandled.
+    child.catch(() => undefined)
+    const result = await Promise.race([child, abandoned]).finally(() => {
+      clearInterval(watcher)
+      clearTimeout(deadline)
+    })
     return { stdout: String(result.stdout), stderr: String(result.stderr) }
   } catch (error) {
     const failure = error as { code?: string; exitCode?: number; stderr?: unknown; timedOut?: boolean }

@@ -7,6 +7,8 @@
  * sync: a hardlink is a kind of its own, naming an earlier entry, and a socket
  * is never copied).
  */
+import type { BytePath } from '../names.js'
+
 export type EntryType = 'file' | 'dir' | 'symlink' | 'fifo' | 'socket' | 'char' | 'block'
 
 export interface EntryStat {
@@ -25,16 +27,16 @@ export interface EntryStat {
 /**
  * Read-only access to a directory tree. The overlay model depends on this
  * alone, so it never performs I/O of its own (sys/fs.ts supplies the host
- * implementation).
+ * implementation). Paths, names and link targets are byte strings.
  */
 export interface TreeReader {
-  stat(path: string): EntryStat | undefined
-  list(dir: string): string[]
-  xattrNames(path: string): string[]
-  xattr(path: string, name: string): Buffer | undefined
-  readLink(path: string): string
-  sameContent(pathA: string, pathB: string, size: number): boolean
-  readHead(path: string, limit: number): Buffer
+  stat(path: BytePath): EntryStat | undefined
+  list(dir: BytePath): BytePath[]
+  xattrNames(path: BytePath): string[]
+  xattr(path: BytePath, name: string): Buffer | undefined
+  readLink(path: BytePath): BytePath
+  sameContent(pathA: BytePath, pathB: BytePath, size: number): boolean
+  readHead(path: BytePath, limit: number): Buffer
 }
 
 export type EntryKind = 'file' | 'hardlink' | 'symlink' | 'char' | 'block' | 'dir' | 'fifo'
@@ -57,7 +59,7 @@ export interface UpperEntry {
   /** Bytes of data (regular files; 0 for a metacopy stub). */
   size: number
   /** A symlink's target, or the earlier entry a hardlink names. */
-  linkTarget?: string
+  linkTarget?: BytePath
   devMajor: number
   devMinor: number
   xattrs: [name: string, value: Buffer][]

@@ -3,15 +3,23 @@ import { EntryWriter, readStableFile } from '../sys/entries.js'
 import { reportProgress } from '../sys/progress.js'
 import { under } from './entry.js'
 import { walkUpper } from './walk.js'
+import { bytesOf, showBytes } from '../names.js'
 
-/** Copy everything of `from` into the existing, empty directory `to`; answers the number of entries. */
-export function copyUpper(from: string, to: string, stubXattr: string): number {
+/**
+ * Copy everything of `from` into the existing, empty directory `to`; answers
+ * the number of entries. Names are carried as bytes, whatever their
+ * encoding. Anything it cannot copy whole (no room, an unreadable entry) throws: boot then shows `from` read-only instead of a
+ * partial copy a sync could persist.
+ */
+export function copyUpper(fromText: string, toText: string, stubXattr: string): number {
+  const from = bytesOf(fromText)
+  const to = bytesOf(toText)
   const writer = new EntryWriter()
   let entries = 0
   const walk = walkUpper(from, {
     stubXattr,
     include: () => true,
-    skipped: (path, why) => process.stderr.write(`ovroot: skipped /${path}: ${why} cannot be copied\n`),
+    skipped: (path, why) => process.stderr.write(`ovroot: skipped /${showBytes(path)}: ${why} cannot be copied\n`),
   })
   try {
     for (const entry of walk) {

@@ -1,43 +1,62 @@
 /**
  * The entries of an upper in archive order: parents before children, names in
  * byte order, a second name of an inode as a hardlink to the first (the
- * kernel shares one whiteout inode among many names since Linux 5.8).
+ * kernel shares one whiteout inode among many names since Linux 5.8). Names
+ * are bytes (names.ts `BytePath`), whatever their encoding: every command
+ * that walks an upper carries a name that is not UTF-8 like any other.
  */
-import { listDirectory } from '../sys/fs.js'
+import type { BigIntStats } from 'node:fs'
+import { listNames } from '../sys/fs.js'
 import { SysError } from '../errors.js'
 import { readEntryWithStat, statEntry } from '../sys/entries.js'
 import type { UpperEntry } from '../sys/types.js'
 import { under } from './entry.js'
+import type { BytePath } from '../names.js'
 
 export interface WalkOptions {
   /** The xattr that marks a metacopy stub in this upper's namespace. */
   stubXattr: string
   /** Whether to visit a path (and, for a directory, what is below it). */
-  include(path: string): boolean
+  include(path: BytePath): boolean
   /** Sockets cannot be recreated from an archive: they are skipped and named. */
-  skipped(path: string, why: string): void
+  skipped(path: BytePath, why: string): void
   /**
-   * Entries the caller already has, from their ctime (ns): neither read nor
-   * yielded, though a directory's children are still visited.
+   * Entries the caller already has, from their ctime (ns) and lstat: neither
+   * read nor yielded, though a directory's children are still visited.
    */
-  unchanged?(path: string, changeTimeNs: bigint): boolean
+  unchanged?(path: BytePath, changeTimeNs: bigint, stat: BigIntStats): boolean
+  /**
+   * An entry gone between its directory's listing and its reading (a
+   * temporary file renamed into place, a directory removed): passed here and
+   * skipped. Without it, that is an error.
+   */
+  vanished?(path: BytePath): void
 }
 
-export function* walkUpper(root: string, options: WalkOptions): Generator<UpperEntry> {
+/** A name that no longer leads to the entry listed: it, or a directory above it, was removed or renamed. */
+export const isGone = (error: unknown): boolean =>
+  error instanceof SysError && (error.errno === 'ENOENT' || error.errno === 'ENOTDIR')
+
+/** `root` is a byte string (names.ts `bytesOf` for a path the user gave). */
+export function* walkUpper(root: BytePath, options: WalkOptions): Generator<UpperEntry> {
   const firstName = new Map<string, string>()
   function* visit(path: string): Generator<UpperEntry> {
     const full = under(root, path)
     const stat = statEntry(full)
-    if (stat === undefined) throw new SysError('ENOENT', 'stat', full)
+    if (stat === undefined) {
+      if (options.vanished) return options.vanished(path)
+      throw new SysError('ENOENT', 'stat', full)
+    }
     // An unchanged first name still counts: a later name (in a renamed directory) links to it.
     const inode = !stat.isDirectory() && stat.nlink > 1n ? `${stat.dev}:${stat.ino}` : undefined
     const first = inode === undefined ? undefined : firstName.get(inode)
     if (inode !== undefined && first === undefined) firstName.set(inode, path)
-    if (options.unchanged?.(path, stat.ctimeNs)) {
+    if (options.unchanged?.(path, stat.ctimeNs, stat)) {
       if (stat.isDirectory()) yield* visitChildren(path, full)
       return
     }
-    const read = readEntryWithStat(full, path, options.stubXattr, stat)
+    const read = gone(path, () => readEntryWithStat(full, path, options.stubXattr, stat))
+    if (read === undefined) return
     if (read === 'socket') {
       options.skipped(path, 'a socket')
       return
@@ -60,10 +79,21 @@ export function* walkUpper(root: string, options: WalkOptions): Generator<UpperE
     if (entry.type === 'dir') yield* visitChildren(path, full)
   }
   function* visitChildren(path: string, full: string): Generator<UpperEntry> {
-    const names = listDirectory(full).sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b)))
+    // Byte strings sort in byte order with the default comparison.
+    const names = gone(path, () => listNames(full))?.sort() ?? []
     for (const name of names) {
       const child = path === '.' ? name : `${path}/${name}`
       if (options.include(child)) yield* visit(child)
+    }
+  }
+  /** What `read` returns; undefined, once `vanished` is told, when the entry at `path` is gone. */
+  function gone<T>(path: string, read: () => T): T | undefined {
+    try {
+      return read()
+    } catch (error) {
+      if (!options.vanished || !isGone(error)) throw error
+      options.vanished(path)
+      return undefined
     }
   }
   yield* visit('.')

@@ -163,16 +163,23 @@ const typeName = (st: fs.Stats | fs.BigIntStats): string =>
 /** The xattrs the diff contract compares: user data, file capabilities, POSIX ACLs. */
 const AUDITED_XATTR = /^(user\.|security\.capability$|system\.posix_acl_(access|default)$)/
 
+/** Bytes as text when they are UTF-8, otherwise in the \\xNN form of `printable`: names are bytes. */
+const asKey = (bytes: Buffer): string => {
+  const text = bytes.toString('utf8')
+  return Buffer.from(text).equals(bytes) ? text : printable(bytes)
+}
+
 /** Every entry of a tree, described by what the diff contract compares. */
 export function snapshot(root: string, userXattrPrefixToIgnore?: string): Map<string, Described> {
   const entries = new Map<string, Described>()
-  const visit = (rel: string): void => {
-    const full = root + rel
+  const visit = (relBytes: Buffer): void => {
+    const rel = asKey(relBytes)
+    const full = Buffer.concat([Buffer.from(root), relBytes])
     const st = fs.lstatSync(full)
     const type = typeName(st)
     let content = ''
     if (type === 'file') content = createHash('sha256').update(fs.readFileSync(full)).digest('hex')
-    else if (type === 'symlink') content = fs.readlinkSync(full)
+    else if (type === 'symlink') content = asKey(fs.readlinkSync(full, { encoding: 'buffer' }))
     else if (type === 'char' || type === 'block') content = String(st.rdev)
     const xattrs =
       type === 'symlink' || type === 'file' || type === 'dir'
@@ -186,9 +193,11 @@ export function snapshot(root: string, userXattrPrefixToIgnore?: string): Map<st
             .join(',')
         : ''
     entries.set(rel || '/', { type, permissions: st.mode & 0o7777, uid: st.uid, gid: st.gid, content, xattrs })
-    if (type === 'dir') for (const name of fs.readdirSync(full)) visit(`${rel}/${name}`)
+    if (type === 'dir')
+      for (const name of fs.readdirSync(full, { encoding: 'buffer' }))
+        visit(Buffer.concat([relBytes, Buffer.from('/'), name]))
   }
-  visit('')
+  visit(Buffer.alloc(0))
   return entries
 }
 

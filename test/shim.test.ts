@@ -1,0 +1,212 @@
+/**
+ * init/ovroot-init's checks of an init before PID 1 execs it, run under the shells a device has (busybox sh, dash)
+ * on crafted files. A file the kernel refuses with ENOEXEC must be refused (the shell would run it as a script and
+ * exit: a panic), one it loads must be accepted (else the real init is skipped), and no check may hang.
+ */
+import t from 'tap'
+import { spawnSync } from 'node:child_process'
+import * as fs from 'node:fs'
+import * as os from 'node:os'
+import * as path from 'node:path'
+
+const shim = fs.readFileSync(new URL('../init/ovroot-init', import.meta.url), 'utf8')
+// The functions, from file_bytes() to exec_init(), whose comment begins with the second 'PID 1 must never exit'.
+const execInitAt = shim.lastIndexOf('# PID 1 must never exit')
+const checks = shim.slice(shim.indexOf('\nfile_bytes()'), execInitAt)
+const execInit = shim.slice(execInitAt, shim.indexOf('\n}\n', execInitAt) + 3)
+
+const shells = [['busybox', 'sh'], ['dash']].filter(
+  ([file]) => spawnSync('sh', ['-c', `command -v ${file}`]).status === 0,
+)
+
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ovroot-shim-'))
+t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+fs.writeFileSync(path.join(dir, 'checks.sh'), checks)
+
+interface Elf {
+  cls?: 1 | 2
+  order?: 1 | 2
+  machine?: number
+  type?: number
+  phentsize?: number
+  phnum?: number
+  phoff?: bigint
+  /** Extra program headers: [type, offset, filesz]. */
+  extra?: [number, bigint, bigint][]
+  interp?: Buffer
+  /** The PT_LOAD's file size instead of the whole file. */
+  loadSize?: bigint
+}
+
+/** A minimal ELF: header, program headers (PT_INTERP, PT_LOAD of the whole file, extras), interpreter path, code. */
+function elf({ cls = 2, order = 1, machine = 62, type = 2, interp, extra = [], ...over }: Elf): Buffer {
+  const [headerSize, phdrSize] = cls === 1 ? [52, 32] : [64, 56]
+  const phdrs: [number, bigint, bigint][] = []
+  const count = (interp ? 1 : 0) + 1 + extra.length
+  const interpAt = BigInt(headerSize + count * phdrSize)
+  if (interp) phdrs.push([3, interpAt, BigInt(interp.length)])
+  const total = interpAt + BigInt(interp?.length ?? 0) + 16n
+  phdrs.push([1, 0n, over.loadSize ?? total], ...extra)
+  const out = Buffer.alloc(Number(total))
+  let at = 0
+  const put = (size: number, value: number | bigint): void => {
+    const big = BigInt(value)
+    for (let i = 0; i < size; i++) {
+      const shift = BigInt(8 * (order === 1 ? i : size - 1 - i))
+      out[at + i] = Number((big >> shift) & 0xffn)
+    }
+    at += size
+  }
+  const word = cls === 1 ? 4 : 8
+  out.set([0x7f, 0x45, 0x4c, 0x46, cls, order, 1])
+  at = 16
+  put(2, type)
+  put(2, machine)
+  put(4, 1)
+  put(word, 0x400000n + total - 16n)
+  put(word, over.phoff ?? BigInt(headerSize))
+  put(word, 0)
+  put(4, 0)
+  put(2, headerSize)
+  put(2, over.phentsize ?? phdrSize)
+  put(2, over.phnum ?? phdrs.length)
+  at = headerSize
+  for (const [kind, offset, filesz] of phdrs) {
+    put(4, kind)
+    if (cls === 2) put(4, 5)
+    put(word, offset)
+    put(word, 0x400000n + offset)
+    put(word, 0x400000n + offset)
+    put(word, filesz)
+    put(word, filesz)
+    if (cls === 1) put(4, 5)
+    put(word, 0x1000)
+  }
+  interp?.copy(out, Number(interpAt))
+  return out
+}
+
+function file(name: string, content: Buffer | string): string {
+  const full = path.join(dir, name)
+  fs.writeFileSync(full, content, { mode: 0o755 })
+  return full
+}
+
+/**
+ * can_execute FILE under a shell, as PID 1 runs it; OWN stands in for the shim's interpreter (/proc/$$/exe), so
+ * ELFs of other machines can be checked on this host. Answers 'OK' or the reason.
+ */
+function verdict(shell: string[], target: string, own?: string): string {
+  const fake = own
+    ? `file_bytes() { f=$1; case $f in /proc/*/exe) f=${own} ;; esac; od -An -v -tu1 -j "$2" -N "$3" "$f" 2>&-; }`
+    : ''
+  const script = `. ${dir}/checks.sh\n${fake}\nwhy=$(can_execute "$1") && echo OK || echo "$why"`
+  const result = spawnSync(shell[0], [...shell.slice(1), '-c', script, 'sh', target], {
+    encoding: 'utf8',
+    timeout: 20_000,
+  })
+  return result.error ? String(result.error) : result.stdout.trim() || result.stderr.trim()
+}
+
+const x86 = file('ld.so', elf({}))
+file('self', `#!${dir}/self\n`)
+const cases: [string, Buffer | string, boolean][] = [
+  ['a static program', elf({}), true],
+  ['a shared object (PIE)', elf({ type: 3 }), true],
+  ['a program whose interpreter is loadable', elf({ interp: Buffer.from(`${x86}\0`) }), true],
+  ['an interpreter path the kernel reads to its first NUL', elf({ interp: Buffer.from(`${x86}\0junk\0`) }), true],
+  ['a relocatable object (ENOEXEC)', elf({ type: 1 }), false],
+  ['a core dump (ENOEXEC)', elf({ type: 4 }), false],
+  ['program headers of entry size 0', elf({ phentsize: 0 }), false],
+  ['program headers of entry size 57', elf({ phentsize: 57 }), false],
+  ['no program header', elf({ phnum: 0 }), false],
+  ['more than 64 KiB of program headers', elf({ phnum: 1171, extra: Array(1170).fill([0, 0n, 0n]) }), false],
+  ['program headers at 2^63 - 1 (the sum overflows)', elf({ phoff: 2n ** 63n - 1n }), false],
+  ['program headers at 2^64 - 8', elf({ phoff: 2n ** 64n - 8n }), false],
+  ['a segment at 2^63 - 1 (the sum overflows)', elf({ extra: [[1, 2n ** 63n - 1n, 2n]] }), false],
+  ['a segment past the end', elf({ loadSize: 100000n }), false],
+  ['an interpreter path without its NUL (ENOEXEC)', elf({ interp: Buffer.from(x86) }), false],
+  ['an empty interpreter path', elf({ interp: Buffer.from('\0') }), false],
+  ['a 32-bit ELF on this 64-bit machine', elf({ cls: 1, machine: 3 }), false],
+  ['a script', '#!/bin/sh\nexit 0\n', true],
+  ['a script naming no interpreter', '#!   \nexit 0\n', false],
+  ['a script with CRLF', '#!/bin/sh\r\nexit 0\n', false],
+  ['a script whose interpreter is a pattern (the kernel takes it literally)', '#!/bin/[s]h\nexit 0\n', false],
+  ['a script whose interpreter is itself', `#!${dir}/self\n`, false],
+]
+
+for (const shell of shells) {
+  await t.test(`can_execute under ${shell.join(' ')}`, async (t) => {
+    t.equal(
+      verdict(
+        shell,
+        spawnSync('sh', ['-c', `command -v ${shell[0]}`])
+          .stdout.toString()
+          .trim(),
+      ),
+      'OK',
+    )
+    for (const [what, content, loadable] of cases) {
+      const answer = verdict(shell, file('candidate', content))
+      if (loadable) t.equal(answer, 'OK', `${what}: accepted (${answer})`)
+      else t.not(answer, 'OK', `${what}: refused (${answer})`)
+    }
+
+    // Interpreters whose own PT_INTERP names each other, or themselves: the kernel ignores it, the check must end.
+    file('loop-a', elf({ interp: Buffer.from(`${dir}/loop-b\0`) }))
+    file('loop-b', elf({ interp: Buffer.from(`${dir}/loop-a\0`) }))
+    t.equal(verdict(shell, path.join(dir, 'loop-a')), 'OK', 'interpreters naming each other: accepted, no hang')
+
+    // Five scripts deep loads (ELOOP beyond), and a loop of scripts is refused.
+    file('s0', '#!/bin/sh\nexit 0\n')
+    for (let i = 1; i <= 5; i++) file(`s${i}`, `#!${dir}/s${i - 1}\n`)
+    t.equal(verdict(shell, path.join(dir, 's4')), 'OK', 'five nested scripts: accepted')
+    t.not(verdict(shell, path.join(dir, 's5')), 'OK', 'six nested scripts: refused')
+
+    // Other machines, against a stand-in for the shim's own interpreter: both byte orders, both classes.
+    for (const [cls, order, machine] of [
+      [1, 1, 40],
+      [1, 2, 8],
+      [2, 2, 21],
+      [2, 1, 183],
+    ] as const) {
+      const own = file(`own-${cls}-${order}`, elf({ cls, order, machine }))
+      const loader = file(`ld-${cls}-${order}`, elf({ cls, order, machine, type: 3 }))
+      const name = `class ${cls}, byte order ${order}, machine ${machine}`
+      t.equal(
+        verdict(shell, file('init', elf({ cls, order, machine, interp: Buffer.from(`${loader}\0`) })), own),
+        'OK',
+        name,
+      )
+      t.not(verdict(shell, file('init', elf({ cls, order, machine, phentsize: 0 })), own), 'OK', `${name}, bad headers`)
+      t.not(
+        verdict(shell, file('init', elf({ cls, order: order === 1 ? 2 : 1, machine })), own),
+        'OK',
+        `${name}, swapped`,
+      )
+    }
+  })
+}
+
+await t.test('an exec that fails in the EXIT trap still reaches the next candidate and the shells', async (t) => {
+  // Both candidates pass the check and fail to exec (ENOENT): the second failure happens inside the trap.
+  const missing = file('missing-interpreter', `#!${dir}/nowhere\n`)
+  const other = file('other-missing', `#!${dir}/nowhere-else\n`)
+  const harness = file(
+    'harness.sh',
+    `${execInit.replace(/\/sbin\/init/g, other).replace(/^\t\t\/bin\/sh$/m, '\t\techo SHELLS; exit 7')}
+can_execute() { :; }
+say() { echo "$*" >&2; }
+uptime_seconds() { echo 1; }
+RUN=${dir}
+if [ -n "$OVROOT_INIT_TRIED" ]; then tried=$OVROOT_INIT_TRIED; unset OVROOT_INIT_TRIED; fi
+REAL_INIT=${missing}
+exec_init
+`,
+  )
+  for (const shell of shells) {
+    const result = spawnSync(shell[0], [...shell.slice(1), harness], { encoding: 'utf8', timeout: 20_000 })
+    t.equal(result.stdout.trim(), 'SHELLS', `${shell.join(' ')}: the shells run after both execs failed`)
+    t.match(result.stderr, `exec of ${other} failed`, `${shell.join(' ')}: the second candidate was tried`)
+  }
+})
