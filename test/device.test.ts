@@ -4,6 +4,7 @@
  */
 import t, { type Test } from 'tap'
 import * as fs from 'node:fs'
+import { execFileSync } from 'node:child_process'
 import { boot, changesFrom, consoleLog, run, statusFrom, workspace } from './helpers/lab.js'
 import { ConsoleSession } from './helpers/console.js'
 import {
@@ -634,6 +635,56 @@ await t.test(
     t.equal(status.mode, 'degraded')
     t.match(status.reason, /could not be loaded into the RAM upper .*user\.origin/)
     t.match(synced.stdout, /^tagged\nlab$/m, 'the file and its xattr are shown')
+  },
+)
+
+await t.test(
+  'sync: a read error under one file of the flash copy boots degraded, every other file shown, and the next boot has every byte',
+  async (t) => {
+    const flash = `${workspace(t)}/ext4.flash`
+    const args = ['--media', 'ext4', '--flash', flash]
+    const first = run(
+      t,
+      args,
+      'head -c 1048576 /dev/urandom > /root/bad && echo good > /etc/good && sync && md5sum /root/bad /etc/good',
+    )
+    const before = sums(first.stdout)
+    t.equal(before.size, 2)
+    // The filesystem block holding the middle of /root/bad, as a 512-byte sector of the image.
+    const blockSize = Number(
+      /^Block size:\s+(\d+)$/m.exec(
+        execFileSync('dumpe2fs', ['-h', flash], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }),
+      )?.[1],
+    )
+    const block = Number(
+      execFileSync('debugfs', ['-R', 'bmap /upper/root/bad 512', flash], {
+        encoding: 'utf8',
+        stdio: ['ignore', 'pipe', 'ignore'],
+      }).trim(),
+    )
+    t.ok(blockSize > 0 && block > 0, `the file's block ${block} (${blockSize} bytes)`)
+    const check = `${STATUS}; cat /etc/good; echo "ram mounts $(grep -c ' /run/ovroot/ram ' /proc/mounts)"; ovroot sync; echo "sync exit $?"`
+    const failing = run(
+      t,
+      [...args, '--flash-error-sectors', String((block * blockSize) / 512), '--append', 'ovroot.sync.enabled=yes'],
+      check,
+    )
+    const status = statusFrom(failing.stdout) as ReturnType<typeof statusFrom> & { sync?: unknown }
+    t.equal(status.mode, 'degraded', "degraded, not flash mode over a partial copy, not the shim's failsafe")
+    t.match(
+      status.reason,
+      /could not be loaded into the RAM upper .*read \/overlay\/upper\/root\/bad: input\/output error.*the flash failed a read/,
+    )
+    t.notOk(status.sync, 'the root is not a synced RAM upper')
+    t.match(failing.stdout, /^good\nram mounts 0$/m, 'the other file is shown; the half-filled tmpfs was unmounted')
+    t.match(failing.stdout, /^sync exit 4$/m, 'nothing is synced')
+    const after = run(t, [...args, '--append', 'ovroot.sync.enabled=yes'], `${STATUS}; md5sum /root/bad /etc/good`)
+    t.equal(
+      statusFrom(after.stdout).mode,
+      'flash',
+      'with a flash that reads, the next boot runs on the synced RAM upper',
+    )
+    t.same(sums(after.stdout), before, 'every byte of both files')
   },
 )
 

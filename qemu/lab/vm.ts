@@ -68,14 +68,17 @@ interface BootOptions {
   timeout: number
   verbose: boolean
   noFlash: boolean
-  flashErrors: boolean
+  /** Reads of the flash that fail with EIO: every one, or those touching these 512-byte sectors. */
+  flashErrors: 'every' | readonly number[] | undefined
   slowFlash: number | undefined
 }
 
-/** QEMU's blkdebug driver, failing every read of the image it wraps with EIO. */
-function failingReads(image: string, dir: string): string {
+/** QEMU's blkdebug driver, failing with EIO every read of the image it wraps, or every read touching one of `sectors`. */
+function failingReads(image: string, dir: string, sectors: 'every' | readonly number[]): string {
   const config = path.join(dir, 'flash-errors.blkdebug')
-  fs.writeFileSync(config, '[inject-error]\nevent = "read_aio"\nerrno = "5"\n')
+  const rule = (sector?: number): string =>
+    `[inject-error]\nevent = "read_aio"\nerrno = "5"\n${sector === undefined ? '' : `sector = "${sector}"\n`}`
+  fs.writeFileSync(config, sectors === 'every' ? rule() : sectors.map(rule).join(''))
   return `blkdebug:${config}:${image}`
 }
 
@@ -140,7 +143,7 @@ function qemuArguments(options: BootOptions, interactive: boolean): string[] {
     if (options.slowFlash === undefined)
       args.push(
         '-drive',
-        `file=${options.flashErrors ? failingReads(image, images.dir) : image},if=virtio,format=raw${discard}`,
+        `file=${options.flashErrors ? failingReads(image, images.dir, options.flashErrors) : image},if=virtio,format=raw${discard}`,
       )
     else args.push(...slowFlash(image, options.slowFlash, discard))
   }
@@ -246,6 +249,7 @@ async function main(argv: string[]): Promise<number> {
       verbose: { type: 'boolean', default: false },
       'no-flash': { type: 'boolean', default: false },
       'flash-errors': { type: 'boolean', default: false },
+      'flash-error-sectors': { type: 'string' },
       'slow-flash': { type: 'string' },
     },
   })
@@ -257,9 +261,16 @@ async function main(argv: string[]): Promise<number> {
   const cutAfter = values['cut-after'] === undefined ? undefined : Number(values['cut-after'])
   if (cutAfter !== undefined && (!(cutAfter >= 0) || values.run === undefined))
     fail('--cut-after takes seconds and goes with --run')
+  const sectors = values['flash-error-sectors']?.split(',').map(Number)
+  if (
+    sectors !== undefined &&
+    (values['flash-errors'] || !sectors.every((sector) => Number.isSafeInteger(sector) && sector >= 0))
+  )
+    fail('--flash-error-sectors takes sector numbers, separated by commas, and does not go with --flash-errors')
+  const flashErrors = values['flash-errors'] ? 'every' : sectors
   const slowFlash = values['slow-flash'] === undefined ? undefined : Number(values['slow-flash'])
-  if (slowFlash !== undefined && (!(slowFlash > 0) || values['flash-errors']))
-    fail('--slow-flash takes megabytes per second and does not go with --flash-errors')
+  if (slowFlash !== undefined && (!(slowFlash > 0) || flashErrors))
+    fail('--slow-flash takes megabytes per second and does not go with --flash-errors or --flash-error-sectors')
   return boot({
     arch: architectureNamed(values.arch),
     flash: values.flash,
@@ -272,7 +283,7 @@ async function main(argv: string[]): Promise<number> {
     timeout: Number(values.timeout),
     verbose: values.verbose,
     noFlash: values['no-flash'],
-    flashErrors: values['flash-errors'],
+    flashErrors,
     slowFlash,
   })
 }

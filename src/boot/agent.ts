@@ -176,13 +176,22 @@ async function syncedRamUpper(config: Config, mirror: string, state: BootState):
     unmount(ram, { lazy: true })
     degrade(
       state,
-      `the flash copy ${mirror} could not be loaded into the RAM upper (tmpfs, size ${config.flash.ram_size}): ${messageOf(error)}; it is shown read-only under a RAM upper and nothing is synced: raise [flash] ram_size, or drop files with 'ovroot reset PATH...'`,
+      `the flash copy ${mirror} could not be loaded into the RAM upper (tmpfs, size ${config.flash.ram_size}): ${messageOf(error)}; it is shown read-only under a RAM upper and nothing is synced: ${fillFailureAdvice(error)}`,
     )
     remount(config.overlay.dir, { readOnly: true })
     return ramUpperOver(config, [mirror, '/'])
   }
   state.sync = { mirror }
   return { lowers: ['/'], upper: `${ram}/upper`, work: `${ram}/work` }
+}
+
+/** What the user can do about a RAM fill that failed, by its cause. */
+function fillFailureAdvice(error: unknown): string {
+  const code = error instanceof OvrootError ? error.code : undefined
+  if (code === 'ENOSPC') return "raise [flash] ram_size, or drop files with 'ovroot reset PATH...'"
+  if (code === 'EIO')
+    return "the flash failed a read: back up what still reads ('ovroot backup') and replace or reformat the flash"
+  return "drop the entry named with 'ovroot reset PATH...', or turn [sync] off"
 }
 
 /** Try the drivers in order; on any trouble with the flash, fall back to RAM. */
