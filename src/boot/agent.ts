@@ -94,9 +94,11 @@ function mountOverlay(config: Config, layers: Layers, persistent: boolean, state
   ]
   let attempt = { layers, options: config.overlay.options }
   for (;;) {
-    prepareLayers(attempt.layers.upper, attempt.layers.work)
     const options = overlayOptions(attempt.options, attempt.layers.lowers, attempt.layers.upper, attempt.layers.work)
     try {
+      // A RAM fallback's directories are on /run: their failure moves on to the next fallback too.
+      if (!prepareLayers(attempt.layers.upper, attempt.layers.work))
+        throw new OvrootError('ENOSPC', ExitCode.io, `no room for ${attempt.layers.upper} and ${attempt.layers.work}`)
       mount('overlay', STAGING, 'overlay', MountFlag.noAtime, options)
       state.overlay = {
         lowers: attempt.layers.lowers.map((lower) => (lower === '/' ? '/rom' : lower)),
@@ -118,7 +120,7 @@ function mountOverlay(config: Config, layers: Layers, persistent: boolean, state
         delete state.sync
         tryUnmount(ramDir(config.boot.run_dir))
       }
-      if (persistent) remount(config.overlay.dir, { readOnly: true })
+      if (persistent) protectFlash(config, state)
       attempt = next
     }
   }
@@ -140,7 +142,7 @@ async function flashLayers(config: Config, volume: Volume, forcedReset: boolean,
       state,
       `the change scheduled for the flash failed: ${messageOf(error)}; the flash is left as it is, read-only at ${config.overlay.dir}; 'ovroot reset --cancel' drops the change`,
     )
-    remount(config.overlay.dir, { readOnly: true })
+    protectFlash(config, state)
     return ramUpperOver(config, ['/'])
   }
   const upper = upperDir(config)
@@ -150,7 +152,7 @@ async function flashLayers(config: Config, volume: Volume, forcedReset: boolean,
       state,
       `flash ${volume.description} is full: its files are shown read-only under a RAM upper; 'ovroot reset' returns to the factory state at the next boot, 'ovroot reset PATH...' drops just those paths`,
     )
-    remount(config.overlay.dir, { readOnly: true })
+    protectFlash(config, state)
     return ramUpperOver(config, [upper, '/'])
   }
   ensureReserve(flashLayout(config))
@@ -178,7 +180,7 @@ async function syncedRamUpper(config: Config, mirror: string, state: BootState):
       state,
       `the flash copy ${mirror} could not be loaded into the RAM upper (tmpfs, size ${config.flash.ram_size}): ${messageOf(error)}; it is shown read-only under a RAM upper and nothing is synced: ${fillFailureAdvice(error)}`,
     )
-    remount(config.overlay.dir, { readOnly: true })
+    protectFlash(config, state)
     return ramUpperOver(config, [mirror, '/'])
   }
   state.sync = { mirror }
@@ -327,6 +329,19 @@ function pivotInto(flashDir: string): void {
   pivotRoot(STAGING, `${STAGING}/rom`)
   process.chdir('/')
   for (const path of [...MOVED_MOUNTS, flashDir]) mount(`/rom${path}`, path, null, MountFlag.move, null)
+}
+
+/**
+ * A degraded boot shows the flash read-only so that nothing writes under a
+ * layer; a remount that fails (EBUSY, an I/O error) must not end the boot in
+ * the failsafe: it is said, and the flash is still used only as a lower.
+ */
+function protectFlash(config: Config, state: BootState): void {
+  try {
+    remount(config.overlay.dir, { readOnly: true })
+  } catch (error) {
+    degrade(state, `the flash could not be remounted read-only: ${messageOf(error)}`)
+  }
 }
 
 function messageOf(error: unknown): string {
