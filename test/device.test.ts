@@ -737,6 +737,28 @@ await t.test(
 )
 
 await t.test(
+  'a JFFS2 mount reading a slow NOR for several times the [boot] timeout, inside one mount(2), is not killed',
+  async (t) => {
+    const flash = `${workspace(t)}/nor.flash`
+    fs.writeFileSync(flash, Buffer.alloc(16 << 20, 0xff))
+    const first = run(t, ['--flash', flash], 'head -c 6291456 /dev/urandom > /root/large && sync && md5sum /root/large')
+    const before = sums(first.stdout)
+    t.equal(before.size, 1)
+    // At 0.5 MB/s the mount's scan of the 16 MiB NOR takes about 34 s, inside mount(2): the agent waits, using almost no CPU.
+    const timeout = 4
+    const slow = run(
+      t,
+      ['--flash', flash, '--slow-flash', '0.5', '--append', `ovroot.boot.timeout=${timeout}`],
+      `${STATUS}; md5sum /root/large`,
+    )
+    const status = statusFrom(slow.stdout) as ReturnType<typeof statusFrom> & { bootSeconds: number }
+    t.equal(status.mode, 'flash', 'the shim let the mounting agent finish')
+    t.ok(status.bootSeconds > 3 * timeout, `the boot took ${status.bootSeconds} s, several times the timeout`)
+    t.same(sums(slow.stdout), before, 'the 6 MiB file whole')
+  },
+)
+
+await t.test(
   'first boot of an 8 GiB ext4 flash on a slow card under a 4 s [boot] timeout: mkfs -q discarding it in silence is not killed',
   async (t) => {
     const flash = `${workspace(t)}/ext4.flash`

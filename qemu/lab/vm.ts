@@ -3,7 +3,7 @@
  *
  *   qemu/vm build [--arch ARCH] [--force]
  *   qemu/vm boot [--arch ARCH] [--flash FILE] [--media nor|nand|ext4|f2fs|ram] [--no-flash]
- *                [--flash-errors | --slow-flash MBPS] [--memory MB] [--append 'ARGS']
+ *                [--flash-errors | --flash-error-sectors N,... | --slow-flash MBPS] [--memory MB] [--append 'ARGS']
  *                [--run 'CMD' [--cut-after S] [--cut-on TEXT]] [--timeout S] [--verbose]
  *
  * --run CMD runs CMD as root once the device has booted, prints its output,
@@ -11,9 +11,10 @@
  * seconds after CMD started: a power cut (exit status 137); with --cut-on TEXT
  * the S seconds count from the console's first TEXT instead (a cut during
  * boot, e.g. during a factory reset). --flash-errors makes every read of the
- * flash fail with EIO (QEMU's blkdebug): a dying flash chip. --slow-flash MBPS
- * writes and discards at most MBPS MB/s (QEMU's throttle filter): a slow eMMC
- * or SD card, on which mkfs's discard of the whole device takes a while. Without --run the
+ * flash fail with EIO (QEMU's blkdebug): a dying flash chip (--flash-error-sectors
+ * N,...: only reads touching those sectors). --slow-flash MBPS reads, writes and
+ * discards at most MBPS MB/s (QEMU's throttle filter): a slow eMMC or SD card, on
+ * which mkfs's discard of the whole device takes a while. Without --run the
  * console is interactive (Ctrl-A X leaves QEMU). --arch picks the device's
  * CPU (qemu/lab/arch.ts: x86_64, the default, or arm64).
  */
@@ -86,7 +87,7 @@ function failingReads(image: string, dir: string, sectors: 'every' | readonly nu
 const SLOW_DISCARD_BYTES = 64 << 20
 
 /**
- * The flash behind QEMU's throttle filter, which counts a discard's bytes as
+ * The flash behind QEMU's throttle filter (reads and writes), which counts a discard's bytes as
  * written (a card erases what it discards), on a virtio disk that takes
  * discards of at most SLOW_DISCARD_BYTES, still the device's second disk (vdb).
  */
@@ -95,7 +96,11 @@ function slowFlash(image: string, megabytesPerSecond: number, discard: string): 
   return [
     '-object',
     // JSON: QEMU 7.2 takes the group's limits from the command line in this form only (or as x- properties).
-    JSON.stringify({ 'qom-type': 'throttle-group', id: 'slow-flash', limits: { 'bps-write': bytesPerSecond } }),
+    JSON.stringify({
+      'qom-type': 'throttle-group',
+      id: 'slow-flash',
+      limits: { 'bps-read': bytesPerSecond, 'bps-write': bytesPerSecond },
+    }),
     '-drive',
     `driver=throttle,throttle-group=slow-flash,file.driver=raw,file.file.filename=${image},if=none,id=flash${discard}`,
     '-device',
@@ -232,7 +237,7 @@ async function main(argv: string[]): Promise<number> {
   }
   if (command !== 'boot')
     fail(
-      'usage: qemu/vm build [--arch ARCH] [--force] | qemu/vm boot [--arch ARCH] [--flash FILE] [--media nor|nand|ext4|f2fs|ram] [--no-flash] [--flash-errors | --slow-flash MBPS] [--memory MB] [--append ARGS] [--run CMD [--cut-after S [--cut-on TEXT]]] [--timeout S] [--verbose]',
+      'usage: qemu/vm build [--arch ARCH] [--force] | qemu/vm boot [--arch ARCH] [--flash FILE] [--media nor|nand|ext4|f2fs|ram] [--no-flash] [--flash-errors | --flash-error-sectors N,... | --slow-flash MBPS] [--memory MB] [--append ARGS] [--run CMD [--cut-after S [--cut-on TEXT]]] [--timeout S] [--verbose]',
     )
   const { values } = parseArgs({
     args: rest,
