@@ -55,7 +55,10 @@ interface Device {
 }
 
 /** A device booted with [sync] enabled: the upper on a tmpfs, the flash holding its copy, a boot record saying so. */
-function device(t: Test, options: { exclude?: string; quiet?: number; lower?: (root: string) => void } = {}): Device {
+function device(
+  t: Test,
+  options: { exclude?: string; quiet?: number; maxDelay?: number; lower?: (root: string) => void } = {},
+): Device {
   const s = scratch()
   t.teardown(() => s.cleanup())
   const d: Device = {
@@ -84,7 +87,7 @@ function device(t: Test, options: { exclude?: string; quiet?: number; lower?: (r
   )
   fs.writeFileSync(
     d.config,
-    `[overlay]\nlower = ${d.lower}\ndir = ${d.flash}\n[boot]\nrun_dir = ${s.dir}/run\n[sync]\nenabled = yes\nquiet = ${options.quiet ?? 30}\nexclude = ${options.exclude ?? ''}\n`,
+    `[overlay]\nlower = ${d.lower}\ndir = ${d.flash}\n[boot]\nrun_dir = ${s.dir}/run\n[sync]\nenabled = yes\nquiet = ${options.quiet ?? 30}\nmax_delay = ${options.maxDelay ?? 300}\nexclude = ${options.exclude ?? ''}\n`,
   )
   mountOverlay(d.merged, [d.lower], `${d.ram}/upper`, `${d.ram}/work`, [])
   t.teardown(() => {
@@ -521,6 +524,100 @@ await t.test(
     t.equal(result.status, 0, result.stderr)
     t.equal(fs.readFileSync(`${d.flash}/upper/etc/conf`, 'utf8'), 'value=2\n', 'the new bytes reached the flash')
     t.match(sync(d).stdout, /nothing to sync/)
+  },
+)
+
+/**
+ * A process writing a file through a MAP_SHARED, PROT_WRITE mapping (python's mmap): it writes once (the
+ * page faults in writable, which moves the file's times), prints "faulted", then writes each line it reads
+ * at offset 1 and prints "written". Those later writes move no time on tmpfs.
+ */
+const MAPPED_WRITER = `
+import mmap, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+m = mmap.mmap(fd, 0, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+m[0:1] = b"b"
+print("faulted", flush=True)
+for line in sys.stdin:
+    data = line.strip().encode()
+    m[1:1 + len(data)] = data
+    print("written", flush=True)
+`
+
+/** The mapped writer on `file`, and a way to have it write and wait for it. */
+async function mappedWriter(t: Test, file: string): Promise<(text: string) => Promise<void>> {
+  const writer = spawn('python3', ['-c', MAPPED_WRITER, file], { stdio: ['pipe', 'pipe', 'inherit'] })
+  t.teardown(() => {
+    writer.kill('SIGKILL')
+  })
+  let said = ''
+  const waiters: (() => void)[] = []
+  writer.stdout.on('data', (chunk: Buffer) => {
+    said += chunk.toString()
+    for (let line = said.indexOf('\n'); line >= 0; line = said.indexOf('\n')) {
+      said = said.slice(line + 1)
+      waiters.shift()?.()
+    }
+  })
+  const nextLine = (): Promise<void> => new Promise((resolve) => waiters.push(resolve))
+  await nextLine()
+  return async (text) => {
+    const done = nextLine()
+    writer.stdin.write(`${text}\n`)
+    await done
+  }
+}
+
+await t.test(
+  'a file written through a shared writable mapping (no time moves, no event) is compared and persisted at every sync',
+  async (t) => {
+    const d = device(t)
+    fs.writeFileSync(`${d.merged}/etc/mapped`, 'a'.repeat(4096))
+    const write = await mappedWriter(t, `${d.merged}/etc/mapped`)
+    t.equal(sync(d).status, 0)
+    await scanBeganNow(d)
+    const times = (): string => {
+      const stat = fs.statSync(`${d.ram}/upper/etc/mapped`, { bigint: true })
+      return `${stat.ctimeNs} ${stat.mtimeNs}`
+    }
+    const before = times()
+    await write('second')
+    t.equal(times(), before, 'the write through the mapping moved neither ctime nor mtime')
+    t.equal(fs.readFileSync(`${d.ram}/upper/etc/mapped`, 'latin1').slice(0, 7), 'bsecond', 'but it is in the file')
+    const result = sync(d)
+    t.equal(result.status, 0, result.stderr)
+    t.match(result.stdout, /synced 1 entries/)
+    t.equal(
+      fs.readFileSync(`${d.flash}/upper/etc/mapped`, 'latin1'),
+      fs.readFileSync(`${d.ram}/upper/etc/mapped`, 'latin1'),
+      'the flash has the mapped bytes',
+    )
+    t.match(sync(d).stdout, /nothing to sync/, 'still mapped, compared again, and equal: nothing written')
+  },
+)
+
+await t.test(
+  '--watch: a file written only through a shared writable mapping reaches the flash by max_delay',
+  async (t) => {
+    const d = device(t, { quiet: 1, maxDelay: 2 })
+    fs.writeFileSync(`${d.merged}/etc/mapped`, 'a'.repeat(4096))
+    const daemon = daemonOf(t, d)
+    const watcher = (): string | undefined =>
+      fs.existsSync(`${d.dir}/run/sync.json`)
+        ? (JSON.parse(fs.readFileSync(`${d.dir}/run/sync.json`, 'utf8')) as { watcher?: string }).watcher
+        : undefined
+    t.ok(await daemon.until(() => watcher() === 'watching', 20), 'the daemon watches, the file synced')
+    const write = await mappedWriter(t, `${d.merged}/etc/mapped`)
+    await write('through the mapping')
+    t.ok(
+      await daemon.until(
+        () => fs.readFileSync(`${d.flash}/upper/etc/mapped`, 'latin1').startsWith('bthrough the mapping'),
+        20,
+      ),
+      'persisted with no event and no command',
+    )
+    daemon.kill('SIGTERM')
+    t.equal(await daemon.exited, 0, daemon.log())
   },
 )
 

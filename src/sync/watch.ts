@@ -7,11 +7,13 @@
  * and their raw events stand for the files in them. A sync runs after `quiet` seconds without events, or
  * `max_delay` after the first unsynced event; a watch that fails falls back
  * to a rescan every `quiet` seconds, saying so once. SIGTERM (shutdown) makes
- * a last sync, whatever the budget.
+ * a last sync, whatever the budget. A file mapped shared and writable is
+ * synced at least every `max_delay`: writes through the mapping raise no event.
  */
 import type { Config } from '../config/schema.js'
 import { ExitCode, OvrootError, type ExitStatus } from '../errors.js'
 import { filesystemInfo } from '../sys/fs.js'
+import { sharedWritableInodes } from '../sys/mappings.js'
 import { lockedSync } from './lock.js'
 import { readStats, recordSync, writeStats, type SyncStats } from './stats.js'
 import type { SyncSource } from './transaction.js'
@@ -132,6 +134,11 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
     ignored: (_path, stats) => stats !== undefined && !stats.isDirectory(),
   })
   let poll: NodeJS.Timeout | undefined
+  // A write through a shared writable mapping raises no event and moves no time (sys/mappings.ts): while a file of
+  // the upper is mapped so, a sync (which compares it) runs at least every max_delay.
+  const mappedCheck = setInterval(() => {
+    if (firstChange === undefined && sharedWritableInodes(source.upper).size > 0) changed()
+  }, maxDelayMs)
   let ready: () => void = () => undefined
   const watching = new Promise<void>((resolve) => (ready = resolve))
   watcher.once('ready', () => ready())
@@ -155,6 +162,7 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
     daemon.stopping = true
     if (timer) clearTimeout(timer)
     if (poll) clearInterval(poll)
+    clearInterval(mappedCheck)
     void watcher.close()
     const deadline = setTimeout(() => {
       log(`the final sync took over ${FINAL_SYNC_MS / 1000} s: stopping without it`)

@@ -49,8 +49,9 @@ export function modificationTime(full: BytePath): number {
 }
 
 /** glibc's gnu_dev_major/minor, on a number that fits a double. */
-const majorOf = (rdev: number): number => Number(((BigInt(rdev) >> 8n) & 0xfffn) | ((BigInt(rdev) >> 32n) & ~0xfffn))
-const minorOf = (rdev: number): number => Number((BigInt(rdev) & 0xffn) | ((BigInt(rdev) >> 12n) & ~0xffn))
+export const majorOf = (rdev: number): number =>
+  Number(((BigInt(rdev) >> 8n) & 0xfffn) | ((BigInt(rdev) >> 32n) & ~0xfffn))
+export const minorOf = (rdev: number): number => Number((BigInt(rdev) & 0xffn) | ((BigInt(rdev) >> 12n) & ~0xffn))
 
 /** The entry at `full`; `stubXattr` marks a metacopy stub, whose data is not read. Sockets cannot be archived. */
 export function readEntry(full: BytePath, path: BytePath, stubXattr: string): UpperEntry | 'socket' {
