@@ -924,6 +924,116 @@ await t.test('--watch: a first sync that failed is retried without any change', 
   t.equal(await daemon.exited, 0, daemon.log())
 })
 
+interface SyncingStatus {
+  watcher?: string
+  pendingSince?: string
+  failing?: string
+  waiting?: string
+  bytesToday: number
+}
+
+const syncingStatus = (d: Device): SyncingStatus =>
+  (JSON.parse(ovroot(['status', '--json', '--config', d.config]).stdout) as { syncing: SyncingStatus }).syncing
+
+const watcherOf = (d: Device): string | undefined =>
+  fs.existsSync(`${d.dir}/run/sync.json`)
+    ? (JSON.parse(fs.readFileSync(`${d.dir}/run/sync.json`, 'utf8')) as { watcher?: string }).watcher
+    : undefined
+
+await t.test('status: a daemon killed by SIGKILL (the OOM killer) is not shown watching', async (t) => {
+  const d = device(t, { quiet: 1 })
+  const daemon = daemonOf(t, d)
+  t.ok(await daemon.until(() => watcherOf(d) === 'watching', 20), 'the daemon watches')
+  t.equal(syncingStatus(d).watcher, 'watching', 'status says so while it runs')
+  daemon.kill('SIGKILL')
+  await daemon.exited
+  t.equal(watcherOf(d), 'watching', 'the killed daemon could not say otherwise')
+  t.equal(syncingStatus(d).watcher, 'gone', 'status: gone')
+  t.match(
+    ovroot(['status', '--config', d.config]).stdout,
+    /watcher gone: the daemon \(pid \d+\) ended without stopping/,
+  )
+  // Its pid given to another process: that one is not the daemon.
+  const other = spawn('sleep', ['60'], { stdio: 'ignore' })
+  t.teardown(() => other.kill('SIGKILL'))
+  const stats = JSON.parse(fs.readFileSync(`${d.dir}/run/sync.json`, 'utf8')) as { daemon: { started: string } }
+  fs.writeFileSync(
+    `${d.dir}/run/sync.json`,
+    JSON.stringify({ ...stats, daemon: { pid: other.pid, started: stats.daemon.started } }),
+  )
+  t.equal(syncingStatus(d).watcher, 'gone', 'a live process with its pid, started at another time, is not it')
+})
+
+await t.test('status: a failed ovroot sync is shown until a sync succeeds', async (t) => {
+  const d = device(t)
+  fs.writeFileSync(`${d.flash}/.ovroot`, 'in the way\n')
+  fs.writeFileSync(`${d.merged}/etc/unsaved`, 'x\n')
+  t.not(sync(d).status, 0, 'the sync fails')
+  t.match(syncingStatus(d).failing, /ovroot sync failed: /, 'status shows the failure and why')
+  fs.rmSync(`${d.flash}/.ovroot`)
+  t.equal(sync(d).status, 0)
+  t.equal(syncingStatus(d).failing, undefined, 'and no more once a sync succeeded')
+})
+
+await t.test(
+  "status: the budget's wait ends with the day; a watch that failed (polling) still shows unsynced changes",
+  async (t) => {
+    const d = device(t, { quiet: 1 })
+    fs.writeFileSync(
+      `${d.dir}/run/sync.json`,
+      JSON.stringify({
+        day: '2001-01-01',
+        bytesToday: 1 << 30,
+        waiting: "the day's write budget (1024 bytes) is spent",
+        waitingFor: 'budget',
+      }),
+    )
+    const rolled = syncingStatus(d)
+    t.equal(rolled.bytesToday, 0, 'a new day counts from 0')
+    t.equal(rolled.waiting, undefined, 'and its budget is not spent')
+
+    fs.rmSync(`${d.dir}/run/sync.json`)
+    fs.mkdirSync(`${d.merged}/srv/one`, { recursive: true })
+    // inotify watches are counted per user namespace: a limit of 1 fails the watch of the upper's second directory.
+    const daemon = spawn(
+      'unshare',
+      [
+        '--user',
+        '--map-root-user',
+        'sh',
+        '-c',
+        'echo 1 > /proc/sys/user/max_inotify_watches && exec "$@"',
+        'sh',
+        process.execPath,
+        OVROOT,
+        'sync',
+        '--watch',
+        '--config',
+        d.config,
+      ],
+      { env: cleanEnvironment(), stdio: ['ignore', 'ignore', 'pipe'] },
+    )
+    let log = ''
+    daemon.stderr.on('data', (chunk: Buffer) => (log += chunk.toString()))
+    const exited = new Promise<number | null>((resolve) => daemon.on('exit', resolve))
+    t.teardown(() => {
+      daemon.kill('SIGKILL')
+    })
+    for (let waited = 0; waited < 200 && watcherOf(d) !== 'polling'; waited++)
+      await new Promise((resolve) => setTimeout(resolve, 100))
+    t.match(log, /rescanning every 1 s instead/, 'the watch failed')
+    t.equal(watcherOf(d), 'polling')
+    fs.writeFileSync(`${d.merged}/srv/one/file`, 'found by a rescan\n')
+    t.ok(syncingStatus(d).pendingSince, 'status says changes may wait in RAM, and since when')
+    for (let waited = 0; waited < 100 && !fs.existsSync(`${d.flash}/upper/srv/one/file`); waited++)
+      await new Promise((resolve) => setTimeout(resolve, 100))
+    t.ok(fs.existsSync(`${d.flash}/upper/srv/one/file`), 'the rescan persisted the change')
+    t.ok(syncingStatus(d).pendingSince, 'and a change made since is again only found by the next rescan')
+    daemon.kill('SIGTERM')
+    t.equal(await exited, 0, log)
+  },
+)
+
 /** `${root}/etc/caf\xe9` (a Latin-1 name), as the bytes the kernel takes. */
 const latin1Name = (root: string, tail = ''): Buffer =>
   Buffer.concat([Buffer.from(`${root}/etc/caf`), Buffer.from([0xe9]), Buffer.from(tail)])
