@@ -666,7 +666,7 @@ await t.test(
 )
 
 await t.test(
-  'a log appended all through the sync is left for the next one with a warning; the rest commits',
+  'a log appended all through the sync is synced as a prefix it had, with a warning; the rest commits',
   async (t) => {
     const d = device(t)
     fs.mkdirSync(`${d.merged}/var/log`, { recursive: true })
@@ -679,10 +679,17 @@ await t.test(
     appender.kill('SIGKILL')
     await new Promise((resolve) => appender.on('exit', resolve))
     t.equal(result.status, 0, result.stderr)
-    t.match(
-      result.stderr,
-      /\/var\/log\/busy: it changed while it was read, twice; left for the next sync/,
-      'named, with what happens to it',
+    const said =
+      /\/var\/log\/busy: it grew while it was read; synced as its first (\d+) bytes, the rest at the next sync/.exec(
+        result.stderr,
+      )
+    t.ok(said, `named, with what happens to it: ${result.stderr}`)
+    const onFlash = fs.readFileSync(`${d.flash}/upper/var/log/busy`)
+    t.equal(onFlash.length, Number(said?.[1]), 'that many bytes')
+    t.ok(onFlash.length >= 12 << 20, 'at least what it had before the sync')
+    t.ok(
+      fs.readFileSync(`${d.ram}/upper/var/log/busy`).subarray(0, onFlash.length).equals(onFlash),
+      'a prefix of the log: a state it had',
     )
     t.equal(fs.readFileSync(`${d.flash}/upper/etc/quiet`, 'utf8'), 'quiet\n', 'the rest of the sync committed')
     t.equal(sync(d).status, 0)
@@ -691,6 +698,30 @@ await t.test(
       withoutSharedWhiteouts(upperSnapshot(`${d.ram}/upper`)),
       'once it is quiet, the next sync has it',
     )
+  },
+)
+
+await t.test(
+  'a file rewritten in place all through the sync (no log) is left for the next one with a warning; the rest commits',
+  async (t) => {
+    const d = device(t)
+    fs.writeFileSync(`${d.merged}/etc/churn`, Buffer.alloc(12 << 20, 0x61))
+    fs.writeFileSync(`${d.merged}/etc/quiet`, 'quiet\n')
+    const file = `${d.merged}/etc/churn`
+    const writer = spawn(
+      'sh',
+      ['-c', `while :; do dd if=/dev/urandom of=${file} bs=4096 count=1 conv=notrunc status=none; done`],
+      { stdio: 'ignore' },
+    )
+    t.teardown(() => writer.kill('SIGKILL'))
+    await new Promise((resolve) => setTimeout(resolve, 200))
+    const result = sync(d)
+    writer.kill('SIGKILL')
+    await new Promise((resolve) => writer.on('exit', resolve))
+    t.equal(result.status, 0, result.stderr)
+    t.match(result.stderr, /\/etc\/churn: it changed while it was read, twice; left for the next sync/)
+    t.notOk(fs.existsSync(`${d.flash}/upper/etc/churn`), 'no torn copy of it')
+    t.equal(fs.readFileSync(`${d.flash}/upper/etc/quiet`, 'utf8'), 'quiet\n', 'the rest of the sync committed')
   },
 )
 

@@ -159,10 +159,16 @@ function stageChanges(source: SyncSource, plan: FlatStaging): Staged {
       const target = entry.linkTarget ?? ''
       writer.begin(full, { ...entry, path: full }, entry.type === 'hardlink' ? plan.linkTarget(target) : undefined)
       if (entry.type === 'file' && entry.holeSize === undefined) {
-        for (const chunk of readStableFile(under(plan.upper, entry.path)).chunks()) {
+        const file = readStableFile(under(plan.upper, entry.path), { prefixOfGrowing: true })
+        for (const chunk of file.chunks()) {
           writer.data(chunk)
           written += chunk.length
         }
+        // Its size and ctime differ from the copy's now: the next sync compares it again, and takes the rest.
+        if (file.prefix !== undefined)
+          process.stderr.write(
+            `ovroot: sync: /${showBytes(entry.path)}: it grew while it was read; synced as its first ${file.prefix} bytes, the rest at the next sync\n`,
+          )
       }
       writer.end()
       bytes += written
