@@ -397,7 +397,7 @@ await t.test(
       const cut = boot([
         ...args,
         '--cut-on',
-        'ovroot: applying restore',
+        'ovroot: applying restore of /tmp/b.ovb*',
         '--cut-after',
         String(delay),
         '--run',
@@ -482,14 +482,15 @@ await t.test(
     const args = ['--flash', flash, ...SYNC]
     // vdb is the flash; field 7 of its stat is sectors written.
     const written = "awk '{print $7}' /sys/block/vdb/stat"
+    // The cut is armed on a line of its own, printed after the line asserted below: that one is out whole.
     const watched = boot([
       ...args,
       '--cut-on',
-      'persisted',
+      'cut-now',
       '--cut-after',
       '0',
       '--run',
-      `${WATCHING}; echo watched > /etc/w; until [ -e /overlay/upper/etc/w ]; do sleep 0.5; done; echo persisted; sleep 600`,
+      `${WATCHING}; echo watched > /etc/w; until [ -e /overlay/upper/etc/w ]; do sleep 0.5; done; echo persisted; echo cut-now; sleep 600`,
     ])
     t.equal(watched.status, 137)
     t.match(watched.stdout, /^persisted$/m, 'the daemon wrote the change to the flash copy by itself')

@@ -55,7 +55,10 @@ interface Device {
 }
 
 /** A device booted with [sync] enabled: the upper on a tmpfs, the flash holding its copy, a boot record saying so. */
-function device(t: Test, options: { exclude?: string; quiet?: number; lower?: (root: string) => void } = {}): Device {
+function device(
+  t: Test,
+  options: { exclude?: string; quiet?: number; maxDelay?: number; lower?: (root: string) => void } = {},
+): Device {
   const s = scratch()
   t.teardown(() => s.cleanup())
   const d: Device = {
@@ -84,7 +87,7 @@ function device(t: Test, options: { exclude?: string; quiet?: number; lower?: (r
   )
   fs.writeFileSync(
     d.config,
-    `[overlay]\nlower = ${d.lower}\ndir = ${d.flash}\n[boot]\nrun_dir = ${s.dir}/run\n[sync]\nenabled = yes\nquiet = ${options.quiet ?? 30}\nexclude = ${options.exclude ?? ''}\n`,
+    `[overlay]\nlower = ${d.lower}\ndir = ${d.flash}\n[boot]\nrun_dir = ${s.dir}/run\n[sync]\nenabled = yes\nquiet = ${options.quiet ?? 30}\nmax_delay = ${options.maxDelay ?? 300}\nexclude = ${options.exclude ?? ''}\n`,
   )
   mountOverlay(d.merged, [d.lower], `${d.ram}/upper`, `${d.ram}/work`, [])
   t.teardown(() => {
@@ -524,6 +527,100 @@ await t.test(
   },
 )
 
+/**
+ * A process writing a file through a MAP_SHARED, PROT_WRITE mapping (python's mmap): it writes once (the
+ * page faults in writable, which moves the file's times), prints "faulted", then writes each line it reads
+ * at offset 1 and prints "written". Those later writes move no time on tmpfs.
+ */
+const MAPPED_WRITER = `
+import mmap, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+m = mmap.mmap(fd, 0, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+m[0:1] = b"b"
+print("faulted", flush=True)
+for line in sys.stdin:
+    data = line.strip().encode()
+    m[1:1 + len(data)] = data
+    print("written", flush=True)
+`
+
+/** The mapped writer on `file`, and a way to have it write and wait for it. */
+async function mappedWriter(t: Test, file: string): Promise<(text: string) => Promise<void>> {
+  const writer = spawn('python3', ['-c', MAPPED_WRITER, file], { stdio: ['pipe', 'pipe', 'inherit'] })
+  t.teardown(() => {
+    writer.kill('SIGKILL')
+  })
+  let said = ''
+  const waiters: (() => void)[] = []
+  writer.stdout.on('data', (chunk: Buffer) => {
+    said += chunk.toString()
+    for (let line = said.indexOf('\n'); line >= 0; line = said.indexOf('\n')) {
+      said = said.slice(line + 1)
+      waiters.shift()?.()
+    }
+  })
+  const nextLine = (): Promise<void> => new Promise((resolve) => waiters.push(resolve))
+  await nextLine()
+  return async (text) => {
+    const done = nextLine()
+    writer.stdin.write(`${text}\n`)
+    await done
+  }
+}
+
+await t.test(
+  'a file written through a shared writable mapping (no time moves, no event) is compared and persisted at every sync',
+  async (t) => {
+    const d = device(t)
+    fs.writeFileSync(`${d.merged}/etc/mapped`, 'a'.repeat(4096))
+    const write = await mappedWriter(t, `${d.merged}/etc/mapped`)
+    t.equal(sync(d).status, 0)
+    await scanBeganNow(d)
+    const times = (): string => {
+      const stat = fs.statSync(`${d.ram}/upper/etc/mapped`, { bigint: true })
+      return `${stat.ctimeNs} ${stat.mtimeNs}`
+    }
+    const before = times()
+    await write('second')
+    t.equal(times(), before, 'the write through the mapping moved neither ctime nor mtime')
+    t.equal(fs.readFileSync(`${d.ram}/upper/etc/mapped`, 'latin1').slice(0, 7), 'bsecond', 'but it is in the file')
+    const result = sync(d)
+    t.equal(result.status, 0, result.stderr)
+    t.match(result.stdout, /synced 1 entries/)
+    t.equal(
+      fs.readFileSync(`${d.flash}/upper/etc/mapped`, 'latin1'),
+      fs.readFileSync(`${d.ram}/upper/etc/mapped`, 'latin1'),
+      'the flash has the mapped bytes',
+    )
+    t.match(sync(d).stdout, /nothing to sync/, 'still mapped, compared again, and equal: nothing written')
+  },
+)
+
+await t.test(
+  '--watch: a file written only through a shared writable mapping reaches the flash by max_delay',
+  async (t) => {
+    const d = device(t, { quiet: 1, maxDelay: 2 })
+    fs.writeFileSync(`${d.merged}/etc/mapped`, 'a'.repeat(4096))
+    const daemon = daemonOf(t, d)
+    const watcher = (): string | undefined =>
+      fs.existsSync(`${d.dir}/run/sync.json`)
+        ? (JSON.parse(fs.readFileSync(`${d.dir}/run/sync.json`, 'utf8')) as { watcher?: string }).watcher
+        : undefined
+    t.ok(await daemon.until(() => watcher() === 'watching', 20), 'the daemon watches, the file synced')
+    const write = await mappedWriter(t, `${d.merged}/etc/mapped`)
+    await write('through the mapping')
+    t.ok(
+      await daemon.until(
+        () => fs.readFileSync(`${d.flash}/upper/etc/mapped`, 'latin1').startsWith('bthrough the mapping'),
+        20,
+      ),
+      'persisted with no event and no command',
+    )
+    daemon.kill('SIGTERM')
+    t.equal(await daemon.exited, 0, daemon.log())
+  },
+)
+
 await t.test(
   'an entry renamed away between listing and reading is skipped with a warning; the rest commits',
   async (t) => {
@@ -569,7 +666,7 @@ await t.test(
 )
 
 await t.test(
-  'a log appended all through the sync is left for the next one with a warning; the rest commits',
+  'a log appended all through the sync is synced as a prefix it had, with a warning; the rest commits',
   async (t) => {
     const d = device(t)
     fs.mkdirSync(`${d.merged}/var/log`, { recursive: true })
@@ -582,10 +679,17 @@ await t.test(
     appender.kill('SIGKILL')
     await new Promise((resolve) => appender.on('exit', resolve))
     t.equal(result.status, 0, result.stderr)
-    t.match(
-      result.stderr,
-      /\/var\/log\/busy: it changed while it was read, twice; left for the next sync/,
-      'named, with what happens to it',
+    const said =
+      /\/var\/log\/busy: it grew while it was read; synced as its first (\d+) bytes, the rest at the next sync/.exec(
+        result.stderr,
+      )
+    t.ok(said, `named, with what happens to it: ${result.stderr}`)
+    const onFlash = fs.readFileSync(`${d.flash}/upper/var/log/busy`)
+    t.equal(onFlash.length, Number(said?.[1]), 'that many bytes')
+    t.ok(onFlash.length >= 12 << 20, 'at least what it had before the sync')
+    t.ok(
+      fs.readFileSync(`${d.ram}/upper/var/log/busy`).subarray(0, onFlash.length).equals(onFlash),
+      'a prefix of the log: a state it had',
     )
     t.equal(fs.readFileSync(`${d.flash}/upper/etc/quiet`, 'utf8'), 'quiet\n', 'the rest of the sync committed')
     t.equal(sync(d).status, 0)
@@ -594,6 +698,30 @@ await t.test(
       withoutSharedWhiteouts(upperSnapshot(`${d.ram}/upper`)),
       'once it is quiet, the next sync has it',
     )
+  },
+)
+
+await t.test(
+  'a file rewritten in place all through the sync (no log) is left for the next one with a warning; the rest commits',
+  async (t) => {
+    const d = device(t)
+    fs.writeFileSync(`${d.merged}/etc/churn`, Buffer.alloc(12 << 20, 0x61))
+    fs.writeFileSync(`${d.merged}/etc/quiet`, 'quiet\n')
+    const file = `${d.merged}/etc/churn`
+    const writer = spawn(
+      'sh',
+      ['-c', `while :; do dd if=/dev/urandom of=${file} bs=4096 count=1 conv=notrunc status=none; done`],
+      { stdio: 'ignore' },
+    )
+    t.teardown(() => writer.kill('SIGKILL'))
+    await new Promise((resolve) => setTimeout(resolve, 200))
+    const result = sync(d)
+    writer.kill('SIGKILL')
+    await new Promise((resolve) => writer.on('exit', resolve))
+    t.equal(result.status, 0, result.stderr)
+    t.match(result.stderr, /\/etc\/churn: it changed while it was read, twice; left for the next sync/)
+    t.notOk(fs.existsSync(`${d.flash}/upper/etc/churn`), 'no torn copy of it')
+    t.equal(fs.readFileSync(`${d.flash}/upper/etc/quiet`, 'utf8'), 'quiet\n', 'the rest of the sync committed')
   },
 )
 
@@ -826,6 +954,116 @@ await t.test('--watch: a first sync that failed is retried without any change', 
   daemon.kill('SIGTERM')
   t.equal(await daemon.exited, 0, daemon.log())
 })
+
+interface SyncingStatus {
+  watcher?: string
+  pendingSince?: string
+  failing?: string
+  waiting?: string
+  bytesToday: number
+}
+
+const syncingStatus = (d: Device): SyncingStatus =>
+  (JSON.parse(ovroot(['status', '--json', '--config', d.config]).stdout) as { syncing: SyncingStatus }).syncing
+
+const watcherOf = (d: Device): string | undefined =>
+  fs.existsSync(`${d.dir}/run/sync.json`)
+    ? (JSON.parse(fs.readFileSync(`${d.dir}/run/sync.json`, 'utf8')) as { watcher?: string }).watcher
+    : undefined
+
+await t.test('status: a daemon killed by SIGKILL (the OOM killer) is not shown watching', async (t) => {
+  const d = device(t, { quiet: 1 })
+  const daemon = daemonOf(t, d)
+  t.ok(await daemon.until(() => watcherOf(d) === 'watching', 20), 'the daemon watches')
+  t.equal(syncingStatus(d).watcher, 'watching', 'status says so while it runs')
+  daemon.kill('SIGKILL')
+  await daemon.exited
+  t.equal(watcherOf(d), 'watching', 'the killed daemon could not say otherwise')
+  t.equal(syncingStatus(d).watcher, 'gone', 'status: gone')
+  t.match(
+    ovroot(['status', '--config', d.config]).stdout,
+    /watcher gone: the daemon \(pid \d+\) ended without stopping/,
+  )
+  // Its pid given to another process: that one is not the daemon.
+  const other = spawn('sleep', ['60'], { stdio: 'ignore' })
+  t.teardown(() => other.kill('SIGKILL'))
+  const stats = JSON.parse(fs.readFileSync(`${d.dir}/run/sync.json`, 'utf8')) as { daemon: { started: string } }
+  fs.writeFileSync(
+    `${d.dir}/run/sync.json`,
+    JSON.stringify({ ...stats, daemon: { pid: other.pid, started: stats.daemon.started } }),
+  )
+  t.equal(syncingStatus(d).watcher, 'gone', 'a live process with its pid, started at another time, is not it')
+})
+
+await t.test('status: a failed ovroot sync is shown until a sync succeeds', async (t) => {
+  const d = device(t)
+  fs.writeFileSync(`${d.flash}/.ovroot`, 'in the way\n')
+  fs.writeFileSync(`${d.merged}/etc/unsaved`, 'x\n')
+  t.not(sync(d).status, 0, 'the sync fails')
+  t.match(syncingStatus(d).failing, /ovroot sync failed: /, 'status shows the failure and why')
+  fs.rmSync(`${d.flash}/.ovroot`)
+  t.equal(sync(d).status, 0)
+  t.equal(syncingStatus(d).failing, undefined, 'and no more once a sync succeeded')
+})
+
+await t.test(
+  "status: the budget's wait ends with the day; a watch that failed (polling) still shows unsynced changes",
+  async (t) => {
+    const d = device(t, { quiet: 1 })
+    fs.writeFileSync(
+      `${d.dir}/run/sync.json`,
+      JSON.stringify({
+        day: '2001-01-01',
+        bytesToday: 1 << 30,
+        waiting: "the day's write budget (1024 bytes) is spent",
+        waitingFor: 'budget',
+      }),
+    )
+    const rolled = syncingStatus(d)
+    t.equal(rolled.bytesToday, 0, 'a new day counts from 0')
+    t.equal(rolled.waiting, undefined, 'and its budget is not spent')
+
+    fs.rmSync(`${d.dir}/run/sync.json`)
+    fs.mkdirSync(`${d.merged}/srv/one`, { recursive: true })
+    // inotify watches are counted per user namespace: a limit of 1 fails the watch of the upper's second directory.
+    const daemon = spawn(
+      'unshare',
+      [
+        '--user',
+        '--map-root-user',
+        'sh',
+        '-c',
+        'echo 1 > /proc/sys/user/max_inotify_watches && exec "$@"',
+        'sh',
+        process.execPath,
+        OVROOT,
+        'sync',
+        '--watch',
+        '--config',
+        d.config,
+      ],
+      { env: cleanEnvironment(), stdio: ['ignore', 'ignore', 'pipe'] },
+    )
+    let log = ''
+    daemon.stderr.on('data', (chunk: Buffer) => (log += chunk.toString()))
+    const exited = new Promise<number | null>((resolve) => daemon.on('exit', resolve))
+    t.teardown(() => {
+      daemon.kill('SIGKILL')
+    })
+    for (let waited = 0; waited < 200 && watcherOf(d) !== 'polling'; waited++)
+      await new Promise((resolve) => setTimeout(resolve, 100))
+    t.match(log, /rescanning every 1 s instead/, 'the watch failed')
+    t.equal(watcherOf(d), 'polling')
+    fs.writeFileSync(`${d.merged}/srv/one/file`, 'found by a rescan\n')
+    t.ok(syncingStatus(d).pendingSince, 'status says changes may wait in RAM, and since when')
+    for (let waited = 0; waited < 100 && !fs.existsSync(`${d.flash}/upper/srv/one/file`); waited++)
+      await new Promise((resolve) => setTimeout(resolve, 100))
+    t.ok(fs.existsSync(`${d.flash}/upper/srv/one/file`), 'the rescan persisted the change')
+    t.ok(syncingStatus(d).pendingSince, 'and a change made since is again only found by the next rescan')
+    daemon.kill('SIGTERM')
+    t.equal(await exited, 0, log)
+  },
+)
 
 /** `${root}/etc/caf\xe9` (a Latin-1 name), as the bytes the kernel takes. */
 const latin1Name = (root: string, tail = ''): Buffer =>

@@ -9,12 +9,15 @@
  * --run CMD runs CMD as root once the device has booted, prints its output,
  * powers off cleanly and exits with CMD's status. --cut-after S kills QEMU S
  * seconds after CMD started: a power cut (exit status 137); with --cut-on TEXT
- * the S seconds count from the console's first TEXT instead (a cut during
- * boot, e.g. during a factory reset). --flash-errors makes every read of the
- * flash fail with EIO (QEMU's blkdebug): a dying flash chip (--flash-error-sectors
- * N,...: only reads touching those sectors). --slow-flash MBPS reads, writes and
- * discards at most MBPS MB/s (QEMU's throttle filter): a slow eMMC or SD card, on
- * which mkfs's discard of the whole device takes a while. Without --run the
+ * the S seconds count from the console's first whole line that is TEXT (or,
+ * TEXT ending in `*`, that begins with the rest) instead: a cut during boot,
+ * e.g. during a factory reset, or on a line CMD prints for it. Only a line
+ * whose newline has arrived counts, so the line is already in the output.
+ * --flash-errors makes every read of the flash fail with EIO (QEMU's
+ * blkdebug): a dying flash chip (--flash-error-sectors N,...: only reads
+ * touching those sectors). --slow-flash MBPS reads, writes and discards at
+ * most MBPS MB/s (QEMU's throttle filter): a slow eMMC or SD card, on which
+ * mkfs's discard of the whole device takes a while. Without --run the
  * console is interactive (Ctrl-A X leaves QEMU). --arch picks the device's
  * CPU (qemu/lab/arch.ts: x86_64, the default, or arm64).
  */
@@ -156,6 +159,11 @@ function qemuArguments(options: BootOptions, interactive: boolean): string[] {
   return args
 }
 
+/** `line` is `pattern`, or begins with it when the pattern ends in `*`. */
+function wholeLine(line: string, pattern: string): boolean {
+  return pattern.endsWith('*') ? line.startsWith(pattern.slice(0, -1)) : line === pattern
+}
+
 async function boot(options: BootOptions): Promise<number> {
   const interactive = options.run === undefined
   const args = qemuArguments(options, interactive)
@@ -173,6 +181,8 @@ async function boot(options: BootOptions): Promise<number> {
   const power = { cut: false }
   let begun = false
   let cutArmed = false
+  /** Where the console's next line to match against --cut-on begins. */
+  let unmatched = 0
   const armCut = (): void => {
     if (cutArmed || options.cutAfter === undefined) return
     cutArmed = true
@@ -190,7 +200,10 @@ async function boot(options: BootOptions): Promise<number> {
     log.write(text)
     if (options.verbose) process.stderr.write(text)
     console += text
-    if (options.cutOn !== undefined && console.includes(options.cutOn)) armCut()
+    for (let end = console.indexOf('\n', unmatched); end >= 0; end = console.indexOf('\n', unmatched)) {
+      if (options.cutOn !== undefined && wholeLine(console.slice(unmatched, end), options.cutOn)) armCut()
+      unmatched = end + 1
+    }
     if (!begun) {
       const start = console.indexOf(`${BEGIN}\n`)
       if (start < 0) return

@@ -4,7 +4,7 @@ import { flashMounted, readBootState, type BootState } from '../state/boot-recor
 import { ExitCode, type ExitStatus } from '../errors.js'
 import { describePendingAt } from '../pending/marker.js'
 import { filesystemInfo, readTextFileIfExists } from '../sys/fs.js'
-import { readStats, type SyncStats } from '../sync/stats.js'
+import { currentStats, type SyncStats } from '../sync/stats.js'
 import type { Config } from '../config/schema.js'
 import { flashLayout } from '../state/flash.js'
 
@@ -63,7 +63,7 @@ function syncStatus(config: Config, ramUpper: string): SyncStatus {
   const ramUsage = usageOf(ramUpper)
   const full = ramUsage.usedBytes / Math.max(1, ramUsage.totalBytes)
   return {
-    ...readStats(config.boot.run_dir),
+    ...currentStats(config.boot.run_dir),
     budget: config.sync.budget,
     ramUsage,
     ...(full >= 0.9
@@ -92,8 +92,12 @@ function syncRows(status: Status): [string, string | undefined][] {
   const sync = status.syncing
   if (!sync) return []
   const budget = sync.budget > 0 ? ` of a ${mebibytes(sync.budget)} budget` : ''
+  const watcher =
+    sync.watcher === 'gone'
+      ? `gone: the daemon (pid ${sync.daemon?.pid}) ended without stopping (killed: SIGKILL, the OOM killer?); changes wait for ovroot sync or shutdown`
+      : (sync.watcher ?? 'not running')
   return [
-    ['sync', `RAM upper, persisted to ${status.sync?.mirror} by ovroot sync; watcher ${sync.watcher ?? 'not running'}`],
+    ['sync', `RAM upper, persisted to ${status.sync?.mirror} by ovroot sync; watcher ${watcher}`],
     [
       'last sync',
       sync.lastSync

@@ -12,7 +12,7 @@ import { namespaceForMount } from '../overlay/xattrs.js'
 import { readBootRecord, refuseLiveLayer, type BootRecord } from '../pending/device.js'
 import { globToRegExp } from '../glob.js'
 import { makeDirectory } from '../sys/fs.js'
-import { recordSync } from './stats.js'
+import { recordFailure, recordSync } from './stats.js'
 import { lockedSync } from './lock.js'
 import type { SyncSource } from './transaction.js'
 import { flashLayout, type FlashLayout } from '../state/flash.js'
@@ -38,7 +38,15 @@ export async function runSync(options: SyncOptions): Promise<ExitStatus> {
     const { watchAndSync } = await import('./watch.js')
     return watchAndSync(config, source, layout)
   }
-  const outcome = await lockedSync(config.boot.run_dir, source, layout)
+  const outcome = await lockedSync(config.boot.run_dir, source, layout).catch((error: unknown) => {
+    // Status shows it (the device's own syncs: a mirror's are the caller's to see).
+    if (options.to === undefined)
+      recordFailure(
+        config.boot.run_dir,
+        `${new Date().toISOString()}: ovroot sync failed: ${error instanceof OvrootError ? error.message : String(error)}`,
+      )
+    throw error
+  })
   if (outcome.kind === 'blocked') {
     process.stderr.write(
       `ovroot: a ${outcome.change} is scheduled for the next boot: not syncing, which would undo it\n`,

@@ -1,10 +1,11 @@
 /**
  * What `ovroot status` shows about syncing, kept in the run directory (RAM:
  * writing it costs the flash nothing). The day's byte count, and so the
- * budget, starts again at every boot.
+ * budget, starts again at every boot and at midnight (UTC).
  */
 import { syncStatsPath } from '../state/run.js'
 import { readTextFileIfExists, writeFileAtomic } from '../sys/fs.js'
+import { processStart } from '../sys/run.js'
 
 export interface SyncStats {
   lastSync?: string
@@ -15,10 +16,15 @@ export interface SyncStats {
   bytesToday: number
   /** Changes seen and not yet synced, since. */
   pendingSince?: string
-  watcher?: 'watching' | 'polling' | 'stopped'
+  /** `gone`: the daemon that wrote `watching` or `polling` ended without stopping (SIGKILL, the OOM killer). */
+  watcher?: 'watching' | 'polling' | 'stopped' | 'gone'
+  /** The daemon's pid and start time (sys/run.ts `processStart`): a pid alone may be another process's by now. */
+  daemon?: { pid: number; started: string }
   /** Why automatic syncs are waiting (the budget, a scheduled reset). */
   waiting?: string
-  /** The daemon's syncs fail: since when, why, and when it tries again. */
+  /** What they wait for: the budget's wait ends with the day. */
+  waitingFor?: 'budget' | 'scheduled change'
+  /** The last sync failed (the daemon's: since when, why, and when it tries again; or a command's). */
   failing?: string
 }
 
@@ -27,8 +33,24 @@ const today = (): string => new Date().toISOString().slice(0, 10)
 export function readStats(runDir: string): SyncStats {
   const text = readTextFileIfExists(syncStatsPath(runDir))
   const stats: SyncStats = text ? (JSON.parse(text) as SyncStats) : { day: today(), bytesToday: 0 }
-  if (stats.day !== today()) return { ...stats, day: today(), bytesToday: 0 }
+  if (stats.day === today()) return stats
+  const { waiting, waitingFor, ...rest } = stats
+  return { ...rest, ...(waitingFor === 'budget' ? {} : { waiting, waitingFor }), day: today(), bytesToday: 0 }
+}
+
+/** The stats as they stand: a daemon said to be watching that is not running any more is `gone`. */
+export function currentStats(runDir: string): SyncStats {
+  const stats = readStats(runDir)
+  const running = stats.watcher === 'watching' || stats.watcher === 'polling'
+  if (running && (stats.daemon === undefined || processStart(stats.daemon.pid) !== stats.daemon.started))
+    return { ...stats, watcher: 'gone' }
   return stats
+}
+
+/** Milliseconds until the day of bytesToday ends. */
+export function untilTomorrow(): number {
+  const now = new Date()
+  return Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate() + 1) - now.getTime()
 }
 
 export function writeStats(runDir: string, stats: SyncStats): void {
@@ -37,7 +59,7 @@ export function writeStats(runDir: string, stats: SyncStats): void {
 
 export function recordSync(runDir: string, entries: number, bytes: number): SyncStats {
   const stats = readStats(runDir)
-  const { pendingSince: _done, waiting: _cleared, ...rest } = stats
+  const { pendingSince: _done, waiting: _cleared, waitingFor: _for, failing: _recovered, ...rest } = stats
   const updated: SyncStats = {
     ...rest,
     lastSync: new Date().toISOString(),
@@ -47,4 +69,9 @@ export function recordSync(runDir: string, entries: number, bytes: number): Sync
   }
   writeStats(runDir, updated)
   return updated
+}
+
+/** A sync that failed, for status; the next one that succeeds clears it. */
+export function recordFailure(runDir: string, failing: string): void {
+  writeStats(runDir, { ...readStats(runDir), failing })
 }

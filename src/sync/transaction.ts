@@ -26,6 +26,7 @@ import { parentOf, under } from '../upper/entry.js'
 import { bytePathBuffer, bytesOf, showBytes, type BytePath } from '../names.js'
 import { isGone, walkUpper } from '../upper/walk.js'
 import { startScan, type Scan } from './baseline.js'
+import { sharedWritableInodes } from '../sys/mappings.js'
 import { upperPath, type FlashLayout } from '../state/flash.js'
 
 export interface SyncResult {
@@ -59,7 +60,16 @@ export async function syncOnce(source: SyncSource, layout: FlashLayout, runDir: 
   makeDirectory(mirror)
   const scan = startScan(layout, source, runDir)
   const staging = syncStagingPath(layout)
-  const plan = new FlatStaging(bytesOf(source.upper), bytesOf(mirror), bytesOf(staging), xattrs.name('metacopy'), scan)
+  // Without a baseline every entry is compared anyway.
+  const mapped = scan.unchangedBefore === undefined ? new Set<bigint>() : sharedWritableInodes(source.upper)
+  const plan = new FlatStaging(
+    bytesOf(source.upper),
+    bytesOf(mirror),
+    bytesOf(staging),
+    xattrs.name('metacopy'),
+    scan,
+    mapped,
+  )
   let staged: Staged
   try {
     staged = stageChanges(source, plan)
@@ -149,10 +159,16 @@ function stageChanges(source: SyncSource, plan: FlatStaging): Staged {
       const target = entry.linkTarget ?? ''
       writer.begin(full, { ...entry, path: full }, entry.type === 'hardlink' ? plan.linkTarget(target) : undefined)
       if (entry.type === 'file' && entry.holeSize === undefined) {
-        for (const chunk of readStableFile(under(plan.upper, entry.path)).chunks()) {
+        const file = readStableFile(under(plan.upper, entry.path), { prefixOfGrowing: true })
+        for (const chunk of file.chunks()) {
           writer.data(chunk)
           written += chunk.length
         }
+        // Its size and ctime differ from the copy's now: the next sync compares it again, and takes the rest.
+        if (file.prefix !== undefined)
+          process.stderr.write(
+            `ovroot: sync: /${showBytes(entry.path)}: it grew while it was read; synced as its first ${file.prefix} bytes, the rest at the next sync\n`,
+          )
       }
       writer.end()
       bytes += written
@@ -206,6 +222,8 @@ class FlatStaging {
     private readonly staging: BytePath,
     readonly stubXattr: string,
     private readonly scan: Scan,
+    /** Inode numbers of files mapped shared and writable (sys/mappings.ts): their writes move no ctime, so they are always compared. */
+    private readonly mapped: ReadonlySet<bigint>,
   ) {}
 
   /** Whether an entry can be left alone unread: unchanged since the last scan, and not inside a directory new to the copy or moved there. */
@@ -213,7 +231,11 @@ class FlatStaging {
     const parent = parentOf(path)
     const below = path !== '.' && (this.wholeDirectories.has(parent) || this.movedDirectories.has(parent))
     const unchangedBefore = this.scan.unchangedBefore
-    const skip = unchangedBefore !== undefined && changeTimeNs < unchangedBefore && !below
+    const skip =
+      unchangedBefore !== undefined &&
+      changeTimeNs < unchangedBefore &&
+      !below &&
+      !(stat.isFile() && this.mapped.has(stat.ino))
     if (stat.isDirectory()) {
       this.directories.set(path, stat.ino)
       if (unchangedBefore !== undefined && !skip && (below || this.scan.directoryInode(path) !== stat.ino))

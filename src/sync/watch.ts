@@ -7,13 +7,16 @@
  * and their raw events stand for the files in them. A sync runs after `quiet` seconds without events, or
  * `max_delay` after the first unsynced event; a watch that fails falls back
  * to a rescan every `quiet` seconds, saying so once. SIGTERM (shutdown) makes
- * a last sync, whatever the budget.
+ * a last sync, whatever the budget. A file mapped shared and writable is
+ * synced at least every `max_delay`: writes through the mapping raise no event.
  */
 import type { Config } from '../config/schema.js'
 import { ExitCode, OvrootError, type ExitStatus } from '../errors.js'
 import { filesystemInfo } from '../sys/fs.js'
+import { sharedWritableInodes } from '../sys/mappings.js'
 import { lockedSync } from './lock.js'
-import { readStats, recordSync, writeStats, type SyncStats } from './stats.js'
+import { processStart } from '../sys/run.js'
+import { readStats, recordSync, untilTomorrow, writeStats, type SyncStats } from './stats.js'
 import type { SyncSource } from './transaction.js'
 import type { FlashLayout } from '../state/flash.js'
 
@@ -34,6 +37,11 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
   let timer: NodeJS.Timeout | undefined
   let running: Promise<void> | undefined
   let warnedFull = false
+  /** Set once watching failed: a rescan every `quiet` instead. */
+  let poll: NodeJS.Timeout | undefined
+  // Status tells this daemon from a dead one whose pid another process may have now.
+  const started = processStart(process.pid)
+  const self = started === undefined ? {} : { daemon: { pid: process.pid, started } }
   let failures = 0
   /** Not before this (ms): a failing sync backs off. */
   let retryAt = 0
@@ -50,10 +58,15 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
     if (automatic && config.sync.budget > 0 && stats.bytesToday >= config.sync.budget) {
       update((current) => ({
         ...current,
-        waiting: `the day's write budget (${config.sync.budget} bytes) is spent: automatic syncs wait for ovroot sync or shutdown`,
+        waiting: `the day's write budget (${config.sync.budget} bytes) is spent: automatic syncs wait for ovroot sync, shutdown or tomorrow`,
+        waitingFor: 'budget',
       }))
+      // The count starts again at midnight: what waits is synced then, with no new change needed.
+      retryAt = Date.now() + untilTomorrow()
+      schedule()
       return
     }
+    const scanned = new Date().toISOString()
     const changesFrom = firstChange
     firstChange = undefined
     try {
@@ -62,13 +75,15 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
         update((current) => ({
           ...current,
           waiting: `a ${outcome.change} is scheduled for the next boot: syncing would undo it`,
+          waitingFor: 'scheduled change',
         }))
         return
       }
       if (outcome.result.written + outcome.result.removed > 0)
         recordSync(runDir, outcome.result.written + outcome.result.removed, outcome.result.bytes)
-      else update(({ pendingSince: _synced, waiting: _cleared, ...current }) => current)
-      if (daemon.failed) update(({ failing: _recovered, ...current }) => current)
+      else update(({ pendingSince: _synced, waiting: _cleared, waitingFor: _for, failing: _ok, ...current }) => current)
+      // Polling sees no change: any made since this scan began is found only by the next one.
+      if (poll) update((current) => ({ ...current, pendingSince: scanned }))
       daemon.failed = false
       failures = 0
       retryAt = 0
@@ -131,7 +146,11 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
     atomic: false,
     ignored: (_path, stats) => stats !== undefined && !stats.isDirectory(),
   })
-  let poll: NodeJS.Timeout | undefined
+  // A write through a shared writable mapping raises no event and moves no time (sys/mappings.ts): while a file of
+  // the upper is mapped so, a sync (which compares it) runs at least every max_delay.
+  const mappedCheck = setInterval(() => {
+    if (firstChange === undefined && sharedWritableInodes(source.upper).size > 0) changed()
+  }, maxDelayMs)
   let ready: () => void = () => undefined
   const watching = new Promise<void>((resolve) => (ready = resolve))
   watcher.once('ready', () => ready())
@@ -144,7 +163,12 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
       `watching ${source.upper} failed (${error instanceof Error ? error.message : String(error)}): rescanning every ${config.sync.quiet} s instead`,
     )
     void watcher.close()
-    update((stats) => ({ ...stats, watcher: 'polling' }))
+    update((stats) => ({
+      ...stats,
+      watcher: 'polling',
+      ...self,
+      pendingSince: stats.pendingSince ?? new Date().toISOString(),
+    }))
     poll = setInterval(() => void run({ automatic: true }), quietMs)
   })
   // From the start: a SIGTERM during the first sync still gets its final sync, after that one.
@@ -155,6 +179,7 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
     daemon.stopping = true
     if (timer) clearTimeout(timer)
     if (poll) clearInterval(poll)
+    clearInterval(mappedCheck)
     void watcher.close()
     const deadline = setTimeout(() => {
       log(`the final sync took over ${FINAL_SYNC_MS / 1000} s: stopping without it`)
@@ -171,7 +196,7 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
   // Once the watch is in place, what changed before (or while the daemon was down) is synced; only then is the daemon "watching".
   await Promise.race([watching, finished])
   if (!daemon.stopping) await run({ automatic: true })
-  if (!daemon.stopping) update((stats) => ({ ...stats, watcher: poll ? 'polling' : 'watching' }))
+  if (!daemon.stopping) update((stats) => ({ ...stats, watcher: poll ? 'polling' : 'watching', ...self }))
 
   await finished
   update((stats) => ({ ...stats, watcher: 'stopped' }))

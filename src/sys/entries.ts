@@ -49,8 +49,9 @@ export function modificationTime(full: BytePath): number {
 }
 
 /** glibc's gnu_dev_major/minor, on a number that fits a double. */
-const majorOf = (rdev: number): number => Number(((BigInt(rdev) >> 8n) & 0xfffn) | ((BigInt(rdev) >> 32n) & ~0xfffn))
-const minorOf = (rdev: number): number => Number((BigInt(rdev) & 0xffn) | ((BigInt(rdev) >> 12n) & ~0xffn))
+export const majorOf = (rdev: number): number =>
+  Number(((BigInt(rdev) >> 8n) & 0xfffn) | ((BigInt(rdev) >> 32n) & ~0xfffn))
+export const minorOf = (rdev: number): number => Number((BigInt(rdev) & 0xffn) | ((BigInt(rdev) >> 12n) & ~0xffn))
 
 /** The entry at `full`; `stubXattr` marks a metacopy stub, whose data is not read. Sockets cannot be archived. */
 export function readEntry(full: BytePath, path: BytePath, stubXattr: string): UpperEntry | 'socket' {
@@ -130,20 +131,52 @@ export interface StableFile {
   sha256: string
   /** The data, checked against sha256 as it is read; throws if the file changed since it was hashed. */
   chunks(): Iterable<Buffer>
+  /** Set when the data is a prefix of a file that kept growing (`readStableFile`'s `prefixOfGrowing`): its length. */
+  prefix?: number
 }
 
 /**
  * A regular file's data, read so that a file written while it is read is
  * never taken torn: its size, mtime and ctime must be the same before and
  * after; a change means one more read, a second change an error naming it.
+ * With `prefixOfGrowing`, a file that only grew (a log appended all the time)
+ * is then taken as the bytes it had at a moment: its first N bytes, N being
+ * its size then, read twice and equal both times.
  */
-export function readStableFile(full: BytePath): StableFile {
+export function readStableFile(full: BytePath, options: { prefixOfGrowing?: boolean } = {}): StableFile {
   for (let attempt = 0; attempt < 2; attempt++) {
     const before = statForChange(full)
     const read = before.size <= WHOLE_FILE_BYTES ? readWhole(full) : hashFile(full)
     if (sameVersion(before, statForChange(full))) return read
   }
-  throw changedWhileRead(full)
+  const prefix = options.prefixOfGrowing ? grownPrefix(full) : undefined
+  if (prefix === undefined) throw changedWhileRead(full)
+  return prefix
+}
+
+/**
+ * The first `size` bytes of a file that had that size, hashed, then streamed and checked against the hash:
+ * unchanged across two reads while only bytes past them were added. Undefined unless it grew (a file rewritten in place is no log).
+ */
+function grownPrefix(full: BytePath): StableFile | undefined {
+  const before = statForChange(full)
+  const hash = createHash('sha256')
+  for (const chunk of fileChunks(full, before.size)) hash.update(chunk)
+  const sha256 = hash.digest('hex')
+  const after = statForChange(full)
+  if (after.ino !== before.ino || after.size <= before.size) return undefined
+  return {
+    sha256,
+    prefix: before.size,
+    *chunks() {
+      const again = createHash('sha256')
+      for (const chunk of fileChunks(full, before.size)) {
+        again.update(chunk)
+        yield chunk
+      }
+      if (again.digest('hex') !== sha256) throw changedWhileRead(full)
+    },
+  }
 }
 
 function readWhole(full: BytePath): StableFile {
@@ -174,14 +207,16 @@ function hashFile(full: BytePath): StableFile {
   }
 }
 
-function* fileChunks(full: BytePath): Generator<Buffer> {
+/** A file's data, up to `limit` bytes. */
+function* fileChunks(full: BytePath, limit = Infinity): Generator<Buffer> {
   let fd = -1
   try {
     fd = fs.openSync(kernelPath(full), 'r')
-    for (;;) {
+    for (let left = limit; left > 0;) {
       const chunk = Buffer.allocUnsafe(CHUNK)
-      const got = fs.readSync(fd, chunk, 0, CHUNK, null)
+      const got = fs.readSync(fd, chunk, 0, Math.min(CHUNK, left), null)
       if (got === 0) return
+      left -= got
       // A large file copied at boot (the RAM fill) is work the shim's timer must see.
       reportProgress()
       yield chunk.subarray(0, got)

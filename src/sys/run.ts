@@ -107,3 +107,13 @@ export function processAlive(pid: number): boolean {
     return (error as { code?: string }).code === 'EPERM'
   }
 }
+
+/**
+ * When a process started (clock ticks since boot, /proc/PID/stat field 22), or undefined when there is no such
+ * process: with its pid, what tells a process from a later one given the same pid.
+ */
+export function processStart(pid: number): string | undefined {
+  const stat = readQuietly(`/proc/${pid}/stat`)
+  // The command name (field 2) is in parentheses and may hold spaces and parentheses: count from the last ')'.
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] || undefined
+}
