@@ -282,6 +282,25 @@ await t.test('a live restore that does not fit on the flash: one line, nothing w
   t.notOk(fs.existsSync(`${d.flash}/.ovroot`), 'nothing was written')
 })
 
+await t.test('a file with holes is counted by what it allocates, and staged with its holes', async (t) => {
+  const d = fakeDevice(t, '1m')
+  fs.mkdirSync(`${d.dir}/sparse/upper/var`, { recursive: true })
+  // 64 MiB long, one page of data: far more than the 1 MiB flash, unless only allocated blocks count.
+  const image = `${d.dir}/sparse/upper/var/disk.img`
+  fs.writeFileSync(image, '')
+  fs.truncateSync(image, 64 << 20)
+  const fd = fs.openSync(image, 'r+')
+  fs.writeSync(fd, Buffer.alloc(4096, 1), 0, 4096, 32 << 20)
+  fs.closeSync(fd)
+  const file = `${d.dir}/sparse.ovb`
+  t.equal(ovroot(['backup', '--upper', `${d.dir}/sparse/upper`, '--lower', d.lower, '-o', file]).status, 0)
+  const result = ovroot(['restore', file, '--yes', '--config', d.config])
+  t.equal(result.status, 0, result.stderr)
+  const staged = fs.statSync(`${d.flash}/.ovroot/staged/var/disk.img`)
+  t.equal(staged.size, 64 << 20, 'its length')
+  t.equal(staged.blocks, 8, 'one page allocated, the rest holes')
+})
+
 await t.test(
   'a power cut at any point of the boot-time swap or merge ends in the old upper or the restored one',
   async (t) => {

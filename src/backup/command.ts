@@ -100,14 +100,21 @@ function* archive(
   for (const entry of walk) {
     entries++
     if (entry.type === 'file' && entry.holeSize === undefined) {
-      const file = readStableFile(under(upper, entry.path))
+      // Holes stay holes: only a file's data regions are read and archived (GNU sparse 1.0).
+      const file = readStableFile(under(upper, entry.path), { holes: true })
       const base = firmware.sha256(entry.path)
-      yield entryHeader({ ...entry, comment: encodeSums({ sha256: file.sha256, ...(base ? { base } : {}) }) })
+      const archived = {
+        ...entry,
+        size: file.size,
+        ...(file.regions ? { regions: file.regions } : {}),
+        comment: encodeSums({ sha256: file.sha256, ...(base ? { base } : {}) }),
+      }
+      yield entryHeader(archived)
       for (const chunk of file.chunks()) {
         progress.add(chunk.length)
         yield chunk
       }
-      yield dataPadding(entry)
+      yield dataPadding(archived)
     } else yield entryHeader(entry)
     progress.entry()
   }

@@ -109,6 +109,13 @@ function asArchiveError(error: unknown, file: string): OvrootError {
   return corrupt(`${file}: ${(error as Error).message}`)
 }
 
+/** What a file's data takes on flash, in 4 KiB blocks: a file with holes only its data regions' blocks. */
+function allocatedBytes(entry: TarEntry): number {
+  const blocks = (from: number, to: number): number => Math.ceil(to / 4096) - Math.floor(from / 4096)
+  const regions = entry.regions ?? [[0, entry.size]]
+  return regions.reduce((sum, [offset, length]) => sum + (length > 0 ? blocks(offset, offset + length) : 0), 0) * 4096
+}
+
 class Extraction {
   readonly reader: PaxReader
   private readonly writer: EntryWriter | undefined
@@ -149,7 +156,7 @@ class Extraction {
 
   private entry(entry: TarEntry): void {
     if (this.trailerEntries !== undefined)
-      throw corrupt(`archive entry ${'${showBytes(entry.path)}'} after the backup's trailer`)
+      throw corrupt(`archive entry ${showBytes(entry.path)} after the backup's trailer`)
     if (!this.rules) {
       this.kind ??= entry.path === '.' ? 'upper' : 'sysupgrade'
       const sysupgrade = this.kind === 'sysupgrade'
@@ -163,11 +170,11 @@ class Extraction {
     const sums = decodeSums(entry.comment)
     if (this.kind === 'ovroot' && entry.type === 'file' && entry.holeSize === undefined && !sums) {
       throw corrupt(
-        `archive entry ${'${showBytes(entry.path)}'}: a file without its recorded sha256; the backup is damaged`,
+        `archive entry ${showBytes(entry.path)}: a file without its recorded sha256; the backup is damaged`,
       )
     }
     this.current = { entry, hash: sums ? createHash('sha256') : undefined, sums }
-    this.neededBytes += ENTRY_BYTES + Math.ceil(entry.size / 4096) * 4096
+    this.neededBytes += ENTRY_BYTES + allocatedBytes(entry)
     // A sysupgrade archive's root entry would change the upper's own directory: its files are what it carries.
     if (this.writer && this.staging !== undefined && !(this.kind === 'sysupgrade' && entry.path === '.')) {
       const linkTarget =
@@ -189,7 +196,7 @@ class Extraction {
     const { entry, hash, sums } = current
     if (hash && sums && hash.digest('hex') !== sums.sha256)
       throw corrupt(
-        `archive entry ${'${showBytes(entry.path)}'}: its content does not match its recorded sha256; the backup is damaged`,
+        `archive entry ${showBytes(entry.path)}: its content does not match its recorded sha256; the backup is damaged`,
       )
     if (
       sums?.base &&

@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto'
 import * as fs from 'node:fs'
 import { ExitCode, fromNodeError, OvrootError, SysError } from '../errors.js'
 import type { EntryKind, UpperEntry } from './types.js'
-import { getXattr, listXattrs, makeNode, removeXattr, setTimes, setXattr } from './libc.js'
+import { dataRegions, getXattr, listXattrs, makeNode, removeXattr, setTimes, setXattr } from './libc.js'
 import { reportProgress } from './progress.js'
 import { bytePathBuffer as kernelPath, byteString, showBytes, type BytePath } from '../names.js'
 
@@ -127,26 +127,73 @@ const WHOLE_FILE_BYTES = 4 << 20
 const CHUNK = 1 << 20
 
 export interface StableFile {
+  /** Over the bytes chunks() yields: for a file read with its holes, over its data regions only. */
   sha256: string
+  /** The file's length when it was read (it may differ from an earlier stat's). */
+  size: number
   /** The data, checked against sha256 as it is read; throws if the file changed since it was hashed. */
   chunks(): Iterable<Buffer>
+  /** Read with its holes (`holes`), a file that has some: its data regions, which are all chunks() yields. */
+  regions?: Region[]
 }
+
+/** Part of a file that holds data: offset and length in bytes. */
+export type Region = [offset: number, length: number]
 
 /**
  * A regular file's data, read so that a file written while it is read is
  * never taken torn: its size, mtime and ctime must be the same before and
  * after; a change means one more read, a second change an error naming it.
  */
-export function readStableFile(full: BytePath): StableFile {
+export function readStableFile(full: BytePath, options: { holes: boolean } = { holes: false }): StableFile {
   for (let attempt = 0; attempt < 2; attempt++) {
     const before = statForChange(full)
-    const read = before.size <= WHOLE_FILE_BYTES ? readWhole(full) : hashFile(full)
-    if (sameVersion(before, statForChange(full))) return read
+    // Fewer blocks than bytes: a file with holes (or a filesystem that compresses); only then is the map asked for.
+    const regions = options.holes && before.blocks * 512 < before.size ? holeMap(full, before.size) : undefined
+    const read = regions
+      ? readRegions(full, regions)
+      : before.size <= WHOLE_FILE_BYTES
+        ? readWhole(full)
+        : hashFile(full)
+    if (sameVersion(before, statForChange(full))) return { ...read, size: before.size }
   }
   throw changedWhileRead(full)
 }
 
-function readWhole(full: BytePath): StableFile {
+/** The data regions of a file, or undefined when it has no hole. */
+function holeMap(full: BytePath, size: number): Region[] | undefined {
+  let fd = -1
+  try {
+    fd = fs.openSync(kernelPath(full), 'r')
+    const regions = dataRegions(fd, size, kernelPath(full))
+    return regions.length === 1 && regions[0]?.[0] === 0 && regions[0][1] === size ? undefined : regions
+  } catch (error) {
+    throw fromNodeError(error, 'read', showBytes(full))
+  } finally {
+    if (fd >= 0) fs.closeSync(fd)
+  }
+}
+
+/** The data regions of a file: hashed in one pass, then read again as they are handed over (as hashFile). */
+function readRegions(full: BytePath, regions: Region[]): Omit<StableFile, 'size'> {
+  const hash = createHash('sha256')
+  for (const chunk of fileChunks(full, regions)) hash.update(chunk)
+  const sha256 = hash.digest('hex')
+  return {
+    sha256,
+    regions,
+    *chunks() {
+      const again = createHash('sha256')
+      for (const chunk of fileChunks(full, regions)) {
+        again.update(chunk)
+        yield chunk
+      }
+      if (again.digest('hex') !== sha256) throw changedWhileRead(full)
+    },
+  }
+}
+
+function readWhole(full: BytePath): Omit<StableFile, 'size'> {
   let content: Buffer
   try {
     content = fs.readFileSync(kernelPath(full))
@@ -157,7 +204,7 @@ function readWhole(full: BytePath): StableFile {
   return { sha256, chunks: () => [content] }
 }
 
-function hashFile(full: BytePath): StableFile {
+function hashFile(full: BytePath): Omit<StableFile, 'size'> {
   const hash = createHash('sha256')
   for (const chunk of fileChunks(full)) hash.update(chunk)
   const sha256 = hash.digest('hex')
@@ -174,18 +221,29 @@ function hashFile(full: BytePath): StableFile {
   }
 }
 
-function* fileChunks(full: BytePath): Generator<Buffer> {
+/** A file's bytes to its end, or only those of `regions`; a region cut short (the file shrank) is a change. */
+function* fileChunks(full: BytePath, regions?: Region[]): Generator<Buffer> {
   let fd = -1
   try {
     fd = fs.openSync(kernelPath(full), 'r')
-    for (;;) {
-      const chunk = Buffer.allocUnsafe(CHUNK)
-      const got = fs.readSync(fd, chunk, 0, CHUNK, null)
-      if (got === 0) return
-      // A large file copied at boot (the RAM fill) is work the shim's timer must see.
-      reportProgress()
-      yield chunk.subarray(0, got)
+    if (regions === undefined) {
+      for (;;) {
+        const chunk = Buffer.allocUnsafe(CHUNK)
+        const got = fs.readSync(fd, chunk, 0, CHUNK, null)
+        if (got === 0) return
+        // A large file copied at boot (the RAM fill) is work the shim's timer must see.
+        reportProgress()
+        yield chunk.subarray(0, got)
+      }
     }
+    for (const [offset, length] of regions)
+      for (let done = 0; done < length;) {
+        const chunk = Buffer.allocUnsafe(Math.min(CHUNK, length - done))
+        const got = fs.readSync(fd, chunk, 0, chunk.length, offset + done)
+        if (got === 0) throw changedWhileRead(full)
+        done += got
+        yield chunk.subarray(0, got)
+      }
   } catch (error) {
     throw fromNodeError(error, 'read', showBytes(full))
   } finally {
@@ -223,6 +281,8 @@ function changedWhileRead(full: BytePath): OvrootError {
 export class EntryWriter {
   private fd = -1
   private current: { full: BytePath; entry: UpperEntry } | undefined
+  /** Where the next data byte goes: a file with holes is written region by region, its holes never. */
+  private place = { region: 0, within: 0 }
   private readonly dirs: { full: BytePath; entry: UpperEntry }[] = []
 
   begin(full: BytePath, entry: UpperEntry, linkTargetFull?: BytePath): void {
@@ -240,6 +300,9 @@ export class EntryWriter {
             0o600,
           )
           if (entry.holeSize !== undefined) fs.ftruncateSync(this.fd, entry.holeSize)
+          // Its length first: what is not written stays a hole.
+          if (entry.regions !== undefined) fs.ftruncateSync(this.fd, entry.size)
+          this.place = { region: 0, within: 0 }
           break
         case 'symlink':
           fs.symlinkSync(kernelPath(entry.linkTarget ?? ''), at)
@@ -263,14 +326,31 @@ export class EntryWriter {
   data(chunk: Buffer): void {
     try {
       for (let written = 0; written < chunk.length;) {
-        const count = fs.writeSync(this.fd, chunk, written)
+        const [length, position] = this.nextWrite(chunk.length - written)
+        const count = fs.writeSync(this.fd, chunk, written, length, position)
         // A write of nothing would repeat forever (boot's RAM fill is in this loop): as good as a full filesystem.
         if (count === 0) throw new SysError('ENOSPC', 'write', this.current?.full ?? '')
+        this.place.within += count
         written += count
       }
     } catch (error) {
       throw fromNodeError(error, 'write', showBytes(this.current?.full ?? ''))
     }
+  }
+
+  /** How much of `length` bytes to write, and where: all at the current position, or what the current region of a file with holes still takes, at its place. */
+  private nextWrite(length: number): [length: number, position: number | null] {
+    const regions = this.current?.entry.regions
+    if (regions === undefined) return [length, null]
+    const { place } = this
+    for (let region = regions[place.region]; region !== undefined; region = regions[place.region]) {
+      const [offset, size] = region
+      if (place.within < size) return [Math.min(length, size - place.within), offset + place.within]
+      place.region++
+      place.within = 0
+    }
+    // The reader hands over exactly the regions' bytes: more is a caller's error.
+    throw new SysError('EFBIG', 'write', this.current?.full ?? '')
   }
 
   end(): void {

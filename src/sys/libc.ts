@@ -36,6 +36,8 @@ interface Libc {
   mount: KoffiFunction
   umount2: KoffiFunction
   sync: KoffiFunction
+  /** lseek with a 64-bit offset, whatever the libc's off_t (see seekFunction). */
+  lseek: KoffiFunction
   /** syscall(2) is variadic: every call passes a koffi type before each argument. */
   syscall: KoffiFunction
   numbers: SyscallNumbers
@@ -70,11 +72,27 @@ function bind(): { koffi: Koffi; libc: Libc } {
       ),
       umount2: lib.func('int umount2(const char *target, int flags)'),
       sync: lib.func('void sync()'),
+      lseek: seekFunction(lib),
       syscall: lib.func('long syscall(long number, ...)'),
       numbers,
     }
   }
   return { koffi, libc }
+}
+
+/**
+ * glibc's lseek takes a 32-bit off_t on 32-bit architectures (unless built
+ * with _FILE_OFFSET_BITS=64) and exports lseek64 with a 64-bit one on every
+ * architecture; musl's off_t is 64-bit everywhere and its lseek64 symbol may
+ * be gone (1.2.4 dropped the LFS64 names). So: lseek64 when libc has it, else
+ * lseek, which is then the 64-bit one.
+ */
+function seekFunction(lib: KoffiLibrary): KoffiFunction {
+  try {
+    return lib.func('int64_t lseek64(int fd, int64_t offset, int whence)')
+  } catch {
+    return lib.func('int64_t lseek(int fd, int64_t offset, int whence)')
+  }
 }
 
 /** Fails with the one-line platform message when this platform cannot run ovroot's system layer. */
@@ -350,6 +368,35 @@ export function pivotRoot(newRoot: string, putOld: string): void {
     'pivot_root',
     `${newRoot} (old root to ${putOld})`,
   )
+}
+
+/** lseek(2)'s whence values for holes: the same on every Linux architecture (include/uapi/linux/fs.h). */
+const SEEK_DATA = 3
+const SEEK_HOLE = 4
+
+/**
+ * Where a file's data lies, as (offset, length) pairs in order, the rest of
+ * its first `size` bytes being holes (SEEK_DATA/SEEK_HOLE). A filesystem that
+ * does not track holes reports all of the file as data, which is still right.
+ */
+export function dataRegions(fd: number, size: number, target: SysPath): [offset: number, length: number][] {
+  const { libc } = bind()
+  const regions: [number, number][] = []
+  for (let position = 0; position < size;) {
+    const data = Number(libc.lseek(fd, position, SEEK_DATA))
+    if (data < 0) {
+      const errno = errnoName()
+      // ENXIO: no data from here to the end of the file.
+      if (errno === 'ENXIO') break
+      throw new SysError(errno, 'lseek SEEK_DATA', shown(target))
+    }
+    if (data >= size) break
+    const hole = check(libc.lseek(fd, data, SEEK_HOLE), 'lseek SEEK_HOLE', shown(target))
+    const end = Math.min(hole, size)
+    regions.push([data, end - data])
+    position = end
+  }
+  return regions
 }
 
 export function syncAll(): void {
