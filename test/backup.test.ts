@@ -534,3 +534,39 @@ await t.test(
     t.same(upperSnapshot(into), upperSnapshot(d.upper), "GNU tar's sparse archive (tar -S) restores with its holes")
   },
 )
+
+await t.test(
+  'an archive written into the upper it backs up leaves itself out: -o (its temporary file) and a redirected standard output',
+  async (t) => {
+    const d = plainDevice(t, (upper) =>
+      writeTree(upper, { '/root/.profile': 'profile\n', '/etc/config/network': 'lan\n' }),
+    )
+    const rootNames = (archive: string): string[] =>
+      execFileSync('tar', ['-tzf', archive], { encoding: 'utf8' })
+        .split('\n')
+        .filter((name) => name.startsWith('root/'))
+    const inside = `${d.upper}/root/b.ovb`
+    const made = backup(d, inside)
+    t.equal(made.status, 0, made.stderr)
+    t.same(rootNames(inside), ['root/', 'root/.profile'], '-o: its temporary file is not in it')
+    const into = `${d.dir}/restored-inside`
+    fs.mkdirSync(into)
+    t.equal(restore(d, inside, into).status, 0)
+    t.same(fs.readdirSync(`${into}/root`), ['.profile'], 'nor in the restored upper')
+
+    const redirected = `${d.upper}/root/out.ovb`
+    execFileSync('sh', [
+      '-c',
+      `exec node "$0" backup --upper "$1" --lower "$2" > "$3"`,
+      fileArgument(),
+      d.upper,
+      d.lower,
+      redirected,
+    ])
+    t.same(
+      rootNames(redirected),
+      ['root/', 'root/.profile', 'root/b.ovb'],
+      'standard output: the file it writes is not in it',
+    )
+  },
+)

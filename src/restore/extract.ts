@@ -169,9 +169,7 @@ class Extraction {
     for (const parent of this.rules.admit(entry)) this.writeImplicitDirectory(parent)
     const sums = decodeSums(entry.comment)
     if (this.kind === 'ovroot' && entry.type === 'file' && entry.holeSize === undefined && !sums) {
-      throw corrupt(
-        `archive entry ${showBytes(entry.path)}: a file without its recorded sha256; the backup is damaged`,
-      )
+      throw corrupt(`archive entry ${showBytes(entry.path)}: a file without its recorded sha256; the backup is damaged`)
     }
     this.current = { entry, hash: sums ? createHash('sha256') : undefined, sums }
     this.neededBytes += ENTRY_BYTES + allocatedBytes(entry)

@@ -156,8 +156,26 @@ export function writeFileAtomic(path: string, content: string | Buffer): void {
   }
 }
 
+/** Which inode an open file is: device and inode number, as fstat(2) reports them. */
+export interface FileIdentity {
+  dev: bigint
+  ino: bigint
+}
+
+/** The identity of an open regular file, or undefined for anything else (a pipe, a terminal). */
+export function openFileIdentity(fd: number): FileIdentity | undefined {
+  try {
+    const stat = fs.fstatSync(fd, { bigint: true })
+    return stat.isFile() ? { dev: stat.dev, ino: stat.ino } : undefined
+  } catch (error) {
+    throw fromNodeError(error, 'stat', `file descriptor ${fd}`)
+  }
+}
+
 export interface AtomicOutput {
   stream: NodeJS.WritableStream
+  /** The temporary file being written. */
+  identity: FileIdentity
   /** fsync, rename over the target, fsync the directory. */
   commit(): void
   /** Remove the temporary file (after an error). */
@@ -176,8 +194,10 @@ export function openAtomicOutput(path: string, mode: number): AtomicOutput {
     throw fromNodeError(error, 'create', temporary)
   }
   const stream = fs.createWriteStream('', { fd, autoClose: false })
+  const stat = fs.fstatSync(fd, { bigint: true })
   return {
     stream,
+    identity: { dev: stat.dev, ino: stat.ino },
     commit() {
       try {
         fs.fsyncSync(fd)
