@@ -570,3 +570,44 @@ await t.test(
     )
   },
 )
+
+await t.test(
+  'inode flags (chattr +i, +a, +d) come back, set last; where the filesystem has none they are reported, not dropped',
+  async (t) => {
+    const d = plainDevice(t, (upper) => {
+      writeTree(upper, {
+        '/etc/resolv.conf': 'nameserver 192.0.2.1\n',
+        '/etc/locked/inside': 'in an immutable directory\n',
+        '/var/log/messages': 'append only\n',
+        '/root/scratch': 'no dump\n',
+      })
+      execFileSync('chattr', ['+i', `${upper}/etc/resolv.conf`, `${upper}/etc/locked`])
+      execFileSync('chattr', ['+a', `${upper}/var/log/messages`])
+      execFileSync('chattr', ['+d', `${upper}/root/scratch`])
+    })
+    const archive = `${d.dir}/flags.ovb`
+    t.equal(backup(d, archive).status, 0)
+    t.ok(execFileSync('gzip', ['-dc', archive]).includes(Buffer.from('SCHILY.fflags=schg')), "star's and bsdtar's key")
+
+    // ramfs keeps no inode flags: the restore completes and names what it could not keep.
+    const ramfs = `${d.dir}/ramfs`
+    fs.mkdirSync(ramfs)
+    execFileSync('mount', ['-t', 'ramfs', 'ramfs', ramfs])
+    // scratch()'s cleanup unmounts it, with the tmpfs it is in.
+    fs.mkdirSync(`${ramfs}/into`)
+    const reported = restore(d, archive, `${ramfs}/into`)
+    t.equal(reported.status, 0, reported.stderr)
+    t.match(
+      reported.stderr,
+      /^ovroot: inode flags \(chattr\) not kept on 4 entries \(.*\): \/etc\/locked \/etc\/resolv\.conf \/root\/scratch \/var\/log\/messages\n$/,
+    )
+    t.equal(fs.readFileSync(`${ramfs}/into/etc/resolv.conf`, 'utf8'), 'nameserver 192.0.2.1\n', 'the rest restored')
+
+    roundTrip(t, d, 'flags')
+    const restored = `${d.dir}/restored-flags`
+    t.throws(() => fs.writeFileSync(`${restored}/etc/resolv.conf`, 'x'), { code: 'EPERM' }, 'immutable again')
+    t.throws(() => fs.writeFileSync(`${restored}/etc/locked/new`, 'x'), { code: 'EPERM' }, 'a directory too')
+    fs.appendFileSync(`${restored}/var/log/messages`, 'more\n')
+    t.throws(() => fs.writeFileSync(`${restored}/var/log/messages`, 'x'), { code: 'EPERM' }, 'append only again')
+  },
+)

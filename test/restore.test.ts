@@ -282,6 +282,26 @@ await t.test('a live restore that does not fit on the flash: one line, nothing w
   t.notOk(fs.existsSync(`${d.flash}/.ovroot`), 'nothing was written')
 })
 
+await t.test(
+  'an upper holding immutable and append-only entries is replaced all the same at the next boot',
+  async (t) => {
+    const d = fakeDevice(t)
+    writeTree(`${d.flash}/upper`, { '/etc/locked/inside': 'x\n', '/var/log/messages': 'log\n' })
+    execFileSync('chattr', ['+i', `${d.flash}/upper/etc/config/network`, `${d.flash}/upper/etc/locked`])
+    execFileSync('chattr', ['+a', `${d.flash}/upper/var/log/messages`, `${d.flash}/upper/var/log`])
+    writeTree(`${d.dir}/new/upper`, { '/etc/config/network': 'restored\n' })
+    const file = `${d.dir}/b.ovb`
+    t.equal(ovroot(['backup', '--upper', `${d.dir}/new/upper`, '--lower', d.lower, '-o', file]).status, 0)
+    t.equal(ovroot(['restore', file, '--yes', '--config', d.config]).status, 0)
+    await applyPending({ root: d.flash, upperName: 'upper' }, `${d.flash}/work`, new OverlayXattrs('trusted'))
+    t.same(
+      upperSnapshot(`${d.flash}/upper`),
+      upperSnapshot(`${d.dir}/new/upper`),
+      'the old upper is gone, flags and all',
+    )
+  },
+)
+
 await t.test('a file with holes is counted by what it allocates, and staged with its holes', async (t) => {
   const d = fakeDevice(t, '1m')
   fs.mkdirSync(`${d.dir}/sparse/upper/var`, { recursive: true })

@@ -18,6 +18,8 @@ export type TarType = EntryKind
 export interface TarEntry extends UpperEntry {
   /** pax `comment`: ignored by every tar, carries ovroot's checksums. */
   comment?: string
+  /** Inode flags the archive names that ovroot does not keep (`SCHILY.fflags` from another system): reported, not set. */
+  otherFlags?: string[]
 }
 
 export const BLOCK = 512
@@ -217,6 +219,7 @@ export function entryHeader(entry: TarEntry): Buffer {
   // A reader takes a missing atime for the mtime: most files were never read after their last write.
   if (entry.atimeNs !== entry.mtimeNs) records.push(paxRecord('atime', formatTime(entry.atimeNs)))
   if (entry.comment !== undefined) records.push(paxRecord('comment', entry.comment))
+  if (entry.flags) records.push(paxRecord('SCHILY.fflags', flagNames(entry.flags)))
   for (const [xattr, value] of entry.xattrs) records.push(paxRecord(`SCHILY.xattr.${xattr}`, value))
   const ustarName = sparse
     ? bytePathBuffer(`GNUSparseFile.0/${entry.path.slice(entry.path.lastIndexOf('/') + 1)}`)
@@ -239,6 +242,39 @@ export function entryHeader(entry: TarEntry): Buffer {
       : Buffer.alloc(0)
   const map = sparse ? [sparse.map, padding(sparse.map.length)] : []
   return Buffer.concat([extended, header, ...map])
+}
+
+/**
+ * Inode flags as star and libarchive (bsdtar) name them in `SCHILY.fflags`:
+ * `sappnd` is chattr's a, `schg` its i, `nodump` its d. libarchive's longer
+ * synonyms are read too.
+ */
+const FLAG_NAMES: [name: string, flag: number][] = [
+  ['sappnd', 0x20],
+  ['schg', 0x10],
+  ['nodump', 0x40],
+  ['sappend', 0x20],
+  ['schange', 0x10],
+  ['simmutable', 0x10],
+]
+
+function flagNames(flags: number): string {
+  return FLAG_NAMES.slice(0, 3)
+    .filter(([, flag]) => flags & flag)
+    .map(([name]) => name)
+    .join(',')
+}
+
+/** The flags `SCHILY.fflags` names, and the names ovroot does not keep (another system's flags). */
+function parseFlags(text: string): { flags: number; others: string[] } {
+  let flags = 0
+  const others: string[] = []
+  for (const name of text.split(/[,\s]+/).filter(Boolean)) {
+    const flag = FLAG_NAMES.find(([known]) => known === name)?.[1]
+    if (flag === undefined) others.push(name)
+    else flags |= flag
+  }
+  return { flags, others }
 }
 
 /** What follows an entry's data: zeros to the next block. */
@@ -463,6 +499,7 @@ export class PaxReader {
         ])
     }
     const link = records.get('linkpath') ?? this.overrides.longLink ?? field(FIELD.linkName)
+    const fflags = records.has('SCHILY.fflags') ? parseFlags(text('SCHILY.fflags') ?? '') : undefined
     return {
       // The bytes as they are, whether the archive says UTF-8 or hdrcharset=BINARY: a Linux name is its bytes.
       path: normaliseName(byteString(rawName)),
@@ -479,6 +516,8 @@ export class PaxReader {
       devMinor: type === 'char' || type === 'block' ? parseNumber(block, FIELD.devMinor, this.offset) : 0,
       xattrs,
       ...(records.has('comment') ? { comment: text('comment') } : {}),
+      ...(fflags && fflags.flags !== 0 ? { flags: fflags.flags } : {}),
+      ...(fflags && fflags.others.length > 0 ? { otherFlags: fflags.others } : {}),
       ...(records.has('GNU.sparse.realsize') ? { holeSize: number('GNU.sparse.realsize', FIELD.size) } : {}),
     }
   }

@@ -117,6 +117,7 @@ function* archive(
   const upper = bytesOf(request.upper)
   const walk = walkUpper(upper, {
     stubXattr: xattrs.name('metacopy'),
+    flags: true,
     ...select,
     skipped: (path, why) => process.stderr.write(`ovroot: skipped /${showBytes(path)}: ${why} cannot be archived\n`),
   })

@@ -55,6 +55,18 @@ export interface ExtractResult {
   neededBytes: number
   /** Files the user changed that the running firmware changed too (ovroot archives from other firmware). */
   conflicts: string[]
+  /** Entries whose inode flags (chattr) were not kept: the staging filesystem has none, or the archive names flags ovroot does not keep. */
+  flagsNotKept: string[]
+}
+
+/** One line on stderr for inode flags that did not come back: never dropped without a word. */
+export function reportFlagsNotKept(result: ExtractResult): void {
+  const paths = result.flagsNotKept
+  if (paths.length === 0) return
+  const more = paths.length > 5 ? ` and ${paths.length - 5} more` : ''
+  process.stderr.write(
+    `ovroot: inode flags (chattr) not kept on ${paths.length} entries (the flash's filesystem has none, or they are not append-only, immutable or no-dump): ${paths.slice(0, 5).join(' ')}${more}\n`,
+  )
 }
 
 /** The first bytes tell an encrypted backup, a gzip'd one, and a bare tar apart. */
@@ -127,12 +139,13 @@ class Extraction {
   private dataBytes = 0
   private neededBytes = 0
   private readonly conflicts: string[] = []
+  private readonly flagsNotKept: string[] = []
   /** The staging directory as bytes: entries' paths are bytes (names.ts `BytePath`). */
   private readonly staging: BytePath | undefined
 
   constructor(private readonly options: ExtractOptions) {
     this.staging = options.staging === undefined ? undefined : bytesOf(options.staging)
-    this.writer = options.staging === undefined ? undefined : new EntryWriter()
+    this.writer = options.staging === undefined ? undefined : new EntryWriter({ flags: true })
     this.reader = new PaxReader({
       globalComment: (comment) => this.globalComment(comment),
       entry: (entry) => this.entry(entry),
@@ -170,6 +183,12 @@ class Extraction {
     const sums = decodeSums(entry.comment)
     if (this.kind === 'ovroot' && entry.type === 'file' && entry.holeSize === undefined && !sums) {
       throw corrupt(`archive entry ${showBytes(entry.path)}: a file without its recorded sha256; the backup is damaged`)
+    }
+    if (entry.otherFlags) this.flagsNotKept.push(`/${showBytes(entry.path)}`)
+    // The upper's own directory immutable would stop the overlay from working: reported, not set.
+    if (entry.flags !== undefined && entry.path === '.') {
+      this.flagsNotKept.push('/')
+      entry = { ...entry, flags: undefined }
     }
     this.current = { entry, hash: sums ? createHash('sha256') : undefined, sums }
     this.neededBytes += ENTRY_BYTES + allocatedBytes(entry)
@@ -248,6 +267,7 @@ class Extraction {
       dataBytes: this.dataBytes,
       neededBytes: this.neededBytes,
       conflicts: this.conflicts,
+      flagsNotKept: [...this.flagsNotKept, ...(this.writer?.flagsNotKept ?? []).map((path) => `/${showBytes(path)}`)],
     }
   }
 }

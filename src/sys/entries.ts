@@ -9,7 +9,17 @@ import { createHash } from 'node:crypto'
 import * as fs from 'node:fs'
 import { ExitCode, fromNodeError, OvrootError, SysError } from '../errors.js'
 import type { EntryKind, UpperEntry } from './types.js'
-import { dataRegions, getXattr, listXattrs, makeNode, removeXattr, setTimes, setXattr } from './libc.js'
+import {
+  dataRegions,
+  getXattr,
+  inodeFlags,
+  setInodeFlags,
+  listXattrs,
+  makeNode,
+  removeXattr,
+  setTimes,
+  setXattr,
+} from './libc.js'
 import { reportProgress } from './progress.js'
 import { bytePathBuffer as kernelPath, byteString, showBytes, type BytePath } from '../names.js'
 
@@ -84,6 +94,7 @@ export function readEntryWithStat(
   path: BytePath,
   stubXattr: string,
   big: fs.BigIntStats,
+  withFlags = false,
 ): UpperEntry | 'socket' {
   const stat = numbers(big)
   const type = KIND_OF(big)
@@ -95,6 +106,8 @@ export function readEntryWithStat(
     if (value) xattrs.push([name, value])
   }
   const stub = type === 'file' && stat.size > 0 && xattrs.some(([name]) => name === stubXattr)
+  // Files and directories only: what chattr sets, and what can be opened to set them back.
+  const flags = withFlags && (type === 'file' || type === 'dir') ? inodeFlags(kernelFull) : 0
   const entry: UpperEntry = {
     path,
     type,
@@ -109,6 +122,7 @@ export function readEntryWithStat(
     xattrs,
     ...(stub ? { holeSize: stat.size } : {}),
     ...(type === 'symlink' ? { linkTarget: readLinkText(full) } : {}),
+    ...(flags !== 0 ? { flags } : {}),
   }
   return entry
 }
@@ -279,6 +293,12 @@ function changedWhileRead(full: BytePath): OvrootError {
  * mtime), deepest first.
  */
 export class EntryWriter {
+  /** With `flags`, inode flags are set once everything else is written (see finish). */
+  constructor(private readonly options: { flags: boolean } = { flags: false }) {}
+
+  private readonly flagged: { full: BytePath; entry: UpperEntry }[] = []
+  /** Entries whose inode flags the filesystem could not hold. */
+  readonly flagsNotKept: BytePath[] = []
   private fd = -1
   private current: { full: BytePath; entry: UpperEntry } | undefined
   /** Where the next data byte goes: a file with holes is written region by region, its holes never. */
@@ -292,6 +312,7 @@ export class EntryWriter {
         case 'dir':
           if (entry.path !== '.') fs.mkdirSync(at, { mode: 0o700 })
           this.dirs.push({ full, entry })
+          this.noteFlags(full, entry)
           return
         case 'file':
           this.fd = fs.openSync(
@@ -358,14 +379,25 @@ export class EntryWriter {
       fs.closeSync(this.fd)
       this.fd = -1
     }
-    if (this.current) applyMetadata(this.current.full, this.current.entry)
+    if (this.current) {
+      applyMetadata(this.current.full, this.current.entry)
+      this.noteFlags(this.current.full, this.current.entry)
+    }
     this.current = undefined
+  }
+
+  private noteFlags(full: BytePath, entry: UpperEntry): void {
+    if (this.options.flags && entry.flags !== undefined && entry.flags !== 0) this.flagged.push({ full, entry })
   }
 
   /** Directory metadata, once everything is in place. */
   finish(): void {
     for (const { full, entry } of this.dirs.reverse()) applyMetadata(full, entry)
     this.dirs.length = 0
+    // Last: an immutable directory takes no more children, an append-only file no rewrite.
+    for (const { full, entry } of this.flagged)
+      if (!applyFlags(full, entry.flags ?? 0)) this.flagsNotKept.push(entry.path)
+    this.flagged.length = 0
   }
 
   /** Close what is open after an error (the caller removes what was written). */
@@ -407,6 +439,19 @@ export function replaceMetadata(full: BytePath, entry: UpperEntry): void {
 export function setModificationTime(full: BytePath, mtime: number): void {
   const seconds = Math.round(mtime * 1e6) / 1e6 + 5e-7
   fs.lutimesSync(kernelPath(full), seconds, seconds)
+}
+
+/** Set a file's or directory's inode flags; false when its filesystem has none. */
+function applyFlags(full: BytePath, flags: number): boolean {
+  let fd = -1
+  try {
+    fd = fs.openSync(kernelPath(full), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK)
+    return setInodeFlags(fd, flags, kernelPath(full))
+  } catch (error) {
+    throw fromNodeError(error, 'set inode flags of', showBytes(full))
+  } finally {
+    if (fd >= 0) fs.closeSync(fd)
+  }
 }
 
 /** Owner before mode (chown clears set-id bits), capabilities after chown (it clears them too), times last. */

@@ -13,7 +13,7 @@ import { endianness, constants as osConstants } from 'node:os'
 import { SysError } from '../errors.js'
 import { showName } from '../names.js'
 import type { EntryStat, EntryType } from './types.js'
-import { noNativeBinding, syscallNumbers, type SyscallNumbers } from './platform.js'
+import { inodeFlagIoctls, noNativeBinding, syscallNumbers, type SyscallNumbers } from './platform.js'
 
 interface KoffiFunction {
   (...args: unknown[]): unknown
@@ -38,6 +38,8 @@ interface Libc {
   sync: KoffiFunction
   /** lseek with a 64-bit offset, whatever the libc's off_t (see seekFunction). */
   lseek: KoffiFunction
+  /** ioctl(2) is variadic: the argument passes with its koffi type. */
+  ioctl: KoffiFunction
   /** syscall(2) is variadic: every call passes a koffi type before each argument. */
   syscall: KoffiFunction
   numbers: SyscallNumbers
@@ -73,6 +75,7 @@ function bind(): { koffi: Koffi; libc: Libc } {
       umount2: lib.func('int umount2(const char *target, int flags)'),
       sync: lib.func('void sync()'),
       lseek: seekFunction(lib),
+      ioctl: lib.func('int ioctl(int fd, unsigned long request, ...)'),
       syscall: lib.func('long syscall(long number, ...)'),
       numbers,
     }
@@ -368,6 +371,68 @@ export function pivotRoot(newRoot: string, putOld: string): void {
     'pivot_root',
     `${newRoot} (old root to ${putOld})`,
   )
+}
+
+/**
+ * The inode flags ovroot keeps (`chattr` a, i, d): the FS_*_FL bits, which
+ * statx(2) reports under the same values as STATX_ATTR_APPEND, _IMMUTABLE and
+ * _NODUMP (include/uapi/linux/fs.h, stat.h), so reading them costs one statx.
+ */
+export const InodeFlag = { append: 0x20, immutable: 0x10, noDump: 0x40 } as const
+const KEPT_FLAGS = InodeFlag.append | InodeFlag.immutable | InodeFlag.noDump
+const STATX_ATTRIBUTES = 8
+const STATX_ATTRIBUTES_MASK = 56
+
+/** The kept inode flags of a path, not following a symlink: 0 when it has none or its filesystem reports none. */
+export function inodeFlags(path: SysPath): number {
+  const { libc } = bind()
+  const result = libc.syscall(
+    libc.numbers.statx,
+    'int',
+    AT_FDCWD,
+    'void *',
+    cPath(path),
+    'int',
+    AT_SYMLINK_NOFOLLOW,
+    'uint32_t',
+    0,
+    'void *',
+    statxBuffer,
+  )
+  if (Number(result) !== 0) throw new SysError(errnoName(), 'statx', shown(path))
+  const supported = Number(statxView.getBigUint64(STATX_ATTRIBUTES_MASK, littleEndian) & BigInt(KEPT_FLAGS))
+  return Number(statxView.getBigUint64(STATX_ATTRIBUTES, littleEndian)) & supported
+}
+
+/** Filesystems without inode flags (JFFS2, a FAT or 9p mount) answer these. */
+const NO_FLAGS = new Set(['ENOTTY', 'EOPNOTSUPP', 'ENOTSUP', 'EINVAL'])
+
+/**
+ * Set the kept inode flags of an open file or directory to `flags`, leaving
+ * every other flag as it is (FS_IOC_GETFLAGS, then FS_IOC_SETFLAGS). Answers
+ * false when the filesystem has no inode flags.
+ */
+export function setInodeFlags(fd: number, flags: number, target: SysPath): boolean {
+  const { libc } = bind()
+  const requests = inodeFlagIoctls()
+  // The kernel reads and writes an int; a long's room keeps a 64-bit big-endian kernel's view of it at offset 0 either way.
+  const value = Buffer.alloc(8)
+  if (Number(libc.ioctl(fd, requests.get, 'void *', value)) < 0) {
+    const errno = errnoName()
+    if (NO_FLAGS.has(errno)) return false
+    throw new SysError(errno, 'get inode flags of', shown(target))
+  }
+  const current = littleEndian ? value.readInt32LE(0) : value.readInt32BE(0)
+  const wanted = (current & ~KEPT_FLAGS) | (flags & KEPT_FLAGS)
+  if (wanted === current) return true
+  if (littleEndian) value.writeInt32LE(wanted, 0)
+  else value.writeInt32BE(wanted, 0)
+  if (Number(libc.ioctl(fd, requests.set, 'void *', value)) < 0) {
+    const errno = errnoName()
+    if (NO_FLAGS.has(errno)) return false
+    throw new SysError(errno, 'set inode flags of', shown(target))
+  }
+  return true
 }
 
 /** lseek(2)'s whence values for holes: the same on every Linux architecture (include/uapi/linux/fs.h). */

@@ -71,4 +71,6 @@ export interface UpperEntry {
    * length, and its data is these regions' bytes, one after the other.
    */
   regions?: [offset: number, length: number][]
+  /** Inode flags (`chattr` a, i, d: sys/libc.ts InodeFlag) of a file or directory, when it has some and they were read. */
+  flags?: number
 }

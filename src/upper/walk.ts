@@ -18,6 +18,8 @@ export interface WalkOptions {
   stubXattr: string
   /** Whether to visit a path (and, for a directory, what is below it). */
   include(path: BytePath): boolean
+  /** Read inode flags (chattr a, i, d) too: one more statx per file and directory. */
+  flags?: boolean
   /** An entry to leave out, and below it, by its lstat (a backup's own output, written into the upper). */
   skip?(path: BytePath, stat: BigIntStats): boolean
   /** Sockets cannot be recreated from an archive: they are skipped and named. */
@@ -58,7 +60,7 @@ export function* walkUpper(root: BytePath, options: WalkOptions): Generator<Uppe
       if (stat.isDirectory()) yield* visitChildren(path, full)
       return
     }
-    const read = gone(path, () => readEntryWithStat(full, path, options.stubXattr, stat))
+    const read = gone(path, () => readEntryWithStat(full, path, options.stubXattr, stat, options.flags))
     if (read === undefined) return
     if (read === 'socket') {
       options.skipped(path, 'a socket')
@@ -75,6 +77,7 @@ export function* walkUpper(root: BytePath, options: WalkOptions): Generator<Uppe
         devMajor: 0,
         devMinor: 0,
         holeSize: undefined,
+        flags: undefined,
       }
       return
     }

@@ -8,7 +8,7 @@ import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { listXattrs, getXattr } from '../../src/sys/libc.js'
+import { listXattrs, getXattr, inodeFlags } from '../../src/sys/libc.js'
 
 export const OVROOT = fileURLToPath(new URL('../../dist/ovroot.js', import.meta.url))
 
@@ -25,7 +25,7 @@ export const MOUNT_VARIANTS: Record<string, string[]> = {
  * An upper as a faithful copy must reproduce it: names and link targets as
  * bytes, type, mode, owner, mtime and atime to the nanosecond, bytes (or a
  * stub's size), a file's allocated blocks (holes stay holes), device numbers,
- * every xattr, and which names share an inode.
+ * every xattr, inode flags (chattr a, i, d), and which names share an inode.
  * Keys and targets show bytes that are not printable ASCII as \xNN (an
  * independent oracle: not the form ovroot prints). Stats are taken before
  * the content is read; scratch() mounts noatime, so reading moves no atime.
@@ -49,6 +49,7 @@ export function upperSnapshot(root: string): Map<string, string> {
           : type === 'char' || type === 'block'
             ? String(st.rdev)
             : ''
+    const flags = type === 'file' || type === 'dir' ? inodeFlags(full) : 0
     const xattrs = listXattrs(full)
       .sort()
       .map((name) => `${name}=${getXattr(full, name)?.toString('hex')}`)
@@ -57,7 +58,7 @@ export function upperSnapshot(root: string): Map<string, string> {
       key,
       link
         ? `hardlink to ${link}`
-        : `${type} ${(st.mode & 0o7777n).toString(8)} ${st.uid}:${st.gid} ${st.size}${type === 'file' ? ` blocks ${st.blocks}` : ''} mtime ${st.mtimeNs} atime ${st.atimeNs} ${content} [${xattrs}]`,
+        : `${type} ${(st.mode & 0o7777n).toString(8)} ${st.uid}:${st.gid} ${st.size}${type === 'file' ? ` blocks ${st.blocks}` : ''} mtime ${st.mtimeNs} atime ${st.atimeNs} ${content} [${xattrs}]${flags ? ` flags ${flags.toString(16)}` : ''}`,
     )
     if (type === 'dir')
       for (const name of fs.readdirSync(full, { encoding: 'buffer' }).sort((a, b) => Buffer.compare(a, b)))
