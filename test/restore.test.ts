@@ -13,7 +13,8 @@ import { dataPadding, END_OF_ARCHIVE, entryHeader, globalComment, type TarEntry 
 import { OverlayXattrs } from '../src/overlay/xattrs.js'
 import { applyPending } from '../src/pending/apply.js'
 import { commitPending } from '../src/pending/marker.js'
-import { ovroot, scratch, upperSnapshot } from './helpers/overlay.js'
+import { mountOverlay, ovroot, scratch, unmount, upperSnapshot } from './helpers/overlay.js'
+import { makeNode } from '../src/sys/libc.js'
 import { writeTree } from './helpers/mutate.js'
 import type { FlashLayout } from '../src/state/flash.js'
 
@@ -153,6 +154,32 @@ await t.test(
         ],
         names: /a symlink entry at byte \d+ claims 512 bytes of data/,
       },
+      'sysupgrade: an opaque etc/ (it would hide the whole firmware /etc)': {
+        entries: () => [
+          { path: 'etc', type: 'dir', mode: 0o755, xattrs: [['trusted.overlay.opaque', Buffer.from('y')]] },
+          { path: 'etc/x', content: 'x' },
+        ],
+        names:
+          /"etc": overlay metadata \(xattr trusted\.overlay\.opaque\); a sysupgrade archive holds files, directories and links/,
+      },
+      'sysupgrade: a userxattr redirect': {
+        entries: () => [
+          { path: 'etc/x', content: 'x', xattrs: [['user.overlay.redirect', Buffer.from('/etc/shadow')]] },
+        ],
+        names: /"etc\/x": overlay metadata \(xattr user\.overlay\.redirect\)/,
+      },
+      'sysupgrade: a whiteout (it would delete a firmware file)': {
+        entries: () => [{ path: 'etc/config/network', type: 'char' }],
+        names: /"etc\/config\/network": a whiteout; a sysupgrade archive holds files, directories and links/,
+      },
+      'sysupgrade: a FIFO': {
+        entries: () => [{ path: 'etc/fifo', type: 'fifo' }],
+        names: /"etc\/fifo": a fifo; a sysupgrade archive/,
+      },
+      'sysupgrade: an immutable file (the merge could not move it)': {
+        entries: () => [{ path: 'etc/x', content: 'x', flags: 0x10 }],
+        names: /"etc\/x": inode flags \(SCHILY\.fflags\)/,
+      },
       "an extended header over 1 MiB (memory is the device's)": {
         entries: () => [{ path: 'big', xattrs: [['user.big', Buffer.alloc(1_100_000, 0x61)]] }],
         names: /an extended header of \d+ bytes at byte 0, more than the 1 MiB ovroot reads/,
@@ -184,7 +211,9 @@ await t.test(
     const file = `${w.dir}/normal.tgz`
     fs.writeFileSync(
       file,
+      // An archive of a whole upper (its root first): a sysupgrade archive would hold no whiteout.
       archive([
+        { path: '.', type: 'dir', mode: 0o755 },
         { path: 'etc', type: 'dir', mode: 0o755 },
         { path: 'etc/resolv.conf', type: 'symlink', linkTarget: '/tmp/resolv.conf' },
         { path: 'etc/dev-disk-by\\x2dlabel-data.mount', content: '[Mount]\n' },
@@ -299,6 +328,35 @@ await t.test(
       upperSnapshot(`${d.dir}/new/upper`),
       'the old upper is gone, flags and all',
     )
+  },
+)
+
+await t.test(
+  "a sysupgrade archive merged at boot keeps the user's deletions: a directory the user deleted comes back with the archive's files only",
+  async (t) => {
+    const d = fakeDevice(t)
+    writeTree(`${d.lower}/etc/dropbear`, { '/dropbear_rsa_host_key': 'firmware key\n', '/banner': 'firmware\n' })
+    // The user deleted the firmware's /etc/dropbear: a whiteout in the upper.
+    makeNode(`${d.flash}/upper/etc/dropbear`, 'char', 0o600, 0, 0)
+    const root = `${d.dir}/sysupgrade-root`
+    writeTree(root, { '/etc/dropbear/authorized_keys': 'ssh-ed25519 AAAA\n' })
+    const file = `${d.dir}/sysupgrade.tgz`
+    execFileSync('tar', ['-C', root, '-czf', file, 'etc/dropbear/authorized_keys'])
+    const scheduled = ovroot(['restore', file, '--yes', '--config', d.config])
+    t.equal(scheduled.status, 0, scheduled.stderr)
+    await applyPending({ root: d.flash, upperName: 'upper' }, `${d.flash}/work`, new OverlayXattrs('trusted'))
+    fs.mkdirSync(`${d.dir}/work`)
+    mountOverlay(`${d.dir}/merged`, [d.lower], `${d.flash}/upper`, `${d.dir}/work`, [])
+    try {
+      t.same(
+        fs.readdirSync(`${d.dir}/merged/etc/dropbear`),
+        ['authorized_keys'],
+        'the deleted firmware files stay deleted',
+      )
+      t.equal(fs.readFileSync(`${d.dir}/merged/etc/config/network`, 'utf8'), 'old\n', 'the rest of the upper stays')
+    } finally {
+      unmount(`${d.dir}/merged`)
+    }
   },
 )
 

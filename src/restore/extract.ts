@@ -175,6 +175,7 @@ class Extraction {
       const sysupgrade = this.kind === 'sysupgrade'
       this.rules = new PathRules({
         implicitParents: sysupgrade,
+        plainFiles: sysupgrade,
         rootLength: Buffer.byteLength(this.options.staging ?? stagedPath(flashLayout(defaultConfig()))),
         ...(sysupgrade ? { existing: (path: string) => this.options.view(path)?.kind } : {}),
       })
