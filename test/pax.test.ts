@@ -201,3 +201,43 @@ await t.test(
     t.equal(read(nanos)[0]?.atimeNs, 1700000000123456789n, 'no atime: the mtime')
   },
 )
+
+await t.test(
+  'GNU sparse 1.0: the map written as GNU tar writes it; a map that lies about the data is refused',
+  async (t) => {
+    const written = entryHeader(file({ size: 1 << 20, regions: [[4096, 10]] }))
+    t.match(written.toString('latin1'), /GNU\.sparse\.realsize=1048576\n/)
+    t.equal(
+      written.subarray(-512).toString('latin1').replace(/\0+$/, ''),
+      '2\n4096\n10\n1048576\n0\n',
+      'a last empty region where the file ends in a hole',
+    )
+    t.same(read(Buffer.concat([written, Buffer.alloc(512)]))[0]?.regions, [[4096, 10]], 'read back')
+    /** A sparse entry with this map text and `data` bytes of data after it. */
+    const crafted = (map: string, data: number, realSize = 1 << 20): Buffer => {
+      const records = `22 GNU.sparse.major=1\n22 GNU.sparse.minor=0\n25 GNU.sparse.name=etc/x\n${`GNU.sparse.realsize=${realSize}\n`.length + 3} GNU.sparse.realsize=${realSize}\n`
+      const mapBlocks = Math.ceil(map.length / 512) * 512
+      return Buffer.concat([
+        extended('x', 'PaxHeaders/etc/x', records),
+        ustar({ name: 'GNUSparseFile.0/x', size: mapBlocks + data, flag: '0' }),
+        Buffer.from(map.padEnd(mapBlocks, '\0'), 'latin1'),
+        Buffer.alloc(Math.ceil(data / 512) * 512),
+      ])
+    }
+    t.same(read(crafted('1\n0\n10\n', 10))[0]?.regions, [[0, 10]], 'a well-formed crafted map is read')
+    const refused: [string, Buffer, RegExp][] = [
+      ['overlapping regions', crafted('2\n0\n100\n50\n10\n', 110), /out of order or past the end/],
+      ['a region past the end', crafted('1\n1048570\n10\n', 10), /out of order or past the end/],
+      [
+        'more data than the map says',
+        crafted('1\n0\n10\n', 1024),
+        /accounts for 10 bytes of data, the header for 1024/,
+      ],
+      ['less data than the map says', crafted('1\n0\n4096\n', 10), /accounts for 4096 bytes of data/],
+      ['a map without an end', crafted(`9999\n${'1\n'.repeat(300)}`, 0), /does not end/],
+      ['not numbers', crafted('1\n0x10\n10\n', 10), /something other than numbers/],
+    ]
+    for (const [name, bytes, pattern] of refused)
+      t.throws(() => read(bytes), { code: 'EARCHIVE', message: pattern }, name)
+  },
+)

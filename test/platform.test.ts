@@ -10,7 +10,7 @@ import * as fs from 'node:fs'
 import * as net from 'node:net'
 import * as path from 'node:path'
 import { getXattr, listXattrs, lstat, makeNode, removeXattr, setXattr } from '../src/sys/libc.js'
-import { SYSCALLS, syscallNumbers } from '../src/sys/platform.js'
+import { INODE_FLAG_IOCTLS, inodeFlagIoctls, SYSCALLS, syscallNumbers } from '../src/sys/platform.js'
 import type { EntryStat } from '../src/sys/types.js'
 import { OVROOT, cleanEnvironment, mountOverlay, scratch } from './helpers/overlay.js'
 
@@ -206,6 +206,55 @@ await t.test('the system-call table', async (t) => {
     )
   }
 })
+
+await t.test(
+  "the inode-flag ioctl table: _IOR('f', 1, long) and _IOW('f', 2, long) for each architecture",
+  async (t) => {
+    t.same(inodeFlagIoctls(), INODE_FLAG_IOCTLS[process.arch], "this machine's architecture is in the table")
+    // asm-generic/ioctl.h and the powerpc and mips variants, written out again: direction, then size, type and number.
+    const ioctl = (layout: 'generic' | 'powerpc-mips', write: boolean, longBytes: number, nr: number): number => {
+      const [shift, read, written] = layout === 'generic' ? [30, 2, 1] : [29, 2, 4]
+      return ((write ? written : read) * 2 ** shift + (longBytes << 16) + (0x66 << 8) + nr) >>> 0
+    }
+    const expect: Record<string, ['generic' | 'powerpc-mips', number]> = {
+      x64: ['generic', 8],
+      ia32: ['generic', 4],
+      arm: ['generic', 4],
+      arm64: ['generic', 8],
+      riscv64: ['generic', 8],
+      loong64: ['generic', 8],
+      ppc: ['powerpc-mips', 4],
+      ppc64: ['powerpc-mips', 8],
+      s390: ['generic', 4],
+      s390x: ['generic', 8],
+      mips: ['powerpc-mips', 4],
+      mipsel: ['powerpc-mips', 4],
+    }
+    t.same(
+      Object.keys(INODE_FLAG_IOCTLS).sort(),
+      Object.keys(SYSCALLS).sort(),
+      'every architecture of the system-call table',
+    )
+    for (const [arch, [layout, longBytes]] of Object.entries(expect))
+      t.same(
+        INODE_FLAG_IOCTLS[arch],
+        { get: ioctl(layout, false, longBytes, 1), set: ioctl(layout, true, longBytes, 2) },
+        arch,
+      )
+    if (process.arch === 'x64') {
+      // What the C headers say on this machine.
+      const s = scratch()
+      t.teardown(() => s.cleanup())
+      fs.writeFileSync(
+        `${s.dir}/flags.c`,
+        '#include <stdio.h>\n#include <linux/fs.h>\nint main(void) { printf("%lu %lu", (unsigned long)FS_IOC_GETFLAGS, (unsigned long)FS_IOC_SETFLAGS); return 0; }\n',
+      )
+      execFileSync('cc', ['-o', `${s.dir}/flags`, `${s.dir}/flags.c`])
+      const [get, set] = execFileSync(`${s.dir}/flags`, { encoding: 'utf8' }).split(' ').map(Number)
+      t.same(INODE_FLAG_IOCTLS.x64, { get, set }, "x64's numbers match <linux/fs.h>")
+    }
+  },
+)
 
 /** ovroot started as if Node reported another architecture (the preload overrides process.arch). */
 function ovrootAs(arch: string, dir: string, args: string[]): { status: number; stderr: string } {

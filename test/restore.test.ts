@@ -13,7 +13,8 @@ import { dataPadding, END_OF_ARCHIVE, entryHeader, globalComment, type TarEntry 
 import { OverlayXattrs } from '../src/overlay/xattrs.js'
 import { applyPending } from '../src/pending/apply.js'
 import { commitPending } from '../src/pending/marker.js'
-import { ovroot, scratch, upperSnapshot } from './helpers/overlay.js'
+import { mountOverlay, ovroot, scratch, unmount, upperSnapshot } from './helpers/overlay.js'
+import { makeNode } from '../src/sys/libc.js'
 import { writeTree } from './helpers/mutate.js'
 import type { FlashLayout } from '../src/state/flash.js'
 
@@ -153,6 +154,32 @@ await t.test(
         ],
         names: /a symlink entry at byte \d+ claims 512 bytes of data/,
       },
+      'sysupgrade: an opaque etc/ (it would hide the whole firmware /etc)': {
+        entries: () => [
+          { path: 'etc', type: 'dir', mode: 0o755, xattrs: [['trusted.overlay.opaque', Buffer.from('y')]] },
+          { path: 'etc/x', content: 'x' },
+        ],
+        names:
+          /"etc": overlay metadata \(xattr trusted\.overlay\.opaque\); a sysupgrade archive holds files, directories and links/,
+      },
+      'sysupgrade: a userxattr redirect': {
+        entries: () => [
+          { path: 'etc/x', content: 'x', xattrs: [['user.overlay.redirect', Buffer.from('/etc/shadow')]] },
+        ],
+        names: /"etc\/x": overlay metadata \(xattr user\.overlay\.redirect\)/,
+      },
+      'sysupgrade: a whiteout (it would delete a firmware file)': {
+        entries: () => [{ path: 'etc/config/network', type: 'char' }],
+        names: /"etc\/config\/network": a whiteout; a sysupgrade archive holds files, directories and links/,
+      },
+      'sysupgrade: a FIFO': {
+        entries: () => [{ path: 'etc/fifo', type: 'fifo' }],
+        names: /"etc\/fifo": a fifo; a sysupgrade archive/,
+      },
+      'sysupgrade: an immutable file (the merge could not move it)': {
+        entries: () => [{ path: 'etc/x', content: 'x', flags: 0x10 }],
+        names: /"etc\/x": inode flags \(SCHILY\.fflags\)/,
+      },
       "an extended header over 1 MiB (memory is the device's)": {
         entries: () => [{ path: 'big', xattrs: [['user.big', Buffer.alloc(1_100_000, 0x61)]] }],
         names: /an extended header of \d+ bytes at byte 0, more than the 1 MiB ovroot reads/,
@@ -184,7 +211,9 @@ await t.test(
     const file = `${w.dir}/normal.tgz`
     fs.writeFileSync(
       file,
+      // An archive of a whole upper (its root first): a sysupgrade archive would hold no whiteout.
       archive([
+        { path: '.', type: 'dir', mode: 0o755 },
         { path: 'etc', type: 'dir', mode: 0o755 },
         { path: 'etc/resolv.conf', type: 'symlink', linkTarget: '/tmp/resolv.conf' },
         { path: 'etc/dev-disk-by\\x2dlabel-data.mount', content: '[Mount]\n' },
@@ -280,6 +309,74 @@ await t.test('a live restore that does not fit on the flash: one line, nothing w
     /^ovroot: not enough room on the flash for the staged restore: it needs about 2\.\d MiB, .* has \d+\.\d MiB free; nothing was written\n$/,
   )
   t.notOk(fs.existsSync(`${d.flash}/.ovroot`), 'nothing was written')
+})
+
+await t.test(
+  'an upper holding immutable and append-only entries is replaced all the same at the next boot',
+  async (t) => {
+    const d = fakeDevice(t)
+    writeTree(`${d.flash}/upper`, { '/etc/locked/inside': 'x\n', '/var/log/messages': 'log\n' })
+    execFileSync('chattr', ['+i', `${d.flash}/upper/etc/config/network`, `${d.flash}/upper/etc/locked`])
+    execFileSync('chattr', ['+a', `${d.flash}/upper/var/log/messages`, `${d.flash}/upper/var/log`])
+    writeTree(`${d.dir}/new/upper`, { '/etc/config/network': 'restored\n' })
+    const file = `${d.dir}/b.ovb`
+    t.equal(ovroot(['backup', '--upper', `${d.dir}/new/upper`, '--lower', d.lower, '-o', file]).status, 0)
+    t.equal(ovroot(['restore', file, '--yes', '--config', d.config]).status, 0)
+    await applyPending({ root: d.flash, upperName: 'upper' }, `${d.flash}/work`, new OverlayXattrs('trusted'))
+    t.same(
+      upperSnapshot(`${d.flash}/upper`),
+      upperSnapshot(`${d.dir}/new/upper`),
+      'the old upper is gone, flags and all',
+    )
+  },
+)
+
+await t.test(
+  "a sysupgrade archive merged at boot keeps the user's deletions: a directory the user deleted comes back with the archive's files only",
+  async (t) => {
+    const d = fakeDevice(t)
+    writeTree(`${d.lower}/etc/dropbear`, { '/dropbear_rsa_host_key': 'firmware key\n', '/banner': 'firmware\n' })
+    // The user deleted the firmware's /etc/dropbear: a whiteout in the upper.
+    makeNode(`${d.flash}/upper/etc/dropbear`, 'char', 0o600, 0, 0)
+    const root = `${d.dir}/sysupgrade-root`
+    writeTree(root, { '/etc/dropbear/authorized_keys': 'ssh-ed25519 AAAA\n' })
+    const file = `${d.dir}/sysupgrade.tgz`
+    execFileSync('tar', ['-C', root, '-czf', file, 'etc/dropbear/authorized_keys'])
+    const scheduled = ovroot(['restore', file, '--yes', '--config', d.config])
+    t.equal(scheduled.status, 0, scheduled.stderr)
+    await applyPending({ root: d.flash, upperName: 'upper' }, `${d.flash}/work`, new OverlayXattrs('trusted'))
+    fs.mkdirSync(`${d.dir}/work`)
+    mountOverlay(`${d.dir}/merged`, [d.lower], `${d.flash}/upper`, `${d.dir}/work`, [])
+    try {
+      t.same(
+        fs.readdirSync(`${d.dir}/merged/etc/dropbear`),
+        ['authorized_keys'],
+        'the deleted firmware files stay deleted',
+      )
+      t.equal(fs.readFileSync(`${d.dir}/merged/etc/config/network`, 'utf8'), 'old\n', 'the rest of the upper stays')
+    } finally {
+      unmount(`${d.dir}/merged`)
+    }
+  },
+)
+
+await t.test('a file with holes is counted by what it allocates, and staged with its holes', async (t) => {
+  const d = fakeDevice(t, '1m')
+  fs.mkdirSync(`${d.dir}/sparse/upper/var`, { recursive: true })
+  // 64 MiB long, one page of data: far more than the 1 MiB flash, unless only allocated blocks count.
+  const image = `${d.dir}/sparse/upper/var/disk.img`
+  fs.writeFileSync(image, '')
+  fs.truncateSync(image, 64 << 20)
+  const fd = fs.openSync(image, 'r+')
+  fs.writeSync(fd, Buffer.alloc(4096, 1), 0, 4096, 32 << 20)
+  fs.closeSync(fd)
+  const file = `${d.dir}/sparse.ovb`
+  t.equal(ovroot(['backup', '--upper', `${d.dir}/sparse/upper`, '--lower', d.lower, '-o', file]).status, 0)
+  const result = ovroot(['restore', file, '--yes', '--config', d.config])
+  t.equal(result.status, 0, result.stderr)
+  const staged = fs.statSync(`${d.flash}/.ovroot/staged/var/disk.img`)
+  t.equal(staged.size, 64 << 20, 'its length')
+  t.equal(staged.blocks, 8, 'one page allocated, the rest holes')
 })
 
 await t.test(

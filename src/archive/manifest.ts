@@ -70,6 +70,7 @@ export function decodeGlobal(comment: string): GlobalRecord {
 }
 
 export interface FileSums {
+  /** Of the file's data as archived: for a file with holes (GNU sparse), of its data regions' bytes, in order. */
   sha256: string
   /** The lower twin's sha256 at backup time. */
   base?: string

@@ -18,6 +18,8 @@ export type TarType = EntryKind
 export interface TarEntry extends UpperEntry {
   /** pax `comment`: ignored by every tar, carries ovroot's checksums. */
   comment?: string
+  /** Inode flags the archive names that ovroot does not keep (`SCHILY.fflags` from another system): reported, not set. */
+  otherFlags?: string[]
 }
 
 export const BLOCK = 512
@@ -161,25 +163,49 @@ export function globalComment(comment: string): Buffer {
   return extendedHeader('g', Buffer.from('pax_global_header'), [paxRecord('comment', comment)])
 }
 
-/** The headers of one entry; its data (if any) follows, then `padding(size)`. */
+/**
+ * A file with holes as GNU sparse 1.0 stores it: the map (the number of
+ * regions, then each one's offset and length, decimal, one per line, padded
+ * to a block), then the regions' data one after the other. A file ending in
+ * a hole gets a last region of length 0 at its end, as GNU tar writes it
+ * (GNU tar truncates there). A metacopy stub is all hole.
+ */
+interface SparseLayout {
+  realSize: number
+  map: Buffer
+  dataBytes: number
+}
+
+function sparseLayout(entry: TarEntry): SparseLayout | undefined {
+  if (entry.holeSize === undefined && entry.regions === undefined) return undefined
+  const realSize = entry.holeSize ?? entry.size
+  const regions = entry.regions ?? []
+  const last = regions[regions.length - 1]
+  const all = last === undefined || last[0] + last[1] < realSize ? [...regions, [realSize, 0] as const] : regions
+  const map = Buffer.from(`${all.length}\n${all.map(([offset, length]) => `${offset}\n${length}\n`).join('')}`)
+  return { realSize, map, dataBytes: regions.reduce((sum, [, length]) => sum + length, 0) }
+}
+
+/** The headers of one entry; its data (if any) follows, then `dataPadding(entry)`. */
 export function entryHeader(entry: TarEntry): Buffer {
   const name = bytePathBuffer(entry.path === '.' ? './' : entry.type === 'dir' ? `${entry.path}/` : entry.path)
   const linkName = bytePathBuffer(entry.linkTarget ?? '')
   const records: Buffer[] = []
-  const hole = entry.holeSize !== undefined
+  const sparse = sparseLayout(entry)
   // pax says its path records are UTF-8 unless hdrcharset says otherwise: GNU tar then takes the bytes as they are.
   if (textOf(entry.path) === undefined || textOf(entry.linkTarget ?? '') === undefined)
     records.push(paxRecord('hdrcharset', 'BINARY'))
-  if (hole) {
+  if (sparse) {
     records.push(
       paxRecord('GNU.sparse.major', '1'),
       paxRecord('GNU.sparse.minor', '0'),
       paxRecord('GNU.sparse.name', name),
-      paxRecord('GNU.sparse.realsize', String(entry.holeSize)),
+      paxRecord('GNU.sparse.realsize', String(sparse.realSize)),
     )
   } else if (name.length > FIELD.name.width || !isAscii(name)) records.push(paxRecord('path', name))
   if (linkName.length > FIELD.linkName.width || !isAscii(linkName)) records.push(paxRecord('linkpath', linkName))
-  const size = hole ? BLOCK : entry.size
+  const mapBlocks = sparse ? sparse.map.length + padding(sparse.map.length).length : 0
+  const size = sparse ? mapBlocks + sparse.dataBytes : entry.size
   if (size > octalLimit(FIELD.size.width)) records.push(paxRecord('size', String(size)))
   if (entry.uid > octalLimit(FIELD.uid.width)) records.push(paxRecord('uid', String(entry.uid)))
   if (entry.gid > octalLimit(FIELD.gid.width)) records.push(paxRecord('gid', String(entry.gid)))
@@ -193,8 +219,11 @@ export function entryHeader(entry: TarEntry): Buffer {
   // A reader takes a missing atime for the mtime: most files were never read after their last write.
   if (entry.atimeNs !== entry.mtimeNs) records.push(paxRecord('atime', formatTime(entry.atimeNs)))
   if (entry.comment !== undefined) records.push(paxRecord('comment', entry.comment))
+  if (entry.flags) records.push(paxRecord('SCHILY.fflags', flagNames(entry.flags)))
   for (const [xattr, value] of entry.xattrs) records.push(paxRecord(`SCHILY.xattr.${xattr}`, value))
-  const ustarName = hole ? bytePathBuffer(`GNUSparseFile.0/${entry.path.slice(entry.path.lastIndexOf('/') + 1)}`) : name
+  const ustarName = sparse
+    ? bytePathBuffer(`GNUSparseFile.0/${entry.path.slice(entry.path.lastIndexOf('/') + 1)}`)
+    : name
   const header = ustarHeader({
     name: ustarName,
     mode: entry.mode,
@@ -211,13 +240,46 @@ export function entryHeader(entry: TarEntry): Buffer {
     records.length > 0
       ? extendedHeader('x', bytePathBuffer(`PaxHeaders/${entry.path.slice(-80)}`), records)
       : Buffer.alloc(0)
-  // GNU sparse 1.0: the data starts with the map; one hole over the whole size is "1 region: at the end, 0 bytes".
-  const sparseMap = hole ? Buffer.concat([Buffer.from(`1\n${entry.holeSize}\n0\n`)]) : Buffer.alloc(0)
-  return Buffer.concat([extended, header, sparseMap, hole ? padding(sparseMap.length) : Buffer.alloc(0)])
+  const map = sparse ? [sparse.map, padding(sparse.map.length)] : []
+  return Buffer.concat([extended, header, ...map])
 }
 
+/**
+ * Inode flags as star and libarchive (bsdtar) name them in `SCHILY.fflags`:
+ * `sappnd` is chattr's a, `schg` its i, `nodump` its d. libarchive's longer
+ * synonyms are read too.
+ */
+const FLAG_NAMES: [name: string, flag: number][] = [
+  ['sappnd', 0x20],
+  ['schg', 0x10],
+  ['nodump', 0x40],
+  ['sappend', 0x20],
+  ['schange', 0x10],
+  ['simmutable', 0x10],
+]
+
+function flagNames(flags: number): string {
+  return FLAG_NAMES.slice(0, 3)
+    .filter(([, flag]) => flags & flag)
+    .map(([name]) => name)
+    .join(',')
+}
+
+/** The flags `SCHILY.fflags` names, and the names ovroot does not keep (another system's flags). */
+function parseFlags(text: string): { flags: number; others: string[] } {
+  let flags = 0
+  const others: string[] = []
+  for (const name of text.split(/[,\s]+/).filter(Boolean)) {
+    const flag = FLAG_NAMES.find(([known]) => known === name)?.[1]
+    if (flag === undefined) others.push(name)
+    else flags |= flag
+  }
+  return { flags, others }
+}
+
+/** What follows an entry's data: zeros to the next block. */
 export function dataPadding(entry: TarEntry): Buffer {
-  return entry.holeSize !== undefined ? Buffer.alloc(0) : padding(entry.size)
+  return padding(sparseLayout(entry)?.dataBytes ?? entry.size)
 }
 
 export const END_OF_ARCHIVE = Buffer.alloc(2 * BLOCK)
@@ -264,7 +326,7 @@ export interface ArchiveHandler {
 type State =
   | { kind: 'header' }
   | { kind: 'extended'; flag: 'x' | 'g' | 'L' | 'K'; remaining: number; parts: Buffer[] }
-  | { kind: 'sparse-map'; entry: TarEntry }
+  | { kind: 'sparse-map'; entry: TarEntry; stored: number; parts: Buffer[] }
   | { kind: 'data'; remaining: number; padding: number }
   | { kind: 'done' }
 
@@ -336,7 +398,8 @@ export class PaxReader {
       return
     }
     if (state.kind === 'sparse-map') {
-      this.finishSparseMap(state.entry, block.toString('latin1'))
+      state.parts.push(Buffer.from(block))
+      this.sparseMap(state)
       return
     }
     this.header(block)
@@ -381,15 +444,16 @@ export class PaxReader {
         `a ${type} entry at byte ${this.offset - BLOCK} claims ${size} bytes of data, which no ${type} has: the archive is damaged or hostile`,
       )
     const entry = this.decode(block, type)
-    const sparse = this.overrides.records.get('GNU.sparse.major')
+    const major = this.overrides.records.get('GNU.sparse.major')?.toString('latin1')
+    const minor = this.overrides.records.get('GNU.sparse.minor')?.toString('latin1')
     this.overrides = { records: new Map() }
-    if (sparse !== undefined) {
-      // All-hole files have a one-block map and no data.
-      if (sparse.toString() !== '1' || entry.size !== BLOCK)
+    if (major !== undefined || minor !== undefined) {
+      // 0.x keeps its map in pax records GNU tar 1.14 wrote; nothing writes it today.
+      if (major !== '1' || minor !== '0' || type !== 'file')
         throw corrupt(
-          `${showBytes(entry.path)}: a sparse file with data regions; ovroot reads only all-hole sparse files (metacopy stubs)`,
+          `${showBytes(entry.path)}: GNU sparse format ${major ?? '?'}.${minor ?? '?'}; ovroot reads sparse files in format 1.0 (GNU tar's default)`,
         )
-      this.state = { kind: 'sparse-map', entry }
+      this.state = { kind: 'sparse-map', entry, stored: entry.size, parts: [] }
       return
     }
     this.startEntry(entry)
@@ -435,6 +499,7 @@ export class PaxReader {
         ])
     }
     const link = records.get('linkpath') ?? this.overrides.longLink ?? field(FIELD.linkName)
+    const fflags = records.has('SCHILY.fflags') ? parseFlags(text('SCHILY.fflags') ?? '') : undefined
     return {
       // The bytes as they are, whether the archive says UTF-8 or hdrcharset=BINARY: a Linux name is its bytes.
       path: normaliseName(byteString(rawName)),
@@ -451,7 +516,9 @@ export class PaxReader {
       devMinor: type === 'char' || type === 'block' ? parseNumber(block, FIELD.devMinor, this.offset) : 0,
       xattrs,
       ...(records.has('comment') ? { comment: text('comment') } : {}),
-      ...(records.has('GNU.sparse.realsize') ? { holeSize: Number(text('GNU.sparse.realsize')) } : {}),
+      ...(fflags && fflags.flags !== 0 ? { flags: fflags.flags } : {}),
+      ...(fflags && fflags.others.length > 0 ? { otherFlags: fflags.others } : {}),
+      ...(records.has('GNU.sparse.realsize') ? { holeSize: number('GNU.sparse.realsize', FIELD.size) } : {}),
     }
   }
 
@@ -469,25 +536,52 @@ export class PaxReader {
     }
   }
 
-  /** Only maps that describe holes are accepted: ovroot writes metacopy stubs that way. */
-  private finishSparseMap(entry: TarEntry, map: string): void {
-    const numbers = map.slice(0, map.lastIndexOf('\n')).split('\n').map(Number)
-    const [count = NaN, ...regions] = numbers
-    const allHoles =
-      Number.isInteger(count) &&
-      regions.length >= 2 * count &&
-      regions.every((value, i) => Number.isInteger(value) && (i % 2 === 0 || value === 0 || i >= 2 * count))
-    if (!allHoles)
-      throw corrupt(
-        `${showBytes(entry.path)}: a sparse file with data regions; ovroot reads only all-hole sparse files (metacopy stubs)`,
-      )
-    this.startEntry({ ...entry, size: 0 })
+  /**
+   * GNU sparse 1.0's map, block by block until it is whole: checked to lie
+   * inside the file, in order, without overlaps, and to account for every
+   * data byte the header declares (a map that says otherwise would make two
+   * readers write two files). A map that needs more than an extended header's
+   * worth of blocks is refused like one.
+   */
+  private sparseMap(state: { entry: TarEntry; stored: number; parts: Buffer[] }): void {
+    const { entry } = state
+    const bytes = state.parts.length * BLOCK
+    const refuse = (why: string): OvrootError =>
+      corrupt(`${showBytes(entry.path)}: its sparse map ${why}: the archive is damaged or hostile`)
+    const text = Buffer.concat(state.parts).toString('latin1')
+    const lines = text.split('\n')
+    const count = lines[0] !== undefined && lines.length > 1 ? wholeNumber(lines[0]) : undefined
+    if (count === undefined && lines.length > 1) throw refuse('does not start with a region count')
+    // Complete once the count and 2 numbers per region are each followed by a newline.
+    if (count === undefined || lines.length < 2 + 2 * count) {
+      if (bytes >= state.stored || bytes >= EXTENDED_HEADER_LIMIT) throw refuse('does not end')
+      return
+    }
+    const numbers = lines.slice(1, 1 + 2 * count).map(wholeNumber)
+    const realSize = entry.holeSize ?? 0
+    const regions: [number, number][] = []
+    let end = 0
+    for (let i = 0; i < count; i++) {
+      const offset = numbers[2 * i]
+      const length = numbers[2 * i + 1]
+      if (offset === undefined || length === undefined) throw refuse('holds something other than numbers')
+      if (offset < end || offset + length > realSize) throw refuse('has regions out of order or past the end')
+      end = offset + length
+      if (length > 0) regions.push([offset, length])
+    }
+    const dataBytes = regions.reduce((sum, [, length]) => sum + length, 0)
+    if (bytes + dataBytes !== state.stored)
+      throw refuse(`accounts for ${dataBytes} bytes of data, the header for ${state.stored - bytes}`)
+    // All hole (a metacopy stub, a truncated-up file): a length, and no data.
+    if (regions.length === 0) this.startEntry({ ...entry, size: 0 }, 0)
+    else this.startEntry({ ...entry, holeSize: undefined, size: realSize, regions }, dataBytes)
   }
 
-  private startEntry(entry: TarEntry): void {
+  /** `dataBytes`: what follows the header (the regions' bytes, for a file with holes). */
+  private startEntry(entry: TarEntry, dataBytes = entry.size): void {
     this.handler.entry(entry)
-    if (entry.size > 0)
-      this.state = { kind: 'data', remaining: entry.size, padding: (BLOCK - (entry.size % BLOCK)) % BLOCK }
+    if (dataBytes > 0)
+      this.state = { kind: 'data', remaining: dataBytes, padding: (BLOCK - (dataBytes % BLOCK)) % BLOCK }
     else this.finishEntry()
   }
 
@@ -501,6 +595,11 @@ export class PaxReader {
 function normaliseName(name: string): string {
   const trimmed = name.replace(/^(\.\/)+/, '').replace(/(.)\/+$/, '$1')
   return trimmed === '' || trimmed === '.' || trimmed === './' ? '.' : trimmed
+}
+
+/** A decimal number as GNU sparse maps write them, or undefined. */
+function wholeNumber(text: string): number | undefined {
+  return /^\d{1,16}$/.test(text) ? Number(text) : undefined
 }
 
 function checkChecksum(block: Buffer, offset: number): void {

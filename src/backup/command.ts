@@ -3,6 +3,7 @@
  * streamed: memory does not grow with the upper.
  */
 import { bytesOf, showBytes } from '../names.js'
+import type { BigIntStats } from 'node:fs'
 import { hostname } from 'node:os'
 import { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
@@ -15,10 +16,10 @@ import { checkDiffRequest, openDiff, type CheckedDiffRequest } from '../diff/ope
 import { ExitCode, usageError, type ExitStatus } from '../errors.js'
 import { globToRegExp } from '../glob.js'
 import { namespaceForMount, OverlayXattrs } from '../overlay/xattrs.js'
-import { openAtomicOutput } from '../sys/fs.js'
-import { readStableFile } from '../sys/entries.js'
+import { openAtomicOutput, openFileIdentity, type FileIdentity } from '../sys/fs.js'
+import { readStableFile, statEntry } from '../sys/entries.js'
 import { under } from '../upper/entry.js'
-import { walkUpper } from '../upper/walk.js'
+import { walkUpper, type WalkOptions } from '../upper/walk.js'
 import { VERSION } from '../version.js'
 import { firmwareIdentity, firmwareView } from './firmware.js'
 import { upperDir } from '../state/flash.js'
@@ -59,16 +60,19 @@ export async function runBackup(options: BackupOptions): Promise<ExitStatus> {
     changesOnly: options.changesOnly,
   }
   const include = inclusion(request, options)
+  const output = options.output === '-' ? undefined : openAtomicOutput(options.output, 0o600)
+  const own = ownOutput(request.upper, options.upper === undefined, output?.identity ?? openFileIdentity(1))
   const progress = new Progress()
-  const source = Readable.from(coalesce(archive(request, header, include, progress)), { objectMode: false })
+  const source = Readable.from(coalesce(archive(request, header, { include, skip: own }, progress)), {
+    objectMode: false,
+  })
   const write = (destination: NodeJS.WritableStream): Promise<void> =>
     passphrase
       ? pipeline(source, createGzip(), new Encrypt(passphrase), destination)
       : pipeline(source, createGzip(), destination)
-  if (options.output === '-') {
+  if (output === undefined) {
     await write(process.stdout)
   } else {
-    const output = openAtomicOutput(options.output, 0o600)
     try {
       await write(output.stream)
       output.commit()
@@ -81,10 +85,29 @@ export async function runBackup(options: BackupOptions): Promise<ExitStatus> {
   return ExitCode.ok
 }
 
+/**
+ * The archive being written, when it is written into the upper it backs up
+ * (`-o /root/b.tgz`, or standard output redirected there): it must not archive
+ * itself. Its inode number is the upper's: written into the upper directory
+ * the devices match too; written through the mounted overlay (the live
+ * device), fstat reports the overlay's device and the upper file's inode
+ * number, so there the merged root's device stands for the upper's.
+ */
+function ownOutput(
+  upper: string,
+  live: boolean,
+  output: FileIdentity | undefined,
+): ((path: string, stat: BigIntStats) => boolean) | undefined {
+  if (output === undefined) return undefined
+  const devices = [statEntry(bytesOf(upper))?.dev, live ? statEntry('/')?.dev : undefined]
+  if (!devices.includes(output.dev)) return undefined
+  return (_path, stat) => stat.isFile() && stat.ino === output.ino
+}
+
 function* archive(
   request: CheckedDiffRequest,
   header: BackupHeader,
-  include: (path: string) => boolean,
+  select: Pick<WalkOptions, 'include' | 'skip'>,
   progress: Progress,
 ): Generator<Buffer> {
   const xattrs = new OverlayXattrs(request.namespace)
@@ -94,20 +117,28 @@ function* archive(
   const upper = bytesOf(request.upper)
   const walk = walkUpper(upper, {
     stubXattr: xattrs.name('metacopy'),
-    include,
+    flags: true,
+    ...select,
     skipped: (path, why) => process.stderr.write(`ovroot: skipped /${showBytes(path)}: ${why} cannot be archived\n`),
   })
   for (const entry of walk) {
     entries++
     if (entry.type === 'file' && entry.holeSize === undefined) {
-      const file = readStableFile(under(upper, entry.path))
+      // Holes stay holes: only a file's data regions are read and archived (GNU sparse 1.0).
+      const file = readStableFile(under(upper, entry.path), { holes: true })
       const base = firmware.sha256(entry.path)
-      yield entryHeader({ ...entry, comment: encodeSums({ sha256: file.sha256, ...(base ? { base } : {}) }) })
+      const archived = {
+        ...entry,
+        size: file.size,
+        ...(file.regions ? { regions: file.regions } : {}),
+        comment: encodeSums({ sha256: file.sha256, ...(base ? { base } : {}) }),
+      }
+      yield entryHeader(archived)
       for (const chunk of file.chunks()) {
         progress.add(chunk.length)
         yield chunk
       }
-      yield dataPadding(entry)
+      yield dataPadding(archived)
     } else yield entryHeader(entry)
     progress.entry()
   }

@@ -2,7 +2,7 @@
  * Applying the committed change, at boot before the overlay mounts or at once
  * for an unmounted upper. Only the code of the pending kind is loaded.
  */
-import { syncAll } from '../sys/libc.js'
+import { setXattr, syncAll } from '../sys/libc.js'
 import { readEntry, replaceMetadata, setModificationTime } from '../sys/entries.js'
 import { listNames, makeDirectory, pathExists, removeTree, renamePath, statPath, syncDirectory } from '../sys/fs.js'
 import { bytePathBuffer, bytesOf, type BytePath } from '../names.js'
@@ -47,7 +47,7 @@ async function apply(layout: FlashLayout, change: PendingChange, xattrs: Overlay
     applySync(syncStagingPath(layout, change), upperPath(layout), change)
     return { kind: 'sync', entries: change.entries }
   }
-  if (change.merge) mergeStaged(stagedPath(layout), upperPath(layout))
+  if (change.merge) mergeStaged(stagedPath(layout), upperPath(layout), xattrs)
   else swapInStaged(layout)
   return { kind: 'restore', source: change.source, entries: change.entries }
 }
@@ -94,23 +94,29 @@ function applySync(stagedText: string, upperText: string, change: Extract<Pendin
 /**
  * A sysupgrade archive's staged tree, moved into the upper: each entry
  * replaces what is there, a staged directory meeting an upper directory is
- * merged into it (archive directories are only containers). Moved entries
+ * merged into it (archive directories are only containers). A staged
+ * directory that replaces anything else (a whiteout: the user deleted the
+ * firmware's directory; a file the user put there) is made opaque first, as
+ * overlayfs makes a directory created over a deletion: the firmware's files
+ * the user deleted stay deleted, only the archive's appear. Moved entries
  * leave the staging, so a rerun after a cut moves only what is left.
  */
-function mergeStaged(stagedText: string, upperText: string): void {
+function mergeStaged(stagedText: string, upperText: string, xattrs: OverlayXattrs): void {
   if (!pathExists(stagedText)) return
   makeDirectory(upperText)
-  mergeInto(bytesOf(stagedText), bytesOf(upperText))
+  mergeInto(bytesOf(stagedText), bytesOf(upperText), xattrs)
 }
 
 /** Names are bytes: an archive's name that is not UTF-8 is merged like any other. */
-function mergeInto(staged: BytePath, upper: BytePath): void {
+function mergeInto(staged: BytePath, upper: BytePath, xattrs: OverlayXattrs): void {
   for (const name of listNames(staged)) {
     const from = bytePathBuffer(`${staged}/${name}`)
     const to = bytePathBuffer(`${upper}/${name}`)
     const existing = statPath(to)
-    if (statPath(from)?.type === 'dir' && existing?.type === 'dir') mergeInto(`${staged}/${name}`, `${upper}/${name}`)
+    const directory = statPath(from)?.type === 'dir'
+    if (directory && existing?.type === 'dir') mergeInto(`${staged}/${name}`, `${upper}/${name}`, xattrs)
     else {
+      if (directory && existing) setXattr(from, xattrs.name('opaque'), Buffer.from('y'))
       if (existing) removeTree(to)
       renamePath(from, to)
     }

@@ -27,7 +27,7 @@ import {
   syncDirectory,
 } from '../sys/fs.js'
 import type { EntryKind } from '../sys/types.js'
-import { extractArchive, type ExtractResult } from './extract.js'
+import { extractArchive, reportFlagsNotKept, type ExtractResult } from './extract.js'
 import { printRestorePreview } from './preview.js'
 import { upperDir, flashLayout, stagedPath } from '../state/flash.js'
 
@@ -147,6 +147,7 @@ async function restoreOffline(config: Config, options: RestoreOptions, extract: 
   makeDirectory(staging, 0o700)
   try {
     const result = await extract(target, staging)
+    reportFlagsNotKept(result)
     checkConflicts(result, target, options.force)
     if (options.dryRun) {
       printRestorePreview(target, staging, result, options.json)
@@ -201,6 +202,7 @@ async function restoreLive(config: Config, options: RestoreOptions, extract: Ext
     makeDirectory(stagedPath(layout), 0o700)
     try {
       const staged = await extract(target, stagedPath(layout))
+      reportFlagsNotKept(staged)
       commitPending(layout, {
         kind: 'restore',
         requested: new Date().toISOString(),

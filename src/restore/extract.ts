@@ -55,6 +55,18 @@ export interface ExtractResult {
   neededBytes: number
   /** Files the user changed that the running firmware changed too (ovroot archives from other firmware). */
   conflicts: string[]
+  /** Entries whose inode flags (chattr) were not kept: the staging filesystem has none, or the archive names flags ovroot does not keep. */
+  flagsNotKept: string[]
+}
+
+/** One line on stderr for inode flags that did not come back: never dropped without a word. */
+export function reportFlagsNotKept(result: ExtractResult): void {
+  const paths = result.flagsNotKept
+  if (paths.length === 0) return
+  const more = paths.length > 5 ? ` and ${paths.length - 5} more` : ''
+  process.stderr.write(
+    `ovroot: inode flags (chattr) not kept on ${paths.length} entries (the flash's filesystem has none, or they are not append-only, immutable or no-dump): ${paths.slice(0, 5).join(' ')}${more}\n`,
+  )
 }
 
 /** The first bytes tell an encrypted backup, a gzip'd one, and a bare tar apart. */
@@ -109,6 +121,13 @@ function asArchiveError(error: unknown, file: string): OvrootError {
   return corrupt(`${file}: ${(error as Error).message}`)
 }
 
+/** What a file's data takes on flash, in 4 KiB blocks: a file with holes only its data regions' blocks. */
+function allocatedBytes(entry: TarEntry): number {
+  const blocks = (from: number, to: number): number => Math.ceil(to / 4096) - Math.floor(from / 4096)
+  const regions = entry.regions ?? [[0, entry.size]]
+  return regions.reduce((sum, [offset, length]) => sum + (length > 0 ? blocks(offset, offset + length) : 0), 0) * 4096
+}
+
 class Extraction {
   readonly reader: PaxReader
   private readonly writer: EntryWriter | undefined
@@ -120,12 +139,13 @@ class Extraction {
   private dataBytes = 0
   private neededBytes = 0
   private readonly conflicts: string[] = []
+  private readonly flagsNotKept: string[] = []
   /** The staging directory as bytes: entries' paths are bytes (names.ts `BytePath`). */
   private readonly staging: BytePath | undefined
 
   constructor(private readonly options: ExtractOptions) {
     this.staging = options.staging === undefined ? undefined : bytesOf(options.staging)
-    this.writer = options.staging === undefined ? undefined : new EntryWriter()
+    this.writer = options.staging === undefined ? undefined : new EntryWriter({ flags: true })
     this.reader = new PaxReader({
       globalComment: (comment) => this.globalComment(comment),
       entry: (entry) => this.entry(entry),
@@ -149,12 +169,13 @@ class Extraction {
 
   private entry(entry: TarEntry): void {
     if (this.trailerEntries !== undefined)
-      throw corrupt(`archive entry ${'${showBytes(entry.path)}'} after the backup's trailer`)
+      throw corrupt(`archive entry ${showBytes(entry.path)} after the backup's trailer`)
     if (!this.rules) {
       this.kind ??= entry.path === '.' ? 'upper' : 'sysupgrade'
       const sysupgrade = this.kind === 'sysupgrade'
       this.rules = new PathRules({
         implicitParents: sysupgrade,
+        plainFiles: sysupgrade,
         rootLength: Buffer.byteLength(this.options.staging ?? stagedPath(flashLayout(defaultConfig()))),
         ...(sysupgrade ? { existing: (path: string) => this.options.view(path)?.kind } : {}),
       })
@@ -162,12 +183,16 @@ class Extraction {
     for (const parent of this.rules.admit(entry)) this.writeImplicitDirectory(parent)
     const sums = decodeSums(entry.comment)
     if (this.kind === 'ovroot' && entry.type === 'file' && entry.holeSize === undefined && !sums) {
-      throw corrupt(
-        `archive entry ${'${showBytes(entry.path)}'}: a file without its recorded sha256; the backup is damaged`,
-      )
+      throw corrupt(`archive entry ${showBytes(entry.path)}: a file without its recorded sha256; the backup is damaged`)
+    }
+    if (entry.otherFlags) this.flagsNotKept.push(`/${showBytes(entry.path)}`)
+    // The upper's own directory immutable would stop the overlay from working: reported, not set.
+    if (entry.flags !== undefined && entry.path === '.') {
+      this.flagsNotKept.push('/')
+      entry = { ...entry, flags: undefined }
     }
     this.current = { entry, hash: sums ? createHash('sha256') : undefined, sums }
-    this.neededBytes += ENTRY_BYTES + Math.ceil(entry.size / 4096) * 4096
+    this.neededBytes += ENTRY_BYTES + allocatedBytes(entry)
     // A sysupgrade archive's root entry would change the upper's own directory: its files are what it carries.
     if (this.writer && this.staging !== undefined && !(this.kind === 'sysupgrade' && entry.path === '.')) {
       const linkTarget =
@@ -189,7 +214,7 @@ class Extraction {
     const { entry, hash, sums } = current
     if (hash && sums && hash.digest('hex') !== sums.sha256)
       throw corrupt(
-        `archive entry ${'${showBytes(entry.path)}'}: its content does not match its recorded sha256; the backup is damaged`,
+        `archive entry ${showBytes(entry.path)}: its content does not match its recorded sha256; the backup is damaged`,
       )
     if (
       sums?.base &&
@@ -243,6 +268,7 @@ class Extraction {
       dataBytes: this.dataBytes,
       neededBytes: this.neededBytes,
       conflicts: this.conflicts,
+      flagsNotKept: [...this.flagsNotKept, ...(this.writer?.flagsNotKept ?? []).map((path) => `/${showBytes(path)}`)],
     }
   }
 }

@@ -15,6 +15,7 @@ import { corrupt } from '../archive/pax.js'
 import type { EntryKind } from '../sys/types.js'
 import { parentOf } from '../upper/entry.js'
 import { showBytes } from '../names.js'
+import { namespaceProvedBy } from '../overlay/xattrs.js'
 
 const PATH_MAX = 4096
 const NAME_MAX = 255
@@ -23,6 +24,14 @@ export const MAX_DEPTH = 128
 export interface RuleOptions {
   /** sysupgrade archives name files only: their directories are made as needed. */
   implicitParents: boolean
+  /**
+   * A sysupgrade archive lands on the user's upper: files, directories and
+   * links only. A whiteout, an overlay xattr (`trusted.overlay.opaque` on
+   * `etc/` hides the firmware's whole /etc) or an inode flag (an immutable
+   * staged file cannot be moved into the upper) would change what the
+   * firmware shows or wedge the merge: refused.
+   */
+  plainFiles: boolean
   /** Bytes of the staging directory's own path, which every entry's path is appended to. */
   rootLength: number
   /** What already stands at a path of the view the entries land on (merge restores only). */
@@ -31,6 +40,20 @@ export interface RuleOptions {
 
 const refused = (path: string, why: string): Error =>
   corrupt(`archive entry "${showBytes(path)}": ${why}; nothing was restored`)
+
+function refuseOverlayMetadata(entry: TarEntry): void {
+  const { path } = entry
+  const plain = 'a sysupgrade archive holds files, directories and links'
+  if (entry.type !== 'file' && entry.type !== 'dir' && entry.type !== 'symlink' && entry.type !== 'hardlink')
+    throw refused(
+      path,
+      `a ${entry.type === 'char' && entry.devMajor === 0 && entry.devMinor === 0 ? 'whiteout' : entry.type}; ${plain}, no overlay metadata`,
+    )
+  const overlay = entry.xattrs.find(([name]) => namespaceProvedBy(name) !== undefined)
+  if (overlay) throw refused(path, `overlay metadata (xattr ${overlay[0]}); ${plain}, no overlay metadata`)
+  if (entry.flags !== undefined || entry.otherFlags !== undefined)
+    throw refused(path, `inode flags (SCHILY.fflags); ${plain}, not flags a merge could not move`)
+}
 
 export class PathRules {
   private readonly kinds = new Map<string, EntryKind>([['.', 'dir']])
@@ -64,6 +87,7 @@ export class PathRules {
         `a ${entry.type} device ${entry.devMajor}:${entry.devMinor}; an upper holds no device nodes but 0/0 whiteouts`,
       )
     }
+    if (this.options.plainFiles) refuseOverlayMetadata(entry)
     this.kinds.set(path, entry.type)
     return parents
   }

@@ -9,7 +9,17 @@ import { createHash } from 'node:crypto'
 import * as fs from 'node:fs'
 import { ExitCode, fromNodeError, OvrootError, SysError } from '../errors.js'
 import type { EntryKind, UpperEntry } from './types.js'
-import { getXattr, listXattrs, makeNode, removeXattr, setTimes, setXattr } from './libc.js'
+import {
+  dataRegions,
+  getXattr,
+  inodeFlags,
+  setInodeFlags,
+  listXattrs,
+  makeNode,
+  removeXattr,
+  setTimes,
+  setXattr,
+} from './libc.js'
 import { reportProgress } from './progress.js'
 import { bytePathBuffer as kernelPath, byteString, showBytes, type BytePath } from '../names.js'
 
@@ -85,6 +95,7 @@ export function readEntryWithStat(
   path: BytePath,
   stubXattr: string,
   big: fs.BigIntStats,
+  withFlags = false,
 ): UpperEntry | 'socket' {
   const stat = numbers(big)
   const type = KIND_OF(big)
@@ -96,6 +107,8 @@ export function readEntryWithStat(
     if (value) xattrs.push([name, value])
   }
   const stub = type === 'file' && stat.size > 0 && xattrs.some(([name]) => name === stubXattr)
+  // Files and directories only: what chattr sets, and what can be opened to set them back.
+  const flags = withFlags && (type === 'file' || type === 'dir') ? inodeFlags(kernelFull) : 0
   const entry: UpperEntry = {
     path,
     type,
@@ -110,6 +123,7 @@ export function readEntryWithStat(
     xattrs,
     ...(stub ? { holeSize: stat.size } : {}),
     ...(type === 'symlink' ? { linkTarget: readLinkText(full) } : {}),
+    ...(flags !== 0 ? { flags } : {}),
   }
   return entry
 }
@@ -128,12 +142,20 @@ const WHOLE_FILE_BYTES = 4 << 20
 const CHUNK = 1 << 20
 
 export interface StableFile {
+  /** Over the bytes chunks() yields: for a file read with its holes, over its data regions only. */
   sha256: string
+  /** The file's length when it was read (it may differ from an earlier stat's). */
+  size: number
   /** The data, checked against sha256 as it is read; throws if the file changed since it was hashed. */
   chunks(): Iterable<Buffer>
   /** Set when the data is a prefix of a file that kept growing (`readStableFile`'s `prefixOfGrowing`): its length. */
   prefix?: number
+  /** Read with its holes (`holes`), a file that has some: its data regions, which are all chunks() yields. */
+  regions?: Region[]
 }
+
+/** Part of a file that holds data: offset and length in bytes. */
+export type Region = [offset: number, length: number]
 
 /**
  * A regular file's data, read so that a file written while it is read is
@@ -143,11 +165,20 @@ export interface StableFile {
  * is then taken as the bytes it had at a moment: its first N bytes, N being
  * its size then, read twice and equal both times.
  */
-export function readStableFile(full: BytePath, options: { prefixOfGrowing?: boolean } = {}): StableFile {
+export function readStableFile(
+  full: BytePath,
+  options: { holes?: boolean; prefixOfGrowing?: boolean } = {},
+): StableFile {
   for (let attempt = 0; attempt < 2; attempt++) {
     const before = statForChange(full)
-    const read = before.size <= WHOLE_FILE_BYTES ? readWhole(full) : hashFile(full)
-    if (sameVersion(before, statForChange(full))) return read
+    // Fewer blocks than bytes: a file with holes (or a filesystem that compresses); only then is the map asked for.
+    const regions = options.holes === true && before.blocks * 512 < before.size ? holeMap(full, before.size) : undefined
+    const read = regions
+      ? readRegions(full, regions)
+      : before.size <= WHOLE_FILE_BYTES
+        ? readWhole(full)
+        : hashFile(full)
+    if (sameVersion(before, statForChange(full))) return { ...read, size: before.size }
   }
   const prefix = options.prefixOfGrowing ? grownPrefix(full) : undefined
   if (prefix === undefined) throw changedWhileRead(full)
@@ -161,16 +192,17 @@ export function readStableFile(full: BytePath, options: { prefixOfGrowing?: bool
 function grownPrefix(full: BytePath): StableFile | undefined {
   const before = statForChange(full)
   const hash = createHash('sha256')
-  for (const chunk of fileChunks(full, before.size)) hash.update(chunk)
+  for (const chunk of fileChunks(full, [[0, before.size]])) hash.update(chunk)
   const sha256 = hash.digest('hex')
   const after = statForChange(full)
   if (after.ino !== before.ino || after.size <= before.size) return undefined
   return {
     sha256,
+    size: before.size,
     prefix: before.size,
     *chunks() {
       const again = createHash('sha256')
-      for (const chunk of fileChunks(full, before.size)) {
+      for (const chunk of fileChunks(full, [[0, before.size]])) {
         again.update(chunk)
         yield chunk
       }
@@ -179,7 +211,40 @@ function grownPrefix(full: BytePath): StableFile | undefined {
   }
 }
 
-function readWhole(full: BytePath): StableFile {
+/** The data regions of a file, or undefined when it has no hole. */
+function holeMap(full: BytePath, size: number): Region[] | undefined {
+  let fd = -1
+  try {
+    fd = fs.openSync(kernelPath(full), 'r')
+    const regions = dataRegions(fd, size, kernelPath(full))
+    return regions.length === 1 && regions[0]?.[0] === 0 && regions[0][1] === size ? undefined : regions
+  } catch (error) {
+    throw fromNodeError(error, 'read', showBytes(full))
+  } finally {
+    if (fd >= 0) fs.closeSync(fd)
+  }
+}
+
+/** The data regions of a file: hashed in one pass, then read again as they are handed over (as hashFile). */
+function readRegions(full: BytePath, regions: Region[]): Omit<StableFile, 'size'> {
+  const hash = createHash('sha256')
+  for (const chunk of fileChunks(full, regions)) hash.update(chunk)
+  const sha256 = hash.digest('hex')
+  return {
+    sha256,
+    regions,
+    *chunks() {
+      const again = createHash('sha256')
+      for (const chunk of fileChunks(full, regions)) {
+        again.update(chunk)
+        yield chunk
+      }
+      if (again.digest('hex') !== sha256) throw changedWhileRead(full)
+    },
+  }
+}
+
+function readWhole(full: BytePath): Omit<StableFile, 'size'> {
   let content: Buffer
   try {
     content = fs.readFileSync(kernelPath(full))
@@ -190,7 +255,7 @@ function readWhole(full: BytePath): StableFile {
   return { sha256, chunks: () => [content] }
 }
 
-function hashFile(full: BytePath): StableFile {
+function hashFile(full: BytePath): Omit<StableFile, 'size'> {
   const hash = createHash('sha256')
   for (const chunk of fileChunks(full)) hash.update(chunk)
   const sha256 = hash.digest('hex')
@@ -207,20 +272,29 @@ function hashFile(full: BytePath): StableFile {
   }
 }
 
-/** A file's data, up to `limit` bytes. */
-function* fileChunks(full: BytePath, limit = Infinity): Generator<Buffer> {
+/** A file's bytes to its end, or only those of `regions`; a region cut short (the file shrank) is a change. */
+function* fileChunks(full: BytePath, regions?: Region[]): Generator<Buffer> {
   let fd = -1
   try {
     fd = fs.openSync(kernelPath(full), 'r')
-    for (let left = limit; left > 0;) {
-      const chunk = Buffer.allocUnsafe(CHUNK)
-      const got = fs.readSync(fd, chunk, 0, Math.min(CHUNK, left), null)
-      if (got === 0) return
-      left -= got
-      // A large file copied at boot (the RAM fill) is work the shim's timer must see.
-      reportProgress()
-      yield chunk.subarray(0, got)
+    if (regions === undefined) {
+      for (;;) {
+        const chunk = Buffer.allocUnsafe(CHUNK)
+        const got = fs.readSync(fd, chunk, 0, CHUNK, null)
+        if (got === 0) return
+        // A large file copied at boot (the RAM fill) is work the shim's timer must see.
+        reportProgress()
+        yield chunk.subarray(0, got)
+      }
     }
+    for (const [offset, length] of regions)
+      for (let done = 0; done < length;) {
+        const chunk = Buffer.allocUnsafe(Math.min(CHUNK, length - done))
+        const got = fs.readSync(fd, chunk, 0, chunk.length, offset + done)
+        if (got === 0) throw changedWhileRead(full)
+        done += got
+        yield chunk.subarray(0, got)
+      }
   } catch (error) {
     throw fromNodeError(error, 'read', showBytes(full))
   } finally {
@@ -256,8 +330,16 @@ function changedWhileRead(full: BytePath): OvrootError {
  * mtime), deepest first.
  */
 export class EntryWriter {
+  /** With `flags`, inode flags are set once everything else is written (see finish). */
+  constructor(private readonly options: { flags: boolean } = { flags: false }) {}
+
+  private readonly flagged: { full: BytePath; entry: UpperEntry }[] = []
+  /** Entries whose inode flags the filesystem could not hold. */
+  readonly flagsNotKept: BytePath[] = []
   private fd = -1
   private current: { full: BytePath; entry: UpperEntry } | undefined
+  /** Where the next data byte goes: a file with holes is written region by region, its holes never. */
+  private place = { region: 0, within: 0 }
   private readonly dirs: { full: BytePath; entry: UpperEntry }[] = []
 
   begin(full: BytePath, entry: UpperEntry, linkTargetFull?: BytePath): void {
@@ -267,6 +349,7 @@ export class EntryWriter {
         case 'dir':
           if (entry.path !== '.') fs.mkdirSync(at, { mode: 0o700 })
           this.dirs.push({ full, entry })
+          this.noteFlags(full, entry)
           return
         case 'file':
           this.fd = fs.openSync(
@@ -275,6 +358,9 @@ export class EntryWriter {
             0o600,
           )
           if (entry.holeSize !== undefined) fs.ftruncateSync(this.fd, entry.holeSize)
+          // Its length first: what is not written stays a hole.
+          if (entry.regions !== undefined) fs.ftruncateSync(this.fd, entry.size)
+          this.place = { region: 0, within: 0 }
           break
         case 'symlink':
           fs.symlinkSync(kernelPath(entry.linkTarget ?? ''), at)
@@ -298,9 +384,11 @@ export class EntryWriter {
   data(chunk: Buffer): void {
     try {
       for (let written = 0; written < chunk.length;) {
-        const count = fs.writeSync(this.fd, chunk, written)
+        const [length, position] = this.nextWrite(chunk.length - written)
+        const count = fs.writeSync(this.fd, chunk, written, length, position)
         // A write of nothing would repeat forever (boot's RAM fill is in this loop): as good as a full filesystem.
         if (count === 0) throw new SysError('ENOSPC', 'write', this.current?.full ?? '')
+        this.place.within += count
         written += count
       }
     } catch (error) {
@@ -308,19 +396,45 @@ export class EntryWriter {
     }
   }
 
+  /** How much of `length` bytes to write, and where: all at the current position, or what the current region of a file with holes still takes, at its place. */
+  private nextWrite(length: number): [length: number, position: number | null] {
+    const regions = this.current?.entry.regions
+    if (regions === undefined) return [length, null]
+    const { place } = this
+    for (let region = regions[place.region]; region !== undefined; region = regions[place.region]) {
+      const [offset, size] = region
+      if (place.within < size) return [Math.min(length, size - place.within), offset + place.within]
+      place.region++
+      place.within = 0
+    }
+    // The reader hands over exactly the regions' bytes: more is a caller's error.
+    throw new SysError('EFBIG', 'write', this.current?.full ?? '')
+  }
+
   end(): void {
     if (this.fd >= 0) {
       fs.closeSync(this.fd)
       this.fd = -1
     }
-    if (this.current) applyMetadata(this.current.full, this.current.entry)
+    if (this.current) {
+      applyMetadata(this.current.full, this.current.entry)
+      this.noteFlags(this.current.full, this.current.entry)
+    }
     this.current = undefined
+  }
+
+  private noteFlags(full: BytePath, entry: UpperEntry): void {
+    if (this.options.flags && entry.flags !== undefined && entry.flags !== 0) this.flagged.push({ full, entry })
   }
 
   /** Directory metadata, once everything is in place. */
   finish(): void {
     for (const { full, entry } of this.dirs.reverse()) applyMetadata(full, entry)
     this.dirs.length = 0
+    // Last: an immutable directory takes no more children, an append-only file no rewrite.
+    for (const { full, entry } of this.flagged)
+      if (!applyFlags(full, entry.flags ?? 0)) this.flagsNotKept.push(entry.path)
+    this.flagged.length = 0
   }
 
   /** Close what is open after an error (the caller removes what was written). */
@@ -362,6 +476,19 @@ export function replaceMetadata(full: BytePath, entry: UpperEntry): void {
 export function setModificationTime(full: BytePath, mtime: number): void {
   const seconds = Math.round(mtime * 1e6) / 1e6 + 5e-7
   fs.lutimesSync(kernelPath(full), seconds, seconds)
+}
+
+/** Set a file's or directory's inode flags; false when its filesystem has none. */
+function applyFlags(full: BytePath, flags: number): boolean {
+  let fd = -1
+  try {
+    fd = fs.openSync(kernelPath(full), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK)
+    return setInodeFlags(fd, flags, kernelPath(full))
+  } catch (error) {
+    throw fromNodeError(error, 'set inode flags of', showBytes(full))
+  } finally {
+    if (fd >= 0) fs.closeSync(fd)
+  }
 }
 
 /** Owner before mode (chown clears set-id bits), capabilities after chown (it clears them too), times last. */

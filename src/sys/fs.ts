@@ -5,7 +5,7 @@
  */
 import * as fs from 'node:fs'
 import { fromNodeError, OvrootError, ExitCode } from '../errors.js'
-import { listXattrs, getXattr, lstat } from './libc.js'
+import { listXattrs, getXattr, inodeFlags, InodeFlag, lstat, setInodeFlags } from './libc.js'
 import { reportProgress } from './progress.js'
 import type { EntryStat, TreeReader } from './types.js'
 import { bytePathBuffer as kernelPath, bytesOf, byteString, showBytes, showName, type BytePath } from '../names.js'
@@ -156,8 +156,26 @@ export function writeFileAtomic(path: string, content: string | Buffer): void {
   }
 }
 
+/** Which inode an open file is: device and inode number, as fstat(2) reports them. */
+export interface FileIdentity {
+  dev: bigint
+  ino: bigint
+}
+
+/** The identity of an open regular file, or undefined for anything else (a pipe, a terminal). */
+export function openFileIdentity(fd: number): FileIdentity | undefined {
+  try {
+    const stat = fs.fstatSync(fd, { bigint: true })
+    return stat.isFile() ? { dev: stat.dev, ino: stat.ino } : undefined
+  } catch (error) {
+    throw fromNodeError(error, 'stat', `file descriptor ${fd}`)
+  }
+}
+
 export interface AtomicOutput {
   stream: NodeJS.WritableStream
+  /** The temporary file being written. */
+  identity: FileIdentity
   /** fsync, rename over the target, fsync the directory. */
   commit(): void
   /** Remove the temporary file (after an error). */
@@ -176,8 +194,10 @@ export function openAtomicOutput(path: string, mode: number): AtomicOutput {
     throw fromNodeError(error, 'create', temporary)
   }
   const stream = fs.createWriteStream('', { fd, autoClose: false })
+  const stat = fs.fstatSync(fd, { bigint: true })
   return {
     stream,
+    identity: { dev: stat.dev, ino: stat.ino },
     commit() {
       try {
         fs.fsyncSync(fd)
@@ -263,10 +283,39 @@ function removeEntry(path: Buffer): void {
   const stat = fs.lstatSync(path, { throwIfNoEntry: false })
   if (!stat) return
   if (stat.isDirectory()) {
+    // An immutable or append-only directory lets no child go: its flags are cleared first.
+    if (inodeFlags(path) & PROTECTING) clearProtection(path)
     for (const name of fs.readdirSync(path, { encoding: 'buffer' })) removeEntry(Buffer.concat([path, SLASH, name]))
-    fs.rmdirSync(path)
-  } else fs.unlinkSync(path)
+    removeProtected(path, () => fs.rmdirSync(path))
+  } else removeProtected(path, () => fs.unlinkSync(path))
   reportProgress()
+}
+
+const PROTECTING = InodeFlag.immutable | InodeFlag.append
+
+/**
+ * Remove an entry; one that is immutable or append-only (`chattr +i`, `+a`:
+ * a user's, or restored with an upper) refuses with EPERM: its flags are
+ * cleared and the removal made once more. A reset or a swap removes what the
+ * user's upper holds, whatever flags they gave it, and never wedges on one.
+ */
+function removeProtected(path: Buffer, remove: () => void): void {
+  try {
+    remove()
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code !== 'EPERM' || !(inodeFlags(path) & PROTECTING)) throw error
+    clearProtection(path)
+    remove()
+  }
+}
+
+function clearProtection(path: Buffer): void {
+  const fd = fs.openSync(path, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK)
+  try {
+    setInodeFlags(fd, inodeFlags(path) & ~PROTECTING, path)
+  } finally {
+    fs.closeSync(fd)
+  }
 }
 
 export function renamePath(from: string | Buffer, to: string | Buffer): void {

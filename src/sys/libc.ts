@@ -13,7 +13,7 @@ import { endianness, constants as osConstants } from 'node:os'
 import { SysError } from '../errors.js'
 import { showName } from '../names.js'
 import type { EntryStat, EntryType } from './types.js'
-import { noNativeBinding, syscallNumbers, type SyscallNumbers } from './platform.js'
+import { inodeFlagIoctls, noNativeBinding, syscallNumbers, type SyscallNumbers } from './platform.js'
 
 interface KoffiFunction {
   (...args: unknown[]): unknown
@@ -36,6 +36,10 @@ interface Libc {
   mount: KoffiFunction
   umount2: KoffiFunction
   sync: KoffiFunction
+  /** lseek with a 64-bit offset, whatever the libc's off_t (see seekFunction). */
+  lseek: KoffiFunction
+  /** ioctl(2) is variadic: the argument passes with its koffi type. */
+  ioctl: KoffiFunction
   /** syscall(2) is variadic: every call passes a koffi type before each argument. */
   syscall: KoffiFunction
   numbers: SyscallNumbers
@@ -70,11 +74,28 @@ function bind(): { koffi: Koffi; libc: Libc } {
       ),
       umount2: lib.func('int umount2(const char *target, int flags)'),
       sync: lib.func('void sync()'),
+      lseek: seekFunction(lib),
+      ioctl: lib.func('int ioctl(int fd, unsigned long request, ...)'),
       syscall: lib.func('long syscall(long number, ...)'),
       numbers,
     }
   }
   return { koffi, libc }
+}
+
+/**
+ * glibc's lseek takes a 32-bit off_t on 32-bit architectures (unless built
+ * with _FILE_OFFSET_BITS=64) and exports lseek64 with a 64-bit one on every
+ * architecture; musl's off_t is 64-bit everywhere and its lseek64 symbol may
+ * be gone (1.2.4 dropped the LFS64 names). So: lseek64 when libc has it, else
+ * lseek, which is then the 64-bit one.
+ */
+function seekFunction(lib: KoffiLibrary): KoffiFunction {
+  try {
+    return lib.func('int64_t lseek64(int fd, int64_t offset, int whence)')
+  } catch {
+    return lib.func('int64_t lseek(int fd, int64_t offset, int whence)')
+  }
 }
 
 /** Fails with the one-line platform message when this platform cannot run ovroot's system layer. */
@@ -350,6 +371,97 @@ export function pivotRoot(newRoot: string, putOld: string): void {
     'pivot_root',
     `${newRoot} (old root to ${putOld})`,
   )
+}
+
+/**
+ * The inode flags ovroot keeps (`chattr` a, i, d): the FS_*_FL bits, which
+ * statx(2) reports under the same values as STATX_ATTR_APPEND, _IMMUTABLE and
+ * _NODUMP (include/uapi/linux/fs.h, stat.h), so reading them costs one statx.
+ */
+export const InodeFlag = { append: 0x20, immutable: 0x10, noDump: 0x40 } as const
+const KEPT_FLAGS = InodeFlag.append | InodeFlag.immutable | InodeFlag.noDump
+const STATX_ATTRIBUTES = 8
+const STATX_ATTRIBUTES_MASK = 56
+
+/** The kept inode flags of a path, not following a symlink: 0 when it has none or its filesystem reports none. */
+export function inodeFlags(path: SysPath): number {
+  const { libc } = bind()
+  const result = libc.syscall(
+    libc.numbers.statx,
+    'int',
+    AT_FDCWD,
+    'void *',
+    cPath(path),
+    'int',
+    AT_SYMLINK_NOFOLLOW,
+    'uint32_t',
+    0,
+    'void *',
+    statxBuffer,
+  )
+  if (Number(result) !== 0) throw new SysError(errnoName(), 'statx', shown(path))
+  const supported = Number(statxView.getBigUint64(STATX_ATTRIBUTES_MASK, littleEndian) & BigInt(KEPT_FLAGS))
+  return Number(statxView.getBigUint64(STATX_ATTRIBUTES, littleEndian)) & supported
+}
+
+/** Filesystems without inode flags (JFFS2, a FAT or 9p mount) answer these. */
+const NO_FLAGS = new Set(['ENOTTY', 'EOPNOTSUPP', 'ENOTSUP', 'EINVAL'])
+
+/**
+ * Set the kept inode flags of an open file or directory to `flags`, leaving
+ * every other flag as it is (FS_IOC_GETFLAGS, then FS_IOC_SETFLAGS). Answers
+ * false when the filesystem has no inode flags.
+ */
+export function setInodeFlags(fd: number, flags: number, target: SysPath): boolean {
+  const { libc } = bind()
+  const requests = inodeFlagIoctls()
+  // The kernel reads and writes an int; a long's room keeps a 64-bit big-endian kernel's view of it at offset 0 either way.
+  const value = Buffer.alloc(8)
+  if (Number(libc.ioctl(fd, requests.get, 'void *', value)) < 0) {
+    const errno = errnoName()
+    if (NO_FLAGS.has(errno)) return false
+    throw new SysError(errno, 'get inode flags of', shown(target))
+  }
+  const current = littleEndian ? value.readInt32LE(0) : value.readInt32BE(0)
+  const wanted = (current & ~KEPT_FLAGS) | (flags & KEPT_FLAGS)
+  if (wanted === current) return true
+  if (littleEndian) value.writeInt32LE(wanted, 0)
+  else value.writeInt32BE(wanted, 0)
+  if (Number(libc.ioctl(fd, requests.set, 'void *', value)) < 0) {
+    const errno = errnoName()
+    if (NO_FLAGS.has(errno)) return false
+    throw new SysError(errno, 'set inode flags of', shown(target))
+  }
+  return true
+}
+
+/** lseek(2)'s whence values for holes: the same on every Linux architecture (include/uapi/linux/fs.h). */
+const SEEK_DATA = 3
+const SEEK_HOLE = 4
+
+/**
+ * Where a file's data lies, as (offset, length) pairs in order, the rest of
+ * its first `size` bytes being holes (SEEK_DATA/SEEK_HOLE). A filesystem that
+ * does not track holes reports all of the file as data, which is still right.
+ */
+export function dataRegions(fd: number, size: number, target: SysPath): [offset: number, length: number][] {
+  const { libc } = bind()
+  const regions: [number, number][] = []
+  for (let position = 0; position < size;) {
+    const data = Number(libc.lseek(fd, position, SEEK_DATA))
+    if (data < 0) {
+      const errno = errnoName()
+      // ENXIO: no data from here to the end of the file.
+      if (errno === 'ENXIO') break
+      throw new SysError(errno, 'lseek SEEK_DATA', shown(target))
+    }
+    if (data >= size) break
+    const hole = check(libc.lseek(fd, data, SEEK_HOLE), 'lseek SEEK_HOLE', shown(target))
+    const end = Math.min(hole, size)
+    regions.push([data, end - data])
+    position = end
+  }
+  return regions
 }
 
 export function syncAll(): void {

@@ -39,9 +39,48 @@ export const SYSCALLS: Readonly<Record<string, SyscallNumbers>> = {
   mipsel: { statx: 4366, mknodat: 4290, pivotRoot: 4216, utimensat: 4412 },
 }
 
+/**
+ * FS_IOC_GETFLAGS and FS_IOC_SETFLAGS (`chattr`'s inode flags), keyed like
+ * SYSCALLS. They are _IOR('f', 1, long) and _IOW('f', 2, long), so they
+ * depend on the size of a long (4 bytes on 32-bit architectures) and on how
+ * the architecture lays out ioctl numbers: powerpc and mips have 3 direction
+ * bits at bit 29 (read 2, write 4), the others 2 at bit 30 (read 2, write 1).
+ * The kernel reads and writes an int through the pointer either way.
+ */
+export interface InodeFlagIoctls {
+  get: number
+  set: number
+}
+
+const GENERIC_64 = { get: 0x80086601, set: 0x40086602 }
+const GENERIC_32 = { get: 0x80046601, set: 0x40046602 }
+const POWERPC_MIPS_64 = { get: 0x40086601, set: 0x80086602 }
+const POWERPC_MIPS_32 = { get: 0x40046601, set: 0x80046602 }
+
+export const INODE_FLAG_IOCTLS: Readonly<Record<string, InodeFlagIoctls>> = {
+  x64: GENERIC_64,
+  ia32: GENERIC_32,
+  arm: GENERIC_32,
+  arm64: GENERIC_64,
+  riscv64: GENERIC_64,
+  loong64: GENERIC_64,
+  ppc: POWERPC_MIPS_32,
+  ppc64: POWERPC_MIPS_64,
+  s390: GENERIC_32,
+  s390x: GENERIC_64,
+  mips: POWERPC_MIPS_32,
+  mipsel: POWERPC_MIPS_32,
+}
+
 /** How messages name the running platform: linux-arm64, linux-mips (big-endian). */
 export function platformName(): string {
   return `${process.platform}-${process.arch}${endianness() === 'BE' ? ' (big-endian)' : ''}`
+}
+
+export function inodeFlagIoctls(): InodeFlagIoctls {
+  const numbers = INODE_FLAG_IOCTLS[process.arch]
+  if (!numbers) throw unsupported(`its ioctl numbers are not in ovroot's table (src/sys/platform.ts)`)
+  return numbers
 }
 
 export function syscallNumbers(): SyscallNumbers {

@@ -65,4 +65,12 @@ export interface UpperEntry {
   xattrs: [name: string, value: Buffer][]
   /** A metacopy stub: a file that is all hole, this long; its data is in the lower. */
   holeSize?: number
+  /**
+   * A file with holes (a backup reads them with SEEK_DATA/SEEK_HOLE): where
+   * its data lies, offset and length in order. `size` is then the file's
+   * length, and its data is these regions' bytes, one after the other.
+   */
+  regions?: [offset: number, length: number][]
+  /** Inode flags (`chattr` a, i, d: sys/libc.ts InodeFlag) of a file or directory, when it has some and they were read. */
+  flags?: number
 }

@@ -18,6 +18,10 @@ export interface WalkOptions {
   stubXattr: string
   /** Whether to visit a path (and, for a directory, what is below it). */
   include(path: BytePath): boolean
+  /** Read inode flags (chattr a, i, d) too: one more statx per file and directory. */
+  flags?: boolean
+  /** An entry to leave out, and below it, by its lstat (a backup's own output, written into the upper). */
+  skip?(path: BytePath, stat: BigIntStats): boolean
   /** Sockets cannot be recreated from an archive: they are skipped and named. */
   skipped(path: BytePath, why: string): void
   /**
@@ -47,6 +51,7 @@ export function* walkUpper(root: BytePath, options: WalkOptions): Generator<Uppe
       if (options.vanished) return options.vanished(path)
       throw new SysError('ENOENT', 'stat', full)
     }
+    if (options.skip?.(path, stat)) return
     // An unchanged first name still counts: a later name (in a renamed directory) links to it.
     const inode = !stat.isDirectory() && stat.nlink > 1n ? `${stat.dev}:${stat.ino}` : undefined
     const first = inode === undefined ? undefined : firstName.get(inode)
@@ -55,7 +60,7 @@ export function* walkUpper(root: BytePath, options: WalkOptions): Generator<Uppe
       if (stat.isDirectory()) yield* visitChildren(path, full)
       return
     }
-    const read = gone(path, () => readEntryWithStat(full, path, options.stubXattr, stat))
+    const read = gone(path, () => readEntryWithStat(full, path, options.stubXattr, stat, options.flags))
     if (read === undefined) return
     if (read === 'socket') {
       options.skipped(path, 'a socket')
@@ -72,6 +77,7 @@ export function* walkUpper(root: BytePath, options: WalkOptions): Generator<Uppe
         devMajor: 0,
         devMinor: 0,
         holeSize: undefined,
+        flags: undefined,
       }
       return
     }

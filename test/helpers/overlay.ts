@@ -8,7 +8,7 @@ import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { listXattrs, getXattr } from '../../src/sys/libc.js'
+import { listXattrs, getXattr, inodeFlags } from '../../src/sys/libc.js'
 
 export const OVROOT = fileURLToPath(new URL('../../dist/ovroot.js', import.meta.url))
 
@@ -24,7 +24,8 @@ export const MOUNT_VARIANTS: Record<string, string[]> = {
 /**
  * An upper as a faithful copy must reproduce it: names and link targets as
  * bytes, type, mode, owner, mtime and atime to the nanosecond, bytes (or a
- * stub's size), device numbers, every xattr, and which names share an inode.
+ * stub's size), a file's allocated blocks (holes stay holes), device numbers,
+ * every xattr, inode flags (chattr a, i, d), and which names share an inode.
  * Keys and targets show bytes that are not printable ASCII as \xNN (an
  * independent oracle: not the form ovroot prints). Stats are taken before
  * the content is read; scratch() mounts noatime, so reading moves no atime.
@@ -48,6 +49,7 @@ export function upperSnapshot(root: string): Map<string, string> {
           : type === 'char' || type === 'block'
             ? String(st.rdev)
             : ''
+    const flags = type === 'file' || type === 'dir' ? inodeFlags(full) : 0
     const xattrs = listXattrs(full)
       .sort()
       .map((name) => `${name}=${getXattr(full, name)?.toString('hex')}`)
@@ -56,7 +58,7 @@ export function upperSnapshot(root: string): Map<string, string> {
       key,
       link
         ? `hardlink to ${link}`
-        : `${type} ${(st.mode & 0o7777n).toString(8)} ${st.uid}:${st.gid} ${st.size} mtime ${st.mtimeNs} atime ${st.atimeNs} ${content} [${xattrs}]`,
+        : `${type} ${(st.mode & 0o7777n).toString(8)} ${st.uid}:${st.gid} ${st.size}${type === 'file' ? ` blocks ${st.blocks}` : ''} mtime ${st.mtimeNs} atime ${st.atimeNs} ${content} [${xattrs}]${flags ? ` flags ${flags.toString(16)}` : ''}`,
     )
     if (type === 'dir')
       for (const name of fs.readdirSync(full, { encoding: 'buffer' }).sort((a, b) => Buffer.compare(a, b)))
@@ -80,6 +82,11 @@ function printable(bytes: Buffer): string {
 /** A snapshot without atimes: for a copy made by a tool that does not keep them (GNU tar's extraction). */
 export function withoutAtime(entries: Map<string, string>): Map<string, string> {
   return new Map([...entries].map(([path, entry]) => [path, entry.replace(/ atime -?\d+ /, ' ')]))
+}
+
+/** A snapshot without allocated blocks: for a copy made from an archive that stored holes as zeros. */
+export function withoutBlocks(entries: Map<string, string>): Map<string, string> {
+  return new Map([...entries].map(([path, entry]) => [path, entry.replace(/ blocks \d+ /, ' ')]))
 }
 
 /**
