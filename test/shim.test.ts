@@ -199,7 +199,8 @@ for (const shell of shells) {
 }
 
 await t.test("a 64-bit init of the kernel's own machine under a 32-bit shim is accepted", async (t) => {
-  const native = { x64: [62, 3], arm64: [183, 40] }[process.arch as 'x64' | 'arm64']
+  const machines: Partial<Record<string, [number, number]>> = { x64: [62, 3], arm64: [183, 40] }
+  const native = machines[process.arch]
   if (!native) return t.skip(`no 32-bit machine known for ${process.arch}`)
   const [machine64, machine32] = native
   const own = file('own-32', elf({ cls: 1, machine: machine32 }))
