@@ -617,6 +617,31 @@ await t.test(
 )
 
 await t.test(
+  "a userxattr overlay whose RAM fill fails boots degraded with the user's files shown (no metacopy=on, which the kernel refuses with userxattr)",
+  async (t) => {
+    const flash = `${workspace(t)}/nor.flash`
+    const userxattr = 'ovroot.overlay.options=userxattr'
+    const first = run(
+      t,
+      ['--flash', flash, '--append', userxattr],
+      'head -c 2621440 /dev/urandom > /root/big && echo small > /etc/small && sync && md5sum /root/big /etc/small',
+    )
+    const before = sums(first.stdout)
+    t.equal(before.size, 2, 'a 2.5 MiB file and a small one on the flash')
+    const tight = run(
+      t,
+      ['--flash', flash, '--append', `${userxattr} ovroot.sync.enabled=yes ovroot.flash.ram_size=1m`],
+      `${STATUS}; md5sum /root/big /etc/small`,
+    )
+    const status = statusFrom(tight.stdout)
+    t.equal(status.mode, 'degraded')
+    t.match(status.reason, /could not be loaded into the RAM upper/)
+    t.notMatch(status.reason, /only the firmware is shown/, 'the flash copy is shown, not the firmware alone')
+    t.same(sums(tight.stdout), before, 'every byte of every file is shown')
+  },
+)
+
+await t.test(
   'sync: an xattr the RAM filesystem refuses (user.* on tmpfs before Linux 6.6) boots degraded, the file and its xattr shown',
   async (t) => {
     const flash = `${workspace(t)}/ext4.flash`

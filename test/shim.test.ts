@@ -125,6 +125,16 @@ const cases: [string, Buffer | string, boolean][] = [
   ['program headers at 2^64 - 8', elf({ phoff: 2n ** 64n - 8n }), false],
   ['a segment at 2^63 - 1 (the sum overflows)', elf({ extra: [[1, 2n ** 63n - 1n, 2n]] }), false],
   ['a segment past the end', elf({ loadSize: 100000n }), false],
+  [
+    'a .bss-only segment (nothing in the file) whose offset is past the end',
+    elf({ extra: [[1, 0x200000n, 0n]] }),
+    true,
+  ],
+  [
+    'a .bss-only segment past the end, off a page (a kernel before 6.7 maps the file there)',
+    elf({ extra: [[1, 0x200010n, 0n]] }),
+    false,
+  ],
   ['an interpreter path without its NUL (ENOEXEC)', elf({ interp: Buffer.from(x86) }), false],
   ['an empty interpreter path', elf({ interp: Buffer.from('\0') }), false],
   ['a 32-bit ELF on this 64-bit machine', elf({ cls: 1, machine: 3 }), false],
@@ -187,6 +197,34 @@ for (const shell of shells) {
     }
   })
 }
+
+await t.test("a 64-bit init of the kernel's own machine under a 32-bit shim is accepted", async (t) => {
+  const machines: Partial<Record<string, [number, number]>> = { x64: [62, 3], arm64: [183, 40] }
+  const native = machines[process.arch]
+  if (!native) return t.skip(`no 32-bit machine known for ${process.arch}`)
+  const [machine64, machine32] = native
+  const own = file('own-32', elf({ cls: 1, machine: machine32 }))
+  const loader = file('ld-64', elf({ machine: machine64, type: 3 }))
+  for (const shell of shells) {
+    const init = file('init-64', elf({ machine: machine64, interp: Buffer.from(`${loader}\0`) }))
+    t.equal(verdict(shell, init, own), 'OK', `${shell.join(' ')}: the 64-bit init and its 64-bit ld.so`)
+    const other = file('init-other', elf({ machine: machine64 === 62 ? 183 : 62 }))
+    t.not(verdict(shell, other, own), 'OK', `${shell.join(' ')}: another machine's 64-bit init is still refused`)
+    const swapped = file('init-swapped', elf({ machine: machine64, order: 2 }))
+    t.not(verdict(shell, swapped, own), 'OK', `${shell.join(' ')}: so is the other byte order`)
+  }
+})
+
+await t.test("the shim's block I/O sample takes every counted field of /proc/diskstats", async (t) => {
+  const blockIo = shim.slice(shim.indexOf('\nblock_io()'), shim.indexOf('\n}\n', shim.indexOf('\nblock_io()')) + 3)
+  const stats = file('diskstats', '   8       0 sda 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17\n')
+  for (const shell of shells) {
+    const script = `${blockIo.replace(/\/proc\/diskstats/g, stats)}\nblock_io; echo $io`
+    const result = spawnSync(shell[0], [...shell.slice(1), '-c', script], { encoding: 'utf8', timeout: 20_000 })
+    // Reads, sectors read, writes, sectors written, discards, sectors discarded, flushes: fields 4, 6, 8, 10, 15, 17, 19.
+    t.equal(result.stdout.trim(), '1 3 5 7 12 14 16', `${shell.join(' ')}: ${result.stderr}`)
+  }
+})
 
 await t.test('an exec that fails in the EXIT trap still reaches the next candidate and the shells', async (t) => {
   // Both candidates pass the check and fail to exec (ENOENT): the second failure happens inside the trap.

@@ -319,8 +319,10 @@ function isFull(dir: string): boolean {
 
 function overlayOptions(extra: string[], lowers: string[], upper: string, work: string): string {
   const options = [`lowerdir=${lowers.join(':')}`, `upperdir=${upper}`, `workdir=${work}`, ...extra]
-  // A flash upper used as a lower may hold metacopy stubs.
-  if (lowers.length > 1 && !extra.some((option) => option.startsWith('metacopy='))) options.push('metacopy=on')
+  // A flash upper used as a lower may hold metacopy stubs; a userxattr overlay never has any, and the kernel
+  // refuses userxattr with metacopy=on: the mount that shows the user's files read-only would fail.
+  if (lowers.length > 1 && !extra.some((option) => option.startsWith('metacopy=') || option === 'userxattr'))
+    options.push('metacopy=on')
   return options.join(',')
 }
 
