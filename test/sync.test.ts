@@ -741,7 +741,12 @@ await t.test(
     let stderr = ''
     reset.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()))
     const exited = new Promise<number | null>((resolve) => reset.on('exit', resolve))
-    await new Promise((resolve) => setTimeout(resolve, 1500))
+    // Until the reset has said it waits (or has exited): however loaded the machine, never a fixed delay.
+    const waiting = new Promise<void>((resolve) => {
+      reset.stderr.on('data', () => stderr.includes('waiting for') && resolve())
+      reset.on('exit', () => resolve())
+    })
+    await waiting
     t.notOk(fs.existsSync(`${d.flash}/.ovroot/pending`), 'nothing committed while the sync holds the lock')
     t.match(
       stderr,
