@@ -146,18 +146,28 @@ async function flashLayers(config: Config, volume: Volume, forcedReset: boolean,
     return ramUpperOver(config, ['/'])
   }
   const upper = upperDir(config)
-  if (isFull(config.overlay.dir) || !prepareLayers(upper, workDir(config))) {
+  const trouble = layersTrouble(config, volume, upper)
+  if (trouble !== undefined) {
     // Keep the user's files visible under a RAM upper; a layer must not change under a live overlay.
-    degrade(
-      state,
-      `flash ${volume.description} is full: its files are shown read-only under a RAM upper; 'ovroot reset' returns to the factory state at the next boot, 'ovroot reset PATH...' drops just those paths`,
-    )
+    degrade(state, trouble)
     protectFlash(config, state)
     return ramUpperOver(config, [upper, '/'])
   }
-  ensureReserve(flashLayout(config))
   if (config.sync.enabled) return syncedRamUpper(config, upper, state)
   return { lowers: ['/'], upper, work: workDir(config) }
+}
+
+/** Why the flash cannot hold the live layers (full, or failing as they are made ready), or undefined when it can. */
+function layersTrouble(config: Config, volume: Volume, upper: string): string | undefined {
+  try {
+    if (!isFull(config.overlay.dir) && prepareLayers(upper, workDir(config))) {
+      ensureReserve(flashLayout(config))
+      return undefined
+    }
+  } catch (error) {
+    return `the flash's layers could not be made ready (${messageOf(error)}): its files are shown read-only under a RAM upper`
+  }
+  return `flash ${volume.description} is full: its files are shown read-only under a RAM upper; 'ovroot reset' returns to the factory state at the next boot, 'ovroot reset PATH...' drops just those paths`
 }
 
 /**
