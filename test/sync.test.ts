@@ -741,12 +741,10 @@ await t.test(
     let stderr = ''
     reset.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()))
     const exited = new Promise<number | null>((resolve) => reset.on('exit', resolve))
-    // Until the reset has said it waits (or has exited): however loaded the machine, never a fixed delay.
-    const waiting = new Promise<void>((resolve) => {
-      reset.stderr.on('data', () => stderr.includes('waiting for') && resolve())
-      reset.on('exit', () => resolve())
-    })
-    await waiting
+    // Until the reset says it waits (Node's start takes a while on a loaded host), then a little longer.
+    for (let waited = 0; waited < 200 && !/waiting for pid/.test(stderr); waited++)
+      await new Promise((resolve) => setTimeout(resolve, 100))
+    await new Promise((resolve) => setTimeout(resolve, 500))
     t.notOk(fs.existsSync(`${d.flash}/.ovroot/pending`), 'nothing committed while the sync holds the lock')
     t.match(
       stderr,

@@ -24,13 +24,22 @@ const SHARED_WRITABLE = /^\S+ .w.s \S+ ([0-9a-f]+):([0-9a-f]+) ([1-9]\d*)/gm
 export function sharedWritableInodes(upper: string): Set<bigint> {
   const devices = new Set([deviceOf(upper), ...overlayDevices()])
   const inodes = new Set<bigint>()
-  for (const pid of fs.readdirSync('/proc').filter((name) => /^\d+$/.test(name))) {
+  for (const pid of processIds()) {
     // A process that exits meanwhile, or a kernel thread, has nothing to say.
     const maps = readQuietly(`/proc/${pid}/maps`)
     for (const [, major = '', minor = '', inode = ''] of maps.matchAll(SHARED_WRITABLE))
       if (devices.has(`${parseInt(major, 16)}:${parseInt(minor, 16)}`)) inodes.add(BigInt(inode))
   }
   return inodes
+}
+
+/** Without /proc mounted nothing can be known: no mapping is found (and a sync compares what it otherwise would). */
+function processIds(): string[] {
+  try {
+    return fs.readdirSync('/proc').filter((name) => /^\d+$/.test(name))
+  } catch {
+    return []
+  }
 }
 
 function deviceOf(path: string): string {
