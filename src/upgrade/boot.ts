@@ -149,6 +149,16 @@ function takeRecords(context: FirmwareContext, source: RecordSource, known: Know
 /** Plan against the recorded firmware, stage, commit, and apply at once (the overlay is not mounted yet). */
 async function reconcile(context: FirmwareContext, recorded: FirmwareRecord): Promise<UpgradeReport | undefined> {
   const { layout, xattrs } = context
+  const report = commitUpgrade(context, recorded)
+  process.stderr.write(`ovroot: applying the reconcile\n`)
+  const applied = await applyPending(layout, context.work, xattrs)
+  process.stderr.write(`ovroot: reconciled: ${countsText(report.counts)}\n`)
+  return applied?.kind === 'upgrade' ? applied.report : report
+}
+
+/** The plan against the recorded firmware, staged and committed (a pending change): nothing in the upper changes yet. */
+export function commitUpgrade(context: FirmwareContext, recorded: FirmwareRecord): UpgradeReport {
+  const { layout, xattrs } = context
   const upper = bytesOf(upperPath(layout))
   const { source: next, shipped } = currentSource(context)
   const plan = planUpgrade(upper, xattrs, baseSource(layout, recorded), next, {
@@ -181,9 +191,7 @@ async function reconcile(context: FirmwareContext, recorded: FirmwareRecord): Pr
     `ovroot: firmware changed (${recorded.description} -> ${firmware.description}): reconciling the upper\n`,
   )
   stageUpgrade(plan, { layout, newRoot: rootOf(context.lower), xattrs, report, firmware, base })
-  const applied = await applyPending(layout, context.work, xattrs)
-  process.stderr.write(`ovroot: reconciled: ${countsText(report.counts)}\n`)
-  return applied?.kind === 'upgrade' ? applied.report : report
+  return report
 }
 
 export function countsText(counts: Record<UpgradeClass, number>): string {
