@@ -438,3 +438,77 @@ await t.test(
     t.ok(cuts > 10, `the sweep cut the apply at each of its ${cuts} steps`)
   },
 )
+
+await t.test(
+  'upgrade-check on A predicts exactly what the boot on B does; diff --conflicts shows the three sides',
+  async (t) => {
+    const { onFirmware } = await import('../src/upgrade/boot.js')
+    const { currentIdentity } = await import('../src/upgrade/identity.js')
+    const { readFirmwareRecord } = await import('../src/upgrade/record.js')
+    const { OverlayXattrs } = await import('../src/overlay/xattrs.js')
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const a = buildFirmware(s.dir, FIRMWARE_A, 'a')
+    const b = buildFirmware(s.dir, firmwareB(), 'b')
+    const layout = { root: `${s.dir}/flash`, upperName: 'upper' }
+    const upper = `${layout.root}/upper`
+    fs.mkdirSync(upper, { recursive: true })
+    fs.mkdirSync(`${layout.root}/work`)
+    mountOverlay(`${s.dir}/merged`, [a], upper, `${layout.root}/work`, OVROOT_OPTIONS)
+    userChanges(`${s.dir}/merged`)
+    unmount(`${s.dir}/merged`)
+
+    // No record yet: upgrade-check records the running firmware (A) itself.
+    const check = ovroot(['upgrade-check', `${s.dir}/b.sqfs`, '--lower', a, '--upper', upper, '--json'])
+    t.equal(check.status, 8, `exit 8: conflicts and hidden entries (${check.stderr})`)
+    const predicted = JSON.parse(check.stdout) as {
+      counts: Record<string, number>
+      classes: Record<string, string[]>
+      entries: { path: string; savedBase?: string }[]
+    }
+    t.same(predicted.classes.conflict, ['/etc/config/network', '/etc/r\\xe9seau'])
+    t.same(predicted.classes.stale, [
+      '/etc/caf\\xe9',
+      '/etc/config/dhcp',
+      '/etc/config/firewall',
+      '/etc/old',
+      '/etc/profile',
+      '/etc/tagged',
+      '/usr/bin/tool',
+    ])
+    t.ok(
+      predicted.entries.filter((entry) => entry.savedBase).length === 2,
+      'the old firmware’s bytes of both conflicts are saved',
+    )
+    const text = ovroot(['upgrade-check', `${s.dir}/b.sqfs`, '--lower', a, '--upper', upper])
+    t.match(text.stdout, /^conflict {2}\/etc\/config\/network {2}\(base saved\)$/m, 'text: class by class')
+    t.match(text.stdout, /^counts: 6 own, 1 kept, 1 converged, 7 stale, 1 gone, 2 conflict, 3 hidden$/m)
+    const same = ovroot(['upgrade-check', `${s.dir}/a.sqfs`, '--lower', a, '--upper', upper])
+    t.equal(same.status, 0, 'the same firmware: exit 0')
+    t.match(same.stdout, /nothing to reconcile/)
+
+    const summary = await onFirmware({
+      layout,
+      lower: b,
+      xattrs: new OverlayXattrs('trusted'),
+      preferFirmware: false,
+      recorded: readFirmwareRecord(layout),
+      current: await currentIdentity(b),
+      work: `${layout.root}/work`,
+    })
+    t.same(summary?.counts, predicted.counts, 'the boot on B did what upgrade-check predicted, class by class')
+
+    const conflicts = ovroot(['diff', '--conflicts', '--lower', b, '--upper', upper])
+    t.equal(conflicts.status, 0, conflicts.stderr)
+    t.match(conflicts.stdout, /^conflict {2}\/etc\/config\/network: base saved; user’s kept; firmware’s in the lower$/m)
+    const patch = ovroot(['diff', '--conflicts', '--patch', '--lower', b, '--upper', upper])
+    t.match(
+      patch.stdout,
+      /diff base user\n--- base\/etc\/config\/network\n\+\+\+ user\/etc\/config\/network\n@@ -1 \+1,2 @@\n config interface lan\n\+\toption user 1/,
+    )
+    t.match(
+      patch.stdout,
+      /diff base firmware\n--- base\/etc\/config\/network\n\+\+\+ firmware\/etc\/config\/network\n@@ -1 \+1 @@\n-config interface lan\n\+config interface lan 2/,
+    )
+  },
+)
