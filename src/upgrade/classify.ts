@@ -120,3 +120,18 @@ const sameMetadata = (metadata: Metadata, next: ManifestRecord): boolean =>
   metadata.uid === next.uid &&
   metadata.gid === next.gid &&
   metadata.xattrs === 'firmware'
+
+/**
+ * What a restore of a copy-up from other firmware meets (restore/extract.ts):
+ * the archive's sha256 of the user's file (U), of its firmware twin when it
+ * was backed up (O), and the running firmware's (N, undefined: none). Only
+ * content counts: metadata goes with the archive.
+ */
+export function classifyContent(user: string, base: string, firmware: string | undefined): UpgradeClass {
+  const record = (data: string): ManifestRecord => ({ type: 'f', mode: 0, uid: 0, gid: 0, size: 0, data, xattrs: '-' })
+  return classify({
+    upper: { kind: 'entry', record: record(user) },
+    old: record(base),
+    new: firmware === undefined ? undefined : record(firmware),
+  }).class
+}
