@@ -2,10 +2,12 @@ import type { ArgumentsCamelCase, CommandModule } from 'yargs'
 import { backupCommand } from './backup.js'
 import { bootCommand } from './boot.js'
 import { diffCommand } from './diff.js'
+import { manifestCommand } from './manifest.js'
 import { resetCommand } from './reset.js'
 import { restoreCommand } from './restore.js'
 import { statusCommand } from './status.js'
 import { syncCommand } from './sync.js'
+import { upgradeCheckCommand } from './upgrade-check.js'
 
 const asCommand = (command: object): CommandModule<object, never> => command as CommandModule<object, never>
 
@@ -24,5 +26,7 @@ function needingSystemLayer(command: CommandModule<object, never>): CommandModul
 export const commands = [
   asCommand(bootCommand),
   asCommand(statusCommand),
-  ...[diffCommand, resetCommand, backupCommand, restoreCommand, syncCommand].map(asCommand).map(needingSystemLayer),
+  ...[diffCommand, resetCommand, backupCommand, restoreCommand, syncCommand, manifestCommand, upgradeCheckCommand]
+    .map(asCommand)
+    .map(needingSystemLayer),
 ]

@@ -1,0 +1,594 @@
+/**
+ * Firmware upgrades on the host: the manifest (written from a tree and from
+ * the squashfs built from it, read back, refused when damaged), the
+ * classifier, and the reconcile of a real upper written over squashfs A,
+ * applied before mounting it over squashfs B.
+ */
+import t from 'tap'
+import { execFileSync } from 'node:child_process'
+import * as fs from 'node:fs'
+import { getXattr, listXattrs, setXattr } from '../src/sys/libc.js'
+import { MANIFEST_PATH, readManifest } from '../src/upgrade/manifest.js'
+import { mountOverlay, ovroot, scratch, unmount, upperSnapshot } from './helpers/overlay.js'
+
+const latin1 = (text: string): Buffer => Buffer.from(text, 'latin1')
+
+/** A tree with the names and entries a manifest must carry exactly. */
+function hardTree(root: string): void {
+  fs.mkdirSync(`${root}/etc/config`, { recursive: true })
+  fs.mkdirSync(`${root}/usr/lib/ovroot`, { recursive: true })
+  fs.writeFileSync(`${root}/etc/config/network`, 'config interface lan\n')
+  fs.writeFileSync(latin1(`${root}/etc/caf\xe9`), 'latin-1 name\n')
+  fs.writeFileSync(`${root}/etc/tab\there`, 'a tab in the name\n')
+  fs.writeFileSync(`${root}/etc/back\\slash`, 'a backslash\n')
+  fs.symlinkSync(latin1('/tmp/\xff\n'), `${root}/etc/odd-link`)
+  fs.linkSync(`${root}/etc/config/network`, `${root}/etc/network-hardlink`)
+  fs.writeFileSync(`${root}/etc/old`, 'before 1970\n')
+  fs.utimesSync(`${root}/etc/old`, -86400, -86400)
+  fs.writeFileSync(`${root}/etc/sparse`, '')
+  fs.truncateSync(`${root}/etc/sparse`, 8 << 20)
+  setXattr(`${root}/etc/config/network`, 'user.tag', Buffer.from('lan'))
+  execFileSync('mknod', [`${root}/etc/null`, 'c', '1', '3'])
+  execFileSync('mkfifo', [`${root}/etc/fifo`])
+  fs.chmodSync(`${root}/etc/config`, 0o750)
+}
+
+await t.test('manifest: every entry, bytes names, the same from the tree and from its squashfs', async (t) => {
+  const s = scratch()
+  t.teardown(() => s.cleanup())
+  const tree = `${s.dir}/rootfs`
+  hardTree(tree)
+  const written = ovroot(['manifest', tree, '--output', `${tree}/${MANIFEST_PATH}`])
+  t.equal(written.status, 0, written.stderr)
+  const text = fs.readFileSync(`${tree}/${MANIFEST_PATH}`, 'utf8')
+  const manifest = readManifest(text)
+  t.match(text.split('\n')[0], /^ovroot-manifest 1 [0-9a-f]{64}$/)
+  t.equal(manifest.lookup(MANIFEST_PATH), undefined, 'the manifest does not list itself')
+  t.equal(manifest.lookup('etc/caf\xe9')?.type, 'f', 'a Latin-1 name is found by its bytes')
+  t.ok(text.includes('etc/caf\\xe9\tf\t'), 'and written in the escaped form')
+  t.ok(text.includes('etc/tab\\x09here\t'), 'a tab in a name is escaped, the line stays 8 fields')
+  t.ok(text.includes('etc/back\\\\slash\t'), 'a backslash is doubled')
+  t.equal(manifest.lookup('etc/odd-link')?.data, '/tmp/\xff\n', 'a link target is bytes')
+  t.same(
+    manifest.lookup('etc/network-hardlink'),
+    manifest.lookup('etc/config/network'),
+    'a hardlink has its inode record',
+  )
+  t.match(manifest.lookup('etc/config/network'), { type: 'f', mode: 0o644, size: 21, xattrs: /^x=[0-9a-f]{64}$/ })
+  t.equal(manifest.lookup('etc/config')?.mode, 0o750)
+  t.equal(manifest.lookup('etc/sparse')?.size, 8 << 20, 'a sparse file: its full size')
+  t.equal(manifest.lookup('etc/null')?.data, '1:3', 'a device: its numbers')
+  t.equal(manifest.lookup('etc/fifo')?.type, 'p')
+  t.equal(manifest.lookup('.')?.type, 'd', 'the root is `.`')
+  const sorted = text.split('\n').slice(1, -1)
+  t.same(sorted, [...sorted].sort(), 'lines sorted by path bytes')
+  for (const line of sorted) t.equal(line.split('\t').length, 8, 'eight fields')
+
+  execFileSync('mksquashfs', [tree, `${s.dir}/a.sqfs`, '-quiet', '-no-progress', '-comp', 'gzip'])
+  fs.mkdirSync(`${s.dir}/a`)
+  execFileSync('mount', ['-t', 'squashfs', '-o', 'ro,loop', `${s.dir}/a.sqfs`, `${s.dir}/a`])
+  const fromImage = ovroot(['manifest', `${s.dir}/a`])
+  t.equal(fromImage.status, 0, fromImage.stderr)
+  t.equal(fromImage.stdout, text, 'the mounted squashfs has the same manifest, byte for byte')
+})
+
+await t.test('manifest: a damaged or edited manifest is refused', async (t) => {
+  const s = scratch()
+  t.teardown(() => s.cleanup())
+  hardTree(`${s.dir}/rootfs`)
+  const text = ovroot(['manifest', `${s.dir}/rootfs`]).stdout
+  t.throws(() => readManifest(text.replace('\t644\t', '\t600\t')), { code: 'EMANIFEST' }, 'an edited line')
+  t.throws(() => readManifest(text.slice(0, -10)), { code: 'EMANIFEST' }, 'a truncated file')
+  t.throws(() => readManifest(`x${text}`), { code: 'EMANIFEST' }, 'a wrong header')
+  const body = `${text.split('\n').slice(1).join('\n')}bad line\n`
+  const { createHash } = await import('node:crypto')
+  const resealed = `ovroot-manifest 1 ${createHash('sha256').update(body).digest('hex')}\n${body}`
+  t.throws(() => readManifest(resealed), { code: 'EMANIFEST' }, 'a malformed line under a right digest')
+  const missing = ovroot(['manifest', `${s.dir}/nothing`])
+  t.equal(missing.status, 4, 'a missing tree: environment')
+})
+
+/** What firmware A ships, and what B changes of it (`null`: removed). */
+const FIRMWARE_A: Record<string, string> = {
+  'usr/lib/libfoo.so': 'libfoo 1\n',
+  'usr/lib/libbar.so': 'libbar 1\n',
+  'usr/bin/tool': '#!/bin/sh\necho tool 1\n',
+  'etc/config/dhcp': 'config dnsmasq\n',
+  'etc/config/firewall': 'config defaults\n',
+  'etc/config/network': 'config interface lan\n',
+  'etc/config/system': 'config system\n',
+  'etc/banner': 'welcome 1\n',
+  'etc/hotplug.d/iface/00-netstate': 'netstate\n',
+  'etc/motd': 'motd 1\n',
+  'etc/profile': 'profile 1\n',
+  'etc/caf\xe9': 'latin-1 1\n',
+  'etc/r\xe9seau': 'latin-1 network 1\n',
+  'etc/tagged': 'tagged 1\n',
+  'www/app/index.html': 'app 1\n',
+  'www/app/style.css': 'css 1\n',
+  'etc/old': 'old 1\n',
+}
+const CHANGES_IN_B: Record<string, string | null> = {
+  'usr/lib/libfoo.so': 'libfoo 2, longer\n',
+  'usr/lib/libbar.so': null,
+  'usr/bin/tool': '#!/bin/sh\necho tool 2\n',
+  'etc/config/dhcp': 'config dnsmasq\n\toption new 1\n',
+  'etc/config/firewall': 'config defaults 2\n',
+  'etc/config/network': 'config interface lan 2\n',
+  'etc/banner': 'welcome 2\n',
+  'etc/hotplug.d/iface/10-new': 'new in B\n',
+  'etc/motd': 'motd 2\n',
+  'etc/profile': 'profile 2\n',
+  'etc/caf\xe9': 'latin-1 2\n',
+  'etc/r\xe9seau': 'latin-1 network 2\n',
+  'etc/tagged': 'tagged 2\n',
+  'www/app/index.html': 'app 2\n',
+  'etc/old': 'old 2\n',
+}
+
+/** ovroot's own overlay options (boot/agent.ts): every feature that binds an upper to a lower off. */
+const OVROOT_OPTIONS = ['index=off', 'metacopy=off', 'redirect_dir=off', 'xino=off', 'nfs_export=off']
+
+function buildFirmware(dir: string, files: Record<string, string>, name: string): string {
+  const tree = `${dir}/${name}-tree`
+  for (const [path, content] of Object.entries(files)) {
+    const full = latin1(`${tree}/${path}`)
+    fs.mkdirSync(latin1(`${tree}/${path.slice(0, path.lastIndexOf('/'))}`), { recursive: true })
+    fs.writeFileSync(full, content)
+  }
+  fs.chmodSync(`${tree}/usr/bin/tool`, 0o755)
+  fs.mkdirSync(`${tree}/usr/lib/ovroot`, { recursive: true })
+  const made = ovroot(['manifest', tree, '--output', `${tree}/${MANIFEST_PATH}`])
+  if (made.status !== 0) throw new Error(made.stderr)
+  execFileSync('mksquashfs', [tree, `${dir}/${name}.sqfs`, '-quiet', '-no-progress', '-comp', 'gzip'])
+  fs.mkdirSync(`${dir}/${name}`)
+  execFileSync('mount', ['-t', 'squashfs', '-o', 'ro,loop', `${dir}/${name}.sqfs`, `${dir}/${name}`])
+  return `${dir}/${name}`
+}
+
+function firmwareB(): Record<string, string> {
+  const files: Record<string, string> = { ...FIRMWARE_A }
+  for (const [path, content] of Object.entries(CHANGES_IN_B)) {
+    if (content === null) delete files[path]
+    else files[path] = content
+  }
+  return files
+}
+
+/** Every row of the issue's table, made through the overlay mounted over A. */
+function userChanges(merged: string): void {
+  const at = (path: string): Buffer => latin1(`${merged}/${path}`)
+  fs.closeSync(fs.openSync(at('etc/config/dhcp'), 'r+')) // opened for writing, no change
+  fs.utimesSync(at('etc/config/firewall'), new Date(), new Date()) // touched
+  fs.chmodSync(at('usr/bin/tool'), 0o700)
+  fs.chmodSync(at('usr/lib/libbar.so'), 0o600)
+  fs.appendFileSync(at('etc/config/network'), '\toption user 1\n') // edited: conflict with B
+  fs.appendFileSync(at('etc/config/system'), '\toption hostname mine\n') // edited, B did not change it: kept
+  execFileSync('mv', ['-T', `${merged}/www/app`, `${merged}/www/site`]) // renamed directory
+  fs.rmSync(at('etc/banner'))
+  fs.rmSync(at('etc/hotplug.d'), { recursive: true })
+  fs.writeFileSync(at('etc/motd'), 'motd 2\n') // converged: what B ships
+  fs.utimesSync(at('etc/caf\xe9'), new Date(), new Date()) // a Latin-1 name, touched: stale
+  fs.appendFileSync(at('etc/r\xe9seau'), 'mine\n') // a Latin-1 name, edited: conflict
+  setXattr(`${merged}/etc/tagged`, 'user.mine', Buffer.from('kept')) // metadata: kept on top of B's data
+  fs.linkSync(`${merged}/etc/profile`, `${merged}/etc/profile.mine`) // a hardlink: the copy-up and the user's own name
+  fs.utimesSync(at('etc/old'), -3e8, -3e8) // a pre-1970 time, no content change: stale
+  fs.writeFileSync(at('etc/own'), 'own file\n')
+  fs.writeFileSync(at('etc/sparse'), '')
+  fs.truncateSync(at('etc/sparse'), 4 << 20)
+}
+
+const read = (path: string): string | undefined => {
+  try {
+    return fs.readFileSync(latin1(path), 'latin1')
+  } catch {
+    return undefined
+  }
+}
+
+await t.test('upgrade: every row of the issue, reconciled on a real upper from squashfs A to B', async (t) => {
+  const { onFirmware } = await import('../src/upgrade/boot.js')
+  const { currentIdentity } = await import('../src/upgrade/identity.js')
+  const { readFirmwareRecord } = await import('../src/upgrade/record.js')
+  const { OverlayXattrs } = await import('../src/overlay/xattrs.js')
+  const s = scratch()
+  t.teardown(() => s.cleanup())
+  const a = buildFirmware(s.dir, FIRMWARE_A, 'a')
+  const b = buildFirmware(s.dir, firmwareB(), 'b')
+  const layout = { root: `${s.dir}/flash`, upperName: 'upper' }
+  const upper = `${layout.root}/upper`
+  const work = `${layout.root}/work`
+  fs.mkdirSync(upper, { recursive: true })
+  fs.mkdirSync(work)
+  const xattrs = new OverlayXattrs('trusted')
+  const context = async (lower: string) => ({
+    layout,
+    lower,
+    xattrs,
+    preferFirmware: false,
+    recorded: readFirmwareRecord(layout),
+    current: await currentIdentity(lower),
+    work,
+  })
+  t.equal(await onFirmware(await context(a)), undefined, 'first boot on A: recorded, nothing reconciled')
+  t.match(readFirmwareRecord(layout), { base: 'shipped', identity: /^manifest:/ })
+
+  mountOverlay(`${s.dir}/merged`, [a], upper, work, ['index=on', 'redirect_dir=off', 'metacopy=off'])
+  userChanges(`${s.dir}/merged`)
+  unmount(`${s.dir}/merged`)
+  t.ok(listXattrs(upper).includes('trusted.overlay.origin'), 'index=on left the upper root bound to A')
+
+  const summary = await onFirmware(await context(b))
+  t.ok(summary, 'boot on B reconciled')
+  t.same(summary?.conflicts.sort(), ['/etc/config/network', '/etc/r\\xe9seau'], 'the conflicts, named')
+  t.same(summary?.hidden.sort(), ['/etc/banner', '/etc/hotplug.d', '/www/app'], 'what a deletion hides, named')
+  t.same(summary?.counts, { own: 6, kept: 1, converged: 1, stale: 7, gone: 1, conflict: 2, hidden: 3, unknown: 0 })
+  t.equal((await context(b)).recorded?.identity, (await currentIdentity(b)).identity, 'B is recorded')
+  t.notOk(listXattrs(upper).includes('trusted.overlay.origin'), 'the upper root is no longer bound to A')
+
+  const merged = `${s.dir}/merged`
+  fs.mkdirSync(work)
+  mountOverlay(merged, [b], upper, work, OVROOT_OPTIONS)
+  const B = firmwareB()
+  const expect = (path: string, content: string | undefined, what: string): void => {
+    t.equal(read(`${merged}/${path}`), content, what)
+  }
+  expect('usr/lib/libfoo.so', B['usr/lib/libfoo.so'], 'untouched, updated: the new one')
+  expect('etc/config/dhcp', B['etc/config/dhcp'], 'opened for writing: the stale copy is gone')
+  expect('etc/config/firewall', B['etc/config/firewall'], 'touched: the stale copy is gone')
+  expect('usr/bin/tool', B['usr/bin/tool'], "chmod'ed, content changed: the new data")
+  t.equal(fs.statSync(`${merged}/usr/bin/tool`).mode & 0o7777, 0o700, '... with the user’s mode')
+  expect('usr/lib/libbar.so', undefined, "chmod'ed, removed by B: gone")
+  expect('etc/config/network', `${FIRMWARE_A['etc/config/network']}\toption user 1\n`, 'a conflict keeps the user’s')
+  expect('etc/config/system', `${FIRMWARE_A['etc/config/system']}\toption hostname mine\n`, 'kept')
+  expect('www/site/index.html', 'app 1\n', 'the renamed directory: the user’s copy')
+  expect('www/app/index.html', undefined, 'its old name stays deleted (hidden, reported)')
+  expect('etc/banner', undefined, 'a deletion stays (hidden, reported)')
+  expect('etc/hotplug.d/iface/10-new', undefined, 'a deleted directory stays deleted (hidden, reported)')
+  expect('etc/motd', 'motd 2\n', 'converged')
+  expect('etc/caf\xe9', B['etc/caf\xe9'], 'a Latin-1 name, touched: the new one')
+  expect('etc/r\xe9seau', 'latin-1 network 1\nmine\n', 'a Latin-1 name, edited: the user’s')
+  expect('etc/tagged', B['etc/tagged'], 'an xattr added: B’s data')
+  t.equal(getXattr(`${merged}/etc/tagged`, 'user.mine')?.toString(), 'kept', '... with the user’s xattr')
+  expect('etc/profile', B['etc/profile'], 'a hardlinked copy-up: the new one')
+  expect('etc/profile.mine', 'profile 1\n', 'the user’s own hardlink name keeps its data')
+  expect('etc/old', B['etc/old'], 'a pre-1970 touch: the new one')
+  expect('etc/own', 'own file\n', 'the user’s own file')
+  t.equal(fs.statSync(`${merged}/etc/sparse`).size, 4 << 20, 'a sparse own file')
+  unmount(merged)
+  for (const dropped of ['etc/config/dhcp', 'etc/config/firewall', 'usr/lib/libbar.so', 'etc/motd', 'etc/caf\xe9'])
+    t.notOk(fs.existsSync(latin1(`${upper}/${dropped}`)), `${dropped}: no copy left in the upper`)
+
+  mountOverlay(merged, [b], upper, work, ['index=on', 'redirect_dir=off', 'metacopy=off'])
+  t.pass('index=on mounts over B after the upgrade')
+  unmount(merged)
+
+  const diff = ovroot(['diff', '--json', '--lower', b, '--upper', upper])
+  const listed = diff.stdout
+    .trim()
+    .split('\n')
+    .map((line) => (JSON.parse(line) as { path: string }).path)
+    .sort()
+  t.same(
+    listed,
+    [
+      '/etc/banner',
+      '/etc/config/network',
+      '/etc/config/system',
+      '/etc/hotplug.d',
+      '/etc/own',
+      '/etc/profile.mine',
+      '/etc/r\\xe9seau',
+      '/etc/sparse',
+      '/etc/tagged',
+      '/usr/bin/tool',
+      '/www/app',
+      '/www/site',
+      '/www/site/index.html',
+      '/www/site/style.css',
+    ],
+    'ovroot diff after the upgrade: only what the user changed',
+  )
+})
+
+/** Firmware A recorded, the issue's rows made over it, the reconcile with B committed: the flash as the boot on B finds it once staged. */
+async function committedUpgrade(dir: string): Promise<{ flash: string; b: string }> {
+  const { onFirmware, commitUpgrade } = await import('../src/upgrade/boot.js')
+  const { currentIdentity } = await import('../src/upgrade/identity.js')
+  const { readFirmwareRecord } = await import('../src/upgrade/record.js')
+  const { OverlayXattrs } = await import('../src/overlay/xattrs.js')
+  const a = buildFirmware(dir, FIRMWARE_A, 'a')
+  const b = buildFirmware(dir, firmwareB(), 'b')
+  const layout = { root: `${dir}/flash`, upperName: 'upper' }
+  fs.mkdirSync(`${layout.root}/upper`, { recursive: true })
+  fs.mkdirSync(`${layout.root}/work`)
+  const context = async (lower: string) => ({
+    layout,
+    lower,
+    xattrs: new OverlayXattrs('trusted'),
+    preferFirmware: false,
+    recorded: readFirmwareRecord(layout),
+    current: await currentIdentity(lower),
+    work: `${layout.root}/work`,
+  })
+  await onFirmware(await context(a))
+  mountOverlay(`${dir}/merged`, [a], `${layout.root}/upper`, `${layout.root}/work`, OVROOT_OPTIONS)
+  userChanges(`${dir}/merged`)
+  unmount(`${dir}/merged`)
+  const onB = await context(b)
+  if (!onB.recorded) throw new Error('A was not recorded')
+  commitUpgrade(onB, onB.recorded)
+  return { flash: layout.root, b }
+}
+
+/** What a boot applies, as a test reads it: the upper exactly, and the firmware files. */
+function flashState(flash: string): Map<string, string> {
+  const state = upperSnapshot(`${flash}/upper`)
+  for (const file of ['firmware', 'base.manifest', 'upgrade/report.json'])
+    state.set(`.ovroot/${file}`, read(`${flash}/.ovroot/${file}`)?.replace(/"since":"[^"]+"/, '') ?? 'absent')
+  return state
+}
+
+await t.test(
+  'upgrade: a power cut at every step of the apply, then the boot again: old or reconciled, never mixed',
+  async (t) => {
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const { flash } = await committedUpgrade(s.dir)
+    const copy = (name: string): string => {
+      execFileSync('cp', ['-a', flash, `${s.dir}/${name}`])
+      return `${s.dir}/${name}`
+    }
+    const { applyPending } = await import('../src/pending/apply.js')
+    const { OverlayXattrs } = await import('../src/overlay/xattrs.js')
+    const xattrs = new OverlayXattrs('trusted')
+    const layout = (root: string) => ({ root, upperName: 'upper' })
+    const before = flashState(flash)
+
+    const whole = copy('whole')
+    await applyPending(layout(whole), `${whole}/work`, xattrs)
+    const reconciled = flashState(whole)
+    t.not(reconciled.get('.ovroot/firmware'), before.get('.ovroot/firmware'), 'the uninterrupted apply records B')
+
+    const uncommitted = copy('uncommitted')
+    fs.rmSync(`${uncommitted}/.ovroot/pending`)
+    await applyPending(layout(uncommitted), `${uncommitted}/work`, xattrs)
+    t.same(flashState(uncommitted), before, 'a cut before the commit: the old state, whole, its staging dropped')
+    t.same(
+      fs.readdirSync(`${uncommitted}/.ovroot`).filter((name) => name.startsWith('staged')),
+      [],
+      'no staging left',
+    )
+
+    // Every step that changes the flash counts; the cut comes after `limit` of them.
+    let steps = 0
+    let limit = 0
+    const cut = new Error('power cut')
+    const counted =
+      <A extends unknown[], R>(operation: (...args: A) => R) =>
+      (...args: A): R => {
+        if (steps++ >= limit) throw cut
+        return operation(...args)
+      }
+    const realFs = await import('../src/sys/fs.js')
+    const realLibc = await import('../src/sys/libc.js')
+    const realEntries = await import('../src/sys/entries.js')
+    const mocks = {
+      '../src/sys/fs.js': {
+        ...realFs,
+        renamePath: counted(realFs.renamePath),
+        removeTree: counted(realFs.removeTree),
+        removeFile: counted(realFs.removeFile),
+        writeFileAtomic: counted(realFs.writeFileAtomic),
+        makeDirectory: counted(realFs.makeDirectory),
+      },
+      '../src/sys/libc.js': {
+        ...realLibc,
+        removeXattr: counted(realLibc.removeXattr),
+        setXattr: counted(realLibc.setXattr),
+        setTimes: counted(realLibc.setTimes),
+        syncAll: counted(realLibc.syncAll),
+      },
+      '../src/sys/entries.js': {
+        ...realEntries,
+        setModificationTime: counted(realEntries.setModificationTime),
+        replaceMetadata: counted(realEntries.replaceMetadata),
+      },
+    }
+    // A mock reaches the modules a mocked module imports itself: each module on the way is mocked and handed on.
+    const mocked = async <M>(module: string, more: Record<string, unknown> = {}): Promise<M> =>
+      t.mockImport<M>(module, { ...mocks, ...more })
+    const flat = { '../src/pending/flat.js': await mocked('../src/pending/flat.js') }
+    const marker = { '../src/pending/marker.js': await mocked('../src/pending/marker.js') }
+    const upgrade = await mocked('../src/upgrade/apply.js', {
+      ...flat,
+      ...marker,
+      '../src/overlay/identity.js': await mocked('../src/overlay/identity.js'),
+      '../src/upgrade/record.js': await mocked('../src/upgrade/record.js'),
+    })
+    const cutApply = await mocked<typeof import('../src/pending/apply.js')>('../src/pending/apply.js', {
+      ...flat,
+      ...marker,
+      '../src/upgrade/apply.js': upgrade,
+    })
+    let cuts = 0
+    for (limit = 0; ; limit++) {
+      const root = copy(`cut-${limit}`)
+      steps = 0
+      try {
+        await cutApply.applyPending(layout(root), `${root}/work`, xattrs)
+        break
+      } catch (error) {
+        if (error !== cut) throw error
+      }
+      cuts++
+      // Once B is recorded the upper is reconciled whole; before, the marker makes the boot rerun the reconcile.
+      const recordsB = read(`${root}/.ovroot/firmware`) !== read(`${flash}/.ovroot/firmware`)
+      t.ok(recordsB || fs.existsSync(`${root}/.ovroot/pending`), `cut after step ${limit}: A and the marker, or B`)
+      if (recordsB)
+        t.same(
+          upperSnapshot(`${root}/upper`),
+          upperSnapshot(`${whole}/upper`),
+          `cut after step ${limit}: B recorded, the upper reconciled`,
+        )
+      await applyPending(layout(root), `${root}/work`, xattrs)
+      t.same(flashState(root), reconciled, `cut after step ${limit}, then the boot: reconciled, exactly`)
+      fs.rmSync(root, { recursive: true })
+    }
+    t.ok(cuts > 10, `the sweep cut the apply at each of its ${cuts} steps`)
+  },
+)
+
+await t.test(
+  'upgrade-check on A predicts exactly what the boot on B does; diff --conflicts shows the three sides',
+  async (t) => {
+    const { onFirmware } = await import('../src/upgrade/boot.js')
+    const { currentIdentity } = await import('../src/upgrade/identity.js')
+    const { readFirmwareRecord } = await import('../src/upgrade/record.js')
+    const { OverlayXattrs } = await import('../src/overlay/xattrs.js')
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const a = buildFirmware(s.dir, FIRMWARE_A, 'a')
+    const b = buildFirmware(s.dir, firmwareB(), 'b')
+    const layout = { root: `${s.dir}/flash`, upperName: 'upper' }
+    const upper = `${layout.root}/upper`
+    fs.mkdirSync(upper, { recursive: true })
+    fs.mkdirSync(`${layout.root}/work`)
+    mountOverlay(`${s.dir}/merged`, [a], upper, `${layout.root}/work`, OVROOT_OPTIONS)
+    userChanges(`${s.dir}/merged`)
+    unmount(`${s.dir}/merged`)
+
+    // No record yet: upgrade-check records the running firmware (A) itself.
+    const check = ovroot(['upgrade-check', `${s.dir}/b.sqfs`, '--lower', a, '--upper', upper, '--json'])
+    t.equal(check.status, 8, `exit 8: conflicts and hidden entries (${check.stderr})`)
+    const predicted = JSON.parse(check.stdout) as {
+      counts: Record<string, number>
+      classes: Record<string, string[]>
+      entries: { path: string; savedBase?: string }[]
+    }
+    t.same(predicted.classes.conflict, ['/etc/config/network', '/etc/r\\xe9seau'])
+    t.same(predicted.classes.stale, [
+      '/etc/caf\\xe9',
+      '/etc/config/dhcp',
+      '/etc/config/firewall',
+      '/etc/old',
+      '/etc/profile',
+      '/etc/tagged',
+      '/usr/bin/tool',
+    ])
+    t.ok(
+      predicted.entries.filter((entry) => entry.savedBase).length === 2,
+      'the old firmware’s bytes of both conflicts are saved',
+    )
+    const text = ovroot(['upgrade-check', `${s.dir}/b.sqfs`, '--lower', a, '--upper', upper])
+    t.match(text.stdout, /^conflict {2}\/etc\/config\/network {2}\(base saved\)$/m, 'text: class by class')
+    t.match(text.stdout, /^counts: 6 own, 1 kept, 1 converged, 7 stale, 1 gone, 2 conflict, 3 hidden$/m)
+    const same = ovroot(['upgrade-check', `${s.dir}/a.sqfs`, '--lower', a, '--upper', upper])
+    t.equal(same.status, 0, 'the same firmware: exit 0')
+    t.match(same.stdout, /nothing to reconcile/)
+
+    const summary = await onFirmware({
+      layout,
+      lower: b,
+      xattrs: new OverlayXattrs('trusted'),
+      preferFirmware: false,
+      recorded: readFirmwareRecord(layout),
+      current: await currentIdentity(b),
+      work: `${layout.root}/work`,
+    })
+    t.same(summary?.counts, predicted.counts, 'the boot on B did what upgrade-check predicted, class by class')
+
+    const conflicts = ovroot(['diff', '--conflicts', '--lower', b, '--upper', upper])
+    t.equal(conflicts.status, 0, conflicts.stderr)
+    t.match(conflicts.stdout, /^conflict {2}\/etc\/config\/network: base saved; user’s kept; firmware’s in the lower$/m)
+    const patch = ovroot(['diff', '--conflicts', '--patch', '--lower', b, '--upper', upper])
+    t.match(
+      patch.stdout,
+      /diff base user\n--- base\/etc\/config\/network\n\+\+\+ user\/etc\/config\/network\n@@ -1 \+1,2 @@\n config interface lan\n\+\toption user 1/,
+    )
+    t.match(
+      patch.stdout,
+      /diff base firmware\n--- base\/etc\/config\/network\n\+\+\+ firmware\/etc\/config\/network\n@@ -1 \+1 @@\n-config interface lan\n\+config interface lan 2/,
+    )
+  },
+)
+
+await t.test(
+  'upgrade with redirect_dir=on and metacopy=on: stubs and renamed directories made valid for B, or reported',
+  async (t) => {
+    const { onFirmware } = await import('../src/upgrade/boot.js')
+    const { currentIdentity } = await import('../src/upgrade/identity.js')
+    const { readFirmwareRecord, readUpgradeReport } = await import('../src/upgrade/record.js')
+    const { OverlayXattrs } = await import('../src/overlay/xattrs.js')
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const options = ['redirect_dir=on', 'metacopy=on', 'index=off']
+    const a = buildFirmware(s.dir, { ...FIRMWARE_A, 'opt/pkg/file': 'pkg\n' }, 'a')
+    const b = buildFirmware(s.dir, firmwareB(), 'b')
+    const layout = { root: `${s.dir}/flash`, upperName: 'upper' }
+    const upper = `${layout.root}/upper`
+    const work = `${layout.root}/work`
+    fs.mkdirSync(upper, { recursive: true })
+    fs.mkdirSync(work)
+    const context = async (lower: string) => ({
+      layout,
+      lower,
+      xattrs: new OverlayXattrs('trusted'),
+      preferFirmware: false,
+      recorded: readFirmwareRecord(layout),
+      current: await currentIdentity(lower),
+      work,
+    })
+    await onFirmware(await context(a))
+    const merged = `${s.dir}/merged`
+    mountOverlay(merged, [a], upper, work, options)
+    fs.chmodSync(`${merged}/usr/bin/tool`, 0o700)
+    fs.chmodSync(`${merged}/usr/lib/libbar.so`, 0o600)
+    fs.renameSync(`${merged}/www/app`, `${merged}/www/site`)
+    fs.renameSync(`${merged}/opt/pkg`, `${merged}/opt/mine`)
+    fs.rmSync(`${merged}/etc/hotplug.d`, { recursive: true })
+    fs.mkdirSync(`${merged}/etc/hotplug.d`)
+    fs.writeFileSync(`${merged}/etc/hotplug.d/mine`, 'mine\n')
+    unmount(merged)
+    t.ok(getXattr(`${upper}/usr/bin/tool`, 'trusted.overlay.metacopy') !== undefined, 'chmod made a metacopy stub')
+    t.ok(getXattr(`${upper}/www/site`, 'trusted.overlay.redirect') !== undefined, 'the rename made a redirect')
+    t.equal(
+      getXattr(`${upper}/etc/hotplug.d`, 'trusted.overlay.opaque')?.toString(),
+      'y',
+      'the new directory is opaque',
+    )
+
+    const summary = await onFirmware(await context(b))
+    t.same(summary?.conflicts, ['/opt/mine'], 'a redirect whose source B removed is reported')
+    t.match(
+      readUpgradeReport(layout)?.entries.find((entry) => entry.path === '/opt/mine'),
+      {
+        reason: /renamed from a directory the new firmware no longer has/,
+      },
+    )
+    t.same(
+      summary?.hidden.sort(),
+      ['/etc/hotplug.d', '/www/app'],
+      'the opaque directory and the rename’s whiteout hide B’s changes',
+    )
+    t.equal(
+      getXattr(`${upper}/usr/bin/tool`, 'trusted.overlay.metacopy'),
+      undefined,
+      'the stale stub became a plain copy',
+    )
+
+    fs.mkdirSync(work, { recursive: true })
+    mountOverlay(merged, [b], upper, work, options)
+    t.equal(read(`${merged}/usr/bin/tool`), firmwareB()['usr/bin/tool'], 'B’s data, not a torn file')
+    t.equal(
+      fs.statSync(`${merged}/usr/bin/tool`).size,
+      Buffer.byteLength(firmwareB()['usr/bin/tool'] ?? ''),
+      'B’s size',
+    )
+    t.equal(fs.statSync(`${merged}/usr/bin/tool`).mode & 0o7777, 0o700, 'the user’s mode')
+    t.notOk(fs.existsSync(`${merged}/usr/lib/libbar.so`), 'a stub over a file B removed: gone, no EIO')
+    t.equal(read(`${merged}/www/site/index.html`), 'app 2\n', 'the renamed directory follows B’s contents')
+    t.same(fs.readdirSync(`${merged}/etc/hotplug.d`), ['mine'], 'the user’s replacement directory stands')
+    unmount(merged)
+  },
+)
