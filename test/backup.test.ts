@@ -544,7 +544,11 @@ await t.test(
     fs.mkdirSync(into)
     const result = restore(d, byTar, into)
     t.equal(result.status, 0, result.stderr)
-    t.same(upperSnapshot(into), upperSnapshot(d.upper), "GNU tar's sparse archive (tar -S) restores with its holes")
+    t.same(
+      upperSnapshot(into),
+      withoutIdentity(upperSnapshot(d.upper)),
+      "GNU tar's sparse archive (tar -S) restores with its holes (the filesystem identity is cleared)",
+    )
   },
 )
 
