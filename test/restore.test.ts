@@ -6,15 +6,15 @@
  * and merge end old-or-new from every intermediate state.
  */
 import t, { type Test } from 'tap'
-import { execFileSync } from 'node:child_process'
+import { execFileSync, spawnSync } from 'node:child_process'
 import * as fs from 'node:fs'
 import { gzipSync } from 'node:zlib'
 import { dataPadding, END_OF_ARCHIVE, entryHeader, globalComment, type TarEntry } from '../src/archive/pax.js'
 import { OverlayXattrs } from '../src/overlay/xattrs.js'
 import { applyPending } from '../src/pending/apply.js'
 import { commitPending } from '../src/pending/marker.js'
-import { mountOverlay, ovroot, scratch, unmount, upperSnapshot } from './helpers/overlay.js'
-import { makeNode } from '../src/sys/libc.js'
+import { cleanEnvironment, mountOverlay, OVROOT, ovroot, scratch, unmount, upperSnapshot } from './helpers/overlay.js'
+import { makeNode, setXattr } from '../src/sys/libc.js'
 import { writeTree } from './helpers/mutate.js'
 import type { FlashLayout } from '../src/state/flash.js'
 
@@ -306,10 +306,107 @@ await t.test('a live restore that does not fit on the flash: one line, nothing w
   t.equal(result.status, 6)
   t.match(
     result.stderr,
-    /^ovroot: not enough room on the flash for the staged restore: it needs about 2\.\d MiB, .* has \d+\.\d MiB free; nothing was written\n$/,
+    /^ovroot: not enough room on the flash for the staged restore: it needs about 3\.\d MiB \(headroom included\), .* has \d+\.\d MiB free; nothing was written\n$/,
   )
   t.notOk(fs.existsSync(`${d.flash}/.ovroot`), 'nothing was written')
 })
+
+await t.test(
+  'the room check keeps headroom, and counts xattrs: an archive that would fill the flash to its last block is refused',
+  async (t) => {
+    const refused = (t: Test, flash: string, fill: (upper: string) => void, needs: RegExp): void => {
+      const d = fakeDevice(t, flash)
+      fs.mkdirSync(`${d.dir}/new/upper`, { recursive: true })
+      fill(`${d.dir}/new/upper`)
+      const file = `${d.dir}/b.ovb`
+      t.equal(ovroot(['backup', '--upper', `${d.dir}/new/upper`, '--lower', d.lower, '-o', file]).status, 0)
+      const result = ovroot(['restore', file, '--yes', '--config', d.config])
+      t.equal(result.status, 6, result.stderr)
+      t.match(result.stderr, needs)
+      t.notOk(fs.existsSync(`${d.flash}/.ovroot`), 'nothing was written')
+    }
+    // 3.5 MiB of data on a 4 MiB flash: it fits, with nothing left for the filesystem or the device.
+    refused(
+      t,
+      '4m',
+      (upper) => fs.writeFileSync(`${upper}/data`, Buffer.alloc(3.5 * 1048576, 1)),
+      /needs about 4\.9 MiB/,
+    )
+    // 40 files of no data, each with a 60 KiB xattr: 2.3 MiB the old estimate (metadata only) did not see.
+    refused(
+      t,
+      '2m',
+      (upper) => {
+        for (let i = 0; i < 40; i++) {
+          fs.writeFileSync(`${upper}/f${i}`, '')
+          setXattr(`${upper}/f${i}`, 'user.blob', Buffer.alloc(60 << 10, i))
+        }
+      },
+      /needs about 3\.\d MiB/,
+    )
+  },
+)
+
+await t.test(
+  'staging: --upper never deletes an existing .NAME.ovroot-restore; a preview never uses a predictable name in /tmp',
+  async (t) => {
+    const d = fakeDevice(t)
+    writeTree(`${d.dir}/new/upper`, { '/etc/config/network': 'restored\n' })
+    const file = `${d.dir}/b.ovb`
+    t.equal(ovroot(['backup', '--upper', `${d.dir}/new/upper`, '--lower', d.lower, '-o', file]).status, 0)
+    const into = `${d.dir}/into`
+    fs.mkdirSync(into)
+    // Someone's directory at the staging name, and then a symlink there.
+    writeTree(`${d.dir}/.into.ovroot-restore`, { '/mine': "not ovroot's\n" })
+    const existing = ovroot(['restore', file, '--upper', into, '--lower', d.lower])
+    t.equal(existing.status, 4, existing.stderr)
+    t.match(
+      existing.stderr,
+      /^ovroot: \S+\/\.into\.ovroot-restore already exists: another restore into \S+ is running, or one was interrupted/,
+    )
+    t.equal(fs.readFileSync(`${d.dir}/.into.ovroot-restore/mine`, 'utf8'), "not ovroot's\n", 'left as it was')
+    fs.rmSync(`${d.dir}/.into.ovroot-restore`, { recursive: true })
+    fs.mkdirSync(`${d.dir}/elsewhere`)
+    fs.symlinkSync(`${d.dir}/elsewhere`, `${d.dir}/.into.ovroot-restore`)
+    t.equal(ovroot(['restore', file, '--upper', into, '--lower', d.lower]).status, 4, 'a symlink there: refused too')
+    t.same(fs.readdirSync(`${d.dir}/elsewhere`), [], 'nothing written through it')
+    t.same(fs.readdirSync(into), [], 'nothing restored')
+
+    // The old preview name was /tmp/ovroot-restore-preview-PID: a preload plants a symlink there, as another user could.
+    const tmp = `${d.dir}/tmp`
+    fs.mkdirSync(tmp)
+    const preload = `${d.dir}/plant.cjs`
+    fs.writeFileSync(
+      preload,
+      `require('fs').symlinkSync(${JSON.stringify(`${d.dir}/elsewhere`)}, ${JSON.stringify(tmp)} + '/ovroot-restore-preview-' + process.pid)\n`,
+    )
+    const preview = spawnSync(
+      'env',
+      [
+        '-u',
+        'NODE_OPTIONS',
+        process.execPath,
+        '--require',
+        preload,
+        OVROOT,
+        'restore',
+        file,
+        '--dry-run',
+        '--config',
+        d.config,
+      ],
+      { encoding: 'utf8', env: { ...cleanEnvironment(), TMPDIR: tmp } },
+    )
+    t.equal(preview.status, 0, preview.stderr)
+    t.match(preview.stdout, /^M \/etc\/config\/network$/m)
+    t.same(fs.readdirSync(`${d.dir}/elsewhere`), [], 'nothing staged through the planted symlink')
+    t.same(
+      fs.readdirSync(tmp).map((name) => fs.lstatSync(`${tmp}/${name}`).isSymbolicLink()),
+      [true],
+      'the planted symlink is left alone, and the preview removed its own directory',
+    )
+  },
+)
 
 await t.test(
   'an upper holding immutable and append-only entries is replaced all the same at the next boot',
@@ -361,9 +458,9 @@ await t.test(
 )
 
 await t.test('a file with holes is counted by what it allocates, and staged with its holes', async (t) => {
-  const d = fakeDevice(t, '1m')
+  const d = fakeDevice(t, '2m')
   fs.mkdirSync(`${d.dir}/sparse/upper/var`, { recursive: true })
-  // 64 MiB long, one page of data: far more than the 1 MiB flash, unless only allocated blocks count.
+  // 64 MiB long, one page of data: far more than the 2 MiB flash, unless only allocated blocks count.
   const image = `${d.dir}/sparse/upper/var/disk.img`
   fs.writeFileSync(image, '')
   fs.truncateSync(image, 64 << 20)

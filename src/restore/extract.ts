@@ -25,6 +25,18 @@ import { PathRules } from './rules.js'
 
 /** What an entry costs on flash beyond its data (rounded up to 4 KiB blocks): a log-structured filesystem's inode and directory nodes. */
 const ENTRY_BYTES = 256
+/** Per xattr beyond its name and value: the node header a log-structured filesystem writes for it. */
+const XATTR_BYTES = 64
+
+/**
+ * What an entry needs on flash: its metadata, its xattrs (names and values:
+ * a capability, an ACL, a 64 KiB user xattr are written too), a long symlink
+ * target, and its data in 4 KiB blocks (a file with holes, its data regions').
+ */
+function neededBytes(entry: TarEntry): number {
+  const xattrs = entry.xattrs.reduce((sum, [name, value]) => sum + XATTR_BYTES + name.length + value.length, 0)
+  return ENTRY_BYTES + xattrs + (entry.linkTarget?.length ?? 0) + allocatedBytes(entry)
+}
 
 /**
  * ovroot: a backup with its manifest. upper: another tar's archive of a whole
@@ -50,7 +62,7 @@ export interface ExtractResult {
   kind: ArchiveKind
   header: BackupHeader | undefined
   entries: number
-  /** Bytes of file data, and a conservative estimate of what they need on flash. */
+  /** Bytes of file data, and a conservative estimate of what the entries need on flash (before any headroom). */
   dataBytes: number
   neededBytes: number
   /** Files the user changed that the running firmware changed too (ovroot archives from other firmware). */
@@ -192,7 +204,7 @@ class Extraction {
       entry = { ...entry, flags: undefined }
     }
     this.current = { entry, hash: sums ? createHash('sha256') : undefined, sums }
-    this.neededBytes += ENTRY_BYTES + allocatedBytes(entry)
+    this.neededBytes += neededBytes(entry)
     // A sysupgrade archive's root entry would change the upper's own directory: its files are what it carries.
     if (this.writer && this.staging !== undefined && !(this.kind === 'sysupgrade' && entry.path === '.')) {
       const linkTarget =
