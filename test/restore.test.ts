@@ -10,6 +10,8 @@ import { execFileSync, spawnSync } from 'node:child_process'
 import * as fs from 'node:fs'
 import { gzipSync } from 'node:zlib'
 import { dataPadding, END_OF_ARCHIVE, entryHeader, globalComment, type TarEntry } from '../src/archive/pax.js'
+import { encodeHeader, encodeSums, encodeTrailer } from '../src/archive/manifest.js'
+import { createHash } from 'node:crypto'
 import { OverlayXattrs } from '../src/overlay/xattrs.js'
 import { applyPending } from '../src/pending/apply.js'
 import { commitPending } from '../src/pending/marker.js'
@@ -583,5 +585,82 @@ await t.test(
       'offline too, compared with the empty directory over the firmware',
     )
     t.same(fs.readdirSync(into), [], 'and nothing restored')
+  },
+)
+
+await t.test(
+  'one digest over the entries: a changed mode, name or byte whose header checksum was fixed up is refused; version 1 archives (a sha256 per file) still restore',
+  async (t) => {
+    const w = workspace(t)
+    writeTree(`${w.dir}/upper`, { '/etc/config/network': 'lan\n', '/etc/shadow': 'root:x:\n' })
+    fs.chmodSync(`${w.dir}/upper/etc/shadow`, 0o600)
+    const file = `${w.dir}/b.ovb`
+    t.equal(ovroot(['backup', '--upper', `${w.dir}/upper`, '--lower', w.lower, '-o', file]).status, 0)
+    const tar = execFileSync('gzip', ['-dc', file])
+    /** The archive with the ustar header of `name` changed by `edit`, its checksum made right again. */
+    const tampered = (name: string, edit: (header: Buffer) => void): string => {
+      const bytes = Buffer.from(tar)
+      // The ustar header block of the entry itself (its pax header's name holds the name too, not at a block start).
+      let at = 0
+      while (!bytes.subarray(at, at + name.length + 1).equals(Buffer.from(`${name}\0`))) at += 512
+      const header = bytes.subarray(at, at + 512)
+      edit(header)
+      header.fill(' ', 148, 156)
+      const sum = header.reduce((total, byte) => total + byte, 0)
+      header.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 'latin1')
+      const out = `${w.dir}/tampered-${Math.floor(Math.random() * 1e9)}.ovb`
+      fs.writeFileSync(out, gzipSync(bytes))
+      return out
+    }
+    const cases: [string, string][] = [
+      ['a mode made world-readable', tampered('etc/shadow', (h) => h.write('0000644\0', 100, 'latin1'))],
+      ['a renamed file', tampered('etc/shadow', (h) => h.write('etc/shadoW', 0, 'latin1'))],
+    ]
+    for (const [name, archive] of cases) {
+      const result = ovroot(['restore', archive, '--upper', w.target, '--lower', w.lower])
+      t.equal(result.status, 5, `${name}: refused`)
+      t.match(result.stderr, /the backup's entries do not match their recorded sha256/, name)
+      t.same(fs.readdirSync(w.target), [], `${name}: nothing restored`)
+    }
+    const restored = ovroot(['restore', file, '--upper', w.target, '--lower', w.lower])
+    t.equal(restored.status, 0, restored.stderr)
+    t.equal(fs.statSync(`${w.target}/etc/shadow`).mode & 0o777, 0o600, 'the untouched archive restores')
+
+    // Version 1, as ovroot wrote it before: a sha256 per file, full bases, a trailer without a digest.
+    const header = encodeHeader({
+      format: 'ovroot-backup',
+      version: 1,
+      ovroot: '0.1.0',
+      created: '2026-01-01T00:00:00.000Z',
+      host: 'old',
+      firmware: { release: {}, digest: '0'.repeat(64) },
+      namespace: 'trusted',
+      changesOnly: false,
+    })
+    const sha = (text: string): string => createHash('sha256').update(text).digest('hex')
+    const entries = [
+      entry({ path: '.', type: 'dir', mode: 0o755 }),
+      entry({ path: 'etc', type: 'dir', mode: 0o755 }),
+      entry({ path: 'etc/x', content: 'old\n', comment: encodeSums({ sha256: sha('old\n') }) }),
+    ]
+    const old = (content: string): string => {
+      const parts = [globalComment(header)]
+      for (const made of entries) {
+        parts.push(entryHeader(made))
+        if (made.type === 'file') parts.push(Buffer.from(content), dataPadding(made))
+      }
+      parts.push(globalComment(encodeTrailer({ entries: 3 })), END_OF_ARCHIVE)
+      const out = `${w.dir}/v1-${content.trim()}.ovb`
+      fs.writeFileSync(out, gzipSync(Buffer.concat(parts)))
+      return out
+    }
+    const into = `${w.dir}/v1`
+    fs.mkdirSync(into)
+    const ok = ovroot(['restore', old('old\n'), '--upper', into, '--lower', w.lower])
+    t.equal(ok.status, 0, ok.stderr)
+    t.equal(fs.readFileSync(`${into}/etc/x`, 'utf8'), 'old\n', 'a version 1 archive restores')
+    fs.mkdirSync(`${w.dir}/v1-bad`)
+    const bad = ovroot(['restore', old('odd\n'), '--upper', `${w.dir}/v1-bad`, '--lower', w.lower])
+    t.match(bad.stderr, /etc\/x: its content does not match its recorded sha256/, 'and its per-file sha256 is checked')
   },
 )

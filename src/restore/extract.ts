@@ -159,14 +159,14 @@ class Extraction {
     this.staging = options.staging === undefined ? undefined : bytesOf(options.staging)
     this.writer = options.staging === undefined ? undefined : new EntryWriter({ flags: true })
     this.reader = new PaxReader({
-      globalComment: (comment) => this.globalComment(comment),
+      globalComment: (comment, digest) => this.globalComment(comment, digest),
       entry: (entry) => this.entry(entry),
       data: (chunk) => this.data(chunk),
       end: () => this.end(),
     })
   }
 
-  private globalComment(comment: string): void {
+  private globalComment(comment: string, digestBefore: string): void {
     const record = decodeGlobal(comment)
     if (record.kind === 'header') {
       if (this.kind !== undefined) throw corrupt('a second backup header inside the archive')
@@ -175,6 +175,13 @@ class Extraction {
     } else if (record.kind === 'trailer') {
       if (this.kind !== 'ovroot' || this.trailerEntries !== undefined)
         throw corrupt('a backup trailer without its header')
+      // Version 2: one digest over every entry's bytes, checked before anything is committed.
+      if ((this.header?.version ?? 1) >= 2 && record.trailer.sha256 !== digestBefore)
+        throw corrupt(
+          record.trailer.sha256 === undefined
+            ? "the backup's trailer has no digest of its entries: the backup is damaged"
+            : "the backup's entries do not match their recorded sha256 (names, metadata or contents): the backup is damaged",
+        )
       this.trailerEntries = record.trailer.entries
     }
   }
@@ -194,7 +201,9 @@ class Extraction {
     }
     for (const parent of this.rules.admit(entry)) this.writeImplicitDirectory(parent)
     const sums = decodeSums(entry.comment)
-    if (this.kind === 'ovroot' && entry.type === 'file' && entry.holeSize === undefined && !sums) {
+    // Version 1 carried a sha256 per file instead of the one over all entries.
+    const perFile = this.kind === 'ovroot' && (this.header?.version ?? 1) < 2
+    if (perFile && entry.type === 'file' && entry.holeSize === undefined && !sums?.sha256) {
       throw corrupt(`archive entry ${showBytes(entry.path)}: a file without its recorded sha256; the backup is damaged`)
     }
     if (entry.otherFlags) this.flagsNotKept.push(`/${showBytes(entry.path)}`)
@@ -203,7 +212,7 @@ class Extraction {
       this.flagsNotKept.push('/')
       entry = { ...entry, flags: undefined }
     }
-    this.current = { entry, hash: sums ? createHash('sha256') : undefined, sums }
+    this.current = { entry, hash: perFile && sums?.sha256 ? createHash('sha256') : undefined, sums }
     this.neededBytes += neededBytes(entry)
     // A sysupgrade archive's root entry would change the upper's own directory: its files are what it carries.
     if (this.writer && this.staging !== undefined && !(this.kind === 'sysupgrade' && entry.path === '.')) {
@@ -229,10 +238,11 @@ class Extraction {
         `archive entry ${showBytes(entry.path)}: its content does not match its recorded sha256; the backup is damaged`,
       )
     if (
-      sums?.base &&
+      sums?.base !== undefined &&
       this.header &&
       this.options.checkFirmware(this.header) &&
-      this.options.firmwareSha256(entry.path) !== sums.base
+      // A version 2 base is the sha256's first 8 bytes, a version 1 base all of it.
+      !(this.options.firmwareSha256(entry.path)?.startsWith(sums.base) ?? false)
     )
       this.conflicts.push(`/${showBytes(entry.path)}`)
     if (!(this.kind === 'sysupgrade' && entry.path === '.')) this.writer?.end()
