@@ -6,15 +6,17 @@
  * and merge end old-or-new from every intermediate state.
  */
 import t, { type Test } from 'tap'
-import { execFileSync } from 'node:child_process'
+import { execFileSync, spawnSync } from 'node:child_process'
 import * as fs from 'node:fs'
 import { gzipSync } from 'node:zlib'
 import { dataPadding, END_OF_ARCHIVE, entryHeader, globalComment, type TarEntry } from '../src/archive/pax.js'
+import { encodeHeader, encodeSums, encodeTrailer } from '../src/archive/manifest.js'
+import { createHash } from 'node:crypto'
 import { OverlayXattrs } from '../src/overlay/xattrs.js'
 import { applyPending } from '../src/pending/apply.js'
 import { commitPending } from '../src/pending/marker.js'
-import { mountOverlay, ovroot, scratch, unmount, upperSnapshot } from './helpers/overlay.js'
-import { makeNode } from '../src/sys/libc.js'
+import { cleanEnvironment, mountOverlay, OVROOT, ovroot, scratch, unmount, upperSnapshot } from './helpers/overlay.js'
+import { makeNode, setXattr } from '../src/sys/libc.js'
 import { writeTree } from './helpers/mutate.js'
 import type { FlashLayout } from '../src/state/flash.js'
 
@@ -306,10 +308,107 @@ await t.test('a live restore that does not fit on the flash: one line, nothing w
   t.equal(result.status, 6)
   t.match(
     result.stderr,
-    /^ovroot: not enough room on the flash for the staged restore: it needs about 2\.\d MiB, .* has \d+\.\d MiB free; nothing was written\n$/,
+    /^ovroot: not enough room on the flash for the staged restore: it needs about 3\.\d MiB \(headroom included\), .* has \d+\.\d MiB free; nothing was written\n$/,
   )
   t.notOk(fs.existsSync(`${d.flash}/.ovroot`), 'nothing was written')
 })
+
+await t.test(
+  'the room check keeps headroom, and counts xattrs: an archive that would fill the flash to its last block is refused',
+  async (t) => {
+    const refused = (t: Test, flash: string, fill: (upper: string) => void, needs: RegExp): void => {
+      const d = fakeDevice(t, flash)
+      fs.mkdirSync(`${d.dir}/new/upper`, { recursive: true })
+      fill(`${d.dir}/new/upper`)
+      const file = `${d.dir}/b.ovb`
+      t.equal(ovroot(['backup', '--upper', `${d.dir}/new/upper`, '--lower', d.lower, '-o', file]).status, 0)
+      const result = ovroot(['restore', file, '--yes', '--config', d.config])
+      t.equal(result.status, 6, result.stderr)
+      t.match(result.stderr, needs)
+      t.notOk(fs.existsSync(`${d.flash}/.ovroot`), 'nothing was written')
+    }
+    // 3.5 MiB of data on a 4 MiB flash: it fits, with nothing left for the filesystem or the device.
+    refused(
+      t,
+      '4m',
+      (upper) => fs.writeFileSync(`${upper}/data`, Buffer.alloc(3.5 * 1048576, 1)),
+      /needs about 4\.9 MiB/,
+    )
+    // 40 files of no data, each with a 60 KiB xattr: 2.3 MiB the old estimate (metadata only) did not see.
+    refused(
+      t,
+      '2m',
+      (upper) => {
+        for (let i = 0; i < 40; i++) {
+          fs.writeFileSync(`${upper}/f${i}`, '')
+          setXattr(`${upper}/f${i}`, 'user.blob', Buffer.alloc(60 << 10, i))
+        }
+      },
+      /needs about 3\.\d MiB/,
+    )
+  },
+)
+
+await t.test(
+  'staging: --upper never deletes an existing .NAME.ovroot-restore; a preview never uses a predictable name in /tmp',
+  async (t) => {
+    const d = fakeDevice(t)
+    writeTree(`${d.dir}/new/upper`, { '/etc/config/network': 'restored\n' })
+    const file = `${d.dir}/b.ovb`
+    t.equal(ovroot(['backup', '--upper', `${d.dir}/new/upper`, '--lower', d.lower, '-o', file]).status, 0)
+    const into = `${d.dir}/into`
+    fs.mkdirSync(into)
+    // Someone's directory at the staging name, and then a symlink there.
+    writeTree(`${d.dir}/.into.ovroot-restore`, { '/mine': "not ovroot's\n" })
+    const existing = ovroot(['restore', file, '--upper', into, '--lower', d.lower])
+    t.equal(existing.status, 4, existing.stderr)
+    t.match(
+      existing.stderr,
+      /^ovroot: \S+\/\.into\.ovroot-restore already exists: another restore into \S+ is running, or one was interrupted/,
+    )
+    t.equal(fs.readFileSync(`${d.dir}/.into.ovroot-restore/mine`, 'utf8'), "not ovroot's\n", 'left as it was')
+    fs.rmSync(`${d.dir}/.into.ovroot-restore`, { recursive: true })
+    fs.mkdirSync(`${d.dir}/elsewhere`)
+    fs.symlinkSync(`${d.dir}/elsewhere`, `${d.dir}/.into.ovroot-restore`)
+    t.equal(ovroot(['restore', file, '--upper', into, '--lower', d.lower]).status, 4, 'a symlink there: refused too')
+    t.same(fs.readdirSync(`${d.dir}/elsewhere`), [], 'nothing written through it')
+    t.same(fs.readdirSync(into), [], 'nothing restored')
+
+    // The old preview name was /tmp/ovroot-restore-preview-PID: a preload plants a symlink there, as another user could.
+    const tmp = `${d.dir}/tmp`
+    fs.mkdirSync(tmp)
+    const preload = `${d.dir}/plant.cjs`
+    fs.writeFileSync(
+      preload,
+      `require('fs').symlinkSync(${JSON.stringify(`${d.dir}/elsewhere`)}, ${JSON.stringify(tmp)} + '/ovroot-restore-preview-' + process.pid)\n`,
+    )
+    const preview = spawnSync(
+      'env',
+      [
+        '-u',
+        'NODE_OPTIONS',
+        process.execPath,
+        '--require',
+        preload,
+        OVROOT,
+        'restore',
+        file,
+        '--dry-run',
+        '--config',
+        d.config,
+      ],
+      { encoding: 'utf8', env: { ...cleanEnvironment(), TMPDIR: tmp } },
+    )
+    t.equal(preview.status, 0, preview.stderr)
+    t.match(preview.stdout, /^M \/etc\/config\/network$/m)
+    t.same(fs.readdirSync(`${d.dir}/elsewhere`), [], 'nothing staged through the planted symlink')
+    t.same(
+      fs.readdirSync(tmp).map((name) => fs.lstatSync(`${tmp}/${name}`).isSymbolicLink()),
+      [true],
+      'the planted symlink is left alone, and the preview removed its own directory',
+    )
+  },
+)
 
 await t.test(
   'an upper holding immutable and append-only entries is replaced all the same at the next boot',
@@ -361,9 +460,9 @@ await t.test(
 )
 
 await t.test('a file with holes is counted by what it allocates, and staged with its holes', async (t) => {
-  const d = fakeDevice(t, '1m')
+  const d = fakeDevice(t, '2m')
   fs.mkdirSync(`${d.dir}/sparse/upper/var`, { recursive: true })
-  // 64 MiB long, one page of data: far more than the 1 MiB flash, unless only allocated blocks count.
+  // 64 MiB long, one page of data: far more than the 2 MiB flash, unless only allocated blocks count.
   const image = `${d.dir}/sparse/upper/var/disk.img`
   fs.writeFileSync(image, '')
   fs.truncateSync(image, 64 << 20)
@@ -486,5 +585,82 @@ await t.test(
       'offline too, compared with the empty directory over the firmware',
     )
     t.same(fs.readdirSync(into), [], 'and nothing restored')
+  },
+)
+
+await t.test(
+  'one digest over the entries: a changed mode, name or byte whose header checksum was fixed up is refused; version 1 archives (a sha256 per file) still restore',
+  async (t) => {
+    const w = workspace(t)
+    writeTree(`${w.dir}/upper`, { '/etc/config/network': 'lan\n', '/etc/shadow': 'root:x:\n' })
+    fs.chmodSync(`${w.dir}/upper/etc/shadow`, 0o600)
+    const file = `${w.dir}/b.ovb`
+    t.equal(ovroot(['backup', '--upper', `${w.dir}/upper`, '--lower', w.lower, '-o', file]).status, 0)
+    const tar = execFileSync('gzip', ['-dc', file])
+    /** The archive with the ustar header of `name` changed by `edit`, its checksum made right again. */
+    const tampered = (name: string, edit: (header: Buffer) => void): string => {
+      const bytes = Buffer.from(tar)
+      // The ustar header block of the entry itself (its pax header's name holds the name too, not at a block start).
+      let at = 0
+      while (!bytes.subarray(at, at + name.length + 1).equals(Buffer.from(`${name}\0`))) at += 512
+      const header = bytes.subarray(at, at + 512)
+      edit(header)
+      header.fill(' ', 148, 156)
+      const sum = header.reduce((total, byte) => total + byte, 0)
+      header.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 'latin1')
+      const out = `${w.dir}/tampered-${Math.floor(Math.random() * 1e9)}.ovb`
+      fs.writeFileSync(out, gzipSync(bytes))
+      return out
+    }
+    const cases: [string, string][] = [
+      ['a mode made world-readable', tampered('etc/shadow', (h) => h.write('0000644\0', 100, 'latin1'))],
+      ['a renamed file', tampered('etc/shadow', (h) => h.write('etc/shadoW', 0, 'latin1'))],
+    ]
+    for (const [name, archive] of cases) {
+      const result = ovroot(['restore', archive, '--upper', w.target, '--lower', w.lower])
+      t.equal(result.status, 5, `${name}: refused`)
+      t.match(result.stderr, /the backup's entries do not match their recorded sha256/, name)
+      t.same(fs.readdirSync(w.target), [], `${name}: nothing restored`)
+    }
+    const restored = ovroot(['restore', file, '--upper', w.target, '--lower', w.lower])
+    t.equal(restored.status, 0, restored.stderr)
+    t.equal(fs.statSync(`${w.target}/etc/shadow`).mode & 0o777, 0o600, 'the untouched archive restores')
+
+    // Version 1, as ovroot wrote it before: a sha256 per file, full bases, a trailer without a digest.
+    const header = encodeHeader({
+      format: 'ovroot-backup',
+      version: 1,
+      ovroot: '0.1.0',
+      created: '2026-01-01T00:00:00.000Z',
+      host: 'old',
+      firmware: { release: {}, digest: '0'.repeat(64) },
+      namespace: 'trusted',
+      changesOnly: false,
+    })
+    const sha = (text: string): string => createHash('sha256').update(text).digest('hex')
+    const entries = [
+      entry({ path: '.', type: 'dir', mode: 0o755 }),
+      entry({ path: 'etc', type: 'dir', mode: 0o755 }),
+      entry({ path: 'etc/x', content: 'old\n', comment: encodeSums({ sha256: sha('old\n') }) }),
+    ]
+    const old = (content: string): string => {
+      const parts = [globalComment(header)]
+      for (const made of entries) {
+        parts.push(entryHeader(made))
+        if (made.type === 'file') parts.push(Buffer.from(content), dataPadding(made))
+      }
+      parts.push(globalComment(encodeTrailer({ entries: 3 })), END_OF_ARCHIVE)
+      const out = `${w.dir}/v1-${content.trim()}.ovb`
+      fs.writeFileSync(out, gzipSync(Buffer.concat(parts)))
+      return out
+    }
+    const into = `${w.dir}/v1`
+    fs.mkdirSync(into)
+    const ok = ovroot(['restore', old('old\n'), '--upper', into, '--lower', w.lower])
+    t.equal(ok.status, 0, ok.stderr)
+    t.equal(fs.readFileSync(`${into}/etc/x`, 'utf8'), 'old\n', 'a version 1 archive restores')
+    fs.mkdirSync(`${w.dir}/v1-bad`)
+    const bad = ovroot(['restore', old('odd\n'), '--upper', `${w.dir}/v1-bad`, '--lower', w.lower])
+    t.match(bad.stderr, /etc\/x: its content does not match its recorded sha256/, 'and its per-file sha256 is checked')
   },
 )

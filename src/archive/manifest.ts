@@ -1,13 +1,16 @@
 /**
  * ovroot's manifest, carried in pax `comment` records that every tar ignores:
- * a global header first (what was backed up, from which firmware), a comment
- * on every regular file (its sha256, and for a copy-up the sha256 its lower
- * twin had), and a global trailer (how many entries), so that a restore can
- * verify every byte and notice a truncated archive.
+ * a global header first (what was backed up, from which firmware), on a
+ * copy-up a comment with the first 8 bytes of the sha256 its lower twin had,
+ * and a global trailer: how many entries, and one sha256 over every byte of
+ * the entries between the two global records (names, metadata, xattrs, link
+ * targets, sparse maps and contents), so that a restore verifies all of it
+ * and notices a truncated archive. Version 1 archives carried a sha256 per
+ * regular file instead (contents only), and full 32-byte bases: still read.
  */
 import { corrupt } from './pax.js'
 
-export const FORMAT_VERSION = 1
+export const FORMAT_VERSION = 2
 
 export interface Firmware {
   /** Fields of the firmware's release files (DISTRIB_* of openwrt_release, ID/VERSION_ID/BUILD_ID of os-release). */
@@ -29,6 +32,8 @@ export interface BackupHeader {
 
 export interface BackupTrailer {
   entries: number
+  /** Version 2: sha256 of the entries' bytes (see above). */
+  sha256?: string
 }
 
 const HEADER_TAG = 'ovroot-backup '
@@ -60,6 +65,7 @@ export function decodeGlobal(comment: string): GlobalRecord {
     if (comment.startsWith(TRAILER_TAG)) {
       const trailer = JSON.parse(comment.slice(TRAILER_TAG.length)) as BackupTrailer
       if (!Number.isInteger(trailer.entries)) throw new Error('fields')
+      if (trailer.sha256 !== undefined && !/^[0-9a-f]{64}$/.test(trailer.sha256)) throw new Error('fields')
       return { kind: 'trailer', trailer }
     }
   } catch (error) {
@@ -70,17 +76,27 @@ export function decodeGlobal(comment: string): GlobalRecord {
 }
 
 export interface FileSums {
-  /** Of the file's data as archived: for a file with holes (GNU sparse), of its data regions' bytes, in order. */
-  sha256: string
-  /** The lower twin's sha256 at backup time. */
+  /** Version 1: of the file's data as archived (for a file with holes, of its data regions' bytes, in order). */
+  sha256?: string
+  /**
+   * The lower twin's sha256 at backup time: its first 8 bytes (16 hex
+   * digits) since version 2. It tells a firmware change from none, not an
+   * attacker's choice from chance: 2^-64 per file.
+   */
   base?: string
 }
 
+/** Hex digits of a firmware base that a backup records. */
+export const BASE_DIGITS = 16
+
 export const encodeSums = (sums: FileSums): string =>
-  `ovroot sha256=${sums.sha256}${sums.base ? ` base=${sums.base}` : ''}`
+  ['ovroot', ...(sums.sha256 ? [`sha256=${sums.sha256}`] : []), ...(sums.base ? [`base=${sums.base}`] : [])].join(' ')
 
 export function decodeSums(comment: string | undefined): FileSums | undefined {
-  const match = comment === undefined ? null : /^ovroot sha256=([0-9a-f]{64})(?: base=([0-9a-f]{64}))?$/.exec(comment)
-  if (!match?.[1]) return undefined
-  return { sha256: match[1], ...(match[2] ? { base: match[2] } : {}) }
+  const match =
+    comment === undefined
+      ? null
+      : /^ovroot(?: sha256=([0-9a-f]{64}))?(?: base=([0-9a-f]{64}|[0-9a-f]{16}))?$/.exec(comment)
+  if (!match || (!match[1] && !match[2])) return undefined
+  return { ...(match[1] ? { sha256: match[1] } : {}), ...(match[2] ? { base: match[2] } : {}) }
 }

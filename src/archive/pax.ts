@@ -8,6 +8,7 @@
  * (a path record is the name's bytes either way). The reader is a push parser: it never holds more
  * than one header block and one extended header, whatever the archive's size.
  */
+import { createHash } from 'node:crypto'
 import { ExitCode, OvrootError } from '../errors.js'
 import type { EntryKind, UpperEntry } from '../sys/types.js'
 import { bytePathBuffer, byteString, showBytes, textOf } from '../names.js'
@@ -317,7 +318,8 @@ export function corrupt(message: string): OvrootError {
 
 /** What a reader hands over for each entry; data arrives through `data`, then `end`. */
 export interface ArchiveHandler {
-  globalComment(comment: string): void
+  /** A global record's comment, and the sha256 of the archive's bytes since the previous global record ended (or its start). */
+  globalComment(comment: string, digestBefore: string): void
   entry(entry: TarEntry): void
   data(chunk: Buffer): void
   end(): void
@@ -348,6 +350,10 @@ export class PaxReader {
   private overrides: Overrides = { records: new Map() }
   private offset = 0
   private zeroBlocks = 0
+  /** Every byte read since the last global record (ovroot's manifest digest covers the entries between two). */
+  private digest = createHash('sha256')
+  private digestBeforeGlobal = ''
+  private restartDigest = false
 
   constructor(private readonly handler: ArchiveHandler) {}
 
@@ -363,6 +369,7 @@ export class PaxReader {
       if (state.kind === 'data') {
         const take = Math.min(input.length, state.remaining + state.padding)
         const dataBytes = Math.min(take, state.remaining)
+        this.digest.update(input.subarray(0, take))
         if (dataBytes > 0) this.handler.data(input.subarray(0, dataBytes))
         state.padding -= take - dataBytes
         state.remaining -= dataBytes
@@ -376,6 +383,11 @@ export class PaxReader {
       input = input.subarray(BLOCK)
       this.offset += BLOCK
       this.block(block)
+      this.digest.update(block)
+      if (this.restartDigest) {
+        this.digest = createHash('sha256')
+        this.restartDigest = false
+      }
     }
     if (input.length > 0 && this.state.kind !== 'done') this.pending = Buffer.from(input)
   }
@@ -429,6 +441,8 @@ export class PaxReader {
         throw corrupt(
           `a global header at byte ${this.offset - BLOCK} follows an extended header meant for an entry: the archive is damaged`,
         )
+      // This block is not hashed yet: the digest so far ends where the global record starts.
+      if (flag === 'g') this.digestBeforeGlobal = this.digest.copy().digest('hex')
       this.state = size === 0 ? { kind: 'header' } : { kind: 'extended', flag, remaining: size, parts: [] }
       if (size === 0) this.finishExtended(flag, Buffer.alloc(0))
       return
@@ -530,8 +544,10 @@ export class PaxReader {
     else {
       const records = parseRecords(body, this.offset)
       if (flag === 'g') {
+        // What follows the record's last block starts a new digest.
+        this.restartDigest = true
         const comment = records.get('comment')
-        if (comment !== undefined) this.handler.globalComment(comment.toString('utf8'))
+        if (comment !== undefined) this.handler.globalComment(comment.toString('utf8'), this.digestBeforeGlobal)
       } else for (const [key, value] of records) this.overrides.records.set(key, value)
     }
   }

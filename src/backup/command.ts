@@ -3,13 +3,21 @@
  * streamed: memory does not grow with the upper.
  */
 import { bytesOf, showBytes } from '../names.js'
+import { createHash } from 'node:crypto'
 import type { BigIntStats } from 'node:fs'
 import { hostname } from 'node:os'
 import { Readable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { createGzip } from 'node:zlib'
 import { Encrypt, readPassphrase } from '../archive/crypt.js'
-import { encodeHeader, encodeSums, encodeTrailer, FORMAT_VERSION, type BackupHeader } from '../archive/manifest.js'
+import {
+  BASE_DIGITS,
+  encodeHeader,
+  encodeSums,
+  encodeTrailer,
+  FORMAT_VERSION,
+  type BackupHeader,
+} from '../archive/manifest.js'
 import { dataPadding, END_OF_ARCHIVE, entryHeader, globalComment } from '../archive/pax.js'
 import { loadConfig } from '../config/load.js'
 import { checkDiffRequest, openDiff, type CheckedDiffRequest } from '../diff/open.js'
@@ -104,16 +112,32 @@ function ownOutput(
   return (_path, stat) => stat.isFile() && stat.ino === output.ino
 }
 
+/** The archive: the global header, the entries, then the trailer with their count and the sha256 of their bytes. */
 function* archive(
   request: CheckedDiffRequest,
   header: BackupHeader,
   select: Pick<WalkOptions, 'include' | 'skip'>,
   progress: Progress,
 ): Generator<Buffer> {
+  yield globalComment(encodeHeader(header))
+  const digest = createHash('sha256')
+  let entries = 0
+  for (const bytes of entryStream(request, select, progress, () => entries++)) {
+    digest.update(bytes)
+    yield bytes
+  }
+  yield globalComment(encodeTrailer({ entries, sha256: digest.digest('hex') }))
+  yield END_OF_ARCHIVE
+}
+
+function* entryStream(
+  request: CheckedDiffRequest,
+  select: Pick<WalkOptions, 'include' | 'skip'>,
+  progress: Progress,
+  counted: () => void,
+): Generator<Buffer> {
   const xattrs = new OverlayXattrs(request.namespace)
   const firmware = firmwareView(request.lowers, request.namespace)
-  yield globalComment(encodeHeader(header))
-  let entries = 0
   const upper = bytesOf(request.upper)
   const walk = walkUpper(upper, {
     stubXattr: xattrs.name('metacopy'),
@@ -122,16 +146,16 @@ function* archive(
     skipped: (path, why) => process.stderr.write(`ovroot: skipped /${showBytes(path)}: ${why} cannot be archived\n`),
   })
   for (const entry of walk) {
-    entries++
+    counted()
     if (entry.type === 'file' && entry.holeSize === undefined) {
       // Holes stay holes: only a file's data regions are read and archived (GNU sparse 1.0).
       const file = readStableFile(under(upper, entry.path), { holes: true })
-      const base = firmware.sha256(entry.path)
+      const base = firmware.sha256(entry.path)?.slice(0, BASE_DIGITS)
       const archived = {
         ...entry,
         size: file.size,
         ...(file.regions ? { regions: file.regions } : {}),
-        comment: encodeSums({ sha256: file.sha256, ...(base ? { base } : {}) }),
+        ...(base ? { comment: encodeSums({ base }) } : {}),
       }
       yield entryHeader(archived)
       for (const chunk of file.chunks()) {
@@ -142,8 +166,6 @@ function* archive(
     } else yield entryHeader(entry)
     progress.entry()
   }
-  yield globalComment(encodeTrailer({ entries }))
-  yield END_OF_ARCHIVE
 }
 
 /**

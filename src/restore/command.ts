@@ -19,7 +19,9 @@ import { confirm, rebootNow } from '../interact.js'
 import { cancelScheduled, readBootRecord, refuseLiveLayer, withWritableFlash } from '../pending/device.js'
 import { cancelPending, commitPending, describePendingAt } from '../pending/marker.js'
 import {
+  createDirectoryExclusive,
   filesystemInfo,
+  makeTemporaryDirectory,
   listDirectoryIfExists,
   makeDirectory,
   removeTree,
@@ -145,8 +147,13 @@ async function restoreOffline(config: Config, options: RestoreOptions, extract: 
       `ovroot: no firmware at ${target.lowers.join(' ')}: the backup is verified, but not compared with a firmware\n`,
     )
   const staging = `${dirname(upper)}/.${basename(upper)}.ovroot-restore`
-  removeTree(staging)
-  makeDirectory(staging, 0o700)
+  // Made here, exclusively: one already there is another restore's (running, or cut off), or not ovroot's at all.
+  if (!createDirectoryExclusive(staging))
+    throw new OvrootError(
+      'EEXIST',
+      ExitCode.environment,
+      `${staging} already exists: another restore into ${upper} is running, or one was interrupted; remove it once none is running`,
+    )
   try {
     const result = await extract(target, staging)
     reportFlagsNotKept(result)
@@ -188,11 +195,12 @@ async function restoreLive(config: Config, options: RestoreOptions, extract: Ext
   const layout = flashLayout(config)
   const info = filesystemInfo(config.overlay.dir)
   const free = info.availableBlocks * info.blockSize
-  if (verified.neededBytes > free) {
+  const needed = withHeadroom(verified.neededBytes)
+  if (needed > free) {
     throw new OvrootError(
       'ENOSPC',
       ExitCode.io,
-      `not enough room on the flash for the staged restore: it needs about ${mebibytes(verified.neededBytes)}, ${config.overlay.dir} has ${mebibytes(free)} free; nothing was written`,
+      `not enough room on the flash for the staged restore: it needs about ${mebibytes(needed)} (headroom included), ${config.overlay.dir} has ${mebibytes(free)} free; nothing was written`,
     )
   }
   const what = describeArchive(options.source, verified)
@@ -227,9 +235,8 @@ async function restoreLive(config: Config, options: RestoreOptions, extract: Ext
 
 /** What a live restore would change: the archive is staged in a temporary directory, compared, and removed. */
 async function previewInTemporary(target: Target, extract: Extract, json: boolean): Promise<ExitStatus> {
-  const staging = `${tmpdir()}/ovroot-restore-preview-${process.pid}`
-  removeTree(staging)
-  makeDirectory(staging, 0o700)
+  // A fresh name of its own (mkdtemp), never a predictable one another user could have planted a symlink at.
+  const staging = makeTemporaryDirectory(tmpdir(), 'ovroot-restore-preview-')
   try {
     printRestorePreview(target, staging, await extract(target, staging), json)
   } finally {
@@ -246,6 +253,17 @@ function describeArchive(source: string, result: ExtractResult): string {
       ? "archive of an upper, without ovroot's checksums"
       : 'OpenWrt sysupgrade archive'
   return `${source === '-' ? 'standard input' : source} (${origin}, ${result.entries} entries)`
+}
+
+/**
+ * The estimate plus headroom: a log-structured flash filesystem needs free
+ * erase blocks to collect garbage in (JFFS2 keeps 5 of them back from
+ * writers, UBIFS its index and journal), and a flash filled to the last block
+ * leaves the device unable to write its logs after the swap. 10% more, and
+ * 1 MiB on top.
+ */
+function withHeadroom(bytes: number): number {
+  return Math.ceil(bytes * 1.1) + (1 << 20)
 }
 
 function mebibytes(bytes: number): string {

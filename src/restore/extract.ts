@@ -26,6 +26,18 @@ import { PathRules } from './rules.js'
 
 /** What an entry costs on flash beyond its data (rounded up to 4 KiB blocks): a log-structured filesystem's inode and directory nodes. */
 const ENTRY_BYTES = 256
+/** Per xattr beyond its name and value: the node header a log-structured filesystem writes for it. */
+const XATTR_BYTES = 64
+
+/**
+ * What an entry needs on flash: its metadata, its xattrs (names and values:
+ * a capability, an ACL, a 64 KiB user xattr are written too), a long symlink
+ * target, and its data in 4 KiB blocks (a file with holes, its data regions').
+ */
+function neededBytes(entry: TarEntry): number {
+  const xattrs = entry.xattrs.reduce((sum, [name, value]) => sum + XATTR_BYTES + name.length + value.length, 0)
+  return ENTRY_BYTES + xattrs + (entry.linkTarget?.length ?? 0) + allocatedBytes(entry)
+}
 
 /**
  * ovroot: a backup with its manifest. upper: another tar's archive of a whole
@@ -51,7 +63,7 @@ export interface ExtractResult {
   kind: ArchiveKind
   header: BackupHeader | undefined
   entries: number
-  /** Bytes of file data, and a conservative estimate of what they need on flash. */
+  /** Bytes of file data, and a conservative estimate of what the entries need on flash (before any headroom). */
   dataBytes: number
   neededBytes: number
   /** Files the user changed that the running firmware changed too (ovroot archives from other firmware). */
@@ -148,14 +160,14 @@ class Extraction {
     this.staging = options.staging === undefined ? undefined : bytesOf(options.staging)
     this.writer = options.staging === undefined ? undefined : new EntryWriter({ flags: true })
     this.reader = new PaxReader({
-      globalComment: (comment) => this.globalComment(comment),
+      globalComment: (comment, digest) => this.globalComment(comment, digest),
       entry: (entry) => this.entry(entry),
       data: (chunk) => this.data(chunk),
       end: () => this.end(),
     })
   }
 
-  private globalComment(comment: string): void {
+  private globalComment(comment: string, digestBefore: string): void {
     const record = decodeGlobal(comment)
     if (record.kind === 'header') {
       if (this.kind !== undefined) throw corrupt('a second backup header inside the archive')
@@ -164,6 +176,13 @@ class Extraction {
     } else if (record.kind === 'trailer') {
       if (this.kind !== 'ovroot' || this.trailerEntries !== undefined)
         throw corrupt('a backup trailer without its header')
+      // Version 2: one digest over every entry's bytes, checked before anything is committed.
+      if ((this.header?.version ?? 1) >= 2 && record.trailer.sha256 !== digestBefore)
+        throw corrupt(
+          record.trailer.sha256 === undefined
+            ? "the backup's trailer has no digest of its entries: the backup is damaged"
+            : "the backup's entries do not match their recorded sha256 (names, metadata or contents): the backup is damaged",
+        )
       this.trailerEntries = record.trailer.entries
     }
   }
@@ -183,7 +202,9 @@ class Extraction {
     }
     for (const parent of this.rules.admit(entry)) this.writeImplicitDirectory(parent)
     const sums = decodeSums(entry.comment)
-    if (this.kind === 'ovroot' && entry.type === 'file' && entry.holeSize === undefined && !sums) {
+    // Version 1 carried a sha256 per file instead of the one over all entries.
+    const perFile = this.kind === 'ovroot' && (this.header?.version ?? 1) < 2
+    if (perFile && entry.type === 'file' && entry.holeSize === undefined && !sums?.sha256) {
       throw corrupt(`archive entry ${showBytes(entry.path)}: a file without its recorded sha256; the backup is damaged`)
     }
     if (entry.otherFlags) this.flagsNotKept.push(`/${showBytes(entry.path)}`)
@@ -192,8 +213,9 @@ class Extraction {
       this.flagsNotKept.push('/')
       entry = { ...entry, flags: undefined }
     }
-    this.current = { entry, hash: sums ? createHash('sha256') : undefined, sums }
-    this.neededBytes += ENTRY_BYTES + allocatedBytes(entry)
+    const checked = (perFile && sums?.sha256 !== undefined) || this.comparesWithFirmware(sums)
+    this.current = { entry, hash: checked ? createHash('sha256') : undefined, sums }
+    this.neededBytes += neededBytes(entry)
     // A sysupgrade archive's root entry would change the upper's own directory: its files are what it carries.
     if (this.writer && this.staging !== undefined && !(this.kind === 'sysupgrade' && entry.path === '.')) {
       const linkTarget =
@@ -213,19 +235,32 @@ class Extraction {
     this.current = undefined
     if (!current) return
     const { entry, hash, sums } = current
-    if (hash && sums && hash.digest('hex') !== sums.sha256)
+    const digest = hash?.digest('hex')
+    if (sums?.sha256 !== undefined && digest !== undefined && digest !== sums.sha256)
       throw corrupt(
         `archive entry ${showBytes(entry.path)}: its content does not match its recorded sha256; the backup is damaged`,
       )
-    // The upgrade's classifier decides: a copy-up whose bytes are its old firmware file's (chmod, touch) is no conflict.
+    // The upgrade's classifier decides: a copy-up whose bytes are its old firmware file's (chmod, touch) is no
+    // conflict. A version 2 base is the sha256's first 8 bytes (version 1: all of it): all three are compared so cut.
+    const cut = (sha256: string): string => sha256.slice(0, sums?.base?.length)
     if (
-      sums?.base &&
-      this.header &&
-      this.options.checkFirmware(this.header) &&
-      classifyContent(sums.sha256, sums.base, this.options.firmwareSha256(entry.path)) === 'conflict'
+      digest !== undefined &&
+      sums?.base !== undefined &&
+      this.comparesWithFirmware(sums) &&
+      classifyContent(cut(digest), sums.base, this.firmwareDigest(entry.path, cut)) === 'conflict'
     )
       this.conflicts.push(`/${showBytes(entry.path)}`)
     if (!(this.kind === 'sysupgrade' && entry.path === '.')) this.writer?.end()
+  }
+
+  private firmwareDigest(path: string, cut: (sha256: string) => string): string | undefined {
+    const sha256 = this.options.firmwareSha256(path)
+    return sha256 === undefined ? undefined : cut(sha256)
+  }
+
+  /** A copy-up of other firmware, with its base recorded: its content is classified against this firmware's. */
+  private comparesWithFirmware(sums: FileSums | undefined): boolean {
+    return sums?.base !== undefined && this.header !== undefined && this.options.checkFirmware(this.header)
   }
 
   /** A sysupgrade archive's missing directory, as the view has it (a copy-up keeps the firmware's mode and owner). */

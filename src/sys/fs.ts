@@ -226,15 +226,30 @@ export interface TemporaryFile {
 
 /** A stream (standard input) saved to a private temporary file, for readers that need a file. */
 export async function spoolToTemporaryFile(stream: NodeJS.ReadableStream, directory: string): Promise<TemporaryFile> {
-  const path = `${directory}/ovroot-input-${process.pid}`
+  const home = makeTemporaryDirectory(directory, 'ovroot-input-')
+  const path = `${home}/input`
+  const remove = (): void => fs.rmSync(home, { recursive: true, force: true })
   const { pipeline } = await import('node:stream/promises')
   try {
     await pipeline(stream, fs.createWriteStream(path, { flags: 'wx', mode: 0o600 }))
   } catch (error) {
-    fs.rmSync(path, { force: true })
+    remove()
     throw fromNodeError(error, 'save standard input to', path)
   }
-  return { path, remove: () => fs.rmSync(path, { force: true }) }
+  return { path, remove }
+}
+
+/**
+ * A new directory (mode 0700) under `parent` with a name nobody could
+ * predict (mkdtemp(3)): in a shared /tmp, a fixed name is one another user
+ * can plant a symlink or a directory of their own at.
+ */
+export function makeTemporaryDirectory(parent: string, prefix: string): string {
+  try {
+    return fs.mkdtempSync(`${parent}/${prefix}`)
+  } catch (error) {
+    throw fromNodeError(error, 'create a directory in', parent)
+  }
 }
 
 export function syncDirectory(path: string): void {
