@@ -463,6 +463,17 @@ await t.test(
       await until(() => fs.readFileSync(`${d.flash}/upper/srv/site3/page7`, 'utf8').includes('edited in place'), 30),
       "a file changed in place is persisted: its directory's watch saw it",
     )
+    // A directory renamed over a watched name: the name's old watch is the other directory's now.
+    fs.renameSync(`${d.merged}/srv/site1`, `${d.merged}/srv/site1.old`)
+    fs.renameSync(`${d.merged}/srv/site2`, `${d.merged}/srv/site1`)
+    t.ok(await until(() => fs.existsSync(`${d.flash}/upper/srv/site1.old`), 30), 'the renames are persisted')
+    await new Promise((resolve) => setTimeout(resolve, 1500))
+    fs.appendFileSync(`${d.merged}/srv/site1/page4`, 'edited after the swap\n')
+    t.ok(
+      await until(() => fs.readFileSync(`${d.flash}/upper/srv/site1/page4`, 'utf8').includes('after the swap'), 30),
+      'a file changed in the directory now under the swapped name is persisted: that directory is watched',
+    )
+    t.equal(inotifyWatches(daemon.pid ?? 0), directoriesIn(`${d.ram}/upper`), 'still one watch per directory')
     fs.writeFileSync(`${d.merged}/etc/last`, 'just before shutdown\n')
     daemon.kill('SIGTERM')
     const code = await new Promise<number | null>((resolve) => daemon.on('exit', resolve))

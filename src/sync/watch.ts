@@ -1,10 +1,10 @@
 /**
- * `ovroot sync --watch`: the daemon. chokidar's events are hints that
- * something changed, never the list of changes (it misses files in
- * just-created directories, reports renames as unlink and add, runs out of
- * inotify watches on large trees): every sync rescans the whole upper against
- * the flash copy (baseline.ts keeps that cheap). It watches directories only,
- * and their raw events stand for the files in them. A sync runs after `quiet` seconds without events, or
+ * `ovroot sync --watch`: the daemon. inotify's events (sys/watch.ts) are hints that
+ * something changed, never the list of changes (a file in a just-created
+ * directory comes before its watch, a rename is two names, the inotify limit
+ * stops watches): every sync rescans the whole upper against the flash copy
+ * (baseline.ts keeps that cheap). It watches directories only, and their
+ * events stand for the files in them. A sync runs after `quiet` seconds without events, or
  * `max_delay` after the first unsynced event; a watch that fails falls back
  * to a rescan every `quiet` seconds, saying so once. SIGTERM (shutdown) makes
  * a last sync, whatever the budget. A file mapped shared and writable is
@@ -14,6 +14,7 @@ import type { Config } from '../config/schema.js'
 import { ExitCode, OvrootError, type ExitStatus } from '../errors.js'
 import { filesystemInfo } from '../sys/fs.js'
 import { sharedWritableInodes } from '../sys/mappings.js'
+import { watchTree } from '../sys/watch.js'
 import { lockedSync } from './lock.js'
 import { processStart } from '../sys/run.js'
 import { readStats, recordSync, untilTomorrow, writeStats, type SyncStats } from './stats.js'
@@ -28,7 +29,6 @@ const MAX_BACKOFF_MS = 10 * 60 * 1000
 const FINAL_SYNC_MS = 60 * 1000
 
 export async function watchAndSync(config: Config, source: SyncSource, layout: FlashLayout): Promise<ExitStatus> {
-  const { watch } = await import('chokidar')
   const runDir = config.boot.run_dir
   const quietMs = config.sync.quiet * 1000
   const maxDelayMs = config.sync.max_delay * 1000
@@ -136,33 +136,9 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
     schedule()
   }
 
-  // Directories only: an inotify watch on a directory already reports its files' changes (chokidar's
-  // raw events), and one watch per file as well would cost a watch and its records for every file.
-  const watcher = watch(source.upper, {
-    ignoreInitial: true,
-    followSymlinks: false,
-    persistent: true,
-    ignorePermissionErrors: true,
-    atomic: false,
-    ignored: (_path, stats) => stats !== undefined && !stats.isDirectory(),
-  })
-  // A write through a shared writable mapping raises no event and moves no time (sys/mappings.ts): while a file of
-  // the upper is mapped so, a sync (which compares it) runs at least every max_delay.
-  const mappedCheck = setInterval(() => {
-    if (firstChange === undefined && sharedWritableInodes(source.upper).size > 0) changed()
-  }, maxDelayMs)
-  let ready: () => void = () => undefined
-  const watching = new Promise<void>((resolve) => (ready = resolve))
-  watcher.once('ready', () => ready())
-  watcher.on('all', changed)
-  watcher.on('raw', changed)
-  watcher.on('error', (error) => {
-    ready()
-    if (poll) return
-    log(
-      `watching ${source.upper} failed (${error instanceof Error ? error.message : String(error)}): rescanning every ${config.sync.quiet} s instead`,
-    )
-    void watcher.close()
+  // A file's change is its directory's event: one inotify watch per directory, and no work per event (sys/watch.ts).
+  const watcher = watchTree(source.upper, changed, (error) => {
+    log(`watching ${source.upper} failed (${error.message}): rescanning every ${config.sync.quiet} s instead`)
     update((stats) => ({
       ...stats,
       watcher: 'polling',
@@ -171,6 +147,11 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
     }))
     poll = setInterval(() => void run({ automatic: true }), quietMs)
   })
+  // A write through a shared writable mapping raises no event and moves no time (sys/mappings.ts): while a file of
+  // the upper is mapped so, a sync (which compares it) runs at least every max_delay.
+  const mappedCheck = setInterval(() => {
+    if (firstChange === undefined && sharedWritableInodes(source.upper).size > 0) changed()
+  }, maxDelayMs)
   // From the start: a SIGTERM during the first sync still gets its final sync, after that one.
   let stopped: () => void = () => undefined
   const finished = new Promise<void>((resolve) => (stopped = resolve))
@@ -180,7 +161,7 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
     if (timer) clearTimeout(timer)
     if (poll) clearInterval(poll)
     clearInterval(mappedCheck)
-    void watcher.close()
+    watcher.close()
     const deadline = setTimeout(() => {
       log(`the final sync took over ${FINAL_SYNC_MS / 1000} s: stopping without it`)
       daemon.failed = true
@@ -194,7 +175,6 @@ export async function watchAndSync(config: Config, source: SyncSource, layout: F
   process.once('SIGTERM', stop)
   process.once('SIGINT', stop)
   // Once the watch is in place, what changed before (or while the daemon was down) is synced; only then is the daemon "watching".
-  await Promise.race([watching, finished])
   if (!daemon.stopping) await run({ automatic: true })
   if (!daemon.stopping) update((stats) => ({ ...stats, watcher: poll ? 'polling' : 'watching', ...self }))
 
