@@ -83,3 +83,26 @@ export function textOf(path: BytePath): string | undefined {
   const text = bytes.toString('utf8')
   return Buffer.from(text).equals(bytes) ? text : undefined
 }
+
+/**
+ * The inverse of `showName`, as a byte string: `\\` is a backslash, `\xNN` a
+ * byte, anything else its UTF-8 bytes. Undefined for text `showName` never
+ * prints (a lone backslash, a short escape), so a damaged file is refused.
+ */
+export function parseShownName(shown: string): BytePath | undefined {
+  let bytes = ''
+  let plainFrom = 0
+  for (let i = shown.indexOf('\\'); i >= 0; i = shown.indexOf('\\', plainFrom)) {
+    bytes += bytesOf(shown.slice(plainFrom, i))
+    if (shown[i + 1] === '\\') {
+      bytes += '\\'
+      plainFrom = i + 2
+      continue
+    }
+    const hex = /^x([0-9a-f]{2})/.exec(shown.slice(i + 1, i + 4))
+    if (!hex?.[1]) return undefined
+    bytes += String.fromCharCode(parseInt(hex[1], 16))
+    plainFrom = i + 4
+  }
+  return bytes + bytesOf(shown.slice(plainFrom))
+}

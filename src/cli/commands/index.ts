@@ -2,6 +2,7 @@ import type { ArgumentsCamelCase, CommandModule } from 'yargs'
 import { backupCommand } from './backup.js'
 import { bootCommand } from './boot.js'
 import { diffCommand } from './diff.js'
+import { manifestCommand } from './manifest.js'
 import { resetCommand } from './reset.js'
 import { restoreCommand } from './restore.js'
 import { statusCommand } from './status.js'
@@ -24,5 +25,7 @@ function needingSystemLayer(command: CommandModule<object, never>): CommandModul
 export const commands = [
   asCommand(bootCommand),
   asCommand(statusCommand),
-  ...[diffCommand, resetCommand, backupCommand, restoreCommand, syncCommand].map(asCommand).map(needingSystemLayer),
+  ...[diffCommand, resetCommand, backupCommand, restoreCommand, syncCommand, manifestCommand]
+    .map(asCommand)
+    .map(needingSystemLayer),
 ]
