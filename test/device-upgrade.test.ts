@@ -41,6 +41,7 @@ const B_FILES: Record<string, { content: string; mode?: number }> = {
   '/etc/banner': { content: '  ovroot demo device, firmware B\n' },
   '/etc/hotplug.d/iface/10-lab-led': { content: '#!/bin/sh\necho "$ACTION" > /tmp/led\n', mode: 0o755 },
   '/etc/config/system': { content: SYSTEM_B },
+  '/etc/openwrt_release': { content: inA('/etc/openwrt_release').replace("REVISION='A'", "REVISION='B'") },
 }
 const B_CHANGES: FirmwareChange[] = [
   ...Object.entries(B_FILES).map(([path, file]) => ({ write: path, ...file })),
@@ -144,14 +145,33 @@ const DIFF_ON_B = [
   { path: '/usr/bin/tool', change: 'metadata' },
 ]
 
+/** What the boot's report (.ovroot/upgrade/report.json) and `upgrade-check --json` say. */
 interface UpgradeReport {
   from: string
   to: string
   counts: Record<string, number>
-  conflicts: string[]
+  entries: { path: string; class: string }[]
 }
 
-type StatusWithUpgrade = DeviceStatus & { upgrade?: UpgradeReport }
+/** What `ovroot status --json` says of an upgrade at this boot. */
+interface UpgradeSummary {
+  from: string
+  to: string
+  counts: Record<string, number>
+  conflicts: string[]
+  hidden: string[]
+  unknown: string[]
+}
+
+/** The entries the report on B names: the conflict and the hidden changes, in path order. */
+const NAMED_ON_B = [
+  { path: '/etc/banner', class: 'hidden' },
+  { path: '/etc/config/network', class: 'conflict' },
+  { path: '/etc/hotplug.d', class: 'hidden' },
+  { path: '/etc/uci-defaults', class: 'hidden' },
+]
+
+type StatusWithUpgrade = DeviceStatus & { upgrade?: UpgradeSummary }
 
 const rows = (output: string): string[] => output.split('\n').filter((line) => line.startsWith('row '))
 
@@ -167,16 +187,26 @@ function identityOf(image: string): string {
   return `manifest:${digest}`
 }
 
-/** The lines the reconcile prints on the console: when it starts, when it has committed, when it is done. */
-const RECONCILING = 'ovroot: firmware changed'
-const APPLYING = 'ovroot: applying upgrade'
-const RECONCILED = 'ovroot: applied upgrade'
+/** The lines the reconcile prints on the console (src/upgrade/boot.ts): when it starts, when it is done. */
+const RECONCILING = /^ovroot: firmware changed \(.*\): reconciling the upper$/m
+const RECONCILED = /^ovroot: reconciled: /m
+/** What the boot after a cut prints when it finds the reconcile committed but not applied (boot/agent.ts). */
+const FINISHING = /^ovroot: applying /m
 
-function upgradeOf(t: Test, output: string): UpgradeReport | undefined {
+/** The JSON report on the line that starts with PREFIX and a brace. */
+const reportFrom = (output: string, prefix: string): UpgradeReport | undefined => {
+  const line = output.split('\n').find((candidate) => candidate.startsWith(`${prefix} {`))
+  return line === undefined ? undefined : (JSON.parse(line.slice(prefix.length + 1)) as UpgradeReport)
+}
+
+function upgradeOf(t: Test, output: string): UpgradeSummary | undefined {
   const status = statusFrom(output) as StatusWithUpgrade
   t.equal(status.mode, 'flash', 'on the flash, index=on configured')
   return status.upgrade
 }
+
+/** Delays after the reconcile's first line at which the sweep cuts the power, until a cut lands after its end. */
+const CUT_DELAYS = [0, 0.3, 0.8, 1.5, 2.5]
 
 await t.test(
   'firmware A to B over a kept flash: every row of the table, the reports, upgrade-check, power cuts inside the reconcile, back to A',
@@ -187,19 +217,18 @@ await t.test(
     const flash = `${dir}/nor.flash`
     const onA = ['--flash', flash, ...INDEX]
     const onB = ['--firmware', bImage, ...onA]
+    const REPORT = 'echo "report $(cat /overlay/.ovroot/upgrade/report.json)"'
 
     // A: the user's changes, then what upgrade-check says B's boot would do (B attached as /dev/vdc).
     const first = run(
       t,
       [...onA, '--attach', bImage],
-      `${USER_CHANGES} && ${STATUS} && ovroot upgrade-check /dev/vdc --json; echo "check exit $?"; sync`,
+      `${USER_CHANGES} && ${STATUS} && ovroot upgrade-check /dev/vdc --json > /tmp/check.json; echo "check exit $?"; echo "check $(cat /tmp/check.json)"; sync`,
     )
     t.equal(first.status, 0, "A: the user's changes are made")
     t.equal(statusFrom(first.stdout).mode, 'flash')
-    const check = JSON.parse(
-      first.stdout.split('\n').find((line) => line.startsWith('{"from"')) ?? 'null',
-    ) as UpgradeReport | null
-    t.match(first.stdout, /^check exit 5$/m, 'upgrade-check exits with the status that means conflicts')
+    t.match(first.stdout, /^check exit 8$/m, 'upgrade-check exits with the status that means conflicts')
+    const check = reportFrom(first.stdout, 'check')
     t.ok(check, 'upgrade-check --json printed its report')
     const beforeB = `${dir}/before-b.flash`
     fs.copyFileSync(flash, beforeB)
@@ -208,48 +237,80 @@ await t.test(
     const onBoot = run(
       t,
       onB,
-      `${STATUS} && ${SHOW_ROWS} && ${DIFF} && ovroot status && ovroot diff --conflicts --patch`,
+      `${STATUS} && ${SHOW_ROWS} && ${DIFF} && ${REPORT} && ovroot status && ovroot diff --conflicts --patch`,
     )
     t.equal(onBoot.status, 0)
+    t.match(consoleLog(), RECONCILING, 'the boot on B reconciled the upper')
     t.same(rows(onBoot.stdout), ON_B, "B: each row of the table, byte for byte (content's md5 and mode)")
     const upgrade = upgradeOf(t, onBoot.stdout)
-    t.equal(upgrade?.from, identityOf(a), 'status: from A')
-    t.equal(upgrade?.to, identityOf(bImage), 'status: to B')
-    t.same(upgrade?.conflicts, ['/etc/config/network'], 'status names the conflict')
-    t.same(upgrade, check, 'upgrade-check on A predicted exactly what the boot on B did')
+    t.same(
+      upgrade && { from: upgrade.from, to: upgrade.to, conflicts: upgrade.conflicts, hidden: upgrade.hidden },
+      {
+        from: 'ovroot-lab 1.0 A',
+        to: 'ovroot-lab 1.0 B',
+        conflicts: ['/etc/config/network'],
+        hidden: ['/etc/banner', '/etc/hotplug.d', '/etc/uci-defaults'],
+      },
+      'status: firmware A to B, the conflict and the hidden changes named',
+    )
+    const report = reportFrom(onBoot.stdout, 'report')
+    t.equal(report?.from, identityOf(a), "the boot's report: from A's identity")
+    t.equal(report?.to, identityOf(bImage), 'to B')
+    t.same(report?.counts, upgrade?.counts, 'status counts each class as the report does')
+    t.same(
+      report?.entries.map(({ path, class: what }) => ({ path, class: what })),
+      NAMED_ON_B,
+      'the report names the conflict and the hidden changes',
+    )
+    t.same(check, report, 'upgrade-check on A predicted exactly what the boot on B did')
     t.same(changesFrom(onBoot.stdout), DIFF_ON_B, 'ovroot diff on B: only what the user changed')
-    t.match(onBoot.stdout, /^upgrade: .*→/m, 'ovroot status says the firmware changed at this boot')
+    t.match(onBoot.stdout, /^upgrade: .*ovroot-lab 1\.0 A.*ovroot-lab 1\.0 B/m, 'ovroot status says so in words')
     t.match(onBoot.stdout, /\/etc\/config\/network/, 'diff --conflicts names the conflict')
-    t.match(onBoot.stdout, /^-.*option proto 'dhcp'|^\+.*option proto 'dhcp'/m, "--patch shows the firmware's side")
+    t.match(onBoot.stdout, /^[-+].*option proto 'dhcp'/m, "--patch shows the firmware's side")
     t.match(onBoot.stdout, new RegExp(`^[-+].*${USER_LINE}`, 'm'), "and the user's")
-    const reconciledDiff = changesFrom(onBoot.stdout)
 
-    // Power cuts inside the reconcile: before its pending change is committed, and while it is applied.
-    for (const line of [RECONCILING, APPLYING]) {
+    // Power cuts inside the reconcile, armed on its first line: each that lands before its last line is
+    // followed by a boot that must show every row reconciled, whether it finds the change committed or not.
+    const landed: string[] = []
+    for (const delay of CUT_DELAYS) {
       const cutFlash = `${dir}/cut.flash`
       fs.copyFileSync(beforeB, cutFlash)
       const cutArgs = ['--firmware', bImage, '--flash', cutFlash, ...INDEX]
-      const cut = boot([...cutArgs, '--cut-on', line, '--cut-after', '0', '--run', 'echo booted'])
-      t.equal(cut.status, 137, `cut on "${line}": the power was cut`)
-      t.match(consoleLog(), line, `cut on "${line}": the reconcile had reached it`)
-      t.notMatch(consoleLog(), RECONCILED, `cut on "${line}": and had not finished`)
+      const cut = boot([
+        ...cutArgs,
+        '--cut-on',
+        'reconciling the upper',
+        '--cut-after',
+        String(delay),
+        '--run',
+        'echo booted',
+      ])
+      if (cut.status !== 137 || RECONCILED.test(consoleLog())) break
+      t.match(consoleLog(), RECONCILING, `cut ${delay} s in: the reconcile had begun`)
       const after = run(t, cutArgs, `${STATUS} && ${SHOW_ROWS} && ${DIFF}`)
+      const resumed = FINISHING.test(consoleLog()) ? 'committed' : RECONCILING.test(consoleLog()) ? 'redone' : 'neither'
+      landed.push(`${delay} s: ${resumed}`)
+      t.not(resumed, 'neither', `cut ${delay} s in: the next boot finished the committed change or reconciled again`)
       t.equal(statusFrom(after.stdout).mode, 'flash')
-      t.same(rows(after.stdout), ON_B, `cut on "${line}": the next boot shows every row reconciled`)
-      t.same(changesFrom(after.stdout), reconciledDiff, `cut on "${line}": the same diff`)
+      t.same(rows(after.stdout), ON_B, `cut ${delay} s in (${resumed}): the next boot shows every row reconciled`)
+      t.same(changesFrom(after.stdout), DIFF_ON_B, `cut ${delay} s in: the same diff`)
     }
+    t.ok(landed.length >= 2, `cuts landed inside the reconcile: ${landed.join(', ')}`)
 
     // Back to A over the flash B reconciled.
     const back = run(t, onA, `${STATUS} && ${SHOW_ROWS} && ${DIFF}`)
     t.same(rows(back.stdout), BACK_ON_A, 'back on A: each row, byte for byte')
     const backUpgrade = upgradeOf(t, back.stdout)
-    t.equal(backUpgrade?.from, identityOf(bImage), 'status: from B')
-    t.equal(backUpgrade?.to, identityOf(a), 'status: to A')
-    t.same(backUpgrade?.conflicts, ['/etc/config/network'], "the user's network against A's is a conflict again")
+    t.same(
+      backUpgrade && { from: backUpgrade.from, to: backUpgrade.to, conflicts: backUpgrade.conflicts },
+      { from: 'ovroot-lab 1.0 B', to: 'ovroot-lab 1.0 A', conflicts: ['/etc/config/network'] },
+      "status: B to A; the user's network against A's is a conflict again",
+    )
 
     // And a boot with no firmware change reconciles nothing.
     const again = run(t, onA, `${STATUS} && ${SHOW_ROWS}`)
     t.same(rows(again.stdout), BACK_ON_A, 'the next boot on A: the same rows')
     t.notOk((statusFrom(again.stdout) as StatusWithUpgrade).upgrade, 'no upgrade at a boot on the same firmware')
+    t.notMatch(consoleLog(), RECONCILING)
   },
 )
