@@ -7,9 +7,9 @@
 import t from 'tap'
 import { execFileSync } from 'node:child_process'
 import * as fs from 'node:fs'
-import { setXattr } from '../src/sys/libc.js'
+import { getXattr, listXattrs, setXattr } from '../src/sys/libc.js'
 import { MANIFEST_PATH, readManifest } from '../src/upgrade/manifest.js'
-import { ovroot, scratch } from './helpers/overlay.js'
+import { mountOverlay, ovroot, scratch, unmount } from './helpers/overlay.js'
 
 const latin1 = (text: string): Buffer => Buffer.from(text, 'latin1')
 
@@ -86,4 +86,207 @@ await t.test('manifest: a damaged or edited manifest is refused', async (t) => {
   t.throws(() => readManifest(resealed), { code: 'EMANIFEST' }, 'a malformed line under a right digest')
   const missing = ovroot(['manifest', `${s.dir}/nothing`])
   t.equal(missing.status, 4, 'a missing tree: environment')
+})
+
+/** What firmware A ships, and what B changes of it (`null`: removed). */
+const FIRMWARE_A: Record<string, string> = {
+  'usr/lib/libfoo.so': 'libfoo 1\n',
+  'usr/lib/libbar.so': 'libbar 1\n',
+  'usr/bin/tool': '#!/bin/sh\necho tool 1\n',
+  'etc/config/dhcp': 'config dnsmasq\n',
+  'etc/config/firewall': 'config defaults\n',
+  'etc/config/network': 'config interface lan\n',
+  'etc/config/system': 'config system\n',
+  'etc/banner': 'welcome 1\n',
+  'etc/hotplug.d/iface/00-netstate': 'netstate\n',
+  'etc/motd': 'motd 1\n',
+  'etc/profile': 'profile 1\n',
+  'etc/caf\xe9': 'latin-1 1\n',
+  'etc/r\xe9seau': 'latin-1 network 1\n',
+  'etc/tagged': 'tagged 1\n',
+  'www/app/index.html': 'app 1\n',
+  'www/app/style.css': 'css 1\n',
+  'etc/old': 'old 1\n',
+}
+const CHANGES_IN_B: Record<string, string | null> = {
+  'usr/lib/libfoo.so': 'libfoo 2, longer\n',
+  'usr/lib/libbar.so': null,
+  'usr/bin/tool': '#!/bin/sh\necho tool 2\n',
+  'etc/config/dhcp': 'config dnsmasq\n\toption new 1\n',
+  'etc/config/firewall': 'config defaults 2\n',
+  'etc/config/network': 'config interface lan 2\n',
+  'etc/banner': 'welcome 2\n',
+  'etc/hotplug.d/iface/10-new': 'new in B\n',
+  'etc/motd': 'motd 2\n',
+  'etc/profile': 'profile 2\n',
+  'etc/caf\xe9': 'latin-1 2\n',
+  'etc/r\xe9seau': 'latin-1 network 2\n',
+  'etc/tagged': 'tagged 2\n',
+  'www/app/index.html': 'app 2\n',
+  'etc/old': 'old 2\n',
+}
+
+/** ovroot's own overlay options (boot/agent.ts): every feature that binds an upper to a lower off. */
+const OVROOT_OPTIONS = ['index=off', 'metacopy=off', 'redirect_dir=off', 'xino=off', 'nfs_export=off']
+
+function buildFirmware(dir: string, files: Record<string, string>, name: string): string {
+  const tree = `${dir}/${name}-tree`
+  for (const [path, content] of Object.entries(files)) {
+    const full = latin1(`${tree}/${path}`)
+    fs.mkdirSync(latin1(`${tree}/${path.slice(0, path.lastIndexOf('/'))}`), { recursive: true })
+    fs.writeFileSync(full, content)
+  }
+  fs.chmodSync(`${tree}/usr/bin/tool`, 0o755)
+  fs.mkdirSync(`${tree}/usr/lib/ovroot`, { recursive: true })
+  const made = ovroot(['manifest', tree, '--output', `${tree}/${MANIFEST_PATH}`])
+  if (made.status !== 0) throw new Error(made.stderr)
+  execFileSync('mksquashfs', [tree, `${dir}/${name}.sqfs`, '-quiet', '-no-progress', '-comp', 'gzip'])
+  fs.mkdirSync(`${dir}/${name}`)
+  execFileSync('mount', ['-t', 'squashfs', '-o', 'ro,loop', `${dir}/${name}.sqfs`, `${dir}/${name}`])
+  return `${dir}/${name}`
+}
+
+function firmwareB(): Record<string, string> {
+  const files: Record<string, string> = { ...FIRMWARE_A }
+  for (const [path, content] of Object.entries(CHANGES_IN_B)) {
+    if (content === null) delete files[path]
+    else files[path] = content
+  }
+  return files
+}
+
+/** Every row of the issue's table, made through the overlay mounted over A. */
+function userChanges(merged: string): void {
+  const at = (path: string): Buffer => latin1(`${merged}/${path}`)
+  fs.closeSync(fs.openSync(at('etc/config/dhcp'), 'r+')) // opened for writing, no change
+  fs.utimesSync(at('etc/config/firewall'), new Date(), new Date()) // touched
+  fs.chmodSync(at('usr/bin/tool'), 0o700)
+  fs.chmodSync(at('usr/lib/libbar.so'), 0o600)
+  fs.appendFileSync(at('etc/config/network'), '\toption user 1\n') // edited: conflict with B
+  fs.appendFileSync(at('etc/config/system'), '\toption hostname mine\n') // edited, B did not change it: kept
+  execFileSync('mv', ['-T', `${merged}/www/app`, `${merged}/www/site`]) // renamed directory
+  fs.rmSync(at('etc/banner'))
+  fs.rmSync(at('etc/hotplug.d'), { recursive: true })
+  fs.writeFileSync(at('etc/motd'), 'motd 2\n') // converged: what B ships
+  fs.utimesSync(at('etc/caf\xe9'), new Date(), new Date()) // a Latin-1 name, touched: stale
+  fs.appendFileSync(at('etc/r\xe9seau'), 'mine\n') // a Latin-1 name, edited: conflict
+  setXattr(`${merged}/etc/tagged`, 'user.mine', Buffer.from('kept')) // metadata: kept on top of B's data
+  fs.linkSync(`${merged}/etc/profile`, `${merged}/etc/profile.mine`) // a hardlink: the copy-up and the user's own name
+  fs.utimesSync(at('etc/old'), -3e8, -3e8) // a pre-1970 time, no content change: stale
+  fs.writeFileSync(at('etc/own'), 'own file\n')
+  fs.writeFileSync(at('etc/sparse'), '')
+  fs.truncateSync(at('etc/sparse'), 4 << 20)
+}
+
+const read = (path: string): string | undefined => {
+  try {
+    return fs.readFileSync(latin1(path), 'latin1')
+  } catch {
+    return undefined
+  }
+}
+
+await t.test('upgrade: every row of the issue, reconciled on a real upper from squashfs A to B', async (t) => {
+  const { onFirmware } = await import('../src/upgrade/boot.js')
+  const { currentIdentity } = await import('../src/upgrade/identity.js')
+  const { readFirmwareRecord } = await import('../src/upgrade/record.js')
+  const { OverlayXattrs } = await import('../src/overlay/xattrs.js')
+  const s = scratch()
+  t.teardown(() => s.cleanup())
+  const a = buildFirmware(s.dir, FIRMWARE_A, 'a')
+  const b = buildFirmware(s.dir, firmwareB(), 'b')
+  const layout = { root: `${s.dir}/flash`, upperName: 'upper' }
+  const upper = `${layout.root}/upper`
+  const work = `${layout.root}/work`
+  fs.mkdirSync(upper, { recursive: true })
+  fs.mkdirSync(work)
+  const xattrs = new OverlayXattrs('trusted')
+  const context = async (lower: string) => ({
+    layout,
+    lower,
+    xattrs,
+    preferFirmware: false,
+    recorded: readFirmwareRecord(layout),
+    current: await currentIdentity(lower),
+    work,
+  })
+  t.equal(await onFirmware(await context(a)), undefined, 'first boot on A: recorded, nothing reconciled')
+  t.match(readFirmwareRecord(layout), { base: 'shipped', identity: /^manifest:/ })
+
+  mountOverlay(`${s.dir}/merged`, [a], upper, work, ['index=on', 'redirect_dir=off', 'metacopy=off'])
+  userChanges(`${s.dir}/merged`)
+  unmount(`${s.dir}/merged`)
+  t.ok(listXattrs(upper).includes('trusted.overlay.origin'), 'index=on left the upper root bound to A')
+
+  const summary = await onFirmware(await context(b))
+  t.ok(summary, 'boot on B reconciled')
+  t.same(summary?.conflicts.sort(), ['/etc/config/network', '/etc/r\\xe9seau'], 'the conflicts, named')
+  t.same(summary?.hidden.sort(), ['/etc/banner', '/etc/hotplug.d', '/www/app'], 'what a deletion hides, named')
+  t.same(summary?.counts, { own: 6, kept: 1, converged: 1, stale: 7, gone: 1, conflict: 2, hidden: 3, unknown: 0 })
+  t.equal((await context(b)).recorded?.identity, (await currentIdentity(b)).identity, 'B is recorded')
+  t.notOk(listXattrs(upper).includes('trusted.overlay.origin'), 'the upper root is no longer bound to A')
+
+  const merged = `${s.dir}/merged`
+  fs.mkdirSync(work)
+  mountOverlay(merged, [b], upper, work, OVROOT_OPTIONS)
+  const B = firmwareB()
+  const expect = (path: string, content: string | undefined, what: string): void => {
+    t.equal(read(`${merged}/${path}`), content, what)
+  }
+  expect('usr/lib/libfoo.so', B['usr/lib/libfoo.so'], 'untouched, updated: the new one')
+  expect('etc/config/dhcp', B['etc/config/dhcp'], 'opened for writing: the stale copy is gone')
+  expect('etc/config/firewall', B['etc/config/firewall'], 'touched: the stale copy is gone')
+  expect('usr/bin/tool', B['usr/bin/tool'], "chmod'ed, content changed: the new data")
+  t.equal(fs.statSync(`${merged}/usr/bin/tool`).mode & 0o7777, 0o700, '... with the user’s mode')
+  expect('usr/lib/libbar.so', undefined, "chmod'ed, removed by B: gone")
+  expect('etc/config/network', `${FIRMWARE_A['etc/config/network']}\toption user 1\n`, 'a conflict keeps the user’s')
+  expect('etc/config/system', `${FIRMWARE_A['etc/config/system']}\toption hostname mine\n`, 'kept')
+  expect('www/site/index.html', 'app 1\n', 'the renamed directory: the user’s copy')
+  expect('www/app/index.html', undefined, 'its old name stays deleted (hidden, reported)')
+  expect('etc/banner', undefined, 'a deletion stays (hidden, reported)')
+  expect('etc/hotplug.d/iface/10-new', undefined, 'a deleted directory stays deleted (hidden, reported)')
+  expect('etc/motd', 'motd 2\n', 'converged')
+  expect('etc/caf\xe9', B['etc/caf\xe9'], 'a Latin-1 name, touched: the new one')
+  expect('etc/r\xe9seau', 'latin-1 network 1\nmine\n', 'a Latin-1 name, edited: the user’s')
+  expect('etc/tagged', B['etc/tagged'], 'an xattr added: B’s data')
+  t.equal(getXattr(`${merged}/etc/tagged`, 'user.mine')?.toString(), 'kept', '... with the user’s xattr')
+  expect('etc/profile', B['etc/profile'], 'a hardlinked copy-up: the new one')
+  expect('etc/profile.mine', 'profile 1\n', 'the user’s own hardlink name keeps its data')
+  expect('etc/old', B['etc/old'], 'a pre-1970 touch: the new one')
+  expect('etc/own', 'own file\n', 'the user’s own file')
+  t.equal(fs.statSync(`${merged}/etc/sparse`).size, 4 << 20, 'a sparse own file')
+  unmount(merged)
+  for (const dropped of ['etc/config/dhcp', 'etc/config/firewall', 'usr/lib/libbar.so', 'etc/motd', 'etc/caf\xe9'])
+    t.notOk(fs.existsSync(latin1(`${upper}/${dropped}`)), `${dropped}: no copy left in the upper`)
+
+  mountOverlay(merged, [b], upper, work, ['index=on', 'redirect_dir=off', 'metacopy=off'])
+  t.pass('index=on mounts over B after the upgrade')
+  unmount(merged)
+
+  const diff = ovroot(['diff', '--json', '--lower', b, '--upper', upper])
+  const listed = diff.stdout
+    .trim()
+    .split('\n')
+    .map((line) => (JSON.parse(line) as { path: string }).path)
+    .sort()
+  t.same(
+    listed,
+    [
+      '/etc/banner',
+      '/etc/config/network',
+      '/etc/config/system',
+      '/etc/hotplug.d',
+      '/etc/own',
+      '/etc/profile.mine',
+      '/etc/r\\xe9seau',
+      '/etc/sparse',
+      '/etc/tagged',
+      '/usr/bin/tool',
+      '/www/app',
+      '/www/site',
+      '/www/site/index.html',
+      '/www/site/style.css',
+    ],
+    'ovroot diff after the upgrade: only what the user changed',
+  )
 })

@@ -19,6 +19,8 @@ import { reportProgressTo } from '../sys/progress.js'
 import { namespaceForMount, OverlayXattrs } from '../overlay/xattrs.js'
 import { commitPending, describeChange, ensureReserve, readPending } from '../pending/marker.js'
 import { applyPending, hasPendingWork, type AppliedChange } from '../pending/apply.js'
+import { currentIdentity } from '../upgrade/identity.js'
+import { readFirmwareRecord } from '../upgrade/record.js'
 import { VERSION } from '../version.js'
 import { parseKernelArguments } from '../state/cmdline.js'
 import { writeBootState, type BootState } from '../state/boot-record.js'
@@ -135,6 +137,9 @@ async function flashLayers(config: Config, volume: Volume, forcedReset: boolean,
     const applied = await applyPendingChange(config, forcedReset)
     if (applied?.kind === 'reset') state.reset = { kept: applied.kept }
     if (applied?.kind === 'restore') state.restored = { source: applied.source, entries: applied.entries }
+    if (applied?.kind === 'upgrade') state.upgrade = (await import('../upgrade/boot.js')).summary(applied.report)
+    const upgrade = await checkFirmware(config)
+    if (upgrade) state.upgrade = upgrade
   } catch (error) {
     degrade(
       state,
@@ -286,6 +291,29 @@ async function applyPendingChange(config: Config, forcedReset: boolean): Promise
   return applied
 }
 
+/**
+ * The firmware against the one the flash recorded: equal (nearly every
+ * boot) costs one small read of the record and one of the running
+ * firmware's identity; only otherwise is the upgrade code loaded, to record
+ * it or reconcile the upper with it before the overlay mounts.
+ */
+async function checkFirmware(config: Config): Promise<BootState['upgrade']> {
+  const layout = flashLayout(config)
+  const recorded = readFirmwareRecord(layout)
+  const current = await currentIdentity('/')
+  if (recorded?.identity === current.identity && recorded.base === 'shipped') return undefined
+  const { onFirmware } = await import('../upgrade/boot.js')
+  return onFirmware({
+    layout,
+    lower: '/',
+    xattrs: new OverlayXattrs(namespaceForMount(config.overlay.options)),
+    preferFirmware: config.upgrade.conflicts === 'firmware',
+    recorded,
+    current,
+    work: workDir(config),
+  })
+}
+
 /** Whether the layers' directories exist; false when the flash is too full to create them. */
 function prepareLayers(upper: string, work: string): boolean {
   try {
@@ -306,10 +334,24 @@ function isFull(dir: string): boolean {
   return info.availableBlocks * info.blockSize < FULL_BELOW_BYTES
 }
 
+/**
+ * Overlay features that bind an upper to one lower (index, metacopy,
+ * redirect_dir, xino, nfs_export) are off unless [overlay] options turns
+ * them on: a kernel built with CONFIG_OVERLAY_FS_INDEX=y and friends would
+ * otherwise turn them on unasked, and an upgrade's result would rest on
+ * them. Options that require another (metacopy=on needs redirects, nfs_export=on
+ * needs the index) leave that one to the kernel.
+ */
 function overlayOptions(extra: string[], lowers: string[], upper: string, work: string): string {
   const options = [`lowerdir=${lowers.join(':')}`, `upperdir=${upper}`, `workdir=${work}`, ...extra]
+  const set = (key: string): boolean => options.some((option) => option.startsWith(`${key}=`))
   // A flash upper used as a lower may hold metacopy stubs.
-  if (lowers.length > 1 && !extra.some((option) => option.startsWith('metacopy='))) options.push('metacopy=on')
+  if (lowers.length > 1 && !set('metacopy')) options.push('metacopy=on')
+  if (!set('index') && !extra.includes('nfs_export=on')) options.push('index=off')
+  if (!set('metacopy')) options.push('metacopy=off')
+  if (!set('redirect_dir') && !options.includes('metacopy=on')) options.push('redirect_dir=off')
+  if (!set('xino')) options.push('xino=off')
+  if (!set('nfs_export')) options.push('nfs_export=off')
   return options.join(',')
 }
 

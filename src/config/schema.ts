@@ -39,6 +39,10 @@ export interface Config {
     budget: number
     exclude: string[]
   }
+  upgrade: {
+    /** Whose version a file both the user and a new firmware changed keeps. */
+    conflicts: 'user' | 'firmware'
+  }
 }
 
 export interface KeySpec<T> {
@@ -139,6 +143,7 @@ export const SCHEMA: { [S in keyof Config]: { [K in keyof Config[S]]: KeySpec<Co
   boot: { init: absolutePath, timeout: seconds, run_dir: absolutePath },
   reset: { keep: absolutePaths, keep_lists: absolutePaths },
   sync: { enabled: yesNo, quiet: seconds, max_delay: seconds, budget: byteCount, exclude: absolutePaths },
+  upgrade: { conflicts: oneOf('user', 'firmware') },
 }
 
 export function defaultConfig(): Config {
@@ -155,5 +160,6 @@ export function defaultConfig(): Config {
     boot: { init: '/sbin/init', timeout: 60, run_dir: '/run/ovroot' },
     reset: { keep: [], keep_lists: ['/etc/sysupgrade.conf', '/lib/upgrade/keep.d'] },
     sync: { enabled: false, quiet: 30, max_delay: 300, budget: 0, exclude: [] },
+    upgrade: { conflicts: 'user' },
   }
 }

@@ -3,9 +3,10 @@
  * for an unmounted upper. Only the code of the pending kind is loaded.
  */
 import { syncAll } from '../sys/libc.js'
-import { readEntry, replaceMetadata, setModificationTime } from '../sys/entries.js'
 import { listNames, makeDirectory, pathExists, removeTree, renamePath, statPath, syncDirectory } from '../sys/fs.js'
 import { bytePathBuffer, bytesOf, type BytePath } from '../names.js'
+import type { UpgradeReport } from '../upgrade/record.js'
+import { applyFlat } from './flat.js'
 import type { OverlayXattrs } from '../overlay/xattrs.js'
 import { markerPath, replacedPath, stagedPath, stateDir, upperPath, type FlashLayout } from '../state/flash.js'
 import { dropStaging, finishPending, hasStaging, readPending, syncStagingPath, type PendingChange } from './marker.js'
@@ -14,6 +15,7 @@ export type AppliedChange =
   | { kind: 'reset'; kept: string[] }
   | { kind: 'restore'; source: string; entries: number }
   | { kind: 'sync'; entries: number }
+  | { kind: 'upgrade'; report: UpgradeReport | undefined }
 
 /** Anything to do at boot: a committed change, or an uncommitted staging to drop. */
 export function hasPendingWork(layout: FlashLayout): boolean {
@@ -44,51 +46,16 @@ async function apply(layout: FlashLayout, change: PendingChange, xattrs: Overlay
     return { kind: 'reset', kept: applyReset(upperPath(layout), change.keep, change.only, xattrs) }
   }
   if (change.kind === 'sync') {
-    applySync(syncStagingPath(layout, change), upperPath(layout), change)
+    applyFlat(syncStagingPath(layout, change), upperPath(layout), change)
     return { kind: 'sync', entries: change.entries }
+  }
+  if (change.kind === 'upgrade') {
+    const { applyUpgrade } = await import('../upgrade/apply.js')
+    return { kind: 'upgrade', report: applyUpgrade(layout, change, xattrs) }
   }
   if (change.merge) mergeStaged(stagedPath(layout), upperPath(layout))
   else swapInStaged(layout)
   return { kind: 'restore', source: change.source, entries: change.entries }
-}
-
-/**
- * A sync's flat staging, applied: removals, then each staged entry renamed to
- * its place (parents come before children in `moves`; a directory new to the
- * copy moves with its subtree), then the metadata of directories that stayed,
- * last because every rename into a directory changes its mtime. What is done
- * leaves the staging, so a rerun after a cut does only the rest. Nothing is
- * fsynced here: the marker stays until the caller's one sync of the whole
- * filesystem (an fsync per directory costs a journal commit each on ext4).
- */
-function applySync(stagedText: string, upperText: string, change: Extract<PendingChange, { kind: 'sync' }>): void {
-  // Every path here is bytes (names.ts `BytePath`); a marker an older ovroot wrote holds names as text.
-  const fromMarker = change.names === 'bytes' ? (path: string): BytePath => path : bytesOf
-  const staged = bytesOf(stagedText)
-  const upper = bytesOf(upperText)
-  const kernel = bytePathBuffer
-  for (const path of change.removals) removeTree(kernel(`${upper}/${fromMarker(path)}`))
-  const target = (path: string): BytePath => (path === '.' ? upper : `${upper}/${fromMarker(path)}`)
-  const directories: [BytePath, BytePath][] = []
-  change.moves.forEach((path, index) => {
-    const from = `${staged}/${index}`
-    const kind = statPath(kernel(from))?.type
-    if (kind === undefined) return
-    const to = target(path)
-    const existing = statPath(kernel(to))?.type
-    if (kind === 'dir' && existing === 'dir') directories.push([from, to])
-    else {
-      if (existing) removeTree(kernel(to))
-      renamePath(kernel(from), kernel(to))
-    }
-  })
-  for (const [path, mtime] of change.parents)
-    if (statPath(kernel(target(path)))?.type === 'dir') setModificationTime(target(path), mtime)
-  for (const [from, to] of directories) {
-    const own = readEntry(from, '.', '')
-    if (own !== 'socket') replaceMetadata(to, own)
-  }
-  removeTree(kernel(staged))
 }
 
 /**

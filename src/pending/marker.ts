@@ -58,9 +58,31 @@ export type PendingChange =
        */
       names?: 'bytes'
     }
+  /**
+   * A firmware upgrade's reconcile (upgrade/reconcile.ts): the sync's
+   * removals, moves and parents (names as bytes) in the named staging, which
+   * also holds the report and the new base files; `firmware` is the new
+   * firmware's record, written last.
+   */
+  | {
+      kind: 'upgrade'
+      requested: string
+      from: string
+      to: string
+      entries: number
+      removals: string[]
+      moves: string[]
+      parents: [string, number][]
+      staging: string
+      names: 'bytes'
+      firmware: { identity: string; description: string; base: 'shipped' | 'recorded'; since: string }
+    }
 
 /** Where a sync stages: a name of its own, recorded in its marker. */
-export const syncStagingPath = (layout: FlashLayout, change?: Extract<PendingChange, { kind: 'sync' }>): string =>
+export const syncStagingPath = (
+  layout: FlashLayout,
+  change?: Extract<PendingChange, { kind: 'sync' | 'upgrade' }>,
+): string =>
   change === undefined
     ? `${stateDir(layout)}/${SYNC_STAGING}${randomBytes(6).toString('hex')}`
     : change.staging === undefined
@@ -88,7 +110,7 @@ export function readPending(layout: FlashLayout): PendingChange | undefined {
     if (marker.kind === 'reset' && Array.isArray(marker.keep)) return marker
     if (marker.kind === 'restore' && typeof marker.source === 'string') return marker
     if (
-      marker.kind === 'sync' &&
+      (marker.kind === 'sync' || marker.kind === 'upgrade') &&
       Array.isArray(marker.removals) &&
       Array.isArray(marker.moves) &&
       Array.isArray(marker.parents)
@@ -204,6 +226,11 @@ function describeParts(change: PendingChange): { what: string; detail: string } 
       detail: `, keeping ${change.keep.length ? change.keep.join(' ') : 'nothing'}`,
     }
   if (change.kind === 'sync') return { what: `the end of an interrupted sync (${change.entries} entries)`, detail: '' }
+  if (change.kind === 'upgrade')
+    return {
+      what: `the firmware upgrade's reconcile (${change.entries} entries)`,
+      detail: `, to ${change.firmware.description}`,
+    }
   return {
     what: `${change.merge ? 'sysupgrade archive' : 'restore'} of ${change.source} (${change.entries} entries)`,
     detail: '',

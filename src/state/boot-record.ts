@@ -21,6 +21,15 @@ export interface BootState {
   reset?: { kept: string[] }
   /** The upper is in RAM and persisted by `ovroot sync` to this copy on the flash. */
   sync?: { mirror: string }
+  /** The firmware changed at this boot and the upper was reconciled with it (upgrade/boot.ts `UpgradeSummary`). */
+  upgrade?: {
+    from: string
+    to: string
+    counts: Record<string, number>
+    conflicts: string[]
+    hidden: string[]
+    unknown: string[]
+  }
   /** A backup was restored. */
   restored?: { source: string; entries: number }
   /** Seconds from the shim's start to the end of `ovroot boot`. */

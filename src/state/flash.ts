@@ -10,6 +10,12 @@
  *   .ovroot/replaced/    the replaced upper, between the swap and its removal
  *   .ovroot/sync-baseline  where the last sync's scan began (sync/baseline.ts)
  *   .ovroot/reserve      random bytes held back so a change can be committed on a full flash
+ *   .ovroot/firmware     which firmware the upper was written against (upgrade/record.ts)
+ *   .ovroot/base.manifest  that firmware's records: its shipped manifest, or those taken at boot
+ *   .ovroot/base.absent    (records taken at boot) paths that firmware did not have
+ *   .ovroot/upgrade/     the last upgrade's report.json, the user's copies a
+ *                        `conflicts = firmware` upgrade replaced (user/), and the
+ *                        old firmware's bytes `upgrade-check` saved for would-be conflicts (base/)
  *
  * Everything in .ovroot/ is replaced atomically.
  */
@@ -43,6 +49,11 @@ export const replacedPath = (layout: FlashLayout): string => `${stateDir(layout)
 export const scanBaselinePath = (layout: FlashLayout): string => `${stateDir(layout)}/sync-baseline`
 /** Held back so that a change can still be scheduled on a full flash (pending/marker.ts). */
 export const reservePath = (layout: FlashLayout): string => `${stateDir(layout)}/reserve`
+/** Firmware upgrades (upgrade/record.ts). */
+export const firmwareRecordPath = (layout: FlashLayout): string => `${stateDir(layout)}/firmware`
+export const baseManifestPath = (layout: FlashLayout): string => `${stateDir(layout)}/base.manifest`
+export const baseAbsentPath = (layout: FlashLayout): string => `${stateDir(layout)}/base.absent`
+export const upgradeDir = (layout: FlashLayout): string => `${stateDir(layout)}/upgrade`
 export const formatRecordPath = (layout: FlashLayout): string => `${stateDir(layout)}/state.json`
 
 /** What boot writes to .ovroot/state.json when it formats the flash. */

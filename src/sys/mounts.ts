@@ -1,5 +1,5 @@
 /** What /proc/mounts says about mounted overlays. */
-import { readTextFileIfExists } from './fs.js'
+import { readTextFileIfExists, statPath } from './fs.js'
 
 /** /proc/mounts escapes space, tab, newline and backslash as octal. */
 const unescape = (field: string): string =>
@@ -25,4 +25,19 @@ export function mountedOverlayLayers(): OverlayLayers {
     }
   }
   return layers
+}
+
+/**
+ * The block device (`/dev/NAME`) holding the filesystem of `path`, from its
+ * st_dev and sysfs; undefined when it is not on one (tmpfs, overlay).
+ */
+export function blockDeviceOf(path: string): string | undefined {
+  const dev = statPath(path)?.dev
+  if (dev === undefined) return undefined
+  // glibc's gnu_dev_major/minor.
+  const major = ((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn)
+  const minor = (dev & 0xffn) | ((dev >> 12n) & ~0xffn)
+  const uevent = readTextFileIfExists(`/sys/dev/block/${major}:${minor}/uevent`)
+  const name = uevent && /^DEVNAME=(.+)$/m.exec(uevent)?.[1]
+  return name ? `/dev/${name}` : undefined
 }

@@ -1,0 +1,46 @@
+/** The flat staging a sync and an upgrade's reconcile share (pending/marker.ts). */
+import { readEntry, replaceMetadata, setModificationTime } from '../sys/entries.js'
+import { removeTree, renamePath, statPath } from '../sys/fs.js'
+import { bytePathBuffer, bytesOf, type BytePath } from '../names.js'
+import type { PendingChange } from './marker.js'
+
+export type FlatChange = Pick<Extract<PendingChange, { kind: 'sync' }>, 'removals' | 'moves' | 'parents' | 'names'>
+
+/**
+ * A flat staging (a sync's, an upgrade's), applied: removals, then each staged entry renamed to
+ * its place (parents come before children in `moves`; a directory new to the
+ * copy moves with its subtree), then the metadata of directories that stayed,
+ * last because every rename into a directory changes its mtime. What is done
+ * leaves the staging, so a rerun after a cut does only the rest. Nothing is
+ * fsynced here: the marker stays until the caller's one sync of the whole
+ * filesystem (an fsync per directory costs a journal commit each on ext4).
+ */
+export function applyFlat(stagedText: string, upperText: string, change: FlatChange): void {
+  // Every path here is bytes (names.ts `BytePath`); a marker an older ovroot wrote holds names as text.
+  const fromMarker = change.names === 'bytes' ? (path: string): BytePath => path : bytesOf
+  const staged = bytesOf(stagedText)
+  const upper = bytesOf(upperText)
+  const kernel = bytePathBuffer
+  for (const path of change.removals) removeTree(kernel(`${upper}/${fromMarker(path)}`))
+  const target = (path: string): BytePath => (path === '.' ? upper : `${upper}/${fromMarker(path)}`)
+  const directories: [BytePath, BytePath][] = []
+  change.moves.forEach((path, index) => {
+    const from = `${staged}/${index}`
+    const kind = statPath(kernel(from))?.type
+    if (kind === undefined) return
+    const to = target(path)
+    const existing = statPath(kernel(to))?.type
+    if (kind === 'dir' && existing === 'dir') directories.push([from, to])
+    else {
+      if (existing) removeTree(kernel(to))
+      renamePath(kernel(from), kernel(to))
+    }
+  })
+  for (const [path, mtime] of change.parents)
+    if (statPath(kernel(target(path)))?.type === 'dir') setModificationTime(target(path), mtime)
+  for (const [from, to] of directories) {
+    const own = readEntry(from, '.', '')
+    if (own !== 'socket') replaceMetadata(to, own)
+  }
+  removeTree(kernel(staged))
+}

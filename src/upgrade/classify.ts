@@ -1,0 +1,122 @@
+/**
+ * What an upgrade does with one upper entry, from three sides: U (the upper
+ * entry), O (what the old firmware held at its path), N (what the new one
+ * holds). Pure: the reconcile (boot), `upgrade-check` (before flashing) and
+ * restore's firmware check all decide through here, so they cannot disagree.
+ *
+ * - own: no O; U kept.
+ * - kept: the user changed it, the firmware did not (U≠O, N=O); U kept.
+ * - converged: U=N; the copy goes (the lower shows the same).
+ * - stale: U=O in content, N≠O: the copy goes; a metadata change the user
+ *   made (mode, owner, xattrs) is kept on top of N's data (`refresh`).
+ * - gone: U=O in content, N absent: the copy goes.
+ * - conflict: U≠O, N≠O, U≠N: the user's kept unless `[upgrade] conflicts = firmware`.
+ * - hidden: a whiteout or opaque directory over something N changed or added: kept, reported.
+ * - unknown: O not known: treated as the user's (kept), reported.
+ *
+ * A directory is a container: "drop" means it goes once nothing below it
+ * stays (the reconcile decides that), and "refresh" gives it the merged
+ * metadata. mtime is not compared: a `touch` is no change of the user's.
+ */
+import { sameContent, sameRecord, type ManifestRecord } from './manifest.js'
+
+export const UPGRADE_CLASSES = ['own', 'kept', 'converged', 'stale', 'gone', 'conflict', 'hidden', 'unknown'] as const
+export type UpgradeClass = (typeof UPGRADE_CLASSES)[number]
+
+/** O: a record, `absent` (the old firmware had nothing there) or `unknown` (nothing recorded). */
+export type OldSide = ManifestRecord | 'absent' | 'unknown'
+
+export type UpperSide =
+  | { kind: 'entry'; record: ManifestRecord }
+  | { kind: 'whiteout' }
+  /** A directory marked opaque: the user replaced what the firmware had there. */
+  | { kind: 'opaque'; record: ManifestRecord }
+
+export interface Sides {
+  upper: UpperSide
+  old: OldSide
+  /** N: undefined when the new firmware has nothing there. */
+  new: ManifestRecord | undefined
+  /** For a whiteout or opaque directory: what is below the path differs between O and N. */
+  belowChanged?: boolean
+  /** For a renamed directory (redirect): the directory it shows was in O and is not a directory in N. */
+  redirectLost?: boolean
+  /** `[upgrade] conflicts = firmware`. */
+  preferFirmware?: boolean
+}
+
+export interface Metadata {
+  mode: number
+  uid: number
+  gid: number
+  /** Whose xattrs: the user's (U's) or the new firmware's (N's). */
+  xattrs: 'user' | 'firmware'
+}
+
+export type Verdict =
+  | { class: UpgradeClass; action: 'keep' | 'drop'; reason?: string }
+  /** N's data (a directory: N's entry) with this metadata. */
+  | { class: UpgradeClass; action: 'refresh'; metadata: Metadata }
+
+const keep = (what: UpgradeClass, reason?: string): Verdict => ({
+  class: what,
+  action: 'keep',
+  ...(reason ? { reason } : {}),
+})
+const drop = (what: UpgradeClass): Verdict => ({ class: what, action: 'drop' })
+
+export function classify(sides: Sides): Verdict {
+  const { upper, old, new: next } = sides
+  if (old === 'unknown') return keep('unknown')
+  if (upper.kind === 'whiteout') {
+    if (next === undefined) return old === 'absent' ? keep('own') : drop('converged')
+    if (old === 'absent' || !sameRecord(old, next) || sides.belowChanged) return keep('hidden')
+    return keep('kept')
+  }
+  if (upper.kind === 'opaque') {
+    if (next === undefined || old === 'absent') return keep('own')
+    return !sameRecord(old, next) || sides.belowChanged ? keep('hidden') : keep('kept')
+  }
+  const u = upper.record
+  if (sides.redirectLost)
+    return keep('conflict', 'renamed from a directory the new firmware no longer has: its firmware contents are gone')
+  if (next !== undefined && sameRecord(u, next)) return drop('converged')
+  if (old === 'absent') return next === undefined ? keep('own') : conflict(sides, u, next)
+  if (next !== undefined && sameRecord(old, next)) return keep('kept')
+  if (!sameContent(u, old)) return conflict(sides, u, next)
+  if (next === undefined) return drop('gone')
+  if (next.type !== u.type) return drop('stale')
+  const metadata = mergedMetadata(u, old, next)
+  return sameMetadata(metadata, next) ? drop('stale') : { class: 'stale', action: 'refresh', metadata }
+}
+
+/** Both changed it: the user's stays, unless the configuration prefers the firmware's. */
+function conflict(sides: Sides, u: ManifestRecord, next: ManifestRecord | undefined): Verdict {
+  if (!sides.preferFirmware) return keep('conflict')
+  // A directory cannot give way to the firmware's without losing what is below it: it takes N's metadata.
+  if (u.type === 'd' && next?.type === 'd')
+    return { class: 'conflict', action: 'refresh', metadata: { ...pick(next), xattrs: 'firmware' } }
+  return drop('conflict')
+}
+
+const pick = (record: ManifestRecord): Omit<Metadata, 'xattrs'> => ({
+  mode: record.mode,
+  uid: record.uid,
+  gid: record.gid,
+})
+
+/** Field by field: the user's value where the user changed it (U≠O), the new firmware's elsewhere. */
+export function mergedMetadata(u: ManifestRecord, old: ManifestRecord, next: ManifestRecord): Metadata {
+  return {
+    mode: u.mode !== old.mode ? u.mode : next.mode,
+    uid: u.uid !== old.uid ? u.uid : next.uid,
+    gid: u.gid !== old.gid ? u.gid : next.gid,
+    xattrs: u.xattrs !== old.xattrs && u.xattrs !== next.xattrs ? 'user' : 'firmware',
+  }
+}
+
+const sameMetadata = (metadata: Metadata, next: ManifestRecord): boolean =>
+  metadata.mode === next.mode &&
+  metadata.uid === next.uid &&
+  metadata.gid === next.gid &&
+  metadata.xattrs === 'firmware'

@@ -1,0 +1,371 @@
+/**
+ * The reconcile of an upper written against one firmware (O) with another
+ * (N): every upper entry classified (classify.ts), then what must change
+ * staged on the flash and committed as ONE pending change (kind `upgrade`,
+ * applied by upgrade/apply.ts through the sync's removals/moves mechanism).
+ * `upgrade-check` runs the same plan without staging it.
+ */
+import { randomBytes } from 'node:crypto'
+import { bytePathBuffer, bytesOf, showBytes, type BytePath } from '../names.js'
+import { isIdentityXattr } from '../overlay/identity.js'
+import type { OverlayXattrs } from '../overlay/xattrs.js'
+import { commitPending, type PendingChange } from '../pending/marker.js'
+import { stateDir, upperPath, type FlashLayout } from '../state/flash.js'
+import { EntryWriter, modificationTime, readEntry, readStableFile } from '../sys/entries.js'
+import { makeDirectory, statPath, writeFileAtomic } from '../sys/fs.js'
+import type { UpperEntry } from '../sys/types.js'
+import { parentOf, under } from '../upper/entry.js'
+import { walkUpper } from '../upper/walk.js'
+import {
+  classify,
+  UPGRADE_CLASSES,
+  type Metadata,
+  type OldSide,
+  type UpgradeClass,
+  type UpperSide,
+  type Verdict,
+} from './classify.js'
+import { recordOf, sameRecord, type ManifestRecord } from './manifest.js'
+import { savedPath, type ReportedEntry, type UpgradeReport } from './record.js'
+import type { RecordSource } from './sources.js'
+
+/** An upper entry with what overlayfs makes of it: which lower path it shadows, and what kind of entry it is. */
+export interface ShadowEntry {
+  entry: UpperEntry
+  /** The lower path it shadows; undefined below an opaque directory (nothing shows through). */
+  lowerPath: BytePath | undefined
+  kind: 'entry' | 'whiteout' | 'opaque'
+  /** A metacopy stub: the lower path its data comes from. */
+  dataPath?: BytePath
+  /** A renamed directory (redirect): it shows the lower directory at lowerPath. */
+  redirected: boolean
+}
+
+const join = (dir: BytePath, name: BytePath): BytePath => (dir === '.' ? name : `${dir}/${name}`)
+const nameOf = (path: BytePath): BytePath => path.slice(path.lastIndexOf('/') + 1)
+
+/** The upper's entries, parents first, with the lower path each shadows (redirects followed, opaque directories stopping). */
+export function* shadowEntries(upper: BytePath, xattrs: OverlayXattrs): Generator<ShadowEntry> {
+  const lowerOf = new Map<BytePath, BytePath | undefined>([['.', '.']])
+  const whiteouts = new Set<BytePath>()
+  const attribute = (entry: UpperEntry, key: 'opaque' | 'redirect'): string | undefined =>
+    entry.xattrs.find(([name]) => name === xattrs.name(key))?.[1].toString('latin1')
+  const walk = walkUpper(upper, { stubXattr: xattrs.name('metacopy'), include: () => true, skipped: () => undefined })
+  for (const entry of walk) {
+    if (entry.path === '.') {
+      yield { entry, lowerPath: '.', kind: 'entry', redirected: false }
+      continue
+    }
+    const parentLower = lowerOf.get(parentOf(entry.path))
+    let lowerPath = parentLower === undefined ? undefined : join(parentLower, nameOf(entry.path))
+    const redirect = attribute(entry, 'redirect')
+    if (redirect !== undefined && parentLower !== undefined)
+      lowerPath = redirect.startsWith('/') ? redirect.slice(1) || '.' : join(parentOf(lowerPath ?? '.'), redirect)
+    const whiteout =
+      (entry.type === 'char' && entry.devMajor === 0 && entry.devMinor === 0) ||
+      (entry.type === 'hardlink' && whiteouts.has(entry.linkTarget ?? ''))
+    if (whiteout) whiteouts.add(entry.path)
+    const opaque = entry.type === 'dir' && attribute(entry, 'opaque') === 'y'
+    if (entry.type === 'dir') lowerOf.set(entry.path, opaque ? undefined : lowerPath)
+    yield {
+      entry,
+      lowerPath,
+      kind: whiteout ? 'whiteout' : opaque ? 'opaque' : 'entry',
+      ...(entry.holeSize !== undefined
+        ? { dataPath: entry.type === 'file' && redirect?.startsWith('/') ? redirect.slice(1) : lowerPath }
+        : {}),
+      redirected: entry.type === 'dir' && redirect !== undefined,
+    }
+  }
+}
+
+export interface PlannedEntry {
+  path: BytePath
+  lowerPath: BytePath | undefined
+  verdict: Verdict
+  /** The upper entry (a hardlink's: its own name's entry). */
+  entry: UpperEntry
+  old: OldSide
+  next: ManifestRecord | undefined
+  /** U's record (undefined for a whiteout, or when its data's old side is unknown). */
+  record: ManifestRecord | undefined
+}
+
+export interface UpgradePlan {
+  entries: PlannedEntry[]
+  counts: Record<UpgradeClass, number>
+}
+
+export interface PlanOptions {
+  preferFirmware: boolean
+}
+
+/** Classify every upper entry against O and N. */
+export function planUpgrade(
+  upper: BytePath,
+  xattrs: OverlayXattrs,
+  old: RecordSource,
+  next: RecordSource,
+  options: PlanOptions,
+): UpgradePlan {
+  const own = (name: string): boolean => !xattrs.isOverlay(name)
+  const records = new Map<BytePath, ManifestRecord | undefined>()
+  const planned: PlannedEntry[] = []
+  const lookup = (source: RecordSource, path: BytePath | undefined): OldSide =>
+    path === undefined ? 'absent' : source.lookup(path)
+  for (const shadow of shadowEntries(upper, xattrs)) {
+    const { entry, lowerPath } = shadow
+    if (entry.path === '.') continue
+    const o = lookup(old, lowerPath)
+    const nSide = lookup(next, lowerPath)
+    const n = nSide === 'absent' || nSide === 'unknown' ? undefined : nSide
+    const u = upperRecord(upper, shadow, o, n, old, own, records)
+    const sides = {
+      upper: (shadow.kind === 'whiteout' ? { kind: 'whiteout' } : { kind: shadow.kind, record: u }) as UpperSide,
+      old: shadow.kind !== 'whiteout' && u === undefined ? ('unknown' as const) : o,
+      new: n,
+      preferFirmware: options.preferFirmware,
+      belowChanged:
+        shadow.kind !== 'entry' &&
+        lowerPath !== undefined &&
+        o !== 'absent' &&
+        o !== 'unknown' &&
+        o.type === 'd' &&
+        n?.type === 'd'
+          ? belowDiffers(old, next, lowerPath)
+          : false,
+      redirectLost: shadow.redirected && o !== 'absent' && o !== 'unknown' && o.type === 'd' && n?.type !== 'd',
+    }
+    planned.push({ path: entry.path, lowerPath, verdict: classify(sides), entry, old: o, next: n, record: u })
+  }
+  keepDirectoriesWithContent(planned)
+  const counts = Object.fromEntries(UPGRADE_CLASSES.map((name) => [name, 0])) as Record<UpgradeClass, number>
+  for (const { verdict } of planned) if (counted(verdict)) counts[verdict.class]++
+  return { entries: planned, counts }
+}
+
+/** A directory kept only as the container of what stays below it is no outcome of its own. */
+const counted = (verdict: Verdict): boolean => !('reason' in verdict && verdict.reason === CONTAINER)
+const CONTAINER = 'container'
+
+/** U's record: a stub's data is O's at its data path; a file's content is hashed only when its size could match O's or N's. */
+function upperRecord(
+  upper: BytePath,
+  shadow: ShadowEntry,
+  o: OldSide,
+  n: ManifestRecord | undefined,
+  old: RecordSource,
+  own: (name: string) => boolean,
+  records: Map<BytePath, ManifestRecord | undefined>,
+): ManifestRecord | undefined {
+  const { entry } = shadow
+  if (shadow.kind === 'whiteout') return undefined
+  if (entry.type === 'hardlink') return records.get(entry.linkTarget ?? '')
+  let record: ManifestRecord | undefined
+  if (shadow.dataPath !== undefined) {
+    const data = old.lookup(shadow.dataPath)
+    record =
+      data !== 'absent' && data !== 'unknown' && data.type === 'f'
+        ? { ...recordOf(entry, undefined, own), size: data.size, data: data.data }
+        : undefined
+  } else {
+    const sizes = [o !== 'absent' && o !== 'unknown' ? o.size : -1, n?.size ?? -1]
+    const hash =
+      entry.type === 'file' && sizes.includes(entry.size) ? readStableFile(under(upper, entry.path)).sha256 : '~'
+    record = recordOf(entry, entry.type === 'file' ? hash : undefined, own)
+  }
+  records.set(entry.path, record)
+  return record
+}
+
+function belowDiffers(old: RecordSource, next: RecordSource, path: BytePath): boolean {
+  const before = old.below(path)
+  const after = next.below(path)
+  if (before === 'unknown' || after === 'unknown' || before.size !== after.size) return true
+  for (const [name, record] of after) {
+    const was = before.get(name)
+    if (!was || !sameRecord(was, record)) return true
+  }
+  return false
+}
+
+/**
+ * A directory the verdict drops goes only when nothing below it stays;
+ * otherwise it stays as a container (a stale one with the merged metadata).
+ * One that only ever held copies (its own metadata the old firmware's) is
+ * bookkeeping, not counted.
+ * Children come after their parent in the plan: walked backwards, each
+ * entry that stays marks its parent.
+ */
+function keepDirectoriesWithContent(planned: PlannedEntry[]): void {
+  const holding = new Set<BytePath>()
+  for (let i = planned.length - 1; i >= 0; i--) {
+    const item = planned[i] as PlannedEntry
+    const { old: o, next: n } = item
+    const container = item.record !== undefined && o !== 'absent' && o !== 'unknown' && sameRecord(item.record, o)
+    if (item.entry.type === 'dir' && item.verdict.action === 'drop' && !holding.has(item.path) && container)
+      item.verdict = { class: item.verdict.class, action: 'drop', reason: CONTAINER }
+    if (item.entry.type === 'dir' && item.verdict.action === 'drop' && holding.has(item.path)) {
+      item.verdict =
+        item.verdict.class === 'stale' && o !== 'absent' && o !== 'unknown' && n
+          ? {
+              class: 'stale',
+              action: 'refresh',
+              metadata: { mode: n.mode, uid: n.uid, gid: n.gid, xattrs: 'firmware' },
+            }
+          : { class: item.verdict.class, action: 'keep', reason: CONTAINER }
+    }
+    if (item.verdict.action !== 'drop') holding.add(parentOf(item.path))
+  }
+}
+
+/** The report of a plan: counts, and every conflict, hidden and unknown entry by name. */
+export function reportOf(
+  plan: UpgradePlan,
+  sides: Omit<UpgradeReport, 'counts' | 'entries'>,
+  layout?: FlashLayout,
+): UpgradeReport {
+  const entries: ReportedEntry[] = []
+  for (const item of plan.entries) {
+    const { verdict, old: o } = item
+    if (verdict.class !== 'conflict' && verdict.class !== 'hidden' && verdict.class !== 'unknown') continue
+    if (!counted(verdict)) continue
+    const base = o !== 'absent' && o !== 'unknown' && o.type === 'f' ? o.data : undefined
+    const saved = layout && base && savedBase(layout, item.path, base)
+    entries.push({
+      path: `/${showBytes(item.path)}`,
+      bytes: item.path,
+      class: verdict.class,
+      ...('reason' in verdict && verdict.reason ? { reason: verdict.reason } : {}),
+      ...(base ? { base } : {}),
+      ...(saved ? { savedBase: `base/${item.path}` } : {}),
+      ...(verdict.class === 'conflict' && verdict.action === 'drop' && item.entry.type === 'file'
+        ? { savedUser: `user/${item.path}` }
+        : {}),
+    })
+  }
+  return { ...sides, counts: plan.counts, entries }
+}
+
+/** Whether upgrade-check saved the old firmware's bytes of a path, checked against O's digest. */
+function savedBase(layout: FlashLayout, path: BytePath, sha256: string): boolean {
+  const saved = savedPath(layout, 'base', path)
+  try {
+    return statPath(bytePathBuffer(saved)) !== undefined && readStableFile(saved).sha256 === sha256
+  } catch {
+    return false
+  }
+}
+
+export interface StageOptions {
+  layout: FlashLayout
+  /** The new firmware's lower root, as bytes ('' for /): refreshed entries take their data from it. */
+  newRoot: BytePath
+  xattrs: OverlayXattrs
+  report: UpgradeReport
+  /** The firmware record to write last, and the base files to put in place before. */
+  firmware: Extract<PendingChange, { kind: 'upgrade' }>['firmware']
+  base: { manifest: string; absent?: string }
+}
+
+/**
+ * Stage what the plan changes and commit it: each refreshed entry a numbered
+ * name in the staging (N's data, the merged metadata), the report and the
+ * new base files beside them, the user's copies a `firmware` conflict
+ * replaces under upgrade/user/. Nothing in the upper changes until the
+ * marker is applied.
+ */
+export function stageUpgrade(plan: UpgradePlan, options: StageOptions): Extract<PendingChange, { kind: 'upgrade' }> {
+  const { layout } = options
+  const upper = bytesOf(upperPath(layout))
+  const stagingName = `staged-${randomBytes(6).toString('hex')}`
+  const stagingText = `${stateDir(layout)}/${stagingName}`
+  const staging = bytesOf(stagingText)
+  makeDirectory(stagingText)
+  const writer = new EntryWriter()
+  const moves: BytePath[] = []
+  const removals: BytePath[] = []
+  const touched = new Set<BytePath>()
+  const dropped = new Set<BytePath>()
+  for (const item of plan.entries) {
+    const { verdict } = item
+    if ([...dropped].some((dir) => item.path.startsWith(`${dir}/`))) continue
+    if (verdict.action === 'drop') {
+      if (verdict.class === 'conflict' && item.entry.type === 'file') saveUserCopy(writer, upper, staging, item.path)
+      removals.push(item.path)
+      dropped.add(item.path)
+      touched.add(parentOf(item.path))
+    } else if (verdict.action === 'refresh') {
+      writeRefreshed(writer, `${staging}/${moves.length}`, options.newRoot, item, verdict.metadata, options.xattrs)
+      moves.push(item.path)
+      touched.add(parentOf(item.path))
+    }
+  }
+  writer.finish()
+  makeDirectory(`${stagingText}/upgrade`)
+  writeFileAtomic(`${stagingText}/upgrade/report.json`, `${JSON.stringify(options.report, null, 2)}\n`)
+  writeFileAtomic(`${stagingText}/base.manifest`, options.base.manifest)
+  if (options.base.absent !== undefined) writeFileAtomic(`${stagingText}/base.absent`, options.base.absent)
+  const parents: [BytePath, number][] = [...touched]
+    .filter((dir) => !dropped.has(dir) && ![...dropped].some((gone) => dir.startsWith(`${gone}/`)))
+    .sort()
+    .map((dir) => [dir, modificationTime(under(upper, dir))])
+  const change: Extract<PendingChange, { kind: 'upgrade' }> = {
+    kind: 'upgrade',
+    requested: new Date().toISOString(),
+    from: options.report.from,
+    to: options.report.to,
+    entries: removals.length + moves.length,
+    removals,
+    moves,
+    parents,
+    staging: stagingName,
+    names: 'bytes',
+    firmware: options.firmware,
+  }
+  commitPending(layout, change)
+  return change
+}
+
+/** N's entry with the merged metadata; a directory only lends its metadata (its overlay xattrs but identity ones kept). */
+function writeRefreshed(
+  writer: EntryWriter,
+  staged: BytePath,
+  newRoot: BytePath,
+  item: PlannedEntry,
+  metadata: Metadata,
+  xattrs: OverlayXattrs,
+): void {
+  const source = under(newRoot, item.lowerPath ?? item.path)
+  const firmware = readEntry(source, item.path, '')
+  if (firmware === 'socket') return
+  const user = item.entry
+  const userOwn = user.xattrs.filter(([name]) => !xattrs.isOverlay(name))
+  const overlayKept = user.xattrs.filter(([name]) => xattrs.isOverlay(name) && !isIdentityXattr(xattrs, name))
+  const entry: UpperEntry = {
+    ...firmware,
+    path: staged,
+    mode: metadata.mode,
+    uid: metadata.uid,
+    gid: metadata.gid,
+    xattrs: [
+      ...(metadata.xattrs === 'user' ? userOwn : firmware.xattrs),
+      ...(firmware.type === 'dir' ? overlayKept : []),
+    ],
+    ...(firmware.type === 'dir' ? { mtimeNs: user.mtimeNs, atimeNs: user.atimeNs } : {}),
+  }
+  writer.begin(staged, entry)
+  if (firmware.type === 'file') for (const chunk of readStableFile(source).chunks()) writer.data(chunk)
+  writer.end()
+}
+
+/** The user's file that a `firmware` conflict replaces, kept under upgrade/user/ (its directories made as needed). */
+function saveUserCopy(writer: EntryWriter, upper: BytePath, staging: BytePath, path: BytePath): void {
+  const to = `${staging}/upgrade/user/${path}`
+  makeDirectory(bytePathBuffer(parentOf(to)))
+  const entry = readEntry(under(upper, path), path, '')
+  if (entry === 'socket') return
+  writer.begin(to, { ...entry, xattrs: [] })
+  for (const chunk of readStableFile(under(upper, path)).chunks()) writer.data(chunk)
+  writer.end()
+}

@@ -1,0 +1,129 @@
+/**
+ * What the flash knows about firmware (state/flash.ts lists the files): which
+ * firmware the upper was written against, that firmware's records for the
+ * paths the upper shadows, and the last upgrade's report.
+ */
+import { ExitCode, OvrootError } from '../errors.js'
+import { bytesOf, parseShownName, showBytes, type BytePath } from '../names.js'
+import {
+  baseAbsentPath,
+  baseManifestPath,
+  firmwareRecordPath,
+  stateDir,
+  upgradeDir,
+  type FlashLayout,
+} from '../state/flash.js'
+import { makeDirectory, readTextFileIfExists, removeFile, writeFileAtomic } from '../sys/fs.js'
+import type { UpgradeClass } from './classify.js'
+import { manifestText, readManifest, type ManifestRecord } from './manifest.js'
+import { manifestSource, type RecordSource } from './sources.js'
+
+export interface FirmwareRecord {
+  /** upgrade/identity.ts */
+  identity: string
+  /** For people: `OpenWrt 23.05.3 r23809`. */
+  description: string
+  /** `shipped`: base.manifest is the firmware's own manifest (complete); `recorded`: taken at boot, path by path. */
+  base: 'shipped' | 'recorded'
+  /** ISO time it was recorded. */
+  since: string
+}
+
+/** The lean path of every boot: one small read. */
+export function readFirmwareRecord(layout: FlashLayout): FirmwareRecord | undefined {
+  const text = readTextFileIfExists(firmwareRecordPath(layout))
+  if (text === undefined) return undefined
+  try {
+    const record = JSON.parse(text) as Partial<FirmwareRecord>
+    if (typeof record.identity === 'string' && (record.base === 'shipped' || record.base === 'recorded'))
+      return record as FirmwareRecord
+  } catch {
+    // reported below
+  }
+  throw new OvrootError(
+    'EFIRMWARE',
+    ExitCode.data,
+    `${firmwareRecordPath(layout)}: unreadable firmware record; expected the JSON ovroot boot writes`,
+  )
+}
+
+export function writeFirmwareRecord(layout: FlashLayout, record: FirmwareRecord): void {
+  writeFileAtomic(firmwareRecordPath(layout), `${JSON.stringify(record)}\n`)
+}
+
+/** The recorded firmware's records (O), as the reconcile reads them. */
+export function baseSource(layout: FlashLayout, record: FirmwareRecord): RecordSource {
+  const text = readTextFileIfExists(baseManifestPath(layout))
+  if (text === undefined) return { lookup: () => 'unknown', below: () => 'unknown' }
+  const manifest = readManifest(text, baseManifestPath(layout))
+  return manifestSource(manifest, record.base === 'shipped' ? undefined : readAbsent(layout))
+}
+
+/** Paths the recorded firmware did not have (records taken at boot). */
+export function readAbsent(layout: FlashLayout): Set<BytePath> {
+  const absent = new Set<BytePath>()
+  for (const line of (readTextFileIfExists(baseAbsentPath(layout)) ?? '').split('\n')) {
+    const path = line && parseShownName(line)
+    if (path) absent.add(path)
+  }
+  return absent
+}
+
+/** What base.manifest and base.absent hold for records taken at boot. */
+export function baseFiles(
+  records: ReadonlyMap<BytePath, ManifestRecord>,
+  absent: ReadonlySet<BytePath>,
+): { manifest: string; absent: string } {
+  return {
+    manifest: manifestText(records),
+    absent: [...absent]
+      .sort()
+      .map((path) => `${showBytes(path)}\n`)
+      .join(''),
+  }
+}
+
+/** Base files written in place (never during an upgrade: that stages them). */
+export function writeBase(layout: FlashLayout, files: { manifest: string; absent?: string }): void {
+  makeDirectory(stateDir(layout))
+  writeFileAtomic(baseManifestPath(layout), files.manifest)
+  if (files.absent === undefined) removeFile(baseAbsentPath(layout))
+  else writeFileAtomic(baseAbsentPath(layout), files.absent)
+}
+
+/** One entry the report names: a conflict, a hidden change, an entry whose old side is unknown. */
+export interface ReportedEntry {
+  /** Shown form (names.ts), with a leading slash. */
+  path: string
+  /** The path as bytes, for the tools that open it (`diff --conflicts`). */
+  bytes: BytePath
+  class: UpgradeClass
+  reason?: string
+  /** The old firmware's sha256 of a file, when known. */
+  base?: string
+  /** Where the old firmware's bytes were saved (by `upgrade-check`), relative to the flash's .ovroot/upgrade. */
+  savedBase?: string
+  /** Where the user's copy was saved when the firmware's version won. */
+  savedUser?: string
+}
+
+/** What an upgrade did (and `upgrade-check` predicts): written to .ovroot/upgrade/report.json. */
+export interface UpgradeReport {
+  from: string
+  to: string
+  fromDescription: string
+  toDescription: string
+  counts: Record<UpgradeClass, number>
+  /** Conflicts, hidden and unknown entries, in path order. */
+  entries: ReportedEntry[]
+}
+
+export const reportPath = (layout: FlashLayout): string => `${upgradeDir(layout)}/report.json`
+/** Saved bytes, by the path's bytes below a directory of .ovroot/upgrade. */
+export const savedPath = (layout: FlashLayout, kind: 'base' | 'user', path: BytePath): BytePath =>
+  `${bytesOf(upgradeDir(layout))}/${kind}/${path}`
+
+export function readUpgradeReport(layout: FlashLayout): UpgradeReport | undefined {
+  const text = readTextFileIfExists(reportPath(layout))
+  return text === undefined ? undefined : (JSON.parse(text) as UpgradeReport)
+}
