@@ -20,7 +20,7 @@ const summary = await onFirmware({
   xattrs: new OverlayXattrs('trusted'),
   preferFirmware: false,
   recorded: readFirmwareRecord(layout),
-  current: currentIdentity(lower),
+  current: await currentIdentity(lower),
   work: workPath(layout),
 })
 process.stdout.write(`${summary ? countsText(summary.counts) : 'recorded'}\n`)
