@@ -17,6 +17,8 @@ export const ExitCode = {
   io: 6,
   /** The user declined a confirmation. */
   aborted: 7,
+  /** `upgrade-check`: the new firmware would meet conflicts, hidden or unknown entries. Not an error. */
+  attention: 8,
   /** A bug in ovroot. */
   internal: 70,
 } as const

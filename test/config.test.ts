@@ -60,7 +60,7 @@ await t.test('errors name the file, the section, the key and what was expected',
     ['[flash]\nfrobnicate = 1\n', /^x\.conf: \[flash\] frobnicate: unknown key; expected one of drivers, name, device/],
     [
       '[network]\nx = 1\n',
-      /^x\.conf: \[network\]: unknown section; expected one of \[overlay\], \[flash\], \[boot\], \[reset\], \[sync\]$/,
+      /^x\.conf: \[network\]: unknown section; expected one of \[overlay\], \[flash\], \[boot\], \[reset\], \[sync\], \[upgrade\]$/,
     ],
     [
       '[sync]\nbudget = lots\n',

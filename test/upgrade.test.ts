@@ -9,7 +9,7 @@ import { execFileSync } from 'node:child_process'
 import * as fs from 'node:fs'
 import { getXattr, listXattrs, setXattr } from '../src/sys/libc.js'
 import { MANIFEST_PATH, readManifest } from '../src/upgrade/manifest.js'
-import { mountOverlay, ovroot, scratch, unmount } from './helpers/overlay.js'
+import { mountOverlay, ovroot, scratch, unmount, upperSnapshot } from './helpers/overlay.js'
 
 const latin1 = (text: string): Buffer => Buffer.from(text, 'latin1')
 
@@ -290,3 +290,225 @@ await t.test('upgrade: every row of the issue, reconciled on a real upper from s
     'ovroot diff after the upgrade: only what the user changed',
   )
 })
+
+/** Firmware A recorded, the issue's rows made over it, the reconcile with B committed: the flash as the boot on B finds it once staged. */
+async function committedUpgrade(dir: string): Promise<{ flash: string; b: string }> {
+  const { onFirmware, commitUpgrade } = await import('../src/upgrade/boot.js')
+  const { currentIdentity } = await import('../src/upgrade/identity.js')
+  const { readFirmwareRecord } = await import('../src/upgrade/record.js')
+  const { OverlayXattrs } = await import('../src/overlay/xattrs.js')
+  const a = buildFirmware(dir, FIRMWARE_A, 'a')
+  const b = buildFirmware(dir, firmwareB(), 'b')
+  const layout = { root: `${dir}/flash`, upperName: 'upper' }
+  fs.mkdirSync(`${layout.root}/upper`, { recursive: true })
+  fs.mkdirSync(`${layout.root}/work`)
+  const context = async (lower: string) => ({
+    layout,
+    lower,
+    xattrs: new OverlayXattrs('trusted'),
+    preferFirmware: false,
+    recorded: readFirmwareRecord(layout),
+    current: await currentIdentity(lower),
+    work: `${layout.root}/work`,
+  })
+  await onFirmware(await context(a))
+  mountOverlay(`${dir}/merged`, [a], `${layout.root}/upper`, `${layout.root}/work`, OVROOT_OPTIONS)
+  userChanges(`${dir}/merged`)
+  unmount(`${dir}/merged`)
+  const onB = await context(b)
+  if (!onB.recorded) throw new Error('A was not recorded')
+  commitUpgrade(onB, onB.recorded)
+  return { flash: layout.root, b }
+}
+
+/** What a boot applies, as a test reads it: the upper exactly, and the firmware files. */
+function flashState(flash: string): Map<string, string> {
+  const state = upperSnapshot(`${flash}/upper`)
+  for (const file of ['firmware', 'base.manifest', 'upgrade/report.json'])
+    state.set(`.ovroot/${file}`, read(`${flash}/.ovroot/${file}`)?.replace(/"since":"[^"]+"/, '') ?? 'absent')
+  return state
+}
+
+await t.test(
+  'upgrade: a power cut at every step of the apply, then the boot again: old or reconciled, never mixed',
+  async (t) => {
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const { flash } = await committedUpgrade(s.dir)
+    const copy = (name: string): string => {
+      execFileSync('cp', ['-a', flash, `${s.dir}/${name}`])
+      return `${s.dir}/${name}`
+    }
+    const { applyPending } = await import('../src/pending/apply.js')
+    const { OverlayXattrs } = await import('../src/overlay/xattrs.js')
+    const xattrs = new OverlayXattrs('trusted')
+    const layout = (root: string) => ({ root, upperName: 'upper' })
+    const before = flashState(flash)
+
+    const whole = copy('whole')
+    await applyPending(layout(whole), `${whole}/work`, xattrs)
+    const reconciled = flashState(whole)
+    t.not(reconciled.get('.ovroot/firmware'), before.get('.ovroot/firmware'), 'the uninterrupted apply records B')
+
+    const uncommitted = copy('uncommitted')
+    fs.rmSync(`${uncommitted}/.ovroot/pending`)
+    await applyPending(layout(uncommitted), `${uncommitted}/work`, xattrs)
+    t.same(flashState(uncommitted), before, 'a cut before the commit: the old state, whole, its staging dropped')
+    t.same(
+      fs.readdirSync(`${uncommitted}/.ovroot`).filter((name) => name.startsWith('staged')),
+      [],
+      'no staging left',
+    )
+
+    // Every step that changes the flash counts; the cut comes after `limit` of them.
+    let steps = 0
+    let limit = 0
+    const cut = new Error('power cut')
+    const counted =
+      <A extends unknown[], R>(operation: (...args: A) => R) =>
+      (...args: A): R => {
+        if (steps++ >= limit) throw cut
+        return operation(...args)
+      }
+    const realFs = await import('../src/sys/fs.js')
+    const realLibc = await import('../src/sys/libc.js')
+    const realEntries = await import('../src/sys/entries.js')
+    const mocks = {
+      '../src/sys/fs.js': {
+        ...realFs,
+        renamePath: counted(realFs.renamePath),
+        removeTree: counted(realFs.removeTree),
+        removeFile: counted(realFs.removeFile),
+        writeFileAtomic: counted(realFs.writeFileAtomic),
+        makeDirectory: counted(realFs.makeDirectory),
+      },
+      '../src/sys/libc.js': {
+        ...realLibc,
+        removeXattr: counted(realLibc.removeXattr),
+        setXattr: counted(realLibc.setXattr),
+        setTimes: counted(realLibc.setTimes),
+        syncAll: counted(realLibc.syncAll),
+      },
+      '../src/sys/entries.js': {
+        ...realEntries,
+        setModificationTime: counted(realEntries.setModificationTime),
+        replaceMetadata: counted(realEntries.replaceMetadata),
+      },
+    }
+    // A mock reaches the modules a mocked module imports itself: each module on the way is mocked and handed on.
+    const mocked = async <M>(module: string, more: Record<string, unknown> = {}): Promise<M> =>
+      t.mockImport<M>(module, { ...mocks, ...more })
+    const flat = { '../src/pending/flat.js': await mocked('../src/pending/flat.js') }
+    const marker = { '../src/pending/marker.js': await mocked('../src/pending/marker.js') }
+    const upgrade = await mocked('../src/upgrade/apply.js', {
+      ...flat,
+      ...marker,
+      '../src/overlay/identity.js': await mocked('../src/overlay/identity.js'),
+      '../src/upgrade/record.js': await mocked('../src/upgrade/record.js'),
+    })
+    const cutApply = await mocked<typeof import('../src/pending/apply.js')>('../src/pending/apply.js', {
+      ...flat,
+      ...marker,
+      '../src/upgrade/apply.js': upgrade,
+    })
+    let cuts = 0
+    for (limit = 0; ; limit++) {
+      const root = copy(`cut-${limit}`)
+      steps = 0
+      try {
+        await cutApply.applyPending(layout(root), `${root}/work`, xattrs)
+        break
+      } catch (error) {
+        if (error !== cut) throw error
+      }
+      cuts++
+      // Once B is recorded the upper is reconciled whole; before, the marker makes the boot rerun the reconcile.
+      const recordsB = read(`${root}/.ovroot/firmware`) !== read(`${flash}/.ovroot/firmware`)
+      t.ok(recordsB || fs.existsSync(`${root}/.ovroot/pending`), `cut after step ${limit}: A and the marker, or B`)
+      if (recordsB)
+        t.same(
+          upperSnapshot(`${root}/upper`),
+          upperSnapshot(`${whole}/upper`),
+          `cut after step ${limit}: B recorded, the upper reconciled`,
+        )
+      await applyPending(layout(root), `${root}/work`, xattrs)
+      t.same(flashState(root), reconciled, `cut after step ${limit}, then the boot: reconciled, exactly`)
+      fs.rmSync(root, { recursive: true })
+    }
+    t.ok(cuts > 10, `the sweep cut the apply at each of its ${cuts} steps`)
+  },
+)
+
+await t.test(
+  'upgrade-check on A predicts exactly what the boot on B does; diff --conflicts shows the three sides',
+  async (t) => {
+    const { onFirmware } = await import('../src/upgrade/boot.js')
+    const { currentIdentity } = await import('../src/upgrade/identity.js')
+    const { readFirmwareRecord } = await import('../src/upgrade/record.js')
+    const { OverlayXattrs } = await import('../src/overlay/xattrs.js')
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const a = buildFirmware(s.dir, FIRMWARE_A, 'a')
+    const b = buildFirmware(s.dir, firmwareB(), 'b')
+    const layout = { root: `${s.dir}/flash`, upperName: 'upper' }
+    const upper = `${layout.root}/upper`
+    fs.mkdirSync(upper, { recursive: true })
+    fs.mkdirSync(`${layout.root}/work`)
+    mountOverlay(`${s.dir}/merged`, [a], upper, `${layout.root}/work`, OVROOT_OPTIONS)
+    userChanges(`${s.dir}/merged`)
+    unmount(`${s.dir}/merged`)
+
+    // No record yet: upgrade-check records the running firmware (A) itself.
+    const check = ovroot(['upgrade-check', `${s.dir}/b.sqfs`, '--lower', a, '--upper', upper, '--json'])
+    t.equal(check.status, 8, `exit 8: conflicts and hidden entries (${check.stderr})`)
+    const predicted = JSON.parse(check.stdout) as {
+      counts: Record<string, number>
+      classes: Record<string, string[]>
+      entries: { path: string; savedBase?: string }[]
+    }
+    t.same(predicted.classes.conflict, ['/etc/config/network', '/etc/r\\xe9seau'])
+    t.same(predicted.classes.stale, [
+      '/etc/caf\\xe9',
+      '/etc/config/dhcp',
+      '/etc/config/firewall',
+      '/etc/old',
+      '/etc/profile',
+      '/etc/tagged',
+      '/usr/bin/tool',
+    ])
+    t.ok(
+      predicted.entries.filter((entry) => entry.savedBase).length === 2,
+      'the old firmware’s bytes of both conflicts are saved',
+    )
+    const text = ovroot(['upgrade-check', `${s.dir}/b.sqfs`, '--lower', a, '--upper', upper])
+    t.match(text.stdout, /^conflict {2}\/etc\/config\/network {2}\(base saved\)$/m, 'text: class by class')
+    t.match(text.stdout, /^counts: 6 own, 1 kept, 1 converged, 7 stale, 1 gone, 2 conflict, 3 hidden$/m)
+    const same = ovroot(['upgrade-check', `${s.dir}/a.sqfs`, '--lower', a, '--upper', upper])
+    t.equal(same.status, 0, 'the same firmware: exit 0')
+    t.match(same.stdout, /nothing to reconcile/)
+
+    const summary = await onFirmware({
+      layout,
+      lower: b,
+      xattrs: new OverlayXattrs('trusted'),
+      preferFirmware: false,
+      recorded: readFirmwareRecord(layout),
+      current: await currentIdentity(b),
+      work: `${layout.root}/work`,
+    })
+    t.same(summary?.counts, predicted.counts, 'the boot on B did what upgrade-check predicted, class by class')
+
+    const conflicts = ovroot(['diff', '--conflicts', '--lower', b, '--upper', upper])
+    t.equal(conflicts.status, 0, conflicts.stderr)
+    t.match(conflicts.stdout, /^conflict {2}\/etc\/config\/network: base saved; user’s kept; firmware’s in the lower$/m)
+    const patch = ovroot(['diff', '--conflicts', '--patch', '--lower', b, '--upper', upper])
+    t.match(
+      patch.stdout,
+      /diff base user\n--- base\/etc\/config\/network\n\+\+\+ user\/etc\/config\/network\n@@ -1 \+1,2 @@\n config interface lan\n\+\toption user 1/,
+    )
+    t.match(
+      patch.stdout,
+      /diff base firmware\n--- base\/etc\/config\/network\n\+\+\+ firmware\/etc\/config\/network\n@@ -1 \+1 @@\n-config interface lan\n\+config interface lan 2/,
+    )
+  },
+)

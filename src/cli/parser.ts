@@ -17,6 +17,7 @@ const EPILOG = `EXIT STATUS
   5   invalid data: not an upper, corrupt flash or archive
   6   I/O error: a read or write failed, or the medium is full
   7   aborted: a confirmation was declined
+  8   upgrade-check: conflicts, hidden or unknown entries (see the listing)
   70  internal error (a bug: please report it)
 
 FILES

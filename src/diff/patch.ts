@@ -9,7 +9,7 @@ import type { TreeReader } from '../sys/types.js'
 import { showBytes } from '../names.js'
 
 /** Larger files are named, not diffed: a patch is for reading. */
-const TEXT_LIMIT = 8 * 1024 * 1024
+export const TEXT_LIMIT = 8 * 1024 * 1024
 /** git's heuristic: a NUL byte in the first 8000 bytes means binary. */
 const BINARY_PROBE = 8000
 
@@ -37,8 +37,11 @@ function contentLines(
 ): string[] {
   const oldBytes = was?.dataPath ? reader.readHead(was.dataPath, TEXT_LIMIT + 1) : Buffer.alloc(0)
   const newBytes = now?.dataPath ? reader.readHead(now.dataPath, TEXT_LIMIT + 1) : Buffer.alloc(0)
-  const oldLabel = was ? `a/${name}` : '/dev/null'
-  const newLabel = now ? `b/${name}` : '/dev/null'
+  return unifiedDiff(was ? `a/${name}` : '/dev/null', now ? `b/${name}` : '/dev/null', oldBytes, newBytes)
+}
+
+/** The lines of a unified diff of two contents (read up to TEXT_LIMIT + 1 bytes), or why there is none to read. */
+export function unifiedDiff(oldLabel: string, newLabel: string, oldBytes: Buffer, newBytes: Buffer): string[] {
   if (isBinary(oldBytes) || isBinary(newBytes)) return [`Binary files ${oldLabel} and ${newLabel} differ`]
   if (oldBytes.length > TEXT_LIMIT || newBytes.length > TEXT_LIMIT)
     return [`Large files ${oldLabel} and ${newLabel} differ (over ${TEXT_LIMIT} bytes)`]

@@ -111,6 +111,22 @@ function syncRows(status: Status): [string, string | undefined][] {
   ]
 }
 
+/** The firmware change of this boot: A -> B, the count of each class, and every entry that needs a person. */
+function upgradeRows(upgrade: BootState['upgrade']): [string, string | undefined][] {
+  if (!upgrade) return []
+  const counts = Object.entries(upgrade.counts)
+    .filter(([, count]) => count > 0)
+    .map(([name, count]) => `${count} ${name}`)
+    .join(', ')
+  const named = (paths: string[]): string | undefined => (paths.length ? paths.join(' ') : undefined)
+  return [
+    ['upgrade', `firmware ${upgrade.from} -> ${upgrade.to} at this boot: ${counts || 'nothing to reconcile'}`],
+    ['conflicts', named(upgrade.conflicts) && `${named(upgrade.conflicts)} (ovroot diff --conflicts)`],
+    ['hidden', named(upgrade.hidden)],
+    ['unknown', named(upgrade.unknown)],
+  ]
+}
+
 function mebibytes(bytes: number): string {
   return `${(bytes / 1048576).toFixed(1)} MiB`
 }
@@ -139,6 +155,7 @@ function render(status: Status): string {
         `carried out at this boot, kept ${status.reset.kept.length ? status.reset.kept.join(' ') : 'nothing'}`,
     ],
     ['restored', status.restored && `${status.restored.source} (${status.restored.entries} entries) at this boot`],
+    ...upgradeRows(status.upgrade),
     ['pending', status.pending.length ? status.pending.join('; ') : 'nothing'],
     ...syncRows(status),
     [

@@ -1,5 +1,9 @@
-/** What /proc/mounts says about mounted overlays. */
+/** What /proc/mounts says about mounted overlays; mounting an image to read it. */
+import * as fs from 'node:fs'
+import * as os from 'node:os'
 import { readTextFileIfExists, statPath } from './fs.js'
+import { unmount } from './libc.js'
+import { runTool } from './run.js'
 
 /** /proc/mounts escapes space, tab, newline and backslash as octal. */
 const unescape = (field: string): string =>
@@ -40,4 +44,26 @@ export function blockDeviceOf(path: string): string | undefined {
   const uevent = readTextFileIfExists(`/sys/dev/block/${major}:${minor}/uevent`)
   const name = uevent && /^DEVNAME=(.+)$/m.exec(uevent)?.[1]
   return name ? `/dev/${name}` : undefined
+}
+
+/**
+ * A squashfs image file mounted read-only on a new private directory
+ * (mkdtemp: a name nobody can plant beforehand), through mount(8)'s loop
+ * support; `release` unmounts it and removes the directory.
+ */
+export async function mountImage(image: string): Promise<{ root: string; release(): void }> {
+  const root = fs.mkdtempSync(`${os.tmpdir()}/ovroot-image-`)
+  try {
+    await runTool('mount', ['-t', 'squashfs', '-o', 'ro,loop', image, root])
+  } catch (error) {
+    fs.rmdirSync(root)
+    throw error
+  }
+  return {
+    root,
+    release() {
+      unmount(root)
+      fs.rmdirSync(root)
+    },
+  }
 }

@@ -71,7 +71,10 @@ export async function onFirmware(context: FirmwareContext): Promise<UpgradeSumma
 const rootOf = (lower: string): BytePath => bytesOf(lower === '/' ? '' : lower.replace(/\/+$/, ''))
 
 /** The new firmware's records: its manifest when it ships one, else the tree itself. */
-function currentSource(context: FirmwareContext): { source: RecordSource; shipped: string | undefined } {
+function currentSource(context: Pick<FirmwareContext, 'current' | 'lower'>): {
+  source: RecordSource
+  shipped: string | undefined
+} {
   if (context.current.source === 'manifest') {
     const shipped = readTextFile(`${context.lower === '/' ? '' : context.lower}/${MANIFEST_PATH}`)
     return { source: manifestSource(readManifest(shipped)), shipped }
@@ -79,7 +82,7 @@ function currentSource(context: FirmwareContext): { source: RecordSource; shippe
   return { source: treeSource(rootOf(context.lower)), shipped: undefined }
 }
 
-function firmwareRecord(context: FirmwareContext, shipped: boolean): FirmwareRecord {
+function firmwareRecord(context: Pick<FirmwareContext, 'current' | 'lower'>, shipped: boolean): FirmwareRecord {
   return {
     identity: context.current.identity,
     description: describeFirmware(firmwareIdentity([context.lower])),
@@ -93,7 +96,7 @@ function firmwareRecord(context: FirmwareContext, shipped: boolean): FirmwareRec
  * shipped) its records for every upper entry not yet recorded, taken now
  * while it is still there. Records only grow, so a cut loses nothing.
  */
-function recordFirmware(context: FirmwareContext): void {
+export function recordFirmware(context: Omit<FirmwareContext, 'preferFirmware' | 'work'>): void {
   const { layout } = context
   const { source, shipped } = currentSource(context)
   if (shipped !== undefined) {
@@ -127,7 +130,11 @@ function existingBase(layout: FlashLayout): KnownRecords {
 }
 
 /** Records of the firmware for the upper's entries not yet known, and for what whiteouts and opaque directories hide. */
-function takeRecords(context: FirmwareContext, source: RecordSource, known: KnownRecords): void {
+function takeRecords(
+  context: Pick<FirmwareContext, 'layout' | 'xattrs'>,
+  source: RecordSource,
+  known: KnownRecords,
+): void {
   const upper = bytesOf(upperPath(context.layout))
   if (statPath(upperPath(context.layout))?.type !== 'dir') return
   const note = (path: BytePath): void => {
@@ -148,6 +155,16 @@ function takeRecords(context: FirmwareContext, source: RecordSource, known: Know
 
 /** Plan against the recorded firmware, stage, commit, and apply at once (the overlay is not mounted yet). */
 async function reconcile(context: FirmwareContext, recorded: FirmwareRecord): Promise<UpgradeReport | undefined> {
+  const { layout, xattrs } = context
+  const report = commitUpgrade(context, recorded)
+  process.stderr.write(`ovroot: applying the reconcile\n`)
+  const applied = await applyPending(layout, context.work, xattrs)
+  process.stderr.write(`ovroot: reconciled: ${countsText(report.counts)}\n`)
+  return applied?.kind === 'upgrade' ? applied.report : report
+}
+
+/** The plan against the recorded firmware, staged and committed (a pending change): nothing in the upper changes yet. */
+export function commitUpgrade(context: FirmwareContext, recorded: FirmwareRecord): UpgradeReport {
   const { layout, xattrs } = context
   const upper = bytesOf(upperPath(layout))
   const { source: next, shipped } = currentSource(context)
@@ -181,9 +198,7 @@ async function reconcile(context: FirmwareContext, recorded: FirmwareRecord): Pr
     `ovroot: firmware changed (${recorded.description} -> ${firmware.description}): reconciling the upper\n`,
   )
   stageUpgrade(plan, { layout, newRoot: rootOf(context.lower), xattrs, report, firmware, base })
-  const applied = await applyPending(layout, context.work, xattrs)
-  process.stderr.write(`ovroot: reconciled: ${countsText(report.counts)}\n`)
-  return applied?.kind === 'upgrade' ? applied.report : report
+  return report
 }
 
 export function countsText(counts: Record<UpgradeClass, number>): string {

@@ -10,6 +10,7 @@ interface DiffArgs {
   json: boolean
   stat: boolean
   patch: boolean
+  conflicts: boolean
   'exit-code': boolean
   xattrs: 'auto' | 'trusted' | 'user'
   color: 'auto' | 'always' | 'never'
@@ -50,6 +51,11 @@ export const diffCommand: CommandModule<object, DiffArgs> = {
         default: false,
         describe: 'print a unified diff (git style) of changed regular files',
       })
+      .option('conflicts', {
+        type: 'boolean',
+        default: false,
+        describe: "the last firmware upgrade's conflicts: base, user and firmware side of each (with --patch: diffs)",
+      })
       .option('exit-code', {
         type: 'boolean',
         default: false,
@@ -67,11 +73,25 @@ export const diffCommand: CommandModule<object, DiffArgs> = {
       })
       .example('ovroot diff', 'what the user changed on this device')
       .example('ovroot diff --json /etc', 'changes under /etc as JSON Lines')
-      .example('ovroot diff --lower /mnt/rom --upper /mnt/flash/upper --patch', "audit a copy of a device's flash"),
+      .example('ovroot diff --lower /mnt/rom --upper /mnt/flash/upper --patch', "audit a copy of a device's flash")
+      .example('ovroot diff --conflicts --patch', 'what the last firmware upgrade and the user both changed'),
   handler: async (args) => {
     if ((args.lower === undefined) !== (args.upper === undefined))
       throw usageError("--lower and --upper go together: give both, or neither to use the device's configuration")
     if (args.patch && (args.json || args.stat)) throw usageError('--patch cannot be combined with --json or --stat')
+    if (args.conflicts) {
+      if (args.stat || args.all || (args.paths ?? []).length > 0)
+        throw usageError('--conflicts takes only --patch or --json (and --lower/--upper)')
+      const { runConflicts } = await import('../../upgrade/conflicts.js')
+      process.exitCode = runConflicts({
+        configFile: args.config,
+        lower: args.lower?.[0],
+        upper: args.upper,
+        patch: args.patch,
+        json: args.json,
+      })
+      return
+    }
     const { runDiff } = await import('../../diff/run.js')
     process.exitCode = await runDiff({
       configFile: args.config,

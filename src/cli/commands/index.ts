@@ -7,6 +7,7 @@ import { resetCommand } from './reset.js'
 import { restoreCommand } from './restore.js'
 import { statusCommand } from './status.js'
 import { syncCommand } from './sync.js'
+import { upgradeCheckCommand } from './upgrade-check.js'
 
 const asCommand = (command: object): CommandModule<object, never> => command as CommandModule<object, never>
 
@@ -25,7 +26,7 @@ function needingSystemLayer(command: CommandModule<object, never>): CommandModul
 export const commands = [
   asCommand(bootCommand),
   asCommand(statusCommand),
-  ...[diffCommand, resetCommand, backupCommand, restoreCommand, syncCommand, manifestCommand]
+  ...[diffCommand, resetCommand, backupCommand, restoreCommand, syncCommand, manifestCommand, upgradeCheckCommand]
     .map(asCommand)
     .map(needingSystemLayer),
 ]
