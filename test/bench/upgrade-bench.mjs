@@ -3,7 +3,8 @@
 //
 // Firmware A is the diff benchmark's lower (200,000 files) with its manifest
 // (`ovroot manifest`, as an image build ships it); firmware B is A with 10% of
-// its files changed (every tenth file appended to) and its own manifest. The
+// its files changed (appended to; half of them files the upper changed) and
+// its own manifest. The
 // upper is the diff benchmark's 20,000 changes, made through a real overlay
 // over A. A flash (upper/, work/, .ovroot/) records A as a first boot does;
 // then, on a fresh copy of that flash each time, it times what the boot runs
@@ -47,13 +48,19 @@ function shipManifest(lower) {
   execFileSync(process.execPath, [OVROOT, 'manifest', lower, '--output', path.join(lower, MANIFEST)])
 }
 
-/** B: A with every tenth file of each directory appended to (20,000 files). */
+/**
+ * B: A with a tenth of its files appended to (20,000): in even directories the
+ * files the benchmark's changes touch (f0, f10, ...), in odd ones others (f5,
+ * f15, ...), so that half the upper's changes meet a change of the firmware.
+ */
 function firmwareB(a, b) {
   execFileSync('cp', ['-a', a, b])
   for (const top of fs.readdirSync(b)) {
     if (!top.startsWith('d')) continue
-    for (const dir of fs.readdirSync(path.join(b, top)))
-      for (let f = 0; f < 100; f += 10) fs.appendFileSync(path.join(b, top, dir, `f${f}`), 'firmware B\n')
+    for (const dir of fs.readdirSync(path.join(b, top))) {
+      const first = Number(dir.slice(1)) % 2 === 0 ? 0 : 5
+      for (let f = first; f < 100; f += 10) fs.appendFileSync(path.join(b, top, dir, `f${f}`), 'firmware B\n')
+    }
   }
 }
 
