@@ -156,6 +156,26 @@ interface UpgradeReport {
   entries: { path: string; class: string }[]
 }
 
+/** What `ovroot upgrade-check --json` says: the report the boot will write, and each entry's class. */
+type CheckReport = UpgradeReport & { same: boolean; classes: Record<string, string[]> }
+
+/** The class of each entry of the upper the user's changes on A leave, against B. */
+const CLASSES = {
+  own: [
+    '/etc/hello',
+    '/etc/uci-defaults.mine',
+    '/etc/uci-defaults.mine/10-lab-hostname',
+    '/etc/uci-defaults.mine/20-lab-timezone',
+  ],
+  kept: ['/etc/config/wireless'],
+  converged: ['/etc/config/system'],
+  stale: ['/etc/config/dhcp', '/etc/config/firewall', '/usr/bin/tool'],
+  gone: ['/usr/lib/libbar.so.1'],
+  conflict: ['/etc/config/network'],
+  hidden: ['/etc/banner', '/etc/hotplug.d', '/etc/uci-defaults'],
+  unknown: [],
+}
+
 /** What `ovroot status --json` says of an upgrade at this boot. */
 interface UpgradeSummary {
   from: string
@@ -197,10 +217,10 @@ const RECONCILED = /^ovroot: reconciled: /m
 const FINISHING = /^ovroot: applying /m
 
 /** The JSON report on the line that starts with PREFIX and a brace. */
-const reportFrom = (output: string, prefix: string): UpgradeReport | undefined => {
+const reportFrom = <Report = UpgradeReport>(output: string, prefix: string): Report | undefined => {
   const line = output.split('\n').find((candidate) => candidate.startsWith(`${prefix} {`))
   try {
-    return line === undefined ? undefined : (JSON.parse(line.slice(prefix.length + 1)) as UpgradeReport)
+    return line === undefined ? undefined : (JSON.parse(line.slice(prefix.length + 1)) as Report)
   } catch {
     return undefined // not JSON: the assertions on the report say what is missing
   }
@@ -235,7 +255,7 @@ await t.test(
     t.match(first.stdout, /^changes made$/m, "A: the user's changes are made")
     t.equal(statusFrom(first.stdout).mode, 'flash')
     t.match(first.stdout, /^check exit 8$/m, 'upgrade-check exits with the status that means conflicts')
-    const check = reportFrom(first.stdout, 'check')
+    const check = reportFrom<CheckReport>(first.stdout, 'check')
     t.ok(check, 'upgrade-check --json printed its report')
     const beforeB = `${dir}/before-b.flash`
     fs.copyFileSync(flash, beforeB)
@@ -264,13 +284,21 @@ await t.test(
     t.ok(report, "the boot's report is on the flash")
     t.equal(report?.from, identityOf(a), "the boot's report: from A's identity")
     t.equal(report?.to, identityOf(bImage), 'to B')
-    t.same(report?.counts, upgrade?.counts, 'status counts each class as the report does')
+    t.same(
+      report?.counts,
+      Object.fromEntries(Object.entries(CLASSES).map(([name, paths]) => [name, paths.length])),
+      "the report counts each row's class",
+    )
+    t.same(upgrade?.counts, report?.counts, 'status counts them as the report does')
     t.same(
       report?.entries.map(({ path, class: what }) => ({ path, class: what })),
       NAMED_ON_B,
       'the report names the conflict and the hidden changes',
     )
-    t.same(check, report, 'upgrade-check on A predicted exactly what the boot on B did')
+    const { same, classes, ...predicted } = check ?? {}
+    t.equal(same, false, 'upgrade-check: B is another firmware')
+    t.same(classes, CLASSES, 'upgrade-check: the class of each entry of the upper')
+    t.same(predicted, report, 'upgrade-check on A predicted exactly what the boot on B did (its report, whole)')
     t.same(changesFrom(onBoot.stdout), DIFF_ON_B, 'ovroot diff on B: only what the user changed')
     t.match(
       onBoot.stdout,
