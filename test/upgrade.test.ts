@@ -512,3 +512,83 @@ await t.test(
     )
   },
 )
+
+await t.test(
+  'upgrade with redirect_dir=on and metacopy=on: stubs and renamed directories made valid for B, or reported',
+  async (t) => {
+    const { onFirmware } = await import('../src/upgrade/boot.js')
+    const { currentIdentity } = await import('../src/upgrade/identity.js')
+    const { readFirmwareRecord, readUpgradeReport } = await import('../src/upgrade/record.js')
+    const { OverlayXattrs } = await import('../src/overlay/xattrs.js')
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const options = ['redirect_dir=on', 'metacopy=on', 'index=off']
+    const a = buildFirmware(s.dir, { ...FIRMWARE_A, 'opt/pkg/file': 'pkg\n' }, 'a')
+    const b = buildFirmware(s.dir, firmwareB(), 'b')
+    const layout = { root: `${s.dir}/flash`, upperName: 'upper' }
+    const upper = `${layout.root}/upper`
+    const work = `${layout.root}/work`
+    fs.mkdirSync(upper, { recursive: true })
+    fs.mkdirSync(work)
+    const context = async (lower: string) => ({
+      layout,
+      lower,
+      xattrs: new OverlayXattrs('trusted'),
+      preferFirmware: false,
+      recorded: readFirmwareRecord(layout),
+      current: await currentIdentity(lower),
+      work,
+    })
+    await onFirmware(await context(a))
+    const merged = `${s.dir}/merged`
+    mountOverlay(merged, [a], upper, work, options)
+    fs.chmodSync(`${merged}/usr/bin/tool`, 0o700)
+    fs.chmodSync(`${merged}/usr/lib/libbar.so`, 0o600)
+    fs.renameSync(`${merged}/www/app`, `${merged}/www/site`)
+    fs.renameSync(`${merged}/opt/pkg`, `${merged}/opt/mine`)
+    fs.rmSync(`${merged}/etc/hotplug.d`, { recursive: true })
+    fs.mkdirSync(`${merged}/etc/hotplug.d`)
+    fs.writeFileSync(`${merged}/etc/hotplug.d/mine`, 'mine\n')
+    unmount(merged)
+    t.ok(getXattr(`${upper}/usr/bin/tool`, 'trusted.overlay.metacopy') !== undefined, 'chmod made a metacopy stub')
+    t.ok(getXattr(`${upper}/www/site`, 'trusted.overlay.redirect') !== undefined, 'the rename made a redirect')
+    t.equal(
+      getXattr(`${upper}/etc/hotplug.d`, 'trusted.overlay.opaque')?.toString(),
+      'y',
+      'the new directory is opaque',
+    )
+
+    const summary = await onFirmware(await context(b))
+    t.same(summary?.conflicts, ['/opt/mine'], 'a redirect whose source B removed is reported')
+    t.match(
+      readUpgradeReport(layout)?.entries.find((entry) => entry.path === '/opt/mine'),
+      {
+        reason: /renamed from a directory the new firmware no longer has/,
+      },
+    )
+    t.same(
+      summary?.hidden.sort(),
+      ['/etc/hotplug.d', '/www/app'],
+      'the opaque directory and the rename’s whiteout hide B’s changes',
+    )
+    t.equal(
+      getXattr(`${upper}/usr/bin/tool`, 'trusted.overlay.metacopy'),
+      undefined,
+      'the stale stub became a plain copy',
+    )
+
+    fs.mkdirSync(work, { recursive: true })
+    mountOverlay(merged, [b], upper, work, options)
+    t.equal(read(`${merged}/usr/bin/tool`), firmwareB()['usr/bin/tool'], 'B’s data, not a torn file')
+    t.equal(
+      fs.statSync(`${merged}/usr/bin/tool`).size,
+      Buffer.byteLength(firmwareB()['usr/bin/tool'] ?? ''),
+      'B’s size',
+    )
+    t.equal(fs.statSync(`${merged}/usr/bin/tool`).mode & 0o7777, 0o700, 'the user’s mode')
+    t.notOk(fs.existsSync(`${merged}/usr/lib/libbar.so`), 'a stub over a file B removed: gone, no EIO')
+    t.equal(read(`${merged}/www/site/index.html`), 'app 2\n', 'the renamed directory follows B’s contents')
+    t.same(fs.readdirSync(`${merged}/etc/hotplug.d`), ['mine'], 'the user’s replacement directory stands')
+    unmount(merged)
+  },
+)

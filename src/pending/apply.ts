@@ -7,6 +7,7 @@ import { listNames, makeDirectory, pathExists, removeTree, renamePath, statPath,
 import { bytePathBuffer, bytesOf, type BytePath } from '../names.js'
 import type { UpgradeReport } from '../upgrade/record.js'
 import { applyFlat } from './flat.js'
+import { clearFilesystemIdentity } from '../overlay/identity.js'
 import type { OverlayXattrs } from '../overlay/xattrs.js'
 import { markerPath, replacedPath, stagedPath, stateDir, upperPath, type FlashLayout } from '../state/flash.js'
 import { dropStaging, finishPending, hasStaging, readPending, syncStagingPath, type PendingChange } from './marker.js'
@@ -55,6 +56,8 @@ async function apply(layout: FlashLayout, change: PendingChange, xattrs: Overlay
   }
   if (change.merge) mergeStaged(stagedPath(layout), upperPath(layout))
   else swapInStaged(layout)
+  // A restored upper's origin handles and root uuid name another filesystem: index=on would refuse it.
+  clearFilesystemIdentity(bytesOf(upperPath(layout)), xattrs)
   return { kind: 'restore', source: change.source, entries: change.entries }
 }
 

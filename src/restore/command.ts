@@ -4,6 +4,7 @@
  * pending-change mechanism reset uses); with --upper DIR it is restored into
  * an empty directory at once.
  */
+import { clearFilesystemIdentity } from '../overlay/identity.js'
 import { tmpdir } from 'node:os'
 import { basename, dirname, resolve } from 'node:path'
 import { readPassphrase } from '../archive/crypt.js'
@@ -12,7 +13,8 @@ import { describeFirmware, firmwareIdentity, firmwareView, type LayerView } from
 import { loadConfig } from '../config/load.js'
 import type { Config } from '../config/schema.js'
 import { ExitCode, OvrootError, type ExitStatus } from '../errors.js'
-import { namespaceForMount, type XattrNamespace } from '../overlay/xattrs.js'
+import { namespaceForMount, OverlayXattrs, type XattrNamespace } from '../overlay/xattrs.js'
+import { bytesOf } from '../names.js'
 import { confirm, rebootNow } from '../interact.js'
 import { cancelScheduled, readBootRecord, refuseLiveLayer, withWritableFlash } from '../pending/device.js'
 import { cancelPending, commitPending, describePendingAt } from '../pending/marker.js'
@@ -153,6 +155,8 @@ async function restoreOffline(config: Config, options: RestoreOptions, extract: 
       removeTree(staging)
       return ExitCode.ok
     }
+    // The archive's origin handles and root uuid belong to the filesystem it was taken from (issue 17 item 7).
+    clearFilesystemIdentity(bytesOf(staging), new OverlayXattrs(result.header?.namespace ?? target.namespace))
     removeTree(upper)
     renamePath(staging, upper)
     syncDirectory(dirname(upper))

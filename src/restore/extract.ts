@@ -5,6 +5,7 @@
  * directory, write the entries there and nowhere else. Any failure is one
  * error naming the first bad entry; the caller removes the staging directory.
  */
+import { classifyContent } from '../upgrade/classify.js'
 import { bytesOf, showBytes, type BytePath } from '../names.js'
 import { createHash, type Hash } from 'node:crypto'
 import { createReadStream } from 'node:fs'
@@ -191,11 +192,12 @@ class Extraction {
       throw corrupt(
         `archive entry ${'${showBytes(entry.path)}'}: its content does not match its recorded sha256; the backup is damaged`,
       )
+    // The upgrade's classifier decides: a copy-up whose bytes are its old firmware file's (chmod, touch) is no conflict.
     if (
       sums?.base &&
       this.header &&
       this.options.checkFirmware(this.header) &&
-      this.options.firmwareSha256(entry.path) !== sums.base
+      classifyContent(sums.sha256, sums.base, this.options.firmwareSha256(entry.path)) === 'conflict'
     )
       this.conflicts.push(`/${showBytes(entry.path)}`)
     if (!(this.kind === 'sysupgrade' && entry.path === '.')) this.writer?.end()

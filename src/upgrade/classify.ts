@@ -39,7 +39,9 @@ export interface Sides {
   new: ManifestRecord | undefined
   /** For a whiteout or opaque directory: what is below the path differs between O and N. */
   belowChanged?: boolean
-  /** For a renamed directory (redirect): the directory it shows was in O and is not a directory in N. */
+  /** A renamed directory (redirect): the user's rename, never a copy to drop. */
+  redirected?: boolean
+  /** For a renamed directory: the directory it shows was in O and is not a directory in N. */
   redirectLost?: boolean
   /** `[upgrade] conflicts = firmware`. */
   preferFirmware?: boolean
@@ -80,6 +82,7 @@ export function classify(sides: Sides): Verdict {
   const u = upper.record
   if (sides.redirectLost)
     return keep('conflict', 'renamed from a directory the new firmware no longer has: its firmware contents are gone')
+  if (sides.redirected) return keep('kept')
   if (next !== undefined && sameRecord(u, next)) return drop('converged')
   if (old === 'absent') return next === undefined ? keep('own') : conflict(sides, u, next)
   if (next !== undefined && sameRecord(old, next)) return keep('kept')
@@ -120,3 +123,18 @@ const sameMetadata = (metadata: Metadata, next: ManifestRecord): boolean =>
   metadata.uid === next.uid &&
   metadata.gid === next.gid &&
   metadata.xattrs === 'firmware'
+
+/**
+ * What a restore of a copy-up from other firmware meets (restore/extract.ts):
+ * the archive's sha256 of the user's file (U), of its firmware twin when it
+ * was backed up (O), and the running firmware's (N, undefined: none). Only
+ * content counts: metadata goes with the archive.
+ */
+export function classifyContent(user: string, base: string, firmware: string | undefined): UpgradeClass {
+  const record = (data: string): ManifestRecord => ({ type: 'f', mode: 0, uid: 0, gid: 0, size: 0, data, xattrs: '-' })
+  return classify({
+    upper: { kind: 'entry', record: record(user) },
+    old: record(base),
+    new: firmware === undefined ? undefined : record(firmware),
+  }).class
+}

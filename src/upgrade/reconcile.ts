@@ -134,6 +134,7 @@ export function planUpgrade(
         n?.type === 'd'
           ? belowDiffers(old, next, lowerPath)
           : false,
+      redirected: shadow.redirected,
       redirectLost: shadow.redirected && o !== 'absent' && o !== 'unknown' && o.type === 'd' && n?.type !== 'd',
     }
     planned.push({ path: entry.path, lowerPath, verdict: classify(sides), entry, old: o, next: n, record: u })

@@ -77,6 +77,21 @@ function printable(bytes: Buffer): string {
     .join('')
 }
 
+/**
+ * A snapshot without the metadata that binds an upper to one filesystem
+ * (origin handles, the root's uuid, impure and nlink bookkeeping): a restore
+ * clears it, so that the upper mounts with index=on on the device it lands on.
+ */
+export function withoutIdentity(entries: Map<string, string>): Map<string, string> {
+  const identity = /(^|,)(trusted|user)\.overlay\.(origin|uuid|impure|nlink)=[0-9a-f]*/g
+  return new Map(
+    [...entries].map(([path, entry]) => [
+      path,
+      entry.replace(/\[([^\]]*)\]$/, (_, xattrs: string) => `[${xattrs.replace(identity, '').replace(/^,/, '')}]`),
+    ]),
+  )
+}
+
 /** A snapshot without atimes: for a copy made by a tool that does not keep them (GNU tar's extraction). */
 export function withoutAtime(entries: Map<string, string>): Map<string, string> {
   return new Map([...entries].map(([path, entry]) => [path, entry.replace(/ atime -?\d+ /, ' ')]))
