@@ -233,7 +233,7 @@ function upgradeOf(t: Test, output: string): UpgradeSummary | undefined {
 }
 
 /** Delays after the reconcile's first line at which the sweep cuts the power, until a cut lands after its end. */
-const CUT_DELAYS = [0, 0.4, 0.8, 1.2]
+const CUT_DELAYS = [0, 0.6, 1.2]
 
 await t.test(
   'firmware A to B over a kept flash: every row of the table, the reports, upgrade-check, power cuts inside the reconcile, back to A',
