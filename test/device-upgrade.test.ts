@@ -253,7 +253,7 @@ await t.test(
       `${USER_CHANGES} && echo "changes made" && ${STATUS} && ovroot upgrade-check /dev/vdc --json > /tmp/check.json; echo "check exit $?"; echo "check $(cat /tmp/check.json)"; sync`,
     )
     t.match(first.stdout, /^changes made$/m, "A: the user's changes are made")
-    t.equal(statusFrom(first.stdout).mode, 'flash')
+    t.equal(statusFrom(first.stdout).mode, 'flash', 'A: on the flash')
     t.match(first.stdout, /^check exit 8$/m, 'upgrade-check exits with the status that means conflicts')
     const check = reportFrom<CheckReport>(first.stdout, 'check')
     t.ok(check, 'upgrade-check --json printed its report')
@@ -266,7 +266,7 @@ await t.test(
       onB,
       `${STATUS} && ${SHOW_ROWS} && ${DIFF} && ${REPORT} && ovroot status && ovroot diff --conflicts && ovroot diff --conflicts --patch`,
     )
-    t.equal(onBoot.status, 0)
+    t.equal(onBoot.status, 0, 'B: every command ran')
     t.match(consoleLog(), RECONCILING, 'the boot on B reconciled the upper')
     t.same(rows(onBoot.stdout), ON_B, "B: each row of the table, byte for byte (content's md5 and mode)")
     const upgrade = upgradeOf(t, onBoot.stdout)
@@ -344,7 +344,7 @@ await t.test(
       const resumed = FINISHING.test(consoleLog()) ? 'committed' : RECONCILING.test(consoleLog()) ? 'redone' : 'neither'
       landed.push(`${delay} s: ${resumed}`)
       t.not(resumed, 'neither', `cut ${delay} s in: the next boot finished the committed change or reconciled again`)
-      t.equal(statusFrom(after.stdout).mode, 'flash')
+      t.equal(statusFrom(after.stdout).mode, 'flash', `cut ${delay} s in: the next boot is on the flash`)
       t.same(rows(after.stdout), ON_B, `cut ${delay} s in (${resumed}): the next boot shows every row reconciled`)
       t.same(changesFrom(after.stdout), DIFF_ON_B, `cut ${delay} s in: the same diff`)
     }
