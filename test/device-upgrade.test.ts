@@ -364,6 +364,6 @@ await t.test(
     const again = run(t, onA, `${STATUS} && ${SHOW_ROWS}`)
     t.same(rows(again.stdout), BACK_ON_A, 'the next boot on A: the same rows')
     t.notOk((statusFrom(again.stdout) as StatusWithUpgrade).upgrade, 'no upgrade at a boot on the same firmware')
-    t.notMatch(consoleLog(), RECONCILING)
+    t.notMatch(consoleLog(), RECONCILING, 'and prints no reconcile')
   },
 )
