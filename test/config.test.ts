@@ -154,3 +154,9 @@ await t.test('status and reset outside a device booted by ovroot: one line, exit
     `ovroot: ${dir}/run/status.json: unreadable boot record; expected the JSON ovroot boot writes\n`,
   )
 })
+
+await t.test('[overlay] options that an upgrade leaves undefined are named', async (t) => {
+  const { upgradeWarnings } = await import('../src/config/schema.js')
+  t.same(upgradeWarnings(['redirect_dir=on', 'metacopy=on', 'index=on']), [], 'the reconcile handles these')
+  t.match(upgradeWarnings(['index=on', 'nfs_export=on']), [/nfs_export=on: .*old firmware/])
+})

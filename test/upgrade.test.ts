@@ -592,3 +592,29 @@ await t.test(
     unmount(merged)
   },
 )
+
+await t.test('ovroot status shows the upgrade of this boot, in text and JSON', async (t) => {
+  const s = scratch()
+  t.teardown(() => s.cleanup())
+  const upgrade = {
+    from: 'OpenWrt 23.05.0',
+    to: 'OpenWrt 24.10.0',
+    counts: { own: 6, kept: 1, converged: 1, stale: 7, gone: 1, conflict: 2, hidden: 3, unknown: 0 },
+    conflicts: ['/etc/config/network', '/etc/r\\xe9seau'],
+    hidden: ['/etc/banner'],
+    unknown: [],
+  }
+  fs.writeFileSync(`${s.dir}/status.json`, JSON.stringify({ mode: 'flash', bootedAt: 'now', upgrade }))
+  fs.writeFileSync(`${s.dir}/ovroot.conf`, `[boot]\nrun_dir = ${s.dir}\n`)
+  const text = ovroot(['status', '--config', `${s.dir}/ovroot.conf`])
+  t.equal(text.status, 0, text.stderr)
+  t.match(
+    text.stdout,
+    /^upgrade: {4}firmware OpenWrt 23\.05\.0 -> OpenWrt 24\.10\.0 at this boot: 6 own, 1 kept, 1 converged, 7 stale, 1 gone, 2 conflict, 3 hidden$/m,
+  )
+  t.match(text.stdout, /^conflicts: {2}\/etc\/config\/network \/etc\/r\\xe9seau \(ovroot diff --conflicts\)$/m)
+  t.match(text.stdout, /^hidden: {5}\/etc\/banner$/m)
+  t.notMatch(text.stdout, /^unknown:/m, 'no line for an empty class')
+  const json = ovroot(['status', '--json', '--config', `${s.dir}/ovroot.conf`])
+  t.same((JSON.parse(json.stdout) as { upgrade: unknown }).upgrade, upgrade, '--json carries it whole')
+})

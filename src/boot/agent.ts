@@ -8,7 +8,7 @@
  * the device always boots.
  */
 import { applyOverride, loadConfig } from '../config/load.js'
-import { type Config } from '../config/schema.js'
+import { upgradeWarnings, type Config } from '../config/schema.js'
 import { ExitCode, OvrootError, type ExitStatus } from '../errors.js'
 import { MEDIA_DRIVER_TABLE } from '../media/drivers.js'
 import { ramVolume } from '../media/ram.js'
@@ -40,6 +40,7 @@ export async function boot(configFile: string | undefined): Promise<ExitStatus> 
   const kernel = parseKernelArguments(readTextFile('/proc/cmdline'))
   const config = loadConfig(configFile)
   for (const [key, value] of kernel.overrides) applyOverride(config, 'kernel command line', key, value)
+  for (const warning of upgradeWarnings(config.overlay.options)) process.stderr.write(`ovroot: ${warning}\n`)
   makeDirectory(config.boot.run_dir)
   reportProgressTo(progressPath(config.boot.run_dir))
   const state: BootState = { mode: 'flash', bootedAt: new Date().toISOString() }

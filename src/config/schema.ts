@@ -146,6 +146,21 @@ export const SCHEMA: { [S in keyof Config]: { [K in keyof Config[S]]: KeySpec<Co
   upgrade: { conflicts: oneOf('user', 'firmware') },
 }
 
+/**
+ * What [overlay] options mean for a firmware upgrade, one warning per option
+ * whose result over a new lower the reconcile cannot make defined. index,
+ * metacopy and redirect_dir bind the upper to the old lower, but the
+ * reconcile clears origins and the index and re-makes stubs and renames for
+ * the new one; nfs_export's file handles name inodes of the old lower.
+ */
+export function upgradeWarnings(options: readonly string[]): string[] {
+  return options.includes('nfs_export=on')
+    ? [
+        '[overlay] options nfs_export=on: file handles given out name the old firmware’s inodes; after a firmware upgrade NFS clients must remount',
+      ]
+    : []
+}
+
 export function defaultConfig(): Config {
   return {
     overlay: { lower: ['/rom'], dir: '/overlay', options: [] },
