@@ -2,14 +2,15 @@
  * Builds the lab's device images from this machine's Debian packages and the
  * project's own build: a kernel, an initramfs (busybox and the modules a
  * router would have built in) and the squashfs firmware (busybox init, an
- * OpenWrt-like /etc, node, ovroot, init/ovroot-init). Rebuilt only when an
- * input changed.
+ * OpenWrt-like /etc, node, ovroot, init/ovroot-init, and the firmware manifest
+ * ovroot writes). Rebuilt only when an input changed.
  */
 import { execFileSync, spawnSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
 import { hostArchitecture, type Architecture } from './arch.js'
+import { squashFirmware } from './squashfs.js'
 
 export const LAB = path.resolve(path.dirname(new URL(import.meta.url).pathname), '..', '..')
 export const PROJECT = path.resolve(LAB, '..')
@@ -47,6 +48,8 @@ const MODULES = [
   'crc32c_generic',
   'crc32_generic',
   'zstd',
+  // ovroot upgrade-check mounts a new firmware's squashfs from a file.
+  'loop',
 ]
 /** Loaded by preinit itself, with parameters that depend on the medium. */
 const MEDIA_MODULES = ['block2mtd', 'ubi', 'ubifs']
@@ -510,8 +513,7 @@ function buildRootfs(arch: Architecture, userland: Userland, images: Images, sta
     if (variant.startsWith('musl')) fs.rmSync(path.join(native, variant), { recursive: true })
   fs.symlinkSync('../lib/ovroot/ovroot.js', path.join(staging, 'usr', 'sbin', 'ovroot'))
   buildUnloadableInits(staging)
-  fs.rmSync(images.rootfs, { force: true })
-  run('mksquashfs', [staging, images.rootfs, '-comp', 'lz4', '-all-root', '-noappend', '-quiet', '-no-progress'])
+  squashFirmware(path.join(PROJECT, 'dist'), staging, images.rootfs)
 }
 
 const EM_X86_64 = 62

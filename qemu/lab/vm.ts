@@ -2,8 +2,9 @@
  * qemu/vm: build the device images, or boot the device under QEMU (TCG).
  *
  *   qemu/vm build [--arch ARCH] [--force]
- *   qemu/vm boot [--arch ARCH] [--flash FILE] [--media nor|nand|ext4|f2fs|ram] [--no-flash]
- *                [--flash-errors | --flash-error-sectors N,... | --slow-flash MBPS] [--memory MB] [--append 'ARGS']
+ *   qemu/vm boot [--arch ARCH] [--firmware FILE] [--flash FILE] [--media nor|nand|ext4|f2fs|ram] [--no-flash]
+ *                [--flash-errors | --flash-error-sectors N,... | --slow-flash MBPS] [--attach FILE] [--memory MB]
+ *                [--append 'ARGS']
  *                [--run 'CMD' [--cut-after S] [--cut-on TEXT]] [--timeout S] [--verbose]
  *
  * --run CMD runs CMD as root once the device has booted, prints its output,
@@ -19,7 +20,12 @@
  * most MBPS MB/s (QEMU's throttle filter): a slow eMMC or SD card, on which
  * mkfs's discard of the whole device takes a while. Without --run the
  * console is interactive (Ctrl-A X leaves QEMU). --arch picks the device's
- * CPU (qemu/lab/arch.ts: x86_64, the default, or arm64).
+ * CPU (qemu/lab/arch.ts: x86_64, the default, or arm64). --firmware FILE boots
+ * another squashfs as the firmware (the lower) instead of the built one, with the
+ * same kernel, initramfs and flash: a firmware upgrade over a kept flash.
+ * --attach FILE gives the device FILE as one more read-only disk, the last
+ * virtio disk (/dev/vdc after the firmware and the flash): e.g. a new firmware
+ * for `ovroot upgrade-check`.
  */
 import { spawn } from 'node:child_process'
 import * as fs from 'node:fs'
@@ -75,6 +81,8 @@ interface BootOptions {
   /** Reads of the flash that fail with EIO: every one, or those touching these 512-byte sectors. */
   flashErrors: 'every' | readonly number[] | undefined
   slowFlash: number | undefined
+  firmware: string | undefined
+  attach: string | undefined
 }
 
 /** QEMU's blkdebug driver, failing with EIO every read of the image it wraps, or every read touching one of `sectors`. */
@@ -140,7 +148,7 @@ function qemuArguments(options: BootOptions, interactive: boolean): string[] {
     '-append',
     append.join(' '),
   ]
-  args.push('-drive', `file=${images.rootfs},if=virtio,format=raw,readonly=on`)
+  args.push('-drive', `file=${path.resolve(options.firmware ?? images.rootfs)},if=virtio,format=raw,readonly=on`)
   if (options.media !== 'ram' && !options.noFlash) {
     const flash = options.flash ?? path.join(images.dir, `default-${options.media}.flash`)
     ensureFlash(flash, options.media)
@@ -155,6 +163,14 @@ function qemuArguments(options: BootOptions, interactive: boolean): string[] {
       )
     else args.push(...slowFlash(image, options.slowFlash, discard))
   }
+  if (options.attach !== undefined)
+    args.push(
+      '-drive',
+      `file=${path.resolve(options.attach)},if=none,id=attached,format=raw,readonly=on`,
+      '-device',
+      // After the flash's slot (the slow flash takes 0x10): probed last, so the last vdX.
+      'virtio-blk-pci,drive=attached,addr=0x11',
+    )
   args.push(...(interactive ? ['-nographic'] : ['-display', 'none', '-serial', 'stdio', '-monitor', 'none']))
   return args
 }
@@ -250,7 +266,7 @@ async function main(argv: string[]): Promise<number> {
   }
   if (command !== 'boot')
     fail(
-      'usage: qemu/vm build [--arch ARCH] [--force] | qemu/vm boot [--arch ARCH] [--flash FILE] [--media nor|nand|ext4|f2fs|ram] [--no-flash] [--flash-errors | --flash-error-sectors N,... | --slow-flash MBPS] [--memory MB] [--append ARGS] [--run CMD [--cut-after S [--cut-on TEXT]]] [--timeout S] [--verbose]',
+      'usage: qemu/vm build [--arch ARCH] [--force] | qemu/vm boot [--arch ARCH] [--firmware FILE] [--flash FILE] [--media nor|nand|ext4|f2fs|ram] [--no-flash] [--flash-errors | --flash-error-sectors N,... | --slow-flash MBPS] [--attach FILE] [--memory MB] [--append ARGS] [--run CMD [--cut-after S [--cut-on TEXT]]] [--timeout S] [--verbose]',
     )
   const { values } = parseArgs({
     args: rest,
@@ -269,6 +285,8 @@ async function main(argv: string[]): Promise<number> {
       'flash-errors': { type: 'boolean', default: false },
       'flash-error-sectors': { type: 'string' },
       'slow-flash': { type: 'string' },
+      firmware: { type: 'string' },
+      attach: { type: 'string' },
     },
   })
   const media = values.media as Media
@@ -289,6 +307,8 @@ async function main(argv: string[]): Promise<number> {
   const slowFlash = values['slow-flash'] === undefined ? undefined : Number(values['slow-flash'])
   if (slowFlash !== undefined && (!(slowFlash > 0) || flashErrors))
     fail('--slow-flash takes megabytes per second and does not go with --flash-errors or --flash-error-sectors')
+  for (const file of [values.firmware, values.attach])
+    if (file !== undefined && !fs.existsSync(file)) fail(`${file}: no such file`)
   return boot({
     arch: architectureNamed(values.arch),
     flash: values.flash,
@@ -303,6 +323,8 @@ async function main(argv: string[]): Promise<number> {
     noFlash: values['no-flash'],
     flashErrors,
     slowFlash,
+    firmware: values.firmware,
+    attach: values.attach,
   })
 }
 
