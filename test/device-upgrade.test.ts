@@ -332,7 +332,8 @@ await t.test(
       const cut = boot([
         ...cutArgs,
         '--cut-on',
-        'reconciling the upper',
+        // A whole console line, or (ending in *) one that begins so: the reconcile's first.
+        'ovroot: firmware changed (*',
         '--cut-after',
         String(delay),
         '--run',

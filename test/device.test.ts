@@ -60,7 +60,7 @@ await t.test(
     const cut = boot([
       ...args,
       '--cut-on',
-      'ovroot: applying factory reset',
+      'ovroot: applying factory reset*',
       '--cut-after',
       '1',
       '--run',
