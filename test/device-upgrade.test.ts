@@ -233,7 +233,16 @@ function upgradeOf(t: Test, output: string): UpgradeSummary | undefined {
 }
 
 /** Delays after the reconcile's first line at which the sweep cuts the power, until a cut lands after its end. */
-const CUT_DELAYS = [0, 0.6, 1.2]
+/**
+ * Where the power is cut: at the reconcile's first line (before its commit), at its apply's line
+ * (after the commit), each at once, and a little after the first. A whole console line, or (ending
+ * in *) one that begins so. A cut lands when the reconcile had not printed its last line.
+ */
+const CUTS: [line: string, delay: number][] = [
+  ['ovroot: firmware changed (*', 0],
+  ['ovroot: applying the reconcile', 0],
+  ['ovroot: firmware changed (*', 0.3],
+]
 
 await t.test(
   'firmware A to B over a kept flash: every row of the table, the reports, upgrade-check, power cuts inside the reconcile, back to A',
@@ -322,32 +331,24 @@ await t.test(
       'base to firmware',
     )
 
-    // Power cuts inside the reconcile, armed on its first line: each that lands before its last line is
-    // followed by a boot that must show every row reconciled, whether it finds the change committed or not.
+    // Power cuts inside the reconcile (CUTS): each that lands before its last line is followed by a boot
+    // that must show every row reconciled, whether it finds the change committed or not.
     const landed: string[] = []
-    for (const delay of CUT_DELAYS) {
+    for (const [line, delay] of CUTS) {
+      const at = `"${line}" +${delay} s`
       const cutFlash = `${dir}/cut.flash`
       fs.copyFileSync(beforeB, cutFlash)
       const cutArgs = ['--firmware', bImage, '--flash', cutFlash, ...INDEX]
-      const cut = boot([
-        ...cutArgs,
-        '--cut-on',
-        // A whole console line, or (ending in *) one that begins so: the reconcile's first.
-        'ovroot: firmware changed (*',
-        '--cut-after',
-        String(delay),
-        '--run',
-        'echo booted',
-      ])
-      if (cut.status !== 137 || RECONCILED.test(consoleLog())) break
-      t.match(consoleLog(), RECONCILING, `cut ${delay} s in: the reconcile had begun`)
+      const cut = boot([...cutArgs, '--cut-on', line, '--cut-after', String(delay), '--run', 'echo booted'])
+      if (cut.status !== 137 || RECONCILED.test(consoleLog())) continue
+      t.match(consoleLog(), RECONCILING, `cut at ${at}: the reconcile had begun`)
       const after = run(t, cutArgs, `${STATUS} && ${SHOW_ROWS} && ${DIFF}`)
       const resumed = FINISHING.test(consoleLog()) ? 'committed' : RECONCILING.test(consoleLog()) ? 'redone' : 'neither'
-      landed.push(`${delay} s: ${resumed}`)
-      t.not(resumed, 'neither', `cut ${delay} s in: the next boot finished the committed change or reconciled again`)
-      t.equal(statusFrom(after.stdout).mode, 'flash', `cut ${delay} s in: the next boot is on the flash`)
-      t.same(rows(after.stdout), ON_B, `cut ${delay} s in (${resumed}): the next boot shows every row reconciled`)
-      t.same(changesFrom(after.stdout), DIFF_ON_B, `cut ${delay} s in: the same diff`)
+      landed.push(`${at}: ${resumed}`)
+      t.not(resumed, 'neither', `cut at ${at}: the next boot finished the committed change or reconciled again`)
+      t.equal(statusFrom(after.stdout).mode, 'flash', `cut at ${at}: the next boot is on the flash`)
+      t.same(rows(after.stdout), ON_B, `cut at ${at} (${resumed}): the next boot shows every row reconciled`)
+      t.same(changesFrom(after.stdout), DIFF_ON_B, `cut at ${at}: the same diff`)
     }
     t.ok(landed.length >= 2, `cuts landed inside the reconcile: ${landed.join(', ')}`)
 
