@@ -372,7 +372,9 @@ function overlayOptions(extra: string[], lowers: string[], upper: string, work: 
   if (lowers.length > 1 && !set('metacopy') && !extra.includes('userxattr')) options.push('metacopy=on')
   if (!set('index') && !extra.includes('nfs_export=on')) options.push('index=off')
   if (!set('metacopy')) options.push('metacopy=off')
-  if (!set('redirect_dir') && !options.includes('metacopy=on')) options.push('redirect_dir=off')
+  // userxattr already means no redirects, and the kernel refuses it with redirect_dir=off (which follows them).
+  if (!set('redirect_dir') && !options.includes('metacopy=on') && !extra.includes('userxattr'))
+    options.push('redirect_dir=off')
   if (!set('xino')) options.push('xino=off')
   if (!set('nfs_export')) options.push('nfs_export=off')
   return options.join(',')
