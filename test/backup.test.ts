@@ -313,11 +313,17 @@ await t.test(
 )
 
 await t.test(
-  '--changes-only leaves out copy-ups identical to the firmware; --exclude leaves out paths; standard output',
+  '--changes-only leaves out copy-ups identical to the firmware; --exclude leaves out paths; standard output; a positional archive',
   async (t) => {
     const d = device(t, [], applyStandardOperations(t))
     const full = execFileSync('node', [fileArgument(), 'backup', '--upper', d.upper, '--lower', d.lower, '-o', '-'])
     t.equal(full.subarray(0, 2).toString('hex'), '1f8b', '- writes the gzip archive to standard output')
+    const named = `${d.dir}/named.ovb`
+    t.equal(ovroot(['backup', named, '--upper', d.upper, '--lower', d.lower]).status, 0)
+    t.equal(fs.readFileSync(named).subarray(0, 2).toString('hex'), '1f8b', 'a positional archive names the file')
+    const twice = ovroot(['backup', named, '-o', `${d.dir}/other.ovb`, '--upper', d.upper, '--lower', d.lower])
+    t.equal(twice.status, 2, 'an archive named twice is a usage error')
+    t.match(twice.stderr, /two archives named/)
     const changes = `${d.dir}/changes.ovb`
     t.equal(backup(d, changes, '--changes-only', '--exclude', '/etc/init.d').status, 0)
     const names = execFileSync('tar', ['-tzf', changes], { encoding: 'utf8' }).split('\n')

@@ -3,6 +3,7 @@ import { usageError } from '../../errors.js'
 
 interface BackupArgs {
   config?: string
+  archive?: string
   output: string
   upper?: string
   lower?: string[]
@@ -12,11 +13,12 @@ interface BackupArgs {
 }
 
 export const backupCommand: CommandModule<object, BackupArgs> = {
-  command: 'backup',
+  command: 'backup [archive]',
   describe:
-    "Archive the upper faithfully: a gzip'd pax tar with every xattr, whiteouts, hardlinks and a checksum per file",
+    "Archive the upper faithfully: a gzip'd pax tar with every xattr, whiteouts, hardlinks, sparse holes and one digest over the whole stream",
   builder: (yargs) =>
     yargs
+      .positional('archive', { type: 'string', describe: 'archive file, the same as --output' })
       .option('output', {
         alias: 'o',
         type: 'string',
@@ -53,7 +55,7 @@ export const backupCommand: CommandModule<object, BackupArgs> = {
         requiresArg: true,
         describe: 'encrypt (scrypt, AES-256-GCM) with the passphrase in this file',
       })
-      .example('ovroot backup -o /tmp/device.ovb', 'back up this device')
+      .example('ovroot backup /tmp/device.ovb', 'back up this device')
       .example('ssh router ovroot backup - > router.ovb', 'back up a device over ssh')
       .epilog(
         "GNU tar reads the archive: tar --xattrs --xattrs-include='*' -xpzf FILE (as root) extracts a directory equal to the upper.",
@@ -61,10 +63,12 @@ export const backupCommand: CommandModule<object, BackupArgs> = {
   handler: async (args) => {
     if ((args.lower === undefined) !== (args.upper === undefined))
       throw usageError("--lower and --upper go together: give both, or neither to use the device's configuration")
+    if (args.archive !== undefined && args.output !== '-' && args.output !== args.archive)
+      throw usageError(`two archives named: ${args.archive} and --output ${args.output}; give one`)
     const { runBackup } = await import('../../backup/command.js')
     process.exitCode = await runBackup({
       configFile: args.config,
-      output: args.output,
+      output: args.archive ?? args.output,
       upper: args.upper,
       lowers: args.lower,
       changesOnly: args['changes-only'],
