@@ -179,11 +179,14 @@ await benchmarkRoot('sync-bench', async (root) => {
   const stats = () =>
     fs.existsSync(path.join(run, 'sync.json')) ? JSON.parse(fs.readFileSync(path.join(run, 'sync.json'), 'utf8')) : {}
   // Started as the device starts it: with the heap cap of its init script.
-  const daemonOptions = /^DAEMON_NODE_OPTIONS='([^']*)'/m.exec(fs.readFileSync(INIT_SCRIPT, 'utf8'))?.[1] ?? ''
-  console.log(`  (the daemon runs with NODE_OPTIONS='${daemonOptions}', as etc/init.d/ovroot starts it)`)
+  const initScript = fs.readFileSync(INIT_SCRIPT, 'utf8')
+  const daemonOptions = /^DAEMON_NODE_OPTIONS='([^']*)'/m.exec(initScript)?.[1] ?? ''
+  const arenas = /^DAEMON_MALLOC_ARENA_MAX=(\d+)/m.exec(initScript)?.[1]
+  const daemonEnv = { NODE_OPTIONS: daemonOptions, ...(arenas === undefined ? {} : { MALLOC_ARENA_MAX: arenas }) }
+  console.log(`  (the daemon runs with ${JSON.stringify(daemonEnv)}, as etc/init.d/ovroot starts it)`)
   const daemon = spawn(process.execPath, [OVROOT, 'sync', '--watch', '--config', daemonConfig], {
     stdio: 'ignore',
-    env: { ...process.env, NODE_OPTIONS: daemonOptions },
+    env: { ...process.env, ...daemonEnv },
   })
   while (stats().watcher !== 'watching') await sleep(100)
   const ready = memoryOf(daemon.pid)
