@@ -210,10 +210,11 @@ await benchmarkRoot('sync-bench', async (root) => {
     `  daemon peak above node itself: ${(end.peak - floor).toFixed(1)} MiB (chokidar alone: ${(chokidarAlone - floor).toFixed(1)} MiB)   (target: peak <= 64 MiB)`,
   )
   console.log('\nratios over the three rounds')
-  console.log(
-    `  ovroot bytes written / changed files' bytes: ${(totals.ovroot.bytes / totals.changed).toFixed(2)}x   (target <= 1.1x plus the journal)`,
-  )
+  console.log(`  ovroot bytes written / changed files' bytes: ${(totals.ovroot.bytes / totals.changed).toFixed(2)}x`)
   console.log(`  rsync bytes written / changed files' bytes:  ${(totals.rsync.bytes / totals.changed).toFixed(2)}x`)
+  console.log(
+    `  ovroot bytes / rsync bytes:                  ${(totals.ovroot.bytes / totals.rsync.bytes).toFixed(2)}x   (target <= 1x)`,
+  )
   console.log(
     `  ovroot time / rsync time:                    ${(totals.ovroot.seconds / totals.rsync.seconds).toFixed(2)}x   (target <= 1x)`,
   )
