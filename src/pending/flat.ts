@@ -3,14 +3,16 @@ import { readEntry, replaceMetadata, setModificationTime } from '../sys/entries.
 import { removeTree, renamePath, statPath } from '../sys/fs.js'
 import { bytePathBuffer, bytesOf, type BytePath } from '../names.js'
 import type { PendingChange } from './marker.js'
+import { parentOf } from '../upper/entry.js'
 
 export type FlatChange = Pick<Extract<PendingChange, { kind: 'sync' }>, 'removals' | 'moves' | 'parents' | 'names'>
 
 /**
  * A flat staging (a sync's, an upgrade's), applied: removals, then each staged entry renamed to
  * its place (parents come before children in `moves`; a directory new to the
- * copy moves with its subtree), then the metadata of directories that stayed,
- * last because every rename into a directory changes its mtime. What is done
+ * copy moves with its subtree), each directory that stayed given back its
+ * mtime right after the last entry moved into it (every rename into a
+ * directory changes it), then the metadata of changed directories. What is done
  * leaves the staging, so a rerun after a cut does only the rest. Nothing is
  * fsynced here: the marker stays until the caller's one sync of the whole
  * filesystem (an fsync per directory costs a journal commit each on ext4).
@@ -23,24 +25,36 @@ export function applyFlat(stagedText: string, upperText: string, change: FlatCha
   const kernel = bytePathBuffer
   for (const path of change.removals) removeTree(kernel(`${upper}/${fromMarker(path)}`))
   const target = (path: string): BytePath => (path === '.' ? upper : `${upper}/${fromMarker(path)}`)
+  const mtimes = new Map(change.parents)
+  const giveBack = (path: string): void => {
+    const mtime = mtimes.get(path)
+    if (mtime !== undefined && statPath(kernel(target(path)))?.type === 'dir') setModificationTime(target(path), mtime)
+  }
+  // Right after its last move, not after all of them: a sync's moves outgrow one ext4 journal transaction, and a
+  // directory's inode changed on both sides of a commit is written to the journal twice (README, Performance).
+  const lastMoveInto = new Map<string, number>()
+  change.moves.forEach((path, index) => lastMoveInto.set(parentOf(path), index))
   const directories: [BytePath, BytePath][] = []
   change.moves.forEach((path, index) => {
-    const from = `${staged}/${index}`
-    const kind = statPath(kernel(from))?.type
-    if (kind === undefined) return
-    const to = target(path)
-    const existing = statPath(kernel(to))?.type
-    if (kind === 'dir' && existing === 'dir') directories.push([from, to])
-    else {
-      if (existing) removeTree(kernel(to))
-      renamePath(kernel(from), kernel(to))
-    }
+    moveStaged(`${staged}/${index}`, target(path), directories)
+    if (lastMoveInto.get(parentOf(path)) === index) giveBack(parentOf(path))
   })
-  for (const [path, mtime] of change.parents)
-    if (statPath(kernel(target(path)))?.type === 'dir') setModificationTime(target(path), mtime)
+  for (const [path] of change.parents) if (!lastMoveInto.has(path)) giveBack(path)
   for (const [from, to] of directories) {
     const own = readEntry(from, '.', '')
     if (own !== 'socket') replaceMetadata(to, own)
   }
   removeTree(kernel(staged))
+}
+
+/** One staged entry into its place; a staged directory meeting one only lends its metadata, afterwards. Gone: moved before a cut. */
+function moveStaged(from: BytePath, to: BytePath, directories: [BytePath, BytePath][]): void {
+  const kind = statPath(bytePathBuffer(from))?.type
+  if (kind === undefined) return
+  const existing = statPath(bytePathBuffer(to))?.type
+  if (kind === 'dir' && existing === 'dir') directories.push([from, to])
+  else {
+    if (existing) removeTree(bytePathBuffer(to))
+    renamePath(bytePathBuffer(from), bytePathBuffer(to))
+  }
 }

@@ -78,17 +78,20 @@ export function startScan(layout: FlashLayout, source: SyncSource, runDir: strin
     directoryInode: (path) => inodes?.get(path),
     record: (directories) => {
       const token = randomBytes(8).toString('hex')
-      // The inodes first: a baseline is only ever read with the inodes of its own scan.
+      // The inodes first: a baseline is only ever read with the inodes of its own scan. Neither is flushed: both
+      // hold only in this boot (a power cut ends it), and an fsync is a journal commit on the flash each.
       writeFileAtomic(
         inodesFile,
         JSON.stringify({
           token,
           directories: [...directories].map(([path, inode]) => [path, inode.toString()]),
         } satisfies DirectoryInodes),
+        false,
       )
       writeFileAtomic(
         scanBaselinePath(layout),
         `${JSON.stringify({ ...current, since: now - SLACK_MS, clockOffset, token } satisfies Baseline)}\n`,
+        false,
       )
     },
   }

@@ -136,23 +136,38 @@ export const hostTreeReader: TreeReader = {
 /**
  * Replace a small file so that a power cut leaves either the old or the new
  * content: write a temporary sibling, fsync it, rename it over, fsync the
- * directory.
+ * directory. Not `durable`: no fsync (readers still see old or new, never a
+ * mix), for a file a power cut makes worthless anyway or that the caller's
+ * sync(2) flushes with more: each fsync is a journal commit on ext4.
  */
-export function writeFileAtomic(path: string, content: string | Buffer): void {
+export function writeFileAtomic(path: string, content: string | Buffer, durable = true): void {
   const temporary = `${path}.tmp`
   const directory = path.slice(0, path.lastIndexOf('/')) || '/'
   try {
-    const fd = fs.openSync(temporary, 'w', 0o644)
-    try {
-      fs.writeSync(fd, typeof content === 'string' ? Buffer.from(content) : content)
-      fs.fsyncSync(fd)
-    } finally {
-      fs.closeSync(fd)
-    }
+    writeWhole(temporary, content, durable)
     fs.renameSync(temporary, path)
-    syncDirectory(directory)
+    if (durable) syncDirectory(directory)
   } catch (error) {
     throw fromNodeError(error, 'write', path)
+  }
+}
+
+/** Create or truncate a file and write all of `content`, unflushed: the caller's sync(2) makes it durable. */
+export function writeFileUnflushed(path: string, content: string | Buffer): void {
+  try {
+    writeWhole(path, content, false)
+  } catch (error) {
+    throw fromNodeError(error, 'write', path)
+  }
+}
+
+function writeWhole(path: string, content: string | Buffer, flush: boolean): void {
+  const fd = fs.openSync(path, 'w', 0o644)
+  try {
+    fs.writeSync(fd, typeof content === 'string' ? Buffer.from(content) : content)
+    if (flush) fs.fsyncSync(fd)
+  } finally {
+    fs.closeSync(fd)
   }
 }
 
@@ -381,10 +396,12 @@ export function isUniform(path: string): boolean {
   }
 }
 
-const zeros = Buffer.alloc(SCAN_CHUNK)
-const ones = Buffer.alloc(SCAN_CHUNK, 0xff)
+/** Made at the first scan, not at load: 2 MiB every process loading this module (the sync daemon) would keep. */
+const filled: { zeros?: Buffer; ones?: Buffer } = {}
 function isFilledWith(view: Buffer, fill: number): boolean {
-  return view.equals((fill === 0 ? zeros : ones).subarray(0, view.length))
+  const reference =
+    fill === 0 ? (filled.zeros ??= Buffer.alloc(SCAN_CHUNK)) : (filled.ones ??= Buffer.alloc(SCAN_CHUNK, 0xff))
+  return view.equals(reference.subarray(0, view.length))
 }
 
 /** The path with every symlink resolved, or undefined when it does not exist. */

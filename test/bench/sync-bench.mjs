@@ -179,11 +179,14 @@ await benchmarkRoot('sync-bench', async (root) => {
   const stats = () =>
     fs.existsSync(path.join(run, 'sync.json')) ? JSON.parse(fs.readFileSync(path.join(run, 'sync.json'), 'utf8')) : {}
   // Started as the device starts it: with the heap cap of its init script.
-  const daemonOptions = /^DAEMON_NODE_OPTIONS='([^']*)'/m.exec(fs.readFileSync(INIT_SCRIPT, 'utf8'))?.[1] ?? ''
-  console.log(`  (the daemon runs with NODE_OPTIONS='${daemonOptions}', as etc/init.d/ovroot starts it)`)
+  const initScript = fs.readFileSync(INIT_SCRIPT, 'utf8')
+  const daemonOptions = /^DAEMON_NODE_OPTIONS='([^']*)'/m.exec(initScript)?.[1] ?? ''
+  const arenas = /^DAEMON_MALLOC_ARENA_MAX=(\d+)/m.exec(initScript)?.[1]
+  const daemonEnv = { NODE_OPTIONS: daemonOptions, ...(arenas === undefined ? {} : { MALLOC_ARENA_MAX: arenas }) }
+  console.log(`  (the daemon runs with ${JSON.stringify(daemonEnv)}, as etc/init.d/ovroot starts it)`)
   const daemon = spawn(process.execPath, [OVROOT, 'sync', '--watch', '--config', daemonConfig], {
     stdio: 'ignore',
-    env: { ...process.env, NODE_OPTIONS: daemonOptions },
+    env: { ...process.env, ...daemonEnv },
   })
   while (stats().watcher !== 'watching') await sleep(100)
   const ready = memoryOf(daemon.pid)
@@ -207,10 +210,11 @@ await benchmarkRoot('sync-bench', async (root) => {
     `  daemon peak above node itself: ${(end.peak - floor).toFixed(1)} MiB (chokidar alone: ${(chokidarAlone - floor).toFixed(1)} MiB)   (target: peak <= 64 MiB)`,
   )
   console.log('\nratios over the three rounds')
-  console.log(
-    `  ovroot bytes written / changed files' bytes: ${(totals.ovroot.bytes / totals.changed).toFixed(2)}x   (target <= 1.1x plus the journal)`,
-  )
+  console.log(`  ovroot bytes written / changed files' bytes: ${(totals.ovroot.bytes / totals.changed).toFixed(2)}x`)
   console.log(`  rsync bytes written / changed files' bytes:  ${(totals.rsync.bytes / totals.changed).toFixed(2)}x`)
+  console.log(
+    `  ovroot bytes / rsync bytes:                  ${(totals.ovroot.bytes / totals.rsync.bytes).toFixed(2)}x   (target <= 1x)`,
+  )
   console.log(
     `  ovroot time / rsync time:                    ${(totals.ovroot.seconds / totals.rsync.seconds).toFixed(2)}x   (target <= 1x)`,
   )
