@@ -187,6 +187,13 @@ function sparseLayout(entry: TarEntry): SparseLayout | undefined {
   return { realSize, map, dataBytes: regions.reduce((sum, [, length]) => sum + length, 0) }
 }
 
+/**
+ * The name of every entry's extended header (star's): readers ignore it, and
+ * one name for all of them costs nothing compressed, where the entry's path
+ * repeated in each (GNU tar's PaxHeaders/NAME) measured 6% of a backup.
+ */
+const EXTENDED_NAME = Buffer.from('././@PaxHeader')
+
 /** The headers of one entry; its data (if any) follows, then `dataPadding(entry)`. */
 export function entryHeader(entry: TarEntry): Buffer {
   const name = bytePathBuffer(entry.path === '.' ? './' : entry.type === 'dir' ? `${entry.path}/` : entry.path)
@@ -237,10 +244,7 @@ export function entryHeader(entry: TarEntry): Buffer {
     devMajor: entry.devMajor,
     devMinor: entry.devMinor,
   })
-  const extended =
-    records.length > 0
-      ? extendedHeader('x', bytePathBuffer(`PaxHeaders/${entry.path.slice(-80)}`), records)
-      : Buffer.alloc(0)
+  const extended = records.length > 0 ? extendedHeader('x', EXTENDED_NAME, records) : Buffer.alloc(0)
   const map = sparse ? [sparse.map, padding(sparse.map.length)] : []
   return Buffer.concat([extended, header, ...map])
 }
