@@ -77,19 +77,24 @@ const fieldText = (block: Buffer, field: Field): string =>
 /** The largest value an octal field of `width` bytes holds (one byte is the terminator). */
 const octalLimit = (width: number): number => 8 ** (width - 1) - 1
 
+/** One record, built in one buffer: a backup writes two or three per entry. */
 function paxRecord(key: string, value: Buffer | string): Buffer {
-  const body = Buffer.concat([
-    Buffer.from(` ${key}=`),
-    Buffer.isBuffer(value) ? value : Buffer.from(value),
-    Buffer.from('\n'),
-  ])
-  let length = body.length + 1
-  while (String(length).length + body.length !== length) length = String(length).length + body.length
-  return Buffer.concat([Buffer.from(String(length)), body])
+  // " key=value\n", then the length in front counts its own digits.
+  const body = Buffer.byteLength(key) + (typeof value === 'string' ? Buffer.byteLength(value) : value.length) + 3
+  let length = body + 1
+  while (String(length).length + body !== length) length = String(length).length + body
+  if (typeof value === 'string') return Buffer.from(`${length} ${key}=${value}\n`)
+  const record = Buffer.allocUnsafe(length)
+  value.copy(record, record.write(`${length} ${key}=`))
+  record[length - 1] = 0x0a
+  return record
 }
 
+/** Zeros that paddings are views of: nothing writes to them, every consumer copies or hashes. */
+const ZEROS = Buffer.alloc(BLOCK)
+
 function padding(size: number): Buffer {
-  return Buffer.alloc((BLOCK - (size % BLOCK)) % BLOCK)
+  return ZEROS.subarray(0, (BLOCK - (size % BLOCK)) % BLOCK)
 }
 
 interface HeaderFields {
@@ -137,7 +142,7 @@ function ustarHeader(fields: HeaderFields): Buffer {
   octal(fields.devMinor, FIELD.devMinor)
   header.fill(' ', FIELD.checksum.offset, FIELD.checksum.offset + FIELD.checksum.width)
   let sum = 0
-  for (const byte of header) sum += byte
+  for (let i = 0; i < BLOCK; i++) sum += header[i] ?? 0
   text(`${sum.toString(8).padStart(6, '0')}\0 `, FIELD.checksum)
   return header
 }
@@ -186,6 +191,13 @@ function sparseLayout(entry: TarEntry): SparseLayout | undefined {
   const map = Buffer.from(`${all.length}\n${all.map(([offset, length]) => `${offset}\n${length}\n`).join('')}`)
   return { realSize, map, dataBytes: regions.reduce((sum, [, length]) => sum + length, 0) }
 }
+
+/**
+ * The name of every entry's extended header (star's): readers ignore it, and
+ * one name for all of them costs nothing compressed, where the entry's path
+ * repeated in each (GNU tar's PaxHeaders/NAME) measured 6% of a backup.
+ */
+const EXTENDED_NAME = Buffer.from('././@PaxHeader')
 
 /** The headers of one entry; its data (if any) follows, then `dataPadding(entry)`. */
 export function entryHeader(entry: TarEntry): Buffer {
@@ -237,10 +249,7 @@ export function entryHeader(entry: TarEntry): Buffer {
     devMajor: entry.devMajor,
     devMinor: entry.devMinor,
   })
-  const extended =
-    records.length > 0
-      ? extendedHeader('x', bytePathBuffer(`PaxHeaders/${entry.path.slice(-80)}`), records)
-      : Buffer.alloc(0)
+  const extended = records.length > 0 ? extendedHeader('x', EXTENDED_NAME, records) : Buffer.alloc(0)
   const map = sparse ? [sparse.map, padding(sparse.map.length)] : []
   return Buffer.concat([extended, header, ...map])
 }
@@ -278,7 +287,7 @@ function parseFlags(text: string): { flags: number; others: string[] } {
   return { flags, others }
 }
 
-/** What follows an entry's data: zeros to the next block. */
+/** What follows an entry's data: zeros to the next block (a view of shared zeros: never written to). */
 export function dataPadding(entry: TarEntry): Buffer {
   return padding(sparseLayout(entry)?.dataBytes ?? entry.size)
 }

@@ -53,12 +53,28 @@ export function firmwareView(lowers: string[], namespace: XattrNamespace, upper?
     ...lowers.map((root) => ({ root: bytesOf(root === '/' ? '' : root.replace(/\/+$/, '')), role: 'lower' as const })),
   ]
   const stack = new LayerStack(layers, hostTreeReader, new OverlayXattrs(namespace))
+  let root: ResolvedEntry | undefined
+  /**
+   * The directories above the path looked up last, resolved, top down: paths
+   * come in a walk's order, so most lookups start where the last one's
+   * parent was, not from the root. Only one path's ancestors are kept.
+   */
+  const above: { name: string; entry: ResolvedEntry | undefined }[] = []
   const lookup = (path: string): ResolvedEntry | undefined => {
-    let entry: ResolvedEntry | undefined = stack.root()
+    let entry: ResolvedEntry | undefined = (root ??= stack.root())
     if (path === '.') return entry
-    for (const name of path.split('/')) {
-      entry = entry.stat.type === 'dir' ? stack.child(entry, name) : undefined
-      if (!entry) return undefined
+    const names = path.split('/')
+    let depth = 0
+    for (; depth < names.length - 1; depth++) {
+      const known = above[depth]
+      if (known === undefined || known.name !== names[depth]) break
+      entry = known.entry
+    }
+    above.length = depth
+    for (; depth < names.length; depth++) {
+      const name = names[depth] ?? ''
+      entry = entry?.stat.type === 'dir' ? stack.child(entry, name) : undefined
+      if (depth < names.length - 1) above.push({ name, entry })
     }
     return entry
   }

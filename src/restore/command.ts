@@ -4,7 +4,6 @@
  * pending-change mechanism reset uses); with --upper DIR it is restored into
  * an empty directory at once.
  */
-import { clearFilesystemIdentity } from '../overlay/identity.js'
 import { tmpdir } from 'node:os'
 import { basename, dirname, resolve } from 'node:path'
 import { readPassphrase } from '../archive/crypt.js'
@@ -13,8 +12,7 @@ import { describeFirmware, firmwareIdentity, firmwareView, type LayerView } from
 import { loadConfig } from '../config/load.js'
 import type { Config } from '../config/schema.js'
 import { ExitCode, OvrootError, type ExitStatus } from '../errors.js'
-import { namespaceForMount, OverlayXattrs, type XattrNamespace } from '../overlay/xattrs.js'
-import { bytesOf } from '../names.js'
+import { namespaceForMount, type XattrNamespace } from '../overlay/xattrs.js'
 import { confirm, rebootNow } from '../interact.js'
 import { cancelScheduled, readBootRecord, refuseLiveLayer, withWritableFlash } from '../pending/device.js'
 import { cancelPending, commitPending, describePendingAt } from '../pending/marker.js'
@@ -71,8 +69,11 @@ export async function runRestore(options: RestoreOptions): Promise<ExitStatus> {
   try {
     if (statPath(file)?.type !== 'file')
       throw new OvrootError('ENOENT', ExitCode.environment, `backup ${options.source} does not exist or is not a file`)
-    const extract = (target: Target, staging: string | undefined): Promise<ExtractResult> =>
-      extractArchive(file, extractOptions(target, passphrase, staging))
+    const extract = (target: Target, staging: string | undefined, dropIdentity = false): Promise<ExtractResult> =>
+      extractArchive(file, {
+        ...extractOptions(target, passphrase, staging),
+        ...(dropIdentity ? { dropIdentity: target.namespace } : {}),
+      })
     return options.upper === undefined
       ? await restoreLive(config, options, extract)
       : await restoreOffline(config, options, extract)
@@ -81,7 +82,8 @@ export async function runRestore(options: RestoreOptions): Promise<ExitStatus> {
   }
 }
 
-type Extract = (target: Target, staging: string | undefined) => Promise<ExtractResult>
+/** `dropIdentity`: stage the entries without their filesystem identity (an upper restored offline, used as it is). */
+type Extract = (target: Target, staging: string | undefined, dropIdentity?: boolean) => Promise<ExtractResult>
 
 /** The views are built on first use: a backup restored offline without its firmware needs neither. */
 function extractOptions(
@@ -155,7 +157,8 @@ async function restoreOffline(config: Config, options: RestoreOptions, extract: 
       `${staging} already exists: another restore into ${upper} is running, or one was interrupted; remove it once none is running`,
     )
   try {
-    const result = await extract(target, staging)
+    // The archive's origin handles and root uuid belong to the filesystem it was taken from (issue 17 item 7).
+    const result = await extract(target, staging, true)
     reportFlagsNotKept(result)
     checkConflicts(result, target, options.force)
     if (options.dryRun) {
@@ -163,8 +166,6 @@ async function restoreOffline(config: Config, options: RestoreOptions, extract: 
       removeTree(staging)
       return ExitCode.ok
     }
-    // The archive's origin handles and root uuid belong to the filesystem it was taken from (issue 17 item 7).
-    clearFilesystemIdentity(bytesOf(staging), new OverlayXattrs(result.header?.namespace ?? target.namespace))
     removeTree(upper)
     renamePath(staging, upper)
     syncDirectory(dirname(upper))

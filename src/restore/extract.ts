@@ -22,6 +22,8 @@ import { readAt } from '../sys/fs.js'
 import { EntryWriter } from '../sys/entries.js'
 import type { EntryKind, UpperEntry } from '../sys/types.js'
 import { under } from '../upper/entry.js'
+import { isIdentityXattr } from '../overlay/identity.js'
+import { OverlayXattrs, type XattrNamespace } from '../overlay/xattrs.js'
 import { PathRules } from './rules.js'
 
 /** What an entry costs on flash beyond its data (rounded up to 4 KiB blocks): a log-structured filesystem's inode and directory nodes. */
@@ -57,6 +59,13 @@ export interface ExtractOptions {
   firmwareSha256(path: string): string | undefined
   /** Whether to compare copied-up files with the firmware (the backup's firmware differs from this one). */
   checkFirmware(header: BackupHeader): boolean
+  /**
+   * Leave the filesystem identity xattrs (overlay/identity.ts) out of the
+   * staged entries, in this namespace unless the backup's header names one:
+   * the archive's belong to the filesystem it was taken from. Left out as
+   * they are written, not removed in a second walk of the staged upper.
+   */
+  dropIdentity?: XattrNamespace
 }
 
 export interface ExtractResult {
@@ -220,8 +229,20 @@ class Extraction {
     if (this.writer && this.staging !== undefined && !(this.kind === 'sysupgrade' && entry.path === '.')) {
       const linkTarget =
         entry.type === 'hardlink' ? under(this.staging, (entry.linkTarget ?? '').replace(/^(\.\/)+/, '')) : undefined
-      this.writer.begin(under(this.staging, entry.path), entry, linkTarget)
+      this.writer.begin(under(this.staging, entry.path), this.withoutIdentity(entry), linkTarget)
     }
+  }
+
+  private identity: OverlayXattrs | undefined
+
+  /** The entry as staged: without the filesystem identity xattrs, when they are dropped. */
+  private withoutIdentity(entry: TarEntry): TarEntry {
+    const namespace = this.header?.namespace ?? this.options.dropIdentity
+    if (namespace === undefined || this.options.dropIdentity === undefined || entry.xattrs.length === 0) return entry
+    if (this.identity?.namespace !== namespace) this.identity = new OverlayXattrs(namespace)
+    const identity = this.identity
+    const xattrs = entry.xattrs.filter(([name]) => !isIdentityXattr(identity, name))
+    return xattrs.length === entry.xattrs.length ? entry : { ...entry, xattrs }
   }
 
   private data(chunk: Buffer): void {

@@ -137,7 +137,7 @@ function readLinkText(full: BytePath): BytePath {
   }
 }
 
-/** Files up to this size are read once, into memory; larger ones are hashed first, then streamed. */
+/** Files up to this size are read once, into memory; larger ones (and files with holes) are hashed first, then streamed. */
 const WHOLE_FILE_BYTES = 4 << 20
 const CHUNK = 1 << 20
 
@@ -170,19 +170,46 @@ export function readStableFile(
   options: { holes?: boolean; prefixOfGrowing?: boolean } = {},
 ): StableFile {
   for (let attempt = 0; attempt < 2; attempt++) {
+    const small = readSmallFile(full, options.holes === true)
+    if (small === 'changed') continue
+    if (small !== 'large') return small
     const before = statForChange(full)
     // Fewer blocks than bytes: a file with holes (or a filesystem that compresses); only then is the map asked for.
     const regions = options.holes === true && before.blocks * 512 < before.size ? holeMap(full, before.size) : undefined
-    const read = regions
-      ? readRegions(full, regions)
-      : before.size <= WHOLE_FILE_BYTES
-        ? readWhole(full)
-        : hashFile(full)
+    const read = regions ? readRegions(full, regions) : hashFile(full)
     if (sameVersion(before, statForChange(full))) return { ...read, size: before.size }
   }
   const prefix = options.prefixOfGrowing ? grownPrefix(full) : undefined
   if (prefix === undefined) throw changedWhileRead(full)
   return prefix
+}
+
+/**
+ * A file of up to WHOLE_FILE_BYTES without holes (most of an upper), read
+ * whole through one descriptor: its fstat before and after the read stand for
+ * two stats of its path (the descriptor is the inode read, renamed or not).
+ * 'large' for any other file, 'changed' when it changed while read.
+ */
+function readSmallFile(full: BytePath, holes: boolean): StableFile | 'large' | 'changed' {
+  let fd = -1
+  try {
+    fd = fs.openSync(kernelPath(full), 'r')
+    const before = fs.fstatSync(fd)
+    if (before.size > WHOLE_FILE_BYTES || (holes && before.blocks * 512 < before.size)) return 'large'
+    const content = Buffer.allocUnsafe(before.size)
+    for (let got = 0; got < content.length;) {
+      const count = fs.readSync(fd, content, got, content.length - got, got)
+      if (count === 0) return 'changed'
+      got += count
+    }
+    if (!sameVersion(before, fs.fstatSync(fd))) return 'changed'
+    const sha256 = createHash('sha256').update(content).digest('hex')
+    return { sha256, size: content.length, chunks: () => [content] }
+  } catch (error) {
+    throw fromNodeError(error, 'read', showBytes(full))
+  } finally {
+    if (fd >= 0) fs.closeSync(fd)
+  }
 }
 
 /**
@@ -242,17 +269,6 @@ function readRegions(full: BytePath, regions: Region[]): Omit<StableFile, 'size'
       if (again.digest('hex') !== sha256) throw changedWhileRead(full)
     },
   }
-}
-
-function readWhole(full: BytePath): Omit<StableFile, 'size'> {
-  let content: Buffer
-  try {
-    content = fs.readFileSync(kernelPath(full))
-  } catch (error) {
-    throw fromNodeError(error, 'read', showBytes(full))
-  }
-  const sha256 = createHash('sha256').update(content).digest('hex')
-  return { sha256, chunks: () => [content] }
 }
 
 function hashFile(full: BytePath): Omit<StableFile, 'size'> {
