@@ -129,7 +129,8 @@ const CHANGES_IN_B: Record<string, string | null> = {
 /** ovroot's own overlay options (boot/agent.ts): every feature that binds an upper to a lower off. */
 const OVROOT_OPTIONS = ['index=off', 'metacopy=off', 'redirect_dir=off', 'xino=off', 'nfs_export=off']
 
-function buildFirmware(dir: string, files: Record<string, string>, name: string): string {
+/** Firmware as a mounted squashfs; `manifest: false` builds it as an image build that ships none. */
+function buildFirmware(dir: string, files: Record<string, string>, name: string, manifest = true): string {
   const tree = `${dir}/${name}-tree`
   for (const [path, content] of Object.entries(files)) {
     const full = latin1(`${tree}/${path}`)
@@ -138,8 +139,8 @@ function buildFirmware(dir: string, files: Record<string, string>, name: string)
   }
   fs.chmodSync(`${tree}/usr/bin/tool`, 0o755)
   fs.mkdirSync(`${tree}/usr/lib/ovroot`, { recursive: true })
-  const made = ovroot(['manifest', tree, '--output', `${tree}/${MANIFEST_PATH}`])
-  if (made.status !== 0) throw new Error(made.stderr)
+  const made = manifest ? ovroot(['manifest', tree, '--output', `${tree}/${MANIFEST_PATH}`]) : undefined
+  if (made && made.status !== 0) throw new Error(made.stderr)
   execFileSync('mksquashfs', [tree, `${dir}/${name}.sqfs`, '-quiet', '-no-progress', '-comp', 'gzip'])
   fs.mkdirSync(`${dir}/${name}`)
   execFileSync('mount', ['-t', 'squashfs', '-o', 'ro,loop', `${dir}/${name}.sqfs`, `${dir}/${name}`])
@@ -618,3 +619,114 @@ await t.test('ovroot status shows the upgrade of this boot, in text and JSON', a
   const json = ovroot(['status', '--json', '--config', `${s.dir}/ovroot.conf`])
   t.same((JSON.parse(json.stdout) as { upgrade: unknown }).upgrade, upgrade, '--json carries it whole')
 })
+
+await t.test(
+  'firmware without a manifest: records taken at boot on A for the upper entries not yet recorded; on B the reconcile classifies from them, an entry never recorded is the user’s, reported',
+  async (t) => {
+    const { onFirmware } = await import('../src/upgrade/boot.js')
+    const { currentIdentity } = await import('../src/upgrade/identity.js')
+    const { readFirmwareRecord, readUpgradeReport } = await import('../src/upgrade/record.js')
+    const { OverlayXattrs } = await import('../src/overlay/xattrs.js')
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const a = buildFirmware(s.dir, FIRMWARE_A, 'a', false)
+    const b = buildFirmware(s.dir, firmwareB(), 'b', false)
+    t.notOk(fs.existsSync(`${a}/${MANIFEST_PATH}`), 'A ships no manifest')
+    const layout = { root: `${s.dir}/flash`, upperName: 'upper' }
+    const upper = `${layout.root}/upper`
+    const work = `${layout.root}/work`
+    fs.mkdirSync(upper, { recursive: true })
+    fs.mkdirSync(work)
+    const context = async (lower: string) => ({
+      layout,
+      lower,
+      xattrs: new OverlayXattrs('trusted'),
+      preferFirmware: false,
+      recorded: readFirmwareRecord(layout),
+      current: await currentIdentity(lower),
+      work,
+    })
+    const merged = `${s.dir}/merged`
+    const session = (changes: (at: (path: string) => Buffer) => void): void => {
+      mountOverlay(merged, [a], upper, work, OVROOT_OPTIONS)
+      changes((path) => latin1(`${merged}/${path}`))
+      unmount(merged)
+    }
+    const base = (): string => read(`${layout.root}/.ovroot/base.manifest`) ?? ''
+    const absent = (): string => read(`${layout.root}/.ovroot/base.absent`) ?? ''
+
+    t.equal(await onFirmware(await context(a)), undefined, 'first boot on A: recorded, nothing reconciled')
+    t.match(readFirmwareRecord(layout), { base: 'recorded', identity: /^squashfs:/ })
+    t.notMatch(base(), /etc\/config\/network/, 'an empty upper: nothing of A recorded yet')
+
+    // A session on A, then a boot on A: the records of what it shadows are taken while A is still there.
+    session((at) => {
+      fs.appendFileSync(at('etc/config/network'), '\toption user 1\n') // conflict with B
+      fs.appendFileSync(at('etc/config/system'), '\toption hostname mine\n') // B did not change it: kept
+      fs.closeSync(fs.openSync(at('etc/config/dhcp'), 'r+')) // stale
+      fs.chmodSync(at('usr/bin/tool'), 0o700) // stale, the user's mode on B's data
+      fs.chmodSync(at('usr/lib/libbar.so'), 0o600) // gone in B
+      fs.writeFileSync(at('etc/motd'), 'motd 2\n') // converged
+      fs.rmSync(at('etc/banner')) // hidden
+      fs.writeFileSync(at('etc/own'), 'own file\n') // own: A had nothing there
+    })
+    t.equal(await onFirmware(await context(a)), undefined, 'the boot on A again: records only')
+    t.match(base(), /^etc\/config\/network\tf\t/m, 'the edited file’s old side recorded')
+    t.match(base(), /^usr\/bin\/tool\tf\t755\t/m, 'the chmod’ed file’s old mode recorded')
+    t.match(base(), /^etc\/banner\tf\t/m, 'what a whiteout hides recorded')
+    t.match(absent(), /^etc\/own$/m, 'the user’s own file: recorded as absent from A')
+    const recorded = base()
+    t.equal(await onFirmware(await context(a)), undefined, 'and once more')
+    t.equal(base(), recorded, 'records taken once: nothing new, nothing changed')
+
+    // The last session on A: no boot on A follows, so its entries are never recorded.
+    session((at) => {
+      fs.utimesSync(at('etc/config/firewall'), new Date(), new Date()) // would be stale: unknown
+      fs.appendFileSync(at('etc/profile'), 'mine\n') // would be a conflict: unknown
+      fs.writeFileSync(at('etc/own2'), 'own 2\n') // own, but not known to be: unknown
+    })
+
+    const summary = await onFirmware(await context(b))
+    t.ok(summary, 'boot on B reconciled')
+    t.same(summary?.conflicts, ['/etc/config/network'], 'the recorded conflict, named')
+    t.same(summary?.hidden, ['/etc/banner'], 'the recorded deletion, named')
+    t.same(
+      summary?.unknown,
+      ['/etc/config/firewall', '/etc/own2', '/etc/profile'],
+      'the entries of the last session on A: unknown, named',
+    )
+    t.same(summary?.counts, { own: 1, kept: 1, converged: 1, stale: 2, gone: 1, conflict: 1, hidden: 1, unknown: 3 })
+    t.same(
+      readUpgradeReport(layout)
+        ?.entries.filter((entry) => entry.class === 'unknown')
+        .map((entry) => entry.path),
+      summary?.unknown,
+      'the report names them too',
+    )
+    t.match(readFirmwareRecord(layout), {
+      base: 'recorded',
+      identity: (await currentIdentity(b)).identity,
+    })
+    t.match(base(), /^etc\/profile\tf\t/m, 'B’s records of what stays are the base of the next upgrade')
+
+    fs.mkdirSync(work, { recursive: true })
+    mountOverlay(merged, [b], upper, work, OVROOT_OPTIONS)
+    const B = firmwareB()
+    const expect = (path: string, content: string | undefined, what: string): void => {
+      t.equal(read(`${merged}/${path}`), content, what)
+    }
+    expect('etc/config/network', `${FIRMWARE_A['etc/config/network']}\toption user 1\n`, 'conflict: the user’s')
+    expect('etc/config/system', `${FIRMWARE_A['etc/config/system']}\toption hostname mine\n`, 'kept')
+    expect('etc/config/dhcp', B['etc/config/dhcp'], 'stale: B’s')
+    expect('usr/bin/tool', B['usr/bin/tool'], 'stale chmod: B’s data')
+    t.equal(fs.statSync(`${merged}/usr/bin/tool`).mode & 0o7777, 0o700, '... with the user’s mode')
+    expect('usr/lib/libbar.so', undefined, 'gone')
+    expect('etc/motd', 'motd 2\n', 'converged')
+    expect('etc/banner', undefined, 'the deletion stays')
+    expect('etc/own', 'own file\n', 'own')
+    expect('etc/config/firewall', FIRMWARE_A['etc/config/firewall'], 'unknown: A’s copy kept as the user’s')
+    expect('etc/profile', `${FIRMWARE_A['etc/profile']}mine\n`, 'unknown: the user’s kept')
+    expect('etc/own2', 'own 2\n', 'unknown: kept')
+    unmount(merged)
+  },
+)
