@@ -730,3 +730,85 @@ await t.test(
     unmount(merged)
   },
 )
+
+await t.test(
+  '[upgrade] conflicts = firmware: the firmware’s version wins, the user’s saved for the three-way view; status and diff --conflicts say so',
+  async (t) => {
+    const { onFirmware } = await import('../src/upgrade/boot.js')
+    const { currentIdentity } = await import('../src/upgrade/identity.js')
+    const { readFirmwareRecord, readUpgradeReport } = await import('../src/upgrade/record.js')
+    const { OverlayXattrs } = await import('../src/overlay/xattrs.js')
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const a = buildFirmware(s.dir, FIRMWARE_A, 'a')
+    const b = buildFirmware(s.dir, firmwareB(), 'b')
+    const layout = { root: `${s.dir}/flash`, upperName: 'upper' }
+    const upper = `${layout.root}/upper`
+    const work = `${layout.root}/work`
+    fs.mkdirSync(upper, { recursive: true })
+    fs.mkdirSync(work)
+    const context = async (lower: string) => ({
+      layout,
+      lower,
+      xattrs: new OverlayXattrs('trusted'),
+      preferFirmware: true,
+      recorded: readFirmwareRecord(layout),
+      current: await currentIdentity(lower),
+      work,
+    })
+    await onFirmware(await context(a))
+    const merged = `${s.dir}/merged`
+    mountOverlay(merged, [a], upper, work, OVROOT_OPTIONS)
+    userChanges(merged)
+    unmount(merged)
+
+    const summary = await onFirmware(await context(b))
+    const conflicts = ['/etc/config/network', '/etc/r\\xe9seau']
+    t.same(summary?.conflicts, conflicts, 'the conflicts, named')
+    t.same(summary?.firmwareWon, conflicts, 'each given to the firmware')
+    t.same(summary?.counts, { own: 6, kept: 1, converged: 1, stale: 7, gone: 1, conflict: 2, hidden: 3, unknown: 0 })
+    t.notOk(fs.existsSync(`${upper}/etc/config/network`), 'the user’s copy left the upper')
+    const saved = `${layout.root}/.ovroot/upgrade/user`
+    t.equal(read(`${saved}/etc/config/network`), 'config interface lan\n\toption user 1\n', 'and is saved')
+    t.equal(read(`${saved}/etc/r\xe9seau`), 'latin-1 network 1\nmine\n', 'a Latin-1 name too')
+    t.match(
+      readUpgradeReport(layout)?.entries.find((entry) => entry.path === '/etc/config/network'),
+      {
+        class: 'conflict',
+        savedUser: 'user/etc/config/network',
+        firmwareWon: true,
+      },
+    )
+
+    fs.mkdirSync(work, { recursive: true })
+    mountOverlay(merged, [b], upper, work, OVROOT_OPTIONS)
+    t.equal(read(`${merged}/etc/config/network`), firmwareB()['etc/config/network'], 'the device shows B’s')
+    t.equal(read(`${merged}/etc/r\xe9seau`), firmwareB()['etc/r\xe9seau'], 'for both conflicts')
+    t.equal(read(`${merged}/etc/config/system`), 'config system\n\toption hostname mine\n', 'no conflict: kept')
+    unmount(merged)
+
+    fs.writeFileSync(`${s.dir}/status.json`, JSON.stringify({ mode: 'flash', bootedAt: 'now', upgrade: summary }))
+    fs.writeFileSync(`${s.dir}/ovroot.conf`, `[boot]\nrun_dir = ${s.dir}\n`)
+    const status = ovroot(['status', '--config', `${s.dir}/ovroot.conf`])
+    t.equal(status.status, 0, status.stderr)
+    t.match(
+      status.stdout,
+      /^conflicts: {2}\/etc\/config\/network \/etc\/r\\xe9seau \(the firmware’s versions won, the user’s saved: ovroot diff --conflicts\)$/m,
+    )
+    const json = ovroot(['status', '--json', '--config', `${s.dir}/ovroot.conf`])
+    t.same((JSON.parse(json.stdout) as { upgrade: { firmwareWon: string[] } }).upgrade.firmwareWon, conflicts)
+
+    const listed = ovroot(['diff', '--conflicts', '--lower', b, '--upper', upper])
+    t.equal(listed.status, 0, listed.stderr)
+    t.match(
+      listed.stdout,
+      /^conflict {2}\/etc\/config\/network: base sha256 [0-9a-f]{12} \(not saved\); user’s saved \(the firmware’s won\); firmware’s in the lower$/m,
+    )
+    const patch = ovroot(['diff', '--conflicts', '--patch', '--lower', b, '--upper', upper])
+    t.match(
+      patch.stdout,
+      /diff firmware user\n--- firmware\/etc\/config\/network\n\+\+\+ user\/etc\/config\/network\n@@ -1 \+1,2 @@\n-config interface lan 2\n\+config interface lan\n\+\toption user 1\n/,
+      'the saved user’s copy against the firmware’s',
+    )
+  },
+)

@@ -27,6 +27,8 @@ export interface BootState {
     to: string
     counts: Record<string, number>
     conflicts: string[]
+    /** Absent in records of earlier versions. */
+    firmwareWon?: string[]
     hidden: string[]
     unknown: string[]
   }

@@ -123,9 +123,16 @@ function upgradeRows(upgrade: BootState['upgrade']): [string, string | undefined
     .map(([name, count]) => `${count} ${name}`)
     .join(', ')
   const named = (paths: string[]): string | undefined => (paths.length ? paths.join(' ') : undefined)
+  const won = upgrade.firmwareWon ?? []
+  const winner =
+    won.length === 0
+      ? ''
+      : won.length === upgrade.conflicts.length
+        ? 'the firmware’s versions won, the user’s saved: '
+        : `the firmware’s won for ${won.join(' ')}, the user’s saved: `
   return [
     ['upgrade', `firmware ${upgrade.from} -> ${upgrade.to} at this boot: ${counts || 'nothing to reconcile'}`],
-    ['conflicts', named(upgrade.conflicts) && `${named(upgrade.conflicts)} (ovroot diff --conflicts)`],
+    ['conflicts', named(upgrade.conflicts) && `${named(upgrade.conflicts)} (${winner}ovroot diff --conflicts)`],
     ['hidden', named(upgrade.hidden)],
     ['unknown', named(upgrade.unknown)],
   ]

@@ -47,6 +47,8 @@ export interface UpgradeSummary {
   counts: Record<UpgradeClass, number>
   /** Conflicts, by shown path. */
   conflicts: string[]
+  /** The conflicts whose firmware version won (`[upgrade] conflicts = firmware`): the user's saved. */
+  firmwareWon: string[]
   hidden: string[]
   unknown: string[]
 }
@@ -215,6 +217,7 @@ export function summary(report: UpgradeReport | undefined): UpgradeSummary | und
     to: report.toDescription,
     counts: report.counts,
     conflicts: named('conflict'),
+    firmwareWon: report.entries.filter((entry) => entry.firmwareWon).map((entry) => entry.path),
     hidden: named('hidden'),
     unknown: named('unknown'),
   }

@@ -105,6 +105,8 @@ export interface ReportedEntry {
   savedBase?: string
   /** Where the user's copy was saved when the firmware's version won. */
   savedUser?: string
+  /** A conflict `[upgrade] conflicts = firmware` gave to the firmware (a directory: N's metadata, its contents kept). */
+  firmwareWon?: true
 }
 
 /** What an upgrade did (and `upgrade-check` predicts): written to .ovroot/upgrade/report.json. */
