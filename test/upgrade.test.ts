@@ -812,3 +812,158 @@ await t.test(
     )
   },
 )
+
+/** A flash recorded on A (its manifest shipped), the issue's rows made over A: the boot on B's context. */
+async function upgradedFlash(dir: string, flashSize?: string) {
+  const { currentIdentity } = await import('../src/upgrade/identity.js')
+  const { readFirmwareRecord } = await import('../src/upgrade/record.js')
+  const { onFirmware } = await import('../src/upgrade/boot.js')
+  const { OverlayXattrs } = await import('../src/overlay/xattrs.js')
+  const a = buildFirmware(dir, FIRMWARE_A, 'a')
+  const b = buildFirmware(dir, firmwareB(), 'b')
+  const layout = { root: `${dir}/flash`, upperName: 'upper' }
+  fs.mkdirSync(layout.root)
+  if (flashSize) execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${flashSize},noatime`, 'tmpfs', layout.root])
+  const upper = `${layout.root}/upper`
+  const work = `${layout.root}/work`
+  fs.mkdirSync(upper)
+  fs.mkdirSync(work)
+  const context = async (lower: string) => ({
+    layout,
+    lower,
+    xattrs: new OverlayXattrs('trusted'),
+    preferFirmware: false,
+    recorded: readFirmwareRecord(layout),
+    current: await currentIdentity(lower),
+    work,
+  })
+  await onFirmware(await context(a))
+  mountOverlay(`${dir}/merged`, [a], upper, work, OVROOT_OPTIONS)
+  userChanges(`${dir}/merged`)
+  unmount(`${dir}/merged`)
+  return { layout, upper, a, b, context }
+}
+
+await t.test(
+  'a damaged firmware record or base manifest on the flash: the reconcile goes on, what it cannot know is the user’s, reported',
+  async (t) => {
+    const { onFirmware } = await import('../src/upgrade/boot.js')
+    const { currentIdentity } = await import('../src/upgrade/identity.js')
+    const { readFirmwareRecord } = await import('../src/upgrade/record.js')
+
+    await t.test('the firmware record', async (t) => {
+      const s = scratch()
+      t.teardown(() => s.cleanup())
+      const { layout, upper, b, context } = await upgradedFlash(s.dir)
+      const onB = await context(b)
+      fs.writeFileSync(`${layout.root}/.ovroot/firmware`, '{"identity": "manifest:')
+      t.throws(() => readFirmwareRecord(layout), { code: 'EFIRMWARE' }, 'the record is unreadable')
+      let unreadable = ''
+      try {
+        readFirmwareRecord(layout)
+      } catch (error) {
+        unreadable = (error as Error).message
+      }
+      const summary = await onFirmware({ ...onB, recorded: undefined, unreadable })
+      t.match(summary?.from, 'an unknown firmware', 'from a firmware not known')
+      t.match(summary?.problems, [/unreadable firmware record/], 'the damage, reported')
+      t.same(summary?.conflicts, ['/etc/config/network', '/etc/r\\xe9seau'], 'the base manifest still classifies')
+      t.ok(summary?.unknown.includes('/etc/own'), 'a path the records do not name: unknown, not the user’s own')
+      t.equal(read(`${upper}/etc/own`), 'own file\n', 'and kept')
+      t.notOk(fs.existsSync(`${upper}/etc/config/dhcp`), 'a stale copy the records show: dropped')
+      t.equal(readFirmwareRecord(layout)?.identity, (await currentIdentity(b)).identity, 'B recorded, readable')
+    })
+
+    await t.test('the base manifest', async (t) => {
+      const s = scratch()
+      t.teardown(() => s.cleanup())
+      const { layout, upper, b, context } = await upgradedFlash(s.dir)
+      const before = upperSnapshot(upper)
+      const base = `${layout.root}/.ovroot/base.manifest`
+      fs.writeFileSync(base, fs.readFileSync(base, 'latin1').replace('\t644\t', '\t600\t'))
+      const summary = await onFirmware(await context(b))
+      t.match(summary?.problems, [/does not match its digest .*every entry is treated as the user’s|user's/])
+      t.same(summary?.conflicts, [], 'no conflict can be told')
+      const counted = Object.values(summary?.counts ?? {}).reduce((sum, count) => sum + count, 0)
+      t.ok(counted > 10 && summary?.counts.unknown === counted, `every entry unknown (${counted})`)
+      t.same([...upperSnapshot(upper).keys()], [...before.keys()], 'nothing dropped: every entry kept as the user’s')
+      t.equal(read(`${upper}/etc/config/dhcp`), 'config dnsmasq\n', 'a stale copy among them')
+      t.equal(readFirmwareRecord(layout)?.identity, (await currentIdentity(b)).identity, 'B recorded')
+    })
+  },
+)
+
+await t.test(
+  'a reconcile that cannot be staged (a full flash): nothing changes, its staging goes, the failure says what and what to do',
+  async (t) => {
+    const { onFirmware, upgradeFailureOf, UpgradeFailed } = await import('../src/upgrade/boot.js')
+    const { readFirmwareRecord } = await import('../src/upgrade/record.js')
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const { layout, upper, b, context } = await upgradedFlash(s.dir, '8m')
+    const before = flashState(layout.root)
+    const filler = `${layout.root}/filler`
+    t.throws(() => fs.writeFileSync(filler, Buffer.alloc(16 << 20)), { code: 'ENOSPC' }, 'the flash filled up')
+
+    let failed: unknown
+    try {
+      await onFirmware(await context(b))
+    } catch (error) {
+      failed = error
+    }
+    t.ok(failed instanceof UpgradeFailed, 'the reconcile failed as one')
+    const failure = failed instanceof UpgradeFailed ? failed.failure : undefined
+    t.match(failure, {
+      from: /^firmware [0-9a-f]{12}$/,
+      committed: false,
+      cause: /ENOSPC|no space/i,
+      advice: /nothing on the flash changed.*runs again at the next boot/,
+    })
+    t.equal(upgradeFailureOf(layout, failed), failure, 'the boot finds it')
+    t.same(flashState(layout.root), before, 'the upper and the firmware record as they were')
+    t.notOk(fs.existsSync(`${layout.root}/.ovroot/pending`), 'nothing committed')
+    t.same(
+      fs.readdirSync(`${layout.root}/.ovroot`).filter((name) => name.startsWith('staged')),
+      [],
+      'the staging dropped at once',
+    )
+
+    fs.mkdirSync(`${s.dir}/run`)
+    const state = { mode: 'degraded', reason: 'x', bootedAt: 'now', upgradeFailed: failure }
+    fs.writeFileSync(`${s.dir}/run/status.json`, JSON.stringify(state))
+    fs.writeFileSync(`${s.dir}/ovroot.conf`, `[boot]\nrun_dir = ${s.dir}/run\n`)
+    const text = ovroot(['status', '--config', `${s.dir}/ovroot.conf`])
+    t.match(
+      text.stdout,
+      /^upgrade: {4}FAILED: firmware firmware [0-9a-f]{12} -> firmware [0-9a-f]{12}: .*(ENOSPC|space)/m,
+    )
+    t.match(text.stdout, /^what to do: nothing on the flash changed/m)
+    const json = ovroot(['status', '--json', '--config', `${s.dir}/ovroot.conf`])
+    t.same((JSON.parse(json.stdout) as { upgradeFailed: unknown }).upgradeFailed, failure, '--json carries it whole')
+
+    fs.rmSync(filler)
+    const retried = await onFirmware(await context(b))
+    t.equal(retried?.counts.conflict, 2, 'with room, the next boot reconciles')
+    t.not(read(`${layout.root}/.ovroot/firmware`), before.get('.ovroot/firmware'), 'and records B')
+    t.ok(readFirmwareRecord(layout))
+    t.notOk(fs.existsSync(`${upper}/etc/config/dhcp`))
+  },
+)
+
+await t.test(
+  'a committed reconcile whose apply fails at boot: the failure names the upgrade, the next boot finishes it',
+  async (t) => {
+    const { upgradeFailureOf } = await import('../src/upgrade/boot.js')
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const { flash } = await committedUpgrade(s.dir)
+    const layout = { root: flash, upperName: 'upper' }
+    t.match(upgradeFailureOf(layout, new Error('EIO: i/o error, rename')), {
+      committed: true,
+      cause: /committed but its apply failed: EIO/,
+      advice: /the next boot finishes the apply/,
+    })
+    fs.rmSync(`${flash}/.ovroot/pending`)
+    t.equal(upgradeFailureOf(layout, new Error('EIO')), undefined, 'no upgrade pending: not an upgrade’s failure')
+  },
+)

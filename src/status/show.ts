@@ -135,6 +135,16 @@ function upgradeRows(upgrade: BootState['upgrade']): [string, string | undefined
     ['conflicts', named(upgrade.conflicts) && `${named(upgrade.conflicts)} (${winner}ovroot diff --conflicts)`],
     ['hidden', named(upgrade.hidden)],
     ['unknown', named(upgrade.unknown)],
+    ['problems', upgrade.problems?.length ? upgrade.problems.join('; ') : undefined],
+  ]
+}
+
+/** A reconcile that failed at this boot: what failed and what to do. */
+function upgradeFailedRows(failed: BootState['upgradeFailed']): [string, string | undefined][] {
+  if (!failed) return []
+  return [
+    ['upgrade', `FAILED: firmware ${failed.from} -> ${failed.to}: ${failed.cause}`],
+    ['what to do', failed.advice],
   ]
 }
 
@@ -167,6 +177,7 @@ function render(status: Status): string {
     ],
     ['restored', status.restored && `${status.restored.source} (${status.restored.entries} entries) at this boot`],
     ...upgradeRows(status.upgrade),
+    ...upgradeFailedRows(status.upgradeFailed),
     ['pending', status.pending.length ? status.pending.join('; ') : 'nothing'],
     ...syncRows(status),
     [
