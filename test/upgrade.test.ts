@@ -129,8 +129,13 @@ const CHANGES_IN_B: Record<string, string | null> = {
 /** ovroot's own overlay options (boot/agent.ts): every feature that binds an upper to a lower off. */
 const OVROOT_OPTIONS = ['index=off', 'metacopy=off', 'redirect_dir=off', 'xino=off', 'nfs_export=off']
 
-/** Firmware as a mounted squashfs; `manifest: false` builds it as an image build that ships none. */
-function buildFirmware(dir: string, files: Record<string, string>, name: string, manifest = true): string {
+/** Firmware as a mounted squashfs; `manifest: false` builds it as an image build that ships none, `damaged` with one line edited. */
+function buildFirmware(
+  dir: string,
+  files: Record<string, string>,
+  name: string,
+  manifest: boolean | 'damaged' = true,
+): string {
   const tree = `${dir}/${name}-tree`
   for (const [path, content] of Object.entries(files)) {
     const full = latin1(`${tree}/${path}`)
@@ -141,6 +146,9 @@ function buildFirmware(dir: string, files: Record<string, string>, name: string,
   fs.mkdirSync(`${tree}/usr/lib/ovroot`, { recursive: true })
   const made = manifest ? ovroot(['manifest', tree, '--output', `${tree}/${MANIFEST_PATH}`]) : undefined
   if (made && made.status !== 0) throw new Error(made.stderr)
+  const shipped = `${tree}/${MANIFEST_PATH}`
+  if (manifest === 'damaged')
+    fs.writeFileSync(shipped, fs.readFileSync(shipped, 'latin1').replace('\t644\t', '\t600\t'))
   execFileSync('mksquashfs', [tree, `${dir}/${name}.sqfs`, '-quiet', '-no-progress', '-comp', 'gzip'])
   fs.mkdirSync(`${dir}/${name}`)
   execFileSync('mount', ['-t', 'squashfs', '-o', 'ro,loop', `${dir}/${name}.sqfs`, `${dir}/${name}`])
@@ -872,6 +880,23 @@ await t.test(
       t.equal(read(`${upper}/etc/own`), 'own file\n', 'and kept')
       t.notOk(fs.existsSync(`${upper}/etc/config/dhcp`), 'a stale copy the records show: dropped')
       t.equal(readFirmwareRecord(layout)?.identity, (await currentIdentity(b)).identity, 'B recorded, readable')
+    })
+
+    await t.test('the new firmware’s shipped manifest', async (t) => {
+      const s = scratch()
+      t.teardown(() => s.cleanup())
+      const { layout, context } = await upgradedFlash(s.dir)
+      const damaged = buildFirmware(s.dir, firmwareB(), 'b-damaged', 'damaged')
+      t.match((await currentIdentity(damaged)).identity, /^manifest:/, 'its header still names it')
+      const summary = await onFirmware(await context(damaged))
+      t.match(summary?.problems, [/does not match its digest.*read from its files instead/], 'the damage, reported')
+      t.same(summary?.conflicts, ['/etc/config/network', '/etc/r\\xe9seau'], 'B read from its files classifies')
+      t.same(summary?.counts, { own: 6, kept: 1, converged: 1, stale: 7, gone: 1, conflict: 2, hidden: 3, unknown: 0 })
+      t.match(
+        readFirmwareRecord(layout),
+        { base: 'recorded', identity: /^manifest:/ },
+        'records of B taken, not shipped',
+      )
     })
 
     await t.test('the base manifest', async (t) => {
