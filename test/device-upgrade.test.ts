@@ -369,3 +369,51 @@ await t.test(
     t.notMatch(consoleLog(), RECONCILING, 'and prints no reconcile')
   },
 )
+
+await t.test(
+  'a reconcile that fails at boot (the flash full while it is staged): a degraded boot that says so, nothing changed, B done at a later boot',
+  async (t) => {
+    const bImage = firmwareWith(ARCH, B_CHANGES)
+    const dir = workspace(t)
+    const flash = `${dir}/ext4.flash`
+    const onA = ['--flash', flash, '--media', 'ext4']
+    const FIRMWARE = `echo "record $(cat /overlay/.ovroot/firmware)"; echo "state $(ls /overlay/.ovroot | tr '\\n' ' ')"`
+    // A: a change the reconcile must stage B's data for, then every block of the flash taken (root's reserve too).
+    const first = run(
+      t,
+      onA,
+      `chmod 700 /usr/bin/tool && sync && (dd if=/dev/zero of=/fill bs=64k 2>/dev/null; sync; echo "flash filled") && ${FIRMWARE}`,
+    )
+    t.match(first.stdout, /^flash filled$/m, 'A: the flash is full')
+    const recordA = /^record (.*)$/m.exec(first.stdout)?.[1]
+
+    const onB = run(t, ['--firmware', bImage, ...onA], `${STATUS} && ovroot status && cat /usr/bin/tool && ${FIRMWARE}`)
+    const status = statusFrom(onB.stdout) as DeviceStatus & {
+      upgradeFailed?: { from: string; to: string; committed: boolean; cause: string; advice: string }
+    }
+    t.equal(status.mode, 'degraded', 'B: the device boots, degraded')
+    t.match(
+      status.reason,
+      /^the upper could not be reconciled with the new firmware \(ovroot-lab 1\.0 A -> ovroot-lab 1\.0 B\): .*(No space|ENOSPC)/,
+      'the reason names the upgrade and its cause, not a generic failed change',
+    )
+    t.match(status.upgradeFailed, {
+      from: 'ovroot-lab 1.0 A',
+      to: 'ovroot-lab 1.0 B',
+      committed: false,
+      cause: /No space|ENOSPC/,
+      advice: /nothing on the flash changed/,
+    })
+    t.match(onB.stdout, /^upgrade: {4}FAILED: firmware ovroot-lab 1\.0 A -> ovroot-lab 1\.0 B: /m, 'status in words')
+    t.match(onB.stdout, /^what to do: nothing on the flash changed/m)
+    t.match(onB.stdout, /^echo "tool 2\.0"$/m, "the firmware only: B's tool, not A's copy")
+    t.equal(/^record (.*)$/m.exec(onB.stdout)?.[1], recordA, 'the flash still records A')
+    t.notMatch(/^state (.*)$/m.exec(onB.stdout)?.[1] ?? '', /staged|pending/, 'nothing staged or committed left')
+
+    // Room made on A's flash (as a user would, booting A again), B reconciles at its next boot.
+    run(t, onA, 'rm /fill && sync')
+    const later = run(t, ['--firmware', bImage, ...onA], `${STATUS} && ls -l /usr/bin/tool`)
+    t.equal(statusFrom(later.stdout).mode, 'flash', 'with room, B boots on the flash')
+    t.match(later.stdout, /^-rwx------ .*\/usr\/bin\/tool$/m, "reconciled: B's tool with the user's mode")
+  },
+)

@@ -664,3 +664,63 @@ await t.test(
     t.match(bad.stderr, /etc\/x: its content does not match its recorded sha256/, 'and its per-file sha256 is checked')
   },
 )
+
+await t.test(
+  'a version 2 backup of other firmware: the upgrade classifier on digests cut to the base length names the conflicts, and only them',
+  async (t) => {
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const lower = `${s.dir}/lower`
+    const release = (version: string): void =>
+      fs.writeFileSync(`${lower}/etc/openwrt_release`, `DISTRIB_ID='OpenWrt'\nDISTRIB_RELEASE='${version}'\n`)
+    writeTree(lower, {
+      '/etc/config/network': 'lan\n',
+      '/etc/config/system': 'system\n',
+      '/etc/config/dhcp': 'dhcp\n',
+      '/etc/config/firewall': 'firewall\n',
+      '/etc/passwd': 'root:x:0:0\n',
+    })
+    release('23.05.0')
+    const upper = `${s.dir}/upper`
+    writeTree(upper, {
+      '/etc/config/network': 'lan\nuser\n', // edited; B changes it too: conflict
+      '/etc/config/system': 'system\n', // a copy-up (chmod), bytes unchanged; B changes it: stale, no conflict
+      '/etc/config/dhcp': 'dhcp 2\n', // edited to what B ships: converged
+      '/etc/config/firewall': 'firewall user\n', // edited; B removes it: conflict
+      '/etc/passwd': 'root:x:0:0\nuser:x:1:1\n', // edited; B leaves it: kept
+      '/etc/mine': 'mine\n', // the user's own
+    })
+    fs.chmodSync(`${upper}/etc/config/system`, 0o600)
+    const file = `${s.dir}/a.ovb`
+    const made = ovroot(['backup', '--upper', upper, '--lower', lower, '-o', file])
+    t.equal(made.status, 0, made.stderr)
+    const tar = execFileSync('gzip', ['-dc', file]).toString('latin1')
+    t.match(tar, /"version":2/, 'a version 2 archive')
+    t.match(tar, /ovroot base=[0-9a-f]{16}\n/, 'its bases are cut digests')
+
+    release('24.10.0')
+    writeTree(lower, {
+      '/etc/config/network': 'lan\nB\n',
+      '/etc/config/system': 'system B\n',
+      '/etc/config/dhcp': 'dhcp 2\n',
+    })
+    fs.rmSync(`${lower}/etc/config/firewall`)
+    const into = `${s.dir}/into`
+    fs.mkdirSync(into)
+    const refused = ovroot(['restore', file, '--upper', into, '--lower', lower])
+    t.equal(refused.status, 5, 'refused')
+    t.match(
+      refused.stderr,
+      /^ovroot: backup of OpenWrt 23\.05\.0, this device runs OpenWrt 24\.10\.0: 2 files changed by both the user and the new firmware \(\/etc\/config\/firewall \/etc\/config\/network\); --force restores the user's versions anyway$/m,
+      'exactly the conflicts: not the unchanged copy-up, the converged file, the kept one or the own one',
+    )
+    t.same(fs.readdirSync(into), [], 'nothing restored')
+
+    // Without the two conflicts the same archive restores on B, unasked.
+    fs.writeFileSync(`${lower}/etc/config/network`, 'lan\n')
+    fs.writeFileSync(`${lower}/etc/config/firewall`, 'firewall\n')
+    const clean = ovroot(['restore', file, '--upper', into, '--lower', lower])
+    t.equal(clean.status, 0, clean.stderr)
+    t.equal(fs.readFileSync(`${into}/etc/config/system`, 'utf8'), 'system\n', 'the archive restored as it is')
+  },
+)

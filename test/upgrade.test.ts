@@ -129,7 +129,13 @@ const CHANGES_IN_B: Record<string, string | null> = {
 /** ovroot's own overlay options (boot/agent.ts): every feature that binds an upper to a lower off. */
 const OVROOT_OPTIONS = ['index=off', 'metacopy=off', 'redirect_dir=off', 'xino=off', 'nfs_export=off']
 
-function buildFirmware(dir: string, files: Record<string, string>, name: string): string {
+/** Firmware as a mounted squashfs; `manifest: false` builds it as an image build that ships none, `damaged` with one line edited. */
+function buildFirmware(
+  dir: string,
+  files: Record<string, string>,
+  name: string,
+  manifest: boolean | 'damaged' = true,
+): string {
   const tree = `${dir}/${name}-tree`
   for (const [path, content] of Object.entries(files)) {
     const full = latin1(`${tree}/${path}`)
@@ -138,8 +144,11 @@ function buildFirmware(dir: string, files: Record<string, string>, name: string)
   }
   fs.chmodSync(`${tree}/usr/bin/tool`, 0o755)
   fs.mkdirSync(`${tree}/usr/lib/ovroot`, { recursive: true })
-  const made = ovroot(['manifest', tree, '--output', `${tree}/${MANIFEST_PATH}`])
-  if (made.status !== 0) throw new Error(made.stderr)
+  const made = manifest ? ovroot(['manifest', tree, '--output', `${tree}/${MANIFEST_PATH}`]) : undefined
+  if (made && made.status !== 0) throw new Error(made.stderr)
+  const shipped = `${tree}/${MANIFEST_PATH}`
+  if (manifest === 'damaged')
+    fs.writeFileSync(shipped, fs.readFileSync(shipped, 'latin1').replace('\t644\t', '\t600\t'))
   execFileSync('mksquashfs', [tree, `${dir}/${name}.sqfs`, '-quiet', '-no-progress', '-comp', 'gzip'])
   fs.mkdirSync(`${dir}/${name}`)
   execFileSync('mount', ['-t', 'squashfs', '-o', 'ro,loop', `${dir}/${name}.sqfs`, `${dir}/${name}`])
@@ -618,3 +627,368 @@ await t.test('ovroot status shows the upgrade of this boot, in text and JSON', a
   const json = ovroot(['status', '--json', '--config', `${s.dir}/ovroot.conf`])
   t.same((JSON.parse(json.stdout) as { upgrade: unknown }).upgrade, upgrade, '--json carries it whole')
 })
+
+await t.test(
+  'firmware without a manifest: records taken at boot on A for the upper entries not yet recorded; on B the reconcile classifies from them, an entry never recorded is the user’s, reported',
+  async (t) => {
+    const { onFirmware } = await import('../src/upgrade/boot.js')
+    const { currentIdentity } = await import('../src/upgrade/identity.js')
+    const { readFirmwareRecord, readUpgradeReport } = await import('../src/upgrade/record.js')
+    const { OverlayXattrs } = await import('../src/overlay/xattrs.js')
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const a = buildFirmware(s.dir, FIRMWARE_A, 'a', false)
+    const b = buildFirmware(s.dir, firmwareB(), 'b', false)
+    t.notOk(fs.existsSync(`${a}/${MANIFEST_PATH}`), 'A ships no manifest')
+    const layout = { root: `${s.dir}/flash`, upperName: 'upper' }
+    const upper = `${layout.root}/upper`
+    const work = `${layout.root}/work`
+    fs.mkdirSync(upper, { recursive: true })
+    fs.mkdirSync(work)
+    const context = async (lower: string) => ({
+      layout,
+      lower,
+      xattrs: new OverlayXattrs('trusted'),
+      preferFirmware: false,
+      recorded: readFirmwareRecord(layout),
+      current: await currentIdentity(lower),
+      work,
+    })
+    const merged = `${s.dir}/merged`
+    const session = (changes: (at: (path: string) => Buffer) => void): void => {
+      mountOverlay(merged, [a], upper, work, OVROOT_OPTIONS)
+      changes((path) => latin1(`${merged}/${path}`))
+      unmount(merged)
+    }
+    const base = (): string => read(`${layout.root}/.ovroot/base.manifest`) ?? ''
+    const absent = (): string => read(`${layout.root}/.ovroot/base.absent`) ?? ''
+
+    t.equal(await onFirmware(await context(a)), undefined, 'first boot on A: recorded, nothing reconciled')
+    t.match(readFirmwareRecord(layout), { base: 'recorded', identity: /^squashfs:/ })
+    t.notMatch(base(), /etc\/config\/network/, 'an empty upper: nothing of A recorded yet')
+
+    // A session on A, then a boot on A: the records of what it shadows are taken while A is still there.
+    session((at) => {
+      fs.appendFileSync(at('etc/config/network'), '\toption user 1\n') // conflict with B
+      fs.appendFileSync(at('etc/config/system'), '\toption hostname mine\n') // B did not change it: kept
+      fs.closeSync(fs.openSync(at('etc/config/dhcp'), 'r+')) // stale
+      fs.chmodSync(at('usr/bin/tool'), 0o700) // stale, the user's mode on B's data
+      fs.chmodSync(at('usr/lib/libbar.so'), 0o600) // gone in B
+      fs.writeFileSync(at('etc/motd'), 'motd 2\n') // converged
+      fs.rmSync(at('etc/banner')) // hidden
+      fs.writeFileSync(at('etc/own'), 'own file\n') // own: A had nothing there
+    })
+    t.equal(await onFirmware(await context(a)), undefined, 'the boot on A again: records only')
+    t.match(base(), /^etc\/config\/network\tf\t/m, 'the edited file’s old side recorded')
+    t.match(base(), /^usr\/bin\/tool\tf\t755\t/m, 'the chmod’ed file’s old mode recorded')
+    t.match(base(), /^etc\/banner\tf\t/m, 'what a whiteout hides recorded')
+    t.match(absent(), /^etc\/own$/m, 'the user’s own file: recorded as absent from A')
+    const recorded = base()
+    t.equal(await onFirmware(await context(a)), undefined, 'and once more')
+    t.equal(base(), recorded, 'records taken once: nothing new, nothing changed')
+
+    // The last session on A: no boot on A follows, so its entries are never recorded.
+    session((at) => {
+      fs.utimesSync(at('etc/config/firewall'), new Date(), new Date()) // would be stale: unknown
+      fs.appendFileSync(at('etc/profile'), 'mine\n') // would be a conflict: unknown
+      fs.writeFileSync(at('etc/own2'), 'own 2\n') // own, but not known to be: unknown
+    })
+
+    const summary = await onFirmware(await context(b))
+    t.ok(summary, 'boot on B reconciled')
+    t.same(summary?.conflicts, ['/etc/config/network'], 'the recorded conflict, named')
+    t.same(summary?.hidden, ['/etc/banner'], 'the recorded deletion, named')
+    t.same(
+      summary?.unknown,
+      ['/etc/config/firewall', '/etc/own2', '/etc/profile'],
+      'the entries of the last session on A: unknown, named',
+    )
+    t.same(summary?.counts, { own: 1, kept: 1, converged: 1, stale: 2, gone: 1, conflict: 1, hidden: 1, unknown: 3 })
+    t.same(
+      readUpgradeReport(layout)
+        ?.entries.filter((entry) => entry.class === 'unknown')
+        .map((entry) => entry.path),
+      summary?.unknown,
+      'the report names them too',
+    )
+    t.match(readFirmwareRecord(layout), {
+      base: 'recorded',
+      identity: (await currentIdentity(b)).identity,
+    })
+    t.match(base(), /^etc\/profile\tf\t/m, 'B’s records of what stays are the base of the next upgrade')
+
+    fs.mkdirSync(work, { recursive: true })
+    mountOverlay(merged, [b], upper, work, OVROOT_OPTIONS)
+    const B = firmwareB()
+    const expect = (path: string, content: string | undefined, what: string): void => {
+      t.equal(read(`${merged}/${path}`), content, what)
+    }
+    expect('etc/config/network', `${FIRMWARE_A['etc/config/network']}\toption user 1\n`, 'conflict: the user’s')
+    expect('etc/config/system', `${FIRMWARE_A['etc/config/system']}\toption hostname mine\n`, 'kept')
+    expect('etc/config/dhcp', B['etc/config/dhcp'], 'stale: B’s')
+    expect('usr/bin/tool', B['usr/bin/tool'], 'stale chmod: B’s data')
+    t.equal(fs.statSync(`${merged}/usr/bin/tool`).mode & 0o7777, 0o700, '... with the user’s mode')
+    expect('usr/lib/libbar.so', undefined, 'gone')
+    expect('etc/motd', 'motd 2\n', 'converged')
+    expect('etc/banner', undefined, 'the deletion stays')
+    expect('etc/own', 'own file\n', 'own')
+    expect('etc/config/firewall', FIRMWARE_A['etc/config/firewall'], 'unknown: A’s copy kept as the user’s')
+    expect('etc/profile', `${FIRMWARE_A['etc/profile']}mine\n`, 'unknown: the user’s kept')
+    expect('etc/own2', 'own 2\n', 'unknown: kept')
+    unmount(merged)
+  },
+)
+
+await t.test(
+  '[upgrade] conflicts = firmware: the firmware’s version wins, the user’s saved for the three-way view; status and diff --conflicts say so',
+  async (t) => {
+    const { onFirmware } = await import('../src/upgrade/boot.js')
+    const { currentIdentity } = await import('../src/upgrade/identity.js')
+    const { readFirmwareRecord, readUpgradeReport } = await import('../src/upgrade/record.js')
+    const { OverlayXattrs } = await import('../src/overlay/xattrs.js')
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const a = buildFirmware(s.dir, FIRMWARE_A, 'a')
+    const b = buildFirmware(s.dir, firmwareB(), 'b')
+    const layout = { root: `${s.dir}/flash`, upperName: 'upper' }
+    const upper = `${layout.root}/upper`
+    const work = `${layout.root}/work`
+    fs.mkdirSync(upper, { recursive: true })
+    fs.mkdirSync(work)
+    const context = async (lower: string) => ({
+      layout,
+      lower,
+      xattrs: new OverlayXattrs('trusted'),
+      preferFirmware: true,
+      recorded: readFirmwareRecord(layout),
+      current: await currentIdentity(lower),
+      work,
+    })
+    await onFirmware(await context(a))
+    const merged = `${s.dir}/merged`
+    mountOverlay(merged, [a], upper, work, OVROOT_OPTIONS)
+    userChanges(merged)
+    unmount(merged)
+
+    const summary = await onFirmware(await context(b))
+    const conflicts = ['/etc/config/network', '/etc/r\\xe9seau']
+    t.same(summary?.conflicts, conflicts, 'the conflicts, named')
+    t.same(summary?.firmwareWon, conflicts, 'each given to the firmware')
+    t.same(summary?.counts, { own: 6, kept: 1, converged: 1, stale: 7, gone: 1, conflict: 2, hidden: 3, unknown: 0 })
+    t.notOk(fs.existsSync(`${upper}/etc/config/network`), 'the user’s copy left the upper')
+    const saved = `${layout.root}/.ovroot/upgrade/user`
+    t.equal(read(`${saved}/etc/config/network`), 'config interface lan\n\toption user 1\n', 'and is saved')
+    t.equal(read(`${saved}/etc/r\xe9seau`), 'latin-1 network 1\nmine\n', 'a Latin-1 name too')
+    t.match(
+      readUpgradeReport(layout)?.entries.find((entry) => entry.path === '/etc/config/network'),
+      {
+        class: 'conflict',
+        savedUser: 'user/etc/config/network',
+        firmwareWon: true,
+      },
+    )
+
+    fs.mkdirSync(work, { recursive: true })
+    mountOverlay(merged, [b], upper, work, OVROOT_OPTIONS)
+    t.equal(read(`${merged}/etc/config/network`), firmwareB()['etc/config/network'], 'the device shows B’s')
+    t.equal(read(`${merged}/etc/r\xe9seau`), firmwareB()['etc/r\xe9seau'], 'for both conflicts')
+    t.equal(read(`${merged}/etc/config/system`), 'config system\n\toption hostname mine\n', 'no conflict: kept')
+    unmount(merged)
+
+    fs.writeFileSync(`${s.dir}/status.json`, JSON.stringify({ mode: 'flash', bootedAt: 'now', upgrade: summary }))
+    fs.writeFileSync(`${s.dir}/ovroot.conf`, `[boot]\nrun_dir = ${s.dir}\n`)
+    const status = ovroot(['status', '--config', `${s.dir}/ovroot.conf`])
+    t.equal(status.status, 0, status.stderr)
+    t.match(
+      status.stdout,
+      /^conflicts: {2}\/etc\/config\/network \/etc\/r\\xe9seau \(the firmware’s versions won, the user’s saved: ovroot diff --conflicts\)$/m,
+    )
+    const json = ovroot(['status', '--json', '--config', `${s.dir}/ovroot.conf`])
+    t.same((JSON.parse(json.stdout) as { upgrade: { firmwareWon: string[] } }).upgrade.firmwareWon, conflicts)
+
+    const listed = ovroot(['diff', '--conflicts', '--lower', b, '--upper', upper])
+    t.equal(listed.status, 0, listed.stderr)
+    t.match(
+      listed.stdout,
+      /^conflict {2}\/etc\/config\/network: base sha256 [0-9a-f]{12} \(not saved\); user’s saved \(the firmware’s won\); firmware’s in the lower$/m,
+    )
+    const patch = ovroot(['diff', '--conflicts', '--patch', '--lower', b, '--upper', upper])
+    t.match(
+      patch.stdout,
+      /diff firmware user\n--- firmware\/etc\/config\/network\n\+\+\+ user\/etc\/config\/network\n@@ -1 \+1,2 @@\n-config interface lan 2\n\+config interface lan\n\+\toption user 1\n/,
+      'the saved user’s copy against the firmware’s',
+    )
+  },
+)
+
+/** A flash recorded on A (its manifest shipped), the issue's rows made over A: the boot on B's context. */
+async function upgradedFlash(dir: string, flashSize?: string) {
+  const { currentIdentity } = await import('../src/upgrade/identity.js')
+  const { readFirmwareRecord } = await import('../src/upgrade/record.js')
+  const { onFirmware } = await import('../src/upgrade/boot.js')
+  const { OverlayXattrs } = await import('../src/overlay/xattrs.js')
+  const a = buildFirmware(dir, FIRMWARE_A, 'a')
+  const b = buildFirmware(dir, firmwareB(), 'b')
+  const layout = { root: `${dir}/flash`, upperName: 'upper' }
+  fs.mkdirSync(layout.root)
+  if (flashSize) execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${flashSize},noatime`, 'tmpfs', layout.root])
+  const upper = `${layout.root}/upper`
+  const work = `${layout.root}/work`
+  fs.mkdirSync(upper)
+  fs.mkdirSync(work)
+  const context = async (lower: string) => ({
+    layout,
+    lower,
+    xattrs: new OverlayXattrs('trusted'),
+    preferFirmware: false,
+    recorded: readFirmwareRecord(layout),
+    current: await currentIdentity(lower),
+    work,
+  })
+  await onFirmware(await context(a))
+  mountOverlay(`${dir}/merged`, [a], upper, work, OVROOT_OPTIONS)
+  userChanges(`${dir}/merged`)
+  unmount(`${dir}/merged`)
+  return { layout, upper, a, b, context }
+}
+
+await t.test(
+  'a damaged firmware record or base manifest on the flash: the reconcile goes on, what it cannot know is the user’s, reported',
+  async (t) => {
+    const { onFirmware } = await import('../src/upgrade/boot.js')
+    const { currentIdentity } = await import('../src/upgrade/identity.js')
+    const { readFirmwareRecord } = await import('../src/upgrade/record.js')
+
+    await t.test('the firmware record', async (t) => {
+      const s = scratch()
+      t.teardown(() => s.cleanup())
+      const { layout, upper, b, context } = await upgradedFlash(s.dir)
+      const onB = await context(b)
+      fs.writeFileSync(`${layout.root}/.ovroot/firmware`, '{"identity": "manifest:')
+      t.throws(() => readFirmwareRecord(layout), { code: 'EFIRMWARE' }, 'the record is unreadable')
+      let unreadable = ''
+      try {
+        readFirmwareRecord(layout)
+      } catch (error) {
+        unreadable = (error as Error).message
+      }
+      const summary = await onFirmware({ ...onB, recorded: undefined, unreadable })
+      t.match(summary?.from, 'an unknown firmware', 'from a firmware not known')
+      t.match(summary?.problems, [/unreadable firmware record/], 'the damage, reported')
+      t.same(summary?.conflicts, ['/etc/config/network', '/etc/r\\xe9seau'], 'the base manifest still classifies')
+      t.ok(summary?.unknown.includes('/etc/own'), 'a path the records do not name: unknown, not the user’s own')
+      t.equal(read(`${upper}/etc/own`), 'own file\n', 'and kept')
+      t.notOk(fs.existsSync(`${upper}/etc/config/dhcp`), 'a stale copy the records show: dropped')
+      t.equal(readFirmwareRecord(layout)?.identity, (await currentIdentity(b)).identity, 'B recorded, readable')
+    })
+
+    await t.test('the new firmware’s shipped manifest', async (t) => {
+      const s = scratch()
+      t.teardown(() => s.cleanup())
+      const { layout, context } = await upgradedFlash(s.dir)
+      const damaged = buildFirmware(s.dir, firmwareB(), 'b-damaged', 'damaged')
+      t.match((await currentIdentity(damaged)).identity, /^manifest:/, 'its header still names it')
+      const summary = await onFirmware(await context(damaged))
+      t.match(summary?.problems, [/does not match its digest.*read from its files instead/], 'the damage, reported')
+      t.same(summary?.conflicts, ['/etc/config/network', '/etc/r\\xe9seau'], 'B read from its files classifies')
+      t.same(summary?.counts, { own: 6, kept: 1, converged: 1, stale: 7, gone: 1, conflict: 2, hidden: 3, unknown: 0 })
+      t.match(
+        readFirmwareRecord(layout),
+        { base: 'recorded', identity: /^manifest:/ },
+        'records of B taken, not shipped',
+      )
+    })
+
+    await t.test('the base manifest', async (t) => {
+      const s = scratch()
+      t.teardown(() => s.cleanup())
+      const { layout, upper, b, context } = await upgradedFlash(s.dir)
+      const before = upperSnapshot(upper)
+      const base = `${layout.root}/.ovroot/base.manifest`
+      fs.writeFileSync(base, fs.readFileSync(base, 'latin1').replace('\t644\t', '\t600\t'))
+      const summary = await onFirmware(await context(b))
+      t.match(summary?.problems, [/does not match its digest .*every entry is treated as the user’s|user's/])
+      t.same(summary?.conflicts, [], 'no conflict can be told')
+      const counted = Object.values(summary?.counts ?? {}).reduce((sum, count) => sum + count, 0)
+      t.ok(counted > 10 && summary?.counts.unknown === counted, `every entry unknown (${counted})`)
+      t.same([...upperSnapshot(upper).keys()], [...before.keys()], 'nothing dropped: every entry kept as the user’s')
+      t.equal(read(`${upper}/etc/config/dhcp`), 'config dnsmasq\n', 'a stale copy among them')
+      t.equal(readFirmwareRecord(layout)?.identity, (await currentIdentity(b)).identity, 'B recorded')
+    })
+  },
+)
+
+await t.test(
+  'a reconcile that cannot be staged (a full flash): nothing changes, its staging goes, the failure says what and what to do',
+  async (t) => {
+    const { onFirmware, upgradeFailureOf, UpgradeFailed } = await import('../src/upgrade/boot.js')
+    const { readFirmwareRecord } = await import('../src/upgrade/record.js')
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const { layout, upper, b, context } = await upgradedFlash(s.dir, '8m')
+    const before = flashState(layout.root)
+    const filler = `${layout.root}/filler`
+    t.throws(() => fs.writeFileSync(filler, Buffer.alloc(16 << 20)), { code: 'ENOSPC' }, 'the flash filled up')
+
+    let failed: unknown
+    try {
+      await onFirmware(await context(b))
+    } catch (error) {
+      failed = error
+    }
+    t.ok(failed instanceof UpgradeFailed, 'the reconcile failed as one')
+    const failure = failed instanceof UpgradeFailed ? failed.failure : undefined
+    t.match(failure, {
+      from: /^firmware [0-9a-f]{12}$/,
+      committed: false,
+      cause: /ENOSPC|no space/i,
+      advice: /nothing on the flash changed.*runs again at the next boot/,
+    })
+    t.equal(upgradeFailureOf(layout, failed), failure, 'the boot finds it')
+    t.same(flashState(layout.root), before, 'the upper and the firmware record as they were')
+    t.notOk(fs.existsSync(`${layout.root}/.ovroot/pending`), 'nothing committed')
+    t.same(
+      fs.readdirSync(`${layout.root}/.ovroot`).filter((name) => name.startsWith('staged')),
+      [],
+      'the staging dropped at once',
+    )
+
+    fs.mkdirSync(`${s.dir}/run`)
+    const state = { mode: 'degraded', reason: 'x', bootedAt: 'now', upgradeFailed: failure }
+    fs.writeFileSync(`${s.dir}/run/status.json`, JSON.stringify(state))
+    fs.writeFileSync(`${s.dir}/ovroot.conf`, `[boot]\nrun_dir = ${s.dir}/run\n`)
+    const text = ovroot(['status', '--config', `${s.dir}/ovroot.conf`])
+    t.match(
+      text.stdout,
+      /^upgrade: {4}FAILED: firmware firmware [0-9a-f]{12} -> firmware [0-9a-f]{12}: .*(ENOSPC|space)/m,
+    )
+    t.match(text.stdout, /^what to do: nothing on the flash changed/m)
+    const json = ovroot(['status', '--json', '--config', `${s.dir}/ovroot.conf`])
+    t.same((JSON.parse(json.stdout) as { upgradeFailed: unknown }).upgradeFailed, failure, '--json carries it whole')
+
+    fs.rmSync(filler)
+    const retried = await onFirmware(await context(b))
+    t.equal(retried?.counts.conflict, 2, 'with room, the next boot reconciles')
+    t.not(read(`${layout.root}/.ovroot/firmware`), before.get('.ovroot/firmware'), 'and records B')
+    t.ok(readFirmwareRecord(layout))
+    t.notOk(fs.existsSync(`${upper}/etc/config/dhcp`))
+  },
+)
+
+await t.test(
+  'a committed reconcile whose apply fails at boot: the failure names the upgrade, the next boot finishes it',
+  async (t) => {
+    const { upgradeFailureOf } = await import('../src/upgrade/boot.js')
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const { flash } = await committedUpgrade(s.dir)
+    const layout = { root: flash, upperName: 'upper' }
+    t.match(upgradeFailureOf(layout, new Error('EIO: i/o error, rename')), {
+      committed: true,
+      cause: /committed but its apply failed: EIO/,
+      advice: /the next boot finishes the apply/,
+    })
+    fs.rmSync(`${flash}/.ovroot/pending`)
+    t.equal(upgradeFailureOf(layout, new Error('EIO')), undefined, 'no upgrade pending: not an upgrade’s failure')
+  },
+)

@@ -20,7 +20,7 @@ import { namespaceForMount, OverlayXattrs } from '../overlay/xattrs.js'
 import { commitPending, describeChange, ensureReserve, readPending } from '../pending/marker.js'
 import { applyPending, hasPendingWork, type AppliedChange } from '../pending/apply.js'
 import { currentIdentity } from '../upgrade/identity.js'
-import { readFirmwareRecord } from '../upgrade/record.js'
+import { readFirmwareRecord, type FirmwareRecord } from '../upgrade/record.js'
 import { VERSION } from '../version.js'
 import { parseKernelArguments } from '../state/cmdline.js'
 import { writeBootState, type BootState } from '../state/boot-record.js'
@@ -144,9 +144,14 @@ async function flashLayers(config: Config, volume: Volume, forcedReset: boolean,
     const upgrade = await checkFirmware(config)
     if (upgrade) state.upgrade = upgrade
   } catch (error) {
+    // An upgrade's reconcile says what it is: the upper is not shown over firmware it was not reconciled with.
+    const failure = (await import('../upgrade/boot.js')).upgradeFailureOf(flashLayout(config), error)
+    if (failure) state.upgradeFailed = failure
     degrade(
       state,
-      `the change scheduled for the flash failed: ${messageOf(error)}; the flash is left as it is, read-only at ${config.overlay.dir}; 'ovroot reset --cancel' drops the change`,
+      failure
+        ? `the upper could not be reconciled with the new firmware (${failure.from} -> ${failure.to}): ${failure.cause}; the flash is read-only at ${config.overlay.dir}`
+        : `the change scheduled for the flash failed: ${messageOf(error)}; the flash is left as it is, read-only at ${config.overlay.dir}; 'ovroot reset --cancel' drops the change`,
     )
     protectFlash(config, state)
     return ramUpperOver(config, ['/'])
@@ -321,7 +326,15 @@ async function applyPendingChange(config: Config, forcedReset: boolean): Promise
  */
 async function checkFirmware(config: Config): Promise<BootState['upgrade']> {
   const layout = flashLayout(config)
-  const recorded = readFirmwareRecord(layout)
+  let recorded: FirmwareRecord | undefined
+  let unreadable: string | undefined
+  try {
+    recorded = readFirmwareRecord(layout)
+  } catch (error) {
+    // A damaged record: the reconcile takes the firmware it names as unknown.
+    if (!(error instanceof OvrootError && error.code === 'EFIRMWARE')) throw error
+    unreadable = error.message
+  }
   const current = await currentIdentity('/')
   if (recorded?.identity === current.identity && recorded.base === 'shipped') return undefined
   const { onFirmware } = await import('../upgrade/boot.js')
@@ -331,6 +344,7 @@ async function checkFirmware(config: Config): Promise<BootState['upgrade']> {
     xattrs: new OverlayXattrs(namespaceForMount(config.overlay.options)),
     preferFirmware: config.upgrade.conflicts === 'firmware',
     recorded,
+    ...(unreadable === undefined ? {} : { unreadable }),
     current,
     work: workDir(config),
   })

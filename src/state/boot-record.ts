@@ -27,9 +27,15 @@ export interface BootState {
     to: string
     counts: Record<string, number>
     conflicts: string[]
+    /** Absent in records of earlier versions. */
+    firmwareWon?: string[]
     hidden: string[]
     unknown: string[]
+    /** Damaged records the reconcile worked around (absent in records of earlier versions). */
+    problems?: string[]
   }
+  /** The firmware changed and the upper's reconcile failed: the boot is degraded (upgrade/boot.ts `UpgradeFailure`). */
+  upgradeFailed?: { from: string; to: string; committed: boolean; cause: string; advice: string }
   /** A backup was restored. */
   restored?: { source: string; entries: number }
   /** Seconds from the shim's start to the end of `ovroot boot`. */

@@ -123,11 +123,28 @@ function upgradeRows(upgrade: BootState['upgrade']): [string, string | undefined
     .map(([name, count]) => `${count} ${name}`)
     .join(', ')
   const named = (paths: string[]): string | undefined => (paths.length ? paths.join(' ') : undefined)
+  const won = upgrade.firmwareWon ?? []
+  const winner =
+    won.length === 0
+      ? ''
+      : won.length === upgrade.conflicts.length
+        ? 'the firmware’s versions won, the user’s saved: '
+        : `the firmware’s won for ${won.join(' ')}, the user’s saved: `
   return [
     ['upgrade', `firmware ${upgrade.from} -> ${upgrade.to} at this boot: ${counts || 'nothing to reconcile'}`],
-    ['conflicts', named(upgrade.conflicts) && `${named(upgrade.conflicts)} (ovroot diff --conflicts)`],
+    ['conflicts', named(upgrade.conflicts) && `${named(upgrade.conflicts)} (${winner}ovroot diff --conflicts)`],
     ['hidden', named(upgrade.hidden)],
     ['unknown', named(upgrade.unknown)],
+    ['problems', upgrade.problems?.length ? upgrade.problems.join('; ') : undefined],
+  ]
+}
+
+/** A reconcile that failed at this boot: what failed and what to do. */
+function upgradeFailedRows(failed: BootState['upgradeFailed']): [string, string | undefined][] {
+  if (!failed) return []
+  return [
+    ['upgrade', `FAILED: firmware ${failed.from} -> ${failed.to}: ${failed.cause}`],
+    ['what to do', failed.advice],
   ]
 }
 
@@ -160,6 +177,7 @@ function render(status: Status): string {
     ],
     ['restored', status.restored && `${status.restored.source} (${status.restored.entries} entries) at this boot`],
     ...upgradeRows(status.upgrade),
+    ...upgradeFailedRows(status.upgradeFailed),
     ['pending', status.pending.length ? status.pending.join('; ') : 'nothing'],
     ...syncRows(status),
     [

@@ -6,9 +6,11 @@
  * mounts.
  */
 import { describeFirmware, firmwareIdentity } from '../backup/firmware.js'
+import { ExitCode, OvrootError } from '../errors.js'
 import { bytesOf, type BytePath } from '../names.js'
 import type { OverlayXattrs } from '../overlay/xattrs.js'
 import { applyPending } from '../pending/apply.js'
+import { dropStaging, readPending } from '../pending/marker.js'
 import { upperPath, type FlashLayout } from '../state/flash.js'
 import { readTextFile, statPath } from '../sys/fs.js'
 import type { UpgradeClass } from './classify.js'
@@ -19,6 +21,7 @@ import {
   baseFiles,
   baseSource,
   readAbsent,
+  readFirmwareRecord,
   writeBase,
   writeFirmwareRecord,
   type FirmwareRecord,
@@ -35,6 +38,8 @@ export interface FirmwareContext {
   xattrs: OverlayXattrs
   preferFirmware: boolean
   recorded: FirmwareRecord | undefined
+  /** The flash's firmware record is there but unreadable: why (the firmware it names is then unknown). */
+  unreadable?: string
   current: FirmwareIdentity
   /** The overlay's work directory: its index goes with an upgrade. */
   work: string
@@ -47,12 +52,37 @@ export interface UpgradeSummary {
   counts: Record<UpgradeClass, number>
   /** Conflicts, by shown path. */
   conflicts: string[]
+  /** The conflicts whose firmware version won (`[upgrade] conflicts = firmware`): the user's saved. */
+  firmwareWon: string[]
   hidden: string[]
   unknown: string[]
+  /** Damaged records the reconcile worked around. */
+  problems: string[]
+}
+
+/** A reconcile at boot that did not finish: the boot shows the firmware only and says this. */
+export interface UpgradeFailure {
+  from: string
+  to: string
+  /** Whether the reconcile was committed (its apply failed: the next boot finishes it) or not (nothing changed). */
+  committed: boolean
+  cause: string
+  advice: string
+}
+
+export class UpgradeFailed extends OvrootError {
+  constructor(readonly failure: UpgradeFailure) {
+    super(
+      'EUPGRADE',
+      ExitCode.io,
+      `the upper could not be reconciled with the new firmware (${failure.from} -> ${failure.to}): ${failure.cause}; ${failure.advice}`,
+    )
+  }
 }
 
 export async function onFirmware(context: FirmwareContext): Promise<UpgradeSummary | undefined> {
-  const { recorded, current } = context
+  const { current } = context
+  const recorded = context.unreadable === undefined ? context.recorded : UNKNOWN_FIRMWARE
   if (recorded === undefined) {
     recordFirmware(context)
     return undefined
@@ -68,16 +98,40 @@ export async function onFirmware(context: FirmwareContext): Promise<UpgradeSumma
   return summary(await reconcile(context, recorded))
 }
 
+/**
+ * What a damaged firmware record stands for: some firmware, none known. Its
+ * records (base.manifest) are still used, as records taken at boot: a path
+ * they do not name is unknown, not absent.
+ */
+const UNKNOWN_FIRMWARE: FirmwareRecord = {
+  identity: 'unknown',
+  description: 'an unknown firmware',
+  base: 'recorded',
+  since: '',
+}
+
 const rootOf = (lower: string): BytePath => bytesOf(lower === '/' ? '' : lower.replace(/\/+$/, ''))
 
-/** The new firmware's records: its manifest when it ships one, else the tree itself. */
-function currentSource(context: Pick<FirmwareContext, 'current' | 'lower'>): {
+/**
+ * The new firmware's records: its manifest when it ships one, else the tree
+ * itself, which is also what a damaged manifest gives way to (the firmware
+ * is right there), the damage added to `problems`.
+ */
+function currentSource(
+  context: Pick<FirmwareContext, 'current' | 'lower'>,
+  problems: string[],
+): {
   source: RecordSource
   shipped: string | undefined
 } {
   if (context.current.source === 'manifest') {
     const shipped = readTextFile(`${context.lower === '/' ? '' : context.lower}/${MANIFEST_PATH}`)
-    return { source: manifestSource(readManifest(shipped)), shipped }
+    try {
+      return { source: manifestSource(readManifest(shipped)), shipped }
+    } catch (error) {
+      if (!(error instanceof OvrootError && error.code === 'EMANIFEST')) throw error
+      problems.push(`${error.message}: the running firmware's records are read from its files instead`)
+    }
   }
   return { source: treeSource(rootOf(context.lower)), shipped: undefined }
 }
@@ -98,11 +152,12 @@ function firmwareRecord(context: Pick<FirmwareContext, 'current' | 'lower'>, shi
  */
 export function recordFirmware(context: Omit<FirmwareContext, 'preferFirmware' | 'work'>): void {
   const { layout } = context
-  const { source, shipped } = currentSource(context)
+  const problems: string[] = []
+  const { source, shipped } = currentSource(context, problems)
   if (shipped !== undefined) {
     writeBase(layout, { manifest: shipped })
   } else {
-    const known = context.recorded?.identity === context.current.identity ? existingBase(layout) : emptyBase()
+    const known = context.recorded?.identity === context.current.identity ? existingBase(layout, problems) : emptyBase()
     takeRecords(context, source, known)
     writeBase(layout, baseFiles(known.records, known.absent))
   }
@@ -111,6 +166,7 @@ export function recordFirmware(context: Omit<FirmwareContext, 'preferFirmware' |
     context.recorded.base !== (shipped ? 'shipped' : 'recorded')
   )
     writeFirmwareRecord(layout, firmwareRecord(context, shipped !== undefined))
+  for (const problem of problems) process.stderr.write(`ovroot: ${problem}\n`)
 }
 
 interface KnownRecords {
@@ -120,10 +176,18 @@ interface KnownRecords {
 
 const emptyBase = (): KnownRecords => ({ records: new Map(), absent: new Set() })
 
-function existingBase(layout: FlashLayout): KnownRecords {
+/** The records taken so far; damaged ones are taken again (the firmware they describe is the one running). */
+function existingBase(layout: FlashLayout, problems: string[]): KnownRecords {
   const text = readTextFileIfExists(baseManifestPath(layout))
   if (text === undefined) return emptyBase()
-  const manifest = readManifest(text, baseManifestPath(layout))
+  let manifest
+  try {
+    manifest = readManifest(text, baseManifestPath(layout))
+  } catch (error) {
+    if (!(error instanceof OvrootError && error.code === 'EMANIFEST')) throw error
+    problems.push(`${error.message}: the running firmware's records are taken again`)
+    return emptyBase()
+  }
   const records = new Map<BytePath, ManifestRecord>()
   for (const path of manifest.paths()) records.set(path, manifest.lookup(path) as ManifestRecord)
   return { records, absent: readAbsent(layout) }
@@ -153,22 +217,94 @@ function takeRecords(
   }
 }
 
-/** Plan against the recorded firmware, stage, commit, and apply at once (the overlay is not mounted yet). */
+/**
+ * Plan against the recorded firmware, stage, commit, and apply at once (the
+ * overlay is not mounted yet). A failure is an UpgradeFailed: before the
+ * commit nothing changed (the staging is dropped), after it the next boot
+ * finishes the apply.
+ */
 async function reconcile(context: FirmwareContext, recorded: FirmwareRecord): Promise<UpgradeReport | undefined> {
   const { layout, xattrs } = context
-  const report = commitUpgrade(context, recorded)
+  const to = describeFirmware(firmwareIdentity([context.lower]))
+  let report: UpgradeReport
+  try {
+    report = commitUpgrade(context, recorded)
+  } catch (error) {
+    dropStagingIfPossible(layout)
+    throw new UpgradeFailed(uncommittedFailure(recorded.description, to, error))
+  }
   process.stderr.write(`ovroot: applying the reconcile\n`)
-  const applied = await applyPending(layout, context.work, xattrs)
+  let applied
+  try {
+    applied = await applyPending(layout, context.work, xattrs)
+  } catch (error) {
+    throw new UpgradeFailed(committedFailure(recorded.description, to, error))
+  }
   process.stderr.write(`ovroot: reconciled: ${countsText(report.counts)}\n`)
   return applied?.kind === 'upgrade' ? applied.report : report
+}
+
+const messageOf = (error: unknown): string => (error instanceof Error ? error.message : String(error))
+
+function uncommittedFailure(from: string, to: string, error: unknown): UpgradeFailure {
+  return {
+    from,
+    to,
+    committed: false,
+    cause: messageOf(error),
+    advice: `nothing on the flash changed and the root shows the firmware only; the reconcile runs again at the next boot (free room on the flash first if it is full: 'ovroot reset' returns to the factory state); booting ${from} again uses the flash as it was`,
+  }
+}
+
+function committedFailure(from: string, to: string, error: unknown): UpgradeFailure {
+  return {
+    from,
+    to,
+    committed: true,
+    cause: `the reconcile was committed but its apply failed: ${messageOf(error)}`,
+    advice: `the root shows the firmware only; the next boot finishes the apply (each step of it is made once); if it fails again the flash needs checking, or 'ovroot reset' returns to the factory state`,
+  }
+}
+
+/** A failed staging's room back at once (the next boot drops it anyway). */
+function dropStagingIfPossible(layout: FlashLayout): void {
+  try {
+    dropStaging(layout)
+  } catch {
+    // The flash failing a removal: the next boot's applyPending drops it.
+  }
+}
+
+/**
+ * Why a boot's change failed, when it was an upgrade's reconcile: the error
+ * of this boot's reconcile, or a committed reconcile whose apply this boot
+ * reran (undefined for any other change).
+ */
+export function upgradeFailureOf(layout: FlashLayout, error: unknown): UpgradeFailure | undefined {
+  if (error instanceof UpgradeFailed) return error.failure
+  let change
+  try {
+    change = readPending(layout)
+  } catch {
+    return undefined
+  }
+  if (change?.kind !== 'upgrade') return undefined
+  let from = change.from
+  try {
+    from = readFirmwareRecord(layout)?.description ?? from
+  } catch {
+    // The identity in the marker stands in for a damaged record.
+  }
+  return committedFailure(from, change.firmware.description, error)
 }
 
 /** The plan against the recorded firmware, staged and committed (a pending change): nothing in the upper changes yet. */
 export function commitUpgrade(context: FirmwareContext, recorded: FirmwareRecord): UpgradeReport {
   const { layout, xattrs } = context
   const upper = bytesOf(upperPath(layout))
-  const { source: next, shipped } = currentSource(context)
-  const plan = planUpgrade(upper, xattrs, baseSource(layout, recorded), next, {
+  const problems = context.unreadable === undefined ? [] : [context.unreadable]
+  const { source: next, shipped } = currentSource(context, problems)
+  const plan = planUpgrade(upper, xattrs, baseSource(layout, recorded, problems), next, {
     preferFirmware: context.preferFirmware,
   })
   const firmware = firmwareRecord(context, shipped !== undefined)
@@ -179,6 +315,7 @@ export function commitUpgrade(context: FirmwareContext, recorded: FirmwareRecord
       to: firmware.identity,
       fromDescription: recorded.description,
       toDescription: firmware.description,
+      ...(problems.length ? { problems } : {}),
     },
     layout,
   )
@@ -215,7 +352,9 @@ export function summary(report: UpgradeReport | undefined): UpgradeSummary | und
     to: report.toDescription,
     counts: report.counts,
     conflicts: named('conflict'),
+    firmwareWon: report.entries.filter((entry) => entry.firmwareWon).map((entry) => entry.path),
     hidden: named('hidden'),
     unknown: named('unknown'),
+    problems: report.problems ?? [],
   }
 }

@@ -63,11 +63,18 @@ export async function runUpgradeCheck(options: UpgradeCheckOptions): Promise<Exi
     }
     const manifestText = next.source === 'manifest' ? readTextFile(`${root}/${MANIFEST_PATH}`) : undefined
     const source = manifestText ? manifestSource(readManifest(manifestText)) : treeSource(bytesOf(root))
-    const plan = planUpgrade(bytesOf(upperPath(layout)), xattrs, baseSource(layout, recorded), source, {
+    const problems: string[] = []
+    const plan = planUpgrade(bytesOf(upperPath(layout)), xattrs, baseSource(layout, recorded, problems), source, {
       preferFirmware: config.upgrade.conflicts === 'firmware',
     })
     saveBases(layout, plan, bytesOf(lower === '/' ? '' : lower.replace(/\/+$/, '')))
-    const sides = { from: recorded.identity, to: next.identity, fromDescription: recorded.description, toDescription }
+    const sides = {
+      from: recorded.identity,
+      to: next.identity,
+      fromDescription: recorded.description,
+      toDescription,
+      ...(problems.length ? { problems } : {}),
+    }
     const report = reportOf(plan, sides, layout)
     const classes = Object.fromEntries(
       UPGRADE_CLASSES.map((name) => [

@@ -64,7 +64,11 @@ function sidesOf(layout: FlashLayout, lower: BytePath, entry: ReportedEntry): Si
 
 function lineOf(entry: ReportedEntry, sides: Sides): string {
   const base = sides.base ? 'base saved' : entry.base ? `base sha256 ${entry.base.slice(0, 12)} (not saved)` : 'no base'
-  const user = entry.savedUser ? 'user’s saved (the firmware’s won)' : 'user’s kept'
+  const user = entry.savedUser
+    ? 'user’s saved (the firmware’s won)'
+    : entry.firmwareWon
+      ? 'the firmware’s mode and owner won (a directory: what is below it stays)'
+      : 'user’s kept'
   const firmware = sides.firmware ? 'firmware’s in the lower' : 'firmware removed it'
   return `conflict  ${entry.path}: ${base}; ${user}; ${firmware}${entry.reason ? `; ${entry.reason}` : ''}`
 }

@@ -243,6 +243,7 @@ export function reportOf(
       ...(verdict.class === 'conflict' && verdict.action === 'drop' && item.entry.type === 'file'
         ? { savedUser: `user/${item.path}` }
         : {}),
+      ...(verdict.class === 'conflict' && verdict.action !== 'keep' ? { firmwareWon: true as const } : {}),
     })
   }
   return { ...sides, counts: plan.counts, entries }

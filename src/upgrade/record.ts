@@ -51,12 +51,24 @@ export function writeFirmwareRecord(layout: FlashLayout, record: FirmwareRecord)
   writeFileAtomic(firmwareRecordPath(layout), `${JSON.stringify(record)}\n`)
 }
 
-/** The recorded firmware's records (O), as the reconcile reads them. */
-export function baseSource(layout: FlashLayout, record: FirmwareRecord): RecordSource {
+const UNKNOWN: RecordSource = { lookup: () => 'unknown', below: () => 'unknown' }
+
+/**
+ * The recorded firmware's records (O), as the reconcile reads them. Damaged
+ * records are no reason to stop a boot: every entry's old side is then
+ * unknown (kept as the user's, reported), and the damage is added to `problems`.
+ */
+export function baseSource(layout: FlashLayout, record: FirmwareRecord, problems: string[]): RecordSource {
   const text = readTextFileIfExists(baseManifestPath(layout))
-  if (text === undefined) return { lookup: () => 'unknown', below: () => 'unknown' }
-  const manifest = readManifest(text, baseManifestPath(layout))
-  return manifestSource(manifest, record.base === 'shipped' ? undefined : readAbsent(layout))
+  if (text === undefined) return UNKNOWN
+  try {
+    const manifest = readManifest(text, baseManifestPath(layout))
+    return manifestSource(manifest, record.base === 'shipped' ? undefined : readAbsent(layout))
+  } catch (error) {
+    if (!(error instanceof OvrootError && error.code === 'EMANIFEST')) throw error
+    problems.push(`${error.message}: the old firmware's records are unknown, every entry is treated as the user's`)
+    return UNKNOWN
+  }
 }
 
 /** Paths the recorded firmware did not have (records taken at boot). */
@@ -105,6 +117,8 @@ export interface ReportedEntry {
   savedBase?: string
   /** Where the user's copy was saved when the firmware's version won. */
   savedUser?: string
+  /** A conflict `[upgrade] conflicts = firmware` gave to the firmware (a directory: N's metadata, its contents kept). */
+  firmwareWon?: true
 }
 
 /** What an upgrade did (and `upgrade-check` predicts): written to .ovroot/upgrade/report.json. */
@@ -116,6 +130,8 @@ export interface UpgradeReport {
   counts: Record<UpgradeClass, number>
   /** Conflicts, hidden and unknown entries, in path order. */
   entries: ReportedEntry[]
+  /** Damaged records the reconcile worked around (an unreadable firmware record or manifest). */
+  problems?: string[]
 }
 
 export const reportPath = (layout: FlashLayout): string => `${upgradeDir(layout)}/report.json`
