@@ -398,6 +398,12 @@ export function inodeFlags(path: SysPath): number {
   return Number(statxView.getBigUint64(STATX_ATTRIBUTES, littleEndian)) & supported
 }
 
+/** Whether the filesystem of `path` reports the kept inode flags at all (tmpfs from Linux 6.0, ext4, UBIFS; not JFFS2). */
+export function holdsInodeFlags(path: SysPath): boolean {
+  if (!statx(path, 0)) throw new SysError('ENOENT', 'statx', shown(path))
+  return (statxView.getBigUint64(STATX_ATTRIBUTES_MASK, littleEndian) & BigInt(KEPT_FLAGS)) !== 0n
+}
+
 /** Filesystems without inode flags (JFFS2, a FAT or 9p mount) answer these. */
 const NO_FLAGS = new Set(['ENOTTY', 'EOPNOTSUPP', 'ENOTSUP', 'EINVAL'])
 
