@@ -441,6 +441,13 @@ await t.test(
     writeTree(root, { '/etc/dropbear/authorized_keys': 'ssh-ed25519 AAAA\n' })
     const file = `${d.dir}/sysupgrade.tgz`
     execFileSync('tar', ['-C', root, '-czf', file, 'etc/dropbear/authorized_keys'])
+    const preview = ovroot(['restore', file, '--dry-run', '--config', d.config])
+    t.equal(preview.status, 0, preview.stderr)
+    t.equal(
+      preview.stdout,
+      'A /etc/dropbear\nA /etc/dropbear/authorized_keys\n',
+      "the preview shows the archive's directory with its files only, and the upper's root unchanged",
+    )
     const scheduled = ovroot(['restore', file, '--yes', '--config', d.config])
     t.equal(scheduled.status, 0, scheduled.stderr)
     await applyPending({ root: d.flash, upperName: 'upper' }, `${d.flash}/work`, new OverlayXattrs('trusted'))

@@ -6,7 +6,7 @@
  * before; a scheduled reset is never undone by a sync.
  */
 import t, { type Test } from 'tap'
-import { execFileSync, spawn } from 'node:child_process'
+import { execFileSync, spawn, spawnSync } from 'node:child_process'
 import * as fs from 'node:fs'
 import { OverlayXattrs } from '../src/overlay/xattrs.js'
 import { applyPending } from '../src/pending/apply.js'
@@ -15,6 +15,7 @@ import { commitPending, type PendingChange } from '../src/pending/marker.js'
 import type { FlashLayout } from '../src/state/flash.js'
 import { syncOnce } from '../src/sync/transaction.js'
 import { copyUpper } from '../src/upper/copy.js'
+import { InodeFlag, inodeFlags } from '../src/sys/libc.js'
 import {
   cleanEnvironment,
   mountOverlay,
@@ -1155,4 +1156,152 @@ await t.test('a sync marker an older ovroot wrote (names as text) still applies 
   t.equal(fs.readFileSync(`${s.dir}/flash/upper/etc/café`, 'utf8'), 'new\n', 'moved to the UTF-8 name')
   t.notOk(fs.existsSync(`${s.dir}/flash/upper/etc/old-é`), 'the UTF-8 name removed')
   t.same(fs.readdirSync(`${s.dir}/flash/upper/etc`).sort(), ['café', 'keep'], 'and nothing else')
+})
+
+/** A 64 MiB file holding 4 KiB of data in its middle: all the rest is a hole. */
+function writeSparse(file: string): void {
+  const fd = fs.openSync(file, 'w')
+  fs.ftruncateSync(fd, 64 << 20)
+  fs.writeSync(fd, Buffer.alloc(4096, 0x5a), 0, 4096, 32 << 20)
+  fs.closeSync(fd)
+}
+
+const sameBytes = (a: string, b: string): boolean => fs.readFileSync(a).equals(fs.readFileSync(b))
+
+await t.test('a sparse file stays sparse: synced RAM to flash, and filled back into RAM at boot', async (t) => {
+  const d = device(t)
+  writeSparse(`${d.merged}/etc/disk.img`)
+  const ram = `${d.ram}/upper/etc/disk.img`
+  t.equal(fs.statSync(ram).blocks, 8, 'the RAM upper holds one page of it')
+  const result = sync(d)
+  t.equal(result.status, 0, result.stderr)
+  t.match(result.stdout, /synced \d+ entries \(4 KiB\)/, 'the sync wrote its data, not its 64 MiB')
+  const flash = `${d.flash}/upper/etc/disk.img`
+  t.ok(sameBytes(flash, ram), 'the flash copy has the same bytes')
+  t.equal(fs.statSync(flash).blocks, fs.statSync(ram).blocks, 'in as many allocated blocks: the hole is not written')
+
+  fs.mkdirSync(`${d.dir}/fill`)
+  copyUpper(`${d.flash}/upper`, `${d.dir}/fill`, 'trusted.overlay.metacopy')
+  const filled = `${d.dir}/fill/etc/disk.img`
+  t.ok(sameBytes(filled, flash), 'the RAM fill has the same bytes')
+  t.equal(fs.statSync(filled).blocks, fs.statSync(flash).blocks, 'in as many allocated blocks')
+})
+
+await t.test(
+  'inode flags (chattr +a, +i, +d) are synced, and a flagged entry on the flash is replaced and flagged again',
+  async (t) => {
+    const d = device(t)
+    const upper = `${d.ram}/upper`
+    writeTree(upper, {
+      '/etc/locked': 'first\n',
+      '/etc/frozen/inside': 'in an immutable directory\n',
+      '/var/log/messages': 'append only\n',
+      '/var/log/old': 'to be removed from an append-only directory\n',
+      '/root/scratch': 'no dump\n',
+    })
+    const chattr = (flags: string, ...paths: string[]): void => {
+      execFileSync('chattr', [flags, ...paths.map((path) => `${upper}${path}`)])
+    }
+    chattr('+i', '/etc/locked', '/etc/frozen')
+    chattr('+a', '/var/log/messages', '/var/log')
+    chattr('+d', '/root/scratch')
+    t.teardown(() => {
+      for (const root of [upper, `${d.flash}/upper`]) spawnSync('chattr', ['-R', '-i', '-a', root], { stdio: 'ignore' })
+    })
+    const flagsOf = (path: string): number => inodeFlags(`${d.flash}/upper${path}`)
+    const first = sync(d)
+    t.equal(first.status, 0, first.stderr)
+    t.equal(flagsOf('/etc/locked'), InodeFlag.immutable, 'an immutable file stays immutable on the flash')
+    t.equal(flagsOf('/etc/frozen'), InodeFlag.immutable, 'an immutable directory too')
+    t.equal(flagsOf('/var/log/messages'), InodeFlag.append, 'an append-only file stays append-only')
+    t.equal(flagsOf('/root/scratch'), InodeFlag.noDump, 'a no-dump file keeps that')
+    t.equal(flagsOf('/var/log'), InodeFlag.append, 'an append-only directory stays so')
+    t.equal(fs.readFileSync(`${d.flash}/upper/etc/frozen/inside`, 'utf8'), 'in an immutable directory\n')
+    t.match(sync(d).stdout, /nothing to sync/, 'a second sync finds nothing changed')
+
+    // The RAM upper refuses changes to them as the flash did: the user (root) lifts a flag, changes, sets it again.
+    t.throws(() => fs.writeFileSync(`${upper}/etc/locked`, 'x'), { code: 'EPERM' }, 'the RAM upper keeps it immutable')
+    chattr('-i', '/etc/locked', '/etc/frozen')
+    fs.writeFileSync(`${upper}/etc/locked`, 'second\n')
+    fs.writeFileSync(`${upper}/etc/frozen/added`, 'added\n')
+    chattr('+i', '/etc/locked', '/etc/frozen')
+    fs.appendFileSync(`${upper}/var/log/messages`, 'more\n')
+    chattr('-a', '/var/log')
+    fs.rmSync(`${upper}/var/log/old`)
+    chattr('+a', '/var/log')
+    const second = sync(d)
+    t.equal(second.status, 0, second.stderr)
+    t.equal(
+      fs.readFileSync(`${d.flash}/upper/etc/locked`, 'utf8'),
+      'second\n',
+      'the immutable file on the flash is replaced',
+    )
+    t.equal(flagsOf('/etc/locked'), InodeFlag.immutable, 'and immutable again')
+    t.equal(
+      fs.readFileSync(`${d.flash}/upper/etc/frozen/added`, 'utf8'),
+      'added\n',
+      'the immutable directory took the new file',
+    )
+    t.equal(flagsOf('/etc/frozen'), InodeFlag.immutable, 'and is immutable again')
+    t.equal(
+      fs.readFileSync(`${d.flash}/upper/var/log/messages`, 'utf8'),
+      'append only\nmore\n',
+      'the append-only file grew',
+    )
+    t.equal(flagsOf('/var/log/messages'), InodeFlag.append, 'and is append-only again')
+    t.notOk(fs.existsSync(`${d.flash}/upper/var/log/old`), 'an append-only directory lost the removed file')
+    t.equal(flagsOf('/var/log'), InodeFlag.append, 'and is append-only again')
+    t.notOk(fs.existsSync(`${d.flash}/.ovroot/pending`), 'the sync is complete')
+
+    fs.mkdirSync(`${d.dir}/fill`)
+    copyUpper(`${d.flash}/upper`, `${d.dir}/fill`, 'trusted.overlay.metacopy')
+    t.teardown(() => spawnSync('chattr', ['-R', '-i', '-a', `${d.dir}/fill`], { stdio: 'ignore' }))
+    for (const path of ['/etc/locked', '/etc/frozen', '/var/log', '/var/log/messages', '/root/scratch'])
+      t.equal(inodeFlags(`${d.dir}/fill${path}`), flagsOf(path), `the RAM fill keeps ${path}'s flags`)
+  },
+)
+
+await t.test('a power cut while a sync replaces flagged entries: the next apply ends with the flags set', async (t) => {
+  const layout = (root: string): FlashLayout => ({ root, upperName: 'upper' })
+  const change: PendingChange = {
+    kind: 'sync',
+    requested: 'x',
+    entries: 1,
+    removals: ['var/old'],
+    moves: ['var/locked'],
+    parents: [],
+    names: 'bytes',
+    flags: [
+      ['var', InodeFlag.append],
+      ['var/locked', InodeFlag.immutable],
+    ],
+  }
+  const states: Record<string, (root: string) => void> = {
+    'committed, nothing applied': (root) => commitPending(layout(root), change),
+    'committed, flags cleared and everything moved, none set again': (root) => {
+      commitPending(layout(root), change)
+      execFileSync('chattr', ['-i', '-a', `${root}/upper/var`, `${root}/upper/var/locked`])
+      fs.rmSync(`${root}/upper/var/old`)
+      fs.rmSync(`${root}/upper/var/locked`)
+      fs.renameSync(`${root}/.ovroot/staged/0`, `${root}/upper/var/locked`)
+    },
+  }
+  for (const [name, cut] of Object.entries(states)) {
+    const s = scratch()
+    t.teardown(() => {
+      spawnSync('chattr', ['-R', '-i', '-a', s.dir], { stdio: 'ignore' })
+      s.cleanup()
+    })
+    const root = `${s.dir}/flash`
+    writeTree(`${root}/upper`, { '/var/locked': 'old\n', '/var/old': 'old\n' })
+    execFileSync('chattr', ['+i', `${root}/upper/var/locked`])
+    execFileSync('chattr', ['+a', `${root}/upper/var`])
+    writeTree(`${root}/.ovroot/staged`, { '/0': 'new\n' })
+    cut(root)
+    await applyPending(layout(root), undefined, new OverlayXattrs('trusted'))
+    t.equal(fs.readFileSync(`${root}/upper/var/locked`, 'utf8'), 'new\n', `${name}: replaced`)
+    t.notOk(fs.existsSync(`${root}/upper/var/old`), `${name}: removed`)
+    t.equal(inodeFlags(`${root}/upper/var/locked`), InodeFlag.immutable, `${name}: immutable again`)
+    t.equal(inodeFlags(`${root}/upper/var`), InodeFlag.append, `${name}: its directory append-only again`)
+  }
 })

@@ -59,6 +59,8 @@ export type PendingChange =
        * older ovroot's marker): they are UTF-8 text.
        */
       names?: 'bytes'
+      /** Inode flags (chattr) each path ends with: cleared before the moves, set after them (pending/flat.ts). */
+      flags?: [string, number][]
     }
   /**
    * A firmware upgrade's reconcile (upgrade/reconcile.ts): the sync's

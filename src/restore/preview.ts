@@ -8,6 +8,7 @@ import { BufferedOutput, jsonLine, statusLine } from '../diff/report.js'
 import { OverlayDiff } from '../overlay/diff.js'
 import { LayerStack, type Layer } from '../overlay/stack.js'
 import { OverlayXattrs, type XattrNamespace } from '../overlay/xattrs.js'
+import { readEntry, replaceMetadata } from '../sys/entries.js'
 import { hostTreeReader, statPath } from '../sys/fs.js'
 import type { ExtractResult } from './extract.js'
 import { bytesOf } from '../names.js'
@@ -25,6 +26,11 @@ export function printRestorePreview(
   }))
   const current: Layer[] =
     statPath(target.upper)?.type === 'dir' ? [{ root: bytesOf(target.upper), role: 'lower' }] : []
+  // A merge leaves the upper's root as it is: the staging's own (a temporary directory's) is no change to /.
+  if (result.kind === 'sysupgrade' && current.length > 0) {
+    const root = readEntry(bytesOf(target.upper), '.', '')
+    if (root !== 'socket') replaceMetadata(bytesOf(staging), root)
+  }
   const restored: Layer = { root: bytesOf(staging), role: 'upper' }
   // A sysupgrade archive lands on the current upper; a backup replaces it.
   const after = new LayerStack(

@@ -17,7 +17,8 @@
 import type { BigIntStats } from 'node:fs'
 import { applyPending } from '../pending/apply.js'
 import { commitPending, dropStaging, readPending, syncStagingPath } from '../pending/marker.js'
-import { EntryWriter, modificationTime, readEntry, readEntryIfPresent, readStableFile } from '../sys/entries.js'
+import { EntryWriter, modificationTime, readEntry, readEntryIfPresent, type StableFile } from '../sys/entries.js'
+import { holdsInodeFlags, inodeFlags } from '../sys/libc.js'
 import { listNames, makeDirectory, removeTree, sameContent } from '../sys/fs.js'
 import { OverlayXattrs } from '../overlay/xattrs.js'
 import { OvrootError } from '../errors.js'
@@ -69,6 +70,7 @@ export async function syncOnce(source: SyncSource, layout: FlashLayout, runDir: 
     xattrs.name('metacopy'),
     scan,
     mapped,
+    holdsInodeFlags(source.upper) && holdsInodeFlags(mirror),
   )
   let staged: Staged
   try {
@@ -82,7 +84,7 @@ export async function syncOnce(source: SyncSource, layout: FlashLayout, runDir: 
     removeTree(staging)
     return { written: 0, removed: 0, bytes: 0 }
   }
-  const { entries, moves, removals, parents } = staged
+  const { entries, moves, removals, parents, flags } = staged
   commitPending(layout, {
     kind: 'sync',
     requested: new Date().toISOString(),
@@ -90,6 +92,7 @@ export async function syncOnce(source: SyncSource, layout: FlashLayout, runDir: 
     removals,
     moves,
     parents,
+    ...(flags.length > 0 ? { flags } : {}),
     staging: staging.slice(staging.lastIndexOf('/') + 1),
     names: 'bytes',
   })
@@ -109,6 +112,7 @@ function sameEntry(a: UpperEntry, b: UpperEntry): boolean {
     a.linkTarget === b.linkTarget &&
     a.devMajor === b.devMajor &&
     a.devMinor === b.devMinor &&
+    (a.flags ?? 0) === (b.flags ?? 0) &&
     // To the microsecond: copies an older ovroot wrote carry microseconds, and must not all look changed.
     a.mtimeNs / 1000n === b.mtimeNs / 1000n &&
     a.xattrs.length === b.xattrs.length &&
@@ -126,6 +130,8 @@ interface Staged {
   moves: BytePath[]
   removals: BytePath[]
   parents: [BytePath, number][]
+  /** Inode flags to set once everything is in place (pending/flat.ts). */
+  flags: [BytePath, number][]
   bytes: number
 }
 
@@ -141,6 +147,7 @@ function stageChanges(source: SyncSource, plan: FlatStaging): Staged {
   let bytes = 0
   const walk = walkUpper(plan.upper, {
     stubXattr: plan.stubXattr,
+    flags: plan.upperFlags,
     include: (path) => !source.excluded(path),
     skipped: (path, why) =>
       process.stderr.write(`ovroot: sync skips /${showBytes(path)}: ${why} cannot be persisted\n`),
@@ -152,26 +159,21 @@ function stageChanges(source: SyncSource, plan: FlatStaging): Staged {
   })
   for (const entry of walk) {
     let full: BytePath | undefined
-    let written = 0
     try {
       full = plan.place(entry)
       if (full === undefined) continue
       const target = entry.linkTarget ?? ''
-      writer.begin(full, { ...entry, path: full }, entry.type === 'hardlink' ? plan.linkTarget(target) : undefined)
-      if (entry.type === 'file' && entry.holeSize === undefined) {
-        const file = readStableFile(under(plan.upper, entry.path), { prefixOfGrowing: true })
-        for (const chunk of file.chunks()) {
-          writer.data(chunk)
-          written += chunk.length
-        }
-        // Its size and ctime differ from the copy's now: the next sync compares it again, and takes the rest.
-        if (file.prefix !== undefined)
-          process.stderr.write(
-            `ovroot: sync: /${showBytes(entry.path)}: it grew while it was read; synced as its first ${file.prefix} bytes, the rest at the next sync\n`,
-          )
-      }
-      writer.end()
-      bytes += written
+      // Staged without inode flags: an immutable entry could not be moved into place (pending/flat.ts sets them).
+      const file = writer.copy(full, { ...entry, path: full, flags: undefined }, under(plan.upper, entry.path), {
+        linkTargetFull: entry.type === 'hardlink' ? plan.linkTarget(target) : undefined,
+        prefixOfGrowing: true,
+      })
+      // Its size and ctime differ from the copy's now: the next sync compares it again, and takes the rest.
+      if (file?.prefix !== undefined)
+        process.stderr.write(
+          `ovroot: sync: /${showBytes(entry.path)}: it grew while it was read; synced as its first ${file.prefix} bytes, the rest at the next sync\n`,
+        )
+      bytes += file ? dataBytes(file) : 0
     } catch (error) {
       // One entry being written or removed while it is read must not stop every sync. Its staged name
       // goes (applying skips a move whose staged entry is missing) and the flash keeps what it had; the
@@ -188,14 +190,20 @@ function stageChanges(source: SyncSource, plan: FlatStaging): Staged {
     }
   }
   writer.finish()
+  const removals = plan.removals()
   return {
     entries: plan.entries,
     moves: plan.moves,
-    removals: plan.removals(),
+    removals,
     parents: plan.unchangedParents(),
+    flags: plan.flags(removals),
     bytes,
   }
 }
+
+/** The bytes a file's copy wrote: its data regions' only. */
+const dataBytes = (file: StableFile): number =>
+  file.regions ? file.regions.reduce((sum, [, length]) => sum + length, 0) : file.size
 
 /** Where each changed entry is staged, and what the commit must record to put it in place. */
 class FlatStaging {
@@ -224,7 +232,31 @@ class FlatStaging {
     private readonly scan: Scan,
     /** Inode numbers of files mapped shared and writable (sys/mappings.ts): their writes move no ctime, so they are always compared. */
     private readonly mapped: ReadonlySet<bigint>,
+    /**
+     * Whether both the upper's filesystem and the flash's hold inode flags, and they are compared: when the
+     * upper's does not (tmpfs before Linux 6.0) the flash copy's are kept; the flash's not (JFFS2), there are none to keep.
+     */
+    readonly upperFlags: boolean,
   ) {}
+
+  /** Entries staged with inode flags, or replacing a flagged one, and the flags they end with. */
+  private readonly flagged: [BytePath, number][] = []
+
+  /**
+   * Every inode flag the sync's apply sets last (pending/flat.ts clears them first): the staged entries',
+   * and those of unchanged directories that receive or lose entries (an immutable or append-only
+   * directory lets none in or out), as the flash has them.
+   */
+  flags(removals: readonly BytePath[]): [BytePath, number][] {
+    const parents = new Set([...this.receivingParents, ...removals.map(parentOf)])
+    const kept: [BytePath, number][] = []
+    for (const path of [...parents].sort()) {
+      if (this.changedDirectories.has(path) || this.wholeDirectories.has(path)) continue
+      const flags = inodeFlags(bytePathBuffer(under(this.mirror, path)))
+      if (flags !== 0) kept.push([path, flags])
+    }
+    return [...kept, ...this.flagged]
+  }
 
   /** Whether an entry can be left alone unread: unchanged since the last scan, and not inside a directory new to the copy or moved there. */
   skipIfUnchanged(path: string, changeTimeNs: bigint, stat: BigIntStats): boolean {
@@ -312,18 +344,25 @@ class FlatStaging {
 
   private insideNewDirectory(entry: UpperEntry, parent: string): string {
     if (entry.type === 'dir') this.wholeDirectories.add(entry.path)
+    if (this.upperFlags && entry.flags) this.flagged.push([entry.path, entry.flags])
     return `${this.stagedAs.get(parent) ?? ''}/${entry.path.slice(parent === '.' ? 0 : parent.length + 1)}`
   }
 
   private flat(entry: UpperEntry, parent: string): string | undefined {
     // A second name of an inode compares as the inode itself.
-    const raw = entry.type === 'hardlink' ? readEntry(under(this.upper, entry.path), entry.path, this.stubXattr) : entry
-    const onFlash = readEntryIfPresent(under(this.mirror, entry.path), entry.path, this.stubXattr)
+    const raw =
+      entry.type === 'hardlink'
+        ? readEntry(under(this.upper, entry.path), entry.path, this.stubXattr, this.upperFlags)
+        : entry
+    const onFlash = readEntryIfPresent(under(this.mirror, entry.path), entry.path, this.stubXattr, true)
     const flashEntry = onFlash === 'socket' ? undefined : onFlash
     if (entry.type === 'dir' && flashEntry?.type === 'dir')
       this.comparedDirectories.set(entry.path, Number(flashEntry.mtimeNs / 1000n) / 1e6)
-    if (raw !== 'socket' && flashEntry && sameEntry(raw, flashEntry) && this.sameBytes(raw, entry.path))
-      return undefined
+    const wanted = raw === 'socket' ? undefined : this.upperFlags ? raw : { ...raw, flags: flashEntry?.flags }
+    if (wanted && flashEntry && sameEntry(wanted, flashEntry) && this.sameBytes(wanted, entry.path)) return undefined
+    // A second name's flags are its inode's, set through its first name.
+    const flags = entry.type === 'hardlink' ? 0 : (wanted?.flags ?? 0)
+    if (flags !== 0 || (flashEntry?.flags ?? 0) !== 0) this.flagged.push([entry.path, flags])
     if (entry.path !== '.') this.receivingParents.add(parent)
     if (entry.type === 'dir')
       (flashEntry?.type === 'dir' ? this.changedDirectories : this.wholeDirectories).add(entry.path)

@@ -64,8 +64,8 @@ export const majorOf = (rdev: number): number =>
 export const minorOf = (rdev: number): number => Number((BigInt(rdev) & 0xffn) | ((BigInt(rdev) >> 12n) & ~0xffn))
 
 /** The entry at `full`; `stubXattr` marks a metacopy stub, whose data is not read. Sockets cannot be archived. */
-export function readEntry(full: BytePath, path: BytePath, stubXattr: string): UpperEntry | 'socket' {
-  const read = readEntryIfPresent(full, path, stubXattr)
+export function readEntry(full: BytePath, path: BytePath, stubXattr: string, withFlags = false): UpperEntry | 'socket' {
+  const read = readEntryIfPresent(full, path, stubXattr, withFlags)
   if (read === undefined) throw new SysError('ENOENT', 'stat', showBytes(full))
   return read
 }
@@ -75,9 +75,10 @@ export function readEntryIfPresent(
   full: BytePath,
   path: BytePath,
   stubXattr: string,
+  withFlags = false,
 ): UpperEntry | 'socket' | undefined {
   const big = statEntry(full)
-  return big && readEntryWithStat(full, path, stubXattr, big)
+  return big && readEntryWithStat(full, path, stubXattr, big, withFlags)
 }
 
 /** The lstat of an entry, or undefined when nothing is at `full`: for a caller that decides from it whether to read the rest. */
@@ -396,6 +397,27 @@ export class EntryWriter {
     this.current = { full, entry }
   }
 
+  /**
+   * Create `full` as a copy of `entry`, a file's data read from `source` (readStableFile, and only its data
+   * regions: holes stay holes). The one copy of an upper entry that the RAM fill, a sync's staging and an
+   * upgrade's saved copies share; answers the file as read.
+   */
+  copy(
+    full: BytePath,
+    entry: UpperEntry,
+    source: BytePath,
+    options: { linkTargetFull?: BytePath; prefixOfGrowing?: boolean } = {},
+  ): StableFile | undefined {
+    const file =
+      entry.type === 'file' && entry.holeSize === undefined
+        ? readStableFile(source, { holes: true, prefixOfGrowing: options.prefixOfGrowing === true })
+        : undefined
+    this.begin(full, file ? { ...entry, size: file.size, regions: file.regions } : entry, options.linkTargetFull)
+    if (file) for (const chunk of file.chunks()) this.data(chunk)
+    this.end()
+    return file
+  }
+
   /** All of chunk: write(2) may take part of it (a filesystem nearly full), and the next write then says why. */
   data(chunk: Buffer): void {
     try {
@@ -495,7 +517,7 @@ export function setModificationTime(full: BytePath, mtime: number): void {
 }
 
 /** Set a file's or directory's inode flags; false when its filesystem has none. */
-function applyFlags(full: BytePath, flags: number): boolean {
+export function applyFlags(full: BytePath, flags: number): boolean {
   let fd = -1
   try {
     fd = fs.openSync(kernelPath(full), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK)

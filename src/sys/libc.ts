@@ -168,11 +168,10 @@ const TYPE_OF_FORMAT = new Map<number, EntryType>([
 ])
 
 /**
- * statx(2) of a path, not following a final symlink, into a reused buffer:
- * no Stats object per call, and diff stats every entry of the upper and its
- * lower twin. Answers undefined for a path that does not exist.
+ * statx(2) of a path into the reused buffer, not following a final symlink,
+ * asking for the `mask` fields; false when nothing is at the path.
  */
-export function lstat(path: SysPath): EntryStat | undefined {
+function statx(path: SysPath, mask: number): boolean {
   const { libc } = bind()
   const result = libc.syscall(
     libc.numbers.statx,
@@ -183,15 +182,23 @@ export function lstat(path: SysPath): EntryStat | undefined {
     'int',
     AT_SYMLINK_NOFOLLOW,
     'uint32_t',
-    STATX_BASIC_STATS,
+    mask,
     'void *',
     statxBuffer,
   )
-  if (Number(result) !== 0) {
-    const errno = errnoName()
-    if (errno === 'ENOENT' || errno === 'ENOTDIR') return undefined
-    throw new SysError(errno, 'statx', shown(path))
-  }
+  if (Number(result) === 0) return true
+  const errno = errnoName()
+  if (errno === 'ENOENT' || errno === 'ENOTDIR') return false
+  throw new SysError(errno, 'statx', shown(path))
+}
+
+/**
+ * statx(2) of a path, not following a final symlink, into a reused buffer:
+ * no Stats object per call, and diff stats every entry of the upper and its
+ * lower twin. Answers undefined for a path that does not exist.
+ */
+export function lstat(path: SysPath): EntryStat | undefined {
+  if (!statx(path, STATX_BASIC_STATS)) return undefined
   const u32 = (offset: number): number => statxView.getUint32(offset, littleEndian)
   const u64 = (offset: number): bigint => statxView.getBigUint64(offset, littleEndian)
   const mode = statxView.getUint16(STATX.mode, littleEndian)
@@ -385,23 +392,16 @@ const STATX_ATTRIBUTES_MASK = 56
 
 /** The kept inode flags of a path, not following a symlink: 0 when it has none or its filesystem reports none. */
 export function inodeFlags(path: SysPath): number {
-  const { libc } = bind()
-  const result = libc.syscall(
-    libc.numbers.statx,
-    'int',
-    AT_FDCWD,
-    'void *',
-    cPath(path),
-    'int',
-    AT_SYMLINK_NOFOLLOW,
-    'uint32_t',
-    0,
-    'void *',
-    statxBuffer,
-  )
-  if (Number(result) !== 0) throw new SysError(errnoName(), 'statx', shown(path))
+  // The attributes come with every statx: no field needs asking for.
+  if (!statx(path, 0)) throw new SysError('ENOENT', 'statx', shown(path))
   const supported = Number(statxView.getBigUint64(STATX_ATTRIBUTES_MASK, littleEndian) & BigInt(KEPT_FLAGS))
   return Number(statxView.getBigUint64(STATX_ATTRIBUTES, littleEndian)) & supported
+}
+
+/** Whether the filesystem of `path` reports the kept inode flags at all (tmpfs from Linux 6.0, ext4, UBIFS; not JFFS2). */
+export function holdsInodeFlags(path: SysPath): boolean {
+  if (!statx(path, 0)) throw new SysError('ENOENT', 'statx', shown(path))
+  return (statxView.getBigUint64(STATX_ATTRIBUTES_MASK, littleEndian) & BigInt(KEPT_FLAGS)) !== 0n
 }
 
 /** Filesystems without inode flags (JFFS2, a FAT or 9p mount) answer these. */

@@ -13,7 +13,7 @@ import { ExitCode, OvrootError, usageError, type ExitStatus } from '../errors.js
 import { bytePathBuffer, bytesOf, showBytes, type BytePath } from '../names.js'
 import { namespaceForMount, OverlayXattrs } from '../overlay/xattrs.js'
 import { flashLayout, upperPath, type FlashLayout } from '../state/flash.js'
-import { EntryWriter, readEntry, readStableFile } from '../sys/entries.js'
+import { EntryWriter, readEntry } from '../sys/entries.js'
 import { makeDirectory, readTextFile, removeTree, statPath } from '../sys/fs.js'
 import { mountImage } from '../sys/mounts.js'
 import { parentOf, under } from '../upper/entry.js'
@@ -121,9 +121,7 @@ function saveBases(layout: FlashLayout, plan: UpgradePlan, lowerRoot: BytePath):
     if (entry === 'socket' || entry.type !== 'file') continue
     const saved = savedPath(layout, 'base', item.path)
     makeDirectory(bytePathBuffer(parentOf(saved)))
-    writer.begin(saved, { ...entry, xattrs: [] })
-    for (const chunk of readStableFile(source).chunks()) writer.data(chunk)
-    writer.end()
+    writer.copy(saved, { ...entry, xattrs: [] }, source)
   }
 }
 

@@ -356,9 +356,7 @@ function writeRefreshed(
     ],
     ...(firmware.type === 'dir' ? { mtimeNs: user.mtimeNs, atimeNs: user.atimeNs } : {}),
   }
-  writer.begin(staged, entry)
-  if (firmware.type === 'file') for (const chunk of readStableFile(source).chunks()) writer.data(chunk)
-  writer.end()
+  writer.copy(staged, entry, source)
 }
 
 /** The user's file that a `firmware` conflict replaces, kept under upgrade/user/ (its directories made as needed). */
@@ -367,7 +365,5 @@ function saveUserCopy(writer: EntryWriter, upper: BytePath, staging: BytePath, p
   makeDirectory(bytePathBuffer(parentOf(to)))
   const entry = readEntry(under(upper, path), path, '')
   if (entry === 'socket') return
-  writer.begin(to, { ...entry, xattrs: [] })
-  for (const chunk of readStableFile(under(upper, path)).chunks()) writer.data(chunk)
-  writer.end()
+  writer.copy(to, { ...entry, xattrs: [] }, under(upper, path))
 }

@@ -1,9 +1,9 @@
-/** A faithful copy of an upper: how boot fills a RAM upper from the flash's copy. */
-import { EntryWriter, readStableFile } from '../sys/entries.js'
+/** A faithful copy of an upper (holes and inode flags kept): how boot fills a RAM upper from the flash's copy. */
+import { EntryWriter } from '../sys/entries.js'
 import { reportProgress } from '../sys/progress.js'
 import { under } from './entry.js'
 import { walkUpper } from './walk.js'
-import { bytesOf, showBytes } from '../names.js'
+import { bytesOf, showBytes, type BytePath } from '../names.js'
 
 /**
  * Copy everything of `from` into the existing, empty directory `to`; answers
@@ -14,31 +14,39 @@ import { bytesOf, showBytes } from '../names.js'
 export function copyUpper(fromText: string, toText: string, stubXattr: string): number {
   const from = bytesOf(fromText)
   const to = bytesOf(toText)
-  const writer = new EntryWriter()
+  // Inode flags too (chattr +i, +a, +d), set once everything is in place.
+  const writer = new EntryWriter({ flags: true })
   let entries = 0
   const walk = walkUpper(from, {
     stubXattr,
+    flags: true,
     include: () => true,
     skipped: (path, why) => process.stderr.write(`ovroot: skipped /${showBytes(path)}: ${why} cannot be copied\n`),
   })
   try {
     for (const entry of walk) {
-      writer.begin(
-        under(to, entry.path),
-        entry,
-        entry.type === 'hardlink' ? under(to, entry.linkTarget ?? '') : undefined,
-      )
-      if (entry.type === 'file' && entry.holeSize === undefined)
-        for (const chunk of readStableFile(under(from, entry.path)).chunks()) writer.data(chunk)
-      writer.end()
+      writer.copy(under(to, entry.path), entry, under(from, entry.path), {
+        linkTargetFull: entry.type === 'hardlink' ? under(to, entry.linkTarget ?? '') : undefined,
+      })
       entries++
       reportProgress()
     }
     writer.finish()
+    reportFlagsNotKept(writer.flagsNotKept)
   } catch (error) {
     // An open file would keep the caller from unmounting what was half written.
     writer.abandon()
     throw error
   }
   return entries
+}
+
+/** Flags the RAM's filesystem cannot hold (tmpfs before Linux 6.0) are named, never dropped silently. */
+function reportFlagsNotKept(paths: readonly BytePath[]): void {
+  if (paths.length === 0) return
+  const more = paths.length > 5 ? ` and ${paths.length - 5} more` : ''
+  const named = paths.slice(0, 5).map((path) => `/${showBytes(path)}`)
+  process.stderr.write(
+    `ovroot: inode flags (chattr) not kept in the RAM upper on ${paths.length} entries: ${named.join(' ')}${more}\n`,
+  )
 }
