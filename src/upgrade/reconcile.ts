@@ -148,6 +148,7 @@ export function planUpgrade(
 /** A directory kept only as the container of what stays below it is no outcome of its own. */
 const counted = (verdict: Verdict): boolean => !('reason' in verdict && verdict.reason === CONTAINER)
 const CONTAINER = 'container'
+const REPLACED = 'the new firmware has no directory here: the user’s entries below it are kept over its entry'
 
 /** U's record: a stub's data is O's at its data path; a file's content is hashed only when its size could match O's or N's. */
 function upperRecord(
@@ -208,13 +209,16 @@ function keepDirectoriesWithContent(planned: PlannedEntry[]): void {
       item.verdict = { class: item.verdict.class, action: 'drop', reason: CONTAINER }
     if (item.entry.type === 'dir' && item.verdict.action === 'drop' && holding.has(item.path)) {
       item.verdict =
-        item.verdict.class === 'stale' && o !== 'absent' && o !== 'unknown' && n
-          ? {
-              class: 'stale',
-              action: 'refresh',
-              metadata: { mode: n.mode, uid: n.uid, gid: n.gid, xattrs: 'firmware' },
-            }
-          : { class: item.verdict.class, action: 'keep', reason: CONTAINER }
+        n !== undefined && n.type !== 'd'
+          ? // Refreshing it would put N's file in its place, and the user's entries below it with it would go.
+            { class: 'conflict', action: 'keep', reason: REPLACED }
+          : item.verdict.class === 'stale' && o !== 'absent' && o !== 'unknown' && n
+            ? {
+                class: 'stale',
+                action: 'refresh',
+                metadata: { mode: n.mode, uid: n.uid, gid: n.gid, xattrs: 'firmware' },
+              }
+            : { class: item.verdict.class, action: 'keep', reason: CONTAINER }
     }
     if (item.verdict.action !== 'drop') holding.add(parentOf(item.path))
   }

@@ -1,0 +1,101 @@
+/**
+ * Firmware upgrades on the host, against the cases the issue's rows do not
+ * make: an entry whose type the new firmware changes under the user's files,
+ * names the manifest must carry, a damaged flash, upgrade-check's errors.
+ * Each firmware is a real squashfs with its manifest, the upper a real one
+ * written through an overlay over A, reconciled at "boot" on B.
+ */
+import t from 'tap'
+import { execFileSync } from 'node:child_process'
+import * as fs from 'node:fs'
+import { MANIFEST_PATH } from '../src/upgrade/manifest.js'
+import { mountOverlay, ovroot, scratch, unmount } from './helpers/overlay.js'
+
+const OVROOT_OPTIONS = ['index=off', 'metacopy=off', 'redirect_dir=off', 'xino=off', 'nfs_export=off']
+
+/** A squashfs firmware made by POPULATE (with its manifest unless told not to), mounted at DIR/NAME. */
+function firmware(dir: string, name: string, populate: (tree: string) => void, manifest = true): string {
+  const tree = `${dir}/${name}-tree`
+  fs.mkdirSync(tree)
+  populate(tree)
+  if (manifest) {
+    fs.mkdirSync(`${tree}/usr/lib/ovroot`, { recursive: true })
+    const made = ovroot(['manifest', tree, '--output', `${tree}/${MANIFEST_PATH}`])
+    if (made.status !== 0) throw new Error(made.stderr)
+  }
+  execFileSync('mksquashfs', [tree, `${dir}/${name}.sqfs`, '-quiet', '-no-progress', '-comp', 'gzip'])
+  fs.mkdirSync(`${dir}/${name}`)
+  execFileSync('mount', ['-t', 'squashfs', '-o', 'ro,loop', `${dir}/${name}.sqfs`, `${dir}/${name}`])
+  return `${dir}/${name}`
+}
+
+/** A flash recorded on A, CHANGE made through an overlay over A, then the boot on B: returns what the merged view over B reads. */
+async function upgrade(
+  dir: string,
+  a: string,
+  b: string,
+  change: (merged: string) => void,
+  options: string[] = OVROOT_OPTIONS,
+) {
+  const { onFirmware } = await import('../src/upgrade/boot.js')
+  const { currentIdentity } = await import('../src/upgrade/identity.js')
+  const { readFirmwareRecord } = await import('../src/upgrade/record.js')
+  const { OverlayXattrs } = await import('../src/overlay/xattrs.js')
+  const layout = { root: `${dir}/flash`, upperName: 'upper' }
+  const upper = `${layout.root}/upper`
+  const work = `${layout.root}/work`
+  fs.mkdirSync(upper, { recursive: true })
+  fs.mkdirSync(work, { recursive: true })
+  const context = async (lower: string) => ({
+    layout,
+    lower,
+    xattrs: new OverlayXattrs('trusted'),
+    preferFirmware: false,
+    recorded: readFirmwareRecord(layout),
+    current: await currentIdentity(lower),
+    work,
+  })
+  await onFirmware(await context(a))
+  const merged = `${dir}/merged`
+  mountOverlay(merged, [a], upper, work, options)
+  change(merged)
+  unmount(merged)
+  const summary = await onFirmware(await context(b))
+  fs.mkdirSync(work, { recursive: true })
+  mountOverlay(merged, [b], upper, work, options)
+  return { summary, merged, upper, layout, done: () => unmount(merged) }
+}
+
+const read = (path: string | Buffer): string | undefined => {
+  try {
+    return fs.readFileSync(path, 'latin1')
+  } catch {
+    return undefined
+  }
+}
+
+await t.test('a directory of A that B makes a file or a symlink: the user’s files in it are never lost', async (t) => {
+  const s = scratch()
+  t.teardown(() => s.cleanup())
+  const a = firmware(s.dir, 'a', (tree) => {
+    fs.mkdirSync(`${tree}/etc/conf.d`, { recursive: true })
+    fs.writeFileSync(`${tree}/etc/conf.d/base`, 'base 1\n')
+    fs.mkdirSync(`${tree}/etc/linked.d`)
+    fs.writeFileSync(`${tree}/etc/linked.d/base`, 'base 1\n')
+  })
+  const b = firmware(s.dir, 'b', (tree) => {
+    fs.mkdirSync(`${tree}/etc`, { recursive: true })
+    fs.writeFileSync(`${tree}/etc/conf.d`, 'now a file\n')
+    fs.symlinkSync('/tmp', `${tree}/etc/linked.d`)
+  })
+  const run = await upgrade(s.dir, a, b, (merged) => {
+    fs.writeFileSync(`${merged}/etc/conf.d/mine`, 'my own file\n')
+    fs.appendFileSync(`${merged}/etc/linked.d/base`, 'my edit\n')
+  })
+  t.teardown(run.done)
+  t.equal(read(`${run.upper}/etc/conf.d/mine`), 'my own file\n', 'the user’s own file is still on the flash')
+  t.equal(read(`${run.upper}/etc/linked.d/base`), 'base 1\nmy edit\n', 'the user’s edit is still on the flash')
+  t.equal(read(`${run.merged}/etc/conf.d/mine`), 'my own file\n', 'and shows over B')
+  t.ok(run.summary?.conflicts.includes('/etc/conf.d'), 'the directory B replaced is reported as a conflict')
+  t.ok(run.summary?.conflicts.includes('/etc/linked.d'), 'so is the one B made a symlink')
+})
