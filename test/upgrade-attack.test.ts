@@ -99,3 +99,35 @@ await t.test('a directory of A that B makes a file or a symlink: the user’s fi
   t.ok(run.summary?.conflicts.includes('/etc/conf.d'), 'the directory B replaced is reported as a conflict')
   t.ok(run.summary?.conflicts.includes('/etc/linked.d'), 'so is the one B made a symlink')
 })
+
+await t.test(
+  'upgrade-check IMAGE: a missing file or one that is no squashfs is one line, a documented status, nothing written',
+  async (t) => {
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const a = firmware(s.dir, 'a', (tree) => {
+      fs.mkdirSync(`${tree}/etc`)
+      fs.writeFileSync(`${tree}/etc/motd`, 'motd\n')
+    })
+    fs.mkdirSync(`${s.dir}/flash/upper`, { recursive: true })
+    fs.writeFileSync(`${s.dir}/junk.img`, 'not a squashfs at all\n'.repeat(100))
+    fs.writeFileSync(`${s.dir}/empty.img`, '')
+    const check = (image: string) => ovroot(['upgrade-check', image, '--lower', a, '--upper', `${s.dir}/flash/upper`])
+    const missing = check(`${s.dir}/missing.sqfs`)
+    t.equal(missing.status, 4, 'a missing image: environment (exit 4), as a missing backup is')
+    t.match(missing.stderr, /^ovroot: upgrade-check: \S+missing\.sqfs does not exist\n$/, 'one line naming it')
+    for (const name of ['junk.img', 'empty.img']) {
+      const junk = check(`${s.dir}/${name}`)
+      t.equal(junk.status, 5, `${name}: invalid data (exit 5)`)
+      t.match(
+        junk.stderr,
+        new RegExp(`^ovroot: upgrade-check: \\S+${name} is not a squashfs image[^\\n]*\\n$`),
+        'one line saying what is wrong',
+      )
+    }
+    t.notOk(
+      fs.existsSync(`${s.dir}/flash/.ovroot/firmware`),
+      'nothing was recorded on the flash for an image never looked at',
+    )
+  },
+)
