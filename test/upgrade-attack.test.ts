@@ -131,3 +131,60 @@ await t.test(
     )
   },
 )
+
+await t.test(
+  'a damaged base manifest on the flash: the boot goes on, what it held is unknown (kept, reported) or taken again',
+  async (t) => {
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const files = (version: string) => (tree: string) => {
+      fs.mkdirSync(`${tree}/etc`, { recursive: true })
+      fs.writeFileSync(`${tree}/etc/motd`, `motd ${version}\n`)
+      fs.writeFileSync(`${tree}/etc/profile`, `profile ${version}\n`)
+    }
+    const a = firmware(s.dir, 'a', files('1'))
+    const b = firmware(s.dir, 'b', files('2'))
+    const run = await upgrade(s.dir, a, b, (merged) => {
+      fs.appendFileSync(`${merged}/etc/motd`, 'mine\n')
+      fs.utimesSync(`${merged}/etc/profile`, new Date(), new Date())
+      const manifest = `${s.dir}/flash/.ovroot/base.manifest`
+      fs.truncateSync(manifest, fs.statSync(manifest).size - 20)
+    })
+    t.teardown(run.done)
+    t.same(
+      run.summary?.unknown.sort(),
+      ['/etc', '/etc/motd', '/etc/profile'],
+      'the boot on B reconciled: O unknown, named',
+    )
+    t.equal(read(`${run.merged}/etc/motd`), 'motd 1\nmine\n', 'the user’s edit is kept')
+
+    // Records taken at boot (no manifest shipped): the same firmware takes them again.
+    const { onFirmware } = await import('../src/upgrade/boot.js')
+    const { currentIdentity } = await import('../src/upgrade/identity.js')
+    const { readFirmwareRecord, baseSource } = await import('../src/upgrade/record.js')
+    const { OverlayXattrs } = await import('../src/overlay/xattrs.js')
+    const c = firmware(s.dir, 'c', files('3'), false)
+    const layout = { root: `${s.dir}/flash2`, upperName: 'upper' }
+    fs.mkdirSync(`${layout.root}/upper/etc`, { recursive: true })
+    fs.writeFileSync(`${layout.root}/upper/etc/motd`, 'motd 3\nmine\n')
+    const boot = async () =>
+      onFirmware({
+        layout,
+        lower: c,
+        xattrs: new OverlayXattrs('trusted'),
+        preferFirmware: false,
+        recorded: readFirmwareRecord(layout),
+        current: await currentIdentity(c),
+        work: `${layout.root}/work`,
+      })
+    await boot()
+    fs.writeFileSync(`${layout.root}/.ovroot/base.manifest`, 'ovroot-manifest 1 0000\ngarbage\n')
+    await t.resolves(boot(), 'the next boot on the same firmware goes on')
+    const record = readFirmwareRecord(layout)
+    t.match(
+      record && baseSource(layout, record).lookup('etc/motd'),
+      { type: 'f', size: 7 },
+      'and took the records again',
+    )
+  },
+)

@@ -19,14 +19,13 @@ import {
   baseFiles,
   baseSource,
   readAbsent,
+  readBaseManifest,
   writeBase,
   writeFirmwareRecord,
   type FirmwareRecord,
   type UpgradeReport,
 } from './record.js'
 import { manifestSource, treeSource, type RecordSource } from './sources.js'
-import { baseManifestPath } from '../state/flash.js'
-import { readTextFileIfExists } from '../sys/fs.js'
 
 export interface FirmwareContext {
   layout: FlashLayout
@@ -120,10 +119,10 @@ interface KnownRecords {
 
 const emptyBase = (): KnownRecords => ({ records: new Map(), absent: new Set() })
 
+/** The records taken so far; none when they are damaged (the running firmware is the recorded one: they are taken again). */
 function existingBase(layout: FlashLayout): KnownRecords {
-  const text = readTextFileIfExists(baseManifestPath(layout))
-  if (text === undefined) return emptyBase()
-  const manifest = readManifest(text, baseManifestPath(layout))
+  const manifest = readBaseManifest(layout)
+  if (manifest === undefined) return emptyBase()
   const records = new Map<BytePath, ManifestRecord>()
   for (const path of manifest.paths()) records.set(path, manifest.lookup(path) as ManifestRecord)
   return { records, absent: readAbsent(layout) }

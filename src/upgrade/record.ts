@@ -15,7 +15,7 @@ import {
 } from '../state/flash.js'
 import { makeDirectory, readTextFileIfExists, removeFile, writeFileAtomic } from '../sys/fs.js'
 import type { UpgradeClass } from './classify.js'
-import { manifestText, readManifest, type ManifestRecord } from './manifest.js'
+import { manifestText, readManifest, type Manifest, type ManifestRecord } from './manifest.js'
 import { manifestSource, type RecordSource } from './sources.js'
 
 export interface FirmwareRecord {
@@ -53,10 +53,27 @@ export function writeFirmwareRecord(layout: FlashLayout, record: FirmwareRecord)
 
 /** The recorded firmware's records (O), as the reconcile reads them. */
 export function baseSource(layout: FlashLayout, record: FirmwareRecord): RecordSource {
-  const text = readTextFileIfExists(baseManifestPath(layout))
-  if (text === undefined) return { lookup: () => 'unknown', below: () => 'unknown' }
-  const manifest = readManifest(text, baseManifestPath(layout))
+  const manifest = readBaseManifest(layout)
+  if (manifest === undefined) return { lookup: () => 'unknown', below: () => 'unknown' }
   return manifestSource(manifest, record.base === 'shipped' ? undefined : readAbsent(layout))
+}
+
+/**
+ * The recorded firmware's records, or undefined when there are none. A
+ * damaged file (the flash corrupted it) is said in one line and counts as
+ * none: what it held is unknown (kept, reported), never a boot that fails
+ * every time.
+ */
+export function readBaseManifest(layout: FlashLayout): Manifest | undefined {
+  const text = readTextFileIfExists(baseManifestPath(layout))
+  if (text === undefined) return undefined
+  try {
+    return readManifest(text, baseManifestPath(layout))
+  } catch (error) {
+    if (!(error instanceof OvrootError) || error.code !== 'EMANIFEST') throw error
+    process.stderr.write(`ovroot: ${error.message}: what it recorded is taken as unknown\n`)
+    return undefined
+  }
 }
 
 /** Paths the recorded firmware did not have (records taken at boot). */
