@@ -188,3 +188,31 @@ await t.test(
     )
   },
 )
+
+await t.test(
+  'a damaged firmware record on the flash: the boot reconciles against the base it has, and records the firmware again',
+  async (t) => {
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const files = (version: string) => (tree: string) => {
+      fs.mkdirSync(`${tree}/etc`, { recursive: true })
+      fs.writeFileSync(`${tree}/etc/motd`, `motd ${version}\n`)
+      fs.writeFileSync(`${tree}/etc/profile`, `profile ${version}\n`)
+    }
+    const a = firmware(s.dir, 'a', files('1'))
+    const b = firmware(s.dir, 'b', files('2'))
+    const run = await upgrade(s.dir, a, b, (merged) => {
+      fs.appendFileSync(`${merged}/etc/motd`, 'mine\n')
+      fs.utimesSync(`${merged}/etc/profile`, new Date(), new Date())
+      fs.writeFileSync(`${s.dir}/flash/.ovroot/firmware`, '{"identity":')
+    })
+    t.teardown(run.done)
+    t.ok(run.summary, 'the boot on B went on and reconciled')
+    t.same(run.summary?.conflicts, ['/etc/motd'], 'the user’s edit: a conflict, kept')
+    t.equal(read(`${run.merged}/etc/motd`), 'motd 1\nmine\n', 'the user’s edit shows')
+    t.equal(read(`${run.merged}/etc/profile`), 'profile 2\n', 'the stale copy went')
+    const { readFirmwareRecord } = await import('../src/upgrade/record.js')
+    const { currentIdentity } = await import('../src/upgrade/identity.js')
+    t.equal(readFirmwareRecord(run.layout)?.identity, (await currentIdentity(b)).identity, 'B is recorded')
+  },
+)
