@@ -216,3 +216,34 @@ await t.test(
     t.equal(readFirmwareRecord(run.layout)?.identity, (await currentIdentity(b)).identity, 'B is recorded')
   },
 )
+
+await t.test('metacopy: a file the user renamed whose source B removed is not dropped silently', async (t) => {
+  const s = scratch()
+  t.teardown(() => s.cleanup())
+  const a = firmware(s.dir, 'a', (tree) => {
+    fs.mkdirSync(`${tree}/etc`, { recursive: true })
+    fs.writeFileSync(`${tree}/etc/old`, 'old name\n')
+    fs.writeFileSync(`${tree}/etc/moved`, 'moved 1\n')
+  })
+  const b = firmware(s.dir, 'b', (tree) => {
+    fs.mkdirSync(`${tree}/etc`, { recursive: true })
+    fs.writeFileSync(`${tree}/etc/moved`, 'moved 2\n')
+  })
+  const options = ['redirect_dir=on', 'metacopy=on', 'index=off']
+  const run = await upgrade(
+    s.dir,
+    a,
+    b,
+    (merged) => {
+      fs.renameSync(`${merged}/etc/old`, `${merged}/etc/new`)
+      fs.renameSync(`${merged}/etc/moved`, `${merged}/etc/moved.mine`)
+    },
+    options,
+  )
+  t.teardown(run.done)
+  const { getXattr } = await import('../src/sys/libc.js')
+  t.ok(fs.existsSync(`${run.upper}/etc/moved.mine`), 'the renamed file B changed is still there')
+  t.equal(getXattr(`${run.upper}/etc/moved.mine`, 'trusted.overlay.metacopy'), undefined, '... as a plain copy')
+  t.equal(read(`${run.merged}/etc/moved.mine`), 'moved 2\n', '... with B’s data (its source changed)')
+  t.ok(run.summary?.conflicts.includes('/etc/new'), 'the renamed file whose source B removed is reported by its name')
+})

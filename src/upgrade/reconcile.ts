@@ -39,6 +39,8 @@ export interface ShadowEntry {
   dataPath?: BytePath
   /** A renamed directory (redirect): it shows the lower directory at lowerPath. */
   redirected: boolean
+  /** A renamed file (redirect): lowerPath is where it was renamed from. */
+  renamed: boolean
 }
 
 const join = (dir: BytePath, name: BytePath): BytePath => (dir === '.' ? name : `${dir}/${name}`)
@@ -53,7 +55,7 @@ export function* shadowEntries(upper: BytePath, xattrs: OverlayXattrs): Generato
   const walk = walkUpper(upper, { stubXattr: xattrs.name('metacopy'), include: () => true, skipped: () => undefined })
   for (const entry of walk) {
     if (entry.path === '.') {
-      yield { entry, lowerPath: '.', kind: 'entry', redirected: false }
+      yield { entry, lowerPath: '.', kind: 'entry', redirected: false, renamed: false }
       continue
     }
     const parentLower = lowerOf.get(parentOf(entry.path))
@@ -75,6 +77,7 @@ export function* shadowEntries(upper: BytePath, xattrs: OverlayXattrs): Generato
         ? { dataPath: entry.type === 'file' && redirect?.startsWith('/') ? redirect.slice(1) : lowerPath }
         : {}),
       redirected: entry.type === 'dir' && redirect !== undefined,
+      renamed: entry.type !== 'dir' && redirect !== undefined && lowerPath !== undefined,
     }
   }
 }
@@ -136,6 +139,8 @@ export function planUpgrade(
           : false,
       redirected: shadow.redirected,
       redirectLost: shadow.redirected && o !== 'absent' && o !== 'unknown' && o.type === 'd' && n?.type !== 'd',
+      renamed: shadow.renamed,
+      stub: shadow.dataPath !== undefined,
     }
     planned.push({ path: entry.path, lowerPath, verdict: classify(sides), entry, old: o, next: n, record: u })
   }
@@ -244,13 +249,18 @@ export function reportOf(
       ...('reason' in verdict && verdict.reason ? { reason: verdict.reason } : {}),
       ...(base ? { base } : {}),
       ...(saved ? { savedBase: `base/${item.path}` } : {}),
-      ...(verdict.class === 'conflict' && verdict.action === 'drop' && item.entry.type === 'file'
-        ? { savedUser: `user/${item.path}` }
-        : {}),
+      ...(savesUserCopy(item) ? { savedUser: `user/${item.path}` } : {}),
     })
   }
   return { ...sides, counts: plan.counts, entries }
 }
+
+/** A conflict the firmware's side wins: the user's file is saved, unless its data is not in the upper (a stub). */
+const savesUserCopy = (item: PlannedEntry): boolean =>
+  item.verdict.class === 'conflict' &&
+  item.verdict.action === 'drop' &&
+  item.entry.type === 'file' &&
+  item.entry.holeSize === undefined
 
 /** Whether upgrade-check saved the old firmware's bytes of a path, checked against O's digest. */
 function savedBase(layout: FlashLayout, path: BytePath, sha256: string): boolean {
@@ -296,7 +306,7 @@ export function stageUpgrade(plan: UpgradePlan, options: StageOptions): Extract<
     const { verdict } = item
     if ([...dropped].some((dir) => item.path.startsWith(`${dir}/`))) continue
     if (verdict.action === 'drop') {
-      if (verdict.class === 'conflict' && item.entry.type === 'file') saveUserCopy(writer, upper, staging, item.path)
+      if (savesUserCopy(item)) saveUserCopy(writer, upper, staging, item.path)
       removals.push(item.path)
       dropped.add(item.path)
       touched.add(parentOf(item.path))
