@@ -247,3 +247,36 @@ await t.test('metacopy: a file the user renamed whose source B removed is not dr
   t.equal(read(`${run.merged}/etc/moved.mine`), 'moved 2\n', '... with B’s data (its source changed)')
   t.ok(run.summary?.conflicts.includes('/etc/new'), 'the renamed file whose source B removed is reported by its name')
 })
+
+await t.test(
+  'a stale copy refreshed from a sparse file of B keeps its holes (64 MiB with 4 KiB of data is not 64 MiB of flash)',
+  async (t) => {
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const a = firmware(s.dir, 'a', (tree) => {
+      fs.mkdirSync(`${tree}/var`, { recursive: true })
+      fs.writeFileSync(`${tree}/var/image`, 'small 1\n')
+    })
+    const b = firmware(s.dir, 'b', (tree) => {
+      fs.mkdirSync(`${tree}/var`, { recursive: true })
+      fs.writeFileSync(`${tree}/var/image`, '')
+      fs.truncateSync(`${tree}/var/image`, 64 << 20)
+      const fd = fs.openSync(`${tree}/var/image`, 'r+')
+      fs.writeSync(fd, Buffer.alloc(4096, 7), 0, 4096, 32 << 20)
+      fs.closeSync(fd)
+    })
+    const run = await upgrade(s.dir, a, b, (merged) => fs.chmodSync(`${merged}/var/image`, 0o600))
+    t.teardown(run.done)
+    const stat = fs.statSync(`${run.upper}/var/image`)
+    t.equal(stat.mode & 0o7777, 0o600, 'the user’s mode on B’s data')
+    t.equal(stat.size, 64 << 20, 'B’s size')
+    // squashfs answers SEEK_DATA by its blocks (128 KiB): the data block is written whole, the holes never.
+    t.ok(stat.blocks * 512 <= 1 << 20, `its holes kept (${stat.blocks * 512} bytes allocated, not 64 MiB)`)
+    const data = fs.readFileSync(`${run.merged}/var/image`)
+    t.equal(
+      data.subarray(32 << 20, (32 << 20) + 4096).toString('hex'),
+      Buffer.alloc(4096, 7).toString('hex'),
+      'B’s bytes',
+    )
+  },
+)

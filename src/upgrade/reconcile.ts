@@ -354,6 +354,8 @@ function writeRefreshed(
   const source = under(newRoot, item.lowerPath ?? item.path)
   const firmware = readEntry(source, item.path, '')
   if (firmware === 'socket') return
+  // Read with its holes: a sparse file of the firmware must not fill the flash with zeros.
+  const data = firmware.type === 'file' ? readStableFile(source, { holes: true }) : undefined
   const user = item.entry
   const userOwn = user.xattrs.filter(([name]) => !xattrs.isOverlay(name))
   const overlayKept = user.xattrs.filter(([name]) => xattrs.isOverlay(name) && !isIdentityXattr(xattrs, name))
@@ -368,9 +370,10 @@ function writeRefreshed(
       ...(firmware.type === 'dir' ? overlayKept : []),
     ],
     ...(firmware.type === 'dir' ? { mtimeNs: user.mtimeNs, atimeNs: user.atimeNs } : {}),
+    ...(data?.regions ? { regions: data.regions } : {}),
   }
   writer.begin(staged, entry)
-  if (firmware.type === 'file') for (const chunk of readStableFile(source).chunks()) writer.data(chunk)
+  if (data) for (const chunk of data.chunks()) writer.data(chunk)
   writer.end()
 }
 
@@ -380,7 +383,8 @@ function saveUserCopy(writer: EntryWriter, upper: BytePath, staging: BytePath, p
   makeDirectory(bytePathBuffer(parentOf(to)))
   const entry = readEntry(under(upper, path), path, '')
   if (entry === 'socket') return
-  writer.begin(to, { ...entry, xattrs: [] })
-  for (const chunk of readStableFile(under(upper, path)).chunks()) writer.data(chunk)
+  const data = readStableFile(under(upper, path), { holes: true })
+  writer.begin(to, { ...entry, xattrs: [], ...(data.regions ? { regions: data.regions } : {}) })
+  for (const chunk of data.chunks()) writer.data(chunk)
   writer.end()
 }
