@@ -280,3 +280,40 @@ await t.test(
     )
   },
 )
+
+await t.test(
+  'names as bytes through the reconcile: newline, backslash, tab, invalid UTF-8, a literal \\x in a name',
+  async (t) => {
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const names = ['new\nline', 'back\\slash', 'tab\there', 'bad\xff\xfe', 'lit\\x41eral', '-dash', '\\']
+    const files = (version: string) => (tree: string) => {
+      fs.mkdirSync(`${tree}/etc`, { recursive: true })
+      for (const name of names) {
+        fs.writeFileSync(Buffer.from(`${tree}/etc/${name}`, 'latin1'), `${version}\n`)
+        fs.writeFileSync(Buffer.from(`${tree}/etc/${name}.edit`, 'latin1'), `${version}\n`)
+      }
+    }
+    const a = firmware(s.dir, 'a', files('1'))
+    const b = firmware(s.dir, 'b', files('2'))
+    const at = (root: string, name: string): Buffer => Buffer.from(`${root}/etc/${name}`, 'latin1')
+    const run = await upgrade(s.dir, a, b, (merged) => {
+      for (const name of names) {
+        fs.utimesSync(at(merged, name), new Date(), new Date())
+        fs.appendFileSync(at(merged, `${name}.edit`), 'mine\n')
+      }
+    })
+    t.teardown(run.done)
+    for (const name of names) {
+      t.equal(read(at(run.merged, name)), '2\n', `${JSON.stringify(name)}: the stale copy went, B shows`)
+      t.notOk(fs.existsSync(at(run.upper, name)), `${JSON.stringify(name)}: no copy left`)
+      t.equal(read(at(run.merged, `${name}.edit`)), '1\nmine\n', `${JSON.stringify(name)}.edit: the user’s edit kept`)
+    }
+    const { showBytes } = await import('../src/names.js')
+    t.same(
+      run.summary?.conflicts.sort(),
+      names.map((name) => `/etc/${showBytes(`${name}.edit`)}`).sort(),
+      'each conflict named in the escaped form',
+    )
+  },
+)
