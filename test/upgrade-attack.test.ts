@@ -317,3 +317,69 @@ await t.test(
     )
   },
 )
+
+await t.test(
+  'A -> B -> A -> B, with and without shipped manifests: each boot shows the firmware’s files and the user’s changes',
+  async (t) => {
+    for (const shipped of [true, false]) {
+      const s = scratch()
+      t.teardown(() => s.cleanup())
+      const files = (version: string) => (tree: string) => {
+        fs.mkdirSync(`${tree}/etc/init.d`, { recursive: true })
+        for (const name of ['motd', 'profile', 'network', 'banner'])
+          fs.writeFileSync(`${tree}/etc/${name}`, `${name} ${version}\n`)
+        fs.writeFileSync(`${tree}/etc/init.d/${version === 'A' ? 'old' : 'new'}`, `${version}\n`)
+      }
+      const fw = { A: firmware(s.dir, 'a', files('A'), shipped), B: firmware(s.dir, 'b', files('B'), shipped) }
+      const { onFirmware } = await import('../src/upgrade/boot.js')
+      const { currentIdentity } = await import('../src/upgrade/identity.js')
+      const { readFirmwareRecord } = await import('../src/upgrade/record.js')
+      const { OverlayXattrs } = await import('../src/overlay/xattrs.js')
+      const layout = { root: `${s.dir}/flash`, upperName: 'upper' }
+      const upper = `${layout.root}/upper`
+      const work = `${layout.root}/work`
+      fs.mkdirSync(upper, { recursive: true })
+      const boot = async (version: 'A' | 'B', change?: (merged: string) => void): Promise<string> => {
+        const lower = fw[version]
+        await onFirmware({
+          layout,
+          lower,
+          xattrs: new OverlayXattrs('trusted'),
+          preferFirmware: false,
+          recorded: readFirmwareRecord(layout),
+          current: await currentIdentity(lower),
+          work,
+        })
+        fs.mkdirSync(work, { recursive: true })
+        mountOverlay(`${s.dir}/merged`, [lower], upper, work, OVROOT_OPTIONS)
+        change?.(`${s.dir}/merged`)
+        return `${s.dir}/merged`
+      }
+      const label = shipped ? 'shipped' : 'recorded at boot'
+      let merged = await boot('A', (m) => {
+        fs.utimesSync(`${m}/etc/motd`, new Date(), new Date())
+        fs.appendFileSync(`${m}/etc/network`, 'mine\n')
+        fs.rmSync(`${m}/etc/banner`)
+        fs.writeFileSync(`${m}/etc/own`, 'own\n')
+      })
+      unmount(merged)
+      // Records taken at boot: what the user changed since the last boot on A is unknown (README): A boots once more.
+      unmount(await boot('A'))
+      for (const [round, version] of (['B', 'A', 'B'] as const).entries()) {
+        merged = await boot(version)
+        const at = `${label}, boot ${round + 2} (${version})`
+        t.equal(read(`${merged}/etc/motd`), `motd ${version}\n`, `${at}: the touched file shows this firmware’s`)
+        t.equal(read(`${merged}/etc/profile`), `profile ${version}\n`, `${at}: an untouched file, this firmware’s`)
+        t.equal(read(`${merged}/etc/network`), 'network A\nmine\n', `${at}: the user’s edit stays`)
+        t.equal(read(`${merged}/etc/banner`), undefined, `${at}: the user’s deletion stays`)
+        t.equal(read(`${merged}/etc/own`), 'own\n', `${at}: the user’s own file`)
+        t.same(
+          fs.readdirSync(`${merged}/etc/init.d`),
+          [version === 'A' ? 'old' : 'new'],
+          `${at}: this firmware’s directory`,
+        )
+        unmount(merged)
+      }
+    }
+  },
+)
