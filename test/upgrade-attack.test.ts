@@ -9,7 +9,7 @@ import t from 'tap'
 import { execFileSync } from 'node:child_process'
 import * as fs from 'node:fs'
 import { MANIFEST_PATH } from '../src/upgrade/manifest.js'
-import { mountOverlay, ovroot, scratch, unmount } from './helpers/overlay.js'
+import { mountOverlay, ovroot, scratch, unmount, upperSnapshot } from './helpers/overlay.js'
 
 const OVROOT_OPTIONS = ['index=off', 'metacopy=off', 'redirect_dir=off', 'xino=off', 'nfs_export=off']
 
@@ -381,5 +381,58 @@ await t.test(
         unmount(merged)
       }
     }
+  },
+)
+
+await t.test(
+  'a flash too full to stage the reconcile: one typed error, the upper and the record untouched, the staging dropped at the next boot',
+  async (t) => {
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const a = firmware(s.dir, 'a', (tree) => {
+      fs.mkdirSync(`${tree}/var`, { recursive: true })
+      fs.writeFileSync(`${tree}/var/blob`, 'a'.repeat(64))
+    })
+    const b = firmware(s.dir, 'b', (tree) => {
+      fs.mkdirSync(`${tree}/var`, { recursive: true })
+      fs.writeFileSync(`${tree}/var/blob`, Buffer.alloc(3 << 20, 'b'))
+    })
+    const { onFirmware } = await import('../src/upgrade/boot.js')
+    const { currentIdentity } = await import('../src/upgrade/identity.js')
+    const { readFirmwareRecord } = await import('../src/upgrade/record.js')
+    const { OverlayXattrs } = await import('../src/overlay/xattrs.js')
+    const { applyPending } = await import('../src/pending/apply.js')
+    const flash = `${s.dir}/flash`
+    fs.mkdirSync(flash)
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=2m,noatime', 'tmpfs', flash])
+    const layout = { root: flash, upperName: 'upper' }
+    fs.mkdirSync(`${flash}/upper`)
+    fs.mkdirSync(`${flash}/work`)
+    const xattrs = new OverlayXattrs('trusted')
+    const context = async (lower: string) => ({
+      layout,
+      lower,
+      xattrs,
+      preferFirmware: false,
+      recorded: readFirmwareRecord(layout),
+      current: await currentIdentity(lower),
+      work: `${flash}/work`,
+    })
+    await onFirmware(await context(a))
+    mountOverlay(`${s.dir}/merged`, [a], `${flash}/upper`, `${flash}/work`, OVROOT_OPTIONS)
+    fs.chmodSync(`${s.dir}/merged/var/blob`, 0o600)
+    unmount(`${s.dir}/merged`)
+    const before = upperSnapshot(`${flash}/upper`)
+    const record = fs.readFileSync(`${flash}/.ovroot/firmware`, 'utf8')
+    await t.rejects(onFirmware(await context(b)), { code: 'ENOSPC' }, 'the staging found no room: ENOSPC')
+    t.same(upperSnapshot(`${flash}/upper`), before, 'the upper is as it was')
+    t.equal(fs.readFileSync(`${flash}/.ovroot/firmware`, 'utf8'), record, 'A is still the record')
+    t.notOk(fs.existsSync(`${flash}/.ovroot/pending`), 'nothing committed')
+    await applyPending(layout, `${flash}/work`, xattrs)
+    t.same(
+      fs.readdirSync(`${flash}/.ovroot`).filter((name) => name.startsWith('staged')),
+      [],
+      'the next boot drops the staging left behind',
+    )
   },
 )
