@@ -11,8 +11,8 @@ import { bytesOf, type BytePath } from '../names.js'
 import type { OverlayXattrs } from '../overlay/xattrs.js'
 import { applyPending } from '../pending/apply.js'
 import { dropStaging, readPending } from '../pending/marker.js'
-import { upperPath, type FlashLayout } from '../state/flash.js'
-import { readTextFile, statPath } from '../sys/fs.js'
+import { baseManifestPath, upperPath, type FlashLayout } from '../state/flash.js'
+import { readTextFile, readTextFileIfExists, statPath } from '../sys/fs.js'
 import type { UpgradeClass } from './classify.js'
 import type { FirmwareIdentity } from './identity.js'
 import { MANIFEST_PATH, readManifest, type ManifestRecord } from './manifest.js'
@@ -28,8 +28,6 @@ import {
   type UpgradeReport,
 } from './record.js'
 import { manifestSource, treeSource, type RecordSource } from './sources.js'
-import { baseManifestPath } from '../state/flash.js'
-import { readTextFileIfExists } from '../sys/fs.js'
 
 export interface FirmwareContext {
   layout: FlashLayout

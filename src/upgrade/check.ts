@@ -9,17 +9,17 @@
  */
 import * as nodePath from 'node:path'
 import { loadConfig } from '../config/load.js'
-import { ExitCode, OvrootError, usageError, type ExitStatus } from '../errors.js'
+import { ExitCode, OvrootError, type ExitStatus } from '../errors.js'
 import { bytePathBuffer, bytesOf, showBytes, type BytePath } from '../names.js'
 import { namespaceForMount, OverlayXattrs } from '../overlay/xattrs.js'
 import { flashLayout, upperPath, type FlashLayout } from '../state/flash.js'
 import { EntryWriter, readEntry } from '../sys/entries.js'
-import { makeDirectory, readTextFile, removeTree, statPath } from '../sys/fs.js'
+import { makeDirectory, readHead, readTextFile, removeTree, statPath } from '../sys/fs.js'
 import { mountImage } from '../sys/mounts.js'
 import { parentOf, under } from '../upper/entry.js'
 import { recordFirmware } from './boot.js'
 import { UPGRADE_CLASSES } from './classify.js'
-import { currentIdentity } from './identity.js'
+import { currentIdentity, isSquashfs } from './identity.js'
 import { MANIFEST_PATH, readManifest } from './manifest.js'
 import { planUpgrade, reportOf, type UpgradePlan } from './reconcile.js'
 import { baseSource, readFirmwareRecord, savedPath, type FirmwareRecord, type UpgradeReport } from './record.js'
@@ -43,11 +43,10 @@ export async function runUpgradeCheck(options: UpgradeCheckOptions): Promise<Exi
   if (statPath(upperPath(layout))?.type !== 'dir')
     throw new OvrootError('ENOUPPER', ExitCode.environment, `upgrade-check: ${upperPath(layout)} is not a directory`)
   const xattrs = new OverlayXattrs(namespaceForMount(config.overlay.options))
+  // Before anything is recorded on the flash: an image that cannot be read is refused first.
+  const isDirectory = checkImage(options.image)
   const recorded = await recordRunning(layout, lower, xattrs)
-  const image = statPath(options.image)
-  if (image === undefined) throw usageError(`upgrade-check: ${options.image}: no such image`)
-  const mounted =
-    image.type === 'dir' ? { root: options.image, release: () => undefined } : await mountImage(options.image)
+  const mounted = isDirectory ? { root: options.image, release: () => undefined } : await mountImage(options.image)
   try {
     const root = mounted.root.replace(/\/+$/, '')
     const next = await currentIdentity(root)
@@ -92,6 +91,21 @@ export async function runUpgradeCheck(options: UpgradeCheckOptions): Promise<Exi
   } finally {
     mounted.release()
   }
+}
+
+/** Whether IMAGE is a directory; a missing image, or a file or device that is no squashfs, is refused in one line. */
+function checkImage(image: string): boolean {
+  const stat = statPath(image)
+  if (stat === undefined)
+    throw new OvrootError('ENOENT', ExitCode.environment, `upgrade-check: ${image} does not exist`)
+  if (stat.type === 'dir') return true
+  if (!isSquashfs(readHead(image, 4)))
+    throw new OvrootError(
+      'EIMAGE',
+      ExitCode.data,
+      `upgrade-check: ${image} is not a squashfs image (no squashfs superblock at its start)`,
+    )
+  return false
 }
 
 const counted = (item: UpgradePlan['entries'][number]): boolean =>

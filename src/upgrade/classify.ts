@@ -43,6 +43,10 @@ export interface Sides {
   redirected?: boolean
   /** For a renamed directory: the directory it shows was in O and is not a directory in N. */
   redirectLost?: boolean
+  /** A file the user renamed (a redirect; `old` and `new` are at the path it was renamed from). */
+  renamed?: boolean
+  /** A metacopy stub: U's data is whatever the lower has at its data path. */
+  stub?: boolean
   /** `[upgrade] conflicts = firmware`. */
   preferFirmware?: boolean
 }
@@ -83,6 +87,7 @@ export function classify(sides: Sides): Verdict {
   if (sides.redirectLost)
     return keep('conflict', 'renamed from a directory the new firmware no longer has: its firmware contents are gone')
   if (sides.redirected) return keep('kept')
+  if (sides.renamed) return renamedFile(sides, u, old)
   if (next !== undefined && sameRecord(u, next)) return drop('converged')
   if (old === 'absent') return next === undefined ? keep('own') : conflict(sides, u, next)
   if (next !== undefined && sameRecord(old, next)) return keep('kept')
@@ -92,6 +97,24 @@ export function classify(sides: Sides): Verdict {
   const metadata = mergedMetadata(u, old, next)
   return sameMetadata(metadata, next) ? drop('stale') : { class: 'stale', action: 'refresh', metadata }
 }
+
+/**
+ * A file the user renamed: its name is the user's, so it never goes as a
+ * copy would. A copy with its own data stays; a metacopy stub's data is the
+ * old firmware's at the path it was renamed from: it stays while N has the
+ * same, becomes a plain copy of N's data when N changed it, and when N has
+ * no file there its data is gone with the old firmware: reported.
+ */
+function renamedFile(sides: Sides, u: ManifestRecord, old: ManifestRecord | 'absent'): Verdict {
+  const next = sides.new
+  if (!sides.stub || old === 'absent' || !sameContent(u, old)) return keep('own')
+  if (next?.type !== 'f') return { class: 'conflict', action: 'drop', reason: RENAMED_GONE }
+  if (sameContent(old, next)) return keep('kept')
+  return { class: 'stale', action: 'refresh', metadata: mergedMetadata(u, old, next) }
+}
+
+export const RENAMED_GONE =
+  'renamed from a file the new firmware no longer has: its data was the old firmware’s (a metacopy stub), now gone'
 
 /** Both changed it: the user's stays, unless the configuration prefers the firmware's. */
 function conflict(sides: Sides, u: ManifestRecord, next: ManifestRecord | undefined): Verdict {

@@ -25,6 +25,9 @@ const HEADER = /^ovroot-manifest 1 ([0-9a-f]{64})\n/
 const SQUASHFS_MAGIC = 0x73717368
 const SQUASHFS_SUPERBLOCK_BYTES = 96
 
+/** Whether the first bytes of an image are a squashfs superblock's. */
+export const isSquashfs = (head: Buffer): boolean => head.length >= 4 && head.readUInt32LE(0) === SQUASHFS_MAGIC
+
 /** `lower` is a directory path ('/' at boot); the release-file fallback is loaded only when needed. */
 export async function currentIdentity(lower: string): Promise<FirmwareIdentity> {
   const root = lower === '/' ? '' : lower.replace(/\/+$/, '')
@@ -32,7 +35,7 @@ export async function currentIdentity(lower: string): Promise<FirmwareIdentity> 
   if (header?.[1]) return { identity: `manifest:${header[1]}`, source: 'manifest' }
   const device = blockDeviceOf(lower)
   const superblock = device === undefined ? Buffer.alloc(0) : readHeadIfExists(device, SQUASHFS_SUPERBLOCK_BYTES)
-  if (superblock.length === SQUASHFS_SUPERBLOCK_BYTES && superblock.readUInt32LE(0) === SQUASHFS_MAGIC)
+  if (superblock.length === SQUASHFS_SUPERBLOCK_BYTES && isSquashfs(superblock))
     return { identity: `squashfs:${createHash('sha256').update(superblock).digest('hex')}`, source: 'squashfs' }
   // Rare (a lower that is neither): its code is loaded only then.
   const { firmwareIdentity } = await import('../backup/firmware.js')

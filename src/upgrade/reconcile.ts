@@ -39,6 +39,8 @@ export interface ShadowEntry {
   dataPath?: BytePath
   /** A renamed directory (redirect): it shows the lower directory at lowerPath. */
   redirected: boolean
+  /** A renamed file (redirect): lowerPath is where it was renamed from. */
+  renamed: boolean
 }
 
 const join = (dir: BytePath, name: BytePath): BytePath => (dir === '.' ? name : `${dir}/${name}`)
@@ -53,7 +55,7 @@ export function* shadowEntries(upper: BytePath, xattrs: OverlayXattrs): Generato
   const walk = walkUpper(upper, { stubXattr: xattrs.name('metacopy'), include: () => true, skipped: () => undefined })
   for (const entry of walk) {
     if (entry.path === '.') {
-      yield { entry, lowerPath: '.', kind: 'entry', redirected: false }
+      yield { entry, lowerPath: '.', kind: 'entry', redirected: false, renamed: false }
       continue
     }
     const parentLower = lowerOf.get(parentOf(entry.path))
@@ -75,6 +77,7 @@ export function* shadowEntries(upper: BytePath, xattrs: OverlayXattrs): Generato
         ? { dataPath: entry.type === 'file' && redirect?.startsWith('/') ? redirect.slice(1) : lowerPath }
         : {}),
       redirected: entry.type === 'dir' && redirect !== undefined,
+      renamed: entry.type !== 'dir' && redirect !== undefined && lowerPath !== undefined,
     }
   }
 }
@@ -136,6 +139,8 @@ export function planUpgrade(
           : false,
       redirected: shadow.redirected,
       redirectLost: shadow.redirected && o !== 'absent' && o !== 'unknown' && o.type === 'd' && n?.type !== 'd',
+      renamed: shadow.renamed,
+      stub: shadow.dataPath !== undefined,
     }
     planned.push({ path: entry.path, lowerPath, verdict: classify(sides), entry, old: o, next: n, record: u })
   }
@@ -148,6 +153,7 @@ export function planUpgrade(
 /** A directory kept only as the container of what stays below it is no outcome of its own. */
 const counted = (verdict: Verdict): boolean => !('reason' in verdict && verdict.reason === CONTAINER)
 const CONTAINER = 'container'
+const REPLACED = 'the new firmware has no directory here: the user’s entries below it are kept over its entry'
 
 /** U's record: a stub's data is O's at its data path; a file's content is hashed only when its size could match O's or N's. */
 function upperRecord(
@@ -208,13 +214,16 @@ function keepDirectoriesWithContent(planned: PlannedEntry[]): void {
       item.verdict = { class: item.verdict.class, action: 'drop', reason: CONTAINER }
     if (item.entry.type === 'dir' && item.verdict.action === 'drop' && holding.has(item.path)) {
       item.verdict =
-        item.verdict.class === 'stale' && o !== 'absent' && o !== 'unknown' && n
-          ? {
-              class: 'stale',
-              action: 'refresh',
-              metadata: { mode: n.mode, uid: n.uid, gid: n.gid, xattrs: 'firmware' },
-            }
-          : { class: item.verdict.class, action: 'keep', reason: CONTAINER }
+        n !== undefined && n.type !== 'd'
+          ? // Refreshing it would put N's file in its place, and the user's entries below it with it would go.
+            { class: 'conflict', action: 'keep', reason: REPLACED }
+          : item.verdict.class === 'stale' && o !== 'absent' && o !== 'unknown' && n
+            ? {
+                class: 'stale',
+                action: 'refresh',
+                metadata: { mode: n.mode, uid: n.uid, gid: n.gid, xattrs: 'firmware' },
+              }
+            : { class: item.verdict.class, action: 'keep', reason: CONTAINER }
     }
     if (item.verdict.action !== 'drop') holding.add(parentOf(item.path))
   }
@@ -240,14 +249,19 @@ export function reportOf(
       ...('reason' in verdict && verdict.reason ? { reason: verdict.reason } : {}),
       ...(base ? { base } : {}),
       ...(saved ? { savedBase: `base/${item.path}` } : {}),
-      ...(verdict.class === 'conflict' && verdict.action === 'drop' && item.entry.type === 'file'
-        ? { savedUser: `user/${item.path}` }
-        : {}),
+      ...(savesUserCopy(item) ? { savedUser: `user/${item.path}` } : {}),
       ...(verdict.class === 'conflict' && verdict.action !== 'keep' ? { firmwareWon: true as const } : {}),
     })
   }
   return { ...sides, counts: plan.counts, entries }
 }
+
+/** A conflict the firmware's side wins: the user's file is saved, unless its data is not in the upper (a stub). */
+const savesUserCopy = (item: PlannedEntry): boolean =>
+  item.verdict.class === 'conflict' &&
+  item.verdict.action === 'drop' &&
+  item.entry.type === 'file' &&
+  item.entry.holeSize === undefined
 
 /** Whether upgrade-check saved the old firmware's bytes of a path, checked against O's digest. */
 function savedBase(layout: FlashLayout, path: BytePath, sha256: string): boolean {
@@ -293,7 +307,7 @@ export function stageUpgrade(plan: UpgradePlan, options: StageOptions): Extract<
     const { verdict } = item
     if ([...dropped].some((dir) => item.path.startsWith(`${dir}/`))) continue
     if (verdict.action === 'drop') {
-      if (verdict.class === 'conflict' && item.entry.type === 'file') saveUserCopy(writer, upper, staging, item.path)
+      if (savesUserCopy(item)) saveUserCopy(writer, upper, staging, item.path)
       removals.push(item.path)
       dropped.add(item.path)
       touched.add(parentOf(item.path))

@@ -3,7 +3,7 @@
  * firmware the upper was written against, that firmware's records for the
  * paths the upper shadows, and the last upgrade's report.
  */
-import { ExitCode, OvrootError } from '../errors.js'
+import { OvrootError } from '../errors.js'
 import { bytesOf, parseShownName, showBytes, type BytePath } from '../names.js'
 import {
   baseAbsentPath,
@@ -29,7 +29,13 @@ export interface FirmwareRecord {
   since: string
 }
 
-/** The lean path of every boot: one small read. */
+/**
+ * The lean path of every boot: one small read. A damaged record (the flash
+ * corrupted it) is said in one line and stands for a firmware known to no
+ * one: the boot reconciles against the base records it has (safe even when
+ * the firmware did not change: O=N keeps every change of the user's) and
+ * records the running firmware again, rather than failing every boot.
+ */
 export function readFirmwareRecord(layout: FlashLayout): FirmwareRecord | undefined {
   const text = readTextFileIfExists(firmwareRecordPath(layout))
   if (text === undefined) return undefined
@@ -38,13 +44,13 @@ export function readFirmwareRecord(layout: FlashLayout): FirmwareRecord | undefi
     if (typeof record.identity === 'string' && (record.base === 'shipped' || record.base === 'recorded'))
       return record as FirmwareRecord
   } catch {
-    // reported below
+    // said below
   }
-  throw new OvrootError(
-    'EFIRMWARE',
-    ExitCode.data,
-    `${firmwareRecordPath(layout)}: unreadable firmware record; expected the JSON ovroot boot writes`,
+  process.stderr.write(
+    `ovroot: ${firmwareRecordPath(layout)}: unreadable firmware record; the firmware it named is taken as unknown\n`,
   )
+  // `recorded`: the base records are read as possibly incomplete (a path they lack is unknown, not absent).
+  return { identity: 'damaged', description: 'unknown firmware (damaged record)', base: 'recorded', since: '' }
 }
 
 export function writeFirmwareRecord(layout: FlashLayout, record: FirmwareRecord): void {
