@@ -39,7 +39,7 @@ async function upgrade(
 ) {
   const { onFirmware } = await import('../src/upgrade/boot.js')
   const { currentIdentity } = await import('../src/upgrade/identity.js')
-  const { readFirmwareRecord } = await import('../src/upgrade/record.js')
+  const { firmwareRecordAtBoot } = await import('../src/upgrade/record.js')
   const { OverlayXattrs } = await import('../src/overlay/xattrs.js')
   const layout = { root: `${dir}/flash`, upperName: 'upper' }
   const upper = `${layout.root}/upper`
@@ -51,7 +51,7 @@ async function upgrade(
     lower,
     xattrs: new OverlayXattrs('trusted'),
     preferFirmware: false,
-    recorded: readFirmwareRecord(layout),
+    ...firmwareRecordAtBoot(layout),
     current: await currentIdentity(lower),
     work,
   })
@@ -385,7 +385,7 @@ await t.test(
 )
 
 await t.test(
-  'a flash too full to stage the reconcile: one typed error, the upper and the record untouched, the staging dropped at the next boot',
+  'a flash too full to stage the reconcile: one typed error, the upper and the record untouched, the staging dropped',
   async (t) => {
     const s = scratch()
     t.teardown(() => s.cleanup())
@@ -399,7 +399,7 @@ await t.test(
     })
     const { onFirmware } = await import('../src/upgrade/boot.js')
     const { currentIdentity } = await import('../src/upgrade/identity.js')
-    const { readFirmwareRecord } = await import('../src/upgrade/record.js')
+    const { firmwareRecordAtBoot } = await import('../src/upgrade/record.js')
     const { OverlayXattrs } = await import('../src/overlay/xattrs.js')
     const { applyPending } = await import('../src/pending/apply.js')
     const flash = `${s.dir}/flash`
@@ -414,7 +414,7 @@ await t.test(
       lower,
       xattrs,
       preferFirmware: false,
-      recorded: readFirmwareRecord(layout),
+      ...firmwareRecordAtBoot(layout),
       current: await currentIdentity(lower),
       work: `${flash}/work`,
     })
@@ -424,7 +424,11 @@ await t.test(
     unmount(`${s.dir}/merged`)
     const before = upperSnapshot(`${flash}/upper`)
     const record = fs.readFileSync(`${flash}/.ovroot/firmware`, 'utf8')
-    await t.rejects(onFirmware(await context(b)), { code: 'ENOSPC' }, 'the staging found no room: ENOSPC')
+    await t.rejects(
+      onFirmware(await context(b)),
+      { code: 'EUPGRADE', failure: { committed: false, cause: /ENOSPC|no room|no space/i } },
+      'the staging found no room: an uncommitted upgrade failure naming it',
+    )
     t.same(upperSnapshot(`${flash}/upper`), before, 'the upper is as it was')
     t.equal(fs.readFileSync(`${flash}/.ovroot/firmware`, 'utf8'), record, 'A is still the record')
     t.notOk(fs.existsSync(`${flash}/.ovroot/pending`), 'nothing committed')

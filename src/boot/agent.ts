@@ -20,7 +20,7 @@ import { namespaceForMount, OverlayXattrs } from '../overlay/xattrs.js'
 import { commitPending, describeChange, ensureReserve, readPending } from '../pending/marker.js'
 import { applyPending, hasPendingWork, type AppliedChange } from '../pending/apply.js'
 import { currentIdentity } from '../upgrade/identity.js'
-import { readFirmwareRecord, type FirmwareRecord } from '../upgrade/record.js'
+import { firmwareRecordAtBoot } from '../upgrade/record.js'
 import { VERSION } from '../version.js'
 import { parseKernelArguments } from '../state/cmdline.js'
 import { writeBootState, type BootState } from '../state/boot-record.js'
@@ -326,15 +326,7 @@ async function applyPendingChange(config: Config, forcedReset: boolean): Promise
  */
 async function checkFirmware(config: Config): Promise<BootState['upgrade']> {
   const layout = flashLayout(config)
-  let recorded: FirmwareRecord | undefined
-  let unreadable: string | undefined
-  try {
-    recorded = readFirmwareRecord(layout)
-  } catch (error) {
-    // A damaged record: the reconcile takes the firmware it names as unknown.
-    if (!(error instanceof OvrootError && error.code === 'EFIRMWARE')) throw error
-    unreadable = error.message
-  }
+  const { recorded, unreadable } = firmwareRecordAtBoot(layout)
   const current = await currentIdentity('/')
   if (recorded?.identity === current.identity && recorded.base === 'shipped') return undefined
   const { onFirmware } = await import('../upgrade/boot.js')

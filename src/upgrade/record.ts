@@ -3,7 +3,7 @@
  * firmware the upper was written against, that firmware's records for the
  * paths the upper shadows, and the last upgrade's report.
  */
-import { OvrootError } from '../errors.js'
+import { ExitCode, OvrootError } from '../errors.js'
 import { bytesOf, parseShownName, showBytes, type BytePath } from '../names.js'
 import {
   baseAbsentPath,
@@ -44,13 +44,23 @@ export function readFirmwareRecord(layout: FlashLayout): FirmwareRecord | undefi
     if (typeof record.identity === 'string' && (record.base === 'shipped' || record.base === 'recorded'))
       return record as FirmwareRecord
   } catch {
-    // said below
+    // reported below
   }
-  process.stderr.write(
-    `ovroot: ${firmwareRecordPath(layout)}: unreadable firmware record; the firmware it named is taken as unknown\n`,
+  throw new OvrootError(
+    'EFIRMWARE',
+    ExitCode.data,
+    `${firmwareRecordPath(layout)}: unreadable firmware record; expected the JSON ovroot boot writes`,
   )
-  // `recorded`: the base records are read as possibly incomplete (a path they lack is unknown, not absent).
-  return { identity: 'damaged', description: 'unknown firmware (damaged record)', base: 'recorded', since: '' }
+}
+
+/** The record as a boot takes it: a damaged one is no reason to stop (the reconcile takes its firmware as unknown, and says why). */
+export function firmwareRecordAtBoot(layout: FlashLayout): { recorded?: FirmwareRecord; unreadable?: string } {
+  try {
+    return { recorded: readFirmwareRecord(layout) }
+  } catch (error) {
+    if (!(error instanceof OvrootError && error.code === 'EFIRMWARE')) throw error
+    return { unreadable: error.message }
+  }
 }
 
 export function writeFirmwareRecord(layout: FlashLayout, record: FirmwareRecord): void {
