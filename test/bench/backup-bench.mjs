@@ -54,9 +54,9 @@ await benchmarkRoot('backup-bench', (root) => {
   ])
   console.log('\nratios')
   console.log(
-    `  backup time / tar:                      ${(backup.seconds / tarBackup.seconds).toFixed(2)}x   (target <= 1.2x)`,
+    `  backup time / tar:                      ${(backup.seconds / tarBackup.seconds).toFixed(2)}x   (target <= 2x)`,
   )
-  console.log(`  backup size / tar:                      ${(ovrootBytes / tarBytes).toFixed(3)}x   (target <= 1.05x)`)
+  console.log(`  backup size / tar:                      ${(ovrootBytes / tarBytes).toFixed(3)}x   (target <= 1.0x)`)
   console.log(
     `  restore time / tar extraction:          ${(restore.seconds / tarRestore.seconds).toFixed(2)}x   (target <= 1.5x)`,
   )
