@@ -64,6 +64,7 @@ export async function runUpgradeCheck(options: UpgradeCheckOptions): Promise<Exi
     const source = manifestText ? manifestSource(readManifest(manifestText)) : treeSource(bytesOf(root))
     const plan = planUpgrade(bytesOf(upperPath(layout)), xattrs, baseSource(layout, recorded), source, {
       preferFirmware: config.upgrade.conflicts === 'firmware',
+      live: true,
     })
     saveBases(layout, plan, bytesOf(lower === '/' ? '' : lower.replace(/\/+$/, '')))
     const sides = { from: recorded.identity, to: next.identity, fromDescription: recorded.description, toDescription }
@@ -109,7 +110,7 @@ async function recordRunning(layout: FlashLayout, lower: string, xattrs: Overlay
   const recorded = readFirmwareRecord(layout)
   const current = await currentIdentity(lower)
   if (recorded === undefined || (recorded.identity === current.identity && recorded.base === 'recorded'))
-    recordFirmware({ layout, lower, xattrs, recorded, current })
+    recordFirmware({ layout, lower, xattrs, recorded, current, live: true })
   const now = readFirmwareRecord(layout)
   if (!now)
     throw new OvrootError('EFIRMWARE', ExitCode.internal, 'upgrade-check: the running firmware was not recorded')
