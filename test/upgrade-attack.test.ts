@@ -440,3 +440,53 @@ await t.test(
     )
   },
 )
+
+await t.test(
+  'upgrade-check on a live upper: an entry listed, then gone before it is read, is left out (no error)',
+  async (t) => {
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const a = firmware(s.dir, 'a', (tree) => {
+      fs.mkdirSync(`${tree}/etc`, { recursive: true })
+      fs.writeFileSync(`${tree}/etc/motd`, 'motd 1\n')
+    })
+    const b = firmware(s.dir, 'b', (tree) => {
+      fs.mkdirSync(`${tree}/etc`, { recursive: true })
+      fs.writeFileSync(`${tree}/etc/motd`, 'motd 2\n')
+    })
+    const upper = `${s.dir}/upper`
+    fs.mkdirSync(`${upper}/etc`, { recursive: true })
+    fs.writeFileSync(`${upper}/etc/motd`, 'motd 1\n')
+    // The directory's listing names an entry a process removes before the walk reads it.
+    const realFs = await import('../src/sys/fs.js')
+    const listNames: typeof realFs.listNames = (path) => {
+      const names = realFs.listNames(path)
+      return String(path).endsWith('/etc') ? [...names, 'removed-meanwhile'] : names
+    }
+    const walk = await t.mockImport<typeof import('../src/upper/walk.js')>('../src/upper/walk.js', {
+      '../src/sys/fs.js': { ...realFs, listNames },
+    })
+    const { planUpgrade } = await t.mockImport<typeof import('../src/upgrade/reconcile.js')>(
+      '../src/upgrade/reconcile.js',
+      { '../src/upper/walk.js': walk },
+    )
+    const { treeSource } = await import('../src/upgrade/sources.js')
+    const { OverlayXattrs } = await import('../src/overlay/xattrs.js')
+    const { bytesOf } = await import('../src/names.js')
+    const plan = planUpgrade(
+      bytesOf(upper),
+      new OverlayXattrs('trusted'),
+      treeSource(bytesOf(a)),
+      treeSource(bytesOf(b)),
+      {
+        preferFirmware: false,
+        live: true,
+      },
+    )
+    t.same(
+      plan.entries.map((item) => `${item.path} ${item.verdict.class}`),
+      ['etc converged', 'etc/motd stale'],
+      'the plan of what is there',
+    )
+  },
+)

@@ -148,7 +148,12 @@ function firmwareRecord(context: Pick<FirmwareContext, 'current' | 'lower'>, shi
  * shipped) its records for every upper entry not yet recorded, taken now
  * while it is still there. Records only grow, so a cut loses nothing.
  */
-export function recordFirmware(context: Omit<FirmwareContext, 'preferFirmware' | 'work'>): void {
+export function recordFirmware(
+  context: Omit<FirmwareContext, 'preferFirmware' | 'work'> & {
+    /** The running system's upper (`upgrade-check`): entries may vanish while it is read. */
+    live?: boolean
+  },
+): void {
   const { layout } = context
   const problems: string[] = []
   const { source, shipped } = currentSource(context, problems)
@@ -156,7 +161,7 @@ export function recordFirmware(context: Omit<FirmwareContext, 'preferFirmware' |
     writeBase(layout, { manifest: shipped })
   } else {
     const known = context.recorded?.identity === context.current.identity ? existingBase(layout, problems) : emptyBase()
-    takeRecords(context, source, known)
+    takeRecords(context, source, known, context.live)
     writeBase(layout, baseFiles(known.records, known.absent))
   }
   if (
@@ -196,6 +201,7 @@ function takeRecords(
   context: Pick<FirmwareContext, 'layout' | 'xattrs'>,
   source: RecordSource,
   known: KnownRecords,
+  live = false,
 ): void {
   const upper = bytesOf(upperPath(context.layout))
   if (statPath(upperPath(context.layout))?.type !== 'dir') return
@@ -205,7 +211,7 @@ function takeRecords(
     if (record === 'absent') known.absent.add(path)
     else if (record !== 'unknown') known.records.set(path, record)
   }
-  for (const shadow of shadowEntries(upper, context.xattrs)) {
+  for (const shadow of shadowEntries(upper, context.xattrs, live)) {
     if (shadow.lowerPath === undefined) continue
     note(shadow.lowerPath)
     if (shadow.dataPath !== undefined) note(shadow.dataPath)

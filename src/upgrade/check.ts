@@ -65,6 +65,7 @@ export async function runUpgradeCheck(options: UpgradeCheckOptions): Promise<Exi
     const problems: string[] = []
     const plan = planUpgrade(bytesOf(upperPath(layout)), xattrs, baseSource(layout, recorded, problems), source, {
       preferFirmware: config.upgrade.conflicts === 'firmware',
+      live: true,
     })
     saveBases(layout, plan, bytesOf(lower === '/' ? '' : lower.replace(/\/+$/, '')))
     const sides = {
@@ -116,7 +117,7 @@ async function recordRunning(layout: FlashLayout, lower: string, xattrs: Overlay
   const recorded = readFirmwareRecord(layout)
   const current = await currentIdentity(lower)
   if (recorded === undefined || (recorded.identity === current.identity && recorded.base === 'recorded'))
-    recordFirmware({ layout, lower, xattrs, recorded, current })
+    recordFirmware({ layout, lower, xattrs, recorded, current, live: true })
   const now = readFirmwareRecord(layout)
   if (!now)
     throw new OvrootError('EFIRMWARE', ExitCode.internal, 'upgrade-check: the running firmware was not recorded')

@@ -15,7 +15,7 @@ import { EntryWriter, modificationTime, readEntry, readStableFile } from '../sys
 import { makeDirectory, statPath, writeFileAtomic } from '../sys/fs.js'
 import type { UpperEntry } from '../sys/types.js'
 import { parentOf, under } from '../upper/entry.js'
-import { walkUpper } from '../upper/walk.js'
+import { isGone, walkUpper } from '../upper/walk.js'
 import {
   classify,
   UPGRADE_CLASSES,
@@ -46,13 +46,23 @@ export interface ShadowEntry {
 const join = (dir: BytePath, name: BytePath): BytePath => (dir === '.' ? name : `${dir}/${name}`)
 const nameOf = (path: BytePath): BytePath => path.slice(path.lastIndexOf('/') + 1)
 
-/** The upper's entries, parents first, with the lower path each shadows (redirects followed, opaque directories stopping). */
-export function* shadowEntries(upper: BytePath, xattrs: OverlayXattrs): Generator<ShadowEntry> {
+/**
+ * The upper's entries, parents first, with the lower path each shadows
+ * (redirects followed, opaque directories stopping). `live`: the upper of
+ * the running system (`upgrade-check`), where an entry listed may be gone
+ * when it is read: it is left out, as if removed a moment earlier.
+ */
+export function* shadowEntries(upper: BytePath, xattrs: OverlayXattrs, live = false): Generator<ShadowEntry> {
   const lowerOf = new Map<BytePath, BytePath | undefined>([['.', '.']])
   const whiteouts = new Set<BytePath>()
   const attribute = (entry: UpperEntry, key: 'opaque' | 'redirect'): string | undefined =>
     entry.xattrs.find(([name]) => name === xattrs.name(key))?.[1].toString('latin1')
-  const walk = walkUpper(upper, { stubXattr: xattrs.name('metacopy'), include: () => true, skipped: () => undefined })
+  const walk = walkUpper(upper, {
+    stubXattr: xattrs.name('metacopy'),
+    include: () => true,
+    skipped: () => undefined,
+    ...(live ? { vanished: () => undefined } : {}),
+  })
   for (const entry of walk) {
     if (entry.path === '.') {
       yield { entry, lowerPath: '.', kind: 'entry', redirected: false, renamed: false }
@@ -101,6 +111,8 @@ export interface UpgradePlan {
 
 export interface PlanOptions {
   preferFirmware: boolean
+  /** The running system's upper (`upgrade-check`): entries may vanish while it is read (shadowEntries). */
+  live?: boolean
 }
 
 /** Classify every upper entry against O and N. */
@@ -116,13 +128,20 @@ export function planUpgrade(
   const planned: PlannedEntry[] = []
   const lookup = (source: RecordSource, path: BytePath | undefined): OldSide =>
     path === undefined ? 'absent' : source.lookup(path)
-  for (const shadow of shadowEntries(upper, xattrs)) {
+  for (const shadow of shadowEntries(upper, xattrs, options.live)) {
     const { entry, lowerPath } = shadow
     if (entry.path === '.') continue
     const o = lookup(old, lowerPath)
     const nSide = lookup(next, lowerPath)
     const n = nSide === 'absent' || nSide === 'unknown' ? undefined : nSide
-    const u = upperRecord(upper, shadow, o, n, old, own, records)
+    let u: ManifestRecord | undefined
+    try {
+      u = upperRecord(upper, shadow, o, n, old, own, records)
+    } catch (error) {
+      // Removed between the walk and the read of its data.
+      if (options.live && isGone(error)) continue
+      throw error
+    }
     const sides = {
       upper: (shadow.kind === 'whiteout' ? { kind: 'whiteout' } : { kind: shadow.kind, record: u }) as UpperSide,
       old: shadow.kind !== 'whiteout' && u === undefined ? ('unknown' as const) : o,
