@@ -256,7 +256,7 @@ function uncommittedFailure(from: string, to: string, error: unknown): UpgradeFa
     to,
     committed: false,
     cause: messageOf(error),
-    advice: `nothing on the flash changed and the root shows the firmware only; the reconcile runs again at the next boot (free room on the flash first if it is full: 'ovroot reset' returns to the factory state); booting ${from} again uses the flash as it was`,
+    advice: `nothing on the flash changed and the root shows the firmware only; the reconcile runs again at the next boot (on a full flash, free room first: 'ovroot reset PATH...' drops the files that filled it, 'ovroot reset' returns to the factory state); booting ${from} again uses the flash as it was`,
   }
 }
 
