@@ -1305,3 +1305,27 @@ await t.test('a power cut while a sync replaces flagged entries: the next apply 
     t.equal(inodeFlags(`${root}/upper/var`), InodeFlag.append, `${name}: its directory append-only again`)
   }
 })
+
+await t.test(
+  'the RAM fill from a flash that reports no holes (JFFS2, UBIFS; ramfs here) leaves its pages of zeros holes',
+  async (t) => {
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    // ramfs, like JFFS2 and UBIFS, finds data everywhere with SEEK_DATA: its holes cannot be seen.
+    const flash = `${s.dir}/flash`
+    fs.mkdirSync(flash)
+    execFileSync('mount', ['-t', 'ramfs', 'ramfs', flash])
+    writeSparse(`${flash}/disk.img`)
+    // A page of data that is half zeros, and a page of zeros between two of data: bytes must stay as they are.
+    fs.writeFileSync(
+      `${flash}/mixed`,
+      Buffer.concat([Buffer.alloc(2048, 1), Buffer.alloc(6144), Buffer.alloc(4096, 2)]),
+    )
+    fs.mkdirSync(`${s.dir}/fill`)
+    copyUpper(flash, `${s.dir}/fill`, 'trusted.overlay.metacopy')
+    t.ok(sameBytes(`${s.dir}/fill/disk.img`, `${flash}/disk.img`), 'the same bytes')
+    t.equal(fs.statSync(`${s.dir}/fill/disk.img`).blocks, 8, 'in one page of RAM: the zeros stay holes')
+    t.ok(sameBytes(`${s.dir}/fill/mixed`, `${flash}/mixed`), 'a file with zeros inside its data, the same bytes')
+    t.equal(fs.statSync(`${s.dir}/fill/mixed`).blocks, 16, 'its pages of data only')
+  },
+)

@@ -347,8 +347,16 @@ function changedWhileRead(full: BytePath): OvrootError {
  * mtime), deepest first.
  */
 export class EntryWriter {
-  /** With `flags`, inode flags are set once everything else is written (see finish). */
-  constructor(private readonly options: { flags: boolean } = { flags: false }) {}
+  /**
+   * With `flags`, inode flags are set once everything else is written (see finish). With `zeroPagesAsHoles`,
+   * copy() leaves a page of zeros in a file whose source showed no holes a hole: JFFS2 and UBIFS store
+   * holes but report none (st_blocks is the length, SEEK_DATA finds data everywhere), and the RAM fill
+   * must not turn a sparse file on the flash into that many bytes of RAM. A hole reads as the same zeros.
+   */
+  constructor(private readonly options: { flags: boolean; zeroPagesAsHoles?: boolean } = { flags: false }) {}
+
+  /** Set by copy() for a file whose zero pages stay holes. */
+  private skipZeroPages = false
 
   private readonly flagged: { full: BytePath; entry: UpperEntry }[] = []
   /** Entries whose inode flags the filesystem could not hold. */
@@ -412,9 +420,13 @@ export class EntryWriter {
       entry.type === 'file' && entry.holeSize === undefined
         ? readStableFile(source, { holes: true, prefixOfGrowing: options.prefixOfGrowing === true })
         : undefined
-    this.begin(full, file ? { ...entry, size: file.size, regions: file.regions } : entry, options.linkTargetFull)
+    // Written as one region (its length set first, then each page at its place): what is skipped stays a hole.
+    this.skipZeroPages = file !== undefined && file.regions === undefined && this.options.zeroPagesAsHoles === true
+    const regions = this.skipZeroPages ? [[0, file?.size ?? 0] as Region] : file?.regions
+    this.begin(full, file ? { ...entry, size: file.size, regions } : entry, options.linkTargetFull)
     if (file) for (const chunk of file.chunks()) this.data(chunk)
     this.end()
+    this.skipZeroPages = false
     return file
   }
 
@@ -423,7 +435,14 @@ export class EntryWriter {
     try {
       for (let written = 0; written < chunk.length;) {
         const [length, position] = this.nextWrite(chunk.length - written)
-        const count = fs.writeSync(this.fd, chunk, written, length, position)
+        const [zeros, run] =
+          this.skipZeroPages && position !== null ? pageRun(chunk, written, position, length) : [false, length]
+        if (zeros) {
+          this.place.within += run
+          written += run
+          continue
+        }
+        const count = fs.writeSync(this.fd, chunk, written, run, position)
         // A write of nothing would repeat forever (boot's RAM fill is in this loop): as good as a full filesystem.
         if (count === 0) throw new SysError('ENOSPC', 'write', this.current?.full ?? '')
         this.place.within += count
@@ -480,6 +499,26 @@ export class EntryWriter {
     if (this.fd >= 0) fs.closeSync(this.fd)
     this.fd = -1
   }
+}
+
+const PAGE = 4096
+const ZERO_PAGE = Buffer.alloc(PAGE)
+
+/**
+ * The pages from `offset` of `chunk` (at file position `position`, at most `length` bytes) that are
+ * all zeros, or all hold data: whether they are zeros, and their length.
+ */
+function pageRun(chunk: Buffer, offset: number, position: number, length: number): [zeros: boolean, length: number] {
+  let run = 0
+  let zeros: boolean | undefined
+  while (run < length) {
+    const size = Math.min(length - run, PAGE - ((position + run) % PAGE))
+    const zero = chunk.compare(ZERO_PAGE, 0, size, offset + run, offset + run + size) === 0
+    if (zeros !== undefined && zero !== zeros) break
+    zeros = zero
+    run += size
+  }
+  return [zeros === true, run]
 }
 
 /** Give `full` the metadata of `entry`: owner, mode, exactly its xattrs, mtime; what is already so is not written again. */

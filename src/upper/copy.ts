@@ -14,8 +14,8 @@ import { bytesOf, showBytes, type BytePath } from '../names.js'
 export function copyUpper(fromText: string, toText: string, stubXattr: string): number {
   const from = bytesOf(fromText)
   const to = bytesOf(toText)
-  // Inode flags too (chattr +i, +a, +d), set once everything is in place.
-  const writer = new EntryWriter({ flags: true })
+  // Inode flags too (chattr +i, +a, +d), set once everything is in place; holes the flash does not report kept too.
+  const writer = new EntryWriter({ flags: true, zeroPagesAsHoles: true })
   let entries = 0
   const walk = walkUpper(from, {
     stubXattr,
