@@ -139,9 +139,7 @@ export const hostTreeReader: TreeReader = {
  * directory.
  */
 export function writeFileAtomic(path: string, content: string | Buffer): void {
-  const temporary = `${path}.tmp`
-  const directory = path.slice(0, path.lastIndexOf('/')) || '/'
-  try {
+  replaceAtomic(path, (temporary) => {
     const fd = fs.openSync(temporary, 'w', 0o644)
     try {
       fs.writeSync(fd, typeof content === 'string' ? Buffer.from(content) : content)
@@ -149,6 +147,27 @@ export function writeFileAtomic(path: string, content: string | Buffer): void {
     } finally {
       fs.closeSync(fd)
     }
+  })
+}
+
+/** Replace a file with a copy of another (a large one: it never passes through memory whole), as writeFileAtomic does. */
+export function copyFileAtomic(from: string, path: string): void {
+  replaceAtomic(path, (temporary) => {
+    fs.copyFileSync(from, temporary)
+    const fd = fs.openSync(temporary, 'r+')
+    try {
+      fs.fsyncSync(fd)
+    } finally {
+      fs.closeSync(fd)
+    }
+  })
+}
+
+function replaceAtomic(path: string, fill: (temporary: string) => void): void {
+  const temporary = `${path}.tmp`
+  const directory = path.slice(0, path.lastIndexOf('/')) || '/'
+  try {
+    fill(temporary)
     fs.renameSync(temporary, path)
     syncDirectory(directory)
   } catch (error) {
@@ -352,6 +371,25 @@ export function readAt(path: string | Buffer, offset: number, length: number): B
     return buffer.subarray(0, got)
   } catch (error) {
     throw fromNodeError(error, 'read', typeof path === 'string' ? path : showName(path))
+  } finally {
+    if (fd >= 0) fs.closeSync(fd)
+  }
+}
+
+/** A file front to back from `offset`, in pieces of `size` bytes (the last may be shorter): one descriptor, closed at the end. */
+export function* readPieces(path: string, offset: number, size: number): Generator<Buffer> {
+  let fd = -1
+  try {
+    fd = fs.openSync(path, 'r')
+    for (let position = offset; ;) {
+      const buffer = Buffer.allocUnsafe(size)
+      const got = fs.readSync(fd, buffer, 0, size, position)
+      if (got === 0) return
+      position += got
+      yield buffer.subarray(0, got)
+    }
+  } catch (error) {
+    throw fromNodeError(error, 'read', path)
   } finally {
     if (fd >= 0) fs.closeSync(fd)
   }

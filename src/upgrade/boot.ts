@@ -10,14 +10,16 @@ import { bytesOf, type BytePath } from '../names.js'
 import type { OverlayXattrs } from '../overlay/xattrs.js'
 import { applyPending } from '../pending/apply.js'
 import { upperPath, type FlashLayout } from '../state/flash.js'
-import { readTextFile, statPath } from '../sys/fs.js'
+import { statPath } from '../sys/fs.js'
 import type { UpgradeClass } from './classify.js'
 import type { FirmwareIdentity } from './identity.js'
-import { MANIFEST_PATH, readManifest, type ManifestRecord } from './manifest.js'
+import { MANIFEST_PATH, openManifest, type ManifestRecord } from './manifest.js'
 import { planUpgrade, shadowEntries, stageUpgrade, reportOf } from './reconcile.js'
 import {
   baseFiles,
   baseSource,
+  openBase,
+  type BaseFiles,
   readAbsent,
   writeBase,
   writeFirmwareRecord,
@@ -25,8 +27,6 @@ import {
   type UpgradeReport,
 } from './record.js'
 import { manifestSource, treeSource, type RecordSource } from './sources.js'
-import { baseManifestPath } from '../state/flash.js'
-import { readTextFileIfExists } from '../sys/fs.js'
 
 export interface FirmwareContext {
   layout: FlashLayout
@@ -73,11 +73,12 @@ const rootOf = (lower: string): BytePath => bytesOf(lower === '/' ? '' : lower.r
 /** The new firmware's records: its manifest when it ships one, else the tree itself. */
 function currentSource(context: Pick<FirmwareContext, 'current' | 'lower'>): {
   source: RecordSource
+  /** The shipped manifest's file. */
   shipped: string | undefined
 } {
   if (context.current.source === 'manifest') {
-    const shipped = readTextFile(`${context.lower === '/' ? '' : context.lower}/${MANIFEST_PATH}`)
-    return { source: manifestSource(readManifest(shipped)), shipped }
+    const shipped = `${context.lower === '/' ? '' : context.lower}/${MANIFEST_PATH}`
+    return { source: manifestSource(openManifest(shipped)), shipped }
   }
   return { source: treeSource(rootOf(context.lower)), shipped: undefined }
 }
@@ -100,7 +101,7 @@ export function recordFirmware(context: Omit<FirmwareContext, 'preferFirmware' |
   const { layout } = context
   const { source, shipped } = currentSource(context)
   if (shipped !== undefined) {
-    writeBase(layout, { manifest: shipped })
+    writeBase(layout, { shipped })
   } else {
     const known = context.recorded?.identity === context.current.identity ? existingBase(layout) : emptyBase()
     takeRecords(context, source, known)
@@ -121,11 +122,10 @@ interface KnownRecords {
 const emptyBase = (): KnownRecords => ({ records: new Map(), absent: new Set() })
 
 function existingBase(layout: FlashLayout): KnownRecords {
-  const text = readTextFileIfExists(baseManifestPath(layout))
-  if (text === undefined) return emptyBase()
-  const manifest = readManifest(text, baseManifestPath(layout))
-  const records = new Map<BytePath, ManifestRecord>()
-  for (const path of manifest.paths()) records.set(path, manifest.lookup(path) as ManifestRecord)
+  const manifest = openBase(layout)
+  if (manifest === undefined) return emptyBase()
+  const root = manifest.lookup('.')
+  const records = new Map<BytePath, ManifestRecord>([...(root ? [['.', root] as const] : []), ...manifest.below('.')])
   return { records, absent: readAbsent(layout) }
 }
 
@@ -182,8 +182,8 @@ export function commitUpgrade(context: FirmwareContext, recorded: FirmwareRecord
     },
     layout,
   )
-  let base: { manifest: string; absent?: string }
-  if (shipped !== undefined) base = { manifest: shipped }
+  let base: BaseFiles
+  if (shipped !== undefined) base = { shipped }
   else {
     const known = emptyBase()
     for (const item of plan.entries)

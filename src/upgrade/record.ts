@@ -13,9 +13,16 @@ import {
   upgradeDir,
   type FlashLayout,
 } from '../state/flash.js'
-import { makeDirectory, readTextFileIfExists, removeFile, writeFileAtomic } from '../sys/fs.js'
+import {
+  copyFileAtomic,
+  makeDirectory,
+  pathExists,
+  readTextFileIfExists,
+  removeFile,
+  writeFileAtomic,
+} from '../sys/fs.js'
 import type { UpgradeClass } from './classify.js'
-import { manifestText, readManifest, type ManifestRecord } from './manifest.js'
+import { manifestText, openManifest, type Manifest, type ManifestRecord } from './manifest.js'
 import { manifestSource, type RecordSource } from './sources.js'
 
 export interface FirmwareRecord {
@@ -53,10 +60,16 @@ export function writeFirmwareRecord(layout: FlashLayout, record: FirmwareRecord)
 
 /** The recorded firmware's records (O), as the reconcile reads them. */
 export function baseSource(layout: FlashLayout, record: FirmwareRecord): RecordSource {
-  const text = readTextFileIfExists(baseManifestPath(layout))
-  if (text === undefined) return { lookup: () => 'unknown', below: () => 'unknown' }
-  const manifest = readManifest(text, baseManifestPath(layout))
+  const manifest = openBase(layout)
+  if (manifest === undefined) return { lookup: () => 'unknown', below: () => 'unknown' }
   return manifestSource(manifest, record.base === 'shipped' ? undefined : readAbsent(layout))
+}
+
+/** The flash's base.manifest, when there is one. */
+export function openBase(layout: FlashLayout): Manifest | undefined {
+  return pathExists(baseManifestPath(layout))
+    ? openManifest(baseManifestPath(layout), baseManifestPath(layout))
+    : undefined
 }
 
 /** Paths the recorded firmware did not have (records taken at boot). */
@@ -69,11 +82,11 @@ export function readAbsent(layout: FlashLayout): Set<BytePath> {
   return absent
 }
 
+/** What base.manifest (and base.absent) become: the firmware's shipped manifest, copied from its file, or records taken at boot. */
+export type BaseFiles = { shipped: string } | { manifest: string; absent: string }
+
 /** What base.manifest and base.absent hold for records taken at boot. */
-export function baseFiles(
-  records: ReadonlyMap<BytePath, ManifestRecord>,
-  absent: ReadonlySet<BytePath>,
-): { manifest: string; absent: string } {
+export function baseFiles(records: ReadonlyMap<BytePath, ManifestRecord>, absent: ReadonlySet<BytePath>): BaseFiles {
   return {
     manifest: manifestText(records),
     absent: [...absent]
@@ -84,11 +97,17 @@ export function baseFiles(
 }
 
 /** Base files written in place (never during an upgrade: that stages them). */
-export function writeBase(layout: FlashLayout, files: { manifest: string; absent?: string }): void {
+export function writeBase(layout: FlashLayout, files: BaseFiles): void {
   makeDirectory(stateDir(layout))
-  writeFileAtomic(baseManifestPath(layout), files.manifest)
-  if (files.absent === undefined) removeFile(baseAbsentPath(layout))
-  else writeFileAtomic(baseAbsentPath(layout), files.absent)
+  writeBaseFiles(files, baseManifestPath(layout), baseAbsentPath(layout))
+  if ('shipped' in files) removeFile(baseAbsentPath(layout))
+}
+
+/** The base files at these paths (a shipped manifest has no absent list: that file is left alone). */
+export function writeBaseFiles(files: BaseFiles, manifest: string, absent: string): void {
+  if ('shipped' in files) return copyFileAtomic(files.shipped, manifest)
+  writeFileAtomic(manifest, files.manifest)
+  writeFileAtomic(absent, files.absent)
 }
 
 /** One entry the report names: a conflict, a hidden change, an entry whose old side is unknown. */
