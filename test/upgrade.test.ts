@@ -77,10 +77,13 @@ await t.test('manifest: a damaged or edited manifest is refused', async (t) => {
   t.teardown(() => s.cleanup())
   hardTree(`${s.dir}/rootfs`)
   const text = ovroot(['manifest', `${s.dir}/rootfs`]).stdout
-  const opened = (content: string) => (): void => {
-    fs.writeFileSync(`${s.dir}/m`, content)
-    openManifest(`${s.dir}/m`)
-  }
+  // Opened, and a path looked up: a line is checked when a lookup reads it.
+  const opened =
+    (content: string, path = '.') =>
+    (): void => {
+      fs.writeFileSync(`${s.dir}/m`, content)
+      openManifest(`${s.dir}/m`).lookup(path)
+    }
   t.throws(opened(text.replace('\t644\t', '\t600\t')), { code: 'EMANIFEST' }, 'an edited line')
   t.throws(opened(text.slice(0, -10)), { code: 'EMANIFEST' }, 'a truncated file')
   t.throws(opened(`x${text}`), { code: 'EMANIFEST' }, 'a wrong header')
@@ -91,9 +94,13 @@ await t.test('manifest: a damaged or edited manifest is refused', async (t) => {
   }
   const lines = text.split('\n').slice(1, -1)
   t.doesNotThrow(opened(sealed(lines)), 'resealed as it was: accepted')
-  t.throws(opened(sealed([...lines, 'zz bad line'])), { code: 'EMANIFEST' }, 'a malformed line under a right digest')
   t.throws(
-    opened(sealed([lines[1] as string, lines[0] as string, ...lines.slice(2)])),
+    opened(sealed([...lines, 'zz bad line']), 'zz bad line'),
+    { code: 'EMANIFEST' },
+    'a malformed line under a right digest',
+  )
+  t.throws(
+    opened(sealed([lines[1] as string, lines[0] as string, ...lines.slice(2)]), lines[1]?.split('\t')[0]),
     { code: 'EMANIFEST' },
     'lines out of path order under a right digest (a lookup finds a path by its order)',
   )

@@ -186,34 +186,48 @@ interface BlockStart {
 }
 
 /**
- * Opens a manifest file without holding it: one pass checks the digest, each
- * line's form and the path order, and keeps one path per 8 KiB block (about
- * 2,300 for a 200,000-entry firmware); a lookup reads one block, found by
- * binary search, and the last few blocks are kept (a walk asks in nearly
- * manifest order). A wrong digest, a malformed or out-of-order line is
- * refused (exit 5). The file must not change while it is open.
+ * Opens a manifest file without holding it: one pass checks the digest and
+ * keeps the path of the first line in each 8 KiB block (about 2,300 for a
+ * 200,000-entry firmware); a lookup reads one block, found by binary search,
+ * and the last few blocks are kept (a walk asks in nearly manifest order).
+ * What is read is checked: the blocks' order, each block's lines in path
+ * order, each record used well formed; a wrong digest or a bad line is
+ * refused (exit 5). The digest vouches for the rest, which nothing reads.
+ * The file must not change while it is open.
  */
 export function openManifest(file: string, source = 'firmware manifest'): Manifest {
   const head = readAt(file, 0, HEADER_BYTES).toString('latin1')
   const header = /^ovroot-manifest 1 ([0-9a-f]{64})\n/.exec(head)
   if (!header?.[1]) throw invalid(`${source} does not start with "${MAGIC} <sha256>"`)
-  const { starts, size, problem } = indexLines(file, source)
-  if (problem.digest !== header[1]) throw invalid(`${source} does not match its digest (damaged or edited)`)
-  if (problem.line) throw invalid(problem.line)
+  const { starts, size, digest, ended } = indexBlocks(file)
+  if (digest !== header[1]) throw invalid(`${source} does not match its digest (damaged or edited)`)
+  if (!ended) throw invalid(`${source} does not end with a newline`)
+  const misordered = (): OvrootError => invalid(`${source} is not in path order`)
+  if (starts.some((start, index) => index > 0 && start.path <= (starts[index - 1] as BlockStart).path))
+    throw misordered()
   const cache = new Map<number, { paths: BytePath[]; lines: string[] }>()
   const block = (index: number): { paths: BytePath[]; lines: string[] } => {
     let found = cache.get(index)
     if (found) return found
     const from = (starts[index] as BlockStart).offset
-    const text = readAt(file, from, (starts[index + 1]?.offset ?? size) - from).toString('latin1')
-    const lines = text.split('\n')
+    const lines = readAt(file, from, (starts[index + 1]?.offset ?? size) - from)
+      .toString('latin1')
+      .split('\n')
     lines.pop()
-    found = { paths: lines.map((line) => pathField(line.slice(0, line.indexOf('\t'))) ?? ''), lines }
+    const paths = lines.map((line) => pathField(line.split('\t', 1)[0] as string) ?? '')
+    const next = starts[index + 1]?.path
+    if (paths.some((path, at) => path <= (paths[at - 1] ?? '') || (next !== undefined && path >= next)))
+      throw misordered()
+    found = { paths, lines }
     if (cache.size >= CACHED_BLOCKS) cache.delete(cache.keys().next().value as number)
     cache.set(index, found)
     return found
   }
-  const record = (line: string): ManifestRecord => (parseLine(line) as [BytePath, ManifestRecord])[1]
+  const record = (line: string): ManifestRecord => {
+    const parsed = parseLine(line)
+    if (!parsed) throw invalid(`${source} has a malformed line: ${JSON.stringify(line.slice(0, 200))}`)
+    return parsed[1]
+  }
   return {
     identity: header[1],
     lookup(path) {
@@ -238,37 +252,39 @@ export function openManifest(file: string, source = 'firmware manifest'): Manife
 }
 
 const HEADER_BYTES = MAGIC.length + 66
+const NEWLINE = 0x0a
+const TAB = 0x09
 
-/** The pass over the body: the digest, the first bad line, and where each block starts. */
-function indexLines(
-  file: string,
-  source: string,
-): { starts: BlockStart[]; size: number; problem: { digest: string; line?: string } } {
+/**
+ * The pass over the body: its digest, its size, and each block's first line
+ * (the first to start at least BLOCK_BYTES after the previous block's), found
+ * with one search per block, not per line.
+ */
+function indexBlocks(file: string): { starts: BlockStart[]; size: number; digest: string; ended: boolean } {
   const hash = createHash('sha256')
   const starts: BlockStart[] = []
-  let carry = ''
-  let offset = HEADER_BYTES
-  let number = 1
-  let previous: BytePath | undefined
-  let line: string | undefined
+  let carry = Buffer.alloc(0)
+  let offset = HEADER_BYTES // of carry's first byte
+  let wanted = HEADER_BYTES // the next block's first line starts here or after
   for (const piece of readPieces(file, HEADER_BYTES, PIECE_BYTES)) {
     hash.update(piece)
-    const text = carry + piece.toString('latin1')
-    let from = 0
-    for (let end = text.indexOf('\n'); end >= 0; from = end + 1, end = text.indexOf('\n', from)) {
-      number++
-      const path = parseLine(text.slice(from, end))?.[0]
-      if (path === undefined || (previous !== undefined && path <= previous))
-        line ??= `${source} line ${number} is ${path === undefined ? 'malformed' : 'out of path order'}`
-      if (starts.length === 0 || offset >= (starts.at(-1) as BlockStart).offset + BLOCK_BYTES)
-        starts.push({ offset, path: path ?? '' })
-      previous = path ?? previous
-      offset += end + 1 - from
+    const text = Buffer.concat([carry, piece])
+    const complete = text.lastIndexOf(NEWLINE) + 1
+    for (;;) {
+      const from = wanted - offset
+      const start = from <= 0 ? 0 : text.indexOf(NEWLINE, from - 1) + 1
+      if (start === 0 && from > 0) break
+      if (start >= complete) break
+      const end = text.indexOf(NEWLINE, start)
+      const tab = text.indexOf(TAB, start)
+      const path = pathField(text.toString('latin1', start, tab >= 0 && tab < end ? tab : end))
+      starts.push({ offset: offset + start, path: path ?? '' })
+      wanted = offset + start + BLOCK_BYTES
     }
-    carry = text.slice(from)
+    carry = text.subarray(complete)
+    offset += complete
   }
-  if (carry !== '') line ??= `${source} does not end with a newline`
-  return { starts, size: offset + carry.length, problem: { digest: hash.digest('hex'), ...(line ? { line } : {}) } }
+  return { starts, size: offset + carry.length, digest: hash.digest('hex'), ended: carry.length === 0 }
 }
 
 /**
