@@ -223,8 +223,9 @@ export function openManifest(file: string, source = 'firmware manifest'): Manife
     cache.set(index, found)
     return found
   }
+  // A record's strings are cut from a copy of its line: cut from the block's text they would keep all 8 KiB alive.
   const record = (line: string): ManifestRecord => {
-    const parsed = parseLine(line)
+    const parsed = parseLine(Buffer.from(line, 'latin1').toString('latin1'))
     if (!parsed) throw invalid(`${source} has a malformed line: ${JSON.stringify(line.slice(0, 200))}`)
     return parsed[1]
   }
@@ -244,7 +245,7 @@ export function openManifest(file: string, source = 'firmware manifest'): Manife
         for (let at = lowerBound(paths, prefix); at < paths.length; at++) {
           const name = paths[at] as BytePath
           if (!name.startsWith(prefix)) return
-          if (name !== '.') yield [name, record(lines[at] as string)]
+          if (name !== '.') yield [Buffer.from(name, 'latin1').toString('latin1'), record(lines[at] as string)]
         }
       }
     },
