@@ -182,7 +182,7 @@ await t.test(
     await t.resolves(boot(), 'the next boot on the same firmware goes on')
     const record = readFirmwareRecord(layout)
     t.match(
-      record && baseSource(layout, record).lookup('etc/motd'),
+      record && baseSource(layout, record, []).lookup('etc/motd'),
       { type: 'f', size: 7 },
       'and took the records again',
     )

@@ -8,7 +8,7 @@ import t from 'tap'
 import { execFileSync } from 'node:child_process'
 import * as fs from 'node:fs'
 import { getXattr, listXattrs, setXattr } from '../src/sys/libc.js'
-import { MANIFEST_PATH, readManifest } from '../src/upgrade/manifest.js'
+import { MANIFEST_PATH, openManifest } from '../src/upgrade/manifest.js'
 import { mountOverlay, ovroot, scratch, unmount, upperSnapshot } from './helpers/overlay.js'
 
 const latin1 = (text: string): Buffer => Buffer.from(text, 'latin1')
@@ -41,7 +41,7 @@ await t.test('manifest: every entry, bytes names, the same from the tree and fro
   const written = ovroot(['manifest', tree, '--output', `${tree}/${MANIFEST_PATH}`])
   t.equal(written.status, 0, written.stderr)
   const text = fs.readFileSync(`${tree}/${MANIFEST_PATH}`, 'utf8')
-  const manifest = readManifest(text)
+  const manifest = openManifest(`${tree}/${MANIFEST_PATH}`)
   t.match(text.split('\n')[0], /^ovroot-manifest 1 [0-9a-f]{64}$/)
   t.equal(manifest.lookup(MANIFEST_PATH), undefined, 'the manifest does not list itself')
   t.equal(manifest.lookup('etc/caf\xe9')?.type, 'f', 'a Latin-1 name is found by its bytes')
@@ -77,15 +77,77 @@ await t.test('manifest: a damaged or edited manifest is refused', async (t) => {
   t.teardown(() => s.cleanup())
   hardTree(`${s.dir}/rootfs`)
   const text = ovroot(['manifest', `${s.dir}/rootfs`]).stdout
-  t.throws(() => readManifest(text.replace('\t644\t', '\t600\t')), { code: 'EMANIFEST' }, 'an edited line')
-  t.throws(() => readManifest(text.slice(0, -10)), { code: 'EMANIFEST' }, 'a truncated file')
-  t.throws(() => readManifest(`x${text}`), { code: 'EMANIFEST' }, 'a wrong header')
-  const body = `${text.split('\n').slice(1).join('\n')}bad line\n`
+  // Opened, and a path looked up: a line is checked when a lookup reads it.
+  const opened =
+    (content: string, path = '.') =>
+    (): void => {
+      fs.writeFileSync(`${s.dir}/m`, content)
+      openManifest(`${s.dir}/m`).lookup(path)
+    }
+  t.throws(opened(text.replace('\t644\t', '\t600\t')), { code: 'EMANIFEST' }, 'an edited line')
+  t.throws(opened(text.slice(0, -10)), { code: 'EMANIFEST' }, 'a truncated file')
+  t.throws(opened(`x${text}`), { code: 'EMANIFEST' }, 'a wrong header')
   const { createHash } = await import('node:crypto')
-  const resealed = `ovroot-manifest 1 ${createHash('sha256').update(body).digest('hex')}\n${body}`
-  t.throws(() => readManifest(resealed), { code: 'EMANIFEST' }, 'a malformed line under a right digest')
+  const sealed = (lines: string[]): string => {
+    const body = lines.map((line) => `${line}\n`).join('')
+    return `ovroot-manifest 1 ${createHash('sha256').update(body).digest('hex')}\n${body}`
+  }
+  const lines = text.split('\n').slice(1, -1)
+  t.doesNotThrow(opened(sealed(lines)), 'resealed as it was: accepted')
+  t.throws(
+    opened(sealed([...lines, 'zz bad line']), 'zz bad line'),
+    { code: 'EMANIFEST' },
+    'a malformed line under a right digest',
+  )
+  t.throws(
+    opened(sealed([lines[1] as string, lines[0] as string, ...lines.slice(2)]), lines[1]?.split('\t')[0]),
+    { code: 'EMANIFEST' },
+    'lines out of path order under a right digest (a lookup finds a path by its order)',
+  )
   const missing = ovroot(['manifest', `${s.dir}/nothing`])
   t.equal(missing.status, 4, 'a missing tree: environment')
+})
+
+await t.test('manifest: a lookup across many blocks finds every record, and nothing else', async (t) => {
+  const s = scratch()
+  t.teardown(() => s.cleanup())
+  const tree = `${s.dir}/rootfs`
+  // About 100 KiB of manifest: a dozen blocks, names escaped and not on both sides of their edges.
+  for (let d = 0; d < 20; d++) {
+    fs.mkdirSync(latin1(`${tree}/d${d}\xe9`), { recursive: true })
+    fs.mkdirSync(`${tree}/d${d}.x`)
+    for (let f = 0; f < 40; f++)
+      fs.writeFileSync(latin1(`${tree}/d${d}\xe9/f${f}${f % 7 ? '' : '\xff'}`), `${d} ${f}\n`)
+  }
+  const text = ovroot(['manifest', tree]).stdout
+  fs.writeFileSync(`${s.dir}/m`, text)
+  const manifest = openManifest(`${s.dir}/m`)
+  t.ok(text.length > 60_000, 'more than seven blocks')
+  const shown = text.split('\n').slice(1, -1)
+  let found = 0
+  for (const line of shown) {
+    const [field, , mode] = line.split('\t')
+    const bytes = (field ?? '')
+      .split(/(\\x[0-9a-f]{2})/)
+      .map((part) =>
+        part.startsWith('\\x')
+          ? String.fromCharCode(parseInt(part.slice(2), 16))
+          : Buffer.from(part, 'utf8').toString('latin1'),
+      )
+      .join('')
+    if (manifest.lookup(bytes)?.mode === parseInt(mode ?? '', 8)) found++
+  }
+  t.equal(found, shown.length, 'every line found by its path bytes')
+  t.equal(manifest.lookup('d3\xe9/f41'), undefined, 'a path between two records: absent')
+  t.equal(manifest.lookup('zzz'), undefined, 'a path after the last: absent')
+  t.equal(manifest.lookup('-'), undefined, 'a path before the first: absent')
+  const below = [...manifest.below('d7\xe9')].map(([path]) => path)
+  t.equal(below.length, 40, 'below a directory: its 40 files')
+  t.ok(
+    below.every((path) => path.startsWith('d7\xe9/')),
+    'and nothing beside it (d7.x sorts next to it)',
+  )
+  t.equal([...manifest.below('.')].length, shown.length - 1, 'below the root: every record but its own')
 })
 
 /** What firmware A ships, and what B changes of it (`null`: removed). */

@@ -141,10 +141,27 @@ export const hostTreeReader: TreeReader = {
  * sync(2) flushes with more: each fsync is a journal commit on ext4.
  */
 export function writeFileAtomic(path: string, content: string | Buffer, durable = true): void {
+  replaceAtomic(path, durable, (temporary) => writeWhole(temporary, content, durable))
+}
+
+/** Replace a file with a copy of another (a large one: it never passes through memory whole), as writeFileAtomic does. */
+export function copyFileAtomic(from: string, path: string): void {
+  replaceAtomic(path, true, (temporary) => {
+    fs.copyFileSync(from, temporary)
+    const fd = fs.openSync(temporary, 'r+')
+    try {
+      fs.fsyncSync(fd)
+    } finally {
+      fs.closeSync(fd)
+    }
+  })
+}
+
+function replaceAtomic(path: string, durable: boolean, fill: (temporary: string) => void): void {
   const temporary = `${path}.tmp`
   const directory = path.slice(0, path.lastIndexOf('/')) || '/'
   try {
-    writeWhole(temporary, content, durable)
+    fill(temporary)
     fs.renameSync(temporary, path)
     if (durable) syncDirectory(directory)
   } catch (error) {
@@ -367,6 +384,25 @@ export function readAt(path: string | Buffer, offset: number, length: number): B
     return buffer.subarray(0, got)
   } catch (error) {
     throw fromNodeError(error, 'read', typeof path === 'string' ? path : showName(path))
+  } finally {
+    if (fd >= 0) fs.closeSync(fd)
+  }
+}
+
+/** A file front to back from `offset`, in pieces of `size` bytes (the last may be shorter): one descriptor, closed at the end. */
+export function* readPieces(path: string, offset: number, size: number): Generator<Buffer> {
+  let fd = -1
+  try {
+    fd = fs.openSync(path, 'r')
+    for (let position = offset; ;) {
+      const buffer = Buffer.allocUnsafe(size)
+      const got = fs.readSync(fd, buffer, 0, size, position)
+      if (got === 0) return
+      position += got
+      yield buffer.subarray(0, got)
+    }
+  } catch (error) {
+    throw fromNodeError(error, 'read', path)
   } finally {
     if (fd >= 0) fs.closeSync(fd)
   }

@@ -11,15 +11,17 @@ import { bytesOf, type BytePath } from '../names.js'
 import type { OverlayXattrs } from '../overlay/xattrs.js'
 import { applyPending } from '../pending/apply.js'
 import { dropStaging, readPending } from '../pending/marker.js'
-import { baseManifestPath, upperPath, type FlashLayout } from '../state/flash.js'
-import { readTextFile, readTextFileIfExists, statPath } from '../sys/fs.js'
+import { upperPath, type FlashLayout } from '../state/flash.js'
+import { statPath } from '../sys/fs.js'
 import type { UpgradeClass } from './classify.js'
 import type { FirmwareIdentity } from './identity.js'
-import { MANIFEST_PATH, readManifest, type ManifestRecord } from './manifest.js'
+import { MANIFEST_PATH, openManifest, type ManifestRecord } from './manifest.js'
 import { planUpgrade, shadowEntries, stageUpgrade, reportOf } from './reconcile.js'
 import {
   baseFiles,
   baseSource,
+  openBase,
+  type BaseFiles,
   readAbsent,
   readFirmwareRecord,
   writeBase,
@@ -120,12 +122,13 @@ function currentSource(
   problems: string[],
 ): {
   source: RecordSource
+  /** The shipped manifest's file. */
   shipped: string | undefined
 } {
   if (context.current.source === 'manifest') {
-    const shipped = readTextFile(`${context.lower === '/' ? '' : context.lower}/${MANIFEST_PATH}`)
+    const shipped = `${context.lower === '/' ? '' : context.lower}/${MANIFEST_PATH}`
     try {
-      return { source: manifestSource(readManifest(shipped)), shipped }
+      return { source: manifestSource(openManifest(shipped)), shipped }
     } catch (error) {
       if (!(error instanceof OvrootError && error.code === 'EMANIFEST')) throw error
       problems.push(`${error.message}: the running firmware's records are read from its files instead`)
@@ -158,7 +161,7 @@ export function recordFirmware(
   const problems: string[] = []
   const { source, shipped } = currentSource(context, problems)
   if (shipped !== undefined) {
-    writeBase(layout, { manifest: shipped })
+    writeBase(layout, { shipped })
   } else {
     const known = context.recorded?.identity === context.current.identity ? existingBase(layout, problems) : emptyBase()
     takeRecords(context, source, known, context.live)
@@ -181,18 +184,10 @@ const emptyBase = (): KnownRecords => ({ records: new Map(), absent: new Set() }
 
 /** The records taken so far; damaged ones are taken again (the firmware they describe is the one running). */
 function existingBase(layout: FlashLayout, problems: string[]): KnownRecords {
-  const text = readTextFileIfExists(baseManifestPath(layout))
-  if (text === undefined) return emptyBase()
-  let manifest
-  try {
-    manifest = readManifest(text, baseManifestPath(layout))
-  } catch (error) {
-    if (!(error instanceof OvrootError && error.code === 'EMANIFEST')) throw error
-    problems.push(`${error.message}: the running firmware's records are taken again`)
-    return emptyBase()
-  }
-  const records = new Map<BytePath, ManifestRecord>()
-  for (const path of manifest.paths()) records.set(path, manifest.lookup(path) as ManifestRecord)
+  const manifest = openBase(layout, problems, "the running firmware's records are taken again")
+  if (manifest === undefined) return emptyBase()
+  const root = manifest.lookup('.')
+  const records = new Map<BytePath, ManifestRecord>([...(root ? [['.', root] as const] : []), ...manifest.below('.')])
   return { records, absent: readAbsent(layout) }
 }
 
@@ -323,8 +318,8 @@ export function commitUpgrade(context: FirmwareContext, recorded: FirmwareRecord
     },
     layout,
   )
-  let base: { manifest: string; absent?: string }
-  if (shipped !== undefined) base = { manifest: shipped }
+  let base: BaseFiles
+  if (shipped !== undefined) base = { shipped }
   else {
     const known = emptyBase()
     for (const item of plan.entries)

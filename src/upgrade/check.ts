@@ -14,13 +14,13 @@ import { bytePathBuffer, bytesOf, showBytes, type BytePath } from '../names.js'
 import { namespaceForMount, OverlayXattrs } from '../overlay/xattrs.js'
 import { flashLayout, upperPath, type FlashLayout } from '../state/flash.js'
 import { EntryWriter, readEntry } from '../sys/entries.js'
-import { makeDirectory, readHead, readTextFile, removeTree, statPath } from '../sys/fs.js'
+import { makeDirectory, readHead, removeTree, statPath } from '../sys/fs.js'
 import { mountImage } from '../sys/mounts.js'
 import { parentOf, under } from '../upper/entry.js'
 import { recordFirmware } from './boot.js'
 import { UPGRADE_CLASSES } from './classify.js'
 import { currentIdentity, isSquashfs } from './identity.js'
-import { MANIFEST_PATH, readManifest } from './manifest.js'
+import { MANIFEST_PATH, openManifest } from './manifest.js'
 import { planUpgrade, reportOf, type UpgradePlan } from './reconcile.js'
 import { baseSource, readFirmwareRecord, savedPath, type FirmwareRecord, type UpgradeReport } from './record.js'
 import { manifestSource, treeSource } from './sources.js'
@@ -60,8 +60,8 @@ export async function runUpgradeCheck(options: UpgradeCheckOptions): Promise<Exi
       )
       return ExitCode.ok
     }
-    const manifestText = next.source === 'manifest' ? readTextFile(`${root}/${MANIFEST_PATH}`) : undefined
-    const source = manifestText ? manifestSource(readManifest(manifestText)) : treeSource(bytesOf(root))
+    const source =
+      next.source === 'manifest' ? manifestSource(openManifest(`${root}/${MANIFEST_PATH}`)) : treeSource(bytesOf(root))
     const problems: string[] = []
     const plan = planUpgrade(bytesOf(upperPath(layout)), xattrs, baseSource(layout, recorded, problems), source, {
       preferFirmware: config.upgrade.conflicts === 'firmware',

@@ -27,7 +27,7 @@ import { createHash } from 'node:crypto'
 import { ExitCode, OvrootError } from '../errors.js'
 import { parseShownName, showBytes, type BytePath } from '../names.js'
 import { readStableFile } from '../sys/entries.js'
-import { hostTreeReader } from '../sys/fs.js'
+import { hostTreeReader, readAt, readPieces } from '../sys/fs.js'
 import type { UpperEntry } from '../sys/types.js'
 import { under } from '../upper/entry.js'
 import { walkUpper } from '../upper/walk.js'
@@ -58,8 +58,8 @@ export interface Manifest {
   /** The header's digest: which firmware this is (upgrade/identity.ts). */
   identity: string
   lookup(path: BytePath): ManifestRecord | undefined
-  /** Every path, in manifest order. */
-  paths(): Iterable<BytePath>
+  /** The records below a directory (`.`: every one but the root's), in path order. */
+  below(path: BytePath): Iterable<[BytePath, ManifestRecord]>
 }
 
 const TYPE_OF: Record<UpperEntry['type'], RecordType | undefined> = {
@@ -174,23 +174,151 @@ export function manifestText(records: ReadonlyMap<BytePath, ManifestRecord>): st
 
 const invalid = (what: string): OvrootError => new OvrootError('EMANIFEST', ExitCode.data, `firmware manifest: ${what}`)
 
-/** Parses and checks a manifest: a wrong digest, or any malformed line, is refused (exit 5). */
-export function readManifest(text: string, source = 'firmware manifest'): Manifest {
-  const newline = text.indexOf('\n')
-  const header = /^ovroot-manifest 1 ([0-9a-f]{64})$/.exec(newline < 0 ? text : text.slice(0, newline))
+/** Bytes of the manifest per entry of its index: one block read and parsed per lookup that misses the cache. */
+const BLOCK_BYTES = 8192
+const CACHED_BLOCKS = 8
+const PIECE_BYTES = 1 << 20
+
+/** Where a block starts, and its first line's path. */
+interface BlockStart {
+  offset: number
+  path: BytePath
+}
+
+/**
+ * Opens a manifest file without holding it: one pass checks the digest and
+ * keeps the path of the first line in each 8 KiB block (about 2,300 for a
+ * 200,000-entry firmware); a lookup reads one block, found by binary search,
+ * and the last few blocks are kept (a walk asks in nearly manifest order).
+ * What is read is checked: the blocks' order, each block's lines in path
+ * order, each record used well formed; a wrong digest or a bad line is
+ * refused (exit 5). The digest vouches for the rest, which nothing reads.
+ * The file must not change while it is open.
+ */
+export function openManifest(file: string, source = 'firmware manifest'): Manifest {
+  const head = readAt(file, 0, HEADER_BYTES).toString('latin1')
+  const header = /^ovroot-manifest 1 ([0-9a-f]{64})\n/.exec(head)
   if (!header?.[1]) throw invalid(`${source} does not start with "${MAGIC} <sha256>"`)
-  const body = text.slice(newline + 1)
-  if (createHash('sha256').update(body).digest('hex') !== header[1])
-    throw invalid(`${source} does not match its digest (damaged or edited)`)
-  const records = new Map<BytePath, ManifestRecord>()
-  const lines = body.split('\n')
-  lines.pop()
-  for (const [index, line] of lines.entries()) {
-    const parsed = parseLine(line)
-    if (!parsed) throw invalid(`${source} line ${index + 2} is malformed`)
-    records.set(parsed[0], parsed[1])
+  const { starts, size, digest, ended } = indexBlocks(file)
+  if (digest !== header[1]) throw invalid(`${source} does not match its digest (damaged or edited)`)
+  if (!ended) throw invalid(`${source} does not end with a newline`)
+  const misordered = (): OvrootError => invalid(`${source} is not in path order`)
+  if (starts.some((start, index) => index > 0 && start.path <= (starts[index - 1] as BlockStart).path))
+    throw misordered()
+  const cache = new Map<number, { paths: BytePath[]; lines: string[] }>()
+  const block = (index: number): { paths: BytePath[]; lines: string[] } => {
+    let found = cache.get(index)
+    if (found) return found
+    const from = (starts[index] as BlockStart).offset
+    const lines = readAt(file, from, (starts[index + 1]?.offset ?? size) - from)
+      .toString('latin1')
+      .split('\n')
+    lines.pop()
+    const paths = lines.map((line) => pathField(line.split('\t', 1)[0] as string) ?? '')
+    const next = starts[index + 1]?.path
+    if (paths.some((path, at) => path <= (paths[at - 1] ?? '') || (next !== undefined && path >= next)))
+      throw misordered()
+    found = { paths, lines }
+    if (cache.size >= CACHED_BLOCKS) cache.delete(cache.keys().next().value as number)
+    cache.set(index, found)
+    return found
   }
-  return { identity: header[1], lookup: (path) => records.get(path), paths: () => records.keys() }
+  // A record's strings are cut from a copy of its line: cut from the block's text they would keep all 8 KiB alive.
+  const record = (line: string): ManifestRecord => {
+    const parsed = parseLine(Buffer.from(line, 'latin1').toString('latin1'))
+    if (!parsed) throw invalid(`${source} has a malformed line: ${JSON.stringify(line.slice(0, 200))}`)
+    return parsed[1]
+  }
+  return {
+    identity: header[1],
+    lookup(path) {
+      const index = lastAtOrBefore(starts, path)
+      if (index < 0) return undefined
+      const { paths, lines } = block(index)
+      const at = lowerBound(paths, path)
+      return paths[at] === path ? record(lines[at] as string) : undefined
+    },
+    *below(path) {
+      const prefix = path === '.' ? '' : `${path}/`
+      for (let index = Math.max(0, lastAtOrBefore(starts, prefix)); index < starts.length; index++) {
+        const { paths, lines } = block(index)
+        for (let at = lowerBound(paths, prefix); at < paths.length; at++) {
+          const name = paths[at] as BytePath
+          if (!name.startsWith(prefix)) return
+          if (name !== '.') yield [Buffer.from(name, 'latin1').toString('latin1'), record(lines[at] as string)]
+        }
+      }
+    },
+  }
+}
+
+const HEADER_BYTES = MAGIC.length + 66
+const NEWLINE = 0x0a
+const TAB = 0x09
+
+/**
+ * The pass over the body: its digest, its size, and each block's first line
+ * (the first to start at least BLOCK_BYTES after the previous block's), found
+ * with one search per block, not per line.
+ */
+function indexBlocks(file: string): { starts: BlockStart[]; size: number; digest: string; ended: boolean } {
+  const hash = createHash('sha256')
+  const starts: BlockStart[] = []
+  let carry = Buffer.alloc(0)
+  let offset = HEADER_BYTES // of carry's first byte
+  let wanted = HEADER_BYTES // the next block's first line starts here or after
+  for (const piece of readPieces(file, HEADER_BYTES, PIECE_BYTES)) {
+    hash.update(piece)
+    const text = Buffer.concat([carry, piece])
+    const complete = text.lastIndexOf(NEWLINE) + 1
+    for (;;) {
+      const from = wanted - offset
+      const start = from <= 0 ? 0 : text.indexOf(NEWLINE, from - 1) + 1
+      if (start === 0 && from > 0) break
+      if (start >= complete) break
+      const end = text.indexOf(NEWLINE, start)
+      const tab = text.indexOf(TAB, start)
+      const path = pathField(text.toString('latin1', start, tab >= 0 && tab < end ? tab : end))
+      starts.push({ offset: offset + start, path: path ?? '' })
+      wanted = offset + start + BLOCK_BYTES
+    }
+    carry = text.subarray(complete)
+    offset += complete
+  }
+  return { starts, size: offset + carry.length, digest: hash.digest('hex'), ended: carry.length === 0 }
+}
+
+/**
+ * A path (or link target) field's bytes, the field being the file's bytes one
+ * char each: as they are unless escaped (the writer escapes every byte that
+ * is not part of valid UTF-8, so the rest are the name's own bytes).
+ */
+function pathField(field: string): BytePath | undefined {
+  if (!field.includes('\\')) return field
+  return parseShownName(Buffer.from(field, 'latin1').toString('utf8'))
+}
+
+/** The last block whose first path is at or before `path` (-1: none). */
+function lastAtOrBefore(starts: readonly BlockStart[], path: BytePath): number {
+  let low = 0
+  let high = starts.length
+  while (low < high) {
+    const middle = (low + high) >> 1
+    if ((starts[middle] as BlockStart).path <= path) low = middle + 1
+    else high = middle
+  }
+  return low - 1
+}
+
+function lowerBound(sorted: readonly string[], key: string): number {
+  let low = 0
+  let high = sorted.length
+  while (low < high) {
+    const middle = (low + high) >> 1
+    if ((sorted[middle] ?? '') < key) low = middle + 1
+    else high = middle
+  }
+  return low
 }
 
 const LINE = /^([^\t]+)\t([fdlcbps])\t([0-7]{1,4})\t(\d+)\t(\d+)\t(\d+)\t([^\t]+)\t(-|x=[0-9a-f]{64})$/
@@ -199,9 +327,9 @@ function parseLine(line: string): [BytePath, ManifestRecord] | undefined {
   const match = LINE.exec(line)
   if (!match) return undefined
   const [, shownPath, type, mode, uid, gid, size, shownData, xattrs] = match as unknown as string[]
-  const path = parseShownName(shownPath ?? '')
-  const data = type === 'l' ? parseShownName(shownData ?? '') : shownData
-  if (path === undefined || data === undefined) return undefined
+  const path = pathField(shownPath ?? '')
+  const data = type === 'l' ? pathField(shownData ?? '') : shownData
+  if (!path || data === undefined) return undefined
   return [
     path,
     {

@@ -26,7 +26,7 @@ import {
   type Verdict,
 } from './classify.js'
 import { recordOf, sameRecord, type ManifestRecord } from './manifest.js'
-import { savedPath, type ReportedEntry, type UpgradeReport } from './record.js'
+import { savedPath, writeBaseFiles, type BaseFiles, type ReportedEntry, type UpgradeReport } from './record.js'
 import type { RecordSource } from './sources.js'
 
 /** An upper entry with what overlayfs makes of it: which lower path it shadows, and what kind of entry it is. */
@@ -300,7 +300,7 @@ export interface StageOptions {
   report: UpgradeReport
   /** The firmware record to write last, and the base files to put in place before. */
   firmware: Extract<PendingChange, { kind: 'upgrade' }>['firmware']
-  base: { manifest: string; absent?: string }
+  base: BaseFiles
 }
 
 /**
@@ -339,8 +339,7 @@ export function stageUpgrade(plan: UpgradePlan, options: StageOptions): Extract<
   writer.finish()
   makeDirectory(`${stagingText}/upgrade`)
   writeFileAtomic(`${stagingText}/upgrade/report.json`, `${JSON.stringify(options.report, null, 2)}\n`)
-  writeFileAtomic(`${stagingText}/base.manifest`, options.base.manifest)
-  if (options.base.absent !== undefined) writeFileAtomic(`${stagingText}/base.absent`, options.base.absent)
+  writeBaseFiles(options.base, `${stagingText}/base.manifest`, `${stagingText}/base.absent`)
   const parents: [BytePath, number][] = [...touched]
     .filter((dir) => !dropped.has(dir) && ![...dropped].some((gone) => dir.startsWith(`${gone}/`)))
     .sort()

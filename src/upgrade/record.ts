@@ -13,9 +13,16 @@ import {
   upgradeDir,
   type FlashLayout,
 } from '../state/flash.js'
-import { makeDirectory, readTextFileIfExists, removeFile, writeFileAtomic } from '../sys/fs.js'
+import {
+  copyFileAtomic,
+  makeDirectory,
+  pathExists,
+  readTextFileIfExists,
+  removeFile,
+  writeFileAtomic,
+} from '../sys/fs.js'
 import type { UpgradeClass } from './classify.js'
-import { manifestText, readManifest, type ManifestRecord } from './manifest.js'
+import { manifestText, openManifest, type Manifest, type ManifestRecord } from './manifest.js'
 import { manifestSource, type RecordSource } from './sources.js'
 
 export interface FirmwareRecord {
@@ -75,15 +82,24 @@ const UNKNOWN: RecordSource = { lookup: () => 'unknown', below: () => 'unknown' 
  * unknown (kept as the user's, reported), and the damage is added to `problems`.
  */
 export function baseSource(layout: FlashLayout, record: FirmwareRecord, problems: string[]): RecordSource {
-  const text = readTextFileIfExists(baseManifestPath(layout))
-  if (text === undefined) return UNKNOWN
+  const manifest = openBase(
+    layout,
+    problems,
+    "the old firmware's records are unknown, every entry is treated as the user's",
+  )
+  if (manifest === undefined) return UNKNOWN
+  return manifestSource(manifest, record.base === 'shipped' ? undefined : readAbsent(layout))
+}
+
+/** The flash's base.manifest, when there is one that opens; a damaged one is added to `problems`, with what follows from it. */
+export function openBase(layout: FlashLayout, problems: string[], consequence: string): Manifest | undefined {
+  if (!pathExists(baseManifestPath(layout))) return undefined
   try {
-    const manifest = readManifest(text, baseManifestPath(layout))
-    return manifestSource(manifest, record.base === 'shipped' ? undefined : readAbsent(layout))
+    return openManifest(baseManifestPath(layout), baseManifestPath(layout))
   } catch (error) {
     if (!(error instanceof OvrootError && error.code === 'EMANIFEST')) throw error
-    problems.push(`${error.message}: the old firmware's records are unknown, every entry is treated as the user's`)
-    return UNKNOWN
+    problems.push(`${error.message}: ${consequence}`)
+    return undefined
   }
 }
 
@@ -97,11 +113,11 @@ export function readAbsent(layout: FlashLayout): Set<BytePath> {
   return absent
 }
 
+/** What base.manifest (and base.absent) become: the firmware's shipped manifest, copied from its file, or records taken at boot. */
+export type BaseFiles = { shipped: string } | { manifest: string; absent: string }
+
 /** What base.manifest and base.absent hold for records taken at boot. */
-export function baseFiles(
-  records: ReadonlyMap<BytePath, ManifestRecord>,
-  absent: ReadonlySet<BytePath>,
-): { manifest: string; absent: string } {
+export function baseFiles(records: ReadonlyMap<BytePath, ManifestRecord>, absent: ReadonlySet<BytePath>): BaseFiles {
   return {
     manifest: manifestText(records),
     absent: [...absent]
@@ -112,11 +128,17 @@ export function baseFiles(
 }
 
 /** Base files written in place (never during an upgrade: that stages them). */
-export function writeBase(layout: FlashLayout, files: { manifest: string; absent?: string }): void {
+export function writeBase(layout: FlashLayout, files: BaseFiles): void {
   makeDirectory(stateDir(layout))
-  writeFileAtomic(baseManifestPath(layout), files.manifest)
-  if (files.absent === undefined) removeFile(baseAbsentPath(layout))
-  else writeFileAtomic(baseAbsentPath(layout), files.absent)
+  writeBaseFiles(files, baseManifestPath(layout), baseAbsentPath(layout))
+  if ('shipped' in files) removeFile(baseAbsentPath(layout))
+}
+
+/** The base files at these paths (a shipped manifest has no absent list: that file is left alone). */
+export function writeBaseFiles(files: BaseFiles, manifest: string, absent: string): void {
+  if ('shipped' in files) return copyFileAtomic(files.shipped, manifest)
+  writeFileAtomic(manifest, files.manifest)
+  writeFileAtomic(absent, files.absent)
 }
 
 /** One entry the report names: a conflict, a hidden change, an entry whose old side is unknown. */

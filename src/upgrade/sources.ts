@@ -24,7 +24,6 @@ export interface RecordSource {
  * or `absent` names are known.
  */
 export function manifestSource(manifest: Manifest, absent?: ReadonlySet<BytePath>): RecordSource {
-  let sorted: BytePath[] | undefined
   const known = (path: BytePath): OldSide => {
     const record = manifest.lookup(path)
     if (record) return record
@@ -33,31 +32,7 @@ export function manifestSource(manifest: Manifest, absent?: ReadonlySet<BytePath
     const parent = known(parentOf(path))
     return parent === 'unknown' ? 'unknown' : parent === 'absent' || parent.type !== 'd' ? 'absent' : 'unknown'
   }
-  return {
-    lookup: known,
-    below(path) {
-      sorted ??= [...manifest.paths()].sort()
-      const prefix = path === '.' ? '' : `${path}/`
-      const found = new Map<BytePath, ManifestRecord>()
-      for (let i = lowerBound(sorted, prefix); i < sorted.length; i++) {
-        const name = sorted[i] ?? ''
-        if (!name.startsWith(prefix)) break
-        if (name !== '.') found.set(name, manifest.lookup(name) as ManifestRecord)
-      }
-      return found
-    },
-  }
-}
-
-function lowerBound(sorted: readonly string[], key: string): number {
-  let low = 0
-  let high = sorted.length
-  while (low < high) {
-    const middle = (low + high) >> 1
-    if ((sorted[middle] ?? '') < key) low = middle + 1
-    else high = middle
-  }
-  return low
+  return { lookup: known, below: (path) => new Map(manifest.below(path)) }
 }
 
 /** A mounted lower read directly (byte string root, '' for `/`); what is read is kept. */
