@@ -18,7 +18,7 @@ import type { BigIntStats } from 'node:fs'
 import { applyPending } from '../pending/apply.js'
 import { commitPending, dropStaging, readPending, syncStagingPath } from '../pending/marker.js'
 import { EntryWriter, modificationTime, readEntry, readEntryIfPresent, type StableFile } from '../sys/entries.js'
-import { holdsInodeFlags, inodeFlags } from '../sys/libc.js'
+import { inodeFlags, inodeFlagsHeld } from '../sys/libc.js'
 import { listNames, makeDirectory, removeTree, sameContent } from '../sys/fs.js'
 import { OverlayXattrs } from '../overlay/xattrs.js'
 import { OvrootError } from '../errors.js'
@@ -70,7 +70,7 @@ export async function syncOnce(source: SyncSource, layout: FlashLayout, runDir: 
     xattrs.name('metacopy'),
     scan,
     mapped,
-    holdsInodeFlags(source.upper) && holdsInodeFlags(mirror),
+    inodeFlagsHeld(source.upper) & inodeFlagsHeld(mirror),
   )
   let staged: Staged
   try {
@@ -147,7 +147,7 @@ function stageChanges(source: SyncSource, plan: FlatStaging): Staged {
   let bytes = 0
   const walk = walkUpper(plan.upper, {
     stubXattr: plan.stubXattr,
-    flags: plan.upperFlags,
+    flags: plan.flagMask !== 0,
     include: (path) => !source.excluded(path),
     skipped: (path, why) =>
       process.stderr.write(`ovroot: sync skips /${showBytes(path)}: ${why} cannot be persisted\n`),
@@ -233,10 +233,10 @@ class FlatStaging {
     /** Inode numbers of files mapped shared and writable (sys/mappings.ts): their writes move no ctime, so they are always compared. */
     private readonly mapped: ReadonlySet<bigint>,
     /**
-     * Whether both the upper's filesystem and the flash's hold inode flags, and they are compared: when the
-     * upper's does not (tmpfs before Linux 6.0) the flash copy's are kept; the flash's not (JFFS2), there are none to keep.
+     * The inode flags both the upper's filesystem and the flash's hold: those are synced; the flash copy
+     * keeps its own of the others (all of them under a tmpfs before Linux 6.0; JFFS2 has none to keep).
      */
-    readonly upperFlags: boolean,
+    readonly flagMask: number,
   ) {}
 
   /** Entries staged with inode flags, or replacing a flagged one, and the flags they end with. */
@@ -344,7 +344,8 @@ class FlatStaging {
 
   private insideNewDirectory(entry: UpperEntry, parent: string): string {
     if (entry.type === 'dir') this.wholeDirectories.add(entry.path)
-    if (this.upperFlags && entry.flags) this.flagged.push([entry.path, entry.flags])
+    const flags = (entry.flags ?? 0) & this.flagMask
+    if (flags !== 0) this.flagged.push([entry.path, flags])
     return `${this.stagedAs.get(parent) ?? ''}/${entry.path.slice(parent === '.' ? 0 : parent.length + 1)}`
   }
 
@@ -352,17 +353,21 @@ class FlatStaging {
     // A second name of an inode compares as the inode itself.
     const raw =
       entry.type === 'hardlink'
-        ? readEntry(under(this.upper, entry.path), entry.path, this.stubXattr, this.upperFlags)
+        ? readEntry(under(this.upper, entry.path), entry.path, this.stubXattr, this.flagMask !== 0)
         : entry
     const onFlash = readEntryIfPresent(under(this.mirror, entry.path), entry.path, this.stubXattr, true)
     const flashEntry = onFlash === 'socket' ? undefined : onFlash
     if (entry.type === 'dir' && flashEntry?.type === 'dir')
       this.comparedDirectories.set(entry.path, Number(flashEntry.mtimeNs / 1000n) / 1e6)
-    const wanted = raw === 'socket' ? undefined : this.upperFlags ? raw : { ...raw, flags: flashEntry?.flags }
+    const flashFlags = flashEntry?.flags ?? 0
+    const wanted =
+      raw === 'socket'
+        ? undefined
+        : { ...raw, flags: ((raw.flags ?? 0) & this.flagMask) | (flashFlags & ~this.flagMask) }
     if (wanted && flashEntry && sameEntry(wanted, flashEntry) && this.sameBytes(wanted, entry.path)) return undefined
-    // A second name's flags are its inode's, set through its first name.
-    const flags = entry.type === 'hardlink' ? 0 : (wanted?.flags ?? 0)
-    if (flags !== 0 || (flashEntry?.flags ?? 0) !== 0) this.flagged.push([entry.path, flags])
+    // A second name's flags are its inode's, set through its first name (what it replaces, removal clears).
+    const flags = wanted?.flags ?? 0
+    if (entry.type !== 'hardlink' && (flags !== 0 || flashFlags !== 0)) this.flagged.push([entry.path, flags])
     if (entry.path !== '.') this.receivingParents.add(parent)
     if (entry.type === 'dir')
       (flashEntry?.type === 'dir' ? this.changedDirectories : this.wholeDirectories).add(entry.path)

@@ -398,10 +398,10 @@ export function inodeFlags(path: SysPath): number {
   return Number(statxView.getBigUint64(STATX_ATTRIBUTES, littleEndian)) & supported
 }
 
-/** Whether the filesystem of `path` reports the kept inode flags at all (tmpfs from Linux 6.0, ext4, UBIFS; not JFFS2). */
-export function holdsInodeFlags(path: SysPath): boolean {
+/** Which of the kept inode flags the filesystem of `path` holds (tmpfs from Linux 6.0 and ext4 all, UBIFS a and i, JFFS2 none). */
+export function inodeFlagsHeld(path: SysPath): number {
   if (!statx(path, 0)) throw new SysError('ENOENT', 'statx', shown(path))
-  return (statxView.getBigUint64(STATX_ATTRIBUTES_MASK, littleEndian) & BigInt(KEPT_FLAGS)) !== 0n
+  return Number(statxView.getBigUint64(STATX_ATTRIBUTES_MASK, littleEndian) & BigInt(KEPT_FLAGS))
 }
 
 /** Filesystems without inode flags (JFFS2, a FAT or 9p mount) answer these. */
