@@ -14,7 +14,7 @@ import { stateDir, upperPath, type FlashLayout } from '../state/flash.js'
 import { EntryWriter, modificationTime, readEntry, readStableFile } from '../sys/entries.js'
 import { makeDirectory, statPath, writeFileAtomic } from '../sys/fs.js'
 import type { UpperEntry } from '../sys/types.js'
-import { parentOf, under } from '../upper/entry.js'
+import { hasAncestorIn, parentOf, under } from '../upper/entry.js'
 import { isGone, walkUpper } from '../upper/walk.js'
 import {
   classify,
@@ -324,7 +324,7 @@ export function stageUpgrade(plan: UpgradePlan, options: StageOptions): Extract<
   const dropped = new Set<BytePath>()
   for (const item of plan.entries) {
     const { verdict } = item
-    if ([...dropped].some((dir) => item.path.startsWith(`${dir}/`))) continue
+    if (hasAncestorIn(dropped, item.path)) continue
     if (verdict.action === 'drop') {
       if (savesUserCopy(item)) saveUserCopy(writer, upper, staging, item.path)
       removals.push(item.path)
@@ -341,7 +341,7 @@ export function stageUpgrade(plan: UpgradePlan, options: StageOptions): Extract<
   writeFileAtomic(`${stagingText}/upgrade/report.json`, `${JSON.stringify(options.report, null, 2)}\n`)
   writeBaseFiles(options.base, `${stagingText}/base.manifest`, `${stagingText}/base.absent`)
   const parents: [BytePath, number][] = [...touched]
-    .filter((dir) => !dropped.has(dir) && ![...dropped].some((gone) => dir.startsWith(`${gone}/`)))
+    .filter((dir) => !dropped.has(dir) && !hasAncestorIn(dropped, dir))
     .sort()
     .map((dir) => [dir, modificationTime(under(upper, dir))])
   const change: Extract<PendingChange, { kind: 'upgrade' }> = {
