@@ -61,7 +61,9 @@ export async function runUpgradeCheck(options: UpgradeCheckOptions): Promise<Exi
       return ExitCode.ok
     }
     const source =
-      next.source === 'manifest' ? manifestSource(openManifest(`${root}/${MANIFEST_PATH}`)) : treeSource(bytesOf(root))
+      next.source === 'manifest'
+        ? manifestSource(openManifest(`${root}/${MANIFEST_PATH}`, `${options.image}: /${MANIFEST_PATH}`))
+        : treeSource(bytesOf(root))
     const problems: string[] = []
     const plan = planUpgrade(bytesOf(upperPath(layout)), xattrs, baseSource(layout, recorded, problems), source, {
       preferFirmware: config.upgrade.conflicts === 'firmware',

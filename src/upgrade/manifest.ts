@@ -195,7 +195,7 @@ interface BlockStart {
  * refused (exit 5). The digest vouches for the rest, which nothing reads.
  * The file must not change while it is open.
  */
-export function openManifest(file: string, source = 'firmware manifest'): Manifest {
+export function openManifest(file: string, source = file): Manifest {
   const head = readAt(file, 0, HEADER_BYTES).toString('latin1')
   const header = /^ovroot-manifest 1 ([0-9a-f]{64})\n/.exec(head)
   if (!header?.[1]) throw invalid(`${source} does not start with "${MAGIC} <sha256>"`)

@@ -95,7 +95,7 @@ export function baseSource(layout: FlashLayout, record: FirmwareRecord, problems
 export function openBase(layout: FlashLayout, problems: string[], consequence: string): Manifest | undefined {
   if (!pathExists(baseManifestPath(layout))) return undefined
   try {
-    return openManifest(baseManifestPath(layout), baseManifestPath(layout))
+    return openManifest(baseManifestPath(layout))
   } catch (error) {
     if (!(error instanceof OvrootError && error.code === 'EMANIFEST')) throw error
     problems.push(`${error.message}: ${consequence}`)
