@@ -10,6 +10,7 @@ import { execFileSync } from 'node:child_process'
 import * as fs from 'node:fs'
 import { MANIFEST_PATH } from '../src/upgrade/manifest.js'
 import { mountOverlay, ovroot, scratch, unmount, upperSnapshot } from './helpers/overlay.js'
+import { bootContext } from './helpers/upgrade.js'
 
 const OVROOT_OPTIONS = ['index=off', 'metacopy=off', 'redirect_dir=off', 'xino=off', 'nfs_export=off']
 
@@ -38,23 +39,12 @@ async function upgrade(
   options: string[] = OVROOT_OPTIONS,
 ) {
   const { onFirmware } = await import('../src/upgrade/boot.js')
-  const { currentIdentity } = await import('../src/upgrade/identity.js')
-  const { firmwareRecordAtBoot } = await import('../src/upgrade/record.js')
-  const { OverlayXattrs } = await import('../src/overlay/xattrs.js')
   const layout = { root: `${dir}/flash`, upperName: 'upper' }
   const upper = `${layout.root}/upper`
   const work = `${layout.root}/work`
   fs.mkdirSync(upper, { recursive: true })
   fs.mkdirSync(work, { recursive: true })
-  const context = async (lower: string) => ({
-    layout,
-    lower,
-    xattrs: new OverlayXattrs('trusted'),
-    preferFirmware: false,
-    ...firmwareRecordAtBoot(layout),
-    current: await currentIdentity(lower),
-    work,
-  })
+  const context = (lower: string) => bootContext(layout, lower)
   await onFirmware(await context(a))
   const merged = `${dir}/merged`
   mountOverlay(merged, [a], upper, work, options)
@@ -398,8 +388,6 @@ await t.test(
       fs.writeFileSync(`${tree}/var/blob`, Buffer.alloc(3 << 20, 'b'))
     })
     const { onFirmware } = await import('../src/upgrade/boot.js')
-    const { currentIdentity } = await import('../src/upgrade/identity.js')
-    const { firmwareRecordAtBoot } = await import('../src/upgrade/record.js')
     const { OverlayXattrs } = await import('../src/overlay/xattrs.js')
     const { applyPending } = await import('../src/pending/apply.js')
     const flash = `${s.dir}/flash`
@@ -409,15 +397,7 @@ await t.test(
     fs.mkdirSync(`${flash}/upper`)
     fs.mkdirSync(`${flash}/work`)
     const xattrs = new OverlayXattrs('trusted')
-    const context = async (lower: string) => ({
-      layout,
-      lower,
-      xattrs,
-      preferFirmware: false,
-      ...firmwareRecordAtBoot(layout),
-      current: await currentIdentity(lower),
-      work: `${flash}/work`,
-    })
+    const context = (lower: string) => bootContext(layout, lower, { xattrs })
     await onFirmware(await context(a))
     mountOverlay(`${s.dir}/merged`, [a], `${flash}/upper`, `${flash}/work`, OVROOT_OPTIONS)
     fs.chmodSync(`${s.dir}/merged/var/blob`, 0o600)

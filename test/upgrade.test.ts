@@ -10,6 +10,7 @@ import * as fs from 'node:fs'
 import { getXattr, listXattrs, setXattr } from '../src/sys/libc.js'
 import { MANIFEST_PATH, openManifest } from '../src/upgrade/manifest.js'
 import { mountOverlay, ovroot, scratch, unmount, upperSnapshot } from './helpers/overlay.js'
+import { bootContext } from './helpers/upgrade.js'
 
 const latin1 = (text: string): Buffer => Buffer.from(text, 'latin1')
 
@@ -272,15 +273,7 @@ await t.test('upgrade: every row of the issue, reconciled on a real upper from s
   fs.mkdirSync(upper, { recursive: true })
   fs.mkdirSync(work)
   const xattrs = new OverlayXattrs('trusted')
-  const context = async (lower: string) => ({
-    layout,
-    lower,
-    xattrs,
-    preferFirmware: false,
-    recorded: readFirmwareRecord(layout),
-    current: await currentIdentity(lower),
-    work,
-  })
+  const context = (lower: string) => bootContext(layout, lower, { xattrs })
   t.equal(await onFirmware(await context(a)), undefined, 'first boot on A: recorded, nothing reconciled')
   t.match(readFirmwareRecord(layout), { base: 'shipped', identity: /^manifest:/ })
 
@@ -365,23 +358,12 @@ await t.test('upgrade: every row of the issue, reconciled on a real upper from s
 /** Firmware A recorded, the issue's rows made over it, the reconcile with B committed: the flash as the boot on B finds it once staged. */
 async function committedUpgrade(dir: string): Promise<{ flash: string; b: string }> {
   const { onFirmware, commitUpgrade } = await import('../src/upgrade/boot.js')
-  const { currentIdentity } = await import('../src/upgrade/identity.js')
-  const { readFirmwareRecord } = await import('../src/upgrade/record.js')
-  const { OverlayXattrs } = await import('../src/overlay/xattrs.js')
   const a = buildFirmware(dir, FIRMWARE_A, 'a')
   const b = buildFirmware(dir, firmwareB(), 'b')
   const layout = { root: `${dir}/flash`, upperName: 'upper' }
   fs.mkdirSync(`${layout.root}/upper`, { recursive: true })
   fs.mkdirSync(`${layout.root}/work`)
-  const context = async (lower: string) => ({
-    layout,
-    lower,
-    xattrs: new OverlayXattrs('trusted'),
-    preferFirmware: false,
-    recorded: readFirmwareRecord(layout),
-    current: await currentIdentity(lower),
-    work: `${layout.root}/work`,
-  })
+  const context = (lower: string) => bootContext(layout, lower)
   await onFirmware(await context(a))
   mountOverlay(`${dir}/merged`, [a], `${layout.root}/upper`, `${layout.root}/work`, OVROOT_OPTIONS)
   userChanges(`${dir}/merged`)
@@ -588,9 +570,7 @@ await t.test(
   'upgrade with redirect_dir=on and metacopy=on: stubs and renamed directories made valid for B, or reported',
   async (t) => {
     const { onFirmware } = await import('../src/upgrade/boot.js')
-    const { currentIdentity } = await import('../src/upgrade/identity.js')
-    const { readFirmwareRecord, readUpgradeReport } = await import('../src/upgrade/record.js')
-    const { OverlayXattrs } = await import('../src/overlay/xattrs.js')
+    const { readUpgradeReport } = await import('../src/upgrade/record.js')
     const s = scratch()
     t.teardown(() => s.cleanup())
     const options = ['redirect_dir=on', 'metacopy=on', 'index=off']
@@ -601,15 +581,7 @@ await t.test(
     const work = `${layout.root}/work`
     fs.mkdirSync(upper, { recursive: true })
     fs.mkdirSync(work)
-    const context = async (lower: string) => ({
-      layout,
-      lower,
-      xattrs: new OverlayXattrs('trusted'),
-      preferFirmware: false,
-      recorded: readFirmwareRecord(layout),
-      current: await currentIdentity(lower),
-      work,
-    })
+    const context = (lower: string) => bootContext(layout, lower)
     await onFirmware(await context(a))
     const merged = `${s.dir}/merged`
     mountOverlay(merged, [a], upper, work, options)
@@ -696,7 +668,6 @@ await t.test(
     const { onFirmware } = await import('../src/upgrade/boot.js')
     const { currentIdentity } = await import('../src/upgrade/identity.js')
     const { readFirmwareRecord, readUpgradeReport } = await import('../src/upgrade/record.js')
-    const { OverlayXattrs } = await import('../src/overlay/xattrs.js')
     const s = scratch()
     t.teardown(() => s.cleanup())
     const a = buildFirmware(s.dir, FIRMWARE_A, 'a', false)
@@ -707,15 +678,7 @@ await t.test(
     const work = `${layout.root}/work`
     fs.mkdirSync(upper, { recursive: true })
     fs.mkdirSync(work)
-    const context = async (lower: string) => ({
-      layout,
-      lower,
-      xattrs: new OverlayXattrs('trusted'),
-      preferFirmware: false,
-      recorded: readFirmwareRecord(layout),
-      current: await currentIdentity(lower),
-      work,
-    })
+    const context = (lower: string) => bootContext(layout, lower)
     const merged = `${s.dir}/merged`
     const session = (changes: (at: (path: string) => Buffer) => void): void => {
       mountOverlay(merged, [a], upper, work, OVROOT_OPTIONS)
@@ -805,9 +768,7 @@ await t.test(
   '[upgrade] conflicts = firmware: the firmware’s version wins, the user’s saved for the three-way view; status and diff --conflicts say so',
   async (t) => {
     const { onFirmware } = await import('../src/upgrade/boot.js')
-    const { currentIdentity } = await import('../src/upgrade/identity.js')
-    const { readFirmwareRecord, readUpgradeReport } = await import('../src/upgrade/record.js')
-    const { OverlayXattrs } = await import('../src/overlay/xattrs.js')
+    const { readUpgradeReport } = await import('../src/upgrade/record.js')
     const s = scratch()
     t.teardown(() => s.cleanup())
     const a = buildFirmware(s.dir, FIRMWARE_A, 'a')
@@ -817,15 +778,7 @@ await t.test(
     const work = `${layout.root}/work`
     fs.mkdirSync(upper, { recursive: true })
     fs.mkdirSync(work)
-    const context = async (lower: string) => ({
-      layout,
-      lower,
-      xattrs: new OverlayXattrs('trusted'),
-      preferFirmware: true,
-      recorded: readFirmwareRecord(layout),
-      current: await currentIdentity(lower),
-      work,
-    })
+    const context = (lower: string) => bootContext(layout, lower, { preferFirmware: true })
     await onFirmware(await context(a))
     const merged = `${s.dir}/merged`
     mountOverlay(merged, [a], upper, work, OVROOT_OPTIONS)
@@ -885,10 +838,7 @@ await t.test(
 
 /** A flash recorded on A (its manifest shipped), the issue's rows made over A: the boot on B's context. */
 async function upgradedFlash(dir: string, flashSize?: string) {
-  const { currentIdentity } = await import('../src/upgrade/identity.js')
-  const { readFirmwareRecord } = await import('../src/upgrade/record.js')
   const { onFirmware } = await import('../src/upgrade/boot.js')
-  const { OverlayXattrs } = await import('../src/overlay/xattrs.js')
   const a = buildFirmware(dir, FIRMWARE_A, 'a')
   const b = buildFirmware(dir, firmwareB(), 'b')
   const layout = { root: `${dir}/flash`, upperName: 'upper' }
@@ -898,15 +848,7 @@ async function upgradedFlash(dir: string, flashSize?: string) {
   const work = `${layout.root}/work`
   fs.mkdirSync(upper)
   fs.mkdirSync(work)
-  const context = async (lower: string) => ({
-    layout,
-    lower,
-    xattrs: new OverlayXattrs('trusted'),
-    preferFirmware: false,
-    recorded: readFirmwareRecord(layout),
-    current: await currentIdentity(lower),
-    work,
-  })
+  const context = (lower: string) => bootContext(layout, lower)
   await onFirmware(await context(a))
   mountOverlay(`${dir}/merged`, [a], upper, work, OVROOT_OPTIONS)
   userChanges(`${dir}/merged`)
