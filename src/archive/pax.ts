@@ -646,9 +646,11 @@ function wholeNumber(text: string): number | undefined {
 }
 
 function checkChecksum(block: Buffer, offset: number): void {
-  let sum = 0
   const { offset: from, width } = FIELD.checksum
-  for (let i = 0; i < BLOCK; i++) sum += i >= from && i < from + width ? 0x20 : (block[i] ?? 0)
+  // The checksum field counts as spaces.
+  let sum = width * 0x20
+  for (let i = 0; i < from; i++) sum += block[i] ?? 0
+  for (let i = from + width; i < BLOCK; i++) sum += block[i] ?? 0
   const stored = parseInt(
     fieldText(block, FIELD.checksum)
       .replace(/[\0 ]+$/, '')

@@ -585,8 +585,9 @@ function applyMetadataOf(fd: number, full: BytePath, entry: UpperEntry): void {
   try {
     fs.fchownSync(fd, entry.uid, entry.gid)
     fs.fchmodSync(fd, entry.mode)
-    for (const [name, value] of entry.xattrs) setXattrOf(fd, name, value, kernelPath(full))
-    setTimesOf(fd, entry.atimeNs, entry.mtimeNs, kernelPath(full))
+    const target = kernelPath(full)
+    for (const [name, value] of entry.xattrs) setXattrOf(fd, name, value, target)
+    setTimesOf(fd, entry.atimeNs, entry.mtimeNs, target)
   } catch (error) {
     throw fromNodeError(error, 'set metadata of', showBytes(full))
   }
