@@ -241,3 +241,18 @@ await t.test(
       t.throws(() => read(bytes), { code: 'EARCHIVE', message: pattern }, name)
   },
 )
+
+await t.test('header checksum: every byte of a header counts, its own field as spaces', async (t) => {
+  const header = ustar({ name: 'etc/x', flag: '0' })
+  t.equal(read(Buffer.concat([header, Buffer.alloc(1024)]))[0]?.path, 'etc/x', 'a right checksum is read')
+  // A byte before, inside and after the checksum field (148..155) changed: each is refused.
+  for (const at of [0, 147, 150, 156, 511]) {
+    const changed = Buffer.from(header)
+    changed[at] = (changed[at] ?? 0) ^ 0x01
+    t.throws(
+      () => read(Buffer.concat([changed, Buffer.alloc(1024)])),
+      { code: 'EARCHIVE', message: /header checksum mismatch at byte 0/ },
+      `byte ${at} changed`,
+    )
+  }
+})

@@ -77,17 +77,24 @@ const fieldText = (block: Buffer, field: Field): string =>
 /** The largest value an octal field of `width` bytes holds (one byte is the terminator). */
 const octalLimit = (width: number): number => 8 ** (width - 1) - 1
 
-/** One record, built in one buffer: a backup writes two or three per entry. */
-function paxRecord(key: string, value: Buffer | string): Buffer {
-  // " key=value\n", then the length in front counts its own digits.
+/** A pax record before it is written: `"<len> <key>=<value>\n"`. */
+type PaxRecord = readonly [key: string, value: Buffer | string]
+
+/** A record's length, which counts its own digits. */
+function recordLength([key, value]: PaxRecord): number {
+  // " key=value\n", then the length in front.
   const body = Buffer.byteLength(key) + (typeof value === 'string' ? Buffer.byteLength(value) : value.length) + 3
   let length = body + 1
   while (String(length).length + body !== length) length = String(length).length + body
-  if (typeof value === 'string') return Buffer.from(`${length} ${key}=${value}\n`)
-  const record = Buffer.allocUnsafe(length)
-  value.copy(record, record.write(`${length} ${key}=`))
-  record[length - 1] = 0x0a
-  return record
+  return length
+}
+
+/** Writes a record of `length` bytes at `at` of `out`; answers where the next one goes. */
+function writeRecord(out: Buffer, at: number, [key, value]: PaxRecord, length: number): number {
+  let position = at + out.write(`${length} ${key}=`, at)
+  position += typeof value === 'string' ? out.write(value, position) : value.copy(out, position)
+  out[position] = 0x0a
+  return position + 1
 }
 
 /** Zeros that paddings are views of: nothing writes to them, every consumer copies or hashes. */
@@ -96,6 +103,9 @@ const ZEROS = Buffer.alloc(BLOCK)
 function padding(size: number): Buffer {
   return ZEROS.subarray(0, (BLOCK - (size % BLOCK)) % BLOCK)
 }
+
+/** `size` rounded up to whole blocks. */
+const blocksOf = (size: number): number => Math.ceil(size / BLOCK) * BLOCK
 
 interface HeaderFields {
   name: Buffer
@@ -110,63 +120,69 @@ interface HeaderFields {
   devMinor: number
 }
 
-function ustarHeader(fields: HeaderFields): Buffer {
-  const header = Buffer.alloc(BLOCK)
-  const octal = (value: number, { offset, width }: Field): void => {
-    header.write(
-      `${Math.min(value, octalLimit(width))
-        .toString(8)
-        .padStart(width - 1, '0')}\0`,
-      offset,
-      width,
-      'latin1',
-    )
+/** An octal field: width - 1 digits (the value capped at what they hold), then NUL. */
+function writeOctal(out: Buffer, at: number, value: number, { offset, width }: Field): void {
+  let rest = Math.min(value, octalLimit(width))
+  for (let i = at + offset + width - 2; i >= at + offset; i--) {
+    out[i] = 0x30 + (rest % 8)
+    rest = Math.floor(rest / 8)
   }
-  const bytes = (value: Buffer, { offset, width }: Field): void => {
-    value.copy(header, offset, 0, Math.min(value.length, width))
-  }
-  const text = (value: string, { offset, width }: Field): void => {
-    header.write(value, offset, width, 'latin1')
-  }
-  bytes(fields.name, FIELD.name)
-  octal(fields.mode, FIELD.mode)
-  octal(fields.uid, FIELD.uid)
-  octal(fields.gid, FIELD.gid)
-  octal(fields.size, FIELD.size)
-  octal(Math.max(0, Math.floor(fields.mtime)), FIELD.mtime)
-  text(fields.flag, FIELD.typeFlag)
-  bytes(fields.linkName, FIELD.linkName)
-  text('ustar\0', FIELD.magic)
-  text('00', FIELD.version)
-  octal(fields.devMajor, FIELD.devMajor)
-  octal(fields.devMinor, FIELD.devMinor)
-  header.fill(' ', FIELD.checksum.offset, FIELD.checksum.offset + FIELD.checksum.width)
-  let sum = 0
-  for (let i = 0; i < BLOCK; i++) sum += header[i] ?? 0
-  text(`${sum.toString(8).padStart(6, '0')}\0 `, FIELD.checksum)
-  return header
+  out[at + offset + width - 1] = 0
 }
 
-function extendedHeader(flag: 'x' | 'g', name: Buffer, records: Buffer[]): Buffer {
-  const body = Buffer.concat(records)
-  const header = ustarHeader({
-    name,
-    mode: 0o644,
-    uid: 0,
-    gid: 0,
-    size: body.length,
-    mtime: 0,
-    flag,
-    linkName: Buffer.alloc(0),
-    devMajor: 0,
-    devMinor: 0,
-  })
-  return Buffer.concat([header, body, padding(body.length)])
+/** A ustar header block at `at` of `out`, whose 512 bytes there are zeros. */
+function writeUstarHeader(out: Buffer, at: number, fields: HeaderFields): void {
+  const bytes = (value: Buffer, { offset, width }: Field): void => {
+    value.copy(out, at + offset, 0, Math.min(value.length, width))
+  }
+  bytes(fields.name, FIELD.name)
+  writeOctal(out, at, fields.mode, FIELD.mode)
+  writeOctal(out, at, fields.uid, FIELD.uid)
+  writeOctal(out, at, fields.gid, FIELD.gid)
+  writeOctal(out, at, fields.size, FIELD.size)
+  writeOctal(out, at, Math.max(0, Math.floor(fields.mtime)), FIELD.mtime)
+  out.write(fields.flag, at + FIELD.typeFlag.offset, 'latin1')
+  bytes(fields.linkName, FIELD.linkName)
+  out.write('ustar\x0000', at + FIELD.magic.offset, 'latin1')
+  writeOctal(out, at, fields.devMajor, FIELD.devMajor)
+  writeOctal(out, at, fields.devMinor, FIELD.devMinor)
+  out.fill(0x20, at + FIELD.checksum.offset, at + FIELD.checksum.offset + FIELD.checksum.width)
+  let sum = 0
+  for (let i = at; i < at + BLOCK; i++) sum += out[i] ?? 0
+  // Six digits, NUL, space (the last byte stays the space it was summed as).
+  writeOctal(out, at, sum, { offset: FIELD.checksum.offset, width: 7 })
+}
+
+const NO_NAME = Buffer.alloc(0)
+
+/** The records of an extended header, each one's length, and the bytes the header takes (whole blocks). */
+interface ExtendedLayout {
+  records: PaxRecord[]
+  lengths: number[]
+  bytes: number
+}
+
+function extendedLayout(records: PaxRecord[]): ExtendedLayout {
+  const lengths = records.map(recordLength)
+  const body = lengths.reduce((sum, length) => sum + length, 0)
+  return { records, lengths, bytes: records.length === 0 ? 0 : BLOCK + blocksOf(body) }
+}
+
+/** An extended header (`x` or `g`) at `at` of `out`, whose bytes there are zeros. */
+function writeExtendedHeader(out: Buffer, at: number, flag: 'x' | 'g', name: Buffer, layout: ExtendedLayout): void {
+  const size = layout.lengths.reduce((sum, length) => sum + length, 0)
+  const fields = { name, mode: 0o644, uid: 0, gid: 0, size, mtime: 0, flag, linkName: NO_NAME }
+  writeUstarHeader(out, at, { ...fields, devMajor: 0, devMinor: 0 })
+  let position = at + BLOCK
+  layout.records.forEach((record, i) => (position = writeRecord(out, position, record, layout.lengths[i] ?? 0)))
 }
 
 /** A global header holding only a comment: how ovroot's manifest travels, invisible to tar. */
 export function globalComment(comment: string): Buffer {
-  return extendedHeader('g', Buffer.from('pax_global_header'), [paxRecord('comment', comment)])
+  const layout = extendedLayout([['comment', comment]])
+  const out = Buffer.alloc(layout.bytes)
+  writeExtendedHeader(out, 0, 'g', Buffer.from('pax_global_header'), layout)
+  return out
 }
 
 /**
@@ -199,46 +215,49 @@ function sparseLayout(entry: TarEntry): SparseLayout | undefined {
  */
 const EXTENDED_NAME = Buffer.from('././@PaxHeader')
 
-/** The headers of one entry; its data (if any) follows, then `dataPadding(entry)`. */
+/** The headers of one entry, in one buffer; its data (if any) follows, then `dataPadding(entry)`. */
 export function entryHeader(entry: TarEntry): Buffer {
   const name = bytePathBuffer(entry.path === '.' ? './' : entry.type === 'dir' ? `${entry.path}/` : entry.path)
-  const linkName = bytePathBuffer(entry.linkTarget ?? '')
-  const records: Buffer[] = []
+  const linkName = entry.linkTarget === undefined ? NO_NAME : bytePathBuffer(entry.linkTarget)
+  const records: PaxRecord[] = []
   const sparse = sparseLayout(entry)
+  const asciiName = isAscii(name)
+  const asciiLink = isAscii(linkName)
   // pax says its path records are UTF-8 unless hdrcharset says otherwise: GNU tar then takes the bytes as they are.
-  if (textOf(entry.path) === undefined || textOf(entry.linkTarget ?? '') === undefined)
-    records.push(paxRecord('hdrcharset', 'BINARY'))
+  if ((!asciiName && textOf(entry.path) === undefined) || (!asciiLink && textOf(entry.linkTarget ?? '') === undefined))
+    records.push(['hdrcharset', 'BINARY'])
   if (sparse) {
     records.push(
-      paxRecord('GNU.sparse.major', '1'),
-      paxRecord('GNU.sparse.minor', '0'),
-      paxRecord('GNU.sparse.name', name),
-      paxRecord('GNU.sparse.realsize', String(sparse.realSize)),
+      ['GNU.sparse.major', '1'],
+      ['GNU.sparse.minor', '0'],
+      ['GNU.sparse.name', name],
+      ['GNU.sparse.realsize', String(sparse.realSize)],
     )
-  } else if (name.length > FIELD.name.width || !isAscii(name)) records.push(paxRecord('path', name))
-  if (linkName.length > FIELD.linkName.width || !isAscii(linkName)) records.push(paxRecord('linkpath', linkName))
-  const mapBlocks = sparse ? sparse.map.length + padding(sparse.map.length).length : 0
-  const size = sparse ? mapBlocks + sparse.dataBytes : entry.size
-  if (size > octalLimit(FIELD.size.width)) records.push(paxRecord('size', String(size)))
-  if (entry.uid > octalLimit(FIELD.uid.width)) records.push(paxRecord('uid', String(entry.uid)))
-  if (entry.gid > octalLimit(FIELD.gid.width)) records.push(paxRecord('gid', String(entry.gid)))
+  } else if (name.length > FIELD.name.width || !asciiName) records.push(['path', name])
+  if (linkName.length > FIELD.linkName.width || !asciiLink) records.push(['linkpath', linkName])
+  const mapBytes = sparse ? blocksOf(sparse.map.length) : 0
+  const size = sparse ? mapBytes + sparse.dataBytes : entry.size
+  if (size > octalLimit(FIELD.size.width)) records.push(['size', String(size)])
+  if (entry.uid > octalLimit(FIELD.uid.width)) records.push(['uid', String(entry.uid)])
+  if (entry.gid > octalLimit(FIELD.gid.width)) records.push(['gid', String(entry.gid)])
   // ustar holds whole, non-negative seconds and no atime: anything else travels in pax, to the nanosecond.
   if (
     entry.mtimeNs % NANOSECONDS !== 0n ||
     entry.mtimeNs < 0n ||
     entry.mtimeNs / NANOSECONDS > octalLimit(FIELD.mtime.width)
   )
-    records.push(paxRecord('mtime', formatTime(entry.mtimeNs)))
+    records.push(['mtime', formatTime(entry.mtimeNs)])
   // A reader takes a missing atime for the mtime: most files were never read after their last write.
-  if (entry.atimeNs !== entry.mtimeNs) records.push(paxRecord('atime', formatTime(entry.atimeNs)))
-  if (entry.comment !== undefined) records.push(paxRecord('comment', entry.comment))
-  if (entry.flags) records.push(paxRecord('SCHILY.fflags', flagNames(entry.flags)))
-  for (const [xattr, value] of entry.xattrs) records.push(paxRecord(`SCHILY.xattr.${xattr}`, value))
-  const ustarName = sparse
-    ? bytePathBuffer(`GNUSparseFile.0/${entry.path.slice(entry.path.lastIndexOf('/') + 1)}`)
-    : name
-  const header = ustarHeader({
-    name: ustarName,
+  if (entry.atimeNs !== entry.mtimeNs) records.push(['atime', formatTime(entry.atimeNs)])
+  if (entry.comment !== undefined) records.push(['comment', entry.comment])
+  if (entry.flags) records.push(['SCHILY.fflags', flagNames(entry.flags)])
+  for (const [xattr, value] of entry.xattrs) records.push([`SCHILY.xattr.${xattr}`, value])
+  const extended = extendedLayout(records)
+  // One allocation from Node's pool (allocUnsafe), zeroed: what is not written is padding.
+  const out = Buffer.allocUnsafe(extended.bytes + BLOCK + mapBytes).fill(0)
+  if (records.length > 0) writeExtendedHeader(out, 0, 'x', EXTENDED_NAME, extended)
+  writeUstarHeader(out, extended.bytes, {
+    name: sparse ? bytePathBuffer(`GNUSparseFile.0/${entry.path.slice(entry.path.lastIndexOf('/') + 1)}`) : name,
     mode: entry.mode,
     uid: entry.uid,
     gid: entry.gid,
@@ -249,9 +268,8 @@ export function entryHeader(entry: TarEntry): Buffer {
     devMajor: entry.devMajor,
     devMinor: entry.devMinor,
   })
-  const extended = records.length > 0 ? extendedHeader('x', EXTENDED_NAME, records) : Buffer.alloc(0)
-  const map = sparse ? [sparse.map, padding(sparse.map.length)] : []
-  return Buffer.concat([extended, header, ...map])
+  sparse?.map.copy(out, extended.bytes + BLOCK)
+  return out
 }
 
 /**
@@ -628,9 +646,11 @@ function wholeNumber(text: string): number | undefined {
 }
 
 function checkChecksum(block: Buffer, offset: number): void {
-  let sum = 0
   const { offset: from, width } = FIELD.checksum
-  for (let i = 0; i < BLOCK; i++) sum += i >= from && i < from + width ? 0x20 : (block[i] ?? 0)
+  // The checksum field counts as spaces.
+  let sum = width * 0x20
+  for (let i = 0; i < from; i++) sum += block[i] ?? 0
+  for (let i = from + width; i < BLOCK; i++) sum += block[i] ?? 0
   const stored = parseInt(
     fieldText(block, FIELD.checksum)
       .replace(/[\0 ]+$/, '')

@@ -9,7 +9,7 @@ import { classifyContent } from '../upgrade/classify.js'
 import { bytesOf, showBytes, type BytePath } from '../names.js'
 import { createHash, type Hash } from 'node:crypto'
 import { createReadStream } from 'node:fs'
-import { Writable } from 'node:stream'
+import { type Transform, Writable } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
 import { createGunzip } from 'node:zlib'
 import { Decrypt, ENCRYPTED_MAGIC } from '../archive/crypt.js'
@@ -125,8 +125,8 @@ export async function extractArchive(file: string, options: ExtractOptions): Pro
   })
   const source = createReadStream(file)
   try {
-    if (encrypted && options.passphrase) await pipeline(source, new Decrypt(options.passphrase), createGunzip(), sink)
-    else if (magic[0] === 0x1f && magic[1] === 0x8b) await pipeline(source, createGunzip(), sink)
+    if (encrypted && options.passphrase) await pipeline(source, new Decrypt(options.passphrase), gunzip(), sink)
+    else if (magic[0] === 0x1f && magic[1] === 0x8b) await pipeline(source, gunzip(), sink)
     else await pipeline(source, sink)
   } catch (error) {
     handler.abandon()
@@ -134,6 +134,14 @@ export async function extractArchive(file: string, options: ExtractOptions): Pro
   }
   return handler.result()
 }
+
+/**
+ * An archive of small files inflates about 50 times: with zlib's default 16
+ * KiB of output per call, each 64 KiB read took some 200 round trips to
+ * zlib's thread. 256 KiB: the whole inflation measured a quarter of the CPU
+ * time (0.035 s against 0.14-0.18 s on the benchmark's 47 MiB).
+ */
+const gunzip = (): Transform => createGunzip({ chunkSize: 1 << 18 })
 
 function asArchiveError(error: unknown, file: string): OvrootError {
   if (error instanceof OvrootError) return error

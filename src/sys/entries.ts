@@ -18,7 +18,9 @@ import {
   makeNode,
   removeXattr,
   setTimes,
+  setTimesOf,
   setXattr,
+  setXattrOf,
 } from './libc.js'
 import { reportProgress } from './progress.js'
 import { bytePathBuffer as kernelPath, byteString, showBytes, type BytePath } from '../names.js'
@@ -204,8 +206,15 @@ function readSmallFile(full: BytePath, holes: boolean): StableFile | 'large' | '
       got += count
     }
     if (!sameVersion(before, fs.fstatSync(fd))) return 'changed'
-    const sha256 = createHash('sha256').update(content).digest('hex')
-    return { sha256, size: content.length, chunks: () => [content] }
+    // Hashed when asked: a backup archives the bytes, only a copy-up's firmware twin needs its sha256.
+    let sha256: string | undefined
+    return {
+      get sha256() {
+        return (sha256 ??= createHash('sha256').update(content).digest('hex'))
+      },
+      size: content.length,
+      chunks: () => [content],
+    }
   } catch (error) {
     throw fromNodeError(error, 'read', showBytes(full))
   } finally {
@@ -469,15 +478,18 @@ export class EntryWriter {
   }
 
   end(): void {
-    if (this.fd >= 0) {
-      fs.closeSync(this.fd)
-      this.fd = -1
-    }
-    if (this.current) {
-      applyMetadata(this.current.full, this.current.entry)
-      this.noteFlags(this.current.full, this.current.entry)
-    }
+    const current = this.current
     this.current = undefined
+    if (this.fd >= 0) {
+      // A file's metadata through the descriptor it was written by: no path looked up three more times.
+      try {
+        if (current) applyMetadataOf(this.fd, current.full, current.entry)
+      } finally {
+        fs.closeSync(this.fd)
+        this.fd = -1
+      }
+    } else if (current) applyMetadata(current.full, current.entry)
+    if (current) this.noteFlags(current.full, current.entry)
   }
 
   private noteFlags(full: BytePath, entry: UpperEntry): void {
@@ -565,6 +577,19 @@ export function applyFlags(full: BytePath, flags: number): boolean {
     throw fromNodeError(error, 'set inode flags of', showBytes(full))
   } finally {
     if (fd >= 0) fs.closeSync(fd)
+  }
+}
+
+/** applyMetadata for a file open as `fd`, in the same order. */
+function applyMetadataOf(fd: number, full: BytePath, entry: UpperEntry): void {
+  try {
+    fs.fchownSync(fd, entry.uid, entry.gid)
+    fs.fchmodSync(fd, entry.mode)
+    const target = kernelPath(full)
+    for (const [name, value] of entry.xattrs) setXattrOf(fd, name, value, target)
+    setTimesOf(fd, entry.atimeNs, entry.mtimeNs, target)
+  } catch (error) {
+    throw fromNodeError(error, 'set metadata of', showBytes(full))
   }
 }
 

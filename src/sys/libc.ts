@@ -32,6 +32,7 @@ interface Libc {
   llistxattr: KoffiFunction
   lgetxattr: KoffiFunction
   lsetxattr: KoffiFunction
+  fsetxattr: KoffiFunction
   lremovexattr: KoffiFunction
   mount: KoffiFunction
   umount2: KoffiFunction
@@ -68,6 +69,7 @@ function bind(): { koffi: Koffi; libc: Libc } {
       lsetxattr: lib.func(
         'int lsetxattr(const char *path, const char *name, const uint8_t *value, size_t size, int flags)',
       ),
+      fsetxattr: lib.func('int fsetxattr(int fd, const char *name, const uint8_t *value, size_t size, int flags)'),
       lremovexattr: lib.func('int lremovexattr(const char *path, const char *name)'),
       mount: lib.func(
         'int mount(const char *source, const char *target, const char *fstype, unsigned long flags, const char *data)',
@@ -110,18 +112,31 @@ function errnoName(): string {
   return errnoNames.get(number) ?? `errno ${number}`
 }
 
-function check(result: unknown, operation: string, target: string): number {
+/** `target` is shown (names.ts) only when the call failed: escaping a path costs more than the call. */
+function check(result: unknown, operation: string, target: SysPath): number {
   const value = typeof result === 'bigint' ? Number(result) : (result as number)
-  if (value < 0) throw new SysError(errnoName(), operation, target)
+  if (value < 0) throw new SysError(errnoName(), operation, shown(target))
   return value
 }
 
 /** A path as the kernel takes it: a string (UTF-8), or the bytes of a name that is not UTF-8. */
 export type SysPath = string | Buffer
 
-/** The NUL-terminated bytes of a path, for a `const char *` argument. */
-const cPath = (path: SysPath): Buffer =>
-  Buffer.concat([typeof path === 'string' ? Buffer.from(path) : path, Buffer.from([0])])
+let pathBuffer = Buffer.alloc(4096)
+
+/**
+ * The NUL-terminated bytes of a path, for a `const char *` argument: written
+ * into one reused buffer (a walk passes two or three paths per entry), valid
+ * until the next call. Each system call here takes one path.
+ */
+function cPath(path: SysPath): Buffer {
+  const length = typeof path === 'string' ? Buffer.byteLength(path) : path.length
+  if (length >= pathBuffer.length) pathBuffer = Buffer.alloc(2 * (length + 1))
+  if (typeof path === 'string') pathBuffer.write(path)
+  else path.copy(pathBuffer)
+  pathBuffer[length] = 0
+  return pathBuffer
+}
 
 /** A path in a message: a Buffer in the escaped form of names.ts. */
 const shown = (path: SysPath): string => (typeof path === 'string' ? path : showName(path))
@@ -255,11 +270,16 @@ export function getXattr(path: SysPath, name: string): Buffer | undefined {
 }
 
 export function setXattr(path: SysPath, name: string, value: Buffer): void {
-  check(bind().libc.lsetxattr(cPath(path), name, value, value.length, 0), `setxattr ${name}`, shown(path))
+  check(bind().libc.lsetxattr(cPath(path), name, value, value.length, 0), `setxattr ${name}`, path)
+}
+
+/** setXattr on an open file: no path to resolve again. `target` names it in an error. */
+export function setXattrOf(fd: number, name: string, value: Buffer, target: SysPath): void {
+  check(bind().libc.fsetxattr(fd, name, value, value.length, 0), `setxattr ${name}`, target)
 }
 
 export function removeXattr(path: SysPath, name: string): void {
-  check(bind().libc.lremovexattr(cPath(path), name), `removexattr ${name}`, shown(path))
+  check(bind().libc.lremovexattr(cPath(path), name), `removexattr ${name}`, path)
 }
 
 const NANOSECONDS = 1_000_000_000n
@@ -273,21 +293,7 @@ const NANOSECONDS = 1_000_000_000n
  */
 export function setTimes(path: SysPath, atimeNs: bigint, mtimeNs: bigint): void {
   const { libc } = bind()
-  const times = Buffer.alloc(32)
-  const put = (offset: number, ns: bigint): void => {
-    // Floor division: -1.5 s is -2 s and 500,000,000 ns.
-    const seconds = ns >= 0n || ns % NANOSECONDS === 0n ? ns / NANOSECONDS : ns / NANOSECONDS - 1n
-    const nanoseconds = ns - seconds * NANOSECONDS
-    if (littleEndian) {
-      times.writeBigInt64LE(seconds, offset)
-      times.writeBigInt64LE(nanoseconds, offset + 8)
-    } else {
-      times.writeBigInt64BE(seconds, offset)
-      times.writeBigInt64BE(nanoseconds, offset + 8)
-    }
-  }
-  put(0, atimeNs)
-  put(16, mtimeNs)
+  const times = timespecs(atimeNs, mtimeNs)
   check(
     libc.syscall(
       libc.numbers.utimensat,
@@ -301,8 +307,40 @@ export function setTimes(path: SysPath, atimeNs: bigint, mtimeNs: bigint): void 
       AT_SYMLINK_NOFOLLOW,
     ),
     'set times of',
-    shown(path),
+    path,
   )
+}
+
+/** setTimes on an open file (utimensat with no path: what futimens does). `target` names it in an error. */
+export function setTimesOf(fd: number, atimeNs: bigint, mtimeNs: bigint, target: SysPath): void {
+  const { libc } = bind()
+  const times = timespecs(atimeNs, mtimeNs)
+  check(
+    libc.syscall(libc.numbers.utimensat, 'int', fd, 'void *', null, 'void *', times, 'int', 0),
+    'set times of',
+    target,
+  )
+}
+
+const timesBuffer = Buffer.alloc(32)
+
+/** The two timespecs utimensat takes, in a reused buffer. */
+function timespecs(atimeNs: bigint, mtimeNs: bigint): Buffer {
+  const put = (offset: number, ns: bigint): void => {
+    // Floor division: -1.5 s is -2 s and 500,000,000 ns.
+    const seconds = ns >= 0n || ns % NANOSECONDS === 0n ? ns / NANOSECONDS : ns / NANOSECONDS - 1n
+    const nanoseconds = ns - seconds * NANOSECONDS
+    if (littleEndian) {
+      timesBuffer.writeBigInt64LE(seconds, offset)
+      timesBuffer.writeBigInt64LE(nanoseconds, offset + 8)
+    } else {
+      timesBuffer.writeBigInt64BE(seconds, offset)
+      timesBuffer.writeBigInt64BE(nanoseconds, offset + 8)
+    }
+  }
+  put(0, atimeNs)
+  put(16, mtimeNs)
+  return timesBuffer
 }
 
 const S_IFCHR = 0o020000
@@ -337,7 +375,7 @@ export function makeNode(path: SysPath, kind: NodeKind, permissions: number, maj
     'uint32_t',
     kernelDeviceNumber(path, major, minor),
   )
-  check(result, 'mknod', shown(path))
+  check(result, 'mknod', path)
 }
 
 export const MountFlag = {
@@ -456,7 +494,7 @@ export function dataRegions(fd: number, size: number, target: SysPath): [offset:
       throw new SysError(errno, 'lseek SEEK_DATA', shown(target))
     }
     if (data >= size) break
-    const hole = check(libc.lseek(fd, data, SEEK_HOLE), 'lseek SEEK_HOLE', shown(target))
+    const hole = check(libc.lseek(fd, data, SEEK_HOLE), 'lseek SEEK_HOLE', target)
     const end = Math.min(hole, size)
     regions.push([data, end - data])
     position = end
