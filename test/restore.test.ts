@@ -592,6 +592,14 @@ await t.test(
       'offline too, compared with the empty directory over the firmware',
     )
     t.same(fs.readdirSync(into), [], 'and nothing restored')
+    t.notMatch(text.stderr, /would change nothing/, 'a restore that changes something does not say it changes nothing')
+    const same = `${d.dir}/same.ovb`
+    t.equal(ovroot(['backup', '--config', d.config, '-o', same]).status, 0)
+    const unchanged = ovroot(['restore', same, '--dry-run', '--config', d.config])
+    t.equal(unchanged.stdout, '', 'the backup of the device itself: no change listed')
+    t.match(unchanged.stderr, /^ovroot: restoring this archive would change nothing$/m, 'and a person is told so')
+    const unchangedJson = ovroot(['restore', same, '--dry-run', '--json', '--config', d.config])
+    t.equal(unchangedJson.stderr, '', '--json: nothing on stderr, an empty list on stdout')
   },
 )
 

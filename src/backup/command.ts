@@ -229,11 +229,14 @@ class Progress {
     const now = Date.now()
     if (!this.shown || now - this.last < 200) return
     this.last = now
-    process.stderr.write(`\rovroot: ${this.entries} entries, ${(this.bytes / 1048576).toFixed(1)} MiB read`)
+    process.stderr.write(`\rovroot: ${this.summary()} read`)
   }
 
   done(): void {
-    if (this.shown && this.last > 0)
-      process.stderr.write(`\rovroot: ${this.entries} entries, ${(this.bytes / 1048576).toFixed(1)} MiB read, done\n`)
+    if (this.shown && this.last > 0) process.stderr.write(`\rovroot: ${this.summary()} read, done\n`)
+  }
+
+  private summary(): string {
+    return `${this.entries} ${this.entries === 1 ? 'entry' : 'entries'}, ${(this.bytes / 1048576).toFixed(1)} MiB`
   }
 }

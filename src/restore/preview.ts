@@ -40,8 +40,12 @@ export function printRestorePreview(
   )
   const before = new LayerStack([...current, ...lowers], hostTreeReader, xattrs)
   const output = new BufferedOutput((text) => process.stdout.write(text))
-  new OverlayDiff(after, before, hostTreeReader, xattrs, { all: false, paths: [] }).run((change) =>
-    output.push(json ? jsonLine(change) : statusLine(change, false)),
-  )
+  let changes = 0
+  new OverlayDiff(after, before, hostTreeReader, xattrs, { all: false, paths: [] }).run((change) => {
+    changes++
+    output.push(json ? jsonLine(change) : statusLine(change, false))
+  })
   output.flush()
+  // An empty list on stdout stays what scripts parse; a person is told it means no change, not no answer.
+  if (changes === 0 && !json) process.stderr.write('ovroot: restoring this archive would change nothing\n')
 }
