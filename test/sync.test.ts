@@ -15,6 +15,7 @@ import { commitPending, type PendingChange } from '../src/pending/marker.js'
 import type { FlashLayout } from '../src/state/flash.js'
 import { syncOnce } from '../src/sync/transaction.js'
 import { copyUpper } from '../src/upper/copy.js'
+import { walkUpper } from '../src/upper/walk.js'
 import { InodeFlag, inodeFlags } from '../src/sys/libc.js'
 import {
   cleanEnvironment,
@@ -1350,6 +1351,43 @@ await t.test(
     t.equal(next.status, 0, next.stderr)
     t.equal(fs.readFileSync(`${d.flash}/upper/etc/locked`, 'utf8'), 'second\n', 'the next sync takes it')
     t.equal(inodeFlags(`${d.flash}/upper/etc/locked`), InodeFlag.append, 'and its flags')
+  },
+)
+
+await t.test(
+  "a sync walks each directory's entries before anything below them: a first copy makes sibling directories one after another",
+  async (t) => {
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    writeTree(`${s.dir}/upper`, { '/a/x/f': 'f\n', '/a/y/g': 'g\n', '/b/h': 'h\n', '/c': 'c\n' })
+    const order = (levelByLevel: boolean): string[] =>
+      [
+        ...walkUpper(`${s.dir}/upper`, {
+          stubXattr: 'trusted.overlay.metacopy',
+          include: () => true,
+          skipped: () => undefined,
+          levelByLevel,
+        }),
+      ].map((entry) => entry.path)
+    t.same(order(true), ['.', 'a', 'b', 'c', 'a/x', 'a/y', 'a/x/f', 'a/y/g', 'b/h'], 'level by level')
+    t.same(order(false), ['.', 'a', 'a/x', 'a/x/f', 'a/y', 'a/y/g', 'b', 'b/h', 'c'], 'archive order otherwise')
+    // On ext4, directories made one after another get neighbouring inodes (one inode-table block for many).
+    const d = device(t)
+    writeTree(`${d.ram}/upper`, Object.fromEntries(Array.from({ length: 8 }, (_, i) => [`/top/d${i}/file`, 'x\n'])))
+    const flash = `${s.dir}/ext4.img`
+    fs.writeFileSync(flash, '')
+    fs.truncateSync(flash, 64 << 20)
+    execFileSync('mkfs.ext4', ['-q', '-F', flash])
+    execFileSync('mount', ['-o', 'loop', flash, d.flash])
+    t.teardown(() => spawnSync('umount', [d.flash]))
+    const first = sync(d)
+    t.equal(first.status, 0, first.stderr)
+    const inodes = Array.from({ length: 8 }, (_, i) => fs.statSync(`${d.flash}/upper/top/d${i}`).ino)
+    t.same(
+      inodes.slice(1).map((inode, i) => inode - (inodes[i] ?? 0)),
+      Array.from({ length: 7 }, () => 1),
+      'sibling directories have consecutive inodes on the flash',
+    )
   },
 )
 

@@ -148,6 +148,7 @@ function stageChanges(source: SyncSource, plan: FlatStaging): Staged {
   const walk = walkUpper(plan.upper, {
     stubXattr: plan.stubXattr,
     flags: plan.flagMask !== 0,
+    levelByLevel: true,
     include: (path) => !source.excluded(path),
     skipped: (path, why) =>
       process.stderr.write(`ovroot: sync skips /${showBytes(path)}: ${why} cannot be persisted\n`),
