@@ -70,7 +70,8 @@ export async function syncOnce(source: SyncSource, layout: FlashLayout, runDir: 
     xattrs.name('metacopy'),
     scan,
     mapped,
-    inodeFlagsHeld(source.upper) & inodeFlagsHeld(mirror),
+    inodeFlagsHeld(source.upper),
+    inodeFlagsHeld(mirror),
   )
   let staged: Staged
   try {
@@ -253,12 +254,19 @@ class FlatStaging {
     private readonly scan: Scan,
     /** Inode numbers of files mapped shared and writable (sys/mappings.ts): their writes move no ctime, so they are always compared. */
     private readonly mapped: ReadonlySet<bigint>,
-    /**
-     * The inode flags both the upper's filesystem and the flash's hold: those are synced; the flash copy
-     * keeps its own of the others (all of them under a tmpfs before Linux 6.0; JFFS2 has none to keep).
-     */
-    readonly flagMask: number,
-  ) {}
+    /** The inode flags the upper's filesystem holds (inodeFlagsHeld). */
+    upperFlagsHeld: number,
+    /** The inode flags the flash's filesystem holds: with none (JFFS2), its entries' are not read at all. */
+    private readonly flashFlagsHeld: number,
+  ) {
+    this.flagMask = upperFlagsHeld & flashFlagsHeld
+  }
+
+  /**
+   * The inode flags both the upper's filesystem and the flash's hold: those are synced; the flash copy
+   * keeps its own of the others (all of them under a tmpfs before Linux 6.0; JFFS2 has none to keep).
+   */
+  readonly flagMask: number
 
   /** Entries staged with inode flags, or replacing a flagged one, and the flags they end with. */
   private readonly flagged: [BytePath, number][] = []
@@ -269,6 +277,7 @@ class FlatStaging {
    * directory lets none in or out), as the flash has them.
    */
   flags(removals: readonly BytePath[]): [BytePath, number][] {
+    if (this.flashFlagsHeld === 0) return this.flagged
     const parents = new Set([...this.receivingParents, ...removals.map(parentOf)])
     const kept: [BytePath, number][] = []
     for (const path of [...parents].sort()) {
@@ -399,7 +408,12 @@ class FlatStaging {
       entry.type === 'hardlink'
         ? readEntry(under(this.upper, entry.path), entry.path, this.stubXattr, this.flagMask !== 0)
         : entry
-    const onFlash = readEntryIfPresent(under(this.mirror, entry.path), entry.path, this.stubXattr, true)
+    const onFlash = readEntryIfPresent(
+      under(this.mirror, entry.path),
+      entry.path,
+      this.stubXattr,
+      this.flashFlagsHeld !== 0,
+    )
     const flashEntry = onFlash === 'socket' ? undefined : onFlash
     if (entry.type === 'dir' && flashEntry?.type === 'dir')
       this.comparedDirectories.set(entry.path, Number(flashEntry.mtimeNs / 1000n) / 1e6)
