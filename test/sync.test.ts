@@ -15,6 +15,7 @@ import { commitPending, type PendingChange } from '../src/pending/marker.js'
 import type { FlashLayout } from '../src/state/flash.js'
 import { syncOnce } from '../src/sync/transaction.js'
 import { copyUpper } from '../src/upper/copy.js'
+import { walkUpper } from '../src/upper/walk.js'
 import { InodeFlag, inodeFlags } from '../src/sys/libc.js'
 import {
   cleanEnvironment,
@@ -1258,6 +1259,135 @@ await t.test(
     t.teardown(() => spawnSync('chattr', ['-R', '-i', '-a', `${d.dir}/fill`], { stdio: 'ignore' }))
     for (const path of ['/etc/locked', '/etc/frozen', '/var/log', '/var/log/messages', '/root/scratch'])
       t.equal(inodeFlags(`${d.dir}/fill${path}`), flagsOf(path), `the RAM fill keeps ${path}'s flags`)
+  },
+)
+
+await t.test(
+  'a new hard link to a file immutable or append-only on the flash is synced: both names, one inode, flagged again',
+  async (t) => {
+    const d = device(t)
+    const upper = `${d.ram}/upper`
+    writeTree(upper, { '/etc/locked': 'immutable\n', '/var/log/messages': 'append only\n' })
+    const files: [string, string, number][] = [
+      ['/etc/locked', '+i', InodeFlag.immutable],
+      ['/var/log/messages', '+a', InodeFlag.append],
+    ]
+    for (const [path, flag] of files) execFileSync('chattr', [flag, `${upper}${path}`])
+    t.teardown(() => {
+      for (const root of [upper, `${d.flash}/upper`]) spawnSync('chattr', ['-R', '-i', '-a', root], { stdio: 'ignore' })
+    })
+    const first = sync(d)
+    t.equal(first.status, 0, first.stderr)
+    // link(2) refuses such an inode in RAM too: the user lifts the flag, links, sets it again.
+    for (const [path, flag] of files) {
+      execFileSync('chattr', [flag.replace('+', '-'), `${upper}${path}`])
+      fs.linkSync(`${upper}${path}`, `${upper}${path}.link`)
+      execFileSync('chattr', [flag, `${upper}${path}`])
+    }
+    const second = sync(d)
+    t.equal(second.status, 0, second.stderr)
+    for (const [path, , flags] of files) {
+      const onFlash = `${d.flash}/upper${path}`
+      t.equal(fs.statSync(`${onFlash}.link`).ino, fs.statSync(onFlash).ino, `${path}: one inode, two names`)
+      t.equal(fs.readFileSync(`${onFlash}.link`, 'utf8'), fs.readFileSync(`${upper}${path}`, 'utf8'))
+      t.equal(inodeFlags(onFlash), flags, `${path}: flagged again`)
+    }
+    t.notOk(fs.existsSync(`${d.flash}/.ovroot/pending`), 'the sync is complete')
+    t.match(sync(d).stdout, /nothing to sync/, 'and exact: the next finds nothing')
+  },
+)
+
+await t.test(
+  'a flagged entry that vanishes while a sync reads it: the flash keeps its old entry with its own flags',
+  async (t) => {
+    const d = device(t)
+    const upper = `${d.ram}/upper`
+    writeTree(upper, { '/etc/locked': 'first\n', '/etc/other': 'other\n' })
+    execFileSync('chattr', ['+i', `${upper}/etc/locked`])
+    t.teardown(() => {
+      for (const root of [upper, `${d.flash}/upper`]) spawnSync('chattr', ['-R', '-i', '-a', root], { stdio: 'ignore' })
+    })
+    t.equal(sync(d).status, 0)
+    execFileSync('chattr', ['-i', `${upper}/etc/locked`])
+    fs.writeFileSync(`${upper}/etc/locked`, 'second\n')
+    execFileSync('chattr', ['+a', `${upper}/etc/locked`])
+    fs.writeFileSync(`${upper}/etc/other`, 'changed\n')
+    // Gone when the copy opens it, after the scan read it (flags and all): the kernel's answer to a file renamed
+    // away in between, at that very call (strace injects it; the only open(2) of that path in a sync is the copy's).
+    const vanishing = spawnSync(
+      'strace',
+      [
+        '-f',
+        '-qq',
+        '-o',
+        '/dev/null',
+        '-P',
+        `${upper}/etc/locked`,
+        '-e',
+        'trace=openat',
+        '-e',
+        'inject=openat:error=ENOENT:when=1',
+        'env',
+        '-u',
+        'NODE_OPTIONS',
+        process.execPath,
+        OVROOT,
+        'sync',
+        '--config',
+        d.config,
+      ],
+      { encoding: 'utf8', env: cleanEnvironment() },
+    )
+    t.equal(vanishing.status, 0, vanishing.stderr)
+    t.match(vanishing.stderr, /\/etc\/locked: it vanished while it was read; left for the next sync/)
+    t.equal(fs.readFileSync(`${d.flash}/upper/etc/other`, 'utf8'), 'changed\n', 'the rest committed')
+    t.equal(fs.readFileSync(`${d.flash}/upper/etc/locked`, 'utf8'), 'first\n', 'the old entry stays')
+    t.equal(
+      inodeFlags(`${d.flash}/upper/etc/locked`),
+      InodeFlag.immutable,
+      "with its own flags, not the vanished one's",
+    )
+    const next = sync(d)
+    t.equal(next.status, 0, next.stderr)
+    t.equal(fs.readFileSync(`${d.flash}/upper/etc/locked`, 'utf8'), 'second\n', 'the next sync takes it')
+    t.equal(inodeFlags(`${d.flash}/upper/etc/locked`), InodeFlag.append, 'and its flags')
+  },
+)
+
+await t.test(
+  "a sync walks each directory's entries before anything below them: a first copy makes sibling directories one after another",
+  async (t) => {
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    writeTree(`${s.dir}/upper`, { '/a/x/f': 'f\n', '/a/y/g': 'g\n', '/b/h': 'h\n', '/c': 'c\n' })
+    const order = (levelByLevel: boolean): string[] =>
+      [
+        ...walkUpper(`${s.dir}/upper`, {
+          stubXattr: 'trusted.overlay.metacopy',
+          include: () => true,
+          skipped: () => undefined,
+          levelByLevel,
+        }),
+      ].map((entry) => entry.path)
+    t.same(order(true), ['.', 'a', 'b', 'c', 'a/x', 'a/y', 'a/x/f', 'a/y/g', 'b/h'], 'level by level')
+    t.same(order(false), ['.', 'a', 'a/x', 'a/x/f', 'a/y', 'a/y/g', 'b', 'b/h', 'c'], 'archive order otherwise')
+    // On ext4, directories made one after another get neighbouring inodes (one inode-table block for many).
+    const d = device(t)
+    writeTree(`${d.ram}/upper`, Object.fromEntries(Array.from({ length: 8 }, (_, i) => [`/top/d${i}/file`, 'x\n'])))
+    const flash = `${s.dir}/ext4.img`
+    fs.writeFileSync(flash, '')
+    fs.truncateSync(flash, 64 << 20)
+    execFileSync('mkfs.ext4', ['-q', '-F', flash])
+    execFileSync('mount', ['-o', 'loop', flash, d.flash])
+    t.teardown(() => spawnSync('umount', [d.flash]))
+    const first = sync(d)
+    t.equal(first.status, 0, first.stderr)
+    const inodes = Array.from({ length: 8 }, (_, i) => fs.statSync(`${d.flash}/upper/top/d${i}`).ino)
+    t.same(
+      inodes.slice(1).map((inode, i) => inode - (inodes[i] ?? 0)),
+      Array.from({ length: 7 }, () => 1),
+      'sibling directories have consecutive inodes on the flash',
+    )
   },
 )
 

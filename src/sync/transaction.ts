@@ -18,10 +18,10 @@ import type { BigIntStats } from 'node:fs'
 import { applyPending } from '../pending/apply.js'
 import { commitPending, dropStaging, readPending, syncStagingPath } from '../pending/marker.js'
 import { EntryWriter, modificationTime, readEntry, readEntryIfPresent, type StableFile } from '../sys/entries.js'
-import { inodeFlags, inodeFlagsHeld } from '../sys/libc.js'
+import { InodeFlag, inodeFlags, inodeFlagsHeld, inodeFlagsIfPresent } from '../sys/libc.js'
 import { listNames, makeDirectory, removeTree, sameContent } from '../sys/fs.js'
 import { OverlayXattrs } from '../overlay/xattrs.js'
-import { OvrootError } from '../errors.js'
+import { OvrootError, SysError } from '../errors.js'
 import type { UpperEntry } from '../sys/types.js'
 import { parentOf, under } from '../upper/entry.js'
 import { bytePathBuffer, bytesOf, showBytes, type BytePath } from '../names.js'
@@ -70,7 +70,8 @@ export async function syncOnce(source: SyncSource, layout: FlashLayout, runDir: 
     xattrs.name('metacopy'),
     scan,
     mapped,
-    inodeFlagsHeld(source.upper) & inodeFlagsHeld(mirror),
+    inodeFlagsHeld(source.upper),
+    inodeFlagsHeld(mirror),
   )
   let staged: Staged
   try {
@@ -148,6 +149,7 @@ function stageChanges(source: SyncSource, plan: FlatStaging): Staged {
   const walk = walkUpper(plan.upper, {
     stubXattr: plan.stubXattr,
     flags: plan.flagMask !== 0,
+    levelByLevel: true,
     include: (path) => !source.excluded(path),
     skipped: (path, why) =>
       process.stderr.write(`ovroot: sync skips /${showBytes(path)}: ${why} cannot be persisted\n`),
@@ -157,23 +159,38 @@ function stageChanges(source: SyncSource, plan: FlatStaging): Staged {
       process.stderr.write(`ovroot: sync: /${showBytes(path)}: it vanished while it was read; left for the next sync\n`)
     },
   })
+  // Staged without inode flags: an immutable entry could not be moved into place (pending/flat.ts sets them).
+  const copy = (full: BytePath, entry: UpperEntry, linkTargetFull?: BytePath): StableFile | undefined =>
+    writer.copy(full, { ...entry, path: full, flags: undefined }, under(plan.upper, entry.path), {
+      linkTargetFull,
+      prefixOfGrowing: true,
+    })
   for (const entry of walk) {
     let full: BytePath | undefined
+    /** A second name's first name, staged again for it to link to (FlatStaging.linkTarget). */
+    let restaged: { path: BytePath; full: BytePath } | undefined
     try {
       full = plan.place(entry)
       if (full === undefined) continue
-      const target = entry.linkTarget ?? ''
-      // Staged without inode flags: an immutable entry could not be moved into place (pending/flat.ts sets them).
-      const file = writer.copy(full, { ...entry, path: full, flags: undefined }, under(plan.upper, entry.path), {
-        linkTargetFull: entry.type === 'hardlink' ? plan.linkTarget(target) : undefined,
-        prefixOfGrowing: true,
-      })
+      let linkTargetFull: BytePath | undefined
+      if (entry.type === 'hardlink') {
+        const first = entry.linkTarget ?? ''
+        linkTargetFull = plan.linkTarget(first)
+        if (linkTargetFull === undefined) {
+          const firstEntry = readEntry(under(plan.upper, first), first, plan.stubXattr, plan.flagMask !== 0)
+          if (firstEntry === 'socket') throw new SysError('ENOENT', 'stat', showBytes(first))
+          restaged = { path: first, full: plan.restage(firstEntry) }
+          bytes += dataBytesOf(copy(restaged.full, firstEntry))
+          linkTargetFull = restaged.full
+        }
+      }
+      const file = copy(full, entry, linkTargetFull)
       // Its size and ctime differ from the copy's now: the next sync compares it again, and takes the rest.
       if (file?.prefix !== undefined)
         process.stderr.write(
           `ovroot: sync: /${showBytes(entry.path)}: it grew while it was read; synced as its first ${file.prefix} bytes, the rest at the next sync\n`,
         )
-      bytes += file ? dataBytes(file) : 0
+      bytes += dataBytesOf(file)
     } catch (error) {
       // One entry being written or removed while it is read must not stop every sync. Its staged name
       // goes (applying skips a move whose staged entry is missing) and the flash keeps what it had; the
@@ -185,7 +202,12 @@ function stageChanges(source: SyncSource, plan: FlatStaging): Staged {
           : undefined
       if (why === undefined) throw error
       writer.abandon()
-      if (full !== undefined) removeTree(bytePathBuffer(full))
+      // Nothing of it is applied: neither its staged name nor the inode flags recorded for it (the flash's entry keeps its own).
+      for (const [path, staged] of [[entry.path, full] as const, [restaged?.path, restaged?.full] as const]) {
+        if (path === undefined || staged === undefined) continue
+        plan.abandon(path)
+        removeTree(bytePathBuffer(staged))
+      }
       process.stderr.write(`ovroot: sync: /${showBytes(entry.path)}: ${why}; left for the next sync\n`)
     }
   }
@@ -202,8 +224,8 @@ function stageChanges(source: SyncSource, plan: FlatStaging): Staged {
 }
 
 /** The bytes a file's copy wrote: its data regions' only. */
-const dataBytes = (file: StableFile): number =>
-  file.regions ? file.regions.reduce((sum, [, length]) => sum + length, 0) : file.size
+const dataBytesOf = (file: StableFile | undefined): number =>
+  file === undefined ? 0 : file.regions ? file.regions.reduce((sum, [, length]) => sum + length, 0) : file.size
 
 /** Where each changed entry is staged, and what the commit must record to put it in place. */
 class FlatStaging {
@@ -232,12 +254,19 @@ class FlatStaging {
     private readonly scan: Scan,
     /** Inode numbers of files mapped shared and writable (sys/mappings.ts): their writes move no ctime, so they are always compared. */
     private readonly mapped: ReadonlySet<bigint>,
-    /**
-     * The inode flags both the upper's filesystem and the flash's hold: those are synced; the flash copy
-     * keeps its own of the others (all of them under a tmpfs before Linux 6.0; JFFS2 has none to keep).
-     */
-    readonly flagMask: number,
-  ) {}
+    /** The inode flags the upper's filesystem holds (inodeFlagsHeld). */
+    upperFlagsHeld: number,
+    /** The inode flags the flash's filesystem holds: with none (JFFS2), its entries' are not read at all. */
+    private readonly flashFlagsHeld: number,
+  ) {
+    this.flagMask = upperFlagsHeld & flashFlagsHeld
+  }
+
+  /**
+   * The inode flags both the upper's filesystem and the flash's hold: those are synced; the flash copy
+   * keeps its own of the others (all of them under a tmpfs before Linux 6.0; JFFS2 has none to keep).
+   */
+  readonly flagMask: number
 
   /** Entries staged with inode flags, or replacing a flagged one, and the flags they end with. */
   private readonly flagged: [BytePath, number][] = []
@@ -248,6 +277,7 @@ class FlatStaging {
    * directory lets none in or out), as the flash has them.
    */
   flags(removals: readonly BytePath[]): [BytePath, number][] {
+    if (this.flashFlagsHeld === 0) return this.flagged
     const parents = new Set([...this.receivingParents, ...removals.map(parentOf)])
     const kept: [BytePath, number][] = []
     for (const path of [...parents].sort()) {
@@ -284,16 +314,39 @@ class FlatStaging {
     const full =
       entry.path !== '.' && this.wholeDirectories.has(parent)
         ? this.insideNewDirectory(entry, parent)
-        : this.flat(entry, parent)
+        : this.flat(entry)
     if (full === undefined) return undefined
     this.stagedAs.set(entry.path, full)
     this.entries++
     return full
   }
 
-  /** A second name's staged first name, or its unchanged one on the flash. */
-  linkTarget(path: string): string {
-    return this.stagedAs.get(path) ?? under(this.mirror, path)
+  /**
+   * A second name's staged first name, or its unchanged one on the flash; undefined when that one is
+   * immutable or append-only there: link(2) refuses such an inode, so the caller stages the first name
+   * again (restage) and links to that. The apply clears the flash entry's flags, moves both names in and
+   * sets the flags last, as for any flagged entry it replaces.
+   */
+  linkTarget(path: string): string | undefined {
+    const staged = this.stagedAs.get(path)
+    if (staged !== undefined) return staged
+    const onFlash = under(this.mirror, path)
+    const flags = inodeFlagsIfPresent(bytePathBuffer(onFlash))
+    return (flags & (InodeFlag.immutable | InodeFlag.append)) === 0 ? onFlash : undefined
+  }
+
+  /** Stage `entry`, a first name the flash has unchanged, again (see linkTarget): its staging path. */
+  restage(entry: UpperEntry): string {
+    const flashFlags = inodeFlagsIfPresent(bytePathBuffer(under(this.mirror, entry.path)))
+    const full = this.stage(entry, ((entry.flags ?? 0) & this.flagMask) | (flashFlags & ~this.flagMask), flashFlags)
+    this.stagedAs.set(entry.path, full)
+    this.entries++
+    return full
+  }
+
+  /** An entry staged, then abandoned (it vanished or kept changing while read): no inode flags are set for it. */
+  abandon(path: string): void {
+    for (let i = this.flagged.length - 1; i >= 0; i--) if (this.flagged[i]?.[0] === path) this.flagged.splice(i, 1)
   }
 
   /** Directories that receive moved entries without changing themselves: their mtime is given back after the moves. */
@@ -349,13 +402,18 @@ class FlatStaging {
     return `${this.stagedAs.get(parent) ?? ''}/${entry.path.slice(parent === '.' ? 0 : parent.length + 1)}`
   }
 
-  private flat(entry: UpperEntry, parent: string): string | undefined {
+  private flat(entry: UpperEntry): string | undefined {
     // A second name of an inode compares as the inode itself.
     const raw =
       entry.type === 'hardlink'
         ? readEntry(under(this.upper, entry.path), entry.path, this.stubXattr, this.flagMask !== 0)
         : entry
-    const onFlash = readEntryIfPresent(under(this.mirror, entry.path), entry.path, this.stubXattr, true)
+    const onFlash = readEntryIfPresent(
+      under(this.mirror, entry.path),
+      entry.path,
+      this.stubXattr,
+      this.flashFlagsHeld !== 0,
+    )
     const flashEntry = onFlash === 'socket' ? undefined : onFlash
     if (entry.type === 'dir' && flashEntry?.type === 'dir')
       this.comparedDirectories.set(entry.path, Number(flashEntry.mtimeNs / 1000n) / 1e6)
@@ -365,12 +423,16 @@ class FlatStaging {
         ? undefined
         : { ...raw, flags: ((raw.flags ?? 0) & this.flagMask) | (flashFlags & ~this.flagMask) }
     if (wanted && flashEntry && sameEntry(wanted, flashEntry) && this.sameBytes(wanted, entry.path)) return undefined
-    // A second name's flags are its inode's, set through its first name (what it replaces, removal clears).
-    const flags = wanted?.flags ?? 0
-    if (entry.type !== 'hardlink' && (flags !== 0 || flashFlags !== 0)) this.flagged.push([entry.path, flags])
-    if (entry.path !== '.') this.receivingParents.add(parent)
     if (entry.type === 'dir')
       (flashEntry?.type === 'dir' ? this.changedDirectories : this.wholeDirectories).add(entry.path)
+    return this.stage(entry, wanted?.flags ?? 0, flashFlags)
+  }
+
+  /** The next staging name, for `entry`, which ends with inode flags `flags` where the flash's had `flashFlags`. */
+  private stage(entry: UpperEntry, flags: number, flashFlags: number): string {
+    // A second name's flags are its inode's, set through its first name (what it replaces, removal clears).
+    if (entry.type !== 'hardlink' && (flags !== 0 || flashFlags !== 0)) this.flagged.push([entry.path, flags])
+    if (entry.path !== '.') this.receivingParents.add(parentOf(entry.path))
     // Made for the first change only: a sync with nothing to do writes nothing.
     if (this.moves.length === 0) makeDirectory(bytePathBuffer(this.staging), 0o700)
     const full = `${this.staging}/${this.moves.length}`

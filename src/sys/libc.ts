@@ -436,6 +436,13 @@ export function inodeFlags(path: SysPath): number {
   return Number(statxView.getBigUint64(STATX_ATTRIBUTES, littleEndian)) & supported
 }
 
+/** inodeFlags, or 0 when nothing is at `path`. */
+export function inodeFlagsIfPresent(path: SysPath): number {
+  if (!statx(path, 0)) return 0
+  const supported = Number(statxView.getBigUint64(STATX_ATTRIBUTES_MASK, littleEndian) & BigInt(KEPT_FLAGS))
+  return Number(statxView.getBigUint64(STATX_ATTRIBUTES, littleEndian)) & supported
+}
+
 /** Which of the kept inode flags the filesystem of `path` holds (tmpfs from Linux 6.0 and ext4 all, UBIFS a and i, JFFS2 none). */
 export function inodeFlagsHeld(path: SysPath): number {
   if (!statx(path, 0)) throw new SysError('ENOENT', 'statx', shown(path))
