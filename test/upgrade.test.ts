@@ -258,6 +258,20 @@ const read = (path: string): string | undefined => {
   }
 }
 
+/** The entries below `root` (latin1 names) that still carry an identity xattr of the overlay, each with its names. */
+function boundEntries(root: string, path = ''): string[] {
+  const bound: string[] = []
+  for (const name of fs.readdirSync(latin1(`${root}${path}`), { encoding: 'latin1' })) {
+    const child = `${path}/${name}`
+    const names = listXattrs(latin1(`${root}${child}`)).filter((xattr) =>
+      ['origin', 'impure', 'nlink', 'uuid'].some((key) => xattr === `trusted.overlay.${key}`),
+    )
+    if (names.length) bound.push(`${child}: ${names.join(' ')}`)
+    if (fs.lstatSync(latin1(`${root}${child}`)).isDirectory()) bound.push(...boundEntries(root, child))
+  }
+  return bound
+}
+
 await t.test('upgrade: every row of the issue, reconciled on a real upper from squashfs A to B', async (t) => {
   const { onFirmware } = await import('../src/upgrade/boot.js')
   const { currentIdentity } = await import('../src/upgrade/identity.js')
@@ -281,6 +295,7 @@ await t.test('upgrade: every row of the issue, reconciled on a real upper from s
   userChanges(`${s.dir}/merged`)
   unmount(`${s.dir}/merged`)
   t.ok(listXattrs(upper).includes('trusted.overlay.origin'), 'index=on left the upper root bound to A')
+  t.ok(boundEntries(upper).length > 10, 'and its copy-ups')
 
   const summary = await onFirmware(await context(b))
   t.ok(summary, 'boot on B reconciled')
@@ -289,6 +304,7 @@ await t.test('upgrade: every row of the issue, reconciled on a real upper from s
   t.same(summary?.counts, { own: 6, kept: 1, converged: 1, stale: 7, gone: 1, conflict: 2, hidden: 3, unknown: 0 })
   t.equal((await context(b)).recorded?.identity, (await currentIdentity(b)).identity, 'B is recorded')
   t.notOk(listXattrs(upper).includes('trusted.overlay.origin'), 'the upper root is no longer bound to A')
+  t.same(boundEntries(upper), [], 'no entry that stayed is bound to A (origin, impure, nlink)')
 
   const merged = `${s.dir}/merged`
   fs.mkdirSync(work)

@@ -7,7 +7,7 @@
  */
 import { randomBytes } from 'node:crypto'
 import { bytePathBuffer, bytesOf, showBytes, type BytePath } from '../names.js'
-import { isIdentityXattr } from '../overlay/identity.js'
+import { identityNames, isIdentityXattr } from '../overlay/identity.js'
 import type { OverlayXattrs } from '../overlay/xattrs.js'
 import { commitPending, type PendingChange } from '../pending/marker.js'
 import { stateDir, upperPath, type FlashLayout } from '../state/flash.js'
@@ -25,6 +25,7 @@ import {
   type UpperSide,
   type Verdict,
 } from './classify.js'
+import { IDENTITY_LIST } from './apply.js'
 import { recordOf, sameRecord, type ManifestRecord } from './manifest.js'
 import { savedPath, writeBaseFiles, type BaseFiles, type ReportedEntry, type UpgradeReport } from './record.js'
 import type { RecordSource } from './sources.js'
@@ -102,10 +103,14 @@ export interface PlannedEntry {
   next: ManifestRecord | undefined
   /** U's record (undefined for a whiteout, or when its data's old side is unknown). */
   record: ManifestRecord | undefined
+  /** Its filesystem-identity xattrs, cleared by the apply if it stays (a second name of an inode has none of its own). */
+  identity?: string[]
 }
 
 export interface UpgradePlan {
   entries: PlannedEntry[]
+  /** The upper root's identity xattrs (its uuid, origin). */
+  rootIdentity: string[]
   counts: Record<UpgradeClass, number>
 }
 
@@ -126,11 +131,15 @@ export function planUpgrade(
   const own = (name: string): boolean => !xattrs.isOverlay(name)
   const records = new Map<BytePath, ManifestRecord | undefined>()
   const planned: PlannedEntry[] = []
+  let rootIdentity: string[] = []
   const lookup = (source: RecordSource, path: BytePath | undefined): OldSide =>
     path === undefined ? 'absent' : source.lookup(path)
   for (const shadow of shadowEntries(upper, xattrs, options.live)) {
     const { entry, lowerPath } = shadow
-    if (entry.path === '.') continue
+    if (entry.path === '.') {
+      rootIdentity = identityNames(xattrs, entry.xattrs)
+      continue
+    }
     const o = lookup(old, lowerPath)
     const nSide = lookup(next, lowerPath)
     const n = nSide === 'absent' || nSide === 'unknown' ? undefined : nSide
@@ -161,12 +170,22 @@ export function planUpgrade(
       renamed: shadow.renamed,
       stub: shadow.dataPath !== undefined,
     }
-    planned.push({ path: entry.path, lowerPath, verdict: classify(sides), entry, old: o, next: n, record: u })
+    const identity = identityNames(xattrs, entry.xattrs)
+    planned.push({
+      path: entry.path,
+      lowerPath,
+      verdict: classify(sides),
+      entry,
+      old: o,
+      next: n,
+      record: u,
+      ...(identity.length ? { identity } : {}),
+    })
   }
   keepDirectoriesWithContent(planned)
   const counts = Object.fromEntries(UPGRADE_CLASSES.map((name) => [name, 0])) as Record<UpgradeClass, number>
   for (const { verdict } of planned) if (counted(verdict)) counts[verdict.class]++
-  return { entries: planned, counts }
+  return { entries: planned, rootIdentity, counts }
 }
 
 /** A directory kept only as the container of what stays below it is no outcome of its own. */
@@ -322,8 +341,16 @@ export function stageUpgrade(plan: UpgradePlan, options: StageOptions): Extract<
   const removals: BytePath[] = []
   const touched = new Set<BytePath>()
   const dropped = new Set<BytePath>()
+  // What stays, with the old lower's identity on it: cleared by the apply from this list, not by another walk.
+  const identity = plan.rootIdentity.length ? [identityLine('.', plan.rootIdentity)] : []
+  // A first name that goes leaves its inode's identity to a second name that stays.
+  const goneIdentity = new Map<BytePath, string[]>()
   for (const item of plan.entries) {
     const { verdict } = item
+    const gone = verdict.action === 'drop' || hasAncestorIn(dropped, item.path)
+    const names = item.entry.type === 'hardlink' ? goneIdentity.get(item.entry.linkTarget ?? '') : item.identity
+    if (gone && item.identity) goneIdentity.set(item.path, item.identity)
+    else if (!gone && names) identity.push(identityLine(item.path, names))
     if (hasAncestorIn(dropped, item.path)) continue
     if (verdict.action === 'drop') {
       if (savesUserCopy(item)) saveUserCopy(writer, upper, staging, item.path)
@@ -337,6 +364,7 @@ export function stageUpgrade(plan: UpgradePlan, options: StageOptions): Extract<
     }
   }
   writer.finish()
+  writeFileAtomic(`${stagingText}/${IDENTITY_LIST}`, identity.join(''))
   makeDirectory(`${stagingText}/upgrade`)
   writeFileAtomic(`${stagingText}/upgrade/report.json`, `${JSON.stringify(options.report, null, 2)}\n`)
   writeBaseFiles(options.base, `${stagingText}/base.manifest`, `${stagingText}/base.absent`)
@@ -360,6 +388,8 @@ export function stageUpgrade(plan: UpgradePlan, options: StageOptions): Extract<
   commitPending(layout, change)
   return change
 }
+
+const identityLine = (path: BytePath, names: readonly string[]): string => `${[showBytes(path), ...names].join('\t')}\n`
 
 /** N's entry with the merged metadata; a directory only lends its metadata (its overlay xattrs but identity ones kept). */
 function writeRefreshed(
