@@ -297,12 +297,23 @@ await t.test('upgrade: every row of the issue, reconciled on a real upper from s
   t.ok(listXattrs(upper).includes('trusted.overlay.origin'), 'index=on left the upper root bound to A')
   t.ok(boundEntries(upper).length > 10, 'and its copy-ups')
 
+  // As an older ovroot recorded a firmware without release files: by the digest of no files.
+  const record = `${layout.root}/.ovroot/firmware`
+  const older = { ...(JSON.parse(fs.readFileSync(record, 'utf8')) as object), description: 'firmware e3b0c44298fc' }
+  fs.writeFileSync(record, JSON.stringify(older))
   const summary = await onFirmware(await context(b))
   t.ok(summary, 'boot on B reconciled')
   t.same(summary?.conflicts.sort(), ['/etc/config/network', '/etc/r\\xe9seau'], 'the conflicts, named')
   t.same(summary?.hidden.sort(), ['/etc/banner', '/etc/hotplug.d', '/www/app'], 'what a deletion hides, named')
   t.same(summary?.counts, { own: 6, kept: 1, converged: 1, stale: 7, gone: 1, conflict: 2, hidden: 3, unknown: 0 })
   t.equal((await context(b)).recorded?.identity, (await currentIdentity(b)).identity, 'B is recorded')
+  // Neither image has release files: each is named by its identity, not by the digest of no files.
+  const [fromId, toId] = [await currentIdentity(a), await currentIdentity(b)].map((id) => id.identity.slice(9, 21))
+  t.same(
+    [summary?.from, summary?.to],
+    [`firmware manifest ${fromId}`, `firmware manifest ${toId}`],
+    'A and B, told apart',
+  )
   t.notOk(listXattrs(upper).includes('trusted.overlay.origin'), 'the upper root is no longer bound to A')
   t.same(boundEntries(upper), [], 'no entry that stayed is bound to A (origin, impure, nlink)')
 

@@ -17,7 +17,7 @@ import { EntryWriter, readEntry } from '../sys/entries.js'
 import { makeDirectory, readHead, removeTree, statPath } from '../sys/fs.js'
 import { mountImage } from '../sys/mounts.js'
 import { parentOf, under } from '../upper/entry.js'
-import { recordFirmware } from './boot.js'
+import { describeRunning, recordFirmware } from './boot.js'
 import { UPGRADE_CLASSES } from './classify.js'
 import { currentIdentity, isSquashfs } from './identity.js'
 import { MANIFEST_PATH, openManifest } from './manifest.js'
@@ -50,8 +50,7 @@ export async function runUpgradeCheck(options: UpgradeCheckOptions): Promise<Exi
   try {
     const root = mounted.root.replace(/\/+$/, '')
     const next = await currentIdentity(root)
-    const { describeFirmware, firmwareIdentity } = await import('../backup/firmware.js')
-    const toDescription = describeFirmware(firmwareIdentity([root]))
+    const toDescription = describeRunning(root, next.identity)
     if (next.identity === recorded.identity) {
       process.stdout.write(
         options.json
