@@ -976,7 +976,7 @@ await t.test(
     t.ok(failed instanceof UpgradeFailed, 'the reconcile failed as one')
     const failure = failed instanceof UpgradeFailed ? failed.failure : undefined
     t.match(failure, {
-      from: /^firmware [0-9a-f]{12}$/,
+      from: /^firmware manifest [0-9a-f]{12}$/,
       committed: false,
       cause: /ENOSPC|no space/i,
       advice: /nothing on the flash changed.*runs again at the next boot/,
@@ -997,7 +997,7 @@ await t.test(
     const text = ovroot(['status', '--config', `${s.dir}/ovroot.conf`])
     t.match(
       text.stdout,
-      /^upgrade: {4}FAILED: firmware firmware [0-9a-f]{12} -> firmware [0-9a-f]{12}: .*(ENOSPC|space)/m,
+      /^upgrade: {4}FAILED: firmware manifest [0-9a-f]{12} -> firmware manifest [0-9a-f]{12}: .*(ENOSPC|space)/m,
     )
     t.match(text.stdout, /^what to do: nothing on the flash changed/m)
     const json = ovroot(['status', '--json', '--config', `${s.dir}/ovroot.conf`])
