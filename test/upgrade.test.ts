@@ -198,6 +198,7 @@ function buildFirmware(
   files: Record<string, string>,
   name: string,
   manifest: boolean | 'damaged' = true,
+  links: Record<string, string> = {},
 ): string {
   const tree = `${dir}/${name}-tree`
   for (const [path, content] of Object.entries(files)) {
@@ -205,6 +206,7 @@ function buildFirmware(
     fs.mkdirSync(latin1(`${tree}/${path.slice(0, path.lastIndexOf('/'))}`), { recursive: true })
     fs.writeFileSync(full, content)
   }
+  for (const [path, target] of Object.entries(links)) fs.symlinkSync(target, `${tree}/${path}`)
   fs.chmodSync(`${tree}/usr/bin/tool`, 0o755)
   fs.mkdirSync(`${tree}/usr/lib/ovroot`, { recursive: true })
   const made = manifest ? ovroot(['manifest', tree, '--output', `${tree}/${MANIFEST_PATH}`]) : undefined
@@ -798,8 +800,10 @@ await t.test(
     const { readUpgradeReport } = await import('../src/upgrade/record.js')
     const s = scratch()
     t.teardown(() => s.cleanup())
-    const a = buildFirmware(s.dir, FIRMWARE_A, 'a')
-    const b = buildFirmware(s.dir, firmwareB(), 'b')
+    // A symlink both sides changed, too: the zone the firmware links and the user's own.
+    const zone = (name: string): Record<string, string> => ({ 'etc/localtime': `/usr/share/zoneinfo/${name}` })
+    const a = buildFirmware(s.dir, FIRMWARE_A, 'a', true, zone('UTC'))
+    const b = buildFirmware(s.dir, firmwareB(), 'b', true, zone('Europe/Berlin'))
     const layout = { root: `${s.dir}/flash`, upperName: 'upper' }
     const upper = `${layout.root}/upper`
     const work = `${layout.root}/work`
@@ -810,17 +814,24 @@ await t.test(
     const merged = `${s.dir}/merged`
     mountOverlay(merged, [a], upper, work, OVROOT_OPTIONS)
     userChanges(merged)
+    fs.rmSync(`${merged}/etc/localtime`)
+    fs.symlinkSync('/usr/share/zoneinfo/Asia/Tokyo', `${merged}/etc/localtime`)
     unmount(merged)
 
     const summary = await onFirmware(await context(b))
-    const conflicts = ['/etc/config/network', '/etc/r\\xe9seau']
+    const conflicts = ['/etc/config/network', '/etc/localtime', '/etc/r\\xe9seau']
     t.same(summary?.conflicts, conflicts, 'the conflicts, named')
     t.same(summary?.firmwareWon, conflicts, 'each given to the firmware')
-    t.same(summary?.counts, { own: 6, kept: 1, converged: 1, stale: 7, gone: 1, conflict: 2, hidden: 3, unknown: 0 })
+    t.same(summary?.counts, { own: 6, kept: 1, converged: 1, stale: 7, gone: 1, conflict: 3, hidden: 3, unknown: 0 })
     t.notOk(fs.existsSync(`${upper}/etc/config/network`), 'the user’s copy left the upper')
     const saved = `${layout.root}/.ovroot/upgrade/user`
     t.equal(read(`${saved}/etc/config/network`), 'config interface lan\n\toption user 1\n', 'and is saved')
     t.equal(read(`${saved}/etc/r\xe9seau`), 'latin-1 network 1\nmine\n', 'a Latin-1 name too')
+    t.equal(fs.readlinkSync(`${saved}/etc/localtime`), '/usr/share/zoneinfo/Asia/Tokyo', 'a symlink: its target saved')
+    t.match(
+      readUpgradeReport(layout)?.entries.find((entry) => entry.path === '/etc/localtime'),
+      { class: 'conflict', savedUser: 'user/etc/localtime', firmwareWon: true },
+    )
     t.match(
       readUpgradeReport(layout)?.entries.find((entry) => entry.path === '/etc/config/network'),
       {
@@ -835,6 +846,7 @@ await t.test(
     t.equal(read(`${merged}/etc/config/network`), firmwareB()['etc/config/network'], 'the device shows B’s')
     t.equal(read(`${merged}/etc/r\xe9seau`), firmwareB()['etc/r\xe9seau'], 'for both conflicts')
     t.equal(read(`${merged}/etc/config/system`), 'config system\n\toption hostname mine\n', 'no conflict: kept')
+    t.equal(fs.readlinkSync(`${merged}/etc/localtime`), '/usr/share/zoneinfo/Europe/Berlin', 'and B’s link')
     unmount(merged)
 
     fs.writeFileSync(`${s.dir}/status.json`, JSON.stringify({ mode: 'flash', bootedAt: 'now', upgrade: summary }))
@@ -843,7 +855,7 @@ await t.test(
     t.equal(status.status, 0, status.stderr)
     t.match(
       status.stdout,
-      /^conflicts: {2}\/etc\/config\/network \/etc\/r\\xe9seau \(the firmware’s versions won, the user’s saved: ovroot diff --conflicts\)$/m,
+      /^conflicts: {2}\/etc\/config\/network \/etc\/localtime \/etc\/r\\xe9seau \(the firmware’s versions won, the user’s saved: ovroot diff --conflicts\)$/m,
     )
     const json = ovroot(['status', '--json', '--config', `${s.dir}/ovroot.conf`])
     t.same((JSON.parse(json.stdout) as { upgrade: { firmwareWon: string[] } }).upgrade.firmwareWon, conflicts)
@@ -859,6 +871,11 @@ await t.test(
       patch.stdout,
       /diff firmware user\n--- firmware\/etc\/config\/network\n\+\+\+ user\/etc\/config\/network\n@@ -1 \+1,2 @@\n-config interface lan 2\n\+config interface lan\n\+\toption user 1\n/,
       'the saved user’s copy against the firmware’s',
+    )
+    t.match(
+      patch.stdout,
+      /diff firmware user\n--- firmware\/etc\/localtime\n\+\+\+ user\/etc\/localtime\n@@ -1 \+1 @@\n-\/usr\/share\/zoneinfo\/Europe\/Berlin\n\+\/usr\/share\/zoneinfo\/Asia\/Tokyo\n/,
+      'a symlink’s targets, user’s saved against the firmware’s',
     )
   },
 )

@@ -294,11 +294,15 @@ export function reportOf(
   return { ...sides, counts: plan.counts, entries }
 }
 
-/** A conflict the firmware's side wins: the user's file is saved, unless its data is not in the upper (a stub). */
+/**
+ * A conflict the firmware's side wins: the user's entry is saved (a file's
+ * data, a symlink's target, a device's numbers), unless its data is not in
+ * the upper (a stub). A directory is never dropped for a conflict.
+ */
 const savesUserCopy = (item: PlannedEntry): boolean =>
   item.verdict.class === 'conflict' &&
   item.verdict.action === 'drop' &&
-  item.entry.type === 'file' &&
+  item.entry.type !== 'dir' &&
   item.entry.holeSize === undefined
 
 /** Whether upgrade-check saved the old firmware's bytes of a path, checked against O's digest. */
@@ -421,7 +425,7 @@ function writeRefreshed(
   writer.copy(staged, entry, source)
 }
 
-/** The user's file that a `firmware` conflict replaces, kept under upgrade/user/ (its directories made as needed). */
+/** The user's entry that a `firmware` conflict replaces, kept under upgrade/user/ (its directories made as needed); a second name of a file is saved as a file. */
 function saveUserCopy(writer: EntryWriter, upper: BytePath, staging: BytePath, path: BytePath): void {
   const to = `${staging}/upgrade/user/${path}`
   makeDirectory(bytePathBuffer(parentOf(to)))
