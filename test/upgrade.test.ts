@@ -5,11 +5,11 @@
  * applied before mounting it over squashfs B.
  */
 import t from 'tap'
-import { execFileSync } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
 import * as fs from 'node:fs'
 import { getXattr, listXattrs, setXattr } from '../src/sys/libc.js'
 import { MANIFEST_PATH, openManifest } from '../src/upgrade/manifest.js'
-import { mountOverlay, ovroot, scratch, unmount, upperSnapshot } from './helpers/overlay.js'
+import { cleanEnvironment, mountOverlay, OVROOT, ovroot, scratch, unmount, upperSnapshot } from './helpers/overlay.js'
 import { bootContext } from './helpers/upgrade.js'
 
 const latin1 = (text: string): Buffer => Buffer.from(text, 'latin1')
@@ -662,6 +662,61 @@ await t.test(
     t.equal(read(`${merged}/www/site/index.html`), 'app 2\n', 'the renamed directory follows B’s contents')
     t.same(fs.readdirSync(`${merged}/etc/hotplug.d`), ['mine'], 'the user’s replacement directory stands')
     unmount(merged)
+  },
+)
+
+await t.test(
+  'upgrade-check on the device’s flash waits for the staging lock: a sync or reset applying meanwhile would make its prediction wrong',
+  async (t) => {
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const a = buildFirmware(s.dir, FIRMWARE_A, 'a')
+    buildFirmware(s.dir, firmwareB(), 'b')
+    const flash = `${s.dir}/flash`
+    fs.mkdirSync(`${flash}/upper`, { recursive: true })
+    fs.mkdirSync(`${flash}/work`)
+    mountOverlay(`${s.dir}/merged`, [a], `${flash}/upper`, `${flash}/work`, OVROOT_OPTIONS)
+    userChanges(`${s.dir}/merged`)
+    unmount(`${s.dir}/merged`)
+    const run = `${s.dir}/run`
+    fs.writeFileSync(`${s.dir}/ovroot.conf`, `[overlay]\nlower = ${a}\ndir = ${flash}\n[boot]\nrun_dir = ${run}\n`)
+    // A live process holds the lock, as the sync daemon does while it stages and applies.
+    const holder = spawn('sleep', ['600'], { stdio: 'ignore' })
+    t.teardown(() => holder.kill())
+    fs.mkdirSync(`${run}/staging.lock`, { recursive: true })
+    fs.writeFileSync(`${run}/staging.lock/pid`, `${holder.pid}\novroot sync --watch\n`)
+
+    const check = spawn(
+      'env',
+      [
+        '-u',
+        'NODE_OPTIONS',
+        process.execPath,
+        OVROOT,
+        'upgrade-check',
+        `${s.dir}/b.sqfs`,
+        '--config',
+        `${s.dir}/ovroot.conf`,
+      ],
+      { env: cleanEnvironment() },
+    )
+    let stdout = ''
+    let stderr = ''
+    check.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()))
+    check.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()))
+    const status = new Promise<number | null>((resolve) => check.on('exit', resolve))
+    while (!stderr.includes('waiting for') && check.exitCode === null) await new Promise((r) => setTimeout(r, 50))
+    t.match(
+      stderr,
+      /waiting for pid \d+ \(ovroot sync --watch\) to finish staging a change/,
+      'it says whom it waits for',
+    )
+    t.equal(stdout, '', 'no prediction while the lock is held')
+    t.notOk(fs.existsSync(`${flash}/.ovroot/firmware`), 'nothing recorded on the flash either')
+    holder.kill()
+    t.equal(await status, 8, `with the lock free, the prediction (${stderr})`)
+    t.match(stdout, /^counts: .*2 conflict/m)
+    t.notOk(fs.existsSync(`${run}/staging.lock`), 'and the lock is given back')
   },
 )
 
