@@ -97,14 +97,33 @@ export interface PlannedEntry {
   path: BytePath
   lowerPath: BytePath | undefined
   verdict: Verdict
-  /** The upper entry (a hardlink's: its own name's entry). */
-  entry: UpperEntry
+  /**
+   * The upper entry (a hardlink's: its own name's entry): whole for one the
+   * stage may refresh (a directory, a refresh verdict), else only its kind,
+   * so that the plan of a large upper holds little per entry.
+   */
+  entry: UpperEntry | KindOf
   old: OldSide
   next: ManifestRecord | undefined
   /** U's record (undefined for a whiteout, or when its data's old side is unknown). */
   record: ManifestRecord | undefined
   /** Its filesystem-identity xattrs, cleared by the apply if it stays (a second name of an inode has none of its own). */
   identity?: string[]
+}
+
+/** What the stage and the report need of an entry they do not rewrite. */
+export type KindOf = Pick<UpperEntry, 'path' | 'type' | 'holeSize' | 'linkTarget'>
+
+/** An entry as the plan holds it: whole when the stage may write it again from its metadata. */
+function held(entry: UpperEntry, verdict: Verdict): UpperEntry | KindOf {
+  if (entry.type === 'dir' || verdict.action === 'refresh') return entry
+  const { path, type, holeSize, linkTarget } = entry
+  return {
+    path,
+    type,
+    ...(holeSize !== undefined ? { holeSize } : {}),
+    ...(linkTarget !== undefined ? { linkTarget } : {}),
+  }
 }
 
 export interface UpgradePlan {
@@ -171,11 +190,12 @@ export function planUpgrade(
       stub: shadow.dataPath !== undefined,
     }
     const identity = identityNames(xattrs, entry.xattrs)
+    const verdict = classify(sides)
     planned.push({
       path: entry.path,
       lowerPath,
-      verdict: classify(sides),
-      entry,
+      verdict,
+      entry: held(entry, verdict),
       old: o,
       next: n,
       record: u,
@@ -408,6 +428,7 @@ function writeRefreshed(
   const firmware = readEntry(source, item.path, '')
   if (firmware === 'socket') return
   const user = item.entry
+  if (!('xattrs' in user)) throw new Error(`writeRefreshed: the plan did not keep ${item.path} whole`)
   const userOwn = user.xattrs.filter(([name]) => !xattrs.isOverlay(name))
   const overlayKept = user.xattrs.filter(([name]) => xattrs.isOverlay(name) && !isIdentityXattr(xattrs, name))
   const entry: UpperEntry = {
