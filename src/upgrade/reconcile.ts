@@ -213,7 +213,7 @@ const counted = (verdict: Verdict): boolean => !('reason' in verdict && verdict.
 const CONTAINER = 'container'
 const REPLACED = 'the new firmware has no directory here: the user’s entries below it are kept over its entry'
 
-/** U's record: a stub's data is O's at its data path; a file's content is hashed only when its size could match O's or N's. */
+/** U's record: a stub's data is O's at its data path; a file's content is read only when it can decide its class. */
 function upperRecord(
   upper: BytePath,
   shadow: ShadowEntry,
@@ -225,7 +225,14 @@ function upperRecord(
 ): ManifestRecord | undefined {
   const { entry } = shadow
   if (shadow.kind === 'whiteout') return undefined
-  if (entry.type === 'hardlink') return records.get(entry.linkTarget ?? '')
+  if (entry.type === 'hardlink') {
+    // The inode's record, made for its first name: read now if this name's sides need the content.
+    const first = records.get(entry.linkTarget ?? '')
+    if (first?.data !== UNREAD || !contentDecides(first, o, n)) return first
+    const read = { ...first, data: readStableFile(under(upper, entry.path)).sha256 }
+    records.set(entry.linkTarget ?? '', read)
+    return read
+  }
   let record: ManifestRecord | undefined
   if (shadow.dataPath !== undefined) {
     const data = old.lookup(shadow.dataPath)
@@ -234,13 +241,30 @@ function upperRecord(
         ? { ...recordOf(entry, undefined, own), size: data.size, data: data.data }
         : undefined
   } else {
-    const sizes = [o !== 'absent' && o !== 'unknown' ? o.size : -1, n?.size ?? -1]
-    const hash =
-      entry.type === 'file' && sizes.includes(entry.size) ? readStableFile(under(upper, entry.path)).sha256 : '~'
-    record = recordOf(entry, entry.type === 'file' ? hash : undefined, own)
+    record = recordOf(entry, entry.type === 'file' ? UNREAD : undefined, own)
+    if (record.type === 'f' && contentDecides(record, o, n))
+      record.data = readStableFile(under(upper, entry.path)).sha256
   }
   records.set(entry.path, record)
   return record
+}
+
+/** The digest of a file whose content was not read: it equals no record's. */
+const UNREAD = '~'
+
+/**
+ * Whether a file's content can change its class (classify.ts): not when its
+ * size is neither O's nor N's (it equals neither), nor when the firmware did
+ * not change it (N=O) and its mode, owner or xattrs differ from N's: it is
+ * `kept` whatever it holds. Only then is it read and hashed.
+ */
+function contentDecides(u: ManifestRecord, o: OldSide, n: ManifestRecord | undefined): boolean {
+  if (o === 'unknown') return false
+  const known = o === 'absent' ? undefined : o
+  if (u.size !== known?.size && u.size !== n?.size) return false
+  const metadataDiffers = (record: ManifestRecord): boolean =>
+    u.mode !== record.mode || u.uid !== record.uid || u.gid !== record.gid || u.xattrs !== record.xattrs
+  return !(known && n && sameRecord(known, n) && metadataDiffers(n))
 }
 
 function belowDiffers(old: RecordSource, next: RecordSource, path: BytePath): boolean {
