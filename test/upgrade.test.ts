@@ -5,11 +5,11 @@
  * applied before mounting it over squashfs B.
  */
 import t from 'tap'
-import { execFileSync } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
 import * as fs from 'node:fs'
 import { getXattr, listXattrs, setXattr } from '../src/sys/libc.js'
 import { MANIFEST_PATH, openManifest } from '../src/upgrade/manifest.js'
-import { mountOverlay, ovroot, scratch, unmount, upperSnapshot } from './helpers/overlay.js'
+import { cleanEnvironment, mountOverlay, OVROOT, ovroot, scratch, unmount, upperSnapshot } from './helpers/overlay.js'
 import { bootContext } from './helpers/upgrade.js'
 
 const latin1 = (text: string): Buffer => Buffer.from(text, 'latin1')
@@ -198,6 +198,7 @@ function buildFirmware(
   files: Record<string, string>,
   name: string,
   manifest: boolean | 'damaged' = true,
+  links: Record<string, string> = {},
 ): string {
   const tree = `${dir}/${name}-tree`
   for (const [path, content] of Object.entries(files)) {
@@ -205,6 +206,7 @@ function buildFirmware(
     fs.mkdirSync(latin1(`${tree}/${path.slice(0, path.lastIndexOf('/'))}`), { recursive: true })
     fs.writeFileSync(full, content)
   }
+  for (const [path, target] of Object.entries(links)) fs.symlinkSync(target, `${tree}/${path}`)
   fs.chmodSync(`${tree}/usr/bin/tool`, 0o755)
   fs.mkdirSync(`${tree}/usr/lib/ovroot`, { recursive: true })
   const made = manifest ? ovroot(['manifest', tree, '--output', `${tree}/${MANIFEST_PATH}`]) : undefined
@@ -258,6 +260,20 @@ const read = (path: string): string | undefined => {
   }
 }
 
+/** The entries below `root` (latin1 names) that still carry an identity xattr of the overlay, each with its names. */
+function boundEntries(root: string, path = ''): string[] {
+  const bound: string[] = []
+  for (const name of fs.readdirSync(latin1(`${root}${path}`), { encoding: 'latin1' })) {
+    const child = `${path}/${name}`
+    const names = listXattrs(latin1(`${root}${child}`)).filter((xattr) =>
+      ['origin', 'impure', 'nlink', 'uuid'].some((key) => xattr === `trusted.overlay.${key}`),
+    )
+    if (names.length) bound.push(`${child}: ${names.join(' ')}`)
+    if (fs.lstatSync(latin1(`${root}${child}`)).isDirectory()) bound.push(...boundEntries(root, child))
+  }
+  return bound
+}
+
 await t.test('upgrade: every row of the issue, reconciled on a real upper from squashfs A to B', async (t) => {
   const { onFirmware } = await import('../src/upgrade/boot.js')
   const { currentIdentity } = await import('../src/upgrade/identity.js')
@@ -281,14 +297,27 @@ await t.test('upgrade: every row of the issue, reconciled on a real upper from s
   userChanges(`${s.dir}/merged`)
   unmount(`${s.dir}/merged`)
   t.ok(listXattrs(upper).includes('trusted.overlay.origin'), 'index=on left the upper root bound to A')
+  t.ok(boundEntries(upper).length > 10, 'and its copy-ups')
 
+  // As an older ovroot recorded a firmware without release files: by the digest of no files.
+  const record = `${layout.root}/.ovroot/firmware`
+  const older = { ...(JSON.parse(fs.readFileSync(record, 'utf8')) as object), description: 'firmware e3b0c44298fc' }
+  fs.writeFileSync(record, JSON.stringify(older))
   const summary = await onFirmware(await context(b))
   t.ok(summary, 'boot on B reconciled')
   t.same(summary?.conflicts.sort(), ['/etc/config/network', '/etc/r\\xe9seau'], 'the conflicts, named')
   t.same(summary?.hidden.sort(), ['/etc/banner', '/etc/hotplug.d', '/www/app'], 'what a deletion hides, named')
   t.same(summary?.counts, { own: 6, kept: 1, converged: 1, stale: 7, gone: 1, conflict: 2, hidden: 3, unknown: 0 })
   t.equal((await context(b)).recorded?.identity, (await currentIdentity(b)).identity, 'B is recorded')
+  // Neither image has release files: each is named by its identity, not by the digest of no files.
+  const [fromId, toId] = [await currentIdentity(a), await currentIdentity(b)].map((id) => id.identity.slice(9, 21))
+  t.same(
+    [summary?.from, summary?.to],
+    [`firmware manifest ${fromId}`, `firmware manifest ${toId}`],
+    'A and B, told apart',
+  )
   t.notOk(listXattrs(upper).includes('trusted.overlay.origin'), 'the upper root is no longer bound to A')
+  t.same(boundEntries(upper), [], 'no entry that stayed is bound to A (origin, impure, nlink)')
 
   const merged = `${s.dir}/merged`
   fs.mkdirSync(work)
@@ -636,6 +665,61 @@ await t.test(
   },
 )
 
+await t.test(
+  'upgrade-check on the device’s flash waits for the staging lock: a sync or reset applying meanwhile would make its prediction wrong',
+  async (t) => {
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const a = buildFirmware(s.dir, FIRMWARE_A, 'a')
+    buildFirmware(s.dir, firmwareB(), 'b')
+    const flash = `${s.dir}/flash`
+    fs.mkdirSync(`${flash}/upper`, { recursive: true })
+    fs.mkdirSync(`${flash}/work`)
+    mountOverlay(`${s.dir}/merged`, [a], `${flash}/upper`, `${flash}/work`, OVROOT_OPTIONS)
+    userChanges(`${s.dir}/merged`)
+    unmount(`${s.dir}/merged`)
+    const run = `${s.dir}/run`
+    fs.writeFileSync(`${s.dir}/ovroot.conf`, `[overlay]\nlower = ${a}\ndir = ${flash}\n[boot]\nrun_dir = ${run}\n`)
+    // A live process holds the lock, as the sync daemon does while it stages and applies.
+    const holder = spawn('sleep', ['600'], { stdio: 'ignore' })
+    t.teardown(() => holder.kill())
+    fs.mkdirSync(`${run}/staging.lock`, { recursive: true })
+    fs.writeFileSync(`${run}/staging.lock/pid`, `${holder.pid}\novroot sync --watch\n`)
+
+    const check = spawn(
+      'env',
+      [
+        '-u',
+        'NODE_OPTIONS',
+        process.execPath,
+        OVROOT,
+        'upgrade-check',
+        `${s.dir}/b.sqfs`,
+        '--config',
+        `${s.dir}/ovroot.conf`,
+      ],
+      { env: cleanEnvironment() },
+    )
+    let stdout = ''
+    let stderr = ''
+    check.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()))
+    check.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()))
+    const status = new Promise<number | null>((resolve) => check.on('exit', resolve))
+    while (!stderr.includes('waiting for') && check.exitCode === null) await new Promise((r) => setTimeout(r, 50))
+    t.match(
+      stderr,
+      /waiting for pid \d+ \(ovroot sync --watch\) to finish staging a change/,
+      'it says whom it waits for',
+    )
+    t.equal(stdout, '', 'no prediction while the lock is held')
+    t.notOk(fs.existsSync(`${flash}/.ovroot/firmware`), 'nothing recorded on the flash either')
+    holder.kill()
+    t.equal(await status, 8, `with the lock free, the prediction (${stderr})`)
+    t.match(stdout, /^counts: .*2 conflict/m)
+    t.notOk(fs.existsSync(`${run}/staging.lock`), 'and the lock is given back')
+  },
+)
+
 await t.test('ovroot status shows the upgrade of this boot, in text and JSON', async (t) => {
   const s = scratch()
   t.teardown(() => s.cleanup())
@@ -771,8 +855,10 @@ await t.test(
     const { readUpgradeReport } = await import('../src/upgrade/record.js')
     const s = scratch()
     t.teardown(() => s.cleanup())
-    const a = buildFirmware(s.dir, FIRMWARE_A, 'a')
-    const b = buildFirmware(s.dir, firmwareB(), 'b')
+    // A symlink both sides changed, too: the zone the firmware links and the user's own.
+    const zone = (name: string): Record<string, string> => ({ 'etc/localtime': `/usr/share/zoneinfo/${name}` })
+    const a = buildFirmware(s.dir, FIRMWARE_A, 'a', true, zone('UTC'))
+    const b = buildFirmware(s.dir, firmwareB(), 'b', true, zone('Europe/Berlin'))
     const layout = { root: `${s.dir}/flash`, upperName: 'upper' }
     const upper = `${layout.root}/upper`
     const work = `${layout.root}/work`
@@ -783,17 +869,24 @@ await t.test(
     const merged = `${s.dir}/merged`
     mountOverlay(merged, [a], upper, work, OVROOT_OPTIONS)
     userChanges(merged)
+    fs.rmSync(`${merged}/etc/localtime`)
+    fs.symlinkSync('/usr/share/zoneinfo/Asia/Tokyo', `${merged}/etc/localtime`)
     unmount(merged)
 
     const summary = await onFirmware(await context(b))
-    const conflicts = ['/etc/config/network', '/etc/r\\xe9seau']
+    const conflicts = ['/etc/config/network', '/etc/localtime', '/etc/r\\xe9seau']
     t.same(summary?.conflicts, conflicts, 'the conflicts, named')
     t.same(summary?.firmwareWon, conflicts, 'each given to the firmware')
-    t.same(summary?.counts, { own: 6, kept: 1, converged: 1, stale: 7, gone: 1, conflict: 2, hidden: 3, unknown: 0 })
+    t.same(summary?.counts, { own: 6, kept: 1, converged: 1, stale: 7, gone: 1, conflict: 3, hidden: 3, unknown: 0 })
     t.notOk(fs.existsSync(`${upper}/etc/config/network`), 'the user’s copy left the upper')
     const saved = `${layout.root}/.ovroot/upgrade/user`
     t.equal(read(`${saved}/etc/config/network`), 'config interface lan\n\toption user 1\n', 'and is saved')
     t.equal(read(`${saved}/etc/r\xe9seau`), 'latin-1 network 1\nmine\n', 'a Latin-1 name too')
+    t.equal(fs.readlinkSync(`${saved}/etc/localtime`), '/usr/share/zoneinfo/Asia/Tokyo', 'a symlink: its target saved')
+    t.match(
+      readUpgradeReport(layout)?.entries.find((entry) => entry.path === '/etc/localtime'),
+      { class: 'conflict', savedUser: 'user/etc/localtime', firmwareWon: true },
+    )
     t.match(
       readUpgradeReport(layout)?.entries.find((entry) => entry.path === '/etc/config/network'),
       {
@@ -808,6 +901,7 @@ await t.test(
     t.equal(read(`${merged}/etc/config/network`), firmwareB()['etc/config/network'], 'the device shows B’s')
     t.equal(read(`${merged}/etc/r\xe9seau`), firmwareB()['etc/r\xe9seau'], 'for both conflicts')
     t.equal(read(`${merged}/etc/config/system`), 'config system\n\toption hostname mine\n', 'no conflict: kept')
+    t.equal(fs.readlinkSync(`${merged}/etc/localtime`), '/usr/share/zoneinfo/Europe/Berlin', 'and B’s link')
     unmount(merged)
 
     fs.writeFileSync(`${s.dir}/status.json`, JSON.stringify({ mode: 'flash', bootedAt: 'now', upgrade: summary }))
@@ -816,7 +910,7 @@ await t.test(
     t.equal(status.status, 0, status.stderr)
     t.match(
       status.stdout,
-      /^conflicts: {2}\/etc\/config\/network \/etc\/r\\xe9seau \(the firmware’s versions won, the user’s saved: ovroot diff --conflicts\)$/m,
+      /^conflicts: {2}\/etc\/config\/network \/etc\/localtime \/etc\/r\\xe9seau \(the firmware’s versions won, the user’s saved: ovroot diff --conflicts\)$/m,
     )
     const json = ovroot(['status', '--json', '--config', `${s.dir}/ovroot.conf`])
     t.same((JSON.parse(json.stdout) as { upgrade: { firmwareWon: string[] } }).upgrade.firmwareWon, conflicts)
@@ -832,6 +926,11 @@ await t.test(
       patch.stdout,
       /diff firmware user\n--- firmware\/etc\/config\/network\n\+\+\+ user\/etc\/config\/network\n@@ -1 \+1,2 @@\n-config interface lan 2\n\+config interface lan\n\+\toption user 1\n/,
       'the saved user’s copy against the firmware’s',
+    )
+    t.match(
+      patch.stdout,
+      /diff firmware user\n--- firmware\/etc\/localtime\n\+\+\+ user\/etc\/localtime\n@@ -1 \+1 @@\n-\/usr\/share\/zoneinfo\/Europe\/Berlin\n\+\/usr\/share\/zoneinfo\/Asia\/Tokyo\n/,
+      'a symlink’s targets, user’s saved against the firmware’s',
     )
   },
 )
@@ -949,7 +1048,7 @@ await t.test(
     t.ok(failed instanceof UpgradeFailed, 'the reconcile failed as one')
     const failure = failed instanceof UpgradeFailed ? failed.failure : undefined
     t.match(failure, {
-      from: /^firmware [0-9a-f]{12}$/,
+      from: /^firmware manifest [0-9a-f]{12}$/,
       committed: false,
       cause: /ENOSPC|no space/i,
       advice: /nothing on the flash changed.*runs again at the next boot/,
@@ -970,7 +1069,7 @@ await t.test(
     const text = ovroot(['status', '--config', `${s.dir}/ovroot.conf`])
     t.match(
       text.stdout,
-      /^upgrade: {4}FAILED: firmware firmware [0-9a-f]{12} -> firmware [0-9a-f]{12}: .*(ENOSPC|space)/m,
+      /^upgrade: {4}FAILED: firmware manifest [0-9a-f]{12} -> firmware manifest [0-9a-f]{12}: .*(ENOSPC|space)/m,
     )
     t.match(text.stdout, /^what to do: nothing on the flash changed/m)
     const json = ovroot(['status', '--json', '--config', `${s.dir}/ovroot.conf`])

@@ -131,7 +131,7 @@ function upgradeRows(upgrade: BootState['upgrade']): [string, string | undefined
         ? 'the firmware’s versions won, the user’s saved: '
         : `the firmware’s won for ${won.join(' ')}, the user’s saved: `
   return [
-    ['upgrade', `firmware ${upgrade.from} -> ${upgrade.to} at this boot: ${counts || 'nothing to reconcile'}`],
+    ['upgrade', `${firmwareText(upgrade.from)} -> ${upgrade.to} at this boot: ${counts || 'nothing to reconcile'}`],
     ['conflicts', named(upgrade.conflicts) && `${named(upgrade.conflicts)} (${winner}ovroot diff --conflicts)`],
     ['hidden', named(upgrade.hidden)],
     ['unknown', named(upgrade.unknown)],
@@ -139,11 +139,15 @@ function upgradeRows(upgrade: BootState['upgrade']): [string, string | undefined
   ]
 }
 
+/** `firmware OpenWrt 24.10.0`; a firmware without release files is named `firmware manifest 89dd3d9b3d23` already. */
+const firmwareText = (description: string): string =>
+  description.startsWith('firmware ') ? description : `firmware ${description}`
+
 /** A reconcile that failed at this boot: what failed and what to do. */
 function upgradeFailedRows(failed: BootState['upgradeFailed']): [string, string | undefined][] {
   if (!failed) return []
   return [
-    ['upgrade', `FAILED: firmware ${failed.from} -> ${failed.to}: ${failed.cause}`],
+    ['upgrade', `FAILED: ${firmwareText(failed.from)} -> ${failed.to}: ${failed.cause}`],
     ['what to do', failed.advice],
   ]
 }

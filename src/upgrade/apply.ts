@@ -2,20 +2,24 @@
  * Applying a committed upgrade (pending/apply.ts, kind `upgrade`), in an
  * order a rerun after a power cut finishes: the report and the new base
  * files leave the staging first, then the sync's flat apply (removals,
- * moves, parents; it removes the staging last), then identity metadata is
- * cleared from the whole upper, and the new firmware record is written
- * last. Until that record is written a boot sees the old record and the
+ * moves, parents; it removes the staging last), identity metadata cleared
+ * before it from every entry that stays (the staging lists them), and the
+ * new firmware record is written last. Until that record is written a boot sees the old record and the
  * marker, and reruns this; after it, the upper is reconciled. Each step
  * leaves nothing for itself to redo, so none is done twice.
  */
-import { bytesOf } from '../names.js'
-import { clearFilesystemIdentity } from '../overlay/identity.js'
+import { bytesOf, parseShownName, type BytePath } from '../names.js'
+import { clearFilesystemIdentity, clearIdentityOf } from '../overlay/identity.js'
 import type { OverlayXattrs } from '../overlay/xattrs.js'
 import { applyFlat } from '../pending/flat.js'
 import { syncStagingPath, type PendingChange } from '../pending/marker.js'
 import { baseAbsentPath, baseManifestPath, upgradeDir, upperPath, type FlashLayout } from '../state/flash.js'
-import { makeDirectory, pathExists, removeFile, removeTree, renamePath } from '../sys/fs.js'
+import { makeDirectory, pathExists, readTextFileIfExists, removeFile, removeTree, renamePath } from '../sys/fs.js'
+import { under } from '../upper/entry.js'
 import { readUpgradeReport, reportPath, writeFirmwareRecord, type UpgradeReport } from './record.js'
+
+/** The staging's list of entries whose identity xattrs the apply clears (reconcile.ts writes it): one a line, the shown path and the names, tab-separated. */
+export const IDENTITY_LIST = 'identity'
 
 export function applyUpgrade(
   layout: FlashLayout,
@@ -31,10 +35,26 @@ export function applyUpgrade(
     if (change.firmware.base === 'shipped') removeFile(baseAbsentPath(layout))
     renamePath(`${staging}/base.manifest`, baseManifestPath(layout))
   }
-  if (pathExists(staging)) applyFlat(staging, upperPath(layout), change)
-  clearFilesystemIdentity(bytesOf(upperPath(layout)), xattrs)
+  if (pathExists(staging)) {
+    const listed = clearListedIdentity(staging, bytesOf(upperPath(layout)))
+    applyFlat(staging, upperPath(layout), change)
+    // A staging an older ovroot made lists none: the whole upper is walked instead.
+    if (!listed) clearFilesystemIdentity(bytesOf(upperPath(layout)), xattrs)
+  }
   writeFirmwareRecord(layout, change.firmware)
   return readUpgradeReport(layout)
+}
+
+/** The staging's identity list applied (a line done twice is done once); false when it has none. */
+function clearListedIdentity(staging: string, upper: BytePath): boolean {
+  const list = readTextFileIfExists(`${staging}/${IDENTITY_LIST}`)
+  if (list === undefined) return false
+  for (const line of list.split('\n')) {
+    const [shown, ...names] = line.split('\t')
+    const path = shown && parseShownName(shown)
+    if (path) clearIdentityOf(under(upper, path), names)
+  }
+  return true
 }
 
 function moveIfStaged(from: string, to: string, prepare: () => void): void {

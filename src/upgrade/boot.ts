@@ -20,6 +20,7 @@ import { planUpgrade, shadowEntries, stageUpgrade, reportOf } from './reconcile.
 import {
   baseFiles,
   baseSource,
+  describeIdentity,
   openBase,
   type BaseFiles,
   readAbsent,
@@ -137,10 +138,21 @@ function currentSource(
   return { source: treeSource(rootOf(context.lower)), shipped: undefined }
 }
 
+/**
+ * A firmware for people: its release files' name (`OpenWrt 23.05.3 r23809`),
+ * else its identity's kind and first digits (`firmware manifest 89dd3d9b3d23`):
+ * without release files their digest is that of nothing, the same for every firmware.
+ */
+export function describeRunning(lower: string, identity: string): string {
+  const firmware = firmwareIdentity([lower])
+  const name = describeFirmware(firmware)
+  return name === describeFirmware({ release: {}, digest: firmware.digest }) ? describeIdentity(identity) : name
+}
+
 function firmwareRecord(context: Pick<FirmwareContext, 'current' | 'lower'>, shipped: boolean): FirmwareRecord {
   return {
     identity: context.current.identity,
-    description: describeFirmware(firmwareIdentity([context.lower])),
+    description: describeRunning(context.lower, context.current.identity),
     base: shipped ? 'shipped' : 'recorded',
     since: new Date().toISOString(),
   }
@@ -224,7 +236,7 @@ function takeRecords(
  */
 async function reconcile(context: FirmwareContext, recorded: FirmwareRecord): Promise<UpgradeReport | undefined> {
   const { layout, xattrs } = context
-  const to = describeFirmware(firmwareIdentity([context.lower]))
+  const to = describeRunning(context.lower, context.current.identity)
   let report: UpgradeReport
   try {
     report = commitUpgrade(context, recorded)

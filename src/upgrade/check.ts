@@ -9,6 +9,8 @@
  */
 import * as nodePath from 'node:path'
 import { loadConfig } from '../config/load.js'
+import type { Config } from '../config/schema.js'
+import { withStagingLock } from '../pending/lock.js'
 import { ExitCode, OvrootError, type ExitStatus } from '../errors.js'
 import { bytePathBuffer, bytesOf, showBytes, type BytePath } from '../names.js'
 import { namespaceForMount, OverlayXattrs } from '../overlay/xattrs.js'
@@ -17,7 +19,7 @@ import { EntryWriter, readEntry } from '../sys/entries.js'
 import { makeDirectory, readHead, removeTree, statPath } from '../sys/fs.js'
 import { mountImage } from '../sys/mounts.js'
 import { parentOf, under } from '../upper/entry.js'
-import { recordFirmware } from './boot.js'
+import { describeRunning, recordFirmware } from './boot.js'
 import { UPGRADE_CLASSES } from './classify.js'
 import { currentIdentity, isSquashfs } from './identity.js'
 import { MANIFEST_PATH, openManifest } from './manifest.js'
@@ -45,13 +47,25 @@ export async function runUpgradeCheck(options: UpgradeCheckOptions): Promise<Exi
   const xattrs = new OverlayXattrs(namespaceForMount(config.overlay.options))
   // Before anything is recorded on the flash: an image that cannot be read is refused first.
   const isDirectory = checkImage(options.image)
+  const check = (): Promise<ExitStatus> => predict(options, config, layout, lower, xattrs, isDirectory)
+  // The device's own flash: under the staging lock, so no sync or reset applies a change while the upper is read.
+  return options.upper ? check() : withStagingLock(config.boot.run_dir, check)
+}
+
+async function predict(
+  options: UpgradeCheckOptions,
+  config: Config,
+  layout: FlashLayout,
+  lower: string,
+  xattrs: OverlayXattrs,
+  isDirectory: boolean,
+): Promise<ExitStatus> {
   const recorded = await recordRunning(layout, lower, xattrs)
   const mounted = isDirectory ? { root: options.image, release: () => undefined } : await mountImage(options.image)
   try {
     const root = mounted.root.replace(/\/+$/, '')
     const next = await currentIdentity(root)
-    const { describeFirmware, firmwareIdentity } = await import('../backup/firmware.js')
-    const toDescription = describeFirmware(firmwareIdentity([root]))
+    const toDescription = describeRunning(root, next.identity)
     if (next.identity === recorded.identity) {
       process.stdout.write(
         options.json

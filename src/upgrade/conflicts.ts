@@ -10,7 +10,7 @@ import { unifiedDiff, TEXT_LIMIT } from '../diff/patch.js'
 import { ExitCode, type ExitStatus } from '../errors.js'
 import { bytePathBuffer, bytesOf, type BytePath } from '../names.js'
 import { flashLayout, upgradeDir, upperPath, type FlashLayout } from '../state/flash.js'
-import { readAt, statPath } from '../sys/fs.js'
+import { hostTreeReader, readAt, statPath } from '../sys/fs.js'
 import { readUpgradeReport, savedPath, type ReportedEntry } from './record.js'
 
 export interface ConflictsOptions {
@@ -47,8 +47,11 @@ interface Sides {
   firmware: BytePath | undefined
 }
 
-const fileAt = (path: BytePath): BytePath | undefined =>
-  statPath(bytePathBuffer(path))?.type === 'file' ? path : undefined
+/** A side there is something to show of: a file (its data) or a symlink (its target). */
+const fileAt = (path: BytePath): BytePath | undefined => {
+  const type = statPath(bytePathBuffer(path))?.type
+  return type === 'file' || type === 'symlink' ? path : undefined
+}
 
 function sidesOf(layout: FlashLayout, lower: BytePath, entry: ReportedEntry): Sides {
   return {
@@ -73,8 +76,13 @@ function lineOf(entry: ReportedEntry, sides: Sides): string {
   return `conflict  ${entry.path}: ${base}; ${user}; ${firmware}${entry.reason ? `; ${entry.reason}` : ''}`
 }
 
-const contentOf = (path: BytePath | undefined): Buffer =>
-  path ? readAt(bytePathBuffer(path), 0, TEXT_LIMIT + 1) : Buffer.alloc(0)
+/** A file's data; a symlink's target, as a line (a link is never followed). */
+function contentOf(path: BytePath | undefined): Buffer {
+  if (!path) return Buffer.alloc(0)
+  if (statPath(bytePathBuffer(path))?.type === 'symlink')
+    return Buffer.from(`${hostTreeReader.readLink(path)}\n`, 'latin1')
+  return readAt(bytePathBuffer(path), 0, TEXT_LIMIT + 1)
+}
 
 /** Three-way when the base is saved (base→user, base→firmware), else two-way (firmware→user). */
 function patchOf(entry: ReportedEntry, sides: Sides): string {

@@ -176,7 +176,8 @@ const invalid = (what: string): OvrootError => new OvrootError('EMANIFEST', Exit
 
 /** Bytes of the manifest per entry of its index: one block read and parsed per lookup that misses the cache. */
 const BLOCK_BYTES = 8192
-const CACHED_BLOCKS = 8
+const READ_AHEAD = 8
+const CACHED_BLOCKS = 2 * READ_AHEAD
 const PIECE_BYTES = 1 << 20
 
 /** Where a block starts, and its first line's path. */
@@ -205,23 +206,31 @@ export function openManifest(file: string, source = file): Manifest {
   const misordered = (): OvrootError => invalid(`${source} is not in path order`)
   if (starts.some((start, index) => index > 0 && start.path <= (starts[index - 1] as BlockStart).path))
     throw misordered()
-  const cache = new Map<number, { paths: BytePath[]; lines: string[] }>()
+  // Blocks read, by index: their text until first used, then their lines and paths.
+  const cache = new Map<number, string | { paths: BytePath[]; lines: string[] }>()
+  const offset = (index: number): number => starts[index]?.offset ?? size
+  /** The blocks from `index` on, READ_AHEAD of them in one read: a walk asks for the next ones next. */
+  const readAhead = (index: number): void => {
+    const last = Math.min(index + READ_AHEAD, starts.length)
+    const text = readAt(file, offset(index), offset(last) - offset(index)).toString('latin1')
+    for (let at = index; at < last; at++) {
+      if (cache.size >= CACHED_BLOCKS) cache.delete(cache.keys().next().value as number)
+      cache.set(at, text.slice(offset(at) - offset(index), offset(at + 1) - offset(index)))
+    }
+  }
   const block = (index: number): { paths: BytePath[]; lines: string[] } => {
-    let found = cache.get(index)
-    if (found) return found
-    const from = (starts[index] as BlockStart).offset
-    const lines = readAt(file, from, (starts[index + 1]?.offset ?? size) - from)
-      .toString('latin1')
-      .split('\n')
+    if (!cache.has(index)) readAhead(index)
+    const found = cache.get(index)
+    if (typeof found === 'object') return found
+    const lines = (found ?? '').split('\n')
     lines.pop()
-    const paths = lines.map((line) => pathField(line.split('\t', 1)[0] as string) ?? '')
+    const paths = lines.map((line) => pathField(firstField(line)) ?? '')
     const next = starts[index + 1]?.path
     if (paths.some((path, at) => path <= (paths[at - 1] ?? '') || (next !== undefined && path >= next)))
       throw misordered()
-    found = { paths, lines }
-    if (cache.size >= CACHED_BLOCKS) cache.delete(cache.keys().next().value as number)
-    cache.set(index, found)
-    return found
+    const parsed = { paths, lines }
+    cache.set(index, parsed)
+    return parsed
   }
   // A record's strings are cut from a copy of its line: cut from the block's text they would keep all 8 KiB alive.
   const record = (line: string): ManifestRecord => {
@@ -296,6 +305,12 @@ function indexBlocks(file: string): { starts: BlockStart[]; size: number; digest
 function pathField(field: string): BytePath | undefined {
   if (!field.includes('\\')) return field
   return parseShownName(Buffer.from(field, 'latin1').toString('utf8'))
+}
+
+/** A line's path field (a line without a tab: the whole line, refused when its record is read). */
+function firstField(line: string): string {
+  const tab = line.indexOf('\t')
+  return tab < 0 ? line : line.slice(0, tab)
 }
 
 /** The last block whose first path is at or before `path` (-1: none). */

@@ -7,7 +7,7 @@
  */
 import { randomBytes } from 'node:crypto'
 import { bytePathBuffer, bytesOf, showBytes, type BytePath } from '../names.js'
-import { isIdentityXattr } from '../overlay/identity.js'
+import { identityNames, isIdentityXattr } from '../overlay/identity.js'
 import type { OverlayXattrs } from '../overlay/xattrs.js'
 import { commitPending, type PendingChange } from '../pending/marker.js'
 import { stateDir, upperPath, type FlashLayout } from '../state/flash.js'
@@ -25,6 +25,7 @@ import {
   type UpperSide,
   type Verdict,
 } from './classify.js'
+import { IDENTITY_LIST } from './apply.js'
 import { recordOf, sameRecord, type ManifestRecord } from './manifest.js'
 import { savedPath, writeBaseFiles, type BaseFiles, type ReportedEntry, type UpgradeReport } from './record.js'
 import type { RecordSource } from './sources.js'
@@ -96,16 +97,39 @@ export interface PlannedEntry {
   path: BytePath
   lowerPath: BytePath | undefined
   verdict: Verdict
-  /** The upper entry (a hardlink's: its own name's entry). */
-  entry: UpperEntry
+  /**
+   * The upper entry (a hardlink's: its own name's entry): whole for one the
+   * stage may refresh (a directory, a refresh verdict), else only its kind,
+   * so that the plan of a large upper holds little per entry.
+   */
+  entry: UpperEntry | KindOf
   old: OldSide
   next: ManifestRecord | undefined
   /** U's record (undefined for a whiteout, or when its data's old side is unknown). */
   record: ManifestRecord | undefined
+  /** Its filesystem-identity xattrs, cleared by the apply if it stays (a second name of an inode has none of its own). */
+  identity?: string[]
+}
+
+/** What the stage and the report need of an entry they do not rewrite. */
+export type KindOf = Pick<UpperEntry, 'path' | 'type' | 'holeSize' | 'linkTarget'>
+
+/** An entry as the plan holds it: whole when the stage may write it again from its metadata. */
+function held(entry: UpperEntry, verdict: Verdict): UpperEntry | KindOf {
+  if (entry.type === 'dir' || verdict.action === 'refresh') return entry
+  const { path, type, holeSize, linkTarget } = entry
+  return {
+    path,
+    type,
+    ...(holeSize !== undefined ? { holeSize } : {}),
+    ...(linkTarget !== undefined ? { linkTarget } : {}),
+  }
 }
 
 export interface UpgradePlan {
   entries: PlannedEntry[]
+  /** The upper root's identity xattrs (its uuid, origin). */
+  rootIdentity: string[]
   counts: Record<UpgradeClass, number>
 }
 
@@ -126,11 +150,15 @@ export function planUpgrade(
   const own = (name: string): boolean => !xattrs.isOverlay(name)
   const records = new Map<BytePath, ManifestRecord | undefined>()
   const planned: PlannedEntry[] = []
+  let rootIdentity: string[] = []
   const lookup = (source: RecordSource, path: BytePath | undefined): OldSide =>
     path === undefined ? 'absent' : source.lookup(path)
   for (const shadow of shadowEntries(upper, xattrs, options.live)) {
     const { entry, lowerPath } = shadow
-    if (entry.path === '.') continue
+    if (entry.path === '.') {
+      rootIdentity = identityNames(xattrs, entry.xattrs)
+      continue
+    }
     const o = lookup(old, lowerPath)
     const nSide = lookup(next, lowerPath)
     const n = nSide === 'absent' || nSide === 'unknown' ? undefined : nSide
@@ -161,12 +189,23 @@ export function planUpgrade(
       renamed: shadow.renamed,
       stub: shadow.dataPath !== undefined,
     }
-    planned.push({ path: entry.path, lowerPath, verdict: classify(sides), entry, old: o, next: n, record: u })
+    const identity = identityNames(xattrs, entry.xattrs)
+    const verdict = classify(sides)
+    planned.push({
+      path: entry.path,
+      lowerPath,
+      verdict,
+      entry: held(entry, verdict),
+      old: o,
+      next: n,
+      record: u,
+      ...(identity.length ? { identity } : {}),
+    })
   }
   keepDirectoriesWithContent(planned)
   const counts = Object.fromEntries(UPGRADE_CLASSES.map((name) => [name, 0])) as Record<UpgradeClass, number>
   for (const { verdict } of planned) if (counted(verdict)) counts[verdict.class]++
-  return { entries: planned, counts }
+  return { entries: planned, rootIdentity, counts }
 }
 
 /** A directory kept only as the container of what stays below it is no outcome of its own. */
@@ -174,7 +213,7 @@ const counted = (verdict: Verdict): boolean => !('reason' in verdict && verdict.
 const CONTAINER = 'container'
 const REPLACED = 'the new firmware has no directory here: the user’s entries below it are kept over its entry'
 
-/** U's record: a stub's data is O's at its data path; a file's content is hashed only when its size could match O's or N's. */
+/** U's record: a stub's data is O's at its data path; a file's content is read only when it can decide its class. */
 function upperRecord(
   upper: BytePath,
   shadow: ShadowEntry,
@@ -186,7 +225,14 @@ function upperRecord(
 ): ManifestRecord | undefined {
   const { entry } = shadow
   if (shadow.kind === 'whiteout') return undefined
-  if (entry.type === 'hardlink') return records.get(entry.linkTarget ?? '')
+  if (entry.type === 'hardlink') {
+    // The inode's record, made for its first name: read now if this name's sides need the content.
+    const first = records.get(entry.linkTarget ?? '')
+    if (first?.data !== UNREAD || !contentDecides(first, o, n)) return first
+    const read = { ...first, data: readStableFile(under(upper, entry.path)).sha256 }
+    records.set(entry.linkTarget ?? '', read)
+    return read
+  }
   let record: ManifestRecord | undefined
   if (shadow.dataPath !== undefined) {
     const data = old.lookup(shadow.dataPath)
@@ -195,13 +241,30 @@ function upperRecord(
         ? { ...recordOf(entry, undefined, own), size: data.size, data: data.data }
         : undefined
   } else {
-    const sizes = [o !== 'absent' && o !== 'unknown' ? o.size : -1, n?.size ?? -1]
-    const hash =
-      entry.type === 'file' && sizes.includes(entry.size) ? readStableFile(under(upper, entry.path)).sha256 : '~'
-    record = recordOf(entry, entry.type === 'file' ? hash : undefined, own)
+    record = recordOf(entry, entry.type === 'file' ? UNREAD : undefined, own)
+    if (record.type === 'f' && contentDecides(record, o, n))
+      record.data = readStableFile(under(upper, entry.path)).sha256
   }
   records.set(entry.path, record)
   return record
+}
+
+/** The digest of a file whose content was not read: it equals no record's. */
+const UNREAD = '~'
+
+/**
+ * Whether a file's content can change its class (classify.ts): not when its
+ * size is neither O's nor N's (it equals neither), nor when the firmware did
+ * not change it (N=O) and its mode, owner or xattrs differ from N's: it is
+ * `kept` whatever it holds. Only then is it read and hashed.
+ */
+function contentDecides(u: ManifestRecord, o: OldSide, n: ManifestRecord | undefined): boolean {
+  if (o === 'unknown') return false
+  const known = o === 'absent' ? undefined : o
+  if (u.size !== known?.size && u.size !== n?.size) return false
+  const metadataDiffers = (record: ManifestRecord): boolean =>
+    u.mode !== record.mode || u.uid !== record.uid || u.gid !== record.gid || u.xattrs !== record.xattrs
+  return !(known && n && sameRecord(known, n) && metadataDiffers(n))
 }
 
 function belowDiffers(old: RecordSource, next: RecordSource, path: BytePath): boolean {
@@ -275,11 +338,15 @@ export function reportOf(
   return { ...sides, counts: plan.counts, entries }
 }
 
-/** A conflict the firmware's side wins: the user's file is saved, unless its data is not in the upper (a stub). */
+/**
+ * A conflict the firmware's side wins: the user's entry is saved (a file's
+ * data, a symlink's target, a device's numbers), unless its data is not in
+ * the upper (a stub). A directory is never dropped for a conflict.
+ */
 const savesUserCopy = (item: PlannedEntry): boolean =>
   item.verdict.class === 'conflict' &&
   item.verdict.action === 'drop' &&
-  item.entry.type === 'file' &&
+  item.entry.type !== 'dir' &&
   item.entry.holeSize === undefined
 
 /** Whether upgrade-check saved the old firmware's bytes of a path, checked against O's digest. */
@@ -322,8 +389,16 @@ export function stageUpgrade(plan: UpgradePlan, options: StageOptions): Extract<
   const removals: BytePath[] = []
   const touched = new Set<BytePath>()
   const dropped = new Set<BytePath>()
+  // What stays, with the old lower's identity on it: cleared by the apply from this list, not by another walk.
+  const identity = plan.rootIdentity.length ? [identityLine('.', plan.rootIdentity)] : []
+  // A first name that goes leaves its inode's identity to a second name that stays.
+  const goneIdentity = new Map<BytePath, string[]>()
   for (const item of plan.entries) {
     const { verdict } = item
+    const gone = verdict.action === 'drop' || hasAncestorIn(dropped, item.path)
+    const names = item.entry.type === 'hardlink' ? goneIdentity.get(item.entry.linkTarget ?? '') : item.identity
+    if (gone && item.identity) goneIdentity.set(item.path, item.identity)
+    else if (!gone && names) identity.push(identityLine(item.path, names))
     if (hasAncestorIn(dropped, item.path)) continue
     if (verdict.action === 'drop') {
       if (savesUserCopy(item)) saveUserCopy(writer, upper, staging, item.path)
@@ -337,6 +412,7 @@ export function stageUpgrade(plan: UpgradePlan, options: StageOptions): Extract<
     }
   }
   writer.finish()
+  writeFileAtomic(`${stagingText}/${IDENTITY_LIST}`, identity.join(''))
   makeDirectory(`${stagingText}/upgrade`)
   writeFileAtomic(`${stagingText}/upgrade/report.json`, `${JSON.stringify(options.report, null, 2)}\n`)
   writeBaseFiles(options.base, `${stagingText}/base.manifest`, `${stagingText}/base.absent`)
@@ -361,6 +437,8 @@ export function stageUpgrade(plan: UpgradePlan, options: StageOptions): Extract<
   return change
 }
 
+const identityLine = (path: BytePath, names: readonly string[]): string => `${[showBytes(path), ...names].join('\t')}\n`
+
 /** N's entry with the merged metadata; a directory only lends its metadata (its overlay xattrs but identity ones kept). */
 function writeRefreshed(
   writer: EntryWriter,
@@ -374,6 +452,7 @@ function writeRefreshed(
   const firmware = readEntry(source, item.path, '')
   if (firmware === 'socket') return
   const user = item.entry
+  if (!('xattrs' in user)) throw new Error(`writeRefreshed: the plan did not keep ${item.path} whole`)
   const userOwn = user.xattrs.filter(([name]) => !xattrs.isOverlay(name))
   const overlayKept = user.xattrs.filter(([name]) => xattrs.isOverlay(name) && !isIdentityXattr(xattrs, name))
   const entry: UpperEntry = {
@@ -391,7 +470,7 @@ function writeRefreshed(
   writer.copy(staged, entry, source)
 }
 
-/** The user's file that a `firmware` conflict replaces, kept under upgrade/user/ (its directories made as needed). */
+/** The user's entry that a `firmware` conflict replaces, kept under upgrade/user/ (its directories made as needed); a second name of a file is saved as a file. */
 function saveUserCopy(writer: EntryWriter, upper: BytePath, staging: BytePath, path: BytePath): void {
   const to = `${staging}/upgrade/user/${path}`
   makeDirectory(bytePathBuffer(parentOf(to)))

@@ -49,7 +49,11 @@ export function readFirmwareRecord(layout: FlashLayout): FirmwareRecord | undefi
   try {
     const record = JSON.parse(text) as Partial<FirmwareRecord>
     if (typeof record.identity === 'string' && (record.base === 'shipped' || record.base === 'recorded'))
-      return record as FirmwareRecord
+      return {
+        ...(record as FirmwareRecord),
+        // An older ovroot named a firmware without release files by the digest of no files: its identity says more.
+        ...(record.description === NO_RELEASE_FILES ? { description: describeIdentity(record.identity) } : {}),
+      }
   } catch {
     // reported below
   }
@@ -58,6 +62,14 @@ export function readFirmwareRecord(layout: FlashLayout): FirmwareRecord | undefi
     ExitCode.data,
     `${firmwareRecordPath(layout)}: unreadable firmware record; expected the JSON ovroot boot writes`,
   )
+}
+
+const NO_RELEASE_FILES = 'firmware e3b0c44298fc'
+
+/** `firmware manifest 89dd3d9b3d23` for `manifest:89dd...`: a firmware without release files, for people. */
+export function describeIdentity(identity: string): string {
+  const [kind, hex] = identity.split(':')
+  return hex === undefined ? `firmware ${identity}` : `firmware ${kind} ${hex.slice(0, 12)}`
 }
 
 /** The record as a boot takes it: a damaged one is no reason to stop (the reconcile takes its firmware as unknown, and says why). */
