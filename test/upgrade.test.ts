@@ -720,6 +720,30 @@ await t.test(
   },
 )
 
+await t.test(
+  'an image rebuilt with the same release files: the two firmwares told apart by their identities',
+  async (t) => {
+    const { onFirmware } = await import('../src/upgrade/boot.js')
+    const { currentIdentity } = await import('../src/upgrade/identity.js')
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const release = { 'etc/openwrt_release': "DISTRIB_ID='OpenWrt'\nDISTRIB_RELEASE='24.10.0'\n" }
+    const a = buildFirmware(s.dir, { ...FIRMWARE_A, ...release }, 'a')
+    const b = buildFirmware(s.dir, { ...firmwareB(), ...release }, 'b')
+    const layout = { root: `${s.dir}/flash`, upperName: 'upper' }
+    fs.mkdirSync(`${layout.root}/upper`, { recursive: true })
+    fs.mkdirSync(`${layout.root}/work`)
+    await onFirmware(await bootContext(layout, a))
+    const summary = await onFirmware(await bootContext(layout, b))
+    const [fromId, toId] = [await currentIdentity(a), await currentIdentity(b)].map((id) => id.identity.slice(9, 21))
+    t.same(
+      [summary?.from, summary?.to],
+      [`OpenWrt 24.10.0 (manifest ${fromId})`, `OpenWrt 24.10.0 (manifest ${toId})`],
+      'not "OpenWrt 24.10.0 -> OpenWrt 24.10.0"',
+    )
+  },
+)
+
 await t.test('ovroot status shows the upgrade of this boot, in text and JSON', async (t) => {
   const s = scratch()
   t.teardown(() => s.cleanup())

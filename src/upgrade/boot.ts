@@ -20,6 +20,7 @@ import { planUpgrade, shadowEntries, stageUpgrade, reportOf } from './reconcile.
 import {
   baseFiles,
   baseSource,
+  describeChange,
   describeIdentity,
   openBase,
   type BaseFiles,
@@ -236,20 +237,23 @@ function takeRecords(
  */
 async function reconcile(context: FirmwareContext, recorded: FirmwareRecord): Promise<UpgradeReport | undefined> {
   const { layout, xattrs } = context
-  const to = describeRunning(context.lower, context.current.identity)
+  const named = describeChange(recorded, {
+    identity: context.current.identity,
+    description: describeRunning(context.lower, context.current.identity),
+  })
   let report: UpgradeReport
   try {
     report = commitUpgrade(context, recorded)
   } catch (error) {
     dropStagingIfPossible(layout)
-    throw new UpgradeFailed(uncommittedFailure(recorded.description, to, error))
+    throw new UpgradeFailed(uncommittedFailure(named.from, named.to, error))
   }
   process.stderr.write(`ovroot: applying the reconcile\n`)
   let applied
   try {
     applied = await applyPending(layout, context.work, xattrs)
   } catch (error) {
-    throw new UpgradeFailed(committedFailure(recorded.description, to, error))
+    throw new UpgradeFailed(committedFailure(named.from, named.to, error))
   }
   process.stderr.write(`ovroot: reconciled: ${countsText(report.counts)}\n`)
   return applied?.kind === 'upgrade' ? applied.report : report
@@ -319,13 +323,14 @@ export function commitUpgrade(context: FirmwareContext, recorded: FirmwareRecord
     preferFirmware: context.preferFirmware,
   })
   const firmware = firmwareRecord(context, shipped !== undefined)
+  const named = describeChange(recorded, firmware)
   const report = reportOf(
     plan,
     {
       from: recorded.identity,
       to: firmware.identity,
-      fromDescription: recorded.description,
-      toDescription: firmware.description,
+      fromDescription: named.from,
+      toDescription: named.to,
       ...(problems.length ? { problems } : {}),
     },
     layout,
@@ -342,9 +347,7 @@ export function commitUpgrade(context: FirmwareContext, recorded: FirmwareRecord
       }
     base = baseFiles(known.records, known.absent)
   }
-  process.stderr.write(
-    `ovroot: firmware changed (${recorded.description} -> ${firmware.description}): reconciling the upper\n`,
-  )
+  process.stderr.write(`ovroot: firmware changed (${named.from} -> ${named.to}): reconciling the upper\n`)
   stageUpgrade(plan, { layout, newRoot: rootOf(context.lower), xattrs, report, firmware, base })
   return report
 }

@@ -67,9 +67,22 @@ export function readFirmwareRecord(layout: FlashLayout): FirmwareRecord | undefi
 const NO_RELEASE_FILES = 'firmware e3b0c44298fc'
 
 /** `firmware manifest 89dd3d9b3d23` for `manifest:89dd...`: a firmware without release files, for people. */
-export function describeIdentity(identity: string): string {
+export const describeIdentity = (identity: string): string => `firmware ${shortIdentity(identity)}`
+
+function shortIdentity(identity: string): string {
   const [kind, hex] = identity.split(':')
-  return hex === undefined ? `firmware ${identity}` : `firmware ${kind} ${hex.slice(0, 12)}`
+  return hex === undefined ? identity : `${kind} ${hex.slice(0, 12)}`
+}
+
+type Described = Pick<FirmwareRecord, 'identity' | 'description'>
+
+/** Two firmwares of one name (an image rebuilt with the same release files) told apart by their identities. */
+export function describeChange(from: Described, to: Described): { from: string; to: string } {
+  if (from.description !== to.description) return { from: from.description, to: to.description }
+  return {
+    from: `${from.description} (${shortIdentity(from.identity)})`,
+    to: `${to.description} (${shortIdentity(to.identity)})`,
+  }
 }
 
 /** The record as a boot takes it: a damaged one is no reason to stop (the reconcile takes its firmware as unknown, and says why). */
