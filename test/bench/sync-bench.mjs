@@ -14,7 +14,9 @@
 // over ten rounds of 1% changes: its peak (VmHWM) and its RSS after each
 // round, against two baselines measured in the same run on the same upper:
 // Node itself (`node -e` idling) and chokidar alone, directories only (what the
-// daemon watched with before its own inotify watch).
+// daemon watched with before its own inotify watch). With BENCH_SYNC_MINUTES=N
+// the daemon's rounds go on for N minutes (the target: flat over 10), its RSS
+// printed each minute.
 import { execFileSync, spawn, spawnSync } from 'node:child_process'
 import * as fs from 'node:fs'
 import * as path from 'node:path'
@@ -76,6 +78,9 @@ function persist(label, target, command, args) {
 const calm = () => new Promise((resolve) => setTimeout(resolve, 3000))
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+
+/** BENCH_SYNC_MINUTES: how long the daemon's rounds go on after the first ten (0: just the ten). */
+const longRunMs = Number(process.env.BENCH_SYNC_MINUTES ?? 0) * 60 * 1000
 
 /** A process's peak and current resident memory, MiB. */
 function memoryOf(pid) {
@@ -178,13 +183,16 @@ await benchmarkRoot('sync-bench', async (root) => {
   fs.rmSync(path.join(run, 'sync.json'), { force: true })
   const stats = () =>
     fs.existsSync(path.join(run, 'sync.json')) ? JSON.parse(fs.readFileSync(path.join(run, 'sync.json'), 'utf8')) : {}
-  // Started as the device starts it: with the heap cap of its init script.
+  // Started as the device starts it: with the Node flags, environment and heap cap of its init script.
   const initScript = fs.readFileSync(INIT_SCRIPT, 'utf8')
+  const daemonFlags = (/^DAEMON_NODE_FLAGS='([^']*)'/m.exec(initScript)?.[1] ?? '').split(' ').filter(Boolean)
   const daemonOptions = /^DAEMON_NODE_OPTIONS='([^']*)'/m.exec(initScript)?.[1] ?? ''
   const arenas = /^DAEMON_MALLOC_ARENA_MAX=(\d+)/m.exec(initScript)?.[1]
   const daemonEnv = { NODE_OPTIONS: daemonOptions, ...(arenas === undefined ? {} : { MALLOC_ARENA_MAX: arenas }) }
-  console.log(`  (the daemon runs with ${JSON.stringify(daemonEnv)}, as etc/init.d/ovroot starts it)`)
-  const daemon = spawn(process.execPath, [OVROOT, 'sync', '--watch', '--config', daemonConfig], {
+  console.log(
+    `  (the daemon runs as node ${[...daemonFlags, 'ovroot'].join(' ')} with ${JSON.stringify(daemonEnv)}, as etc/init.d/ovroot starts it)`,
+  )
+  const daemon = spawn(process.execPath, [...daemonFlags, OVROOT, 'sync', '--watch', '--config', daemonConfig], {
     stdio: 'ignore',
     env: { ...process.env, ...daemonEnv },
   })
@@ -193,21 +201,43 @@ await benchmarkRoot('sync-bench', async (root) => {
   console.log(`  ${'daemon watching and synced'.padEnd(44)} ${ready.peak.toFixed(1).padStart(6)} MiB peak`)
   const afterRounds = []
   const started = Date.now()
-  for (let round = 0; round < 10; round++) {
+  /** A round changes 1% of the files and waits for the daemon's sync; past the tenth, the files the first ten copied up: the upper stays the same size. */
+  const daemonRound = async (round) => {
     const before = stats().lastSync
-    for (const file of files.filter((_, i) => i % 100 === 50 + round))
+    for (const file of files.filter((_, i) => i % 100 === 50 + (round % 10)))
       fs.appendFileSync(file, `daemon round ${round}\n`)
     while (stats().lastSync === before) await sleep(100)
-    afterRounds.push(memoryOf(daemon.pid).rss)
+    return memoryOf(daemon.pid)
   }
+  for (let round = 0; round < 10; round++) afterRounds.push((await daemonRound(round)).rss)
   const end = memoryOf(daemon.pid)
-  daemon.kill('SIGTERM')
-  await new Promise((resolve) => daemon.on('exit', resolve))
   console.log(
     `  ${'daemon over the ten rounds'.padEnd(44)} ${end.peak.toFixed(1).padStart(6)} MiB peak, RSS after each round ${Math.min(...afterRounds).toFixed(1)}-${Math.max(...afterRounds).toFixed(1)} MiB (${((Date.now() - started) / 1000).toFixed(0)} s)`,
   )
+  let last = end
+  if (longRunMs > 0) {
+    console.log(`  the daemon's rounds going on for ${longRunMs / 60000} minutes: RSS after each round, each minute`)
+    const longStart = Date.now()
+    let minute = 0
+    let round = 10
+    let inMinute = []
+    while (Date.now() - longStart < longRunMs) {
+      last = await daemonRound(round++)
+      inMinute.push(last.rss)
+      if (Date.now() - longStart >= (minute + 1) * 60000) {
+        minute++
+        console.log(
+          `  minute ${String(minute).padStart(2)}: ${String(inMinute.length).padStart(3)} rounds, RSS ${Math.min(...inMinute).toFixed(1)}-${Math.max(...inMinute).toFixed(1)} MiB, peak so far ${last.peak.toFixed(1)} MiB`,
+        )
+        inMinute = []
+      }
+    }
+    console.log(`  ${`daemon after ${round} rounds`.padEnd(44)} ${last.peak.toFixed(1).padStart(6)} MiB peak`)
+  }
+  daemon.kill('SIGTERM')
+  await new Promise((resolve) => daemon.on('exit', resolve))
   console.log(
-    `  daemon peak above node itself: ${(end.peak - floor).toFixed(1)} MiB (chokidar alone: ${(chokidarAlone - floor).toFixed(1)} MiB)   (target: peak <= 64 MiB)`,
+    `  daemon peak above node itself: ${(last.peak - floor).toFixed(1)} MiB (chokidar alone: ${(chokidarAlone - floor).toFixed(1)} MiB)   (target: peak <= 64 MiB)`,
   )
   console.log('\nratios over the three rounds')
   console.log(`  ovroot bytes written / changed files' bytes: ${(totals.ovroot.bytes / totals.changed).toFixed(2)}x`)
