@@ -107,10 +107,12 @@ export async function interactiveConsole(t: Test, archArgs: string[], leave: 'po
   t.match(session.transcript.slice(at, diffEnd), /^A \/etc\/hi$/m, 'ovroot diff lists the new file')
   at = diffEnd
 
-  // Ctrl-C only once the shell has handed the terminal to the job (its echo
-  // runs after that), and the next line only at the next prompt: a Ctrl-C
-  // flushes what was typed ahead.
-  session.type('echo "sleeping $((2 * 3))"; sleep 100000\r')
+  // Ctrl-C only once the shell has handed the terminal to the job: the job
+  // itself prints, and ash's child takes the terminal before it runs anything
+  // (a builtin echo before the job printed too early: a Ctrl-C then reached
+  // the shell, not sleep, and the console hung). The next line only at the
+  // next prompt: a Ctrl-C flushes what was typed ahead.
+  session.type(`sh -c 'echo "sleeping $((2 * 3))"; exec sleep 100000'\r`)
   at = await session.waitFor(/^sleeping 6$/m, at)
   session.type('\x03')
   at = await session.waitFor(/:\/# /, at)
