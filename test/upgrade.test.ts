@@ -568,6 +568,14 @@ await t.test(
     const same = ovroot(['upgrade-check', `${s.dir}/a.sqfs`, '--lower', a, '--upper', upper])
     t.equal(same.status, 0, 'the same firmware: exit 0')
     t.match(same.stdout, /nothing to reconcile/)
+    // A reset scheduled for the next boot is applied before the reconcile: the prediction says it is of today's upper.
+    const marker = `${layout.root}/.ovroot/pending`
+    fs.writeFileSync(marker, JSON.stringify({ kind: 'reset', requested: 'now', keep: [] }))
+    const scheduled = ovroot(['upgrade-check', `${s.dir}/b.sqfs`, '--lower', a, '--upper', upper, '--json'])
+    t.equal(scheduled.status, 8, 'a scheduled change needs a person: exit 8')
+    t.match(scheduled.stderr, /^upgrade-check: a reset is scheduled on \S+\/flash: the next boot applies it before/m)
+    t.equal((JSON.parse(scheduled.stdout) as { scheduled?: string }).scheduled, 'reset', '--json: scheduled')
+    fs.rmSync(marker)
 
     const summary = await onFirmware({
       layout,
