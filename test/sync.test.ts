@@ -1459,3 +1459,43 @@ await t.test(
     t.equal(fs.statSync(`${s.dir}/fill/mixed`).blocks, 16, 'its pages of data only')
   },
 )
+
+await t.test(
+  'a new hard link to an immutable file that has other names on the flash: every name stays one inode',
+  async (t) => {
+    const d = device(t)
+    const upper = `${d.ram}/upper`
+    writeTree(upper, { '/etc/locked': 'immutable\n', '/etc/sub/keep': 'x\n' })
+    fs.linkSync(`${upper}/etc/locked`, `${upper}/etc/locked2`)
+    fs.linkSync(`${upper}/etc/locked`, `${upper}/etc/sub/alias`)
+    execFileSync('chattr', ['+i', `${upper}/etc/locked`])
+    t.teardown(() => {
+      for (const root of [upper, `${d.flash}/upper`]) spawnSync('chattr', ['-R', '-i', '-a', root], { stdio: 'ignore' })
+    })
+    const first = sync(d)
+    t.equal(first.status, 0, first.stderr)
+    const onFlash = `${d.flash}/upper/etc`
+    t.equal(fs.statSync(`${onFlash}/locked2`).ino, fs.statSync(`${onFlash}/locked`).ino, 'first sync: linked')
+    execFileSync('chattr', ['-i', `${upper}/etc/locked`])
+    fs.linkSync(`${upper}/etc/locked`, `${upper}/etc/locked.link`)
+    execFileSync('chattr', ['+i', `${upper}/etc/locked`])
+    const second = sync(d)
+    t.equal(second.status, 0, second.stderr)
+    const inode = fs.statSync(`${onFlash}/locked`).ino
+    for (const name of ['locked.link', 'locked2', 'sub/alias'])
+      t.equal(fs.statSync(`${onFlash}/${name}`).ino, inode, `${name}: the same inode as locked`)
+    t.equal(fs.statSync(`${onFlash}/locked`).nlink, 4, 'four names')
+    t.equal(inodeFlags(`${onFlash}/locked`), InodeFlag.immutable, 'immutable again')
+    // A directory renamed: its name of the inode is new to the flash, the others are unchanged and not even read.
+    await scanBeganNow(d)
+    fs.renameSync(`${upper}/etc/sub`, `${upper}/etc/sub2`)
+    const third = sync(d)
+    t.equal(third.status, 0, third.stderr)
+    const moved = fs.statSync(`${onFlash}/sub2/alias`).ino
+    for (const name of ['locked', 'locked.link', 'locked2'])
+      t.equal(fs.statSync(`${onFlash}/${name}`).ino, moved, `${name}: the same inode as sub2/alias`)
+    t.equal(fs.statSync(`${onFlash}/locked`).nlink, 4, 'still four names')
+    t.equal(inodeFlags(`${onFlash}/locked`), InodeFlag.immutable, 'still immutable')
+    t.match(sync(d).stdout, /nothing to sync/, 'and exact: the next finds nothing')
+  },
+)

@@ -211,6 +211,19 @@ function stageChanges(source: SyncSource, plan: FlatStaging): Staged {
       process.stderr.write(`ovroot: sync: /${showBytes(entry.path)}: ${why}; left for the next sync\n`)
     }
   }
+  // The other names of a restaged first name's inode link to its new copy too: left on the flash's old inode, they
+  // would no longer be one file with it.
+  for (const [path, first] of plan.otherNames()) {
+    try {
+      const entry = readEntry(under(plan.upper, path), path, plan.stubXattr)
+      if (entry === 'socket') continue
+      const second: UpperEntry = { ...entry, type: 'hardlink', linkTarget: first.path }
+      copy(plan.relink(second), second, first.full)
+    } catch (error) {
+      // Gone since: the flash keeps its old name, the next sync sees the change.
+      if (!isGone(error)) throw error
+    }
+  }
   writer.finish()
   const removals = plan.removals()
   return {
@@ -242,6 +255,10 @@ class FlatStaging {
   private readonly present = new Set<string>()
   /** Directories that are not the one their path had at the baseline's scan: everything below them is compared. */
   private readonly movedDirectories = new Set<string>()
+  /** The names of each of the upper's regular files with more than one, in the walk's order (the first name first), by dev:ino. */
+  private readonly linkedNames = new Map<string, string[]>()
+  /** First names staged again for a new second name to link to (linkTarget), with their staging paths. */
+  private readonly restaged = new Map<string, string>()
   /** Every directory of the upper visited, with its inode number: what the next scan checks identities against. */
   readonly directories = new Map<string, bigint>()
 
@@ -298,6 +315,12 @@ class FlatStaging {
       changeTimeNs < unchangedBefore &&
       !below &&
       !(stat.isFile() && this.mapped.has(stat.ino))
+    if (stat.isFile() && stat.nlink > 1n) {
+      const inode = `${stat.dev}:${stat.ino}`
+      const names = this.linkedNames.get(inode)
+      if (names) names.push(path)
+      else this.linkedNames.set(inode, [path])
+    }
     if (stat.isDirectory()) {
       this.directories.set(path, stat.ino)
       if (unchangedBefore !== undefined && !skip && (below || this.scan.directoryInode(path) !== stat.ino))
@@ -341,12 +364,35 @@ class FlatStaging {
     const full = this.stage(entry, ((entry.flags ?? 0) & this.flagMask) | (flashFlags & ~this.flagMask), flashFlags)
     this.stagedAs.set(entry.path, full)
     this.entries++
+    this.restaged.set(entry.path, full)
+    return full
+  }
+
+  /**
+   * Names of the upper's inodes whose first name was restaged, not staged themselves (unchanged, or equal on the
+   * flash): each with its first name and that one's staging path. Their flash entries are the old inode's names.
+   */
+  *otherNames(): Generator<[BytePath, { path: BytePath; full: BytePath }]> {
+    for (const names of this.linkedNames.values()) {
+      const first = names[0]
+      const full = first === undefined ? undefined : this.restaged.get(first)
+      if (first === undefined || full === undefined) continue
+      for (const path of names.slice(1)) if (!this.stagedAs.has(path)) yield [path, { path: first, full }]
+    }
+  }
+
+  /** Stage `entry`, a second name (otherNames), as a link: its staging path. */
+  relink(entry: UpperEntry): string {
+    const full = this.stage(entry, 0, 0)
+    this.stagedAs.set(entry.path, full)
+    this.entries++
     return full
   }
 
   /** An entry staged, then abandoned (it vanished or kept changing while read): no inode flags are set for it. */
   abandon(path: string): void {
     for (let i = this.flagged.length - 1; i >= 0; i--) if (this.flagged[i]?.[0] === path) this.flagged.splice(i, 1)
+    this.restaged.delete(path)
   }
 
   /** Directories that receive moved entries without changing themselves: their mtime is given back after the moves. */
