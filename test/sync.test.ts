@@ -1499,3 +1499,36 @@ await t.test(
     t.match(sync(d).stdout, /nothing to sync/, 'and exact: the next finds nothing')
   },
 )
+
+await t.test(
+  'a new name of a synced file that comes first in the walk (a link, a renamed directory) keeps every name one inode on the flash',
+  async (t) => {
+    const d = device(t)
+    const upper = `${d.ram}/upper`
+    writeTree(upper, { '/etc/m-file': 'content\n', '/a/m': 'shared\n', '/c/keep': 'x\n' })
+    fs.linkSync(`${upper}/a/m`, `${upper}/c/x`)
+    t.equal(sync(d).status, 0)
+    const onFlash = `${d.flash}/upper`
+    const inode = (path: string): bigint => fs.statSync(`${onFlash}/${path}`, { bigint: true }).ino
+    await scanBeganNow(d)
+    fs.linkSync(`${upper}/etc/m-file`, `${upper}/etc/a-link`)
+    // The first name in the walk is new (b/m): c/x is unchanged, not even read.
+    fs.renameSync(`${upper}/a`, `${upper}/b`)
+    const second = sync(d)
+    t.equal(second.status, 0, second.stderr)
+    t.equal(inode('etc/a-link'), inode('etc/m-file'), 'a new link sorting first: one inode')
+    t.equal(inode('b/m'), inode('c/x'), 'a renamed directory holding the first name: one inode')
+    // A flash copy whose names were split (by an older ovroot) is linked again once the inode is compared.
+    fs.rmSync(`${onFlash}/c/x`)
+    fs.copyFileSync(`${onFlash}/b/m`, `${onFlash}/c/x`)
+    execFileSync('touch', ['-r', `${onFlash}/b/m`, `${onFlash}/c/x`])
+    fs.chmodSync(`${upper}/b/m`, fs.statSync(`${upper}/b/m`).mode)
+    const third = sync(d)
+    t.equal(third.status, 0, third.stderr)
+    t.equal(inode('b/m'), inode('c/x'), 'split names linked again')
+    fs.writeFileSync(`${upper}/c/x`, 'changed\n')
+    t.equal(sync(d).status, 0)
+    t.equal(fs.readFileSync(`${onFlash}/b/m`, 'utf8'), 'changed\n', 'a write through one name reaches both')
+    t.match(sync(d).stdout, /nothing to sync/, 'and exact: the next finds nothing')
+  },
+)

@@ -17,7 +17,14 @@
 import type { BigIntStats } from 'node:fs'
 import { applyPending } from '../pending/apply.js'
 import { commitPending, dropStaging, readPending, syncStagingPath } from '../pending/marker.js'
-import { EntryWriter, modificationTime, readEntry, readEntryIfPresent, type StableFile } from '../sys/entries.js'
+import {
+  EntryWriter,
+  modificationTime,
+  readEntry,
+  readEntryIfPresent,
+  statEntry,
+  type StableFile,
+} from '../sys/entries.js'
 import { InodeFlag, inodeFlags, inodeFlagsHeld, inodeFlagsIfPresent } from '../sys/libc.js'
 import { listNames, makeDirectory, removeTree, sameContent } from '../sys/fs.js'
 import { OverlayXattrs } from '../overlay/xattrs.js'
@@ -211,8 +218,8 @@ function stageChanges(source: SyncSource, plan: FlatStaging): Staged {
       process.stderr.write(`ovroot: sync: /${showBytes(entry.path)}: ${why}; left for the next sync\n`)
     }
   }
-  // The other names of a restaged first name's inode link to its new copy too: left on the flash's old inode, they
-  // would no longer be one file with it.
+  // A first name staged (new, changed, or restaged for a new link) is a new inode on the flash: its inode's other
+  // names link to it too, those unchanged or equal there included, or they would stay the old inode's.
   for (const [path, first] of plan.otherNames()) {
     try {
       const entry = readEntry(under(plan.upper, path), path, plan.stubXattr)
@@ -257,8 +264,8 @@ class FlatStaging {
   private readonly movedDirectories = new Set<string>()
   /** The names of each of the upper's regular files with more than one, in the walk's order (the first name first), by dev:ino. */
   private readonly linkedNames = new Map<string, string[]>()
-  /** First names staged again for a new second name to link to (linkTarget), with their staging paths. */
-  private readonly restaged = new Map<string, string>()
+  /** Entries staged, then abandoned: nothing links to them. */
+  private readonly abandoned = new Set<string>()
   /** Every directory of the upper visited, with its inode number: what the next scan checks identities against. */
   readonly directories = new Map<string, bigint>()
 
@@ -364,18 +371,17 @@ class FlatStaging {
     const full = this.stage(entry, ((entry.flags ?? 0) & this.flagMask) | (flashFlags & ~this.flagMask), flashFlags)
     this.stagedAs.set(entry.path, full)
     this.entries++
-    this.restaged.set(entry.path, full)
     return full
   }
 
   /**
-   * Names of the upper's inodes whose first name was restaged, not staged themselves (unchanged, or equal on the
-   * flash): each with its first name and that one's staging path. Their flash entries are the old inode's names.
+   * Names of the upper's inodes whose first name was staged, not staged themselves (unchanged, or equal on the
+   * flash): each with its first name and that one's staging path.
    */
   *otherNames(): Generator<[BytePath, { path: BytePath; full: BytePath }]> {
     for (const names of this.linkedNames.values()) {
       const first = names[0]
-      const full = first === undefined ? undefined : this.restaged.get(first)
+      const full = first === undefined || this.abandoned.has(first) ? undefined : this.stagedAs.get(first)
       if (first === undefined || full === undefined) continue
       for (const path of names.slice(1)) if (!this.stagedAs.has(path)) yield [path, { path: first, full }]
     }
@@ -392,7 +398,7 @@ class FlatStaging {
   /** An entry staged, then abandoned (it vanished or kept changing while read): no inode flags are set for it. */
   abandon(path: string): void {
     for (let i = this.flagged.length - 1; i >= 0; i--) if (this.flagged[i]?.[0] === path) this.flagged.splice(i, 1)
-    this.restaged.delete(path)
+    this.abandoned.add(path)
   }
 
   /** Directories that receive moved entries without changing themselves: their mtime is given back after the moves. */
@@ -425,6 +431,14 @@ class FlatStaging {
   vanished(path: string): void {
     this.seen(path)
     this.comparedDirectories.delete(path)
+  }
+
+  /** Whether a second name is its first name's inode on the flash too: equal bytes under two inodes are not one file. */
+  private linkedOnFlash(entry: UpperEntry): boolean {
+    if (entry.type !== 'hardlink') return true
+    const name = statEntry(under(this.mirror, entry.path))
+    const first = statEntry(under(this.mirror, entry.linkTarget ?? ''))
+    return name !== undefined && first !== undefined && name.dev === first.dev && name.ino === first.ino
   }
 
   /** A regular file's bytes, once everything else about it is equal. */
@@ -468,7 +482,14 @@ class FlatStaging {
       raw === 'socket'
         ? undefined
         : { ...raw, flags: ((raw.flags ?? 0) & this.flagMask) | (flashFlags & ~this.flagMask) }
-    if (wanted && flashEntry && sameEntry(wanted, flashEntry) && this.sameBytes(wanted, entry.path)) return undefined
+    if (
+      wanted &&
+      flashEntry &&
+      sameEntry(wanted, flashEntry) &&
+      this.sameBytes(wanted, entry.path) &&
+      this.linkedOnFlash(entry)
+    )
+      return undefined
     if (entry.type === 'dir')
       (flashEntry?.type === 'dir' ? this.changedDirectories : this.wholeDirectories).add(entry.path)
     return this.stage(entry, wanted?.flags ?? 0, flashFlags)
