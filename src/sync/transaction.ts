@@ -433,9 +433,12 @@ class FlatStaging {
     this.comparedDirectories.delete(path)
   }
 
-  /** Whether a second name is its first name's inode on the flash too: equal bytes under two inodes are not one file. */
-  private linkedOnFlash(entry: UpperEntry): boolean {
-    if (entry.type !== 'hardlink') return true
+  /**
+   * Whether a second name of a regular file is its first name's inode on the flash too: equal bytes under two
+   * inodes are not one file. Any other kind (the whiteout inode the kernel shares among names) is one by its kind.
+   */
+  private linkedOnFlash(entry: UpperEntry, kind: UpperEntry['type']): boolean {
+    if (entry.type !== 'hardlink' || kind !== 'file') return true
     const name = statEntry(under(this.mirror, entry.path))
     const first = statEntry(under(this.mirror, entry.linkTarget ?? ''))
     return name !== undefined && first !== undefined && name.dev === first.dev && name.ino === first.ino
@@ -487,7 +490,7 @@ class FlatStaging {
       flashEntry &&
       sameEntry(wanted, flashEntry) &&
       this.sameBytes(wanted, entry.path) &&
-      this.linkedOnFlash(entry)
+      this.linkedOnFlash(entry, wanted.type)
     )
       return undefined
     if (entry.type === 'dir')
