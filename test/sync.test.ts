@@ -1532,3 +1532,22 @@ await t.test(
     t.match(sync(d).stdout, /nothing to sync/, 'and exact: the next finds nothing')
   },
 )
+
+await t.test(
+  'a staging lock its maker left without its pid (killed right after making it) is taken over, not waited on for minutes',
+  async (t) => {
+    const d = device(t)
+    writeTree(`${d.ram}/upper`, { '/etc/changed': 'x\n' })
+    fs.mkdirSync(`${d.dir}/run/staging.lock`)
+    const made = new Date(Date.now() - 60_000)
+    fs.utimesSync(`${d.dir}/run/staging.lock`, made, made)
+    const synced = spawnSync(process.execPath, [OVROOT, 'sync', '--config', d.config], {
+      encoding: 'utf8',
+      env: cleanEnvironment(),
+      timeout: 30_000,
+    })
+    t.equal(synced.status, 0, synced.stderr)
+    t.equal(fs.readFileSync(`${d.flash}/upper/etc/changed`, 'utf8'), 'x\n', 'synced')
+    t.notOk(fs.existsSync(`${d.dir}/run/staging.lock`), 'and the lock released')
+  },
+)
