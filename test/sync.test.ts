@@ -1459,3 +1459,95 @@ await t.test(
     t.equal(fs.statSync(`${s.dir}/fill/mixed`).blocks, 16, 'its pages of data only')
   },
 )
+
+await t.test(
+  'a new hard link to an immutable file that has other names on the flash: every name stays one inode',
+  async (t) => {
+    const d = device(t)
+    const upper = `${d.ram}/upper`
+    writeTree(upper, { '/etc/locked': 'immutable\n', '/etc/sub/keep': 'x\n' })
+    fs.linkSync(`${upper}/etc/locked`, `${upper}/etc/locked2`)
+    fs.linkSync(`${upper}/etc/locked`, `${upper}/etc/sub/alias`)
+    execFileSync('chattr', ['+i', `${upper}/etc/locked`])
+    t.teardown(() => {
+      for (const root of [upper, `${d.flash}/upper`]) spawnSync('chattr', ['-R', '-i', '-a', root], { stdio: 'ignore' })
+    })
+    const first = sync(d)
+    t.equal(first.status, 0, first.stderr)
+    const onFlash = `${d.flash}/upper/etc`
+    t.equal(fs.statSync(`${onFlash}/locked2`).ino, fs.statSync(`${onFlash}/locked`).ino, 'first sync: linked')
+    execFileSync('chattr', ['-i', `${upper}/etc/locked`])
+    fs.linkSync(`${upper}/etc/locked`, `${upper}/etc/locked.link`)
+    execFileSync('chattr', ['+i', `${upper}/etc/locked`])
+    const second = sync(d)
+    t.equal(second.status, 0, second.stderr)
+    const inode = fs.statSync(`${onFlash}/locked`).ino
+    for (const name of ['locked.link', 'locked2', 'sub/alias'])
+      t.equal(fs.statSync(`${onFlash}/${name}`).ino, inode, `${name}: the same inode as locked`)
+    t.equal(fs.statSync(`${onFlash}/locked`).nlink, 4, 'four names')
+    t.equal(inodeFlags(`${onFlash}/locked`), InodeFlag.immutable, 'immutable again')
+    // A directory renamed: its name of the inode is new to the flash, the others are unchanged and not even read.
+    await scanBeganNow(d)
+    fs.renameSync(`${upper}/etc/sub`, `${upper}/etc/sub2`)
+    const third = sync(d)
+    t.equal(third.status, 0, third.stderr)
+    const moved = fs.statSync(`${onFlash}/sub2/alias`).ino
+    for (const name of ['locked', 'locked.link', 'locked2'])
+      t.equal(fs.statSync(`${onFlash}/${name}`).ino, moved, `${name}: the same inode as sub2/alias`)
+    t.equal(fs.statSync(`${onFlash}/locked`).nlink, 4, 'still four names')
+    t.equal(inodeFlags(`${onFlash}/locked`), InodeFlag.immutable, 'still immutable')
+    t.match(sync(d).stdout, /nothing to sync/, 'and exact: the next finds nothing')
+  },
+)
+
+await t.test(
+  'a new name of a synced file that comes first in the walk (a link, a renamed directory) keeps every name one inode on the flash',
+  async (t) => {
+    const d = device(t)
+    const upper = `${d.ram}/upper`
+    writeTree(upper, { '/etc/m-file': 'content\n', '/a/m': 'shared\n', '/c/keep': 'x\n' })
+    fs.linkSync(`${upper}/a/m`, `${upper}/c/x`)
+    t.equal(sync(d).status, 0)
+    const onFlash = `${d.flash}/upper`
+    const inode = (path: string): bigint => fs.statSync(`${onFlash}/${path}`, { bigint: true }).ino
+    await scanBeganNow(d)
+    fs.linkSync(`${upper}/etc/m-file`, `${upper}/etc/a-link`)
+    // The first name in the walk is new (b/m): c/x is unchanged, not even read.
+    fs.renameSync(`${upper}/a`, `${upper}/b`)
+    const second = sync(d)
+    t.equal(second.status, 0, second.stderr)
+    t.equal(inode('etc/a-link'), inode('etc/m-file'), 'a new link sorting first: one inode')
+    t.equal(inode('b/m'), inode('c/x'), 'a renamed directory holding the first name: one inode')
+    // A flash copy whose names were split (by an older ovroot) is linked again once the inode is compared.
+    fs.rmSync(`${onFlash}/c/x`)
+    fs.copyFileSync(`${onFlash}/b/m`, `${onFlash}/c/x`)
+    execFileSync('touch', ['-r', `${onFlash}/b/m`, `${onFlash}/c/x`])
+    fs.chmodSync(`${upper}/b/m`, fs.statSync(`${upper}/b/m`).mode)
+    const third = sync(d)
+    t.equal(third.status, 0, third.stderr)
+    t.equal(inode('b/m'), inode('c/x'), 'split names linked again')
+    fs.writeFileSync(`${upper}/c/x`, 'changed\n')
+    t.equal(sync(d).status, 0)
+    t.equal(fs.readFileSync(`${onFlash}/b/m`, 'utf8'), 'changed\n', 'a write through one name reaches both')
+    t.match(sync(d).stdout, /nothing to sync/, 'and exact: the next finds nothing')
+  },
+)
+
+await t.test(
+  'a staging lock its maker left without its pid (killed right after making it) is taken over, not waited on for minutes',
+  async (t) => {
+    const d = device(t)
+    writeTree(`${d.ram}/upper`, { '/etc/changed': 'x\n' })
+    fs.mkdirSync(`${d.dir}/run/staging.lock`)
+    const made = new Date(Date.now() - 60_000)
+    fs.utimesSync(`${d.dir}/run/staging.lock`, made, made)
+    const synced = spawnSync(process.execPath, [OVROOT, 'sync', '--config', d.config], {
+      encoding: 'utf8',
+      env: cleanEnvironment(),
+      timeout: 30_000,
+    })
+    t.equal(synced.status, 0, synced.stderr)
+    t.equal(fs.readFileSync(`${d.flash}/upper/etc/changed`, 'utf8'), 'x\n', 'synced')
+    t.notOk(fs.existsSync(`${d.dir}/run/staging.lock`), 'and the lock released')
+  },
+)

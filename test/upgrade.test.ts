@@ -568,6 +568,14 @@ await t.test(
     const same = ovroot(['upgrade-check', `${s.dir}/a.sqfs`, '--lower', a, '--upper', upper])
     t.equal(same.status, 0, 'the same firmware: exit 0')
     t.match(same.stdout, /nothing to reconcile/)
+    // A reset scheduled for the next boot is applied before the reconcile: the prediction says it is of today's upper.
+    const marker = `${layout.root}/.ovroot/pending`
+    fs.writeFileSync(marker, JSON.stringify({ kind: 'reset', requested: 'now', keep: [] }))
+    const scheduled = ovroot(['upgrade-check', `${s.dir}/b.sqfs`, '--lower', a, '--upper', upper, '--json'])
+    t.equal(scheduled.status, 8, 'a scheduled change needs a person: exit 8')
+    t.match(scheduled.stderr, /^upgrade-check: a reset is scheduled on \S+\/flash: the next boot applies it before/m)
+    t.equal((JSON.parse(scheduled.stdout) as { scheduled?: string }).scheduled, 'reset', '--json: scheduled')
+    fs.rmSync(marker)
 
     const summary = await onFirmware({
       layout,
@@ -1123,5 +1131,33 @@ await t.test(
     })
     fs.rmSync(`${flash}/.ovroot/pending`)
     t.equal(upgradeFailureOf(layout, new Error('EIO')), undefined, 'no upgrade pending: not an upgrade’s failure')
+  },
+)
+
+await t.test(
+  "upgrade: a second name of a file, stale, refreshed with the user's metadata: its inode's xattrs come along",
+  async (t) => {
+    const { onFirmware } = await import('../src/upgrade/boot.js')
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const a = buildFirmware(s.dir, { ...FIRMWARE_A, 'etc/x': 'same\n', 'etc/y': 'same\n' }, 'a')
+    const b = buildFirmware(s.dir, { ...firmwareB(), 'etc/x': 'same\n', 'etc/y': 'new y\n' }, 'b')
+    const layout = { root: `${s.dir}/flash`, upperName: 'upper' }
+    const upper = `${layout.root}/upper`
+    fs.mkdirSync(upper, { recursive: true })
+    fs.mkdirSync(`${layout.root}/work`)
+    await onFirmware(await bootContext(layout, a))
+    const merged = `${s.dir}/merged`
+    mountOverlay(merged, [a], upper, `${layout.root}/work`, OVROOT_OPTIONS)
+    // The user tags etc/x and makes etc/y a second name of it: etc/y's content is still what A shipped there.
+    setXattr(`${merged}/etc/x`, 'user.tag', Buffer.from('mine'))
+    fs.rmSync(`${merged}/etc/y`)
+    fs.linkSync(`${merged}/etc/x`, `${merged}/etc/y`)
+    unmount(merged)
+    const summary = await onFirmware(await bootContext(layout, b))
+    t.ok(summary, 'reconciled')
+    t.equal(read(`${upper}/etc/y`), 'new y\n', "etc/y: stale, B's data")
+    t.equal(getXattr(`${upper}/etc/y`, 'user.tag')?.toString(), 'mine', "with the user's xattr")
+    t.equal(getXattr(`${upper}/etc/x`, 'user.tag')?.toString(), 'mine', 'etc/x keeps it')
   },
 )

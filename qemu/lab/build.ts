@@ -577,19 +577,48 @@ export function ensureImages(arch: Architecture, force = false): Images {
   fs.mkdirSync(BUILD, { recursive: true })
   fs.mkdirSync(CACHE, { recursive: true })
   const lock = path.join(CACHE, 'build.lock')
-  for (let waited = 0; ; waited++) {
-    try {
-      fs.mkdirSync(lock)
-      break
-    } catch {
-      if (waited > 600) throw new Error(`lab: ${lock} held for 10 minutes; remove it if no build is running`)
-      execFileSync('sleep', ['1'])
-    }
-  }
+  takeBuildLock(lock)
   try {
     return buildIfStale(arch, force)
   } finally {
-    fs.rmdirSync(lock)
+    fs.rmSync(lock, { recursive: true, force: true })
+  }
+}
+
+/** The lock names its holder: a builder killed mid-build (a test run stopped) holds nobody up. */
+export function takeBuildLock(lock: string): void {
+  for (let waited = 0; ; waited++) {
+    try {
+      fs.mkdirSync(lock)
+      fs.writeFileSync(path.join(lock, 'pid'), `${process.pid}\n`)
+      return
+    } catch {
+      if (abandoned(lock)) fs.rmSync(lock, { recursive: true, force: true })
+      else if (waited > 600) throw new Error(`lab: ${lock} held for 10 minutes; remove it if no build is running`)
+      else execFileSync('sleep', ['1'])
+    }
+  }
+}
+
+/** Its holder is dead, or it names none 10 s after it was made (its maker died between the two steps). */
+function abandoned(lock: string): boolean {
+  let holder = 0
+  try {
+    holder = Number(fs.readFileSync(path.join(lock, 'pid'), 'utf8').trim())
+  } catch {
+    // No pid yet, or no lock any more (released: the next try takes it).
+  }
+  if (Number.isInteger(holder) && holder > 0) return !alive(holder)
+  const made = fs.statSync(lock, { throwIfNoEntry: false })
+  return made !== undefined && Date.now() - made.mtimeMs > 10_000
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code !== 'ESRCH'
   }
 }
 

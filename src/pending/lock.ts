@@ -11,6 +11,7 @@ import { stagingLockPath } from '../state/run.js'
 import { ExitCode, OvrootError } from '../errors.js'
 import { createDirectoryExclusive, readTextFileIfExists, removeTree, writeFileAtomic } from '../sys/fs.js'
 import { processAlive } from '../sys/run.js'
+import { statEntry } from '../sys/entries.js'
 
 /** A sync of a large change on slow NOR flash takes minutes; longer than this is a stuck holder. */
 export const LOCK_WAIT_MS = 10 * 60 * 1000
@@ -25,6 +26,17 @@ export async function withStagingLock<T>(runDir: string, work: () => Promise<T> 
   }
 }
 
+/**
+ * A lock that names no owner long after it was made: its maker was killed (SIGKILL, the OOM killer) between
+ * making it and writing its pid, which takes microseconds. Left, it would hold every sync off until a reboot.
+ */
+function ownerless(lock: string, pidLine: string): boolean {
+  if (pidLine.trim() !== '') return false
+  const made = statEntry(lock)
+  return made !== undefined && Date.now() - Number(made.mtimeNs / 1_000_000n) > OWNERLESS_MS
+}
+const OWNERLESS_MS = 10_000
+
 async function acquire(lock: string): Promise<void> {
   const started = Date.now()
   let told = false
@@ -36,7 +48,7 @@ async function acquire(lock: string): Promise<void> {
     const [pidLine = '', command = 'ovroot'] = (readTextFileIfExists(`${lock}/pid`) ?? '').split('\n')
     const owner = Number(pidLine.trim())
     const holder = `pid ${owner} (${command.trim()})`
-    if (Number.isInteger(owner) && owner > 0 && !processAlive(owner)) removeTree(lock)
+    if ((Number.isInteger(owner) && owner > 0 && !processAlive(owner)) || ownerless(lock, pidLine)) removeTree(lock)
     else if (Date.now() - started > LOCK_WAIT_MS)
       throw new OvrootError(
         'ELOCKED',

@@ -17,7 +17,14 @@
 import type { BigIntStats } from 'node:fs'
 import { applyPending } from '../pending/apply.js'
 import { commitPending, dropStaging, readPending, syncStagingPath } from '../pending/marker.js'
-import { EntryWriter, modificationTime, readEntry, readEntryIfPresent, type StableFile } from '../sys/entries.js'
+import {
+  EntryWriter,
+  modificationTime,
+  readEntry,
+  readEntryIfPresent,
+  statEntry,
+  type StableFile,
+} from '../sys/entries.js'
 import { InodeFlag, inodeFlags, inodeFlagsHeld, inodeFlagsIfPresent } from '../sys/libc.js'
 import { listNames, makeDirectory, removeTree, sameContent } from '../sys/fs.js'
 import { OverlayXattrs } from '../overlay/xattrs.js'
@@ -211,6 +218,19 @@ function stageChanges(source: SyncSource, plan: FlatStaging): Staged {
       process.stderr.write(`ovroot: sync: /${showBytes(entry.path)}: ${why}; left for the next sync\n`)
     }
   }
+  // A first name staged (new, changed, or restaged for a new link) is a new inode on the flash: its inode's other
+  // names link to it too, those unchanged or equal there included, or they would stay the old inode's.
+  for (const [path, first] of plan.otherNames()) {
+    try {
+      const entry = readEntry(under(plan.upper, path), path, plan.stubXattr)
+      if (entry === 'socket') continue
+      const second: UpperEntry = { ...entry, type: 'hardlink', linkTarget: first.path }
+      copy(plan.relink(second), second, first.full)
+    } catch (error) {
+      // Gone since: the flash keeps its old name, the next sync sees the change.
+      if (!isGone(error)) throw error
+    }
+  }
   writer.finish()
   const removals = plan.removals()
   return {
@@ -242,6 +262,10 @@ class FlatStaging {
   private readonly present = new Set<string>()
   /** Directories that are not the one their path had at the baseline's scan: everything below them is compared. */
   private readonly movedDirectories = new Set<string>()
+  /** The names of each of the upper's regular files with more than one, in the walk's order (the first name first), by dev:ino. */
+  private readonly linkedNames = new Map<string, string[]>()
+  /** Entries staged, then abandoned: nothing links to them. */
+  private readonly abandoned = new Set<string>()
   /** Every directory of the upper visited, with its inode number: what the next scan checks identities against. */
   readonly directories = new Map<string, bigint>()
 
@@ -298,6 +322,12 @@ class FlatStaging {
       changeTimeNs < unchangedBefore &&
       !below &&
       !(stat.isFile() && this.mapped.has(stat.ino))
+    if (stat.isFile() && stat.nlink > 1n) {
+      const inode = `${stat.dev}:${stat.ino}`
+      const names = this.linkedNames.get(inode)
+      if (names) names.push(path)
+      else this.linkedNames.set(inode, [path])
+    }
     if (stat.isDirectory()) {
       this.directories.set(path, stat.ino)
       if (unchangedBefore !== undefined && !skip && (below || this.scan.directoryInode(path) !== stat.ino))
@@ -344,9 +374,31 @@ class FlatStaging {
     return full
   }
 
+  /**
+   * Names of the upper's inodes whose first name was staged, not staged themselves (unchanged, or equal on the
+   * flash): each with its first name and that one's staging path.
+   */
+  *otherNames(): Generator<[BytePath, { path: BytePath; full: BytePath }]> {
+    for (const names of this.linkedNames.values()) {
+      const first = names[0]
+      const full = first === undefined || this.abandoned.has(first) ? undefined : this.stagedAs.get(first)
+      if (first === undefined || full === undefined) continue
+      for (const path of names.slice(1)) if (!this.stagedAs.has(path)) yield [path, { path: first, full }]
+    }
+  }
+
+  /** Stage `entry`, a second name (otherNames), as a link: its staging path. */
+  relink(entry: UpperEntry): string {
+    const full = this.stage(entry, 0, 0)
+    this.stagedAs.set(entry.path, full)
+    this.entries++
+    return full
+  }
+
   /** An entry staged, then abandoned (it vanished or kept changing while read): no inode flags are set for it. */
   abandon(path: string): void {
     for (let i = this.flagged.length - 1; i >= 0; i--) if (this.flagged[i]?.[0] === path) this.flagged.splice(i, 1)
+    this.abandoned.add(path)
   }
 
   /** Directories that receive moved entries without changing themselves: their mtime is given back after the moves. */
@@ -379,6 +431,17 @@ class FlatStaging {
   vanished(path: string): void {
     this.seen(path)
     this.comparedDirectories.delete(path)
+  }
+
+  /**
+   * Whether a second name of a regular file is its first name's inode on the flash too: equal bytes under two
+   * inodes are not one file. Any other kind (the whiteout inode the kernel shares among names) is one by its kind.
+   */
+  private linkedOnFlash(entry: UpperEntry, kind: UpperEntry['type']): boolean {
+    if (entry.type !== 'hardlink' || kind !== 'file') return true
+    const name = statEntry(under(this.mirror, entry.path))
+    const first = statEntry(under(this.mirror, entry.linkTarget ?? ''))
+    return name !== undefined && first !== undefined && name.dev === first.dev && name.ino === first.ino
   }
 
   /** A regular file's bytes, once everything else about it is equal. */
@@ -422,7 +485,14 @@ class FlatStaging {
       raw === 'socket'
         ? undefined
         : { ...raw, flags: ((raw.flags ?? 0) & this.flagMask) | (flashFlags & ~this.flagMask) }
-    if (wanted && flashEntry && sameEntry(wanted, flashEntry) && this.sameBytes(wanted, entry.path)) return undefined
+    if (
+      wanted &&
+      flashEntry &&
+      sameEntry(wanted, flashEntry) &&
+      this.sameBytes(wanted, entry.path) &&
+      this.linkedOnFlash(entry, wanted.type)
+    )
+      return undefined
     if (entry.type === 'dir')
       (flashEntry?.type === 'dir' ? this.changedDirectories : this.wholeDirectories).add(entry.path)
     return this.stage(entry, wanted?.flags ?? 0, flashFlags)

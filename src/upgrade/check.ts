@@ -11,6 +11,7 @@ import * as nodePath from 'node:path'
 import { loadConfig } from '../config/load.js'
 import type { Config } from '../config/schema.js'
 import { withStagingLock } from '../pending/lock.js'
+import { readPending } from '../pending/marker.js'
 import { ExitCode, OvrootError, type ExitStatus } from '../errors.js'
 import { bytePathBuffer, bytesOf, showBytes, type BytePath } from '../names.js'
 import { namespaceForMount, OverlayXattrs } from '../overlay/xattrs.js'
@@ -92,6 +93,7 @@ async function predict(
       ...(problems.length ? { problems } : {}),
     }
     const report = reportOf(plan, sides, layout)
+    const scheduled = scheduledChange(layout)
     const classes = Object.fromEntries(
       UPGRADE_CLASSES.map((name) => [
         name,
@@ -101,10 +103,16 @@ async function predict(
       ]),
     )
     process.stdout.write(
-      options.json ? `${JSON.stringify({ ...report, same: false, classes })}\n` : render(report, classes),
+      options.json
+        ? `${JSON.stringify({ ...report, same: false, classes, ...(scheduled ? { scheduled } : {}) })}\n`
+        : render(report, classes),
     )
+    if (scheduled)
+      process.stderr.write(
+        `upgrade-check: a ${scheduled} is scheduled on ${layout.root}: the next boot applies it before the reconcile, so this predicts the upper as it is now, not as the boot will find it\n`,
+      )
     const attention = report.counts.conflict + report.counts.hidden + report.counts.unknown
-    return attention > 0 ? ExitCode.attention : ExitCode.ok
+    return attention > 0 || scheduled ? ExitCode.attention : ExitCode.ok
   } finally {
     mounted.release()
   }
@@ -123,6 +131,15 @@ function checkImage(image: string): boolean {
       `upgrade-check: ${image} is not a squashfs image (no squashfs superblock at its start)`,
     )
   return false
+}
+
+/** A reset, restore or committed sync the next boot applies first: a prediction of today's upper would not hold. */
+function scheduledChange(layout: FlashLayout): string | undefined {
+  try {
+    return readPending(layout)?.kind
+  } catch {
+    return 'change (its marker is unreadable)'
+  }
 }
 
 const counted = (item: UpgradePlan['entries'][number]): boolean =>

@@ -114,6 +114,19 @@ export interface PlannedEntry {
 /** What the stage and the report need of an entry they do not rewrite. */
 export type KindOf = Pick<UpperEntry, 'path' | 'type' | 'holeSize' | 'linkTarget'>
 
+/** A second name comes from the walk without its inode's xattrs (its first name has them): a refresh keeps the user's. */
+function withInodeXattrs(upper: BytePath, entry: UpperEntry, xattrs: OverlayXattrs): UpperEntry {
+  if (entry.type !== 'hardlink') return entry
+  try {
+    const inode = readEntry(under(upper, entry.path), entry.path, xattrs.name('metacopy'))
+    return inode === 'socket' ? entry : { ...entry, xattrs: inode.xattrs }
+  } catch (error) {
+    // Removed since the walk (upgrade-check reads the running upper): nothing is staged from that plan.
+    if (isGone(error)) return entry
+    throw error
+  }
+}
+
 /** An entry as the plan holds it: whole when the stage may write it again from its metadata. */
 function held(entry: UpperEntry, verdict: Verdict): UpperEntry | KindOf {
   if (entry.type === 'dir' || verdict.action === 'refresh') return entry
@@ -195,7 +208,7 @@ export function planUpgrade(
       path: entry.path,
       lowerPath,
       verdict,
-      entry: held(entry, verdict),
+      entry: held(verdict.action === 'refresh' ? withInodeXattrs(upper, entry, xattrs) : entry, verdict),
       old: o,
       next: n,
       record: u,
