@@ -134,6 +134,15 @@ await t.test('--version and --help', async (t) => {
   const none = ovroot([])
   t.equal(none.status, 2)
   t.match(none.stderr, /a command is required/)
+  for (const args of [['statsu'], ['--config', '/etc/ovroot.conf', 'statsu']]) {
+    const typo = ovroot(args)
+    t.equal(typo.status, 2, `${args.join(' ')}: a usage error`)
+    t.equal(
+      typo.stderr,
+      "ovroot: unknown command 'statsu'; did you mean status? (see ovroot --help)\n",
+      'names what was typed',
+    )
+  }
 })
 
 await t.test('status and reset outside a device booted by ovroot: one line, exit 4', async (t) => {

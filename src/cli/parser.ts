@@ -49,8 +49,15 @@ export async function main(argv: string[]): Promise<void> {
     .epilog(EPILOG)
     .fail((message: string, error: Error | undefined) => {
       if (error) throw error
-      throw new OvrootError('EUSAGE', ExitCode.usage, `${message} (see ovroot --help)`)
+      throw new OvrootError('EUSAGE', ExitCode.usage, `${namingTheCommand(message, argv)} (see ovroot --help)`)
     })
   for (const command of commands) parser = parser.command(command)
   await parser.parseAsync()
+}
+
+/** yargs' suggestion alone ("Did you mean boot?") does not say what was typed: name it first. */
+function namingTheCommand(message: string, argv: string[]): string {
+  const typed = argv.find((argument, at) => !argument.startsWith('-') && argv[at - 1] !== '--config')
+  if (!message.startsWith('Did you mean') || typed === undefined) return message
+  return `unknown command '${typed}'; ${message.replace('Did you mean', 'did you mean')}`
 }
