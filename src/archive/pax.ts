@@ -24,6 +24,7 @@ export interface TarEntry extends UpperEntry {
 }
 
 export const BLOCK = 512
+const EMPTY: Buffer = Buffer.alloc(0)
 
 /**
  * The largest extended header (pax `x`/`g`, GNU `L`/`K`) read: far above what
@@ -373,7 +374,7 @@ interface Overrides {
  */
 export class PaxReader {
   private state: State = { kind: 'header' }
-  private pending = Buffer.alloc(0)
+  private pending = EMPTY
   private overrides: Overrides = { records: new Map() }
   private offset = 0
   private zeroBlocks = 0
@@ -381,6 +382,9 @@ export class PaxReader {
   private digest = createHash('sha256')
   private digestBeforeGlobal = ''
   private restartDigest = false
+  /** The chunk being parsed, and how much of it the digest holds. */
+  private input = EMPTY
+  private hashed = 0
 
   constructor(private readonly handler: ArchiveHandler) {}
 
@@ -389,34 +393,45 @@ export class PaxReader {
   }
 
   push(chunk: Buffer): void {
-    let input = this.pending.length > 0 ? Buffer.concat([this.pending, chunk]) : chunk
-    this.pending = Buffer.alloc(0)
-    while (input.length > 0 && this.state.kind !== 'done') {
+    const input = this.pending.length > 0 ? Buffer.concat([this.pending, chunk]) : chunk
+    this.pending = EMPTY
+    this.input = input
+    this.hashed = 0
+    let at = 0
+    while (at < input.length && this.state.kind !== 'done') {
       const state = this.state
       if (state.kind === 'data') {
-        const take = Math.min(input.length, state.remaining + state.padding)
+        const take = Math.min(input.length - at, state.remaining + state.padding)
         const dataBytes = Math.min(take, state.remaining)
-        this.digest.update(input.subarray(0, take))
-        if (dataBytes > 0) this.handler.data(input.subarray(0, dataBytes))
+        if (dataBytes > 0) this.handler.data(input.subarray(at, at + dataBytes))
         state.padding -= take - dataBytes
         state.remaining -= dataBytes
-        input = input.subarray(take)
+        at += take
         this.offset += take
         if (state.remaining === 0 && state.padding === 0) this.finishEntry()
         continue
       }
-      if (input.length < BLOCK) break
-      const block = input.subarray(0, BLOCK)
-      input = input.subarray(BLOCK)
+      if (input.length - at < BLOCK) break
+      const block = input.subarray(at, at + BLOCK)
       this.offset += BLOCK
-      this.block(block)
-      this.digest.update(block)
+      this.block(block, at)
+      at += BLOCK
       if (this.restartDigest) {
+        this.hashTo(at)
         this.digest = createHash('sha256')
         this.restartDigest = false
       }
     }
-    if (input.length > 0 && this.state.kind !== 'done') this.pending = Buffer.from(input)
+    // What was read is hashed in one call per chunk, not one per block: the digest is the same.
+    this.hashTo(at)
+    this.input = EMPTY
+    if (at < input.length && this.state.kind !== 'done') this.pending = Buffer.from(input.subarray(at))
+  }
+
+  /** Adds the current chunk's bytes up to `at` to the digest. */
+  private hashTo(at: number): void {
+    if (at > this.hashed) this.digest.update(this.input.subarray(this.hashed, at))
+    this.hashed = at
   }
 
   /** The stream ended: anything but a complete archive is truncated. */
@@ -427,7 +442,8 @@ export class PaxReader {
       )
   }
 
-  private block(block: Buffer): void {
+  /** `at`: where the block starts in the chunk being parsed. */
+  private block(block: Buffer, at: number): void {
     const state = this.state
     if (state.kind === 'extended') {
       const take = Math.min(BLOCK, state.remaining)
@@ -441,10 +457,10 @@ export class PaxReader {
       this.sparseMap(state)
       return
     }
-    this.header(block)
+    this.header(block, at)
   }
 
-  private header(block: Buffer): void {
+  private header(block: Buffer, at: number): void {
     if (block.every((byte) => byte === 0)) {
       if (this.overrides.records.size > 0 || this.overrides.longName || this.overrides.longLink)
         throw corrupt(
@@ -468,8 +484,11 @@ export class PaxReader {
         throw corrupt(
           `a global header at byte ${this.offset - BLOCK} follows an extended header meant for an entry: the archive is damaged`,
         )
-      // This block is not hashed yet: the digest so far ends where the global record starts.
-      if (flag === 'g') this.digestBeforeGlobal = this.digest.copy().digest('hex')
+      // The digest so far ends where the global record starts.
+      if (flag === 'g') {
+        this.hashTo(at)
+        this.digestBeforeGlobal = this.digest.copy().digest('hex')
+      }
       this.state = size === 0 ? { kind: 'header' } : { kind: 'extended', flag, remaining: size, parts: [] }
       if (size === 0) this.finishExtended(flag, Buffer.alloc(0))
       return
@@ -651,16 +670,35 @@ function checkChecksum(block: Buffer, offset: number): void {
   let sum = width * 0x20
   for (let i = 0; i < from; i++) sum += block[i] ?? 0
   for (let i = from + width; i < BLOCK; i++) sum += block[i] ?? 0
-  const stored = parseInt(
-    fieldText(block, FIELD.checksum)
-      .replace(/[\0 ]+$/, '')
-      .trim(),
-    8,
-  )
+  const plain = plainOctal(block, FIELD.checksum)
+  const stored =
+    plain ??
+    parseInt(
+      fieldText(block, FIELD.checksum)
+        .replace(/[\0 ]+$/, '')
+        .trim(),
+      8,
+    )
   if (stored !== sum) throw corrupt(`header checksum mismatch at byte ${offset}: the archive is damaged`)
 }
 
-function parseNumber(block: Buffer, { offset, width }: Field, at: number): number {
+/**
+ * An octal field as every tar writes it, read without making a string: digits, then only NULs and
+ * spaces. Anything else (leading spaces, no digits) is undefined: left to the full reading.
+ */
+function plainOctal(block: Buffer, { offset, width }: Field): number | undefined {
+  const end = offset + width
+  let value = 0
+  let at = offset
+  for (let byte = block[at] ?? 0; at < end && byte >= 0x30 && byte <= 0x37; byte = block[++at] ?? 0)
+    value = value * 8 + byte - 0x30
+  if (at === offset) return undefined
+  for (; at < end; at++) if (block[at] !== 0 && block[at] !== 0x20) return undefined
+  return value
+}
+
+function parseNumber(block: Buffer, field: Field, at: number): number {
+  const { offset, width } = field
   const first = block[offset] ?? 0
   // GNU base-256 for values past the octal range.
   if (first & 0x80) {
@@ -668,7 +706,9 @@ function parseNumber(block: Buffer, { offset, width }: Field, at: number): numbe
     for (let i = 1; i < width; i++) value = value * 256 + (block[offset + i] ?? 0)
     return value
   }
-  const text = fieldText(block, { offset, width })
+  const plain = plainOctal(block, field)
+  if (plain !== undefined) return plain
+  const text = fieldText(block, field)
     .replace(/[\0 ]+$/, '')
     .trim()
   if (text === '') return 0
