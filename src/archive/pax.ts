@@ -76,7 +76,8 @@ const fieldText = (block: Buffer, field: Field): string =>
   block.toString('latin1', field.offset, field.offset + field.width)
 
 /** The largest value an octal field of `width` bytes holds (one byte is the terminator). */
-const octalLimit = (width: number): number => 8 ** (width - 1) - 1
+const octalLimit = (width: number): number => OCTAL_LIMITS[width] ?? 8 ** (width - 1) - 1
+const OCTAL_LIMITS: Record<number, number> = { 7: 8 ** 6 - 1, 8: 8 ** 7 - 1, 12: 8 ** 11 - 1 }
 
 /** A pax record before it is written: `"<len> <key>=<value>\n"`. */
 type PaxRecord = readonly [key: string, value: Buffer | string]
@@ -85,9 +86,9 @@ type PaxRecord = readonly [key: string, value: Buffer | string]
 function recordLength([key, value]: PaxRecord): number {
   // " key=value\n", then the length in front.
   const body = Buffer.byteLength(key) + (typeof value === 'string' ? Buffer.byteLength(value) : value.length) + 3
-  let length = body + 1
-  while (String(length).length + body !== length) length = String(length).length + body
-  return length
+  let digits = 1
+  while (body + digits >= 10 ** digits) digits++
+  return body + digits
 }
 
 /** Writes a record of `length` bytes at `at` of `out`; answers where the next one goes. */
@@ -133,26 +134,27 @@ function writeOctal(out: Buffer, at: number, value: number, { offset, width }: F
 
 /** A ustar header block at `at` of `out`, whose 512 bytes there are zeros. */
 function writeUstarHeader(out: Buffer, at: number, fields: HeaderFields): void {
-  const bytes = (value: Buffer, { offset, width }: Field): void => {
-    value.copy(out, at + offset, 0, Math.min(value.length, width))
-  }
-  bytes(fields.name, FIELD.name)
+  fields.name.copy(out, at + FIELD.name.offset, 0, Math.min(fields.name.length, FIELD.name.width))
   writeOctal(out, at, fields.mode, FIELD.mode)
   writeOctal(out, at, fields.uid, FIELD.uid)
   writeOctal(out, at, fields.gid, FIELD.gid)
   writeOctal(out, at, fields.size, FIELD.size)
   writeOctal(out, at, Math.max(0, Math.floor(fields.mtime)), FIELD.mtime)
-  out.write(fields.flag, at + FIELD.typeFlag.offset, 'latin1')
-  bytes(fields.linkName, FIELD.linkName)
-  out.write('ustar\x0000', at + FIELD.magic.offset, 'latin1')
+  out[at + FIELD.typeFlag.offset] = fields.flag.charCodeAt(0)
+  fields.linkName.copy(out, at + FIELD.linkName.offset, 0, Math.min(fields.linkName.length, FIELD.linkName.width))
+  USTAR_MAGIC.copy(out, at + FIELD.magic.offset)
   writeOctal(out, at, fields.devMajor, FIELD.devMajor)
   writeOctal(out, at, fields.devMinor, FIELD.devMinor)
   out.fill(0x20, at + FIELD.checksum.offset, at + FIELD.checksum.offset + FIELD.checksum.width)
   let sum = 0
   for (let i = at; i < at + BLOCK; i++) sum += out[i] ?? 0
   // Six digits, NUL, space (the last byte stays the space it was summed as).
-  writeOctal(out, at, sum, { offset: FIELD.checksum.offset, width: 7 })
+  writeOctal(out, at, sum, CHECKSUM_DIGITS)
 }
+
+/** `ustar\0`, then the version `00`. */
+const USTAR_MAGIC = Buffer.from('ustar\x0000', 'latin1')
+const CHECKSUM_DIGITS: Field = { offset: FIELD.checksum.offset, width: 7 }
 
 const NO_NAME = Buffer.alloc(0)
 
@@ -171,11 +173,24 @@ function extendedLayout(records: PaxRecord[]): ExtendedLayout {
 
 /** An extended header (`x` or `g`) at `at` of `out`, whose bytes there are zeros. */
 function writeExtendedHeader(out: Buffer, at: number, flag: 'x' | 'g', name: Buffer, layout: ExtendedLayout): void {
-  const size = layout.lengths.reduce((sum, length) => sum + length, 0)
-  const fields = { name, mode: 0o644, uid: 0, gid: 0, size, mtime: 0, flag, linkName: NO_NAME }
-  writeUstarHeader(out, at, { ...fields, devMajor: 0, devMinor: 0 })
+  let size = 0
+  for (const length of layout.lengths) size += length
+  const fields = {
+    name,
+    mode: 0o644,
+    uid: 0,
+    gid: 0,
+    size,
+    mtime: 0,
+    flag,
+    linkName: NO_NAME,
+    devMajor: 0,
+    devMinor: 0,
+  }
+  writeUstarHeader(out, at, fields)
   let position = at + BLOCK
-  layout.records.forEach((record, i) => (position = writeRecord(out, position, record, layout.lengths[i] ?? 0)))
+  for (let i = 0; i < layout.records.length; i++)
+    position = writeRecord(out, position, layout.records[i] ?? ['', ''], layout.lengths[i] ?? 0)
 }
 
 /** A global header holding only a comment: how ovroot's manifest travels, invisible to tar. */

@@ -222,6 +222,31 @@ function readSmallFile(full: BytePath, holes: boolean): StableFile | 'large' | '
   }
 }
 
+/** One buffer for every firmware file hashed (sha256OfFirmwareFile): reads never overlap. */
+let firmwareChunk: Buffer | undefined
+
+/**
+ * The sha256 of a firmware file: open, read to its end, close. No stat before
+ * and after as readStableFile takes (two of its five calls): a firmware
+ * layer is read-only, and overlayfs leaves a lower changed under a mount
+ * undefined anyway.
+ */
+export function sha256OfFirmwareFile(full: BytePath): string {
+  let fd = -1
+  try {
+    fd = fs.openSync(kernelPath(full), 'r')
+    const hash = createHash('sha256')
+    const chunk = (firmwareChunk ??= Buffer.allocUnsafe(CHUNK))
+    for (let got = fs.readSync(fd, chunk, 0, CHUNK, null); got > 0; got = fs.readSync(fd, chunk, 0, CHUNK, null))
+      hash.update(chunk.subarray(0, got))
+    return hash.digest('hex')
+  } catch (error) {
+    throw fromNodeError(error, 'read', showBytes(full))
+  } finally {
+    if (fd >= 0) fs.closeSync(fd)
+  }
+}
+
 /**
  * The first `size` bytes of a file that had that size, hashed, then streamed and checked against the hash:
  * unchanged across two reads while only bytes past them were added. Undefined unless it grew (a file rewritten in place is no log).
