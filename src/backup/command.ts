@@ -4,7 +4,6 @@
  */
 import { bytesOf, showBytes } from '../names.js'
 import { createHash } from 'node:crypto'
-import type { BigIntStats } from 'node:fs'
 import { hostname } from 'node:os'
 import { Readable, type Transform, type TransformOptions } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
@@ -26,6 +25,7 @@ import { globToRegExp } from '../glob.js'
 import { namespaceForMount, OverlayXattrs } from '../overlay/xattrs.js'
 import { openAtomicOutput, openFileIdentity, type FileIdentity } from '../sys/fs.js'
 import { readStableFile, statEntry } from '../sys/entries.js'
+import type { EntryStat } from '../sys/types.js'
 import { under } from '../upper/entry.js'
 import { walkUpper, type WalkOptions } from '../upper/walk.js'
 import { VERSION } from '../version.js'
@@ -103,11 +103,11 @@ function ownOutput(
   upper: string,
   live: boolean,
   output: FileIdentity | undefined,
-): ((path: string, stat: BigIntStats) => boolean) | undefined {
+): ((path: string, stat: EntryStat) => boolean) | undefined {
   if (output === undefined) return undefined
   const devices = [statEntry(bytesOf(upper))?.dev, live ? statEntry('/')?.dev : undefined]
   if (!devices.includes(output.dev)) return undefined
-  return (_path, stat) => stat.isFile() && stat.ino === output.ino
+  return (_path, stat) => stat.type === 'file' && stat.ino === output.ino
 }
 
 /** The archive: the global header, the entries, then the trailer with their count and the sha256 of their bytes. */

@@ -8,13 +8,13 @@
 import { createHash } from 'node:crypto'
 import * as fs from 'node:fs'
 import { ExitCode, fromNodeError, OvrootError, SysError } from '../errors.js'
-import type { EntryKind, UpperEntry } from './types.js'
+import type { EntryStat, UpperEntry } from './types.js'
 import {
   dataRegions,
   getXattr,
-  inodeFlags,
   setInodeFlags,
   listXattrs,
+  lstat,
   makeNode,
   removeXattr,
   setTimes,
@@ -25,33 +25,7 @@ import {
 import { reportProgress } from './progress.js'
 import { bytePathBuffer as kernelPath, byteString, showBytes, type BytePath } from '../names.js'
 
-const KIND_OF = (stat: fs.BigIntStats): EntryKind | 'socket' =>
-  stat.isFile()
-    ? 'file'
-    : stat.isDirectory()
-      ? 'dir'
-      : stat.isSymbolicLink()
-        ? 'symlink'
-        : stat.isCharacterDevice()
-          ? 'char'
-          : stat.isBlockDevice()
-            ? 'block'
-            : stat.isFIFO()
-              ? 'fifo'
-              : 'socket'
-
 const microseconds = (nanoseconds: bigint): number => Number(nanoseconds / 1000n) / 1e6
-
-/** The fields ovroot keeps as numbers. */
-function numbers(stat: fs.BigIntStats): { mode: number; uid: number; gid: number; size: number; rdev: number } {
-  return {
-    mode: Number(stat.mode),
-    uid: Number(stat.uid),
-    gid: Number(stat.gid),
-    size: Number(stat.size),
-    rdev: Number(stat.rdev),
-  }
-}
 
 /** An entry's mtime in whole microseconds (seconds with six decimals), from one stat: what a sync records for a directory. */
 export function modificationTime(full: BytePath): number {
@@ -79,29 +53,22 @@ export function readEntryIfPresent(
   stubXattr: string,
   withFlags = false,
 ): UpperEntry | 'socket' | undefined {
-  const big = statEntry(full)
-  return big && readEntryWithStat(full, path, stubXattr, big, withFlags)
+  const stat = statEntry(full)
+  return stat && readEntryWithStat(full, path, stubXattr, stat, withFlags)
 }
 
 /** The lstat of an entry, or undefined when nothing is at `full`: for a caller that decides from it whether to read the rest. */
-export function statEntry(full: BytePath): fs.BigIntStats | undefined {
-  try {
-    return fs.lstatSync(kernelPath(full), { bigint: true, throwIfNoEntry: false })
-  } catch (error) {
-    throw fromNodeError(error, 'stat', showBytes(full))
-  }
-}
+export const statEntry = (full: BytePath): EntryStat | undefined => lstat(kernelPath(full))
 
-/** readEntry, given the entry's lstat. */
+/** readEntry, given the entry's lstat (statEntry), whose inode flags it takes when asked `withFlags`. */
 export function readEntryWithStat(
   full: BytePath,
   path: BytePath,
   stubXattr: string,
-  big: fs.BigIntStats,
+  stat: EntryStat,
   withFlags = false,
 ): UpperEntry | 'socket' {
-  const stat = numbers(big)
-  const type = KIND_OF(big)
+  const type = stat.type
   if (type === 'socket') return 'socket'
   const xattrs: [string, Buffer][] = []
   const kernelFull = kernelPath(full)
@@ -111,15 +78,15 @@ export function readEntryWithStat(
   }
   const stub = type === 'file' && stat.size > 0 && xattrs.some(([name]) => name === stubXattr)
   // Files and directories only: what chattr sets, and what can be opened to set them back.
-  const flags = withFlags && (type === 'file' || type === 'dir') ? inodeFlags(kernelFull) : 0
+  const flags = withFlags && (type === 'file' || type === 'dir') ? stat.flags : 0
   const entry: UpperEntry = {
     path,
     type,
-    mode: stat.mode & 0o7777,
+    mode: stat.permissions,
     uid: stat.uid,
     gid: stat.gid,
-    mtimeNs: big.mtimeNs,
-    atimeNs: big.atimeNs,
+    mtimeNs: stat.mtimeNs,
+    atimeNs: stat.atimeNs,
     size: type === 'file' && !stub ? stat.size : 0,
     devMajor: type === 'char' || type === 'block' ? majorOf(stat.rdev) : 0,
     devMinor: type === 'char' || type === 'block' ? minorOf(stat.rdev) : 0,
