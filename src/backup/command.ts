@@ -17,7 +17,7 @@ import {
   FORMAT_VERSION,
   type BackupHeader,
 } from '../archive/manifest.js'
-import { dataPadding, END_OF_ARCHIVE, entryHeader, globalComment } from '../archive/pax.js'
+import { dataPadding, END_OF_ARCHIVE, entryHeader, globalComment, type TarEntry } from '../archive/pax.js'
 import { loadConfig } from '../config/load.js'
 import { checkDiffRequest, openDiff, type CheckedDiffRequest } from '../diff/open.js'
 import { ExitCode, usageError, type ExitStatus } from '../errors.js'
@@ -138,24 +138,28 @@ function* entryStream(
   const xattrs = new OverlayXattrs(request.namespace)
   const firmware = firmwareView(request.lowers, request.namespace)
   const upper = bytesOf(request.upper)
+  // The walk's lstat of the entry it yields last: it stands for the stat before a file's read.
+  let walked: { path: string; stat: EntryStat } | undefined
   const walk = walkUpper(upper, {
     stubXattr: xattrs.name('metacopy'),
     flags: true,
     ...select,
+    skip: (path, stat) => {
+      walked = { path, stat }
+      return select.skip?.(path, stat) ?? false
+    },
     skipped: (path, why) => process.stderr.write(`ovroot: skipped /${showBytes(path)}: ${why} cannot be archived\n`),
   })
   for (const entry of walk) {
     counted()
     if (entry.type === 'file' && entry.holeSize === undefined) {
       // Holes stay holes: only a file's data regions are read and archived (GNU sparse 1.0).
-      const file = readStableFile(under(upper, entry.path), { holes: true })
+      const stat = walked?.path === entry.path ? walked.stat : undefined
+      const file = readStableFile(under(upper, entry.path), { holes: true, stat })
       const base = firmware.sha256(entry.path)?.slice(0, BASE_DIGITS)
-      const archived = {
-        ...entry,
-        size: file.size,
-        ...(file.regions ? { regions: file.regions } : {}),
-        ...(base ? { comment: encodeSums({ base }) } : {}),
-      }
+      const archived: TarEntry = { ...entry, size: file.size }
+      if (file.regions) archived.regions = file.regions
+      if (base) archived.comment = encodeSums({ base })
       yield entryHeader(archived)
       for (const chunk of file.chunks()) {
         progress.add(chunk.length)

@@ -137,10 +137,11 @@ export type Region = [offset: number, length: number]
  */
 export function readStableFile(
   full: BytePath,
-  options: { holes?: boolean; prefixOfGrowing?: boolean } = {},
+  options: { holes?: boolean; prefixOfGrowing?: boolean; stat?: EntryStat | undefined } = {},
 ): StableFile {
   for (let attempt = 0; attempt < 2; attempt++) {
-    const small = readSmallFile(full, options.holes === true)
+    // A walk's lstat of the file stands for the stat before the first read (a rename since then is a new inode).
+    const small = readSmallFile(full, options.holes === true, attempt === 0 ? options.stat : undefined)
     if (small === 'changed') continue
     if (small !== 'large') return small
     const before = statForChange(full)
@@ -156,15 +157,16 @@ export function readStableFile(
 
 /**
  * A file of up to WHOLE_FILE_BYTES without holes (most of an upper), read
- * whole through one descriptor: its fstat before and after the read stand for
- * two stats of its path (the descriptor is the inode read, renamed or not).
+ * whole through one descriptor: its fstat before (or `known`, the walk's
+ * lstat of it) and after the read stand for two stats of its path (the
+ * descriptor is the inode read, renamed or not).
  * 'large' for any other file, 'changed' when it changed while read.
  */
-function readSmallFile(full: BytePath, holes: boolean): StableFile | 'large' | 'changed' {
+function readSmallFile(full: BytePath, holes: boolean, known: EntryStat | undefined): StableFile | 'large' | 'changed' {
   let fd = -1
   try {
     fd = fs.openSync(kernelPath(full), 'r')
-    const before = fs.fstatSync(fd)
+    const before = known ?? versionOf(fs.fstatSync(fd, { bigint: true }))
     if (before.size > WHOLE_FILE_BYTES || (holes && before.blocks * 512 < before.size)) return 'large'
     const content = Buffer.allocUnsafe(before.size)
     for (let got = 0; got < content.length;) {
@@ -172,7 +174,7 @@ function readSmallFile(full: BytePath, holes: boolean): StableFile | 'large' | '
       if (count === 0) return 'changed'
       got += count
     }
-    if (!sameVersion(before, fs.fstatSync(fd))) return 'changed'
+    if (!sameFileVersion(before, versionOf(fs.fstatSync(fd, { bigint: true })))) return 'changed'
     // Hashed when asked: a backup archives the bytes, only a copy-up's firmware twin needs its sha256.
     let sha256: string | undefined
     return {
@@ -326,6 +328,19 @@ function statForChange(full: BytePath): fs.Stats {
   } catch (error) {
     throw fromNodeError(error, 'stat', showBytes(full))
   }
+}
+
+/** What tells two versions of a file apart, from an fstat or from a walk's lstat (EntryStat). */
+type FileVersion = Pick<EntryStat, 'size' | 'blocks' | 'mtimeNs' | 'ctimeNs' | 'ino'>
+
+/** Node's inode number is signed, statx's (EntryStat's) unsigned: both read unsigned. */
+function versionOf(stat: fs.BigIntStats): FileVersion {
+  const { mtimeNs, ctimeNs } = stat
+  return { size: Number(stat.size), blocks: Number(stat.blocks), mtimeNs, ctimeNs, ino: BigInt.asUintN(64, stat.ino) }
+}
+
+function sameFileVersion(a: FileVersion, b: FileVersion): boolean {
+  return a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs && a.ino === b.ino
 }
 
 function sameVersion(a: fs.Stats, b: fs.Stats): boolean {
