@@ -9,7 +9,7 @@ import { execFileSync, spawnSync } from 'node:child_process'
 import * as fs from 'node:fs'
 import * as net from 'node:net'
 import * as path from 'node:path'
-import { getXattr, listXattrs, lstat, makeNode, removeXattr, setXattr } from '../src/sys/libc.js'
+import { getXattr, InodeFlag, inodeFlags, listXattrs, lstat, makeNode, removeXattr, setXattr } from '../src/sys/libc.js'
 import { INODE_FLAG_IOCTLS, inodeFlagIoctls, SYSCALLS, syscallNumbers } from '../src/sys/platform.js'
 import type { EntryStat } from '../src/sys/types.js'
 import { OVROOT, cleanEnvironment, mountOverlay, scratch } from './helpers/overlay.js'
@@ -43,6 +43,9 @@ async function varied(root: string): Promise<void> {
   await makeSocket(`${root}/socket`)
   fs.writeFileSync(`${root}/setuid`, '#!/bin/sh\n')
   fs.chmodSync(`${root}/setuid`, 0o4755)
+  // Before 1970: negative seconds with a positive nanosecond part (hard-cases.md); Node's utimes takes none.
+  execFileSync('touch', ['-a', '-d', '@-1.5', `${root}/setuid`])
+  execFileSync('touch', ['-m', '-d', '@-86400.25', `${root}/setuid`])
   fs.chmodSync(`${root}/dir/sub`, 0o1777)
   fs.lchownSync(`${root}/dir/file`, 65534, 4294967294)
   fs.lchownSync(`${root}/symlink`, 1000, 1000)
@@ -83,6 +86,12 @@ function nodeView(file: string): EntryStat {
     dev: stat.dev,
     ino: BigInt.asUintN(64, stat.ino),
     nlink: Number(stat.nlink),
+    blocks: Number(stat.blocks),
+    atimeNs: stat.atimeNs,
+    mtimeNs: stat.mtimeNs,
+    ctimeNs: stat.ctimeNs,
+    // No entry of the varied trees has inode flags; the test below sets some.
+    flags: 0,
   }
 }
 
@@ -120,6 +129,8 @@ await t.test('statx through the binding equals fs.lstatSync for every kind of en
     'the same inode number as stat(1)',
   )
   t.equal(lstat(`${s.dir}/plain/sparse-5g`)?.size, FIVE_GIB + 3, 'a size above 4 GiB')
+  t.equal(lstat(`${s.dir}/plain/setuid`)?.mtimeNs, -86_400_250_000_000n, 'an mtime before 1970 keeps its sign')
+  t.equal(lstat(`${s.dir}/plain/setuid`)?.atimeNs, -1_500_000_000n, 'and so does an atime')
   t.equal(
     lstat(`${s.dir}/plain/high-device`)?.rdev,
     Number(fs.lstatSync(`${s.dir}/plain/high-device`).rdev),
@@ -127,6 +138,22 @@ await t.test('statx through the binding equals fs.lstatSync for every kind of en
   )
   t.equal(lstat(`${s.dir}/plain/missing`), undefined, 'a missing path is undefined')
   t.equal(lstat(`${s.dir}/plain/empty/below`), undefined, 'a path through a file is undefined')
+})
+
+await t.test('lstat reports the inode flags chattr sets, as inodeFlags does', async (t) => {
+  const s = scratch()
+  t.teardown(() => {
+    spawnSync('chattr', ['-a', '-i', '-d', `${s.dir}/append`, `${s.dir}/locked`])
+    s.cleanup()
+  })
+  fs.writeFileSync(`${s.dir}/append`, '')
+  fs.mkdirSync(`${s.dir}/locked`)
+  execFileSync('chattr', ['+a', '+d', `${s.dir}/append`])
+  execFileSync('chattr', ['+i', `${s.dir}/locked`])
+  t.equal(lstat(`${s.dir}/append`)?.flags, InodeFlag.append | InodeFlag.noDump, 'a file: append-only, no-dump')
+  t.equal(lstat(`${s.dir}/locked`)?.flags, InodeFlag.immutable, 'a directory: immutable')
+  t.equal(lstat(`${s.dir}/append`)?.flags, inodeFlags(`${s.dir}/append`), 'what inodeFlags reads')
+  t.equal(lstat(s.dir)?.flags, 0, 'none')
 })
 
 await t.test('xattrs round-trip with setfattr and getfattr', async (t) => {

@@ -24,6 +24,7 @@ export interface TarEntry extends UpperEntry {
 }
 
 export const BLOCK = 512
+const EMPTY: Buffer = Buffer.alloc(0)
 
 /**
  * The largest extended header (pax `x`/`g`, GNU `L`/`K`) read: far above what
@@ -75,7 +76,8 @@ const fieldText = (block: Buffer, field: Field): string =>
   block.toString('latin1', field.offset, field.offset + field.width)
 
 /** The largest value an octal field of `width` bytes holds (one byte is the terminator). */
-const octalLimit = (width: number): number => 8 ** (width - 1) - 1
+const octalLimit = (width: number): number => OCTAL_LIMITS[width] ?? 8 ** (width - 1) - 1
+const OCTAL_LIMITS: Record<number, number> = { 7: 8 ** 6 - 1, 8: 8 ** 7 - 1, 12: 8 ** 11 - 1 }
 
 /** A pax record before it is written: `"<len> <key>=<value>\n"`. */
 type PaxRecord = readonly [key: string, value: Buffer | string]
@@ -84,9 +86,9 @@ type PaxRecord = readonly [key: string, value: Buffer | string]
 function recordLength([key, value]: PaxRecord): number {
   // " key=value\n", then the length in front.
   const body = Buffer.byteLength(key) + (typeof value === 'string' ? Buffer.byteLength(value) : value.length) + 3
-  let length = body + 1
-  while (String(length).length + body !== length) length = String(length).length + body
-  return length
+  let digits = 1
+  while (body + digits >= 10 ** digits) digits++
+  return body + digits
 }
 
 /** Writes a record of `length` bytes at `at` of `out`; answers where the next one goes. */
@@ -132,26 +134,27 @@ function writeOctal(out: Buffer, at: number, value: number, { offset, width }: F
 
 /** A ustar header block at `at` of `out`, whose 512 bytes there are zeros. */
 function writeUstarHeader(out: Buffer, at: number, fields: HeaderFields): void {
-  const bytes = (value: Buffer, { offset, width }: Field): void => {
-    value.copy(out, at + offset, 0, Math.min(value.length, width))
-  }
-  bytes(fields.name, FIELD.name)
+  fields.name.copy(out, at + FIELD.name.offset, 0, Math.min(fields.name.length, FIELD.name.width))
   writeOctal(out, at, fields.mode, FIELD.mode)
   writeOctal(out, at, fields.uid, FIELD.uid)
   writeOctal(out, at, fields.gid, FIELD.gid)
   writeOctal(out, at, fields.size, FIELD.size)
   writeOctal(out, at, Math.max(0, Math.floor(fields.mtime)), FIELD.mtime)
-  out.write(fields.flag, at + FIELD.typeFlag.offset, 'latin1')
-  bytes(fields.linkName, FIELD.linkName)
-  out.write('ustar\x0000', at + FIELD.magic.offset, 'latin1')
+  out[at + FIELD.typeFlag.offset] = fields.flag.charCodeAt(0)
+  fields.linkName.copy(out, at + FIELD.linkName.offset, 0, Math.min(fields.linkName.length, FIELD.linkName.width))
+  USTAR_MAGIC.copy(out, at + FIELD.magic.offset)
   writeOctal(out, at, fields.devMajor, FIELD.devMajor)
   writeOctal(out, at, fields.devMinor, FIELD.devMinor)
   out.fill(0x20, at + FIELD.checksum.offset, at + FIELD.checksum.offset + FIELD.checksum.width)
   let sum = 0
   for (let i = at; i < at + BLOCK; i++) sum += out[i] ?? 0
   // Six digits, NUL, space (the last byte stays the space it was summed as).
-  writeOctal(out, at, sum, { offset: FIELD.checksum.offset, width: 7 })
+  writeOctal(out, at, sum, CHECKSUM_DIGITS)
 }
+
+/** `ustar\0`, then the version `00`. */
+const USTAR_MAGIC = Buffer.from('ustar\x0000', 'latin1')
+const CHECKSUM_DIGITS: Field = { offset: FIELD.checksum.offset, width: 7 }
 
 const NO_NAME = Buffer.alloc(0)
 
@@ -170,11 +173,24 @@ function extendedLayout(records: PaxRecord[]): ExtendedLayout {
 
 /** An extended header (`x` or `g`) at `at` of `out`, whose bytes there are zeros. */
 function writeExtendedHeader(out: Buffer, at: number, flag: 'x' | 'g', name: Buffer, layout: ExtendedLayout): void {
-  const size = layout.lengths.reduce((sum, length) => sum + length, 0)
-  const fields = { name, mode: 0o644, uid: 0, gid: 0, size, mtime: 0, flag, linkName: NO_NAME }
-  writeUstarHeader(out, at, { ...fields, devMajor: 0, devMinor: 0 })
+  let size = 0
+  for (const length of layout.lengths) size += length
+  const fields = {
+    name,
+    mode: 0o644,
+    uid: 0,
+    gid: 0,
+    size,
+    mtime: 0,
+    flag,
+    linkName: NO_NAME,
+    devMajor: 0,
+    devMinor: 0,
+  }
+  writeUstarHeader(out, at, fields)
   let position = at + BLOCK
-  layout.records.forEach((record, i) => (position = writeRecord(out, position, record, layout.lengths[i] ?? 0)))
+  for (let i = 0; i < layout.records.length; i++)
+    position = writeRecord(out, position, layout.records[i] ?? ['', ''], layout.lengths[i] ?? 0)
 }
 
 /** A global header holding only a comment: how ovroot's manifest travels, invisible to tar. */
@@ -373,7 +389,7 @@ interface Overrides {
  */
 export class PaxReader {
   private state: State = { kind: 'header' }
-  private pending = Buffer.alloc(0)
+  private pending = EMPTY
   private overrides: Overrides = { records: new Map() }
   private offset = 0
   private zeroBlocks = 0
@@ -381,6 +397,9 @@ export class PaxReader {
   private digest = createHash('sha256')
   private digestBeforeGlobal = ''
   private restartDigest = false
+  /** The chunk being parsed, and how much of it the digest holds. */
+  private input = EMPTY
+  private hashed = 0
 
   constructor(private readonly handler: ArchiveHandler) {}
 
@@ -389,34 +408,45 @@ export class PaxReader {
   }
 
   push(chunk: Buffer): void {
-    let input = this.pending.length > 0 ? Buffer.concat([this.pending, chunk]) : chunk
-    this.pending = Buffer.alloc(0)
-    while (input.length > 0 && this.state.kind !== 'done') {
+    const input = this.pending.length > 0 ? Buffer.concat([this.pending, chunk]) : chunk
+    this.pending = EMPTY
+    this.input = input
+    this.hashed = 0
+    let at = 0
+    while (at < input.length && this.state.kind !== 'done') {
       const state = this.state
       if (state.kind === 'data') {
-        const take = Math.min(input.length, state.remaining + state.padding)
+        const take = Math.min(input.length - at, state.remaining + state.padding)
         const dataBytes = Math.min(take, state.remaining)
-        this.digest.update(input.subarray(0, take))
-        if (dataBytes > 0) this.handler.data(input.subarray(0, dataBytes))
+        if (dataBytes > 0) this.handler.data(input.subarray(at, at + dataBytes))
         state.padding -= take - dataBytes
         state.remaining -= dataBytes
-        input = input.subarray(take)
+        at += take
         this.offset += take
         if (state.remaining === 0 && state.padding === 0) this.finishEntry()
         continue
       }
-      if (input.length < BLOCK) break
-      const block = input.subarray(0, BLOCK)
-      input = input.subarray(BLOCK)
+      if (input.length - at < BLOCK) break
+      const block = input.subarray(at, at + BLOCK)
       this.offset += BLOCK
-      this.block(block)
-      this.digest.update(block)
+      this.block(block, at)
+      at += BLOCK
       if (this.restartDigest) {
+        this.hashTo(at)
         this.digest = createHash('sha256')
         this.restartDigest = false
       }
     }
-    if (input.length > 0 && this.state.kind !== 'done') this.pending = Buffer.from(input)
+    // What was read is hashed in one call per chunk, not one per block: the digest is the same.
+    this.hashTo(at)
+    this.input = EMPTY
+    if (at < input.length && this.state.kind !== 'done') this.pending = Buffer.from(input.subarray(at))
+  }
+
+  /** Adds the current chunk's bytes up to `at` to the digest. */
+  private hashTo(at: number): void {
+    if (at > this.hashed) this.digest.update(this.input.subarray(this.hashed, at))
+    this.hashed = at
   }
 
   /** The stream ended: anything but a complete archive is truncated. */
@@ -427,7 +457,8 @@ export class PaxReader {
       )
   }
 
-  private block(block: Buffer): void {
+  /** `at`: where the block starts in the chunk being parsed. */
+  private block(block: Buffer, at: number): void {
     const state = this.state
     if (state.kind === 'extended') {
       const take = Math.min(BLOCK, state.remaining)
@@ -441,11 +472,12 @@ export class PaxReader {
       this.sparseMap(state)
       return
     }
-    this.header(block)
+    this.header(block, at)
   }
 
-  private header(block: Buffer): void {
-    if (block.every((byte) => byte === 0)) {
+  private header(block: Buffer, at: number): void {
+    // A header's name starts with a byte other than NUL: the zero test is one compare, and rarely made.
+    if (block[0] === 0 && block.equals(ZEROS)) {
       if (this.overrides.records.size > 0 || this.overrides.longName || this.overrides.longLink)
         throw corrupt(
           `an extended header at byte ${this.offset - BLOCK} is followed by the end of the archive, not by an entry: the archive is damaged`,
@@ -468,8 +500,11 @@ export class PaxReader {
         throw corrupt(
           `a global header at byte ${this.offset - BLOCK} follows an extended header meant for an entry: the archive is damaged`,
         )
-      // This block is not hashed yet: the digest so far ends where the global record starts.
-      if (flag === 'g') this.digestBeforeGlobal = this.digest.copy().digest('hex')
+      // The digest so far ends where the global record starts.
+      if (flag === 'g') {
+        this.hashTo(at)
+        this.digestBeforeGlobal = this.digest.copy().digest('hex')
+      }
       this.state = size === 0 ? { kind: 'header' } : { kind: 'extended', flag, remaining: size, parts: [] }
       if (size === 0) this.finishExtended(flag, Buffer.alloc(0))
       return
@@ -502,34 +537,14 @@ export class PaxReader {
 
   private decode(block: Buffer, type: TarType): TarEntry {
     const records = this.overrides.records
-    const text = (key: string): string | undefined => records.get(key)?.toString('utf8')
-    const field = ({ offset, width }: Field): Buffer => {
-      const raw = block.subarray(offset, offset + width)
-      const end = raw.indexOf(0)
-      return raw.subarray(0, end < 0 ? width : end)
-    }
-    const prefix = fieldText(block, FIELD.magic) === 'ustar\0' ? field(FIELD.prefix) : Buffer.alloc(0)
+    const prefix =
+      block.compare(USTAR_MAGIC, 0, 6, FIELD.magic.offset, FIELD.magic.offset + 6) === 0
+        ? cString(block, FIELD.prefix)
+        : EMPTY
     const ustarName =
-      prefix.length > 0 ? Buffer.concat([prefix, Buffer.from('/'), field(FIELD.name)]) : field(FIELD.name)
+      prefix.length > 0 ? Buffer.concat([prefix, SLASH, cString(block, FIELD.name)]) : cString(block, FIELD.name)
     const rawName = records.get('GNU.sparse.name') ?? records.get('path') ?? this.overrides.longName ?? ustarName
-    const number = (key: string, at: Field): number => {
-      const value = text(key)
-      if (value === undefined) return parseNumber(block, at, this.offset)
-      if (!/^\d+$/.test(value))
-        throw corrupt(
-          `pax ${key}=${value} at byte ${this.offset - BLOCK} is not a whole number: the archive is damaged`,
-        )
-      return Number(value)
-    }
-    const time = (key: string): bigint | undefined => {
-      const value = text(key)
-      if (value === undefined) return undefined
-      const ns = parseTime(value)
-      if (ns === undefined)
-        throw corrupt(`pax ${key}=${value} at byte ${this.offset - BLOCK} is not a time: the archive is damaged`)
-      return ns
-    }
-    const mtimeNs = time('mtime') ?? BigInt(parseNumber(block, FIELD.mtime, this.offset)) * NANOSECONDS
+    const mtimeNs = this.time('mtime') ?? BigInt(parseNumber(block, FIELD.mtime, this.offset)) * NANOSECONDS
     const xattrs: [string, Buffer][] = []
     for (const [key, value] of records) {
       if (key.startsWith('SCHILY.xattr.')) xattrs.push([key.slice('SCHILY.xattr.'.length), value])
@@ -539,28 +554,55 @@ export class PaxReader {
           Buffer.from(value.toString('latin1'), 'base64'),
         ])
     }
-    const link = records.get('linkpath') ?? this.overrides.longLink ?? field(FIELD.linkName)
-    const fflags = records.has('SCHILY.fflags') ? parseFlags(text('SCHILY.fflags') ?? '') : undefined
-    return {
+    const link = records.get('linkpath') ?? this.overrides.longLink ?? cString(block, FIELD.linkName)
+    const fflags = records.has('SCHILY.fflags') ? parseFlags(this.text('SCHILY.fflags') ?? '') : undefined
+    const device = type === 'char' || type === 'block'
+    // One shape for every entry, its optional fields added only when present (object spreads measured slow here).
+    const entry: TarEntry = {
       // The bytes as they are, whether the archive says UTF-8 or hdrcharset=BINARY: a Linux name is its bytes.
       path: normaliseName(byteString(rawName)),
       type,
       mode: parseNumber(block, FIELD.mode, this.offset) & 0o7777,
-      uid: number('uid', FIELD.uid),
-      gid: number('gid', FIELD.gid),
+      uid: this.number(block, 'uid', FIELD.uid),
+      gid: this.number(block, 'gid', FIELD.gid),
       mtimeNs,
       // An archive without atime (ustar, sysupgrade) says nothing better than the mtime.
-      atimeNs: time('atime') ?? mtimeNs,
-      size: type === 'file' ? number('size', FIELD.size) : 0,
-      ...(type === 'symlink' || type === 'hardlink' ? { linkTarget: byteString(link) } : {}),
-      devMajor: type === 'char' || type === 'block' ? parseNumber(block, FIELD.devMajor, this.offset) : 0,
-      devMinor: type === 'char' || type === 'block' ? parseNumber(block, FIELD.devMinor, this.offset) : 0,
+      atimeNs: this.time('atime') ?? mtimeNs,
+      size: type === 'file' ? this.number(block, 'size', FIELD.size) : 0,
+      devMajor: device ? parseNumber(block, FIELD.devMajor, this.offset) : 0,
+      devMinor: device ? parseNumber(block, FIELD.devMinor, this.offset) : 0,
       xattrs,
-      ...(records.has('comment') ? { comment: text('comment') } : {}),
-      ...(fflags && fflags.flags !== 0 ? { flags: fflags.flags } : {}),
-      ...(fflags && fflags.others.length > 0 ? { otherFlags: fflags.others } : {}),
-      ...(records.has('GNU.sparse.realsize') ? { holeSize: number('GNU.sparse.realsize', FIELD.size) } : {}),
     }
+    if (type === 'symlink' || type === 'hardlink') entry.linkTarget = byteString(link)
+    if (records.has('comment')) entry.comment = this.text('comment')
+    if (fflags && fflags.flags !== 0) entry.flags = fflags.flags
+    if (fflags && fflags.others.length > 0) entry.otherFlags = fflags.others
+    if (records.has('GNU.sparse.realsize')) entry.holeSize = this.number(block, 'GNU.sparse.realsize', FIELD.size)
+    return entry
+  }
+
+  /** A pax record of the next entry, as text. */
+  private text(key: string): string | undefined {
+    return this.overrides.records.get(key)?.toString('utf8')
+  }
+
+  /** A pax record holding a whole number, or else the header's field. */
+  private number(block: Buffer, key: string, at: Field): number {
+    const value = this.text(key)
+    if (value === undefined) return parseNumber(block, at, this.offset)
+    if (!/^\d+$/.test(value))
+      throw corrupt(`pax ${key}=${value} at byte ${this.offset - BLOCK} is not a whole number: the archive is damaged`)
+    return Number(value)
+  }
+
+  /** A pax time record, if there is one. */
+  private time(key: string): bigint | undefined {
+    const value = this.text(key)
+    if (value === undefined) return undefined
+    const ns = parseTime(value)
+    if (ns === undefined)
+      throw corrupt(`pax ${key}=${value} at byte ${this.offset - BLOCK} is not a time: the archive is damaged`)
+    return ns
   }
 
   private finishExtended(flag: 'x' | 'g' | 'L' | 'K', body: Buffer): void {
@@ -634,8 +676,17 @@ export class PaxReader {
   }
 }
 
+/** A NUL-terminated field's bytes (all of it when it has no NUL). */
+function cString(block: Buffer, { offset, width }: Field): Buffer {
+  const end = block.indexOf(0, offset)
+  return block.subarray(offset, end < 0 || end > offset + width ? offset + width : end)
+}
+
+const SLASH = Buffer.from('/')
+
 /** `./etc/x` and `etc/x/` are `etc/x`; `./` is `.`. Anything else is left for the path rules to judge. */
 function normaliseName(name: string): string {
+  if (name !== '' && name !== '.' && !name.startsWith('./') && !name.endsWith('/')) return name
   const trimmed = name.replace(/^(\.\/)+/, '').replace(/(.)\/+$/, '$1')
   return trimmed === '' || trimmed === '.' || trimmed === './' ? '.' : trimmed
 }
@@ -651,16 +702,35 @@ function checkChecksum(block: Buffer, offset: number): void {
   let sum = width * 0x20
   for (let i = 0; i < from; i++) sum += block[i] ?? 0
   for (let i = from + width; i < BLOCK; i++) sum += block[i] ?? 0
-  const stored = parseInt(
-    fieldText(block, FIELD.checksum)
-      .replace(/[\0 ]+$/, '')
-      .trim(),
-    8,
-  )
+  const plain = plainOctal(block, FIELD.checksum)
+  const stored =
+    plain ??
+    parseInt(
+      fieldText(block, FIELD.checksum)
+        .replace(/[\0 ]+$/, '')
+        .trim(),
+      8,
+    )
   if (stored !== sum) throw corrupt(`header checksum mismatch at byte ${offset}: the archive is damaged`)
 }
 
-function parseNumber(block: Buffer, { offset, width }: Field, at: number): number {
+/**
+ * An octal field as every tar writes it, read without making a string: digits, then only NULs and
+ * spaces. Anything else (leading spaces, no digits) is undefined: left to the full reading.
+ */
+function plainOctal(block: Buffer, { offset, width }: Field): number | undefined {
+  const end = offset + width
+  let value = 0
+  let at = offset
+  for (let byte = block[at] ?? 0; at < end && byte >= 0x30 && byte <= 0x37; byte = block[++at] ?? 0)
+    value = value * 8 + byte - 0x30
+  if (at === offset) return undefined
+  for (; at < end; at++) if (block[at] !== 0 && block[at] !== 0x20) return undefined
+  return value
+}
+
+function parseNumber(block: Buffer, field: Field, at: number): number {
+  const { offset, width } = field
   const first = block[offset] ?? 0
   // GNU base-256 for values past the octal range.
   if (first & 0x80) {
@@ -668,7 +738,9 @@ function parseNumber(block: Buffer, { offset, width }: Field, at: number): numbe
     for (let i = 1; i < width; i++) value = value * 256 + (block[offset + i] ?? 0)
     return value
   }
-  const text = fieldText(block, { offset, width })
+  const plain = plainOctal(block, field)
+  if (plain !== undefined) return plain
+  const text = fieldText(block, field)
     .replace(/[\0 ]+$/, '')
     .trim()
   if (text === '') return 0

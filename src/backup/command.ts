@@ -4,7 +4,6 @@
  */
 import { bytesOf, showBytes } from '../names.js'
 import { createHash } from 'node:crypto'
-import type { BigIntStats } from 'node:fs'
 import { hostname } from 'node:os'
 import { Readable, type Transform, type TransformOptions } from 'node:stream'
 import { pipeline } from 'node:stream/promises'
@@ -18,7 +17,7 @@ import {
   FORMAT_VERSION,
   type BackupHeader,
 } from '../archive/manifest.js'
-import { dataPadding, END_OF_ARCHIVE, entryHeader, globalComment } from '../archive/pax.js'
+import { dataPadding, END_OF_ARCHIVE, entryHeader, globalComment, type TarEntry } from '../archive/pax.js'
 import { loadConfig } from '../config/load.js'
 import { checkDiffRequest, openDiff, type CheckedDiffRequest } from '../diff/open.js'
 import { ExitCode, usageError, type ExitStatus } from '../errors.js'
@@ -26,6 +25,7 @@ import { globToRegExp } from '../glob.js'
 import { namespaceForMount, OverlayXattrs } from '../overlay/xattrs.js'
 import { openAtomicOutput, openFileIdentity, type FileIdentity } from '../sys/fs.js'
 import { readStableFile, statEntry } from '../sys/entries.js'
+import type { EntryStat } from '../sys/types.js'
 import { under } from '../upper/entry.js'
 import { walkUpper, type WalkOptions } from '../upper/walk.js'
 import { VERSION } from '../version.js'
@@ -103,11 +103,11 @@ function ownOutput(
   upper: string,
   live: boolean,
   output: FileIdentity | undefined,
-): ((path: string, stat: BigIntStats) => boolean) | undefined {
+): ((path: string, stat: EntryStat) => boolean) | undefined {
   if (output === undefined) return undefined
   const devices = [statEntry(bytesOf(upper))?.dev, live ? statEntry('/')?.dev : undefined]
   if (!devices.includes(output.dev)) return undefined
-  return (_path, stat) => stat.isFile() && stat.ino === output.ino
+  return (_path, stat) => stat.type === 'file' && stat.ino === output.ino
 }
 
 /** The archive: the global header, the entries, then the trailer with their count and the sha256 of their bytes. */
@@ -138,24 +138,28 @@ function* entryStream(
   const xattrs = new OverlayXattrs(request.namespace)
   const firmware = firmwareView(request.lowers, request.namespace)
   const upper = bytesOf(request.upper)
+  // The walk's lstat of the entry it yields last: it stands for the stat before a file's read.
+  let walked: { path: string; stat: EntryStat } | undefined
   const walk = walkUpper(upper, {
     stubXattr: xattrs.name('metacopy'),
     flags: true,
     ...select,
+    skip: (path, stat) => {
+      walked = { path, stat }
+      return select.skip?.(path, stat) ?? false
+    },
     skipped: (path, why) => process.stderr.write(`ovroot: skipped /${showBytes(path)}: ${why} cannot be archived\n`),
   })
   for (const entry of walk) {
     counted()
     if (entry.type === 'file' && entry.holeSize === undefined) {
       // Holes stay holes: only a file's data regions are read and archived (GNU sparse 1.0).
-      const file = readStableFile(under(upper, entry.path), { holes: true })
+      const stat = walked?.path === entry.path ? walked.stat : undefined
+      const file = readStableFile(under(upper, entry.path), { holes: true, stat })
       const base = firmware.sha256(entry.path)?.slice(0, BASE_DIGITS)
-      const archived = {
-        ...entry,
-        size: file.size,
-        ...(file.regions ? { regions: file.regions } : {}),
-        ...(base ? { comment: encodeSums({ base }) } : {}),
-      }
+      const archived: TarEntry = { ...entry, size: file.size }
+      if (file.regions) archived.regions = file.regions
+      if (base) archived.comment = encodeSums({ base })
       yield entryHeader(archived)
       for (const chunk of file.chunks()) {
         progress.add(chunk.length)

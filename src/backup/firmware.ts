@@ -4,7 +4,7 @@ import { createHash } from 'node:crypto'
 import type { Firmware } from '../archive/manifest.js'
 import { hostPath, LayerStack, type ResolvedEntry } from '../overlay/stack.js'
 import { OverlayXattrs, type XattrNamespace } from '../overlay/xattrs.js'
-import { readStableFile } from '../sys/entries.js'
+import { sha256OfFirmwareFile } from '../sys/entries.js'
 import { hostTreeReader, readTextFileIfExists } from '../sys/fs.js'
 
 const RELEASE_FILES = ['/etc/openwrt_release', '/etc/openwrt_version', '/etc/os-release']
@@ -82,7 +82,7 @@ export function firmwareView(lowers: string[], namespace: XattrNamespace, upper?
     lookup,
     sha256(path) {
       const entry = lookup(path)
-      return entry?.stat.type === 'file' && entry.data ? readStableFile(hostPath(entry.data)).sha256 : undefined
+      return entry?.stat.type === 'file' && entry.data ? sha256OfFirmwareFile(hostPath(entry.data)) : undefined
     },
   }
 }

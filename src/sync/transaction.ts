@@ -14,7 +14,6 @@
  * flash copy nothing. Names are bytes (names.ts `BytePath`) from the walk to
  * the marker: a name that is not UTF-8 is synced like any other.
  */
-import type { BigIntStats } from 'node:fs'
 import { applyPending } from '../pending/apply.js'
 import { commitPending, dropStaging, readPending, syncStagingPath } from '../pending/marker.js'
 import {
@@ -29,7 +28,7 @@ import { InodeFlag, inodeFlags, inodeFlagsHeld, inodeFlagsIfPresent } from '../s
 import { listNames, makeDirectory, removeTree, sameContent } from '../sys/fs.js'
 import { OverlayXattrs } from '../overlay/xattrs.js'
 import { OvrootError, SysError } from '../errors.js'
-import type { UpperEntry } from '../sys/types.js'
+import type { EntryStat, UpperEntry } from '../sys/types.js'
 import { parentOf, under } from '../upper/entry.js'
 import { bytePathBuffer, bytesOf, showBytes, type BytePath } from '../names.js'
 import { isGone, walkUpper } from '../upper/walk.js'
@@ -160,7 +159,7 @@ function stageChanges(source: SyncSource, plan: FlatStaging): Staged {
     include: (path) => !source.excluded(path),
     skipped: (path, why) =>
       process.stderr.write(`ovroot: sync skips /${showBytes(path)}: ${why} cannot be persisted\n`),
-    unchanged: (path, changeTimeNs, stat) => plan.skipIfUnchanged(path, changeTimeNs, stat),
+    unchanged: (path, stat) => plan.skipIfUnchanged(path, stat),
     vanished: (path) => {
       plan.vanished(path)
       process.stderr.write(`ovroot: sync: /${showBytes(path)}: it vanished while it was read; left for the next sync\n`)
@@ -313,22 +312,22 @@ class FlatStaging {
   }
 
   /** Whether an entry can be left alone unread: unchanged since the last scan, and not inside a directory new to the copy or moved there. */
-  skipIfUnchanged(path: string, changeTimeNs: bigint, stat: BigIntStats): boolean {
+  skipIfUnchanged(path: string, stat: EntryStat): boolean {
     const parent = parentOf(path)
     const below = path !== '.' && (this.wholeDirectories.has(parent) || this.movedDirectories.has(parent))
     const unchangedBefore = this.scan.unchangedBefore
     const skip =
       unchangedBefore !== undefined &&
-      changeTimeNs < unchangedBefore &&
+      stat.ctimeNs < unchangedBefore &&
       !below &&
-      !(stat.isFile() && this.mapped.has(stat.ino))
-    if (stat.isFile() && stat.nlink > 1n) {
+      !(stat.type === 'file' && this.mapped.has(stat.ino))
+    if (stat.type === 'file' && stat.nlink > 1) {
       const inode = `${stat.dev}:${stat.ino}`
       const names = this.linkedNames.get(inode)
       if (names) names.push(path)
       else this.linkedNames.set(inode, [path])
     }
-    if (stat.isDirectory()) {
+    if (stat.type === 'dir') {
       this.directories.set(path, stat.ino)
       if (unchangedBefore !== undefined && !skip && (below || this.scan.directoryInode(path) !== stat.ino))
         this.movedDirectories.add(path)

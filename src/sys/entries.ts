@@ -8,13 +8,13 @@
 import { createHash } from 'node:crypto'
 import * as fs from 'node:fs'
 import { ExitCode, fromNodeError, OvrootError, SysError } from '../errors.js'
-import type { EntryKind, UpperEntry } from './types.js'
+import type { EntryStat, UpperEntry } from './types.js'
 import {
   dataRegions,
   getXattr,
-  inodeFlags,
   setInodeFlags,
   listXattrs,
+  lstat,
   makeNode,
   removeXattr,
   setTimes,
@@ -25,33 +25,7 @@ import {
 import { reportProgress } from './progress.js'
 import { bytePathBuffer as kernelPath, byteString, showBytes, type BytePath } from '../names.js'
 
-const KIND_OF = (stat: fs.BigIntStats): EntryKind | 'socket' =>
-  stat.isFile()
-    ? 'file'
-    : stat.isDirectory()
-      ? 'dir'
-      : stat.isSymbolicLink()
-        ? 'symlink'
-        : stat.isCharacterDevice()
-          ? 'char'
-          : stat.isBlockDevice()
-            ? 'block'
-            : stat.isFIFO()
-              ? 'fifo'
-              : 'socket'
-
 const microseconds = (nanoseconds: bigint): number => Number(nanoseconds / 1000n) / 1e6
-
-/** The fields ovroot keeps as numbers. */
-function numbers(stat: fs.BigIntStats): { mode: number; uid: number; gid: number; size: number; rdev: number } {
-  return {
-    mode: Number(stat.mode),
-    uid: Number(stat.uid),
-    gid: Number(stat.gid),
-    size: Number(stat.size),
-    rdev: Number(stat.rdev),
-  }
-}
 
 /** An entry's mtime in whole microseconds (seconds with six decimals), from one stat: what a sync records for a directory. */
 export function modificationTime(full: BytePath): number {
@@ -79,29 +53,22 @@ export function readEntryIfPresent(
   stubXattr: string,
   withFlags = false,
 ): UpperEntry | 'socket' | undefined {
-  const big = statEntry(full)
-  return big && readEntryWithStat(full, path, stubXattr, big, withFlags)
+  const stat = statEntry(full)
+  return stat && readEntryWithStat(full, path, stubXattr, stat, withFlags)
 }
 
 /** The lstat of an entry, or undefined when nothing is at `full`: for a caller that decides from it whether to read the rest. */
-export function statEntry(full: BytePath): fs.BigIntStats | undefined {
-  try {
-    return fs.lstatSync(kernelPath(full), { bigint: true, throwIfNoEntry: false })
-  } catch (error) {
-    throw fromNodeError(error, 'stat', showBytes(full))
-  }
-}
+export const statEntry = (full: BytePath): EntryStat | undefined => lstat(kernelPath(full))
 
-/** readEntry, given the entry's lstat. */
+/** readEntry, given the entry's lstat (statEntry), whose inode flags it takes when asked `withFlags`. */
 export function readEntryWithStat(
   full: BytePath,
   path: BytePath,
   stubXattr: string,
-  big: fs.BigIntStats,
+  stat: EntryStat,
   withFlags = false,
 ): UpperEntry | 'socket' {
-  const stat = numbers(big)
-  const type = KIND_OF(big)
+  const type = stat.type
   if (type === 'socket') return 'socket'
   const xattrs: [string, Buffer][] = []
   const kernelFull = kernelPath(full)
@@ -111,15 +78,15 @@ export function readEntryWithStat(
   }
   const stub = type === 'file' && stat.size > 0 && xattrs.some(([name]) => name === stubXattr)
   // Files and directories only: what chattr sets, and what can be opened to set them back.
-  const flags = withFlags && (type === 'file' || type === 'dir') ? inodeFlags(kernelFull) : 0
+  const flags = withFlags && (type === 'file' || type === 'dir') ? stat.flags : 0
   const entry: UpperEntry = {
     path,
     type,
-    mode: stat.mode & 0o7777,
+    mode: stat.permissions,
     uid: stat.uid,
     gid: stat.gid,
-    mtimeNs: big.mtimeNs,
-    atimeNs: big.atimeNs,
+    mtimeNs: stat.mtimeNs,
+    atimeNs: stat.atimeNs,
     size: type === 'file' && !stub ? stat.size : 0,
     devMajor: type === 'char' || type === 'block' ? majorOf(stat.rdev) : 0,
     devMinor: type === 'char' || type === 'block' ? minorOf(stat.rdev) : 0,
@@ -170,10 +137,11 @@ export type Region = [offset: number, length: number]
  */
 export function readStableFile(
   full: BytePath,
-  options: { holes?: boolean; prefixOfGrowing?: boolean } = {},
+  options: { holes?: boolean; prefixOfGrowing?: boolean; stat?: EntryStat | undefined } = {},
 ): StableFile {
   for (let attempt = 0; attempt < 2; attempt++) {
-    const small = readSmallFile(full, options.holes === true)
+    // A walk's lstat of the file stands for the stat before the first read (a rename since then is a new inode).
+    const small = readSmallFile(full, options.holes === true, attempt === 0 ? options.stat : undefined)
     if (small === 'changed') continue
     if (small !== 'large') return small
     const before = statForChange(full)
@@ -189,15 +157,16 @@ export function readStableFile(
 
 /**
  * A file of up to WHOLE_FILE_BYTES without holes (most of an upper), read
- * whole through one descriptor: its fstat before and after the read stand for
- * two stats of its path (the descriptor is the inode read, renamed or not).
+ * whole through one descriptor: its fstat before (or `known`, the walk's
+ * lstat of it) and after the read stand for two stats of its path (the
+ * descriptor is the inode read, renamed or not).
  * 'large' for any other file, 'changed' when it changed while read.
  */
-function readSmallFile(full: BytePath, holes: boolean): StableFile | 'large' | 'changed' {
+function readSmallFile(full: BytePath, holes: boolean, known: EntryStat | undefined): StableFile | 'large' | 'changed' {
   let fd = -1
   try {
     fd = fs.openSync(kernelPath(full), 'r')
-    const before = fs.fstatSync(fd)
+    const before = known ?? versionOf(fs.fstatSync(fd, { bigint: true }))
     if (before.size > WHOLE_FILE_BYTES || (holes && before.blocks * 512 < before.size)) return 'large'
     const content = Buffer.allocUnsafe(before.size)
     for (let got = 0; got < content.length;) {
@@ -205,7 +174,7 @@ function readSmallFile(full: BytePath, holes: boolean): StableFile | 'large' | '
       if (count === 0) return 'changed'
       got += count
     }
-    if (!sameVersion(before, fs.fstatSync(fd))) return 'changed'
+    if (!sameFileVersion(before, versionOf(fs.fstatSync(fd, { bigint: true })))) return 'changed'
     // Hashed when asked: a backup archives the bytes, only a copy-up's firmware twin needs its sha256.
     let sha256: string | undefined
     return {
@@ -215,6 +184,31 @@ function readSmallFile(full: BytePath, holes: boolean): StableFile | 'large' | '
       size: content.length,
       chunks: () => [content],
     }
+  } catch (error) {
+    throw fromNodeError(error, 'read', showBytes(full))
+  } finally {
+    if (fd >= 0) fs.closeSync(fd)
+  }
+}
+
+/** One buffer for every firmware file hashed (sha256OfFirmwareFile): reads never overlap. */
+let firmwareChunk: Buffer | undefined
+
+/**
+ * The sha256 of a firmware file: open, read to its end, close. No stat before
+ * and after as readStableFile takes (two of its five calls): a firmware
+ * layer is read-only, and overlayfs leaves a lower changed under a mount
+ * undefined anyway.
+ */
+export function sha256OfFirmwareFile(full: BytePath): string {
+  let fd = -1
+  try {
+    fd = fs.openSync(kernelPath(full), 'r')
+    const hash = createHash('sha256')
+    const chunk = (firmwareChunk ??= Buffer.allocUnsafe(CHUNK))
+    for (let got = fs.readSync(fd, chunk, 0, CHUNK, null); got > 0; got = fs.readSync(fd, chunk, 0, CHUNK, null))
+      hash.update(chunk.subarray(0, got))
+    return hash.digest('hex')
   } catch (error) {
     throw fromNodeError(error, 'read', showBytes(full))
   } finally {
@@ -334,6 +328,19 @@ function statForChange(full: BytePath): fs.Stats {
   } catch (error) {
     throw fromNodeError(error, 'stat', showBytes(full))
   }
+}
+
+/** What tells two versions of a file apart, from an fstat or from a walk's lstat (EntryStat). */
+type FileVersion = Pick<EntryStat, 'size' | 'blocks' | 'mtimeNs' | 'ctimeNs' | 'ino'>
+
+/** Node's inode number is signed, statx's (EntryStat's) unsigned: both read unsigned. */
+function versionOf(stat: fs.BigIntStats): FileVersion {
+  const { mtimeNs, ctimeNs } = stat
+  return { size: Number(stat.size), blocks: Number(stat.blocks), mtimeNs, ctimeNs, ino: BigInt.asUintN(64, stat.ino) }
+}
+
+function sameFileVersion(a: FileVersion, b: FileVersion): boolean {
+  return a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs && a.ino === b.ino
 }
 
 function sameVersion(a: fs.Stats, b: fs.Stats): boolean {

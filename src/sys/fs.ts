@@ -194,11 +194,14 @@ export interface FileIdentity {
   ino: bigint
 }
 
+/** Node reports a 64-bit inode number as signed: taken unsigned, as the kernel and `lstat` (EntryStat) have it. */
+const identityOf = (stat: fs.BigIntStats): FileIdentity => ({ dev: stat.dev, ino: BigInt.asUintN(64, stat.ino) })
+
 /** The identity of an open regular file, or undefined for anything else (a pipe, a terminal). */
 export function openFileIdentity(fd: number): FileIdentity | undefined {
   try {
     const stat = fs.fstatSync(fd, { bigint: true })
-    return stat.isFile() ? { dev: stat.dev, ino: stat.ino } : undefined
+    return stat.isFile() ? identityOf(stat) : undefined
   } catch (error) {
     throw fromNodeError(error, 'stat', `file descriptor ${fd}`)
   }
@@ -229,7 +232,7 @@ export function openAtomicOutput(path: string, mode: number): AtomicOutput {
   const stat = fs.fstatSync(fd, { bigint: true })
   return {
     stream,
-    identity: { dev: stat.dev, ino: stat.ino },
+    identity: identityOf(stat),
     commit() {
       try {
         fs.fsyncSync(fd)

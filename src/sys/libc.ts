@@ -149,17 +149,25 @@ const STATX_BASIC_STATS = 0x7ff
 /** struct statx (include/uapi/linux/stat.h): byte offsets, one layout on every architecture. */
 const STATX = {
   bytes: 256,
+  attributes: 8,
   nlink: 16,
   uid: 20,
   gid: 24,
   mode: 28,
   ino: 32,
   size: 40,
+  blocks: 48,
+  attributesMask: 56,
+  /** struct statx_timestamp: __s64 tv_sec, then __u32 tv_nsec. */
+  atime: 64,
+  ctime: 96,
+  mtime: 112,
   rdevMajor: 128,
   rdevMinor: 132,
   devMajor: 136,
   devMinor: 140,
 } as const
+const NANOSECONDS = 1_000_000_000n
 const statxBuffer = Buffer.alloc(STATX.bytes)
 const statxView = new DataView(statxBuffer.buffer, statxBuffer.byteOffset, STATX.bytes)
 const littleEndian = endianness() === 'LE'
@@ -209,8 +217,9 @@ function statx(path: SysPath, mask: number): boolean {
 
 /**
  * statx(2) of a path, not following a final symlink, into a reused buffer:
- * no Stats object per call, and diff stats every entry of the upper and its
- * lower twin. Answers undefined for a path that does not exist.
+ * one plain object and no Stats, and diff stats every entry of the upper and
+ * its lower twin, a sync's scan every entry of the upper. The inode flags come
+ * with it (statx reports them unasked). Undefined for a path that does not exist.
  */
 export function lstat(path: SysPath): EntryStat | undefined {
   if (!statx(path, STATX_BASIC_STATS)) return undefined
@@ -227,8 +236,27 @@ export function lstat(path: SysPath): EntryStat | undefined {
     dev: makeDeviceNumber(u32(STATX.devMajor), u32(STATX.devMinor)),
     ino: u64(STATX.ino),
     nlink: u32(STATX.nlink),
+    blocks: Number(u64(STATX.blocks)),
+    atimeNs: timestamp(STATX.atime),
+    mtimeNs: timestamp(STATX.mtime),
+    ctimeNs: timestamp(STATX.ctime),
+    flags: keptFlags(),
   }
 }
+
+/** A statx_timestamp of the buffer in nanoseconds: signed seconds (before 1970 negative), then nanoseconds 0 to 999,999,999. */
+function timestamp(offset: number): bigint {
+  const seconds = statxView.getBigInt64(offset, littleEndian)
+  return seconds * NANOSECONDS + BigInt(statxView.getUint32(offset + 8, littleEndian))
+}
+
+/** The kept inode flags in the buffer, of those its filesystem reports. */
+function keptFlags(): number {
+  return lowWord(STATX.attributes) & lowWord(STATX.attributesMask) & KEPT_FLAGS
+}
+
+/** The low 32 bits of a __u64 of the buffer (the kept flags are all there), without a BigInt. */
+const lowWord = (offset: number): number => statxView.getUint32(littleEndian ? offset : offset + 4, littleEndian)
 
 const ENODATA_NAMES = new Set(['ENODATA', 'ENOTSUP', 'EOPNOTSUPP'])
 let listBuffer = Buffer.alloc(4096)
@@ -281,8 +309,6 @@ export function setXattrOf(fd: number, name: string, value: Buffer, target: SysP
 export function removeXattr(path: SysPath, name: string): void {
   check(bind().libc.lremovexattr(cPath(path), name), `removexattr ${name}`, path)
 }
-
-const NANOSECONDS = 1_000_000_000n
 
 /**
  * atime and mtime to the nanosecond, not following a final symlink:
@@ -425,28 +451,23 @@ export function pivotRoot(newRoot: string, putOld: string): void {
  */
 export const InodeFlag = { append: 0x20, immutable: 0x10, noDump: 0x40 } as const
 const KEPT_FLAGS = InodeFlag.append | InodeFlag.immutable | InodeFlag.noDump
-const STATX_ATTRIBUTES = 8
-const STATX_ATTRIBUTES_MASK = 56
 
 /** The kept inode flags of a path, not following a symlink: 0 when it has none or its filesystem reports none. */
 export function inodeFlags(path: SysPath): number {
   // The attributes come with every statx: no field needs asking for.
   if (!statx(path, 0)) throw new SysError('ENOENT', 'statx', shown(path))
-  const supported = Number(statxView.getBigUint64(STATX_ATTRIBUTES_MASK, littleEndian) & BigInt(KEPT_FLAGS))
-  return Number(statxView.getBigUint64(STATX_ATTRIBUTES, littleEndian)) & supported
+  return keptFlags()
 }
 
 /** inodeFlags, or 0 when nothing is at `path`. */
 export function inodeFlagsIfPresent(path: SysPath): number {
-  if (!statx(path, 0)) return 0
-  const supported = Number(statxView.getBigUint64(STATX_ATTRIBUTES_MASK, littleEndian) & BigInt(KEPT_FLAGS))
-  return Number(statxView.getBigUint64(STATX_ATTRIBUTES, littleEndian)) & supported
+  return statx(path, 0) ? keptFlags() : 0
 }
 
 /** Which of the kept inode flags the filesystem of `path` holds (tmpfs from Linux 6.0 and ext4 all, UBIFS a and i, JFFS2 none). */
 export function inodeFlagsHeld(path: SysPath): number {
   if (!statx(path, 0)) throw new SysError('ENOENT', 'statx', shown(path))
-  return Number(statxView.getBigUint64(STATX_ATTRIBUTES_MASK, littleEndian) & BigInt(KEPT_FLAGS))
+  return lowWord(STATX.attributesMask) & KEPT_FLAGS
 }
 
 /** Filesystems without inode flags (JFFS2, a FAT or 9p mount) answer these. */

@@ -11,6 +11,7 @@ import type { BytePath } from '../names.js'
 
 export type EntryType = 'file' | 'dir' | 'symlink' | 'fifo' | 'socket' | 'char' | 'block'
 
+/** An entry's lstat, from one statx(2) (sys/libc.ts `lstat`): every walk and stat of an entry gives this. */
 export interface EntryStat {
   type: EntryType
   /** mode & 07777: permission, setuid, setgid and sticky bits. */
@@ -22,6 +23,14 @@ export interface EntryStat {
   dev: bigint
   ino: bigint
   nlink: number
+  /** 512-byte blocks allocated: fewer than the size needs means holes. */
+  blocks: number
+  /** Nanoseconds since the epoch (negative before 1970), as the kernel keeps them. */
+  atimeNs: bigint
+  mtimeNs: bigint
+  ctimeNs: bigint
+  /** The kept inode flags (`chattr` a, i, d: sys/libc.ts InodeFlag) that its filesystem reports: statx gives them at no cost. */
+  flags: number
 }
 
 /**

@@ -5,11 +5,10 @@
  * are bytes (names.ts `BytePath`), whatever their encoding: every command
  * that walks an upper carries a name that is not UTF-8 like any other.
  */
-import type { BigIntStats } from 'node:fs'
 import { listNames } from '../sys/fs.js'
 import { SysError } from '../errors.js'
 import { readEntryWithStat, statEntry } from '../sys/entries.js'
-import type { UpperEntry } from '../sys/types.js'
+import type { EntryStat, UpperEntry } from '../sys/types.js'
 import { under } from './entry.js'
 import type { BytePath } from '../names.js'
 
@@ -18,17 +17,17 @@ export interface WalkOptions {
   stubXattr: string
   /** Whether to visit a path (and, for a directory, what is below it). */
   include(path: BytePath): boolean
-  /** Read inode flags (chattr a, i, d) too: one more statx per file and directory. */
+  /** Give entries their inode flags (chattr a, i, d), which the entry's one statx reports. */
   flags?: boolean
   /** An entry to leave out, and below it, by its lstat (a backup's own output, written into the upper). */
-  skip?(path: BytePath, stat: BigIntStats): boolean
+  skip?(path: BytePath, stat: EntryStat): boolean
   /** Sockets cannot be recreated from an archive: they are skipped and named. */
   skipped(path: BytePath, why: string): void
   /**
-   * Entries the caller already has, from their ctime (ns) and lstat: neither
+   * Entries the caller already has, from their lstat (its ctimeNs): neither
    * read nor yielded, though a directory's children are still visited.
    */
-  unchanged?(path: BytePath, changeTimeNs: bigint, stat: BigIntStats): boolean
+  unchanged?(path: BytePath, stat: EntryStat): boolean
   /**
    * An entry gone between its directory's listing and its reading (a
    * temporary file renamed into place, a directory removed): passed here and
@@ -61,11 +60,11 @@ export function* walkUpper(root: BytePath, options: WalkOptions): Generator<Uppe
     }
     if (options.skip?.(path, stat)) return
     // An unchanged first name still counts: a later name (in a renamed directory) links to it.
-    const inode = !stat.isDirectory() && stat.nlink > 1n ? `${stat.dev}:${stat.ino}` : undefined
+    const inode = stat.type !== 'dir' && stat.nlink > 1 ? `${stat.dev}:${stat.ino}` : undefined
     const first = inode === undefined ? undefined : firstName.get(inode)
     if (inode !== undefined && first === undefined) firstName.set(inode, path)
-    if (options.unchanged?.(path, stat.ctimeNs, stat)) {
-      if (stat.isDirectory()) yield* descend(path, below)
+    if (options.unchanged?.(path, stat)) {
+      if (stat.type === 'dir') yield* descend(path, below)
       return
     }
     const read = gone(path, () => readEntryWithStat(full, path, options.stubXattr, stat, options.flags))
