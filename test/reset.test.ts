@@ -491,4 +491,34 @@ await t.test('keep-list syntax', async (t) => {
   t.notOk(glob('/etc/[!ab]?', '/etc/a1'))
   t.ok(glob('/etc/a.b', '/etc/a.b'))
   t.notOk(glob('/etc/a.b', '/etc/aXb'), 'dots are literal')
+  t.ok(glob('/root/**', '/root/a\nb/f'), '** crosses a name holding a newline')
+  t.same(
+    parseKeepList('/root/notes#1\n/etc/x # why\n#/etc/y\n'),
+    ['/root/notes#1', '/etc/x'],
+    'a # inside a name is part of it, as for sysupgrade',
+  )
+})
+
+await t.test('odd keep patterns: a bad glob is one line and changes nothing; odd names are kept', async (t) => {
+  const d = mountedDevice(t, { '/etc/banner': 'hello\n' }, [])
+  fs.mkdirSync(`${d.merged}/root/a\nb`, { recursive: true })
+  fs.writeFileSync(`${d.merged}/root/a\nb/f`, 'newline\n')
+  fs.mkdirSync(`${d.merged}/etc/x`)
+  fs.writeFileSync(`${d.merged}/etc/x/k`, 'key\n')
+  unmount(d.merged)
+  fs.writeFileSync(d.config, `[overlay]\nlower = ${d.lower}\n[reset]\nkeep_lists = ${d.dir}/none\n`)
+  const before = upperSnapshot(d.upper)
+  const bad = reset(d, '--yes', '--keep', '/etc/[z-a]')
+  t.equal(bad.status, 2, 'a glob no regular expression can hold is a usage error')
+  t.match(bad.stderr, /^ovroot: .*\/etc\/\[z-a\].*\n$/)
+  t.equal(bad.stderr.split('\n').length, 2, 'one line')
+  fs.writeFileSync(`${d.config}2`, `[overlay]\nlower = ${d.lower}\n[reset]\nkeep = /etc/[z-a]\n`)
+  const badConfig = ovroot(['reset', '--config', `${d.config}2`, '--upper', d.upper, '--yes'])
+  t.equal(badConfig.status, 3, 'in the configuration: a configuration error')
+  t.match(badConfig.stderr, /^ovroot: .*\[reset\] keep = \/etc\/\[z-a\]: expected /)
+  t.same(upperSnapshot(d.upper), before, 'nothing changed')
+  const done = reset(d, '--yes', '--keep', '/root/**', '--keep', '//etc//x/')
+  t.equal(done.status, 0, done.stderr)
+  t.equal(fs.readFileSync(`${d.upper}/root/a\nb/f`, 'utf8'), 'newline\n', 'kept by /root/**')
+  t.equal(fs.readFileSync(`${d.upper}/etc/x/k`, 'utf8'), 'key\n', 'kept by //etc//x/')
 })

@@ -2,6 +2,9 @@
  * Every configuration key, its type, default and meaning. etc/ovroot.conf is
  * the commented copy users read; test/config.test.ts keeps the two in step.
  */
+import { globToRegExp } from '../glob.js'
+import { bytesOf } from '../names.js'
+
 export const MEDIA_DRIVERS = ['mtd', 'ubi', 'block', 'ram'] as const
 export type MediaDriverName = (typeof MEDIA_DRIVERS)[number]
 
@@ -63,6 +66,19 @@ const absolutePaths: KeySpec<string[]> = {
   parse: (raw) => {
     const paths = words(raw)
     return paths.every((path) => path.startsWith('/')) ? paths : undefined
+  },
+}
+
+const absoluteGlobs: KeySpec<string[]> = {
+  expected: 'absolute paths or globs separated by spaces',
+  parse: (raw) => {
+    const globs = absolutePaths.parse(raw)
+    try {
+      globs?.forEach((glob) => globToRegExp(bytesOf(glob)))
+      return globs
+    } catch {
+      return undefined
+    }
   },
 }
 
@@ -141,8 +157,8 @@ export const SCHEMA: { [S in keyof Config]: { [K in keyof Config[S]]: KeySpec<Co
     ram_size: tmpfsSize,
   },
   boot: { init: absolutePath, timeout: seconds, run_dir: absolutePath },
-  reset: { keep: absolutePaths, keep_lists: absolutePaths },
-  sync: { enabled: yesNo, quiet: seconds, max_delay: seconds, budget: byteCount, exclude: absolutePaths },
+  reset: { keep: absoluteGlobs, keep_lists: absolutePaths },
+  sync: { enabled: yesNo, quiet: seconds, max_delay: seconds, budget: byteCount, exclude: absoluteGlobs },
   upgrade: { conflicts: oneOf('user', 'firmware') },
 }
 
