@@ -261,3 +261,24 @@ await t.test('a lower at / (the layout of a running device) resolves from the re
   t.equal(result.status, 0, result.stderr)
   t.equal(result.stdout, `A /${name}\n`)
 })
+
+await t.test(
+  '--patch never prints contents that are not UTF-8 as other bytes: such a file is named binary',
+  async (t) => {
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const [lower, upper] = [`${s.dir}/rom`, `${s.dir}/upper`]
+    writeTree(lower, { '/etc/utf8': 'café\nold\n' })
+    writeTree(upper, { '/etc/utf8': 'café\nnew\n' })
+    const latin1 = (text: string): Buffer => Buffer.from(text, 'latin1')
+    fs.writeFileSync(`${lower}/etc/latin1`, latin1('caf\xe9\nold\n'))
+    fs.writeFileSync(`${upper}/etc/latin1`, latin1('caf\xe9\nnew\n'))
+    fs.writeFileSync(`${upper}/etc/added`, latin1('na\xefve\n'))
+    const result = ovroot(['diff', '--patch', '--lower', lower, '--upper', upper])
+    t.equal(result.status, 0, result.stderr)
+    t.match(result.stdout, /^Binary files \/dev\/null and b\/etc\/added differ$/m)
+    t.match(result.stdout, /^Binary files a\/etc\/latin1 and b\/etc\/latin1 differ$/m)
+    t.match(result.stdout, /^ café\n-old\n\+new$/m, 'UTF-8 text is diffed')
+    t.notMatch(result.stdout, /\ufffd/, 'no byte replaced')
+  },
+)
