@@ -522,3 +522,38 @@ await t.test('odd keep patterns: a bad glob is one line and changes nothing; odd
   t.equal(fs.readFileSync(`${d.upper}/root/a\nb/f`, 'utf8'), 'newline\n', 'kept by /root/**')
   t.equal(fs.readFileSync(`${d.upper}/etc/x/k`, 'utf8'), 'key\n', 'kept by //etc//x/')
 })
+
+await t.test('an immutable or append-only directory above a kept path never wedges a reset', async (t) => {
+  const d = mountedDevice(t, { '/etc/banner': 'hello\n', '/var/log/x': 'x\n' }, [])
+  fs.mkdirSync(`${d.merged}/etc/x`)
+  fs.writeFileSync(`${d.merged}/etc/x/k`, 'key\n')
+  fs.mkdirSync(`${d.merged}/etc/y`)
+  fs.writeFileSync(`${d.merged}/etc/y/f`, 'y\n')
+  fs.writeFileSync(`${d.merged}/etc/z`, 'z\n')
+  fs.symlinkSync('/nonexistent', `${d.merged}/etc/a-dangling`)
+  fs.writeFileSync(`${d.dir}/outside`, 'outside\n')
+  fs.symlinkSync(`${d.dir}/outside`, `${d.merged}/etc/to-outside`)
+  fs.rmSync(`${d.merged}/etc/banner`)
+  fs.writeFileSync(`${d.merged}/var/log/kept`, 'log\n')
+  unmount(d.merged)
+  setXattr(`${d.upper}/etc`, 'trusted.overlay.opaque', Buffer.from('y'))
+  setXattr(`${d.upper}/var/log`, 'trusted.overlay.opaque', Buffer.from('y'))
+  execFileSync('chattr', ['+i', `${d.upper}/etc`])
+  execFileSync('chattr', ['+a', `${d.upper}/var/log`])
+  execFileSync('chattr', ['+i', `${d.dir}/outside`])
+  t.teardown(() => execFileSync('chattr', ['-i', '-a', `${d.upper}/etc`, `${d.upper}/var/log`, `${d.dir}/outside`]))
+  fs.writeFileSync(d.config, `[overlay]\nlower = ${d.lower}\n[reset]\nkeep_lists = ${d.dir}/none\n`)
+  const result = reset(d, '--yes', '--keep', '/etc/x', '--keep', '/var/log/kept')
+  t.equal(result.status, 0, result.stderr)
+  t.same(fs.readdirSync(`${d.upper}/etc`), ['x'], 'the rest of /etc went')
+  t.equal(fs.readFileSync(`${d.upper}/etc/x/k`, 'utf8'), 'key\n')
+  t.same(listXattrs(`${d.upper}/etc`), [], 'the opaque marker went: the firmware shows through')
+  t.same(fs.readdirSync(`${d.upper}/var/log`), ['kept'])
+  t.same(listXattrs(`${d.upper}/var/log`), [], 'an append-only directory lost its opaque marker too')
+  t.notOk(fs.existsSync(`${d.dir}/flash/.ovroot/pending`), 'the reset finished')
+  t.match(
+    execFileSync('lsattr', [`${d.dir}/outside`], { encoding: 'utf8' }),
+    /^\S*i/,
+    'a symlink target keeps its flags',
+  )
+})
