@@ -282,3 +282,31 @@ await t.test(
     t.notMatch(result.stdout, /\ufffd/, 'no byte replaced')
   },
 )
+
+await t.test('--patch shows a regular file that became another type, or another type that became one', async (t) => {
+  const s = scratch()
+  t.teardown(() => s.cleanup())
+  const [lower, upper] = [`${s.dir}/rom`, `${s.dir}/upper`]
+  writeTree(lower, { '/etc/was-file': 'old\n', '/etc/was-link': { link: 'target' } })
+  writeTree(upper, { '/etc/was-file': { link: 'elsewhere' }, '/etc/was-link': 'now a file\n' })
+  const result = ovroot(['diff', '--patch', '--lower', lower, '--upper', upper])
+  t.equal(result.status, 0, result.stderr)
+  t.equal(
+    result.stdout,
+    [
+      'diff --git a/etc/was-file b/etc/was-file',
+      'deleted file mode 100644',
+      '--- a/etc/was-file',
+      '+++ /dev/null',
+      '@@ -1 +0,0 @@',
+      '-old',
+      'diff --git a/etc/was-link b/etc/was-link',
+      'new file mode 100644',
+      '--- /dev/null',
+      '+++ b/etc/was-link',
+      '@@ -0,0 +1 @@',
+      '+now a file',
+      '',
+    ].join('\n'),
+  )
+})

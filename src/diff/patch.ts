@@ -17,7 +17,12 @@ const BINARY_PROBE = 8000
 export function patchFor(change: Change, reader: TreeReader): string {
   const now = change.now?.type === 'file' ? change.now : undefined
   const was = change.was?.type === 'file' ? change.was : undefined
-  const contentChanged = change.change === 'added' || change.change === 'deleted' || change.fields.includes('content')
+  // A type change is the file's deletion or creation, as git shows it.
+  const contentChanged =
+    change.change === 'added' ||
+    change.change === 'deleted' ||
+    change.fields.includes('content') ||
+    change.fields.includes('type')
   const modeChanged = change.fields.includes('mode')
   if ((!now && !was) || (!contentChanged && !modeChanged)) return ''
   // The escaped form of names.ts, as in the text and JSON output.
