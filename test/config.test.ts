@@ -57,6 +57,10 @@ await t.test('errors name the file, the section, the key and what was expected',
       '[flash]\ndrivers = mtd floppy\n',
       /^x\.conf: \[flash\] drivers = mtd floppy: expected a list of media drivers from mtd, ubi, block, ram$/,
     ],
+    [
+      '[overlay]\nlower =\n',
+      /^x\.conf: \[overlay\] lower = : expected absolute paths separated by spaces, at least one$/,
+    ],
     ['[flash]\nfrobnicate = 1\n', /^x\.conf: \[flash\] frobnicate: unknown key; expected one of drivers, name, device/],
     [
       '[network]\nx = 1\n',

@@ -69,6 +69,14 @@ const absolutePaths: KeySpec<string[]> = {
   },
 }
 
+const layers: KeySpec<string[]> = {
+  expected: 'absolute paths separated by spaces, at least one',
+  parse: (raw) => {
+    const paths = absolutePaths.parse(raw)
+    return paths?.length ? paths : undefined
+  },
+}
+
 const absoluteGlobs: KeySpec<string[]> = {
   expected: 'absolute paths or globs separated by spaces',
   parse: (raw) => {
@@ -147,7 +155,7 @@ const tmpfsSize: KeySpec<string> = {
 }
 
 export const SCHEMA: { [S in keyof Config]: { [K in keyof Config[S]]: KeySpec<Config[S][K]> } } = {
-  overlay: { lower: absolutePaths, dir: absolutePath, options: overlayOptions },
+  overlay: { lower: layers, dir: absolutePath, options: overlayOptions },
   flash: {
     drivers,
     name: flashName,
