@@ -3,6 +3,7 @@ import t, { type Test } from 'tap'
 import * as fs from 'node:fs'
 import { mountOverlay, ovroot, scratch, unmount } from './helpers/overlay.js'
 import { writeTree } from './helpers/mutate.js'
+import { setXattr } from '../src/sys/libc.js'
 
 interface Device {
   lower: string
@@ -310,3 +311,22 @@ await t.test('--patch shows a regular file that became another type, or another 
     ].join('\n'),
   )
 })
+
+await t.test(
+  'a redirect through a symlinked directory of the lower finds nothing there, as in the kernel',
+  async (t) => {
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const [lower, upper] = [`${s.dir}/rom`, `${s.dir}/upper`]
+    writeTree(lower, { '/etc/x': 'firmware\n', '/var': { link: s.dir } })
+    fs.writeFileSync(`${s.dir}/secret`, 'outside the lower\n')
+    writeTree(upper, { '/etc/x': '' })
+    fs.truncateSync(`${upper}/etc/x`, 18)
+    setXattr(`${upper}/etc/x`, 'trusted.overlay.metacopy', Buffer.alloc(0))
+    setXattr(`${upper}/etc/x`, 'trusted.overlay.redirect', Buffer.from('/var/secret'))
+    const result = ovroot(['diff', '--patch', '--lower', lower, '--upper', upper])
+    t.equal(result.status, 5)
+    t.equal(result.stdout, '', 'nothing read outside the lower')
+    t.match(result.stderr, /^ovroot: .*\/etc\/x: metacopy file whose data is in no lower layer/)
+  },
+)
