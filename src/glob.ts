@@ -1,4 +1,9 @@
-/** Shell-style globs: * and ? stay within one component, ** crosses them, [..] is a class. */
+import { usageError } from './errors.js'
+
+/**
+ * Shell-style globs: * and ? stay within one component, ** crosses them, [..] is a class.
+ * A class no regular expression can hold (`[z-a]`) is a usage error naming the pattern.
+ */
 export function globToRegExp(pattern: string): RegExp {
   let source = ''
   for (let i = 0; i < pattern.length; i++) {
@@ -20,5 +25,10 @@ export function globToRegExp(pattern: string): RegExp {
       }
     } else source += char.replace(/[.+^${}()|\\]/g, '\\$&')
   }
-  return new RegExp(`^${source}$`)
+  try {
+    // dotAll: a name may hold a newline, and ** must cross it.
+    return new RegExp(`^${source}$`, 's')
+  } catch (error) {
+    throw usageError(`${pattern}: not a valid glob (${(error as Error).message.replace(/^.*: /, '')})`)
+  }
 }

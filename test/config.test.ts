@@ -57,6 +57,10 @@ await t.test('errors name the file, the section, the key and what was expected',
       '[flash]\ndrivers = mtd floppy\n',
       /^x\.conf: \[flash\] drivers = mtd floppy: expected a list of media drivers from mtd, ubi, block, ram$/,
     ],
+    [
+      '[overlay]\nlower =\n',
+      /^x\.conf: \[overlay\] lower = : expected absolute paths separated by spaces, at least one$/,
+    ],
     ['[flash]\nfrobnicate = 1\n', /^x\.conf: \[flash\] frobnicate: unknown key; expected one of drivers, name, device/],
     [
       '[network]\nx = 1\n',
@@ -89,6 +93,35 @@ await t.test('kernel command-line overrides go through the same validation', asy
     /kernel command line: \[flash\] bogus: unknown key/,
   )
   t.throws(() => applyOverride(config, 'kernel command line', 'nodots', '1'), /expected section\.key/)
+})
+
+await t.test('what the ini format would silently drop is refused, naming the key', async (t) => {
+  const refused: [string, RegExp][] = [
+    ['[reset]\nkeep = /etc/a\nkeep = /etc/b\n', /^x\.conf: \[reset\] keep: given twice; expected once$/],
+    [
+      '[reset]\nkeep = /etc/a\n[sync]\nquiet = 5\n[reset]\nkeep = /etc/b\n',
+      /^x\.conf: \[reset\] keep: given twice; expected once$/,
+    ],
+    [
+      '[reset]\nkeep = /root/notes#1 /etc/x\n',
+      /^x\.conf: \[reset\] keep = \/root\/notes#1 \/etc\/x: expected no ; or #/,
+    ],
+    ['[sync]\nexclude = /tmp/a;b /var\n', /^x\.conf: \[sync\] exclude = \/tmp\/a;b \/var: expected no ; or #/],
+  ]
+  for (const [text, expected] of refused) {
+    const error = catchError(() => parseConfig(text, 'x.conf'))
+    t.ok(error instanceof OvrootError && error.exitStatus === 3, text)
+    t.match(error?.message, expected)
+  }
+  t.same(
+    parseConfig('[reset]\nkeep = /etc/a ; why\nkeep_lists = /etc/b # why\n[sync]\nexclude = /tmp/a\\;b\n', 'x.conf'),
+    {
+      ...defaultConfig(),
+      reset: { keep: ['/etc/a'], keep_lists: ['/etc/b'] },
+      sync: { ...defaultConfig().sync, exclude: ['/tmp/a;b'] },
+    },
+    'a comment after a space, an escaped ; in a value',
+  )
 })
 
 await t.test('a bad configuration stops the command with exit status 3 and one line', async (t) => {

@@ -3,6 +3,7 @@ import t, { type Test } from 'tap'
 import * as fs from 'node:fs'
 import { mountOverlay, ovroot, scratch, unmount } from './helpers/overlay.js'
 import { writeTree } from './helpers/mutate.js'
+import { setXattr } from '../src/sys/libc.js'
 
 interface Device {
   lower: string
@@ -261,3 +262,71 @@ await t.test('a lower at / (the layout of a running device) resolves from the re
   t.equal(result.status, 0, result.stderr)
   t.equal(result.stdout, `A /${name}\n`)
 })
+
+await t.test(
+  '--patch never prints contents that are not UTF-8 as other bytes: such a file is named binary',
+  async (t) => {
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const [lower, upper] = [`${s.dir}/rom`, `${s.dir}/upper`]
+    writeTree(lower, { '/etc/utf8': 'café\nold\n' })
+    writeTree(upper, { '/etc/utf8': 'café\nnew\n' })
+    const latin1 = (text: string): Buffer => Buffer.from(text, 'latin1')
+    fs.writeFileSync(`${lower}/etc/latin1`, latin1('caf\xe9\nold\n'))
+    fs.writeFileSync(`${upper}/etc/latin1`, latin1('caf\xe9\nnew\n'))
+    fs.writeFileSync(`${upper}/etc/added`, latin1('na\xefve\n'))
+    const result = ovroot(['diff', '--patch', '--lower', lower, '--upper', upper])
+    t.equal(result.status, 0, result.stderr)
+    t.match(result.stdout, /^Binary files \/dev\/null and b\/etc\/added differ$/m)
+    t.match(result.stdout, /^Binary files a\/etc\/latin1 and b\/etc\/latin1 differ$/m)
+    t.match(result.stdout, /^ café\n-old\n\+new$/m, 'UTF-8 text is diffed')
+    t.notMatch(result.stdout, /\ufffd/, 'no byte replaced')
+  },
+)
+
+await t.test('--patch shows a regular file that became another type, or another type that became one', async (t) => {
+  const s = scratch()
+  t.teardown(() => s.cleanup())
+  const [lower, upper] = [`${s.dir}/rom`, `${s.dir}/upper`]
+  writeTree(lower, { '/etc/was-file': 'old\n', '/etc/was-link': { link: 'target' } })
+  writeTree(upper, { '/etc/was-file': { link: 'elsewhere' }, '/etc/was-link': 'now a file\n' })
+  const result = ovroot(['diff', '--patch', '--lower', lower, '--upper', upper])
+  t.equal(result.status, 0, result.stderr)
+  t.equal(
+    result.stdout,
+    [
+      'diff --git a/etc/was-file b/etc/was-file',
+      'deleted file mode 100644',
+      '--- a/etc/was-file',
+      '+++ /dev/null',
+      '@@ -1 +0,0 @@',
+      '-old',
+      'diff --git a/etc/was-link b/etc/was-link',
+      'new file mode 100644',
+      '--- /dev/null',
+      '+++ b/etc/was-link',
+      '@@ -0,0 +1 @@',
+      '+now a file',
+      '',
+    ].join('\n'),
+  )
+})
+
+await t.test(
+  'a redirect through a symlinked directory of the lower finds nothing there, as in the kernel',
+  async (t) => {
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const [lower, upper] = [`${s.dir}/rom`, `${s.dir}/upper`]
+    writeTree(lower, { '/etc/x': 'firmware\n', '/var': { link: s.dir } })
+    fs.writeFileSync(`${s.dir}/secret`, 'outside the lower\n')
+    writeTree(upper, { '/etc/x': '' })
+    fs.truncateSync(`${upper}/etc/x`, 18)
+    setXattr(`${upper}/etc/x`, 'trusted.overlay.metacopy', Buffer.alloc(0))
+    setXattr(`${upper}/etc/x`, 'trusted.overlay.redirect', Buffer.from('/var/secret'))
+    const result = ovroot(['diff', '--patch', '--lower', lower, '--upper', upper])
+    t.equal(result.status, 5)
+    t.equal(result.stdout, '', 'nothing read outside the lower')
+    t.match(result.stderr, /^ovroot: .*\/etc\/x: metacopy file whose data is in no lower layer/)
+  },
+)

@@ -771,6 +771,37 @@ await t.test(
   },
 )
 
+await t.test('a reset --upper of the flash copy itself waits for the staging lock too', async (t) => {
+  const d = device(t)
+  fs.mkdirSync(`${d.flash}/upper/etc`, { recursive: true })
+  fs.writeFileSync(`${d.flash}/upper/etc/user`, 'u\n')
+  const holder = spawn('sleep', ['60'], { stdio: 'ignore' })
+  t.teardown(() => holder.kill('SIGKILL'))
+  fs.mkdirSync(`${d.dir}/run/staging.lock`)
+  fs.writeFileSync(`${d.dir}/run/staging.lock/pid`, `${holder.pid}\novroot sync --watch\n`)
+  const reset = spawn(
+    process.execPath,
+    [OVROOT, 'reset', '--yes', '--config', d.config, '--upper', `${d.flash}/upper`],
+    {
+      env: cleanEnvironment(),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  )
+  let stderr = ''
+  reset.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()))
+  const exited = new Promise<number | null>((resolve) => reset.on('exit', resolve))
+  for (let waited = 0; waited < 200 && !/waiting for pid/.test(stderr) && reset.exitCode === null; waited++)
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  await new Promise((resolve) => setTimeout(resolve, 500))
+  t.ok(fs.existsSync(`${d.flash}/upper/etc/user`), 'nothing removed while a sync holds the lock')
+  t.notOk(fs.existsSync(`${d.flash}/.ovroot/pending`), 'nothing committed')
+  t.match(stderr, new RegExp(`waiting for pid ${holder.pid} \\(ovroot sync --watch\\)`))
+  holder.kill('SIGKILL')
+  t.equal(await exited, 0, stderr)
+  t.notOk(fs.existsSync(`${d.flash}/upper/etc/user`), 'then the reset is done')
+  t.notOk(fs.existsSync(`${d.dir}/run/staging.lock`), 'and the lock released')
+})
+
 await t.test(
   "a power cut while a sync stages, after the last marker's removal was lost (block2mtd), applies nothing of the new staging",
   async (t) => {

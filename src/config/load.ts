@@ -32,6 +32,7 @@ export function loadConfig(explicit?: string): Config {
 }
 
 export function parseConfig(text: string, file: string): Config {
+  refuseWhatIniHides(text, file)
   const config = defaultConfig()
   const document: Record<string, unknown> = parse(text)
   for (const [sectionName, section] of Object.entries(document)) {
@@ -46,6 +47,31 @@ export function parseConfig(text: string, file: string): Config {
       setKey(config, file, sectionName, key, raw)
   }
   return config
+}
+
+/**
+ * The ini parser keeps the last of two equal keys and cuts a value at any `;`
+ * or `#`: `keep = /a` then `keep = /b`, or `keep = /root/notes#1 /etc/x`, would
+ * silently keep less than the file says. A comment after a space is a comment;
+ * one inside a word, or a key given twice in a section, is refused.
+ */
+function refuseWhatIniHides(text: string, file: string): void {
+  let section = ''
+  const seen = new Set<string>()
+  for (const line of text.split(/\r?\n/)) {
+    const header = /^\s*\[(.*)\]\s*$/.exec(line)
+    if (header) section = header[1] ?? ''
+    const assignment = /^\s*([^;#[\s=][^=]*?)\s*=\s*(.*)$/.exec(line)
+    if (header || !assignment) continue
+    const [, key = '', value = ''] = assignment
+    const where = `${file}: ${section ? `[${section}] ` : ''}${key}`
+    if (seen.has(`${section}\0${key}`)) throw configError(`${where}: given twice; expected once`)
+    seen.add(`${section}\0${key}`)
+    if (!/^["']/.test(value) && /[^\s\\][;#]/.test(value))
+      throw configError(
+        `${where} = ${value}: expected no ; or # inside a word (they start a comment: escape them as \\; or \\#)`,
+      )
+  }
 }
 
 /** Apply `section.key=value` (kernel command line `ovroot.section.key=value`). */

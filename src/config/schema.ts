@@ -2,6 +2,9 @@
  * Every configuration key, its type, default and meaning. etc/ovroot.conf is
  * the commented copy users read; test/config.test.ts keeps the two in step.
  */
+import { globToRegExp } from '../glob.js'
+import { bytesOf } from '../names.js'
+
 export const MEDIA_DRIVERS = ['mtd', 'ubi', 'block', 'ram'] as const
 export type MediaDriverName = (typeof MEDIA_DRIVERS)[number]
 
@@ -63,6 +66,27 @@ const absolutePaths: KeySpec<string[]> = {
   parse: (raw) => {
     const paths = words(raw)
     return paths.every((path) => path.startsWith('/')) ? paths : undefined
+  },
+}
+
+const layers: KeySpec<string[]> = {
+  expected: 'absolute paths separated by spaces, at least one',
+  parse: (raw) => {
+    const paths = absolutePaths.parse(raw)
+    return paths?.length ? paths : undefined
+  },
+}
+
+const absoluteGlobs: KeySpec<string[]> = {
+  expected: 'absolute paths or globs separated by spaces',
+  parse: (raw) => {
+    const globs = absolutePaths.parse(raw)
+    try {
+      globs?.forEach((glob) => globToRegExp(bytesOf(glob)))
+      return globs
+    } catch {
+      return undefined
+    }
   },
 }
 
@@ -131,7 +155,7 @@ const tmpfsSize: KeySpec<string> = {
 }
 
 export const SCHEMA: { [S in keyof Config]: { [K in keyof Config[S]]: KeySpec<Config[S][K]> } } = {
-  overlay: { lower: absolutePaths, dir: absolutePath, options: overlayOptions },
+  overlay: { lower: layers, dir: absolutePath, options: overlayOptions },
   flash: {
     drivers,
     name: flashName,
@@ -141,8 +165,8 @@ export const SCHEMA: { [S in keyof Config]: { [K in keyof Config[S]]: KeySpec<Co
     ram_size: tmpfsSize,
   },
   boot: { init: absolutePath, timeout: seconds, run_dir: absolutePath },
-  reset: { keep: absolutePaths, keep_lists: absolutePaths },
-  sync: { enabled: yesNo, quiet: seconds, max_delay: seconds, budget: byteCount, exclude: absolutePaths },
+  reset: { keep: absoluteGlobs, keep_lists: absolutePaths },
+  sync: { enabled: yesNo, quiet: seconds, max_delay: seconds, budget: byteCount, exclude: absoluteGlobs },
   upgrade: { conflicts: oneOf('user', 'firmware') },
 }
 

@@ -3,6 +3,7 @@
  * as `git diff` does (a/ and b/ prefixes, new/deleted file and mode lines,
  * "Binary files ... differ").
  */
+import { isUtf8 } from 'node:buffer'
 import { structuredPatch } from 'diff'
 import type { Change, EntryState } from '../overlay/diff.js'
 import type { TreeReader } from '../sys/types.js'
@@ -16,7 +17,12 @@ const BINARY_PROBE = 8000
 export function patchFor(change: Change, reader: TreeReader): string {
   const now = change.now?.type === 'file' ? change.now : undefined
   const was = change.was?.type === 'file' ? change.was : undefined
-  const contentChanged = change.change === 'added' || change.change === 'deleted' || change.fields.includes('content')
+  // A type change is the file's deletion or creation, as git shows it.
+  const contentChanged =
+    change.change === 'added' ||
+    change.change === 'deleted' ||
+    change.fields.includes('content') ||
+    change.fields.includes('type')
   const modeChanged = change.fields.includes('mode')
   if ((!now && !was) || (!contentChanged && !modeChanged)) return ''
   // The escaped form of names.ts, as in the text and JSON output.
@@ -45,6 +51,8 @@ export function unifiedDiff(oldLabel: string, newLabel: string, oldBytes: Buffer
   if (isBinary(oldBytes) || isBinary(newBytes)) return [`Binary files ${oldLabel} and ${newLabel} differ`]
   if (oldBytes.length > TEXT_LIMIT || newBytes.length > TEXT_LIMIT)
     return [`Large files ${oldLabel} and ${newLabel} differ (over ${TEXT_LIMIT} bytes)`]
+  // A patch is UTF-8 text: other bytes (a Latin-1 file) would print, and apply, as U+FFFD.
+  if (!isUtf8(oldBytes) || !isUtf8(newBytes)) return [`Binary files ${oldLabel} and ${newLabel} differ`]
   const patch = structuredPatch(oldLabel, newLabel, oldBytes.toString('utf8'), newBytes.toString('utf8'), '', '', {
     context: 3,
   })

@@ -193,7 +193,8 @@ export class LayerStack {
   }
 
   private locate(lookup: Lookup, layer: Layer): Source | undefined {
-    if ('absolute' in lookup) return { layer, path: lookup.absolute }
+    if ('absolute' in lookup)
+      return this.belowDirectories(layer, lookup.absolute) ? { layer, path: lookup.absolute } : undefined
     const dir = lookup.parent.dirs.find((source) => source.layer === layer)
     return dir && { layer, path: `${dir.path}/${lookup.name}` }
   }
@@ -210,6 +211,17 @@ export class LayerStack {
     if ('absolute' in lookup)
       return { absolute: `${lookup.absolute.slice(0, lookup.absolute.lastIndexOf('/'))}/${redirect}` }
     return { parent: lookup.parent, name: redirect }
+  }
+
+  /**
+   * Whether every directory above `path` is one in `layer`: the kernel walks an absolute redirect
+   * component by component and stops at a symlink (a firmware's `/var -> /tmp`), where a host path
+   * would follow it out of the layer.
+   */
+  private belowDirectories(layer: Layer, path: string): boolean {
+    for (let at = path.lastIndexOf('/'); at > 0; at = path.lastIndexOf('/', at - 1))
+      if (this.find({ layer, path: path.slice(0, at) })?.stat.type !== 'dir') return false
+    return true
   }
 
   /** Where a redirect points, as a path of the lower view (for reports). */

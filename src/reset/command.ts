@@ -11,7 +11,8 @@ import { applyPending } from '../pending/apply.js'
 import { cancelPending, commitPending, describeChange, describePendingAt, readPending } from '../pending/marker.js'
 import { confirm, rebootNow } from '../interact.js'
 import { cancelScheduled, readBootRecord, refuseLiveLayer, withWritableFlash } from '../pending/device.js'
-import { statPath } from '../sys/fs.js'
+import { realPath, statPath } from '../sys/fs.js'
+import { withStagingLock } from '../pending/lock.js'
 import { collectKeepPatterns, KeepList } from './keep.js'
 import { planReset } from './prune.js'
 import { printResetPreview } from './preview.js'
@@ -104,15 +105,21 @@ async function resetUnmounted(config: Config, options: ResetOptions): Promise<Ex
     )
   const work = layout.upperName === 'upper' ? `${layout.root}/work` : undefined
   const xattrs = new OverlayXattrs(namespace)
-  // A reset an earlier run committed is finished as it was committed (its keep list was read before it began).
-  const pending = readPending(layout)
-  if (pending?.kind === 'reset') process.stderr.write(`ovroot: finishing the interrupted ${describeChange(pending)}\n`)
-  else {
-    if (pending) await applyPending(layout, work, xattrs)
-    commitPending(layout, { kind: 'reset', requested: new Date().toISOString(), keep, ...(only && { only }) })
+  const apply = async (): Promise<ExitStatus> => {
+    // A reset an earlier run committed is finished as it was committed (its keep list was read before it began).
+    const pending = readPending(layout)
+    if (pending?.kind === 'reset')
+      process.stderr.write(`ovroot: finishing the interrupted ${describeChange(pending)}\n`)
+    else {
+      if (pending) await applyPending(layout, work, xattrs)
+      commitPending(layout, { kind: 'reset', requested: new Date().toISOString(), keep, ...(only && { only }) })
+    }
+    const applied = await applyPending(layout, work, xattrs)
+    const kept = applied?.kind === 'reset' ? applied.kept : []
+    process.stdout.write(`ovroot: ${upper} reset${kept.length ? `, kept ${kept.join(' ')}` : ''}\n`)
+    return ExitCode.ok
   }
-  const applied = await applyPending(layout, work, xattrs)
-  const kept = applied?.kind === 'reset' ? applied.kept : []
-  process.stdout.write(`ovroot: ${upper} reset${kept.length ? `, kept ${kept.join(' ')}` : ''}\n`)
-  return ExitCode.ok
+  // The flash copy a sync device persists its RAM upper to is never mounted: the staging lock keeps syncs off it.
+  const canonical = (path: string): string => realPath(path) ?? path
+  return canonical(upper) === canonical(upperDir(config)) ? withStagingLock(config.boot.run_dir, apply) : apply()
 }

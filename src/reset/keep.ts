@@ -16,10 +16,13 @@ export interface ViewReader {
 }
 
 export function parseKeepList(text: string): string[] {
-  return text
-    .split('\n')
-    .map((line) => line.replace(/#.*/, '').trim())
-    .filter((line) => line.startsWith('/'))
+  return (
+    text
+      .split('\n')
+      // As sysupgrade reads them: a comment starts a word, and a # inside a name is part of it.
+      .map((line) => line.replace(/(^|\s)#.*/, '').trim())
+      .filter((line) => line.startsWith('/'))
+  )
 }
 
 export function collectKeepPatterns(config: Config, extra: readonly string[], view: ViewReader): string[] {
@@ -30,11 +33,14 @@ export function collectKeepPatterns(config: Config, extra: readonly string[], vi
     const files = names ? names.sort().map((name) => `${listPath}/${name}`) : [listPath]
     for (const file of files) patterns.push(...parseKeepList(view.readFile(file) ?? ''))
   }
-  return [...new Set(patterns.map(normalisePattern))]
+  // Checked before any reset is committed: a pattern that cannot be matched would stop it at every run.
+  return [...new KeepList([...new Set(patterns.map(normalisePattern))]).patterns]
 }
 
+/** `/etc//dropbear/` names what `/etc/dropbear` does (an upper's paths have single slashes). */
 function normalisePattern(pattern: string): string {
-  return pattern.length > 1 ? pattern.replace(/\/+$/, '') : pattern
+  const single = pattern.replace(/\/{2,}/g, '/')
+  return single.length > 1 ? single.replace(/\/$/, '') : single
 }
 
 export class KeepList {

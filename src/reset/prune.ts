@@ -8,7 +8,7 @@
  * other, and never stops a reset half way.
  */
 import type { OverlayXattrs } from '../overlay/xattrs.js'
-import { listNames, removeTree, statPath } from '../sys/fs.js'
+import { listNames, removeTree, statPath, unprotect } from '../sys/fs.js'
 import { bytePathBuffer, bytesOf, showBytes, type BytePath } from '../names.js'
 import { listXattrs, removeXattr } from '../sys/libc.js'
 import { reportProgress } from '../sys/progress.js'
@@ -71,7 +71,9 @@ export function applyReset(
   const at = (path: BytePath): Buffer => bytePathBuffer(bytesOf(upper) + path)
   for (const path of plan.remove) removeTree(at(path))
   for (const path of plan.ancestors) {
-    for (const name of listXattrs(at(path))) if (xattrs.isOverlay(name)) removeXattr(at(path), name)
+    const overlay = listXattrs(at(path)).filter((name) => xattrs.isOverlay(name))
+    if (overlay.length > 0) unprotect(at(path))
+    for (const name of overlay) removeXattr(at(path), name)
   }
   return plan.keep.map(showBytes)
 }

@@ -345,7 +345,8 @@ const PROTECTING = InodeFlag.immutable | InodeFlag.append
 
 /**
  * Remove an entry; one that is immutable or append-only (`chattr +i`, `+a`:
- * a user's, or restored with an upper) refuses with EPERM: its flags are
+ * a user's, or restored with an upper), or in such a directory (a reset's
+ * kept path's parent, which stays), refuses with EPERM: those flags are
  * cleared and the removal made once more. A reset or a swap removes what the
  * user's upper holds, whatever flags they gave it, and never wedges on one.
  */
@@ -353,10 +354,22 @@ function removeProtected(path: Buffer, remove: () => void): void {
   try {
     remove()
   } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'EPERM' || !(inodeFlags(path) & PROTECTING)) throw error
-    clearProtection(path)
+    if ((error as NodeJS.ErrnoException).code !== 'EPERM') throw error
+    const protectedOnes = [path, parentPath(path)].filter((entry) => inodeFlags(entry) & PROTECTING)
+    if (protectedOnes.length === 0) throw error
+    protectedOnes.forEach(clearProtection)
     remove()
   }
+}
+
+function parentPath(path: Buffer): Buffer {
+  const slash = path.lastIndexOf(SLASH)
+  return slash > 0 ? path.subarray(0, slash) : SLASH
+}
+
+/** Clear `+i`/`+a` on a directory whose overlay xattrs a reset removes (they protect xattrs too). */
+export function unprotect(path: Buffer): void {
+  if (inodeFlags(path) & PROTECTING) clearProtection(path)
 }
 
 function clearProtection(path: Buffer): void {
