@@ -5,6 +5,9 @@
  */
 import t from 'tap'
 import * as fs from 'node:fs'
+import { execFileSync } from 'node:child_process'
+import { hostTreeReader } from '../src/sys/fs.js'
+import { bytesOf } from '../src/names.js'
 import { makeNode, setXattr } from '../src/sys/libc.js'
 import { diffJson, mountOverlay, oracle, scratch, snapshot, unmount } from './helpers/overlay.js'
 import { writeTree } from './helpers/mutate.js'
@@ -83,3 +86,24 @@ await t.test('a copy of a device: upper and lower copied elsewhere keep their me
   execFileSync('cp', ['-a', lower, `${copy}/lower`])
   t.same(diffJson([`${copy}/lower`], `${copy}/upper`), expected)
 })
+
+await t.test(
+  'a file replaced by a FIFO or a symlink after the walk is refused when read, never waited on or followed',
+  async (t) => {
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    writeTree(s.dir, { '/secret': 'outside\n', '/file': 'a\n' })
+    execFileSync('mkfifo', [`${s.dir}/fifo`])
+    fs.symlinkSync(`${s.dir}/secret`, `${s.dir}/link`)
+    for (const name of ['fifo', 'link']) {
+      const path = bytesOf(`${s.dir}/${name}`)
+      t.throws(() => hostTreeReader.readHead(path, 100), { code: 'ECHANGED' }, `${name}: readHead refuses`)
+      t.throws(
+        () => hostTreeReader.sameContent(path, bytesOf(`${s.dir}/file`), 2),
+        { code: 'ECHANGED' },
+        `${name}: sameContent refuses`,
+      )
+    }
+    t.equal(hostTreeReader.readHead(bytesOf(`${s.dir}/file`), 100).toString(), 'a\n', 'a regular file is read')
+  },
+)

@@ -64,8 +64,8 @@ export function sameContent(pathA: BytePath, pathB: BytePath, size: number): boo
   let fdA = -1
   let fdB = -1
   try {
-    fdA = fs.openSync(kernelPath(pathA), 'r')
-    fdB = fs.openSync(kernelPath(pathB), 'r')
+    fdA = openRegular(pathA)
+    fdB = openRegular(pathB)
     for (let offset = 0; offset < size; offset += CHUNK) {
       const want = Math.min(CHUNK, size - offset)
       const gotA = fs.readSync(fdA, chunkA, 0, want, offset)
@@ -130,7 +130,44 @@ export const hostTreeReader: TreeReader = {
   xattr: (path, name) => getXattr(kernelPath(path), name),
   readLink: readLinkBytes,
   sameContent,
-  readHead: (path, limit) => readAt(kernelPath(path), 0, limit),
+  readHead: readRegularHead,
+}
+
+/**
+ * A file the walk found regular, opened for reading: never through a symlink, never blocking on
+ * a FIFO, and refused (ECHANGED) if it is no longer a regular file (replaced since it was listed).
+ */
+function openRegular(path: BytePath): number {
+  let fd
+  try {
+    fd = fs.openSync(kernelPath(path), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK)
+  } catch (error) {
+    // O_NOFOLLOW's answer for a symlink now at the path.
+    throw (error as NodeJS.ErrnoException).code === 'ELOOP' ? noLongerRegular(path) : error
+  }
+  if (fs.fstatSync(fd).isFile()) return fd
+  fs.closeSync(fd)
+  throw noLongerRegular(path)
+}
+
+const noLongerRegular = (path: BytePath): OvrootError =>
+  new OvrootError(
+    'ECHANGED',
+    ExitCode.io,
+    `${showBytes(path)} is no longer a regular file: it changed while it was read`,
+  )
+
+function readRegularHead(path: BytePath, limit: number): Buffer {
+  let fd = -1
+  try {
+    fd = openRegular(path)
+    const buffer = Buffer.alloc(limit)
+    return buffer.subarray(0, fs.readSync(fd, buffer, 0, limit, 0))
+  } catch (error) {
+    throw fromNodeError(error, 'read', showBytes(path))
+  } finally {
+    if (fd >= 0) fs.closeSync(fd)
+  }
 }
 
 /**
