@@ -6,6 +6,7 @@
  * `upgrade-check` runs the same plan without staging it.
  */
 import { randomBytes } from 'node:crypto'
+import { ExitCode, OvrootError } from '../errors.js'
 import { bytePathBuffer, bytesOf, showBytes, type BytePath } from '../names.js'
 import { identityNames, isIdentityXattr } from '../overlay/identity.js'
 import type { OverlayXattrs } from '../overlay/xattrs.js'
@@ -13,6 +14,7 @@ import { commitPending, type PendingChange } from '../pending/marker.js'
 import { stateDir, upperPath, type FlashLayout } from '../state/flash.js'
 import { EntryWriter, modificationTime, readEntry, readStableFile } from '../sys/entries.js'
 import { makeDirectory, statPath, writeFileAtomic } from '../sys/fs.js'
+import { inodeFlagsHeld, inodeFlagsIfPresent } from '../sys/libc.js'
 import type { UpperEntry } from '../sys/types.js'
 import { hasAncestorIn, parentOf, under } from '../upper/entry.js'
 import { isGone, walkUpper } from '../upper/walk.js'
@@ -406,12 +408,15 @@ export function stageUpgrade(plan: UpgradePlan, options: StageOptions): Extract<
   const identity = plan.rootIdentity.length ? [identityLine('.', plan.rootIdentity)] : []
   // A first name that goes leaves its inode's identity to a second name that stays.
   const goneIdentity = new Map<BytePath, string[]>()
+  // What the apply changes (removes, replaces, clears identity xattrs of), for its inode flags.
+  const changed: PlannedEntry[] = []
   for (const item of plan.entries) {
     const { verdict } = item
     const gone = verdict.action === 'drop' || hasAncestorIn(dropped, item.path)
     const names = item.entry.type === 'hardlink' ? goneIdentity.get(item.entry.linkTarget ?? '') : item.identity
     if (gone && item.identity) goneIdentity.set(item.path, item.identity)
     else if (!gone && names) identity.push(identityLine(item.path, names))
+    if (gone || verdict.action === 'refresh' || names) changed.push(item)
     if (hasAncestorIn(dropped, item.path)) continue
     if (verdict.action === 'drop') {
       if (savesUserCopy(item)) saveUserCopy(writer, upper, staging, item.path)
@@ -433,6 +438,7 @@ export function stageUpgrade(plan: UpgradePlan, options: StageOptions): Extract<
     .filter((dir) => !dropped.has(dir) && !hasAncestorIn(dropped, dir))
     .sort()
     .map((dir) => [dir, modificationTime(under(upper, dir))])
+  const flags = flagsOf(upper, plan, [...changed, ...parents.map(([path]) => path)])
   const change: Extract<PendingChange, { kind: 'upgrade' }> = {
     kind: 'upgrade',
     requested: new Date().toISOString(),
@@ -444,10 +450,36 @@ export function stageUpgrade(plan: UpgradePlan, options: StageOptions): Extract<
     parents,
     staging: stagingName,
     names: 'bytes',
+    ...(flags.length > 0 ? { flags } : {}),
     firmware: options.firmware,
   }
   commitPending(layout, change)
   return change
+}
+
+/**
+ * The inode flags (chattr +i, +a) of what the apply changes, which would
+ * refuse it with EPERM: each entry's (`changed`: plan items, or a parent
+ * directory's path), listed for every name of its inode (one name's flags are
+ * all its names'), to be cleared before the apply and set back last on what
+ * stays (pending/flat.ts, as for a sync). On a filesystem without inode flags
+ * nothing is read.
+ */
+function flagsOf(upper: BytePath, plan: UpgradePlan, changed: (PlannedEntry | BytePath)[]): [BytePath, number][] {
+  if (inodeFlagsHeld(bytePathBuffer(upper)) === 0) return []
+  const namesOf = new Map<BytePath, BytePath[]>()
+  for (const { path, entry } of plan.entries)
+    if (entry.type === 'hardlink')
+      namesOf.set(entry.linkTarget ?? '', [...(namesOf.get(entry.linkTarget ?? '') ?? []), path])
+  const listed = new Map<BytePath, number>()
+  for (const item of changed) {
+    const path = typeof item === 'string' ? item : item.path
+    const flags = inodeFlagsIfPresent(bytePathBuffer(under(upper, path)))
+    if (flags === 0) continue
+    const first = typeof item !== 'string' && item.entry.type === 'hardlink' ? (item.entry.linkTarget ?? path) : path
+    for (const name of [first, ...(namesOf.get(first) ?? [])]) listed.set(name, flags)
+  }
+  return [...listed]
 }
 
 const identityLine = (path: BytePath, names: readonly string[]): string => `${[showBytes(path), ...names].join('\t')}\n`
@@ -465,7 +497,12 @@ function writeRefreshed(
   const firmware = readEntry(source, item.path, '')
   if (firmware === 'socket') return
   const user = item.entry
-  if (!('xattrs' in user)) throw new Error(`writeRefreshed: the plan did not keep ${item.path} whole`)
+  if (!('xattrs' in user))
+    throw new OvrootError(
+      'EINTERNAL',
+      ExitCode.internal,
+      `upgrade: the plan did not keep /${showBytes(item.path)} whole, which its refresh needs`,
+    )
   const userOwn = user.xattrs.filter(([name]) => !xattrs.isOverlay(name))
   const overlayKept = user.xattrs.filter(([name]) => xattrs.isOverlay(name) && !isIdentityXattr(xattrs, name))
   const entry: UpperEntry = {
