@@ -675,6 +675,64 @@ await t.test(
 )
 
 await t.test(
+  'upgrade with metacopy=on: a hard-linked stub is one inode, its names go together (a plain copy of B’s data, still linked; kept while B has the same; gone with B’s file)',
+  async (t) => {
+    const { onFirmware } = await import('../src/upgrade/boot.js')
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const options = ['redirect_dir=on', 'metacopy=on', 'index=off']
+    const a = buildFirmware(s.dir, FIRMWARE_A, 'a')
+    const b = buildFirmware(s.dir, firmwareB(), 'b')
+    const layout = { root: `${s.dir}/flash`, upperName: 'upper' }
+    const upper = `${layout.root}/upper`
+    const work = `${layout.root}/work`
+    fs.mkdirSync(upper, { recursive: true })
+    fs.mkdirSync(work)
+    const context = (lower: string) => bootContext(layout, lower)
+    await onFirmware(await context(a))
+    const merged = `${s.dir}/merged`
+    mountOverlay(merged, [a], upper, work, options)
+    // B changes tool, removes libbar, leaves system as it was.
+    for (const path of ['usr/bin/tool', 'usr/lib/libbar.so', 'etc/config/system']) {
+      fs.chmodSync(`${merged}/${path}`, 0o700)
+      fs.linkSync(`${merged}/${path}`, `${merged}/${path}.link`)
+    }
+    unmount(merged)
+    t.equal(fs.statSync(`${upper}/usr/bin/tool.link`).nlink, 2, 'a second name of the stub')
+    t.ok(getXattr(`${upper}/usr/bin/tool.link`, 'trusted.overlay.metacopy') !== undefined, 'a metacopy stub')
+
+    const summary = await onFirmware(await context(b))
+    t.same(
+      summary?.conflicts.sort(),
+      ['/usr/lib/libbar.so', '/usr/lib/libbar.so.link'],
+      'the names whose data B removed',
+    )
+    fs.rmSync(work, { recursive: true, force: true })
+    fs.mkdirSync(work)
+    mountOverlay(merged, [b], upper, work, options)
+    const B = firmwareB()
+    for (const path of ['usr/bin/tool', 'usr/bin/tool.link']) {
+      t.equal(read(`${merged}/${path}`), B['usr/bin/tool'], `${path}: B’s data`)
+      t.equal(
+        fs.statSync(`${merged}/${path}`).size,
+        Buffer.byteLength(B['usr/bin/tool'] ?? ''),
+        `${path}: B’s size, not torn`,
+      )
+      t.equal(fs.statSync(`${merged}/${path}`).mode & 0o777, 0o700, `${path}: the user’s mode`)
+    }
+    t.equal(fs.statSync(`${merged}/usr/bin/tool`).ino, fs.statSync(`${merged}/usr/bin/tool.link`).ino, 'still one file')
+    t.equal(read(`${merged}/etc/config/system.link`), FIRMWARE_A['etc/config/system'], 'B has the same data: kept')
+    t.equal(fs.statSync(`${merged}/etc/config/system.link`).nlink, 2, '... still linked')
+    t.notOk(
+      fs.readdirSync(`${merged}/usr/lib`).some((name) => name.startsWith('libbar')),
+      'both names of libbar gone with B’s file (a stub left would fail with EIO)',
+    )
+    unmount(merged)
+    t.equal(getXattr(`${upper}/usr/bin/tool.link`, 'trusted.overlay.metacopy'), undefined, 'no stub left of tool')
+  },
+)
+
+await t.test(
   'upgrade on an ext4 flash: immutable and append-only entries (chattr +i, +a) are dropped or refreshed, their flags kept on what stays',
   async (t) => {
     const { onFirmware } = await import('../src/upgrade/boot.js')

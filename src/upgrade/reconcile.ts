@@ -166,6 +166,8 @@ export function planUpgrade(
   const records = new Map<BytePath, ManifestRecord | undefined>()
   const planned: PlannedEntry[] = []
   let rootIdentity: string[] = []
+  // Metacopy stubs by their first name: a second name is the same inode, whose data the lower holds.
+  const stubs = new Map<BytePath, PlannedEntry>()
   const lookup = (source: RecordSource, path: BytePath | undefined): OldSide =>
     path === undefined ? 'absent' : source.lookup(path)
   for (const shadow of shadowEntries(upper, xattrs, options.live)) {
@@ -205,8 +207,13 @@ export function planUpgrade(
       stub: shadow.dataPath !== undefined,
     }
     const identity = identityNames(xattrs, entry.xattrs)
+    const stub = entry.type === 'hardlink' ? stubs.get(entry.linkTarget ?? '') : undefined
+    if (stub) {
+      planned.push(secondNameOfStub(entry, stub, o, n))
+      continue
+    }
     const verdict = classify(sides)
-    planned.push({
+    const item: PlannedEntry = {
       path: entry.path,
       lowerPath,
       verdict,
@@ -215,12 +222,43 @@ export function planUpgrade(
       next: n,
       record: u,
       ...(identity.length ? { identity } : {}),
-    })
+    }
+    if (shadow.dataPath !== undefined) stubs.set(entry.path, item)
+    planned.push(item)
   }
   keepDirectoriesWithContent(planned)
   const counts = Object.fromEntries(UPGRADE_CLASSES.map((name) => [name, 0])) as Record<UpgradeClass, number>
   for (const { verdict } of planned) if (counted(verdict)) counts[verdict.class]++
   return { entries: planned, rootIdentity, counts }
+}
+
+/**
+ * A second name of a metacopy stub (a hard link the user made of a firmware
+ * file: the kernel gives the stub an absolute redirect to its data): the
+ * names are one inode whose data is O's at the first name's data path, so
+ * each goes the way of its first name (classified as a renamed file): stays
+ * a stub while N has the same data, becomes a name of the same plain copy of
+ * N's data when N changed it (the stage links it), goes when N no longer has
+ * that file (reading it would fail with EIO). Kept as it was, it would show
+ * N's bytes at O's size, or EIO.
+ */
+function secondNameOfStub(
+  entry: UpperEntry,
+  first: PlannedEntry,
+  o: OldSide,
+  n: ManifestRecord | undefined,
+): PlannedEntry {
+  const { path, type, linkTarget } = entry
+  const { holeSize } = first.entry
+  return {
+    path,
+    lowerPath: first.lowerPath,
+    verdict: first.verdict,
+    entry: { path, type, linkTarget, ...(holeSize !== undefined ? { holeSize } : {}) },
+    old: o,
+    next: n,
+    record: first.record,
+  }
 }
 
 /** A directory kept only as the container of what stays below it is no outcome of its own. */
@@ -404,6 +442,7 @@ export function stageUpgrade(plan: UpgradePlan, options: StageOptions): Extract<
   const removals: BytePath[] = []
   const touched = new Set<BytePath>()
   const dropped = new Set<BytePath>()
+  const refreshed = new Map<BytePath, BytePath>()
   // What stays, with the old lower's identity on it: cleared by the apply from this list, not by another walk.
   const identity = plan.rootIdentity.length ? [identityLine('.', plan.rootIdentity)] : []
   // A first name that goes leaves its inode's identity to a second name that stays.
@@ -424,7 +463,14 @@ export function stageUpgrade(plan: UpgradePlan, options: StageOptions): Extract<
       dropped.add(item.path)
       touched.add(parentOf(item.path))
     } else if (verdict.action === 'refresh') {
-      writeRefreshed(writer, `${staging}/${moves.length}`, options.newRoot, item, verdict.metadata, options.xattrs)
+      const staged = `${staging}/${moves.length}`
+      // A second name of a refreshed stub: a name of its first name's new copy (secondNameOfStub).
+      const stub = item.entry.type === 'hardlink' && item.entry.holeSize !== undefined
+      const first = stub ? refreshed.get(item.entry.linkTarget ?? '') : undefined
+      if (first) writer.begin(staged, secondName(staged), first)
+      else if (stub) continue
+      else writeRefreshed(writer, staged, options.newRoot, item, verdict.metadata, options.xattrs)
+      refreshed.set(item.path, staged)
       moves.push(item.path)
       touched.add(parentOf(item.path))
     }
@@ -481,6 +527,21 @@ function flagsOf(upper: BytePath, plan: UpgradePlan, changed: (PlannedEntry | By
   }
   return [...listed]
 }
+
+/** A second name to stage: EntryWriter makes it a link to the staged first name, and reads nothing else of it. */
+const secondName = (path: BytePath): UpperEntry => ({
+  path,
+  type: 'hardlink',
+  mode: 0,
+  uid: 0,
+  gid: 0,
+  mtimeNs: 0n,
+  atimeNs: 0n,
+  size: 0,
+  devMajor: 0,
+  devMinor: 0,
+  xattrs: [],
+})
 
 const identityLine = (path: BytePath, names: readonly string[]): string => `${[showBytes(path), ...names].join('\t')}\n`
 
