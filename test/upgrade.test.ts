@@ -5,10 +5,11 @@
  * applied before mounting it over squashfs B.
  */
 import t from 'tap'
-import { execFileSync, spawn } from 'node:child_process'
+import { execFileSync, spawn, spawnSync } from 'node:child_process'
 import * as fs from 'node:fs'
-import { getXattr, listXattrs, setXattr } from '../src/sys/libc.js'
-import { MANIFEST_PATH, openManifest } from '../src/upgrade/manifest.js'
+import { getXattr, listXattrs, removeXattr, setXattr } from '../src/sys/libc.js'
+import { MANIFEST_PATH, openManifest, type ManifestRecord } from '../src/upgrade/manifest.js'
+import type { UpgradePlan } from '../src/upgrade/reconcile.js'
 import { cleanEnvironment, mountOverlay, OVROOT, ovroot, scratch, unmount, upperSnapshot } from './helpers/overlay.js'
 import { bootContext } from './helpers/upgrade.js'
 
@@ -674,6 +675,120 @@ await t.test(
 )
 
 await t.test(
+  'upgrade with metacopy=on: a hard-linked stub is one inode, its names go together (a plain copy of B’s data, still linked; kept while B has the same; gone with B’s file)',
+  async (t) => {
+    const { onFirmware } = await import('../src/upgrade/boot.js')
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const options = ['redirect_dir=on', 'metacopy=on', 'index=off']
+    const a = buildFirmware(s.dir, FIRMWARE_A, 'a')
+    const b = buildFirmware(s.dir, firmwareB(), 'b')
+    const layout = { root: `${s.dir}/flash`, upperName: 'upper' }
+    const upper = `${layout.root}/upper`
+    const work = `${layout.root}/work`
+    fs.mkdirSync(upper, { recursive: true })
+    fs.mkdirSync(work)
+    const context = (lower: string) => bootContext(layout, lower)
+    await onFirmware(await context(a))
+    const merged = `${s.dir}/merged`
+    mountOverlay(merged, [a], upper, work, options)
+    // B changes tool, removes libbar, leaves system as it was.
+    for (const path of ['usr/bin/tool', 'usr/lib/libbar.so', 'etc/config/system']) {
+      fs.chmodSync(`${merged}/${path}`, 0o700)
+      fs.linkSync(`${merged}/${path}`, `${merged}/${path}.link`)
+    }
+    unmount(merged)
+    t.equal(fs.statSync(`${upper}/usr/bin/tool.link`).nlink, 2, 'a second name of the stub')
+    t.ok(getXattr(`${upper}/usr/bin/tool.link`, 'trusted.overlay.metacopy') !== undefined, 'a metacopy stub')
+
+    const summary = await onFirmware(await context(b))
+    t.same(
+      summary?.conflicts.sort(),
+      ['/usr/lib/libbar.so', '/usr/lib/libbar.so.link'],
+      'the names whose data B removed',
+    )
+    fs.rmSync(work, { recursive: true, force: true })
+    fs.mkdirSync(work)
+    mountOverlay(merged, [b], upper, work, options)
+    const B = firmwareB()
+    for (const path of ['usr/bin/tool', 'usr/bin/tool.link']) {
+      t.equal(read(`${merged}/${path}`), B['usr/bin/tool'], `${path}: B’s data`)
+      t.equal(
+        fs.statSync(`${merged}/${path}`).size,
+        Buffer.byteLength(B['usr/bin/tool'] ?? ''),
+        `${path}: B’s size, not torn`,
+      )
+      t.equal(fs.statSync(`${merged}/${path}`).mode & 0o777, 0o700, `${path}: the user’s mode`)
+    }
+    t.equal(fs.statSync(`${merged}/usr/bin/tool`).ino, fs.statSync(`${merged}/usr/bin/tool.link`).ino, 'still one file')
+    t.equal(read(`${merged}/etc/config/system.link`), FIRMWARE_A['etc/config/system'], 'B has the same data: kept')
+    t.equal(fs.statSync(`${merged}/etc/config/system.link`).nlink, 2, '... still linked')
+    t.notOk(
+      fs.readdirSync(`${merged}/usr/lib`).some((name) => name.startsWith('libbar')),
+      'both names of libbar gone with B’s file (a stub left would fail with EIO)',
+    )
+    unmount(merged)
+    t.equal(getXattr(`${upper}/usr/bin/tool.link`, 'trusted.overlay.metacopy'), undefined, 'no stub left of tool')
+  },
+)
+
+await t.test(
+  'upgrade on an ext4 flash: immutable and append-only entries (chattr +i, +a) are dropped or refreshed, their flags kept on what stays',
+  async (t) => {
+    const { onFirmware } = await import('../src/upgrade/boot.js')
+    const { inodeFlags, InodeFlag } = await import('../src/sys/libc.js')
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const a = buildFirmware(s.dir, FIRMWARE_A, 'a')
+    const b = buildFirmware(s.dir, firmwareB(), 'b')
+    const layout = { root: `${s.dir}/flash`, upperName: 'upper' }
+    fs.mkdirSync(layout.root)
+    execFileSync('truncate', ['-s', '64M', `${s.dir}/flash.ext4`])
+    execFileSync('mkfs.ext4', ['-q', `${s.dir}/flash.ext4`])
+    execFileSync('mount', ['-o', 'loop,noatime', `${s.dir}/flash.ext4`, layout.root])
+    const upper = `${layout.root}/upper`
+    const work = `${layout.root}/work`
+    fs.mkdirSync(upper)
+    fs.mkdirSync(work)
+    const context = (lower: string) => bootContext(layout, lower)
+    await onFirmware(await context(a))
+    const merged = `${s.dir}/merged`
+    // index=on: the copy-ups carry origin handles, which the apply removes from what stays.
+    mountOverlay(merged, [a], upper, work, ['index=on', 'redirect_dir=off', 'metacopy=off'])
+    userChanges(merged)
+    unmount(merged)
+    const flagged = {
+      'etc/config/dhcp': '+i', // stale: dropped
+      'usr/lib/libbar.so': '+a', // gone: dropped
+      'usr/bin/tool': '+i', // stale with the user's mode: refreshed
+      'etc/config/system': '+i', // kept: its origin handle removed
+      'etc/config': '+a', // a directory entries leave
+      'etc/profile': '+i', // a hardlinked copy-up, dropped; its other name (the user's) stays
+    }
+    // As an earlier reconcile leaves it: no identity xattrs, so the name that stays is changed in nothing itself.
+    removeXattr(`${upper}/etc/profile`, 'trusted.overlay.origin')
+    for (const [path, flag] of Object.entries(flagged)) execFileSync('chattr', [flag, `${upper}/${path}`])
+
+    const summary = await onFirmware(await context(b))
+    t.ok(summary, 'the boot on B reconciled')
+    for (const gone of ['etc/config/dhcp', 'etc/config/firewall', 'usr/lib/libbar.so'])
+      t.notOk(fs.existsSync(`${upper}/${gone}`), `${gone}: dropped`)
+    t.equal(read(`${upper}/usr/bin/tool`), firmwareB()['usr/bin/tool'], 'the refreshed file has B’s data')
+    t.equal(inodeFlags(`${upper}/usr/bin/tool`), InodeFlag.immutable, '... and the user’s flag')
+    t.notOk(fs.existsSync(`${upper}/etc/profile`), 'a hardlinked stale copy-up: dropped')
+    t.equal(read(`${upper}/etc/profile.mine`), 'profile 1\n', 'its other name stays')
+    t.equal(inodeFlags(`${upper}/etc/profile.mine`), InodeFlag.immutable, '... with the inode’s flag')
+    t.equal(inodeFlags(`${upper}/etc/config/system`), InodeFlag.immutable, 'a kept file keeps its flag')
+    t.equal(inodeFlags(`${upper}/etc/config`), InodeFlag.append, 'the directory keeps its flag')
+    t.same(boundEntries(upper), [], 'no entry that stayed is bound to A, flagged ones included')
+    t.notOk(fs.existsSync(`${layout.root}/.ovroot/pending`), 'nothing left pending')
+    // The scratch directory's cleanup removes what is below it.
+    for (const path of [...Object.keys(flagged), 'etc/profile.mine'])
+      spawnSync('chattr', ['-i', '-a', `${upper}/${path}`])
+  },
+)
+
+await t.test(
   'upgrade-check on the device’s flash waits for the staging lock: a sync or reset applying meanwhile would make its prediction wrong',
   async (t) => {
     const s = scratch()
@@ -1161,3 +1276,41 @@ await t.test(
     t.equal(getXattr(`${upper}/etc/x`, 'user.tag')?.toString(), 'mine', 'etc/x keeps it')
   },
 )
+
+await t.test('a refresh the plan did not keep whole is a typed internal error, not a plain one', async (t) => {
+  const { stageUpgrade } = await import('../src/upgrade/reconcile.js')
+  const { OverlayXattrs } = await import('../src/overlay/xattrs.js')
+  const s = scratch()
+  t.teardown(() => s.cleanup())
+  fs.mkdirSync(`${s.dir}/flash/upper`, { recursive: true })
+  fs.mkdirSync(`${s.dir}/new`)
+  fs.writeFileSync(`${s.dir}/new/tool`, 'tool 2\n')
+  const record: ManifestRecord = { type: 'f', mode: 0o644, uid: 0, gid: 0, size: 7, data: '-', xattrs: '-' }
+  const plan: UpgradePlan = {
+    entries: [
+      {
+        path: 'tool',
+        lowerPath: 'tool',
+        verdict: { class: 'stale', action: 'refresh', metadata: { mode: 0o700, uid: 0, gid: 0, xattrs: 'firmware' } },
+        entry: { path: 'tool', type: 'file' },
+        old: record,
+        next: record,
+        record,
+      },
+    ],
+    rootIdentity: [],
+    counts: { own: 0, kept: 0, converged: 0, stale: 1, gone: 0, conflict: 0, hidden: 0, unknown: 0 },
+  }
+  t.throws(
+    () =>
+      stageUpgrade(plan, {
+        layout: { root: `${s.dir}/flash`, upperName: 'upper' },
+        newRoot: `${s.dir}/new`,
+        xattrs: new OverlayXattrs('trusted'),
+        report: { from: 'A', to: 'B', fromDescription: 'A', toDescription: 'B', counts: plan.counts, entries: [] },
+        firmware: { identity: 'x', description: 'B', base: 'shipped', since: '' },
+        base: { shipped: `${s.dir}/new/tool` },
+      }),
+    { name: 'OvrootError', code: 'EINTERNAL', exitStatus: 70, message: /the plan did not keep \/tool whole/ },
+  )
+})

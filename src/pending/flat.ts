@@ -19,12 +19,14 @@ export type FlatChange = Pick<
  * (chattr +i, +a) would refuse all of it (an immutable entry cannot be
  * replaced, an immutable or append-only directory loses no entry): the
  * marker's `flags` paths have theirs cleared first and set last, so a rerun
- * after a cut between the two clears and sets them again. What is done
+ * after a cut between the two clears and sets them again (`cleared` runs
+ * in between, before the removals: an upgrade's removal of identity xattrs,
+ * which the same flags refuse). What is done
  * leaves the staging, so a rerun after a cut does only the rest. Nothing is
  * fsynced here: the marker stays until the caller's one sync of the whole
  * filesystem (an fsync per directory costs a journal commit each on ext4).
  */
-export function applyFlat(stagedText: string, upperText: string, change: FlatChange): void {
+export function applyFlat(stagedText: string, upperText: string, change: FlatChange, cleared?: () => void): void {
   // Every path here is bytes (names.ts `BytePath`); a marker an older ovroot wrote holds names as text.
   const fromMarker = change.names === 'bytes' ? (path: string): BytePath => path : bytesOf
   const staged = bytesOf(stagedText)
@@ -33,6 +35,7 @@ export function applyFlat(stagedText: string, upperText: string, change: FlatCha
   const target = (path: string): BytePath => (path === '.' ? upper : `${upper}/${fromMarker(path)}`)
   const flagged = (change.flags ?? []).map(([path, flags]): [BytePath, number] => [target(path), flags])
   for (const [full] of flagged) setFlagsIfThere(full, 0)
+  cleared?.()
   for (const path of change.removals) removeTree(kernel(`${upper}/${fromMarker(path)}`))
   const mtimes = new Map(change.parents)
   const giveBack = (path: string): void => {

@@ -79,6 +79,8 @@ export type PendingChange =
       parents: [string, number][]
       staging: string
       names: 'bytes'
+      /** Inode flags (chattr) each path ends with, as a sync's (pending/flat.ts); absent: none (an older ovroot's marker). */
+      flags?: [string, number][]
       firmware: { identity: string; description: string; base: 'shipped' | 'recorded'; since: string }
     }
 

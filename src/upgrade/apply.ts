@@ -2,9 +2,10 @@
  * Applying a committed upgrade (pending/apply.ts, kind `upgrade`), in an
  * order a rerun after a power cut finishes: the report and the new base
  * files leave the staging first, then the sync's flat apply (removals,
- * moves, parents; it removes the staging last), identity metadata cleared
- * before it from every entry that stays (the staging lists them), and the
- * new firmware record is written last. Until that record is written a boot sees the old record and the
+ * moves, parents; it removes the staging last; the inode flags of what it
+ * changes cleared first and set back last), identity metadata cleared
+ * within it, once the flags are, from every entry that stays (the staging
+ * lists them), and the new firmware record is written last. Until that record is written a boot sees the old record and the
  * marker, and reruns this; after it, the upper is reconciled. Each step
  * leaves nothing for itself to redo, so none is done twice.
  */
@@ -36,25 +37,25 @@ export function applyUpgrade(
     renamePath(`${staging}/base.manifest`, baseManifestPath(layout))
   }
   if (pathExists(staging)) {
-    const listed = clearListedIdentity(staging, bytesOf(upperPath(layout)))
-    applyFlat(staging, upperPath(layout), change)
+    const list = readTextFileIfExists(`${staging}/${IDENTITY_LIST}`)
+    // Once the flags of what it names are cleared: an immutable or append-only entry refuses removexattr.
+    applyFlat(staging, upperPath(layout), change, () => {
+      if (list !== undefined) clearListedIdentity(list, bytesOf(upperPath(layout)))
+    })
     // A staging an older ovroot made lists none: the whole upper is walked instead.
-    if (!listed) clearFilesystemIdentity(bytesOf(upperPath(layout)), xattrs)
+    if (list === undefined) clearFilesystemIdentity(bytesOf(upperPath(layout)), xattrs)
   }
   writeFirmwareRecord(layout, change.firmware)
   return readUpgradeReport(layout)
 }
 
-/** The staging's identity list applied (a line done twice is done once); false when it has none. */
-function clearListedIdentity(staging: string, upper: BytePath): boolean {
-  const list = readTextFileIfExists(`${staging}/${IDENTITY_LIST}`)
-  if (list === undefined) return false
+/** The staging's identity list applied (a line done twice is done once). */
+function clearListedIdentity(list: string, upper: BytePath): void {
   for (const line of list.split('\n')) {
     const [shown, ...names] = line.split('\t')
     const path = shown && parseShownName(shown)
     if (path) clearIdentityOf(under(upper, path), names)
   }
-  return true
 }
 
 function moveIfStaged(from: string, to: string, prepare: () => void): void {

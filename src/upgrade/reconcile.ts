@@ -6,6 +6,7 @@
  * `upgrade-check` runs the same plan without staging it.
  */
 import { randomBytes } from 'node:crypto'
+import { ExitCode, OvrootError } from '../errors.js'
 import { bytePathBuffer, bytesOf, showBytes, type BytePath } from '../names.js'
 import { identityNames, isIdentityXattr } from '../overlay/identity.js'
 import type { OverlayXattrs } from '../overlay/xattrs.js'
@@ -13,6 +14,7 @@ import { commitPending, type PendingChange } from '../pending/marker.js'
 import { stateDir, upperPath, type FlashLayout } from '../state/flash.js'
 import { EntryWriter, modificationTime, readEntry, readStableFile } from '../sys/entries.js'
 import { makeDirectory, statPath, writeFileAtomic } from '../sys/fs.js'
+import { inodeFlagsHeld, inodeFlagsIfPresent } from '../sys/libc.js'
 import type { UpperEntry } from '../sys/types.js'
 import { hasAncestorIn, parentOf, under } from '../upper/entry.js'
 import { isGone, walkUpper } from '../upper/walk.js'
@@ -164,6 +166,8 @@ export function planUpgrade(
   const records = new Map<BytePath, ManifestRecord | undefined>()
   const planned: PlannedEntry[] = []
   let rootIdentity: string[] = []
+  // Metacopy stubs by their first name: a second name is the same inode, whose data the lower holds.
+  const stubs = new Map<BytePath, PlannedEntry>()
   const lookup = (source: RecordSource, path: BytePath | undefined): OldSide =>
     path === undefined ? 'absent' : source.lookup(path)
   for (const shadow of shadowEntries(upper, xattrs, options.live)) {
@@ -203,8 +207,13 @@ export function planUpgrade(
       stub: shadow.dataPath !== undefined,
     }
     const identity = identityNames(xattrs, entry.xattrs)
+    const stub = entry.type === 'hardlink' ? stubs.get(entry.linkTarget ?? '') : undefined
+    if (stub) {
+      planned.push(secondNameOfStub(entry, stub, o, n))
+      continue
+    }
     const verdict = classify(sides)
-    planned.push({
+    const item: PlannedEntry = {
       path: entry.path,
       lowerPath,
       verdict,
@@ -213,12 +222,43 @@ export function planUpgrade(
       next: n,
       record: u,
       ...(identity.length ? { identity } : {}),
-    })
+    }
+    if (shadow.dataPath !== undefined) stubs.set(entry.path, item)
+    planned.push(item)
   }
   keepDirectoriesWithContent(planned)
   const counts = Object.fromEntries(UPGRADE_CLASSES.map((name) => [name, 0])) as Record<UpgradeClass, number>
   for (const { verdict } of planned) if (counted(verdict)) counts[verdict.class]++
   return { entries: planned, rootIdentity, counts }
+}
+
+/**
+ * A second name of a metacopy stub (a hard link the user made of a firmware
+ * file: the kernel gives the stub an absolute redirect to its data): the
+ * names are one inode whose data is O's at the first name's data path, so
+ * each goes the way of its first name (classified as a renamed file): stays
+ * a stub while N has the same data, becomes a name of the same plain copy of
+ * N's data when N changed it (the stage links it), goes when N no longer has
+ * that file (reading it would fail with EIO). Kept as it was, it would show
+ * N's bytes at O's size, or EIO.
+ */
+function secondNameOfStub(
+  entry: UpperEntry,
+  first: PlannedEntry,
+  o: OldSide,
+  n: ManifestRecord | undefined,
+): PlannedEntry {
+  const { path, type, linkTarget } = entry
+  const { holeSize } = first.entry
+  return {
+    path,
+    lowerPath: first.lowerPath,
+    verdict: first.verdict,
+    entry: { path, type, linkTarget, ...(holeSize !== undefined ? { holeSize } : {}) },
+    old: o,
+    next: n,
+    record: first.record,
+  }
 }
 
 /** A directory kept only as the container of what stays below it is no outcome of its own. */
@@ -402,16 +442,20 @@ export function stageUpgrade(plan: UpgradePlan, options: StageOptions): Extract<
   const removals: BytePath[] = []
   const touched = new Set<BytePath>()
   const dropped = new Set<BytePath>()
+  const refreshed = new Map<BytePath, BytePath>()
   // What stays, with the old lower's identity on it: cleared by the apply from this list, not by another walk.
   const identity = plan.rootIdentity.length ? [identityLine('.', plan.rootIdentity)] : []
   // A first name that goes leaves its inode's identity to a second name that stays.
   const goneIdentity = new Map<BytePath, string[]>()
+  // What the apply changes (removes, replaces, clears identity xattrs of), for its inode flags.
+  const changed: PlannedEntry[] = []
   for (const item of plan.entries) {
     const { verdict } = item
     const gone = verdict.action === 'drop' || hasAncestorIn(dropped, item.path)
     const names = item.entry.type === 'hardlink' ? goneIdentity.get(item.entry.linkTarget ?? '') : item.identity
     if (gone && item.identity) goneIdentity.set(item.path, item.identity)
     else if (!gone && names) identity.push(identityLine(item.path, names))
+    if (gone || verdict.action === 'refresh' || names) changed.push(item)
     if (hasAncestorIn(dropped, item.path)) continue
     if (verdict.action === 'drop') {
       if (savesUserCopy(item)) saveUserCopy(writer, upper, staging, item.path)
@@ -419,7 +463,14 @@ export function stageUpgrade(plan: UpgradePlan, options: StageOptions): Extract<
       dropped.add(item.path)
       touched.add(parentOf(item.path))
     } else if (verdict.action === 'refresh') {
-      writeRefreshed(writer, `${staging}/${moves.length}`, options.newRoot, item, verdict.metadata, options.xattrs)
+      const staged = `${staging}/${moves.length}`
+      // A second name of a refreshed stub: a name of its first name's new copy (secondNameOfStub).
+      const stub = item.entry.type === 'hardlink' && item.entry.holeSize !== undefined
+      const first = stub ? refreshed.get(item.entry.linkTarget ?? '') : undefined
+      if (first) writer.begin(staged, secondName(staged), first)
+      else if (stub) continue
+      else writeRefreshed(writer, staged, options.newRoot, item, verdict.metadata, options.xattrs)
+      refreshed.set(item.path, staged)
       moves.push(item.path)
       touched.add(parentOf(item.path))
     }
@@ -433,6 +484,7 @@ export function stageUpgrade(plan: UpgradePlan, options: StageOptions): Extract<
     .filter((dir) => !dropped.has(dir) && !hasAncestorIn(dropped, dir))
     .sort()
     .map((dir) => [dir, modificationTime(under(upper, dir))])
+  const flags = flagsOf(upper, plan, [...changed, ...parents.map(([path]) => path)])
   const change: Extract<PendingChange, { kind: 'upgrade' }> = {
     kind: 'upgrade',
     requested: new Date().toISOString(),
@@ -444,11 +496,52 @@ export function stageUpgrade(plan: UpgradePlan, options: StageOptions): Extract<
     parents,
     staging: stagingName,
     names: 'bytes',
+    ...(flags.length > 0 ? { flags } : {}),
     firmware: options.firmware,
   }
   commitPending(layout, change)
   return change
 }
+
+/**
+ * The inode flags (chattr +i, +a) of what the apply changes, which would
+ * refuse it with EPERM: each entry's (`changed`: plan items, or a parent
+ * directory's path), listed for every name of its inode (one name's flags are
+ * all its names'), to be cleared before the apply and set back last on what
+ * stays (pending/flat.ts, as for a sync). On a filesystem without inode flags
+ * nothing is read.
+ */
+function flagsOf(upper: BytePath, plan: UpgradePlan, changed: (PlannedEntry | BytePath)[]): [BytePath, number][] {
+  if (inodeFlagsHeld(bytePathBuffer(upper)) === 0) return []
+  const namesOf = new Map<BytePath, BytePath[]>()
+  for (const { path, entry } of plan.entries)
+    if (entry.type === 'hardlink')
+      namesOf.set(entry.linkTarget ?? '', [...(namesOf.get(entry.linkTarget ?? '') ?? []), path])
+  const listed = new Map<BytePath, number>()
+  for (const item of changed) {
+    const path = typeof item === 'string' ? item : item.path
+    const flags = inodeFlagsIfPresent(bytePathBuffer(under(upper, path)))
+    if (flags === 0) continue
+    const first = typeof item !== 'string' && item.entry.type === 'hardlink' ? (item.entry.linkTarget ?? path) : path
+    for (const name of [first, ...(namesOf.get(first) ?? [])]) listed.set(name, flags)
+  }
+  return [...listed]
+}
+
+/** A second name to stage: EntryWriter makes it a link to the staged first name, and reads nothing else of it. */
+const secondName = (path: BytePath): UpperEntry => ({
+  path,
+  type: 'hardlink',
+  mode: 0,
+  uid: 0,
+  gid: 0,
+  mtimeNs: 0n,
+  atimeNs: 0n,
+  size: 0,
+  devMajor: 0,
+  devMinor: 0,
+  xattrs: [],
+})
 
 const identityLine = (path: BytePath, names: readonly string[]): string => `${[showBytes(path), ...names].join('\t')}\n`
 
@@ -465,7 +558,12 @@ function writeRefreshed(
   const firmware = readEntry(source, item.path, '')
   if (firmware === 'socket') return
   const user = item.entry
-  if (!('xattrs' in user)) throw new Error(`writeRefreshed: the plan did not keep ${item.path} whole`)
+  if (!('xattrs' in user))
+    throw new OvrootError(
+      'EINTERNAL',
+      ExitCode.internal,
+      `upgrade: the plan did not keep /${showBytes(item.path)} whole, which its refresh needs`,
+    )
   const userOwn = user.xattrs.filter(([name]) => !xattrs.isOverlay(name))
   const overlayKept = user.xattrs.filter(([name]) => xattrs.isOverlay(name) && !isIdentityXattr(xattrs, name))
   const entry: UpperEntry = {
