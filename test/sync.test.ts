@@ -1582,3 +1582,29 @@ await t.test(
     t.notOk(fs.existsSync(`${d.dir}/run/staging.lock`), 'and the lock released')
   },
 )
+
+await t.test(
+  'a removed name of an immutable file whose other name stays: the flash keeps that name immutable',
+  async (t) => {
+    const d = device(t)
+    const upper = `${d.ram}/upper`
+    writeTree(upper, { '/keep/y': 'linked\n', '/gone/other': 'o\n' })
+    fs.linkSync(`${upper}/keep/y`, `${upper}/gone/x`)
+    execFileSync('chattr', ['+i', `${upper}/keep/y`])
+    t.teardown(() => {
+      for (const root of [upper, `${d.flash}/upper`]) spawnSync('chattr', ['-R', '-i', '-a', root], { stdio: 'ignore' })
+    })
+    const first = sync(d)
+    t.equal(first.status, 0, first.stderr)
+    t.equal(fs.statSync(`${d.flash}/upper/keep/y`).nlink, 2, 'both names on the flash')
+    // The user (root) lifts the flag, removes the directory holding the other name, sets the flag again.
+    execFileSync('chattr', ['-i', `${upper}/keep/y`])
+    fs.rmSync(`${upper}/gone`, { recursive: true })
+    execFileSync('chattr', ['+i', `${upper}/keep/y`])
+    const second = sync(d)
+    t.equal(second.status, 0, second.stderr)
+    t.notOk(fs.existsSync(`${d.flash}/upper/gone`), 'the removed name is gone from the flash')
+    t.equal(inodeFlags(`${d.flash}/upper/keep/y`), InodeFlag.immutable, 'the name that stays is still immutable')
+    t.match(sync(d).stdout, /nothing to sync/, 'and the next sync finds nothing to do')
+  },
+)

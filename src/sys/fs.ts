@@ -384,18 +384,36 @@ const PROTECTING = InodeFlag.immutable | InodeFlag.append
  * Remove an entry; one that is immutable or append-only (`chattr +i`, `+a`:
  * a user's, or restored with an upper), or in such a directory (a reset's
  * kept path's parent, which stays), refuses with EPERM: those flags are
- * cleared and the removal made once more. A reset or a swap removes what the
- * user's upper holds, whatever flags they gave it, and never wedges on one.
+ * cleared and the removal made once more (an inode's other names keep its
+ * flags). A reset or a swap removes what the user's upper holds, whatever
+ * flags they gave it, and never wedges on one.
  */
 function removeProtected(path: Buffer, remove: () => void): void {
   try {
     remove()
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== 'EPERM') throw error
-    const protectedOnes = [path, parentPath(path)].filter((entry) => inodeFlags(entry) & PROTECTING)
-    if (protectedOnes.length === 0) throw error
-    protectedOnes.forEach(clearProtection)
+    const parent = parentPath(path)
+    const own = inodeFlags(path)
+    if (!(own & PROTECTING) && !(inodeFlags(parent) & PROTECTING)) throw error
+    unprotect(parent)
+    if (own & PROTECTING) removeKeepingFlagsOfOtherNames(path, own, remove)
+    else remove()
+  }
+}
+
+/**
+ * Remove a protected name with its flags cleared (they are its inode's): a hard link elsewhere that
+ * stays, such as the flash's other name of an immutable file a sync removes one name of, keeps them.
+ */
+function removeKeepingFlagsOfOtherNames(path: Buffer, flags: number, remove: () => void): void {
+  const fd = fs.openSync(path, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK)
+  try {
+    setInodeFlags(fd, flags & ~PROTECTING, path)
     remove()
+    if (fs.fstatSync(fd).nlink > 0) setInodeFlags(fd, flags, path)
+  } finally {
+    fs.closeSync(fd)
   }
 }
 
