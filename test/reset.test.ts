@@ -5,7 +5,7 @@
 import t, { type Test } from 'tap'
 import { execFileSync } from 'node:child_process'
 import * as fs from 'node:fs'
-import { getXattr, listXattrs, removeXattr, setXattr } from '../src/sys/libc.js'
+import { getXattr, InodeFlag, inodeFlags, listXattrs, removeXattr, setXattr } from '../src/sys/libc.js'
 import { globToRegExp } from '../src/glob.js'
 import { parseKeepList } from '../src/reset/keep.js'
 import { mountOverlay, ovroot, scratch, snapshot, unmount, upperSnapshot } from './helpers/overlay.js'
@@ -556,4 +556,20 @@ await t.test('an immutable or append-only directory above a kept path never wedg
     /^\S*i/,
     'a symlink target keeps its flags',
   )
+})
+
+await t.test('a kept name of an immutable file whose other name a reset removes stays immutable', async (t) => {
+  const d = mountedDevice(t, { '/etc/banner': 'hello\n' }, [])
+  fs.writeFileSync(`${d.merged}/etc/kept`, 'linked\n')
+  fs.mkdirSync(`${d.merged}/root`)
+  fs.linkSync(`${d.merged}/etc/kept`, `${d.merged}/root/other`)
+  unmount(d.merged)
+  execFileSync('chattr', ['+i', `${d.upper}/etc/kept`])
+  t.teardown(() => execFileSync('chattr', ['-i', `${d.upper}/etc/kept`]))
+  fs.writeFileSync(d.config, `[overlay]\nlower = ${d.lower}\n[reset]\nkeep_lists = ${d.dir}/none\n`)
+  const result = reset(d, '--yes', '--keep', '/etc/kept')
+  t.equal(result.status, 0, result.stderr)
+  t.notOk(fs.existsSync(`${d.upper}/root`), 'the other name went')
+  t.equal(fs.readFileSync(`${d.upper}/etc/kept`, 'utf8'), 'linked\n', 'the kept name stays')
+  t.equal(inodeFlags(`${d.upper}/etc/kept`), InodeFlag.immutable, '... immutable, as the user left it')
 })
