@@ -12,6 +12,8 @@ import * as path from 'node:path'
 import { getXattr, InodeFlag, inodeFlags, listXattrs, lstat, makeNode, removeXattr, setXattr } from '../src/sys/libc.js'
 import { INODE_FLAG_IOCTLS, inodeFlagIoctls, SYSCALLS, syscallNumbers } from '../src/sys/platform.js'
 import type { EntryStat } from '../src/sys/types.js'
+import { readStableFile } from '../src/sys/entries.js'
+import { bytesOf } from '../src/names.js'
 import { OVROOT, cleanEnvironment, mountOverlay, scratch } from './helpers/overlay.js'
 
 const FIVE_GIB = 5 * 1024 ** 3
@@ -317,4 +319,30 @@ await t.test('an unsupported platform gets one line and exit 4', async (t) => {
     /not supported/,
     'status needs no system layer and still answers',
   )
+})
+
+await t.test('a file the walk saw, replaced since by a symlink or a FIFO, is never read through it', async (t) => {
+  const s = scratch()
+  t.teardown(() => s.cleanup())
+  fs.writeFileSync(`${s.dir}/outside`, "not the upper's\n")
+  for (const size of [5, 5 << 20]) {
+    const name = bytesOf(`${s.dir}/f`)
+    fs.writeFileSync(`${s.dir}/f`, Buffer.alloc(size, 'x'))
+    const walked = lstat(`${s.dir}/f`)
+    fs.rmSync(`${s.dir}/f`)
+    fs.symlinkSync(`${s.dir}/outside`, `${s.dir}/f`)
+    t.throws(
+      () => readStableFile(name, { holes: true, stat: walked }),
+      { code: 'ECHANGED' },
+      `${size} bytes, now a symlink: refused`,
+    )
+    fs.rmSync(`${s.dir}/f`)
+    execFileSync('mkfifo', [`${s.dir}/f`])
+    t.throws(
+      () => readStableFile(name, { holes: true, stat: walked }),
+      { code: 'ECHANGED' },
+      `${size} bytes, now a FIFO: refused, not waited on`,
+    )
+    fs.rmSync(`${s.dir}/f`)
+  }
 })

@@ -145,6 +145,7 @@ export function readStableFile(
     if (small === 'changed') continue
     if (small !== 'large') return small
     const before = statForChange(full)
+    if (!before.isFile()) continue
     // Fewer blocks than bytes: a file with holes (or a filesystem that compresses); only then is the map asked for.
     const regions = options.holes === true && before.blocks * 512 < before.size ? holeMap(full, before.size) : undefined
     const read = regions ? readRegions(full, regions) : hashFile(full)
@@ -165,8 +166,11 @@ export function readStableFile(
 function readSmallFile(full: BytePath, holes: boolean, known: EntryStat | undefined): StableFile | 'large' | 'changed' {
   let fd = -1
   try {
-    fd = fs.openSync(kernelPath(full), 'r')
-    const before = known ?? versionOf(fs.fstatSync(fd, { bigint: true }))
+    const opened = openToRead(full)
+    if (opened === undefined) return 'changed'
+    fd = opened
+    const before = known ?? regularVersionOf(fs.fstatSync(fd, { bigint: true }))
+    if (before === undefined) return 'changed'
     if (before.size > WHOLE_FILE_BYTES || (holes && before.blocks * 512 < before.size)) return 'large'
     const content = Buffer.allocUnsafe(before.size)
     for (let got = 0; got < content.length;) {
@@ -185,9 +189,25 @@ function readSmallFile(full: BytePath, holes: boolean, known: EntryStat | undefi
       chunks: () => [content],
     }
   } catch (error) {
+    // pread(2) of a FIFO put at the name since the walk.
+    if ((error as NodeJS.ErrnoException).code === 'ESPIPE') return 'changed'
     throw fromNodeError(error, 'read', showBytes(full))
   } finally {
     if (fd >= 0) fs.closeSync(fd)
+  }
+}
+
+/**
+ * A file the walk found regular, opened to read: never through a symlink put at its name since,
+ * never blocking on a FIFO put there (its inode, or EOF, then shows the change). Undefined for a
+ * symlink now at the name.
+ */
+function openToRead(full: BytePath): number | undefined {
+  try {
+    return fs.openSync(kernelPath(full), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK)
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ELOOP') return undefined
+    throw error
   }
 }
 
@@ -246,7 +266,8 @@ function grownPrefix(full: BytePath): StableFile | undefined {
 function holeMap(full: BytePath, size: number): Region[] | undefined {
   let fd = -1
   try {
-    fd = fs.openSync(kernelPath(full), 'r')
+    fd = openToRead(full) ?? -1
+    if (fd < 0) throw changedWhileRead(full)
     const regions = dataRegions(fd, size, kernelPath(full))
     return regions.length === 1 && regions[0]?.[0] === 0 && regions[0][1] === size ? undefined : regions
   } catch (error) {
@@ -296,7 +317,8 @@ function hashFile(full: BytePath): Omit<StableFile, 'size'> {
 function* fileChunks(full: BytePath, regions?: Region[]): Generator<Buffer> {
   let fd = -1
   try {
-    fd = fs.openSync(kernelPath(full), 'r')
+    fd = openToRead(full) ?? -1
+    if (fd < 0) throw changedWhileRead(full)
     if (regions === undefined) {
       for (;;) {
         const chunk = Buffer.allocUnsafe(CHUNK)
@@ -324,7 +346,7 @@ function* fileChunks(full: BytePath, regions?: Region[]): Generator<Buffer> {
 
 function statForChange(full: BytePath): fs.Stats {
   try {
-    return fs.statSync(kernelPath(full))
+    return fs.lstatSync(kernelPath(full))
   } catch (error) {
     throw fromNodeError(error, 'stat', showBytes(full))
   }
@@ -334,6 +356,11 @@ function statForChange(full: BytePath): fs.Stats {
 type FileVersion = Pick<EntryStat, 'size' | 'blocks' | 'mtimeNs' | 'ctimeNs' | 'ino'>
 
 /** Node's inode number is signed, statx's (EntryStat's) unsigned: both read unsigned. */
+/** versionOf a file's fstat, or undefined when it is not a regular file (another entry put at its name). */
+function regularVersionOf(stat: fs.BigIntStats): FileVersion | undefined {
+  return stat.isFile() ? versionOf(stat) : undefined
+}
+
 function versionOf(stat: fs.BigIntStats): FileVersion {
   const { mtimeNs, ctimeNs } = stat
   return { size: Number(stat.size), blocks: Number(stat.blocks), mtimeNs, ctimeNs, ino: BigInt.asUintN(64, stat.ino) }
