@@ -11,7 +11,7 @@ import { getXattr, listXattrs, removeXattr, setXattr } from '../src/sys/libc.js'
 import { MANIFEST_PATH, openManifest, type ManifestRecord } from '../src/upgrade/manifest.js'
 import type { UpgradePlan } from '../src/upgrade/reconcile.js'
 import { cleanEnvironment, mountOverlay, OVROOT, ovroot, scratch, unmount, upperSnapshot } from './helpers/overlay.js'
-import { bootContext } from './helpers/upgrade.js'
+import { bootContext, emptyFlash } from './helpers/upgrade.js'
 
 const latin1 = (text: string): Buffer => Buffer.from(text, 'latin1')
 
@@ -284,11 +284,7 @@ await t.test('upgrade: every row of the issue, reconciled on a real upper from s
   t.teardown(() => s.cleanup())
   const a = buildFirmware(s.dir, FIRMWARE_A, 'a')
   const b = buildFirmware(s.dir, firmwareB(), 'b')
-  const layout = { root: `${s.dir}/flash`, upperName: 'upper' }
-  const upper = `${layout.root}/upper`
-  const work = `${layout.root}/work`
-  fs.mkdirSync(upper, { recursive: true })
-  fs.mkdirSync(work)
+  const { layout, upper, work } = emptyFlash(s.dir)
   const xattrs = new OverlayXattrs('trusted')
   const context = (lower: string) => bootContext(layout, lower, { xattrs })
   t.equal(await onFirmware(await context(a)), undefined, 'first boot on A: recorded, nothing reconciled')
@@ -614,11 +610,7 @@ await t.test(
     const options = ['redirect_dir=on', 'metacopy=on', 'index=off']
     const a = buildFirmware(s.dir, { ...FIRMWARE_A, 'opt/pkg/file': 'pkg\n' }, 'a')
     const b = buildFirmware(s.dir, firmwareB(), 'b')
-    const layout = { root: `${s.dir}/flash`, upperName: 'upper' }
-    const upper = `${layout.root}/upper`
-    const work = `${layout.root}/work`
-    fs.mkdirSync(upper, { recursive: true })
-    fs.mkdirSync(work)
+    const { layout, upper, work } = emptyFlash(s.dir)
     const context = (lower: string) => bootContext(layout, lower)
     await onFirmware(await context(a))
     const merged = `${s.dir}/merged`
@@ -683,11 +675,7 @@ await t.test(
     const options = ['redirect_dir=on', 'metacopy=on', 'index=off']
     const a = buildFirmware(s.dir, FIRMWARE_A, 'a')
     const b = buildFirmware(s.dir, firmwareB(), 'b')
-    const layout = { root: `${s.dir}/flash`, upperName: 'upper' }
-    const upper = `${layout.root}/upper`
-    const work = `${layout.root}/work`
-    fs.mkdirSync(upper, { recursive: true })
-    fs.mkdirSync(work)
+    const { layout, upper, work } = emptyFlash(s.dir)
     const context = (lower: string) => bootContext(layout, lower)
     await onFirmware(await context(a))
     const merged = `${s.dir}/merged`
@@ -904,11 +892,7 @@ await t.test(
     const a = buildFirmware(s.dir, FIRMWARE_A, 'a', false)
     const b = buildFirmware(s.dir, firmwareB(), 'b', false)
     t.notOk(fs.existsSync(`${a}/${MANIFEST_PATH}`), 'A ships no manifest')
-    const layout = { root: `${s.dir}/flash`, upperName: 'upper' }
-    const upper = `${layout.root}/upper`
-    const work = `${layout.root}/work`
-    fs.mkdirSync(upper, { recursive: true })
-    fs.mkdirSync(work)
+    const { layout, upper, work } = emptyFlash(s.dir)
     const context = (lower: string) => bootContext(layout, lower)
     const merged = `${s.dir}/merged`
     const session = (changes: (at: (path: string) => Buffer) => void): void => {
@@ -1006,11 +990,7 @@ await t.test(
     const zone = (name: string): Record<string, string> => ({ 'etc/localtime': `/usr/share/zoneinfo/${name}` })
     const a = buildFirmware(s.dir, FIRMWARE_A, 'a', true, zone('UTC'))
     const b = buildFirmware(s.dir, firmwareB(), 'b', true, zone('Europe/Berlin'))
-    const layout = { root: `${s.dir}/flash`, upperName: 'upper' }
-    const upper = `${layout.root}/upper`
-    const work = `${layout.root}/work`
-    fs.mkdirSync(upper, { recursive: true })
-    fs.mkdirSync(work)
+    const { layout, upper, work } = emptyFlash(s.dir)
     const context = (lower: string) => bootContext(layout, lower, { preferFirmware: true })
     await onFirmware(await context(a))
     const merged = `${s.dir}/merged`

@@ -22,6 +22,7 @@ import {
   setXattr,
   setXattrOf,
 } from './libc.js'
+import { openNoFollow } from './fs.js'
 import { reportProgress } from './progress.js'
 import { bytePathBuffer as kernelPath, byteString, showBytes, type BytePath } from '../names.js'
 
@@ -144,12 +145,13 @@ export function readStableFile(
     const small = readSmallFile(full, options.holes === true, attempt === 0 ? options.stat : undefined)
     if (small === 'changed') continue
     if (small !== 'large') return small
-    const before = statForChange(full)
-    if (!before.isFile()) continue
+    const before = versionAt(full)
+    if (before === undefined) continue
     // Fewer blocks than bytes: a file with holes (or a filesystem that compresses); only then is the map asked for.
     const regions = options.holes === true && before.blocks * 512 < before.size ? holeMap(full, before.size) : undefined
     const read = regions ? readRegions(full, regions) : hashFile(full)
-    if (sameVersion(before, statForChange(full))) return { ...read, size: before.size }
+    const after = versionAt(full)
+    if (after !== undefined && sameFileVersion(before, after)) return { ...read, size: before.size }
   }
   const prefix = options.prefixOfGrowing ? grownPrefix(full) : undefined
   if (prefix === undefined) throw changedWhileRead(full)
@@ -166,7 +168,7 @@ export function readStableFile(
 function readSmallFile(full: BytePath, holes: boolean, known: EntryStat | undefined): StableFile | 'large' | 'changed' {
   let fd = -1
   try {
-    const opened = openToRead(full)
+    const opened = openNoFollow(full)
     if (opened === undefined) return 'changed'
     fd = opened
     const before = known ?? regularVersionOf(fs.fstatSync(fd, { bigint: true }))
@@ -194,20 +196,6 @@ function readSmallFile(full: BytePath, holes: boolean, known: EntryStat | undefi
     throw fromNodeError(error, 'read', showBytes(full))
   } finally {
     if (fd >= 0) fs.closeSync(fd)
-  }
-}
-
-/**
- * A file the walk found regular, opened to read: never through a symlink put at its name since,
- * never blocking on a FIFO put there (its inode, or EOF, then shows the change). Undefined for a
- * symlink now at the name.
- */
-function openToRead(full: BytePath): number | undefined {
-  try {
-    return fs.openSync(kernelPath(full), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK)
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code === 'ELOOP') return undefined
-    throw error
   }
 }
 
@@ -241,12 +229,13 @@ export function sha256OfFirmwareFile(full: BytePath): string {
  * unchanged across two reads while only bytes past them were added. Undefined unless it grew (a file rewritten in place is no log).
  */
 function grownPrefix(full: BytePath): StableFile | undefined {
-  const before = statForChange(full)
+  const before = versionAt(full)
+  if (before === undefined) return undefined
   const hash = createHash('sha256')
   for (const chunk of fileChunks(full, [[0, before.size]])) hash.update(chunk)
   const sha256 = hash.digest('hex')
-  const after = statForChange(full)
-  if (after.ino !== before.ino || after.size <= before.size) return undefined
+  const after = versionAt(full)
+  if (after === undefined || after.ino !== before.ino || after.size <= before.size) return undefined
   return {
     sha256,
     size: before.size,
@@ -266,7 +255,7 @@ function grownPrefix(full: BytePath): StableFile | undefined {
 function holeMap(full: BytePath, size: number): Region[] | undefined {
   let fd = -1
   try {
-    fd = openToRead(full) ?? -1
+    fd = openNoFollow(full) ?? -1
     if (fd < 0) throw changedWhileRead(full)
     const regions = dataRegions(fd, size, kernelPath(full))
     return regions.length === 1 && regions[0]?.[0] === 0 && regions[0][1] === size ? undefined : regions
@@ -317,7 +306,7 @@ function hashFile(full: BytePath): Omit<StableFile, 'size'> {
 function* fileChunks(full: BytePath, regions?: Region[]): Generator<Buffer> {
   let fd = -1
   try {
-    fd = openToRead(full) ?? -1
+    fd = openNoFollow(full) ?? -1
     if (fd < 0) throw changedWhileRead(full)
     if (regions === undefined) {
       for (;;) {
@@ -344,23 +333,22 @@ function* fileChunks(full: BytePath, regions?: Region[]): Generator<Buffer> {
   }
 }
 
-function statForChange(full: BytePath): fs.Stats {
-  try {
-    return fs.lstatSync(kernelPath(full))
-  } catch (error) {
-    throw fromNodeError(error, 'stat', showBytes(full))
-  }
-}
-
 /** What tells two versions of a file apart, from an fstat or from a walk's lstat (EntryStat). */
 type FileVersion = Pick<EntryStat, 'size' | 'blocks' | 'mtimeNs' | 'ctimeNs' | 'ino'>
 
-/** Node's inode number is signed, statx's (EntryStat's) unsigned: both read unsigned. */
+/** The version of the regular file at `full`, or undefined when another entry (a symlink, a FIFO) was put at its name. */
+function versionAt(full: BytePath): FileVersion | undefined {
+  const stat = statEntry(full)
+  if (stat === undefined) throw new SysError('ENOENT', 'stat', showBytes(full))
+  return stat.type === 'file' ? stat : undefined
+}
+
 /** versionOf a file's fstat, or undefined when it is not a regular file (another entry put at its name). */
 function regularVersionOf(stat: fs.BigIntStats): FileVersion | undefined {
   return stat.isFile() ? versionOf(stat) : undefined
 }
 
+/** Node's inode number is signed, statx's (EntryStat's) unsigned: both read unsigned. */
 function versionOf(stat: fs.BigIntStats): FileVersion {
   const { mtimeNs, ctimeNs } = stat
   return { size: Number(stat.size), blocks: Number(stat.blocks), mtimeNs, ctimeNs, ino: BigInt.asUintN(64, stat.ino) }
@@ -368,10 +356,6 @@ function versionOf(stat: fs.BigIntStats): FileVersion {
 
 function sameFileVersion(a: FileVersion, b: FileVersion): boolean {
   return a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs && a.ino === b.ino
-}
-
-function sameVersion(a: fs.Stats, b: fs.Stats): boolean {
-  return a.size === b.size && a.mtimeMs === b.mtimeMs && a.ctimeMs === b.ctimeMs && a.ino === b.ino
 }
 
 function changedWhileRead(full: BytePath): OvrootError {

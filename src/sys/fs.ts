@@ -134,19 +134,24 @@ export const hostTreeReader: TreeReader = {
 }
 
 /**
- * A file the walk found regular, opened for reading: never through a symlink, never blocking on
- * a FIFO, and refused (ECHANGED) if it is no longer a regular file (replaced since it was listed).
+ * Open a file the walk found regular, to read it: never through a symlink put at its name since,
+ * never blocking on a FIFO put there (its inode, or EOF, then shows the change). Undefined for a
+ * symlink now at the name.
  */
-function openRegular(path: BytePath): number {
-  let fd
+export function openNoFollow(path: BytePath): number | undefined {
   try {
-    fd = fs.openSync(kernelPath(path), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK)
+    return fs.openSync(kernelPath(path), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK)
   } catch (error) {
-    // O_NOFOLLOW's answer for a symlink now at the path.
-    throw (error as NodeJS.ErrnoException).code === 'ELOOP' ? noLongerRegular(path) : error
+    if ((error as NodeJS.ErrnoException).code === 'ELOOP') return undefined
+    throw error
   }
-  if (fs.fstatSync(fd).isFile()) return fd
-  fs.closeSync(fd)
+}
+
+/** openNoFollow, refused (ECHANGED) unless it is still a regular file. */
+function openRegular(path: BytePath): number {
+  const fd = openNoFollow(path)
+  if (fd !== undefined && fs.fstatSync(fd).isFile()) return fd
+  if (fd !== undefined) fs.closeSync(fd)
   throw noLongerRegular(path)
 }
 
