@@ -199,7 +199,7 @@ await t.test('only what changed is written; an idle sync writes nothing at all',
   const bigBefore = inodeOf('/etc/big')
   fs.appendFileSync(`${d.merged}/etc/small`, 'more\n')
   const second = sync(d)
-  t.match(second.stdout, /synced 1 entries \(0 KiB\), removed 0/, 'one changed file')
+  t.match(second.stdout, /synced 1 entry \(0 KiB\), removed 0/, 'one changed file')
   t.equal(inodeOf('/etc/big'), bigBefore, 'the unchanged file was not rewritten')
   const touched = (): string[] =>
     ['.ovroot', 'upper', ...fs.readdirSync(`${d.flash}/upper/etc`).map((name) => `upper/etc/${name}`)].map(
@@ -599,7 +599,7 @@ await t.test(
     t.equal(fs.readFileSync(`${d.ram}/upper/etc/mapped`, 'latin1').slice(0, 7), 'bsecond', 'but it is in the file')
     const result = sync(d)
     t.equal(result.status, 0, result.stderr)
-    t.match(result.stdout, /synced 1 entries/)
+    t.match(result.stdout, /synced 1 entry/)
     t.equal(
       fs.readFileSync(`${d.flash}/upper/etc/mapped`, 'latin1'),
       fs.readFileSync(`${d.ram}/upper/etc/mapped`, 'latin1'),

@@ -32,6 +32,7 @@ import {
   writeFileAtomic,
   writeFileUnflushed,
 } from '../sys/fs.js'
+import { counted } from '../plural.js'
 
 export type PendingChange =
   | { kind: 'reset'; requested: string; keep: string[]; only?: string[] }
@@ -236,14 +237,15 @@ function describeParts(change: PendingChange): { what: string; detail: string } 
       what: change.only ? `reset of ${change.only.join(' ')}` : 'factory reset',
       detail: `, keeping ${change.keep.length ? change.keep.join(' ') : 'nothing'}`,
     }
-  if (change.kind === 'sync') return { what: `the end of an interrupted sync (${change.entries} entries)`, detail: '' }
+  if (change.kind === 'sync')
+    return { what: `the end of an interrupted sync (${counted(change.entries, 'entry', 'entries')})`, detail: '' }
   if (change.kind === 'upgrade')
     return {
-      what: `the firmware upgrade's reconcile (${change.entries} entries)`,
+      what: `the firmware upgrade's reconcile (${counted(change.entries, 'entry', 'entries')})`,
       detail: `, to ${change.firmware.description}`,
     }
   return {
-    what: `${change.merge ? 'sysupgrade archive' : 'restore'} of ${change.source} (${change.entries} entries)`,
+    what: `${change.merge ? 'sysupgrade archive' : 'restore'} of ${change.source} (${counted(change.entries, 'entry', 'entries')})`,
     detail: '',
   }
 }

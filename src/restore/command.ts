@@ -32,6 +32,7 @@ import type { EntryKind } from '../sys/types.js'
 import { extractArchive, reportFlagsNotKept, type ExtractResult } from './extract.js'
 import { printRestorePreview } from './preview.js'
 import { upperDir, flashLayout, stagedPath } from '../state/flash.js'
+import { counted } from '../plural.js'
 
 export interface RestoreOptions {
   configFile: string | undefined
@@ -124,7 +125,7 @@ function checkConflicts(result: ExtractResult, target: Target, force: boolean): 
   throw new OvrootError(
     'ECONFLICT',
     ExitCode.data,
-    `backup of ${describeFirmware(result.header.firmware)}, this device runs ${describeFirmware(firmwareIdentity(target.lowers))}: ${result.conflicts.length} files changed by both the user and the new firmware (${shown}${more}); --force restores the user's versions anyway`,
+    `backup of ${describeFirmware(result.header.firmware)}, this device runs ${describeFirmware(firmwareIdentity(target.lowers))}: ${counted(result.conflicts.length, 'file', 'files')} changed by both the user and the new firmware (${shown}${more}); --force restores the user's versions anyway`,
   )
 }
 
@@ -253,7 +254,7 @@ function describeArchive(source: string, result: ExtractResult): string {
     : result.kind === 'upper'
       ? "archive of an upper, without ovroot's checksums"
       : 'OpenWrt sysupgrade archive'
-  return `${source === '-' ? 'standard input' : source} (${origin}, ${result.entries} entries)`
+  return `${source === '-' ? 'standard input' : source} (${origin}, ${counted(result.entries, 'entry', 'entries')})`
 }
 
 /**
