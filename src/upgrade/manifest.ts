@@ -178,7 +178,7 @@ const invalid = (what: string): OvrootError => new OvrootError('EMANIFEST', Exit
 const BLOCK_BYTES = 8192
 const READ_AHEAD = 8
 const CACHED_BLOCKS = 2 * READ_AHEAD
-const PIECE_BYTES = 1 << 20
+const PIECE_BYTES = 1 << 16
 
 /** Where a block starts, and its first line's path. */
 interface BlockStart {
@@ -273,26 +273,38 @@ const TAB = 0x09
 function indexBlocks(file: string): { starts: BlockStart[]; size: number; digest: string; ended: boolean } {
   const hash = createHash('sha256')
   const starts: BlockStart[] = []
-  let carry = Buffer.alloc(0)
-  let offset = HEADER_BYTES // of carry's first byte
   let wanted = HEADER_BYTES // the next block's first line starts here or after
-  for (const piece of readPieces(file, HEADER_BYTES, PIECE_BYTES)) {
-    hash.update(piece)
-    const text = Buffer.concat([carry, piece])
+  /** The block starts among the complete lines of `text`, which begins a line at `at` in the file. */
+  const scan = (text: Buffer, at: number): void => {
     const complete = text.lastIndexOf(NEWLINE) + 1
     for (;;) {
-      const from = wanted - offset
+      const from = wanted - at
       const start = from <= 0 ? 0 : text.indexOf(NEWLINE, from - 1) + 1
-      if (start === 0 && from > 0) break
-      if (start >= complete) break
+      if ((start === 0 && from > 0) || start >= complete) return
       const end = text.indexOf(NEWLINE, start)
       const tab = text.indexOf(TAB, start)
       const path = pathField(text.toString('latin1', start, tab >= 0 && tab < end ? tab : end))
-      starts.push({ offset: offset + start, path: path ?? '' })
-      wanted = offset + start + BLOCK_BYTES
+      starts.push({ offset: at + start, path: path ?? '' })
+      wanted = at + start + BLOCK_BYTES
     }
-    carry = text.subarray(complete)
-    offset += complete
+  }
+  let carry: Buffer = Buffer.alloc(0) // the line the last piece ended in, begun at `offset`
+  let offset = HEADER_BYTES
+  for (const piece of readPieces(file, HEADER_BYTES, PIECE_BYTES)) {
+    hash.update(piece)
+    const first = piece.indexOf(NEWLINE) + 1
+    if (first === 0) {
+      carry = Buffer.concat([carry, piece])
+      continue
+    }
+    // Only the line across the pieces' boundary is joined; the rest is scanned where it was read.
+    scan(Buffer.concat([carry, piece.subarray(0, first)]), offset)
+    const rest = piece.subarray(first)
+    const restAt = offset + carry.length + first
+    scan(rest, restAt)
+    const complete = rest.lastIndexOf(NEWLINE) + 1
+    carry = rest.subarray(complete)
+    offset = restAt + complete
   }
   return { starts, size: offset + carry.length, digest: hash.digest('hex'), ended: carry.length === 0 }
 }
