@@ -376,12 +376,14 @@ export function reportOf(
   layout?: FlashLayout,
 ): UpgradeReport {
   const entries: ReportedEntry[] = []
+  // Without upgrade-check's saved bases (most upgrades) nothing is looked for, path by path.
+  const bases = layout && statPath(bytePathBuffer(savedPath(layout, 'base', '.'))) !== undefined ? layout : undefined
   for (const item of plan.entries) {
     const { verdict, old: o } = item
     if (verdict.class !== 'conflict' && verdict.class !== 'hidden' && verdict.class !== 'unknown') continue
     if (!counted(verdict)) continue
     const base = o !== 'absent' && o !== 'unknown' && o.type === 'f' ? o.data : undefined
-    const saved = layout && base && savedBase(layout, item.path, base)
+    const saved = bases && base && savedBase(bases, item.path, base)
     entries.push({
       path: `/${showBytes(item.path)}`,
       bytes: item.path,
