@@ -10,11 +10,11 @@ import { ExitCode, OvrootError } from '../errors.js'
 import { bytePathBuffer, bytesOf, showBytes, type BytePath } from '../names.js'
 import { identityNames, isIdentityXattr } from '../overlay/identity.js'
 import type { OverlayXattrs } from '../overlay/xattrs.js'
+import { flagsOfChanged } from '../pending/flat.js'
 import { commitPending, type PendingChange } from '../pending/marker.js'
 import { stateDir, upperPath, type FlashLayout } from '../state/flash.js'
 import { EntryWriter, modificationTime, readEntry, readStableFile } from '../sys/entries.js'
 import { makeDirectory, statPath, writeFileAtomic } from '../sys/fs.js'
-import { inodeFlagsHeld, inodeFlagsIfPresent } from '../sys/libc.js'
 import type { UpperEntry } from '../sys/types.js'
 import { hasAncestorIn, parentOf, under } from '../upper/entry.js'
 import { isGone, walkUpper } from '../upper/walk.js'
@@ -484,7 +484,12 @@ export function stageUpgrade(plan: UpgradePlan, options: StageOptions): Extract<
     .filter((dir) => !dropped.has(dir) && !hasAncestorIn(dropped, dir))
     .sort()
     .map((dir) => [dir, modificationTime(under(upper, dir))])
-  const flags = flagsOf(upper, plan, [...changed, ...parents.map(([path]) => path)])
+  // What the apply changes would refuse it (EPERM) where immutable or append-only: listed, cleared, set back last.
+  const flags = flagsOfChanged(upper, [...changed.map(({ path }) => path), ...parents.map(([path]) => path)], () =>
+    plan.entries.flatMap(({ path, entry }): [BytePath, BytePath][] =>
+      entry.type === 'hardlink' ? [[path, entry.linkTarget ?? '']] : [],
+    ),
+  )
   const change: Extract<PendingChange, { kind: 'upgrade' }> = {
     kind: 'upgrade',
     requested: new Date().toISOString(),
@@ -501,31 +506,6 @@ export function stageUpgrade(plan: UpgradePlan, options: StageOptions): Extract<
   }
   commitPending(layout, change)
   return change
-}
-
-/**
- * The inode flags (chattr +i, +a) of what the apply changes, which would
- * refuse it with EPERM: each entry's (`changed`: plan items, or a parent
- * directory's path), listed for every name of its inode (one name's flags are
- * all its names'), to be cleared before the apply and set back last on what
- * stays (pending/flat.ts, as for a sync). On a filesystem without inode flags
- * nothing is read.
- */
-function flagsOf(upper: BytePath, plan: UpgradePlan, changed: (PlannedEntry | BytePath)[]): [BytePath, number][] {
-  if (inodeFlagsHeld(bytePathBuffer(upper)) === 0) return []
-  const namesOf = new Map<BytePath, BytePath[]>()
-  for (const { path, entry } of plan.entries)
-    if (entry.type === 'hardlink')
-      namesOf.set(entry.linkTarget ?? '', [...(namesOf.get(entry.linkTarget ?? '') ?? []), path])
-  const listed = new Map<BytePath, number>()
-  for (const item of changed) {
-    const path = typeof item === 'string' ? item : item.path
-    const flags = inodeFlagsIfPresent(bytePathBuffer(under(upper, path)))
-    if (flags === 0) continue
-    const first = typeof item !== 'string' && item.entry.type === 'hardlink' ? (item.entry.linkTarget ?? path) : path
-    for (const name of [first, ...(namesOf.get(first) ?? [])]) listed.set(name, flags)
-  }
-  return [...listed]
 }
 
 /** A second name to stage: EntryWriter makes it a link to the staged first name, and reads nothing else of it. */
