@@ -16,7 +16,7 @@ import { OverlayXattrs } from '../src/overlay/xattrs.js'
 import { applyPending } from '../src/pending/apply.js'
 import { commitPending } from '../src/pending/marker.js'
 import { cleanEnvironment, mountOverlay, OVROOT, ovroot, scratch, unmount, upperSnapshot } from './helpers/overlay.js'
-import { InodeFlag, inodeFlags, makeNode, setXattr } from '../src/sys/libc.js'
+import { InodeFlag, inodeFlags, listXattrs, makeNode, setXattr } from '../src/sys/libc.js'
 import { writeTree } from './helpers/mutate.js'
 import type { FlashLayout } from '../src/state/flash.js'
 
@@ -427,6 +427,27 @@ await t.test(
       upperSnapshot(`${d.dir}/new/upper`),
       'the old upper is gone, flags and all',
     )
+  },
+)
+
+await t.test(
+  "a backup of an immutable copied-up file (origin handle and all) is swapped in at boot: flag kept, the old filesystem's identity not",
+  async (t) => {
+    const d = fakeDevice(t)
+    const backedUp = `${d.dir}/new/upper`
+    writeTree(backedUp, { '/etc/config/network': 'restored\n' })
+    setXattr(`${backedUp}/etc/config/network`, 'trusted.overlay.origin', Buffer.from([0, 0xfb, 0x15, 1, 2]))
+    execFileSync('chattr', ['+i', `${backedUp}/etc/config/network`])
+    t.teardown(() => spawnSync('chattr', ['-R', '-i', d.dir], { stdio: 'ignore' }))
+    const file = `${d.dir}/b.ovb`
+    t.equal(ovroot(['backup', '--upper', backedUp, '--lower', d.lower, '-o', file]).status, 0)
+    const scheduled = ovroot(['restore', file, '--yes', '--config', d.config])
+    t.equal(scheduled.status, 0, scheduled.stderr)
+    await applyPending({ root: d.flash, upperName: 'upper' }, `${d.flash}/work`, new OverlayXattrs('trusted'))
+    const restored = `${d.flash}/upper/etc/config/network`
+    t.equal(fs.readFileSync(restored, 'utf8'), 'restored\n')
+    t.equal(inodeFlags(restored), InodeFlag.immutable, 'still immutable')
+    t.same(listXattrs(restored), [], 'no origin handle of the filesystem it was taken from')
   },
 )
 

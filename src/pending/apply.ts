@@ -67,7 +67,8 @@ async function apply(layout: FlashLayout, change: PendingChange, xattrs: Overlay
   if (change.merge) mergeStaged(layout, change, xattrs)
   else {
     swapInStaged(layout)
-    // A restored upper's origin handles and root uuid name another filesystem: index=on would refuse it.
+    // A restored upper's origin handles and root uuid name another filesystem: index=on would refuse it. Staged
+    // without them (restore/command.ts); a staging an older ovroot made has them.
     clearFilesystemIdentity(bytesOf(upperPath(layout)), xattrs)
   }
   return { kind: 'restore', source: change.source, entries: change.entries }

@@ -230,7 +230,8 @@ async function restoreLive(config: Config, options: RestoreOptions, extract: Ext
     cancelPending(layout)
     makeDirectory(stagedPath(layout), 0o700)
     try {
-      const staged = await extract(target, stagedPath(layout))
+      // Without the archive's filesystem identity, as offline: clearing it at boot would meet the flags set last (EPERM).
+      const staged = await extract(target, stagedPath(layout), true)
       reportFlagsNotKept(staged)
       commitPending(layout, {
         kind: 'restore',
