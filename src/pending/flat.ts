@@ -1,4 +1,4 @@
-/** The flat staging a sync and an upgrade's reconcile share (pending/marker.ts). */
+/** The flat staging a sync and an upgrade's reconcile share (pending/marker.ts), and the inode flags every pending change that moves entries clears and sets back (a sysupgrade merge's too). */
 import { applyFlags, readEntry, replaceMetadata, setModificationTime } from '../sys/entries.js'
 import { removeTree, renamePath, statPath } from '../sys/fs.js'
 import { inodeFlagsHeld, inodeFlagsIfPresent } from '../sys/libc.js'
