@@ -802,6 +802,38 @@ await t.test('a reset --upper of the flash copy itself waits for the staging loc
   t.notOk(fs.existsSync(`${d.dir}/run/staging.lock`), 'and the lock released')
 })
 
+await t.test('a restore --upper into the flash copy itself waits for the staging lock too', async (t) => {
+  const d = device(t)
+  writeTree(`${d.dir}/backed-up`, { '/etc/restored': 'r\n' })
+  const file = `${d.dir}/b.ovb`
+  t.equal(ovroot(['backup', '--upper', `${d.dir}/backed-up`, '--lower', d.lower, '-o', file]).status, 0)
+  const holder = spawn('sleep', ['60'], { stdio: 'ignore' })
+  t.teardown(() => holder.kill('SIGKILL'))
+  fs.mkdirSync(`${d.dir}/run/staging.lock`)
+  fs.writeFileSync(`${d.dir}/run/staging.lock/pid`, `${holder.pid}\novroot sync --watch\n`)
+  const restore = spawn(
+    process.execPath,
+    [OVROOT, 'restore', file, '--config', d.config, '--upper', `${d.flash}/upper`, '--lower', d.lower],
+    { env: cleanEnvironment(), stdio: ['ignore', 'pipe', 'pipe'] },
+  )
+  let stderr = ''
+  restore.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()))
+  const exited = new Promise<number | null>((resolve) => restore.on('exit', resolve))
+  for (let waited = 0; waited < 200 && !/waiting for pid/.test(stderr) && restore.exitCode === null; waited++)
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  await new Promise((resolve) => setTimeout(resolve, 500))
+  t.same(fs.readdirSync(`${d.flash}/upper`), [], 'nothing restored while a sync holds the lock')
+  t.notOk(fs.existsSync(`${d.flash}/.upper.ovroot-restore`), 'nothing staged')
+  t.match(
+    stderr,
+    new RegExp(`^ovroot: waiting for pid ${holder.pid} \\(ovroot sync --watch\\) to finish staging a change`),
+  )
+  holder.kill('SIGKILL')
+  t.equal(await exited, 0, stderr)
+  t.equal(fs.readFileSync(`${d.flash}/upper/etc/restored`, 'utf8'), 'r\n', 'then the restore is done')
+  t.notOk(fs.existsSync(`${d.dir}/run/staging.lock`), 'and the lock released')
+})
+
 await t.test(
   "a power cut while a sync stages, after the last marker's removal was lost (block2mtd), applies nothing of the new staging",
   async (t) => {

@@ -36,7 +36,18 @@ import { counted } from '../plural.js'
 
 export type PendingChange =
   | { kind: 'reset'; requested: string; keep: string[]; only?: string[] }
-  | { kind: 'restore'; requested: string; source: string; entries: number; merge: boolean }
+  | {
+      kind: 'restore'
+      requested: string
+      source: string
+      entries: number
+      merge: boolean
+      /**
+       * A merge's inode flags (chattr) of what it replaces or moves entries into, names as bytes (names.ts
+       * `BytePath`): recorded by the apply before it clears them, set back last (pending/flat.ts). Absent: not read yet.
+       */
+      flags?: [string, number][]
+    }
   /**
    * A sync of a RAM upper: `removals` go; staged entry N (named N, flat) takes
    * the place of `moves[N]`, a staged directory only lends its metadata;

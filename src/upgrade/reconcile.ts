@@ -10,6 +10,7 @@ import { ExitCode, OvrootError } from '../errors.js'
 import { bytePathBuffer, bytesOf, showBytes, type BytePath } from '../names.js'
 import { identityNames, isIdentityXattr } from '../overlay/identity.js'
 import type { OverlayXattrs } from '../overlay/xattrs.js'
+import { flagsOfChanged } from '../pending/flat.js'
 import { commitPending, type PendingChange } from '../pending/marker.js'
 import { stateDir, upperPath, type FlashLayout } from '../state/flash.js'
 import { EntryWriter, modificationTime, readEntry, readStableFile } from '../sys/entries.js'
@@ -491,7 +492,23 @@ export function stageUpgrade(plan: UpgradePlan, options: StageOptions): Extract<
     .filter((dir) => !dropped.has(dir) && !hasAncestorIn(dropped, dir))
     .sort()
     .map((dir) => [dir, modificationTime(under(upper, dir))])
-  const flags = flagsOf(plan, [...changed, ...parents.map(([path]) => path)])
+  // What the apply changes would refuse it (EPERM) where immutable or append-only: listed, cleared, set back
+  // last. The plan's walk read the flags (of each inode's first name): nothing is read again.
+  const firstNames = new Map(
+    plan.flags.size === 0
+      ? []
+      : plan.entries.flatMap(({ path, entry }): [BytePath, BytePath][] =>
+          entry.type === 'hardlink' ? [[path, entry.linkTarget ?? '']] : [],
+        ),
+  )
+  const flags =
+    plan.flags.size === 0
+      ? []
+      : flagsOfChanged(
+          [...changed.map(({ path }) => path), ...parents.map(([path]) => path)],
+          (path) => plan.flags.get(firstNames.get(path) ?? path) ?? 0,
+          () => firstNames,
+        )
   const change: Extract<PendingChange, { kind: 'upgrade' }> = {
     kind: 'upgrade',
     requested: new Date().toISOString(),
@@ -508,31 +525,6 @@ export function stageUpgrade(plan: UpgradePlan, options: StageOptions): Extract<
   }
   commitPending(layout, change)
   return change
-}
-
-/**
- * The inode flags (chattr +i, +a) of what the apply changes, which would
- * refuse it with EPERM: each entry's (`changed`: plan items, or a parent
- * directory's path), listed for every name of its inode (one name's flags are
- * all its names'), to be cleared before the apply and set back last on what
- * stays (pending/flat.ts, as for a sync). The plan's walk read them: nothing
- * is read again.
- */
-function flagsOf(plan: UpgradePlan, changed: (PlannedEntry | BytePath)[]): [BytePath, number][] {
-  if (plan.flags.size === 0) return []
-  const namesOf = new Map<BytePath, BytePath[]>()
-  for (const { path, entry } of plan.entries)
-    if (entry.type === 'hardlink')
-      namesOf.set(entry.linkTarget ?? '', [...(namesOf.get(entry.linkTarget ?? '') ?? []), path])
-  const listed = new Map<BytePath, number>()
-  for (const item of changed) {
-    const path = typeof item === 'string' ? item : item.path
-    const first = typeof item !== 'string' && item.entry.type === 'hardlink' ? (item.entry.linkTarget ?? path) : path
-    const flags = plan.flags.get(first)
-    if (flags === undefined) continue
-    for (const name of [first, ...(namesOf.get(first) ?? [])]) listed.set(name, flags)
-  }
-  return [...listed]
 }
 
 /** A second name to stage: EntryWriter makes it a link to the staged first name, and reads nothing else of it. */
