@@ -50,6 +50,12 @@ await t.test('values are parsed into their types', async (t) => {
   )
 })
 
+await t.test('a file a Windows editor saved (a UTF-8 byte order mark, CRLF line ends) reads as written', async (t) => {
+  const config = parseConfig('\uFEFF[flash]\r\ndrivers = ubi ram\r\n[boot]\r\ntimeout = 5\r\n', 'x.conf')
+  t.same(config.flash.drivers, ['ubi', 'ram'])
+  t.equal(config.boot.timeout, 5)
+})
+
 await t.test('errors name the file, the section, the key and what was expected', async (t) => {
   const cases: [string, RegExp][] = [
     ['[flash]\nreformat_corrupt = maybe\n', /^x\.conf: \[flash\] reformat_corrupt = maybe: expected yes or no$/],

@@ -31,7 +31,9 @@ export function loadConfig(explicit?: string): Config {
   return config
 }
 
-export function parseConfig(text: string, file: string): Config {
+export function parseConfig(withMark: string, file: string): Config {
+  // A byte order mark (Windows editors write one) would make the first section a key outside any section.
+  const text = withMark.replace(/^\uFEFF/, '')
   refuseWhatIniHides(text, file)
   const config = defaultConfig()
   const document: Record<string, unknown> = parse(text)
