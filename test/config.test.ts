@@ -56,6 +56,13 @@ await t.test('a file a Windows editor saved (a UTF-8 byte order mark, CRLF line 
   t.equal(config.boot.timeout, 5)
 })
 
+await t.test('a quoted value reads as the same value unquoted', async (t) => {
+  // The ini parser turns '30' into a number: the key then said "timeout = 30: expected a whole number".
+  for (const quoted of ["'30'", '"30"'])
+    t.equal(parseConfig(`[boot]\ntimeout = ${quoted}\n`, 'x.conf').boot.timeout, 30, quoted)
+  t.equal(parseConfig("[flash]\nreformat_corrupt = 'yes'\n", 'x.conf').flash.reformat_corrupt, true)
+})
+
 await t.test('errors name the file, the section, the key and what was expected', async (t) => {
   const cases: [string, RegExp][] = [
     ['[flash]\nreformat_corrupt = maybe\n', /^x\.conf: \[flash\] reformat_corrupt = maybe: expected yes or no$/],

@@ -90,7 +90,9 @@ function setKey(config: Config, file: string, sectionName: keyof Config, key: st
   const spec = specs[key]
   if (!spec)
     throw configError(`${file}: [${sectionName}] ${key}: unknown key; expected one of ${Object.keys(specs).join(', ')}`)
-  const text = typeof raw === 'boolean' ? String(raw) : typeof raw === 'string' ? raw.trim() : undefined
+  // The ini parser gives true/false unquoted, and a number from a single-quoted '30': the text the user wrote.
+  const text =
+    typeof raw === 'boolean' || typeof raw === 'number' ? String(raw) : typeof raw === 'string' ? raw.trim() : undefined
   const value = text === undefined ? undefined : spec.parse(text)
   if (value === undefined)
     throw configError(`${file}: [${sectionName}] ${key} = ${describe(raw)}: expected ${spec.expected}`)
