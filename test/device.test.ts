@@ -223,6 +223,14 @@ await t.test("the agent fails: the shim's failsafe boots the device", async (t) 
   t.match(status.reason, /ovroot boot failed with exit status 3/)
 })
 
+await t.test('[boot] run_dir elsewhere: the failsafe records itself where ovroot status reads', async (t) => {
+  const append = 'ovroot.flash.bogus=1 ovroot.boot.run_dir=/run/elsewhere'
+  const result = run(t, ['--no-flash', '--append', append], STATUS)
+  const status = statusFrom(result.stdout)
+  t.equal(status.mode, 'failsafe')
+  t.match(status.reason, /ovroot boot failed with exit status 3/)
+})
+
 for (const media of ['nand', 'ext4', 'f2fs']) {
   await t.test(`${media}: first boot, persistence, reset with a keep list`, async (t) => lifecycle(t, media))
 }
