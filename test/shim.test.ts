@@ -203,6 +203,20 @@ for (const shell of shells) {
   })
 }
 
+await t.test('an init that is not a file is named for what it is', async (t) => {
+  const directory = path.join(dir, 'init-directory')
+  fs.mkdirSync(directory, { recursive: true })
+  const dangling = path.join(dir, 'init-dangling')
+  if (!fs.existsSync(dangling)) fs.symlinkSync(path.join(dir, 'nowhere'), dangling)
+  const fifo = path.join(dir, 'init-fifo')
+  if (!fs.existsSync(fifo)) spawnSync('mkfifo', [fifo])
+  for (const shell of shells) {
+    t.equal(verdict(shell, directory), `${directory} is not a regular file`, `${shell.join(' ')}: a directory`)
+    t.equal(verdict(shell, fifo), `${fifo} is not a regular file`, `${shell.join(' ')}: a FIFO`)
+    t.equal(verdict(shell, dangling), `${dangling} does not exist`, `${shell.join(' ')}: a dangling symlink`)
+  }
+})
+
 await t.test("a 64-bit init of the kernel's own machine under a 32-bit shim is accepted", async (t) => {
   // The kernel's machine from uname -m, its 64-bit ELF machine and the 32-bit one a shim on it may be built for.
   const kernels: [string, number, number][] = [
