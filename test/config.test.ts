@@ -208,6 +208,22 @@ await t.test('status and reset outside a device booted by ovroot: one line, exit
     garbled.stderr,
     `ovroot: ${dir}/run/status.json: unreadable boot record; expected the JSON ovroot boot writes\n`,
   )
+  // JSON, but not the shape boot writes: one line too, never an internal error or a status without its mode.
+  for (const damaged of [
+    '{"mode":"flash","bootedAt":"x","overlay":{"lowers":5}}',
+    '{"mode":"flash","bootedAt":"x","upgrade":{"counts":null}}',
+    '{"mode":"bogus","bootedAt":"x"}',
+    '{"mode":"degraded","bootedAt":"x","reset":{"kept":"/etc"}}',
+  ]) {
+    fs.writeFileSync(`${dir}/run/status.json`, damaged)
+    const result = ovroot(['status', '--config', config])
+    t.equal(result.status, 5, damaged)
+    t.match(
+      result.stderr,
+      /^ovroot: .*status\.json: unreadable boot record; expected the JSON ovroot boot writes\n$/,
+      damaged,
+    )
+  }
 })
 
 await t.test('[overlay] options that an upgrade leaves undefined are named', async (t) => {
