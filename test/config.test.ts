@@ -3,7 +3,8 @@ import t from 'tap'
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import { parse } from 'ini'
-import { applyOverride, parseConfig } from '../src/config/load.js'
+import { applyOverride, forcedReset, parseConfig } from '../src/config/load.js'
+import { parseKernelArguments } from '../src/state/cmdline.js'
 import { defaultConfig, SCHEMA } from '../src/config/schema.js'
 import { OvrootError } from '../src/errors.js'
 import { VERSION } from '../src/version.js'
@@ -106,6 +107,17 @@ await t.test('kernel command-line overrides go through the same validation', asy
     /kernel command line: \[flash\] bogus: unknown key/,
   )
   t.throws(() => applyOverride(config, 'kernel command line', 'nodots', '1'), /expected section\.key/)
+})
+
+await t.test('ovroot.reset takes the words [flash] reformat_corrupt takes; anything else is refused', async (t) => {
+  const reset = (cmdline: string): boolean => forcedReset(parseKernelArguments(cmdline))
+  for (const yes of ['ovroot.reset=1', 'ovroot.reset=yes', 'ovroot.reset=true', 'ovroot.reset=on', 'ovroot.reset'])
+    t.equal(reset(`quiet ${yes} console=ttyS0`), true, yes)
+  for (const no of ['', 'ovroot.reset=0', 'ovroot.reset=no', 'ovroot.reset=off', 'ovroot.reset=1 ovroot.reset=0'])
+    t.equal(reset(no), false, no || 'absent')
+  t.throws(() => reset('ovroot.reset=please'), {
+    message: 'kernel command line: ovroot.reset=please: expected yes or no',
+  })
 })
 
 await t.test('what the ini format would silently drop is refused, naming the key', async (t) => {

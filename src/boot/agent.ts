@@ -7,7 +7,7 @@
  * flash trouble ends on a RAM upper with the reason recorded and shouted:
  * the device always boots.
  */
-import { applyOverride, loadConfig } from '../config/load.js'
+import { applyOverride, forcedReset, loadConfig } from '../config/load.js'
 import { upgradeWarnings, type Config } from '../config/schema.js'
 import { ExitCode, OvrootError, type ExitStatus } from '../errors.js'
 import { MEDIA_DRIVER_TABLE } from '../media/drivers.js'
@@ -48,6 +48,7 @@ export async function boot(configFile: string | undefined): Promise<ExitStatus> 
   const kernel = parseKernelArguments(readTextFile('/proc/cmdline'))
   const config = loadConfig(configFile)
   for (const [key, value] of kernel.overrides) applyOverride(config, 'kernel command line', key, value)
+  const reset = forcedReset(kernel)
   for (const warning of upgradeWarnings(config.overlay.options)) process.stderr.write(`ovroot: ${warning}\n`)
   makeDirectory(config.boot.run_dir)
   reportProgressTo(progressPath(config.boot.run_dir))
@@ -57,7 +58,7 @@ export async function boot(configFile: string | undefined): Promise<ExitStatus> 
   const layers =
     medium.volume.driver === 'ram'
       ? { lowers: ['/'], upper: upperDir(config), work: workDir(config) }
-      : await flashLayers(config, medium.volume, kernel.reset, state)
+      : await flashLayers(config, medium.volume, reset, state)
   mountOverlay(config, layers, medium.volume.driver !== 'ram', state)
   state.medium = {
     driver: medium.volume.driver,

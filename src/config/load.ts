@@ -5,9 +5,9 @@
  */
 import { parse } from 'ini'
 import { configError } from '../errors.js'
-import { parseKernelArguments } from '../state/cmdline.js'
+import { parseKernelArguments, type KernelArguments } from '../state/cmdline.js'
 import { readTextFile, readTextFileIfExists } from '../sys/fs.js'
-import { defaultConfig, SCHEMA, type Config } from './schema.js'
+import { defaultConfig, SCHEMA, yesNo, type Config } from './schema.js'
 
 export const DEVICE_CONFIG = '/etc/ovroot.conf'
 
@@ -74,6 +74,18 @@ function refuseWhatIniHides(text: string, file: string): void {
         `${where} = ${value}: expected no ; or # inside a word (they start a comment: escape them as \\; or \\#)`,
       )
   }
+}
+
+/**
+ * Whether the kernel command line forces a factory reset: ovroot.reset, bare or with yes or no in the words the
+ * configuration takes; anything else is refused as a bad override is (a reset button must not be silently ignored).
+ */
+export function forcedReset(kernel: KernelArguments): boolean {
+  if (kernel.reset === undefined) return false
+  const value = kernel.reset === '' ? true : yesNo.parse(kernel.reset)
+  if (value === undefined)
+    throw configError(`kernel command line: ovroot.reset=${kernel.reset}: expected ${yesNo.expected}`)
+  return value
 }
 
 /** Apply `section.key=value` (kernel command line `ovroot.section.key=value`). */
