@@ -3,7 +3,8 @@ import t from 'tap'
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import { parse } from 'ini'
-import { applyOverride, parseConfig } from '../src/config/load.js'
+import { applyOverride, forcedReset, parseConfig } from '../src/config/load.js'
+import { parseKernelArguments } from '../src/state/cmdline.js'
 import { defaultConfig, SCHEMA } from '../src/config/schema.js'
 import { OvrootError } from '../src/errors.js'
 import { VERSION } from '../src/version.js'
@@ -50,6 +51,19 @@ await t.test('values are parsed into their types', async (t) => {
   )
 })
 
+await t.test('a file a Windows editor saved (a UTF-8 byte order mark, CRLF line ends) reads as written', async (t) => {
+  const config = parseConfig('\uFEFF[flash]\r\ndrivers = ubi ram\r\n[boot]\r\ntimeout = 5\r\n', 'x.conf')
+  t.same(config.flash.drivers, ['ubi', 'ram'])
+  t.equal(config.boot.timeout, 5)
+})
+
+await t.test('a quoted value reads as the same value unquoted', async (t) => {
+  // The ini parser turns '30' into a number: the key then said "timeout = 30: expected a whole number".
+  for (const quoted of ["'30'", '"30"'])
+    t.equal(parseConfig(`[boot]\ntimeout = ${quoted}\n`, 'x.conf').boot.timeout, 30, quoted)
+  t.equal(parseConfig("[flash]\nreformat_corrupt = 'yes'\n", 'x.conf').flash.reformat_corrupt, true)
+})
+
 await t.test('errors name the file, the section, the key and what was expected', async (t) => {
   const cases: [string, RegExp][] = [
     ['[flash]\nreformat_corrupt = maybe\n', /^x\.conf: \[flash\] reformat_corrupt = maybe: expected yes or no$/],
@@ -93,6 +107,17 @@ await t.test('kernel command-line overrides go through the same validation', asy
     /kernel command line: \[flash\] bogus: unknown key/,
   )
   t.throws(() => applyOverride(config, 'kernel command line', 'nodots', '1'), /expected section\.key/)
+})
+
+await t.test('ovroot.reset takes the words [flash] reformat_corrupt takes; anything else is refused', async (t) => {
+  const reset = (cmdline: string): boolean => forcedReset(parseKernelArguments(cmdline))
+  for (const yes of ['ovroot.reset=1', 'ovroot.reset=yes', 'ovroot.reset=true', 'ovroot.reset=on', 'ovroot.reset'])
+    t.equal(reset(`quiet ${yes} console=ttyS0`), true, yes)
+  for (const no of ['', 'ovroot.reset=0', 'ovroot.reset=no', 'ovroot.reset=off', 'ovroot.reset=1 ovroot.reset=0'])
+    t.equal(reset(no), false, no || 'absent')
+  t.throws(() => reset('ovroot.reset=please'), {
+    message: 'kernel command line: ovroot.reset=please: expected yes or no',
+  })
 })
 
 await t.test('what the ini format would silently drop is refused, naming the key', async (t) => {
@@ -195,6 +220,22 @@ await t.test('status and reset outside a device booted by ovroot: one line, exit
     garbled.stderr,
     `ovroot: ${dir}/run/status.json: unreadable boot record; expected the JSON ovroot boot writes\n`,
   )
+  // JSON, but not the shape boot writes: one line too, never an internal error or a status without its mode.
+  for (const damaged of [
+    '{"mode":"flash","bootedAt":"x","overlay":{"lowers":5}}',
+    '{"mode":"flash","bootedAt":"x","upgrade":{"counts":null}}',
+    '{"mode":"bogus","bootedAt":"x"}',
+    '{"mode":"degraded","bootedAt":"x","reset":{"kept":"/etc"}}',
+  ]) {
+    fs.writeFileSync(`${dir}/run/status.json`, damaged)
+    const result = ovroot(['status', '--config', config])
+    t.equal(result.status, 5, damaged)
+    t.match(
+      result.stderr,
+      /^ovroot: .*status\.json: unreadable boot record; expected the JSON ovroot boot writes\n$/,
+      damaged,
+    )
+  }
 })
 
 await t.test('[overlay] options that an upgrade leaves undefined are named', async (t) => {

@@ -162,6 +162,24 @@ await t.test('full flash: ovroot reset PATH drops just those files at the next b
 })
 
 await t.test(
+  "full flash without ovroot's state directory (formatted by an older ovroot or by fstools): the user's files visible",
+  async (t) => {
+    const flash = `${workspace(t)}/nor.flash`
+    const fill = run(
+      t,
+      ['--flash', flash],
+      'rm -rf /overlay/.ovroot && echo precious > /etc/precious && sync && i=0; while head -c 65536 /dev/urandom > /root/fill$i 2>/dev/null; do i=$((i+1)); done; sync',
+    )
+    t.equal(fill.status, 0)
+    const degraded = run(t, ['--flash', flash], FULL_CHECK)
+    const status = statusFrom(degraded.stdout)
+    t.equal(status.mode, 'degraded')
+    t.match(status.reason, /is full: its files are shown read-only under a RAM upper/)
+    t.match(degraded.stdout, /^precious$/m, "the user's files are visible")
+  },
+)
+
+await t.test(
   'a scheduled change that fails at boot: degraded with the reason, the flash untouched, --cancel works there',
   async (t) => {
     const flash = `${workspace(t)}/nor.flash`
@@ -219,6 +237,14 @@ await t.test(
 
 await t.test("the agent fails: the shim's failsafe boots the device", async (t) => {
   const result = run(t, ['--no-flash', '--append', 'ovroot.flash.bogus=1'], STATUS)
+  const status = statusFrom(result.stdout)
+  t.equal(status.mode, 'failsafe')
+  t.match(status.reason, /ovroot boot failed with exit status 3/)
+})
+
+await t.test('[boot] run_dir elsewhere: the failsafe records itself where ovroot status reads', async (t) => {
+  const append = 'ovroot.flash.bogus=1 ovroot.boot.run_dir=/run/elsewhere'
+  const result = run(t, ['--no-flash', '--append', append], STATUS)
   const status = statusFrom(result.stdout)
   t.equal(status.mode, 'failsafe')
   t.match(status.reason, /ovroot boot failed with exit status 3/)

@@ -8,6 +8,7 @@ import { spawnSync } from 'node:child_process'
 import * as fs from 'node:fs'
 import * as os from 'node:os'
 import * as path from 'node:path'
+import { parseConfig } from '../src/config/load.js'
 
 const shim = fs.readFileSync(new URL('../init/ovroot-init', import.meta.url), 'utf8')
 // The functions, from file_bytes() to exec_init(), whose comment begins with the second 'PID 1 must never exit'.
@@ -202,6 +203,20 @@ for (const shell of shells) {
   })
 }
 
+await t.test('an init that is not a file is named for what it is', async (t) => {
+  const directory = path.join(dir, 'init-directory')
+  fs.mkdirSync(directory, { recursive: true })
+  const dangling = path.join(dir, 'init-dangling')
+  if (!fs.existsSync(dangling)) fs.symlinkSync(path.join(dir, 'nowhere'), dangling)
+  const fifo = path.join(dir, 'init-fifo')
+  if (!fs.existsSync(fifo)) spawnSync('mkfifo', [fifo])
+  for (const shell of shells) {
+    t.equal(verdict(shell, directory), `${directory} is not a regular file`, `${shell.join(' ')}: a directory`)
+    t.equal(verdict(shell, fifo), `${fifo} is not a regular file`, `${shell.join(' ')}: a FIFO`)
+    t.equal(verdict(shell, dangling), `${dangling} does not exist`, `${shell.join(' ')}: a dangling symlink`)
+  }
+})
+
 await t.test("a 64-bit init of the kernel's own machine under a 32-bit shim is accepted", async (t) => {
   // The kernel's machine from uname -m, its 64-bit ELF machine and the 32-bit one a shim on it may be built for.
   const kernels: [string, number, number][] = [
@@ -254,5 +269,40 @@ exec_init
     const result = spawnSync(shell[0], [...shell.slice(1), harness], { encoding: 'utf8', timeout: 20_000 })
     t.equal(result.stdout.trim(), 'SHELLS', `${shell.join(' ')}: the shells run after both execs failed`)
     t.match(result.stderr, `exec of ${other} failed`, `${shell.join(' ')}: the second candidate was tried`)
+  }
+})
+
+await t.test('the shim reads [boot] init and timeout as the agent does, whatever the editor wrote', async (t) => {
+  const configValue = shim.slice(
+    shim.indexOf('\nconfig_value()'),
+    shim.indexOf('\n}\n', shim.indexOf('\nconfig_value()')) + 3,
+  )
+  // The device's awk is busybox's; the host's may be another: both must read the file alike.
+  const busyboxAwk = path.join(dir, 'busybox-awk')
+  fs.mkdirSync(busyboxAwk, { recursive: true })
+  if (!fs.existsSync(path.join(busyboxAwk, 'awk'))) fs.symlinkSync('/usr/bin/busybox', path.join(busyboxAwk, 'awk'))
+  const files: [string, string][] = [
+    ['plain', '[boot]\ninit = /sbin/procd\ntimeout = 30\n'],
+    ['CRLF line ends (a Windows editor)', '[boot]\r\ninit = /sbin/procd\r\ntimeout = 30\r\n'],
+    ['a UTF-8 byte order mark', '\uFEFF[boot]\ninit = /sbin/procd\ntimeout = 30\n'],
+    ['comments after the values', '[boot]\ninit = /sbin/procd ; the real init\ntimeout = 30\t# seconds\n'],
+    ['quoted values', '[boot]\ninit = "/sbin/procd"\ntimeout = \'30\'\n'],
+    ['a spaced section header', '[ boot ]\ninit=/sbin/procd\ntimeout=30\n'],
+  ]
+  for (const [what, text] of files) {
+    const agent = parseConfig(text, 'ovroot.conf').boot
+    t.same([agent.init, agent.timeout], ['/sbin/procd', 30], `${what}: the agent's reading`)
+    const config = file('ovroot.conf', text)
+    for (const shell of shells)
+      for (const awkDir of ['', busyboxAwk]) {
+        const script = `CONFIG=${config}\n${configValue}\necho "$(config_value boot init)|$(config_value boot timeout)"`
+        const env = { ...process.env, PATH: awkDir ? `${awkDir}:${process.env.PATH}` : process.env.PATH }
+        const result = spawnSync(shell[0], [...shell.slice(1), '-c', script], {
+          encoding: 'utf8',
+          env,
+          timeout: 20_000,
+        })
+        t.equal(result.stdout, '/sbin/procd|30\n', `${what}: ${shell.join(' ')}${awkDir ? ' with busybox awk' : ''}`)
+      }
   }
 })

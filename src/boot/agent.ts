@@ -7,7 +7,7 @@
  * flash trouble ends on a RAM upper with the reason recorded and shouted:
  * the device always boots.
  */
-import { applyOverride, loadConfig } from '../config/load.js'
+import { applyOverride, forcedReset, loadConfig } from '../config/load.js'
 import { upgradeWarnings, type Config } from '../config/schema.js'
 import { ExitCode, OvrootError, type ExitStatus } from '../errors.js'
 import { MEDIA_DRIVER_TABLE } from '../media/drivers.js'
@@ -25,7 +25,15 @@ import { VERSION } from '../version.js'
 import { parseKernelArguments } from '../state/cmdline.js'
 import { writeBootState, type BootState } from '../state/boot-record.js'
 import { progressPath, ramDir } from '../state/run.js'
-import { flashLayout, formatRecordPath, stateDir, upperDir, workDir, type FormatRecord } from '../state/flash.js'
+import {
+  flashLayout,
+  formatRecordPath,
+  stateDir,
+  upperDir,
+  workDir,
+  type FlashLayout,
+  type FormatRecord,
+} from '../state/flash.js'
 
 const STAGING = '/mnt'
 const MOVED_MOUNTS = ['/proc', '/sys', '/dev', '/run']
@@ -40,6 +48,7 @@ export async function boot(configFile: string | undefined): Promise<ExitStatus> 
   const kernel = parseKernelArguments(readTextFile('/proc/cmdline'))
   const config = loadConfig(configFile)
   for (const [key, value] of kernel.overrides) applyOverride(config, 'kernel command line', key, value)
+  const reset = forcedReset(kernel)
   for (const warning of upgradeWarnings(config.overlay.options)) process.stderr.write(`ovroot: ${warning}\n`)
   makeDirectory(config.boot.run_dir)
   reportProgressTo(progressPath(config.boot.run_dir))
@@ -49,7 +58,7 @@ export async function boot(configFile: string | undefined): Promise<ExitStatus> 
   const layers =
     medium.volume.driver === 'ram'
       ? { lowers: ['/'], upper: upperDir(config), work: workDir(config) }
-      : await flashLayers(config, medium.volume, kernel.reset, state)
+      : await flashLayers(config, medium.volume, reset, state)
   mountOverlay(config, layers, medium.volume.driver !== 'ram', state)
   state.medium = {
     driver: medium.volume.driver,
@@ -280,17 +289,27 @@ async function mountVolume(volume: Volume, config: Config, { persistent }: { per
     volume.mount(target)
     formatted = true
   }
-  const layout = flashLayout(config)
-  if (persistent && !pathExists(formatRecordPath(layout))) {
-    makeDirectory(stateDir(layout))
-    const record: FormatRecord = {
-      formatted: new Date().toISOString(),
-      by: `ovroot ${VERSION}`,
-      filesystem: volume.filesystem,
-    }
-    writeFileAtomic(formatRecordPath(layout), `${JSON.stringify(record)}\n`)
-  }
+  if (persistent) recordFormat(flashLayout(config), volume)
   return { volume, formatted }
+}
+
+/**
+ * When the flash was formatted, and by what. A full flash that has no record (formatted by an older ovroot, or by
+ * fstools) goes without until a boot finds room: it is still the user's flash, shown read-only as any full one.
+ */
+function recordFormat(layout: FlashLayout, volume: Volume): void {
+  if (pathExists(formatRecordPath(layout))) return
+  const record: FormatRecord = {
+    formatted: new Date().toISOString(),
+    by: `ovroot ${VERSION}`,
+    filesystem: volume.filesystem,
+  }
+  try {
+    makeDirectory(stateDir(layout))
+    writeFileAtomic(formatRecordPath(layout), `${JSON.stringify(record)}\n`)
+  } catch (error) {
+    if (!(error instanceof OvrootError && error.code === 'ENOSPC')) throw error
+  }
 }
 
 /** The code that applies a change is loaded only when one is due: most boots have none. */

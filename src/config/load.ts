@@ -5,9 +5,9 @@
  */
 import { parse } from 'ini'
 import { configError } from '../errors.js'
-import { parseKernelArguments } from '../state/cmdline.js'
+import { parseKernelArguments, type KernelArguments } from '../state/cmdline.js'
 import { readTextFile, readTextFileIfExists } from '../sys/fs.js'
-import { defaultConfig, SCHEMA, type Config } from './schema.js'
+import { defaultConfig, SCHEMA, yesNo, type Config } from './schema.js'
 
 export const DEVICE_CONFIG = '/etc/ovroot.conf'
 
@@ -31,7 +31,9 @@ export function loadConfig(explicit?: string): Config {
   return config
 }
 
-export function parseConfig(text: string, file: string): Config {
+export function parseConfig(withMark: string, file: string): Config {
+  // A byte order mark (Windows editors write one) would make the first section a key outside any section.
+  const text = withMark.replace(/^\uFEFF/, '')
   refuseWhatIniHides(text, file)
   const config = defaultConfig()
   const document: Record<string, unknown> = parse(text)
@@ -74,6 +76,18 @@ function refuseWhatIniHides(text: string, file: string): void {
   }
 }
 
+/**
+ * Whether the kernel command line forces a factory reset: ovroot.reset, bare or with yes or no in the words the
+ * configuration takes; anything else is refused as a bad override is (a reset button must not be silently ignored).
+ */
+export function forcedReset(kernel: KernelArguments): boolean {
+  if (kernel.reset === undefined) return false
+  const value = kernel.reset === '' ? true : yesNo.parse(kernel.reset)
+  if (value === undefined)
+    throw configError(`kernel command line: ovroot.reset=${kernel.reset}: expected ${yesNo.expected}`)
+  return value
+}
+
 /** Apply `section.key=value` (kernel command line `ovroot.section.key=value`). */
 export function applyOverride(config: Config, origin: string, dottedKey: string, value: string): void {
   const [sectionName, key, ...rest] = dottedKey.split('.')
@@ -88,7 +102,9 @@ function setKey(config: Config, file: string, sectionName: keyof Config, key: st
   const spec = specs[key]
   if (!spec)
     throw configError(`${file}: [${sectionName}] ${key}: unknown key; expected one of ${Object.keys(specs).join(', ')}`)
-  const text = typeof raw === 'boolean' ? String(raw) : typeof raw === 'string' ? raw.trim() : undefined
+  // The ini parser gives true/false unquoted, and a number from a single-quoted '30': the text the user wrote.
+  const text =
+    typeof raw === 'boolean' || typeof raw === 'number' ? String(raw) : typeof raw === 'string' ? raw.trim() : undefined
   const value = text === undefined ? undefined : spec.parse(text)
   if (value === undefined)
     throw configError(`${file}: [${sectionName}] ${key} = ${describe(raw)}: expected ${spec.expected}`)

@@ -95,7 +95,7 @@ const oneOf = <T extends string>(...choices: T[]): KeySpec<T> => ({
   parse: (raw) => choices.find((choice) => choice === raw),
 })
 
-const yesNo: KeySpec<boolean> = {
+export const yesNo: KeySpec<boolean> = {
   expected: 'yes or no',
   parse: (raw) =>
     ['yes', 'true', 'on', '1'].includes(raw) ? true : ['no', 'false', 'off', '0'].includes(raw) ? false : undefined,

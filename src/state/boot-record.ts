@@ -58,8 +58,8 @@ export function readBootState(runDir: string, absent: string): BootState {
   const text = readTextFileIfExists(file)
   if (text === undefined) throw new OvrootError('ENOSTATUS', ExitCode.environment, `${file}: no boot record${absent}`)
   try {
-    const state = JSON.parse(text) as BootState
-    if (typeof state.mode === 'string') return state
+    const state: unknown = JSON.parse(text)
+    if (isBootState(state)) return state
   } catch {
     // reported below
   }
@@ -67,6 +67,40 @@ export function readBootState(runDir: string, absent: string): BootState {
     'ESTATUS',
     ExitCode.data,
     `${file}: unreadable boot record; expected the JSON ovroot boot writes`,
+  )
+}
+
+const MODES: readonly string[] = ['flash', 'ram', 'degraded', 'failsafe', 'readonly'] satisfies BootMode[]
+
+type Json = Record<string, unknown>
+const isObject = (value: unknown): value is Json => typeof value === 'object' && value !== null && !Array.isArray(value)
+const isStrings = (value: unknown): boolean => Array.isArray(value) && value.every((item) => typeof item === 'string')
+/** An optional member: absent, or what `check` accepts. */
+const optional = (record: Json, key: string, check: (value: unknown) => boolean): boolean =>
+  record[key] === undefined || check(record[key])
+
+/**
+ * The shape status and the live commands read (a record another version wrote, or a damaged one, would
+ * otherwise fail deep inside them, or show a status without its mode).
+ */
+function isBootState(value: unknown): value is BootState {
+  if (!isObject(value) || typeof value.mode !== 'string' || !MODES.includes(value.mode)) return false
+  const overlay = (item: unknown): boolean => isObject(item) && isStrings(item.lowers) && typeof item.upper === 'string'
+  const upgrade = (item: unknown): boolean =>
+    isObject(item) &&
+    isObject(item.counts) &&
+    ['conflicts', 'hidden', 'unknown'].every((key) => isStrings(item[key])) &&
+    ['firmwareWon', 'problems'].every((key) => optional(item, key, isStrings))
+  return (
+    optional(value, 'reason', (item) => typeof item === 'string') &&
+    optional(value, 'medium', (item) => isObject(item) && typeof item.driver === 'string') &&
+    optional(value, 'overlay', overlay) &&
+    optional(value, 'reset', (item) => isObject(item) && isStrings(item.kept)) &&
+    optional(value, 'sync', (item) => isObject(item) && typeof item.mirror === 'string') &&
+    optional(value, 'upgrade', upgrade) &&
+    optional(value, 'upgradeFailed', isObject) &&
+    optional(value, 'restored', isObject) &&
+    optional(value, 'bootSeconds', (item) => typeof item === 'number')
   )
 }
 

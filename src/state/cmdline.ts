@@ -1,15 +1,16 @@
 /** `ovroot.*` arguments of the kernel command line: config overrides and a forced reset. */
 export interface KernelArguments {
   overrides: [string, string][]
-  reset: boolean
+  /** The value of the last ovroot.reset (config/load.ts `forcedReset` reads it); '' when given bare. */
+  reset?: string
 }
 
 export function parseKernelArguments(cmdline: string): KernelArguments {
-  const result: KernelArguments = { overrides: [], reset: false }
+  const result: KernelArguments = { overrides: [] }
   for (const word of cmdline.trim().split(/\s+/)) {
     if (!word.startsWith('ovroot.')) continue
     const [key = '', value = ''] = word.slice('ovroot.'.length).split(/=(.*)/)
-    if (key === 'reset') result.reset = value === '1' || value === 'yes'
+    if (key === 'reset') result.reset = value
     else result.overrides.push([key, value.replace(/,/g, ' ')])
   }
   return result

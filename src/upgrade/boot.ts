@@ -86,15 +86,15 @@ export async function onFirmware(context: FirmwareContext): Promise<UpgradeSumma
   const { current } = context
   const recorded = context.unreadable === undefined ? context.recorded : UNKNOWN_FIRMWARE
   if (recorded === undefined) {
-    recordFirmware(context)
+    recordFirmwareIfRoom(context)
     return undefined
   }
   if (recorded.identity === current.identity) {
-    if (recorded.base === 'recorded') recordFirmware(context)
+    if (recorded.base === 'recorded') recordFirmwareIfRoom(context)
     return undefined
   }
   if (statPath(upperPath(context.layout))?.type !== 'dir') {
-    recordFirmware(context)
+    recordFirmwareIfRoom(context)
     return undefined
   }
   return summary(await reconcile(context, recorded))
@@ -164,6 +164,19 @@ function firmwareRecord(context: Pick<FirmwareContext, 'current' | 'lower'>, shi
  * shipped) its records for every upper entry not yet recorded, taken now
  * while it is still there. Records only grow, so a cut loses nothing.
  */
+/**
+ * Recording the running firmware, with no upper to reconcile, can wait for a boot with room: on a full flash it
+ * would end the boot on the firmware alone, the user's files hidden, where a full flash shows them read-only.
+ * Until then the record stays as it was, and the next boot with room records this firmware.
+ */
+function recordFirmwareIfRoom(context: FirmwareContext): void {
+  try {
+    recordFirmware(context)
+  } catch (error) {
+    if (!(error instanceof OvrootError && error.code === 'ENOSPC')) throw error
+  }
+}
+
 export function recordFirmware(
   context: Omit<FirmwareContext, 'preferFirmware' | 'work'> & {
     /** The running system's upper (`upgrade-check`): entries may vanish while it is read. */
