@@ -1,7 +1,7 @@
 /** What `ovroot diff` prints in each format, its exit codes, and its refusals of bad input. */
 import t, { type Test } from 'tap'
 import * as fs from 'node:fs'
-import { mountOverlay, ovroot, scratch, unmount } from './helpers/overlay.js'
+import { holdFirstOpen, mountOverlay, ovroot, scratch, unmount } from './helpers/overlay.js'
 import { writeTree } from './helpers/mutate.js'
 import { setXattr } from '../src/sys/libc.js'
 
@@ -328,5 +328,40 @@ await t.test(
     t.equal(result.status, 5)
     t.equal(result.stdout, '', 'nothing read outside the lower')
     t.match(result.stderr, /^ovroot: .*\/etc\/x: metacopy file whose data is in no lower layer/)
+  },
+)
+
+await t.test(
+  'an entry removed from the upper while diff reads it is named on stderr and left out; the rest is reported, exit 6',
+  async (t) => {
+    for (const [format, tagged] of [
+      ['text', true],
+      ['patch', false],
+    ] as const) {
+      const s = scratch()
+      t.teardown(() => s.cleanup())
+      const [lower, upper] = [`${s.dir}/rom`, `${s.dir}/upper`]
+      writeTree(lower, { '/etc/gone': 'old\n', '/etc/kept': 'old\n' })
+      writeTree(upper, { '/etc/gone': 'new\n', '/etc/kept': 'new\n', '/etc/zz-added': 'added\n' })
+      // With an xattr, the comparison reads it after the removal; without, --patch reads the bytes after it.
+      if (tagged) for (const root of [lower, upper]) setXattr(`${root}/etc/gone`, 'user.tag', Buffer.from('a'))
+      // Comparing bytes opens the upper's copy, then the lower's: that open waits while the upper's goes.
+      const held = await holdFirstOpen(`${lower}/etc/gone`, 'remove', `${upper}/etc/gone`)
+      t.teardown(() => held.kill())
+      const result = ovroot(['diff', ...(format === 'patch' ? ['--patch'] : []), '--lower', lower, '--upper', upper])
+      t.equal(await held.done, 0, `${format}: removed while diff compared it`)
+      t.equal(result.status, 6, `${format}: a status of its own`)
+      t.match(
+        result.stderr,
+        /^ovroot: \/etc\/gone: left out of the report, it changed while diff read it \(.*no such file or directory\)\n$/,
+        `${format}: one line naming it`,
+      )
+      t.notMatch(result.stdout, /etc\/gone/, `${format}: not reported`)
+      t.match(
+        result.stdout,
+        format === 'patch' ? /^\+added$/m : /^M \/etc\/kept\nA \/etc\/zz-added\n$/m,
+        `${format}: the rest is`,
+      )
+    }
   },
 )
