@@ -43,7 +43,7 @@ export async function runDiff(options: DiffCommandOptions): Promise<ExitStatus> 
       `ovroot: ${showBytes(path)}: left out of the report, it changed while diff read it (${error.message})\n`,
     )
   }
-  const print = (change: Change): string => {
+  const print = (change: Change): string | Buffer => {
     counter.add(change)
     try {
       return render(change)
