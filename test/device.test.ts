@@ -23,8 +23,9 @@ await t.test('NOR flash (JFFS2 on MTD): first boot, persistence, reset with a ke
   lifecycle(t, 'nor'),
 )
 
-await t.test('the demo console on a pty: one shell with job control that answers; poweroff -f leaves', async (t) =>
-  interactiveConsole(t, [], 'poweroff'),
+await t.test(
+  "the demo console on a pty: one shell with job control that answers; the README's backup, reset and restore reboot it; poweroff -f leaves",
+  async (t) => interactiveConsole(t, [], 'poweroff', true),
 )
 
 await t.test('power cut during heavy writes: the next boot mounts the flash, synced files are intact', async (t) => {

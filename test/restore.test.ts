@@ -16,7 +16,7 @@ import { OverlayXattrs } from '../src/overlay/xattrs.js'
 import { applyPending } from '../src/pending/apply.js'
 import { commitPending } from '../src/pending/marker.js'
 import { cleanEnvironment, mountOverlay, OVROOT, ovroot, scratch, unmount, upperSnapshot } from './helpers/overlay.js'
-import { makeNode, setXattr } from '../src/sys/libc.js'
+import { InodeFlag, inodeFlags, listXattrs, makeNode, setXattr } from '../src/sys/libc.js'
 import { writeTree } from './helpers/mutate.js'
 import type { FlashLayout } from '../src/state/flash.js'
 
@@ -431,6 +431,27 @@ await t.test(
 )
 
 await t.test(
+  "a backup of an immutable copied-up file (origin handle and all) is swapped in at boot: flag kept, the old filesystem's identity not",
+  async (t) => {
+    const d = fakeDevice(t)
+    const backedUp = `${d.dir}/new/upper`
+    writeTree(backedUp, { '/etc/config/network': 'restored\n' })
+    setXattr(`${backedUp}/etc/config/network`, 'trusted.overlay.origin', Buffer.from([0, 0xfb, 0x15, 1, 2]))
+    execFileSync('chattr', ['+i', `${backedUp}/etc/config/network`])
+    t.teardown(() => spawnSync('chattr', ['-R', '-i', d.dir], { stdio: 'ignore' }))
+    const file = `${d.dir}/b.ovb`
+    t.equal(ovroot(['backup', '--upper', backedUp, '--lower', d.lower, '-o', file]).status, 0)
+    const scheduled = ovroot(['restore', file, '--yes', '--config', d.config])
+    t.equal(scheduled.status, 0, scheduled.stderr)
+    await applyPending({ root: d.flash, upperName: 'upper' }, `${d.flash}/work`, new OverlayXattrs('trusted'))
+    const restored = `${d.flash}/upper/etc/config/network`
+    t.equal(fs.readFileSync(restored, 'utf8'), 'restored\n')
+    t.equal(inodeFlags(restored), InodeFlag.immutable, 'still immutable')
+    t.same(listXattrs(restored), [], 'no origin handle of the filesystem it was taken from')
+  },
+)
+
+await t.test(
   "a sysupgrade archive merged at boot keeps the user's deletions: a directory the user deleted comes back with the archive's files only",
   async (t) => {
     const d = fakeDevice(t)
@@ -462,6 +483,113 @@ await t.test(
       t.equal(fs.readFileSync(`${d.dir}/merged/etc/config/network`, 'utf8'), 'old\n', 'the rest of the upper stays')
     } finally {
       unmount(`${d.dir}/merged`)
+    }
+  },
+)
+
+/** An upper with what a user protects with chattr: an immutable directory, file (two names) and an append-only log directory. */
+function protectedUpper(t: Test, upper: string): void {
+  writeTree(upper, {
+    '/etc/locked/kept': 'kept\n',
+    '/etc/frozen': 'old frozen\n',
+    '/var/log/messages': 'old log\n',
+  })
+  fs.mkdirSync(`${upper}/root`)
+  fs.linkSync(`${upper}/etc/frozen`, `${upper}/root/frozen.link`)
+  execFileSync('chattr', ['+i', `${upper}/etc/locked`, `${upper}/etc/frozen`])
+  execFileSync('chattr', ['+a', `${upper}/var/log`])
+  t.teardown(() => spawnSync('chattr', ['-R', '-i', '-a', upper], { stdio: 'ignore' }))
+}
+
+/** The archive's files over protectedUpper: one new in each protected directory, two replacing protected entries. */
+const MERGED_FILES: Record<string, string> = {
+  '/etc/locked/new': 'new\n',
+  '/etc/frozen': 'new frozen\n',
+  '/var/log/messages': 'new log\n',
+  '/var/log/added': 'added\n',
+}
+
+/** The merge happened, and every flag the user set is where it was, on the archive's replacing file too. */
+function checkMergedWithFlags(t: Test, upper: string, when: string): void {
+  for (const [path, content] of Object.entries(MERGED_FILES))
+    t.equal(fs.readFileSync(`${upper}${path}`, 'utf8'), content, `${when}: ${path} merged`)
+  t.equal(fs.readFileSync(`${upper}/etc/locked/kept`, 'utf8'), 'kept\n', `${when}: the rest stays`)
+  t.equal(
+    fs.readFileSync(`${upper}/root/frozen.link`, 'utf8'),
+    'old frozen\n',
+    `${when}: the other name keeps its inode`,
+  )
+  t.equal(inodeFlags(`${upper}/etc/locked`), InodeFlag.immutable, `${when}: the directory is immutable again`)
+  t.equal(inodeFlags(`${upper}/etc/frozen`), InodeFlag.immutable, `${when}: the replaced file keeps the user's flag`)
+  t.equal(inodeFlags(`${upper}/root/frozen.link`), InodeFlag.immutable, `${when}: so does its old inode's other name`)
+  t.equal(inodeFlags(`${upper}/var/log`), InodeFlag.append, `${when}: the log directory is append-only again`)
+  t.equal(inodeFlags(`${upper}/var/log/added`), 0, `${when}: a new file has no flags`)
+}
+
+await t.test(
+  'a sysupgrade archive merged at boot into immutable and append-only directories, over immutable files: merged, every flag back',
+  async (t) => {
+    const d = fakeDevice(t)
+    const upper = `${d.flash}/upper`
+    protectedUpper(t, upper)
+    const root = `${d.dir}/sysupgrade-root`
+    writeTree(root, MERGED_FILES)
+    const file = `${d.dir}/sysupgrade.tgz`
+    execFileSync('tar', ['-C', root, '-czf', file, ...Object.keys(MERGED_FILES).map((path) => path.slice(1))])
+    const scheduled = ovroot(['restore', file, '--yes', '--config', d.config])
+    t.equal(scheduled.status, 0, scheduled.stderr)
+    await applyPending({ root: d.flash, upperName: 'upper' }, `${d.flash}/work`, new OverlayXattrs('trusted'))
+    checkMergedWithFlags(t, upper, 'applied')
+    t.notOk(fs.existsSync(`${d.flash}/.ovroot/pending`), 'the change is done')
+  },
+)
+
+await t.test(
+  'a power cut while a merge has the flags of what it changes cleared: the next apply sets them back',
+  async (t) => {
+    const merge = { kind: 'restore' as const, requested: 'x', source: 'sysupgrade.tgz', entries: 4, merge: true }
+    const recorded = {
+      ...merge,
+      flags: [
+        ['etc/locked', InodeFlag.immutable],
+        ['etc/frozen', InodeFlag.immutable],
+        ['root/frozen.link', InodeFlag.immutable],
+        ['var/log', InodeFlag.append],
+      ] as [string, number][],
+    }
+    const unflag = (upper: string): void => {
+      for (const path of ['/etc/locked', '/etc/frozen', '/var/log'])
+        execFileSync('chattr', ['-i', '-a', `${upper}${path}`])
+    }
+    const states: Record<string, (root: string) => void> = {
+      'committed, nothing applied': (root) => commitPending({ root, upperName: 'upper' }, merge),
+      'flags recorded and cleared, half merged': (root) => {
+        commitPending({ root, upperName: 'upper' }, recorded)
+        unflag(`${root}/upper`)
+        fs.renameSync(`${root}/.ovroot/staged/etc/locked/new`, `${root}/upper/etc/locked/new`)
+        fs.rmSync(`${root}/upper/etc/frozen`)
+        fs.renameSync(`${root}/.ovroot/staged/etc/frozen`, `${root}/upper/etc/frozen`)
+      },
+      'flags recorded and cleared, all merged, none set back': (root) => {
+        commitPending({ root, upperName: 'upper' }, recorded)
+        unflag(`${root}/upper`)
+        for (const path of Object.keys(MERGED_FILES)) {
+          fs.rmSync(`${root}/upper${path}`, { force: true })
+          fs.renameSync(`${root}/.ovroot/staged${path}`, `${root}/upper${path}`)
+        }
+        fs.rmSync(`${root}/.ovroot/staged`, { recursive: true })
+      },
+    }
+    for (const [name, cut] of Object.entries(states)) {
+      const s = scratch()
+      t.teardown(() => s.cleanup())
+      const root = `${s.dir}/flash`
+      protectedUpper(t, `${root}/upper`)
+      writeTree(`${root}/.ovroot/staged`, MERGED_FILES)
+      cut(root)
+      await applyPending({ root, upperName: 'upper' }, undefined, new OverlayXattrs('trusted'))
+      checkMergedWithFlags(t, `${root}/upper`, name)
+      t.same(fs.readdirSync(`${root}/.ovroot`), [], `${name}: nothing left behind`)
     }
   },
 )

@@ -1279,6 +1279,7 @@ await t.test('a refresh the plan did not keep whole is a typed internal error, n
       },
     ],
     rootIdentity: [],
+    flags: new Map(),
     counts: { own: 0, kept: 0, converged: 0, stale: 1, gone: 0, conflict: 0, hidden: 0, unknown: 0 },
   }
   t.throws(

@@ -19,7 +19,7 @@
  * touching those sectors). --slow-flash MBPS reads, writes and discards at
  * most MBPS MB/s (QEMU's throttle filter): a slow eMMC or SD card, on which
  * mkfs's discard of the whole device takes a while. Without --run the
- * console is interactive (Ctrl-A X leaves QEMU). --arch picks the device's
+ * console is interactive (Ctrl-A X leaves QEMU; a reboot reboots). --arch picks the device's
  * CPU (qemu/lab/arch.ts: x86_64, the default, or arm64). --firmware FILE boots
  * another squashfs as the firmware (the lower) instead of the built one, with the
  * same kernel, initramfs and flash: a firmware upgrade over a kept flash.
@@ -138,7 +138,9 @@ function qemuArguments(options: BootOptions, interactive: boolean): string[] {
     'tcg',
     '-m',
     String(options.memory),
-    '-no-reboot',
+    // A scripted boot ends when the device reboots (its result is in); a person's console reboots the
+    // device, as `ovroot reset --reboot` asks.
+    ...(interactive ? [] : ['-no-reboot']),
     '-nic',
     'none',
     '-kernel',

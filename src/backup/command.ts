@@ -31,6 +31,7 @@ import { walkUpper, type WalkOptions } from '../upper/walk.js'
 import { VERSION } from '../version.js'
 import { firmwareIdentity, firmwareView } from './firmware.js'
 import { upperDir } from '../state/flash.js'
+import { counted } from '../plural.js'
 
 export interface BackupOptions {
   configFile: string | undefined
@@ -236,6 +237,6 @@ class Progress {
   }
 
   private summary(): string {
-    return `${this.entries} ${this.entries === 1 ? 'entry' : 'entries'}, ${(this.bytes / 1048576).toFixed(1)} MiB`
+    return `${counted(this.entries, 'entry', 'entries')}, ${(this.bytes / 1048576).toFixed(1)} MiB`
   }
 }

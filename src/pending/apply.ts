@@ -2,15 +2,25 @@
  * Applying the committed change, at boot before the overlay mounts or at once
  * for an unmounted upper. Only the code of the pending kind is loaded.
  */
-import { setXattr, syncAll } from '../sys/libc.js'
+import { inodeFlagsHeld, inodeFlagsIfPresent, setXattr, syncAll } from '../sys/libc.js'
 import { listNames, makeDirectory, pathExists, removeTree, renamePath, statPath, syncDirectory } from '../sys/fs.js'
 import { bytePathBuffer, bytesOf, type BytePath } from '../names.js'
 import type { UpgradeReport } from '../upgrade/record.js'
-import { applyFlat } from './flat.js'
+import { applyFlat, flagsOfChanged, withFlagsCleared } from './flat.js'
+import { parentOf, under } from '../upper/entry.js'
+import { walkUpper } from '../upper/walk.js'
 import { clearFilesystemIdentity } from '../overlay/identity.js'
 import type { OverlayXattrs } from '../overlay/xattrs.js'
 import { markerPath, replacedPath, stagedPath, stateDir, upperPath, type FlashLayout } from '../state/flash.js'
-import { dropStaging, finishPending, hasStaging, readPending, syncStagingPath, type PendingChange } from './marker.js'
+import {
+  commitPending,
+  dropStaging,
+  finishPending,
+  hasStaging,
+  readPending,
+  syncStagingPath,
+  type PendingChange,
+} from './marker.js'
 
 export type AppliedChange =
   | { kind: 'reset'; kept: string[] }
@@ -54,10 +64,13 @@ async function apply(layout: FlashLayout, change: PendingChange, xattrs: Overlay
     const { applyUpgrade } = await import('../upgrade/apply.js')
     return { kind: 'upgrade', report: applyUpgrade(layout, change, xattrs) }
   }
-  if (change.merge) mergeStaged(stagedPath(layout), upperPath(layout), xattrs)
-  else swapInStaged(layout)
-  // A restored upper's origin handles and root uuid name another filesystem: index=on would refuse it.
-  clearFilesystemIdentity(bytesOf(upperPath(layout)), xattrs)
+  if (change.merge) mergeStaged(layout, change, xattrs)
+  else {
+    swapInStaged(layout)
+    // A restored upper's origin handles and root uuid name another filesystem: index=on would refuse it. Staged
+    // without them (restore/command.ts); a staging an older ovroot made has them.
+    clearFilesystemIdentity(bytesOf(upperPath(layout)), xattrs)
+  }
   return { kind: 'restore', source: change.source, entries: change.entries }
 }
 
@@ -69,29 +82,104 @@ async function apply(layout: FlashLayout, change: PendingChange, xattrs: Overlay
  * firmware's directory; a file the user put there) is made opaque first, as
  * overlayfs makes a directory created over a deletion: the firmware's files
  * the user deleted stay deleted, only the archive's appear. Moved entries
- * leave the staging, so a rerun after a cut moves only what is left.
+ * leave the staging, so a rerun after a cut moves only what is left. The
+ * upper keeps its filesystem identity: it stays over the same firmware, and
+ * an archive of files brings none.
+ *
+ * Inode flags (chattr +i, +a) on what it replaces or on a directory it moves
+ * entries into would refuse the merge (EPERM) at every boot: as for a sync,
+ * they are listed in the marker, cleared first and set back last (pending/flat.ts),
+ * a replaced file taking the flags of the user's (the archive has none). They are
+ * read here, not when the restore was scheduled: the upper was live until this boot.
  */
-function mergeStaged(stagedText: string, upperText: string, xattrs: OverlayXattrs): void {
-  if (!pathExists(stagedText)) return
-  makeDirectory(upperText)
-  mergeInto(bytesOf(stagedText), bytesOf(upperText), xattrs)
+function mergeStaged(
+  layout: FlashLayout,
+  change: Extract<PendingChange, { kind: 'restore' }>,
+  xattrs: OverlayXattrs,
+): void {
+  const staged = bytesOf(stagedPath(layout))
+  const upper = bytesOf(upperPath(layout))
+  // Gone: merged whole before a cut, with perhaps the flags still to set back.
+  const left = pathExists(stagedPath(layout))
+  if (left) makeDirectory(upperPath(layout))
+  const flags = change.flags ?? (left ? recordFlags(layout, change, staged, upper) : [])
+  withFlagsCleared(
+    flags.map(([path, value]): [BytePath, number] => [under(upper, path), value]),
+    () => {
+      if (left)
+        for (const step of mergeSteps(staged, upper, '.'))
+          if (step.kind === 'merged') removeTree(bytePathBuffer(under(staged, step.path)))
+          else moveInto(staged, upper, step, xattrs)
+    },
+  )
 }
 
-/** Names are bytes: an archive's name that is not UTF-8 is merged like any other. */
-function mergeInto(staged: BytePath, upper: BytePath, xattrs: OverlayXattrs): void {
-  for (const name of listNames(staged)) {
-    const from = bytePathBuffer(`${staged}/${name}`)
-    const to = bytePathBuffer(`${upper}/${name}`)
-    const existing = statPath(to)
-    const directory = statPath(from)?.type === 'dir'
-    if (directory && existing?.type === 'dir') mergeInto(`${staged}/${name}`, `${upper}/${name}`, xattrs)
-    else {
-      if (directory && existing) setXattr(from, xattrs.name('opaque'), Buffer.from('y'))
-      if (existing) removeTree(to)
-      renamePath(from, to)
-    }
+type MergeStep =
+  /** The staged entry at `path` takes the place of what the upper has there (`existing`), if anything. */
+  | { kind: 'move'; path: BytePath; existing: boolean; directory: boolean }
+  /** Everything staged below the directory `path` is merged. */
+  | { kind: 'merged'; path: BytePath }
+
+/** The merge, depth first: a staged directory meeting an upper directory is merged into it; anything else moves. Names are bytes. */
+function* mergeSteps(staged: BytePath, upper: BytePath, path: BytePath): Generator<MergeStep> {
+  for (const name of listNames(under(staged, path))) {
+    const child = path === '.' ? name : `${path}/${name}`
+    const existing = statPath(bytePathBuffer(under(upper, child)))
+    const directory = statPath(bytePathBuffer(`${staged}/${child}`))?.type === 'dir'
+    if (directory && existing?.type === 'dir') yield* mergeSteps(staged, upper, child)
+    else yield { kind: 'move', path: child, existing: existing !== undefined, directory }
   }
-  removeTree(bytePathBuffer(staged))
+  yield { kind: 'merged', path }
+}
+
+function moveInto(
+  staged: BytePath,
+  upper: BytePath,
+  step: Extract<MergeStep, { kind: 'move' }>,
+  xattrs: OverlayXattrs,
+): void {
+  const from = bytePathBuffer(`${staged}/${step.path}`)
+  const to = bytePathBuffer(under(upper, step.path))
+  if (step.directory && step.existing) setXattr(from, xattrs.name('opaque'), Buffer.from('y'))
+  if (step.existing) removeTree(to)
+  renamePath(from, to)
+}
+
+/**
+ * The flags of what the merge replaces and of the directories it moves entries into, committed
+ * in the marker before any is cleared, so that a rerun after a cut sets them back (it finds them cleared).
+ */
+function recordFlags(
+  layout: FlashLayout,
+  change: Extract<PendingChange, { kind: 'restore' }>,
+  staged: BytePath,
+  upper: BytePath,
+): [BytePath, number][] {
+  const changed: BytePath[] = []
+  for (const step of mergeSteps(staged, upper, '.'))
+    if (step.kind === 'move') changed.push(...(step.existing ? [step.path] : []), parentOf(step.path))
+  // On a filesystem without inode flags (JFFS2) nothing is read.
+  const flags =
+    inodeFlagsHeld(bytePathBuffer(upper)) === 0
+      ? []
+      : flagsOfChanged(
+          changed,
+          (path) => inodeFlagsIfPresent(bytePathBuffer(under(upper, path))),
+          () => hardLinks(upper),
+        )
+  if (flags.length > 0) commitPending(layout, { ...change, flags })
+  return flags
+}
+
+/** Every second name of an inode in the upper, with its first name: only names of inodes with several are read. */
+function* hardLinks(upper: BytePath): Generator<[BytePath, BytePath]> {
+  const walk = walkUpper(upper, {
+    stubXattr: '',
+    include: () => true,
+    skipped: () => undefined,
+    unchanged: (_path, stat) => stat.type === 'dir' || stat.nlink < 2,
+  })
+  for (const entry of walk) if (entry.type === 'hardlink') yield [entry.path, entry.linkTarget ?? entry.path]
 }
 
 /** Two renames, each atomic; a rerun after a cut between them finishes the second. */

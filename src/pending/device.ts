@@ -4,7 +4,7 @@
  * the refusal to touch a live layer. Confirmation and reboot: src/interact.ts.
  */
 import { flashMounted, readBootState, type BootState } from '../state/boot-record.js'
-import { flashLayout } from '../state/flash.js'
+import { flashLayout, upperDir } from '../state/flash.js'
 import type { Config } from '../config/schema.js'
 import { ExitCode, OvrootError } from '../errors.js'
 import { realPath } from '../sys/fs.js'
@@ -49,6 +49,16 @@ export async function withWritableFlash<T>(
       if (readOnly) remount(config.overlay.dir, { readOnly: true })
     }
   })
+}
+
+/**
+ * `--upper DIR` of reset and restore, which change an unmounted upper at once: under the staging lock
+ * when DIR is the flash copy a sync device persists its RAM upper to (never mounted, so not refused as a
+ * live layer), where a sync stages and applies its changes. Any other directory is no sync's.
+ */
+export async function withLockIfFlashCopy<T>(config: Config, upper: string, work: () => Promise<T>): Promise<T> {
+  const canonical = (path: string): string => realPath(path) ?? path
+  return canonical(upper) === canonical(upperDir(config)) ? withStagingLock(config.boot.run_dir, work) : work()
 }
 
 /** `--cancel` of reset and restore: drop whatever change is scheduled, readable or not. */

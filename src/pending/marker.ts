@@ -32,10 +32,22 @@ import {
   writeFileAtomic,
   writeFileUnflushed,
 } from '../sys/fs.js'
+import { counted } from '../plural.js'
 
 export type PendingChange =
   | { kind: 'reset'; requested: string; keep: string[]; only?: string[] }
-  | { kind: 'restore'; requested: string; source: string; entries: number; merge: boolean }
+  | {
+      kind: 'restore'
+      requested: string
+      source: string
+      entries: number
+      merge: boolean
+      /**
+       * A merge's inode flags (chattr) of what it replaces or moves entries into, names as bytes (names.ts
+       * `BytePath`): recorded by the apply before it clears them, set back last (pending/flat.ts). Absent: not read yet.
+       */
+      flags?: [string, number][]
+    }
   /**
    * A sync of a RAM upper: `removals` go; staged entry N (named N, flat) takes
    * the place of `moves[N]`, a staged directory only lends its metadata;
@@ -236,14 +248,15 @@ function describeParts(change: PendingChange): { what: string; detail: string } 
       what: change.only ? `reset of ${change.only.join(' ')}` : 'factory reset',
       detail: `, keeping ${change.keep.length ? change.keep.join(' ') : 'nothing'}`,
     }
-  if (change.kind === 'sync') return { what: `the end of an interrupted sync (${change.entries} entries)`, detail: '' }
+  if (change.kind === 'sync')
+    return { what: `the end of an interrupted sync (${counted(change.entries, 'entry', 'entries')})`, detail: '' }
   if (change.kind === 'upgrade')
     return {
-      what: `the firmware upgrade's reconcile (${change.entries} entries)`,
+      what: `the firmware upgrade's reconcile (${counted(change.entries, 'entry', 'entries')})`,
       detail: `, to ${change.firmware.description}`,
     }
   return {
-    what: `${change.merge ? 'sysupgrade archive' : 'restore'} of ${change.source} (${change.entries} entries)`,
+    what: `${change.merge ? 'sysupgrade archive' : 'restore'} of ${change.source} (${counted(change.entries, 'entry', 'entries')})`,
     detail: '',
   }
 }

@@ -10,9 +10,14 @@ import { namespaceForMount, OverlayXattrs } from '../overlay/xattrs.js'
 import { applyPending } from '../pending/apply.js'
 import { cancelPending, commitPending, describeChange, describePendingAt, readPending } from '../pending/marker.js'
 import { confirm, rebootNow } from '../interact.js'
-import { cancelScheduled, readBootRecord, refuseLiveLayer, withWritableFlash } from '../pending/device.js'
-import { realPath, statPath } from '../sys/fs.js'
-import { withStagingLock } from '../pending/lock.js'
+import {
+  cancelScheduled,
+  readBootRecord,
+  refuseLiveLayer,
+  withLockIfFlashCopy,
+  withWritableFlash,
+} from '../pending/device.js'
+import { statPath } from '../sys/fs.js'
 import { collectKeepPatterns, KeepList } from './keep.js'
 import { planReset } from './prune.js'
 import { printResetPreview } from './preview.js'
@@ -119,7 +124,5 @@ async function resetUnmounted(config: Config, options: ResetOptions): Promise<Ex
     process.stdout.write(`ovroot: ${upper} reset${kept.length ? `, kept ${kept.join(' ')}` : ''}\n`)
     return ExitCode.ok
   }
-  // The flash copy a sync device persists its RAM upper to is never mounted: the staging lock keeps syncs off it.
-  const canonical = (path: string): string => realPath(path) ?? path
-  return canonical(upper) === canonical(upperDir(config)) ? withStagingLock(config.boot.run_dir, apply) : apply()
+  return withLockIfFlashCopy(config, upper, apply)
 }

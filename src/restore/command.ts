@@ -14,7 +14,13 @@ import type { Config } from '../config/schema.js'
 import { ExitCode, OvrootError, type ExitStatus } from '../errors.js'
 import { namespaceForMount, type XattrNamespace } from '../overlay/xattrs.js'
 import { confirm, rebootNow } from '../interact.js'
-import { cancelScheduled, readBootRecord, refuseLiveLayer, withWritableFlash } from '../pending/device.js'
+import {
+  cancelScheduled,
+  readBootRecord,
+  refuseLiveLayer,
+  withLockIfFlashCopy,
+  withWritableFlash,
+} from '../pending/device.js'
 import { cancelPending, commitPending, describePendingAt } from '../pending/marker.js'
 import {
   createDirectoryExclusive,
@@ -32,6 +38,7 @@ import type { EntryKind } from '../sys/types.js'
 import { extractArchive, reportFlagsNotKept, type ExtractResult } from './extract.js'
 import { printRestorePreview } from './preview.js'
 import { upperDir, flashLayout, stagedPath } from '../state/flash.js'
+import { counted } from '../plural.js'
 
 export interface RestoreOptions {
   configFile: string | undefined
@@ -124,12 +131,22 @@ function checkConflicts(result: ExtractResult, target: Target, force: boolean): 
   throw new OvrootError(
     'ECONFLICT',
     ExitCode.data,
-    `backup of ${describeFirmware(result.header.firmware)}, this device runs ${describeFirmware(firmwareIdentity(target.lowers))}: ${result.conflicts.length} files changed by both the user and the new firmware (${shown}${more}); --force restores the user's versions anyway`,
+    `backup of ${describeFirmware(result.header.firmware)}, this device runs ${describeFirmware(firmwareIdentity(target.lowers))}: ${counted(result.conflicts.length, 'file', 'files')} changed by both the user and the new firmware (${shown}${more}); --force restores the user's versions anyway`,
   )
 }
 
 async function restoreOffline(config: Config, options: RestoreOptions, extract: Extract): Promise<ExitStatus> {
   const upper = resolve(options.upper ?? '')
+  // The flash copy of a sync device: a sync must not stage or apply into it while it is replaced (nor it be found empty, then filled).
+  return withLockIfFlashCopy(config, upper, () => restoreInto(upper, config, options, extract))
+}
+
+async function restoreInto(
+  upper: string,
+  config: Config,
+  options: RestoreOptions,
+  extract: Extract,
+): Promise<ExitStatus> {
   if (statPath(upper)?.type !== 'dir')
     throw new OvrootError('ENOENT', ExitCode.environment, `upper directory ${upper} does not exist; create it empty`)
   if (listDirectoryIfExists(upper).length > 0)
@@ -214,7 +231,8 @@ async function restoreLive(config: Config, options: RestoreOptions, extract: Ext
     cancelPending(layout)
     makeDirectory(stagedPath(layout), 0o700)
     try {
-      const staged = await extract(target, stagedPath(layout))
+      // Without the archive's filesystem identity, as offline: clearing it at boot would meet the flags set last (EPERM).
+      const staged = await extract(target, stagedPath(layout), true)
       reportFlagsNotKept(staged)
       commitPending(layout, {
         kind: 'restore',
@@ -253,7 +271,7 @@ function describeArchive(source: string, result: ExtractResult): string {
     : result.kind === 'upper'
       ? "archive of an upper, without ovroot's checksums"
       : 'OpenWrt sysupgrade archive'
-  return `${source === '-' ? 'standard input' : source} (${origin}, ${result.entries} entries)`
+  return `${source === '-' ? 'standard input' : source} (${origin}, ${counted(result.entries, 'entry', 'entries')})`
 }
 
 /**

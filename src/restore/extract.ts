@@ -25,6 +25,7 @@ import { under } from '../upper/entry.js'
 import { isIdentityXattr } from '../overlay/identity.js'
 import { OverlayXattrs, type XattrNamespace } from '../overlay/xattrs.js'
 import { PathRules } from './rules.js'
+import { counted } from '../plural.js'
 
 /** What an entry costs on flash beyond its data (rounded up to 4 KiB blocks): a log-structured filesystem's inode and directory nodes. */
 const ENTRY_BYTES = 256
@@ -87,7 +88,7 @@ export function reportFlagsNotKept(result: ExtractResult): void {
   if (paths.length === 0) return
   const more = paths.length > 5 ? ` and ${paths.length - 5} more` : ''
   process.stderr.write(
-    `ovroot: inode flags (chattr) not kept on ${paths.length} entries (the flash's filesystem has none, or they are not append-only, immutable or no-dump): ${paths.slice(0, 5).join(' ')}${more}\n`,
+    `ovroot: inode flags (chattr) not kept on ${counted(paths.length, 'entry', 'entries')} (the flash's filesystem has none, or they are not append-only, immutable or no-dump): ${paths.slice(0, 5).join(' ')}${more}\n`,
   )
 }
 

@@ -7,6 +7,7 @@ import { filesystemInfo, readTextFileIfExists } from '../sys/fs.js'
 import { currentStats, type SyncStats } from '../sync/stats.js'
 import type { Config } from '../config/schema.js'
 import { flashLayout } from '../state/flash.js'
+import { counted } from '../plural.js'
 
 interface Usage {
   usedBytes: number
@@ -101,7 +102,7 @@ function syncRows(status: Status): [string, string | undefined][] {
     [
       'last sync',
       sync.lastSync
-        ? `${sync.lastSync}, ${sync.lastEntries} entries, ${mebibytes(sync.lastBytes ?? 0)}`
+        ? `${sync.lastSync}, ${counted(sync.lastEntries ?? 0, 'entry', 'entries')}, ${mebibytes(sync.lastBytes ?? 0)}`
         : 'none since boot',
     ],
     ['unsynced', sync.pendingSince ? `changes since ${sync.pendingSince}` : 'nothing'],
@@ -179,7 +180,11 @@ function render(status: Status): string {
       status.reset &&
         `carried out at this boot, kept ${status.reset.kept.length ? status.reset.kept.join(' ') : 'nothing'}`,
     ],
-    ['restored', status.restored && `${status.restored.source} (${status.restored.entries} entries) at this boot`],
+    [
+      'restored',
+      status.restored &&
+        `${status.restored.source} (${counted(status.restored.entries, 'entry', 'entries')}) at this boot`,
+    ],
     ...upgradeRows(status.upgrade),
     ...upgradeFailedRows(status.upgradeFailed),
     ['pending', status.pending.length ? status.pending.join('; ') : 'nothing'],

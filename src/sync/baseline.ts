@@ -10,7 +10,8 @@
  * for the same upper and excludes, and while the wall clock (which ctime
  * follows) has not been stepped back; otherwise every entry is compared.
  * Every committed change to the flash copy drops it (commitPending), and a
- * sync records a new one only once applied.
+ * sync records a new one only once applied, and only when it left no entry
+ * for the next sync.
  *
  * A directory renamed to a path the copy has too (`mv conf.new conf`) gets a
  * new ctime, but its children keep theirs, and they are not what the copy

@@ -16,6 +16,7 @@ import { recordFailure, recordSync } from './stats.js'
 import { lockedSync } from './lock.js'
 import type { SyncSource } from './transaction.js'
 import { flashLayout, type FlashLayout } from '../state/flash.js'
+import { counted } from '../plural.js'
 
 export interface SyncOptions {
   configFile: string | undefined
@@ -58,7 +59,7 @@ export async function runSync(options: SyncOptions): Promise<ExitStatus> {
   process.stdout.write(
     written + removed === 0
       ? 'ovroot: nothing to sync\n'
-      : `ovroot: synced ${written} entries (${(bytes / 1024).toFixed(0)} KiB), removed ${removed}\n`,
+      : `ovroot: synced ${counted(written, 'entry', 'entries')} (${(bytes / 1024).toFixed(0)} KiB), removed ${removed}\n`,
   )
   return ExitCode.ok
 }

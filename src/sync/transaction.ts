@@ -104,7 +104,9 @@ export async function syncOnce(source: SyncSource, layout: FlashLayout, runDir: 
     names: 'bytes',
   })
   await applyPending(layout, undefined, xattrs)
-  scan.record(plan.directories)
+  // What was left for the next sync must be compared by it, whatever its ctime says: a scan that left
+  // anything records no baseline, and the next compares every entry.
+  if (!plan.leftSomething) scan.record(plan.directories)
   return { written: entries, removed: removals.length, bytes: staged.bytes }
 }
 
@@ -228,6 +230,7 @@ function stageChanges(source: SyncSource, plan: FlatStaging): Staged {
     } catch (error) {
       // Gone since: the flash keeps its old name, the next sync sees the change.
       if (!isGone(error)) throw error
+      plan.leftSomething = true
     }
   }
   writer.finish()
@@ -265,6 +268,8 @@ class FlatStaging {
   private readonly linkedNames = new Map<string, string[]>()
   /** Entries staged, then abandoned: nothing links to them. */
   private readonly abandoned = new Set<string>()
+  /** An entry vanished or abandoned: the flash keeps its old version, for the next sync to compare. */
+  leftSomething = false
   /** Every directory of the upper visited, with its inode number: what the next scan checks identities against. */
   readonly directories = new Map<string, bigint>()
 
@@ -398,6 +403,7 @@ class FlatStaging {
   abandon(path: string): void {
     for (let i = this.flagged.length - 1; i >= 0; i--) if (this.flagged[i]?.[0] === path) this.flagged.splice(i, 1)
     this.abandoned.add(path)
+    this.leftSomething = true
   }
 
   /** Directories that receive moved entries without changing themselves: their mtime is given back after the moves. */
@@ -430,6 +436,7 @@ class FlatStaging {
   vanished(path: string): void {
     this.seen(path)
     this.comparedDirectories.delete(path)
+    this.leftSomething = true
   }
 
   /**

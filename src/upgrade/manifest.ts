@@ -178,7 +178,7 @@ const invalid = (what: string): OvrootError => new OvrootError('EMANIFEST', Exit
 const BLOCK_BYTES = 8192
 const READ_AHEAD = 8
 const CACHED_BLOCKS = 2 * READ_AHEAD
-const PIECE_BYTES = 1 << 20
+const PIECE_BYTES = 1 << 16
 
 /** Where a block starts, and its first line's path. */
 interface BlockStart {
@@ -206,8 +206,9 @@ export function openManifest(file: string, source = file): Manifest {
   const misordered = (): OvrootError => invalid(`${source} is not in path order`)
   if (starts.some((start, index) => index > 0 && start.path <= (starts[index - 1] as BlockStart).path))
     throw misordered()
-  // Blocks read, by index: their text until first used, then their lines and paths.
-  const cache = new Map<number, string | { paths: BytePath[]; lines: string[] }>()
+  // Blocks read, by index: their text until first used, then with where each line starts. Only
+  // the text and one array per block stay cached: a path or line is cut when a lookup needs it.
+  const cache = new Map<number, string | ParsedBlock>()
   const offset = (index: number): number => starts[index]?.offset ?? size
   /** The blocks from `index` on, READ_AHEAD of them in one read: a walk asks for the next ones next. */
   const readAhead = (index: number): void => {
@@ -218,43 +219,44 @@ export function openManifest(file: string, source = file): Manifest {
       cache.set(at, text.slice(offset(at) - offset(index), offset(at + 1) - offset(index)))
     }
   }
-  const block = (index: number): { paths: BytePath[]; lines: string[] } => {
+  const block = (index: number): ParsedBlock => {
     if (!cache.has(index)) readAhead(index)
-    const found = cache.get(index)
+    const found = cache.get(index) ?? ''
     if (typeof found === 'object') return found
-    const lines = (found ?? '').split('\n')
-    lines.pop()
-    const paths = lines.map((line) => pathField(firstField(line)) ?? '')
+    const parsed = parseBlock(found)
     const next = starts[index + 1]?.path
-    if (paths.some((path, at) => path <= (paths[at - 1] ?? '') || (next !== undefined && path >= next)))
-      throw misordered()
-    const parsed = { paths, lines }
+    for (let at = 0, previous = ''; at < parsed.count; at++) {
+      const path = pathAt(parsed, at)
+      if ((at > 0 && path <= previous) || (next !== undefined && path >= next)) throw misordered()
+      previous = path
+    }
     cache.set(index, parsed)
     return parsed
   }
   // A record's strings are cut from a copy of its line: cut from the block's text they would keep all 8 KiB alive.
-  const record = (line: string): ManifestRecord => {
-    const parsed = parseLine(Buffer.from(line, 'latin1').toString('latin1'))
-    if (!parsed) throw invalid(`${source} has a malformed line: ${JSON.stringify(line.slice(0, 200))}`)
-    return parsed[1]
+  const record = (parsed: ParsedBlock, at: number): ManifestRecord => {
+    const line = parsed.text.slice(parsed.lines[at], (parsed.lines[at + 1] as number) - 1)
+    const fields = parseLine(Buffer.from(line, 'latin1').toString('latin1'))
+    if (!fields) throw invalid(`${source} has a malformed line: ${JSON.stringify(line.slice(0, 200))}`)
+    return fields[1]
   }
   return {
     identity: header[1],
     lookup(path) {
       const index = lastAtOrBefore(starts, path)
       if (index < 0) return undefined
-      const { paths, lines } = block(index)
-      const at = lowerBound(paths, path)
-      return paths[at] === path ? record(lines[at] as string) : undefined
+      const parsed = block(index)
+      const at = lowerBound(parsed, path)
+      return at < parsed.count && pathAt(parsed, at) === path ? record(parsed, at) : undefined
     },
     *below(path) {
       const prefix = path === '.' ? '' : `${path}/`
       for (let index = Math.max(0, lastAtOrBefore(starts, prefix)); index < starts.length; index++) {
-        const { paths, lines } = block(index)
-        for (let at = lowerBound(paths, prefix); at < paths.length; at++) {
-          const name = paths[at] as BytePath
+        const parsed = block(index)
+        for (let at = lowerBound(parsed, prefix); at < parsed.count; at++) {
+          const name = pathAt(parsed, at)
           if (!name.startsWith(prefix)) return
-          if (name !== '.') yield [Buffer.from(name, 'latin1').toString('latin1'), record(lines[at] as string)]
+          if (name !== '.') yield [Buffer.from(name, 'latin1').toString('latin1'), record(parsed, at)]
         }
       }
     },
@@ -273,26 +275,38 @@ const TAB = 0x09
 function indexBlocks(file: string): { starts: BlockStart[]; size: number; digest: string; ended: boolean } {
   const hash = createHash('sha256')
   const starts: BlockStart[] = []
-  let carry = Buffer.alloc(0)
-  let offset = HEADER_BYTES // of carry's first byte
   let wanted = HEADER_BYTES // the next block's first line starts here or after
-  for (const piece of readPieces(file, HEADER_BYTES, PIECE_BYTES)) {
-    hash.update(piece)
-    const text = Buffer.concat([carry, piece])
+  /** The block starts among the complete lines of `text`, which begins a line at `at` in the file. */
+  const scan = (text: Buffer, at: number): void => {
     const complete = text.lastIndexOf(NEWLINE) + 1
     for (;;) {
-      const from = wanted - offset
+      const from = wanted - at
       const start = from <= 0 ? 0 : text.indexOf(NEWLINE, from - 1) + 1
-      if (start === 0 && from > 0) break
-      if (start >= complete) break
+      if ((start === 0 && from > 0) || start >= complete) return
       const end = text.indexOf(NEWLINE, start)
       const tab = text.indexOf(TAB, start)
       const path = pathField(text.toString('latin1', start, tab >= 0 && tab < end ? tab : end))
-      starts.push({ offset: offset + start, path: path ?? '' })
-      wanted = offset + start + BLOCK_BYTES
+      starts.push({ offset: at + start, path: path ?? '' })
+      wanted = at + start + BLOCK_BYTES
     }
-    carry = text.subarray(complete)
-    offset += complete
+  }
+  let carry: Buffer = Buffer.alloc(0) // the line the last piece ended in, begun at `offset`
+  let offset = HEADER_BYTES
+  for (const piece of readPieces(file, HEADER_BYTES, PIECE_BYTES)) {
+    hash.update(piece)
+    const first = piece.indexOf(NEWLINE) + 1
+    if (first === 0) {
+      carry = Buffer.concat([carry, piece])
+      continue
+    }
+    // Only the line across the pieces' boundary is joined; the rest is scanned where it was read.
+    scan(Buffer.concat([carry, piece.subarray(0, first)]), offset)
+    const rest = piece.subarray(first)
+    const restAt = offset + carry.length + first
+    scan(rest, restAt)
+    const complete = rest.lastIndexOf(NEWLINE) + 1
+    carry = rest.subarray(complete)
+    offset = restAt + complete
   }
   return { starts, size: offset + carry.length, digest: hash.digest('hex'), ended: carry.length === 0 }
 }
@@ -307,12 +321,6 @@ function pathField(field: string): BytePath | undefined {
   return parseShownName(Buffer.from(field, 'latin1').toString('utf8'))
 }
 
-/** A line's path field (a line without a tab: the whole line, refused when its record is read). */
-function firstField(line: string): string {
-  const tab = line.indexOf('\t')
-  return tab < 0 ? line : line.slice(0, tab)
-}
-
 /** The last block whose first path is at or before `path` (-1: none). */
 function lastAtOrBefore(starts: readonly BlockStart[], path: BytePath): number {
   let low = 0
@@ -325,12 +333,36 @@ function lastAtOrBefore(starts: readonly BlockStart[], path: BytePath): number {
   return low - 1
 }
 
-function lowerBound(sorted: readonly string[], key: string): number {
+/** A block's text and where each of its lines starts (and, last, its end). */
+interface ParsedBlock {
+  text: string
+  lines: Uint32Array
+  count: number
+}
+
+function parseBlock(text: string): ParsedBlock {
+  let count = 0
+  for (let at = text.indexOf('\n'); at >= 0; at = text.indexOf('\n', at + 1)) count++
+  const lines = new Uint32Array(count + 1)
+  for (let line = 1, at = text.indexOf('\n'); at >= 0; at = text.indexOf('\n', at + 1)) lines[line++] = at + 1
+  return { text, lines, count }
+}
+
+/** The path of a block's line `at` (a line without a tab: the whole line, refused when its record is read). */
+function pathAt({ text, lines }: ParsedBlock, at: number): BytePath {
+  const start = lines[at] as number
+  const end = (lines[at + 1] as number) - 1
+  const tab = text.indexOf('\t', start)
+  return pathField(text.slice(start, tab >= 0 && tab < end ? tab : end)) ?? ''
+}
+
+/** The first line of a block whose path is not before `key`. */
+function lowerBound(parsed: ParsedBlock, key: string): number {
   let low = 0
-  let high = sorted.length
+  let high = parsed.count
   while (low < high) {
     const middle = (low + high) >> 1
-    if ((sorted[middle] ?? '') < key) low = middle + 1
+    if (pathAt(parsed, middle) < key) low = middle + 1
     else high = middle
   }
   return low

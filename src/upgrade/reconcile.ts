@@ -10,11 +10,11 @@ import { ExitCode, OvrootError } from '../errors.js'
 import { bytePathBuffer, bytesOf, showBytes, type BytePath } from '../names.js'
 import { identityNames, isIdentityXattr } from '../overlay/identity.js'
 import type { OverlayXattrs } from '../overlay/xattrs.js'
+import { flagsOfChanged } from '../pending/flat.js'
 import { commitPending, type PendingChange } from '../pending/marker.js'
 import { stateDir, upperPath, type FlashLayout } from '../state/flash.js'
 import { EntryWriter, modificationTime, readEntry, readStableFile } from '../sys/entries.js'
 import { makeDirectory, statPath, writeFileAtomic } from '../sys/fs.js'
-import { inodeFlagsHeld, inodeFlagsIfPresent } from '../sys/libc.js'
 import type { UpperEntry } from '../sys/types.js'
 import { hasAncestorIn, parentOf, under } from '../upper/entry.js'
 import { isGone, walkUpper } from '../upper/walk.js'
@@ -62,6 +62,8 @@ export function* shadowEntries(upper: BytePath, xattrs: OverlayXattrs, live = fa
     entry.xattrs.find(([name]) => name === xattrs.name(key))?.[1].toString('latin1')
   const walk = walkUpper(upper, {
     stubXattr: xattrs.name('metacopy'),
+    // The stage lists the flags of what the apply changes: read here, in the statx each entry gets anyway.
+    flags: true,
     include: () => true,
     skipped: () => undefined,
     ...(live ? { vanished: () => undefined } : {}),
@@ -145,6 +147,8 @@ export interface UpgradePlan {
   entries: PlannedEntry[]
   /** The upper root's identity xattrs (its uuid, origin). */
   rootIdentity: string[]
+  /** The inode flags (chattr +i, +a) the walk read, by path: the entries with some (a second name's are its first name's). */
+  flags: Map<BytePath, number>
   counts: Record<UpgradeClass, number>
 }
 
@@ -166,12 +170,14 @@ export function planUpgrade(
   const records = new Map<BytePath, ManifestRecord | undefined>()
   const planned: PlannedEntry[] = []
   let rootIdentity: string[] = []
+  const flags = new Map<BytePath, number>()
   // Metacopy stubs by their first name: a second name is the same inode, whose data the lower holds.
   const stubs = new Map<BytePath, PlannedEntry>()
   const lookup = (source: RecordSource, path: BytePath | undefined): OldSide =>
     path === undefined ? 'absent' : source.lookup(path)
   for (const shadow of shadowEntries(upper, xattrs, options.live)) {
     const { entry, lowerPath } = shadow
+    if (entry.flags) flags.set(entry.path, entry.flags)
     if (entry.path === '.') {
       rootIdentity = identityNames(xattrs, entry.xattrs)
       continue
@@ -229,7 +235,7 @@ export function planUpgrade(
   keepDirectoriesWithContent(planned)
   const counts = Object.fromEntries(UPGRADE_CLASSES.map((name) => [name, 0])) as Record<UpgradeClass, number>
   for (const { verdict } of planned) if (counted(verdict)) counts[verdict.class]++
-  return { entries: planned, rootIdentity, counts }
+  return { entries: planned, rootIdentity, flags, counts }
 }
 
 /**
@@ -371,12 +377,14 @@ export function reportOf(
   layout?: FlashLayout,
 ): UpgradeReport {
   const entries: ReportedEntry[] = []
+  // Without upgrade-check's saved bases (most upgrades) nothing is looked for, path by path.
+  const bases = layout && statPath(bytePathBuffer(savedPath(layout, 'base', '.'))) !== undefined ? layout : undefined
   for (const item of plan.entries) {
     const { verdict, old: o } = item
     if (verdict.class !== 'conflict' && verdict.class !== 'hidden' && verdict.class !== 'unknown') continue
     if (!counted(verdict)) continue
     const base = o !== 'absent' && o !== 'unknown' && o.type === 'f' ? o.data : undefined
-    const saved = layout && base && savedBase(layout, item.path, base)
+    const saved = bases && base && savedBase(bases, item.path, base)
     entries.push({
       path: `/${showBytes(item.path)}`,
       bytes: item.path,
@@ -484,7 +492,23 @@ export function stageUpgrade(plan: UpgradePlan, options: StageOptions): Extract<
     .filter((dir) => !dropped.has(dir) && !hasAncestorIn(dropped, dir))
     .sort()
     .map((dir) => [dir, modificationTime(under(upper, dir))])
-  const flags = flagsOf(upper, plan, [...changed, ...parents.map(([path]) => path)])
+  // What the apply changes would refuse it (EPERM) where immutable or append-only: listed, cleared, set back
+  // last. The plan's walk read the flags (of each inode's first name): nothing is read again.
+  const firstNames = new Map(
+    plan.flags.size === 0
+      ? []
+      : plan.entries.flatMap(({ path, entry }): [BytePath, BytePath][] =>
+          entry.type === 'hardlink' ? [[path, entry.linkTarget ?? '']] : [],
+        ),
+  )
+  const flags =
+    plan.flags.size === 0
+      ? []
+      : flagsOfChanged(
+          [...changed.map(({ path }) => path), ...parents.map(([path]) => path)],
+          (path) => plan.flags.get(firstNames.get(path) ?? path) ?? 0,
+          () => firstNames,
+        )
   const change: Extract<PendingChange, { kind: 'upgrade' }> = {
     kind: 'upgrade',
     requested: new Date().toISOString(),
@@ -501,31 +525,6 @@ export function stageUpgrade(plan: UpgradePlan, options: StageOptions): Extract<
   }
   commitPending(layout, change)
   return change
-}
-
-/**
- * The inode flags (chattr +i, +a) of what the apply changes, which would
- * refuse it with EPERM: each entry's (`changed`: plan items, or a parent
- * directory's path), listed for every name of its inode (one name's flags are
- * all its names'), to be cleared before the apply and set back last on what
- * stays (pending/flat.ts, as for a sync). On a filesystem without inode flags
- * nothing is read.
- */
-function flagsOf(upper: BytePath, plan: UpgradePlan, changed: (PlannedEntry | BytePath)[]): [BytePath, number][] {
-  if (inodeFlagsHeld(bytePathBuffer(upper)) === 0) return []
-  const namesOf = new Map<BytePath, BytePath[]>()
-  for (const { path, entry } of plan.entries)
-    if (entry.type === 'hardlink')
-      namesOf.set(entry.linkTarget ?? '', [...(namesOf.get(entry.linkTarget ?? '') ?? []), path])
-  const listed = new Map<BytePath, number>()
-  for (const item of changed) {
-    const path = typeof item === 'string' ? item : item.path
-    const flags = inodeFlagsIfPresent(bytePathBuffer(under(upper, path)))
-    if (flags === 0) continue
-    const first = typeof item !== 'string' && item.entry.type === 'hardlink' ? (item.entry.linkTarget ?? path) : path
-    for (const name of [first, ...(namesOf.get(first) ?? [])]) listed.set(name, flags)
-  }
-  return [...listed]
 }
 
 /** A second name to stage: EntryWriter makes it a link to the staged first name, and reads nothing else of it. */

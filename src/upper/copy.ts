@@ -4,6 +4,7 @@ import { reportProgress } from '../sys/progress.js'
 import { under } from './entry.js'
 import { walkUpper } from './walk.js'
 import { bytesOf, showBytes, type BytePath } from '../names.js'
+import { counted } from '../plural.js'
 
 /**
  * Copy everything of `from` into the existing, empty directory `to`; answers
@@ -47,6 +48,6 @@ function reportFlagsNotKept(paths: readonly BytePath[]): void {
   const more = paths.length > 5 ? ` and ${paths.length - 5} more` : ''
   const named = paths.slice(0, 5).map((path) => `/${showBytes(path)}`)
   process.stderr.write(
-    `ovroot: inode flags (chattr) not kept in the RAM upper on ${paths.length} entries: ${named.join(' ')}${more}\n`,
+    `ovroot: inode flags (chattr) not kept in the RAM upper on ${counted(paths.length, 'entry', 'entries')}: ${named.join(' ')}${more}\n`,
   )
 }

@@ -94,7 +94,12 @@ export function corruptFlash(t: Test, archArgs: string[] = []): void {
  * Ctrl-A X). Shell arithmetic in each command makes the awaited answer text
  * the echo of the typed line cannot contain.
  */
-export async function interactiveConsole(t: Test, archArgs: string[], leave: 'poweroff' | 'escape'): Promise<void> {
+export async function interactiveConsole(
+  t: Test,
+  archArgs: string[],
+  leave: 'poweroff' | 'escape',
+  readmeDemo = false,
+): Promise<void> {
   const session = new ConsoleSession([...archArgs, '--flash', `${workspace(t)}/nor.flash`])
   t.teardown(() => session.kill())
   let at = await session.waitFor(/:\/# /)
@@ -133,8 +138,28 @@ export async function interactiveConsole(t: Test, archArgs: string[], leave: 'po
     'the shell started once: init never respawned it',
   )
 
+  if (readmeDemo) at = await backupResetRestore(t, session, at)
   session.type(leave === 'poweroff' ? 'poweroff -f\r' : '\x01x')
   t.equal(await session.exited, 0, leave === 'poweroff' ? 'poweroff -f ends the session' : 'Ctrl-A X ends the session')
+}
+
+/**
+ * The README's demo as typed there: a backup on the flash beside the upper (a reset keeps it), a factory
+ * reset, the restore; each `--reboot` reboots the device and the console comes back.
+ */
+async function backupResetRestore(t: Test, session: ConsoleSession, from: number): Promise<number> {
+  session.type('ovroot backup /overlay/b.ovb && ovroot reset --reboot --yes\r')
+  let at = await session.waitFor(/^ovroot: applied factory reset/m, from)
+  at = await session.waitFor(/:\/# /, at)
+  session.type('cat /etc/hi; ovroot restore /overlay/b.ovb --reboot --yes\r')
+  const restoring = await session.waitFor(/^ovroot: restore of \/overlay\/b\.ovb .*scheduled for the next boot$/m, at)
+  t.match(session.transcript.slice(at, restoring), /can't open '\/etc\/hi'/, 'the reset took /etc/hi away')
+  at = await session.waitFor(/^ovroot: applied restore of \/overlay\/b\.ovb/m, restoring)
+  at = await session.waitFor(/:\/# /, at)
+  session.type('echo "restored $(cat /etc/hi)"\r')
+  at = await session.waitFor(/^restored hi$/m, at)
+  t.pass('backup, reset --reboot, restore --reboot: the device rebooted twice and /etc/hi is back')
+  return at
 }
 
 /** The lab's inits that exist and are executable but cannot run (qemu/lab/build.ts), and why the shim says so. */
