@@ -7,8 +7,9 @@
 import t, { type Test } from 'tap'
 import { execFileSync, spawn } from 'node:child_process'
 import * as fs from 'node:fs'
-import { setXattr } from '../src/sys/libc.js'
+import { getXattr, setXattr } from '../src/sys/libc.js'
 import {
+  holdFirstOpen,
   MOUNT_VARIANTS,
   mountOverlay,
   ovroot,
@@ -432,6 +433,35 @@ await t.test('a file written all through the backup is refused in one line, and 
     'and no temporary file',
   )
 })
+
+await t.test(
+  'a file rewritten between the walk and its read is archived with the metadata of the version whose bytes it holds',
+  async (t) => {
+    const d = plainDevice(t, (upper) => {
+      fs.mkdirSync(`${upper}/etc`)
+      fs.writeFileSync(`${upper}/etc/racy`, 'old\n', { mode: 0o644 })
+      setXattr(`${upper}/etc/racy`, 'user.version', Buffer.from('old'))
+      execFileSync('touch', ['-d', '2001-01-01 00:00:00', `${upper}/etc/racy`])
+    })
+    // Its first open (after the walk's stat and xattrs) waits while it gets new bytes, mode, xattr and mtime.
+    const newMtime = 1262304000 // 2010-01-01
+    const held = await holdFirstOpen(`${d.upper}/etc/racy`, 'rewrite', 'new version\n', '600', `${newMtime}`, 'new')
+    t.teardown(() => held.kill())
+    const archive = `${d.dir}/racy.ovb`
+    const made = backup(d, archive)
+    t.equal(made.status, 0, `backup ${made.stderr}`)
+    t.equal(await held.done, 0, 'the file changed while the backup held it open')
+    const into = `${d.dir}/racy-restored`
+    fs.mkdirSync(into)
+    const restored = restore(d, archive, into)
+    t.equal(restored.status, 0, `restore ${restored.stderr}`)
+    const file = `${into}/etc/racy`
+    t.same(fs.readFileSync(file), Buffer.from('new version\n'), 'the new bytes')
+    t.equal(fs.statSync(file).mode & 0o7777, 0o600, 'with their mode')
+    t.equal(fs.lstatSync(file, { bigint: true }).mtimeNs, BigInt(newMtime) * 1_000_000_000n, 'their mtime')
+    t.same(getXattr(file, 'user.version'), Buffer.from('new'), 'and their xattr')
+  },
+)
 
 function fileArgument(): string {
   return new URL('../dist/ovroot.js', import.meta.url).pathname

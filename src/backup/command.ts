@@ -24,7 +24,7 @@ import { ExitCode, usageError, type ExitStatus } from '../errors.js'
 import { globToRegExp } from '../glob.js'
 import { namespaceForMount, OverlayXattrs } from '../overlay/xattrs.js'
 import { openAtomicOutput, openFileIdentity, type FileIdentity } from '../sys/fs.js'
-import { readStableFile, statEntry } from '../sys/entries.js'
+import { entryOfRead, readStableFile, statEntry } from '../sys/entries.js'
 import type { EntryStat } from '../sys/types.js'
 import { under } from '../upper/entry.js'
 import { walkUpper, type WalkOptions } from '../upper/walk.js'
@@ -139,26 +139,21 @@ function* entryStream(
   const xattrs = new OverlayXattrs(request.namespace)
   const firmware = firmwareView(request.lowers, request.namespace)
   const upper = bytesOf(request.upper)
-  // The walk's lstat of the entry it yields last: it stands for the stat before a file's read.
-  let walked: { path: string; stat: EntryStat } | undefined
+  const stubXattr = xattrs.name('metacopy')
   const walk = walkUpper(upper, {
-    stubXattr: xattrs.name('metacopy'),
+    stubXattr,
     flags: true,
     ...select,
-    skip: (path, stat) => {
-      walked = { path, stat }
-      return select.skip?.(path, stat) ?? false
-    },
     skipped: (path, why) => process.stderr.write(`ovroot: skipped /${showBytes(path)}: ${why} cannot be archived\n`),
   })
   for (const entry of walk) {
     counted()
     if (entry.type === 'file' && entry.holeSize === undefined) {
       // Holes stay holes: only a file's data regions are read and archived (GNU sparse 1.0).
-      const stat = walked?.path === entry.path ? walked.stat : undefined
-      const file = readStableFile(under(upper, entry.path), { holes: true, stat })
+      const full = under(upper, entry.path)
+      const file = readStableFile(full, { holes: true, stat: entry.stat })
       const base = firmware.sha256(entry.path)?.slice(0, BASE_DIGITS)
-      const archived: TarEntry = { ...entry, size: file.size }
+      const archived: TarEntry = { ...entryOfRead(full, entry, file, stubXattr, true), size: file.size }
       if (file.regions) archived.regions = file.regions
       if (base) archived.comment = encodeSums({ base })
       yield entryHeader(archived)

@@ -10,7 +10,8 @@ import type { TreeReader } from '../sys/types.js'
 import { showBytes } from '../names.js'
 
 export type DiffFormat = 'text' | 'json' | 'stat' | 'patch'
-export type Renderer = (change: Change) => string
+/** Text, or bytes for --patch (a file's lines as they are). */
+export type Renderer = (change: Change) => string | Buffer
 
 /** How each change is printed (`--stat` prints nothing per change); the patch code loads only for --patch. */
 export async function loadRenderer(format: DiffFormat, colour: boolean, reader: TreeReader): Promise<Renderer> {
@@ -51,21 +52,29 @@ const COLOUR: Record<ChangeKind, string> = {
 export const OUTPUT_CHUNK = 16 * 1024
 
 export class BufferedOutput {
-  private chunks: string[] = []
+  private chunks: (string | Buffer)[] = []
   private size = 0
-  constructor(private readonly write: (text: string) => void) {}
+  /** Whether a chunk is bytes (a patch's): text is then written as its UTF-8. */
+  private bytes = false
+  constructor(private readonly write: (output: string | Buffer) => void) {}
 
-  push(text: string): void {
-    this.chunks.push(text)
-    this.size += text.length
+  push(output: string | Buffer): void {
+    this.chunks.push(output)
+    this.size += output.length
+    this.bytes ||= typeof output !== 'string'
     if (this.size >= OUTPUT_CHUNK) this.flush()
   }
 
   flush(): void {
     if (this.chunks.length === 0) return
-    this.write(this.chunks.join(''))
+    this.write(
+      this.bytes
+        ? Buffer.concat(this.chunks.map((chunk) => (typeof chunk === 'string' ? Buffer.from(chunk) : chunk)))
+        : this.chunks.join(''),
+    )
     this.chunks = []
     this.size = 0
+    this.bytes = false
   }
 }
 

@@ -5,6 +5,8 @@
  * cost follows the upper, not the lower.
  */
 import { bytesOf, type BytePath } from '../names.js'
+import { OvrootError } from '../errors.js'
+import { isGone } from '../upper/walk.js'
 import type { EntryStat, EntryType, TreeReader } from '../sys/types.js'
 import type { OverlayXattrs } from './xattrs.js'
 import { hostPath, sameSource, sameSources, type LayerStack, type ResolvedEntry } from './stack.js'
@@ -61,6 +63,8 @@ export interface PendingDir {
 export interface DiffVisitor {
   change(change: Change): void
   descend(dir: PendingDir): void
+  /** An entry the upper lost or replaced while it was compared; without this, that is an error. */
+  unsettled?(path: BytePath, error: OvrootError): void
 }
 
 export class OverlayDiff {
@@ -72,23 +76,28 @@ export class OverlayDiff {
     private readonly options: DiffOptions,
   ) {}
 
-  /** The whole report, depth first, in path order. */
-  run(emit: (change: Change) => void): void {
-    const visitor: DiffVisitor = { change: emit, descend: (child) => this.expand(child, visitor) }
+  /**
+   * The whole report, depth first, in path order. On a live device the upper changes while it is
+   * read: an entry removed (or replaced by another type) between its stat and the reading of its
+   * xattrs, bytes or target is passed to `unsettled`, when given, and left out with what is below it.
+   */
+  run(emit: (change: Change) => void, unsettled?: (path: BytePath, error: OvrootError) => void): void {
+    const visitor: DiffVisitor = { change: emit, descend: (child) => this.expand(child, visitor), unsettled }
     this.start(visitor)
   }
 
   /** The requested paths' own entries. */
   start(visitor: DiffVisitor): void {
-    for (const path of topmostPaths(this.options.paths.map(bytesOf))) {
-      let merged: ResolvedEntry | undefined = this.merged.root()
-      let lower: ResolvedEntry | undefined = this.lower.root()
-      for (const name of path.split('/').filter(Boolean)) {
-        merged = merged?.stat.type === 'dir' ? this.merged.child(merged, name) : undefined
-        lower = lower?.stat.type === 'dir' ? this.lower.child(lower, name) : undefined
-      }
-      this.compare(path === '/' ? '' : path, merged, lower, visitor)
-    }
+    for (const path of topmostPaths(this.options.paths.map(bytesOf)))
+      settle(path, visitor, () => {
+        let merged: ResolvedEntry | undefined = this.merged.root()
+        let lower: ResolvedEntry | undefined = this.lower.root()
+        for (const name of path.split('/').filter(Boolean)) {
+          merged = merged?.stat.type === 'dir' ? this.merged.child(merged, name) : undefined
+          lower = lower?.stat.type === 'dir' ? this.lower.child(lower, name) : undefined
+        }
+        this.compare(path === '/' ? '' : path, merged, lower, visitor)
+      })
   }
 
   /** A directory's children in path order; only names the upper can have changed. */
@@ -102,11 +111,14 @@ export class OverlayDiff {
         : []
       : [...new Set([...this.merged.candidateNames(merged), ...(lower ? this.lower.candidateNames(lower) : [])])]
     for (const name of sortNames(names)) {
-      this.compare(
-        `${path}/${name}`,
-        this.merged.child(merged, name),
-        lower ? this.lower.child(lower, name) : undefined,
-        visitor,
+      const child = `${path}/${name}`
+      settle(child, visitor, () =>
+        this.compare(
+          child,
+          this.merged.child(merged, name),
+          lower ? this.lower.child(lower, name) : undefined,
+          visitor,
+        ),
       )
     }
   }
@@ -229,6 +241,21 @@ export class OverlayDiff {
     return state
   }
 }
+
+/** `compare` of the entry at `path`, which the upper may lose or replace meanwhile (visitor.unsettled). */
+function settle(path: BytePath, visitor: DiffVisitor, compare: () => void): void {
+  if (!visitor.unsettled) return compare()
+  try {
+    compare()
+  } catch (error) {
+    if (!changedUnderneath(error)) throw error
+    visitor.unsettled(path, error)
+  }
+}
+
+/** Removed (ENOENT, ENOTDIR: its name or a directory above it) or no longer a regular file (ECHANGED). */
+export const changedUnderneath = (error: unknown): error is OvrootError =>
+  isGone(error) || (error instanceof OvrootError && error.code === 'ECHANGED')
 
 function isContentField(field: ChangedField): boolean {
   return field === 'type' || field === 'content' || field === 'target' || field === 'rdev'

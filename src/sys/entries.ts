@@ -8,7 +8,7 @@
 import { createHash } from 'node:crypto'
 import * as fs from 'node:fs'
 import { ExitCode, fromNodeError, OvrootError, SysError } from '../errors.js'
-import type { EntryStat, UpperEntry } from './types.js'
+import type { EntryStat, UpperEntry, WalkedEntry } from './types.js'
 import {
   dataRegions,
   getXattr,
@@ -108,6 +108,37 @@ function readLinkText(full: BytePath): BytePath {
   }
 }
 
+/**
+ * A walked file's entry for the bytes `file` holds: the walked entry when they are of the version
+ * the walk stat'ed; else (the file changed in between, and its read was retried) the entry read
+ * again, mode, owner, times, xattrs and flags, and checked to still be the version read (its
+ * ctime covers them all). Never the new bytes with the old metadata: a restore would give them
+ * the old mtime, and a later comparison by mtime would miss the change.
+ */
+export function entryOfRead(
+  full: BytePath,
+  walked: WalkedEntry,
+  file: StableFile,
+  stubXattr: string,
+  withFlags: boolean,
+): UpperEntry {
+  if (sameFileVersion(walked.stat, file.version)) return walked
+  const stat = statEntry(full)
+  const again =
+    stat?.type === 'file' && sameFileVersion(stat, file.version)
+      ? readEntryWithStat(full, walked.path, stubXattr, stat, withFlags)
+      : undefined
+  const after = statEntry(full)
+  if (
+    typeof again !== 'object' ||
+    again.holeSize !== undefined ||
+    after === undefined ||
+    !sameFileVersion(after, file.version)
+  )
+    throw changedWhileRead(full)
+  return again
+}
+
 /** Files up to this size are read once, into memory; larger ones (and files with holes) are hashed first, then streamed. */
 const WHOLE_FILE_BYTES = 4 << 20
 const CHUNK = 1 << 20
@@ -123,6 +154,8 @@ export interface StableFile {
   prefix?: number
   /** Read with its holes (`holes`), a file that has some: its data regions, which are all chunks() yields. */
   regions?: Region[]
+  /** The version of the file whose bytes these are (the same stat before and after the read). */
+  version: FileVersion
 }
 
 /** Part of a file that holds data: offset and length in bytes. */
@@ -151,7 +184,7 @@ export function readStableFile(
     const regions = options.holes === true && before.blocks * 512 < before.size ? holeMap(full, before.size) : undefined
     const read = regions ? readRegions(full, regions) : hashFile(full)
     const after = versionAt(full)
-    if (after !== undefined && sameFileVersion(before, after)) return { ...read, size: before.size }
+    if (after !== undefined && sameFileVersion(before, after)) return { ...read, size: before.size, version: before }
   }
   const prefix = options.prefixOfGrowing ? grownPrefix(full) : undefined
   if (prefix === undefined) throw changedWhileRead(full)
@@ -189,6 +222,7 @@ function readSmallFile(full: BytePath, holes: boolean, known: EntryStat | undefi
       },
       size: content.length,
       chunks: () => [content],
+      version: before,
     }
   } catch (error) {
     // pread(2) of a FIFO put at the name since the walk.
@@ -240,6 +274,7 @@ function grownPrefix(full: BytePath): StableFile | undefined {
     sha256,
     size: before.size,
     prefix: before.size,
+    version: before,
     *chunks() {
       const again = createHash('sha256')
       for (const chunk of fileChunks(full, [[0, before.size]])) {
@@ -267,7 +302,7 @@ function holeMap(full: BytePath, size: number): Region[] | undefined {
 }
 
 /** The data regions of a file: hashed in one pass, then read again as they are handed over (as hashFile). */
-function readRegions(full: BytePath, regions: Region[]): Omit<StableFile, 'size'> {
+function readRegions(full: BytePath, regions: Region[]): Omit<StableFile, 'size' | 'version'> {
   const hash = createHash('sha256')
   for (const chunk of fileChunks(full, regions)) hash.update(chunk)
   const sha256 = hash.digest('hex')
@@ -285,7 +320,7 @@ function readRegions(full: BytePath, regions: Region[]): Omit<StableFile, 'size'
   }
 }
 
-function hashFile(full: BytePath): Omit<StableFile, 'size'> {
+function hashFile(full: BytePath): Omit<StableFile, 'size' | 'version'> {
   const hash = createHash('sha256')
   for (const chunk of fileChunks(full)) hash.update(chunk)
   const sha256 = hash.digest('hex')
@@ -334,7 +369,7 @@ function* fileChunks(full: BytePath, regions?: Region[]): Generator<Buffer> {
 }
 
 /** What tells two versions of a file apart, from an fstat or from a walk's lstat (EntryStat). */
-type FileVersion = Pick<EntryStat, 'size' | 'blocks' | 'mtimeNs' | 'ctimeNs' | 'ino'>
+export type FileVersion = Pick<EntryStat, 'size' | 'blocks' | 'mtimeNs' | 'ctimeNs' | 'ino'>
 
 /** The version of the regular file at `full`, or undefined when another entry (a symlink, a FIFO) was put at its name. */
 function versionAt(full: BytePath): FileVersion | undefined {

@@ -83,3 +83,8 @@ export interface UpperEntry {
   /** Inode flags (`chattr` a, i, d: sys/libc.ts InodeFlag) of a file or directory, when it has some and they were read. */
   flags?: number
 }
+
+/** An entry as a walk of an upper read it (upper/walk.ts), with the lstat it was read from. */
+export interface WalkedEntry extends UpperEntry {
+  stat: EntryStat
+}

@@ -29,7 +29,7 @@ export function runConflicts(options: ConflictsOptions): ExitStatus {
     : flashLayout(config)
   const report = readUpgradeReport(layout)
   const conflicts = report?.entries.filter((entry) => entry.class === 'conflict') ?? []
-  const out: string[] = []
+  const out: (string | Buffer)[] = []
   if (!report) out.push(`no upgrade recorded on ${layout.root}\n`)
   for (const entry of conflicts) {
     const sides = sidesOf(layout, lower, entry)
@@ -37,7 +37,8 @@ export function runConflicts(options: ConflictsOptions): ExitStatus {
     else if (options.patch) out.push(patchOf(entry, sides))
     else out.push(`${lineOf(entry, sides)}\n`)
   }
-  process.stdout.write(out.join(''))
+  // A patch is bytes (a file's lines as they are): text goes out as its UTF-8.
+  process.stdout.write(Buffer.concat(out.map((part) => (typeof part === 'string' ? Buffer.from(part) : part))))
   return ExitCode.ok
 }
 
@@ -85,7 +86,7 @@ function contentOf(path: BytePath | undefined): Buffer {
 }
 
 /** Three-way when the base is saved (base→user, base→firmware), else two-way (firmware→user). */
-function patchOf(entry: ReportedEntry, sides: Sides): string {
+function patchOf(entry: ReportedEntry, sides: Sides): Buffer {
   const name = entry.path.slice(1)
   const label = (side: string, path: BytePath | undefined): string => (path ? `${side}/${name}` : '/dev/null')
   const pairs: [string, BytePath | undefined, string, BytePath | undefined][] = sides.base
@@ -94,13 +95,15 @@ function patchOf(entry: ReportedEntry, sides: Sides): string {
         ['base', sides.base, 'firmware', sides.firmware],
       ]
     : [['firmware', sides.firmware, 'user', sides.user]]
-  const lines = [
-    `conflict ${entry.path}${sides.base ? '' : ` (no base saved; old firmware sha256 ${entry.base ?? 'unknown'})`}`,
+  const parts: Buffer[] = [
+    Buffer.from(
+      `conflict ${entry.path}${sides.base ? '' : ` (no base saved; old firmware sha256 ${entry.base ?? 'unknown'})`}\n`,
+    ),
   ]
   for (const [fromSide, from, toSide, to] of pairs)
-    lines.push(
-      `diff ${fromSide} ${toSide}`,
-      ...unifiedDiff(label(fromSide, from), label(toSide, to), contentOf(from), contentOf(to)),
+    parts.push(
+      Buffer.from(`diff ${fromSide} ${toSide}\n`),
+      unifiedDiff(label(fromSide, from), label(toSide, to), contentOf(from), contentOf(to)),
     )
-  return `${lines.join('\n')}\n`
+  return Buffer.concat(parts)
 }

@@ -8,7 +8,7 @@
 import { listNames } from '../sys/fs.js'
 import { SysError } from '../errors.js'
 import { readEntryWithStat, statEntry } from '../sys/entries.js'
-import type { EntryStat, UpperEntry } from '../sys/types.js'
+import type { EntryStat, WalkedEntry } from '../sys/types.js'
 import { under } from './entry.js'
 import type { BytePath } from '../names.js'
 
@@ -48,10 +48,10 @@ export const isGone = (error: unknown): boolean =>
   error instanceof SysError && (error.errno === 'ENOENT' || error.errno === 'ENOTDIR')
 
 /** `root` is a byte string (names.ts `bytesOf` for a path the user gave). */
-export function* walkUpper(root: BytePath, options: WalkOptions): Generator<UpperEntry> {
+export function* walkUpper(root: BytePath, options: WalkOptions): Generator<WalkedEntry> {
   const firstName = new Map<string, string>()
   /** `below`, with levelByLevel: where a directory's path is left for its children to be visited after its siblings. */
-  function* visit(path: string, below?: string[]): Generator<UpperEntry> {
+  function* visit(path: string, below?: string[]): Generator<WalkedEntry> {
     const full = under(root, path)
     const stat = statEntry(full)
     if (stat === undefined) {
@@ -73,7 +73,8 @@ export function* walkUpper(root: BytePath, options: WalkOptions): Generator<Uppe
       options.skipped(path, 'a socket')
       return
     }
-    const entry = read
+    // With its stat: what a read of its data is checked against (backup: sys/entries.ts entryOfRead).
+    const entry = { ...read, stat }
     if (first !== undefined) {
       yield {
         ...entry,
@@ -91,11 +92,11 @@ export function* walkUpper(root: BytePath, options: WalkOptions): Generator<Uppe
     yield entry
     if (entry.type === 'dir') yield* descend(path, below)
   }
-  function* descend(path: string, below: string[] | undefined): Generator<UpperEntry> {
+  function* descend(path: string, below: string[] | undefined): Generator<WalkedEntry> {
     if (below) below.push(path)
     else yield* visitChildren(path)
   }
-  function* visitChildren(path: string): Generator<UpperEntry> {
+  function* visitChildren(path: string): Generator<WalkedEntry> {
     // Byte strings sort in byte order with the default comparison.
     const names = gone(path, () => listNames(under(root, path)))?.sort() ?? []
     const below = options.levelByLevel ? [] : undefined

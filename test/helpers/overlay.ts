@@ -2,7 +2,7 @@
  * Real overlay mounts for tests, and the oracle the diff is checked against:
  * the mounted merged view compared entry by entry with the lower view.
  */
-import { execFileSync, spawnSync } from 'node:child_process'
+import { execFileSync, spawn, spawnSync } from 'node:child_process'
 import { createHash } from 'node:crypto'
 import * as fs from 'node:fs'
 import * as os from 'node:os'
@@ -308,4 +308,27 @@ export function diffJson(lowers: string[], upper: string, extra: string[] = []):
       const record = JSON.parse(line) as Expected
       return { path: record.path, change: record.change, type: record.type }
     })
+}
+
+export interface HeldOpen {
+  /** on-open.py's exit status, once the file was opened and its action done. */
+  done: Promise<number | null>
+  kill(): void
+}
+
+/**
+ * test/helpers/on-open.py, once its fanotify mark is set: the first open(2) of `file` waits while
+ * `action` (rewrite or remove, see there) changes the tree: a race between a command's stat of an
+ * entry and its read, provoked every time. The command must then run without blocking this event loop
+ * (ovroot() does: spawnSync).
+ */
+export async function holdFirstOpen(file: string, ...action: string[]): Promise<HeldOpen> {
+  const script = fileURLToPath(new URL('on-open.py', import.meta.url))
+  const child = spawn('python3', [script, file, ...action], { stdio: ['ignore', 'pipe', 'inherit'] })
+  const done = new Promise<number | null>((resolve) => child.once('exit', resolve))
+  await new Promise<void>((resolve, reject) => {
+    child.stdout.once('data', () => resolve())
+    void done.then((status) => reject(new Error(`on-open.py exited ${status} before its mark was set`)))
+  })
+  return { done, kill: () => child.kill() }
 }
