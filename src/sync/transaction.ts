@@ -103,8 +103,9 @@ export async function syncOnce(source: SyncSource, layout: FlashLayout, runDir: 
     staging: staging.slice(staging.lastIndexOf('/') + 1),
     names: 'bytes',
   })
-  await applyPending(layout, undefined, xattrs)
-  scan.record(plan.directories)
+  // Recorded before the marker goes (a rerun of an applied sync changes nothing it describes), so that its write
+  // reaches the flash with the marker's removal.
+  await applyPending(layout, undefined, xattrs, () => scan.record(plan.directories))
   return { written: entries, removed: removals.length, bytes: staged.bytes }
 }
 
