@@ -374,6 +374,39 @@ await t.test(
   },
 )
 
+await t.test(
+  "a sync's scan baseline is written once its change is applied, before the marker goes (flushed with its removal)",
+  async (t) => {
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const root = `${s.dir}/flash`
+    writeTree(`${root}/upper`, { '/etc/a': 'old a\n' })
+    writeTree(`${root}/.ovroot/staged`, { '/0': 'new a\n' })
+    const flash: FlashLayout = { root, upperName: 'upper' }
+    commitPending(flash, { kind: 'sync', requested: 'x', entries: 1, removals: [], moves: ['etc/a'], parents: [] })
+    let seen: { content: string; marker: boolean } | undefined
+    await applyPending(flash, undefined, new OverlayXattrs('trusted'), () => {
+      seen = {
+        content: fs.readFileSync(`${root}/upper/etc/a`, 'utf8'),
+        marker: fs.existsSync(`${root}/.ovroot/pending`),
+      }
+    })
+    t.same(seen, { content: 'new a\n', marker: true }, 'run with the change in place and the marker still there')
+    t.notOk(fs.existsSync(`${root}/.ovroot/pending`), 'the marker goes after it')
+
+    const d = device(t)
+    fs.writeFileSync(`${d.merged}/etc/x`, 'x\n')
+    // A baseline that cannot be written: the sync fails while its marker is still there, and the next one ends it.
+    fs.mkdirSync(`${d.flash}/.ovroot/sync-baseline.tmp`, { recursive: true })
+    t.not(sync(d).status, 0)
+    t.ok(fs.existsSync(`${d.flash}/.ovroot/pending`), 'the baseline is written before the marker is removed')
+    t.equal(fs.readFileSync(`${d.flash}/upper/etc/x`, 'utf8'), 'x\n', 'the change itself is applied')
+    fs.rmdirSync(`${d.flash}/.ovroot/sync-baseline.tmp`)
+    t.equal(sync(d).status, 0)
+    t.notOk(fs.existsSync(`${d.flash}/.ovroot/pending`), 'the next sync ends it')
+  },
+)
+
 await t.test('a scheduled reset is never undone by a sync', async (t) => {
   const d = device(t)
   fs.writeFileSync(`${d.merged}/etc/x`, 'x\n')

@@ -33,22 +33,29 @@ export function hasPendingWork(layout: FlashLayout): boolean {
   return pathExists(markerPath(layout)) || hasStaging(layout)
 }
 
+/**
+ * `applied`, if given, runs once the change is applied and flushed, before its marker goes: what it writes
+ * (a sync's scan baseline) reaches the flash with the marker's removal, one journal commit on ext4 instead
+ * of a second one of its own (README, Performance).
+ */
 export async function applyPending(
   layout: FlashLayout,
   workDir: string | undefined,
   xattrs: OverlayXattrs,
+  applied?: () => void,
 ): Promise<AppliedChange | undefined> {
   const change = readPending(layout)
   if (!change) {
     dropStaging(layout)
     return undefined
   }
-  const applied = await apply(layout, change, xattrs)
+  const result = await apply(layout, change, xattrs)
   // The work directory may index inodes of the old upper.
   if (workDir) removeTree(workDir)
   syncAll()
+  applied?.()
   finishPending(layout)
-  return applied
+  return result
 }
 
 async function apply(layout: FlashLayout, change: PendingChange, xattrs: OverlayXattrs): Promise<AppliedChange> {

@@ -103,10 +103,12 @@ export async function syncOnce(source: SyncSource, layout: FlashLayout, runDir: 
     staging: staging.slice(staging.lastIndexOf('/') + 1),
     names: 'bytes',
   })
-  await applyPending(layout, undefined, xattrs)
-  // What was left for the next sync must be compared by it, whatever its ctime says: a scan that left
-  // anything records no baseline, and the next compares every entry.
-  if (!plan.leftSomething) scan.record(plan.directories)
+  // Recorded before the marker goes (a rerun of an applied sync changes nothing it describes), so that its write
+  // reaches the flash with the marker's removal. What was left for the next sync must be compared by it,
+  // whatever its ctime says: a scan that left anything records no baseline, and the next compares every entry.
+  await applyPending(layout, undefined, xattrs, () => {
+    if (!plan.leftSomething) scan.record(plan.directories)
+  })
   return { written: entries, removed: removals.length, bytes: staged.bytes }
 }
 
