@@ -367,7 +367,7 @@ await t.test(
     t.equal(refused.status, 5)
     t.match(
       refused.stderr,
-      /backup of OpenWrt 23\.05\.0, this device runs OpenWrt 24\.10\.0: 1 files changed by both the user and the new firmware \(\/etc\/config\/network\); --force/,
+      /backup of OpenWrt 23\.05\.0, this device runs OpenWrt 24\.10\.0: 1 file changed by both the user and the new firmware \(\/etc\/config\/network\); --force/,
     )
     t.same(fs.readdirSync(into), [], 'nothing restored')
     t.equal(restore(d, archive, into, '--force').status, 0, '--force restores')
