@@ -924,8 +924,12 @@ await t.test(
     t.match(base(), /^etc\/banner\tf\t/m, 'what a whiteout hides recorded')
     t.match(absent(), /^etc\/own$/m, 'the user’s own file: recorded as absent from A')
     const recorded = base()
+    const inodes = (): number[] =>
+      ['base.manifest', 'base.absent'].map((name) => fs.statSync(`${layout.root}/.ovroot/${name}`).ino)
+    const written = inodes()
     t.equal(await onFirmware(await context(a)), undefined, 'and once more')
     t.equal(base(), recorded, 'records taken once: nothing new, nothing changed')
+    t.same(inodes(), written, 'and nothing written: a boot with nothing new to record writes no flash')
 
     // The last session on A: no boot on A follows, so its entries are never recorded.
     session((at) => {

@@ -189,9 +189,12 @@ export function recordFirmware(
   if (shipped !== undefined) {
     writeBase(layout, { shipped })
   } else {
-    const known = context.recorded?.identity === context.current.identity ? existingBase(layout, problems) : emptyBase()
-    takeRecords(context, source, known, context.live)
-    writeBase(layout, baseFiles(known.records, known.absent))
+    const existing =
+      context.recorded?.identity === context.current.identity ? existingBase(layout, problems) : undefined
+    const known = existing ?? emptyBase()
+    // Written only when it changes: a boot on the same firmware with nothing new to record writes no flash.
+    if (takeRecords(context, source, known, context.live) || existing === undefined)
+      writeBase(layout, baseFiles(known.records, known.absent))
   }
   if (
     context.recorded?.identity !== context.current.identity ||
@@ -208,29 +211,34 @@ interface KnownRecords {
 
 const emptyBase = (): KnownRecords => ({ records: new Map(), absent: new Set() })
 
-/** The records taken so far; damaged ones are taken again (the firmware they describe is the one running). */
-function existingBase(layout: FlashLayout, problems: string[]): KnownRecords {
+/** The records taken so far; none when missing or damaged (taken again: the firmware they describe is the one running). */
+function existingBase(layout: FlashLayout, problems: string[]): KnownRecords | undefined {
   const manifest = openBase(layout, problems, "the running firmware's records are taken again")
-  if (manifest === undefined) return emptyBase()
+  if (manifest === undefined) return undefined
   const root = manifest.lookup('.')
   const records = new Map<BytePath, ManifestRecord>([...(root ? [['.', root] as const] : []), ...manifest.below('.')])
   return { records, absent: readAbsent(layout) }
 }
 
-/** Records of the firmware for the upper's entries not yet known, and for what whiteouts and opaque directories hide. */
+/**
+ * Records of the firmware for the upper's entries not yet known, and for what whiteouts and opaque
+ * directories hide; whether any was added.
+ */
 function takeRecords(
   context: Pick<FirmwareContext, 'layout' | 'xattrs'>,
   source: RecordSource,
   known: KnownRecords,
   live = false,
-): void {
+): boolean {
   const upper = bytesOf(upperPath(context.layout))
-  if (statPath(upperPath(context.layout))?.type !== 'dir') return
+  if (statPath(upperPath(context.layout))?.type !== 'dir') return false
+  let added = false
   const note = (path: BytePath): void => {
     if (known.records.has(path) || known.absent.has(path)) return
     const record = source.lookup(path)
     if (record === 'absent') known.absent.add(path)
     else if (record !== 'unknown') known.records.set(path, record)
+    added ||= record !== 'unknown'
   }
   for (const shadow of shadowEntries(upper, context.xattrs, live)) {
     if (shadow.lowerPath === undefined) continue
@@ -238,8 +246,13 @@ function takeRecords(
     if (shadow.dataPath !== undefined) note(shadow.dataPath)
     const hides = shadow.kind !== 'entry' && known.records.get(shadow.lowerPath)?.type === 'd'
     const below = hides ? source.below(shadow.lowerPath) : 'unknown'
-    if (below !== 'unknown') for (const [path, record] of below) known.records.set(path, record)
+    if (below !== 'unknown')
+      for (const [path, record] of below) {
+        added ||= !known.records.has(path)
+        known.records.set(path, record)
+      }
   }
+  return added
 }
 
 /**
