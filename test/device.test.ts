@@ -626,7 +626,7 @@ await t.test(
     // A watcher in the device prints once the first staged file has left the staging: the marker was durable
     // (it is written and fsynced before anything moves) and the moves have begun. The cut follows at once.
     const watcher =
-      '(while [ ! -e /overlay/.ovroot/pending ] || [ -e /overlay/.ovroot/staged/0 ]; do sleep 0.02; done; echo moving-now) &'
+      '(while [ ! -e /overlay/.ovroot/pending ] || ls /overlay/.ovroot/staged-*/0 >/dev/null 2>&1; do sleep 0.02; done; echo moving-now) &'
     const change = `for i in $(seq 1 3000); do echo v2 > /root/many/$i; done && ${watcher} ovroot sync && echo sync-returned && sleep 600`
     const cut = boot([...args, '--cut-on', 'moving-now', '--cut-after', '0', '--run', change])
     t.equal(cut.status, 137, 'cut while the committed sync was being applied')
