@@ -16,9 +16,10 @@ import type { FlashLayout } from '../src/state/flash.js'
 import { syncOnce } from '../src/sync/transaction.js'
 import { copyUpper } from '../src/upper/copy.js'
 import { walkUpper } from '../src/upper/walk.js'
-import { InodeFlag, inodeFlags } from '../src/sys/libc.js'
+import { getXattr, InodeFlag, inodeFlags, setXattr } from '../src/sys/libc.js'
 import {
   cleanEnvironment,
+  holdFirstOpen,
   mountOverlay,
   OVROOT,
   ovroot,
@@ -1390,6 +1391,31 @@ await t.test(
     }
     t.notOk(fs.existsSync(`${d.flash}/.ovroot/pending`), 'the sync is complete')
     t.match(sync(d).stdout, /nothing to sync/, 'and exact: the next finds nothing')
+  },
+)
+
+await t.test(
+  'a file rewritten between the scan and its read is synced with the metadata of the version whose bytes it holds',
+  async (t) => {
+    const d = device(t)
+    const racy = `${d.ram}/upper/etc/racy`
+    writeTree(`${d.ram}/upper`, { '/etc/racy': 'old\n' })
+    t.equal(sync(d).status, 0)
+    fs.writeFileSync(racy, 'changed\n')
+    fs.chmodSync(racy, 0o644)
+    setXattr(racy, 'user.version', Buffer.from('changed'))
+    // Its first open, after the scan's stat and xattrs, waits while it gets new bytes, mode, xattr and mtime.
+    const newMtime = 1262304000 // 2010-01-01
+    const held = await holdFirstOpen(racy, 'rewrite', 'new version\n', '600', `${newMtime}`, 'new')
+    t.teardown(() => held.kill())
+    const result = sync(d)
+    t.equal(result.status, 0, result.stderr)
+    t.equal(await held.done, 0, 'the file changed while the sync held it open')
+    const copy = `${d.flash}/upper/etc/racy`
+    t.same(fs.readFileSync(copy), Buffer.from('new version\n'), 'the new bytes')
+    t.equal(fs.statSync(copy).mode & 0o7777, 0o600, 'with their mode')
+    t.equal(fs.lstatSync(copy, { bigint: true }).mtimeNs, BigInt(newMtime) * 1_000_000_000n, 'their mtime')
+    t.same(getXattr(copy, 'user.version'), Buffer.from('new'), 'and their xattr')
   },
 )
 

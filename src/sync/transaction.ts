@@ -18,6 +18,7 @@ import { applyPending } from '../pending/apply.js'
 import { commitPending, dropStaging, readPending, syncStagingPath } from '../pending/marker.js'
 import {
   EntryWriter,
+  entryOfRead,
   modificationTime,
   readEntry,
   readEntryIfPresent,
@@ -170,11 +171,20 @@ function stageChanges(source: SyncSource, plan: FlatStaging): Staged {
     },
   })
   // Staged without inode flags: an immutable entry could not be moved into place (pending/flat.ts sets them).
-  const copy = (full: BytePath, entry: UpperEntry, linkTargetFull?: BytePath): StableFile | undefined =>
-    writer.copy(full, { ...entry, path: full, flags: undefined }, under(plan.upper, entry.path), {
+  const copy = (full: BytePath, entry: UpperEntry & { stat?: EntryStat }, linkTargetFull?: BytePath) => {
+    const source = under(plan.upper, entry.path)
+    const staged = (of: UpperEntry): UpperEntry => ({ ...of, path: full, flags: undefined })
+    const { stat } = entry
+    return writer.copy(full, staged(entry), source, {
       linkTargetFull,
       prefixOfGrowing: true,
+      // A file rewritten since the walk stat'ed it: its bytes go with their own metadata, never the walk's.
+      metadataOf:
+        stat === undefined
+          ? undefined
+          : (file) => staged(entryOfRead(source, { ...entry, stat }, file, plan.stubXattr, false)),
     })
+  }
   for (const entry of walk) {
     let full: BytePath | undefined
     /** A second name's first name, staged again for it to link to (FlatStaging.linkTarget). */

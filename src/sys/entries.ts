@@ -470,13 +470,19 @@ export class EntryWriter {
   /**
    * Create `full` as a copy of `entry`, a file's data read from `source` (readStableFile, and only its data
    * regions: holes stay holes). The one copy of an upper entry that the RAM fill, a sync's staging and an
-   * upgrade's saved copies share; answers the file as read.
+   * upgrade's saved copies share; answers the file as read. `metadataOf` gives the entry whose mode, owner,
+   * times and xattrs go with the bytes read (entryOfRead), where the source may have changed since `entry`
+   * was read.
    */
   copy(
     full: BytePath,
     entry: UpperEntry,
     source: BytePath,
-    options: { linkTargetFull?: BytePath; prefixOfGrowing?: boolean } = {},
+    options: {
+      linkTargetFull?: BytePath
+      prefixOfGrowing?: boolean
+      metadataOf?: (file: StableFile) => UpperEntry
+    } = {},
   ): StableFile | undefined {
     const file =
       entry.type === 'file' && entry.holeSize === undefined
@@ -485,7 +491,9 @@ export class EntryWriter {
     // Written as one region (its length set first, then each page at its place): what is skipped stays a hole.
     this.skipZeroPages = file !== undefined && file.regions === undefined && this.options.zeroPagesAsHoles === true
     const regions = this.skipZeroPages ? [[0, file?.size ?? 0] as Region] : file?.regions
-    this.begin(full, file ? { ...entry, size: file.size, regions } : entry, options.linkTargetFull)
+    const written =
+      file !== undefined && file.prefix === undefined && options.metadataOf ? options.metadataOf(file) : entry
+    this.begin(full, file ? { ...written, size: file.size, regions } : written, options.linkTargetFull)
     if (file) for (const chunk of file.chunks()) this.data(chunk)
     this.end()
     this.skipZeroPages = false
