@@ -10,7 +10,7 @@ import { execFileSync, spawn, spawnSync } from 'node:child_process'
 import * as fs from 'node:fs'
 import { OverlayXattrs } from '../src/overlay/xattrs.js'
 import { applyPending } from '../src/pending/apply.js'
-import { setModificationTime } from '../src/sys/entries.js'
+import { entryOfRead, readStableFile, setModificationTime } from '../src/sys/entries.js'
 import { commitPending, type PendingChange } from '../src/pending/marker.js'
 import type { FlashLayout } from '../src/state/flash.js'
 import { syncOnce } from '../src/sync/transaction.js'
@@ -1416,6 +1416,39 @@ await t.test(
     t.equal(fs.statSync(copy).mode & 0o7777, 0o600, 'with their mode')
     t.equal(fs.lstatSync(copy, { bigint: true }).mtimeNs, BigInt(newMtime) * 1_000_000_000n, 'their mtime')
     t.same(getXattr(copy, 'user.version'), Buffer.from('new'), 'and their xattr')
+  },
+)
+
+await t.test(
+  'a log written again after its read keeps the metadata the walk saw, with the mtime of the bytes read; a chmod in between is a change',
+  async (t) => {
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    writeTree(`${s.dir}/upper`, { '/log': 'one\n' })
+    const log = `${s.dir}/upper/log`
+    const walked = [
+      ...walkUpper(`${s.dir}/upper`, {
+        stubXattr: 'trusted.overlay.metacopy',
+        include: () => true,
+        skipped: () => undefined,
+      }),
+    ].find((entry) => entry.path === 'log')
+    if (walked === undefined) throw new Error('the walk lists the log')
+    const later = (seconds: number): void => fs.utimesSync(log, 1_000_000_000 + seconds, 1_000_000_000 + seconds)
+    fs.appendFileSync(log, 'two\n')
+    later(1)
+    const file = readStableFile(log)
+    fs.appendFileSync(log, 'three\n')
+    later(2)
+    const entry = entryOfRead(log, walked, file, 'trusted.overlay.metacopy', false)
+    t.equal(entry.mode, walked.mode, "the walk's mode")
+    t.equal(entry.mtimeNs, 1_000_000_001_000_000_000n, 'the mtime of the bytes read, not the walk’s or the latest')
+    fs.chmodSync(log, 0o600)
+    t.throws(
+      () => entryOfRead(log, walked, file, 'trusted.overlay.metacopy', false),
+      { code: 'ECHANGED' },
+      'a chmod since: which mode the bytes had is unknown',
+    )
   },
 )
 

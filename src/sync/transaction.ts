@@ -19,6 +19,7 @@ import { commitPending, dropStaging, readPending, syncStagingPath } from '../pen
 import {
   EntryWriter,
   entryOfRead,
+  sameAttributes,
   modificationTime,
   readEntry,
   readEntryIfPresent,
@@ -116,22 +117,14 @@ export async function syncOnce(source: SyncSource, layout: FlashLayout, runDir: 
 function sameEntry(a: UpperEntry, b: UpperEntry): boolean {
   return (
     a.type === b.type &&
-    a.mode === b.mode &&
-    a.uid === b.uid &&
-    a.gid === b.gid &&
     a.size === b.size &&
     a.holeSize === b.holeSize &&
     a.linkTarget === b.linkTarget &&
     a.devMajor === b.devMajor &&
     a.devMinor === b.devMinor &&
-    (a.flags ?? 0) === (b.flags ?? 0) &&
     // To the microsecond: copies an older ovroot wrote carry microseconds, and must not all look changed.
     a.mtimeNs / 1000n === b.mtimeNs / 1000n &&
-    a.xattrs.length === b.xattrs.length &&
-    a.xattrs.every(([name, value], i) => {
-      const other = b.xattrs[i]
-      return other !== undefined && other[0] === name && other[1].equals(value)
-    })
+    sameAttributes(a, b)
   )
 }
 

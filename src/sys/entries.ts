@@ -112,8 +112,10 @@ function readLinkText(full: BytePath): BytePath {
  * A walked file's entry for the bytes `file` holds: the walked entry when they are of the version
  * the walk stat'ed; else (the file changed in between, and its read was retried) the entry read
  * again, mode, owner, times, xattrs and flags, and checked to still be the version read (its
- * ctime covers them all). Never the new bytes with the old metadata: a restore would give them
- * the old mtime, and a later comparison by mtime would miss the change.
+ * ctime covers them all). A file written again since its read (a log appended all the time) keeps
+ * the walk's mode, owner, xattrs and flags when it has them still, at both ends of the read, with the
+ * read version's mtime. Never the new bytes with the old metadata: a restore would give them the
+ * old mtime, and a later comparison by mtime would miss the change.
  */
 export function entryOfRead(
   full: BytePath,
@@ -125,18 +127,34 @@ export function entryOfRead(
   if (sameFileVersion(walked.stat, file.version)) return walked
   const stat = statEntry(full)
   const again =
-    stat?.type === 'file' && sameFileVersion(stat, file.version)
+    stat?.type === 'file' && stat.ino === file.version.ino
       ? readEntryWithStat(full, walked.path, stubXattr, stat, withFlags)
       : undefined
   const after = statEntry(full)
-  if (
-    typeof again !== 'object' ||
-    again.holeSize !== undefined ||
-    after === undefined ||
-    !sameFileVersion(after, file.version)
+  const consistent =
+    stat !== undefined &&
+    typeof again === 'object' &&
+    again.holeSize === undefined &&
+    after !== undefined &&
+    sameFileVersion(after, stat)
+  if (consistent && sameFileVersion(stat, file.version)) return again
+  if (consistent && sameAttributes(again, walked)) return { ...walked, mtimeNs: file.version.mtimeNs }
+  throw changedWhileRead(full)
+}
+
+/** Equal mode, owner, inode flags and xattrs: what a write of data does not change. */
+export function sameAttributes(a: UpperEntry, b: UpperEntry): boolean {
+  return (
+    a.mode === b.mode &&
+    a.uid === b.uid &&
+    a.gid === b.gid &&
+    (a.flags ?? 0) === (b.flags ?? 0) &&
+    a.xattrs.length === b.xattrs.length &&
+    a.xattrs.every(([name, value], i) => {
+      const other = b.xattrs[i]
+      return other !== undefined && other[0] === name && other[1].equals(value)
+    })
   )
-    throw changedWhileRead(full)
-  return again
 }
 
 /** Files up to this size are read once, into memory; larger ones (and files with holes) are hashed first, then streamed. */
