@@ -175,7 +175,7 @@ function stageChanges(source: SyncSource, plan: FlatStaging): Staged {
       metadataOf:
         stat === undefined
           ? undefined
-          : (file) => staged(entryOfRead(source, { ...entry, stat }, file, plan.stubXattr, false)),
+          : (file) => staged(entryOfRead(source, { ...entry, stat }, file, plan.stubXattr, plan.flagMask !== 0)),
     })
   }
   for (const entry of walk) {

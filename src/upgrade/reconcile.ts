@@ -492,23 +492,7 @@ export function stageUpgrade(plan: UpgradePlan, options: StageOptions): Extract<
     .filter((dir) => !dropped.has(dir) && !hasAncestorIn(dropped, dir))
     .sort()
     .map((dir) => [dir, modificationTime(under(upper, dir))])
-  // What the apply changes would refuse it (EPERM) where immutable or append-only: listed, cleared, set back
-  // last. The plan's walk read the flags (of each inode's first name): nothing is read again.
-  const firstNames = new Map(
-    plan.flags.size === 0
-      ? []
-      : plan.entries.flatMap(({ path, entry }): [BytePath, BytePath][] =>
-          entry.type === 'hardlink' ? [[path, entry.linkTarget ?? '']] : [],
-        ),
-  )
-  const flags =
-    plan.flags.size === 0
-      ? []
-      : flagsOfChanged(
-          [...changed.map(({ path }) => path), ...parents.map(([path]) => path)],
-          (path) => plan.flags.get(firstNames.get(path) ?? path) ?? 0,
-          () => firstNames,
-        )
+  const flags = flagsOfPlan(plan, [...changed.map(({ path }) => path), ...parents.map(([path]) => path)])
   const change: Extract<PendingChange, { kind: 'upgrade' }> = {
     kind: 'upgrade',
     requested: new Date().toISOString(),
@@ -525,6 +509,25 @@ export function stageUpgrade(plan: UpgradePlan, options: StageOptions): Extract<
   }
   commitPending(layout, change)
   return change
+}
+
+/**
+ * What the apply changes would refuse (EPERM) where immutable or append-only: the flags of the `changed`
+ * paths, listed for the marker (cleared first, set back last). The plan's walk read them, for each inode's
+ * first name: nothing is read again.
+ */
+function flagsOfPlan(plan: UpgradePlan, changed: BytePath[]): [BytePath, number][] {
+  if (plan.flags.size === 0) return []
+  const firstNames = new Map(
+    plan.entries.flatMap(({ path, entry }): [BytePath, BytePath][] =>
+      entry.type === 'hardlink' ? [[path, entry.linkTarget ?? '']] : [],
+    ),
+  )
+  return flagsOfChanged(
+    changed,
+    (path) => plan.flags.get(firstNames.get(path) ?? path) ?? 0,
+    () => firstNames,
+  )
 }
 
 /** A second name to stage: EntryWriter makes it a link to the staged first name, and reads nothing else of it. */
