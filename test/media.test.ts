@@ -90,3 +90,24 @@ await t.test('MTD partitions by name', async (t) => {
   t.same(parseProcMtd(procMtd, 'rootfs_data'), { index: 3, size: 0x800000, eraseSize: 0x10000 })
   t.equal(parseProcMtd(procMtd, 'nope'), undefined)
 })
+
+await t.test('an f2fs with one damaged superblock is f2fs (the kernel mounts it with the other)', async (t) => {
+  const device = disk(t)
+  execFileSync('mkfs.f2fs', ['-q', '-f', device])
+  const config = defaultConfig()
+  config.flash.device = device
+  const volume = (): ReturnType<typeof blockDriver.find> => blockDriver.find(config)
+  const wipe = (offset: number): void => {
+    const fd = fs.openSync(device, 'r+')
+    fs.writeSync(fd, Buffer.alloc(4), 0, 4, offset)
+    fs.fsyncSync(fd)
+    fs.closeSync(fd)
+  }
+  wipe(0x400)
+  const found = volume()
+  if ('absent' in found) throw new Error(found.absent)
+  t.equal(found.inspect(), 'formatted', 'the first superblock damaged: still formatted, never erased')
+  t.equal(found.filesystem, 'f2fs', 'and mounted as f2fs, not the ext4 [flash] filesystem = auto picks at 64 MiB')
+  wipe(0x1400)
+  t.equal(inspector(device)(), 'unrecognised', 'both superblocks damaged: unrecognised, left alone')
+})

@@ -10,7 +10,8 @@ import { hasFormatMarker, type MediaDriver, type MediumState, type Volume } from
 
 const EXT4_MAGIC_OFFSET = 0x438
 const EXT4_LABEL_OFFSET = 0x478
-const F2FS_MAGIC_OFFSET = 0x400
+/** f2fs keeps two superblocks (4 KiB blocks 0 and 1, 1 KiB in): the kernel mounts with either and repairs the other. */
+const F2FS_MAGIC_OFFSETS = [0x400, 0x1400]
 const F2FS_MAGIC = 0xf2f52010
 /** f2fs is the better choice on large flash; below this ext4 wastes less. */
 const F2FS_FROM_BYTES = 512 * 1024 * 1024
@@ -18,9 +19,10 @@ const F2FS_FROM_BYTES = 512 * 1024 * 1024
 type BlockFilesystem = 'ext4' | 'f2fs'
 
 function detectFilesystem(device: string): BlockFilesystem | undefined {
-  const head = readAt(device, 0, 0x500)
+  const head = readAt(device, 0, 0x1500)
   if (head.length >= EXT4_MAGIC_OFFSET + 2 && head.readUInt16LE(EXT4_MAGIC_OFFSET) === 0xef53) return 'ext4'
-  if (head.length >= F2FS_MAGIC_OFFSET + 4 && head.readUInt32LE(F2FS_MAGIC_OFFSET) === F2FS_MAGIC) return 'f2fs'
+  // One damaged superblock leaves an f2fs the kernel mounts: never unrecognised (reformat_corrupt would erase it).
+  if (F2FS_MAGIC_OFFSETS.some((at) => head.length >= at + 4 && head.readUInt32LE(at) === F2FS_MAGIC)) return 'f2fs'
   return undefined
 }
 
