@@ -6,10 +6,15 @@ import type { Config } from '../config/schema.js'
 import { isUniform, listDirectoryIfExists, readAt, readTextFileIfExists, realPath, statPath } from '../sys/fs.js'
 import { mount, MountFlag } from '../sys/libc.js'
 import { runTool } from '../sys/run.js'
+import { ExitCode, OvrootError } from '../errors.js'
 import { hasFormatMarker, type MediaDriver, type MediumState, type Volume } from './types.js'
 
 const EXT4_MAGIC_OFFSET = 0x438
 const EXT4_LABEL_OFFSET = 0x478
+/** s_state: VALID_FS (1) once checked or cleanly unmounted, ERROR_FS (2) once the kernel found an inconsistency. */
+const EXT4_STATE_OFFSET = 0x43a
+const EXT4_VALID_FS = 1
+const EXT4_ERROR_FS = 2
 /** f2fs keeps two superblocks (4 KiB blocks 0 and 1, 1 KiB in): the kernel mounts with either and repairs the other. */
 const F2FS_MAGIC_OFFSETS = [0x400, 0x1400]
 const F2FS_MAGIC = 0xf2f52010
@@ -61,6 +66,28 @@ class BlockVolume implements Volume {
   async format(): Promise<void> {
     if (this.filesystem === 'f2fs') await runTool('mkfs.f2fs', ['-q', '-f', '-l', this.label, this.device])
     else await runTool('mkfs.ext4', ['-q', '-F', '-L', this.label, this.device])
+  }
+
+  /**
+   * An ext4 the kernel found inconsistent still mounts read-write, and writing to it (a block
+   * bitmap that calls a file's blocks free) overwrites the user's files: e2fsck -p repairs it
+   * first, as fstools does. A clean one (every boot but those) is not checked: a journal that a
+   * power cut left to replay, the kernel replays.
+   */
+  async check(): Promise<void> {
+    if (this.filesystem !== 'ext4') return
+    const state = readAt(this.device, EXT4_STATE_OFFSET, 2).readUInt16LE(0)
+    if ((state & EXT4_VALID_FS) !== 0 && (state & EXT4_ERROR_FS) === 0) return
+    try {
+      // 1: errors repaired; 2: repaired, reboot (for a mounted root, which this is not).
+      await runTool('e2fsck', ['-p', this.device], 600, [1, 2])
+    } catch (error) {
+      throw new OvrootError(
+        'ECORRUPT',
+        ExitCode.data,
+        `${this.description} (ext4) has errors e2fsck -p does not repair on its own (${(error as Error).message}); left untouched: run e2fsck on it by hand`,
+      )
+    }
   }
 
   mount(target: string): void {

@@ -20,7 +20,13 @@ export interface ToolResult {
  */
 const ABANDON_AFTER_KILL_MS = 10_000
 
-export async function runTool(file: string, args: string[], timeoutSeconds = 600): Promise<ToolResult> {
+/** `succeeds`: the exit statuses that are success (e2fsck's 1: errors found and repaired). */
+export async function runTool(
+  file: string,
+  args: string[],
+  timeoutSeconds = 600,
+  succeeds: readonly number[] = [0],
+): Promise<ToolResult> {
   const { execa } = await import('execa')
   try {
     const child = execa(file, args, { timeout: timeoutSeconds * 1000, stdin: 'ignore', reject: true })
@@ -47,7 +53,15 @@ export async function runTool(file: string, args: string[], timeoutSeconds = 600
     })
     return { stdout: String(result.stdout), stderr: String(result.stderr) }
   } catch (error) {
-    const failure = error as { code?: string; exitCode?: number; stderr?: unknown; timedOut?: boolean }
+    const failure = error as {
+      code?: string
+      exitCode?: number
+      stdout?: unknown
+      stderr?: unknown
+      timedOut?: boolean
+    }
+    if (failure.exitCode !== undefined && succeeds.includes(failure.exitCode))
+      return { stdout: String(failure.stdout), stderr: String(failure.stderr) }
     if (failure.code === 'ENOENT')
       throw new OvrootError('ENOTOOL', ExitCode.environment, `${file}: tool not found (install it on the device)`)
     const detail =
