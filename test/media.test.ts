@@ -139,3 +139,14 @@ await t.test('an ext4 the kernel found inconsistent is repaired before it is mou
   volume.mount(target)
   t.ok(fs.readFileSync(`${target}/precious`).equals(precious), 'the file is whole')
 })
+
+await t.test('a read-only block device is named so, never formatted, checked or mounted', async (t) => {
+  const device = disk(t)
+  execFileSync('mkfs.ext4', ['-q', '-F', device])
+  execFileSync('blockdev', ['--setro', device])
+  t.teardown(() => spawnSync('blockdev', ['--setrw', device]))
+  t.throws(inspector(device), {
+    code: 'EROFS',
+    message: `block device ${device} is read-only (write-protected: a locked card, blockdev --setro); left as it is`,
+  })
+})

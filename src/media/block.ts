@@ -58,6 +58,13 @@ class BlockVolume implements Volume {
    * proves nothing. The full read happens once, on the first boot.
    */
   inspect(): MediumState {
+    // Neither formatted, checked nor mounted read-write: mount(2) would refuse with EACCES, mkfs and e2fsck fail.
+    if (readTextFileIfExists(`/sys/class/block/${this.device.slice('/dev/'.length)}/ro`)?.trim() === '1')
+      throw new OvrootError(
+        'EROFS',
+        ExitCode.io,
+        `${this.description} is read-only (write-protected: a locked card, blockdev --setro); left as it is`,
+      )
     if (detectFilesystem(this.device)) return 'formatted'
     if (hasFormatMarker(readAt(this.device, 0, 4))) return 'blank'
     return isUniform(this.device) ? 'blank' : 'unrecognised'
