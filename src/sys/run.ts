@@ -59,6 +59,7 @@ export async function runTool(
       stdout?: unknown
       stderr?: unknown
       timedOut?: boolean
+      signal?: string
     }
     if (failure.exitCode !== undefined && succeeds.includes(failure.exitCode))
       return { stdout: String(failure.stdout), stderr: String(failure.stderr) }
@@ -66,7 +67,12 @@ export async function runTool(
       throw new OvrootError('ENOTOOL', ExitCode.environment, `${file}: tool not found (install it on the device)`)
     const detail =
       (typeof failure.stderr === 'string' ? failure.stderr : '').trim().split('\n').pop() ||
-      (failure.timedOut ? `timed out after ${timeoutSeconds} s` : `exit status ${failure.exitCode}`)
+      (failure.timedOut
+        ? `timed out after ${timeoutSeconds} s`
+        : // A crash (mkfs.f2fs dies of SIGFPE on a device too small for it) has no exit status.
+          failure.signal
+          ? `killed by ${failure.signal}`
+          : `exit status ${failure.exitCode}`)
     throw new OvrootError('ETOOL', ExitCode.io, `${file} ${args.join(' ')}: ${detail}`)
   }
 }
