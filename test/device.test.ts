@@ -467,6 +467,44 @@ await t.test('an OpenWrt sysupgrade archive restores its files onto the upper', 
   t.match(after.stdout, /^\/root\/sysupgrade\.tgz$/m, 'what the upper had is still there')
 })
 
+await t.test(
+  'a sysupgrade archive merged at boot on ext4 into an immutable directory and an append-only one: merged, the flags back',
+  async (t) => {
+    const args = ['--media', 'ext4', '--flash', `${workspace(t)}/ext4.flash`]
+    const files = ['etc/locked/new', 'etc/frozen', 'root/log/messages', 'root/log/added']
+    const scheduled = run(
+      t,
+      args,
+      [
+        'mkdir -p /etc/locked /root/log /tmp/archive/etc/locked /tmp/archive/root/log',
+        'echo kept > /etc/locked/kept && echo old frozen > /etc/frozen && echo old log > /root/log/messages',
+        'chattr +i /etc/locked /etc/frozen && chattr +a /root/log',
+        'echo new > /tmp/archive/etc/locked/new && echo new frozen > /tmp/archive/etc/frozen',
+        'echo new log > /tmp/archive/root/log/messages && echo added > /tmp/archive/root/log/added',
+        `tar -czf /tmp/sysupgrade.tgz -C /tmp/archive ${files.join(' ')}`,
+        'ovroot restore /tmp/sysupgrade.tgz --yes',
+      ].join(' && '),
+    )
+    t.equal(scheduled.status, 0, `the merge is scheduled: ${scheduled.stdout.slice(-1000)}`)
+    t.match(scheduled.stdout, /sysupgrade archive/)
+    // Through the overlay, as the user set them (Linux 5.15 and later keep them in the upper's overlay.protattr xattr).
+    const after = run(
+      t,
+      args,
+      `${STATUS}; cat /etc/locked/new /etc/locked/kept /etc/frozen /root/log/messages /root/log/added; lsattr -d /etc/locked /etc/frozen /root/log /root/log/added`,
+    )
+    const status = statusFrom(after.stdout)
+    t.equal(status.mode, 'flash', 'the merge applied at boot, the root on the flash')
+    t.same(status.pending, [], 'nothing left pending')
+    t.match(after.stdout, /^new\nkept\nnew frozen\nnew log\nadded$/m, "the archive's files merged, the rest kept")
+    const flags = (path: string): string => new RegExp(`^(\\S+) /${path}$`, 'm').exec(after.stdout)?.[1] ?? ''
+    t.match(flags('etc/locked'), /i/, 'the directory is immutable again')
+    t.match(flags('etc/frozen'), /i/, "the replaced file keeps the user's flag")
+    t.match(flags('root/log'), /a/, 'the log directory is append-only again')
+    t.match(flags('root/log/added'), /^[^ia]+$/, 'a new file has no such flag')
+  },
+)
+
 const SYNC = ['--append', 'ovroot.sync.enabled=yes ovroot.sync.quiet=2']
 /** Wait for the daemon: it says watching once its first sync is done. */
 const WATCHING = 'until ovroot status --json | grep -q \'"watcher":"watching"\'; do sleep 0.5; done'

@@ -90,3 +90,63 @@ await t.test('MTD partitions by name', async (t) => {
   t.same(parseProcMtd(procMtd, 'rootfs_data'), { index: 3, size: 0x800000, eraseSize: 0x10000 })
   t.equal(parseProcMtd(procMtd, 'nope'), undefined)
 })
+
+await t.test('an f2fs with one damaged superblock is f2fs (the kernel mounts it with the other)', async (t) => {
+  const device = disk(t)
+  execFileSync('mkfs.f2fs', ['-q', '-f', device])
+  const config = defaultConfig()
+  config.flash.device = device
+  const volume = (): ReturnType<typeof blockDriver.find> => blockDriver.find(config)
+  const wipe = (offset: number): void => {
+    const fd = fs.openSync(device, 'r+')
+    fs.writeSync(fd, Buffer.alloc(4), 0, 4, offset)
+    fs.fsyncSync(fd)
+    fs.closeSync(fd)
+  }
+  wipe(0x400)
+  const found = volume()
+  if ('absent' in found) throw new Error(found.absent)
+  t.equal(found.inspect(), 'formatted', 'the first superblock damaged: still formatted, never erased')
+  t.equal(found.filesystem, 'f2fs', 'and mounted as f2fs, not the ext4 [flash] filesystem = auto picks at 64 MiB')
+  wipe(0x1400)
+  t.equal(inspector(device)(), 'unrecognised', 'both superblocks damaged: unrecognised, left alone')
+})
+
+await t.test('an ext4 the kernel found inconsistent is repaired before it is mounted', async (t) => {
+  const device = disk(t)
+  execFileSync('mkfs.ext4', ['-q', '-F', device])
+  const target = fs.mkdtempSync(`${os.tmpdir()}/ovroot-media-mnt-`)
+  t.teardown(() => {
+    spawnSync('umount', [target])
+    fs.rmSync(target, { recursive: true, force: true })
+  })
+  const precious = Buffer.alloc(1 << 20, 0x5a)
+  execFileSync('mount', [device, target])
+  fs.writeFileSync(`${target}/precious`, precious)
+  execFileSync('umount', [target])
+  // What a kernel that met an inconsistency leaves: a file's blocks called free, and the errors flag. Never
+  // written to here: writeback on such an ext4 can wedge every sync(2) of the machine.
+  const first = execFileSync('debugfs', ['-R', 'blocks /precious', device], { encoding: 'utf8' }).trim().split(/\s+/)[0]
+  execFileSync('debugfs', ['-w', '-R', `freeb ${first} 16`, device], { stdio: 'ignore' })
+  execFileSync('debugfs', ['-w', '-R', 'ssv state 3', device], { stdio: 'ignore' })
+  const config = defaultConfig()
+  config.flash.device = device
+  const volume = blockDriver.find(config)
+  if ('absent' in volume) throw new Error(volume.absent)
+  t.equal(volume.inspect(), 'formatted')
+  await volume.check?.()
+  t.equal(spawnSync('e2fsck', ['-fn', device]).status, 0, 'consistent before it is mounted')
+  volume.mount(target)
+  t.ok(fs.readFileSync(`${target}/precious`).equals(precious), 'the file is whole')
+})
+
+await t.test('a read-only block device is named so, never formatted, checked or mounted', async (t) => {
+  const device = disk(t)
+  execFileSync('mkfs.ext4', ['-q', '-F', device])
+  execFileSync('blockdev', ['--setro', device])
+  t.teardown(() => spawnSync('blockdev', ['--setrw', device]))
+  t.throws(inspector(device), {
+    code: 'EROFS',
+    message: `block device ${device} is read-only (write-protected: a locked card, blockdev --setro); left as it is`,
+  })
+})

@@ -545,6 +545,45 @@ await t.test(
 )
 
 await t.test(
+  'a sysupgrade merge over entries made immutable or append-only through the overlay (overlay.protattr): merged, every flag back',
+  async (t) => {
+    const d = fakeDevice(t)
+    const upper = `${d.flash}/upper`
+    const merged = `${d.dir}/merged`
+    const mount = (): void => {
+      fs.mkdirSync(`${d.flash}/work`, { recursive: true })
+      mountOverlay(merged, [d.lower], upper, `${d.flash}/work`, [])
+    }
+    // Linux 5.15 and later keep a flag set through the overlay in the upper's overlay.protattr xattr, no inode flag.
+    mount()
+    writeTree(merged, { '/etc/frozen': 'old frozen\n', '/etc/locked/kept': 'kept\n', '/var/log/messages': 'old log\n' })
+    execFileSync('chattr', ['+i', `${merged}/etc/frozen`, `${merged}/etc/locked`])
+    execFileSync('chattr', ['+a', `${merged}/var/log`])
+    unmount(merged)
+    t.equal(inodeFlags(`${upper}/etc/frozen`), 0, 'the upper file itself has no inode flag')
+    const root = `${d.dir}/sysupgrade-root`
+    writeTree(root, MERGED_FILES)
+    const files = ['/etc/frozen', '/etc/locked/new', '/var/log/messages', '/var/log/added']
+    const file = `${d.dir}/sysupgrade.tgz`
+    execFileSync('tar', ['-C', root, '-czf', file, ...files.map((path) => path.slice(1))])
+    const scheduled = ovroot(['restore', file, '--yes', '--config', d.config])
+    t.equal(scheduled.status, 0, scheduled.stderr)
+    await applyPending({ root: d.flash, upperName: 'upper' }, `${d.flash}/work`, new OverlayXattrs('trusted'))
+    mount()
+    t.teardown(() => {
+      spawnSync('chattr', ['-i', '-a', `${merged}/etc/frozen`, `${merged}/etc/locked`, `${merged}/var/log`])
+      spawnSync('umount', [merged])
+    })
+    for (const path of files) t.equal(fs.readFileSync(`${merged}${path}`, 'utf8'), MERGED_FILES[path], `${path} merged`)
+    const flags = (path: string): number => inodeFlags(`${merged}${path}`) & (InodeFlag.immutable | InodeFlag.append)
+    t.equal(flags('/etc/frozen'), InodeFlag.immutable, "the replaced file keeps the user's flag")
+    t.equal(flags('/etc/locked'), InodeFlag.immutable, 'the directory is immutable still')
+    t.equal(flags('/var/log'), InodeFlag.append, 'the log directory is append-only still')
+    t.equal(flags('/var/log/added'), 0, 'a new file has no flags')
+  },
+)
+
+await t.test(
   'a power cut while a merge has the flags of what it changes cleared: the next apply sets them back',
   async (t) => {
     const merge = { kind: 'restore' as const, requested: 'x', source: 'sysupgrade.tgz', entries: 4, merge: true }

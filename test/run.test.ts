@@ -8,3 +8,10 @@ await t.test('a tool whose output outlives its kill is given up, not awaited', a
   await t.rejects(runTool('sh', ['-c', 'sleep 60 & wait'], 1), { code: 'ETOOL', message: /timed out after 1 s/ })
   t.ok(Date.now() - started < 30_000, `given up after ${(Date.now() - started) / 1000} s`)
 })
+
+await t.test('a tool that dies of a signal says which, not an exit status', async (t) => {
+  await t.rejects(runTool('sh', ['-c', 'kill -FPE $$'], 10), {
+    code: 'ETOOL',
+    message: 'sh -c kill -FPE $$: killed by SIGFPE',
+  })
+})

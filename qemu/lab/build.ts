@@ -60,8 +60,12 @@ const DEVICE_TOOLS = [
   '/usr/sbin/ubiupdatevol',
   '/usr/sbin/mkfs.ext4',
   '/usr/sbin/mkfs.f2fs',
+  '/usr/sbin/e2fsck',
   '/usr/bin/getfattr',
   '/usr/bin/setfattr',
+  // Inode flags (chattr +i, +a) the device tests set and read: busybox builds neither applet.
+  '/usr/bin/chattr',
+  '/usr/bin/lsattr',
 ]
 /** The Debian packages a foreign architecture's image is assembled from (their libraries follow). */
 const USERLAND_PACKAGES = [

@@ -273,7 +273,7 @@ async function mountVolume(volume: Volume, config: Config, { persistent }: { per
   if (state !== 'formatted') {
     await volume.format()
     formatted = persistent
-  }
+  } else await volume.check?.()
   try {
     volume.mount(target)
   } catch (error) {

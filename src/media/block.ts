@@ -6,11 +6,17 @@ import type { Config } from '../config/schema.js'
 import { isUniform, listDirectoryIfExists, readAt, readTextFileIfExists, realPath, statPath } from '../sys/fs.js'
 import { mount, MountFlag } from '../sys/libc.js'
 import { runTool } from '../sys/run.js'
+import { ExitCode, OvrootError } from '../errors.js'
 import { hasFormatMarker, type MediaDriver, type MediumState, type Volume } from './types.js'
 
 const EXT4_MAGIC_OFFSET = 0x438
 const EXT4_LABEL_OFFSET = 0x478
-const F2FS_MAGIC_OFFSET = 0x400
+/** s_state: VALID_FS (1) once checked or cleanly unmounted, ERROR_FS (2) once the kernel found an inconsistency. */
+const EXT4_STATE_OFFSET = 0x43a
+const EXT4_VALID_FS = 1
+const EXT4_ERROR_FS = 2
+/** f2fs keeps two superblocks (4 KiB blocks 0 and 1, 1 KiB in): the kernel mounts with either and repairs the other. */
+const F2FS_MAGIC_OFFSETS = [0x400, 0x1400]
 const F2FS_MAGIC = 0xf2f52010
 /** f2fs is the better choice on large flash; below this ext4 wastes less. */
 const F2FS_FROM_BYTES = 512 * 1024 * 1024
@@ -18,9 +24,10 @@ const F2FS_FROM_BYTES = 512 * 1024 * 1024
 type BlockFilesystem = 'ext4' | 'f2fs'
 
 function detectFilesystem(device: string): BlockFilesystem | undefined {
-  const head = readAt(device, 0, 0x500)
+  const head = readAt(device, 0, 0x1500)
   if (head.length >= EXT4_MAGIC_OFFSET + 2 && head.readUInt16LE(EXT4_MAGIC_OFFSET) === 0xef53) return 'ext4'
-  if (head.length >= F2FS_MAGIC_OFFSET + 4 && head.readUInt32LE(F2FS_MAGIC_OFFSET) === F2FS_MAGIC) return 'f2fs'
+  // One damaged superblock leaves an f2fs the kernel mounts: never unrecognised (reformat_corrupt would erase it).
+  if (F2FS_MAGIC_OFFSETS.some((at) => head.length >= at + 4 && head.readUInt32LE(at) === F2FS_MAGIC)) return 'f2fs'
   return undefined
 }
 
@@ -51,6 +58,13 @@ class BlockVolume implements Volume {
    * proves nothing. The full read happens once, on the first boot.
    */
   inspect(): MediumState {
+    // Neither formatted, checked nor mounted read-write: mount(2) would refuse with EACCES, mkfs and e2fsck fail.
+    if (readTextFileIfExists(`/sys/class/block/${this.device.slice('/dev/'.length)}/ro`)?.trim() === '1')
+      throw new OvrootError(
+        'EROFS',
+        ExitCode.io,
+        `${this.description} is read-only (write-protected: a locked card, blockdev --setro); left as it is`,
+      )
     if (detectFilesystem(this.device)) return 'formatted'
     if (hasFormatMarker(readAt(this.device, 0, 4))) return 'blank'
     return isUniform(this.device) ? 'blank' : 'unrecognised'
@@ -59,6 +73,28 @@ class BlockVolume implements Volume {
   async format(): Promise<void> {
     if (this.filesystem === 'f2fs') await runTool('mkfs.f2fs', ['-q', '-f', '-l', this.label, this.device])
     else await runTool('mkfs.ext4', ['-q', '-F', '-L', this.label, this.device])
+  }
+
+  /**
+   * An ext4 the kernel found inconsistent still mounts read-write, and writing to it (a block
+   * bitmap that calls a file's blocks free) overwrites the user's files: e2fsck -p repairs it
+   * first, as fstools does. A clean one (every boot but those) is not checked: a journal that a
+   * power cut left to replay, the kernel replays.
+   */
+  async check(): Promise<void> {
+    if (this.filesystem !== 'ext4') return
+    const state = readAt(this.device, EXT4_STATE_OFFSET, 2).readUInt16LE(0)
+    if ((state & EXT4_VALID_FS) !== 0 && (state & EXT4_ERROR_FS) === 0) return
+    try {
+      // 1: errors repaired; 2: repaired, reboot (for a mounted root, which this is not).
+      await runTool('e2fsck', ['-p', this.device], 600, [1, 2])
+    } catch (error) {
+      throw new OvrootError(
+        'ECORRUPT',
+        ExitCode.data,
+        `${this.description} (ext4) has errors e2fsck -p does not repair on its own (${(error as Error).message}); left untouched: run e2fsck on it by hand`,
+      )
+    }
   }
 
   mount(target: string): void {

@@ -17,6 +17,8 @@ export interface Volume {
   readonly filesystem: string
   inspect(): MediumState
   format(): Promise<void>
+  /** Repair what the filesystem itself says needs it, before it is mounted (ext4: errors recorded, not clean). */
+  check?(): Promise<void>
   mount(target: string): void
 }
 

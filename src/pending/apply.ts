@@ -2,7 +2,7 @@
  * Applying the committed change, at boot before the overlay mounts or at once
  * for an unmounted upper. Only the code of the pending kind is loaded.
  */
-import { inodeFlagsHeld, inodeFlagsIfPresent, setXattr, syncAll } from '../sys/libc.js'
+import { getXattr, inodeFlagsHeld, inodeFlagsIfPresent, setXattr, syncAll } from '../sys/libc.js'
 import { listNames, makeDirectory, pathExists, removeTree, renamePath, statPath, syncDirectory } from '../sys/fs.js'
 import { bytePathBuffer, bytesOf, type BytePath } from '../names.js'
 import type { UpgradeReport } from '../upgrade/record.js'
@@ -148,6 +148,9 @@ function moveInto(
   const from = bytePathBuffer(`${staged}/${step.path}`)
   const to = bytePathBuffer(under(upper, step.path))
   if (step.directory && step.existing) setXattr(from, xattrs.name('opaque'), Buffer.from('y'))
+  // Since Linux 5.15 a chattr +i or +a through the overlay is this xattr, not an inode flag: the user's, kept as flags are.
+  const protection = step.existing ? getXattr(to, xattrs.name('protattr')) : undefined
+  if (protection) setXattr(from, xattrs.name('protattr'), protection)
   if (step.existing) removeTree(to)
   renamePath(from, to)
 }

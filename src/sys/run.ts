@@ -20,7 +20,13 @@ export interface ToolResult {
  */
 const ABANDON_AFTER_KILL_MS = 10_000
 
-export async function runTool(file: string, args: string[], timeoutSeconds = 600): Promise<ToolResult> {
+/** `succeeds`: the exit statuses that are success (e2fsck's 1: errors found and repaired). */
+export async function runTool(
+  file: string,
+  args: string[],
+  timeoutSeconds = 600,
+  succeeds: readonly number[] = [0],
+): Promise<ToolResult> {
   const { execa } = await import('execa')
   try {
     const child = execa(file, args, { timeout: timeoutSeconds * 1000, stdin: 'ignore', reject: true })
@@ -47,12 +53,26 @@ export async function runTool(file: string, args: string[], timeoutSeconds = 600
     })
     return { stdout: String(result.stdout), stderr: String(result.stderr) }
   } catch (error) {
-    const failure = error as { code?: string; exitCode?: number; stderr?: unknown; timedOut?: boolean }
+    const failure = error as {
+      code?: string
+      exitCode?: number
+      stdout?: unknown
+      stderr?: unknown
+      timedOut?: boolean
+      signal?: string
+    }
+    if (failure.exitCode !== undefined && succeeds.includes(failure.exitCode))
+      return { stdout: String(failure.stdout), stderr: String(failure.stderr) }
     if (failure.code === 'ENOENT')
       throw new OvrootError('ENOTOOL', ExitCode.environment, `${file}: tool not found (install it on the device)`)
     const detail =
       (typeof failure.stderr === 'string' ? failure.stderr : '').trim().split('\n').pop() ||
-      (failure.timedOut ? `timed out after ${timeoutSeconds} s` : `exit status ${failure.exitCode}`)
+      (failure.timedOut
+        ? `timed out after ${timeoutSeconds} s`
+        : // A crash (mkfs.f2fs dies of SIGFPE on a device too small for it) has no exit status.
+          failure.signal
+          ? `killed by ${failure.signal}`
+          : `exit status ${failure.exitCode}`)
     throw new OvrootError('ETOOL', ExitCode.io, `${file} ${args.join(' ')}: ${detail}`)
   }
 }
