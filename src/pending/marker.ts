@@ -35,7 +35,17 @@ import {
 import { counted } from '../plural.js'
 
 export type PendingChange =
-  | { kind: 'reset'; requested: string; keep: string[]; only?: string[] }
+  | {
+      kind: 'reset'
+      requested: string
+      keep: string[]
+      only?: string[]
+      /**
+       * The inode flags (chattr) of kept names whose inode loses other names to the reset, names as bytes (names.ts
+       * `BytePath`): recorded by the apply before it clears them, set back last (pending/flat.ts). Absent: not read yet.
+       */
+      flags?: [string, number][]
+    }
   | {
       kind: 'restore'
       requested: string
