@@ -991,3 +991,24 @@ await t.test(
     t.match(after.stdout, /^raw name present$/m)
   },
 )
+
+await t.test(
+  'ovroot boot run again on the running device (by hand, a service restart) is refused: no pivot, the reset stays scheduled',
+  async (t) => {
+    const flash = `${workspace(t)}/nor.flash`
+    const again = run(
+      t,
+      ['--flash', flash],
+      `echo mine > /etc/mine && ovroot reset --yes >/dev/null && m=$(md5sum < /proc/mounts); ovroot boot; echo "boot status $?"; [ "$(md5sum < /proc/mounts)" = "$m" ] && echo "mounts unchanged"; cat /etc/mine; ${STATUS}`,
+    )
+    t.match(
+      again.stdout,
+      /^boot status 4\nmounts unchanged\nmine$/m,
+      'refused with the environment status; no mount changed',
+    )
+    t.match(consoleLog(), /ovroot: ovroot boot runs once per power-on/, 'in one line saying why')
+    const status = statusFrom(again.stdout)
+    t.equal(status.mode, 'flash', 'the boot record is the real boot’s')
+    t.match(status.pending.join(' '), /factory reset at next boot/, 'the reset is still for the next boot')
+  },
+)

@@ -13,7 +13,7 @@ import { dataPadding, END_OF_ARCHIVE, entryHeader, globalComment, type TarEntry 
 import { encodeHeader, encodeSums, encodeTrailer } from '../src/archive/manifest.js'
 import { createHash } from 'node:crypto'
 import { OverlayXattrs } from '../src/overlay/xattrs.js'
-import { applyPending } from '../src/pending/apply.js'
+import { applyPending, hasPendingWork } from '../src/pending/apply.js'
 import { commitPending } from '../src/pending/marker.js'
 import { cleanEnvironment, mountOverlay, OVROOT, ovroot, scratch, unmount, upperSnapshot } from './helpers/overlay.js'
 import { InodeFlag, inodeFlags, listXattrs, makeNode, setXattr } from '../src/sys/libc.js'
@@ -715,6 +715,29 @@ await t.test(
         `merge, cut after ${moved} moves: every staged file landed once`,
       )
     }
+  },
+)
+
+await t.test(
+  'a power cut between the marker written beside the staging and its rename: the next boot drops both, nothing left behind',
+  async (t) => {
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const root = `${s.dir}/flash`
+    writeTree(`${root}/upper`, { '/etc/a': 'old a\n' })
+    writeTree(`${root}/.ovroot/staged`, { '/etc/a': 'new a\n' })
+    // What commitPending leaves when cut after writing the marker's content, before its rename: not committed.
+    fs.writeFileSync(
+      `${root}/.ovroot/pending.tmp`,
+      JSON.stringify({ kind: 'restore', requested: 'x', source: 'b.ovb' }),
+    )
+    const layout = { root, upperName: 'upper' }
+    fs.rmSync(`${root}/.ovroot/staged`, { recursive: true })
+    t.ok(hasPendingWork(layout), 'the boot has work to do, even for the marker alone')
+    writeTree(`${root}/.ovroot/staged`, { '/etc/a': 'new a\n' })
+    t.equal(await applyPending(layout, undefined, new OverlayXattrs('trusted')), undefined, 'nothing applied')
+    t.equal(fs.readFileSync(`${root}/upper/etc/a`, 'utf8'), 'old a\n', 'the old upper stays')
+    t.same(fs.readdirSync(`${root}/.ovroot`), [], 'nothing left behind')
   },
 )
 

@@ -24,7 +24,7 @@ import { firmwareRecordAtBoot } from '../upgrade/record.js'
 import { VERSION } from '../version.js'
 import { parseKernelArguments } from '../state/cmdline.js'
 import { writeBootState, type BootState } from '../state/boot-record.js'
-import { progressPath, ramDir } from '../state/run.js'
+import { progressPath, ramDir, statusPath } from '../state/run.js'
 import {
   flashLayout,
   formatRecordPath,
@@ -49,6 +49,7 @@ export async function boot(configFile: string | undefined): Promise<ExitStatus> 
   const config = loadConfig(configFile)
   for (const [key, value] of kernel.overrides) applyOverride(config, 'kernel command line', key, value)
   const reset = forcedReset(kernel)
+  refuseSecondBoot(config.boot.run_dir)
   for (const warning of upgradeWarnings(config.overlay.options)) process.stderr.write(`ovroot: ${warning}\n`)
   makeDirectory(config.boot.run_dir)
   reportProgressTo(progressPath(config.boot.run_dir))
@@ -73,6 +74,20 @@ export async function boot(configFile: string | undefined): Promise<ExitStatus> 
   writeBootState(config.boot.run_dir, state)
   announce(state)
   return ExitCode.ok
+}
+
+/**
+ * The shim mounts a fresh run directory at power-on, and every boot ends by writing its record there (the agent's,
+ * or the shim's failsafe one): a record means this power-on has booted. Run again (by hand, a service restart), the
+ * agent would apply a change scheduled for the next boot under the mounted root and pivot the running system.
+ */
+function refuseSecondBoot(runDir: string): void {
+  if (pathExists(statusPath(runDir)))
+    throw new OvrootError(
+      'EBUSY',
+      ExitCode.environment,
+      `ovroot boot runs once per power-on, from the init shim, before the overlay exists: this one has booted (${statusPath(runDir)}); nothing was changed`,
+    )
 }
 
 interface Layers {

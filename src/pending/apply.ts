@@ -61,7 +61,15 @@ export async function applyPending(
 async function apply(layout: FlashLayout, change: PendingChange, xattrs: OverlayXattrs): Promise<AppliedChange> {
   if (change.kind === 'reset') {
     const { applyReset } = await import('../reset/prune.js')
-    return { kind: 'reset', kept: applyReset(upperPath(layout), change.keep, change.only, xattrs) }
+    const upper = bytesOf(upperPath(layout))
+    const kept = applyReset(upperPath(layout), change.keep, change.only, xattrs, (removed, remove) => {
+      const flags = change.flags ?? recordResetFlags(layout, change, upper, removed)
+      withFlagsCleared(
+        flags.map(([path, value]): [BytePath, number] => [under(upper, path), value]),
+        remove,
+      )
+    })
+    return { kind: 'reset', kept }
   }
   if (change.kind === 'sync') {
     applyFlat(syncStagingPath(layout, change), upperPath(layout), change)
@@ -177,6 +185,33 @@ function recordFlags(
           (path) => inodeFlagsIfPresent(bytePathBuffer(under(upper, path))),
           () => hardLinks(upper),
         )
+  if (flags.length > 0) commitPending(layout, { ...change, flags })
+  return flags
+}
+
+/**
+ * A removed name of a flagged file whose other name the reset keeps takes the inode's flags off for its removal
+ * (sys/fs.ts): the kept names' flags, committed in the marker before any is cleared, so that a rerun after a cut in
+ * between sets them back (it finds them cleared). Only inodes with several names are read (one walk of the upper).
+ */
+function recordResetFlags(
+  layout: FlashLayout,
+  change: Extract<PendingChange, { kind: 'reset' }>,
+  upper: BytePath,
+  removed: readonly BytePath[],
+): [BytePath, number][] {
+  // On a filesystem without inode flags (JFFS2) nothing is read.
+  if (inodeFlagsHeld(bytePathBuffer(upper)) === 0) return []
+  const roots = removed.map((path) => path.slice(1))
+  const goes = (path: BytePath): boolean => roots.some((root) => path === root || path.startsWith(`${root}/`))
+  const names = new Map<BytePath, BytePath[]>()
+  for (const [name, first] of hardLinks(upper)) names.set(first, [...(names.get(first) ?? [first]), name])
+  const flags: [BytePath, number][] = []
+  for (const [first, all] of names) {
+    const stays = all.filter((name) => !goes(name))
+    const value = stays.length < all.length ? inodeFlagsIfPresent(bytePathBuffer(under(upper, first))) : 0
+    if (value !== 0) flags.push(...stays.map((name): [BytePath, number] => [name, value]))
+  }
   if (flags.length > 0) commitPending(layout, { ...change, flags })
   return flags
 }

@@ -35,7 +35,17 @@ import {
 import { counted } from '../plural.js'
 
 export type PendingChange =
-  | { kind: 'reset'; requested: string; keep: string[]; only?: string[] }
+  | {
+      kind: 'reset'
+      requested: string
+      keep: string[]
+      only?: string[]
+      /**
+       * The inode flags (chattr) of kept names whose inode loses other names to the reset, names as bytes (names.ts
+       * `BytePath`): recorded by the apply before it clears them, set back last (pending/flat.ts). Absent: not read yet.
+       */
+      flags?: [string, number][]
+    }
   | {
       kind: 'restore'
       requested: string
@@ -158,7 +168,7 @@ export function commitPending(layout: FlashLayout, change: PendingChange): void 
   removeFile(scanBaselinePath(layout))
   makeDirectory(stateDir(layout))
   const text = `${JSON.stringify(change)}\n`
-  const temporary = `${markerPath(layout)}.tmp`
+  const temporary = unrenamedMarkerPath(layout)
   try {
     writeFileUnflushed(temporary, text)
   } catch (error) {
@@ -186,18 +196,23 @@ export function cancelPending(layout: FlashLayout): void {
   dropStaging(layout)
 }
 
-/** Every staging no marker names: a cut before its commit left it. */
+/** The marker's content, written beside the staging before its rename commits it: a cut in between leaves it. */
+const unrenamedMarkerPath = (layout: FlashLayout): string => `${markerPath(layout)}.tmp`
+
+/** Every staging no marker names, and a marker never renamed into place: a cut before its commit left them. */
 export function dropStaging(layout: FlashLayout): void {
+  removeFile(unrenamedMarkerPath(layout))
   removeTree(stagedPath(layout))
   for (const name of listDirectoryIfExists(stateDir(layout)))
     if (name.startsWith(SYNC_STAGING)) removeTree(`${stateDir(layout)}/${name}`)
 }
 
-/** Whether a staging directory no marker names is there. */
+/** Whether a staging directory no marker names, or a marker never renamed into place, is there. */
 export function hasStaging(layout: FlashLayout): boolean {
+  const unrenamed = unrenamedMarkerPath(layout).slice(stateDir(layout).length + 1)
   return (
     pathExists(stagedPath(layout)) ||
-    listDirectoryIfExists(stateDir(layout)).some((name) => name.startsWith(SYNC_STAGING))
+    listDirectoryIfExists(stateDir(layout)).some((name) => name.startsWith(SYNC_STAGING) || name === unrenamed)
   )
 }
 

@@ -60,16 +60,23 @@ export function planReset(upperText: string, keep: KeepList, onlyText?: readonly
   return plan
 }
 
-/** Carry out a reset of `upper`; answers the kept paths, in the escaped form of names.ts (they are shown and recorded). */
+/**
+ * Carry out a reset of `upper`; answers the kept paths, in the escaped form of names.ts (they are shown and recorded).
+ * `removing` runs the removals, given the plan's (paths below the upper, topmost only): the pending change's guard of
+ * the inode flags a removal takes off a kept name of the same inode (pending/apply.ts).
+ */
 export function applyReset(
   upper: string,
   keepPatterns: string[],
   only: string[] | undefined,
   xattrs: OverlayXattrs,
+  removing: (removed: readonly BytePath[], remove: () => void) => void,
 ): string[] {
   const plan = planReset(upper, new KeepList(keepPatterns), only)
   const at = (path: BytePath): Buffer => bytePathBuffer(bytesOf(upper) + path)
-  for (const path of plan.remove) removeTree(at(path))
+  removing(plan.remove, () => {
+    for (const path of plan.remove) removeTree(at(path))
+  })
   for (const path of plan.ancestors) {
     const overlay = listXattrs(at(path)).filter((name) => xattrs.isOverlay(name))
     if (overlay.length > 0) unprotect(at(path))
