@@ -162,8 +162,9 @@ function saveBases(layout: FlashLayout, plan: UpgradePlan, lowerRoot: BytePath):
   removeTree(bytePathBuffer(savedPath(layout, 'base', '')))
   const writer = new EntryWriter()
   for (const item of plan.entries) {
-    const o = item.old
-    if (item.verdict.class !== 'conflict' || o === 'absent' || o === 'unknown' || o.type !== 'f') continue
+    const o = item.sides?.old
+    if (item.verdict.class !== 'conflict' || o === undefined || o === 'absent' || o === 'unknown' || o.type !== 'f')
+      continue
     const source = under(lowerRoot, item.lowerPath ?? item.path)
     const entry = readEntry(source, item.path, '')
     if (entry === 'socket' || entry.type !== 'file') continue

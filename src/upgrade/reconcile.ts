@@ -15,7 +15,7 @@ import { commitPending, type PendingChange } from '../pending/marker.js'
 import { stateDir, upperPath, type FlashLayout } from '../state/flash.js'
 import { EntryWriter, modificationTime, readEntry, readStableFile } from '../sys/entries.js'
 import { makeDirectory, statPath, writeFileAtomic } from '../sys/fs.js'
-import type { UpperEntry } from '../sys/types.js'
+import type { UpperEntry, WalkedEntry } from '../sys/types.js'
 import { hasAncestorIn, parentOf, under } from '../upper/entry.js'
 import { isGone, walkUpper } from '../upper/walk.js'
 import {
@@ -34,7 +34,8 @@ import type { RecordSource } from './sources.js'
 
 /** An upper entry with what overlayfs makes of it: which lower path it shadows, and what kind of entry it is. */
 export interface ShadowEntry {
-  entry: UpperEntry
+  /** With the lstat it was read from: a copy-up's read is checked against it (no stat of its own). */
+  entry: WalkedEntry
   /** The lower path it shadows; undefined below an opaque directory (nothing shows through). */
   lowerPath: BytePath | undefined
   kind: 'entry' | 'whiteout' | 'opaque'
@@ -107,13 +108,30 @@ export interface PlannedEntry {
    * so that the plan of a large upper holds little per entry.
    */
   entry: UpperEntry | KindOf
+  /**
+   * Its three records, held only where something after the classification reads them (keepsSides): most
+   * entries of a large upper need only their verdict, and 60,000 records held to the end were the plan's
+   * garbage-collection cost (README, Performance).
+   */
+  sides?: PlannedSides
+  /** Its filesystem-identity xattrs, cleared by the apply if it stays (a second name of an inode has none of its own). */
+  identity?: string[]
+}
+
+export interface PlannedSides {
   old: OldSide
   next: ManifestRecord | undefined
   /** U's record (undefined for a whiteout, or when its data's old side is unknown). */
   record: ManifestRecord | undefined
-  /** Its filesystem-identity xattrs, cleared by the apply if it stays (a second name of an inode has none of its own). */
-  identity?: string[]
 }
+
+/**
+ * Whether the plan holds an entry's records: a directory's (keepDirectoriesWithContent), a metacopy stub's
+ * (its second names take its record), and O's of each entry the report names (its base digest; upgrade-check
+ * saves the base of each conflict).
+ */
+const keepsSides = (type: UpperEntry['type'], verdict: Verdict, stub: boolean): boolean =>
+  type === 'dir' || stub || verdict.class === 'conflict' || verdict.class === 'hidden' || verdict.class === 'unknown'
 
 /** What the stage and the report need of an entry they do not rewrite. */
 export type KindOf = Pick<UpperEntry, 'path' | 'type' | 'holeSize' | 'linkTarget'>
@@ -224,9 +242,9 @@ export function planUpgrade(
       lowerPath,
       verdict,
       entry: held(verdict.action === 'refresh' ? withInodeXattrs(upper, entry, xattrs) : entry, verdict),
-      old: o,
-      next: n,
-      record: u,
+      ...(keepsSides(entry.type, verdict, shadow.dataPath !== undefined)
+        ? { sides: { old: o, next: n, record: u } }
+        : {}),
       ...(identity.length ? { identity } : {}),
     }
     if (shadow.dataPath !== undefined) stubs.set(entry.path, item)
@@ -261,9 +279,7 @@ function secondNameOfStub(
     lowerPath: first.lowerPath,
     verdict: first.verdict,
     entry: { path, type, linkTarget, ...(holeSize !== undefined ? { holeSize } : {}) },
-    old: o,
-    next: n,
-    record: first.record,
+    ...(keepsSides(type, first.verdict, false) ? { sides: { old: o, next: n, record: first.sides?.record } } : {}),
   }
 }
 
@@ -302,9 +318,10 @@ function upperRecord(
   } else {
     record = recordOf(entry, entry.type === 'file' ? UNREAD : undefined, own)
     if (record.type === 'f' && contentDecides(record, o, n))
-      record.data = readStableFile(under(upper, entry.path)).sha256
+      record.data = readStableFile(under(upper, entry.path), { stat: entry.stat }).sha256
   }
-  records.set(entry.path, record)
+  // Only a first name's, which a later name asks for: the walk makes a hardlink of a name only after one with nlink > 1.
+  if (entry.type !== 'dir' && entry.stat.nlink > 1) records.set(entry.path, record)
   return record
 }
 
@@ -349,25 +366,24 @@ function keepDirectoriesWithContent(planned: PlannedEntry[]): void {
   const holding = new Set<BytePath>()
   for (let i = planned.length - 1; i >= 0; i--) {
     const item = planned[i] as PlannedEntry
-    const { old: o, next: n } = item
-    const container = item.record !== undefined && o !== 'absent' && o !== 'unknown' && sameRecord(item.record, o)
-    if (item.entry.type === 'dir' && item.verdict.action === 'drop' && !holding.has(item.path) && container)
-      item.verdict = { class: item.verdict.class, action: 'drop', reason: CONTAINER }
-    if (item.entry.type === 'dir' && item.verdict.action === 'drop' && holding.has(item.path)) {
-      item.verdict =
-        n !== undefined && n.type !== 'd'
-          ? // Refreshing it would put N's file in its place, and the user's entries below it with it would go.
-            { class: 'conflict', action: 'keep', reason: REPLACED }
-          : item.verdict.class === 'stale' && o !== 'absent' && o !== 'unknown' && n
-            ? {
-                class: 'stale',
-                action: 'refresh',
-                metadata: { mode: n.mode, uid: n.uid, gid: n.gid, xattrs: 'firmware' },
-              }
-            : { class: item.verdict.class, action: 'keep', reason: CONTAINER }
-    }
+    if (item.entry.type === 'dir' && item.sides && item.verdict.action === 'drop')
+      item.verdict = containerVerdict(item.verdict, item.sides, holding.has(item.path))
     if (item.verdict.action !== 'drop') holding.add(parentOf(item.path))
   }
+}
+
+/** A dropped directory's verdict: a container of what stays below it (`holding`), or bookkeeping. */
+function containerVerdict(verdict: Verdict, sides: PlannedSides, holding: boolean): Verdict {
+  const { old: o, next: n, record } = sides
+  if (!holding) {
+    const container = record !== undefined && o !== 'absent' && o !== 'unknown' && sameRecord(record, o)
+    return container ? { class: verdict.class, action: 'drop', reason: CONTAINER } : verdict
+  }
+  // Refreshing it would put N's file in its place, and the user's entries below it with it would go.
+  if (n !== undefined && n.type !== 'd') return { class: 'conflict', action: 'keep', reason: REPLACED }
+  return verdict.class === 'stale' && o !== 'absent' && o !== 'unknown' && n
+    ? { class: 'stale', action: 'refresh', metadata: { mode: n.mode, uid: n.uid, gid: n.gid, xattrs: 'firmware' } }
+    : { class: verdict.class, action: 'keep', reason: CONTAINER }
 }
 
 /** The report of a plan: counts, and every conflict, hidden and unknown entry by name. */
@@ -380,10 +396,11 @@ export function reportOf(
   // Without upgrade-check's saved bases (most upgrades) nothing is looked for, path by path.
   const bases = layout && statPath(bytePathBuffer(savedPath(layout, 'base', '.'))) !== undefined ? layout : undefined
   for (const item of plan.entries) {
-    const { verdict, old: o } = item
+    const { verdict } = item
+    const o = item.sides?.old
     if (verdict.class !== 'conflict' && verdict.class !== 'hidden' && verdict.class !== 'unknown') continue
     if (!counted(verdict)) continue
-    const base = o !== 'absent' && o !== 'unknown' && o.type === 'f' ? o.data : undefined
+    const base = o !== undefined && o !== 'absent' && o !== 'unknown' && o.type === 'f' ? o.data : undefined
     const saved = bases && base && savedBase(bases, item.path, base)
     entries.push({
       path: `/${showBytes(item.path)}`,
