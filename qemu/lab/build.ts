@@ -73,6 +73,8 @@ const USERLAND_PACKAGES = [
   'libc6',
   'libstdc++6',
   'libgcc-s1',
+  // Node's official build for 32-bit ARM links it (64-bit CPUs have their atomics in the instruction set).
+  'libatomic1',
   'mtd-utils',
   'e2fsprogs',
   'f2fs-tools',
@@ -123,12 +125,12 @@ function download(dir: string, packages: string[]): string[] {
     .map((name) => path.join(dir, name))
 }
 
-/** The Debian kernel the linux-image-DEBIAN metapackage points at, unpacked, with any module it lacks built. */
+/** The Debian kernel the linux-image-KERNEL metapackage points at, unpacked, with any module it lacks built. */
 function kernelTree(arch: Architecture): { root: string; version: string } {
-  const listing = aptCache(['depends', `linux-image-${arch.debian}:${arch.debian}`])
-  const match = new RegExp(`Depends: (linux-image-(\\d\\S*-${arch.debian}))`).exec(listing)
+  const listing = aptCache(['depends', `linux-image-${arch.kernel}:${arch.debian}`])
+  const match = new RegExp(`Depends: (linux-image-(\\d\\S*-${arch.kernel}))`).exec(listing)
   if (!match?.[1] || !match[2])
-    throw new Error(`lab: cannot find the kernel package linux-image-${arch.debian} depends on`)
+    throw new Error(`lab: cannot find the kernel package linux-image-${arch.kernel} depends on`)
   const [, packageName, version] = match as unknown as [string, string, string]
   const root = path.join(CACHE, packageName)
   if (!fs.existsSync(path.join(root, 'boot', `vmlinuz-${version}`))) {
@@ -213,36 +215,33 @@ function buildMissingModules(arch: Architecture, root: string, version: string):
   fs.rmSync(tree, { recursive: true, force: true })
   run('depmod', ['-b', root, version])
 }
-/** Module files in load order: dependencies before their users. */
+/** A module file's name as modprobe spells it: no directory, no .ko(.xz), underscores. */
+function moduleName(file: string): string {
+  return path
+    .basename(file)
+    .replace(/\.ko(\.\w+)?$/, '')
+    .replace(/-/g, '_')
+}
+
+/**
+ * Module files in load order: dependencies before their users. A wanted
+ * driver this kernel has built in (armmp's mtd) has no file to load.
+ */
 function moduleClosure(root: string, version: string, wanted: string[]): Map<string, string> {
   const base = path.join(root, 'lib', 'modules', version)
+  const builtIn = new Set(fs.readFileSync(path.join(base, 'modules.builtin'), 'utf8').split('\n').map(moduleName))
   const deps = new Map<string, string[]>()
   const files = new Map<string, string>()
   for (const line of fs.readFileSync(path.join(base, 'modules.dep'), 'utf8').split('\n')) {
     const [file, rest] = line.split(':')
     if (!file) continue
-    const name = path
-      .basename(file)
-      .replace(/\.ko(\.\w+)?$/, '')
-      .replace(/-/g, '_')
+    const name = moduleName(file)
     files.set(name, path.join(base, file))
-    deps.set(
-      name,
-      (rest ?? '')
-        .trim()
-        .split(/\s+/)
-        .filter(Boolean)
-        .map((dep) =>
-          path
-            .basename(dep)
-            .replace(/\.ko(\.\w+)?$/, '')
-            .replace(/-/g, '_'),
-        ),
-    )
+    deps.set(name, (rest ?? '').trim().split(/\s+/).filter(Boolean).map(moduleName))
   }
   const ordered = new Map<string, string>()
   const visit = (name: string): void => {
-    if (ordered.has(name)) return
+    if (ordered.has(name) || (builtIn.has(name) && !files.has(name))) return
     const file = files.get(name)
     if (!file) throw new Error(`lab: kernel module ${name} not found in ${base}`)
     for (const dep of deps.get(name) ?? []) visit(dep)
@@ -263,6 +262,7 @@ interface Userland {
   sysroot: string
   busybox: string
   node: string
+  nodeVersion: string
   tools: string[]
   /** The @koromix/koffi-linux-ARCH package directory */
   koffi: string
@@ -276,6 +276,7 @@ function hostUserland(arch: Architecture): Userland {
     sysroot: '/',
     busybox: '/bin/busybox',
     node: process.execPath,
+    nodeVersion: process.versions.node,
     tools: DEVICE_TOOLS,
     koffi: path.join(PROJECT, 'node_modules', '@koromix', `koffi-linux-${arch.node}`),
     identity: files.map((file) => `${file}:${fs.statSync(file).size}:${fs.statSync(file).mtimeMs}`),
@@ -329,10 +330,12 @@ function foreignUserland(arch: Architecture): Userland {
       '',
     )
   const recorded = fs.existsSync(stamp)
-    ? (JSON.parse(fs.readFileSync(stamp, 'utf8')) as { packages: string[]; versions: string })
+    ? (JSON.parse(fs.readFileSync(stamp, 'utf8')) as { roots?: string[]; packages: string[]; versions: string })
     : undefined
-  let versions = recorded ? versionsOf(recorded.packages) : ''
-  if (!recorded || versions !== recorded.versions) {
+  // A package added to USERLAND_PACKAGES is in no recorded closure: the recorded roots must be today's.
+  const sameRoots = recorded?.roots?.join() === USERLAND_PACKAGES.join()
+  let versions = recorded && sameRoots ? versionsOf(recorded.packages) : ''
+  if (!recorded || !sameRoots || versions !== recorded.versions) {
     const packages = packageClosure(arch, USERLAND_PACKAGES)
     versions = versionsOf(packages)
     log(`assembling the ${arch.name} userland from ${packages.length} Debian packages`)
@@ -344,19 +347,22 @@ function foreignUserland(arch: Architecture): Userland {
       run('dpkg-deb', ['-x', deb, sysroot])
       fs.rmSync(deb)
     }
-    fs.writeFileSync(stamp, JSON.stringify({ packages, versions }))
+    fs.writeFileSync(stamp, JSON.stringify({ roots: USERLAND_PACKAGES, packages, versions }))
   }
   const koffiVersion = (
     JSON.parse(fs.readFileSync(path.join(PROJECT, 'node_modules', 'koffi', 'package.json'), 'utf8')) as {
       version: string
     }
   ).version
-  const nodeSpec = `node-linux-${arch.node}@${process.versions.node}`
+  const nodeSpec = arch.nodePackage ?? `node-linux-${arch.node}@${process.versions.node}`
   const koffiSpec = `@koromix/koffi-linux-${arch.node}@${koffiVersion}`
+  const nodePackage = npmPackage(nodeSpec, cache)
   return {
     sysroot,
     busybox: path.join(sysroot, 'bin', 'busybox'),
-    node: path.join(npmPackage(nodeSpec, cache), 'bin', 'node'),
+    node: path.join(nodePackage, 'bin', 'node'),
+    nodeVersion: (JSON.parse(fs.readFileSync(path.join(nodePackage, 'package.json'), 'utf8')) as { version: string })
+      .version,
     tools: DEVICE_TOOLS,
     koffi: npmPackage(koffiSpec, cache),
     identity: [versions, nodeSpec, koffiSpec],
@@ -509,6 +515,10 @@ function buildRootfs(arch: Architecture, userland: Userland, images: Images, sta
     )
   const lib = path.join(staging, 'usr', 'lib', 'ovroot')
   copyTree(path.join(PROJECT, 'dist'), lib)
+  // Node before 20.19 (npm's last armv7l build is 20.11) does not detect an ES module by its syntax: it
+  // takes dist/ovroot.js for CommonJS unless a package.json says otherwise (README "Supported platforms").
+  if (olderThan(userland.nodeVersion, [20, 19]))
+    fs.writeFileSync(path.join(lib, 'package.json'), '{ "type": "module" }\n')
   copyTree(path.join(PROJECT, 'node_modules', 'koffi'), path.join(lib, 'node_modules', 'koffi'))
   // The device runs glibc: koffi's musl build for the same CPU would be dead weight.
   const native = path.join(lib, 'node_modules', '@koromix', `koffi-linux-${arch.node}`)
@@ -518,6 +528,12 @@ function buildRootfs(arch: Architecture, userland: Userland, images: Images, sta
   fs.symlinkSync('../lib/ovroot/ovroot.js', path.join(staging, 'usr', 'sbin', 'ovroot'))
   buildUnloadableInits(staging)
   squashFirmware(path.join(PROJECT, 'dist'), staging, images.rootfs)
+}
+
+function olderThan(version: string, [major, minor]: [number, number]): boolean {
+  // npm's node-linux-* packages spell it v20.11.0.
+  const [have = 0, haveMinor = 0] = version.replace(/^v/, '').split('.').map(Number)
+  return have < major || (have === major && haveMinor < minor)
 }
 
 const EM_X86_64 = 62
@@ -554,20 +570,23 @@ function buildUnloadableInits(staging: string): void {
   )
 }
 
-/** A dynamically linked 64-bit ELF with its program interpreter renamed (the new name no longer than the old). */
+/** A dynamically linked ELF (32- or 64-bit) with its program interpreter renamed (the new name no longer than the old). */
 function withInterpreter(elf: Buffer, interpreter: string): Buffer {
   const copy = Buffer.from(elf)
   const littleEndian = copy[5] === 1
-  if (copy[4] !== 2) throw new Error('lab: expected a 64-bit ELF')
+  const wide = copy[4] === 2
   const u16 = (at: number): number => (littleEndian ? copy.readUInt16LE(at) : copy.readUInt16BE(at))
   const u32 = (at: number): number => (littleEndian ? copy.readUInt32LE(at) : copy.readUInt32BE(at))
   const u64 = (at: number): number => Number(littleEndian ? copy.readBigUInt64LE(at) : copy.readBigUInt64BE(at))
-  const phoff = u64(32)
-  for (let index = 0; index < u16(56); index++) {
-    const header = phoff + index * u16(54)
+  // ELF64 and ELF32 place the same fields at different offsets (and widths).
+  const word = wide ? u64 : u32
+  const phoff = word(wide ? 32 : 28)
+  const [phentsize, phnum] = wide ? [u16(54), u16(56)] : [u16(42), u16(44)]
+  for (let index = 0; index < phnum; index++) {
+    const header = phoff + index * phentsize
     if (u32(header) !== PT_INTERP) continue
-    const offset = u64(header + 8)
-    const size = u64(header + 32)
+    const offset = word(header + (wide ? 8 : 4))
+    const size = word(header + (wide ? 32 : 16))
     if (interpreter.length + 1 > size) throw new Error(`lab: ${interpreter} is longer than the interpreter it replaces`)
     copy.fill(0, offset, offset + size)
     copy.write(interpreter, offset, 'latin1')
