@@ -509,8 +509,8 @@ export class EntryWriter {
     // Written as one region (its length set first, then each page at its place): what is skipped stays a hole.
     this.skipZeroPages = file !== undefined && file.regions === undefined && this.options.zeroPagesAsHoles === true
     const regions = this.skipZeroPages ? [[0, file?.size ?? 0] as Region] : file?.regions
-    // A grown prefix too: its bytes may be of a version truncated, chmodded and regrown since `entry` was read.
-    const written = file !== undefined && options.metadataOf ? options.metadataOf(file) : entry
+    const written =
+      file !== undefined && file.prefix === undefined && options.metadataOf ? options.metadataOf(file) : entry
     this.begin(full, file ? { ...written, size: file.size, regions } : written, options.linkTargetFull)
     if (file) for (const chunk of file.chunks()) this.data(chunk)
     this.end()
