@@ -664,3 +664,31 @@ await t.test(
     t.throws(() => fs.writeFileSync(`${restored}/var/log/messages`, 'x'), { code: 'EPERM' }, 'append only again')
   },
 )
+
+await t.test(
+  'backup --changes-only: an entry removed while compared is named in one line and left out; the rest is done, exit 6',
+  async (t) => {
+    const d = plainDevice(t, (upper) => writeTree(upper, { '/etc/gone': 'new\n', '/etc/kept': 'new\n' }))
+    writeTree(d.lower, { '/etc/gone': 'old\n', '/etc/kept': 'old\n' })
+    // As diff's own test: with an xattr on both, the comparison reads the upper's after the lower's open, which
+    // waits while the upper's copy goes.
+    const tagBoth = (): void => {
+      for (const root of [d.lower, d.upper]) setXattr(`${root}/etc/gone`, 'user.tag', Buffer.from('a'))
+    }
+    tagBoth()
+    const held = await holdFirstOpen(`${d.lower}/etc/gone`, 'remove', `${d.upper}/etc/gone`)
+    t.teardown(() => held.kill())
+    const archive = `${d.dir}/changes.ovb`
+    const made = backup(d, archive, '--changes-only')
+    t.equal(await held.done, 0, 'removed while backup compared it')
+    t.equal(made.status, 6, 'a status of its own')
+    t.match(
+      made.stderr,
+      /^ovroot: \/etc\/gone: left out of the backup, it changed while backup --changes-only read it \(.*no such file or directory\)\n$/,
+      'one line naming it',
+    )
+    const listed = execFileSync('tar', ['-tzf', archive], { encoding: 'utf8' })
+    t.match(listed, /^etc\/kept$/m, 'the rest is archived')
+    t.notMatch(listed, /etc\/gone/)
+  },
+)

@@ -118,6 +118,10 @@ await t.test('ovroot.reset takes the words [flash] reformat_corrupt takes; anyth
   t.throws(() => reset('ovroot.reset=please'), {
     message: 'kernel command line: ovroot.reset=please: expected yes or no',
   })
+  // An empty value is a template or typo, not a yes: a reset button must not fire on it.
+  t.throws(() => reset('quiet ovroot.reset= console=ttyS0'), {
+    message: 'kernel command line: ovroot.reset=: expected yes or no',
+  })
 })
 
 await t.test('what the ini format would silently drop is refused, naming the key', async (t) => {

@@ -8,7 +8,16 @@ import * as fs from 'node:fs'
 import { getXattr, InodeFlag, inodeFlags, listXattrs, removeXattr, setXattr } from '../src/sys/libc.js'
 import { globToRegExp } from '../src/glob.js'
 import { parseKeepList } from '../src/reset/keep.js'
-import { mountOverlay, OVROOT, ovroot, scratch, snapshot, unmount, upperSnapshot } from './helpers/overlay.js'
+import {
+  holdFirstOpen,
+  mountOverlay,
+  OVROOT,
+  ovroot,
+  scratch,
+  snapshot,
+  unmount,
+  upperSnapshot,
+} from './helpers/overlay.js'
 import { move, writeTree } from './helpers/mutate.js'
 
 interface Device {
@@ -605,5 +614,31 @@ await t.test(
       t.equal(inodeFlags(`${d.upper}/etc/kept`), InodeFlag.immutable, `cut at try ${attempt}: immutable again`)
     }
     t.equal(landed, 1, 'a cut landed while the flags were off')
+  },
+)
+
+await t.test(
+  'reset --dry-run: an entry removed while compared is named in one line and left out; the rest is listed, exit 6',
+  async (t) => {
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const [lower, upper, config] = [`${s.dir}/rom`, `${s.dir}/flash/upper`, `${s.dir}/ovroot.conf`]
+    writeTree(lower, { '/etc/gone': 'old\n', '/etc/kept': 'old\n' })
+    writeTree(upper, { '/etc/gone': 'new\n', '/etc/kept': 'new\n' })
+    fs.writeFileSync(config, `[overlay]\nlower = ${lower}\n`)
+    // As diff's own test: with an xattr on both, the comparison reads the upper's after the lower's open, which
+    // waits while the upper's copy goes.
+    for (const root of [lower, upper]) setXattr(`${root}/etc/gone`, 'user.tag', Buffer.from('a'))
+    const held = await holdFirstOpen(`${lower}/etc/gone`, 'remove', `${upper}/etc/gone`)
+    t.teardown(() => held.kill())
+    const preview = ovroot(['reset', '--config', config, '--upper', upper, '--dry-run'])
+    t.equal(await held.done, 0, 'removed while the preview compared it')
+    t.equal(preview.status, 6, 'a status of its own')
+    t.match(
+      preview.stderr,
+      /^ovroot: \/etc\/gone: left out of the preview, it changed while reset --dry-run read it \(.*no such file or directory\)\n$/,
+      'one line naming it',
+    )
+    t.equal(preview.stdout, 'discard M /etc/kept\n', 'the rest is listed')
   },
 )

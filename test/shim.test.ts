@@ -306,3 +306,52 @@ await t.test('the shim reads [boot] init and timeout as the agent does, whatever
       }
   }
 })
+
+await t.test(
+  'the kernel command line is read as words, never expanded as patterns against the current directory',
+  async (t) => {
+    const cmdlineValue = shim.slice(
+      shim.indexOf('\ncmdline_value()'),
+      shim.indexOf('\n}\n', shim.indexOf('\ncmdline_value()')) + 3,
+    )
+    const cmdline = file('cmdline', 'console=ttyS0 ovroot.boot.timeout=* quiet\n')
+    // PID 1's current directory is /: here, one holding a name that the pattern matches.
+    const cwd = path.join(dir, 'cwd')
+    fs.mkdirSync(cwd, { recursive: true })
+    fs.writeFileSync(path.join(cwd, 'ovroot.boot.timeout=1'), '')
+    for (const shell of shells) {
+      const script = `${cmdlineValue.replace('/proc/cmdline', cmdline)}\ncmdline_value ovroot.boot.timeout; echo *`
+      const result = spawnSync(shell[0], [...shell.slice(1), '-c', script], { cwd, encoding: 'utf8', timeout: 20_000 })
+      t.equal(result.stdout, '*\novroot.boot.timeout=1\n', `${shell.join(' ')}: the word as written, patterns on after`)
+    }
+  },
+)
+
+await t.test(
+  'an init that is the shim itself is refused (it would start again, forever) and the next one runs',
+  async (t) => {
+    const init = file('other-init', '#!/bin/sh\necho INIT\n')
+    const harness = file(
+      'harness-self.sh',
+      `${execInit.replace(/\/sbin\/init/g, init)}
+can_execute() { :; }
+say() { echo "$*" >&2; }
+uptime_seconds() { echo 1; }
+RUN=${dir}
+REAL_INIT=${dir}/shim-link
+exec_init
+`,
+    )
+    // Another name of the same file, as init= may give it (a symlink /sbin/init -> ovroot-init).
+    if (!fs.existsSync(`${dir}/shim-link`)) fs.symlinkSync(harness, `${dir}/shim-link`)
+    for (const shell of shells) {
+      const result = spawnSync(shell[0], [...shell.slice(1), harness], { encoding: 'utf8', timeout: 20_000 })
+      t.equal(result.stdout.trim(), 'INIT', `${shell.join(' ')}: the next candidate runs`)
+      t.match(
+        result.stderr,
+        `cannot execute ${dir}/shim-link as init: it is ovroot-init itself`,
+        `${shell.join(' ')}: one line says why`,
+      )
+    }
+  },
+)

@@ -20,6 +20,7 @@ import {
 import { dataPadding, END_OF_ARCHIVE, entryHeader, globalComment, type TarEntry } from '../archive/pax.js'
 import { loadConfig } from '../config/load.js'
 import { checkDiffRequest, openDiff, type CheckedDiffRequest } from '../diff/open.js'
+import { LeftOut } from '../diff/report.js'
 import { ExitCode, usageError, type ExitStatus } from '../errors.js'
 import { globToRegExp } from '../glob.js'
 import { namespaceForMount, OverlayXattrs } from '../overlay/xattrs.js'
@@ -68,7 +69,9 @@ export async function runBackup(options: BackupOptions): Promise<ExitStatus> {
     namespace: request.namespace,
     changesOnly: options.changesOnly,
   }
-  const include = inclusion(request, options)
+  // With --changes-only: an entry the live upper lost or replaced while it was compared is named and left out.
+  const leftOut = new LeftOut('the backup', 'backup --changes-only')
+  const include = inclusion(request, options, leftOut)
   const output = options.output === '-' ? undefined : openAtomicOutput(options.output, 0o600)
   const own = ownOutput(request.upper, options.upper === undefined, output?.identity ?? openFileIdentity(1))
   const progress = new Progress()
@@ -89,7 +92,7 @@ export async function runBackup(options: BackupOptions): Promise<ExitStatus> {
     }
   }
   progress.done()
-  return ExitCode.ok
+  return leftOut.status(ExitCode.ok)
 }
 
 /**
@@ -198,7 +201,7 @@ function* coalesce(buffers: Iterable<Buffer>, size = 64 * 1024): Generator<Buffe
 }
 
 /** --exclude, and with --changes-only what ovroot diff reports plus the directories above it. */
-function inclusion(request: CheckedDiffRequest, options: BackupOptions): (path: string) => boolean {
+function inclusion(request: CheckedDiffRequest, options: BackupOptions, leftOut: LeftOut): (path: string) => boolean {
   // Patterns are text, paths are bytes: a pattern is matched as the bytes of its UTF-8.
   const excluded = options.exclude.map((pattern) => globToRegExp(bytesOf(pattern.replace(/(.)\/+$/, '$1'))))
   const isExcluded = (path: string): boolean => excluded.some((pattern) => pattern.test(`/${path}`))
@@ -209,7 +212,7 @@ function inclusion(request: CheckedDiffRequest, options: BackupOptions): (path: 
       if (wanted.has(path)) break
       wanted.add(path)
     }
-  })
+  }, leftOut.note)
   return (path) => wanted.has(path) && !isExcluded(path)
 }
 

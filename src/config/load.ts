@@ -78,11 +78,12 @@ function refuseWhatIniHides(text: string, file: string): void {
 
 /**
  * Whether the kernel command line forces a factory reset: ovroot.reset, bare or with yes or no in the words the
- * configuration takes; anything else is refused as a bad override is (a reset button must not be silently ignored).
+ * configuration takes; anything else (an empty value too) is refused as a bad override is (a reset button must not be silently ignored).
  */
 export function forcedReset(kernel: KernelArguments): boolean {
   if (kernel.reset === undefined) return false
-  const value = kernel.reset === '' ? true : yesNo.parse(kernel.reset)
+  // An empty value (`ovroot.reset=`) is most likely a bootloader template left unfilled: refused, never a reset.
+  const value = kernel.reset === true ? true : yesNo.parse(kernel.reset)
   if (value === undefined)
     throw configError(`kernel command line: ovroot.reset=${kernel.reset}: expected ${yesNo.expected}`)
   return value

@@ -7,9 +7,36 @@
  */
 import type { Change, ChangeKind, EntryState } from '../overlay/diff.js'
 import type { TreeReader } from '../sys/types.js'
-import { showBytes } from '../names.js'
+import { showBytes, type BytePath } from '../names.js'
+import { ExitCode, type ExitStatus, type OvrootError } from '../errors.js'
 
 export type DiffFormat = 'text' | 'json' | 'stat' | 'patch'
+
+/**
+ * What a command that compares a live upper (diff, backup --changes-only, the reset and restore previews) does with
+ * an entry the upper lost or replaced meanwhile (OverlayDiff.run's `unsettled`): names it in one line, leaves it
+ * out, and does the rest; the status then says the result is whole but for the entries named (ExitCode.io).
+ */
+export class LeftOut {
+  private count = 0
+
+  constructor(
+    /** What the entry is left out of: 'the report', 'the backup'. */
+    private readonly of: string,
+    private readonly command: string,
+  ) {}
+
+  readonly note = (path: BytePath, error: OvrootError): void => {
+    this.count++
+    process.stderr.write(
+      `ovroot: ${showBytes(path)}: left out of ${this.of}, it changed while ${this.command} read it (${error.message})\n`,
+    )
+  }
+
+  status(whole: ExitStatus): ExitStatus {
+    return this.count > 0 ? ExitCode.io : whole
+  }
+}
 /** Text, or bytes for --patch (a file's lines as they are). */
 export type Renderer = (change: Change) => string | Buffer
 

@@ -1,12 +1,11 @@
 /** `ovroot diff`: resolve the directories, stream the report, compute the exit status. */
 import { loadConfig } from '../config/load.js'
-import { ExitCode, type ExitStatus, type OvrootError } from '../errors.js'
-import { showBytes, type BytePath } from '../names.js'
+import { ExitCode, type ExitStatus } from '../errors.js'
 import { hostTreeReader } from '../sys/fs.js'
 import { changedUnderneath, type Change } from '../overlay/diff.js'
 import { namespaceForMount, type XattrNamespace } from '../overlay/xattrs.js'
 import { checkDiffRequest, openDiff } from './open.js'
-import { BufferedOutput, ChangeCounter, loadRenderer, type DiffFormat } from './report.js'
+import { BufferedOutput, ChangeCounter, LeftOut, loadRenderer, type DiffFormat } from './report.js'
 import { upperDir } from '../state/flash.js'
 
 export interface DiffCommandOptions {
@@ -36,13 +35,7 @@ export async function runDiff(options: DiffCommandOptions): Promise<ExitStatus> 
   const counter = new ChangeCounter()
   const render = await loadRenderer(options.format, options.colour, hostTreeReader)
   // A live upper changes while it is read: an entry it lost or replaced meanwhile is named, not fatal.
-  let unsettled = 0
-  const leaveOut = (path: BytePath, error: OvrootError): void => {
-    unsettled++
-    process.stderr.write(
-      `ovroot: ${showBytes(path)}: left out of the report, it changed while diff read it (${error.message})\n`,
-    )
-  }
+  const leftOut = new LeftOut('the report', 'diff')
   const print = (change: Change): string | Buffer => {
     counter.add(change)
     try {
@@ -50,14 +43,13 @@ export async function runDiff(options: DiffCommandOptions): Promise<ExitStatus> 
     } catch (error) {
       // --patch reads the bytes after the entry was compared.
       if (!changedUnderneath(error)) throw error
-      leaveOut(change.path, error)
+      leftOut.note(change.path, error)
       return ''
     }
   }
-  openDiff(request).run((change) => output.push(print(change)), leaveOut)
+  openDiff(request).run((change) => output.push(print(change)), leftOut.note)
   if (options.format === 'stat') output.push(counter.render(options.json, options.all))
   output.flush()
   // The report is whole but for the entries named: a status of its own, as a backup's changed file.
-  if (unsettled > 0) return ExitCode.io
-  return options.exitCode && counter.changed > 0 ? ExitCode.changed : ExitCode.ok
+  return leftOut.status(options.exitCode && counter.changed > 0 ? ExitCode.changed : ExitCode.ok)
 }

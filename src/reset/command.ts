@@ -60,16 +60,14 @@ export async function runReset(options: ResetOptions): Promise<ExitStatus> {
   }
   const keep = collectKeepPatterns(config, options.keep, liveView)
   const only = options.paths.length > 0 ? options.paths : undefined
-  if (options.dryRun) {
-    printResetPreview(
+  if (options.dryRun)
+    return printResetPreview(
       upperDir(config),
       config.overlay.lower,
       namespaceForMount(config.overlay.options),
       planReset(upperDir(config), new KeepList(keep), only),
       options.json,
     )
-    return ExitCode.ok
-  }
   if (!options.yes)
     await confirm(
       only
@@ -100,10 +98,14 @@ async function resetUnmounted(config: Config, options: ResetOptions): Promise<Ex
   const namespace = namespaceForMount(config.overlay.options)
   const keep = collectKeepPatterns(config, options.keep, offlineView(upper, config.overlay.lower, namespace))
   const only = options.paths.length > 0 ? options.paths : undefined
-  if (options.dryRun) {
-    printResetPreview(upper, config.overlay.lower, namespace, planReset(upper, new KeepList(keep), only), options.json)
-    return ExitCode.ok
-  }
+  if (options.dryRun)
+    return printResetPreview(
+      upper,
+      config.overlay.lower,
+      namespace,
+      planReset(upper, new KeepList(keep), only),
+      options.json,
+    )
   if (!options.yes)
     await confirm(
       `Reset of ${upper}: everything in it goes${only ? ` under ${only.join(' ')}` : ''}, except the keep list.`,

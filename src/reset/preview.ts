@@ -4,7 +4,8 @@
  */
 import type { XattrNamespace } from '../overlay/xattrs.js'
 import { checkDiffRequest, openDiff } from '../diff/open.js'
-import { BufferedOutput, jsonLine, statusLine } from '../diff/report.js'
+import { BufferedOutput, jsonLine, LeftOut, statusLine } from '../diff/report.js'
+import { ExitCode, type ExitStatus } from '../errors.js'
 import type { ResetPlan } from './prune.js'
 
 export function printResetPreview(
@@ -13,7 +14,7 @@ export function printResetPreview(
   namespace: XattrNamespace,
   plan: ResetPlan,
   json: boolean,
-): void {
+): ExitStatus {
   const removed = new Set(plan.remove)
   const discards = (path: string): boolean => {
     for (let prefix = path; prefix !== ''; prefix = prefix.slice(0, prefix.lastIndexOf('/')))
@@ -21,11 +22,13 @@ export function printResetPreview(
     return false
   }
   const output = new BufferedOutput((text) => process.stdout.write(text))
+  const leftOut = new LeftOut('the preview', 'reset --dry-run')
   openDiff(checkDiffRequest({ upper, lowers, namespace, all: false, paths: [] })).run((change) => {
     const action = discards(change.path) ? 'discard' : 'keep'
     output.push(
       json ? `{"reset":"${action}",${jsonLine(change).slice(1)}` : `${action.padEnd(8)}${statusLine(change, false)}`,
     )
-  })
+  }, leftOut.note)
   output.flush()
+  return leftOut.status(ExitCode.ok)
 }

@@ -179,9 +179,9 @@ async function restoreInto(
     reportFlagsNotKept(result)
     checkConflicts(result, target, options.force)
     if (options.dryRun) {
-      printRestorePreview(target, staging, result, options.json)
+      const status = printRestorePreview(target, staging, result, options.json)
       removeTree(staging)
-      return ExitCode.ok
+      return status
     }
     removeTree(upper)
     renamePath(staging, upper)
@@ -257,11 +257,10 @@ async function previewInTemporary(target: Target, extract: Extract, json: boolea
   // A fresh name of its own (mkdtemp), never a predictable one another user could have planted a symlink at.
   const staging = makeTemporaryDirectory(tmpdir(), 'ovroot-restore-preview-')
   try {
-    printRestorePreview(target, staging, await extract(target, staging), json)
+    return printRestorePreview(target, staging, await extract(target, staging), json)
   } finally {
     removeTree(staging)
   }
-  return ExitCode.ok
 }
 
 function describeArchive(source: string, result: ExtractResult): string {

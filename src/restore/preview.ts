@@ -4,7 +4,8 @@
  * Both are stacks over the same firmware layers, the current upper being one
  * more layer of the "before" view.
  */
-import { BufferedOutput, jsonLine, statusLine } from '../diff/report.js'
+import { BufferedOutput, jsonLine, LeftOut, statusLine } from '../diff/report.js'
+import { ExitCode, type ExitStatus } from '../errors.js'
 import { OverlayDiff } from '../overlay/diff.js'
 import { LayerStack, type Layer } from '../overlay/stack.js'
 import { OverlayXattrs, type XattrNamespace } from '../overlay/xattrs.js'
@@ -18,7 +19,7 @@ export function printRestorePreview(
   staging: string,
   result: ExtractResult,
   json: boolean,
-): void {
+): ExitStatus {
   const xattrs = new OverlayXattrs(result.header?.namespace ?? target.namespace)
   const lowers: Layer[] = target.lowers.map((root) => ({
     root: bytesOf(root === '/' ? '' : root.replace(/\/+$/, '')),
@@ -41,11 +42,13 @@ export function printRestorePreview(
   const before = new LayerStack([...current, ...lowers], hostTreeReader, xattrs)
   const output = new BufferedOutput((text) => process.stdout.write(text))
   let changes = 0
+  const leftOut = new LeftOut('the preview', 'restore --dry-run')
   new OverlayDiff(after, before, hostTreeReader, xattrs, { all: false, paths: [] }).run((change) => {
     changes++
     output.push(json ? jsonLine(change) : statusLine(change, false))
-  })
+  }, leftOut.note)
   output.flush()
   // An empty list on stdout stays what scripts parse; a person is told it means no change, not no answer.
   if (changes === 0 && !json) process.stderr.write('ovroot: restoring this archive would change nothing\n')
+  return leftOut.status(ExitCode.ok)
 }
