@@ -114,7 +114,8 @@ function readLinkText(full: BytePath): BytePath {
  * again, mode, owner, times, xattrs and flags, and checked to still be the version read (its
  * ctime covers them all). A file written again since its read (a log appended all the time) keeps
  * the walk's mode, owner, xattrs and flags when it has them still, at both ends of the read, with the
- * read version's mtime. Never the new bytes with the old metadata: a restore would give them the
+ * read version's mtime; so does a grown prefix (a log appended through both reads of it), whose
+ * first bytes were read. Never the new bytes with the old metadata: a restore would give them the
  * old mtime, and a later comparison by mtime would miss the change.
  */
 export function entryOfRead(
@@ -130,6 +131,12 @@ export function entryOfRead(
     stat?.type === 'file' && stat.ino === file.version.ino
       ? readEntryWithStat(full, walked.path, stubXattr, stat, withFlags)
       : undefined
+  // A grown prefix's size and times move all the time: only its attributes can still be the walk's.
+  const keepsAttributes = typeof again === 'object' && sameAttributes(again, walked)
+  if (file.prefix !== undefined) {
+    if (keepsAttributes) return { ...walked, mtimeNs: file.version.mtimeNs }
+    throw changedWhileRead(full)
+  }
   const after = statEntry(full)
   const consistent =
     stat !== undefined &&
@@ -138,7 +145,7 @@ export function entryOfRead(
     after !== undefined &&
     sameFileVersion(after, stat)
   if (consistent && sameFileVersion(stat, file.version)) return again
-  if (consistent && sameAttributes(again, walked)) return { ...walked, mtimeNs: file.version.mtimeNs }
+  if (consistent && keepsAttributes) return { ...walked, mtimeNs: file.version.mtimeNs }
   throw changedWhileRead(full)
 }
 
@@ -509,8 +516,7 @@ export class EntryWriter {
     // Written as one region (its length set first, then each page at its place): what is skipped stays a hole.
     this.skipZeroPages = file !== undefined && file.regions === undefined && this.options.zeroPagesAsHoles === true
     const regions = this.skipZeroPages ? [[0, file?.size ?? 0] as Region] : file?.regions
-    const written =
-      file !== undefined && file.prefix === undefined && options.metadataOf ? options.metadataOf(file) : entry
+    const written = file !== undefined && options.metadataOf ? options.metadataOf(file) : entry
     this.begin(full, file ? { ...written, size: file.size, regions } : written, options.linkTargetFull)
     if (file) for (const chunk of file.chunks()) this.data(chunk)
     this.end()
