@@ -213,8 +213,8 @@ async function boot(options: BootOptions): Promise<number> {
     process.stderr.write(`qemu/vm: no result within ${options.timeout} s; console in ${logFile}\n`)
     child.kill('SIGKILL')
   }, options.timeout * 1000)
-  const onOutput = (chunk: Buffer): void => {
-    const text = chunk.toString('utf8').replace(/\r/g, '')
+  const onOutput = (chunk: string): void => {
+    const text = chunk.replace(/\r/g, '')
     log.write(text)
     if (options.verbose) process.stderr.write(text)
     console += text
@@ -235,6 +235,8 @@ async function boot(options: BootOptions): Promise<number> {
     printed = upTo
     if (end && status === undefined) status = Number(end[1])
   }
+  // Decoded as a stream: a character whose bytes arrive in two reads is one character, not two U+FFFD.
+  child.stdout.setEncoding('utf8')
   child.stdout.on('data', onOutput)
   child.stderr.on('data', (chunk: Buffer) => log.write(chunk))
   const exit = await new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)))

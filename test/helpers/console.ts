@@ -24,12 +24,13 @@ export class ConsoleSession {
     this.child = spawn('script', ['--quiet', '--flush', '--return', '--command', command, '/dev/null'], {
       stdio: ['pipe', 'pipe', 'pipe'],
     })
-    const collect = (chunk: Buffer): void => {
-      this.output += chunk.toString('utf8')
+    const collect = (chunk: string): void => {
+      this.output += chunk
       for (const wake of this.waiters.splice(0)) wake()
     }
-    this.child.stdout?.on('data', collect)
-    this.child.stderr?.on('data', collect)
+    // Decoded as streams: a character whose bytes arrive in two reads is one character, not two U+FFFD.
+    this.child.stdout?.setEncoding('utf8').on('data', collect)
+    this.child.stderr?.setEncoding('utf8').on('data', collect)
     this.exited = new Promise((resolve) => this.child.on('exit', (code) => resolve(code ?? -1)))
   }
 
