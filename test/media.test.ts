@@ -167,6 +167,6 @@ await t.test('an ext4 with errors and no e2fsck on the device: named so, left un
   // Not "errors e2fsck -p does not repair on its own": it never ran.
   await t.rejects(volume.check?.() ?? Promise.resolve(), {
     code: 'ENOTOOL',
-    message: `block device ${device} (ext4) has errors the kernel recorded: it is checked (e2fsck -p) before it is mounted, and e2fsck is not on the device (install e2fsprogs); left untouched`,
+    message: `block device ${device} (ext4) has errors the kernel recorded: it is checked (e2fsck -p) before it is mounted, and e2fsck did not run (e2fsck: tool not found (install it on the device)); left untouched`,
   })
 })

@@ -90,12 +90,12 @@ class BlockVolume implements Volume {
       // 1: errors repaired; 2: repaired, reboot (for a mounted root, which this is not).
       await runTool('e2fsck', ['-p', this.device], 600, [1, 2])
     } catch (error) {
-      // A device without e2fsprogs: nothing was checked, and mounting it as it is could overwrite the user's files.
-      if (error instanceof OvrootError && error.code === 'ENOTOOL')
+      // e2fsck missing or not executable: nothing was checked, and mounting it as it is could overwrite the user's files.
+      if (error instanceof OvrootError && error.code !== 'ETOOL')
         throw new OvrootError(
-          'ENOTOOL',
-          ExitCode.environment,
-          `${this.description} (ext4) ${why}: it is checked (e2fsck -p) before it is mounted, and e2fsck is not on the device (install e2fsprogs); left untouched`,
+          error.code,
+          error.exitStatus,
+          `${this.description} (ext4) ${why}: it is checked (e2fsck -p) before it is mounted, and e2fsck did not run (${error.message}); left untouched`,
         )
       throw new OvrootError(
         'ECORRUPT',
