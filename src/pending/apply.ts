@@ -156,9 +156,11 @@ function moveInto(
   const from = bytePathBuffer(`${staged}/${step.path}`)
   const to = bytePathBuffer(under(upper, step.path))
   if (step.directory && step.existing) setXattr(from, xattrs.name('opaque'), Buffer.from('y'))
-  // Since Linux 5.15 a chattr +i or +a through the overlay is this xattr, not an inode flag: the user's, kept as flags are.
+  // Since Linux 5.15 a chattr +i or +a through the overlay is this xattr, not an inode flag: the user's, kept as flags
+  // are, by what chattr can flag. A symlink or a node refuses a user.* xattr (userxattr): every boot's apply would fail.
   const protection = step.existing ? getXattr(to, xattrs.name('protattr')) : undefined
-  if (protection) setXattr(from, xattrs.name('protattr'), protection)
+  if (protection && (step.directory || statPath(from)?.type === 'file'))
+    setXattr(from, xattrs.name('protattr'), protection)
   if (step.existing) removeTree(to)
   renamePath(from, to)
 }
