@@ -150,3 +150,23 @@ await t.test('a read-only block device is named so, never formatted, checked or 
     message: `block device ${device} is read-only (write-protected: a locked card, blockdev --setro); left as it is`,
   })
 })
+
+await t.test('an ext4 with errors and no e2fsck on the device: named so, left untouched', async (t) => {
+  const device = disk(t)
+  execFileSync('mkfs.ext4', ['-q', '-F', device])
+  execFileSync('debugfs', ['-w', '-R', 'ssv state 3', device], { stdio: 'ignore' })
+  const config = defaultConfig()
+  config.flash.device = device
+  const volume = blockDriver.find(config)
+  if ('absent' in volume) throw new Error(volume.absent)
+  const path = process.env.PATH
+  process.env.PATH = fs.mkdtempSync(`${os.tmpdir()}/ovroot-media-nopath-`)
+  t.teardown(() => {
+    process.env.PATH = path
+  })
+  // Not "errors e2fsck -p does not repair on its own": it never ran.
+  await t.rejects(volume.check?.() ?? Promise.resolve(), {
+    code: 'ENOTOOL',
+    message: `block device ${device} (ext4) has errors the kernel recorded: it is checked (e2fsck -p) before it is mounted, and e2fsck did not run (e2fsck: tool not found (install it on the device)); left untouched`,
+  })
+})

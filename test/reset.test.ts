@@ -19,6 +19,9 @@ import {
   upperSnapshot,
 } from './helpers/overlay.js'
 import { move, writeTree } from './helpers/mutate.js'
+import { applyPending } from '../src/pending/apply.js'
+import { commitPending } from '../src/pending/marker.js'
+import { OverlayXattrs } from '../src/overlay/xattrs.js'
 
 interface Device {
   dir: string
@@ -640,5 +643,37 @@ await t.test(
       'one line naming it',
     )
     t.equal(preview.stdout, 'discard M /etc/kept\n', 'the rest is listed')
+  },
+)
+
+await t.test(
+  'a reset on a flash full to the last byte, of a flagged file whose other name it removes: applied, the kept name flagged',
+  async (t) => {
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const root = `${s.dir}/flash`
+    fs.mkdirSync(root)
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', root])
+    writeTree(`${root}/upper`, { '/etc/kept': 'linked\n' })
+    fs.mkdirSync(`${root}/upper/root`)
+    fs.linkSync(`${root}/upper/etc/kept`, `${root}/upper/root/other`)
+    execFileSync('chattr', ['+i', `${root}/upper/etc/kept`])
+    t.teardown(() => spawnSync('chattr', ['-i', `${root}/upper/etc/kept`]))
+    const layout = { root, upperName: 'upper' }
+    // Scheduled when the flash was full: the reserve went to the marker (pending/marker.ts commitPending).
+    commitPending(layout, { kind: 'reset', requested: 'x', keep: ['/etc/kept'] })
+    const filler = fs.openSync(`${root}/filler`, 'w')
+    try {
+      for (;;) fs.writeSync(filler, Buffer.alloc(4096, 1))
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'ENOSPC') throw error
+    } finally {
+      fs.closeSync(filler)
+    }
+    await applyPending(layout, undefined, new OverlayXattrs('trusted'))
+    t.notOk(fs.existsSync(`${root}/upper/root`), 'the other name went')
+    t.equal(fs.readFileSync(`${root}/upper/etc/kept`, 'utf8'), 'linked\n', 'the kept name stays')
+    t.equal(inodeFlags(`${root}/upper/etc/kept`), InodeFlag.immutable, '... immutable, as the user left it')
+    t.same(fs.readdirSync(`${root}/.ovroot`), [], 'nothing pending, nothing left behind')
   },
 )

@@ -584,6 +584,29 @@ await t.test(
 )
 
 await t.test(
+  'a sysupgrade merge puts a symlink where the user protected a file through a userxattr overlay: merged',
+  async (t) => {
+    const s = scratch()
+    t.teardown(() => s.cleanup())
+    const root = `${s.dir}/flash`
+    writeTree(`${root}/upper`, { '/etc/frozen': 'old frozen\n', '/etc/pipe': 'old pipe\n' })
+    // chattr +i through an overlay mounted with userxattr: user.overlay.protattr on the upper file.
+    for (const path of ['/etc/frozen', '/etc/pipe'])
+      setXattr(`${root}/upper${path}`, 'user.overlay.protattr', Buffer.from('i'))
+    fs.mkdirSync(`${root}/.ovroot/staged/etc`, { recursive: true })
+    fs.symlinkSync('/tmp/elsewhere', `${root}/.ovroot/staged/etc/frozen`)
+    execFileSync('mkfifo', [`${root}/.ovroot/staged/etc/pipe`])
+    const layout = { root, upperName: 'upper' }
+    commitPending(layout, { kind: 'restore', requested: 'x', source: 'sysupgrade.tgz', entries: 2, merge: true })
+    // user.* xattrs are for files and directories only (the kernel refuses them on a symlink or a FIFO).
+    await applyPending(layout, undefined, new OverlayXattrs('user'))
+    t.equal(fs.readlinkSync(`${root}/upper/etc/frozen`), '/tmp/elsewhere', 'the symlink is merged')
+    t.ok(fs.lstatSync(`${root}/upper/etc/pipe`).isFIFO(), 'the FIFO is merged')
+    t.same(fs.readdirSync(`${root}/.ovroot`), [], 'nothing left behind')
+  },
+)
+
+await t.test(
   'a power cut while a merge has the flags of what it changes cleared: the next apply sets them back',
   async (t) => {
     const merge = { kind: 'restore' as const, requested: 'x', source: 'sysupgrade.tgz', entries: 4, merge: true }

@@ -1,5 +1,7 @@
 /** runTool, how ovroot runs mkfs, flash_erase and the UBI tools: a tool that outlives its timeout is given up. */
 import t from 'tap'
+import * as fs from 'node:fs'
+import * as os from 'node:os'
 import { runTool } from '../src/sys/run.js'
 
 await t.test('a tool whose output outlives its kill is given up, not awaited', async (t) => {
@@ -13,5 +15,17 @@ await t.test('a tool that dies of a signal says which, not an exit status', asyn
   await t.rejects(runTool('sh', ['-c', 'kill -FPE $$'], 10), {
     code: 'ETOOL',
     message: 'sh -c kill -FPE $$: killed by SIGFPE',
+  })
+})
+
+await t.test('a tool the kernel will not execute says why, not an exit status', async (t) => {
+  const dir = fs.mkdtempSync(`${os.tmpdir()}/ovroot-run-`)
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }))
+  // A tool without its execute bit (copied from a FAT card, a noexec mount): nothing ran, there is no status.
+  fs.writeFileSync(`${dir}/mkfs.ext4`, '#!/bin/sh\n', { mode: 0o644 })
+  await t.rejects(runTool(`${dir}/mkfs.ext4`, ['-q'], 10), {
+    code: 'EACCES',
+    exitStatus: 4,
+    message: `execute ${dir}/mkfs.ext4: permission denied`,
   })
 })

@@ -85,14 +85,22 @@ class BlockVolume implements Volume {
     if (this.filesystem !== 'ext4') return
     const state = readAt(this.device, EXT4_STATE_OFFSET, 2).readUInt16LE(0)
     if ((state & EXT4_VALID_FS) !== 0 && (state & EXT4_ERROR_FS) === 0) return
+    const why = (state & EXT4_ERROR_FS) !== 0 ? 'has errors the kernel recorded' : 'was not cleanly unmounted'
     try {
       // 1: errors repaired; 2: repaired, reboot (for a mounted root, which this is not).
       await runTool('e2fsck', ['-p', this.device], 600, [1, 2])
     } catch (error) {
+      // e2fsck missing or not executable: nothing was checked, and mounting it as it is could overwrite the user's files.
+      if (error instanceof OvrootError && error.code !== 'ETOOL')
+        throw new OvrootError(
+          error.code,
+          error.exitStatus,
+          `${this.description} (ext4) ${why}: it is checked (e2fsck -p) before it is mounted, and e2fsck did not run (${error.message}); left untouched`,
+        )
       throw new OvrootError(
         'ECORRUPT',
         ExitCode.data,
-        `${this.description} (ext4) has errors e2fsck -p does not repair on its own (${(error as Error).message}); left untouched: run e2fsck on it by hand`,
+        `${this.description} (ext4) ${why}, and e2fsck -p left errors for a person (${(error as Error).message}); left untouched: run e2fsck on it by hand`,
       )
     }
   }

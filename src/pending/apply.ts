@@ -6,6 +6,7 @@ import { getXattr, inodeFlagsHeld, inodeFlagsIfPresent, setXattr, syncAll } from
 import { listNames, makeDirectory, pathExists, removeTree, renamePath, statPath, syncDirectory } from '../sys/fs.js'
 import { bytePathBuffer, bytesOf, type BytePath } from '../names.js'
 import type { UpgradeReport } from '../upgrade/record.js'
+import { OvrootError } from '../errors.js'
 import { applyFlat, flagsOfChanged, withFlagsCleared } from './flat.js'
 import { parentOf, under } from '../upper/entry.js'
 import { walkUpper } from '../upper/walk.js'
@@ -156,9 +157,11 @@ function moveInto(
   const from = bytePathBuffer(`${staged}/${step.path}`)
   const to = bytePathBuffer(under(upper, step.path))
   if (step.directory && step.existing) setXattr(from, xattrs.name('opaque'), Buffer.from('y'))
-  // Since Linux 5.15 a chattr +i or +a through the overlay is this xattr, not an inode flag: the user's, kept as flags are.
+  // Since Linux 5.15 a chattr +i or +a through the overlay is this xattr, not an inode flag: the user's, kept as flags
+  // are, by what chattr can flag. A symlink or a node refuses a user.* xattr (userxattr): every boot's apply would fail.
   const protection = step.existing ? getXattr(to, xattrs.name('protattr')) : undefined
-  if (protection) setXattr(from, xattrs.name('protattr'), protection)
+  if (protection && (step.directory || statPath(from)?.type === 'file'))
+    setXattr(from, xattrs.name('protattr'), protection)
   if (step.existing) removeTree(to)
   renamePath(from, to)
 }
@@ -212,7 +215,15 @@ function recordResetFlags(
     const value = stays.length < all.length ? inodeFlagsIfPresent(bytePathBuffer(under(upper, first))) : 0
     if (value !== 0) flags.push(...stays.map((name): [BytePath, number] => [name, value]))
   }
-  if (flags.length > 0) commitPending(layout, { ...change, flags })
+  if (flags.length === 0) return []
+  try {
+    commitPending(layout, { ...change, flags })
+  } catch (error) {
+    // A flash full to the last byte (its reserve spent on scheduling this reset) is still reset: the removal then
+    // sets a kept name's flags back right after each unlink (sys/fs.ts), leaving a power cut only that instant.
+    if (error instanceof OvrootError && error.code === 'ENOSPC') return []
+    throw error
+  }
   return flags
 }
 

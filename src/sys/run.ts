@@ -4,7 +4,7 @@
  * A tool's output counts as progress for the boot shim's timer.
  */
 import { readFileSync } from 'node:fs'
-import { ExitCode, OvrootError } from '../errors.js'
+import { ExitCode, OvrootError, SysError } from '../errors.js'
 import { reportProgress } from './progress.js'
 
 export interface ToolResult {
@@ -65,6 +65,9 @@ export async function runTool(
       return { stdout: String(failure.stdout), stderr: String(failure.stderr) }
     if (failure.code === 'ENOENT')
       throw new OvrootError('ENOTOOL', ExitCode.environment, `${file}: tool not found (install it on the device)`)
+    // Never started (no execute permission, a noexec mount): no output, no status, only the spawn's errno says why.
+    if (failure.exitCode === undefined && !failure.timedOut && !failure.signal && failure.code?.startsWith('E'))
+      throw new SysError(failure.code, 'execute', file)
     const detail =
       (typeof failure.stderr === 'string' ? failure.stderr : '').trim().split('\n').pop() ||
       (failure.timedOut
