@@ -16,7 +16,9 @@ const execInitAt = shim.lastIndexOf('# PID 1 must never exit')
 const checks = shim.slice(shim.indexOf('\nfile_bytes()'), execInitAt)
 const execInit = shim.slice(execInitAt, shim.indexOf('\n}\n', execInitAt) + 3)
 
-const shells = [['busybox', 'sh'], ['dash']].filter(
+/** A shell's command line: its program, then its arguments. */
+type Shell = [string, ...string[]]
+const shells = ([['busybox', 'sh'], ['dash']] satisfies Shell[]).filter(
   ([file]) => spawnSync('sh', ['-c', `command -v ${file}`]).status === 0,
 )
 
@@ -98,7 +100,7 @@ function file(name: string, content: Buffer | string): string {
  * ELFs of other machines can be checked on this host. Answers 'OK' or the reason.
  */
 /** What can_execute says of `target`; `own` stands in for the shim's /proc/$$/exe, `kernel` for `uname -m`. */
-function verdict(shell: string[], target: string, own?: string, kernel?: string): string {
+function verdict(shell: Shell, target: string, own?: string, kernel?: string): string {
   const fake = [
     own
       ? `file_bytes() { f=$1; case $f in /proc/*/exe) f=${own} ;; esac; od -An -v -tu1 -j "$2" -N "$3" "$f" 2>&-; }`

@@ -4,13 +4,15 @@ import { currentIdentity } from '../../src/upgrade/identity.js'
 import { firmwareRecordAtBoot } from '../../src/upgrade/record.js'
 import * as fs from 'node:fs'
 import type { FlashLayout } from '../../src/state/flash.js'
+import type { FirmwareContext } from '../../src/upgrade/boot.js'
 
 export async function bootContext(
   layout: FlashLayout,
   lower: string,
   options: { preferFirmware?: boolean; xattrs?: OverlayXattrs } = {},
-) {
+): Promise<FirmwareContext> {
   return {
+    recorded: undefined,
     layout,
     lower,
     xattrs: options.xattrs ?? new OverlayXattrs('trusted'),
